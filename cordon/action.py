@@ -121,6 +121,11 @@ class Action:
     permissions: ClassVar[tuple[str, ...]] = ()
     credential_kinds: ClassVar[tuple[str, ...]] = ()
     rollback_supported: ClassVar[bool] = False
+    #: Which parameters name the detection's credential or principal, as ``param -> path`` with
+    #: paths ``credential.uid``, ``credential.owner.name``, ``target.name``. The guard refuses a
+    #: step whose rendered parameter differs from that value: containment acts on the exact
+    #: credential named by the detection and nothing else.
+    identifies: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     @classmethod
     def validate_params(cls, params: dict[str, Any]) -> dict[str, Any]:
@@ -135,6 +140,21 @@ class Action:
             ) or "<params>"
             raise ActionParamError(cls.name, str(path), err.message)
         return params
+
+    @classmethod
+    def check_identifies(cls, params: dict[str, Any], detection: Detection) -> str | None:
+        """``None`` when every parameter in :attr:`identifies` equals one of the detection
+        values it must name; else the reason (``access_key_id 'AKIA2' is not the detection's
+        credential 'AKIA1'``)."""
+        summary = detection.summary()
+        for param, paths in cls.identifies.items():
+            if param not in params:
+                continue
+            allowed = {v for v in (_dig(summary, p) for p in paths) if v}
+            if str(params[param]) not in {str(a) for a in allowed}:
+                return (f"{cls.name}: parameter '{param}' = {params[param]!r} is not the detection's "
+                        f"{' / '.join(paths)} ({', '.join(sorted(map(str, allowed))) or 'absent'})")
+        return None
 
     @classmethod
     def describe(cls) -> dict[str, Any]:
@@ -206,19 +226,27 @@ class ContainmentAction(Action):
                             calls=calls)
 
     def run(self, ctx: ActionContext) -> ActionResult:
-        """Read the state, act if needed, read it again. Errors become ``status='failed'``."""
+        """Read the state, act if needed, read it again. A :class:`GuardError` becomes
+        ``status='refused'``, any other error ``status='failed'``. A state of ``None`` (the object
+        does not exist) that :meth:`is_contained` accepts is ``already_contained`` with
+        ``data={"missing": True}``."""
         target = self.target(ctx)
         before: dict[str, Any] | None = None
         made: list[ApiCall] = []
         try:
             before = self.read_state(ctx)
             if self.is_contained(before):
+                # ``None`` means the object does not exist: nothing to contain, said explicitly.
                 return ActionResult(name=self.name, target=target, status="already_contained",
-                                    before=before, after=before)
+                                    before=before, after=before,
+                                    data={"missing": True} if before is None else None)
             for api in self.plan_calls(ctx, before):
                 self.call(ctx, api)
                 made.append(api)
             after = self.read_state(ctx)
+        except GuardError as exc:
+            return ActionResult(name=self.name, target=target, status="refused", before=before,
+                                calls=made, error=f"GuardError: {exc}")
         except Exception as exc:  # noqa: BLE001 - reported, never swallowed
             return ActionResult(name=self.name, target=target, status="failed", before=before,
                                 calls=made, error=f"{type(exc).__name__}: {exc}")
@@ -283,3 +311,11 @@ def all_actions() -> dict[str, type[Action]]:
     load_builtin_actions()
     return dict(_REGISTRY)
 
+
+
+def _dig(obj: Any, path: str) -> Any:
+    for part in path.split("."):
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(part)
+    return obj

@@ -69,6 +69,8 @@ cases_table = sa.Table(
     sa.Column("playbook", sa.String(128), nullable=True),
     sa.Column("status", sa.String(32), nullable=False),
     sa.Column("flow_run_id", sa.String(64), nullable=True),
+    sa.Column("plan_hash", sa.String(64), nullable=True),
+    sa.Column("updated_at", sa.String(40), nullable=True),
     sa.Column("detection", sa.Text, nullable=False),
 )
 
@@ -263,10 +265,11 @@ class Ledger:
         return CaseOpen(case_id, opened)
 
     def set_case(self, case_id: str, **values: Any) -> None:
-        """Update a case's ``status``, ``playbook`` or ``flow_run_id`` (cases are state, not
-        history: the history is in the chain)."""
+        """Update a case's ``status``, ``playbook``, ``flow_run_id`` or ``plan_hash`` (cases are
+        state, not history: the history is in the chain)."""
         with self.engine.begin() as conn:
-            conn.execute(cases_table.update().where(cases_table.c.case_id == case_id).values(**values))
+            conn.execute(cases_table.update().where(cases_table.c.case_id == case_id)
+                         .values(updated_at=now_iso(), **values))
 
     # -- reading ---------------------------------------------------------------------------
     def records(self, case_id: str | None = None, kind_prefix: str | None = None) -> Iterator[LedgerRecord]:

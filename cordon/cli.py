@@ -1,0 +1,288 @@
+"""``cordon``: the command line (Typer + Rich).
+
+Scripts depend on ``cordon respond --output json`` (one JSON object per case per line) and on the
+exit codes: 0 when every record was handled, 2 when some were rejected (each named on stderr), 1
+on a configuration error; ``cordon audit verify`` exits 0 only when the chain holds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(help="Cordon: incident-response playbooks for cloud credential persistence.",
+                  no_args_is_help=True, add_completion=False)
+audit_app = typer.Typer(help="Read and verify the audit ledger.", no_args_is_help=True)
+playbooks_app = typer.Typer(help="List and validate playbooks.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+app.add_typer(playbooks_app, name="playbooks")
+
+out = Console()
+err = Console(stderr=True)
+
+
+class ApproveMode(StrEnum):
+    console = "console"
+    slack = "slack"
+    auto = "auto"
+
+
+class OutputFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
+def _prefect_defaults() -> None:
+    """No analytics (no internet here), and patience for the temporary server's cold start."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+def _responder():
+    from cordon.engine import Responder
+    from cordon.playbooks.schema import PlaybookError
+    from cordon.sigma import SigmaRuleError
+
+    try:
+        return Responder()
+    except (PlaybookError, SigmaRuleError, ValueError) as exc:
+        err.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def respond(
+    paths: Annotated[list[str], typer.Argument(help="Files of events or findings; '-' reads stdin.")],
+    sandbox: Annotated[bool, typer.Option(help="Run against local stand-ins seeded from the detections.")] = False,
+    approve: Annotated[ApproveMode, typer.Option(help="Who approves containment.")] = ApproveMode.console,
+    output: Annotated[OutputFormat, typer.Option(help="text for people, json for scripts.")] = OutputFormat.text,
+) -> None:
+    """Read detections, open cases, and answer each with its playbook."""
+    _prefect_defaults()
+    responder = _responder()
+    stdin = sys.stdin.buffer if "-" in paths else None
+    report = responder.intake(paths, stdin=stdin)
+    for rej in report.rejected:
+        err.print(f"[yellow]rejected[/yellow] {rej.message()} (kept in the dead-letter table)")
+    for det in report.suppressed:
+        err.print(f"[dim]suppressed {det.source} {det.finding_type or det.event_name}: {det.suppressed}[/dim]")
+    for ticket in report.joined:
+        err.print(f"[dim]{ticket.detection.rule.name} joined open case {ticket.case_id}[/dim]")
+
+    cloud: dict[str, Any] = {}
+    sb = None
+    if sandbox:
+        from cordon.sandbox.aws import AwsSandbox
+
+        sb = AwsSandbox()
+        sb.start()
+        for ticket in report.cases:
+            if ticket.run:
+                sb.seed_from_detection(ticket.detection)
+        cloud = sb.cloud_params()
+        err.print(f"[cyan]sandbox:[/cyan] AWS stand-in at {sb.endpoint_url} seeded from {len(report.cases)} case(s)")
+    try:
+        for ticket in report.cases:
+            if approve is ApproveMode.slack:
+                summary = responder.submit(ticket, cloud=cloud, slack=_slack_settings(responder))
+            else:
+                summary = responder.run(ticket, approval=approve.value, cloud=cloud)
+            _print_case(summary, output)
+    finally:
+        if sb is not None:
+            sb.stop()
+    if output is OutputFormat.text:
+        err.print(f"{report.detections} detection(s), {len(report.cases)} case(s) opened, "
+                  f"{len(report.joined)} joined an open case, {len(report.suppressed)} suppressed, "
+                  f"{len(report.rejected)} record(s) rejected. Ledger: {responder.ledger.url}")
+    if report.rejected:
+        raise typer.Exit(2)
+
+
+def _slack_settings(responder) -> dict[str, Any]:
+    return {"channel": responder.config.slack_channel, "base_url": os.environ.get("CORDON_SLACK_API_URL")}
+
+
+def _print_case(summary: dict[str, Any], output: OutputFormat) -> None:
+    keep = ("case_id", "playbook", "status", "detection", "approval", "actions", "verified", "flow_run_id", "plan",
+            "guard")
+    doc = {k: summary.get(k) for k in keep if k in summary}
+    if output is OutputFormat.json:
+        print(json.dumps(doc, default=str), flush=True)
+        return
+    det = summary["detection"]
+    cred = det.get("credential") or {}
+    out.print(f"[bold]{summary['case_id']}[/bold]  playbook={summary.get('playbook')}  status=[bold]"
+              f"{summary.get('status')}[/bold]")
+    out.print(f"  {det.get('event_name') or det.get('finding_type')} ({', '.join(det.get('technique_ids', []))}) "
+              f"by {det.get('actor', {}).get('user', {}).get('uid')} from {det.get('actor', {}).get('src_ip')} "
+              f"via {det.get('actor', {}).get('access_path')}")
+    out.print(f"  target {det.get('target', {}).get('uid')}  credential {cred.get('kind')} {cred.get('uid')}")
+    appr = summary.get("approval") or {}
+    if appr.get("decision"):
+        out.print(f"  approval: {appr['decision']} by {appr.get('approver')}")
+    if summary.get("guard"):
+        out.print(f"  guard refused: {summary['guard'].get('reason')}")
+    for a in summary.get("actions") or []:
+        out.print(f"  {a['name']}: {a['status']}  {a['target']}  before={_brief(a.get('before'))} "
+                  f"after={_brief(a.get('after'))}")
+    if summary.get("verified") is not None:
+        out.print(f"  verified: {summary['verified']}")
+
+
+def _brief(state: Any) -> str:
+    if not isinstance(state, dict):
+        return str(state)
+    for key in ("status", "Status", "exists", "attached", "present"):
+        if key in state:
+            return f"{key}={state[key]}"
+    return json.dumps(state, default=str)[:60]
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Walk the hash chain; exit 0 only when every record holds."""
+    from cordon.audit.ledger import Ledger
+
+    ledger = Ledger()
+    res = ledger.verify()
+    if res.ok:
+        out.print(f"ledger OK: {res.checked} record(s) verified ({ledger.url})")
+        return
+    err.print(f"[red]ledger BROKEN[/red] at record {res.first_bad_seq}: {res.reason} "
+              f"({res.checked} record(s) verified before it)")
+    raise typer.Exit(1)
+
+
+@audit_app.command("show")
+def audit_show(case_id: str,
+               output: Annotated[OutputFormat, typer.Option()] = OutputFormat.text) -> None:
+    """The timeline of one case: every ledger record, in order."""
+    from cordon.audit.ledger import Ledger
+
+    ledger = Ledger()
+    case = ledger.case(case_id)
+    if case is None:
+        err.print(f"no case {case_id} in {ledger.url}")
+        raise typer.Exit(1)
+    records = list(ledger.records(case_id=case_id))
+    if output is OutputFormat.json:
+        for r in records:
+            print(json.dumps({"seq": r.seq, "ts": r.ts, "kind": r.kind, "actor": r.actor, "run_id": r.run_id,
+                              "payload": r.payload, "hash": r.hash}, default=str))
+        return
+    out.print(f"[bold]{case_id}[/bold] playbook={case['playbook']} status={case['status']} opened={case['opened_at']}")
+    for r in records:
+        out.print(f"  #{r.seq} {r.ts} [bold]{r.kind}[/bold] by {r.actor or '-'}  {_record_brief(r)}")
+
+
+def _record_brief(r) -> str:
+    p = r.payload
+    if r.kind.startswith("action."):
+        return f"{p.get('name')} {p.get('target')}"
+    if r.kind.startswith("approval."):
+        return f"{p.get('decision', '')} {p.get('approver', '')} plan={str(p.get('plan_hash', ''))[:12]}"
+    if r.kind.startswith("verify."):
+        return f"{p.get('action')} held={p.get('held')}"
+    if r.kind == "plan.created":
+        return "; ".join(", ".join(s["describe"]) or f"{s['action']} (nothing to do)" for s in p.get("steps", []))
+    if r.kind.startswith("guard."):
+        return p.get("reason") or "ok"
+    return json.dumps(p, default=str)[:100]
+
+
+@audit_app.command("dead-letters")
+def audit_dead_letters() -> None:
+    """Records that could not be parsed, with the reason."""
+    from cordon.audit.ledger import Ledger
+
+    for d in Ledger().dead_letters():
+        out.print(f"#{d['id']} {d['ts']} {d['origin']} record {d['position']} field {d['field']}: {d['reason']}")
+
+
+@audit_app.command("cases")
+def audit_cases() -> None:
+    """Every case, newest first."""
+    from cordon.audit.ledger import Ledger
+
+    for c in Ledger().cases():
+        out.print(f"{c['case_id']}  {c['opened_at']}  {c['status']:<16} {c['playbook'] or '-'}")
+
+
+@playbooks_app.command("list")
+def playbooks_list() -> None:
+    """The loaded playbooks, in routing order."""
+    responder = _responder()
+    for pb in responder.playbooks:
+        kinds = ",".join(pb.when.credential_kinds) or "*"
+        out.print(f"{pb.name:<34} {pb.when.provider} {kinds:<40} contain: "
+                  f"{', '.join(s.action for s in pb.contain) or '-'}")
+
+
+@playbooks_app.command("validate")
+def playbooks_validate(paths: Annotated[list[Path] | None, typer.Argument()] = None) -> None:
+    """Validate playbook files (default: the configured folder); errors name file, line, field."""
+    from cordon.config import load_config
+    from cordon.playbooks.schema import PlaybookError, load_playbook_text, load_playbooks
+
+    try:
+        if paths:
+            for p in paths:
+                load_playbook_text(p.read_text(encoding="utf-8"), str(p))
+            out.print(f"{len(paths)} playbook(s) valid")
+        else:
+            books = load_playbooks(load_config().playbooks_dir)
+            out.print(f"{len(books)} playbook(s) valid")
+    except PlaybookError as exc:
+        err.print(f"[red]invalid:[/red] {exc}")
+        raise typer.Exit(1) from None
+
+
+@app.command("actions")
+def actions_list(output: Annotated[OutputFormat, typer.Option()] = OutputFormat.text) -> None:
+    """Every action with its parameters and the cloud permissions it needs."""
+    from cordon.action import all_actions
+
+    acts = [cls.describe() for cls in all_actions().values()]
+    if output is OutputFormat.json:
+        print(json.dumps(acts, indent=2))
+        return
+    for a in sorted(acts, key=lambda a: a["name"]):
+        out.print(f"[bold]{a['name']}[/bold] ({a['kind']}) permissions: {', '.join(a['permissions'])}"
+                  f"{'  rollback' if a['rollback_supported'] else ''}")
+
+
+@app.command()
+def worker(name: Annotated[str, typer.Option(help="Deployment name.")] = "respond") -> None:
+    """Serve the respond flow as a Prefect deployment (needs PREFECT_API_URL). Blocks."""
+    _prefect_defaults()
+    from flows.respond import serve
+
+    serve(name)
+
+
+@app.command()
+def serve(host: str = "127.0.0.1", port: int = 8080) -> None:
+    """Run Cordon's server: the detection webhook and the Slack interactivity endpoint."""
+    _prefect_defaults()
+    import uvicorn
+
+    from cordon.server.wiring import build_app
+
+    uvicorn.run(build_app(), host=host, port=port)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,142 @@
+"""From inputs to cases to playbook runs: what ``cordon respond`` and the webhook do.
+
+    read_inputs ─► detect (Sigma over CloudTrail; findings as they stand) ─► ledger
+        ─► route to a playbook ─► open or join the case (database unique key) ─► run the flow
+
+Rejected records go to the ledger's dead-letter table with the reason and are reported; they
+never stop the rest of the input. A detection that joins an open case (the same credential seen
+again, e.g. a GuardDuty finding after the CloudTrail event) is recorded on that case and starts no
+second run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cordon.audit.ledger import Ledger
+from cordon.config import Config, load_config
+from cordon.detections.errors import Rejected
+from cordon.detections.intake import read_inputs
+from cordon.detections.model import Detection
+from cordon.detections.pipeline import detect
+from cordon.playbooks.schema import Playbook, load_playbooks, route
+from cordon.sigma import RuleSet
+
+
+@dataclass
+class CaseTicket:
+    """A case this intake opened (``run`` is true) or joined, with the detection that did it."""
+
+    case_id: str
+    detection: Detection
+    playbook: Playbook | None
+    opened: bool
+    run: bool
+
+
+@dataclass
+class IntakeReport:
+    """What one intake did: cases opened or joined, detections suppressed, records rejected."""
+
+    cases: list[CaseTicket] = field(default_factory=list)
+    joined: list[CaseTicket] = field(default_factory=list)
+    suppressed: list[Detection] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    detections: int = 0
+
+
+class Responder:
+    """Cordon's core: the configuration, the Sigma rules, the playbooks and the ledger.
+
+    ``config`` defaults to :func:`cordon.config.load_config`; ``ledger`` to the ledger at
+    ``CORDON_DATABASE_URL``. Raises :class:`~cordon.sigma.SigmaRuleError` or
+    :class:`~cordon.playbooks.schema.PlaybookError` when rules or playbooks are invalid.
+    """
+
+    def __init__(self, config: Config | None = None, ledger: Ledger | None = None):
+        self.config = config or load_config()
+        self.ledger = ledger or Ledger()
+        self.rules = RuleSet.load(self.config.rules_dir)
+        self.playbooks = load_playbooks(self.config.playbooks_dir)
+
+    def intake(self, sources: Iterable[str | Path], stdin: Any = None) -> IntakeReport:
+        """Read ``sources`` (paths, or ``-`` for ``stdin``), record everything, open cases."""
+        report = IntakeReport()
+        for item in detect(read_inputs(sources, stdin=stdin), self.rules):
+            if isinstance(item, Rejected):
+                self.ledger.dead_letter(item.origin, item.position, item.field, item.reason, item.raw_text)
+                report.rejected.append(item)
+                continue
+            report.detections += 1
+            ticket = self.accept(item)
+            if ticket is None:
+                report.suppressed.append(item)
+            elif ticket.opened:
+                report.cases.append(ticket)
+            else:
+                report.joined.append(ticket)
+        return report
+
+    def accept(self, detection: Detection) -> CaseTicket | None:
+        """Record one detection and open or join its case. ``None`` for suppressed detections."""
+        summary = detection.summary()
+        self.ledger.append("detection.received", {"detection": summary, "raw_ref": detection.raw_ref.model_dump()},
+                           actor=detection.actor.user.uid)
+        if detection.suppressed:
+            self.ledger.append("detection.suppressed", {"uid": detection.uid, "reason": detection.suppressed})
+            return None
+        pb = route(self.playbooks, detection)
+        result = self.ledger.open_case(detection.case_key(), detection.uid, detection.model_dump(mode="json"),
+                                       pb.name if pb else None)
+        if result.opened:
+            self.ledger.append("case.opened", {"case_key": detection.case_key(), "detection_uid": detection.uid,
+                                               "playbook": pb.name if pb else None}, case_id=result.case_id)
+            if pb is None:
+                self.ledger.set_case(result.case_id, status="no_playbook")
+                self.ledger.append("playbook.none", {"reason": "no playbook's 'when' matches this detection"},
+                                   case_id=result.case_id)
+        else:
+            self.ledger.append("case.joined", {"case_key": detection.case_key(), "detection_uid": detection.uid,
+                                               "duplicate": result.duplicate_detection}, case_id=result.case_id)
+        return CaseTicket(result.case_id, detection, pb, result.opened, run=result.opened and pb is not None)
+
+    def run(self, ticket: CaseTicket, approval: str = "console", cloud: dict[str, Any] | None = None,
+            slack: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Run the respond flow for an opened case in this process and return its summary.
+
+        For ``approval="slack"`` use :meth:`submit` instead (a suspended run needs a deployment).
+        """
+        if not ticket.run or ticket.playbook is None:
+            return self.summary_without_run(ticket)
+        from flows.respond import respond
+
+        return respond(case_id=ticket.case_id, detection=ticket.detection.model_dump(mode="json"),
+                       playbook=ticket.playbook.name, approval=approval, cloud=cloud or {}, slack=slack)
+
+    def submit(self, ticket: CaseTicket, cloud: dict[str, Any] | None = None, slack: dict[str, Any] | None = None,
+               deployment: str = "respond/respond") -> dict[str, Any]:
+        """Start the case's run on the ``respond`` deployment (served by ``cordon worker``), with
+        the case ID as Prefect's ``idempotency_key`` so a case never gets two runs."""
+        if not ticket.run or ticket.playbook is None:
+            return self.summary_without_run(ticket)
+        from prefect.deployments import run_deployment
+
+        fr = run_deployment(deployment, parameters={
+            "case_id": ticket.case_id, "detection": ticket.detection.model_dump(mode="json"),
+            "playbook": ticket.playbook.name, "approval": "slack", "cloud": cloud or {}, "slack": slack},
+            idempotency_key=ticket.case_id, timeout=0)
+        self.ledger.set_case(ticket.case_id, flow_run_id=str(fr.id), status="submitted")
+        return {"case_id": ticket.case_id, "playbook": ticket.playbook.name, "flow_run_id": str(fr.id),
+                "detection": ticket.detection.summary(), "approval": {"decision": "pending", "approver": None},
+                "actions": [], "verified": None, "status": "awaiting_approval"}
+
+    @staticmethod
+    def summary_without_run(ticket: CaseTicket) -> dict[str, Any]:
+        """The summary of a case that gets no run (no playbook matched, or joined an open case)."""
+        return {"case_id": ticket.case_id, "playbook": ticket.playbook.name if ticket.playbook else None,
+                "detection": ticket.detection.summary(), "approval": {"decision": None, "approver": None},
+                "actions": [], "verified": None,
+                "status": "no_playbook" if ticket.playbook is None else "joined_open_case"}

@@ -1,0 +1,321 @@
+"""Playbooks: declarative YAML answering one kind of detection.
+
+A playbook (``playbooks/*.yaml``) is data, not code::
+
+    name: aws-access-key-created
+    description: Deactivate an IAM access key created for persistence (T1098.001).
+    priority: 100                      # lower runs first when several match
+    when:                              # all given clauses must hold
+      provider: aws
+      credential_kinds: [aws_access_key]
+      sources: [cloudtrail, guardduty, securityhub]
+      event_names: [CreateAccessKey]   # optional
+      technique_ids: [T1098.001]       # optional, any of
+      min_severity: low                # optional
+    enrich:
+      - action: aws.iam-user
+        with: {user_name: "{{ credential.owner.name }}"}
+    approval:
+      required: true
+      quorum: 1
+      expire_after: 4h
+      on_expiry: deny
+    contain:
+      - action: aws.deactivate-access-key
+        with:
+          user_name: "{{ credential.owner.name }}"
+          access_key_id: "{{ credential.uid }}"
+    verify: true
+
+Parameter values are Jinja2 templates rendered in a sandbox with ``StrictUndefined`` from the
+detection (``detection``, ``credential``, ``target``, ``actor``), the ``enrichment`` gathered so
+far and ``now`` (ISO 8601 UTC). Validation happens at load: the schema below, every action name,
+and every action's parameter schema (template strings stand for values not yet known). Errors are
+:class:`PlaybookError` naming the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import jsonschema
+import yaml
+from jinja2 import StrictUndefined, TemplateError
+from jinja2.sandbox import SandboxedEnvironment
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from cordon.action import Action, get_action
+from cordon.detections.model import SEVERITY_IDS, Detection
+
+
+class PlaybookError(ValueError):
+    """A playbook that cannot be loaded: ``path``, ``line`` (1-based, or ``None``), ``field``
+    (dotted path such as ``contain.0.with.access_key_id``) and ``reason``."""
+
+    def __init__(self, path: str, line: int | None, field: str, reason: str):
+        self.path, self.line, self.field, self.reason = path, line, field, reason
+        where = f"{path}:{line}" if line else path
+        super().__init__(f"{where}: field '{field}': {reason}")
+
+
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+
+
+def parse_duration(text: str) -> int:
+    """``"90s" | "15m" | "4h" | "2d"`` -> seconds. ``ValueError`` on anything else."""
+    m = _DURATION.match(text.strip())
+    if not m:
+        raise ValueError(f"expected a duration like 30m, 4h or 2d, got {text!r}")
+    return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+class When(BaseModel):
+    """Which detections a playbook answers. Empty lists mean "any"."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    provider: Literal["aws", "azure", "gcp"]
+    credential_kinds: list[str] = Field(default_factory=list)
+    sources: list[str] = Field(default_factory=list)
+    event_names: list[str] = Field(default_factory=list)
+    finding_types: list[str] = Field(default_factory=list)
+    technique_ids: list[str] = Field(default_factory=list)
+    min_severity: Literal["unknown", "informational", "low", "medium", "high", "critical"] = "unknown"
+    requires_credential: bool = True
+
+    def matches(self, d: Detection) -> bool:
+        """Whether detection ``d`` satisfies every clause."""
+        if d.provider != self.provider:
+            return False
+        if self.requires_credential and (d.credential is None or not d.credential.uid):
+            return False
+        if self.credential_kinds and (d.credential is None or d.credential.kind not in self.credential_kinds):
+            return False
+        if self.sources and d.source not in self.sources:
+            return False
+        if self.event_names and d.event_name not in self.event_names:
+            return False
+        if self.finding_types and not any(
+            (d.finding_type or "").startswith(p.rstrip("*")) if p.endswith("*") else d.finding_type == p
+            for p in self.finding_types
+        ):
+            return False
+        if self.technique_ids and not set(self.technique_ids) & set(d.technique_ids):
+            return False
+        return SEVERITY_IDS[d.severity] >= SEVERITY_IDS[self.min_severity]
+
+
+class Step(BaseModel):
+    """One action step: the registered action ``name`` and its (templated) parameters."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    action: str
+    with_: dict[str, Any] = Field(default_factory=dict, alias="with")
+
+
+class Approval(BaseModel):
+    """Who must approve containment and how long the request stands.
+
+    ``required: false`` lets containment run without a decision (never the default);
+    ``on_expiry`` says what an unanswered request becomes (``deny``, or ``contain`` for
+    high-confidence playbooks that allow it).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    required: bool = True
+    quorum: int = Field(default=1, ge=1, le=5)
+    approvers: dict[str, list[str]] = Field(default_factory=dict)
+    expire_after: str = "4h"
+    on_expiry: Literal["deny", "contain"] = "deny"
+
+    @field_validator("expire_after")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        parse_duration(v)
+        return v
+
+    @property
+    def expire_seconds(self) -> int:
+        return parse_duration(self.expire_after)
+
+
+class Playbook(BaseModel):
+    """A loaded, validated playbook (see the module docstring for the YAML form)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")
+    description: str
+    priority: int = 100
+    when: When
+    enrich: list[Step] = Field(default_factory=list)
+    approval: Approval = Field(default_factory=Approval)
+    contain: list[Step] = Field(default_factory=list)
+    verify: bool = True
+    path: str | None = None
+
+    def actions(self, section: Literal["enrich", "contain"]) -> list[tuple[Step, type[Action]]]:
+        """The steps of ``section`` with their action classes."""
+        return [(s, get_action(s.action)) for s in getattr(self, section)]
+
+
+# -- templates -------------------------------------------------------------------------------
+_ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+
+
+def template_context(detection: Detection, enrichment: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The names a playbook template can use: ``detection`` (``Detection.summary()``),
+    ``credential``, ``target``, ``actor``, ``enrichment``, ``now``."""
+    summary = detection.summary()
+    return {
+        "detection": summary,
+        "credential": summary["credential"] or {},
+        "target": summary["target"],
+        "actor": summary["actor"],
+        "enrichment": enrichment or {},
+        "now": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def render_params(params: Any, context: dict[str, Any], where: str = "with") -> Any:
+    """Render every template string in ``params`` (recursively).
+
+    A value that is exactly one ``{{ expression }}`` keeps the expression's type (a list stays a
+    list); other strings render to strings. Raises :class:`ValueError` naming the parameter when
+    an expression refers to something undefined (e.g. a detection with no credential owner).
+    """
+    if isinstance(params, dict):
+        return {k: render_params(v, context, f"{where}.{k}") for k, v in params.items()}
+    if isinstance(params, list):
+        return [render_params(v, context, f"{where}.{i}") for i, v in enumerate(params)]
+    if isinstance(params, str) and "{{" in params:
+        try:
+            whole = re.fullmatch(r"\{\{\s*(.+?)\s*\}\}", params)
+            if whole:
+                value = _ENV.compile_expression(whole.group(1), undefined_to_none=False)(**context)
+                if isinstance(value, StrictUndefined):
+                    str(value)  # raises UndefinedError naming the variable
+                return value
+            return _ENV.from_string(params).render(**context)
+        except TemplateError as exc:
+            raise ValueError(f"parameter '{where}': {exc}") from exc
+    return params
+
+
+# -- loading ---------------------------------------------------------------------------------
+def _line_index(node: yaml.Node, path: tuple = (), out: dict | None = None) -> dict[tuple, int]:
+    """Map every key path in a composed YAML document to its 1-based line number."""
+    out = {} if out is None else out
+    out[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            key = k.value
+            out[path + (key,)] = k.start_mark.line + 1
+            _line_index(v, path + (key,), out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            _line_index(v, path + (i,), out)
+    return out
+
+
+def _nearest_line(lines: dict[tuple, int], loc: tuple) -> int | None:
+    loc = tuple(loc)
+    while loc:
+        if loc in lines:
+            return lines[loc]
+        loc = loc[:-1]
+    return lines.get(())
+
+
+def load_playbook_text(text: str, path: str = "<inline>") -> Playbook:
+    """Parse and validate one playbook. Raises :class:`PlaybookError`."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise PlaybookError(path, mark.line + 1 if mark else None, "<document>", f"not valid YAML: {exc}") from None
+    if not isinstance(data, dict) or node is None:
+        raise PlaybookError(path, 1, "<document>", "a playbook is a YAML mapping")
+    lines = _line_index(node)
+    try:
+        pb = Playbook.model_validate({**data, "path": path})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = tuple(x for x in err["loc"])
+        loc_yaml = tuple("with" if x == "with_" else x for x in loc)
+        field = ".".join(str(x) for x in loc_yaml) or "<document>"
+        raise PlaybookError(path, _nearest_line(lines, loc_yaml), field, err["msg"]) from None
+    for section in ("enrich", "contain"):
+        for i, step in enumerate(getattr(pb, section)):
+            base = (section, i)
+            try:
+                cls = get_action(step.action)
+            except KeyError as exc:
+                raise PlaybookError(path, _nearest_line(lines, base + ("action",)), f"{section}.{i}.action",
+                                    str(exc.args[0])) from None
+            want = "contain" if section == "contain" else "enrich"
+            if cls.kind != want:
+                raise PlaybookError(path, _nearest_line(lines, base + ("action",)), f"{section}.{i}.action",
+                                    f"'{step.action}' is a {cls.kind} action, not allowed under '{section}'")
+            if cls.provider != pb.when.provider:
+                raise PlaybookError(path, _nearest_line(lines, base + ("action",)), f"{section}.{i}.action",
+                                    f"'{step.action}' is an {cls.provider} action; this playbook answers "
+                                    f"{pb.when.provider} detections")
+            _check_params(cls, step.with_, path, lines, base)
+    return pb
+
+
+def _check_params(cls: type[Action], params: dict[str, Any], path: str, lines: dict, base: tuple) -> None:
+    validator = jsonschema.Draft202012Validator(cls.schema)
+    for err in sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path)):
+        if isinstance(err.instance, str) and "{{" in err.instance:
+            continue  # a template: its value is known only when the playbook runs
+        rel = tuple(err.absolute_path)
+        if err.validator == "additionalProperties":
+            extra = sorted(set(err.instance) - set(cls.schema.get("properties", {})))
+            rel = rel + (extra[0],) if extra else rel
+        field = ".".join(str(x) for x in (*base, "with", *rel))
+        raise PlaybookError(path, _nearest_line(lines, (*base, "with", *rel)), field,
+                            f"{cls.name}: {err.message}")
+    for name in params:
+        if isinstance(params[name], str) and "{{" in params[name]:
+            try:
+                _ENV.parse(params[name])
+            except TemplateError as exc:
+                field = ".".join(str(x) for x in (*base, "with", name))
+                raise PlaybookError(path, _nearest_line(lines, (*base, "with", name)), field,
+                                    f"bad template: {exc}") from None
+
+
+def load_playbooks(directory: str | Path) -> list[Playbook]:
+    """Load every ``*.yaml`` / ``*.yml`` in ``directory`` (sorted by priority, then name).
+
+    Raises :class:`PlaybookError` for the first invalid file, and for two playbooks with one name.
+    """
+    directory = Path(directory)
+    books: list[Playbook] = []
+    seen: dict[str, str] = {}
+    for p in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+        pb = load_playbook_text(p.read_text(encoding="utf-8"), str(p))
+        if pb.name in seen:
+            raise PlaybookError(str(p), 1, "name", f"playbook '{pb.name}' already defined in {seen[pb.name]}")
+        seen[pb.name] = str(p)
+        books.append(pb)
+    return sorted(books, key=lambda b: (b.priority, b.name))
+
+
+def route(playbooks: list[Playbook], detection: Detection) -> Playbook | None:
+    """The playbook that answers ``detection``: the first (by priority, then name) whose
+    ``when`` matches. ``None`` for suppressed detections and when nothing matches."""
+    if detection.suppressed:
+        return None
+    for pb in playbooks:
+        if pb.when.matches(detection):
+            return pb
+    return None

@@ -1,0 +1,193 @@
+"""The steps of a response, as plain functions beneath the Prefect flow in ``flows/respond.py``.
+
+The flow orders these steps, waits and retries; everything here is testable without Prefect:
+
+* :func:`enrich`: run the playbook's enrichment actions, each failure recorded, never fatal;
+* :func:`guard`: refuse protected principals, Cordon's own identity, and any step whose
+  parameters do not name the detection's exact credential;
+* :func:`build_plan`: render every containment step and read the current state to list the exact
+  API calls it would make, hashed so an approval is bound to this plan and no other;
+* :func:`contain`, :func:`verify`, :func:`rollback_results`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from cordon.action import ActionContext, ActionResult, ContainmentAction, EnrichmentAction, get_action
+from cordon.config import Config
+from cordon.detections.model import Detection, canonical_json
+from cordon.playbooks.schema import Playbook, render_params, template_context
+
+
+class PlanStep(BaseModel):
+    """One containment step with its parameters rendered and its effect read from the cloud:
+    ``calls`` are the exact mutating API calls ``run`` would make now (empty when the credential
+    is already contained)."""
+
+    action: str
+    params: dict[str, Any]
+    target: str
+    before: dict[str, Any] | None = None
+    calls: list[dict[str, Any]] = Field(default_factory=list)
+    describe: list[str] = Field(default_factory=list)
+    rollback_supported: bool = False
+
+
+class Plan(BaseModel):
+    """The containment plan for one case; ``hash`` binds approvals to exactly these steps."""
+
+    case_id: str
+    playbook: str
+    steps: list[PlanStep]
+    hash: str
+
+
+class GuardOutcome(BaseModel):
+    """``ok`` or the ``reason`` containment was refused, and what Cordon's identity is."""
+
+    ok: bool
+    reason: str | None = None
+    cordon_identity: str | None = None
+
+
+def _context(detection: Detection, params: dict[str, Any], clients: Callable[..., Any],
+             enrichment: dict[str, Any] | None = None) -> ActionContext:
+    return ActionContext(detection=detection, params=params, clients=clients, enrichment=enrichment or {})
+
+
+def enrich(playbook: Playbook, detection: Detection, clients: Callable[..., Any]) -> dict[str, Any]:
+    """Run the playbook's ``enrich`` steps in order; returns ``{action name: facts}``.
+
+    A failing enrichment is recorded as ``{"error": "..."}`` under its name: enrichment informs
+    the responder, it never blocks the response.
+    """
+    facts: dict[str, Any] = {}
+    for step in playbook.enrich:
+        cls = get_action(step.action)
+        try:
+            params = cls.validate_params(render_params(step.with_, template_context(detection, facts)))
+            action = cls()
+            assert isinstance(action, EnrichmentAction)
+            facts[step.action] = action.run(_context(detection, params, clients, facts))
+        except Exception as exc:  # noqa: BLE001 - recorded for the responder
+            facts[step.action] = {"error": f"{type(exc).__name__}: {exc}"}
+    return facts
+
+
+def caller_identity(clients: Callable[..., Any]) -> str | None:
+    """Cordon's own ARN (``sts:GetCallerIdentity``), or ``None`` if it cannot be read."""
+    try:
+        return clients("sts").get_caller_identity()["Arn"]
+    except Exception:  # noqa: BLE001 - the guard then refuses on the safe side only if it matches
+        return None
+
+
+def _same_principal(a: str | None, b: str | None) -> bool:
+    """IAM ARNs naming one principal (an assumed-role session ARN matches its role)."""
+    if not a or not b:
+        return False
+    if a == b:
+        return True
+
+    def norm(arn: str) -> str:
+        if ":assumed-role/" in arn:
+            account = arn.split(":")[4]
+            role = arn.split(":assumed-role/")[1].split("/")[0]
+            return f"arn:aws:iam::{account}:role/{role}"
+        return arn
+
+    return norm(a) == norm(b)
+
+
+def guard(playbook: Playbook, detection: Detection, config: Config, clients: Callable[..., Any],
+          enrichment: dict[str, Any] | None = None) -> GuardOutcome:
+    """Refuse containment that would touch what it must not.
+
+    Refuses when: the detection is suppressed; the target principal or the credential's owner
+    matches ``protected_principals``; the target or owner is Cordon's own identity; the credential
+    is the access key Cordon itself signs with; or a containment step's rendered parameters do not
+    name the detection's exact credential (:meth:`Action.check_identifies`).
+    """
+    if detection.suppressed:
+        return GuardOutcome(ok=False, reason=f"suppressed detection: {detection.suppressed}")
+    owner = detection.credential.owner if detection.credential else None
+    hit = config.is_protected(detection.target.uid, owner.uid if owner else None)
+    if hit:
+        return GuardOutcome(ok=False, reason=f"protected principal (matches '{hit}')")
+    me = caller_identity(clients) if playbook.contain else None
+    if me and (_same_principal(me, detection.target.uid) or _same_principal(me, owner.uid if owner else None)):
+        return GuardOutcome(ok=False, reason=f"target is Cordon's own identity ({me})", cordon_identity=me)
+    if me and detection.credential and detection.credential.kind == "aws_access_key":
+        own_key = getattr(clients, "own_access_key", lambda: None)()
+        if own_key and own_key == detection.credential.uid:
+            return GuardOutcome(ok=False, reason="the credential is the access key Cordon signs with",
+                                cordon_identity=me)
+    for i, step in enumerate(playbook.contain):
+        cls = get_action(step.action)
+        try:
+            params = render_params(step.with_, template_context(detection, enrichment))
+            cls.validate_params(params)
+        except ValueError as exc:
+            return GuardOutcome(ok=False, reason=f"contain.{i}: {exc}", cordon_identity=me)
+        mismatch = cls.check_identifies(params, detection)
+        if mismatch:
+            return GuardOutcome(ok=False, reason=f"contain.{i}: {mismatch}", cordon_identity=me)
+    return GuardOutcome(ok=True, cordon_identity=me)
+
+
+def plan_hash(case_id: str, playbook: str, steps: list[PlanStep]) -> str:
+    """SHA-256 over the case, playbook and each step's action, parameters, target and calls
+    (not the state read before, which may change without the plan changing)."""
+    body = {"case_id": case_id, "playbook": playbook,
+            "steps": [{"action": s.action, "params": s.params, "target": s.target, "calls": s.calls}
+                      for s in steps]}
+    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
+
+
+def build_plan(case_id: str, playbook: Playbook, detection: Detection, clients: Callable[..., Any],
+               enrichment: dict[str, Any] | None = None) -> Plan:
+    """Render the ``contain`` steps and dry-run each (reads only) into a :class:`Plan`."""
+    steps: list[PlanStep] = []
+    for step in playbook.contain:
+        cls = get_action(step.action)
+        params = cls.validate_params(render_params(step.with_, template_context(detection, enrichment)))
+        action = cls()
+        assert isinstance(action, ContainmentAction)
+        dry = action.plan(_context(detection, params, clients, enrichment))
+        steps.append(PlanStep(action=step.action, params=params, target=dry.target, before=dry.before,
+                              calls=[c.model_dump(exclude_none=True) for c in dry.calls],
+                              describe=[c.describe() for c in dry.calls],
+                              rollback_supported=cls.rollback_supported))
+    return Plan(case_id=case_id, playbook=playbook.name, steps=steps,
+                hash=plan_hash(case_id, playbook.name, steps))
+
+
+def run_step(step: PlanStep, detection: Detection, clients: Callable[..., Any]) -> ActionResult:
+    """Run one planned containment step (idempotent; see :meth:`ContainmentAction.run`)."""
+    action = get_action(step.action)()
+    assert isinstance(action, ContainmentAction)
+    return action.run(_context(detection, step.params, clients))
+
+
+def verify_step(step: PlanStep, detection: Detection, clients: Callable[..., Any]) -> dict[str, Any]:
+    """Read the state again: ``{"action", "target", "held": bool, "state": ...}``."""
+    action = get_action(step.action)()
+    assert isinstance(action, ContainmentAction)
+    try:
+        held, state = action.verify(_context(detection, step.params, clients))
+    except Exception as exc:  # noqa: BLE001
+        return {"action": step.action, "target": step.target, "held": False, "error": f"{type(exc).__name__}: {exc}"}
+    return {"action": step.action, "target": step.target, "held": held, "state": state}
+
+
+def rollback_step(step: PlanStep, result: ActionResult, detection: Detection,
+                  clients: Callable[..., Any]) -> ActionResult:
+    """Undo one ``contained`` result of ``step``'s action (``GuardError`` when not supported)."""
+    action = get_action(step.action)()
+    assert isinstance(action, ContainmentAction)
+    return action.rollback(_context(detection, step.params, clients), result)

@@ -1,0 +1,280 @@
+"""The respond flow: one playbook run for one case, as a Prefect flow.
+
+Thin orchestration only: the order of steps, the durable wait for approval, retries. The logic is
+in :mod:`cordon.respond`; every side effect (and every ledger write) is inside a task with a
+persisted result, so when a suspended run is resumed and Prefect re-runs the flow from the top,
+completed steps come back from the result cache and nothing happens twice.
+
+    enrich ► guard ► plan ► approve (console | auto | Slack, durable) ► contain ► verify ► report
+
+Run it in-process (``cordon respond``, the embedded default) or as the deployment served by
+``cordon worker`` (needed for ``--approve slack``: ``suspend_flow_run`` only works for deployment
+runs, and only a suspended run survives a worker restart).
+"""
+
+from __future__ import annotations
+
+import functools
+import getpass
+import os
+import sys
+from typing import Any, Literal
+
+from prefect import flow, task
+from prefect.flow_runs import suspend_flow_run
+from prefect.input import RunInput
+from prefect.runtime import flow_run
+
+from cordon.audit.ledger import Ledger, default_database_url
+from cordon.clouds import aws_clients
+from cordon.config import load_config
+from cordon.detections.model import Detection
+from cordon.playbooks.schema import load_playbooks
+from cordon.respond import PlanStep, build_plan, enrich, guard, run_step, verify_step
+
+ApprovalMode = Literal["console", "auto", "slack"]
+
+
+class ApprovalInput(RunInput):
+    """What resumes a suspended run: the responder's decision on exactly one plan.
+
+    ``decision`` is ``approve``, ``deny`` or ``expired`` (the sweeper's); ``plan_hash`` must equal
+    the plan the run is waiting on, else the run treats it as a refusal.
+    """
+
+    decision: Literal["approve", "deny", "expired"]
+    approver: str
+    approver_name: str | None = None
+    team_id: str | None = None
+    plan_hash: str
+    decided_at: str | None = None
+
+
+@functools.lru_cache(maxsize=4)
+def _ledger(url: str) -> Ledger:
+    return Ledger(url)
+
+
+def ledger() -> Ledger:
+    """The ledger at ``CORDON_DATABASE_URL`` (one engine per process)."""
+    return _ledger(default_database_url())
+
+
+def _detection(detection: dict[str, Any]) -> Detection:
+    return Detection.model_validate(detection)
+
+
+def _playbook(name: str):
+    config = load_config()
+    for pb in load_playbooks(config.playbooks_dir):
+        if pb.name == name:
+            return config, pb
+    raise KeyError(f"playbook '{name}' not found in {config.playbooks_dir}")
+
+
+def _run_id() -> str | None:
+    return str(flow_run.id) if flow_run.id else None
+
+
+@task(persist_result=True)
+def start(case_id: str, playbook: str, approval: str) -> str | None:
+    """Record that this run answers the case."""
+    run_id = _run_id()
+    ledger().set_case(case_id, status="running", playbook=playbook, flow_run_id=run_id)
+    ledger().append("run.started", {"playbook": playbook, "approval_mode": approval}, case_id=case_id,
+                    run_id=run_id, actor="cordon")
+    return run_id
+
+
+@task(persist_result=True)
+def enrich_task(case_id: str, detection: dict[str, Any], playbook: str, cloud: dict[str, Any]) -> dict[str, Any]:
+    """Run the playbook's enrichment actions and record what they found."""
+    _, pb = _playbook(playbook)
+    facts = enrich(pb, _detection(detection), aws_clients(cloud))
+    for name, result in facts.items():
+        kind = "enrichment.failed" if isinstance(result, dict) and "error" in result else "enrichment.completed"
+        ledger().append(kind, {"action": name, "result": result}, case_id=case_id, run_id=_run_id(), actor="cordon")
+    return facts
+
+
+@task(persist_result=True)
+def guard_task(case_id: str, detection: dict[str, Any], playbook: str, cloud: dict[str, Any],
+               enrichment: dict[str, Any]) -> dict[str, Any]:
+    """Refuse protected principals, Cordon itself, and steps not naming the exact credential."""
+    config, pb = _playbook(playbook)
+    outcome = guard(pb, _detection(detection), config, aws_clients(cloud), enrichment)
+    ledger().append("guard.passed" if outcome.ok else "guard.refused", outcome.model_dump(), case_id=case_id,
+                    run_id=_run_id(), actor="cordon")
+    return outcome.model_dump()
+
+
+@task(persist_result=True)
+def plan_task(case_id: str, detection: dict[str, Any], playbook: str, cloud: dict[str, Any],
+              enrichment: dict[str, Any]) -> dict[str, Any]:
+    """Dry-run every containment step into the exact plan, and bind the case to its hash."""
+    _, pb = _playbook(playbook)
+    plan = build_plan(case_id, pb, _detection(detection), aws_clients(cloud), enrichment)
+    ledger().set_case(case_id, plan_hash=plan.hash)
+    ledger().append("plan.created", plan.model_dump(), case_id=case_id, run_id=_run_id(), actor="cordon")
+    return plan.model_dump()
+
+
+@task(persist_result=True)
+def decide_locally(case_id: str, plan: dict[str, Any], mode: str, required: bool) -> dict[str, Any]:
+    """Approval without Slack: ``auto`` approves and says so; ``console`` asks at the terminal."""
+    run_id = _run_id()
+    if not required:
+        decision = {"decision": "approve", "approver": "policy: approval not required", "plan_hash": plan["hash"]}
+        ledger().append("approval.not_required", decision, case_id=case_id, run_id=run_id, actor="cordon")
+        return decision
+    ledger().append("approval.asked", {"mode": mode, "plan_hash": plan["hash"]}, case_id=case_id, run_id=run_id,
+                    actor="cordon")
+    if mode == "auto":
+        decision = {"decision": "approve", "approver": "auto (--approve auto)", "plan_hash": plan["hash"]}
+    else:
+        from cordon.approvals.console import ask
+
+        answer = ask(plan)
+        decision = {"decision": "approve" if answer else "deny", "approver": f"console:{getpass.getuser()}",
+                    "plan_hash": plan["hash"]}
+    kind = "approval.given" if decision["decision"] == "approve" else "approval.refused"
+    ledger().append(kind, decision, case_id=case_id, run_id=run_id, actor=decision["approver"])
+    return decision
+
+
+@task(persist_result=True)
+def ask_slack(case_id: str, detection: dict[str, Any], playbook: str, enrichment: dict[str, Any],
+              plan: dict[str, Any], slack: dict[str, Any], expire_seconds: int) -> dict[str, Any]:
+    """Post the approval request (Block Kit) to Slack once; returns ``{channel, ts}``."""
+    from cordon.approvals import slack as slack_approval
+
+    run_id = _run_id()
+    client = slack_approval.web_client(slack)
+    blocks = slack_approval.approval_blocks(
+        case_id=case_id, playbook=playbook, detection=_detection(detection).summary(), enrichment=enrichment,
+        plan=[{"action": s["action"], "target": s["target"], "calls": s["describe"]} for s in plan["steps"]],
+        plan_hash=plan["hash"], run_id=run_id or "", expires_at=None)
+    channel, ts = slack_approval.post_approval(client, slack["channel"], blocks,
+                                               f"Cordon: approval needed for {case_id} ({playbook})")
+    ledger().append("approval.asked", {"mode": "slack", "channel": channel, "ts": ts, "plan_hash": plan["hash"],
+                                       "expire_seconds": expire_seconds}, case_id=case_id, run_id=run_id,
+                    actor="cordon")
+    return {"channel": channel, "ts": ts}
+
+
+@task(persist_result=True)
+def record_decision(case_id: str, plan: dict[str, Any], decision: dict[str, Any]) -> dict[str, Any]:
+    """Record the Slack decision; a decision for another plan counts as a refusal."""
+    if decision.get("plan_hash") != plan["hash"]:
+        decision = {**decision, "decision": "deny", "reason": "decision was for another plan"}
+    kinds = {"approve": "approval.given", "deny": "approval.refused", "expired": "approval.expired"}
+    kind = kinds[decision["decision"]]
+    ledger().append(kind, decision, case_id=case_id, run_id=_run_id(), actor=decision.get("approver"))
+    return decision
+
+
+@task(persist_result=True)
+def contain_task(case_id: str, detection: dict[str, Any], step: dict[str, Any],
+                 cloud: dict[str, Any]) -> dict[str, Any]:
+    """Run one containment step (idempotent) and record before and after."""
+    result = run_step(PlanStep.model_validate(step), _detection(detection), aws_clients(cloud))
+    ledger().append(f"action.{result.status}", result.model_dump(), case_id=case_id, run_id=_run_id(), actor="cordon")
+    return result.model_dump()
+
+
+@task(persist_result=True)
+def verify_task(case_id: str, detection: dict[str, Any], step: dict[str, Any],
+                cloud: dict[str, Any]) -> dict[str, Any]:
+    """Read the state again and record whether containment held."""
+    outcome = verify_step(PlanStep.model_validate(step), _detection(detection), aws_clients(cloud))
+    ledger().append("verify.held" if outcome["held"] else "verify.failed", outcome, case_id=case_id,
+                    run_id=_run_id(), actor="cordon")
+    return outcome
+
+
+@task(persist_result=True)
+def update_slack(slack: dict[str, Any], where: dict[str, Any], summary: dict[str, Any]) -> None:
+    """Update the approval message in place with the outcome."""
+    from cordon.approvals import slack as slack_approval
+
+    client = slack_approval.web_client(slack)
+    blocks = slack_approval.status_blocks(summary)
+    slack_approval.update_message(client, where["channel"], where["ts"], blocks,
+                                  f"Cordon: {summary['case_id']} {summary['status']}")
+
+
+@task(persist_result=True)
+def finish(case_id: str, summary: dict[str, Any]) -> dict[str, Any]:
+    """Close the run: case status and a ``case.closed`` record with the outcome."""
+    ledger().set_case(case_id, status=summary["status"])
+    ledger().append("case.closed", {"status": summary["status"], "verified": summary["verified"],
+                                    "approval": summary["approval"]}, case_id=case_id, run_id=_run_id(),
+                    actor="cordon")
+    return summary
+
+
+@flow(name="respond", persist_result=True, log_prints=True)
+def respond(case_id: str, detection: dict[str, Any], playbook: str, approval: ApprovalMode = "console",
+            cloud: dict[str, Any] | None = None, slack: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Answer one case with one playbook.
+
+    ``detection`` is ``Detection.model_dump(mode="json")``; ``cloud`` the client parameters of
+    :func:`cordon.clouds.aws_clients`; ``slack`` ``{"channel", "base_url"}`` for ``approval="slack"``
+    (the token is read from ``CORDON_SLACK_BOT_TOKEN``). Returns the case summary printed by
+    ``cordon respond --output json``.
+    """
+    cloud = cloud or {}
+    _, pb = _playbook(playbook)
+    run_id = start(case_id, playbook, approval)
+    enrichment = enrich_task(case_id, detection, playbook, cloud)
+    summary: dict[str, Any] = {"case_id": case_id, "playbook": playbook, "flow_run_id": run_id,
+                               "detection": _detection(detection).summary(), "enrichment": enrichment,
+                               "approval": {"decision": None, "approver": None}, "actions": [],
+                               "verified": None, "plan": None}
+    outcome = guard_task(case_id, detection, playbook, cloud, enrichment)
+    if not outcome["ok"]:
+        summary.update(status="refused", guard=outcome)
+        return finish(case_id, summary)
+    plan = plan_task(case_id, detection, playbook, cloud, enrichment)
+    summary["plan"] = {"hash": plan["hash"], "steps": [{"action": s["action"], "target": s["target"],
+                                                         "calls": s["describe"]} for s in plan["steps"]]}
+    if not plan["steps"]:
+        summary.update(status="no_containment", verified=None)
+        return finish(case_id, summary)
+
+    where = None
+    if approval == "slack" and pb.approval.required:
+        where = ask_slack(case_id, detection, playbook, enrichment, plan, slack or {}, pb.approval.expire_seconds)
+        given = suspend_flow_run(wait_for_input=ApprovalInput, key=f"approval-{plan['hash'][:16]}",
+                                 timeout=pb.approval.expire_seconds)
+        decision = record_decision(case_id, plan, given.model_dump(mode="json", exclude={"metadata"}))
+    else:
+        decision = decide_locally(case_id, plan, "auto" if approval == "slack" else approval, pb.approval.required)
+    summary["approval"] = {"decision": decision["decision"], "approver": decision.get("approver")}
+    if decision["decision"] != "approve":
+        summary.update(status="denied" if decision["decision"] == "deny" else "expired")
+        if where:
+            update_slack(slack or {}, where, summary)
+        return finish(case_id, summary)
+
+    results = [contain_task(case_id, detection, step, cloud) for step in plan["steps"]]
+    summary["actions"] = [{k: r.get(k) for k in ("name", "target", "status", "before", "after", "error", "calls")}
+                          for r in results]
+    checks = [verify_task(case_id, detection, step, cloud) for step in plan["steps"]]
+    summary["verification"] = checks
+    summary["verified"] = all(c["held"] for c in checks)
+    failed = any(r["status"] == "failed" for r in results)
+    summary["status"] = "failed" if failed else ("contained" if summary["verified"] else "not_verified")
+    if where:
+        update_slack(slack or {}, where, summary)
+    return finish(case_id, summary)
+
+
+def serve(name: str = "respond") -> None:  # pragma: no cover - exercised by the durability test
+    """Serve the respond flow as a deployment (``cordon worker``). Blocks."""
+    os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", "1")
+    respond.serve(name=name, print_starting_message=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    serve(sys.argv[1] if len(sys.argv) > 1 else "respond")
