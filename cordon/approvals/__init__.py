@@ -1,0 +1,43 @@
+"""Human approval of containment plans (Slack Block Kit message, signed interactivity)."""
+
+from cordon.approvals.slack import (
+    APPROVE_ACTION_ID,
+    DENY_ACTION_ID,
+    DecisionOutcome,
+    Interaction,
+    InteractionError,
+    SignatureError,
+    UnsupportedInteraction,
+    approval_blocks,
+    ensure_retry_handlers,
+    fallback_text,
+    make_client,
+    parse_interaction,
+    post_approval,
+    status_blocks,
+    summary_blocks,
+    update_message,
+    verify_request,
+    web_client,
+)
+
+__all__ = [
+    "APPROVE_ACTION_ID",
+    "DENY_ACTION_ID",
+    "DecisionOutcome",
+    "Interaction",
+    "InteractionError",
+    "SignatureError",
+    "UnsupportedInteraction",
+    "approval_blocks",
+    "ensure_retry_handlers",
+    "fallback_text",
+    "make_client",
+    "parse_interaction",
+    "post_approval",
+    "status_blocks",
+    "summary_blocks",
+    "update_message",
+    "verify_request",
+    "web_client",
+]
