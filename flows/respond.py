@@ -18,6 +18,7 @@ import functools
 import getpass
 import os
 import sys
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from prefect import flow, task
@@ -149,15 +150,18 @@ def ask_slack(case_id: str, detection: dict[str, Any], playbook: str, enrichment
     from cordon.approvals import slack as slack_approval
 
     run_id = _run_id()
+    if not run_id:
+        raise RuntimeError("Slack approval needs a flow run ID (run the flow as a deployment: cordon worker)")
+    expires_at = (datetime.now(UTC) + timedelta(seconds=expire_seconds)).isoformat(timespec="seconds")
     client = slack_approval.web_client(slack)
     blocks = slack_approval.approval_blocks(
         case_id=case_id, playbook=playbook, detection=_detection(detection).summary(), enrichment=enrichment,
         plan=[{"action": s["action"], "target": s["target"], "calls": s["describe"]} for s in plan["steps"]],
-        plan_hash=plan["hash"], run_id=run_id or "", expires_at=None)
+        plan_hash=plan["hash"], run_id=run_id, expires_at=expires_at)
     channel, ts = slack_approval.post_approval(client, slack["channel"], blocks,
                                                f"Cordon: approval needed for {case_id} ({playbook})")
     ledger().append("approval.asked", {"mode": "slack", "channel": channel, "ts": ts, "plan_hash": plan["hash"],
-                                       "expire_seconds": expire_seconds}, case_id=case_id, run_id=run_id,
+                                       "expires_at": expires_at}, case_id=case_id, run_id=run_id,
                     actor="cordon")
     return {"channel": channel, "ts": ts}
 
