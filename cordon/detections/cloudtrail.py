@@ -1,0 +1,465 @@
+"""CloudTrail events matched by a Sigma rule, normalised to :class:`Detection`.
+
+Field meanings follow the CloudTrail record contents reference
+(https://docs.aws.amazon.com/awscloudtrail/latest/userguide/cloudtrail-event-reference-record-contents.html)
+and the ``userIdentity`` element reference
+(https://docs.aws.amazon.com/awscloudtrail/latest/userguide/cloudtrail-event-reference-user-identity.html).
+What each credential-creating call puts in ``requestParameters`` / ``responseElements`` follows the
+IAM, STS and EC2 API references for that action (``CreateAccessKey``, ``CreateLoginProfile``,
+``UpdateLoginProfile``, ``CreateUser``, ``ImportKeyPair``, ``CreateKeyPair``,
+``CreateServiceSpecificCredential``, ``GetFederationToken``, ``AttachUserPolicy``,
+``PutUserPolicy``) and the shapes seen in Stratus Red Team detonation logs.
+
+This module also holds the small helpers the other AWS parsers share: :func:`parse_aws_time` and
+:class:`RecordFields` (typed, dotted-path access that raises :class:`RecordError` naming the field).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any, Protocol
+
+from cordon.detections.errors import RecordError
+from cordon.detections.model import (
+    SEVERITY_IDS,
+    Actor,
+    Credential,
+    Detection,
+    Principal,
+    RawRef,
+    RuleRef,
+    canonical_json,
+    record_sha256,
+)
+
+# -- shared helpers ----------------------------------------------------------------------------
+
+_TIME = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?\s*(Z|z|[+-]\d{2}:?\d{2})?$"
+)
+
+
+def parse_aws_time(value: str) -> datetime:
+    """Parse an AWS timestamp to an aware UTC ``datetime``.
+
+    Accepts ISO 8601 as CloudTrail, GuardDuty and ASFF write it (``2024-07-30T21:53:13Z``,
+    ``2020-10-23T12:22:41.296Z``, ``...+00:00``) and the space-separated form Panther's test logs
+    use (``2022-09-27 17:09:18``, ``2023-01-03 01:52:07.000000000``); fractions longer than
+    microseconds are cut; no offset means UTC. Raises ``ValueError`` for anything else.
+    """
+    m = _TIME.match(value.strip())
+    if not m:
+        raise ValueError(f"not an ISO 8601 timestamp: {value!r}")
+    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
+    frac = (m.group(7) or "0")[:6].ljust(6, "0")
+    tz = m.group(8)
+    if tz is None or tz in ("Z", "z"):
+        tzinfo = UTC
+    else:
+        sign = -1 if tz[0] == "-" else 1
+        digits = tz[1:].replace(":", "")
+        tzinfo = timezone(sign * timedelta(hours=int(digits[:2]), minutes=int(digits[2:])))
+    dt = datetime(year, month, day, hour, minute, second, int(frac), tzinfo=tzinfo)
+    return dt.astimezone(UTC)
+
+
+def type_name(value: Any) -> str:
+    """JSON's name for the type of ``value`` (``object``, ``array``, ``string``, ...)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, int | float):
+        return "number"
+    return type(value).__name__
+
+
+_TYPE_LABELS = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", float: "a number"}
+
+
+class RecordFields:
+    """Typed access to a record's fields by dotted path, raising :class:`RecordError` that names
+    the input, the record's position and the dotted field at fault."""
+
+    def __init__(self, record: Any, origin: str, position: int):
+        self.origin = origin
+        self.position = position
+        if not isinstance(record, dict):
+            raise RecordError(origin, position, None, f"expected a JSON object, got {type_name(record)}")
+        self.record = record
+
+    def error(self, field: str | None, reason: str) -> RecordError:
+        """A :class:`RecordError` for ``field`` of this record."""
+        return RecordError(self.origin, self.position, field, reason)
+
+    def get(
+        self,
+        path: str,
+        kind: type | tuple[type, ...],
+        *,
+        required: bool = False,
+        base: dict[str, Any] | None = None,
+        prefix: str = "",
+    ) -> Any:
+        """The value at dotted ``path`` (``None`` when absent or null), checked to be ``kind``.
+
+        ``float`` as ``kind`` accepts ints too (never booleans). Every object on the way must be
+        an object or absent. ``required`` makes absence or null an error. ``base`` / ``prefix``
+        read relative to a nested object whose own dotted path is ``prefix``.
+        """
+        node: Any = self.record if base is None else base
+        parts = path.split(".")
+        walked = prefix
+        for i, part in enumerate(parts):
+            walked = f"{walked}.{part}" if walked else part
+            if not isinstance(node, dict):
+                parent = walked.rsplit(".", 1)[0]
+                raise self.error(parent, f"expected an object, got {type_name(node)}")
+            node = node.get(part)
+            if node is None:
+                if required:
+                    why = "missing" if i == len(parts) - 1 else f"missing ({walked} is absent or null)"
+                    raise self.error(f"{prefix}.{path}" if prefix else path, f"required field {why}")
+                return None
+        wanted = kind if isinstance(kind, tuple) else (kind,)
+        accepted = (*wanted, int) if float in wanted else wanted
+        if not isinstance(node, accepted) or (isinstance(node, bool) and bool not in wanted):
+            labels = " or ".join(_TYPE_LABELS.get(k, k.__name__) for k in wanted)
+            raise self.error(walked, f"expected {labels}, got {type_name(node)}")
+        return node
+
+    def time(self, path: str, *, required: bool = True) -> datetime | None:
+        """The timestamp at ``path`` parsed with :func:`parse_aws_time`."""
+        raw = self.get(path, str, required=required)
+        if raw is None:
+            return None
+        try:
+            return parse_aws_time(raw)
+        except ValueError as exc:
+            raise self.error(path, str(exc)) from None
+
+    def flag(self, path: str) -> bool | None:
+        """A boolean that AWS writes either as a JSON boolean or as ``"true"`` / ``"false"``."""
+        raw = self.get(path, (bool, str))
+        if raw is None or isinstance(raw, bool):
+            return raw
+        low = raw.strip().lower()
+        if low in ("true", "false"):
+            return low == "true"
+        raise self.error(path, f"expected 'true' or 'false', got {raw!r}")
+
+
+def detection_uid(record: dict[str, Any], rule_uid: str | None) -> str:
+    """First 32 hex digits of SHA-256 over the canonical record and the rule id: the same record
+    matched by the same rule always gives the same uid."""
+    return hashlib.sha256(f"{canonical_json(record)}\n{rule_uid or ''}".encode()).hexdigest()[:32]
+
+
+def severity_label(level: Any) -> str:
+    """An OCSF severity label from a Sigma ``level`` (``informational`` .. ``critical``);
+    anything else is ``unknown``."""
+    if isinstance(level, str) and level.strip().lower() in SEVERITY_IDS:
+        return level.strip().lower()
+    return "unknown"
+
+
+# -- CloudTrail --------------------------------------------------------------------------------
+
+
+class SigmaMatchLike(Protocol):
+    """What :func:`detection_from_cloudtrail` reads from a Sigma match
+    (``cordon.sigma.RuleSet.match`` returns objects with these attributes)."""
+
+    id: str
+    title: str
+    path: str | None
+    level: str | None
+    technique_ids: list[str]
+
+
+#: eventName -> credential kind (what the call creates or grants).
+CREDENTIAL_EVENTS: dict[str, str] = {
+    "CreateAccessKey": "aws_access_key",
+    "CreateLoginProfile": "aws_login_profile",
+    "UpdateLoginProfile": "aws_login_profile",
+    "CreateUser": "aws_iam_user",
+    "ImportKeyPair": "aws_key_pair",
+    "CreateKeyPair": "aws_key_pair",
+    "CreateServiceSpecificCredential": "aws_service_specific_credential",
+    "GetFederationToken": "aws_federation_token",
+    "AttachUserPolicy": "aws_policy_grant",
+    "PutUserPolicy": "aws_policy_grant",
+}
+
+#: ATT&CK techniques used when the matching rule carries none: T1136.003 Create Account: Cloud
+#: Account for CreateUser; T1098.003 Account Manipulation: Additional Cloud Roles for policy
+#: grants; T1098.001 Additional Cloud Credentials for every other credential-creating call.
+FALLBACK_TECHNIQUES: dict[str, list[str]] = {
+    "CreateUser": ["T1136.003"],
+    "AttachUserPolicy": ["T1098.003"],
+    "PutUserPolicy": ["T1098.003"],
+}
+
+_CONSOLE_HOSTS = {"console.amazonaws.com", "signin.amazonaws.com"}
+_CONSOLE_UA = re.compile(r"^console(\.[a-z0-9-]+)*\.amazonaws\.com$")
+
+
+def _partition(arn: str | None) -> str:
+    if arn and arn.startswith("arn:"):
+        parts = arn.split(":")
+        if len(parts) > 1 and parts[1]:
+            return parts[1]
+    return "aws"
+
+
+def _user_arn(partition: str, account: str | None, name: str, path: str | None) -> str | None:
+    if not account:
+        return None
+    path = path or "/"
+    if not path.startswith("/"):
+        path = "/" + path
+    if not path.endswith("/"):
+        path += "/"
+    return f"arn:{partition}:iam::{account}:user{path}{name}"
+
+
+def _actor(f: RecordFields) -> Actor:
+    f.get("userIdentity", dict, required=True)
+    ui_type = f.get("userIdentity.type", str)
+    arn = f.get("userIdentity.arn", str)
+    name = f.get("userIdentity.userName", str)
+    if ui_type == "Root":
+        name = "root"
+    elif name is None and arn and "/" in arn:
+        name = arn.rsplit("/", 1)[1]  # the session name of an assumed role / federated user
+    invoked_by = f.get("userIdentity.invokedBy", str)
+    user_agent = f.get("userAgent", str)
+    src_ip = f.get("sourceIPAddress", str)
+    from_console = f.flag("sessionCredentialFromConsole")
+    f.get("userIdentity.sessionContext", dict)
+    if invoked_by and invoked_by not in _CONSOLE_HOSTS:
+        access_path = "service"
+    elif (
+        invoked_by in _CONSOLE_HOSTS
+        or from_console
+        or (user_agent is not None and (user_agent in _CONSOLE_HOSTS or _CONSOLE_UA.match(user_agent)))
+        or src_ip in _CONSOLE_HOSTS
+    ):
+        access_path = "console"
+    else:
+        access_path = "api"
+    return Actor(
+        user=Principal(uid=arn, name=name, type=ui_type, account_uid=f.get("userIdentity.accountId", str)),
+        session_uid=f.get("userIdentity.accessKeyId", str),
+        session_issuer=f.get("userIdentity.sessionContext.sessionIssuer.arn", str),
+        session_created=f.get("userIdentity.sessionContext.attributes.creationDate", str),
+        mfa=f.flag("userIdentity.sessionContext.attributes.mfaAuthenticated"),
+        src_ip=src_ip,
+        user_agent=user_agent,
+        invoked_by=invoked_by,
+        access_path=access_path,
+    )
+
+
+def _target(f: RecordFields, actor: Actor, account: str | None) -> Principal:
+    partition = _partition(actor.user.uid)
+    user_name = f.get("requestParameters.userName", str)
+    if user_name:
+        path = f.get("responseElements.user.path", str)
+        return Principal(
+            uid=_user_arn(partition, account, user_name, path),
+            name=user_name,
+            type="IAMUser",
+            account_uid=account,
+        )
+    role_name = f.get("requestParameters.roleName", str)
+    if role_name:
+        uid = f"arn:{partition}:iam::{account}:role/{role_name}" if account else None
+        return Principal(uid=uid, name=role_name, type="Role", account_uid=account)
+    if actor.user.type == "Root":
+        uid = f"arn:{partition}:iam::{account}:root" if account else actor.user.uid
+        return Principal(uid=uid, name="root", type="Root", account_uid=account)
+    return actor.user.model_copy()
+
+
+def _pick(f: RecordFields, base: str, keys: dict[str, str], kind: type | tuple[type, ...] = str) -> dict:
+    """Attributes copied from ``base.<key>`` for each ``key -> attribute name`` (absent skipped)."""
+    out = {}
+    for key, attr in keys.items():
+        value = f.get(f"{base}.{key}", kind)
+        if value is not None:
+            out[attr] = value
+    return out
+
+
+def _credential(
+    f: RecordFields, event_name: str, actor: Actor, target: Principal, region: str | None, failed: bool
+) -> Credential | None:
+    kind = CREDENTIAL_EVENTS.get(event_name)
+    if kind is None:
+        return None
+    req = "requestParameters"
+    resp = "responseElements"
+    if failed:
+        code = f.get("errorCode", str)
+        message = f.get("errorMessage", str)
+        attrs = {k: v for k, v in (("errorCode", code), ("errorMessage", message)) if v is not None}
+        owner = actor.user if kind in ("aws_federation_token", "aws_key_pair") else target
+        return Credential(kind=kind, uid=None, owner=owner, attributes=attrs)
+
+    if kind == "aws_access_key":
+        uid = f.get(f"{resp}.accessKey.accessKeyId", str, required=True)
+        attrs = _pick(f, f"{resp}.accessKey", {"status": "status", "createDate": "createDate"})
+        return Credential(kind=kind, uid=uid, owner=target, attributes=attrs)
+    if kind == "aws_login_profile":
+        attrs: dict[str, Any] = {}
+        reset = f.flag(f"{req}.passwordResetRequired")
+        if reset is None:
+            reset = f.flag(f"{resp}.loginProfile.passwordResetRequired")
+        if reset is not None:
+            attrs["passwordResetRequired"] = reset
+        attrs.update(_pick(f, f"{resp}.loginProfile", {"createDate": "createDate"}))
+        uid = target.name
+        if not uid:
+            raise f.error(f"{req}.userName", "required field missing: cannot name the login profile's user")
+        return Credential(kind=kind, uid=uid, owner=target, attributes=attrs)
+    if kind == "aws_iam_user":
+        uid = f.get(f"{req}.userName", str, required=True)
+        attrs = _pick(
+            f, f"{resp}.user", {"arn": "arn", "userId": "userId", "path": "path", "createDate": "createDate"}
+        )
+        return Credential(kind=kind, uid=uid, owner=target, attributes=attrs)
+    if kind == "aws_key_pair":
+        uid = f.get(f"{req}.keyName", str, required=True)
+        attrs = _pick(f, resp, {"keyPairId": "keyPairId", "keyFingerprint": "keyFingerprint"})
+        if region:
+            attrs["region"] = region
+        return Credential(kind=kind, uid=uid, owner=actor.user, attributes=attrs)
+    if kind == "aws_service_specific_credential":
+        base = f"{resp}.serviceSpecificCredential"
+        uid = f.get(f"{base}.serviceSpecificCredentialId", str, required=True)
+        attrs = _pick(
+            f,
+            base,
+            {
+                "serviceName": "serviceName",
+                "serviceUserName": "serviceUserName",
+                "status": "status",
+                "createDate": "createDate",
+            },
+        )
+        if "serviceName" not in attrs:
+            attrs.update(_pick(f, req, {"serviceName": "serviceName"}))
+        return Credential(kind=kind, uid=uid, owner=target, attributes=attrs)
+    if kind == "aws_federation_token":
+        # The token carries the calling IAM user's permissions (intersected with the session
+        # policy): its owner is the caller, whatever name the federated user was given.
+        uid = f.get(f"{resp}.credentials.accessKeyId", str, required=True)
+        attrs = _pick(f, f"{resp}.credentials", {"expiration": "expiration"})
+        attrs.update(
+            _pick(
+                f, f"{resp}.federatedUser", {"arn": "federatedUserArn", "federatedUserId": "federatedUserId"}
+            )
+        )
+        attrs.update(_pick(f, req, {"name": "name"}))
+        return Credential(kind=kind, uid=uid, owner=actor.user, attributes=attrs)
+    if event_name == "AttachUserPolicy":
+        uid = f.get(f"{req}.policyArn", str, required=True)
+        return Credential(kind=kind, uid=uid, owner=target, attributes={"policy_arn": uid})
+    # PutUserPolicy: an inline policy, named by policyName on the user.
+    uid = f.get(f"{req}.policyName", str, required=True)
+    attrs = {"policy_name": uid}
+    doc = f.get(f"{req}.policyDocument", str)
+    if doc is not None:
+        attrs["policy_document"] = doc
+    return Credential(kind=kind, uid=uid, owner=target, attributes=attrs)
+
+
+def detection_from_cloudtrail(
+    event: dict[str, Any], match: SigmaMatchLike, origin: str, position: int
+) -> Detection:
+    """Normalise one CloudTrail event that ``match`` (a Sigma rule) flagged.
+
+    ``event`` is a CloudTrail record (as in ``Records[]`` of an S3 delivery file, or an
+    EventBridge ``detail``); ``match`` any object with ``id``, ``title``, ``path``, ``level`` and
+    ``technique_ids``; ``origin`` / ``position`` say where the record was read.
+
+    Returns a :class:`Detection` with ``source="cloudtrail"``; ``actor`` from ``userIdentity``
+    (``session_uid`` = the signing access key, ``session_issuer`` / ``session_created`` / ``mfa``
+    from ``sessionContext``, ``access_path`` ``service`` / ``console`` / ``api``); ``target`` the
+    user named by ``requestParameters.userName`` (or the role in ``roleName``), else the caller;
+    ``credential`` for the calls in :data:`CREDENTIAL_EVENTS`. A call that failed (``errorCode``
+    set) created nothing: its credential has no ``uid`` and the detection is ``suppressed``.
+    Secrets in the record (``secretAccessKey``, ``sessionToken``, passwords, key material) are
+    never copied into the credential.
+
+    Raises :class:`RecordError` naming the dotted field when a field read has the wrong type
+    (``userIdentity`` not an object, ``eventTime`` not a timestamp, ``requestParameters`` /
+    ``responseElements`` neither an object nor null, ...) or when a successful call lacks what
+    names its credential (``responseElements.accessKey.accessKeyId`` for ``CreateAccessKey``).
+    """
+    f = RecordFields(event, origin, position)
+    event_name = f.get("eventName", str, required=True)
+    f.get("eventSource", str, required=True)
+    time = f.time("eventTime")
+    f.get("requestParameters", dict)
+    f.get("responseElements", dict)
+    region = f.get("awsRegion", str)
+    actor = _actor(f)
+    account = f.get("recipientAccountId", str) or actor.user.account_uid
+    error_code = f.get("errorCode", str)
+    failed = bool(error_code)
+    target = _target(f, actor, account)
+    credential = _credential(f, event_name, actor, target, region, failed)
+    suppressed = None
+    if failed:
+        suppressed = f"the {event_name} call failed ({error_code}): nothing was created or granted"
+
+    match_techniques = list(getattr(match, "technique_ids", None) or [])
+    if not match_techniques and event_name in CREDENTIAL_EVENTS:
+        match_techniques = list(FALLBACK_TECHNIQUES.get(event_name, ["T1098.001"]))
+    rule_uid = getattr(match, "id", None)
+    return Detection(
+        uid=detection_uid(event, rule_uid),
+        provider="aws",
+        source="cloudtrail",
+        event_name=event_name,
+        technique_ids=match_techniques,
+        rule=RuleRef(
+            type="sigma",
+            uid=rule_uid,
+            name=getattr(match, "title", None),
+            path=str(match.path) if getattr(match, "path", None) is not None else None,
+        ),
+        severity=severity_label(getattr(match, "level", None)),
+        time=time,
+        account_uid=account,
+        region=region,
+        actor=actor,
+        target=target,
+        credential=credential,
+        suppressed=suppressed,
+        raw_ref=RawRef(origin=origin, position=position, sha256=record_sha256(event)),
+        raw=event,
+    )
+
+
+__all__ = [
+    "CREDENTIAL_EVENTS",
+    "FALLBACK_TECHNIQUES",
+    "RecordFields",
+    "SigmaMatchLike",
+    "detection_from_cloudtrail",
+    "detection_uid",
+    "parse_aws_time",
+    "severity_label",
+    "type_name",
+]

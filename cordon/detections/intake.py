@@ -1,0 +1,687 @@
+"""Reading input files and recognising the AWS record shapes they hold.
+
+:func:`read_inputs` turns paths (or ``-`` for standard input) into a stream of
+:class:`RawRecord` (one CloudTrail event, GuardDuty finding or Security Hub ASFF finding, already
+unwrapped from its envelope) and :class:`~cordon.detections.errors.Rejected` (anything that could
+not be read or recognised). A bad record never stops the rest of the input.
+
+Formats recognised per input, whatever its name:
+
+* gzip, by its magic bytes ``1f 8b`` (RFC 1952), possibly multi-member; a truncated stream yields
+  every record that was complete, then a ``Rejected`` saying "truncated gzip";
+* one JSON value per line (JSON lines; blank lines are skipped), read line by line;
+* a JSON document: a single object, an array of objects, or several objects one after the other
+  (concatenated JSON, as Kinesis Firehose writes them);
+* in every one of those, each object may be an envelope:
+
+  - a CloudTrail S3 delivery file ``{"Records": [...]}``
+    (https://docs.aws.amazon.com/awscloudtrail/latest/userguide/cloudtrail-log-file-examples.html);
+  - a Security Hub ``{"Findings": [...]}`` (``GetFindings`` / ``BatchImportFindings`` shape);
+  - an EventBridge event (https://docs.aws.amazon.com/eventbridge/latest/ref/overiew-event-structure.html):
+    ``detail-type`` "AWS API Call via CloudTrail" and the other "... via CloudTrail" types carry a
+    CloudTrail event in ``detail``; "GuardDuty Finding" carries a finding in ``detail``;
+    "Security Hub Findings - Imported" (and "- Custom Action") carry ASFF findings in
+    ``detail.findings``.
+
+Memory: JSON lines are read line by line. A JSON document (an array, a pretty-printed
+``{"Records": [...]}``, or a first line over 1 MiB such as CloudTrail's own single-line delivery
+file) is held as text once and its items are decoded one at a time with
+:meth:`json.JSONDecoder.raw_decode`, never as one decoded object; no streaming-parser dependency
+is needed. ``benchmarks/bench_intake.py`` measures it (100k events: JSON lines at flat RSS; a 75 MiB
+pretty-printed document peaks near 2.4x its size, while its bytes and text briefly coexist).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
+
+from cordon.detections.errors import Rejected
+
+Kind = Literal["cloudtrail", "guardduty", "securityhub"]
+
+#: ``raw_text`` of a Rejected is cut at this many characters, with a note saying how much was cut.
+RAW_TEXT_CAP = 1024 * 1024
+
+_CHUNK = 64 * 1024
+_BIG_LINE = 1024 * 1024
+_GZIP_MAGIC = b"\x1f\x8b"
+_WS = re.compile(r"[ \t\n\r]*")
+_decoder = json.JSONDecoder()
+
+_EXPECTED_SHAPES = (
+    "expected a CloudTrail event (eventName, eventSource, eventTime), a GuardDuty finding "
+    "(schemaVersion, type, service.serviceName 'guardduty' or service.detectorId), a Security Hub "
+    "ASFF finding (SchemaVersion, ProductArn, Types or AwsAccountId), or an envelope "
+    "(Records, Findings, or EventBridge detail-type + detail)"
+)
+
+#: EventBridge ``detail-type`` values whose ``detail`` is a finding, by kind.
+_EVENTBRIDGE_GUARDDUTY = {"GuardDuty Finding"}
+_EVENTBRIDGE_SECURITYHUB = {"Security Hub Findings - Imported", "Security Hub Findings - Custom Action"}
+_ENVELOPE_KEYS = ("version", "id", "detail-type", "source", "account", "time", "region", "resources")
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """One recognised record, unwrapped from its envelope.
+
+    ``origin`` is the input as given (a path string, or ``<stdin>``); ``position`` the record's
+    0-based index within that input after unwrapping (rejected records count too, blank lines do
+    not); ``line`` the 1-based line the record (or its envelope) starts on, when known; ``kind``
+    ``cloudtrail`` | ``guardduty`` | ``securityhub``; ``record`` the decoded object; ``envelope``
+    the EventBridge envelope's metadata (``id``, ``detail-type``, ``source``, ``account``,
+    ``time``, ``region``, ``resources``) when the record came in one.
+    """
+
+    origin: str
+    position: int
+    kind: Kind
+    record: dict[str, Any]
+    envelope: dict[str, Any] | None = None
+    line: int | None = None
+
+
+def cap_text(text: str, cap: int = RAW_TEXT_CAP) -> str:
+    """``text`` cut to ``cap`` characters, with a note saying how many were left out."""
+    if len(text) <= cap:
+        return text
+    return text[:cap] + f"\n...[raw_text truncated: {len(text) - cap} more characters not kept]"
+
+
+def classify(record: Any) -> Kind | None:
+    """The kind of a bare (unwrapped) record, or ``None`` when its shape is not recognised.
+
+    CloudTrail (record contents reference,
+    https://docs.aws.amazon.com/awscloudtrail/latest/userguide/cloudtrail-event-reference-record-contents.html):
+    ``eventName``, ``eventSource`` and ``eventTime`` present. GuardDuty (finding format,
+    https://docs.aws.amazon.com/guardduty/latest/ug/guardduty_finding-format.html):
+    ``schemaVersion``, ``type`` and a ``service`` object whose ``serviceName`` is ``guardduty`` or
+    which has a ``detectorId``. ASFF
+    (https://docs.aws.amazon.com/securityhub/latest/userguide/securityhub-findings-format.html):
+    ``SchemaVersion``, ``ProductArn`` and ``Types`` or ``AwsAccountId``. Only presence is checked
+    here; field types are validated by the parsers.
+    """
+    if not isinstance(record, dict):
+        return None
+    if "eventName" in record and "eventSource" in record and "eventTime" in record:
+        return "cloudtrail"
+    service = record.get("service")
+    if (
+        "schemaVersion" in record
+        and "type" in record
+        and isinstance(service, dict)
+        and (service.get("serviceName") == "guardduty" or "detectorId" in service)
+    ):
+        return "guardduty"
+    if "SchemaVersion" in record and "ProductArn" in record and ("Types" in record or "AwsAccountId" in record):
+        return "securityhub"
+    return None
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {
+        dict: "object",
+        list: "array",
+        str: "string",
+        bool: "boolean",
+        int: "number",
+        float: "number",
+    }.get(type(value), type(value).__name__)
+
+
+class _Input:
+    """Per-input state: the origin, the next record position, and what was rejected."""
+
+    def __init__(self, origin: str):
+        self.origin = origin
+        self.position = 0
+
+    def take(self) -> int:
+        pos = self.position
+        self.position += 1
+        return pos
+
+    def reject(self, field_: str | None, reason: str, raw_text: str, *, count: bool = True) -> Rejected:
+        pos = self.take() if count else None
+        return Rejected(origin=self.origin, position=pos, field=field_, reason=reason, raw_text=cap_text(raw_text))
+
+    # -- unwrapping -------------------------------------------------------------------------
+
+    def unwrap(self, value: Any, text: str, line: int | None) -> Iterator[RawRecord | Rejected]:
+        """Records in one top-level value (a line, an array item, a document)."""
+        where = f" (line {line})" if line is not None else ""
+        if not isinstance(value, dict):
+            yield self.reject(None, f"expected a JSON object{where}, got {_type_name(value)}", text)
+            return
+        if "detail-type" in value and "detail" in value:
+            yield from self._eventbridge(value, text, line)
+            return
+        for key in ("Records", "Findings"):
+            if key in value and classify(value) is None:
+                items = value[key]
+                if not isinstance(items, list):
+                    yield self.reject(key, f"expected an array{where}, got {_type_name(items)}", text)
+                    return
+                for item in items:
+                    yield self.leaf(item, None, line, None)
+                return
+        yield self.leaf(value, text, line, None)
+
+    def _eventbridge(self, event: dict[str, Any], text: str, line: int | None) -> Iterator[RawRecord | Rejected]:
+        envelope = {k: event[k] for k in _ENVELOPE_KEYS if k in event}
+        detail_type = event.get("detail-type")
+        detail = event.get("detail")
+        where = f" (line {line})" if line is not None else ""
+        if not isinstance(detail_type, str):
+            yield self.reject("detail-type", f"expected a string{where}, got {_type_name(detail_type)}", text)
+            return
+        if not isinstance(detail, dict):
+            yield self.reject("detail", f"expected an object{where}, got {_type_name(detail)}", text)
+            return
+        if detail_type in _EVENTBRIDGE_SECURITYHUB:
+            findings = detail.get("findings")
+            if not isinstance(findings, list):
+                yield self.reject("detail.findings", f"expected an array{where}, got {_type_name(findings)}", text)
+                return
+            for finding in findings:
+                yield self.leaf(finding, None, line, envelope, expect="securityhub")
+        elif detail_type in _EVENTBRIDGE_GUARDDUTY:
+            yield self.leaf(detail, None, line, envelope, expect="guardduty")
+        elif detail_type.endswith("via CloudTrail"):
+            yield self.leaf(detail, None, line, envelope, expect="cloudtrail")
+        else:
+            yield self.reject(
+                "detail-type",
+                f"unsupported EventBridge detail-type {detail_type!r}{where}; "
+                "expected 'AWS API Call via CloudTrail' (or another '... via CloudTrail'), "
+                "'GuardDuty Finding' or 'Security Hub Findings - Imported'",
+                text,
+            )
+
+    def leaf(
+        self,
+        record: Any,
+        text: str | None,
+        line: int | None,
+        envelope: dict[str, Any] | None,
+        expect: Kind | None = None,
+    ) -> RawRecord | Rejected:
+        """Classify one bare record (``text`` is re-serialised when not given)."""
+        kind = classify(record)
+        where = f" (line {line})" if line is not None else ""
+        if kind is None or (expect is not None and kind != expect):
+            raw = text if text is not None else json.dumps(record, ensure_ascii=False, default=str)
+            if not isinstance(record, dict):
+                return self.reject(None, f"expected a JSON object{where}, got {_type_name(record)}", raw)
+            keys = ", ".join(sorted(record)[:20]) or "none"
+            wanted = _EXPECTED_SHAPES if expect is None else f"the envelope says {expect}, but: {_EXPECTED_SHAPES}"
+            return self.reject(None, f"unrecognised record shape{where}: {wanted}; got keys: {keys}", raw)
+        return RawRecord(
+            origin=self.origin, position=self.take(), kind=kind, record=record, envelope=envelope, line=line
+        )
+
+
+# -- byte sources ------------------------------------------------------------------------------
+
+
+class _Chunks:
+    """Chunks of an input's (decompressed) bytes; ``error`` is set when the stream broke."""
+
+    def __init__(self, stream: BinaryIO):
+        self.stream = stream
+        self.error: str | None = None
+        self.gzipped = False
+        self.offset = 0  # bytes (decompressed) delivered so far
+
+    def __iter__(self) -> Iterator[bytes]:
+        head = self.stream.read(2)
+        while len(head) < 2:  # short reads from pipes
+            more = self.stream.read(2 - len(head))
+            if not more:
+                break
+            head += more
+        if head == _GZIP_MAGIC:
+            self.gzipped = True
+            yield from self._gzip(head)
+            return
+        if head:
+            self.offset += len(head)
+            yield head
+        while True:
+            chunk = self.stream.read(_CHUNK)
+            if not chunk:
+                return
+            self.offset += len(chunk)
+            yield chunk
+
+    def _gzip(self, head: bytes) -> Iterator[bytes]:
+        # zlib with wbits=31 decodes one gzip member; loop for multi-member files (RFC 1952 2.2).
+        pending = head
+        decomp = zlib.decompressobj(31)
+        member_started = True
+        while True:
+            data = self.stream.read(_CHUNK)
+            buf = pending + data
+            pending = b""
+            if not buf:
+                break
+            while buf:
+                if not member_started:
+                    if buf.lstrip(b"\x00") == b"":  # trailing padding after the last member
+                        buf = b""
+                        break
+                    decomp = zlib.decompressobj(31)
+                    member_started = True
+                try:
+                    out = decomp.decompress(buf)
+                except zlib.error as exc:
+                    self.error = f"corrupt gzip: {exc} (after {self.offset} decompressed bytes)"
+                    return
+                if out:
+                    self.offset += len(out)
+                    yield out
+                if decomp.eof:
+                    buf = decomp.unused_data
+                    member_started = False
+                else:
+                    buf = b""
+            if not data:
+                break
+        if member_started and not decomp.eof:
+            self.error = (
+                f"truncated gzip: the compressed stream ended before its end marker "
+                f"(after {self.offset} decompressed bytes)"
+            )
+
+
+class _Lines:
+    """Iterates ``(line number, byte offset, line without its newline, complete)``.
+
+    The last line is ``complete`` only when the stream ended cleanly (a line cut by a truncated
+    gzip stream is not). :meth:`rest` hands over the unsplit remainder (buffered bytes, then the
+    remaining chunks) once a reader knows it wants the whole document rather than lines.
+    """
+
+    def __init__(self, chunks: _Chunks):
+        self.chunks = chunks
+        self.source = iter(chunks)
+        self.buf = bytearray()  # grows in place: a single-line multi-MB file is not copied per chunk
+        self.lineno = 0
+        self.offset = 0
+        self.pending: list[tuple[int, int, bytes, bool]] = []
+
+    def __iter__(self) -> Iterator[tuple[int, int, bytes, bool]]:
+        return self
+
+    def __next__(self) -> tuple[int, int, bytes, bool]:
+        while not self.pending:
+            chunk = next(self.source, None)
+            if chunk is None:
+                if not self.buf:
+                    raise StopIteration
+                line = bytes(self.buf)
+                self.buf.clear()
+                self.lineno += 1
+                return self.lineno, self.offset, line, self.chunks.error is None
+            searched = len(self.buf)
+            self.buf += chunk
+            start = 0
+            while True:
+                nl = self.buf.find(b"\n", max(start, searched))
+                if nl < 0:
+                    break
+                self.lineno += 1
+                self.pending.append((self.lineno, self.offset, bytes(self.buf[start:nl]), True))
+                self.offset += nl + 1 - start
+                start = nl + 1
+            del self.buf[:start]
+            self.pending.reverse()
+        return self.pending.pop()
+
+    def rest(self) -> Iterator[bytes]:
+        """The bytes not yet returned as lines, unsplit."""
+        while self.pending:
+            _, _, line, _ = self.pending.pop()
+            yield line + b"\n"
+        if self.buf:
+            yield bytes(self.buf)
+            self.buf.clear()
+        yield from self.source
+
+
+def _decode_line(raw: bytes) -> str:
+    return raw.decode("utf-8").lstrip("\ufeff").rstrip("\r")
+
+
+def _loads_line(raw: bytes) -> tuple[Any, str]:
+    """Decode one JSON line; raises ``UnicodeDecodeError`` or ``json.JSONDecodeError``."""
+    text = _decode_line(raw)
+    return json.loads(text), text
+
+
+# -- readers -----------------------------------------------------------------------------------
+
+
+def _read_stream(origin: str, stream: BinaryIO) -> Iterator[RawRecord | Rejected]:
+    inp = _Input(origin)
+    chunks = _Chunks(stream)
+    lines = _Lines(chunks)
+    consumed: list[tuple[int, int, bytes, bool]] = []
+
+    def next_nonblank() -> tuple[int, int, bytes, bool] | None:
+        for item in lines:
+            consumed.append(item)
+            if item[2].strip():
+                return item
+        return None
+
+    first = next_nonblank()
+    if first is None:
+        if chunks.error:
+            yield inp.reject(None, chunks.error, "", count=False)
+        return
+    parsed: dict[int, tuple[Any, str]] = {}
+    if _looks_like_json_lines(first, next_nonblank, parsed):
+        yield from _read_json_lines(inp, chunks, consumed, lines, parsed)
+    else:
+        yield from _read_document(inp, chunks, consumed, lines)
+
+
+def _parses(item: tuple[int, int, bytes, bool] | None, parsed: dict[int, tuple[Any, str]]) -> bool:
+    """Whether the line parses as JSON on its own; the result is kept in ``parsed`` (by line
+    number) so that the line is never decoded twice."""
+    if item is None or not item[3]:
+        return False
+    try:
+        parsed[item[0]] = _loads_line(item[2])
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return True
+
+
+def _looks_like_json_lines(first, next_nonblank, parsed: dict[int, tuple[Any, str]]) -> bool:
+    """JSON lines when the first non-blank line is a JSON value on its own, or, when it is broken,
+    the next one is (a pretty-printed document's second line never parses alone). A first line
+    longer than ``_BIG_LINE`` (CloudTrail's own single-line ``{"Records": [...]}``) is read as a
+    document, so that its records are decoded one at a time."""
+    if first[2].lstrip().startswith(b"[") or len(first[2]) > _BIG_LINE:
+        return False
+    if _parses(first, parsed):
+        return True
+    second = next_nonblank()
+    return second is not None and second[2].lstrip().startswith(b"{") and _parses(second, parsed)
+
+
+def _read_json_lines(
+    inp: _Input, chunks: _Chunks, consumed, lines, parsed: dict[int, tuple[Any, str]]
+) -> Iterator[RawRecord | Rejected]:
+    def all_lines():
+        yield from consumed
+        yield from lines
+
+    for lineno, offset, raw, complete in all_lines():
+        if not raw.strip():
+            continue
+        if not complete:
+            # Cut by a truncated gzip stream: reported once, below, with the partial text.
+            yield inp.reject(
+                None,
+                f"{chunks.error}; the record starting on line {lineno} is incomplete",
+                raw.decode("utf-8", errors="replace"),
+                count=False,
+            )
+            return
+        try:
+            value, text = parsed.pop(lineno) if lineno in parsed else _loads_line(raw)
+        except UnicodeDecodeError as exc:
+            yield inp.reject(
+                None,
+                f"not UTF-8 text at line {lineno}, byte {offset + exc.start}: {exc.reason}",
+                raw.decode("utf-8", errors="replace"),
+            )
+            continue
+        except json.JSONDecodeError as exc:
+            yield inp.reject(
+                None,
+                f"not JSON at line {lineno}, column {exc.colno} "
+                f"(byte {offset + len(exc.doc[: exc.pos].encode())}): {exc.msg}",
+                raw.decode("utf-8", errors="replace"),
+            )
+            continue
+        yield from inp.unwrap(value, text, lineno)
+    if chunks.error:
+        yield inp.reject(None, chunks.error, "", count=False)
+
+
+class _LineCounter:
+    """Line number of a character offset, counted incrementally (offsets only move forward)."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.pos = 0
+        self.line = 1
+
+    def at(self, pos: int) -> int:
+        if pos < self.pos:
+            return self.text.count("\n", 0, pos) + 1
+        self.line += self.text.count("\n", self.pos, pos)
+        self.pos = pos
+        return self.line
+
+
+def _read_document(inp: _Input, chunks: _Chunks, consumed, lines) -> Iterator[RawRecord | Rejected]:
+    data = bytearray()
+    for _, _, raw, complete in consumed:
+        data += raw
+        if complete:
+            data += b"\n"
+    for chunk in lines.rest():
+        data += chunk
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        yield inp.reject(
+            None,
+            f"not UTF-8 text at byte {exc.start}: {exc.reason}",
+            data.decode("utf-8", errors="replace"),
+            count=False,
+        )
+        if chunks.error:
+            yield inp.reject(None, chunks.error, "", count=False)
+        return
+    del data
+    lc = _LineCounter(text)
+    truncated = chunks.error
+
+    def fail(pos: int, msg: str, start: int) -> Rejected:
+        line = lc.at(pos)
+        col = pos - (text.rfind("\n", 0, pos) + 1) + 1
+        if truncated:
+            return inp.reject(
+                None,
+                f"{truncated}; the JSON document is incomplete at line {line}",
+                text[start:],
+                count=False,
+            )
+        return inp.reject(
+            None,
+            f"not JSON at line {line}, column {col} (byte {len(text[:pos].encode())}): {msg}",
+            text[start:],
+        )
+
+    pos = _WS.match(text, 0).end()
+    if pos == len(text):
+        if truncated:
+            yield inp.reject(None, truncated, "", count=False)
+        return
+    while pos < len(text):
+        ch = text[pos]
+        if ch == "[":
+            result = yield from _read_array(inp, text, pos, lc, fail)
+            if result is None:
+                return
+            pos = result
+        elif ch == "{":
+            result = yield from _read_object(inp, text, pos, lc, fail)
+            if result is None:
+                return
+            pos = result
+        else:
+            try:
+                value, end = _decoder.raw_decode(text, pos)
+            except json.JSONDecodeError as exc:
+                yield fail(exc.pos, exc.msg, pos)
+                return
+            yield from inp.unwrap(value, text[pos:end], lc.at(pos))
+            pos = end
+        pos = _WS.match(text, pos).end()
+    if truncated:
+        yield inp.reject(None, truncated, "", count=False)
+
+
+# Arrays and objects are walked by hand so that each item is decoded on its own. Both walkers
+# are generators that return the position after the value, or None after a parse failure.
+
+
+def _read_array(inp: _Input, text: str, start: int, lc: _LineCounter, fail):
+    """Walk one top-level array, unwrapping each item. Returns the end position or ``None``."""
+    pos = _WS.match(text, start + 1).end()
+    if pos < len(text) and text[pos] == "]":
+        return pos + 1
+    while True:
+        try:
+            value, end = _decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            yield fail(exc.pos, exc.msg, pos)
+            return None
+        yield from inp.unwrap(value, text[pos:end], lc.at(pos))
+        pos = _WS.match(text, end).end()
+        if pos < len(text) and text[pos] == ",":
+            pos = _WS.match(text, pos + 1).end()
+            continue
+        if pos < len(text) and text[pos] == "]":
+            return pos + 1
+        yield fail(pos, "expected ',' or ']' after an array item", pos)
+        return None
+
+
+def _read_object(inp: _Input, text: str, start: int, lc: _LineCounter, fail):
+    """Walk one top-level object. A ``Records`` / ``Findings`` array is yielded item by item
+    (each classified directly); any other object is unwrapped as a whole. Returns the end
+    position, or ``None`` after a parse failure."""
+    line = lc.at(start)
+    top: dict[str, Any] = {}
+    streamed = False
+    pos = _WS.match(text, start + 1).end()
+    if pos < len(text) and text[pos] == "}":
+        yield from inp.unwrap(top, text[start : pos + 1], line)
+        return pos + 1
+    while True:
+        if pos >= len(text) or text[pos] != '"':
+            yield fail(pos, "expected a property name in double quotes", start)
+            return None
+        try:
+            key, pos = _decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            yield fail(exc.pos, exc.msg, start)
+            return None
+        pos = _WS.match(text, pos).end()
+        if pos >= len(text) or text[pos] != ":":
+            yield fail(pos, "expected ':' after a property name", start)
+            return None
+        pos = _WS.match(text, pos + 1).end()
+        if key in ("Records", "Findings") and not streamed and pos < len(text) and text[pos] == "[":
+            streamed = True
+            item_pos = _WS.match(text, pos + 1).end()
+            if item_pos < len(text) and text[item_pos] == "]":
+                pos = item_pos + 1
+            else:
+                while True:
+                    try:
+                        value, end = _decoder.raw_decode(text, item_pos)
+                    except json.JSONDecodeError as exc:
+                        yield fail(exc.pos, exc.msg, item_pos)
+                        return None
+                    yield inp.leaf(value, text[item_pos:end], lc.at(item_pos), None)
+                    item_pos = _WS.match(text, end).end()
+                    if item_pos < len(text) and text[item_pos] == ",":
+                        item_pos = _WS.match(text, item_pos + 1).end()
+                        continue
+                    if item_pos < len(text) and text[item_pos] == "]":
+                        pos = item_pos + 1
+                        break
+                    yield fail(item_pos, f"expected ',' or ']' in the {key} array", item_pos)
+                    return None
+        else:
+            try:
+                value, pos = _decoder.raw_decode(text, pos)
+            except json.JSONDecodeError as exc:
+                yield fail(exc.pos, exc.msg, start)
+                return None
+            top[key] = value
+        pos = _WS.match(text, pos).end()
+        if pos < len(text) and text[pos] == ",":
+            pos = _WS.match(text, pos + 1).end()
+            continue
+        if pos < len(text) and text[pos] == "}":
+            pos += 1
+            break
+        yield fail(pos, "expected ',' or '}' after an object member", start)
+        return None
+    if not streamed:
+        yield from inp.unwrap(top, text[start:pos], line)
+    return pos
+
+
+def read_inputs(sources: Iterable[str | Path], stdin: BinaryIO | None = None) -> Iterator[RawRecord | Rejected]:
+    """Read every input in ``sources`` and yield its records, unwrapped and classified.
+
+    ``sources`` are paths; ``"-"`` means standard input, read as bytes from ``stdin`` (default
+    ``sys.stdin.buffer``) and named ``<stdin>``. Each input's format is detected from its
+    content (see the module docstring). Yields :class:`RawRecord` for each CloudTrail event,
+    GuardDuty finding and ASFF finding, and :class:`Rejected` for an input that cannot be opened,
+    text that is not JSON (naming the line, column and byte), a record of an unknown shape (naming
+    the keys expected and the keys found), a non-object value, or a truncated / corrupt gzip
+    stream (after every complete record before the cut). Never raises for bad content.
+    """
+    for source in sources:
+        if str(source) == "-":
+            origin = "<stdin>"
+            stream = stdin if stdin is not None else sys.stdin.buffer
+            yield from _read_stream(origin, stream)
+            continue
+        origin = str(source)
+        try:
+            fh = open(source, "rb")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            yield Rejected(
+                origin=origin,
+                position=None,
+                field=None,
+                reason=f"cannot open: {exc.strerror or exc}",
+                raw_text="",
+            )
+            continue
+        with fh:
+            try:
+                yield from _read_stream(origin, fh)
+            except OSError as exc:  # e.g. a read error, a directory on some systems
+                yield Rejected(
+                    origin=origin,
+                    position=None,
+                    field=None,
+                    reason=f"cannot read: {exc.strerror or exc}",
+                    raw_text="",
+                )
+
+
+__all__ = ["RAW_TEXT_CAP", "RawRecord", "cap_text", "classify", "read_inputs"]

@@ -1,0 +1,112 @@
+"""From raw records to detections: Sigma matching for CloudTrail, direct mapping for findings.
+
+:func:`detect` consumes what :func:`cordon.detections.intake.read_inputs` yields and produces
+:class:`Detection` and :class:`Rejected`, counting as it goes in a :class:`DetectStats`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+from cordon.detections.cloudtrail import detection_from_cloudtrail
+from cordon.detections.errors import RecordError, Rejected
+from cordon.detections.guardduty import detection_from_guardduty
+from cordon.detections.intake import RawRecord, cap_text
+from cordon.detections.model import Detection
+from cordon.detections.securityhub import detection_from_asff
+
+
+class RuleMatcher(Protocol):
+    """What :func:`detect` needs from a rule set (``cordon.sigma.RuleSet``)."""
+
+    def match(self, event: dict[str, Any], *, product: str, service: str) -> list[Any]: ...
+
+
+@dataclass
+class DetectStats:
+    """Counts kept by :func:`detect`.
+
+    ``records_read``: records received (RawRecord and Rejected from intake); ``events``: CloudTrail
+    events among them; ``events_matched`` / ``events_unmatched``: events that some / no Sigma rule
+    matched; ``findings``: GuardDuty and Security Hub findings; ``detections``: Detections yielded
+    (one per matching rule for events), of which ``suppressed``; ``rejected``: Rejected yielded
+    (from intake and from parsers).
+    """
+
+    records_read: int = 0
+    events: int = 0
+    events_matched: int = 0
+    events_unmatched: int = 0
+    findings: int = 0
+    detections: int = 0
+    suppressed: int = 0
+    rejected: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """The counts as a plain dict (for JSON output)."""
+        return asdict(self)
+
+
+def _record_text(record: Any) -> str:
+    return cap_text(json.dumps(record, ensure_ascii=False, default=str))
+
+
+def detect(
+    records: Iterable[RawRecord | Rejected], rules: RuleMatcher, stats: DetectStats | None = None
+) -> Iterator[Detection | Rejected]:
+    """Turn records into detections.
+
+    CloudTrail records go through ``rules.match(record, product="aws", service="cloudtrail")``
+    and give one :class:`Detection` per matching rule (:func:`detection_from_cloudtrail`); an
+    event no rule matches is an ordinary event and yields nothing (it is counted). GuardDuty and
+    Security Hub findings map directly (:func:`detection_from_guardduty`,
+    :func:`detection_from_asff`). Rejected records pass through. A :class:`RecordError` from a
+    parser or from ``rules.match`` becomes a :class:`Rejected` carrying the record's JSON text,
+    and processing continues; any other exception is a bug and propagates.
+
+    Pass ``stats`` to read the counts (:class:`DetectStats`) while or after iterating.
+    """
+    stats = stats if stats is not None else DetectStats()
+    for item in records:
+        stats.records_read += 1
+        if isinstance(item, Rejected):
+            stats.rejected += 1
+            yield item
+            continue
+        try:
+            produced = list(_detections(item, rules, stats))
+        except RecordError as err:
+            stats.rejected += 1
+            yield Rejected.from_error(err, _record_text(item.record))
+            continue
+        for det in produced:
+            stats.detections += 1
+            if det.suppressed:
+                stats.suppressed += 1
+            yield det
+
+
+def _detections(item: RawRecord, rules: RuleMatcher, stats: DetectStats) -> Iterator[Detection]:
+    if item.kind == "cloudtrail":
+        stats.events += 1
+        matches = rules.match(item.record, product="aws", service="cloudtrail")
+        if not matches:
+            stats.events_unmatched += 1
+            return
+        stats.events_matched += 1
+        for match in matches:
+            yield detection_from_cloudtrail(item.record, match, item.origin, item.position)
+    elif item.kind == "guardduty":
+        stats.findings += 1
+        yield detection_from_guardduty(item.record, item.origin, item.position)
+    elif item.kind == "securityhub":
+        stats.findings += 1
+        yield detection_from_asff(item.record, item.origin, item.position)
+    else:  # pragma: no cover - RawRecord.kind is a closed set
+        raise RecordError(item.origin, item.position, None, f"unknown record kind {item.kind!r}")
+
+
+__all__ = ["DetectStats", "RuleMatcher", "detect"]
