@@ -1,0 +1,913 @@
+"""AWS enrichment and containment actions.
+
+Modelled on Cloud Custodian's ``c7n/resources/iam.py`` actions: one small class per action,
+declaring its playbook ``name``, parameter ``schema``, the exact IAM ``permissions`` it needs, the
+credential kinds it acts on and whether it can roll back. Every containment action acts on
+exactly the credential its parameters name, reads the state before and after, and is idempotent
+(see :mod:`cordon.action`). API errors (``botocore.exceptions.ClientError``) propagate to the
+shared ``run()``, which records ``failed``; a credential that is not the one named (e.g. an
+access key of another user) raises :class:`~cordon.action.GuardError` and is recorded as
+``refused`` with nothing changed.
+
+Clients come from ``ctx.clients(service, region=None)`` (boto3 clients; in the sandbox, pointed
+at moto and Cordon's stand-in). API references: https://docs.aws.amazon.com/IAM/latest/APIReference/ ,
+https://docs.aws.amazon.com/AWSEC2/latest/APIReference/ ,
+https://docs.aws.amazon.com/awscloudtrail/latest/APIReference/API_LookupEvents.html .
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
+
+from botocore import xform_name
+from botocore.exceptions import ClientError
+
+from cordon.action import (
+    ActionContext,
+    ActionResult,
+    ApiCall,
+    ContainmentAction,
+    EnrichmentAction,
+    GuardError,
+    register,
+)
+
+USER_NAME = {"type": "string", "pattern": r"^[\w+=,.@-]{1,64}$", "description": "IAM user name"}
+ACCESS_KEY_ID = {"type": "string", "pattern": r"^AKIA[A-Z0-9]{12,124}$",
+                 "description": "long-term IAM access key ID (AKIA...)"}
+POLICY_ARN = {"type": "string", "pattern": r"^arn:aws[a-z-]*:iam::(aws|[0-9]{12}):policy/.+$"}
+POLICY_NAME = {"type": "string", "pattern": r"^[\w+=,.@-]{1,128}$"}
+REGION = {"type": "string", "pattern": r"^[a-z0-9-]{4,32}$"}
+
+REVOKE_POLICY_NAME = "CordonRevokeOlderSessions"
+QUARANTINE_POLICY_NAME = "CordonQuarantine"
+CORDON_POLICY_NAMES = (REVOKE_POLICY_NAME, QUARANTINE_POLICY_NAME)
+ADMIN_POLICY_SUFFIX = ":policy/AdministratorAccess"
+
+
+def _iso(dt: datetime) -> str:
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_iso(value: str) -> datetime:
+    """ISO 8601 (``2024-07-30T21:53:13Z``, offsets allowed, naive = UTC) as aware UTC."""
+    dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).astimezone(UTC)
+
+
+def _error_code(err: ClientError) -> str:
+    return str(err.response.get("Error", {}).get("Code", ""))
+
+
+def _policy_doc(doc: Any) -> Any:
+    """A policy document as a dict (boto3 decodes IAM documents; strings are parsed)."""
+    if isinstance(doc, str):
+        return json.loads(doc)
+    return doc
+
+
+def _user_arn(ctx: ActionContext, user_name: str) -> str:
+    owner = ctx.detection.credential.owner if ctx.detection.credential else None
+    for principal in (owner, ctx.detection.target):
+        if principal and principal.uid and principal.uid.endswith(f":user/{user_name}"):
+            return principal.uid
+    account = ctx.detection.account_uid or "-"
+    return f"arn:aws:iam::{account}:user/{user_name}"
+
+
+def _deny_all_statement(sid: str) -> dict[str, Any]:
+    return {"Sid": sid, "Effect": "Deny", "Action": "*", "Resource": "*"}
+
+
+# -- containment --------------------------------------------------------------------------------
+class AwsContainmentAction(ContainmentAction):
+    """Base of AWS containment actions: :meth:`call` makes one boto3 call.
+
+    ``ApiCall(service="iam", operation="UpdateAccessKey", params={...}, region=None)`` becomes
+    ``ctx.clients("iam", region=None).update_access_key(**params)``; errors propagate.
+    """
+
+    provider = "aws"
+    service: ClassVar[str] = "iam"
+
+    def client(self, ctx: ActionContext, service: str | None = None, region: str | None = None) -> Any:
+        return ctx.clients(service or self.service, region=region)
+
+    def call(self, ctx: ActionContext, api: ApiCall) -> Any:
+        client = ctx.clients(api.service, region=api.region)
+        return getattr(client, xform_name(api.operation))(**api.params)
+
+    def rollback_calls(self, ctx: ActionContext, result: ActionResult) -> list[ApiCall]:
+        """No calls unless ``result`` changed something (``contained`` with rollback data)."""
+        if result.status != "contained" or not result.rollback:
+            return []
+        return self.undo_calls(ctx, result.rollback.get("before"))
+
+    def undo_calls(self, ctx: ActionContext, before: dict[str, Any] | None) -> list[ApiCall]:
+        raise GuardError(f"action '{self.name}' cannot be rolled back")
+
+    def _iam_user_exists(self, ctx: ActionContext, user_name: str) -> bool:
+        try:
+            self.client(ctx, "iam").get_user(UserName=user_name)
+            return True
+        except ClientError as err:
+            if _error_code(err) == "NoSuchEntity":
+                return False
+            raise
+
+
+@register
+class DeactivateAccessKey(AwsContainmentAction):
+    """Deactivate one IAM access key (``iam:UpdateAccessKey Status=Inactive``); never deletes it.
+
+    Guard: the key must be listed by ``ListAccessKeys`` for the named user. A key that belongs
+    to another user (``GetAccessKeyLastUsed`` names its owner, or answers ``AccessDenied`` so
+    ownership cannot be checked) raises ``GuardError`` (run:
+    ``refused``) and nothing changes. A key that exists nowhere cannot authenticate: the run is
+    ``already_contained`` with ``data={"missing": True}`` and ``before=None``.
+
+    State: ``{user_name, access_key_id, status: "Active"|"Inactive", create_date (ISO)}``.
+    Rollback: ``UpdateAccessKey Status=<status before>`` (Active).
+    API: https://docs.aws.amazon.com/IAM/latest/APIReference/API_UpdateAccessKey.html
+
+    .. code-block:: yaml
+
+        contain:
+          - action: aws.deactivate-access-key
+            with:
+              user_name: "{{ credential.owner.name }}"
+              access_key_id: "{{ credential.uid }}"
+    """
+
+    name = "aws.deactivate-access-key"
+    schema = {
+        "type": "object", "additionalProperties": False, "required": ["user_name", "access_key_id"],
+        "properties": {"user_name": USER_NAME, "access_key_id": ACCESS_KEY_ID},
+    }
+    permissions = ("iam:ListAccessKeys", "iam:GetAccessKeyLastUsed", "iam:UpdateAccessKey")
+    credential_kinds = ("aws_access_key",)
+    rollback_supported = True
+    identifies = {"access_key_id": ("credential.uid",), "user_name": ("credential.owner.name",)}
+
+    def target(self, ctx: ActionContext) -> str:
+        p = ctx.params
+        return f"{_user_arn(ctx, p['user_name'])} access-key {p['access_key_id']}"
+
+    def read_state(self, ctx: ActionContext) -> dict[str, Any] | None:
+        user, key_id = ctx.params["user_name"], ctx.params["access_key_id"]
+        iam = self.client(ctx)
+        try:
+            pages = iam.get_paginator("list_access_keys").paginate(UserName=user)
+            keys = [k for page in pages for k in page["AccessKeyMetadata"]]
+        except ClientError as err:
+            if _error_code(err) != "NoSuchEntity":
+                raise
+            keys = []
+        for key in keys:
+            if key["AccessKeyId"] == key_id:
+                return {"user_name": user, "access_key_id": key_id, "status": key["Status"],
+                        "create_date": _iso(key["CreateDate"])}
+        try:
+            owner = iam.get_access_key_last_used(AccessKeyId=key_id).get("UserName")
+        except ClientError as err:
+            if _error_code(err) == "NoSuchEntity":
+                return None
+            if _error_code(err) == "AccessDenied":
+                raise GuardError(f"access key {key_id} is not {user}'s and its owner cannot be read") from err
+            raise
+        raise GuardError(f"access key {key_id} belongs to user '{owner}', not '{user}'")
+
+    def is_contained(self, state: dict[str, Any] | None) -> bool:
+        return state is None or state["status"] == "Inactive"
+
+    def plan_calls(self, ctx: ActionContext, state: dict[str, Any] | None) -> list[ApiCall]:
+        return [ApiCall(service="iam", operation="UpdateAccessKey",
+                        params={"UserName": ctx.params["user_name"],
+                                "AccessKeyId": ctx.params["access_key_id"], "Status": "Inactive"})]
+
+    def undo_calls(self, ctx: ActionContext, before: dict[str, Any] | None) -> list[ApiCall]:
+        if not before or before.get("status") != "Active":
+            return []
+        return [ApiCall(service="iam", operation="UpdateAccessKey",
+                        params={"UserName": before["user_name"], "AccessKeyId": before["access_key_id"],
+                                "Status": "Active"})]
+
+
+@register
+class DeleteLoginProfile(AwsContainmentAction):
+    """Remove an IAM user's console password (``iam:DeleteLoginProfile``).
+
+    State: ``{user_name, exists, create_date, password_reset_required}`` (``exists`` False when
+    ``GetLoginProfile`` answers ``NoSuchEntity``: no password, or no such user). Contained when
+    no login profile exists. Not reversible: the old password cannot be restored (AWS never
+    returns it). Recovery for a legitimate user is ``iam:CreateLoginProfile`` with a **new**
+    password and ``PasswordResetRequired=true``, done by a human.
+    API: https://docs.aws.amazon.com/IAM/latest/APIReference/API_DeleteLoginProfile.html
+
+    .. code-block:: yaml
+
+        contain:
+          - action: aws.delete-login-profile
+            with:
+              user_name: "{{ credential.owner.name }}"
+    """
+
+    name = "aws.delete-login-profile"
+    schema = {"type": "object", "additionalProperties": False, "required": ["user_name"],
+              "properties": {"user_name": USER_NAME}}
+    permissions = ("iam:GetLoginProfile", "iam:DeleteLoginProfile")
+    credential_kinds = ("aws_login_profile", "aws_iam_user")
+    rollback_supported = False
+    identifies = {"user_name": ("credential.owner.name", "credential.uid", "target.name")}
+
+    def target(self, ctx: ActionContext) -> str:
+        return f"{_user_arn(ctx, ctx.params['user_name'])} login-profile"
+
+    def read_state(self, ctx: ActionContext) -> dict[str, Any] | None:
+        user = ctx.params["user_name"]
+        try:
+            profile = self.client(ctx).get_login_profile(UserName=user)["LoginProfile"]
+        except ClientError as err:
+            if _error_code(err) != "NoSuchEntity":
+                raise
+            return {"user_name": user, "exists": False, "create_date": None, "password_reset_required": None}
+        return {"user_name": user, "exists": True, "create_date": _iso(profile["CreateDate"]),
+                "password_reset_required": bool(profile.get("PasswordResetRequired", False))}
+
+    def is_contained(self, state: dict[str, Any] | None) -> bool:
+        return state is None or not state["exists"]
+
+    def plan_calls(self, ctx: ActionContext, state: dict[str, Any] | None) -> list[ApiCall]:
+        return [ApiCall(service="iam", operation="DeleteLoginProfile",
+                        params={"UserName": ctx.params["user_name"]})]
+
+
+@register
+class DeleteKeyPair(AwsContainmentAction):
+    """Delete an EC2 key pair (``ec2:DeleteKeyPair``) in the detection's region.
+
+    Reads ``DescribeKeyPairs(KeyNames=[key_name], IncludePublicKey=True)`` first; the before
+    state records the public key, so rollback re-imports it with ``ec2:ImportKeyPair`` (the
+    holder of the private key can use it again; the new key pair gets a new ``KeyPairId`` and,
+    for RSA keys AWS created, a different fingerprint format). If ``key_pair_id`` is given and
+    the key pair under that name has another ID (deleted and re-created since the detection),
+    ``GuardError``. The delete is by ``KeyName``: moto's ``DeleteKeyPair`` ignores ``KeyPairId``,
+    and the name was just checked against the ID.
+
+    Params: ``key_name``; ``region`` (default: the credential's ``region`` attribute, else the
+    detection's region); ``key_pair_id`` (optional exact-ID guard).
+    State: ``{key_name, key_pair_id, key_type, key_fingerprint, create_time, public_key, region}``
+    or ``None`` when the key pair does not exist.
+    API: https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_DeleteKeyPair.html
+
+    .. code-block:: yaml
+
+        contain:
+          - action: aws.delete-key-pair
+            with:
+              key_name: "{{ credential.uid }}"
+              region: "{{ detection.region }}"
+    """
+
+    name = "aws.delete-key-pair"
+    service = "ec2"
+    schema = {"type": "object", "additionalProperties": False, "required": ["key_name"],
+              "properties": {"key_name": {"type": "string", "minLength": 1, "maxLength": 255},
+                             "region": REGION,
+                             "key_pair_id": {"type": "string", "pattern": r"^key-[0-9a-f]{8,32}$"}}}
+    permissions = ("ec2:DescribeKeyPairs", "ec2:DeleteKeyPair", "ec2:ImportKeyPair")
+    credential_kinds = ("aws_key_pair",)
+    rollback_supported = True
+    identifies = {"key_name": ("credential.uid",)}
+
+    def region(self, ctx: ActionContext) -> str | None:
+        cred = ctx.detection.credential
+        return (ctx.params.get("region") or (cred.attributes.get("region") if cred else None)
+                or ctx.detection.region)
+
+    def target(self, ctx: ActionContext) -> str:
+        account = ctx.detection.account_uid or "-"
+        return f"arn:aws:ec2:{self.region(ctx)}:{account}:key-pair/{ctx.params['key_name']}"
+
+    def read_state(self, ctx: ActionContext) -> dict[str, Any] | None:
+        region = self.region(ctx)
+        try:
+            pairs = self.client(ctx, "ec2", region).describe_key_pairs(
+                KeyNames=[ctx.params["key_name"]], IncludePublicKey=True)["KeyPairs"]
+        except ClientError as err:
+            if _error_code(err) == "InvalidKeyPair.NotFound":
+                return None
+            raise
+        if not pairs:
+            return None
+        kp = pairs[0]
+        wanted = ctx.params.get("key_pair_id")
+        if wanted and kp.get("KeyPairId") != wanted:
+            raise GuardError(f"key pair '{kp['KeyName']}' has id {kp.get('KeyPairId')}, not {wanted}")
+        return {"key_name": kp["KeyName"], "key_pair_id": kp.get("KeyPairId"), "key_type": kp.get("KeyType"),
+                "key_fingerprint": kp.get("KeyFingerprint"),
+                "create_time": _iso(kp["CreateTime"]) if kp.get("CreateTime") else None,
+                "public_key": kp.get("PublicKey"), "region": region}
+
+    def is_contained(self, state: dict[str, Any] | None) -> bool:
+        return state is None
+
+    def plan_calls(self, ctx: ActionContext, state: dict[str, Any] | None) -> list[ApiCall]:
+        return [ApiCall(service="ec2", operation="DeleteKeyPair", params={"KeyName": ctx.params["key_name"]},
+                        region=self.region(ctx))]
+
+    def undo_calls(self, ctx: ActionContext, before: dict[str, Any] | None) -> list[ApiCall]:
+        if not before or not before.get("public_key"):
+            raise GuardError(f"key pair '{ctx.params['key_name']}': no public key recorded, cannot re-import")
+        if self.read_state(ctx) is not None:
+            return []
+        return [ApiCall(service="ec2", operation="ImportKeyPair",
+                        params={"KeyName": before["key_name"], "PublicKeyMaterial": before["public_key"]},
+                        region=before.get("region"))]
+
+
+@register
+class DeactivateServiceSpecificCredential(AwsContainmentAction):
+    """Deactivate a service-specific credential (CodeCommit / Keyspaces / Bedrock password)
+    with ``iam:UpdateServiceSpecificCredential Status=Inactive``.
+
+    Guard: the ID must be listed for the named user; if ``ListServiceSpecificCredentials
+    AllUsers=true`` shows it under another user, ``GuardError``; if it exists nowhere, it is
+    ``already_contained`` with ``data={"missing": True}``.
+    State: ``{user_name, service_specific_credential_id, service_name, service_user_name, status,
+    create_date}``. Rollback: ``Status=Active``. (moto 5.2 has no service-specific credentials;
+    the sandbox serves these operations from its stand-in.)
+    API: https://docs.aws.amazon.com/IAM/latest/APIReference/API_UpdateServiceSpecificCredential.html
+
+    .. code-block:: yaml
+
+        contain:
+          - action: aws.deactivate-service-specific-credential
+            with:
+              user_name: "{{ credential.owner.name }}"
+              service_specific_credential_id: "{{ credential.uid }}"
+    """
+
+    name = "aws.deactivate-service-specific-credential"
+    schema = {"type": "object", "additionalProperties": False,
+              "required": ["user_name", "service_specific_credential_id"],
+              "properties": {"user_name": USER_NAME,
+                             "service_specific_credential_id": {"type": "string",
+                                                                "pattern": r"^[\w]{20,128}$"}}}
+    permissions = ("iam:ListServiceSpecificCredentials", "iam:UpdateServiceSpecificCredential")
+    credential_kinds = ("aws_service_specific_credential",)
+    rollback_supported = True
+    identifies = {"service_specific_credential_id": ("credential.uid",),
+                  "user_name": ("credential.owner.name",)}
+
+    def target(self, ctx: ActionContext) -> str:
+        p = ctx.params
+        return (f"{_user_arn(ctx, p['user_name'])} service-specific-credential "
+                f"{p['service_specific_credential_id']}")
+
+    def read_state(self, ctx: ActionContext) -> dict[str, Any] | None:
+        user, cid = ctx.params["user_name"], ctx.params["service_specific_credential_id"]
+        iam = self.client(ctx)
+        try:
+            creds = iam.list_service_specific_credentials(UserName=user)["ServiceSpecificCredentials"]
+        except ClientError as err:
+            if _error_code(err) != "NoSuchEntity":
+                raise
+            creds = []
+        for c in creds:
+            if c["ServiceSpecificCredentialId"] == cid:
+                return {"user_name": user, "service_specific_credential_id": cid,
+                        "service_name": c.get("ServiceName"), "service_user_name": c.get("ServiceUserName"),
+                        "status": c["Status"], "create_date": _iso(c["CreateDate"])}
+        everyone = iam.list_service_specific_credentials(AllUsers=True)["ServiceSpecificCredentials"]
+        for c in everyone:
+            if c["ServiceSpecificCredentialId"] == cid:
+                raise GuardError(f"service-specific credential {cid} belongs to user '{c.get('UserName')}', "
+                                 f"not '{user}'")
+        return None
+
+    def is_contained(self, state: dict[str, Any] | None) -> bool:
+        return state is None or state["status"] == "Inactive"
+
+    def plan_calls(self, ctx: ActionContext, state: dict[str, Any] | None) -> list[ApiCall]:
+        return [ApiCall(service="iam", operation="UpdateServiceSpecificCredential",
+                        params={"UserName": ctx.params["user_name"],
+                                "ServiceSpecificCredentialId": ctx.params["service_specific_credential_id"],
+                                "Status": "Inactive"})]
+
+    def undo_calls(self, ctx: ActionContext, before: dict[str, Any] | None) -> list[ApiCall]:
+        if not before or before.get("status") != "Active":
+            return []
+        return [ApiCall(service="iam", operation="UpdateServiceSpecificCredential",
+                        params={"UserName": before["user_name"],
+                                "ServiceSpecificCredentialId": before["service_specific_credential_id"],
+                                "Status": "Active"})]
+
+
+class _InlinePolicyAction(AwsContainmentAction):
+    """Shared reading of one named inline user policy (``iam:GetUserPolicy``)."""
+
+    def _read_inline(self, ctx: ActionContext, user: str, policy_name: str) -> dict[str, Any] | None:
+        iam = self.client(ctx)
+        try:
+            doc = iam.get_user_policy(UserName=user, PolicyName=policy_name)["PolicyDocument"]
+        except ClientError as err:
+            if _error_code(err) != "NoSuchEntity":
+                raise
+            if not self._iam_user_exists(ctx, user):
+                return None
+            return {"user_name": user, "policy_name": policy_name, "exists": False, "document": None}
+        return {"user_name": user, "policy_name": policy_name, "exists": True, "document": _policy_doc(doc)}
+
+    def _restore_calls(self, before: dict[str, Any] | None) -> list[ApiCall]:
+        """Put back the inline policy as it was before (or delete it if there was none)."""
+        if not before:
+            return []
+        if before.get("exists"):
+            return [ApiCall(service="iam", operation="PutUserPolicy",
+                            params={"UserName": before["user_name"], "PolicyName": before["policy_name"],
+                                    "PolicyDocument": json.dumps(before["document"])})]
+        return [ApiCall(service="iam", operation="DeleteUserPolicy",
+                        params={"UserName": before["user_name"], "PolicyName": before["policy_name"]})]
+
+
+def revoke_policy_document(issued_before: datetime) -> dict[str, Any]:
+    """The ``CordonRevokeOlderSessions`` document: deny everything to any session whose
+    ``aws:TokenIssueTime`` is before ``issued_before`` (as the IAM console's *Revoke active
+    sessions* does for roles)."""
+    stmt = _deny_all_statement(REVOKE_POLICY_NAME)
+    stmt["Condition"] = {"DateLessThan": {"aws:TokenIssueTime": _iso(issued_before)}}
+    return {"Version": "2012-10-17", "Statement": [stmt]}
+
+
+def _revoke_time(doc: Any) -> datetime | None:
+    try:
+        stmt = doc["Statement"][0]
+        everything = ("*", ["*"])
+        if stmt["Effect"] != "Deny" or stmt["Action"] not in everything or stmt["Resource"] not in everything:
+            return None
+        return _parse_iso(stmt["Condition"]["DateLessThan"]["aws:TokenIssueTime"])
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+
+
+@register
+class RevokeSessions(_InlinePolicyAction):
+    """Revoke an IAM user's temporary sessions issued before a time: inline policy
+    ``CordonRevokeOlderSessions`` = Deny ``*`` on ``*`` when ``aws:TokenIssueTime`` <
+    ``issued_before`` (``iam:PutUserPolicy``).
+
+    This is how ``sts:GetFederationToken`` sessions are revoked: a federated user's permissions
+    are the intersection of the calling IAM user's policies and the session policy, so a deny
+    on the IAM user applies to every federation token (and ``GetSessionToken`` session) it
+    issued before that time. Long-term access keys are not affected.
+
+    Params: ``user_name``; ``issued_before`` (ISO 8601; default: now, truncated to the second;
+    pass it explicitly for a plan that does not change between dry run and run).
+    State: ``{user_name, policy_name, exists, document, issued_before, covers_requested}``
+    (``None`` if the user does not exist). Contained when the policy exists with an
+    ``issued_before`` equal to or later than the requested one. Rollback: put back the previous
+    document if there was one, else ``DeleteUserPolicy`` of exactly that policy name.
+    API: https://docs.aws.amazon.com/IAM/latest/UserGuide/id_credentials_temp_control-access_disable-perms.html
+
+    .. code-block:: yaml
+
+        contain:
+          - action: aws.revoke-sessions
+            with:
+              user_name: "{{ actor.user.name }}"
+              issued_before: "{{ now }}"
+    """
+
+    name = "aws.revoke-sessions"
+    schema = {"type": "object", "additionalProperties": False, "required": ["user_name"],
+              "properties": {"user_name": USER_NAME, "issued_before": {"type": "string", "minLength": 10}}}
+    permissions = ("iam:GetUser", "iam:GetUserPolicy", "iam:PutUserPolicy", "iam:DeleteUserPolicy")
+    credential_kinds = ("aws_federation_token", "aws_access_key", "aws_login_profile", "aws_iam_user")
+    rollback_supported = True
+    identifies = {"user_name": ("credential.owner.name", "actor.user.name", "target.name")}
+
+    def issued_before(self, ctx: ActionContext) -> datetime:
+        value = ctx.params.get("issued_before")
+        if value:
+            return _parse_iso(str(value))
+        return datetime.now(UTC).replace(microsecond=0)
+
+    def target(self, ctx: ActionContext) -> str:
+        when = _iso(self.issued_before(ctx))
+        return f"{_user_arn(ctx, ctx.params['user_name'])} sessions issued before {when}"
+
+    def read_state(self, ctx: ActionContext) -> dict[str, Any] | None:
+        state = self._read_inline(ctx, ctx.params["user_name"], REVOKE_POLICY_NAME)
+        if state is None:
+            return None
+        current = _revoke_time(state["document"]) if state["exists"] else None
+        state["issued_before"] = _iso(current) if current else None
+        state["covers_requested"] = bool(current and current >= self.issued_before(ctx))
+        return state
+
+    def is_contained(self, state: dict[str, Any] | None) -> bool:
+        return state is None or bool(state["covers_requested"])
+
+    def plan_calls(self, ctx: ActionContext, state: dict[str, Any] | None) -> list[ApiCall]:
+        doc = revoke_policy_document(self.issued_before(ctx))
+        return [ApiCall(service="iam", operation="PutUserPolicy",
+                        params={"UserName": ctx.params["user_name"], "PolicyName": REVOKE_POLICY_NAME,
+                                "PolicyDocument": json.dumps(doc, sort_keys=True)})]
+
+    def undo_calls(self, ctx: ActionContext, before: dict[str, Any] | None) -> list[ApiCall]:
+        return self._restore_calls(before)
+
+
+QUARANTINE_DOCUMENT = {"Version": "2012-10-17", "Statement": [_deny_all_statement(QUARANTINE_POLICY_NAME)]}
+
+
+@register
+class QuarantineUser(_InlinePolicyAction):
+    """Quarantine an IAM user (e.g. a backdoor user created for persistence, T1136.003): inline
+    policy ``CordonQuarantine`` = Deny ``*`` on ``*``, unconditionally (``iam:PutUserPolicy``).
+
+    An explicit deny beats every allow, so the user's keys, password and sessions can do
+    nothing while the user, its keys and its history stay for investigation. Cordon does not
+    attach AWS's managed ``AWSCompromisedKeyQuarantineV3`` (moto does not ship it, and it denies
+    only selected actions).
+    State: ``{user_name, policy_name, exists, document, matches}`` (``None`` if the user does
+    not exist). Contained when the policy exists with exactly Cordon's document.
+    Rollback: ``DeleteUserPolicy CordonQuarantine`` (or put back a different document that was
+    there before).
+    API: https://docs.aws.amazon.com/IAM/latest/APIReference/API_PutUserPolicy.html
+
+    .. code-block:: yaml
+
+        contain:
+          - action: aws.quarantine-user
+            with:
+              user_name: "{{ target.name }}"
+    """
+
+    name = "aws.quarantine-user"
+    schema = {"type": "object", "additionalProperties": False, "required": ["user_name"],
+              "properties": {"user_name": USER_NAME}}
+    permissions = ("iam:GetUser", "iam:GetUserPolicy", "iam:PutUserPolicy", "iam:DeleteUserPolicy")
+    credential_kinds = ("aws_iam_user", "aws_access_key", "aws_login_profile", "aws_policy_grant")
+    rollback_supported = True
+    identifies = {"user_name": ("credential.owner.name", "credential.uid", "target.name")}
+
+    def target(self, ctx: ActionContext) -> str:
+        return f"{_user_arn(ctx, ctx.params['user_name'])} quarantine"
+
+    def read_state(self, ctx: ActionContext) -> dict[str, Any] | None:
+        state = self._read_inline(ctx, ctx.params["user_name"], QUARANTINE_POLICY_NAME)
+        if state is not None:
+            state["matches"] = bool(state["exists"] and state["document"] == QUARANTINE_DOCUMENT)
+        return state
+
+    def is_contained(self, state: dict[str, Any] | None) -> bool:
+        return state is None or bool(state["matches"])
+
+    def plan_calls(self, ctx: ActionContext, state: dict[str, Any] | None) -> list[ApiCall]:
+        return [ApiCall(service="iam", operation="PutUserPolicy",
+                        params={"UserName": ctx.params["user_name"], "PolicyName": QUARANTINE_POLICY_NAME,
+                                "PolicyDocument": json.dumps(QUARANTINE_DOCUMENT, sort_keys=True)})]
+
+    def undo_calls(self, ctx: ActionContext, before: dict[str, Any] | None) -> list[ApiCall]:
+        return self._restore_calls(before)
+
+
+@register
+class DetachUserPolicy(AwsContainmentAction):
+    """Detach exactly one managed policy from an IAM user (``iam:DetachUserPolicy``), e.g.
+    ``AdministratorAccess`` attached by a suspicious actor. Other attachments are untouched.
+
+    State: ``{user_name, policy_arn, attached, attached_policy_arns}`` (``None`` if the user does
+    not exist). Contained when the ARN is not attached. Rollback: ``iam:AttachUserPolicy``.
+    API: https://docs.aws.amazon.com/IAM/latest/APIReference/API_DetachUserPolicy.html
+
+    .. code-block:: yaml
+
+        contain:
+          - action: aws.detach-user-policy
+            with:
+              user_name: "{{ target.name }}"
+              policy_arn: "{{ credential.uid }}"
+    """
+
+    name = "aws.detach-user-policy"
+    schema = {"type": "object", "additionalProperties": False, "required": ["user_name", "policy_arn"],
+              "properties": {"user_name": USER_NAME, "policy_arn": POLICY_ARN}}
+    permissions = ("iam:ListAttachedUserPolicies", "iam:DetachUserPolicy", "iam:AttachUserPolicy")
+    credential_kinds = ("aws_policy_grant",)
+    rollback_supported = True
+    identifies = {"policy_arn": ("credential.uid", "credential.attributes.policy_arn"),
+                  "user_name": ("credential.owner.name", "target.name")}
+
+    def target(self, ctx: ActionContext) -> str:
+        return f"{_user_arn(ctx, ctx.params['user_name'])} attached-policy {ctx.params['policy_arn']}"
+
+    def read_state(self, ctx: ActionContext) -> dict[str, Any] | None:
+        user = ctx.params["user_name"]
+        try:
+            pages = self.client(ctx).get_paginator("list_attached_user_policies").paginate(UserName=user)
+            arns = [p["PolicyArn"] for page in pages for p in page["AttachedPolicies"]]
+        except ClientError as err:
+            if _error_code(err) == "NoSuchEntity":
+                return None
+            raise
+        return {"user_name": user, "policy_arn": ctx.params["policy_arn"],
+                "attached": ctx.params["policy_arn"] in arns, "attached_policy_arns": sorted(arns)}
+
+    def is_contained(self, state: dict[str, Any] | None) -> bool:
+        return state is None or not state["attached"]
+
+    def plan_calls(self, ctx: ActionContext, state: dict[str, Any] | None) -> list[ApiCall]:
+        return [ApiCall(service="iam", operation="DetachUserPolicy",
+                        params={"UserName": ctx.params["user_name"], "PolicyArn": ctx.params["policy_arn"]})]
+
+    def undo_calls(self, ctx: ActionContext, before: dict[str, Any] | None) -> list[ApiCall]:
+        if not before or not before.get("attached"):
+            return []
+        return [ApiCall(service="iam", operation="AttachUserPolicy",
+                        params={"UserName": before["user_name"], "PolicyArn": before["policy_arn"]})]
+
+
+@register
+class DeleteUserPolicy(_InlinePolicyAction):
+    """Delete exactly one inline user policy (``iam:DeleteUserPolicy``), e.g. an inline admin
+    grant put by a suspicious actor. The document is recorded in the before state, so rollback
+    puts it back with ``iam:PutUserPolicy``. Refuses (``GuardError``) Cordon's own policies
+    (``CordonQuarantine``, ``CordonRevokeOlderSessions``): those are undone by rolling back the
+    action that put them.
+
+    State: ``{user_name, policy_name, exists, document}`` (``None`` if the user does not exist).
+    API: https://docs.aws.amazon.com/IAM/latest/APIReference/API_DeleteUserPolicy.html
+
+    .. code-block:: yaml
+
+        contain:
+          - action: aws.delete-user-policy
+            with:
+              user_name: "{{ target.name }}"
+              policy_name: "{{ credential.uid }}"
+    """
+
+    name = "aws.delete-user-policy"
+    schema = {"type": "object", "additionalProperties": False, "required": ["user_name", "policy_name"],
+              "properties": {"user_name": USER_NAME, "policy_name": POLICY_NAME}}
+    permissions = ("iam:GetUser", "iam:GetUserPolicy", "iam:DeleteUserPolicy", "iam:PutUserPolicy")
+    credential_kinds = ("aws_policy_grant",)
+    rollback_supported = True
+    identifies = {"policy_name": ("credential.uid", "credential.attributes.policy_name"),
+                  "user_name": ("credential.owner.name", "target.name")}
+
+    def target(self, ctx: ActionContext) -> str:
+        return f"{_user_arn(ctx, ctx.params['user_name'])} inline-policy {ctx.params['policy_name']}"
+
+    def read_state(self, ctx: ActionContext) -> dict[str, Any] | None:
+        if ctx.params["policy_name"] in CORDON_POLICY_NAMES:
+            raise GuardError(f"'{ctx.params['policy_name']}' is Cordon's own policy; "
+                             "roll back the action that put it instead")
+        return self._read_inline(ctx, ctx.params["user_name"], ctx.params["policy_name"])
+
+    def is_contained(self, state: dict[str, Any] | None) -> bool:
+        return state is None or not state["exists"]
+
+    def plan_calls(self, ctx: ActionContext, state: dict[str, Any] | None) -> list[ApiCall]:
+        return [ApiCall(service="iam", operation="DeleteUserPolicy",
+                        params={"UserName": ctx.params["user_name"],
+                                "PolicyName": ctx.params["policy_name"]})]
+
+    def undo_calls(self, ctx: ActionContext, before: dict[str, Any] | None) -> list[ApiCall]:
+        if not before or not before.get("exists"):
+            return []
+        return self._restore_calls(before)
+
+
+# -- enrichment ---------------------------------------------------------------------------------
+def _is_admin_document(doc: Any) -> bool:
+    """Whether a policy document allows ``*`` (every action)."""
+    doc = _policy_doc(doc)
+    stmts = doc.get("Statement", []) if isinstance(doc, dict) else []
+    if isinstance(stmts, dict):
+        stmts = [stmts]
+    for stmt in stmts:
+        if not isinstance(stmt, dict) or stmt.get("Effect") != "Allow":
+            continue
+        actions = stmt.get("Action", [])
+        actions = [actions] if isinstance(actions, str) else actions
+        if "*" in actions:
+            return True
+    return False
+
+
+@register
+class IamUser(EnrichmentAction):
+    """Everything IAM says about one user.
+
+    Returns ``{"exists": False, "user_name"}`` for a user that does not exist, else
+    ``{exists, user_name, arn, user_id, path, create_date, tags: {key: value}, groups: [names],
+    attached_policies: [{name, arn}], inline_policies: [{name, document}],
+    access_keys: [{access_key_id, status, create_date, last_used: {date, service, region}}],
+    login_profile: {exists, create_date, password_reset_required},
+    mfa_devices: [{serial_number, enable_date}], is_admin, key_count, active_key_count}``.
+    ``is_admin``: ``AdministratorAccess`` attached, or an inline policy allowing ``Action: "*"``
+    (attached customer policies and group policies are not expanded).
+    API: GetUser, ListGroupsForUser, ListAttachedUserPolicies, ListUserPolicies, GetUserPolicy,
+    ListAccessKeys, GetAccessKeyLastUsed, GetLoginProfile, ListMFADevices
+    (https://docs.aws.amazon.com/IAM/latest/APIReference/).
+
+    .. code-block:: yaml
+
+        enrich:
+          - action: aws.iam-user
+            with:
+              user_name: "{{ credential.owner.name }}"
+    """
+
+    name = "aws.iam-user"
+    provider = "aws"
+    schema = {"type": "object", "additionalProperties": False, "required": ["user_name"],
+              "properties": {"user_name": USER_NAME}}
+    permissions = ("iam:GetUser", "iam:ListGroupsForUser", "iam:ListAttachedUserPolicies",
+                   "iam:ListUserPolicies", "iam:GetUserPolicy", "iam:ListAccessKeys",
+                   "iam:GetAccessKeyLastUsed", "iam:GetLoginProfile", "iam:ListMFADevices")
+    credential_kinds = ("aws_access_key", "aws_login_profile", "aws_iam_user", "aws_policy_grant",
+                        "aws_service_specific_credential", "aws_federation_token")
+
+    def run(self, ctx: ActionContext) -> dict[str, Any]:
+        user = ctx.params["user_name"]
+        iam = ctx.clients("iam", region=None)
+        try:
+            u = iam.get_user(UserName=user)["User"]
+        except ClientError as err:
+            if _error_code(err) == "NoSuchEntity":
+                return {"exists": False, "user_name": user}
+            raise
+
+        def pages(op: str, key: str, **kw: Any) -> list[Any]:
+            return [item for page in iam.get_paginator(op).paginate(**kw) for item in page[key]]
+
+        groups = [g["GroupName"] for g in pages("list_groups_for_user", "Groups", UserName=user)]
+        attached = [{"name": p["PolicyName"], "arn": p["PolicyArn"]}
+                    for p in pages("list_attached_user_policies", "AttachedPolicies", UserName=user)]
+        inline = []
+        for pname in pages("list_user_policies", "PolicyNames", UserName=user):
+            doc = iam.get_user_policy(UserName=user, PolicyName=pname)["PolicyDocument"]
+            inline.append({"name": pname, "document": _policy_doc(doc)})
+        keys = []
+        for k in pages("list_access_keys", "AccessKeyMetadata", UserName=user):
+            used = iam.get_access_key_last_used(AccessKeyId=k["AccessKeyId"]).get("AccessKeyLastUsed", {})
+            keys.append({"access_key_id": k["AccessKeyId"], "status": k["Status"],
+                         "create_date": _iso(k["CreateDate"]),
+                         "last_used": {
+                             "date": _iso(used["LastUsedDate"]) if used.get("LastUsedDate") else None,
+                             "service": used.get("ServiceName"), "region": used.get("Region")}})
+        try:
+            lp = iam.get_login_profile(UserName=user)["LoginProfile"]
+            login = {"exists": True, "create_date": _iso(lp["CreateDate"]),
+                     "password_reset_required": bool(lp.get("PasswordResetRequired", False))}
+        except ClientError as err:
+            if _error_code(err) != "NoSuchEntity":
+                raise
+            login = {"exists": False, "create_date": None, "password_reset_required": None}
+        mfa = [{"serial_number": d["SerialNumber"],
+                "enable_date": _iso(d["EnableDate"]) if d.get("EnableDate") else None}
+               for d in pages("list_mfa_devices", "MFADevices", UserName=user)]
+        is_admin = (any(p["arn"].endswith(ADMIN_POLICY_SUFFIX) for p in attached)
+                    or any(_is_admin_document(p["document"]) for p in inline))
+        return {
+            "exists": True, "user_name": u["UserName"], "arn": u["Arn"], "user_id": u["UserId"],
+            "path": u.get("Path", "/"), "create_date": _iso(u["CreateDate"]),
+            "tags": {t["Key"]: t["Value"] for t in u.get("Tags", [])},
+            "groups": groups, "attached_policies": attached, "inline_policies": inline,
+            "access_keys": keys, "login_profile": login, "mfa_devices": mfa,
+            "is_admin": is_admin, "key_count": len(keys),
+            "active_key_count": sum(1 for k in keys if k["status"] == "Active"),
+        }
+
+
+@register
+class ActorFacts(EnrichmentAction):
+    """Who acted, from the detection alone (no API call).
+
+    Returns ``{principal_arn, principal_name, principal_type, account_uid, access_key_id,
+    temporary_credentials (ASIA key), access_path (console|api|service|unknown), src_ip,
+    user_agent, invoked_by, mfa, session_issuer, session_created, is_root, is_assumed_role,
+    is_federated_user, is_aws_service, target_arn, target_name, actor_is_target}``.
+    ``actor_is_target`` compares ARNs when both are known, else names (``None`` when the
+    target is unknown). Cordon's own identity (``sts:GetCallerIdentity``) is the guard's
+    business, not this action's.
+
+    .. code-block:: yaml
+
+        enrich:
+          - action: aws.actor
+    """
+
+    name = "aws.actor"
+    provider = "aws"
+    permissions = ()
+    credential_kinds = ("aws_access_key", "aws_login_profile", "aws_iam_user", "aws_policy_grant",
+                        "aws_service_specific_credential", "aws_federation_token", "aws_key_pair")
+
+    def run(self, ctx: ActionContext) -> dict[str, Any]:
+        det = ctx.detection
+        actor = det.actor
+        who = actor.user
+        target = det.target if (det.target.uid or det.target.name) else (
+            det.credential.owner if det.credential else det.target)
+        ptype = who.type or ""
+        if who.uid and target.uid:
+            same: bool | None = who.uid == target.uid
+        elif who.name and target.name:
+            same = who.name == target.name and (who.account_uid or det.account_uid) == (
+                target.account_uid or det.account_uid)
+        else:
+            same = None
+        key = actor.session_uid
+        return {
+            "principal_arn": who.uid, "principal_name": who.name, "principal_type": who.type,
+            "account_uid": who.account_uid or det.account_uid,
+            "access_key_id": key, "temporary_credentials": bool(key and key.startswith("ASIA")),
+            "access_path": actor.access_path, "src_ip": actor.src_ip, "user_agent": actor.user_agent,
+            "invoked_by": actor.invoked_by, "mfa": actor.mfa, "session_issuer": actor.session_issuer,
+            "session_created": actor.session_created,
+            "is_root": ptype == "Root" or bool(who.uid and who.uid.endswith(":root")),
+            "is_assumed_role": ptype == "AssumedRole" or bool(who.uid and ":assumed-role/" in who.uid),
+            "is_federated_user": ptype == "FederatedUser" or bool(who.uid and ":federated-user/" in who.uid),
+            "is_aws_service": ptype == "AWSService" or actor.access_path == "service",
+            "target_arn": target.uid, "target_name": target.name, "actor_is_target": same,
+        }
+
+
+@register
+class CloudTrailSession(EnrichmentAction):
+    """What else the actor's access key did around the detection: CloudTrail ``LookupEvents``
+    with ``LookupAttributes=[{AttributeKey: AccessKeyId, AttributeValue: actor.session_uid}]``,
+    ``StartTime`` / ``EndTime`` = detection time -/+ ``window_minutes`` (default 60), in the
+    detection's region, all pages (boto3 paginator, at most ``max_events``, default 500).
+
+    Returns ``{access_key_id, region, start, end, events: [{event_id, event_name, event_time (ISO),
+    event_source, source_ip, user_agent, read_only, resources: [{type, name}]}] (newest first),
+    count, event_names: {name: n}, truncated}``; with no access key on the detection,
+    ``{"events": [], "count": 0, "event_names": {}, "skipped": "no access key id"}``.
+    Throttling and 5xx are retried by botocore; other errors propagate.
+    API: https://docs.aws.amazon.com/awscloudtrail/latest/APIReference/API_LookupEvents.html
+
+    .. code-block:: yaml
+
+        enrich:
+          - action: aws.cloudtrail-session
+            with:
+              window_minutes: 120
+    """
+
+    name = "aws.cloudtrail-session"
+    provider = "aws"
+    schema = {"type": "object", "additionalProperties": False,
+              "properties": {"window_minutes": {"type": "integer", "minimum": 1, "maximum": 10080},
+                             "max_events": {"type": "integer", "minimum": 1, "maximum": 10000}}}
+    permissions = ("cloudtrail:LookupEvents",)
+    credential_kinds = ("aws_access_key", "aws_login_profile", "aws_iam_user", "aws_policy_grant",
+                        "aws_service_specific_credential", "aws_federation_token", "aws_key_pair")
+
+    def run(self, ctx: ActionContext) -> dict[str, Any]:
+        det = ctx.detection
+        key = det.actor.session_uid
+        if not key:
+            return {"events": [], "count": 0, "event_names": {}, "skipped": "no access key id"}
+        window = timedelta(minutes=int(ctx.params.get("window_minutes", 60)))
+        limit = int(ctx.params.get("max_events", 500))
+        when = det.time if det.time.tzinfo else det.time.replace(tzinfo=UTC)
+        start, end = when - window, when + window
+        client = ctx.clients("cloudtrail", region=det.region)
+        pages = client.get_paginator("lookup_events").paginate(
+            LookupAttributes=[{"AttributeKey": "AccessKeyId", "AttributeValue": key}],
+            StartTime=start, EndTime=end)
+        events: list[dict[str, Any]] = []
+        truncated = False
+        for page in pages:
+            for ev in page.get("Events", []):
+                if len(events) >= limit:
+                    truncated = True
+                    break
+                raw = json.loads(ev["CloudTrailEvent"]) if ev.get("CloudTrailEvent") else {}
+                events.append({
+                    "event_id": ev.get("EventId"), "event_name": ev.get("EventName"),
+                    "event_time": _iso(ev["EventTime"]) if ev.get("EventTime") else None,
+                    "event_source": ev.get("EventSource") or raw.get("eventSource"),
+                    "source_ip": raw.get("sourceIPAddress"), "user_agent": raw.get("userAgent"),
+                    "read_only": ev.get("ReadOnly"),
+                    "resources": [{"type": r.get("ResourceType"), "name": r.get("ResourceName")}
+                                  for r in ev.get("Resources", [])],
+                })
+            if truncated:
+                break
+        names: dict[str, int] = {}
+        for e in events:
+            names[e["event_name"]] = names.get(e["event_name"], 0) + 1
+        return {"access_key_id": key, "region": det.region, "start": _iso(start), "end": _iso(end),
+                "events": events, "count": len(events), "event_names": names, "truncated": truncated}

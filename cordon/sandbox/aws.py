@@ -1,0 +1,877 @@
+"""The AWS sandbox: moto's server plus a small stand-in for the AWS APIs moto lacks.
+
+:class:`AwsSandbox` runs, on 127.0.0.1,
+
+* moto's ``ThreadedMotoServer`` (IAM, EC2, STS, ...), reset with ``POST /moto-api/reset``;
+* :class:`AwsStandIn`, a tiny HTTP server for what moto 5.2 does not implement:
+
+  - CloudTrail ``LookupEvents`` (JSON 1.1 protocol: ``POST /`` with
+    ``X-Amz-Target: com.amazonaws.cloudtrail.v20131101.CloudTrail_20131101.LookupEvents``),
+    https://docs.aws.amazon.com/awscloudtrail/latest/APIReference/API_LookupEvents.html ;
+  - IAM service-specific credentials (``Create/List/Update/DeleteServiceSpecificCredential``,
+    query protocol, XML answers),
+    https://docs.aws.amazon.com/IAM/latest/APIReference/API_ListServiceSpecificCredentials.html .
+    Sandbox IAM clients send exactly these four operations to the stand-in (a botocore
+    ``before-send`` hook rewrites the URL); every other IAM operation goes to moto.
+
+Sandbox-only approximations (never used against real AWS):
+
+* **Accounts.** moto picks the account of a request from the ``x-moto-account-id`` header
+  (``moto.core.responses.BaseResponse.get_current_account``). Sandbox clients send it, set to
+  :attr:`AwsSandbox.account_id` (the detection's account after :meth:`AwsSandbox.seed_from_detection`),
+  so ARNs carry the detection's account. For clients that do not send it, moto falls back to the
+  account owning the signing key: :meth:`AwsSandbox.use_account` registers the sandbox's dummy
+  key IDs as user-less keys of the current account (one account at a time).
+* **Regions.** moto's EC2 answers HTTP 500 for a region botocore does not know (the corpus has
+  anonymised regions such as ``ap-central-2r``). :meth:`AwsSandbox.sandbox_region` maps any
+  unknown region to ``us-east-1`` for the *client* only; actions still record the detection's
+  region in their planned calls.
+* **Exact access key IDs.** moto generates its own ``AccessKeyId``. The seeder creates the key
+  through the API and then renames it in moto's in-process backend
+  (``moto.iam.models.iam_backends[account]["aws"]``: the ``AccessKey`` object's
+  ``access_key_id`` and the backend's ``access_keys`` index), so the sandbox holds exactly the
+  key ID the detection names and playbook parameters need no translation.
+* **AWS managed policies.** moto loads none by default (loading all is slow). The seeder adds
+  the one AWS managed policy a detection names (e.g. ``AdministratorAccess``) to the account's
+  backend from moto's bundled copy of the policy data, then attaches it through the API.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import secrets
+import string
+import threading
+import uuid
+import xml.sax.saxutils as saxutils
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import boto3
+import botocore.session
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+DEFAULT_ACCOUNT_ID = "123456789012"
+DEFAULT_REGION = "us-east-1"
+CLOUDTRAIL_TARGET_PREFIX = "com.amazonaws.cloudtrail.v20131101.CloudTrail_20131101."
+IAM_XMLNS = "https://iam.amazonaws.com/doc/2010-05-08/"
+SSC_OPERATIONS = (
+    "CreateServiceSpecificCredential",
+    "ListServiceSpecificCredentials",
+    "UpdateServiceSpecificCredential",
+    "DeleteServiceSpecificCredential",
+)
+LOOKUP_ATTRIBUTE_KEYS = (
+    "EventId", "EventName", "ReadOnly", "Username", "ResourceType", "ResourceName", "EventSource",
+    "AccessKeyId",
+)
+ADMIN_POLICY_DOCUMENT = {
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}],
+}
+
+
+def _parse_time(value: Any) -> datetime:
+    """A CloudTrail ``eventTime`` (``2024-07-30T21:53:13Z``) or epoch seconds as an aware UTC datetime."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value, tz=UTC)
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).astimezone(UTC)
+
+
+def _iso(dt: datetime) -> str:
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def lookup_record(event: dict[str, Any]) -> dict[str, Any]:
+    """The ``LookupEvents`` view of one raw CloudTrail event.
+
+    Returns ``{EventId, EventName, ReadOnly ("true"/"false"), AccessKeyId, EventTime (epoch
+    seconds), EventSource, Username, Resources: [{ResourceType, ResourceName}], CloudTrailEvent
+    (the raw event as a JSON string)}``, omitting fields the event lacks. ``Resources`` come from
+    the event's ``resources`` (ARN / type) when present, else from well-known request and
+    response fields (user, policy, key pair, access key): an approximation of CloudTrail's own
+    resource extraction.
+    """
+    ident = event.get("userIdentity") or {}
+    username = ident.get("userName")
+    if not username and ident.get("arn"):
+        username = str(ident["arn"]).rsplit("/", 1)[-1]
+    resources: list[dict[str, str]] = []
+    for res in event.get("resources") or []:
+        if isinstance(res, dict) and res.get("ARN"):
+            resources.append({"ResourceType": str(res.get("type", "")), "ResourceName": str(res["ARN"])})
+    if not resources:
+        req = event.get("requestParameters") or {}
+        resp = event.get("responseElements") or {}
+        if isinstance(req, dict):
+            if req.get("userName"):
+                resources.append({"ResourceType": "AWS::IAM::User", "ResourceName": str(req["userName"])})
+            if req.get("policyArn"):
+                resources.append({"ResourceType": "AWS::IAM::Policy", "ResourceName": str(req["policyArn"])})
+            if req.get("keyName"):
+                resources.append({"ResourceType": "AWS::EC2::KeyPair", "ResourceName": str(req["keyName"])})
+        key = (resp or {}).get("accessKey") if isinstance(resp, dict) else None
+        if isinstance(key, dict) and key.get("accessKeyId"):
+            resources.append({"ResourceType": "AWS::IAM::AccessKey", "ResourceName": str(key["accessKeyId"])})
+    record: dict[str, Any] = {
+        "EventId": event.get("eventID"),
+        "EventName": event.get("eventName"),
+        "ReadOnly": str(event.get("readOnly", False)).lower(),
+        "AccessKeyId": ident.get("accessKeyId"),
+        "EventTime": _parse_time(event["eventTime"]).timestamp(),
+        "EventSource": event.get("eventSource"),
+        "Username": username,
+        "Resources": resources,
+        "CloudTrailEvent": json.dumps(event, sort_keys=True),
+    }
+    return {k: v for k, v in record.items() if v is not None}
+
+
+def _ssc_id() -> str:
+    alphabet = string.ascii_uppercase + string.digits
+    return "ACCA" + "".join(secrets.choice(alphabet) for _ in range(17))
+
+
+class AwsStandIn:
+    """HTTP stand-in for CloudTrail ``LookupEvents`` and IAM service-specific credentials.
+
+    State (all guarded by one lock): ``events`` (raw CloudTrail event dicts keyed by
+    ``eventID``), ``ssc`` (service-specific credentials keyed by ``(account, user)``),
+    ``requests`` (one ``{"operation", "status", "account"}`` dict per request received, in
+    order, injected failures included) and the failure queue filled by :meth:`fail_next`.
+
+    LookupEvents honours one ``LookupAttributes`` entry (more is
+    ``InvalidLookupAttributesException``), ``StartTime`` / ``EndTime`` (epoch seconds,
+    inclusive), ``MaxResults`` (1-50, default 50) and ``NextToken``; events come newest first.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0):
+        self._lock = threading.Lock()
+        self.events: dict[str, dict[str, Any]] = {}
+        self.ssc: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self.requests: list[dict[str, Any]] = []
+        self._failures: list[tuple[int, str | None, str | None]] = []
+        self._server = ThreadingHTTPServer((host, port), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:<port>``."""
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> AwsStandIn:
+        """Serve in a daemon thread; returns ``self``."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._server.serve_forever, name="aws-standin",
+                                            daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close the socket."""
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join(timeout=5)
+            self._thread = None
+        self._server.server_close()
+
+    def reset(self) -> None:
+        """Forget events, credentials, recorded requests and pending failures."""
+        with self._lock:
+            self.events.clear()
+            self.ssc.clear()
+            self.requests.clear()
+            self._failures.clear()
+
+    # -- seeding and fault injection -------------------------------------------------------
+    def add_events(self, events: list[dict[str, Any]]) -> int:
+        """Store raw CloudTrail events (each needs ``eventID`` and ``eventTime``); an event whose
+        ``eventID`` is already stored replaces it. Returns how many are stored in all."""
+        with self._lock:
+            for ev in events:
+                if not ev.get("eventID") or not ev.get("eventTime"):
+                    raise ValueError("a CloudTrail event needs eventID and eventTime")
+                self.events[str(ev["eventID"])] = dict(ev)
+            return len(self.events)
+
+    def add_service_specific_credential(self, account: str, user_name: str, service_name: str,
+                                        credential_id: str | None = None, status: str = "Active",
+                                        create_date: datetime | None = None) -> dict[str, Any]:
+        """Create (or return the existing one with that ID) a service-specific credential."""
+        with self._lock:
+            creds = self.ssc.setdefault((account, user_name), [])
+            for cred in creds:
+                if credential_id and cred["ServiceSpecificCredentialId"] == credential_id:
+                    return dict(cred)
+            cred = {
+                "UserName": user_name,
+                "ServiceName": service_name,
+                "ServiceUserName": f"{user_name}-at-{account}",
+                "ServiceSpecificCredentialId": credential_id or _ssc_id(),
+                "Status": status,
+                "CreateDate": _iso(create_date or datetime.now(UTC)),
+            }
+            creds.append(cred)
+            return dict(cred)
+
+    def fail_next(self, status: int, times: int = 1, code: str | None = None,
+                  retry_after: str | None = "0") -> None:
+        """Answer the next ``times`` requests with HTTP ``status`` and error ``code`` (default
+        ``ThrottlingException`` for 429, ``InternalFailure`` otherwise) and, when given, a
+        ``Retry-After`` header. botocore retries 429 / throttling codes and 500/502/503/504."""
+        if code is None:
+            code = "ThrottlingException" if status == 429 else "InternalFailure"
+        with self._lock:
+            self._failures.extend([(status, code, retry_after)] * times)
+
+    def operations(self) -> list[str]:
+        """The operation names received so far, in order (retries appear once per attempt)."""
+        with self._lock:
+            return [r["operation"] for r in self.requests]
+
+    # -- request handling ------------------------------------------------------------------
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        standin = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
+                return
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server API
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                target = self.headers.get("X-Amz-Target", "")
+                account = self.headers.get("x-moto-account-id", DEFAULT_ACCOUNT_ID)
+                if target:
+                    operation, proto = target.rsplit(".", 1)[-1], "json"
+                    form: dict[str, list[str]] = {}
+                else:
+                    form = parse_qs(body.decode("utf-8"), keep_blank_values=True)
+                    operation, proto = (form.get("Action") or ["?"])[0], "query"
+                with standin._lock:
+                    failure = standin._failures.pop(0) if standin._failures else None
+                    standin.requests.append({"operation": operation, "account": account,
+                                             "status": failure[0] if failure else 200})
+                if failure:
+                    status, code, retry_after = failure
+                    headers = {"Retry-After": retry_after} if retry_after is not None else {}
+                    self._error(proto, status, code or "InternalFailure", "injected failure", headers)
+                    return
+                try:
+                    if proto == "json" and operation == "LookupEvents":
+                        self._json(200, standin._lookup_events(json.loads(body or b"{}")))
+                    elif proto == "query" and operation in SSC_OPERATIONS:
+                        self._xml(operation, standin._ssc_operation(operation, form, account))
+                    else:
+                        self._error(proto, 400, "InvalidAction", f"operation {operation} is not served here")
+                except _ApiError as err:
+                    self._error(proto, err.status, err.code, err.message)
+
+            def _send(self, status: int, ctype: str, data: bytes, headers: dict[str, str] | None = None):
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _json(self, status: int, payload: dict[str, Any]) -> None:
+                self._send(status, "application/x-amz-json-1.1", json.dumps(payload).encode())
+
+            def _xml(self, operation: str, result_xml: str) -> None:
+                data = (f'<{operation}Response xmlns="{IAM_XMLNS}"><{operation}Result>{result_xml}'
+                        f"</{operation}Result><ResponseMetadata><RequestId>{uuid.uuid4()}</RequestId>"
+                        f"</ResponseMetadata></{operation}Response>")
+                self._send(200, "text/xml", data.encode())
+
+            def _error(self, proto: str, status: int, code: str, message: str,
+                       headers: dict[str, str] | None = None) -> None:
+                if proto == "json":
+                    data = json.dumps({"__type": code, "message": message}).encode()
+                    self._send(status, "application/x-amz-json-1.1", data, headers)
+                else:
+                    kind = "Sender" if status < 500 else "Receiver"
+                    data = (f'<ErrorResponse xmlns="{IAM_XMLNS}"><Error><Type>{kind}</Type>'
+                            f"<Code>{code}</Code><Message>{saxutils.escape(message)}</Message></Error>"
+                            f"<RequestId>{uuid.uuid4()}</RequestId></ErrorResponse>").encode()
+                    self._send(status, "text/xml", data, headers)
+
+        return Handler
+
+    def _lookup_events(self, req: dict[str, Any]) -> dict[str, Any]:
+        attrs = req.get("LookupAttributes") or []
+        if len(attrs) > 1:
+            raise _ApiError(400, "InvalidLookupAttributesException", "only one lookup attribute is allowed")
+        for attr in attrs:
+            if attr.get("AttributeKey") not in LOOKUP_ATTRIBUTE_KEYS:
+                raise _ApiError(400, "InvalidLookupAttributesException", "unknown AttributeKey")
+        max_results = int(req.get("MaxResults") or 50)
+        if not 1 <= max_results <= 50:
+            raise _ApiError(400, "InvalidMaxResultsException", "MaxResults must be 1-50")
+        start = req.get("StartTime")
+        end = req.get("EndTime")
+        if start is not None and end is not None and float(start) > float(end):
+            raise _ApiError(400, "InvalidTimeRangeException", "StartTime is after EndTime")
+        with self._lock:
+            records = [lookup_record(ev) for ev in self.events.values()]
+        selected = []
+        for rec in records:
+            if start is not None and rec["EventTime"] < float(start):
+                continue
+            if end is not None and rec["EventTime"] > float(end):
+                continue
+            if attrs and not _matches(rec, attrs[0]["AttributeKey"], attrs[0].get("AttributeValue")):
+                continue
+            selected.append(rec)
+        selected.sort(key=lambda r: (-r["EventTime"], r.get("EventId", "")))
+        offset = 0
+        if req.get("NextToken"):
+            try:
+                offset = int(base64.urlsafe_b64decode(str(req["NextToken"]).encode()).decode())
+            except ValueError:
+                raise _ApiError(400, "InvalidNextTokenException", "invalid NextToken") from None
+        page = selected[offset:offset + max_results]
+        out: dict[str, Any] = {"Events": page}
+        if offset + max_results < len(selected):
+            out["NextToken"] = base64.urlsafe_b64encode(str(offset + max_results).encode()).decode()
+        return out
+
+    def _ssc_operation(self, operation: str, form: dict[str, list[str]], account: str) -> str:
+        def arg(name: str) -> str | None:
+            values = form.get(name)
+            return values[0] if values else None
+
+        user = arg("UserName")
+        if operation == "ListServiceSpecificCredentials" and (arg("AllUsers") or "").lower() == "true":
+            with self._lock:
+                creds = [c for (acct, _), cs in self.ssc.items() if acct == account for c in cs]
+        else:
+            if not user or not _moto_user_exists(account, user):
+                raise _ApiError(404, "NoSuchEntity", f"The user with name {user} cannot be found.")
+            if operation == "CreateServiceSpecificCredential":
+                cred = self.add_service_specific_credential(account, user, arg("ServiceName") or "")
+                cred["ServicePassword"] = secrets.token_urlsafe(24)
+                return f"<ServiceSpecificCredential>{_xml_fields(cred)}</ServiceSpecificCredential>"
+            with self._lock:
+                creds = self.ssc.setdefault((account, user), [])
+                if operation in ("UpdateServiceSpecificCredential", "DeleteServiceSpecificCredential"):
+                    cid = arg("ServiceSpecificCredentialId")
+                    match = [c for c in creds if c["ServiceSpecificCredentialId"] == cid]
+                    if not match:
+                        raise _ApiError(404, "NoSuchEntity",
+                                        f"No such ServiceSpecificCredential: {cid} for user {user}")
+                    if operation == "DeleteServiceSpecificCredential":
+                        creds.remove(match[0])
+                    else:
+                        status = arg("Status")
+                        if status not in ("Active", "Inactive"):
+                            raise _ApiError(400, "ValidationError", "Status must be Active or Inactive")
+                        match[0]["Status"] = status
+                    return ""
+                creds = list(creds)
+        service = arg("ServiceName")
+        members = "".join(f"<member>{_xml_fields(c)}</member>" for c in creds
+                          if not service or c["ServiceName"] == service)
+        return (f"<ServiceSpecificCredentials>{members}</ServiceSpecificCredentials>"
+                "<IsTruncated>false</IsTruncated>")
+
+
+class _ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def _matches(rec: dict[str, Any], key: str, value: Any) -> bool:
+    if key in ("ResourceType", "ResourceName"):
+        return any(r.get(key) == value for r in rec.get("Resources", []))
+    return rec.get(key) == value
+
+
+def _xml_fields(fields: dict[str, Any]) -> str:
+    return "".join(f"<{k}>{saxutils.escape(str(v))}</{k}>" for k, v in fields.items() if v is not None)
+
+
+def _moto_iam_backend(account: str) -> Any:
+    from moto.iam.models import iam_backends
+
+    return iam_backends[account]["aws"]
+
+
+def _moto_user_exists(account: str, user: str) -> bool:
+    return user in _moto_iam_backend(account).users
+
+
+_AWS_MANAGED_POLICY_DATA: dict[str, Any] | None = None
+
+
+def _aws_managed_policy_data(name: str) -> dict[str, Any] | None:
+    global _AWS_MANAGED_POLICY_DATA
+    if _AWS_MANAGED_POLICY_DATA is None:
+        from moto.iam.aws_managed_policies import aws_managed_policies_data
+
+        _AWS_MANAGED_POLICY_DATA = json.loads(aws_managed_policies_data)
+    return _AWS_MANAGED_POLICY_DATA.get(name)
+
+
+#: The access key ID sandbox clients sign with. The seeder registers it, as a user-less key
+#: like the temporary keys moto's STS makes, in the IAM backend of the account being seeded, so
+#: moto attributes requests signed with it to that account even from a client that does not send
+#: ``x-moto-account-id`` (moto's third rule: the account that owns the signing key).
+SANDBOX_ACCESS_KEY = "ASIACORDONSANDBOX000"
+#: The key ID moto assumes when a request's signing key is not 20 upper-case characters (e.g.
+#: boto3 clients with the customary dummy key ``testing``); registered the same way, so such
+#: clients also land in the current account.
+MOTO_FALLBACK_ACCESS_KEY = "AKIAEXAMPLE"
+_ACCOUNT_KEYS = (SANDBOX_ACCESS_KEY, MOTO_FALLBACK_ACCESS_KEY)
+
+_KNOWN_REGIONS: dict[str, set[str]] = {}
+
+
+def _regions(service: str) -> set[str]:
+    if service not in _KNOWN_REGIONS:
+        sess = botocore.session.get_session()
+        regions: set[str] = set()
+        for partition in sess.get_available_partitions():
+            regions.update(sess.get_available_regions(service, partition_name=partition))
+        _KNOWN_REGIONS[service] = regions
+    return _KNOWN_REGIONS[service]
+
+
+def sandbox_region(service: str, region: str | None, default: str = DEFAULT_REGION) -> str:
+    """``region`` if botocore knows it (for ``service``; for the global IAM / STS and for
+    CloudTrail, as an EC2 region), else ``default``: moto's EC2 answers HTTP 500 for regions it
+    does not know, such as the corpus's anonymised ``ap-central-2r``."""
+    region = region or default
+    known = _regions("ec2" if service in ("iam", "sts", "cloudtrail") else service)
+    return region if region in known else default
+
+
+def make_sandbox_client(service: str, region: str, *, moto_url: str, standin_url: str,
+                        account_id: str) -> Any:
+    """One boto3 client for the sandbox.
+
+    ``cloudtrail`` goes to the stand-in, every other service to moto. Every request carries
+    ``x-moto-account-id: <account_id>``. On IAM clients, the four service-specific credential
+    operations are sent to the stand-in (a ``before-send`` hook rewrites the URL). Dummy
+    credentials (:data:`SANDBOX_ACCESS_KEY`); botocore *standard* retries, 4 attempts in all.
+    """
+    session = boto3.Session(aws_access_key_id=SANDBOX_ACCESS_KEY, aws_secret_access_key="testing",
+                            region_name=region)
+    url = standin_url if service == "cloudtrail" else moto_url
+    client = session.client(service, endpoint_url=url,
+                            config=Config(retries={"mode": "standard", "total_max_attempts": 4}))
+
+    def add_account(request: Any, **_: Any) -> None:
+        request.headers["x-moto-account-id"] = account_id
+
+    client.meta.events.register(f"before-send.{client.meta.service_model.service_id.hyphenize()}",
+                                add_account)
+    if service == "iam":
+        standin_netloc = urlsplit(standin_url).netloc
+
+        def to_standin(request: Any, **_: Any) -> None:
+            request.url = urlsplit(request.url)._replace(netloc=standin_netloc).geturl()
+
+        for op in SSC_OPERATIONS:
+            client.meta.events.register(f"before-send.iam.{op}", to_standin)
+    return client
+
+
+def sandbox_clients(cloud: dict[str, Any]) -> Any:
+    """The ``clients(service, region=None)`` factory for :meth:`AwsSandbox.cloud_params`
+    (usable in another process: it needs only the params). Regions are mapped with
+    ``cloud["region_map"]`` and then :func:`sandbox_region`; clients are cached."""
+    default = cloud.get("region") or DEFAULT_REGION
+    cache: dict[tuple[str, str], Any] = {}
+    lock = threading.Lock()
+
+    def clients(service: str, region: str | None = None) -> Any:
+        mapped = (cloud.get("region_map") or {}).get(region, region) if region else None
+        mapped = sandbox_region(service, mapped, default)
+        with lock:
+            if (service, mapped) not in cache:
+                cache[(service, mapped)] = make_sandbox_client(
+                    service, mapped, moto_url=cloud["aws_endpoint_url"],
+                    standin_url=cloud.get("standin_url") or cloud["cloudtrail_endpoint_url"],
+                    account_id=cloud.get("account_id") or DEFAULT_ACCOUNT_ID)
+            return cache[(service, mapped)]
+
+    return clients
+
+
+class AwsSandbox:
+    """Local AWS for rehearsals and tests: moto's server plus :class:`AwsStandIn`.
+
+    ``AwsSandbox(region="us-east-1", account_id="123456789012").start()`` binds both servers to
+    free ports on 127.0.0.1. ``clients(service, region=None)`` is the
+    :class:`~cordon.action.ActionContext` client factory. Use as a context manager or call
+    :meth:`stop`.
+    """
+
+    def __init__(self, region: str = DEFAULT_REGION, account_id: str = DEFAULT_ACCOUNT_ID,
+                 host: str = "127.0.0.1", port: int = 0):
+        from moto.server import ThreadedMotoServer
+
+        self.region = region
+        self.default_account_id = account_id
+        self.account_id = account_id
+        self._moto = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
+        self.standin = AwsStandIn(host=host)
+        self._started = False
+        self._clients: dict[tuple[str, str, str], Any] = {}
+        self._seen_regions: set[str] = set()
+        self._lock = threading.Lock()
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self) -> AwsSandbox:
+        """Start moto and the stand-in; returns ``self``."""
+        if not self._started:
+            logging.getLogger("werkzeug").setLevel(logging.WARNING)
+            self._moto.start()
+            self.standin.start()
+            self._started = True
+        return self
+
+    def stop(self) -> None:
+        """Stop both servers."""
+        if self._started:
+            self._moto.stop()
+            self.standin.stop()
+            self._started = False
+
+    def __enter__(self) -> AwsSandbox:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    @property
+    def endpoint_url(self) -> str:
+        """moto's ``http://127.0.0.1:<port>``."""
+        host, port = self._moto.get_host_and_port()
+        return f"http://{host}:{port}"
+
+    @property
+    def cloudtrail_url(self) -> str:
+        """The stand-in's ``http://127.0.0.1:<port>`` (CloudTrail and service-specific credentials)."""
+        return self.standin.url
+
+    def endpoint_env(self) -> dict[str, str]:
+        """Environment for a separate process: ``AWS_ENDPOINT_URL`` (moto),
+        ``AWS_ENDPOINT_URL_CLOUDTRAIL`` (stand-in) and dummy credentials. (Service-specific
+        credential calls are redirected only by :meth:`clients`, not by this environment.)"""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_ENDPOINT_URL_CLOUDTRAIL": self.cloudtrail_url,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": self.region,
+        }
+
+    def reset(self) -> None:
+        """Empty moto (``POST /moto-api/reset``) and the stand-in; back to the default account."""
+        import urllib.request
+
+        req = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", data=b"", method="POST")
+        with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - loopback only
+            resp.read()
+        self.standin.reset()
+        self._seen_regions.clear()
+        self.account_id = self.default_account_id
+
+    def fail_next(self, status: int, times: int = 1, code: str | None = None) -> None:
+        """Inject failures on the stand-in (see :meth:`AwsStandIn.fail_next`)."""
+        self.standin.fail_next(status, times=times, code=code)
+
+    # -- clients ----------------------------------------------------------------------------
+    def sandbox_region(self, service: str, region: str | None) -> str:
+        """See :func:`sandbox_region` (default: the sandbox's region)."""
+        return sandbox_region(service, region, self.region)
+
+    def session(self, region: str | None = None) -> boto3.Session:
+        """A boto3 Session with dummy credentials in ``region`` (default the sandbox's)."""
+        return boto3.Session(aws_access_key_id=SANDBOX_ACCESS_KEY, aws_secret_access_key="testing",
+                             region_name=region or self.region)
+
+    def cloud_params(self) -> dict[str, Any]:
+        """JSON-serialisable parameters from which another process rebuilds the sandbox's
+        clients (:func:`sandbox_clients`; also understood by ``cordon.clouds.aws_clients``):
+        ``{"sandbox": True, "aws_endpoint_url", "cloudtrail_endpoint_url", "standin_url",
+        "region", "account_id", "access_key_id" (sign with it to land in ``account_id`` without
+        the header), "region_map": {unknown region seen while seeding: region}}``."""
+        return {
+            "sandbox": True,
+            "aws_endpoint_url": self.endpoint_url,
+            "cloudtrail_endpoint_url": self.cloudtrail_url,
+            "standin_url": self.cloudtrail_url,
+            "region": self.region,
+            "account_id": self.account_id,
+            "access_key_id": SANDBOX_ACCESS_KEY,
+            "region_map": {r: self.region for r in sorted(self._seen_regions)
+                           if sandbox_region("ec2", r, self.region) != r},
+        }
+
+    def clients(self, service: str, region: str | None = None, account_id: str | None = None) -> Any:
+        """A boto3 client for ``service`` in ``region`` acting in ``account_id`` (default
+        :attr:`account_id`); see :func:`make_sandbox_client`. Cached per (service, region,
+        account)."""
+        account = account_id or self.account_id
+        region = self.sandbox_region(service, region)
+        key = (service, region, account)
+        with self._lock:
+            client = self._clients.get(key)
+            if client is None:
+                client = make_sandbox_client(service, region, moto_url=self.endpoint_url,
+                                             standin_url=self.cloudtrail_url, account_id=account)
+                self._clients[key] = client
+            return client
+
+    # -- seeding ----------------------------------------------------------------------------
+    def seed_from_detection(self, detection: Any) -> dict[str, Any]:
+        """Create in the sandbox what ``detection`` (a :class:`~cordon.detections.model.Detection`)
+        says exists, so containment has something real to act on. Idempotent: seeding twice
+        leaves the same state.
+
+        Sets :attr:`account_id` to the detection's account, then creates: the target IAM user
+        (credential owner, else ``detection.target``), the actor's IAM user and its access key
+        when the actor is an IAM user signing with an ``AKIA`` key, and by credential kind the
+        access key (exact ID), the login profile, the EC2 key pair (imported ed25519 public key,
+        in the sandbox region), the service-specific credential (exact ID, on the stand-in), the
+        policy grant (managed policy attachment or inline policy). CloudTrail: the detection's raw
+        event plus three other events by the same access key (two before, one after, within five
+        minutes) and one event by another key.
+
+        Returns ``{"account_id", "users": [...], "access_keys": [...], "login_profiles": [...],
+        "key_pairs": [...], "service_specific_credentials": [...], "policies": [...],
+        "cloudtrail_events": n}``.
+        """
+        self.use_account(detection.account_uid or self.default_account_id)
+        if detection.region:
+            self._seen_regions.add(detection.region)
+        report: dict[str, Any] = {"account_id": self.account_id, "users": [], "access_keys": [],
+                                  "login_profiles": [], "key_pairs": [], "service_specific_credentials": [],
+                                  "policies": [], "cloudtrail_events": 0}
+        cred = detection.credential
+        raw = detection.raw if isinstance(detection.raw, dict) else {}
+        req = raw.get("requestParameters") if isinstance(raw.get("requestParameters"), dict) else {}
+        owner = None
+        if cred is not None:
+            by_uid = cred.kind in ("aws_iam_user", "aws_login_profile")
+            owner = cred.owner.name or (cred.uid if by_uid else None)
+        owner = owner or detection.target.name or req.get("userName")
+        actor = detection.actor
+        if actor.user.type == "IAMUser" and actor.user.name:
+            self.ensure_user(actor.user.name)
+            report["users"].append(actor.user.name)
+            if actor.session_uid and actor.session_uid.startswith("AKIA"):
+                self.ensure_access_key(actor.user.name, actor.session_uid)
+                report["access_keys"].append(actor.session_uid)
+        if owner:
+            self.ensure_user(owner, tags=req.get("tags") if cred and cred.kind == "aws_iam_user" else None)
+            report["users"].append(owner)
+        if cred is not None and owner:
+            attrs = cred.attributes or {}
+            if cred.kind == "aws_access_key" and cred.uid:
+                self.ensure_access_key(owner, cred.uid, status=str(attrs.get("status") or "Active"),
+                                       create_date=detection.time)
+                report["access_keys"].append(cred.uid)
+            elif cred.kind == "aws_login_profile":
+                reset = attrs.get("passwordResetRequired", req.get("passwordResetRequired", False))
+                self.ensure_login_profile(owner, bool(reset))
+                report["login_profiles"].append(owner)
+            elif cred.kind == "aws_service_specific_credential" and cred.uid:
+                service = (attrs.get("serviceName") or attrs.get("service_name") or req.get("serviceName")
+                           or "codecommit.amazonaws.com")
+                self.standin.add_service_specific_credential(self.account_id, owner, service, cred.uid,
+                                                             create_date=detection.time)
+                report["service_specific_credentials"].append(cred.uid)
+            elif cred.kind == "aws_policy_grant":
+                arn = attrs.get("policy_arn") or req.get("policyArn") or (
+                    cred.uid if cred.uid and cred.uid.startswith("arn:") else None)
+                if arn:
+                    self.ensure_managed_policy_attached(owner, arn)
+                    report["policies"].append(arn)
+                else:
+                    name = attrs.get("policy_name") or req.get("policyName") or cred.uid or "AdminGrant"
+                    doc = attrs.get("policy_document") or req.get("policyDocument") or ADMIN_POLICY_DOCUMENT
+                    self.ensure_inline_policy(owner, name, doc)
+                    report["policies"].append(name)
+        if cred is not None and cred.kind == "aws_key_pair" and cred.uid:
+            region = (cred.attributes or {}).get("region") or detection.region
+            self.ensure_key_pair(cred.uid, region)
+            report["key_pairs"].append(cred.uid)
+        if raw.get("eventName") and raw.get("eventTime"):
+            report["cloudtrail_events"] = self.standin.add_events(self.related_events(raw))
+        return report
+
+    # individual seeders (idempotent) ------------------------------------------------------
+    def use_account(self, account_id: str) -> None:
+        """Make ``account_id`` the sandbox's current account: :meth:`clients` default to it, and
+        requests without an ``x-moto-account-id`` header signed with :data:`SANDBOX_ACCESS_KEY`
+        (or with a key moto does not parse, such as ``testing``) land in it: those key IDs are
+        moved to that account's moto IAM backend as user-less keys. One account at a
+        time: seeding detections of several accounts leaves the last one current."""
+        from moto.iam.models import AccessKey, iam_backends
+
+        for acct, partitions in list(iam_backends.items()):
+            if acct != account_id:
+                for key_id in _ACCOUNT_KEYS:
+                    partitions["aws"].access_keys.pop(key_id, None)
+        backend = _moto_iam_backend(account_id)
+        for key_id in _ACCOUNT_KEYS:
+            if key_id not in backend.access_keys:
+                key = AccessKey(user_name=None, prefix="ASIA", account_id=account_id)
+                key.access_key_id = key_id
+                backend.access_keys[key_id] = key
+        self.account_id = account_id
+
+    def ensure_user(self, user_name: str, tags: list[dict[str, str]] | None = None) -> dict[str, Any]:
+        """``iam:CreateUser`` unless the user exists; returns ``GetUser``'s ``User``."""
+        iam = self.clients("iam")
+        try:
+            return iam.get_user(UserName=user_name)["User"]
+        except ClientError as err:
+            if err.response["Error"]["Code"] != "NoSuchEntity":
+                raise
+        kwargs: dict[str, Any] = {"UserName": user_name}
+        if tags:
+            kwargs["Tags"] = [{"Key": t.get("key") or t.get("Key"), "Value": t.get("value") or t.get("Value")}
+                              for t in tags if isinstance(t, dict)]
+        return iam.create_user(**kwargs)["User"]
+
+    def ensure_access_key(self, user_name: str, access_key_id: str, status: str = "Active",
+                          create_date: datetime | None = None) -> str:
+        """Give ``user_name`` an access key with exactly ``access_key_id`` (see the module
+        docstring: created through the API, then renamed in moto's in-process backend).
+        Raises ``ValueError`` if that key ID already belongs to another user."""
+        backend = _moto_iam_backend(self.account_id)
+        existing = backend.access_keys.get(access_key_id)
+        if existing is not None:
+            if existing.user_name != user_name:
+                raise ValueError(f"access key {access_key_id} already belongs to {existing.user_name}")
+            return access_key_id
+        created = self.clients("iam").create_access_key(UserName=user_name)["AccessKey"]
+        key = backend.access_keys.pop(created["AccessKeyId"])
+        key.access_key_id = access_key_id
+        if create_date is not None:
+            key.create_date = _parse_time(create_date)
+        backend.access_keys[access_key_id] = key
+        if status != "Active":
+            self.clients("iam").update_access_key(UserName=user_name, AccessKeyId=access_key_id,
+                                                  Status=status)
+        return access_key_id
+
+    def ensure_login_profile(self, user_name: str, password_reset_required: bool = False) -> None:
+        """``iam:CreateLoginProfile`` with a random password unless one exists."""
+        iam = self.clients("iam")
+        try:
+            iam.get_login_profile(UserName=user_name)
+            return
+        except ClientError as err:
+            if err.response["Error"]["Code"] != "NoSuchEntity":
+                raise
+        password = secrets.token_urlsafe(18) + "!aA1"
+        iam.create_login_profile(UserName=user_name, Password=password,
+                                 PasswordResetRequired=password_reset_required)
+        if password_reset_required:
+            # moto's CreateLoginProfile ignores the flag and its UpdateLoginProfile clears the
+            # password unless it is passed again.
+            iam.update_login_profile(UserName=user_name, Password=password, PasswordResetRequired=True)
+
+    def ensure_key_pair(self, key_name: str, region: str | None = None) -> dict[str, Any]:
+        """``ec2:ImportKeyPair`` of a fresh ed25519 public key unless ``key_name`` exists in
+        ``region``; returns the ``DescribeKeyPairs`` entry (with ``PublicKey``)."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        ec2 = self.clients("ec2", region=region)
+        try:
+            return ec2.describe_key_pairs(KeyNames=[key_name], IncludePublicKey=True)["KeyPairs"][0]
+        except ClientError as err:
+            if err.response["Error"]["Code"] != "InvalidKeyPair.NotFound":
+                raise
+        public = Ed25519PrivateKey.generate().public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        ec2.import_key_pair(KeyName=key_name, PublicKeyMaterial=public + b" cordon-sandbox")
+        return ec2.describe_key_pairs(KeyNames=[key_name], IncludePublicKey=True)["KeyPairs"][0]
+
+    def ensure_managed_policy_attached(self, user_name: str, policy_arn: str) -> None:
+        """Attach ``policy_arn`` to the user, creating the policy first if the sandbox lacks it:
+        an AWS managed policy (``arn:aws:iam::aws:policy/...``) is added to moto's backend from
+        moto's bundled data; a customer managed one is created with an admin document."""
+        iam = self.clients("iam")
+        backend = _moto_iam_backend(self.account_id)
+        if policy_arn not in backend.managed_policies:
+            name = policy_arn.rsplit("/", 1)[-1]
+            if ":iam::aws:policy/" in policy_arn:
+                from moto.iam.models import AWSManagedPolicy
+
+                data = _aws_managed_policy_data(name)
+                if data is None:
+                    raise ValueError(f"moto has no data for AWS managed policy {policy_arn}")
+                policy = AWSManagedPolicy.from_data(name, self.account_id, DEFAULT_REGION, data)
+                backend.managed_policies[policy.arn] = policy
+            else:
+                path = "/" + policy_arn.split(":policy/", 1)[1].rsplit("/", 1)[0] + "/"
+                iam.create_policy(PolicyName=name, Path=path.replace("//", "/"),
+                                  PolicyDocument=json.dumps(ADMIN_POLICY_DOCUMENT))
+        attached = iam.list_attached_user_policies(UserName=user_name)["AttachedPolicies"]
+        if not any(p["PolicyArn"] == policy_arn for p in attached):
+            iam.attach_user_policy(UserName=user_name, PolicyArn=policy_arn)
+
+    def ensure_inline_policy(self, user_name: str, policy_name: str, document: Any) -> None:
+        """``iam:PutUserPolicy`` (idempotent by nature)."""
+        doc = document if isinstance(document, str) else json.dumps(document)
+        self.clients("iam").put_user_policy(UserName=user_name, PolicyName=policy_name, PolicyDocument=doc)
+
+    @staticmethod
+    def related_events(raw: dict[str, Any]) -> list[dict[str, Any]]:
+        """``raw`` plus plausible other activity around it: ``GetCallerIdentity`` (-2 min),
+        ``ListUsers`` (-1 min), ``ListAttachedUserPolicies`` (+1 min) by the same access key,
+        and ``DescribeInstances`` (+30 s) by a different key. Event IDs are derived from
+        ``raw``'s, so re-seeding replaces rather than duplicates."""
+        base_time = _parse_time(raw["eventTime"])
+        base_id = str(raw.get("eventID") or uuid.uuid5(uuid.NAMESPACE_URL, json.dumps(raw, sort_keys=True)))
+        ident = dict(raw.get("userIdentity") or {})
+        out = [dict(raw, eventID=base_id)]
+        plan = [("GetCallerIdentity", "sts.amazonaws.com", -120, True, None),
+                ("ListUsers", "iam.amazonaws.com", -60, True, None),
+                ("ListAttachedUserPolicies", "iam.amazonaws.com", 60, True,
+                 {"userName": (raw.get("requestParameters") or {}).get("userName")}),
+                ("DescribeInstances", "ec2.amazonaws.com", 30, True, None)]
+        for i, (name, source, offset, read_only, params) in enumerate(plan):
+            who = dict(ident)
+            if name == "DescribeInstances":
+                who["accessKeyId"] = "AKIAOTHERKEY00000000"
+            out.append({
+                "eventVersion": raw.get("eventVersion", "1.09"),
+                "eventID": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{base_id}/{i}/{name}")),
+                "eventName": name,
+                "eventSource": source,
+                "eventTime": _iso(base_time + timedelta(seconds=offset)),
+                "eventType": "AwsApiCall",
+                "awsRegion": raw.get("awsRegion", DEFAULT_REGION),
+                "sourceIPAddress": raw.get("sourceIPAddress"),
+                "userAgent": raw.get("userAgent"),
+                "userIdentity": who,
+                "readOnly": read_only,
+                "requestParameters": params,
+                "responseElements": None,
+                "recipientAccountId": raw.get("recipientAccountId"),
+            })
+        return out

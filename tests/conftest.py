@@ -1,0 +1,73 @@
+"""Shared pytest fixtures.
+
+AWS: ``aws_sandbox`` (one :class:`~cordon.sandbox.aws.AwsSandbox` per test session: moto's
+server plus Cordon's CloudTrail / service-specific-credential stand-in on 127.0.0.1) and ``aws``
+(the same sandbox, reset before the test). ``make_detection(event)`` turns a raw CloudTrail
+event into a :class:`~cordon.detections.model.Detection`; ``stratus_events(name)`` reads a
+Stratus Red Team detonation log from ``../shared/data/real/stratus-red-team``
+(DataDog/stratus-red-team @ 7c9a7a5a, ``docs/detonation-logs/<name>.json``, Apache-2.0).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from cordon.sandbox.aws import AwsSandbox
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+STRATUS_LOGS = SHARED_DATA / "stratus-red-team" / "docs" / "detonation-logs"
+
+
+@pytest.fixture(scope="session")
+def aws_sandbox() -> Iterator[AwsSandbox]:
+    """moto's ThreadedMotoServer + the stand-in, started once for the session."""
+    sandbox = AwsSandbox().start()
+    try:
+        yield sandbox
+    finally:
+        sandbox.stop()
+
+
+@pytest.fixture
+def aws(aws_sandbox: AwsSandbox) -> AwsSandbox:
+    """The session sandbox, emptied (moto reset, stand-in cleared, default account)."""
+    aws_sandbox.reset()
+    return aws_sandbox
+
+
+def stratus_events(name: str) -> list[dict[str, Any]]:
+    """The CloudTrail events of one Stratus Red Team detonation log (a JSON array)."""
+    return json.loads((STRATUS_LOGS / f"{name}.json").read_text())
+
+
+def stratus_event(name: str, event_name: str) -> dict[str, Any]:
+    """The one event called ``event_name`` in detonation log ``name``."""
+    return next(e for e in stratus_events(name) if e["eventName"] == event_name)
+
+
+def detection_from_event(event: dict[str, Any], origin: str = "test", position: int = 0) -> Any:
+    """A Detection for a raw CloudTrail event, through the real parser
+    (:func:`cordon.detections.cloudtrail.detection_from_cloudtrail`) with a stand-in Sigma match."""
+    from cordon.detections.cloudtrail import detection_from_cloudtrail
+
+    match = SimpleNamespace(id="test-rule", title="test rule", path=None, level="high",
+                            technique_ids=["T1098.001"])
+    return detection_from_cloudtrail(event, match, origin, position)
+
+
+@pytest.fixture
+def make_detection() -> Callable[..., Any]:
+    """``make_detection(event)`` -> Detection (see :func:`detection_from_event`)."""
+    return detection_from_event
+
+
+@pytest.fixture(name="stratus_event")
+def stratus_event_fixture() -> Callable[[str, str], dict[str, Any]]:
+    """``stratus_event(log_name, event_name)`` -> the raw event (a fresh copy each call)."""
+    return stratus_event
