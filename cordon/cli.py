@@ -24,8 +24,8 @@ playbooks_app = typer.Typer(help="List and validate playbooks.", no_args_is_help
 app.add_typer(audit_app, name="audit")
 app.add_typer(playbooks_app, name="playbooks")
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 class ApproveMode(StrEnum):
@@ -77,24 +77,15 @@ def respond(
     for ticket in report.joined:
         err.print(f"[dim]{ticket.detection.rule.name} joined open case {ticket.case_id}[/dim]")
 
-    cloud: dict[str, Any] = {}
     sb = None
     if sandbox:
         from cordon.sandbox.aws import AwsSandbox
 
-        sb = AwsSandbox()
-        sb.start()
-        for ticket in report.cases:
-            if ticket.run:
-                sb.seed_from_detection(ticket.detection)
-        cloud = sb.cloud_params()
-        err.print(f"[cyan]sandbox:[/cyan] AWS stand-in at {sb.endpoint_url} seeded from {len(report.cases)} case(s)")
+        sb = AwsSandbox().start()
+        err.print(f"[cyan]sandbox:[/cyan] AWS stand-in (moto) at {sb.endpoint_url}, seeded from the detections")
+    slack = _slack_settings(responder) if approve is ApproveMode.slack else None
     try:
-        for ticket in report.cases:
-            if approve is ApproveMode.slack:
-                summary = responder.submit(ticket, cloud=cloud, slack=_slack_settings(responder))
-            else:
-                summary = responder.run(ticket, approval=approve.value, cloud=cloud)
+        for summary in responder.run_all(report, approval=approve.value, sandbox=sb, slack=slack):
             _print_case(summary, output)
     finally:
         if sb is not None:

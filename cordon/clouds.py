@@ -32,11 +32,12 @@ def aws_clients(cloud: dict[str, Any] | None = None) -> Callable[..., Any]:
     """
     cloud = dict(cloud or {})
     if cloud.get("sandbox"):
-        session = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing",
-                                        aws_session_token="testing",
-                                        region_name=cloud.get("region", "us-east-1"))
-    else:
-        session = boto3.session.Session(region_name=cloud.get("region"))
+        from cordon.sandbox.aws import SANDBOX_ACCESS_KEY, sandbox_clients
+
+        factory = sandbox_clients(cloud)
+        factory.own_access_key = lambda: SANDBOX_ACCESS_KEY  # type: ignore[attr-defined]
+        return factory
+    session = boto3.session.Session(region_name=cloud.get("region"))
 
     @functools.lru_cache(maxsize=64)
     def clients(service: str, region: str | None = None) -> Any:
@@ -46,8 +47,6 @@ def aws_clients(cloud: dict[str, Any] | None = None) -> Callable[..., Any]:
             kwargs["endpoint_url"] = endpoint
         if service in ("iam", "sts"):
             region = None
-        if cloud.get("sandbox") and region:
-            region = cloud.get("region_map", {}).get(region, region)
         return session.client(service, region_name=region or session.region_name or "us-east-1", **kwargs)
 
     def own_access_key() -> str | None:

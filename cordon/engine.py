@@ -11,7 +11,7 @@ second run.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from typing import Any
 from cordon.audit.ledger import Ledger
 from cordon.config import Config, load_config
 from cordon.detections.errors import Rejected
-from cordon.detections.intake import read_inputs
+from cordon.detections.intake import read_bytes, read_inputs
 from cordon.detections.model import Detection
 from cordon.detections.pipeline import detect
 from cordon.playbooks.schema import Playbook, load_playbooks, route
@@ -64,8 +64,15 @@ class Responder:
 
     def intake(self, sources: Iterable[str | Path], stdin: Any = None) -> IntakeReport:
         """Read ``sources`` (paths, or ``-`` for ``stdin``), record everything, open cases."""
+        return self._intake(read_inputs(sources, stdin=stdin))
+
+    def intake_bytes(self, body: bytes, origin: str) -> IntakeReport:
+        """The same for one input held in memory (the detection webhook's body)."""
+        return self._intake(read_bytes(origin, body))
+
+    def _intake(self, records: Iterable[Any]) -> IntakeReport:
         report = IntakeReport()
-        for item in detect(read_inputs(sources, stdin=stdin), self.rules):
+        for item in detect(records, self.rules):
             if isinstance(item, Rejected):
                 self.ledger.dead_letter(item.origin, item.position, item.field, item.reason, item.raw_text)
                 report.rejected.append(item)
@@ -83,14 +90,15 @@ class Responder:
     def accept(self, detection: Detection) -> CaseTicket | None:
         """Record one detection and open or join its case. ``None`` for suppressed detections."""
         summary = detection.summary()
-        self.ledger.append("detection.received", {"detection": summary, "raw_ref": detection.raw_ref.model_dump()},
-                           actor=detection.actor.user.uid)
+        received = {"detection": summary, "raw_ref": detection.raw_ref.model_dump()}
         if detection.suppressed:
+            self.ledger.append("detection.received", received, actor=detection.actor.user.uid)
             self.ledger.append("detection.suppressed", {"uid": detection.uid, "reason": detection.suppressed})
             return None
         pb = route(self.playbooks, detection)
         result = self.ledger.open_case(detection.case_key(), detection.uid, detection.model_dump(mode="json"),
                                        pb.name if pb else None)
+        self.ledger.append("detection.received", received, case_id=result.case_id, actor=detection.actor.user.uid)
         if result.opened:
             self.ledger.append("case.opened", {"case_key": detection.case_key(), "detection_uid": detection.uid,
                                                "playbook": pb.name if pb else None}, case_id=result.case_id)
@@ -115,6 +123,24 @@ class Responder:
 
         return respond(case_id=ticket.case_id, detection=ticket.detection.model_dump(mode="json"),
                        playbook=ticket.playbook.name, approval=approval, cloud=cloud or {}, slack=slack)
+
+    def run_all(self, report: IntakeReport, approval: str = "console", sandbox: Any = None,
+                cloud: dict[str, Any] | None = None, slack: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+        """Run (or, for ``approval="slack"``, submit) every opened case of ``report``; yields each
+        case's summary. With ``sandbox`` (an :class:`~cordon.sandbox.aws.AwsSandbox`), each case's
+        detection is seeded first and its run uses the sandbox in the detection's account."""
+        if sandbox is not None:
+            for ticket in report.cases:
+                if ticket.run:
+                    sandbox.seed_from_detection(ticket.detection)
+        for ticket in report.cases:
+            if sandbox is not None:
+                cloud = {**sandbox.cloud_params(),
+                         "account_id": ticket.detection.account_uid or sandbox.default_account_id}
+            if approval == "slack":
+                yield self.submit(ticket, cloud=cloud, slack=slack)
+            else:
+                yield self.run(ticket, approval=approval, cloud=cloud)
 
     def submit(self, ticket: CaseTicket, cloud: dict[str, Any] | None = None, slack: dict[str, Any] | None = None,
                deployment: str = "respond/respond") -> dict[str, Any]:

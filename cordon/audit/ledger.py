@@ -191,8 +191,11 @@ class Ledger:
     def __init__(self, url: str | None = None):
         self.url = url or default_database_url()
         self.engine: Engine = _make_engine(self.url)
-        metadata.create_all(self.engine)
-        with self.engine.begin() as conn:
+        # Writes go through this view of the engine: on SQLite they BEGIN IMMEDIATE (take the
+        # write lock up front); reads BEGIN DEFERRED and never block writers for long (WAL).
+        self.writer: Engine = self.engine.execution_options(cordon_write=True)
+        metadata.create_all(self.writer)
+        with self.writer.begin() as conn:
             try:
                 conn.execute(head_table.insert().values(id=1, seq=0, hash=GENESIS))
             except IntegrityError:
@@ -212,7 +215,7 @@ class Ledger:
         """
         text = canonical_json(redact(payload))
         ts = now_iso()
-        with self.engine.begin() as conn:
+        with self.writer.begin() as conn:
             head = conn.execute(
                 sa.select(head_table.c.seq, head_table.c.hash).where(head_table.c.id == 1).with_for_update()
             ).one()
@@ -229,7 +232,7 @@ class Ledger:
         """Keep a rejected record with the reason; also appends an ``intake.rejected`` record to
         the chain (without the raw text). Returns the dead letter's id."""
         sha = hashlib.sha256(raw_text.encode("utf-8", "replace")).hexdigest()
-        with self.engine.begin() as conn:
+        with self.writer.begin() as conn:
             res = conn.execute(dead_letters_table.insert().values(
                 ts=now_iso(), origin=origin, position=position, field=field, reason=reason,
                 raw_text=raw_text, raw_sha256=sha))
@@ -247,7 +250,7 @@ class Ledger:
         case_id = "case-" + uuid.uuid4().hex[:12]
         opened = True
         try:
-            with self.engine.begin() as conn:
+            with self.writer.begin() as conn:
                 conn.execute(cases_table.insert().values(
                     case_id=case_id, case_key=case_key, opened_at=ts, playbook=playbook, status="open",
                     detection=canonical_json(redact(detection))))
@@ -257,7 +260,7 @@ class Ledger:
                 case_id = conn.execute(sa.select(cases_table.c.case_id)
                                        .where(cases_table.c.case_key == case_key)).scalar_one()
         try:
-            with self.engine.begin() as conn:
+            with self.writer.begin() as conn:
                 conn.execute(case_detections_table.insert().values(
                     detection_uid=detection_uid, case_id=case_id, received_at=ts))
         except IntegrityError:
@@ -267,7 +270,7 @@ class Ledger:
     def set_case(self, case_id: str, **values: Any) -> None:
         """Update a case's ``status``, ``playbook``, ``flow_run_id`` or ``plan_hash`` (cases are
         state, not history: the history is in the chain)."""
-        with self.engine.begin() as conn:
+        with self.writer.begin() as conn:
             conn.execute(cases_table.update().where(cases_table.c.case_id == case_id)
                          .values(updated_at=now_iso(), **values))
 
@@ -347,8 +350,9 @@ def _make_engine(url: str) -> Engine:
         @event.listens_for(engine, "begin")
         def _on_begin(conn):  # pragma: no cover - driver plumbing
             # IMMEDIATE takes the write lock at BEGIN: concurrent appenders queue instead of
-            # reading the same head and colliding on seq.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # reading the same head and colliding on seq. Reads stay deferred.
+            write = conn.get_execution_options().get("cordon_write")
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
         return engine
     return sa.create_engine(url, pool_pre_ping=True)

@@ -684,4 +684,11 @@ def read_inputs(sources: Iterable[str | Path], stdin: BinaryIO | None = None) ->
                 )
 
 
-__all__ = ["RAW_TEXT_CAP", "RawRecord", "cap_text", "classify", "read_inputs"]
+def read_bytes(origin: str, data: bytes) -> Iterator[RawRecord | Rejected]:
+    """Like :func:`read_inputs` for one input already in memory (a webhook body), named ``origin``."""
+    import io
+
+    yield from _read_stream(origin, io.BytesIO(data))
+
+
+__all__ = ["RAW_TEXT_CAP", "RawRecord", "cap_text", "classify", "read_bytes", "read_inputs"]
