@@ -12,7 +12,6 @@ Run it in-process (``cordon respond``, the embedded default) or as the deploymen
 runs, and only a suspended run survives a worker restart).
 """
 
-from __future__ import annotations
 
 import functools
 import getpass

@@ -1,0 +1,167 @@
+"""Durable approval: the production shape on one machine.
+
+A real Prefect server (child process), a worker serving the ``respond`` deployment (child
+process), the Slack stand-in, the AWS sandbox, and Cordon's server (uvicorn, real HTTP). The run
+posts its approval request to Slack and suspends; the worker is killed (SIGKILL) while the run
+waits; a responder's click (signed the way Slack signs it) resumes the run; a new worker picks it
+up, Prefect replays completed tasks from their persisted results, and the key is contained once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from cordon.audit.ledger import Ledger
+from cordon.engine import Responder
+from cordon.sandbox.aws import AwsSandbox
+from cordon.sandbox.prefect_server import PrefectServer, Worker, free_port
+from cordon.sandbox.slack_standin import SlackStandIn, block_actions_payload
+from cordon.server.wiring import build_app
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "cloudtrail-create-access-key.json"
+SECRET = "8f14e45fceea167a5a36dedd4bea2543"
+CHANNEL = "C0APPROVALS"
+
+
+def slack_signed(body: bytes, ts: int | None = None) -> dict[str, str]:
+    """Sign like Slack: v0= + HMAC-SHA256(secret, "v0:{ts}:{body}") (computed here, independently)."""
+    ts = int(time.time()) if ts is None else ts
+    sig = hmac.new(SECRET.encode(), f"v0:{ts}:".encode() + body, hashlib.sha256).hexdigest()
+    return {"X-Slack-Request-Timestamp": str(ts), "X-Slack-Signature": f"v0={sig}",
+            "Content-Type": "application/x-www-form-urlencoded"}
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture
+def stack(tmp_path, monkeypatch):
+    server = PrefectServer(tmp_path / "prefect").start()
+    slack = SlackStandIn()
+    slack_url = slack.start()
+    aws = AwsSandbox().start()
+    db_url = f"sqlite:///{tmp_path}/ledger.db"
+    env = {**server.env, "CORDON_DATABASE_URL": db_url, "CORDON_SLACK_BOT_TOKEN": "xoxb-test",
+           "CORDON_SLACK_API_URL": slack_url}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    from prefect.settings import PREFECT_API_URL, PREFECT_RESULTS_PERSIST_BY_DEFAULT, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: server.api_url, PREFECT_RESULTS_PERSIST_BY_DEFAULT: True}):
+        ledger = Ledger(db_url)
+        app = build_app(signing_secret=SECRET, ledger=ledger)
+        port = free_port()
+        uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        t = threading.Thread(target=uv.run, daemon=True)
+        t.start()
+        wait_for(lambda: uv.started, 30, "Cordon's server")
+        workers: list[Worker] = []
+        try:
+            yield {"server": server, "env": env, "slack": slack, "slack_url": slack_url, "aws": aws,
+                   "ledger": ledger, "cordon_url": f"http://127.0.0.1:{port}", "tmp": tmp_path, "workers": workers}
+        finally:
+            for w in workers:
+                w.stop()
+            uv.should_exit = True
+            t.join(10)
+            aws.stop()
+            slack.stop()
+            server.stop()
+
+
+def flow_state(flow_run_id: str) -> str | None:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        fr = client.read_flow_run(flow_run_id)
+    return fr.state.type.value if fr.state else None
+
+
+def deployment_ready() -> bool:
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            client.read_deployment_by_name("respond/respond")
+        return True
+    except Exception:  # noqa: BLE001 - not registered yet
+        return False
+
+
+def test_worker_killed_while_waiting_then_approved_contains_once(stack):
+    tmp, env = stack["tmp"], stack["env"]
+    w1 = Worker(env, tmp / "worker1.log", cwd=REPO).start()
+    stack["workers"].append(w1)
+    wait_for(deployment_ready, 90, "the respond deployment to be served")
+
+    responder = Responder(ledger=stack["ledger"])
+    report = responder.intake([EXAMPLE])
+    slack_settings = {"channel": CHANNEL, "base_url": stack["slack_url"]}
+    (submitted,) = list(responder.run_all(report, approval="slack", sandbox=stack["aws"], slack=slack_settings))
+    assert submitted["status"] == "awaiting_approval"
+    run_id, case_id = submitted["flow_run_id"], submitted["case_id"]
+    # submitting the same case again returns the same run (Prefect idempotency key = case ID)
+    again = responder.submit(report.cases[0], cloud=stack["aws"].cloud_params(), slack=slack_settings)
+    assert again["flow_run_id"] == run_id
+
+    wait_for(lambda: flow_state(run_id) == "PAUSED", 120, "the run to suspend for approval")
+    (message,) = stack["slack"].messages(CHANNEL)
+    values = [json.loads(el["value"]) for b in message["blocks"] if b["type"] == "actions" for el in b["elements"]]
+    assert {v["decision"] for v in values} == {"approve", "deny"}
+    assert all(v["run_id"] == run_id and v["case_id"] == case_id for v in values)
+    assert "iam:UpdateAccessKey" in json.dumps(message["blocks"])
+
+    w1.kill()  # the runner dies while the run waits
+    assert w1.proc.poll() is not None
+
+    payload = block_actions_payload(message, CHANNEL, "cordon_approve", user_id="U0ALICE01", user_name="alice",
+                                    response_url=stack["slack"].response_url(CHANNEL, message["ts"]))
+    body = urllib.parse.urlencode({"payload": json.dumps(payload)}).encode()
+    # a forged click (wrong signature) is refused with 401 and recorded
+    forged = httpx.post(f"{stack['cordon_url']}/slack/interactions", content=body,
+                        headers={**slack_signed(body), "X-Slack-Signature": "v0=" + "0" * 64})
+    assert forged.status_code == 401
+    ok = httpx.post(f"{stack['cordon_url']}/slack/interactions", content=body, headers=slack_signed(body))
+    assert ok.status_code == 200
+    wait_for(lambda: flow_state(run_id) not in ("PAUSED", None), 30, "the run to leave PAUSED")
+
+    w2 = Worker(env, tmp / "worker2.log", cwd=REPO).start()
+    stack["workers"].append(w2)
+    wait_for(lambda: flow_state(run_id) == "COMPLETED", 180, "the resumed run to complete")
+
+    iam = stack["aws"].clients("iam", account_id="111122223333")
+    keys = {k["AccessKeyId"]: k["Status"] for k in iam.list_access_keys(UserName="build-bot")["AccessKeyMetadata"]}
+    assert keys == {"AKIAEXAMPLEBUILDBOT9": "Inactive"}
+    records = list(stack["ledger"].records(case_id=case_id))
+    kinds = [r.kind for r in records]
+    assert kinds.count("action.contained") == 1, kinds
+    assert kinds.count("enrichment.completed") == 3, kinds  # not repeated on resume: cached
+    assert kinds.count("approval.asked") == 1
+    given = [r for r in records if r.kind == "approval.given"]
+    assert len(given) == 1 and given[0].payload["approver"] == "slack:U0ALICE01"
+    assert "verify.held" in kinds and kinds[-1] == "case.closed"
+    assert stack["ledger"].verify().ok
+    refused = list(stack["ledger"].records(kind_prefix="slack.request_refused"))
+    assert len(refused) == 1
+    # the approval message was updated in place with the outcome
+    final = stack["slack"].message(CHANNEL, message["ts"])
+    assert final["history"] and "contained" in json.dumps(final["blocks"]).lower()
+    assert not any(b["type"] == "actions" for b in final["blocks"])
