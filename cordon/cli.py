@@ -67,6 +67,10 @@ def respond(
 ) -> None:
     """Read detections, open cases, and answer each with its playbook."""
     _prefect_defaults()
+    if approve is ApproveMode.console and ("-" in paths or not sys.stdin.isatty()):
+        err.print("--approve console asks at the terminal, and there is none here (or stdin carries the input): "
+                  "use --approve auto to rehearse, or --approve slack")
+        raise typer.Exit(1)
     responder = _responder()
     stdin = sys.stdin.buffer if "-" in paths else None
     report = responder.intake(paths, stdin=stdin)
@@ -84,9 +88,13 @@ def respond(
         sb = AwsSandbox().start()
         err.print(f"[cyan]sandbox:[/cyan] AWS stand-in (moto) at {sb.endpoint_url}, seeded from the detections")
     slack = _slack_settings(responder) if approve is ApproveMode.slack else None
+    errors = 0
     try:
         for summary in responder.run_all(report, approval=approve.value, sandbox=sb, slack=slack):
             _print_case(summary, output)
+            if summary.get("status") == "error":
+                errors += 1
+                err.print(f"[red]{summary['case_id']} failed:[/red] {summary['error']}")
     finally:
         if sb is not None:
             sb.stop()
@@ -94,6 +102,8 @@ def respond(
         err.print(f"{report.detections} detection(s), {len(report.cases)} case(s) opened, "
                   f"{len(report.joined)} joined an open case, {len(report.suppressed)} suppressed, "
                   f"{len(report.rejected)} record(s) rejected. Ledger: {responder.ledger.url}")
+    if errors:
+        raise typer.Exit(1)
     if report.rejected:
         raise typer.Exit(2)
 
@@ -104,7 +114,7 @@ def _slack_settings(responder) -> dict[str, Any]:
 
 def _print_case(summary: dict[str, Any], output: OutputFormat) -> None:
     keep = ("case_id", "playbook", "status", "detection", "approval", "actions", "verified", "flow_run_id", "plan",
-            "guard")
+            "guard", "error")
     doc = {k: summary.get(k) for k in keep if k in summary}
     if output is OutputFormat.json:
         print(json.dumps(doc, default=str), flush=True)
@@ -235,6 +245,29 @@ def playbooks_validate(paths: Annotated[list[Path] | None, typer.Argument()] = N
     except PlaybookError as exc:
         err.print(f"[red]invalid:[/red] {exc}")
         raise typer.Exit(1) from None
+
+
+@app.command()
+def rollback(case_id: str,
+             yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False) -> None:
+    """Undo a case's containment where AWS allows it (reactivate the key, detach Cordon's
+    deny policies, ...), recorded in the ledger under your name."""
+    import getpass
+
+    from cordon.clouds import aws_clients
+
+    responder = _responder()
+    if not yes and not typer.confirm(f"Roll back the containment of {case_id}?", default=False):
+        raise typer.Exit(1)
+    try:
+        outcomes = responder.rollback(case_id, aws_clients({}), who=f"cli:{getpass.getuser()}")
+    except (KeyError, ValueError) as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    for o in outcomes:
+        out.print(f"{o['name']}: {o['status']}  {o['target']}  {o.get('error') or ''}")
+    if any(o["status"] in ("failed", "not_supported") for o in outcomes):
+        raise typer.Exit(1)
 
 
 @app.command("actions")

@@ -121,8 +121,14 @@ class Responder:
             return self.summary_without_run(ticket)
         from flows.respond import respond
 
-        return respond(case_id=ticket.case_id, detection=ticket.detection.model_dump(mode="json"),
-                       playbook=ticket.playbook.name, approval=approval, cloud=cloud or {}, slack=slack)
+        try:
+            return respond(case_id=ticket.case_id, detection=ticket.detection.model_dump(mode="json"),
+                           playbook=ticket.playbook.name, approval=approval, cloud=cloud or {}, slack=slack)
+        except Exception as exc:  # noqa: BLE001 - recorded and reported; the other cases still run
+            error = f"{type(exc).__name__}: {exc}"
+            self.ledger.append("run.error", {"error": error}, case_id=ticket.case_id, actor="cordon")
+            self.ledger.set_case(ticket.case_id, status="error")
+            return {**self.summary_without_run(ticket), "status": "error", "error": error}
 
     def run_all(self, report: IntakeReport, approval: str = "console", sandbox: Any = None,
                 cloud: dict[str, Any] | None = None, slack: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
@@ -158,6 +164,51 @@ class Responder:
         return {"case_id": ticket.case_id, "playbook": ticket.playbook.name, "flow_run_id": str(fr.id),
                 "detection": ticket.detection.summary(), "approval": {"decision": "pending", "approver": None},
                 "actions": [], "verified": None, "status": "awaiting_approval"}
+
+    def rollback(self, case_id: str, clients: Any, who: str) -> list[dict[str, Any]]:
+        """Undo the containment of ``case_id``: every ``action.contained`` result in the ledger,
+        last first, through its action's rollback (where AWS allows one), with ``clients`` (a
+        :func:`cordon.clouds.aws_clients` factory). ``who`` is recorded as the actor.
+
+        Returns one dict per action (``name``, ``target``, ``status``: ``rolled_back``,
+        ``already_rolled_back``, ``not_supported`` or ``failed``, ``before``, ``after``,
+        ``error``). Raises ``KeyError`` for an unknown case and ``ValueError`` when the case has
+        no plan.
+        """
+        from cordon.action import ActionResult, get_action
+        from cordon.respond import PlanStep, rollback_step
+
+        case = self.ledger.case(case_id)
+        if case is None:
+            raise KeyError(f"no case {case_id} in {self.ledger.url}")
+        detection = Detection.model_validate_json(case["detection"])
+        records = list(self.ledger.records(case_id=case_id))
+        plans = [r.payload for r in records if r.kind == "plan.created"]
+        if not plans:
+            raise ValueError(f"case {case_id} has no containment plan to roll back")
+        steps = {(s["action"], s["target"]): s for s in plans[-1]["steps"]}
+        done = {(r.payload["name"], r.payload["target"]) for r in records if r.kind == "action.rolled_back"}
+        self.ledger.append("rollback.requested", {"by": who}, case_id=case_id, actor=who)
+        outcomes: list[dict[str, Any]] = []
+        for rec in reversed([r for r in records if r.kind == "action.contained"]):
+            key = (rec.payload["name"], rec.payload["target"])
+            if key in done:
+                outcomes.append({"name": key[0], "target": key[1], "status": "already_rolled_back"})
+                continue
+            if not get_action(key[0]).rollback_supported:
+                outcome = {"name": key[0], "target": key[1], "status": "not_supported",
+                           "error": f"{key[0]} cannot be rolled back by Cordon"}
+                self.ledger.append("rollback.not_supported", outcome, case_id=case_id, actor=who)
+                outcomes.append(outcome)
+                continue
+            result = rollback_step(PlanStep.model_validate(steps[key]), ActionResult.model_validate(rec.payload),
+                                   detection, clients)
+            self.ledger.append("action.rolled_back" if result.status == "rolled_back" else "rollback.failed",
+                               result.model_dump(), case_id=case_id, actor=who)
+            outcomes.append(result.model_dump())
+        if outcomes and all(o["status"] in ("rolled_back", "already_rolled_back") for o in outcomes):
+            self.ledger.set_case(case_id, status="rolled_back")
+        return outcomes
 
     @staticmethod
     def summary_without_run(ticket: CaseTicket) -> dict[str, Any]:

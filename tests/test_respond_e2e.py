@@ -212,3 +212,30 @@ def test_panther_negatives_we_judge_differently_are_contained(responder, aws, tm
         assert summaries and all(s["status"] == "contained" for s in summaries), \
             f"{rule} / {name}: {CONTAINED_THOUGH_PANTHER_SAYS_NO[name]}; got {summaries}"
     assert seen == set(CONTAINED_THOUGH_PANTHER_SAYS_NO)
+
+
+def test_rollback_restores_the_key_and_is_recorded(responder, aws):
+    from cordon.clouds import aws_clients
+
+    (s,), _ = run_file(responder, aws, EXAMPLES / "cloudtrail-create-access-key.json")
+    assert s["status"] == "contained"
+    clients = aws_clients({**aws.cloud_params(), "account_id": "111122223333"})
+    outcomes = responder.rollback(s["case_id"], clients, who="test:responder")
+    assert [(o["name"], o["status"]) for o in outcomes] == [("aws.deactivate-access-key", "rolled_back")]
+    iam = aws.clients("iam", account_id="111122223333")
+    assert [k["Status"] for k in iam.list_access_keys(UserName="build-bot")["AccessKeyMetadata"]] == ["Active"]
+    again = responder.rollback(s["case_id"], clients, who="test:responder")
+    assert [o["status"] for o in again] == ["already_rolled_back"]
+    kinds = [r.kind for r in responder.ledger.records(case_id=s["case_id"])]
+    assert kinds.count("action.rolled_back") == 1 and responder.ledger.case(s["case_id"])["status"] == "rolled_back"
+    assert responder.ledger.verify().ok
+
+
+def test_login_profile_rollback_is_refused_as_not_supported(responder, aws, tmp_path):
+    from cordon.clouds import aws_clients
+
+    summaries, _ = run_file(responder, aws, EXAMPLES / "mixed-with-bad-records.jsonl")
+    (s,) = summaries
+    outcomes = responder.rollback(s["case_id"], aws_clients({**aws.cloud_params(), "account_id": "111122223333"}),
+                                  who="test")
+    assert [o["status"] for o in outcomes] == ["not_supported"]
