@@ -3,6 +3,7 @@
 ``config/cordon.yaml`` holds the rules and playbooks locations, the protected principals and the
 Slack settings; secrets come from the environment only (``CORDON_SLACK_BOT_TOKEN``,
 ``CORDON_SLACK_SIGNING_SECRET``, ``CORDON_WEBHOOK_TOKEN``), never from files.
+``CORDON_SLACK_CHANNEL`` overrides ``slack.channel``.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def load_config(directory: str | Path | None = None) -> Config:
         rules_dir=(d / data.get("rules", "rules")).resolve(),
         playbooks_dir=(d / data.get("playbooks", "../playbooks")).resolve(),
         protected_principals=protected,
-        slack_channel=str(slack.get("channel", "")),
+        slack_channel=os.environ.get("CORDON_SLACK_CHANNEL") or str(slack.get("channel", "")),
         approvers=[str(a) for a in approvers],
         raw=data,
     )

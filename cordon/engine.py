@@ -123,7 +123,8 @@ class Responder:
 
         try:
             return respond(case_id=ticket.case_id, detection=ticket.detection.model_dump(mode="json"),
-                           playbook=ticket.playbook.name, approval=approval, cloud=cloud or {}, slack=slack)
+                           playbook=ticket.playbook.name, approval=approval, cloud=self.cloud_for(ticket, cloud),
+                           slack=slack)
         except Exception as exc:  # noqa: BLE001 - recorded and reported; the other cases still run
             error = f"{type(exc).__name__}: {exc}"
             self.ledger.append("run.error", {"error": error}, case_id=ticket.case_id, actor="cordon")
@@ -139,10 +140,9 @@ class Responder:
             for ticket in report.cases:
                 if ticket.run:
                     sandbox.seed_from_detection(ticket.detection)
+        if sandbox is not None:
+            cloud = sandbox.cloud_params()
         for ticket in report.cases:
-            if sandbox is not None:
-                cloud = {**sandbox.cloud_params(),
-                         "account_id": ticket.detection.account_uid or sandbox.default_account_id}
             if approval == "slack":
                 yield self.submit(ticket, cloud=cloud, slack=slack)
             else:
@@ -158,7 +158,8 @@ class Responder:
 
         fr = run_deployment(deployment, parameters={
             "case_id": ticket.case_id, "detection": ticket.detection.model_dump(mode="json"),
-            "playbook": ticket.playbook.name, "approval": "slack", "cloud": cloud or {}, "slack": slack},
+            "playbook": ticket.playbook.name, "approval": "slack", "cloud": self.cloud_for(ticket, cloud),
+            "slack": slack},
             idempotency_key=ticket.case_id, timeout=0)
         self.ledger.set_case(ticket.case_id, flow_run_id=str(fr.id), status="submitted")
         return {"case_id": ticket.case_id, "playbook": ticket.playbook.name, "flow_run_id": str(fr.id),
@@ -209,6 +210,14 @@ class Responder:
         if outcomes and all(o["status"] in ("rolled_back", "already_rolled_back") for o in outcomes):
             self.ledger.set_case(case_id, status="rolled_back")
         return outcomes
+
+    @staticmethod
+    def cloud_for(ticket: CaseTicket, cloud: dict[str, Any] | None) -> dict[str, Any]:
+        """``cloud`` for this case: in the sandbox, the detection's own account."""
+        cloud = dict(cloud or {})
+        if cloud.get("sandbox") and ticket.detection.account_uid:
+            cloud["account_id"] = ticket.detection.account_uid
+        return cloud
 
     @staticmethod
     def summary_without_run(ticket: CaseTicket) -> dict[str, Any]:

@@ -216,7 +216,18 @@ def finish(case_id: str, summary: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
-@flow(name="respond", persist_result=True, log_prints=True)
+def record_failure(flow, flow_run, state) -> None:
+    """Prefect ``on_failure`` / ``on_crashed`` hook: the ledger says the run failed and why."""
+    case_id = (flow_run.parameters or {}).get("case_id")
+    message = getattr(state, "message", None) or str(state)
+    ledger().append("run.error", {"state": state.type.value, "message": message}, case_id=case_id,
+                    run_id=str(flow_run.id), actor="cordon")
+    if case_id:
+        ledger().set_case(case_id, status="error")
+
+
+@flow(name="respond", persist_result=True, log_prints=True, on_failure=[record_failure],
+      on_crashed=[record_failure])
 def respond(case_id: str, detection: dict[str, Any], playbook: str, approval: ApprovalMode = "console",
             cloud: dict[str, Any] | None = None, slack: dict[str, Any] | None = None) -> dict[str, Any]:
     """Answer one case with one playbook.

@@ -9,6 +9,7 @@ up, Prefect replays completed tasks from their persisted results, and the key is
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import hmac
 import json
@@ -32,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "cloudtrail-create-access-key.json"
 SECRET = "8f14e45fceea167a5a36dedd4bea2543"
 CHANNEL = "C0APPROVALS"
+WEBHOOK_TOKEN = "wh-2f7c9e1a"
 
 
 def slack_signed(body: bytes, ts: int | None = None) -> dict[str, str]:
@@ -60,17 +62,19 @@ def stack(tmp_path, monkeypatch):
     aws = AwsSandbox().start()
     db_url = f"sqlite:///{tmp_path}/ledger.db"
     env = {**server.env, "CORDON_DATABASE_URL": db_url, "CORDON_SLACK_BOT_TOKEN": "xoxb-test",
-           "CORDON_SLACK_API_URL": slack_url}
+           "CORDON_SLACK_API_URL": slack_url, "CORDON_SLACK_CHANNEL": CHANNEL}
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     from prefect.settings import PREFECT_API_URL, PREFECT_RESULTS_PERSIST_BY_DEFAULT, temporary_settings
 
     with temporary_settings({PREFECT_API_URL: server.api_url, PREFECT_RESULTS_PERSIST_BY_DEFAULT: True}):
         ledger = Ledger(db_url)
-        app = build_app(signing_secret=SECRET, ledger=ledger)
+        app = build_app(signing_secret=SECRET, ledger=ledger, webhook_token=WEBHOOK_TOKEN,
+                        cloud=aws.cloud_params())
         port = free_port()
         uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        t = threading.Thread(target=uv.run, daemon=True)
+        # the server thread must see this test's Prefect settings (threads start with an empty context)
+        t = threading.Thread(target=contextvars.copy_context().run, args=(uv.run,), daemon=True)
         t.start()
         wait_for(lambda: uv.started, 30, "Cordon's server")
         workers: list[Worker] = []
@@ -165,3 +169,34 @@ def test_worker_killed_while_waiting_then_approved_contains_once(stack):
     final = stack["slack"].message(CHANNEL, message["ts"])
     assert final["history"] and "contained" in json.dumps(final["blocks"]).lower()
     assert not any(b["type"] == "actions" for b in final["blocks"])
+
+
+def test_webhook_joins_open_case_and_submits_new_ones(stack):
+    w1 = Worker(stack["env"], stack["tmp"] / "worker.log", cwd=REPO).start()
+    stack["workers"].append(w1)
+    wait_for(deployment_ready, 90, "the respond deployment to be served")
+    url = f"{stack['cordon_url']}/webhook/detections"
+    body = EXAMPLE.read_bytes()
+    # the sandbox holds what the detection says exists (test set-up, as `cordon respond --sandbox` does)
+    from cordon.config import load_config
+    from cordon.detections.intake import read_inputs
+    from cordon.detections.pipeline import detect
+    from cordon.sigma import RuleSet
+
+    for det in detect(read_inputs([EXAMPLE]), RuleSet.load(load_config().rules_dir)):
+        stack["aws"].seed_from_detection(det)
+    assert httpx.post(url, content=body).status_code == 401
+    assert httpx.post(url, content=body, headers={"Authorization": "Bearer nope"}).status_code == 401
+    first = httpx.post(url, content=body, headers={"Authorization": f"Bearer {WEBHOOK_TOKEN}"}, timeout=60)
+    assert first.status_code == 202, first.text
+    (case,) = first.json()["cases"]
+    assert case["playbook"] == "aws-access-key-created" and case["status"] == "awaiting_approval"
+    # the GuardDuty finding on the same key joins that case: no second run
+    gd = httpx.post(url, content=(REPO / "examples" / "guardduty-same-key.json").read_bytes(),
+                    headers={"Authorization": f"Bearer {WEBHOOK_TOKEN}"}, timeout=60)
+    assert gd.status_code == 202 and gd.json()["cases"] == [] and gd.json()["joined"] == [case["case_id"]]
+    # garbage is refused record by record and kept
+    bad = httpx.post(url, content=b'{"not": "a detection"}', headers={"Authorization": f"Bearer {WEBHOOK_TOKEN}"})
+    assert bad.status_code == 202 and "unrecognised record shape" in bad.json()["rejected"][0]
+    assert [d["origin"] for d in stack["ledger"].dead_letters()][0].startswith("webhook")
+    wait_for(lambda: flow_state(case["flow_run_id"]) == "PAUSED", 120, "the webhook's run to wait for approval")
