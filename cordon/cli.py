@@ -24,8 +24,8 @@ playbooks_app = typer.Typer(help="List and validate playbooks.", no_args_is_help
 app.add_typer(audit_app, name="audit")
 app.add_typer(playbooks_app, name="playbooks")
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True, highlight=False)
+err = Console(stderr=True, soft_wrap=True, highlight=False)
 
 
 class ApproveMode(StrEnum):
@@ -68,9 +68,13 @@ def respond(
     """Read detections, open cases, and answer each with its playbook."""
     _prefect_defaults()
     if approve is ApproveMode.console and ("-" in paths or not sys.stdin.isatty()):
-        err.print("--approve console asks at the terminal, and there is none here (or stdin carries the input): "
-                  "use --approve auto to rehearse, or --approve slack")
-        raise typer.Exit(1)
+        if not sandbox:
+            err.print("--approve console asks at the terminal, and there is none here (or stdin carries the "
+                      "input): use --approve slack, or --approve auto to rehearse")
+            raise typer.Exit(1)
+        err.print("[yellow]no terminal to ask at: approving automatically, as --approve auto would (this is the "
+                  "sandbox: nothing real is touched)[/yellow]")
+        approve = ApproveMode.auto
     responder = _responder()
     stdin = sys.stdin.buffer if "-" in paths else None
     report = responder.intake(paths, stdin=stdin)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -71,9 +72,17 @@ def test_rejected_records_exit_2_and_are_named(env):
 
 
 def test_console_approval_without_a_terminal_says_what_to_do(env):
-    res = cordon("respond", "examples/cloudtrail-create-access-key.json", "--sandbox", env=env, stdin="")
-    assert res.returncode != 0
-    assert "--approve auto" in res.stderr
+    res = cordon("respond", "examples/cloudtrail-create-access-key.json", env=env, stdin="")
+    assert res.returncode == 1
+    assert "--approve auto" in res.stderr and "--approve slack" in res.stderr
+
+
+def test_sandbox_without_a_terminal_rehearses_with_auto_approval(env):
+    res = cordon("respond", "examples/cloudtrail-create-access-key.json", "--sandbox", "--output", "json", env=env,
+                 stdin="")
+    assert res.returncode == 0, res.stderr
+    assert "approving automatically" in res.stderr
+    assert json.loads(res.stdout.strip().splitlines()[-1])["status"] == "contained"
 
 
 def test_invalid_playbook_is_named(env, tmp_path):
@@ -81,3 +90,47 @@ def test_invalid_playbook_is_named(env, tmp_path):
     bad.write_text("name: bad\ndescription: x\nwhen:\n  provider: aws\ncontain:\n  - action: aws.nope\n")
     res = cordon("playbooks", "validate", str(bad), env=env)
     assert res.returncode == 1 and f"{bad}:6: field 'contain.0.action'" in res.stderr
+
+
+def _read_until(fd: int, needle: bytes, proc: subprocess.Popen, timeout: float) -> bytes:
+    import select
+    import time
+
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while needle not in buf and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            buf += chunk
+        elif proc.poll() is not None:
+            break
+    return buf
+
+
+@pytest.mark.parametrize("answer,status", [(b"y\n", "contained"), (b"n\n", "denied")])
+def test_console_approval_at_a_terminal(env, answer, status):
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([CORDON, "respond", "examples/cloudtrail-create-access-key.json", "--sandbox"],
+                            stdin=slave, stdout=slave, stderr=slave, cwd=REPO,
+                            env={**env, "COLUMNS": "200", "NO_COLOR": "1"})
+    os.close(slave)
+    try:
+        seen = _read_until(master, b"Approve containment?", proc, 240)
+        assert b"Approve containment?" in seen, seen.decode(errors="replace")[-2000:]
+        assert b"iam:UpdateAccessKey" in seen  # the exact plan is shown before the question
+        os.write(master, answer)
+        rest = re.sub(rb"\x1b\[[0-9;]*m", b"", _read_until(master, b"record(s) rejected", proc, 120))
+        assert f"status={status}".encode() in rest, rest.decode(errors="replace")[-2000:]
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
