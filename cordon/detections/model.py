@@ -45,9 +45,12 @@ CredentialKind = Literal[
     "azure_sp_key",
     "azure_federated_credential",
     "azure_role_assignment",
-    "gcp_sa_key",
-    "gcp_service_account",
-    "gcp_iam_binding",
+    "gcp_sa_key",  # uid = key resource name projects/P/serviceAccounts/SA_EMAIL/keys/KEY_ID
+    "gcp_service_account",  # uid = service account email
+    "gcp_iam_binding",  # uid = "<resource>#<role>#<member>", e.g. "projects/p1#roles/owner#user:x@example.com"
+    "gcp_api_key",  # uid = projects/P/locations/global/keys/KEY_ID
+    "gcp_oslogin_ssh_key",  # uid = users/USER_EMAIL/sshPublicKeys/FINGERPRINT
+    "gcp_hmac_key",  # uid = projects/P/hmacKeys/ACCESS_ID
 ]
 
 
