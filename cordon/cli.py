@@ -87,10 +87,9 @@ def respond(
 
     sb = None
     if sandbox:
-        from cordon.sandbox.aws import AwsSandbox
+        from cordon.sandbox import Sandboxes
 
-        sb = AwsSandbox().start()
-        err.print(f"[cyan]sandbox:[/cyan] AWS stand-in (moto) at {sb.endpoint_url}, seeded from the detections")
+        sb = Sandboxes()
     slack = _slack_settings(responder) if approve is ApproveMode.slack else None
     errors = 0
     try:
@@ -101,6 +100,7 @@ def respond(
                 err.print(f"[red]{summary['case_id']} failed:[/red] {summary['error']}")
     finally:
         if sb is not None:
+            err.print(f"[cyan]sandbox:[/cyan] local stand-ins ({sb.describe()}), seeded from the detections")
             sb.stop()
     if output is OutputFormat.text:
         err.print(f"{report.detections} detection(s), {len(report.cases)} case(s) opened, "

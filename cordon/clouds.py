@@ -1,4 +1,4 @@
-"""SDK client factories, rebuilt from plain parameters so a Prefect worker in another process can
+"""SDK client factories (:func:`clients_for`), rebuilt from plain parameters so a Prefect worker in another process can
 make the same clients the caller had in mind.
 
 ``cloud`` is a JSON-serialisable dict:
@@ -22,6 +22,20 @@ from botocore.config import Config as BotoConfig
 #: botocore's standard retry mode: exponential back-off with jitter on throttling and 5xx
 #: (https://docs.aws.amazon.com/sdkref/latest/guide/feature-retry-behavior.html).
 RETRIES = BotoConfig(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=30)
+
+
+def clients_for(provider: str, cloud: dict[str, Any] | None = None) -> Callable[..., Any]:
+    """The client factory for ``provider`` (``aws`` or ``gcp``) built from ``cloud``.
+
+    Raises ``ValueError`` for a provider Cordon has no clients for yet.
+    """
+    if provider == "aws":
+        return aws_clients(cloud)
+    if provider == "gcp":
+        from cordon.clouds_gcp import gcp_clients
+
+        return gcp_clients(cloud or {})
+    raise ValueError(f"no client factory for provider '{provider}'")
 
 
 def aws_clients(cloud: dict[str, Any] | None = None) -> Callable[..., Any]:

@@ -136,13 +136,18 @@ class Responder:
         """Run (or, for ``approval="slack"``, submit) every opened case of ``report``; yields each
         case's summary. With ``sandbox`` (an :class:`~cordon.sandbox.aws.AwsSandbox`), each case's
         detection is seeded first and its run uses the sandbox in the detection's account."""
+        def sandbox_for(ticket: CaseTicket) -> Any:
+            if hasattr(sandbox, "for_provider"):
+                return sandbox.for_provider(ticket.detection.provider)
+            return sandbox
+
         if sandbox is not None:
             for ticket in report.cases:
                 if ticket.run:
-                    sandbox.seed_from_detection(ticket.detection)
-        if sandbox is not None:
-            cloud = sandbox.cloud_params()
+                    sandbox_for(ticket).seed_from_detection(ticket.detection)
         for ticket in report.cases:
+            if sandbox is not None and ticket.run:
+                cloud = sandbox_for(ticket).cloud_params()
             if approval == "slack":
                 yield self.submit(ticket, cloud=cloud, slack=slack)
             else:

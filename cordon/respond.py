@@ -80,19 +80,25 @@ def enrich(playbook: Playbook, detection: Detection, clients: Callable[..., Any]
 
 
 def caller_identity(clients: Callable[..., Any]) -> str | None:
-    """Cordon's own ARN (``sts:GetCallerIdentity``), or ``None`` if it cannot be read."""
+    """Cordon's own identity: the factory's ``own_identity()`` when it has one (GCP: the service
+    account email), else the AWS ARN from ``sts:GetCallerIdentity``; ``None`` if unreadable."""
+    own = getattr(clients, "own_identity", None)
     try:
+        if own is not None:
+            return own()
         return clients("sts").get_caller_identity()["Arn"]
     except Exception:  # noqa: BLE001 - the guard then refuses on the safe side only if it matches
         return None
 
 
 def _same_principal(a: str | None, b: str | None) -> bool:
-    """IAM ARNs naming one principal (an assumed-role session ARN matches its role)."""
+    """IAM ARNs (or emails) naming one principal (an assumed-role session ARN matches its role)."""
     if not a or not b:
         return False
-    if a == b:
+    if a.lower() == b.lower():
         return True
+    if not a.startswith("arn:") or not b.startswith("arn:"):
+        return False
 
     def norm(arn: str) -> str:
         if ":assumed-role/" in arn:

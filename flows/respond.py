@@ -26,7 +26,7 @@ from prefect.input import RunInput
 from prefect.runtime import flow_run
 
 from cordon.audit.ledger import Ledger, default_database_url
-from cordon.clouds import aws_clients
+from cordon.clouds import clients_for
 from cordon.config import load_config
 from cordon.detections.model import Detection
 from cordon.playbooks.schema import load_playbooks
@@ -72,6 +72,10 @@ def _playbook(name: str):
     raise KeyError(f"playbook '{name}' not found in {config.playbooks_dir}")
 
 
+def _clients(detection: dict[str, Any], cloud: dict[str, Any]):
+    return clients_for(detection["provider"], cloud)
+
+
 def _run_id() -> str | None:
     return str(flow_run.id) if flow_run.id else None
 
@@ -90,7 +94,7 @@ def start(case_id: str, playbook: str, approval: str) -> str | None:
 def enrich_task(case_id: str, detection: dict[str, Any], playbook: str, cloud: dict[str, Any]) -> dict[str, Any]:
     """Run the playbook's enrichment actions and record what they found."""
     _, pb = _playbook(playbook)
-    facts = enrich(pb, _detection(detection), aws_clients(cloud))
+    facts = enrich(pb, _detection(detection), _clients(detection, cloud))
     for name, result in facts.items():
         kind = "enrichment.failed" if isinstance(result, dict) and "error" in result else "enrichment.completed"
         ledger().append(kind, {"action": name, "result": result}, case_id=case_id, run_id=_run_id(), actor="cordon")
@@ -102,7 +106,7 @@ def guard_task(case_id: str, detection: dict[str, Any], playbook: str, cloud: di
                enrichment: dict[str, Any]) -> dict[str, Any]:
     """Refuse protected principals, Cordon itself, and steps not naming the exact credential."""
     config, pb = _playbook(playbook)
-    outcome = guard(pb, _detection(detection), config, aws_clients(cloud), enrichment)
+    outcome = guard(pb, _detection(detection), config, _clients(detection, cloud), enrichment)
     ledger().append("guard.passed" if outcome.ok else "guard.refused", outcome.model_dump(), case_id=case_id,
                     run_id=_run_id(), actor="cordon")
     return outcome.model_dump()
@@ -113,7 +117,7 @@ def plan_task(case_id: str, detection: dict[str, Any], playbook: str, cloud: dic
               enrichment: dict[str, Any]) -> dict[str, Any]:
     """Dry-run every containment step into the exact plan, and bind the case to its hash."""
     _, pb = _playbook(playbook)
-    plan = build_plan(case_id, pb, _detection(detection), aws_clients(cloud), enrichment)
+    plan = build_plan(case_id, pb, _detection(detection), _clients(detection, cloud), enrichment)
     ledger().set_case(case_id, plan_hash=plan.hash)
     ledger().append("plan.created", plan.model_dump(), case_id=case_id, run_id=_run_id(), actor="cordon")
     return plan.model_dump()
@@ -180,7 +184,7 @@ def record_decision(case_id: str, plan: dict[str, Any], decision: dict[str, Any]
 def contain_task(case_id: str, detection: dict[str, Any], step: dict[str, Any],
                  cloud: dict[str, Any]) -> dict[str, Any]:
     """Run one containment step (idempotent) and record before and after."""
-    result = run_step(PlanStep.model_validate(step), _detection(detection), aws_clients(cloud))
+    result = run_step(PlanStep.model_validate(step), _detection(detection), _clients(detection, cloud))
     ledger().append(f"action.{result.status}", result.model_dump(), case_id=case_id, run_id=_run_id(), actor="cordon")
     return result.model_dump()
 
@@ -189,7 +193,7 @@ def contain_task(case_id: str, detection: dict[str, Any], step: dict[str, Any],
 def verify_task(case_id: str, detection: dict[str, Any], step: dict[str, Any],
                 cloud: dict[str, Any]) -> dict[str, Any]:
     """Read the state again and record whether containment held."""
-    outcome = verify_step(PlanStep.model_validate(step), _detection(detection), aws_clients(cloud))
+    outcome = verify_step(PlanStep.model_validate(step), _detection(detection), _clients(detection, cloud))
     ledger().append("verify.held" if outcome["held"] else "verify.failed", outcome, case_id=case_id,
                     run_id=_run_id(), actor="cordon")
     return outcome

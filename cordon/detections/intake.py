@@ -1,9 +1,10 @@
-"""Reading input files and recognising the AWS record shapes they hold.
+"""Reading input files and recognising the AWS and Google Cloud record shapes they hold.
 
 :func:`read_inputs` turns paths (or ``-`` for standard input) into a stream of
-:class:`RawRecord` (one CloudTrail event, GuardDuty finding or Security Hub ASFF finding, already
-unwrapped from its envelope) and :class:`~cordon.detections.errors.Rejected` (anything that could
-not be read or recognised). A bad record never stops the rest of the input.
+:class:`RawRecord` (one CloudTrail event, GuardDuty finding, Security Hub ASFF finding, Cloud Audit
+Log entry or Security Command Center finding, already unwrapped from its envelope) and
+:class:`~cordon.detections.errors.Rejected` (anything that could not be read or recognised).
+A bad record never stops the rest of the input.
 
 Formats recognised per input, whatever its name:
 
@@ -21,7 +22,17 @@ Formats recognised per input, whatever its name:
     ``detail-type`` "AWS API Call via CloudTrail" and the other "... via CloudTrail" types carry a
     CloudTrail event in ``detail``; "GuardDuty Finding" carries a finding in ``detail``;
     "Security Hub Findings - Imported" (and "- Custom Action") carry ASFF findings in
-    ``detail.findings``.
+    ``detail.findings``;
+  - a Pub/Sub push request
+    (https://cloud.google.com/pubsub/docs/push#receive_push):
+    ``{"message": {"data": "<base64>", "messageId": ..., "attributes": ...}, "subscription": ...}``;
+    ``data`` is decoded (standard base64, then UTF-8 JSON) and classified; a Cloud Logging sink
+    to Pub/Sub puts one ``LogEntry`` there, an SCC notification config one
+    ``{"notificationConfigName", "finding", "resource"}``;
+  - the Cloud Logging ``entries.list`` response ``{"entries": [...]}`` and the SCC
+    ``ListFindings`` response ``{"listFindingsResults": [{"finding", "resource"}, ...]}``.
+
+Cloud Logging exports to Cloud Storage are JSON lines of ``LogEntry``, read as any JSON lines.
 
 Memory: JSON lines are read line by line. A JSON document (an array, a pretty-printed
 ``{"Records": [...]}``, or a first line over 1 MiB such as CloudTrail's own single-line delivery
@@ -33,6 +44,8 @@ pretty-printed document peaks near 2.4x its size, while its bytes and text brief
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 import sys
@@ -44,7 +57,7 @@ from typing import Any, BinaryIO, Literal
 
 from cordon.detections.errors import Rejected
 
-Kind = Literal["cloudtrail", "guardduty", "securityhub"]
+Kind = Literal["cloudtrail", "guardduty", "securityhub", "gcp_audit", "gcp_scc"]
 
 #: ``raw_text`` of a Rejected is cut at this many characters, with a note saying how much was cut.
 RAW_TEXT_CAP = 1024 * 1024
@@ -58,9 +71,24 @@ _decoder = json.JSONDecoder()
 _EXPECTED_SHAPES = (
     "expected a CloudTrail event (eventName, eventSource, eventTime), a GuardDuty finding "
     "(schemaVersion, type, service.serviceName 'guardduty' or service.detectorId), a Security Hub "
-    "ASFF finding (SchemaVersion, ProductArn, Types or AwsAccountId), or an envelope "
-    "(Records, Findings, or EventBridge detail-type + detail)"
+    "ASFF finding (SchemaVersion, ProductArn, Types or AwsAccountId), a Google Cloud Audit Log "
+    "entry (protoPayload with @type google.cloud.audit.AuditLog), a Security Command Center finding "
+    "(finding, or name .../sources/S/findings/F with category), or an envelope "
+    "(Records, Findings, EventBridge detail-type + detail, Pub/Sub message.data, entries, "
+    "listFindingsResults)"
 )
+
+#: ``@type`` of a Cloud Audit Log ``protoPayload`` (Panther writes it as ``at_sign_type``).
+_AUDIT_LOG_TYPE = "type.googleapis.com/google.cloud.audit.AuditLog"
+_LOG_ENTRY_KEYS = ("logName", "resource", "timestamp", "receiveTimestamp")
+#: SCC finding resource name: organizations|folders|projects/X/sources/S[/locations/L]/findings/F.
+_SCC_FINDING_NAME = re.compile(
+    r"^(organizations|folders|projects)/[^/]+/sources/[^/]+(/locations/[^/]+)?/findings/[^/]+$"
+)
+#: Pub/Sub push envelope fields kept as the record's envelope.
+_PUBSUB_KEYS = ("messageId", "message_id", "publishTime", "publish_time", "attributes", "orderingKey")
+#: Response wrappers of list APIs whose array items are records.
+_LIST_KEYS = ("Records", "Findings", "entries", "listFindingsResults")
 
 #: EventBridge ``detail-type`` values whose ``detail`` is a finding, by kind.
 _EVENTBRIDGE_GUARDDUTY = {"GuardDuty Finding"}
@@ -75,9 +103,12 @@ class RawRecord:
     ``origin`` is the input as given (a path string, or ``<stdin>``); ``position`` the record's
     0-based index within that input after unwrapping (rejected records count too, blank lines do
     not); ``line`` the 1-based line the record (or its envelope) starts on, when known; ``kind``
-    ``cloudtrail`` | ``guardduty`` | ``securityhub``; ``record`` the decoded object; ``envelope``
-    the EventBridge envelope's metadata (``id``, ``detail-type``, ``source``, ``account``,
-    ``time``, ``region``, ``resources``) when the record came in one.
+    ``cloudtrail`` | ``guardduty`` | ``securityhub`` | ``gcp_audit`` | ``gcp_scc``; ``record`` the
+    decoded object (for ``gcp_scc`` as read: a notification or ``{"finding", "resource"}`` is kept
+    whole, the parser unwraps it); ``envelope`` the EventBridge envelope's metadata (``id``,
+    ``detail-type``, ``source``, ``account``, ``time``, ``region``, ``resources``) or the Pub/Sub
+    push envelope's (``messageId``, ``publishTime``, ``attributes``, ``subscription``) when the
+    record came in one.
     """
 
     origin: str
@@ -105,8 +136,25 @@ def classify(record: Any) -> Kind | None:
     ``schemaVersion``, ``type`` and a ``service`` object whose ``serviceName`` is ``guardduty`` or
     which has a ``detectorId``. ASFF
     (https://docs.aws.amazon.com/securityhub/latest/userguide/securityhub-findings-format.html):
-    ``SchemaVersion``, ``ProductArn`` and ``Types`` or ``AwsAccountId``. Only presence is checked
-    here; field types are validated by the parsers.
+    ``SchemaVersion``, ``ProductArn`` and ``Types`` or ``AwsAccountId``.
+
+    Google Cloud Audit Log entry (``gcp_audit``; ``LogEntry``,
+    https://cloud.google.com/logging/docs/reference/v2/rest/v2/LogEntry, with an ``AuditLog``
+    payload, https://cloud.google.com/logging/docs/reference/audit/auditlog/rest/Shared.Types/AuditLog):
+    a ``protoPayload`` object whose ``@type`` (Panther's normalised logs: ``at_sign_type``) is
+    ``type.googleapis.com/google.cloud.audit.AuditLog``; or, when it has no ``@type`` at all
+    (hand-written test logs), a ``protoPayload`` with ``methodName`` or ``serviceName`` plus one of
+    ``logName``, ``resource``, ``timestamp``, ``receiveTimestamp``. A ``protoPayload`` of another
+    ``@type`` (App Engine request logs, ...) is not recognised.
+
+    Security Command Center finding (``gcp_scc``; Finding,
+    https://cloud.google.com/security-command-center/docs/reference/rest/v1/organizations.sources.findings):
+    an object with a ``finding`` object (a notification ``{"notificationConfigName", "finding",
+    "resource"}``, a ``ListFindings`` result ``{"finding", "resource"}``, or ``{"finding"}`` alone),
+    or a bare finding: ``name`` of the form ``organizations/O/sources/S/findings/F`` (also
+    ``folders/`` / ``projects/`` parents and ``/locations/L/``) and a ``category``.
+
+    Only presence is checked here; field types are validated by the parsers.
     """
     if not isinstance(record, dict):
         return None
@@ -122,7 +170,29 @@ def classify(record: Any) -> Kind | None:
         return "guardduty"
     if "SchemaVersion" in record and "ProductArn" in record and ("Types" in record or "AwsAccountId" in record):
         return "securityhub"
+    payload = record.get("protoPayload")
+    if isinstance(payload, dict):
+        ptype = payload.get("@type", payload.get("at_sign_type"))
+        if ptype == _AUDIT_LOG_TYPE:
+            return "gcp_audit"
+        if (
+            ptype is None
+            and ("methodName" in payload or "serviceName" in payload)
+            and any(k in record for k in _LOG_ENTRY_KEYS)
+        ):
+            return "gcp_audit"
+        return None
+    finding = record.get("finding")
+    if isinstance(finding, dict) and _is_scc_finding(finding):
+        return "gcp_scc"
+    if _is_scc_finding(record):
+        return "gcp_scc"
     return None
+
+
+def _is_scc_finding(obj: dict[str, Any]) -> bool:
+    name = obj.get("name")
+    return isinstance(name, str) and "category" in obj and _SCC_FINDING_NAME.match(name) is not None
 
 
 def _type_name(value: Any) -> str:
@@ -165,7 +235,11 @@ class _Input:
         if "detail-type" in value and "detail" in value:
             yield from self._eventbridge(value, text, line)
             return
-        for key in ("Records", "Findings"):
+        message = value.get("message")
+        if isinstance(message, dict) and "data" in message and ("subscription" in value or "messageId" in message):
+            yield self._pubsub(value, message, text, line)
+            return
+        for key in _LIST_KEYS:
             if key in value and classify(value) is None:
                 items = value[key]
                 if not isinstance(items, list):
@@ -175,6 +249,35 @@ class _Input:
                     yield self.leaf(item, None, line, None)
                 return
         yield self.leaf(value, text, line, None)
+
+    def _pubsub(
+        self, push: dict[str, Any], message: dict[str, Any], text: str, line: int | None
+    ) -> RawRecord | Rejected:
+        """One Pub/Sub push request: ``message.data`` is base64 of the record's JSON."""
+        where = f" (line {line})" if line is not None else ""
+        data = message.get("data")
+        if not isinstance(data, str):
+            return self.reject("message.data", f"expected a base64 string{where}, got {_type_name(data)}", text)
+        try:
+            raw = base64.b64decode(data.strip(), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            return self.reject("message.data", f"not base64{where}: {exc}", text)
+        try:
+            decoded_text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            return self.reject("message.data", f"decoded data is not UTF-8 text{where}: {exc.reason}", text)
+        try:
+            decoded = json.loads(decoded_text)
+        except json.JSONDecodeError as exc:
+            return self.reject(
+                "message.data",
+                f"decoded data is not JSON{where}: {exc.msg} at line {exc.lineno}, column {exc.colno}",
+                text,
+            )
+        envelope = {k: message[k] for k in _PUBSUB_KEYS if k in message}
+        if "subscription" in push:
+            envelope["subscription"] = push["subscription"]
+        return self.leaf(decoded, decoded_text, line, envelope)
 
     def _eventbridge(self, event: dict[str, Any], text: str, line: int | None) -> Iterator[RawRecord | Rejected]:
         envelope = {k: event[k] for k in _ENVELOPE_KEYS if k in event}
@@ -648,9 +751,11 @@ def read_inputs(sources: Iterable[str | Path], stdin: BinaryIO | None = None) ->
     ``sources`` are paths; ``"-"`` means standard input, read as bytes from ``stdin`` (default
     ``sys.stdin.buffer``) and named ``<stdin>``. Each input's format is detected from its
     content (see the module docstring). Yields :class:`RawRecord` for each CloudTrail event,
-    GuardDuty finding and ASFF finding, and :class:`Rejected` for an input that cannot be opened,
-    text that is not JSON (naming the line, column and byte), a record of an unknown shape (naming
-    the keys expected and the keys found), a non-object value, or a truncated / corrupt gzip
+    GuardDuty finding, ASFF finding, Cloud Audit Log entry and SCC finding, and
+    :class:`Rejected` for an input that cannot be opened, text that is not JSON (naming the line,
+    column and byte), a record of an unknown shape (naming
+    the keys expected and the keys found), a Pub/Sub ``message.data`` that is not base64 of JSON
+    (naming ``message.data``), a non-object value, or a truncated / corrupt gzip
     stream (after every complete record before the cut). Never raises for bad content.
     """
     for source in sources:
