@@ -292,9 +292,20 @@ def register(cls: type[Action]) -> type[Action]:
     return cls
 
 
+BUILTIN_PROVIDERS = ("aws", "azure", "gcp")
+
+
 def load_builtin_actions() -> None:
-    """Import the provider modules in ``actions/`` so their actions register."""
-    import actions.aws  # noqa: F401
+    """Import the provider modules in ``actions/`` (``actions.aws``, ``actions.azure``,
+    ``actions.gcp``) that exist, so their actions register. A module that is absent is skipped;
+    an import error inside a module that exists propagates."""
+    import importlib
+    import importlib.util
+
+    for provider in BUILTIN_PROVIDERS:
+        module = f"actions.{provider}"
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module)
 
 
 def get_action(name: str) -> type[Action]:
