@@ -1,4 +1,5 @@
-"""From raw records to detections: Sigma matching for CloudTrail, direct mapping for findings.
+"""From raw records to detections: Sigma matching for CloudTrail and Cloud Audit Logs, direct
+mapping for findings (GuardDuty, Security Hub, Security Command Center).
 
 :func:`detect` consumes what :func:`cordon.detections.intake.read_inputs` yields and produces
 :class:`Detection` and :class:`Rejected`, counting as it goes in a :class:`DetectStats`.
@@ -13,6 +14,7 @@ from typing import Any, Protocol
 
 from cordon.detections.cloudtrail import detection_from_cloudtrail
 from cordon.detections.errors import RecordError, Rejected
+from cordon.detections.gcp import detections_from_gcp_audit, detections_from_scc
 from cordon.detections.guardduty import detection_from_guardduty
 from cordon.detections.intake import RawRecord, cap_text
 from cordon.detections.model import Detection
@@ -30,9 +32,11 @@ class DetectStats:
     """Counts kept by :func:`detect`.
 
     ``records_read``: records received (RawRecord and Rejected from intake); ``events``: CloudTrail
-    events among them; ``events_matched`` / ``events_unmatched``: events that some / no Sigma rule
-    matched; ``findings``: GuardDuty and Security Hub findings; ``detections``: Detections yielded
-    (one per matching rule for events), of which ``suppressed``; ``rejected``: Rejected yielded
+    events and Cloud Audit Log entries among them; ``events_matched`` / ``events_unmatched``:
+    events that some / no Sigma rule matched; ``findings``: GuardDuty, Security Hub and SCC
+    findings; ``detections``: Detections yielded (one per matching rule for events; a
+    ``SetIamPolicy`` entry or an SCC grant finding gives one per granted binding), of which
+    ``suppressed``; ``rejected``: Rejected yielded
     (from intake and from parsers).
     """
 
@@ -61,9 +65,11 @@ def detect(
 
     CloudTrail records go through ``rules.match(record, product="aws", service="cloudtrail")``
     and give one :class:`Detection` per matching rule (:func:`detection_from_cloudtrail`); an
-    event no rule matches is an ordinary event and yields nothing (it is counted). GuardDuty and
-    Security Hub findings map directly (:func:`detection_from_guardduty`,
-    :func:`detection_from_asff`). Rejected records pass through. A :class:`RecordError` from a
+    event no rule matches is an ordinary event and yields nothing (it is counted). Cloud Audit Log
+    entries go through ``rules.match(record, product="gcp", service="gcp.audit")`` and
+    :func:`detections_from_gcp_audit` (a list per match). GuardDuty, Security Hub and SCC findings
+    map directly (:func:`detection_from_guardduty`, :func:`detection_from_asff`,
+    :func:`detections_from_scc`). Rejected records pass through. A :class:`RecordError` from a
     parser or from ``rules.match`` becomes a :class:`Rejected` carrying the record's JSON text,
     and processing continues; any other exception is a bug and propagates.
 
@@ -105,6 +111,18 @@ def _detections(item: RawRecord, rules: RuleMatcher, stats: DetectStats) -> Iter
     elif item.kind == "securityhub":
         stats.findings += 1
         yield detection_from_asff(item.record, item.origin, item.position)
+    elif item.kind == "gcp_audit":
+        stats.events += 1
+        matches = rules.match(item.record, product="gcp", service="gcp.audit")
+        if not matches:
+            stats.events_unmatched += 1
+            return
+        stats.events_matched += 1
+        for match in matches:
+            yield from detections_from_gcp_audit(item.record, match, item.origin, item.position)
+    elif item.kind == "gcp_scc":
+        stats.findings += 1
+        yield from detections_from_scc(item.record, item.origin, item.position)
     else:  # pragma: no cover - RawRecord.kind is a closed set
         raise RecordError(item.origin, item.position, None, f"unknown record kind {item.kind!r}")
 
