@@ -146,7 +146,7 @@ def _print_case(summary: dict[str, Any], output: OutputFormat) -> None:
 def _brief(state: Any) -> str:
     if not isinstance(state, dict):
         return str(state)
-    for key in ("status", "Status", "exists", "attached", "present"):
+    for key in ("status", "Status", "exists", "attached", "present", "disabled", "state", "member_present"):
         if key in state:
             return f"{key}={state[key]}"
     return json.dumps(state, default=str)[:60]
