@@ -182,3 +182,14 @@ def test_scc_findings_route(responder, gcp):
     report = responder.intake([base / "iam_anomalous_grant-remediated.json", base / "non_org_iam_member.json"])
     assert not report.rejected
     assert {t.playbook.name for t in report.cases} == {"gcp-iam-grant", "gcp-finding-triage"}
+
+
+def test_scc_anomalous_token_creation_disables_the_service_account(responder, gcp):
+    path = Path(__file__).resolve().parents[1] / "examples" / "gcp-scc-anomalous-token.json"
+    (s,), _ = run_file(responder, gcp, path)
+    assert s["playbook"] == "gcp-scc-anomalous-token-creation" and s["status"] == "contained"
+    sa = "deploy-bot@acme-prod-4821.iam.gserviceaccount.com"
+    assert s["detection"]["credential"] == {**s["detection"]["credential"], "kind": "gcp_service_account", "uid": sa}
+    accounts = gcp.clients("iam", "v1").projects().serviceAccounts()
+    assert accounts.get(name=f"projects/acme-prod-4821/serviceAccounts/{sa}").execute().get("disabled") is True
+    assert responder.ledger.verify().ok

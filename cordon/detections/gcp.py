@@ -757,7 +757,21 @@ TECHNIQUES_BY_CATEGORY: dict[str, list[str]] = {
     "Persistence: New User Agent": ["T1078.004"],
     "Persistence: New API Method": ["T1078.004"],
     "NON_ORG_IAM_MEMBER": ["T1098.003"],
+    # The seed documents' name for SCC's anomalous token creation signal, and Event Threat
+    # Detection's service-account impersonation findings: tokens minted for a service account
+    # outside its normal provisioning path.
+    "SERVICE_ACCOUNT_ANOMALOUS_TOKEN_CREATION": ["T1098.001", "T1550.001"],
+    "Privilege Escalation: Anomalous Service Account Impersonator": ["T1098.001", "T1550.001"],
+    "Privilege Escalation: Anomalous Impersonation of Service Account for Admin Activity": ["T1098.001", "T1550.001"],
 }
+
+#: SCC categories whose answer is the service account itself (its tokens), not one key.
+SA_TOKEN_CATEGORIES = frozenset({
+    "SERVICE_ACCOUNT_ANOMALOUS_TOKEN_CREATION",
+    "Privilege Escalation: Anomalous Service Account Impersonator",
+    "Privilege Escalation: Anomalous Impersonation of Service Account for Admin Activity",
+})
+_SA_RESOURCE = re.compile(r"^//iam\.googleapis\.com/projects/([^/]+)/serviceAccounts/([^/]+)$")
 
 _SCC_SEVERITY = {"CRITICAL": "critical", "HIGH": "high", "MEDIUM": "medium", "LOW": "low"}
 
@@ -924,6 +938,18 @@ def detections_from_scc(finding: dict[str, Any], origin: str, position: int) -> 
             attributes=attrs_common,
         )
         return [make(credential.owner, credential)]
+    if category in SA_TOKEN_CATEGORIES:
+        sa_match = _SA_RESOURCE.match(resource_name or "")
+        sa_email = (sa_match.group(2) if sa_match else None) or f.value(
+            [f"{props}.serviceAccountEmail", f"{props}.impersonatedServiceAccount"], str)
+        sa_email = sa_email or (chain[-1] if chain else None)
+        if project is None and sa_match and sa_match.group(1) != "-":
+            project = sa_match.group(1)  # read late by make()
+        if sa_email and "@" in sa_email:
+            owner = _sa_principal(sa_email, project)
+            credential = Credential(kind="gcp_service_account", uid=sa_email, owner=owner,
+                                    attributes={**attrs_common, "reason": "anomalous token creation"})
+            return [make(owner, credential)]
     return [make(Principal(), None)]
 
 
