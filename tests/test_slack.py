@@ -489,3 +489,26 @@ def test_summary_blocks_from_the_flow_summary(standin, monkeypatch):
     monkeypatch.delenv("CORDON_SLACK_BOT_TOKEN")
     with pytest.raises(RuntimeError):
         web_client({"base_url": standin.base_url})
+
+
+def test_gcp_approval_shows_the_service_account_its_roles_and_the_exact_key():
+    from cordon.approvals.slack import approval_blocks
+
+    sa = "deploy-bot@p1.iam.gserviceaccount.com"
+    key = f"projects/p1/serviceAccounts/{sa}/keys/3f1c9a7e"
+    other = f"projects/p1/serviceAccounts/{sa}/keys/aaaa0000"
+    enrichment = {"gcp.service-account": {
+        "exists": True, "email": sa, "project": "p1", "disabled": False,
+        "keys": [{"name": key, "key_id": "3f1c9a7e", "key_type": "USER_MANAGED", "disabled": False},
+                 {"name": other, "key_id": "aaaa0000", "key_type": "SYSTEM_MANAGED", "disabled": False}],
+        "project_roles": [{"role": "roles/editor"}],
+        "can_act_as": [{"member": "user:mallory@example.com", "role": "roles/iam.serviceAccountTokenCreator"}]}}
+    plan = [{"action": "gcp.disable-sa-key", "target": key,
+             "calls": [f"iam.v1:projects.serviceAccounts.keys.disable(name={key})"]}]
+    blocks = approval_blocks(case_id="case-1", playbook="gcp-sa-key-created",
+                             detection={"provider": "gcp", "credential": {"kind": "gcp_sa_key", "uid": key}},
+                             enrichment=enrichment, plan=plan, plan_hash="h" * 64, run_id="run-1", expires_at=None)
+    text = json.dumps(blocks, ensure_ascii=False)
+    assert sa in text and "roles/editor" in text and "user:mallory@example.com" in text
+    assert "3f1c9a7e` USER_MANAGED, enabled ← *this detection*" in text
+    assert "aaaa0000` SYSTEM_MANAGED, enabled" in text and "aaaa0000` SYSTEM_MANAGED, enabled ←" not in text

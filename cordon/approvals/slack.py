@@ -269,7 +269,8 @@ def _enrichment_lines(enrichment: Any, credential_uid: str | None) -> list[str]:
     """Short mrkdwn lines for the enrichment facts worth seeing before approving.
 
     Known shapes are summarised (``aws.iam-user``: ``access_keys``, ``policies``, ``groups``,
-    ``mfa_devices``; ``aws.cloudtrail-session``: ``events``); any other enrichment key gets a
+    ``mfa_devices``; ``aws.cloudtrail-session``: ``events``; ``gcp.service-account``: the account,
+    its keys with the detection's marked, its project roles, who can act as it); any other enrichment key gets a
     one-line generic summary. Anything missing or oddly shaped is skipped, never an error.
     """
     if not isinstance(enrichment, Mapping):
@@ -304,6 +305,29 @@ def _enrichment_lines(enrichment: Any, credential_uid: str | None) -> list[str]:
                     shown = ", ".join(_code(_name_of(i, *names)) for i in items[:10]) or "none"
                     more = f" (+{len(items) - 10} more)" if len(items) > 10 else ""
                     lines.append(f"*{label}* ({len(items)}): {shown}{more}")
+            continue
+        if name == "gcp.service-account" and isinstance(facts, Mapping) and facts.get("exists"):
+            state = "disabled" if facts.get("disabled") else "enabled"
+            lines.append(f"*Service account* {_code(str(facts.get('email')))} ({state}, project "
+                         f"{_esc(str(facts.get('project')))})")
+            keys = _as_list(facts.get("keys")) or []
+            descs = []
+            for k in keys[:10]:
+                if not isinstance(k, Mapping):
+                    continue
+                mark = " ← *this detection*" if credential_uid and k.get("name") == credential_uid else ""
+                bits = [str(k[f]) for f in ("key_type", "valid_after") if k.get(f)]
+                bits.append("disabled" if k.get("disabled") else "enabled")
+                descs.append(f"{_code(str(k.get('key_id')))} {_esc(', '.join(bits))}{mark}")
+            if descs:
+                lines.append(f"*Keys* ({len(keys)}): " + "; ".join(descs))
+            roles = _as_list(facts.get("project_roles")) or []
+            shown = ", ".join(_code(_name_of(r, "role")) for r in roles[:10]) or "none"
+            lines.append(f"*Roles on the project* ({len(roles)}): {shown}")
+            actors = _as_list(facts.get("can_act_as")) or []
+            if actors:
+                who = ", ".join(f"{_esc(_name_of(a, 'member'))} ({_esc(_name_of(a, 'role'))})" for a in actors[:6])
+                lines.append(f"*Who can act as it* ({len(actors)}): {who}")
             continue
         if name == "aws.cloudtrail-session" and isinstance(facts, Mapping):
             events = facts.get("events")
