@@ -738,8 +738,39 @@ class ServiceAccountFacts(EnrichmentAction):
     schema = {"type": "object", "additionalProperties": False, "required": ["service_account"],
               "properties": {"service_account": SA_EMAIL, "project": PROJECT_ID}}
     permissions = ("iam.serviceAccounts.get", "iam.serviceAccountKeys.list", "iam.serviceAccounts.getIamPolicy",
-                   "resourcemanager.projects.getIamPolicy")
+                   "resourcemanager.projects.getIamPolicy", "resourcemanager.projects.get",
+                   "resourcemanager.folders.getIamPolicy", "resourcemanager.organizations.getIamPolicy")
     credential_kinds = GCP_KINDS
+
+    @staticmethod
+    def hierarchy(ctx: ActionContext, project: str) -> list[dict[str, Any]]:
+        """The folders and organisation above ``project`` (``projects.getAncestry``, nearest
+        first), each ``{"resource", "readable", "policy"}``; an unreadable ancestry or policy is
+        reported as such, never an error."""
+        ex = GcpContainmentAction.execute
+        try:
+            ancestry = ex(ctx, "cloudresourcemanager.v1", "projects.getAncestry", projectId=project, body={})
+        except HttpError as err:
+            if http_status(err) not in (403, 404):
+                raise
+            return [{"resource": f"projects/{project}", "readable": False, "policy": {}, "what": "ancestry"}]
+        out = []
+        for item in ancestry.get("ancestor", [])[1:]:
+            rid = item.get("resourceId", {})
+            kind = {"folder": "folders", "organization": "organizations"}.get(rid.get("type"))
+            if not kind:
+                continue
+            resource = f"{kind}/{rid.get('id')}"
+            service = "cloudresourcemanager.v2" if kind == "folders" else "cloudresourcemanager.v1"
+            method = "folders.getIamPolicy" if kind == "folders" else "organizations.getIamPolicy"
+            try:
+                policy = ex(ctx, service, method, resource=resource, body={"options": {"requestedPolicyVersion": 3}})
+                out.append({"resource": resource, "readable": True, "policy": policy})
+            except HttpError as err:
+                if http_status(err) not in (403, 404):
+                    raise
+                out.append({"resource": resource, "readable": False, "policy": {}})
+        return out
 
     def run(self, ctx: ActionContext) -> dict[str, Any]:
         ex = GcpContainmentAction.execute
@@ -771,8 +802,13 @@ class ServiceAccountFacts(EnrichmentAction):
         me = f"serviceAccount:{sa['email']}"
         project_roles = [{"role": b["role"], "condition_title": _cond_title(b)}
                          for b in proj_policy.get("bindings", []) if me in b.get("members", [])]
+        above = self.hierarchy(ctx, sa_project)
+        inherited_roles = [{"resource": h["resource"], "role": b["role"], "condition_title": _cond_title(b)}
+                           for h in above for b in h["policy"].get("bindings", []) if me in b.get("members", [])]
+        scopes = [("service_account", sa_policy), ("project", proj_policy)] + [(h["resource"], h["policy"])
+                                                                             for h in above]
         can_act_as = [{"member": m, "role": b["role"], "where": where, "condition_title": _cond_title(b)}
-                      for where, pol in (("service_account", sa_policy), ("project", proj_policy))
+                      for where, pol in scopes
                       for b in pol.get("bindings", []) if b.get("role") in ACT_AS_ROLES
                       for m in b.get("members", [])]
         user_keys = [k for k in keys if k["key_type"] == "USER_MANAGED"]
@@ -783,6 +819,8 @@ class ServiceAccountFacts(EnrichmentAction):
             "user_managed_key_count": len(user_keys),
             "enabled_user_managed_key_count": sum(1 for k in user_keys if not k["disabled"]),
             "project_roles": project_roles, "can_act_as": can_act_as, "project_policy_readable": readable,
+            "inherited_roles": inherited_roles,
+            "hierarchy": [{"resource": h["resource"], "readable": h["readable"]} for h in above],
         }
 
 

@@ -514,6 +514,28 @@ def test_service_account_enrichment_reads_keys_roles_and_who_can_act_as_it(gcp, 
     assert ghost == {"exists": False, "email": f"ghost@{PROJECT}.iam.gserviceaccount.com"}
 
 
+def test_service_account_enrichment_reads_folder_and_organisation_where_readable(gcp, sa_key):
+    gcp.standin.set_ancestry(PROJECT, "folders/1001", "organizations/42")
+    gcp.standin.add_binding("organizations/42", "roles/viewer", f"serviceAccount:{EVIL}")
+    gcp.standin.add_binding("folders/1001", TOKEN_CREATOR, "group:ops@example.com")
+    facts = get_action("gcp.service-account")().run(ctx(gcp, sa_key, service_account=EVIL))
+    assert facts["hierarchy"] == [{"resource": "folders/1001", "readable": True},
+                                  {"resource": "organizations/42", "readable": True}]
+    assert facts["inherited_roles"] == [{"resource": "organizations/42", "role": "roles/viewer",
+                                         "condition_title": None}]
+    assert ("group:ops@example.com", TOKEN_CREATOR, "folders/1001") in {
+        (a["member"], a["role"], a["where"]) for a in facts["can_act_as"]}
+    paths = [r["path"] for r in gcp.standin.requests]
+    assert any(p.endswith(":getAncestry") for p in paths) and any("folders/1001:getIamPolicy" in p for p in paths)
+
+    # an organisation policy Cordon may not read is reported as unreadable, not an error
+    gcp.standin.set_ancestry(PROJECT, "folders/1001", "organizations/42", readable=False)
+    facts = get_action("gcp.service-account")().run(ctx(gcp, sa_key, service_account=EVIL))
+    assert facts["hierarchy"] == [{"resource": "folders/1001", "readable": False},
+                                  {"resource": "organizations/42", "readable": False}]
+    assert facts["inherited_roles"] == [] and facts["exists"] is True
+
+
 def test_actor_facts_from_a_real_audit_log_entry():
     raw = real_audit_entry("google.iam.admin.v1.SetIamPolicy-tokenCreator")
     det = gcp_detection("gcp_iam_binding", f"projects/my-project/serviceAccounts/{EVIL}#{TOKEN_CREATOR}"

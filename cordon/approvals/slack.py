@@ -324,6 +324,10 @@ def _enrichment_lines(enrichment: Any, credential_uid: str | None) -> list[str]:
             roles = _as_list(facts.get("project_roles")) or []
             shown = ", ".join(_code(_name_of(r, "role")) for r in roles[:10]) or "none"
             lines.append(f"*Roles on the project* ({len(roles)}): {shown}")
+            inherited = _as_list(facts.get("inherited_roles")) or []
+            if inherited:
+                lines.append(f"*Inherited roles* ({len(inherited)}): " + ", ".join(
+                    f"{_code(_name_of(r, 'role'))} on {_esc(_name_of(r, 'resource'))}" for r in inherited[:6]))
             actors = _as_list(facts.get("can_act_as")) or []
             if actors:
                 who = ", ".join(f"{_esc(_name_of(a, 'member'))} ({_esc(_name_of(a, 'role'))})" for a in actors[:6])

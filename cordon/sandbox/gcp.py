@@ -164,6 +164,9 @@ class GcpStandIn:
         self.projects: dict[str, dict[str, Any]] = {}
         self.service_accounts: dict[str, dict[str, Any]] = {}
         self.sa_policies: dict[str, dict[str, Any]] = {}
+        #: IAM policies of folders and organisations (``folders/F``, ``organizations/O``); a
+        #: resource absent here answers 403, as an unreadable policy does.
+        self.hierarchy_policies: dict[str, dict[str, Any]] = {}
         self.sa_keys: dict[str, dict[str, dict[str, Any]]] = {}
         self.api_keys: dict[str, dict[str, Any]] = {}
         self.ssh_keys: dict[str, dict[str, dict[str, Any]]] = {}
@@ -201,7 +204,7 @@ class GcpStandIn:
         """Forget all state, identities, tokens, recorded requests, failures and hooks."""
         with self._lock:
             for store in (self.identities, self.tokens, self.projects, self.service_accounts, self.sa_policies,
-                          self.sa_keys, self.api_keys, self.ssh_keys, self.hmac_keys):
+                          self.sa_keys, self.api_keys, self.ssh_keys, self.hmac_keys, self.hierarchy_policies):
                 store.clear()
             self.requests.clear()
             self._failures.clear()
@@ -309,6 +312,17 @@ class GcpStandIn:
                 }
             return keys[key_id]
 
+    def set_ancestry(self, project: str, *ancestors: str, readable: bool = True) -> None:
+        """Place ``project`` under ``ancestors`` (``folders/F`` ..., then ``organizations/O``,
+        nearest first), each with an empty policy, readable unless ``readable`` is false."""
+        with self._lock:
+            self.ensure_project(project)["ancestry"] = list(ancestors)
+            for res in ancestors:
+                if readable:
+                    self.hierarchy_policies.setdefault(res, {"version": 1, "bindings": [], "etag": EMPTY_ETAG})
+                else:
+                    self.hierarchy_policies.pop(res, None)
+
     def add_binding(self, resource: str, role: str, member: str, condition: dict[str, Any] | None = None) -> None:
         """Add ``member`` to ``role`` (with ``condition``, if any) on ``projects/P`` or
         ``projects/P/serviceAccounts/EMAIL``; new etag when the policy changes."""
@@ -334,6 +348,8 @@ class GcpStandIn:
 
     def _policy_ref(self, resource: str) -> dict[str, Any]:
         parts = resource.split("/")
+        if len(parts) == 2 and parts[0] in ("folders", "organizations"):
+            return self.hierarchy_policies.setdefault(resource, {"version": 1, "bindings": [], "etag": EMPTY_ETAG})
         if len(parts) == 2 and parts[0] == "projects":
             return self.ensure_project(parts[1])["policy"]
         if len(parts) == 4 and parts[0] == "projects" and parts[2] == "serviceAccounts":
@@ -570,6 +586,21 @@ class GcpStandIn:
 
     # -- Cloud Resource Manager v1 --------------------------------------------------------------
     def _crm(self, method: str, sub: str, query: dict[str, Any], body: dict[str, Any]) -> tuple[int, Any]:
+        h = re.fullmatch(r"v[123]/((?:folders|organizations)/[^/:]+):getIamPolicy", sub)
+        if h and method == "POST":
+            policy = self.hierarchy_policies.get(h.group(1))
+            if policy is None:
+                raise ApiError(403, "PERMISSION_DENIED", f"The caller does not have permission on {h.group(1)}")
+            return 200, _policy_view(policy)
+        a = re.fullmatch(r"v1/projects/([^/:]+):getAncestry", sub)
+        if a and method == "POST":
+            rec = self.projects.get(a.group(1))
+            if rec is None:
+                raise ApiError(403, "PERMISSION_DENIED", f"project {a.group(1)} not found or not visible")
+            chain = [{"resourceId": {"type": "project", "id": a.group(1)}}]
+            chain += [{"resourceId": {"type": r.split("/")[0].rstrip("s"), "id": r.split("/")[1]}}
+                      for r in rec.get("ancestry", [])]
+            return 200, {"ancestor": chain}
         m = re.fullmatch(r"v1/projects/([^/:]+):(getIamPolicy|setIamPolicy)", sub)
         if not m or method != "POST":
             raise ApiError(404, "NOT_FOUND", f"unknown Cloud Resource Manager path {sub}")
@@ -679,7 +710,7 @@ def _error_body(err: ApiError, api: str) -> dict[str, Any]:
 def _is_mutating(rec: dict[str, Any]) -> bool:
     if rec["method"] == "GET":
         return False
-    return not rec["path"].endswith(":getIamPolicy")
+    return not rec["path"].endswith((":getIamPolicy", ":getAncestry"))
 
 
 def _policy_view(policy: dict[str, Any]) -> dict[str, Any]:
