@@ -771,7 +771,7 @@ SA_TOKEN_CATEGORIES = frozenset({
     "Privilege Escalation: Anomalous Service Account Impersonator",
     "Privilege Escalation: Anomalous Impersonation of Service Account for Admin Activity",
 })
-_SA_RESOURCE = re.compile(r"^//iam\.googleapis\.com/projects/([^/]+)/serviceAccounts/([^/]+)$")
+
 
 _SCC_SEVERITY = {"CRITICAL": "critical", "HIGH": "high", "MEDIUM": "medium", "LOW": "low"}
 
