@@ -228,13 +228,11 @@ def test_every_asff_finding_becomes_a_detection():
 
 
 def test_stratus_through_sigma_rules():
-    """Needs cordon.sigma.RuleSet (another engineer's work); skipped until it lands."""
-    sigma = pytest.importorskip("cordon.sigma")
-    if not hasattr(sigma, "RuleSet"):
-        pytest.skip("cordon.sigma.RuleSet does not exist yet")
+    """Every Stratus capture through the shipped Sigma rules and the parsers."""
     from cordon.detections.pipeline import DetectStats, detect
+    from cordon.sigma import RuleSet
 
-    rules = sigma.RuleSet.load(Path(__file__).resolve().parents[1] / "config" / "rules")
+    rules = RuleSet.load(Path(__file__).resolve().parents[1] / "config" / "rules")
     stats = DetectStats()
     out = list(detect(read_inputs(STRATUS), rules, stats))
     assert not [r for r in out if isinstance(r, Rejected)]
