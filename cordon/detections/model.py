@@ -41,10 +41,13 @@ CredentialKind = Literal[
     "aws_federation_token",  # sts:GetFederationToken session, uid = temporary AccessKeyId (ASIA...)
     "aws_iam_user",  # a created cloud account (T1136.003), uid = user name
     "aws_policy_grant",  # an admin policy attached / put on a user, uid = policy ARN or inline name
-    "azure_sp_password",
-    "azure_sp_key",
-    "azure_federated_credential",
-    "azure_role_assignment",
+    "azure_sp_password",  # uid = the credential's keyId (GUID); owner = the application or service principal
+    "azure_sp_key",  # uid = keyId of a certificate (keyCredentials)
+    "azure_federated_credential",  # uid = "<application object id>/federatedIdentityCredentials/<id>"
+    "azure_role_assignment",  # uid = full ARM ID .../providers/Microsoft.Authorization/roleAssignments/<guid>
+    "azure_directory_role",  # uid = "<directory role template id>#<principal object id>"
+    "azure_user",  # uid = user object id (a created account, T1136.003)
+    "azure_service_principal",  # uid = service principal object id (a created service principal)
     "gcp_sa_key",  # uid = key resource name projects/P/serviceAccounts/SA_EMAIL/keys/KEY_ID
     "gcp_service_account",  # uid = service account email
     "gcp_iam_binding",  # uid = "<resource>#<role>#<member>", e.g. "projects/p1#roles/owner#user:x@example.com"
