@@ -25,7 +25,7 @@ RETRIES = BotoConfig(retries={"max_attempts": 5, "mode": "standard"}, connect_ti
 
 
 def clients_for(provider: str, cloud: dict[str, Any] | None = None) -> Callable[..., Any]:
-    """The client factory for ``provider`` (``aws`` or ``gcp``) built from ``cloud``.
+    """The client factory for ``provider`` (``aws``, ``gcp`` or ``azure``) built from ``cloud``.
 
     Raises ``ValueError`` for a provider Cordon has no clients for yet.
     """
@@ -35,6 +35,10 @@ def clients_for(provider: str, cloud: dict[str, Any] | None = None) -> Callable[
         from cordon.clouds_gcp import gcp_clients
 
         return gcp_clients(cloud or {})
+    if provider == "azure":
+        from cordon.clouds_azure import azure_clients
+
+        return azure_clients(cloud or {})
     raise ValueError(f"no client factory for provider '{provider}'")
 
 

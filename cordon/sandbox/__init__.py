@@ -23,6 +23,10 @@ class Sandboxes:
                 from cordon.sandbox.gcp import GcpSandbox
 
                 self._started[provider] = GcpSandbox().start()
+            elif provider == "azure":
+                from cordon.sandbox.azure import AzureSandbox
+
+                self._started[provider] = AzureSandbox().start()
             else:
                 raise ValueError(f"no sandbox for provider '{provider}'")
         return self._started[provider]
