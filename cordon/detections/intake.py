@@ -32,6 +32,10 @@ Formats recognised per input, whatever its name:
   - the Cloud Logging ``entries.list`` response ``{"entries": [...]}`` and the SCC
     ``ListFindings`` response ``{"listFindingsResults": [{"finding", "resource"}, ...]}``.
 
+  - Azure Monitor's ``{"records": [...]}`` (diagnostic settings to Event Hub or storage: Entra audit
+    and sign-in logs, Activity Log) and the ``{"value": [...]}`` list responses of Microsoft Graph
+    (``GET /auditLogs/directoryAudits``) and of the Activity Log REST API.
+
 Cloud Logging exports to Cloud Storage are JSON lines of ``LogEntry``, read as any JSON lines.
 
 Memory: JSON lines are read line by line. A JSON document (an array, a pretty-printed
@@ -57,7 +61,9 @@ from typing import Any, BinaryIO, Literal
 
 from cordon.detections.errors import Rejected
 
-Kind = Literal["cloudtrail", "guardduty", "securityhub", "gcp_audit", "gcp_scc"]
+Kind = Literal[
+    "cloudtrail", "guardduty", "securityhub", "gcp_audit", "gcp_scc", "entra_audit", "entra_signin", "azure_activity"
+]
 
 #: ``raw_text`` of a Rejected is cut at this many characters, with a note saying how much was cut.
 RAW_TEXT_CAP = 1024 * 1024
@@ -75,7 +81,10 @@ _EXPECTED_SHAPES = (
     "entry (protoPayload with @type google.cloud.audit.AuditLog), a Security Command Center finding "
     "(finding, or name .../sources/S/findings/F with category), or an envelope "
     "(Records, Findings, EventBridge detail-type + detail, Pub/Sub message.data, entries, "
-    "listFindingsResults)"
+    "listFindingsResults, records, value), an Entra audit record (activityDisplayName with initiatedBy or "
+    "targetResources, or operationName with properties.activityDisplayName / initiatedBy / targetResources), an "
+    "Entra sign-in record (category SignInLogs, or createdDateTime with appDisplayName and status), or an Azure "
+    "Activity Log event (operationName, resourceId and eventTimestamp or time)"
 )
 
 #: ``@type`` of a Cloud Audit Log ``protoPayload`` (Panther writes it as ``at_sign_type``).
@@ -88,7 +97,17 @@ _SCC_FINDING_NAME = re.compile(
 #: Pub/Sub push envelope fields kept as the record's envelope.
 _PUBSUB_KEYS = ("messageId", "message_id", "publishTime", "publish_time", "attributes", "orderingKey")
 #: Response wrappers of list APIs whose array items are records.
-_LIST_KEYS = ("Records", "Findings", "entries", "listFindingsResults")
+_LIST_KEYS = ("Records", "Findings", "entries", "listFindingsResults", "records", "value")
+
+#: Azure Monitor diagnostic categories of Entra sign-in logs (not credential events; see ``classify``).
+_SIGNIN_CATEGORIES = {
+    "signinlogs",
+    "noninteractiveusersigninlogs",
+    "serviceprincipalsigninlogs",
+    "managedidentitysigninlogs",
+    "adfssigninlogs",
+}
+_ENTRA_KEYS = ("activityDisplayName", "initiatedBy", "targetResources")
 
 #: EventBridge ``detail-type`` values whose ``detail`` is a finding, by kind.
 _EVENTBRIDGE_GUARDDUTY = {"GuardDuty Finding"}
@@ -103,7 +122,8 @@ class RawRecord:
     ``origin`` is the input as given (a path string, or ``<stdin>``); ``position`` the record's
     0-based index within that input after unwrapping (rejected records count too, blank lines do
     not); ``line`` the 1-based line the record (or its envelope) starts on, when known; ``kind``
-    ``cloudtrail`` | ``guardduty`` | ``securityhub`` | ``gcp_audit`` | ``gcp_scc``; ``record`` the
+    ``cloudtrail`` | ``guardduty`` | ``securityhub`` | ``gcp_audit`` | ``gcp_scc`` | ``entra_audit`` |
+    ``entra_signin`` | ``azure_activity``; ``record`` the
     decoded object (for ``gcp_scc`` as read: a notification or ``{"finding", "resource"}`` is kept
     whole, the parser unwraps it); ``envelope`` the EventBridge envelope's metadata (``id``,
     ``detail-type``, ``source``, ``account``, ``time``, ``region``, ``resources``) or the Pub/Sub
@@ -154,6 +174,26 @@ def classify(record: Any) -> Kind | None:
     or a bare finding: ``name`` of the form ``organizations/O/sources/S/findings/F`` (also
     ``folders/`` / ``projects/`` parents and ``/locations/L/``) and a ``category``.
 
+    Entra audit (``entra_audit``): the Microsoft Graph ``directoryAudit`` resource
+    (https://learn.microsoft.com/graph/api/resources/directoryaudit), i.e. ``activityDisplayName``
+    with ``initiatedBy`` or ``targetResources`` at the top; or the Azure Monitor diagnostic form
+    (Azure Monitor audit log schema,
+    https://learn.microsoft.com/entra/identity/monitoring-health/reference-azure-monitor-audit-log-schema):
+    ``operationName`` and a ``properties`` object, with ``category`` ``AuditLogs`` or
+    ``properties.activityDisplayName`` / ``initiatedBy`` / ``targetResources`` (Panther's test logs
+    sometimes put the Graph category, ``ApplicationManagement``, at the top: accepted).
+
+    Entra sign-in (``entra_signin``): ``category`` ``SignInLogs`` (or the non-interactive, service
+    principal, managed identity and ADFS sign-in categories), or the Graph ``signIn`` resource
+    (``createdDateTime``, ``appDisplayName``, ``status``). Sign-ins create no credential: they are
+    recognised so that a mixed diagnostic export is not dead-lettered, and the pipeline yields
+    nothing for them.
+
+    Azure Activity Log (``azure_activity``; Activity Log event schema,
+    https://learn.microsoft.com/azure/azure-monitor/essentials/activity-log-schema): ``operationName``
+    (a string, or ``{"value": ...}`` as the REST API writes it), ``resourceId`` and ``eventTimestamp``
+    or ``time``, when not an Entra record.
+
     Only presence is checked here; field types are validated by the parsers.
     """
     if not isinstance(record, dict):
@@ -187,6 +227,30 @@ def classify(record: Any) -> Kind | None:
         return "gcp_scc"
     if _is_scc_finding(record):
         return "gcp_scc"
+    return _classify_azure(record)
+
+
+def _classify_azure(record: dict[str, Any]) -> Kind | None:
+    """Entra audit, Entra sign-in and Azure Activity Log shapes (see :func:`classify`)."""
+    if "activityDisplayName" in record and ("initiatedBy" in record or "targetResources" in record):
+        return "entra_audit"
+    category = record.get("category")
+    category_value = category.get("value") if isinstance(category, dict) else category
+    props = record.get("properties")
+    if isinstance(category_value, str) and category_value.lower() in _SIGNIN_CATEGORIES:
+        return "entra_signin"
+    if "createdDateTime" in record and "appDisplayName" in record and "status" in record:
+        return "entra_signin"
+    operation = record.get("operationName")
+    if operation is None:
+        return None
+    if isinstance(props, dict) and (
+        category_value == "AuditLogs" or any(k in props for k in _ENTRA_KEYS)
+    ):
+        return "entra_audit"
+    has_value = isinstance(operation, str) or (isinstance(operation, dict) and "value" in operation)
+    if has_value and "resourceId" in record and ("eventTimestamp" in record or "time" in record):
+        return "azure_activity"
     return None
 
 
@@ -702,7 +766,7 @@ def _read_object(inp: _Input, text: str, start: int, lc: _LineCounter, fail):
             yield fail(pos, "expected ':' after a property name", start)
             return None
         pos = _WS.match(text, pos + 1).end()
-        if key in ("Records", "Findings") and not streamed and pos < len(text) and text[pos] == "[":
+        if key in ("Records", "Findings", "records") and not streamed and pos < len(text) and text[pos] == "[":
             streamed = True
             item_pos = _WS.match(text, pos + 1).end()
             if item_pos < len(text) and text[item_pos] == "]":
@@ -751,7 +815,8 @@ def read_inputs(sources: Iterable[str | Path], stdin: BinaryIO | None = None) ->
     ``sources`` are paths; ``"-"`` means standard input, read as bytes from ``stdin`` (default
     ``sys.stdin.buffer``) and named ``<stdin>``. Each input's format is detected from its
     content (see the module docstring). Yields :class:`RawRecord` for each CloudTrail event,
-    GuardDuty finding, ASFF finding, Cloud Audit Log entry and SCC finding, and
+    GuardDuty finding, ASFF finding, Cloud Audit Log entry, SCC finding, Entra audit or sign-in
+    record and Activity Log event, and
     :class:`Rejected` for an input that cannot be opened, text that is not JSON (naming the line,
     column and byte), a record of an unknown shape (naming
     the keys expected and the keys found), a Pub/Sub ``message.data`` that is not base64 of JSON

@@ -1,4 +1,5 @@
-"""From raw records to detections: Sigma matching for CloudTrail and Cloud Audit Logs, direct
+"""From raw records to detections: Sigma matching for CloudTrail, Cloud Audit Logs, Entra audit
+logs and the Azure Activity Log, direct
 mapping for findings (GuardDuty, Security Hub, Security Command Center).
 
 :func:`detect` consumes what :func:`cordon.detections.intake.read_inputs` yields and produces
@@ -12,6 +13,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
+from cordon.detections.azure import (
+    activity_match_view,
+    detections_from_azure_activity,
+    detections_from_entra_audit,
+    entra_match_view,
+)
 from cordon.detections.cloudtrail import detection_from_cloudtrail
 from cordon.detections.errors import RecordError, Rejected
 from cordon.detections.gcp import detections_from_gcp_audit, detections_from_scc
@@ -32,7 +39,8 @@ class DetectStats:
     """Counts kept by :func:`detect`.
 
     ``records_read``: records received (RawRecord and Rejected from intake); ``events``: CloudTrail
-    events and Cloud Audit Log entries among them; ``events_matched`` / ``events_unmatched``:
+    events, Cloud Audit Log entries, Entra audit and sign-in records and Activity Log events among
+    them; ``events_matched`` / ``events_unmatched``:
     events that some / no Sigma rule matched; ``findings``: GuardDuty, Security Hub and SCC
     findings; ``detections``: Detections yielded (one per matching rule for events; a
     ``SetIamPolicy`` entry or an SCC grant finding gives one per granted binding), of which
@@ -69,9 +77,15 @@ def detect(
     entries go through ``rules.match(record, product="gcp", service="gcp.audit")`` and
     :func:`detections_from_gcp_audit` (a list per match). GuardDuty, Security Hub and SCC findings
     map directly (:func:`detection_from_guardduty`, :func:`detection_from_asff`,
-    :func:`detections_from_scc`). Rejected records pass through. A :class:`RecordError` from a
-    parser or from ``rules.match`` becomes a :class:`Rejected` carrying the record's JSON text,
-    and processing continues; any other exception is a bug and propagates.
+    :func:`detections_from_scc`). Entra audit records are matched as
+    ``rules.match(entra_match_view(record), product="azure", service="auditlogs")`` (the Graph
+    ``directoryAudit`` shape whatever the input form) and Activity Log events as
+    ``rules.match(activity_match_view(record), product="azure", service="activitylogs")`` (the
+    REST event schema: ``operationName.value``, ``status.value``); the raw record goes to
+    :func:`detections_from_entra_audit` / :func:`detections_from_azure_activity`. Entra sign-in
+    records are counted as unmatched events and yield nothing. Rejected records pass through.
+    A :class:`RecordError` from a parser or from ``rules.match`` becomes a :class:`Rejected`
+    carrying the record's JSON text, and processing continues; any other exception is a bug and propagates.
 
     Pass ``stats`` to read the counts (:class:`DetectStats`) while or after iterating.
     """
@@ -123,6 +137,28 @@ def _detections(item: RawRecord, rules: RuleMatcher, stats: DetectStats) -> Iter
     elif item.kind == "gcp_scc":
         stats.findings += 1
         yield from detections_from_scc(item.record, item.origin, item.position)
+    elif item.kind == "entra_audit":
+        stats.events += 1
+        matches = rules.match(entra_match_view(item.record), product="azure", service="auditlogs")
+        if not matches:
+            stats.events_unmatched += 1
+            return
+        stats.events_matched += 1
+        for match in matches:
+            yield from detections_from_entra_audit(item.record, match, item.origin, item.position)
+    elif item.kind == "azure_activity":
+        stats.events += 1
+        matches = rules.match(activity_match_view(item.record), product="azure", service="activitylogs")
+        if not matches:
+            stats.events_unmatched += 1
+            return
+        stats.events_matched += 1
+        for match in matches:
+            yield from detections_from_azure_activity(item.record, match, item.origin, item.position)
+    elif item.kind == "entra_signin":
+        # A sign-in creates no credential: counted as an event no rule is evaluated on.
+        stats.events += 1
+        stats.events_unmatched += 1
     else:  # pragma: no cover - RawRecord.kind is a closed set
         raise RecordError(item.origin, item.position, None, f"unknown record kind {item.kind!r}")
 
