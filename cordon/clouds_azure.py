@@ -1,0 +1,180 @@
+"""Azure client factory, rebuilt from plain parameters (like :mod:`cordon.clouds_gcp`) so a Prefect
+worker in another process makes the same clients the caller had in mind.
+
+``cloud`` is a JSON-serialisable dict:
+
+* ``{}`` (or without ``"sandbox"``): real Azure. Credentials from the environment
+  (``azure.identity.DefaultAzureCredential``: ``AZURE_CLIENT_ID`` / ``AZURE_TENANT_ID`` /
+  ``AZURE_CLIENT_SECRET`` or a certificate, workload identity, managed identity, Azure CLI);
+  ``subscription_id`` from ``cloud["subscription_id"]`` or ``AZURE_SUBSCRIPTION_ID``; Graph at
+  ``https://graph.microsoft.com/v1.0`` and ARM at ``https://management.azure.com``.
+* ``{"sandbox": True, "tenant_id", "subscription_id", "client_id", "client_secret", "authority",
+  "graph_url", "arm_url", "ca_pem", "own_object_id"}``
+  (:meth:`cordon.sandbox.azure.AzureSandbox.cloud_params`): ``ClientSecretCredential`` with
+  ``authority`` pointed at the stand-in's token endpoint (``disable_instance_discovery=True``;
+  azure-identity insists the authority is https, so it shares the ARM stand-in's TLS server),
+  ``connection_verify`` = the stand-in's CA for every https connection.
+
+Clients:
+
+* ``clients("graph")``: ``msgraph.GraphServiceClient`` (async SDK) built on a
+  ``GraphRequestAdapter`` whose ``base_url`` is ``<graph_url>/v1.0`` and whose
+  ``AzureIdentityAuthenticationProvider`` allows the stand-in's host (kiota sends a token only to
+  allowed hosts and only over https, loopback excepted). Run its coroutines with
+  ``clients.run(coro)``. Retries of 429 / 503 / 504 are kiota's ``RetryHandler`` (honours
+  ``Retry-After``; up to 3 retries).
+* ``clients("authorization")``: ``azure.mgmt.authorization.AuthorizationManagementClient``
+  (sync; ``base_url`` = ARM, ``connection_verify`` = CA path in the sandbox). Retries of 408 /
+  429 / 500 / 502 / 503 / 504 are azure-core's ``RetryPolicy`` (honours ``Retry-After``).
+
+API references: https://learn.microsoft.com/graph/sdks/sdks-overview ,
+https://learn.microsoft.com/python/api/azure-mgmt-authorization/ ,
+https://learn.microsoft.com/python/api/azure-identity/azure.identity.clientsecretcredential .
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any
+from urllib.parse import urlsplit
+
+GRAPH_URL = "https://graph.microsoft.com"
+ARM_URL = "https://management.azure.com"
+GRAPH_SCOPE = "https://graph.microsoft.com/.default"
+ARM_SCOPE = "https://management.azure.com/.default"
+#: Seconds :meth:`LoopThread.run` waits for one coroutine.
+RUN_TIMEOUT_S = 120
+
+
+class LoopThread:
+    """A private asyncio event loop running forever in a daemon thread.
+
+    ``run(coro)`` submits ``coro`` to that loop and blocks until it finishes, returning its result
+    or raising its exception (``TimeoutError`` after ``timeout`` seconds). It is safe from sync code
+    that is itself inside a running loop elsewhere (the caller's loop is never touched), and from
+    many threads at once. Everything async the Graph client owns (httpx client, aiohttp session
+    of the async credential) lives on this one loop. Calling ``run`` from the loop's own thread
+    raises ``RuntimeError`` (it would deadlock).
+    """
+
+    def __init__(self, name: str = "cordon-azure-loop"):
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, Any], timeout: float = RUN_TIMEOUT_S) -> Any:
+        """Run ``coro`` on the private loop and return its result (see class doc)."""
+        if threading.current_thread() is self._thread:
+            coro.close()
+            raise RuntimeError("LoopThread.run called from its own loop thread")
+        if self.loop.is_closed():
+            coro.close()
+            raise RuntimeError("LoopThread is closed")
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        """Stop the loop and join the thread (idempotent)."""
+        if self.loop.is_closed():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+        self.loop.close()
+
+
+def azure_clients(cloud: dict[str, Any] | None = None) -> Callable[..., Any]:
+    """A factory ``clients(service) -> SDK client`` for ``cloud`` (see module doc).
+
+    ``service`` is ``"graph"`` (``msgraph.GraphServiceClient``) or ``"authorization"``
+    (``AuthorizationManagementClient``); anything else raises ``ValueError``. Clients are built
+    once per factory (the Graph client is bound to the factory's private loop; the ARM client's
+    requests session is used from one thread at a time by the actions).
+
+    The factory carries ``run(coro)`` (:meth:`LoopThread.run`), ``own_identity() -> str | None``
+    (Cordon's client id / appId: the guard refuses to contain it), ``own_object_id() -> str |
+    None`` (Cordon's service principal object id, when known), ``own_access_key() -> None`` (no
+    AWS-style key to compare), ``subscription_id``, ``tenant_id`` and ``close()``.
+    Raises ``ValueError`` for sandbox params without a client id / secret, and for
+    ``"authorization"`` with no subscription id.
+    """
+    from azure.identity import ClientSecretCredential, DefaultAzureCredential
+    from azure.identity.aio import ClientSecretCredential as AioClientSecretCredential
+    from azure.identity.aio import DefaultAzureCredential as AioDefaultAzureCredential
+
+    cloud = dict(cloud or {})
+    sandbox = bool(cloud.get("sandbox"))
+    tenant = cloud.get("tenant_id") or os.environ.get("AZURE_TENANT_ID")
+    subscription = cloud.get("subscription_id") or os.environ.get("AZURE_SUBSCRIPTION_ID")
+    graph_url = str(cloud.get("graph_url") or GRAPH_URL).rstrip("/")
+    arm_url = str(cloud.get("arm_url") or ARM_URL).rstrip("/")
+    tls: dict[str, Any] = {}
+    ca_path: str | None = None
+    if cloud.get("ca_pem"):
+        fd, ca_path = tempfile.mkstemp(prefix="cordon-azure-ca-", suffix=".pem")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(cloud["ca_pem"])
+        tls = {"connection_verify": ca_path}
+    if sandbox:
+        if not (cloud.get("client_id") and cloud.get("client_secret") and tenant):
+            raise ValueError("sandbox cloud params need 'tenant_id', 'client_id' and 'client_secret'")
+        common = {"authority": cloud.get("authority"), "disable_instance_discovery": True, **tls}
+        sync_cred: Any = ClientSecretCredential(tenant, cloud["client_id"], cloud["client_secret"], **common)
+        async_cred: Any = AioClientSecretCredential(tenant, cloud["client_id"], cloud["client_secret"], **common)
+        client_id: str | None = cloud["client_id"]
+    else:
+        sync_cred = DefaultAzureCredential(**tls)
+        async_cred = AioDefaultAzureCredential(**tls)
+        client_id = cloud.get("client_id") or os.environ.get("AZURE_CLIENT_ID")
+    loop = LoopThread()
+    lock = threading.Lock()
+    cache: dict[str, Any] = {}
+
+    def build_graph() -> Any:
+        from msgraph import GraphRequestAdapter, GraphServiceClient
+        from msgraph_core.authentication import AzureIdentityAuthenticationProvider
+
+        host = urlsplit(graph_url).hostname or "graph.microsoft.com"
+        auth = AzureIdentityAuthenticationProvider(async_cred, scopes=[GRAPH_SCOPE], allowed_hosts=[host])
+        adapter = GraphRequestAdapter(auth)
+        adapter.base_url = f"{graph_url}/v1.0"
+        return GraphServiceClient(request_adapter=adapter)
+
+    def clients(service: str) -> Any:
+        with lock:
+            if service not in cache:
+                if service == "graph":
+                    cache[service] = build_graph()
+                elif service == "authorization":
+                    from azure.mgmt.authorization import AuthorizationManagementClient
+
+                    if not subscription:
+                        raise ValueError("no subscription id (cloud['subscription_id'] or AZURE_SUBSCRIPTION_ID)")
+                    cache[service] = AuthorizationManagementClient(
+                        sync_cred, subscription, base_url=arm_url, credential_scopes=[ARM_SCOPE], **tls)
+                else:
+                    raise ValueError(f"unknown Azure service {service!r} (known: graph, authorization)")
+            return cache[service]
+
+    def close() -> None:
+        try:
+            loop.run(async_cred.close(), timeout=10)
+        except Exception:  # noqa: BLE001, S110 - closing on the way out
+            pass
+        loop.close()
+        if ca_path and os.path.exists(ca_path):
+            os.unlink(ca_path)
+
+    atexit.register(lambda: loop.close())
+    clients.run = loop.run  # type: ignore[attr-defined]
+    clients.own_identity = lambda: client_id  # type: ignore[attr-defined]
+    clients.own_object_id = lambda: cloud.get("own_object_id")  # type: ignore[attr-defined]
+    clients.own_access_key = lambda: None  # type: ignore[attr-defined]
+    clients.subscription_id = subscription  # type: ignore[attr-defined]
+    clients.tenant_id = tenant  # type: ignore[attr-defined]
+    clients.close = close  # type: ignore[attr-defined]
+    clients.credential = sync_cred  # type: ignore[attr-defined]
+    return clients

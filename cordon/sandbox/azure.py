@@ -1,0 +1,784 @@
+"""The Azure sandbox: local stand-ins for Microsoft Graph v1.0, Azure Resource Manager role
+assignments and the Microsoft identity platform token endpoint.
+
+:class:`AzureStandIn` runs **two** servers on 127.0.0.1 that share one state:
+
+* ``graph_url`` (plain ``http``; kiota's token provider accepts http only for loopback hosts):
+  Microsoft Graph v1.0 (https://learn.microsoft.com/graph/api/overview?view=graph-rest-1.0):
+
+  - ``GET/PATCH /v1.0/servicePrincipals/{id}`` and ``/v1.0/applications/{id}`` (PATCH accepts
+    ``accountEnabled`` (service principals), ``keyCredentials``, ``displayName``);
+  - ``GET /v1.0/{servicePrincipals|applications}/{id}/owners``;
+  - ``POST /v1.0/{servicePrincipals|applications}/{id}/removePassword`` (body ``{"keyId"}``; 204;
+    an unknown keyId is 400 as in Graph) and ``.../addPassword`` (200 with ``secretText``);
+  - ``GET /v1.0/applications/{id}/federatedIdentityCredentials`` and
+    ``GET/DELETE .../federatedIdentityCredentials/{fid}``;
+  - ``GET /v1.0/users/{id}``, ``POST /v1.0/users/{id}/revokeSignInSessions`` (``{"value": true}``;
+    records ``signInSessionsValidFromDateTime``).
+
+* ``arm_url`` (``https`` with a certificate for 127.0.0.1 issued by a ``trustme`` CA whose PEM is
+  :attr:`AzureStandIn.ca_pem`; so azure-core's https rule stays on):
+
+  - Azure RBAC role assignments, api-version 2022-04-01
+    (https://learn.microsoft.com/rest/api/authorization/role-assignments):
+    ``GET/PUT/DELETE /{scope}/providers/Microsoft.Authorization/roleAssignments/{name}`` (by full ID)
+    and ``GET /{scope}/providers/Microsoft.Authorization/roleAssignments`` (list: assignments at,
+    above and below the scope, as ARM's list without ``$filter=atScope()`` does; ``$filter`` is
+    ignored);
+  - the token endpoint ``POST /{tenant}/oauth2/v2.0/token`` (client-credentials grant,
+    https://learn.microsoft.com/entra/identity-platform/v2-oauth2-client-creds-grant-flow) and the
+    OpenID configuration MSAL reads first, ``GET /{tenant}/v2.0/.well-known/openid-configuration``.
+    azure-identity demands an ``https`` authority (``normalize_authority``), which is why the token
+    endpoint lives on the TLS server; credentials need ``disable_instance_discovery=True``.
+
+Every Graph and ARM request must carry ``Authorization: Bearer <token issued by the token
+endpoint>`` for the right audience (Graph: ``https://graph.microsoft.com/.default``, ARM:
+``https://management.azure.com/.default``), else 401. Errors use each API's JSON error shape
+``{"error": {"code", "message"}}``.
+
+Sandbox approximations: owners are stored as object IDs of users or service principals; a role
+assignment PUT to an existing name with different properties is 409 ``RoleAssignmentExists``;
+tokens never expire within a test; ``$filter`` and ``$select`` are ignored except
+``$select=keyCredentials`` on a single application or service principal, which returns each
+certificate's ``key`` (Graph returns ``key`` only then).
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import os
+import re
+import secrets
+import ssl
+import tempfile
+import threading
+import uuid
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import trustme
+
+DEFAULT_TENANT = "72f988bf-0000-4000-8000-00000000c0d0"
+DEFAULT_SUBSCRIPTION = "00000000-0000-4000-8000-00000000ab12"
+GRAPH_SCOPE = "https://graph.microsoft.com/.default"
+ARM_SCOPE = "https://management.azure.com/.default"
+RA_API_VERSION = "2022-04-01"
+RA_SEGMENT = "/providers/microsoft.authorization/roleassignments/"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(dt: datetime) -> str:
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class ApiError(Exception):
+    """An error answer: HTTP ``status``, the API's error ``code`` and ``message``."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def _graph_404(what: str) -> ApiError:
+    return ApiError(404, "Request_ResourceNotFound", f"Resource '{what}' does not exist or one of its queried "
+                    "reference-property objects are not present.")
+
+
+class _TlsServer(ThreadingHTTPServer):
+    """A ThreadingHTTPServer whose accepted connections are wrapped in TLS; the handshake runs in
+    the request's own thread, so a slow client never blocks ``accept``."""
+
+    daemon_threads = True
+
+    def __init__(self, addr: tuple[str, int], handler: Any, context: ssl.SSLContext):
+        self.context = context
+        super().__init__(addr, handler)
+
+    def get_request(self) -> tuple[Any, Any]:
+        sock, addr = self.socket.accept()
+        return self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        try:
+            request.do_handshake()
+        except (ssl.SSLError, OSError):
+            return
+        super().finish_request(request, client_address)
+
+
+class AzureStandIn:
+    """The stand-ins (see module doc). State, guarded by one lock:
+
+    * ``clients``: ``client_id -> {"secret", "tenant", "sp_id"}`` allowed the client-credentials
+      grant; ``tokens``: ``token -> {"client_id", "scope"}``;
+    * ``applications`` / ``service_principals``: ``object id -> Graph JSON`` (``id, appId,
+      displayName, passwordCredentials, keyCredentials``; service principals also
+      ``accountEnabled`` and ``servicePrincipalType``); ``owners``: ``object id -> [owner ids]``;
+    * ``users``: ``object id -> Graph user JSON``;
+    * ``federated``: ``application object id -> {fid: federatedIdentityCredential JSON}``;
+    * ``role_assignments``: ``lower-cased full ARM ID -> RoleAssignment JSON``;
+    * ``requests``: one ``{"api" ("graph"|"arm"|"login"), "method", "path", "query", "body",
+      "auth", "client_id", "status"}`` per request received;
+    * failures queued by :meth:`fail_next`.
+    """
+
+    def __init__(self, host: str = "127.0.0.1"):
+        self._lock = threading.RLock()
+        self.clients: dict[str, dict[str, Any]] = {}
+        self.tokens: dict[str, dict[str, Any]] = {}
+        self.applications: dict[str, dict[str, Any]] = {}
+        self.service_principals: dict[str, dict[str, Any]] = {}
+        self.owners: dict[str, list[str]] = {}
+        self.users: dict[str, dict[str, Any]] = {}
+        self.federated: dict[str, dict[str, dict[str, Any]]] = {}
+        self.role_assignments: dict[str, dict[str, Any]] = {}
+        self.requests: list[dict[str, Any]] = []
+        self._failures: list[dict[str, Any]] = []
+        self.ca = trustme.CA()
+        cert = self.ca.issue_cert(host, "localhost")
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        cert.configure_cert(context)
+        #: PEM of the CA that issued the TLS server's certificate.
+        self.ca_pem = self.ca.cert_pem.bytes().decode()
+        fd, self.ca_path = tempfile.mkstemp(prefix="cordon-azure-ca-", suffix=".pem")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(self.ca_pem)
+        self._graph = ThreadingHTTPServer((host, 0), self._handler_class("graph"))
+        self._graph.daemon_threads = True
+        self._tls = _TlsServer((host, 0), self._handler_class("tls"), context)
+        self._threads: list[threading.Thread] = []
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    @property
+    def graph_url(self) -> str:
+        """``http://127.0.0.1:<port>`` (Graph; the SDK's base URL is this plus ``/v1.0``)."""
+        host, port = self._graph.server_address[:2]
+        return f"http://{host}:{port}"
+
+    @property
+    def arm_url(self) -> str:
+        """``https://127.0.0.1:<port>`` (ARM and the token endpoint's authority)."""
+        host, port = self._tls.server_address[:2]
+        return f"https://{host}:{port}"
+
+    def start(self) -> AzureStandIn:
+        """Serve both servers in daemon threads; returns ``self``."""
+        if not self._threads:
+            for name, server in (("graph", self._graph), ("arm", self._tls)):
+                t = threading.Thread(target=server.serve_forever, name=f"azure-standin-{name}", daemon=True)
+                t.start()
+                self._threads.append(t)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, close the sockets and delete the CA file."""
+        if self._threads:
+            self._graph.shutdown()
+            self._tls.shutdown()
+            for t in self._threads:
+                t.join(timeout=5)
+            self._threads = []
+        self._graph.server_close()
+        self._tls.server_close()
+        if os.path.exists(self.ca_path):
+            os.unlink(self.ca_path)
+
+    def reset(self) -> None:
+        """Forget all state, clients, tokens, recorded requests and failures."""
+        with self._lock:
+            for store in (self.clients, self.tokens, self.applications, self.service_principals, self.owners,
+                          self.users, self.federated, self.role_assignments):
+                store.clear()
+            self.requests.clear()
+            self._failures.clear()
+
+    # -- fault injection and inspection ---------------------------------------------------------
+    def fail_next(self, match: str, status: int, times: int = 1, headers: dict[str, str] | None = None) -> None:
+        """Answer the next ``times`` requests that match with HTTP ``status`` (and ``headers``, e.g.
+        ``{"Retry-After": "0"}``) instead of serving them. ``match`` is an HTTP method (``"POST"``),
+        a path prefix (``"/v1.0/servicePrincipals"``) or ``"METHOD /path-prefix"``; path prefixes
+        compare case-insensitively. Token requests are never failed."""
+        with self._lock:
+            self._failures.append({"match": match, "status": status, "left": times, "headers": dict(headers or {})})
+
+    def api_requests(self, api: str | None = None, mutating: bool | None = None) -> list[dict[str, Any]]:
+        """Recorded Graph and ARM requests (not token requests), optionally only of ``api``
+        (``"graph"`` / ``"arm"``) and only mutating (not ``GET``) or only reads."""
+        with self._lock:
+            out = [r for r in self.requests if r["api"] != "login" and (api is None or r["api"] == api)]
+        if mutating is not None:
+            out = [r for r in out if (r["method"] != "GET") == mutating]
+        return out
+
+    @staticmethod
+    def _matches(match: str, method: str, path: str) -> bool:
+        if " " in match:
+            m, _, prefix = match.partition(" ")
+            return m.upper() == method and path.lower().startswith(prefix.lower())
+        if match.isalpha() and match.isupper():
+            return match == method
+        return path.lower().startswith(match.lower())
+
+    def _take_failure(self, method: str, path: str) -> dict[str, Any] | None:
+        with self._lock:
+            for f in self._failures:
+                if self._matches(f["match"], method, path):
+                    f["left"] -= 1
+                    if f["left"] <= 0:
+                        self._failures.remove(f)
+                    return f
+        return None
+
+    # -- seeding (direct writes: the stand-in is ours) --------------------------------------------
+    def add_client(self, client_id: str, secret: str, tenant: str, sp_id: str | None = None) -> None:
+        """Allow ``client_id`` / ``secret`` the client-credentials grant in ``tenant``."""
+        with self._lock:
+            self.clients[client_id] = {"secret": secret, "tenant": tenant, "sp_id": sp_id}
+
+    def ensure_application(self, object_id: str, display_name: str = "", app_id: str | None = None) -> dict[str, Any]:
+        """Create application ``object_id`` (fresh ``appId`` unless given) if absent; returns it."""
+        with self._lock:
+            if object_id not in self.applications:
+                self.applications[object_id] = {
+                    "id": object_id, "appId": app_id or str(uuid.uuid4()),
+                    "displayName": display_name or f"app-{object_id[:8]}", "createdDateTime": _iso(_now()),
+                    "signInAudience": "AzureADMyOrg", "passwordCredentials": [], "keyCredentials": []}
+                self.owners.setdefault(object_id, [])
+                self.federated.setdefault(object_id, {})
+            return self.applications[object_id]
+
+    def ensure_service_principal(self, object_id: str, display_name: str = "", app_id: str | None = None,
+                                 account_enabled: bool = True) -> dict[str, Any]:
+        """Create service principal ``object_id`` if absent; returns it."""
+        with self._lock:
+            if object_id not in self.service_principals:
+                self.service_principals[object_id] = {
+                    "id": object_id, "appId": app_id or str(uuid.uuid4()),
+                    "displayName": display_name or f"sp-{object_id[:8]}", "accountEnabled": account_enabled,
+                    "servicePrincipalType": "Application", "appOwnerOrganizationId": DEFAULT_TENANT,
+                    "passwordCredentials": [], "keyCredentials": []}
+                self.owners.setdefault(object_id, [])
+            return self.service_principals[object_id]
+
+    def ensure_user(self, object_id: str, upn: str | None = None, display_name: str = "") -> dict[str, Any]:
+        """Create user ``object_id`` if absent; returns it."""
+        with self._lock:
+            if object_id not in self.users:
+                upn = upn or f"user-{object_id[:8]}@contoso.example"
+                self.users[object_id] = {"id": object_id, "userPrincipalName": upn,
+                                         "displayName": display_name or upn.split("@")[0], "accountEnabled": True,
+                                         "signInSessionsValidFromDateTime": "2024-01-01T00:00:00Z"}
+            return self.users[object_id]
+
+    def _object(self, object_id: str) -> dict[str, Any]:
+        obj = self.applications.get(object_id) or self.service_principals.get(object_id)
+        if obj is None:
+            raise KeyError(f"no application or service principal {object_id}")
+        return obj
+
+    def add_password(self, object_id: str, key_id: str | None = None, display_name: str = "",
+                     start: datetime | None = None) -> dict[str, Any]:
+        """Add a password credential (keyId ``key_id``) to the application or service principal
+        ``object_id`` if absent; returns it (never with ``secretText``)."""
+        with self._lock:
+            obj = self._object(object_id)
+            key_id = key_id or str(uuid.uuid4())
+            for cred in obj["passwordCredentials"]:
+                if cred["keyId"] == key_id:
+                    return cred
+            start = start or _now()
+            cred = {"keyId": key_id, "displayName": display_name or None, "hint": secrets.token_hex(2)[:3],
+                    "startDateTime": _iso(start), "endDateTime": _iso(start + timedelta(days=730)),
+                    "customKeyIdentifier": None, "secretText": None}
+            obj["passwordCredentials"].append(cred)
+            return cred
+
+    def add_key(self, object_id: str, key_id: str | None = None, display_name: str = "") -> dict[str, Any]:
+        """Add a certificate key credential (keyId ``key_id``) to ``object_id`` if absent."""
+        with self._lock:
+            obj = self._object(object_id)
+            key_id = key_id or str(uuid.uuid4())
+            for cred in obj["keyCredentials"]:
+                if cred["keyId"] == key_id:
+                    return cred
+            start = _now()
+            cred = {"keyId": key_id, "displayName": display_name or f"CN={key_id[:8]}", "type": "AsymmetricX509Cert",
+                    "usage": "Verify", "startDateTime": _iso(start), "endDateTime": _iso(start + timedelta(days=365)),
+                    "customKeyIdentifier": base64.b16encode(secrets.token_bytes(20)).decode(),
+                    "key": base64.b64encode(secrets.token_bytes(64)).decode()}
+            obj["keyCredentials"].append(cred)
+            return cred
+
+    def add_federated(self, app_object_id: str, fid: str | None = None, subject: str = "repo:evil/x:ref:main",
+                      issuer: str = "https://token.actions.githubusercontent.com") -> dict[str, Any]:
+        """Add a federated identity credential to application ``app_object_id`` if absent."""
+        with self._lock:
+            self.ensure_application(app_object_id)
+            fid = fid or str(uuid.uuid4())
+            return self.federated[app_object_id].setdefault(fid, {
+                "id": fid, "name": f"fic-{fid[:8]}", "issuer": issuer, "subject": subject,
+                "audiences": ["api://AzureADTokenExchange"], "description": None})
+
+    def add_owner(self, object_id: str, owner_id: str) -> None:
+        """Make user or service principal ``owner_id`` an owner of ``object_id``."""
+        with self._lock:
+            owners = self.owners.setdefault(object_id, [])
+            if owner_id not in owners:
+                owners.append(owner_id)
+
+    def ensure_role_assignment(self, assignment_id: str, principal_id: str, role_definition_id: str,
+                               principal_type: str = "ServicePrincipal") -> dict[str, Any]:
+        """Create role assignment ``assignment_id`` (full ARM ID) if absent; returns it."""
+        scope, _, name = _split_ra(assignment_id)
+        with self._lock:
+            key = assignment_id.lower()
+            if key not in self.role_assignments:
+                now = _iso(_now())
+                self.role_assignments[key] = {
+                    "id": assignment_id, "name": name, "type": "Microsoft.Authorization/roleAssignments",
+                    "properties": {"roleDefinitionId": role_definition_id, "principalId": principal_id,
+                                   "principalType": principal_type, "scope": scope, "condition": None,
+                                   "conditionVersion": None, "createdOn": now, "updatedOn": now,
+                                   "createdBy": None, "updatedBy": None, "delegatedManagedIdentityResourceId": None,
+                                   "description": None}}
+            return self.role_assignments[key]
+
+    # -- HTTP ---------------------------------------------------------------------------------
+    def _handler_class(self, which: str) -> type[BaseHTTPRequestHandler]:
+        standin = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
+                pass
+
+            def _serve(self) -> None:
+                split = urlsplit(self.path)
+                path = unquote(split.path)
+                query = {k: v[0] for k, v in parse_qs(split.query).items()}
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                ctype = self.headers.get("Content-Type") or ""
+                try:
+                    if "x-www-form-urlencoded" in ctype:
+                        body: Any = {k: v[0] for k, v in parse_qs(raw.decode()).items()}
+                    else:
+                        body = json.loads(raw) if raw else {}
+                except (ValueError, UnicodeDecodeError):
+                    body = {"_raw": raw.decode(errors="replace")}
+                api = "graph" if which == "graph" else ("login" if re.match(r"^/[^/]+/(oauth2|v2\.0)/", path)
+                                                        else "arm")
+                auth = self.headers.get("Authorization")
+                rec = {"api": api, "method": self.command, "path": path, "query": query,
+                       "body": {k: v for k, v in body.items() if k != "client_secret"} if isinstance(body, dict)
+                       else body, "auth": auth, "client_id": None, "status": None}
+                headers: dict[str, str] = {}
+                try:
+                    if api == "login":
+                        status, payload = standin._login(self.command, path, body)
+                    else:
+                        rec["client_id"] = standin._authorize(auth, api)
+                        failure = standin._take_failure(self.command, path)
+                        if failure:
+                            headers = failure["headers"]
+                            raise ApiError(failure["status"], "InjectedFault" if failure["status"] != 429
+                                           else "TooManyRequests", f"injected {failure['status']}")
+                        with standin._lock:
+                            if api == "graph":
+                                status, payload = standin._graph_api(self.command, path, query, body)
+                            else:
+                                status, payload = standin._arm_api(self.command, path, query, body)
+                except ApiError as err:
+                    status, payload = err.status, {"error": {"code": err.code, "message": err.message}}
+                    if api == "login":
+                        payload = {"error": err.code, "error_description": err.message}
+                rec["status"] = status
+                with standin._lock:
+                    standin.requests.append(rec)
+                data = b"" if payload is None else json.dumps(payload).encode()
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                if payload is not None:
+                    self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if data:
+                    self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve  # noqa: N815
+
+        return Handler
+
+    # -- token endpoint --------------------------------------------------------------------------
+    def _login(self, method: str, path: str, body: Any) -> tuple[int, Any]:
+        m = re.fullmatch(r"/([^/]+)/v2\.0/\.well-known/openid-configuration", path)
+        if m and method == "GET":
+            base = f"{self.arm_url}/{m.group(1)}"
+            return 200, {"token_endpoint": f"{base}/oauth2/v2.0/token",
+                         "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
+                         "device_authorization_endpoint": f"{base}/oauth2/v2.0/devicecode",
+                         "issuer": f"{base}/v2.0", "jwks_uri": f"{base}/discovery/v2.0/keys",
+                         "response_types_supported": ["code", "id_token", "token"],
+                         "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt"]}
+        m = re.fullmatch(r"/([^/]+)/oauth2/v2\.0/token", path)
+        if not m or method != "POST":
+            raise ApiError(404, "not_found", path)
+        tenant = m.group(1)
+        if not isinstance(body, dict) or body.get("grant_type") != "client_credentials":
+            raise ApiError(400, "unsupported_grant_type", "only client_credentials is served")
+        with self._lock:
+            client = self.clients.get(str(body.get("client_id")))
+            if client is None or not secrets.compare_digest(client["secret"], str(body.get("client_secret", ""))):
+                raise ApiError(401, "invalid_client", "AADSTS7000215: Invalid client secret provided.")
+            if tenant not in (client["tenant"], "organizations"):
+                raise ApiError(400, "invalid_request", f"AADSTS90002: Tenant '{tenant}' not found.")
+            scope = str(body.get("scope", ""))
+            if scope not in (GRAPH_SCOPE, ARM_SCOPE):
+                raise ApiError(400, "invalid_scope", f"AADSTS70011: scope {scope} is not valid.")
+            token = "eyJ0eXAi.standin-" + secrets.token_urlsafe(24)
+            self.tokens[token] = {"client_id": body["client_id"], "scope": scope}
+        return 200, {"token_type": "Bearer", "expires_in": 3600, "ext_expires_in": 3600, "access_token": token}
+
+    def _authorize(self, auth: str | None, api: str) -> str:
+        token = (auth or "").removeprefix("Bearer ").strip()
+        with self._lock:
+            grant = self.tokens.get(token) if auth and auth.startswith("Bearer ") else None
+        want = GRAPH_SCOPE if api == "graph" else ARM_SCOPE
+        if grant is None or grant["scope"] != want:
+            code = "InvalidAuthenticationToken" if api == "graph" else "AuthenticationFailed"
+            raise ApiError(401, code, f"Access token is missing, invalid or not for {want}.")
+        return grant["client_id"]
+
+    # -- Graph v1.0 -------------------------------------------------------------------------------
+    def _graph_api(self, method: str, path: str, query: dict[str, str], body: Any) -> tuple[int, Any]:
+        m = re.fullmatch(r"/v1\.0/(servicePrincipals|applications|users)/([^/]+)(?:/(.+))?", path)
+        if not m:
+            raise ApiError(400, "BadRequest", f"Resource not found for the segment '{path}'.")
+        collection, oid, sub = m.groups()
+        if collection == "users":
+            return self._graph_user(method, oid, sub)
+        store = self.service_principals if collection == "servicePrincipals" else self.applications
+        obj = store.get(oid)
+        if obj is None:
+            raise _graph_404(oid)
+        odata = ("#microsoft.graph.servicePrincipal" if collection == "servicePrincipals"
+                 else "#microsoft.graph.application")
+        if sub is None and method == "GET":
+            view = copy.deepcopy(obj)
+            keep_key = "keycredentials" in query.get("$select", "").lower()
+            for k in view["keyCredentials"]:
+                if not keep_key:
+                    k["key"] = None
+            return 200, {"@odata.context": f"https://graph.microsoft.com/v1.0/$metadata#{collection}/$entity",
+                         "@odata.type": odata, **view}
+        if sub is None and method == "PATCH":
+            allowed = {"displayName", "keyCredentials"} | ({"accountEnabled"} if collection == "servicePrincipals"
+                                                           else set())
+            for k, v in body.items():
+                if k.startswith("@odata") or v is None:
+                    continue
+                if k not in allowed:
+                    raise ApiError(400, "Request_BadRequest", f"Property '{k}' cannot be updated here.")
+                if k == "keyCredentials":
+                    obj["keyCredentials"] = self._patched_keys(obj["keyCredentials"], v)
+                else:
+                    obj[k] = v
+            return 204, None
+        if sub == "owners" and method == "GET":
+            out = []
+            for owner in self.owners.get(oid, []):
+                if owner in self.users:
+                    u = self.users[owner]
+                    out.append({"@odata.type": "#microsoft.graph.user", "id": owner,
+                                "displayName": u["displayName"], "userPrincipalName": u["userPrincipalName"]})
+                elif owner in self.service_principals:
+                    s = self.service_principals[owner]
+                    out.append({"@odata.type": "#microsoft.graph.servicePrincipal", "id": owner,
+                                "displayName": s["displayName"], "appId": s["appId"]})
+            return 200, {"value": out}
+        if sub == "removePassword" and method == "POST":
+            key_id = str(body.get("keyId") or "")
+            creds = obj["passwordCredentials"]
+            if not any(c["keyId"] == key_id for c in creds):
+                raise ApiError(400, "Request_BadRequest", f"No password credential found with keyId {key_id}.")
+            obj["passwordCredentials"] = [c for c in creds if c["keyId"] != key_id]
+            return 204, None
+        if sub == "addPassword" and method == "POST":
+            pc = body.get("passwordCredential") or {}
+            cred = self.add_password(oid, display_name=pc.get("displayName") or "")
+            return 200, {"@odata.type": "#microsoft.graph.passwordCredential", **cred,
+                         "secretText": secrets.token_urlsafe(30)}
+        if sub and sub.startswith("federatedIdentityCredentials") and collection == "applications":
+            creds = self.federated.setdefault(oid, {})
+            fid = sub.split("/", 1)[1] if "/" in sub else None
+            if fid is None and method == "GET":
+                return 200, {"value": [copy.deepcopy(c) for c in creds.values()]}
+            if fid is not None:
+                if fid not in creds:
+                    raise _graph_404(fid)
+                if method == "GET":
+                    return 200, copy.deepcopy(creds[fid])
+                if method == "DELETE":
+                    del creds[fid]
+                    return 204, None
+        raise ApiError(405, "Request_BadRequest", f"{method} {path} is not supported by the stand-in.")
+
+    @staticmethod
+    def _patched_keys(current: list[dict[str, Any]], sent: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Graph's keyCredentials PATCH replaces the collection; an existing credential may be kept
+        by sending its keyId with its ``key``; a new one needs a ``key``."""
+        by_id = {c["keyId"]: c for c in current}
+        out = []
+        for k in sent:
+            old = by_id.get(str(k.get("keyId")))
+            if old is not None:
+                if k.get("key") and k["key"] != old["key"]:
+                    raise ApiError(400, "Request_BadRequest", f"key of credential {old['keyId']} cannot change")
+                out.append(old)
+            else:
+                if not k.get("key"):
+                    raise ApiError(400, "Request_BadRequest", "Key credential without key value.")
+                out.append({**k, "keyId": k.get("keyId") or str(uuid.uuid4())})
+        return out
+
+    def _graph_user(self, method: str, oid: str, sub: str | None) -> tuple[int, Any]:
+        user = self.users.get(oid)
+        if user is None:
+            raise _graph_404(oid)
+        if sub is None and method == "GET":
+            return 200, {"@odata.type": "#microsoft.graph.user", **copy.deepcopy(user)}
+        if sub == "revokeSignInSessions" and method == "POST":
+            user["signInSessionsValidFromDateTime"] = _iso(_now())
+            return 200, {"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#Edm.Boolean", "value": True}
+        raise ApiError(405, "Request_BadRequest", f"{method} users/{oid}/{sub} is not supported by the stand-in.")
+
+    # -- ARM role assignments ----------------------------------------------------------------------
+    def _arm_api(self, method: str, path: str, query: dict[str, str], body: Any) -> tuple[int, Any]:
+        if query.get("api-version") != RA_API_VERSION:
+            raise ApiError(400, "InvalidApiVersionParameter", f"api-version {query.get('api-version')} not served")
+        lower = path.lower()
+        if lower.endswith("/providers/microsoft.authorization/roleassignments") and method == "GET":
+            scope = path[: -len("/providers/Microsoft.Authorization/roleAssignments")]
+            found = [copy.deepcopy(a) for a in self.role_assignments.values()
+                     if (scope.lower() + "/").startswith(a["properties"]["scope"].lower().rstrip("/") + "/")
+                     or a["properties"]["scope"].lower().startswith(scope.lower() + "/")
+                     or a["properties"]["scope"].lower() == scope.lower()]
+            return 200, {"value": found}
+        if RA_SEGMENT not in lower:
+            raise ApiError(404, "InvalidResourceType", f"no resource at {path}")
+        scope, _, name = _split_ra(path)
+        key = path.lower()
+        current = self.role_assignments.get(key)
+        if method == "GET":
+            if current is None:
+                raise ApiError(404, "RoleAssignmentNotFound", f"The role assignment '{name}' is not found.")
+            return 200, copy.deepcopy(current)
+        if method == "DELETE":
+            if current is None:
+                return 204, None
+            del self.role_assignments[key]
+            return 200, copy.deepcopy(current)
+        if method == "PUT":
+            props = (body or {}).get("properties") or {}
+            if not props.get("roleDefinitionId") or not props.get("principalId"):
+                raise ApiError(400, "InvalidRoleAssignmentRequest", "roleDefinitionId and principalId are required")
+            if not re.fullmatch(r"[0-9a-fA-F-]{36}", name):
+                raise ApiError(400, "InvalidRoleAssignmentId", f"The role assignment ID '{name}' is not valid.")
+            if current is not None:
+                same = all(current["properties"][k] == props[k] for k in ("roleDefinitionId", "principalId"))
+                if not same:
+                    raise ApiError(409, "RoleAssignmentExists", "The role assignment already exists.")
+                return 200, copy.deepcopy(current)
+            created = self.ensure_role_assignment(path, props["principalId"], props["roleDefinitionId"],
+                                                  props.get("principalType") or "ServicePrincipal")
+            created["properties"]["description"] = props.get("description")
+            return 201, copy.deepcopy(created)
+        raise ApiError(405, "MethodNotAllowed", f"{method} {path}")
+
+
+def _split_ra(assignment_id: str) -> tuple[str, str, str]:
+    """``/{scope}/providers/Microsoft.Authorization/roleAssignments/{name}`` -> ``(scope, segment,
+    name)``; ``ValueError`` otherwise."""
+    i = assignment_id.lower().rfind(RA_SEGMENT)
+    name = assignment_id[i + len(RA_SEGMENT):] if i >= 0 else ""
+    if i < 0 or not name or "/" in name:
+        raise ValueError(f"not a role assignment ID: {assignment_id}")
+    return assignment_id[:i], assignment_id[i:i + len(RA_SEGMENT)], name
+
+
+# -- the sandbox -----------------------------------------------------------------------------------
+class AzureSandbox:
+    """Local Azure for rehearsals and tests: :class:`AzureStandIn` plus Cordon's own identity.
+
+    ``AzureSandbox().start()`` binds both stand-ins on 127.0.0.1 and registers Cordon's app
+    registration (client id + secret) with the token endpoint, with its service principal in the
+    directory. ``clients(service)`` is the :class:`~cordon.action.ActionContext` client factory
+    (real msgraph-sdk / azure-mgmt-authorization; see :func:`cordon.clouds_azure.azure_clients`).
+    Use as a context manager or call :meth:`stop`.
+    """
+
+    def __init__(self, tenant_id: str = DEFAULT_TENANT, subscription_id: str = DEFAULT_SUBSCRIPTION,
+                 host: str = "127.0.0.1"):
+        self.tenant_id = tenant_id
+        self.subscription_id = subscription_id
+        self.default_account_id = tenant_id
+        self.standin = AzureStandIn(host)
+        self.own_client_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"cordon-responder/{tenant_id}"))
+        self.own_sp_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"cordon-responder-sp/{tenant_id}"))
+        self._secret = secrets.token_urlsafe(32)
+        self._clients: Any = None
+        self._lock = threading.Lock()
+        self._register_self()
+
+    @property
+    def graph_url(self) -> str:
+        """The Graph stand-in's base URL (without ``/v1.0``)."""
+        return self.standin.graph_url
+
+    @property
+    def arm_url(self) -> str:
+        """The ARM stand-in's base URL, also the token authority."""
+        return self.standin.arm_url
+
+    def start(self) -> AzureSandbox:
+        """Start the stand-ins; returns ``self``."""
+        self.standin.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the stand-ins and close the clients' event loop."""
+        if self._clients is not None and hasattr(self._clients, "close"):
+            self._clients.close()
+        self.standin.stop()
+
+    def __enter__(self) -> AzureSandbox:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def reset(self) -> None:
+        """Empty the stand-in and re-register Cordon's identity. Tokens already issued to Cordon stay
+        valid, so cached clients keep working without a new token exchange."""
+        with self.standin._lock:
+            mine = {t: g for t, g in self.standin.tokens.items() if g["client_id"] == self.own_client_id}
+        self.standin.reset()
+        with self.standin._lock:
+            self.standin.tokens.update(mine)
+        self.default_account_id = self.tenant_id
+        self._register_self()
+
+    def _register_self(self) -> None:
+        self.standin.add_client(self.own_client_id, self._secret, self.tenant_id, self.own_sp_id)
+        self.standin.ensure_service_principal(self.own_sp_id, "Cordon responder", app_id=self.own_client_id)
+
+    def fail_next(self, match: str, status: int, times: int = 1, headers: dict[str, str] | None = None) -> None:
+        """Inject failures (see :meth:`AzureStandIn.fail_next`)."""
+        self.standin.fail_next(match, status, times=times, headers=headers)
+
+    def cloud_params(self) -> dict[str, Any]:
+        """JSON-serialisable parameters from which another process rebuilds the clients with
+        :func:`cordon.clouds_azure.azure_clients`: ``{"sandbox": True, "tenant_id",
+        "subscription_id", "client_id", "client_secret", "authority" (https, the token endpoint's
+        host), "graph_url", "arm_url", "ca_pem" (the TLS CA, PEM text), "own_object_id"}``."""
+        return {"sandbox": True, "tenant_id": self.tenant_id, "subscription_id": self.subscription_id,
+                "client_id": self.own_client_id, "client_secret": self._secret, "authority": self.arm_url,
+                "graph_url": self.graph_url, "arm_url": self.arm_url, "ca_pem": self.standin.ca_pem,
+                "own_object_id": self.own_sp_id}
+
+    def clients(self, service: str) -> Any:
+        """``"graph"`` -> ``msgraph.GraphServiceClient``; ``"authorization"`` ->
+        ``AuthorizationManagementClient`` (cached; see :func:`cordon.clouds_azure.azure_clients`)."""
+        return self.client_factory()(service)
+
+    def client_factory(self) -> Any:
+        """The ``clients(service)`` factory (with ``own_identity`` and ``run``), built once."""
+        from cordon.clouds_azure import azure_clients
+
+        with self._lock:
+            if self._clients is None:
+                self._clients = azure_clients(self.cloud_params())
+            return self._clients
+
+    # -- seeding ------------------------------------------------------------------------------
+    def seed_from_detection(self, detection: Any) -> dict[str, Any]:
+        """Create in the stand-in what ``detection`` (an Azure
+        :class:`~cordon.detections.model.Detection`) says exists. Idempotent.
+
+        The owner (``credential.owner``: ``uid`` = object id, ``name`` = display name, ``type`` or
+        ``attributes["objectType"]`` = ``Application`` / ``ServicePrincipal``, default
+        ``ServicePrincipal``; ``attributes["appId"]``) is created, then by kind: the password
+        credential with keyId = uid (``azure_sp_password``), the certificate (``azure_sp_key``),
+        the federated credential (``azure_federated_credential``), the role assignment with
+        ``attributes["principalId"]`` (default: the target's uid) and
+        ``attributes["roleDefinitionId"]`` (default Owner) (``azure_role_assignment``), the user
+        (``azure_user``), the service principal (``azure_service_principal``).
+
+        Returns ``{"tenant", "applications": [...], "service_principals": [...], "passwords": [...],
+        "keys": [...], "federated": [...], "role_assignments": [...], "users": [...]}``.
+        """
+        cred = detection.credential
+        attrs = dict(cred.attributes or {}) if cred else {}
+        uid = (cred.uid or "") if cred else ""
+        report: dict[str, Any] = {"tenant": self.tenant_id, "applications": [], "service_principals": [],
+                                  "passwords": [], "keys": [], "federated": [], "role_assignments": [],
+                                  "users": []}
+        if detection.account_uid:
+            self.default_account_id = detection.account_uid
+        owner = cred.owner if cred else None
+        owner_id = owner.uid if owner else None
+        otype = str(attrs.get("objectType") or (owner.type if owner else None) or "ServicePrincipal")
+
+        def ensure_owner() -> None:
+            if not owner_id:
+                return
+            name = owner.name or "" if owner else ""
+            if otype.lower() == "application":
+                self.standin.ensure_application(owner_id, name, attrs.get("appId"))
+                if owner_id not in report["applications"]:
+                    report["applications"].append(owner_id)
+            else:
+                self.standin.ensure_service_principal(owner_id, name, attrs.get("appId"))
+                if owner_id not in report["service_principals"]:
+                    report["service_principals"].append(owner_id)
+
+        if cred is None or not uid:
+            return report
+        if cred.kind == "azure_sp_password" and owner_id:
+            ensure_owner()
+            self.standin.add_password(owner_id, uid, str(attrs.get("displayName") or ""), detection.time)
+            report["passwords"].append(uid)
+        elif cred.kind == "azure_sp_key" and owner_id:
+            ensure_owner()
+            self.standin.add_key(owner_id, uid, str(attrs.get("displayName") or ""))
+            report["keys"].append(uid)
+        elif cred.kind == "azure_federated_credential":
+            m = re.fullmatch(r"([^/]+)/federatedIdentityCredentials/([^/]+)", uid)
+            if m:
+                self.standin.ensure_application(m.group(1), owner.name or "" if owner else "", attrs.get("appId"))
+                report["applications"].append(m.group(1))
+                self.standin.add_federated(m.group(1), m.group(2), str(attrs.get("subject") or "repo:evil/x:ref:main"))
+                report["federated"].append(uid)
+        elif cred.kind == "azure_role_assignment":
+            principal = str(attrs.get("principalId") or detection.target.uid or owner_id or "")
+            role = str(attrs.get("roleDefinitionId") or f"/subscriptions/{self.subscription_id}/providers/"
+                       "Microsoft.Authorization/roleDefinitions/8e3af657-a8ff-443c-a75c-2fe8c4bcb635")
+            self.standin.ensure_role_assignment(uid, principal, role, str(attrs.get("principalType")
+                                                                          or "ServicePrincipal"))
+            report["role_assignments"].append(uid)
+        elif cred.kind == "azure_user":
+            self.standin.ensure_user(uid, attrs.get("userPrincipalName") or detection.target.name)
+            report["users"].append(uid)
+        elif cred.kind == "azure_service_principal":
+            self.standin.ensure_service_principal(uid, owner.name or "" if owner else "", attrs.get("appId"))
+            report["service_principals"].append(uid)
+        return report
