@@ -368,15 +368,16 @@ def test_failed_result_is_suppressed_with_no_uid():
     assert det.credential.kind == "azure_user" and det.credential.uid is None and det.suppressed
 
 
-def test_missing_key_identifier_names_the_field():
+def test_missing_key_identifier_gives_an_unnamed_credential_that_says_why():
     record = diagnostic(graph_sp_credentials())
     record["properties"]["targetResources"][0]["modifiedProperties"] = [
         {"displayName": "KeyDescription", "oldValue": None, "newValue": '"Client Secret"'}
     ]
-    with pytest.raises(RecordError) as exc:
-        detections_from_entra_audit(record, DUMMY, "f.json", 7)
-    assert exc.value.field == "properties.targetResources[0].modifiedProperties"
-    assert exc.value.origin == "f.json" and exc.value.position == 7 and "KeyIdentifier" in exc.value.reason
+    (det,) = detections_from_entra_audit(record, DUMMY, "f.json", 7)
+    assert det.credential.kind == "azure_sp_password" and det.credential.uid is None
+    assert det.credential.owner.uid == record["properties"]["targetResources"][0]["id"]
+    assert det.credential.attributes["reason"] == "no KeyIdentifier in properties.targetResources[0].modifiedProperties"
+    assert not det.suppressed
 
 
 @pytest.mark.parametrize(
@@ -688,10 +689,10 @@ def test_pipeline_signin_is_not_a_credential_event(shipped):
 
 def test_pipeline_rejects_bad_record_with_field(shipped):
     record = diagnostic(graph_sp_credentials())
-    record["properties"]["targetResources"][0]["modifiedProperties"] = []
+    del record["properties"]["targetResources"][0]["id"]
     (rej,) = run(shipped, record)
     assert isinstance(rej, Rejected) and rej.origin == "t.json" and rej.position == 0
-    assert rej.field == "properties.targetResources[0].modifiedProperties"
+    assert rej.field == "properties.targetResources[0].id"
 
 
 def test_shipped_azure_rules_load():

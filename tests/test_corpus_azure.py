@@ -90,13 +90,14 @@ EXPECTED: dict[tuple[str, str], tuple[str, str | None, tuple[str, str] | None]] 
         "Principal Added to an Entra Directory Role",
         ("azure_directory_role", "123415#12345"),
     ),
-    # Difference: Panther fires; Cordon dead-letters it. The test log's modifiedProperties carry only a
-    # KeyDescription text ("Client Secret for API Access") and a KeyType, no KeyIdentifier, so the new
-    # credential's keyId cannot be named and containment could not remove exactly that credential.
+    # The test log's modifiedProperties carry only a KeyDescription text ("Client Secret for API
+    # Access") and a KeyType, no KeyIdentifier: the new credential cannot be named, so the detection
+    # carries it with uid None and the playbook that answers it disables the owner instead
+    # (azure-sp-credential-unnamed), never "removes" a key it cannot name.
     (SP_FILE, "Add Service Principal Credentials"): (
-        "rejected",
-        "properties.targetResources[0].modifiedProperties",
-        None,
+        "detect",
+        "Credentials Added to an Entra Application or Service Principal",
+        ("azure_sp_password", None),
     ),
     # Difference: Panther's rule is about credentials; a new service principal is T1136.003 for Cordon.
     (SP_FILE, "Create Service Principal"): (

@@ -51,3 +51,36 @@ def test_added_sp_password_is_removed_and_the_existing_one_kept(tmp_path, monkey
     assert [(r["method"], r["path"].rsplit("/", 1)[-1], r["body"]) for r in removes] == [
         ("POST", "removePassword", {"keyId": NEW_KEY})]
     assert responder.ledger.verify().ok
+
+
+@pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "shared" / "data" / "real").exists(),
+                    reason="../shared/data/real is absent")
+def test_panther_credential_add_without_key_id_disables_the_service_principal(tmp_path, monkeypatch,
+                                                                              prefect_server, azure):
+    """panther-analysis @ daa10c88, azure_service_principal_credentials_added.yml, "Add Service Principal
+    Credentials": the record logs no KeyIdentifier, so the key cannot be named; the owner is disabled."""
+    import json
+
+    import yaml
+
+    from tests.conftest import SHARED_DATA
+
+    rules = SHARED_DATA / "panther-analysis" / "rules" / "azure_signin_rules"
+    tests = yaml.safe_load((rules / "azure_service_principal_credentials_added.yml").read_text())["Tests"]
+    case = next(c for c in tests if c["Name"] == "Add Service Principal Credentials")
+    log = json.loads(case["Log"]) if isinstance(case["Log"], str) else case["Log"]
+    # Panther's placeholder object id "sp-app-456" is no Entra object id (the action schema refuses it,
+    # as it must); give it a well-formed one so the test exercises the judgement, not the placeholder.
+    text = json.dumps(log).replace('"sp-app-456"', '"0f3c2a1b-4d5e-4f60-8a7b-9c0d1e2f3a4b"')
+    path = tmp_path / "panther.json"
+    path.write_text(text)
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    monkeypatch.setenv("CORDON_DATABASE_URL", url)
+    responder = Responder(ledger=Ledger(url))
+    (s,) = list(responder.run_all(responder.intake([path]), approval="auto", sandbox=azure))
+    assert s["playbook"] == "azure-sp-credential-unnamed" and s["status"] == "contained", s
+    owner = s["detection"]["credential"]["owner"]["uid"]
+    (action,) = s["actions"]
+    assert action["name"] == "azure.disable-service-principal" and owner in action["target"], action
+    assert action["before"] != action["after"], action
+    assert responder.ledger.verify().ok

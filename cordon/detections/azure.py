@@ -565,14 +565,21 @@ def detections_from_entra_audit(
         if suppressed:
             return [make(owner, None, suppressed)]
         keys, path, named = _new_keys(e, base, target)
-        if not named:
-            raise f.error(
-                f"{base}.modifiedProperties",
-                "no KeyIdentifier logged (neither a KeyDescription list of [KeyIdentifier=...] nor a "
-                "KeyIdentifier list): the new credential's keyId cannot be named",
-            )
         if not target.get("id"):
             raise f.error(f"{base}.id", "required field missing: the owner's object id")
+        if not named:
+            # The record says a credential was added but logs no KeyIdentifier: the new key cannot
+            # be named, so no playbook may pretend to remove exactly it. The detection carries the
+            # credential with uid None; playbooks that need no key ID (disable the owner) answer it.
+            kind = "azure_sp_password"
+            for prop in _as_list(target.get("modifiedProperties")):
+                if isinstance(prop, dict) and prop.get("displayName") == "KeyType" and "cert" in str(
+                        prop.get("newValue", "")).lower():
+                    kind = "azure_sp_key"
+            attrs = {"objectType": owner.type, "displayName": target.get("displayName"), "keyId": "not logged",
+                     "reason": f"no KeyIdentifier in {base}.modifiedProperties"}
+            cred = Credential(kind=kind, uid=None, owner=owner, attributes={k: v for k, v in attrs.items() if v})
+            return [make(owner, cred, None)]
         if not keys:
             return [
                 make(

@@ -751,6 +751,14 @@ class AzureSandbox:
                 if owner_id not in report["service_principals"]:
                     report["service_principals"].append(owner_id)
 
+        if cred is not None and not uid and cred.kind in ("azure_sp_password", "azure_sp_key") and owner_id:
+            # a credential the record could not name: the owner exists, holding an unnamed secret
+            ensure_owner()
+            held = [c for c in self.standin._object(owner_id)["passwordCredentials"]
+                    if c.get("displayName") == "not logged"]
+            added = held[0] if held else self.standin.add_password(owner_id, None, "not logged", detection.time)
+            report["passwords"].append(added["keyId"])
+            return report
         if cred is None or not uid:
             return report
         if cred.kind == "azure_sp_password" and owner_id:
