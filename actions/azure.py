@@ -258,8 +258,42 @@ def _object_type(ctx: ActionContext) -> str:
     return "Application" if str(hint or "").lower() == "application" else "ServicePrincipal"
 
 
+class _SpCredentialAction(AzureContainmentAction):
+    """Shared state read of one credential on an application or service principal: which list
+    (``password_credentials`` or ``key_credentials``) is read, how an entry is shown, and the
+    word used in the target name are the subclass's."""
+
+    schema = {"type": "object", "additionalProperties": False, "required": ["object_id", "key_id"],
+              "properties": {"object_id": GUID, "key_id": GUID, "object_type": OBJECT_TYPE}}
+    permissions = ("Application.ReadWrite.All",)
+    rollback_supported = False
+    identifies = {"key_id": ("credential.uid",), "object_id": OWNER_PATHS}
+    noun: str
+    sdk_list: str
+    state_list: str
+    view: Any
+
+    def target(self, ctx: ActionContext) -> str:
+        return f"{_object_type(ctx)} {ctx.params['object_id']} {self.noun} {ctx.params['key_id']}"
+
+    def read(self, ctx: ActionContext) -> dict[str, Any] | None:
+        otype, oid, key_id = _object_type(ctx), ctx.params["object_id"], str(ctx.params["key_id"]).lower()
+        _refuse_self(ctx, oid, what=f"{otype} {oid}")
+        obj = graph_read(ctx, lambda g: _graph_object(g, otype, oid).get())
+        if obj is None:
+            return None
+        _refuse_self(ctx, obj.app_id, what=f"{otype} {oid} (appId {obj.app_id})")
+        items = [type(self).view(c) for c in (getattr(obj, self.sdk_list) or [])]
+        return {"object_id": oid, "object_type": otype, "app_id": obj.app_id, "display_name": obj.display_name,
+                "key_id": key_id, "present": any((c["key_id"] or "").lower() == key_id for c in items),
+                self.state_list: items}
+
+    def is_contained(self, state: dict[str, Any] | None) -> bool:
+        return state is None or not state["present"]
+
+
 @register
-class RemoveSpPassword(AzureContainmentAction):
+class RemoveSpPassword(_SpCredentialAction):
     """Remove one password credential (client secret), by keyId, from the application or service
     principal that carries it (Graph ``POST /{applications|servicePrincipals}/{id}/removePassword``
     with ``{"keyId"}``). Irreversible: a secret cannot be restored (``addPassword`` mints a new
@@ -289,30 +323,8 @@ class RemoveSpPassword(AzureContainmentAction):
     """
 
     name = "azure.remove-sp-password"
-    schema = {"type": "object", "additionalProperties": False, "required": ["object_id", "key_id"],
-              "properties": {"object_id": GUID, "key_id": GUID, "object_type": OBJECT_TYPE}}
-    permissions = ("Application.ReadWrite.All",)
     credential_kinds = ("azure_sp_password",)
-    rollback_supported = False
-    identifies = {"key_id": ("credential.uid",), "object_id": OWNER_PATHS}
-
-    def target(self, ctx: ActionContext) -> str:
-        return f"{_object_type(ctx)} {ctx.params['object_id']} password {ctx.params['key_id']}"
-
-    def read(self, ctx: ActionContext) -> dict[str, Any] | None:
-        otype, oid, key_id = _object_type(ctx), ctx.params["object_id"], str(ctx.params["key_id"]).lower()
-        _refuse_self(ctx, oid, what=f"{otype} {oid}")
-        obj = graph_read(ctx, lambda g: _graph_object(g, otype, oid).get())
-        if obj is None:
-            return None
-        _refuse_self(ctx, obj.app_id, what=f"{otype} {oid} (appId {obj.app_id})")
-        creds = [_password_view(p) for p in (obj.password_credentials or [])]
-        return {"object_id": oid, "object_type": otype, "app_id": obj.app_id, "display_name": obj.display_name,
-                "key_id": key_id, "present": any((c["key_id"] or "").lower() == key_id for c in creds),
-                "password_credentials": creds}
-
-    def is_contained(self, state: dict[str, Any] | None) -> bool:
-        return state is None or not state["present"]
+    noun, sdk_list, state_list, view = "password", "password_credentials", "password_credentials", _password_view
 
     def plan_calls(self, ctx: ActionContext, state: dict[str, Any] | None) -> list[ApiCall]:
         op = "applications" if _object_type(ctx) == "Application" else "servicePrincipals"
@@ -321,7 +333,7 @@ class RemoveSpPassword(AzureContainmentAction):
 
 
 @register
-class RemoveSpKey(AzureContainmentAction):
+class RemoveSpKey(_SpCredentialAction):
     """Remove one certificate credential, by keyId, from the application or service principal that
     carries it: read ``keyCredentials`` with ``$select`` (so Graph returns each certificate's
     public ``key``) and ``PATCH`` the collection without that keyId (Graph replaces the whole
@@ -350,30 +362,8 @@ class RemoveSpKey(AzureContainmentAction):
     """
 
     name = "azure.remove-sp-key"
-    schema = {"type": "object", "additionalProperties": False, "required": ["object_id", "key_id"],
-              "properties": {"object_id": GUID, "key_id": GUID, "object_type": OBJECT_TYPE}}
-    permissions = ("Application.ReadWrite.All",)
     credential_kinds = ("azure_sp_key",)
-    rollback_supported = False
-    identifies = {"key_id": ("credential.uid",), "object_id": OWNER_PATHS}
-
-    def target(self, ctx: ActionContext) -> str:
-        return f"{_object_type(ctx)} {ctx.params['object_id']} certificate {ctx.params['key_id']}"
-
-    def read(self, ctx: ActionContext) -> dict[str, Any] | None:
-        otype, oid, key_id = _object_type(ctx), ctx.params["object_id"], str(ctx.params["key_id"]).lower()
-        _refuse_self(ctx, oid, what=f"{otype} {oid}")
-        obj = graph_read(ctx, lambda g: _graph_object(g, otype, oid).get())
-        if obj is None:
-            return None
-        _refuse_self(ctx, obj.app_id, what=f"{otype} {oid} (appId {obj.app_id})")
-        keys = [_key_view(k) for k in (obj.key_credentials or [])]
-        return {"object_id": oid, "object_type": otype, "app_id": obj.app_id, "display_name": obj.display_name,
-                "key_id": key_id, "present": any((k["key_id"] or "").lower() == key_id for k in keys),
-                "key_credentials": keys}
-
-    def is_contained(self, state: dict[str, Any] | None) -> bool:
-        return state is None or not state["present"]
+    noun, sdk_list, state_list, view = "certificate", "key_credentials", "key_credentials", _key_view
 
     def plan_calls(self, ctx: ActionContext, state: dict[str, Any] | None) -> list[ApiCall]:
         op = "applications" if _object_type(ctx) == "Application" else "servicePrincipals"
