@@ -3,7 +3,9 @@
 ``config/cordon.yaml`` holds the rules and playbooks locations, the protected principals and the
 Slack settings; secrets come from the environment only (``CORDON_SLACK_BOT_TOKEN``,
 ``CORDON_SLACK_SIGNING_SECRET``, ``CORDON_WEBHOOK_TOKEN``), never from files.
-``CORDON_SLACK_CHANNEL`` overrides ``slack.channel``.
+``CORDON_SLACK_CHANNEL`` overrides ``slack.channel``. The ledger's checkpoint signing key is
+``CORDON_LEDGER_KEY`` (with ``CORDON_LEDGER_OLD_KEYS``, ``CORDON_LEDGER_CHECKPOINT_EVERY``; read by
+:mod:`cordon.audit.checkpoint`); its database ``CORDON_DATABASE_URL`` and ``CORDON_DB_AUTO_UPGRADE``.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from cordon.sandbox.aws import AwsSandbox
+from tests.dbs import fresh_postgres_schema, postgres_unavailable
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 STRATUS_LOGS = SHARED_DATA / "stratus-red-team" / "docs" / "detonation-logs"
@@ -71,3 +72,18 @@ def make_detection() -> Callable[..., Any]:
 def stratus_event_fixture() -> Callable[[str, str], dict[str, Any]]:
     """``stratus_event(log_name, event_name)`` -> the raw event (a fresh copy each call)."""
     return stratus_event
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_url(request, tmp_path) -> Iterator[str]:
+    """A ledger database URL: a SQLite file, then a fresh PostgreSQL schema (skipped, with the
+    reason, when no PostgreSQL server answers; see :mod:`tests.dbs`)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/ledger.db"
+        return
+    reason = postgres_unavailable()
+    if reason:
+        pytest.skip(reason)
+    url, cleanup = fresh_postgres_schema()
+    yield url
+    cleanup()

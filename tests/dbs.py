@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import sqlalchemy as sa
 
@@ -40,3 +42,27 @@ def fresh_postgres_schema() -> tuple[str, callable]:
         admin.dispose()
 
     return url, cleanup
+
+
+def role_url(url: str, role: str) -> str:
+    """``url`` (keeping its ``search_path`` option) connecting as ``role`` instead (trust auth)."""
+    return sa.engine.make_url(url).set(username=role, password=None).render_as_string(hide_password=False)
+
+
+@contextmanager
+def attacker(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """A transaction in which the append-only triggers do not fire: what someone with the
+    schema owner's or the superuser's access can do. PostgreSQL: ``SET LOCAL
+    session_replication_role = replica`` (superuser; ordinary triggers do not fire). SQLite: the
+    triggers are dropped and re-created around the block."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("SET LOCAL session_replication_role = replica")
+            yield conn
+            return
+        saved = conn.exec_driver_sql("select name, sql from sqlite_master where type = 'trigger'").all()
+        for name, _sql in saved:
+            conn.exec_driver_sql(f'drop trigger "{name}"')
+        yield conn
+        for _name, sql in saved:
+            conn.exec_driver_sql(sql)

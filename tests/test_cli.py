@@ -51,8 +51,15 @@ def test_quick_start_contains_and_prints_the_json_contract(env, tmp_path):
     assert show.returncode == 0 and "action.contained" in show.stdout and "approval.given" in show.stdout
     assert cordon("audit", "verify", env=env).returncode == 0
 
-    # tamper with one record directly in the database: verify must fail and name it
+    # tamper with one record directly in the database (an attacker with file access drops the
+    # append-only trigger first): verify must fail and name it
     db = sqlite3.connect(tmp_path / "ledger.db")
+    try:
+        db.execute("update ledger set kind = kind where seq = 1")
+        raise AssertionError("the append-only trigger let an UPDATE through")
+    except sqlite3.IntegrityError:
+        pass
+    db.execute("drop trigger ledger_no_update")
     db.execute("update ledger set payload = replace(payload, 'Inactive', 'Active') where kind = 'action.contained'")
     db.commit()
     db.close()
