@@ -17,7 +17,6 @@ import functools
 import getpass
 import os
 import sys
-from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from prefect import flow, task
@@ -48,6 +47,11 @@ class ApprovalInput(RunInput):
     team_id: str | None = None
     plan_hash: str
     decided_at: str | None = None
+    #: every distinct approver that made the quorum (``slack:<user id>``), in order
+    approvers: list[str] = []
+    quorum: int | None = None
+    #: with ``expired``: what the playbook says happens at expiry (the run re-checks the playbook)
+    on_expiry: Literal["deny", "contain"] | None = None
 
 
 @functools.lru_cache(maxsize=4)
@@ -149,34 +153,41 @@ def decide_locally(case_id: str, plan: dict[str, Any], mode: str, required: bool
 @task(persist_result=True)
 def ask_slack(case_id: str, detection: dict[str, Any], playbook: str, enrichment: dict[str, Any],
               plan: dict[str, Any], slack: dict[str, Any], expire_seconds: int) -> dict[str, Any]:
-    """Post the approval request (Block Kit) to Slack once; returns ``{channel, ts}``."""
+    """Post the approval request (Block Kit) to Slack once, through the outbox; returns
+    ``{channel, ts, where, quorum, asked_at, expires_at}``. The ``approval.asked`` record carries
+    what the decider and the sweeper need (:func:`cordon.approvals.decide.post_request`).
+    ``expire_seconds`` is the playbook's ``expire_after`` (kept as a parameter: part of the task's
+    cache key)."""
     from cordon.approvals import slack as slack_approval
+    from cordon.approvals.decide import post_request
 
     run_id = _run_id()
     if not run_id:
         raise RuntimeError("Slack approval needs a flow run ID (run the flow as a deployment: cordon worker)")
-    expires_at = (datetime.now(UTC) + timedelta(seconds=expire_seconds)).isoformat(timespec="seconds")
-    client = slack_approval.web_client(slack)
-    blocks = slack_approval.approval_blocks(
-        case_id=case_id, playbook=playbook, detection=_detection(detection).summary(), enrichment=enrichment,
-        plan=[{"action": s["action"], "target": s["target"], "calls": s["describe"]} for s in plan["steps"]],
-        plan_hash=plan["hash"], run_id=run_id, expires_at=expires_at)
-    channel, ts = slack_approval.post_approval(client, slack["channel"], blocks,
-                                               f"Cordon: approval needed for {case_id} ({playbook})")
-    ledger().append("approval.asked", {"mode": "slack", "channel": channel, "ts": ts, "plan_hash": plan["hash"],
-                                       "expires_at": expires_at}, case_id=case_id, run_id=run_id,
-                    actor="cordon")
-    return {"channel": channel, "ts": ts}
+    config, pb = _playbook(playbook)
+    record = post_request(ledger(), slack_approval.web_client(slack), config=config, playbook=pb, case_id=case_id,
+                          run_id=run_id, detection=_detection(detection), enrichment=enrichment, plan=plan,
+                          channel=slack["channel"])
+    return {k: record[k] for k in ("channel", "ts", "where", "quorum", "asked_at", "expires_at")}
 
 
 @task(persist_result=True)
-def record_decision(case_id: str, plan: dict[str, Any], decision: dict[str, Any]) -> dict[str, Any]:
-    """Record the Slack decision; a decision for another plan counts as a refusal."""
+def record_decision(case_id: str, plan: dict[str, Any], decision: dict[str, Any],
+                    on_expiry: str = "deny") -> dict[str, Any]:
+    """Record the Slack decision; a decision for another plan counts as a refusal. An
+    ``expired`` decision proceeds to containment only when the playbook's own ``on_expiry`` is
+    ``contain`` (``on_expiry`` here, from the playbook, not from the run input); the decision then
+    says ``proceed: true``."""
     if decision.get("plan_hash") != plan["hash"]:
         decision = {**decision, "decision": "deny", "reason": "decision was for another plan"}
+    if decision["decision"] == "expired":
+        decision = {**decision, "on_expiry": on_expiry, "proceed": on_expiry == "contain"}
     kinds = {"approve": "approval.given", "deny": "approval.refused", "expired": "approval.expired"}
     kind = kinds[decision["decision"]]
     ledger().append(kind, decision, case_id=case_id, run_id=_run_id(), actor=decision.get("approver"))
+    proceed = decision["decision"] == "approve" or decision.get("proceed")
+    ledger().set_case(case_id, status="containing" if proceed else
+                      ("denied" if decision["decision"] == "deny" else "expired"))
     return decision
 
 
@@ -200,23 +211,53 @@ def verify_task(case_id: str, detection: dict[str, Any], step: dict[str, Any],
 
 
 @task(persist_result=True)
-def update_slack(slack: dict[str, Any], where: dict[str, Any], summary: dict[str, Any]) -> None:
-    """Update the approval message in place with the outcome."""
+def update_slack(slack: dict[str, Any], where: dict[str, Any], summary: dict[str, Any],
+                 thread_text: str | None = None) -> bool:
+    """Update the approval message in place with the case's state (through the outbox), and
+    with ``thread_text`` add a reply to its thread. A Slack failure is recorded as
+    ``slack.update_failed`` and does not fail the run; returns whether the update worked."""
     from cordon.approvals import slack as slack_approval
+    from cordon.approvals.decide import update_safely
 
     client = slack_approval.web_client(slack)
     blocks = slack_approval.status_blocks(summary)
-    slack_approval.update_message(client, where["channel"], where["ts"], blocks,
-                                  f"Cordon: {summary['case_id']} {summary['status']}")
+    return update_safely(ledger(), client, where, case_id=summary["case_id"], blocks=blocks,
+                         text=f"Cordon: {summary['case_id']} {summary['status']}", thread_text=thread_text,
+                         run_id=_run_id())
+
+
+def _who(approval: dict[str, Any]) -> str:
+    from cordon.approvals.decide import mention
+
+    people = approval.get("approvers") or ([approval["approver"]] if approval.get("approver") else [])
+    return ", ".join(mention(p) if str(p).startswith("slack:") else str(p) for p in people) or "someone"
+
+
+def _rollbackable(results: list[dict[str, Any]]) -> bool:
+    from cordon.action import get_action
+
+    return any(r.get("status") == "contained" and get_action(r["name"]).rollback_supported for r in results)
 
 
 @task(persist_result=True)
 def finish(case_id: str, summary: dict[str, Any]) -> dict[str, Any]:
-    """Close the run: case status and a ``case.closed`` record with the outcome."""
+    """Close the run: case status, a ``case.closed`` record with the outcome, and the case's
+    timeline as a Markdown artifact on the run (key ``cordon-timeline-<case>``) for the Prefect UI."""
     ledger().set_case(case_id, status=summary["status"])
     ledger().append("case.closed", {"status": summary["status"], "verified": summary["verified"],
                                     "approval": summary["approval"]}, case_id=case_id, run_id=_run_id(),
                     actor="cordon")
+    from prefect.artifacts import create_markdown_artifact
+
+    from cordon.audit.report import artifact_key, markdown_timeline
+
+    try:
+        create_markdown_artifact(key=artifact_key(case_id), markdown=markdown_timeline(ledger(), case_id),
+                                 description=f"Cordon audit timeline of {case_id}")
+    except Exception as exc:  # noqa: BLE001 - the ledger holds the timeline; the artifact is a view of it
+        from prefect.logging import get_run_logger
+
+        get_run_logger().warning("could not attach the timeline artifact for %s: %s", case_id, exc)
     return summary
 
 
@@ -228,6 +269,29 @@ def record_failure(flow, flow_run, state) -> None:
                     run_id=str(flow_run.id), actor="cordon")
     if case_id:
         ledger().set_case(case_id, status="error")
+        _tell_slack_of_failure(case_id, flow_run, message)
+
+
+def _tell_slack_of_failure(case_id: str, flow_run, message: str) -> None:
+    """Show a failed run on its approval message (if it asked in Slack), with the error."""
+    from cordon.approvals import slack as slack_approval
+    from cordon.approvals.decide import summary_from_ledger, update_safely
+
+    asked = [r for r in ledger().records(case_id=case_id, kind_prefix="approval.asked")
+             if r.payload.get("mode") == "slack" and r.run_id == str(flow_run.id)]
+    case = ledger().case(case_id)
+    if not asked or case is None:
+        return
+    try:
+        client = slack_approval.web_client((flow_run.parameters or {}).get("slack") or {})
+    except RuntimeError:
+        return
+    summary = summary_from_ledger(list(ledger().records(case_id=case_id)), case)
+    summary.update(status="failed", error=message)
+    where = asked[-1].payload.get("where") or {"channel": asked[-1].payload["channel"], "ts": asked[-1].payload["ts"]}
+    update_safely(ledger(), client, where, case_id=case_id, blocks=slack_approval.summary_blocks(summary),
+                  text=f"Cordon: {case_id} failed", thread_text=f":x: The run failed: {message}",
+                  run_id=str(flow_run.id))
 
 
 @flow(name="respond", persist_result=True, log_prints=True, on_failure=[record_failure],
@@ -262,20 +326,42 @@ def respond(case_id: str, detection: dict[str, Any], playbook: str, approval: Ap
 
     where = None
     if approval == "slack" and pb.approval.required:
-        where = ask_slack(case_id, detection, playbook, enrichment, plan, slack or {}, pb.approval.expire_seconds)
+        from cordon.approvals.policy import load_settings
+
+        asked = ask_slack(case_id, detection, playbook, enrichment, plan, slack or {}, pb.approval.expire_seconds)
+        where = asked.get("where") or {"channel": asked["channel"], "ts": asked["ts"]}
+        # Longer than expire_after: the sweeper (flows/sweeper.py) expires the request first and
+        # resumes the run with "expired"; Prefect's own timeout would only fail the run.
+        grace = load_settings(load_config()).grace_seconds
         given = suspend_flow_run(wait_for_input=ApprovalInput, key=f"approval-{plan['hash'][:16]}",
-                                 timeout=pb.approval.expire_seconds)
-        decision = record_decision(case_id, plan, given.model_dump(mode="json", exclude={"metadata"}))
+                                 timeout=pb.approval.expire_seconds + grace)
+        decision = record_decision(case_id, plan, given.model_dump(mode="json", exclude={"metadata"}),
+                                   pb.approval.on_expiry)
     else:
         decision = decide_locally(case_id, plan, "auto" if approval == "slack" else approval, pb.approval.required)
-    summary["approval"] = {"decision": decision["decision"], "approver": decision.get("approver")}
-    if decision["decision"] != "approve":
+    summary["approval"] = {k: decision.get(k) for k in ("decision", "approver", "approvers", "quorum", "decided_at")
+                           if k in ("decision", "approver") or decision.get(k)}
+    proceed = decision["decision"] == "approve" or (decision["decision"] == "expired" and decision.get("proceed"))
+    if not proceed:
         summary.update(status="denied" if decision["decision"] == "deny" else "expired")
         if where:
-            update_slack(slack or {}, where, summary)
+            verb = "Denied" if decision["decision"] == "deny" else "Expired unanswered; nothing was changed"
+            who = f" by {_who(decision)}" if decision["decision"] == "deny" else ""
+            update_slack(slack or {}, where, summary, f"{verb}{who}.")
         return finish(case_id, summary)
 
-    results = [contain_task(case_id, detection, step, cloud) for step in plan["steps"]]
+    if where:
+        why = (f"Approved by {_who(decision)}" if decision["decision"] == "approve"
+               else "Expired unanswered; the playbook says contain on expiry")
+        update_slack(slack or {}, where, {**summary, "status": "containing"}, f"{why}: containing.")
+    results = []
+    for step in plan["steps"]:
+        r = contain_task(case_id, detection, step, cloud)
+        results.append(r)
+        if where:
+            summary["actions"] = [{k: x.get(k) for k in ("name", "target", "status", "error")} for x in results]
+            line = f"{r['name']} on {r['target']}: {r['status']}" + (f" ({r['error']})" if r.get("error") else "")
+            update_slack(slack or {}, where, {**summary, "status": "containing"}, line)
     summary["actions"] = [{k: r.get(k) for k in ("name", "target", "status", "before", "after", "error", "calls")}
                           for r in results]
     checks = [verify_task(case_id, detection, step, cloud) for step in plan["steps"]]
@@ -284,14 +370,29 @@ def respond(case_id: str, detection: dict[str, Any], playbook: str, approval: Ap
     failed = any(r["status"] == "failed" for r in results)
     summary["status"] = "failed" if failed else ("contained" if summary["verified"] else "not_verified")
     if where:
-        update_slack(slack or {}, where, summary)
+        held = sum(1 for c in checks if c["held"])
+        errors = "; ".join(f"{r['name']}: {r['error']}" for r in results if r.get("error"))
+        text = {"contained": f"Verified: {held} of {len(checks)} step(s) hold.",
+                "not_verified": f"Verification failed: {held} of {len(checks)} step(s) hold.",
+                "failed": f"Containment failed: {errors or 'see the actions'}"}[summary["status"]]
+        update_slack(slack or {}, where, {**summary, "rollback": _rollbackable(results)}, text)
     return finish(case_id, summary)
 
 
-def serve(name: str = "respond") -> None:  # pragma: no cover - exercised by the durability test
-    """Serve the respond flow as a deployment (``cordon worker``). Blocks."""
+def serve(name: str = "respond", sweeper_interval: int | None = None) -> None:  # pragma: no cover - durability test
+    """Serve the respond flow as the ``respond/<name>`` deployment (``cordon worker``); with
+    ``sweeper_interval`` (seconds), also the approval sweeper as ``approval-sweeper/sweeper`` on
+    that schedule, in the same process. Blocks."""
     os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", "1")
-    respond.serve(name=name, print_starting_message=True)
+    if not sweeper_interval:
+        respond.serve(name=name, print_starting_message=True)
+        return
+    from prefect import serve as serve_all
+
+    from flows.sweeper import sweep_approvals
+
+    serve_all(respond.to_deployment(name=name),
+              sweep_approvals.to_deployment(name="sweeper", interval=sweeper_interval))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -28,6 +28,7 @@ from cordon.sandbox.aws import AwsSandbox
 from cordon.sandbox.prefect_server import PrefectServer, Worker, free_port
 from cordon.sandbox.slack_standin import SlackStandIn, block_actions_payload
 from cordon.server.wiring import build_app
+from tests.helpers import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "cloudtrail-create-access-key.json"
@@ -44,22 +45,13 @@ def slack_signed(body: bytes, ts: int | None = None) -> dict[str, str]:
             "Content-Type": "application/x-www-form-urlencoded"}
 
 
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 @pytest.fixture
 def stack(tmp_path, monkeypatch):
     server = PrefectServer(tmp_path / "prefect").start()
     slack = SlackStandIn()
     slack_url = slack.start()
     aws = AwsSandbox().start()
+    aws.reset()  # moto's backends live in this process: forget what earlier tests contained
     db_url = f"sqlite:///{tmp_path}/ledger.db"
     env = {**server.env, "CORDON_DATABASE_URL": db_url, "CORDON_SLACK_BOT_TOKEN": "xoxb-test",
            "CORDON_SLACK_API_URL": slack_url, "CORDON_SLACK_CHANNEL": CHANNEL}
@@ -108,6 +100,21 @@ def deployment_ready() -> bool:
         return True
     except Exception:  # noqa: BLE001 - not registered yet
         return False
+
+
+def start_paused_case(stack) -> tuple[str, str]:
+    """Serve the deployment with a worker, submit the example's case for Slack approval and wait
+    until its run is PAUSED; returns ``(flow_run_id, case_id)``."""
+    w = Worker(stack["env"], stack["tmp"] / "worker.log", cwd=REPO).start()
+    stack["workers"].append(w)
+    wait_for(deployment_ready, 90, "the respond deployment to be served")
+    responder = Responder(ledger=stack["ledger"])
+    report = responder.intake([EXAMPLE])
+    slack_settings = {"channel": CHANNEL, "base_url": stack["slack_url"]}
+    (submitted,) = list(responder.run_all(report, approval="slack", sandbox=stack["aws"], slack=slack_settings))
+    run_id, case_id = submitted["flow_run_id"], submitted["case_id"]
+    wait_for(lambda: flow_state(run_id) == "PAUSED", 120, "the run to suspend for approval")
+    return run_id, case_id
 
 
 def test_worker_killed_while_waiting_then_approved_contains_once(stack):
@@ -168,7 +175,15 @@ def test_worker_killed_while_waiting_then_approved_contains_once(stack):
     # the approval message was updated in place with the outcome
     final = stack["slack"].message(CHANNEL, message["ts"])
     assert final["history"] and "contained" in json.dumps(final["blocks"]).lower()
-    assert not any(b["type"] == "actions" for b in final["blocks"])
+    # the decision buttons are gone; the key can be rolled back, so that button is offered
+    buttons = [el["action_id"] for b in final["blocks"] if b["type"] == "actions" for el in b["elements"]]
+    assert buttons == ["cordon_rollback"]
+    assert any("Containing" in json.dumps(h["blocks"]) for h in final["history"])  # shown while it ran
+    # and the thread tells the story step by step
+    replies = [r["text"] for r in stack["slack"].replies(CHANNEL, message["ts"])]
+    assert replies[0] == "Approved by <@U0ALICE01>: containing."
+    assert replies[1].startswith("aws.deactivate-access-key on ") and replies[1].endswith(": contained")
+    assert replies[-1] == "Verified: 1 of 1 step(s) hold."
 
 
 def test_webhook_joins_open_case_and_submits_new_ones(stack):
@@ -200,3 +215,60 @@ def test_webhook_joins_open_case_and_submits_new_ones(stack):
     assert bad.status_code == 202 and "unrecognised record shape" in bad.json()["rejected"][0]
     assert [d["origin"] for d in stack["ledger"].dead_letters()][0].startswith("webhook")
     wait_for(lambda: flow_state(case["flow_run_id"]) == "PAUSED", 120, "the webhook's run to wait for approval")
+
+
+@pytest.fixture
+def quorum_of_two(tmp_path, monkeypatch):
+    """A configuration whose aws-access-key-created playbook needs two distinct approvals."""
+    import shutil
+
+    cfg, pbs = tmp_path / "config", tmp_path / "playbooks"
+    cfg.mkdir()
+    shutil.copy(REPO / "config" / "cordon.yaml", cfg / "cordon.yaml")
+    (cfg / "rules").symlink_to(REPO / "config" / "rules")
+    shutil.copytree(REPO / "playbooks", pbs)
+    pb = pbs / "aws-access-key-created.yaml"
+    text = pb.read_text()
+    assert "  quorum: 1\n" in text
+    pb.write_text(text.replace("  quorum: 1\n", "  quorum: 2\n"))
+    monkeypatch.setenv("CORDON_CONFIG", str(cfg))
+    return cfg
+
+
+def test_quorum_of_two_resumes_the_real_run_only_on_the_second_distinct_approver(quorum_of_two, stack):
+    run_id, case_id = start_paused_case(stack)
+    (message,) = stack["slack"].messages(CHANNEL)
+    assert "Approvals 0 of 2" in json.dumps(message["blocks"])
+
+    def click(user_id: str, user_name: str) -> None:
+        current = stack["slack"].message(CHANNEL, message["ts"])
+        payload = block_actions_payload(current, CHANNEL, "cordon_approve", user_id=user_id, user_name=user_name,
+                                        response_url=stack["slack"].response_url(CHANNEL, message["ts"]))
+        body = urllib.parse.urlencode({"payload": json.dumps(payload)}).encode()
+        resp = httpx.post(f"{stack['cordon_url']}/slack/interactions", content=body, headers=slack_signed(body))
+        assert resp.status_code == 200, resp.text
+
+    def votes() -> list:
+        return [r for r in stack["ledger"].records(case_id=case_id) if r.kind == "approval.vote"]
+
+    click("U0ALICE01", "alice")
+    wait_for(lambda: len(votes()) == 1, 30, "alice's vote to be recorded")
+    # one approval of two: the run still waits, and the message counts the vote
+    assert flow_state(run_id) == "PAUSED"
+    wait_for(lambda: "Approvals 1 of 2" in json.dumps(stack["slack"].message(CHANNEL, message["ts"])["blocks"]),
+             30, "the message to show one approval of two")
+    click("U0ALICE01", "alice")  # the same person again does not make two
+    wait_for(lambda: any(r.kind == "approval.click_refused" for r in stack["ledger"].records(case_id=case_id)),
+             30, "the repeated vote to be refused")
+    assert len(votes()) == 1 and flow_state(run_id) == "PAUSED"
+
+    click("U0BOB0002", "bob")
+    wait_for(lambda: flow_state(run_id) == "COMPLETED", 180, "the run to complete after the second approval")
+    records = list(stack["ledger"].records(case_id=case_id))
+    given = [r for r in records if r.kind == "approval.given"]
+    assert len(given) == 1 and sorted(given[0].payload["approvers"]) == ["slack:U0ALICE01", "slack:U0BOB0002"]
+    assert [r.kind for r in records].count("action.contained") == 1, [(r.kind, r.payload) for r in records][-8:]
+    iam = stack["aws"].clients("iam", account_id="111122223333")
+    keys = {k["AccessKeyId"]: k["Status"] for k in iam.list_access_keys(UserName="build-bot")["AccessKeyMetadata"]}
+    assert keys == {"AKIAEXAMPLEBUILDBOT9": "Inactive"}
+    assert stack["ledger"].verify().ok

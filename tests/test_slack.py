@@ -512,3 +512,15 @@ def test_gcp_approval_shows_the_service_account_its_roles_and_the_exact_key():
     assert sa in text and "roles/editor" in text and "user:mallory@example.com" in text
     assert "3f1c9a7e` USER_MANAGED, enabled ← *this detection*" in text
     assert "aaaa0000` SYSTEM_MANAGED, enabled" in text and "aaaa0000` SYSTEM_MANAGED, enabled ←" not in text
+
+
+def test_approval_message_links_to_the_ledger_and_the_run(monkeypatch):
+    monkeypatch.delenv("CORDON_PUBLIC_URL", raising=False)
+    monkeypatch.delenv("PREFECT_UI_URL", raising=False)
+    bare = json.dumps(build_blocks())
+    assert "audit/cases" not in bare and "flow-run" not in bare
+    monkeypatch.setenv("CORDON_PUBLIC_URL", "https://cordon.example.com/")
+    monkeypatch.setenv("PREFECT_UI_URL", "https://prefect.example.com")
+    linked = json.dumps(build_blocks())
+    assert f"<https://cordon.example.com/audit/cases/{CASE_ID}|ledger timeline>" in linked
+    assert f"<https://prefect.example.com/runs/flow-run/{RUN_ID}|Prefect run>" in linked

@@ -1,52 +1,344 @@
-"""Turning a verified Slack click into a decision on a suspended run.
+"""Turning a verified Slack click into a decision on a suspended run (or a rollback).
 
-The server has already checked Slack's signature and timestamp; here the click is checked against
-the case it names: the run it belongs to, the plan it approves (a click on a plan that has since
-changed is refused), the approver policy, and the run's state. Only then is the run resumed with
-:class:`flows.respond.ApprovalInput` through Prefect's ``resume_flow_run``, which the Prefect
-server validates against the input schema. Every decision and refusal is written to the ledger.
+The server has already checked Slack's signature and timestamp (and refused a replayed body,
+:func:`find_replay`); here the click is checked against the case it names: the run it belongs
+to, the plan it approves (a click on a plan that has since changed is refused), whether the
+request is still open (not decided, not expired), and the approval policy
+(:mod:`cordon.approvals.policy`: an allowed approver, never a principal of the detection nor the
+person who asked for a manual run). Approvals are votes (``approval.vote`` ledger records, one per
+distinct approver, with the count); the run is resumed with :class:`flows.respond.ApprovalInput`
+through Prefect's ``resume_flow_run`` only when the quorum of distinct allowed approvers is
+reached. A Deny from any allowed approver resumes it at once with ``deny``. The *Roll back* button
+of a finished case goes through the same policy and quorum (``rollback.vote``), then
+:meth:`cordon.engine.Responder.rollback`. Every decision and refusal is written to the ledger, and
+the message is updated through :mod:`cordon.approvals.outbox`.
+
+Ledger kinds written here: ``approval.vote``, ``approval.decision_received``,
+``approval.click_refused``, ``rollback.vote``, ``rollback.approved``, ``rollback.completed``,
+``slack.update_failed``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from cordon.approvals.slack import DecisionOutcome, Interaction
-from cordon.audit.ledger import Ledger
+from cordon.audit.ledger import Ledger, LedgerRecord
 from cordon.config import Config
 
-
-def _detection_principals(case: dict[str, Any]) -> set[str]:
-    import json
-
-    det = json.loads(case["detection"])
-    names: set[str] = set()
-    for who in (det.get("actor", {}).get("user", {}), det.get("target", {}),
-                (det.get("credential") or {}).get("owner", {})):
-        for key in ("uid", "name"):
-            if who.get(key):
-                names.add(str(who[key]).lower())
-    return names
-
+#: Case statuses after which a *Roll back* click is meaningful.
+ROLLBACKABLE = frozenset({"contained", "not_verified", "failed"})
+#: What the sweeper and the decider write when a request is settled.
+DECIDED_KIND = "approval.decision_received"
 
 Resume = Callable[[str, dict[str, Any]], None]
+Rollback = Callable[[str, str], list[dict[str, Any]]]
 
 
-def make_decider(ledger: Ledger, config: Config,
-                 resume: Resume | None = None) -> Callable[[Interaction], DecisionOutcome]:
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC (the default clock)."""
+    return datetime.now(UTC)
+
+
+def parse_time(text: str | None) -> datetime | None:
+    """ISO 8601 to an aware datetime (naive is taken as UTC); ``None`` for ``None``/bad text."""
+    if not text:
+        return None
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def mention(slack_id: str | None) -> str:
+    """mrkdwn mention of a Slack user (``<@U...>``) or user group (``<!subteam^S...>``)."""
+    if not slack_id:
+        return "someone"
+    if slack_id.startswith("S"):
+        return f"<!subteam^{slack_id}>"
+    return f"<@{slack_id.removeprefix('slack:')}>"
+
+
+# -- the state of one approval request, read back from the ledger ------------------------------
+@dataclass
+class RequestState:
+    """One approval request (``approval.asked`` in Slack mode) and what happened to it since.
+
+    ``votes``: distinct approvers (Slack user IDs) in order; ``decided``: the record that settled
+    it (a resume by the decider or the sweeper), if any; ``escalated``/``reminders``: the
+    sweeper's records.
+    """
+
+    asked: LedgerRecord
+    votes: list[str] = field(default_factory=list)
+    decided: LedgerRecord | None = None
+    escalated: LedgerRecord | None = None
+    reminders: list[LedgerRecord] = field(default_factory=list)
+
+    @property
+    def plan_hash(self) -> str:
+        return str(self.asked.payload.get("plan_hash"))
+
+    @property
+    def run_id(self) -> str | None:
+        return self.asked.run_id
+
+    @property
+    def asked_at(self) -> datetime | None:
+        return parse_time(self.asked.payload.get("asked_at")) or parse_time(self.asked.ts)
+
+    @property
+    def expires_at(self) -> datetime | None:
+        return parse_time(self.asked.payload.get("expires_at"))
+
+    @property
+    def quorum(self) -> int:
+        return int(self.asked.payload.get("quorum") or 1)
+
+    @property
+    def where(self) -> dict[str, Any] | None:
+        p = self.asked.payload
+        if p.get("where"):
+            return dict(p["where"])
+        if p.get("channel") and p.get("ts"):
+            return {"channel": p["channel"], "ts": p["ts"], "shared": False}
+        return None
+
+
+def distinct_voters(records: Iterable[LedgerRecord], kind: str, run_id: str | None, plan_hash: str,
+                    upto_seq: int | None = None) -> list[str]:
+    """Distinct ``user_id`` of ``kind`` records (``approval.vote`` / ``rollback.vote``) for
+    ``run_id`` and ``plan_hash``, in ledger order, considering only records with ``seq <=
+    upto_seq`` when given. The ledger's single chain orders concurrent votes, so every process
+    agrees which vote reached the quorum."""
+    out: list[str] = []
+    for r in records:
+        if r.kind != kind or r.payload.get("plan_hash") != plan_hash or (run_id and r.run_id != run_id):
+            continue
+        if upto_seq is not None and r.seq > upto_seq:
+            continue
+        uid = r.payload.get("user_id")
+        if uid and uid not in out:
+            out.append(uid)
+    return out
+
+
+def request_state(records: list[LedgerRecord], run_id: str | None, plan_hash: str) -> RequestState | None:
+    """The latest Slack approval request of ``records`` (one case's) for ``run_id`` and
+    ``plan_hash``, or ``None`` when the run never asked in Slack for that plan."""
+    asked = [r for r in records if r.kind == "approval.asked" and r.payload.get("mode") == "slack"
+             and r.payload.get("plan_hash") == plan_hash and (run_id is None or r.run_id == run_id)]
+    if not asked:
+        return None
+    st = RequestState(asked=asked[-1])
+    later = [r for r in records if r.seq > st.asked.seq and (r.run_id == st.asked.run_id or r.run_id is None)
+             and r.payload.get("plan_hash") in (plan_hash, None)]
+    for r in later:
+        if r.kind in (DECIDED_KIND, "approval.given", "approval.refused", "approval.expired") and st.decided is None:
+            st.decided = r
+        elif r.kind == "approval.escalated" and st.escalated is None:
+            st.escalated = r
+        elif r.kind == "approval.reminded":
+            st.reminders.append(r)
+    st.votes = distinct_voters(later, "approval.vote", st.asked.run_id, plan_hash)
+    return st
+
+
+def waiting_requests(ledger: Ledger) -> list[tuple[dict[str, Any], RequestState]]:
+    """Every case whose current Slack approval request is still open: ``(case row,
+    RequestState)``, for the sweeper. A case is considered when its status is
+    ``awaiting_approval``; its request is open when nothing settled it."""
+    out = []
+    for case in ledger.cases():
+        if case.get("status") != "awaiting_approval" or not case.get("plan_hash"):
+            continue
+        records = list(ledger.records(case_id=case["case_id"]))
+        st = request_state(records, case.get("flow_run_id"), case["plan_hash"])
+        if st is not None and st.decided is None:
+            out.append((case, st))
+    return out
+
+
+# -- rebuilding the message --------------------------------------------------------------------
+def _detection_summary(case: Mapping[str, Any]) -> dict[str, Any]:
+    from cordon.detections.model import Detection
+
+    try:
+        return Detection.model_validate_json(case["detection"]).summary()
+    except Exception:  # noqa: BLE001 - a redacted or older record: show what there is
+        return json.loads(case["detection"])
+
+
+def waiting_blocks(records: list[LedgerRecord], case: Mapping[str, Any], st: RequestState,
+                   notes: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """The approval message as it stands: detection, enrichment and plan from the ledger, with the
+    votes so far out of the quorum, the times, and ``notes`` (escalation...)."""
+    from cordon.approvals.slack import _slack_date, approval_blocks
+
+    plans = [r.payload for r in records if r.kind == "plan.created" and r.payload.get("hash") == st.plan_hash]
+    steps = [{"action": s["action"], "target": s["target"], "calls": s.get("describe") or []}
+             for s in (plans[-1]["steps"] if plans else [])]
+    enrichment = {r.payload.get("action"): r.payload.get("result") for r in records
+                  if r.kind in ("enrichment.completed", "enrichment.failed")}
+    all_notes = list(notes)
+    if st.escalated is not None:
+        all_notes.append(f"escalated to {mention(st.escalated.payload.get('escalate_to'))} "
+                         f"{_slack_date(st.escalated.payload.get('at'))}")
+    if st.reminders:
+        all_notes.append(f"{len(st.reminders)} reminder(s)")
+    asked_at = st.asked_at.isoformat(timespec="seconds") if st.asked_at else None
+    return approval_blocks(str(case["case_id"]), str(case.get("playbook") or "-"), _detection_summary(case),
+                           enrichment, steps, st.plan_hash, str(st.run_id or "-"),
+                           st.asked.payload.get("expires_at"), asked_at=asked_at, quorum=st.quorum,
+                           approvals=st.votes, notes=all_notes)
+
+
+def summary_from_ledger(records: list[LedgerRecord], case: Mapping[str, Any]) -> dict[str, Any]:
+    """A case summary (the shape :func:`cordon.approvals.slack.summary_blocks` reads) from the
+    ledger: the last ``case.closed`` outcome, the plan, and each action's latest result
+    (containment, then rollback)."""
+    closed = [r.payload for r in records if r.kind == "case.closed"]
+    plans = [r.payload for r in records if r.kind == "plan.created"]
+    actions: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in records:
+        if r.kind.startswith("action.") or r.kind in ("rollback.failed", "rollback.not_supported"):
+            p = r.payload
+            if p.get("name") is None:
+                continue
+            status = p.get("status") or r.kind.split(".", 1)[1]
+            if r.kind == "rollback.failed":
+                status = "failed"
+            actions[(p["name"], str(p.get("target")))] = {"name": p["name"], "target": p.get("target"),
+                                                          "status": status, "error": p.get("error")}
+    approval = dict(closed[-1].get("approval") or {}) if closed else {}
+    return {"case_id": case["case_id"], "playbook": case.get("playbook"), "flow_run_id": case.get("flow_run_id"),
+            "detection": _detection_summary(case), "status": case.get("status"),
+            "verified": closed[-1].get("verified") if closed else None,
+            "plan": {"hash": plans[-1]["hash"]} if plans else None, "approval": approval,
+            "actions": list(actions.values())}
+
+
+def update_safely(ledger: Ledger, client: Any, where: Mapping[str, Any] | None, *, case_id: str,
+                  blocks: list[dict[str, Any]], text: str, thread_text: str | None = None,
+                  run_id: str | None = None, outbox: Any = None) -> bool:
+    """:func:`cordon.approvals.outbox.update_case` (through ``outbox``, default the process's),
+    never raising: a Slack failure is recorded as ``slack.update_failed`` (the decision or run goes
+    on). Returns whether it worked."""
+    if client is None or not where:
+        return False
+    from cordon.approvals import outbox as outbox_mod
+
+    try:
+        outbox_mod.update_case(client, dict(where), case_id=case_id, blocks=blocks, text=text,
+                               thread_text=thread_text, outbox=outbox)
+        return True
+    except Exception as exc:  # noqa: BLE001 - recorded; the message is cosmetic next to the decision
+        ledger.append("slack.update_failed", {"error": f"{type(exc).__name__}: {exc}", "where": dict(where),
+                                              "text": text}, case_id=case_id, run_id=run_id, actor="cordon")
+        return False
+
+
+# -- asking -----------------------------------------------------------------------------------
+def post_request(ledger: Ledger, client: Any, *, config: Config, playbook: Any, case_id: str, run_id: str,
+                 detection: Any, enrichment: Mapping[str, Any], plan: Mapping[str, Any], channel: str,
+                 now: datetime | None = None, outbox: Any = None) -> dict[str, Any]:
+    """Post the approval request for ``plan`` (``Plan.model_dump()``: ``hash``, ``steps`` with
+    ``action``, ``target``, ``describe``) through :func:`cordon.approvals.outbox.request_approval`,
+    set the case to ``awaiting_approval`` and append the ``approval.asked`` record the decider and
+    the sweeper read: ``mode: slack``, ``where`` (and ``channel``/``ts``), ``plan_hash``,
+    ``asked_at``/``expires_at`` (ISO 8601), ``quorum`` (:func:`cordon.approvals.policy.policy_for`
+    for ``playbook.approval`` and the detection's severity), ``approvers``, ``remind_every`` /
+    ``escalate_after`` (seconds), ``escalate_to``, ``on_expiry``. ``detection`` is a
+    :class:`~cordon.detections.model.Detection`; ``outbox`` an
+    :class:`cordon.approvals.outbox.Outbox` (default: the process's). Returns that record's payload. Raises
+    ``slack_sdk.errors.SlackApiError`` when Slack refuses the post.
+    """
+    from datetime import timedelta
+
+    from cordon.approvals import outbox as outbox_mod
+    from cordon.approvals.policy import load_settings, policy_for
+    from cordon.approvals.slack import approval_blocks
+
+    a = playbook.approval
+    policy = policy_for(load_settings(config), a, detection.severity)
+    asked = now or utcnow()
+    asked_at = asked.isoformat(timespec="seconds")
+    expires_at = (asked + timedelta(seconds=a.expire_seconds)).isoformat(timespec="seconds")
+    blocks = approval_blocks(
+        case_id=case_id, playbook=playbook.name, detection=detection.summary(), enrichment=dict(enrichment),
+        plan=[{"action": s["action"], "target": s["target"], "calls": s["describe"]} for s in plan["steps"]],
+        plan_hash=plan["hash"], run_id=run_id, expires_at=expires_at, asked_at=asked_at, quorum=policy.quorum)
+    where = outbox_mod.request_approval(client, channel=channel, case_id=case_id,
+                                        actor_key=detection.actor.user.uid or detection.actor.user.name,
+                                        blocks=blocks, text=f"Cordon: approval needed for {case_id} ({playbook.name})",
+                                        outbox=outbox)
+    record = {"mode": "slack", "channel": where["channel"], "ts": where["ts"], "where": where,
+              "plan_hash": plan["hash"], "asked_at": asked_at, "expires_at": expires_at, "quorum": policy.quorum,
+              "approvers": {"users": sorted(policy.users), "groups": sorted(policy.groups)},
+              "remind_every": a.remind_seconds, "escalate_after": a.escalate_seconds, "escalate_to": a.escalate_to,
+              "on_expiry": a.on_expiry}
+    ledger.set_case(case_id, status="awaiting_approval")
+    ledger.append("approval.asked", record, case_id=case_id, run_id=run_id, actor="cordon")
+    return record
+
+
+# -- replays -----------------------------------------------------------------------------------
+def find_replay(ledger: Ledger, ix: Interaction, seq: int) -> LedgerRecord | None:
+    """The earlier ``slack.interaction_received`` record that ``ix`` (recorded at ``seq``)
+    repeats, or ``None``. A click is the same click when the same user's interaction has the same
+    ``trigger_id`` or the same ``action_ts`` on the same message: Slack gives every click its own,
+    so only a replayed request body carries them twice. Comparing with records *before* ``seq``
+    in the one ledger chain decides races between replicas the same way everywhere."""
+    if not (ix.trigger_id or ix.action_ts):
+        return None
+    for r in ledger.records(case_id=ix.case_id or None, kind_prefix="slack.interaction_received"):
+        if r.seq >= seq:
+            break
+        p = r.payload
+        if p.get("user_id") != ix.user_id or p.get("message_ts") != ix.message_ts:
+            continue
+        if (ix.trigger_id and p.get("trigger_id") == ix.trigger_id) or (
+                ix.action_ts and p.get("action_ts") == ix.action_ts):
+            return r
+    return None
+
+
+# -- the decider -------------------------------------------------------------------------------
+def make_decider(ledger: Ledger, config: Config, resume: Resume | None = None, *, slack_client: Any = None,
+                 directory: Any = None, rollback: Rollback | None = None, now: Callable[[], datetime] = utcnow,
+                 outbox: Any = None) -> Callable[[Interaction], DecisionOutcome]:
     """A ``decide(interaction) -> DecisionOutcome`` for :func:`cordon.server.app.create_app`.
 
     ``resume(flow_run_id, run_input)`` defaults to Prefect's ``resume_flow_run``; it raises when
-    the run is not paused (already decided, expired, or not yet waiting).
+    the run is not paused (already decided, expired, or not yet waiting). ``slack_client`` (a
+    ``slack_sdk.WebClient``) updates the message as votes arrive; ``directory`` (a
+    :class:`cordon.approvals.policy.SlackDirectory`, built from ``slack_client`` when not given)
+    resolves user groups and profile e-mails. ``rollback(case_id, who) -> outcomes`` undoes a
+    case (:meth:`cordon.engine.Responder.rollback` with the case's clients); without it the
+    *Roll back* button is refused. ``now()`` is the clock (aware UTC datetimes); ``outbox`` the
+    :class:`cordon.approvals.outbox.Outbox` messages go through (default: the process's).
 
-    Refuses (``accepted=False`` with the reason the clicker is shown) when: the case is unknown;
-    the click's run ID is not the case's run; its plan hash is not the case's current plan; the
-    clicker is not among the configured approvers (when any are configured); the clicker's Slack
-    user name or e-mail local part is the actor or target under investigation; the run is not
-    waiting for a decision.
+    Refuses (``accepted=False`` with the reason the clicker is shown, and an
+    ``approval.click_refused`` record) when: the case is unknown; the click's run ID is not the
+    case's run; its plan hash is not the case's current plan; the request is already decided or
+    has expired; the clicker is not an allowed approver, is a principal of the detection, or
+    requested the run; the clicker already voted; the run is not waiting for a decision.
     """
+    from cordon.approvals.policy import SlackDirectory, check_clicker, load_settings, policy_for
+    from cordon.playbooks.schema import load_playbooks
+
+    settings = load_settings(config)
+    if directory is None and slack_client is not None:
+        directory = SlackDirectory(slack_client, ttl=settings.group_cache_seconds)
+    playbooks = {pb.name: pb for pb in load_playbooks(config.playbooks_dir)}
+    vote_lock = threading.Lock()
+
     if resume is None:
         from prefect.flow_runs import resume_flow_run
 
@@ -60,6 +352,103 @@ def make_decider(ledger: Ledger, config: Config,
                       case_id=ix.case_id or None, run_id=ix.run_id or None, actor=f"slack:{ix.user_id}")
         return DecisionOutcome(accepted=False, message=reason)
 
+    def policy_check(ix: Interaction, case: Mapping[str, Any], escalated: bool, recorded_quorum: int = 1):
+        detection = json.loads(case["detection"])
+        pb = playbooks.get(str(case.get("playbook")))
+        policy = policy_for(settings, pb.approval if pb else None, detection.get("severity"))
+        reason = check_clicker(ix.user_id, ix.user_name, policy=policy, settings=settings, detection=detection,
+                               directory=directory, escalated=escalated)
+        return reason, max(policy.quorum, recorded_quorum)
+
+    def vote(ix: Interaction, kind: str, quorum: int) -> tuple[str, list[str], int]:
+        """Record ``ix``'s vote; returns (``reached`` | ``waiting`` | ``late`` | ``duplicate``, the
+        voters up to this vote, its count)."""
+        with vote_lock:
+            records = list(ledger.records(case_id=ix.case_id))
+            before = distinct_voters(records, kind, ix.run_id, ix.plan_hash)
+            if ix.user_id in before:
+                return "duplicate", before, len(before)
+            rec = ledger.append(kind, {"plan_hash": ix.plan_hash, "user_id": ix.user_id,
+                                       "approver": f"slack:{ix.user_id}", "user_name": ix.user_name,
+                                       "count": len(before) + 1, "quorum": quorum},
+                                case_id=ix.case_id, run_id=ix.run_id, actor=f"slack:{ix.user_id}")
+        records = list(ledger.records(case_id=ix.case_id))
+        upto = distinct_voters(records, kind, ix.run_id, ix.plan_hash, upto_seq=rec.seq)
+        prior = distinct_voters(records, kind, ix.run_id, ix.plan_hash, upto_seq=rec.seq - 1)
+        if ix.user_id in prior:
+            return "duplicate", prior, len(prior)
+        if len(prior) >= quorum:
+            return "late", upto, len(upto)
+        return ("reached" if len(upto) >= quorum else "waiting"), upto, len(upto)
+
+    def resume_with(ix: Interaction, decision: str, approvers: list[str], quorum: int) -> DecisionOutcome:
+        run_input = {"decision": decision, "approver": f"slack:{ix.user_id}", "approver_name": ix.user_name,
+                     "team_id": ix.team_id, "plan_hash": ix.plan_hash, "decided_at": now().isoformat(),
+                     "approvers": [f"slack:{u}" for u in approvers], "quorum": quorum}
+        try:
+            resume(ix.run_id, run_input)
+        except Exception as exc:  # noqa: BLE001 - NotPausedError, FlowPauseTimeout, a REJECT
+            return refuse(ix, f"the run is not waiting for a decision ({type(exc).__name__}: {exc})")
+        ledger.append(DECIDED_KIND, run_input, case_id=ix.case_id, run_id=ix.run_id, actor=f"slack:{ix.user_id}")
+        who = ", ".join(mention(u) for u in approvers)
+        return DecisionOutcome(accepted=True, message=f"{decision} recorded for {ix.case_id} ({who})")
+
+    def decide_rollback(ix: Interaction, case: dict[str, Any]) -> DecisionOutcome:
+        if rollback is None:
+            return refuse(ix, "rollback is not available from this server")
+        status = case.get("status")
+        if status == "rolled_back":
+            return refuse(ix, "this case was already rolled back")
+        if status not in ROLLBACKABLE:
+            return refuse(ix, f"nothing to roll back: the case is {status}")
+        records = list(ledger.records(case_id=ix.case_id))
+        st = request_state(records, ix.run_id, ix.plan_hash)
+        reason, quorum = policy_check(ix, case, escalated=False, recorded_quorum=st.quorum if st else 1)
+        if reason:
+            return refuse(ix, reason)
+        outcome, voters, count = vote(ix, "rollback.vote", quorum)
+        if outcome == "duplicate":
+            return refuse(ix, f"you already asked for this rollback ({count} of {quorum})")
+        if outcome == "late":
+            return DecisionOutcome(True, "the rollback already has its approvals")
+        where = st.where if st else None
+        summary = summary_from_ledger(records, case)
+        from cordon.approvals.slack import summary_blocks
+
+        if outcome == "waiting":
+            summary["rollback"] = True
+            summary["rollback_note"] = (f"Rollback requested by {', '.join(mention(u) for u in voters)} "
+                                        f"({count} of {quorum} approvals)")
+            update_safely(ledger, slack_client, where, case_id=ix.case_id, blocks=summary_blocks(summary),
+                          text=f"Cordon: rollback of {ix.case_id}: {count} of {quorum} approvals",
+                          thread_text=f"Rollback approval {count} of {quorum} by {mention(ix.user_id)}",
+                          run_id=ix.run_id, outbox=outbox)
+            return DecisionOutcome(True, f"rollback approval {count} of {quorum} recorded")
+        who = ",".join(f"slack:{u}" for u in voters)
+        ledger.append("rollback.approved", {"plan_hash": ix.plan_hash, "approvers": [f"slack:{u}" for u in voters],
+                                            "quorum": quorum}, case_id=ix.case_id, run_id=ix.run_id, actor=who)
+        try:
+            outcomes = rollback(ix.case_id, who)
+        except Exception as exc:  # noqa: BLE001 - recorded and told
+            ledger.append("rollback.error", {"error": f"{type(exc).__name__}: {exc}"}, case_id=ix.case_id,
+                          run_id=ix.run_id, actor=who)
+            return refuse(ix, f"rollback failed: {type(exc).__name__}: {exc}")
+        ok = bool(outcomes) and all(o.get("status") in ("rolled_back", "already_rolled_back") for o in outcomes)
+        ledger.append("rollback.completed", {"ok": ok, "outcomes": outcomes}, case_id=ix.case_id, run_id=ix.run_id,
+                      actor=who)
+        case = ledger.case(ix.case_id) or case
+        summary = summary_from_ledger(list(ledger.records(case_id=ix.case_id)), case)
+        summary["status"] = "rolled_back" if ok else summary.get("status")
+        summary["rollback_note"] = (f"Rolled back on the approval of {', '.join(mention(u) for u in voters)}"
+                                    if ok else "Rollback incomplete: see each action")
+        lines = [f"{o.get('name')} on {o.get('target')}: {o.get('status')}"
+                 + (f" ({o['error']})" if o.get("error") else "") for o in outcomes]
+        update_safely(ledger, slack_client, where, case_id=ix.case_id, blocks=summary_blocks(summary),
+                      text=f"Cordon: {ix.case_id} {'rolled back' if ok else 'rollback incomplete'}",
+                      thread_text="Rollback: " + ("; ".join(lines) or "nothing to undo"), run_id=ix.run_id,
+                      outbox=outbox)
+        return DecisionOutcome(True, f"rollback of {ix.case_id}: {'done' if ok else 'incomplete'}")
+
     def decide(ix: Interaction) -> DecisionOutcome:
         case = ledger.case(ix.case_id) if ix.case_id else None
         if case is None:
@@ -68,19 +457,36 @@ def make_decider(ledger: Ledger, config: Config,
             return refuse(ix, "this message belongs to another run of the case")
         if case.get("plan_hash") != ix.plan_hash:
             return refuse(ix, "the containment plan changed since this message was posted; decide on the new one")
-        if config.approvers and ix.user_id not in config.approvers:
-            return refuse(ix, f"<@{ix.user_id}> is not an approver for this playbook")
-        if ix.user_name and ix.user_name.lower() in _detection_principals(case):
-            return refuse(ix, "no self-approval: you are a principal in this detection")
-        run_input = {"decision": ix.decision, "approver": f"slack:{ix.user_id}", "approver_name": ix.user_name,
-                     "team_id": ix.team_id, "plan_hash": ix.plan_hash,
-                     "decided_at": datetime.now(UTC).isoformat()}
-        try:
-            resume(ix.run_id, run_input)
-        except Exception as exc:  # noqa: BLE001 - NotPausedError, FlowPauseTimeout, a REJECT
-            return refuse(ix, f"the run is not waiting for a decision ({type(exc).__name__}: {exc})")
-        ledger.append("approval.decision_received", run_input, case_id=ix.case_id, run_id=ix.run_id,
-                      actor=f"slack:{ix.user_id}")
-        return DecisionOutcome(accepted=True, message=f"{ix.decision} recorded for {ix.case_id}")
+        if ix.decision == "rollback":
+            return decide_rollback(ix, case)
+        records = list(ledger.records(case_id=ix.case_id))
+        st = request_state(records, ix.run_id, ix.plan_hash)
+        if st is None:
+            return refuse(ix, "this run is not waiting for a decision on this plan")
+        if st.decided is not None:
+            p = st.decided.payload
+            return refuse(ix, f"already decided: {p.get('decision')} by {p.get('approver')}")
+        expires = st.expires_at
+        if expires is not None and now() >= expires:
+            return refuse(ix, f"this approval request expired at {expires.isoformat(timespec='seconds')}")
+        reason, quorum = policy_check(ix, case, escalated=st.escalated is not None, recorded_quorum=st.quorum)
+        if reason:
+            return refuse(ix, reason)
+        if ix.decision == "deny":
+            return resume_with(ix, "deny", [ix.user_id], quorum)
+        outcome, voters, count = vote(ix, "approval.vote", quorum)
+        if outcome == "duplicate":
+            return refuse(ix, f"you already approved this plan ({count} of {quorum}); another approver is needed")
+        if outcome == "late":
+            return DecisionOutcome(True, "the plan already has its approvals")
+        if outcome == "reached":
+            return resume_with(ix, "approve", voters[:quorum], quorum)
+        st.votes = voters
+        records = list(ledger.records(case_id=ix.case_id))
+        update_safely(ledger, slack_client, st.where, case_id=ix.case_id, blocks=waiting_blocks(records, case, st),
+                      text=f"Cordon: approval {count} of {quorum} for {ix.case_id}",
+                      thread_text=f"Approval {count} of {quorum} by {mention(ix.user_id)}", run_id=ix.run_id,
+                      outbox=outbox)
+        return DecisionOutcome(True, f"approval {count} of {quorum} recorded; waiting for {quorum - count} more")
 
     return decide

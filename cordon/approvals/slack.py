@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.parse
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -39,8 +40,10 @@ from slack_sdk.signature import Clock, SignatureVerifier
 
 APPROVE_ACTION_ID = "cordon_approve"
 DENY_ACTION_ID = "cordon_deny"
+ROLLBACK_ACTION_ID = "cordon_rollback"
 ACTIONS_BLOCK_ID = "cordon_decision"
-_DECISIONS = {APPROVE_ACTION_ID: "approve", DENY_ACTION_ID: "deny"}
+ROLLBACK_BLOCK_ID = "cordon_rollback"
+_DECISIONS = {APPROVE_ACTION_ID: "approve", DENY_ACTION_ID: "deny", ROLLBACK_ACTION_ID: "rollback"}
 
 #: Slack's limits (https://api.slack.com/reference/block-kit/blocks).
 MAX_BLOCKS = 50
@@ -58,7 +61,7 @@ MAX_FALLBACK_TEXT = 3000
 #: Slack rejects requests whose timestamp is more than five minutes from now.
 MAX_SKEW_SECONDS = 60 * 5
 
-Decision = Literal["approve", "deny"]
+Decision = Literal["approve", "deny", "rollback"]
 
 
 # -- errors and the parsed click --------------------------------------------------------------
@@ -105,7 +108,9 @@ class Interaction:
     its value); ``run_id`` / ``case_id`` / ``plan_hash`` from the button's value, i.e. from the
     message Cordon posted; ``user_id`` / ``user_name`` / ``team_id`` from Slack; ``channel`` and
     ``message_ts`` locate the message to update; ``response_url`` (may be ``None``) is where an
-    ephemeral answer to the clicker goes; ``action_ts`` is Slack's time of the click.
+    ephemeral answer to the clicker goes; ``action_ts`` is Slack's time of the click and
+    ``trigger_id`` Slack's one-off ID of it (together with the user: a replay's fingerprint).
+    ``decision`` ``rollback`` comes from the *Roll back* button of a finished case's message.
     """
 
     decision: Decision
@@ -119,6 +124,7 @@ class Interaction:
     message_ts: str
     response_url: str | None
     action_ts: str | None = None
+    trigger_id: str | None = None
 
     def ledger_payload(self) -> dict[str, Any]:
         """The interaction as a ledger payload (no ``response_url``: it is a bearer URL)."""
@@ -133,6 +139,7 @@ class Interaction:
             "channel": self.channel,
             "message_ts": self.message_ts,
             "action_ts": self.action_ts,
+            "trigger_id": self.trigger_id,
         }
 
 
@@ -270,7 +277,8 @@ def _enrichment_lines(enrichment: Any, credential_uid: str | None) -> list[str]:
 
     Known shapes are summarised (``aws.iam-user``: ``access_keys``, ``policies``, ``groups``,
     ``mfa_devices``; ``aws.cloudtrail-session``: ``events``; ``gcp.service-account``: the account,
-    its keys with the detection's marked, its project roles, who can act as it); any other enrichment key gets a
+    its keys with the detection's marked, its project roles, who can act as it; ``azure.service-principal`` and
+    ``azure.actor``: see :func:`_azure_enrichment_lines`); any other enrichment key gets a
     one-line generic summary. Anything missing or oddly shaped is skipped, never an error.
     """
     if not isinstance(enrichment, Mapping):
@@ -279,6 +287,9 @@ def _enrichment_lines(enrichment: Any, credential_uid: str | None) -> list[str]:
     for name, facts in enrichment.items():
         if isinstance(facts, Mapping) and facts.get("error"):
             lines.append(f":warning: {_code(name)} failed: {_esc(_clip(str(facts['error']), 200))}")
+            continue
+        if isinstance(facts, Mapping) and (azure := _azure_enrichment_lines(name, facts, credential_uid)):
+            lines.extend(azure)
             continue
         if name == "aws.iam-user" and isinstance(facts, Mapping):
             keys = _as_list(facts.get("access_keys"))
@@ -343,6 +354,88 @@ def _enrichment_lines(enrichment: Any, credential_uid: str | None) -> list[str]:
                 )
             continue
         lines.append(f"*{_esc(name)}*: {_esc(_generic_summary(facts))}")
+    return lines
+
+
+def _azure_enrichment_lines(name: str, facts: Mapping[str, Any], credential_uid: str | None) -> list[str]:
+    """Lines for ``azure.service-principal`` (the app and its appId, publisher verified or not, owners,
+    the exact credential of the detection by keyId, risky Graph permissions, directory roles, RBAC at
+    subscription / management-group scope, sign-ins, parts not read) and ``azure.actor`` (who, from
+    where, whether they own the app). Shapes: :class:`actions.azure.ServicePrincipalFacts`,
+    :class:`actions.azure.ActorFacts`. Anything else gives ``[]`` (the caller summarises it)."""
+    lines: list[str] = []
+    if name == "azure.service-principal":
+        if facts.get("exists") is False:
+            return [f":warning: {_esc(facts.get('object_type') or 'object')} {_code(facts.get('object_id'))} "
+                    "does not exist (any more)"]
+        sp = facts.get("service_principal") if isinstance(facts.get("service_principal"), Mapping) else {}
+        pub = facts.get("publisher") if isinstance(facts.get("publisher"), Mapping) else {}
+        state = "" if not sp else (" (enabled)" if sp.get("account_enabled") is not False else " (disabled)")
+        who = (f"verified publisher {_esc(pub.get('name'))}" if pub.get("verified")
+               else f":warning: *unverified* publisher ({_esc(pub.get('domain') or 'no domain')})")
+        home = "" if pub.get("home_tenant", True) else (
+            f", registered in another tenant {_code(pub.get('app_owner_organization_id'))}")
+        lines.append(f"*App* {_code(facts.get('display_name'))} appId {_code(facts.get('app_id'))}, "
+                     f"{_esc(facts.get('object_type'))} {_code(facts.get('object_id'))}{state}; {who}{home}")
+        found = facts.get("credential_in_detection")
+        if isinstance(found, Mapping):
+            span = " to ".join(str(found[k]) for k in ("start", "end") if found.get(k))
+            lines.append(f"*Credential of this detection*: {_esc(found.get('kind'))} keyId {_code(found.get('key_id'))}"
+                         f"{' ' + _code(found['display_name']) if found.get('display_name') else ''} on the "
+                         f"{_esc(found.get('on'))}{' (' + _esc(span) + ')' if span else ''}")
+        elif credential_uid and facts.get("credential_in_detection_present") is False:
+            lines.append(f":warning: keyId {_code(credential_uid)} is on neither the application nor its service "
+                         "principal (already removed?)")
+        creds = []
+        for holder in ("application", "service_principal"):
+            obj = facts.get(holder) if isinstance(facts.get(holder), Mapping) else None
+            if obj:
+                n_p, n_k = len(obj.get("password_credentials") or []), len(obj.get("key_credentials") or [])
+                fic = len(obj.get("federated_identity_credentials") or [])
+                creds.append(f"{holder.replace('_', ' ')}: {n_p} secret(s), {n_k} certificate(s)"
+                             + (f", {fic} federated" if fic else ""))
+        if creds:
+            lines.append("*Credentials*: " + "; ".join(creds))
+        owners = [o for o in facts.get("all_owners") or facts.get("owners") or [] if isinstance(o, Mapping)]
+        shown = ", ".join(f"{_code(_name_of(o, 'user_principal_name', 'display_name', 'id'))}"
+                          + (f" ({'/'.join(o['of'])})" if o.get("of") else "") for o in owners[:6])
+        lines.append(f"*Owners* ({len(owners)}): {shown or 'none'}")
+        risky = [r for r in facts.get("risky_permissions") or [] if isinstance(r, Mapping)]
+        if risky:
+            lines.append(":rotating_light: *Dangerous Graph permissions*: " + ", ".join(
+                f"{_code(r.get('permission'))} ({_esc(r.get('type'))})" for r in risky[:8]))
+        else:
+            n_app = len(facts.get("app_role_assignments") or [])
+            n_del = len(facts.get("oauth2_permission_grants") or [])
+            lines.append(f"*Permissions*: {n_app} application, {n_del} delegated grant(s); none dangerous")
+        roles = [r for r in facts.get("directory_roles") or [] if isinstance(r, Mapping)]
+        lines.append("*Directory roles*: " + (", ".join(_code(_name_of(r, "display_name", "role_template_id"))
+                                                        for r in roles[:6]) or "none"))
+        rbac = [r for r in facts.get("rbac_role_assignments") or [] if isinstance(r, Mapping)]
+        lines.append(f"*Azure RBAC* ({len(rbac)}): " + ("; ".join(
+            f"{_code(r.get('role_name') or _name_of(r, 'role_definition_id'))} at {_esc(r.get('scope_level'))} "
+            f"{_code(r.get('scope'))}" for r in rbac[:5]) or "none"))
+        sign_ins = facts.get("sign_ins") if isinstance(facts.get("sign_ins"), Mapping) else {}
+        if sign_ins.get("available"):
+            events = [e for e in sign_ins.get("events") or [] if isinstance(e, Mapping)]
+            last = f" (latest {_esc(events[0].get('time'))} from {_code(events[0].get('ip'))})" if events else ""
+            lines.append(f"*Recent sign-ins*: {len(events)}{last}")
+        elif sign_ins:
+            lines.append(f"*Sign-ins*: not available ({_esc(_clip(str(sign_ins.get('reason')), 120, '…'))})")
+        for part, why in (facts.get("unavailable") or {}).items():
+            lines.append(f":warning: not read: {_esc(part)} ({_esc(_clip(str(why), 120, '…'))})")
+        return lines
+    if name == "azure.actor":
+        actor = facts.get("actor") if isinstance(facts.get("actor"), Mapping) else {}
+        who = actor.get("name") or actor.get("uid") or "unknown"
+        where = f" from {_code(facts['src_ip'])}" if facts.get("src_ip") else ""
+        agent = f" with {_code(_clip(str(facts['user_agent']), 80, '…'))}" if facts.get("user_agent") else ""
+        owns = {True: "owns the app", False: "does *not* own the app", None: "ownership unknown"}.get(
+            facts.get("owns_app"), "ownership unknown")
+        roles = ", ".join(_code(_name_of(r, "display_name")) for r in facts.get("directory_roles") or [])
+        lines.append(f"*Actor* {_code(who)} ({_esc(actor.get('type') or 'unknown type')}){where}{agent}; {owns}"
+                     + (f"; roles {roles}" if roles else ""))
+        return lines
     return lines
 
 
@@ -468,6 +561,21 @@ def fallback_text(playbook: str, detection: Mapping[str, Any], state: str = "app
 
 
 # -- the approval message ---------------------------------------------------------------------
+def run_links(case_id: str, run_id: str | None) -> list[str]:
+    """mrkdwn links an approver follows to check what they approve: the case's ledger timeline on
+    Cordon's audit pages (``CORDON_PUBLIC_URL``, e.g. ``https://cordon.example.com``) and the flow
+    run in Prefect's UI (``PREFECT_UI_URL``, e.g. ``https://prefect.example.com``). Empty when
+    neither is configured (the case ID and plan hash are shown anyway)."""
+    links = []
+    public = (os.environ.get("CORDON_PUBLIC_URL") or "").rstrip("/")
+    if public:
+        links.append(f"<{public}/audit/cases/{urllib.parse.quote(case_id, safe='')}|ledger timeline>")
+    ui = (os.environ.get("PREFECT_UI_URL") or "").rstrip("/")
+    if ui and run_id:
+        links.append(f"<{ui}/runs/flow-run/{urllib.parse.quote(run_id, safe='')}|Prefect run>")
+    return links
+
+
 def approval_blocks(
     case_id: str,
     playbook: str,
@@ -477,8 +585,18 @@ def approval_blocks(
     plan_hash: str,
     run_id: str,
     expires_at: str | None,
+    *,
+    asked_at: str | None = None,
+    quorum: int = 1,
+    approvals: Sequence[str] = (),
+    notes: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """The approval message's blocks.
+
+    The waiting state goes in the context line: ``asked_at`` (ISO 8601), the ``approvals`` given
+    so far (Slack user IDs) out of ``quorum``, and ``notes`` (mrkdwn, e.g. "escalated to
+    <!subteam^S1>"); the approval policy's sweeper and decider rebuild the message with these as
+    the state changes.
 
     ``detection`` is :meth:`cordon.detections.model.Detection.summary`; ``enrichment`` maps an
     enrichment action name to its facts (may be empty); ``plan`` is a list of
@@ -602,10 +720,19 @@ def approval_blocks(
     if expires_at:
         context.append(f"expires {_slack_date(expires_at)}")
     context.append(f"case {_code(case_id)}")
+    context += run_links(case_id, run_id)
+    waiting = [f":hourglass_flowing_sand: *Approvals {len(approvals)} of {quorum}*"
+               + (f" ({', '.join(_who(u) for u in approvals)})" if approvals else "")]
+    if asked_at:
+        waiting.append(f"asked {_slack_date(asked_at)}")
+    if expires_at:
+        waiting.append(f"expires {_slack_date(expires_at)}")
+    waiting += [str(n) for n in notes]
     blocks.append(
         {
             "type": "context",
-            "elements": [{"type": "mrkdwn", "text": _clip(" · ".join(context), MAX_SECTION_TEXT)}],
+            "elements": [{"type": "mrkdwn", "text": _clip(" · ".join(context), MAX_SECTION_TEXT)},
+                         {"type": "mrkdwn", "text": _clip(" · ".join(waiting), MAX_SECTION_TEXT)}],
         }
     )
 
@@ -694,12 +821,17 @@ def status_blocks(
     run_id: str | None = None,
     *,
     state: str | None = None,
-    decided_by: str | None = None,
+    decided_by: str | Sequence[str] | None = None,
     decided_at: str | None = None,
     actions: Sequence[Mapping[str, Any]] | None = None,
     note: str | None = None,
+    quorum: int | None = None,
+    rollback: bool = False,
 ) -> list[dict[str, Any]]:
-    """Blocks that replace the approval message as the run goes (no buttons).
+    """Blocks that replace the approval message as the run goes (no buttons, except with
+    ``rollback=True`` a *Roll back* button, ``action_id`` ``cordon_rollback``, whose value is the
+    JSON ``{"case_id", "decision": "rollback", "plan_hash", "run_id"}``; ``decided_by`` may be a
+    list of approvers, shown with the count out of ``quorum``).
 
     ``state`` is one of ``approved``, ``denied``, ``expired``, ``containing``, ``contained``,
     ``verified``, ``failed``, ``rolled_back``, ``refused`` (others are shown as given);
@@ -727,7 +859,12 @@ def status_blocks(
     ]
     if decided_by or decided_at:
         verb = {"denied": "Denied", "expired": "Expired"}.get(state, "Approved")
-        text = f"{verb} by {_who(decided_by)}" if decided_by else verb
+        if isinstance(decided_by, str) or not decided_by:
+            text = f"{verb} by {_who(decided_by)}" if decided_by else verb  # type: ignore[arg-type]
+        else:
+            text = f"{verb} by {', '.join(_who(u) for u in decided_by)}"
+            if quorum:
+                text += f" ({len(decided_by)} of {quorum})"
         if decided_at:
             text += f" at {_slack_date(decided_at)}"
         blocks.append(
@@ -757,6 +894,15 @@ def status_blocks(
             "elements": [{"type": "mrkdwn", "text": f"Plan hash {_code(plan_hash)} · case {_code(case_id)}"}],
         }
     )
+    if rollback:
+        blocks.append({"type": "actions", "block_id": ROLLBACK_BLOCK_ID, "elements": [{
+            "type": "button", "action_id": ROLLBACK_ACTION_ID, "text": _plain("Roll back", 75),
+            "value": _button_value(run_id, case_id, plan_hash, "rollback"),
+            "confirm": {"title": _plain("Roll back containment?", 100),
+                        "text": {"type": "plain_text", "text": _clip(
+                            f"Cordon will undo the containment of case {case_id} where the cloud allows it. "
+                            "Rollback needs the same approvals as containment.", MAX_CONFIRM_TEXT, "…")},
+                        "confirm": _plain("Roll back", 30), "deny": _plain("Cancel", 30)}}]})
     return blocks
 
 
@@ -768,6 +914,8 @@ def summary_blocks(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
     ``expired``, ``refused``, ``no_containment``...), ``approval`` (``decision``, ``approver``:
     ``slack:<user id>`` is rendered as a mention, ``decided_at``), ``actions`` (``name``,
     ``target``, ``status``, ``error``), ``verified`` and ``verification`` (a list with ``held``);
+    ``approval.approvers`` (a list) and ``approval.quorum`` show every approver with the count;
+    ``rollback: true`` adds the *Roll back* button; ``error`` (a failed run) is shown as a note;
     any of them may be missing.
     """
     status = str(summary.get("status") or "containing")
@@ -782,13 +930,20 @@ def summary_blocks(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
     guard = summary.get("guard")
     if status == "refused" and isinstance(guard, Mapping) and guard.get("reason"):
         note = f"Guard: {guard['reason']}"
+    if summary.get("error"):
+        note = f"Error: {summary['error']}" + (f"\n{note}" if note else "")
+    if summary.get("rollback_note"):
+        note = str(summary["rollback_note"]) + (f"\n{note}" if note else "")
     plan = summary.get("plan") if isinstance(summary.get("plan"), Mapping) else {}
+    approvers = approval.get("approvers")
+    decided_by = approvers if isinstance(approvers, list) and len(approvers) > 1 else approval.get("approver")
     return status_blocks(
         str(summary.get("case_id") or "-"), str(summary.get("playbook") or "-"),
         summary.get("detection") if isinstance(summary.get("detection"), Mapping) else {},
         str(plan.get("hash") or "-"), str(summary.get("flow_run_id") or "-"), state=state,
-        decided_by=approval.get("approver"), decided_at=approval.get("decided_at"),
-        actions=summary.get("actions") if isinstance(summary.get("actions"), list) else None, note=note)
+        decided_by=decided_by, decided_at=approval.get("decided_at"),
+        actions=summary.get("actions") if isinstance(summary.get("actions"), list) else None, note=note,
+        quorum=approval.get("quorum"), rollback=bool(summary.get("rollback")))
 
 
 # -- Web API ----------------------------------------------------------------------------------
@@ -921,7 +1076,8 @@ def parse_interaction(form_body: bytes) -> Interaction:
     (https://api.slack.com/interactivity/handling#payloads); for a button click its ``type`` is
     ``block_actions`` (https://api.slack.com/reference/interaction-payloads/block-actions).
     Read: ``user.id``, ``user.username`` (or ``user.name``), ``team.id`` (or ``user.team_id``),
-    ``actions[0].action_id`` (``cordon_approve`` / ``cordon_deny``) and ``actions[0].value``
+    ``actions[0].action_id`` (``cordon_approve`` / ``cordon_deny`` / ``cordon_rollback``), ``trigger_id``,
+    and ``actions[0].value``
     (Cordon's JSON ``{"run_id", "case_id", "plan_hash", "decision"}``), ``container.channel_id``
     and ``container.message_ts`` (or ``channel.id`` / ``message.ts``), ``response_url``.
 
@@ -998,6 +1154,7 @@ def parse_interaction(form_body: bytes) -> Interaction:
     if response_url is not None and not isinstance(response_url, str):
         raise InteractionError("response_url", "not a string")
     action_ts = action.get("action_ts")
+    trigger_id = payload.get("trigger_id")
     return Interaction(
         decision=decision,
         user_id=user_id,
@@ -1010,4 +1167,5 @@ def parse_interaction(form_body: bytes) -> Interaction:
         message_ts=message_ts,
         response_url=response_url or None,
         action_ts=action_ts if isinstance(action_ts, str) else None,
+        trigger_id=trigger_id if isinstance(trigger_id, str) else None,
     )

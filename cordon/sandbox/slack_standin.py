@@ -17,7 +17,10 @@ What it follows (Slack API reference, https://api.slack.com/methods and https://
   gives ``not_authed``, an unknown token ``invalid_auth``, an unknown method ``unknown_method``;
 * implemented methods: ``auth.test``, ``chat.postMessage`` (``ok, channel, ts, message``),
   ``chat.update`` (``ok, channel, ts, text, message``), ``chat.postEphemeral`` (``ok, message_ts``),
-  ``users.info`` (``ok, user``) over seeded users;
+  ``users.info`` (``ok, user``) over seeded users, ``usergroups.users.list`` (``ok, users``; an
+  unknown group is ``no_such_subteam``) over seeded user groups, ``views.open`` (``ok, view``;
+  ``trigger_id`` required, a modal over Slack's view limits answered ``invalid_arguments``; recorded
+  for :meth:`SlackStandIn.views`);
 * the Block Kit limits Slack enforces on a message are checked (at most 50 blocks, section text
   3000 characters, header text 150, button value 2000, ``action_id`` 255): a message over them is
   answered ``invalid_blocks`` as Slack does, so a test catches an over-long message;
@@ -28,7 +31,9 @@ What it follows (Slack API reference, https://api.slack.com/methods and https://
 
 State kept for assertions: every request received (:attr:`SlackStandIn.requests`: method, path,
 lower-cased headers, parsed body, the status answered), messages per channel by ``ts`` with their
-latest ``text`` / ``blocks`` and an edit ``history``, ephemeral messages, response-URL posts.
+latest ``text`` / ``blocks`` and an edit ``history`` (:meth:`SlackStandIn.messages` lists the
+channel's top-level messages, as ``conversations.history`` does; :meth:`SlackStandIn.replies` a
+thread, as ``conversations.replies``), ephemeral messages, response-URL posts.
 
 Fault injection: :meth:`SlackStandIn.fail_next` answers the next ``times`` calls of a method with an
 HTTP status (429 with ``Retry-After`` by default, or a 5xx), so retry handlers can be exercised.
@@ -76,6 +81,9 @@ DEFAULT_USERS: tuple[dict[str, Any], ...] = (
     },
 )
 
+#: User groups seeded when none are given: ID -> member user IDs.
+DEFAULT_USERGROUPS: dict[str, list[str]] = {"S0SECOPS01": ["U0CAROL03"]}
+
 #: Channels seeded when none are given: name -> ID.
 DEFAULT_CHANNELS: dict[str, str] = {"security-approvals": "C0APPROVALS", "security-alerts": "C0ALERTS01"}
 
@@ -113,8 +121,8 @@ class SlackStandIn:
     """The Slack Web API stand-in (see the module docstring for what it implements).
 
     ``tokens``: bot tokens accepted (others get ``invalid_auth``). ``users``: seeded users (dicts
-    with ``id``, ``name``, ``profile.email``); ``channels``: name -> channel ID. Methods are
-    thread-safe; the accessors return deep copies.
+    with ``id``, ``name``, ``profile.email``); ``channels``: name -> channel ID; ``usergroups``:
+    user group ID -> member user IDs. Methods are thread-safe; the accessors return deep copies.
     """
 
     def __init__(
@@ -123,6 +131,7 @@ class SlackStandIn:
         tokens: Iterable[str] = ("xoxb-test",),
         users: Iterable[Mapping[str, Any]] | None = None,
         channels: Mapping[str, str] | None = None,
+        usergroups: Mapping[str, Iterable[str]] | None = None,
         team_id: str = "T0CORDON1",
         team: str = "cordon-sandbox",
         bot_user_id: str = "U0CORDONBT",
@@ -137,6 +146,8 @@ class SlackStandIn:
         for u in users if users is not None else DEFAULT_USERS:
             self.add_user(dict(u))
         self._channels: dict[str, str] = dict(channels if channels is not None else DEFAULT_CHANNELS)
+        self._usergroups: dict[str, list[str]] = {
+            g: list(m) for g, m in (usergroups if usergroups is not None else DEFAULT_USERGROUPS).items()}
         self._lock = threading.RLock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -150,6 +161,7 @@ class SlackStandIn:
         self._responses: dict[str, list[dict[str, Any]]] = {}
         self._response_targets: dict[str, tuple[str, str] | None] = {}
         self._faults: dict[str, list[_Fault]] = {}
+        self._views: list[dict[str, Any]] = []
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> str:
@@ -209,6 +221,11 @@ class SlackStandIn:
         user.setdefault("profile", {})
         self._users[user["id"]] = user
 
+    def set_usergroup(self, group_id: str, members: Iterable[str]) -> None:
+        """Seed (or replace) the members of user group ``group_id`` (``S...``)."""
+        with self._lock:
+            self._usergroups[group_id] = list(members)
+
     def add_channel(self, name: str, channel_id: str | None = None) -> str:
         """Seed a channel; returns its ID (generated ``C...`` when not given)."""
         cid = channel_id or "C" + uuid.uuid4().hex[:10].upper()
@@ -253,18 +270,32 @@ class SlackStandIn:
         """The requests received for one Web API method."""
         return [r for r in self.requests if r.method == method]
 
-    def messages(self, channel: str) -> list[dict[str, Any]]:
-        """Messages in ``channel`` (name, ``#name`` or ID), oldest first; each has ``ts``,
-        ``text``, ``blocks`` (latest version) and ``history`` (earlier versions, oldest first)."""
+    def messages(self, channel: str, *, include_replies: bool = False) -> list[dict[str, Any]]:
+        """Top-level messages in ``channel`` (name, ``#name`` or ID), oldest first (thread replies
+        too with ``include_replies``); each has ``ts``, ``text``, ``blocks`` (latest version) and
+        ``history`` (earlier versions, oldest first)."""
         with self._lock:
             msgs = self._messages.get(self._channel_id(channel) or "", {})
-            return [copy.deepcopy(msgs[ts]) for ts in sorted(msgs, key=float)]
+            return [copy.deepcopy(msgs[ts]) for ts in sorted(msgs, key=float)
+                    if include_replies or msgs[ts].get("thread_ts") in (None, ts)]
+
+    def replies(self, channel: str, thread_ts: str) -> list[dict[str, Any]]:
+        """The replies in the thread of message ``thread_ts`` (not the parent), oldest first."""
+        with self._lock:
+            msgs = self._messages.get(self._channel_id(channel) or "", {})
+            return [copy.deepcopy(msgs[ts]) for ts in sorted(msgs, key=float)
+                    if msgs[ts].get("thread_ts") == thread_ts and ts != thread_ts]
 
     def message(self, channel: str, ts: str) -> dict[str, Any] | None:
         """One message by channel and ``ts``, or ``None``."""
         with self._lock:
             msg = self._messages.get(self._channel_id(channel) or "", {}).get(ts)
             return copy.deepcopy(msg) if msg else None
+
+    def views(self) -> list[dict[str, Any]]:
+        """Views opened with ``views.open``, oldest first: ``{"id", "trigger_id", "view"}``."""
+        with self._lock:
+            return copy.deepcopy(self._views)
 
     def ephemerals(self, channel: str) -> list[dict[str, Any]]:
         """Ephemeral messages posted in ``channel`` with ``chat.postEphemeral``."""
@@ -392,7 +423,12 @@ class SlackStandIn:
             "history": [],
         }
         if body.get("thread_ts"):
+            parent = self._messages.get(cid, {}).get(body["thread_ts"])
+            if parent is None:
+                return {"ok": False, "error": "thread_not_found"}
             msg["thread_ts"] = body["thread_ts"]
+            parent.setdefault("reply_count", 0)
+            parent["reply_count"] += 1
         self._messages.setdefault(cid, {})[ts] = msg
         return {"ok": True, "channel": cid, "ts": ts, "message": _public(msg)}
 
@@ -424,11 +460,47 @@ class SlackStandIn:
         )
         return {"ok": True, "message_ts": ts}
 
+    def _views_open(self, body: dict[str, Any]) -> dict[str, Any]:
+        # https://api.slack.com/methods/views.open; limits https://api.slack.com/reference/surfaces/views
+        if not body.get("trigger_id"):
+            return {"ok": False, "error": "invalid_arguments"}
+        view = body.get("view")
+        if isinstance(view, str):
+            try:
+                view = json.loads(view)
+            except json.JSONDecodeError:
+                return {"ok": False, "error": "invalid_arguments"}
+        if not isinstance(view, dict) or view.get("type") != "modal":
+            return {"ok": False, "error": "invalid_arguments"}
+        title = (view.get("title") or {}).get("text", "")
+        blocks = view.get("blocks")
+        if not title or len(title) > 24 or not isinstance(blocks, list) or len(blocks) > 100:
+            return {"ok": False, "error": "invalid_arguments"}
+        if len(view.get("private_metadata", "")) > 3000 or len(view.get("callback_id", "")) > 255:
+            return {"ok": False, "error": "invalid_arguments"}
+        for block in blocks:
+            if not isinstance(block, dict) or "type" not in block:
+                return {"ok": False, "error": "invalid_blocks"}
+            if block["type"] == "input" and (not block.get("label") or "element" not in block):
+                return {"ok": False, "error": "invalid_blocks"}
+        vid = "V" + uuid.uuid4().hex[:10].upper()
+        self._views.append({"id": vid, "trigger_id": body["trigger_id"], "view": copy.deepcopy(view)})
+        return {"ok": True, "view": {**copy.deepcopy(view), "id": vid, "team_id": self.team_id}}
+
     def _users_info(self, body: dict[str, Any]) -> dict[str, Any]:
         user = self._users.get(body.get("user") or "")
         if user is None:
             return {"ok": False, "error": "user_not_found"}
         return {"ok": True, "user": copy.deepcopy(user)}
+
+
+    def _usergroups_users_list(self, body: dict[str, Any]) -> dict[str, Any]:
+        gid = body.get("usergroup")
+        if not gid:
+            return {"ok": False, "error": "invalid_arguments"}
+        if gid not in self._usergroups:
+            return {"ok": False, "error": "no_such_subteam"}
+        return {"ok": True, "users": list(self._usergroups[gid])}
 
 
 _METHODS = {
@@ -437,6 +509,8 @@ _METHODS = {
     "chat.update": SlackStandIn._update,
     "chat.postEphemeral": SlackStandIn._post_ephemeral,
     "users.info": SlackStandIn._users_info,
+    "usergroups.users.list": SlackStandIn._usergroups_users_list,
+    "views.open": SlackStandIn._views_open,
 }
 
 

@@ -1,0 +1,48 @@
+"""The approval sweeper: a scheduled Prefect flow that expires, reminds and escalates.
+
+Thin: the logic is :func:`cordon.approvals.expiry.sweep`. Serve it next to the respond worker
+(``python -m flows.sweeper`` runs it every 60 seconds, or pass another interval in seconds), or
+call ``sweep_approvals()`` once. ``now`` (ISO 8601) overrides the clock, for rehearsals and tests.
+Environment as the respond flow: ``CORDON_DATABASE_URL``, ``CORDON_SLACK_BOT_TOKEN``,
+``CORDON_SLACK_API_URL``, ``PREFECT_API_URL``.
+"""
+
+import os
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import flow
+
+
+@flow(name="approval-sweeper", log_prints=True)
+def sweep_approvals(now: str | None = None, slack: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """One sweep over open Slack approval requests; returns what was done (see
+    :func:`cordon.approvals.expiry.sweep`). ``slack``: ``{"base_url"?, "token"?}`` as the respond
+    flow's; without a bot token nothing is posted, but expiries still resume their runs."""
+    from cordon.approvals.decide import parse_time
+    from cordon.approvals.expiry import sweep
+    from cordon.approvals.slack import web_client
+    from cordon.audit.ledger import Ledger, default_database_url
+
+    at = parse_time(now) if now else datetime.now(UTC)
+    if at is None:
+        raise ValueError(f"sweep_approvals: parameter 'now': not an ISO 8601 time: {now!r}")
+    try:
+        client = web_client(slack or {})
+    except RuntimeError:
+        client = None
+    events = sweep(Ledger(default_database_url()), client, now=at)
+    for e in events:
+        print(e)
+    return events
+
+
+def serve(interval: int = 60) -> None:  # pragma: no cover - a long-running process
+    """Serve the sweeper as the ``approval-sweeper/sweeper`` deployment, every ``interval`` s."""
+    os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", "1")
+    sweep_approvals.serve(name="sweeper", interval=interval)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    serve(int(sys.argv[1]) if len(sys.argv) > 1 else 60)

@@ -1,0 +1,540 @@
+"""The Slack approval policy end to end over real HTTP: who may approve, quorum, no self-approval,
+expiry, replays, a changed plan, escalation, the Roll back button, and 429 handling.
+
+Real parts: Cordon's server (uvicorn on 127.0.0.1) with the real decider
+(:func:`cordon.approvals.decide.make_decider`), the Slack stand-in serving the Web API to the real
+``slack_sdk.WebClient`` (messages, ``users.info``, ``usergroups.users.list``, response URLs),
+clicks built from the posted message and signed the way Slack signs them, the AWS sandbox (moto)
+for the plan and the rollback, a SQLite ledger. The one stand-in is Prefect's ``resume_flow_run``
+(:class:`PausedRun`: validates the input against the flow's ``ApprovalInput`` schema and refuses a
+second resume as Prefect does); ``tests/test_sweeper.py`` resumes a real suspended run.
+Time is a settable clock, never a sleep.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.parse
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from cordon.approvals import outbox
+from cordon.approvals.decide import make_decider, post_request, request_state
+from cordon.approvals.expiry import sweep
+from cordon.approvals.outbox import Outbox
+from cordon.approvals.policy import (
+    SlackDirectory,
+    identity_forms,
+    load_settings,
+    policy_for,
+    principal_names,
+    self_approval_reason,
+)
+from cordon.approvals.slack import make_client, summary_blocks
+from cordon.audit.ledger import Ledger
+from cordon.clouds import clients_for
+from cordon.config import ConfigError, load_config
+from cordon.engine import Responder
+from cordon.respond import build_plan, run_step
+from cordon.sandbox.slack_standin import SlackStandIn, block_actions_payload
+from cordon.server import create_app
+from tests.test_server import SECRET, serve, sign, wait_for
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "cloudtrail-create-access-key.json"
+RUN_ID = "0b9f3c1e-7d2a-4c55-9e61-2f8a7b6c5d40"
+CHANNEL = "C0APPROVALS"
+T0 = datetime(2026, 11, 20, 3, 20, tzinfo=UTC)
+
+#: Slack users of this workspace. Mallory is the actor of the example detection (matched by her
+#: profile e-mail); Dave is mapped explicitly to the target principal build-bot; Carol approves only
+#: through the user group S0SECOPS01; Erin is on call (the escalation target); Eve is nobody.
+USERS = [
+    {"id": "U0ALICE01", "name": "alice", "profile": {"email": "alice@example.com"}},
+    {"id": "U0BOB0002", "name": "bob", "profile": {"email": "bob@example.com"}},
+    {"id": "U0CAROL03", "name": "carol", "profile": {"email": "carol@example.com"}},
+    {"id": "U0MALLORY", "name": "m.sec", "profile": {"email": "Mallory@example.com"}},
+    {"id": "U0DAVE004", "name": "dave", "profile": {"email": "dave@example.com"}},
+    {"id": "U0ERIN005", "name": "erin", "profile": {"email": "erin@example.com"}},
+    {"id": "U0EVE0006", "name": "eve", "profile": {"email": "eve@example.com"}},
+]
+GROUPS = {"S0SECOPS01": ["U0CAROL03"], "S0ONCALL01": ["U0ERIN005"]}
+
+
+class Clock:
+    """A settable clock: ``now()`` for the decider and sweeper, ``monotonic()`` for caches."""
+
+    def __init__(self, at: datetime):
+        self.at = at
+
+    def now(self) -> datetime:
+        return self.at
+
+    def monotonic(self) -> float:
+        return self.at.timestamp()
+
+    def advance(self, **kw) -> None:
+        self.at += timedelta(**kw)
+
+
+class PausedRun:
+    """Prefect's side of ``resume_flow_run`` for one suspended run: the input must validate against
+    ``flows.respond.ApprovalInput`` (as the Prefect server validates it), and a run that was
+    already resumed is not paused any more (Prefect raises ``NotPausedError``)."""
+
+    def __init__(self):
+        self.inputs: list[tuple[str, dict]] = []
+
+    def __call__(self, run_id: str, run_input: dict) -> None:
+        from flows.respond import ApprovalInput
+
+        if self.inputs:
+            raise RuntimeError(f"Flow run {run_id} is not paused.")
+        ApprovalInput.model_validate(run_input)
+        self.inputs.append((run_id, run_input))
+
+
+def write_config(tmp: Path, approval: dict, global_approval: dict) -> Path:
+    """A config folder: the shipped rules and the access-key playbook with ``approval`` replaced."""
+    (tmp / "playbooks").mkdir(parents=True)
+    book = yaml.safe_load((REPO / "playbooks" / "aws-access-key-created.yaml").read_text())
+    book["approval"] = approval
+    (tmp / "playbooks" / "aws-access-key-created.yaml").write_text(yaml.safe_dump(book, sort_keys=False))
+    base = yaml.safe_load((REPO / "config" / "cordon.yaml").read_text())
+    base.update(rules=str(REPO / "config" / "rules"), playbooks=str(tmp / "playbooks"), approval=global_approval)
+    (tmp / "cordon.yaml").write_text(yaml.safe_dump(base))
+    return tmp
+
+
+GLOBAL = {"approvers": {"users": ["U0ALICE01", "U0BOB0002", "U0MALLORY", "U0DAVE004"], "groups": ["S0SECOPS01"]},
+          "identities": {"U0DAVE004": ["arn:aws:iam::111122223333:user/build-bot"]}}
+
+
+class World:
+    """One case waiting for approval in Slack, and Cordon's server to click at."""
+
+    def __init__(self, tmp: Path, aws, approval: dict, severity: str | None = None, requested_by=None):
+        self.clock = Clock(T0)
+        self.slack = SlackStandIn(users=USERS, usergroups=GROUPS)
+        self.slack.start()
+        self.client = make_client("xoxb-test", base_url=self.slack.base_url)
+        self.config = load_config(write_config(tmp / "config", approval, GLOBAL))
+        self.ledger = Ledger(f"sqlite:///{tmp}/ledger.db")
+        # part B's outbox, in this test's database, without the per-channel pacing (no sleeps here)
+        self.outbox = Outbox(self.ledger.url, post_interval=0, update_interval=0)
+        self.responder = Responder(config=self.config, ledger=self.ledger)
+        (self.ticket,) = self.responder.intake([EXAMPLE]).cases
+        det = self.ticket.detection
+        updates = {}
+        if severity:
+            updates["severity"] = severity
+        if requested_by:
+            updates["raw"] = {**det.raw, "requested_by": requested_by}
+        if updates:
+            det = det.model_copy(update=updates)
+            self.ledger.set_case(self.ticket.case_id, detection=det.model_dump_json())
+        self.detection = det
+        self.case_id = self.ticket.case_id
+        aws.seed_from_detection(det)
+        self.clients = clients_for("aws", Responder.cloud_for(self.ticket, aws.cloud_params()))
+        self.playbook = self.ticket.playbook
+        self.plan = build_plan(self.case_id, self.playbook, det, self.clients, {})
+        self.ledger.set_case(self.case_id, flow_run_id=RUN_ID, plan_hash=self.plan.hash)
+        self.ledger.append("plan.created", self.plan.model_dump(), case_id=self.case_id, run_id=RUN_ID)
+        self.asked = post_request(self.ledger, self.client, config=self.config, playbook=self.playbook,
+                                  case_id=self.case_id, run_id=RUN_ID, detection=det, enrichment={},
+                                  plan=self.plan.model_dump(), channel="security-approvals", now=self.clock.now(),
+                                  outbox=self.outbox)
+        self.ts = self.asked["ts"]
+        self.run = PausedRun()
+        self.directory = SlackDirectory(self.client, ttl=60, clock=self.clock.monotonic)
+        self.decided: list = []
+        decide = make_decider(self.ledger, self.config, resume=self.run, slack_client=self.client,
+                              directory=self.directory, now=self.clock.now, rollback=self.rollback,
+                              outbox=self.outbox)
+
+        def counted(ix):
+            try:
+                return decide(ix)
+            finally:
+                self.decided.append(ix)
+
+        self.server = serve(create_app(signing_secret=SECRET, ledger=self.ledger, decide=counted))
+        self.url = self.server.__enter__()
+
+    def rollback(self, case_id: str, who: str) -> list[dict]:
+        return self.responder.rollback(case_id, self.clients, who)
+
+    def close(self) -> None:
+        self.server.__exit__(None, None, None)
+        self.slack.stop()
+
+    def message(self) -> dict:
+        return self.slack.message(CHANNEL, self.ts)
+
+    def body(self, user_id: str, action_id: str = "cordon_approve", message: dict | None = None) -> tuple[bytes, str]:
+        """A click on ``message`` (default: the message as it is now), signed later by :meth:`post`."""
+        user = next(u for u in USERS if u["id"] == user_id)
+        url = self.slack.response_url(CHANNEL, self.ts)
+        payload = block_actions_payload(message or self.message(), CHANNEL, action_id, user_id=user_id,
+                                        user_name=user["name"], response_url=url)
+        return urllib.parse.urlencode({"payload": json.dumps(payload)}).encode(), url
+
+    def post(self, body: bytes) -> httpx.Response:
+        return httpx.post(f"{self.url}/slack/interactions", content=body, headers=sign(body))
+
+    def click(self, user_id: str, action_id: str = "cordon_approve", message: dict | None = None) -> str | None:
+        """Click, wait for the decision; returns the ephemeral refusal shown to the clicker, or None."""
+        body, url = self.body(user_id, action_id, message)
+        n = len(self.decided)
+        refusals = len(list(self.ledger.records(kind_prefix="approval.click_refused")))
+        assert self.post(body).status_code == 200
+        assert wait_for(lambda: len(self.decided) > n)
+        if len(list(self.ledger.records(kind_prefix="approval.click_refused"))) > refusals:
+            assert wait_for(lambda: self.slack.responses(url)), "the refusal was not posted to the response_url"
+            (answer,) = self.slack.responses(url)
+            assert answer["response_type"] == "ephemeral" and answer["replace_original"] is False
+            return answer["text"]
+        return None
+
+    def kinds(self, prefix: str = "") -> list[str]:
+        return [r.kind for r in self.ledger.records(case_id=self.case_id) if r.kind.startswith(prefix)]
+
+
+@pytest.fixture
+def world(tmp_path, aws):
+    made: list[World] = []
+
+    def make(approval: dict | None = None, **kw) -> World:
+        w = World(tmp_path / f"w{len(made)}", aws, approval or {"required": True, "expire_after": "4h"}, **kw)
+        made.append(w)
+        return w
+
+    yield make
+    for w in made:
+        w.close()
+
+
+def text_of(blocks) -> str:
+    return json.dumps(blocks, ensure_ascii=False)
+
+
+# -- quorum -----------------------------------------------------------------------------------
+def test_quorum_of_two_for_a_critical_detection(world):
+    w = world(severity="critical")
+    assert w.asked["quorum"] == 2
+    assert "Approvals 0 of 2" in text_of(w.message()["blocks"])
+
+    assert w.click("U0ALICE01") is None
+    assert w.run.inputs == []  # one approval is not enough
+    [vote] = [r for r in w.ledger.records(case_id=w.case_id) if r.kind == "approval.vote"]
+    assert vote.payload == {"plan_hash": w.plan.hash, "user_id": "U0ALICE01", "approver": "slack:U0ALICE01",
+                                 "user_name": "alice", "count": 1, "quorum": 2}
+    msg = w.message()
+    assert "Approvals 1 of 2* (<@U0ALICE01>)" in text_of(msg["blocks"]) and msg["history"]
+    assert any(b["type"] == "actions" for b in msg["blocks"])  # still waiting: buttons stay
+    assert [r["text"] for r in w.slack.replies(CHANNEL, w.ts)] == ["Approval 1 of 2 by <@U0ALICE01>"]
+
+    # the same approver twice does not make two
+    assert "already approved" in w.click("U0ALICE01")
+    assert w.run.inputs == []
+
+    assert w.click("U0BOB0002") is None
+    [(run_id, run_input)] = w.run.inputs
+    assert run_id == RUN_ID and run_input["decision"] == "approve" and run_input["quorum"] == 2
+    assert run_input["approvers"] == ["slack:U0ALICE01", "slack:U0BOB0002"]
+    assert run_input["plan_hash"] == w.plan.hash
+    assert w.kinds("approval.") == ["approval.asked", "approval.vote", "approval.click_refused", "approval.vote",
+                                    "approval.decision_received"]
+    assert w.ledger.verify().ok
+    # decided: a third click is refused and told why
+    assert "already decided: approve" in w.click("U0CAROL03")
+
+
+def test_quorum_is_one_by_default_and_the_playbook_can_raise_it(world):
+    w = world()
+    assert w.asked["quorum"] == 1
+    assert w.click("U0BOB0002") is None
+    assert w.run.inputs[0][1]["approvers"] == ["slack:U0BOB0002"]
+    settings = load_settings(w.config)
+    from cordon.playbooks.schema import Approval
+
+    assert policy_for(settings, Approval(quorum=3), "low").quorum == 3
+    assert policy_for(settings, Approval(), "critical").quorum == 2
+    assert policy_for(settings, Approval(quorum=1), "critical").quorum == 1
+
+
+def test_deny_from_any_allowed_approver_ends_it(world):
+    w = world(severity="critical")
+    assert w.click("U0ALICE01") is None
+    assert w.run.inputs == []
+    assert w.click("U0BOB0002", "cordon_deny") is None
+    [(_, run_input)] = w.run.inputs
+    assert run_input["decision"] == "deny" and run_input["approver"] == "slack:U0BOB0002"
+    assert run_input["approvers"] == ["slack:U0BOB0002"]
+    assert "already decided: deny" in w.click("U0CAROL03")
+
+
+# -- who may decide ---------------------------------------------------------------------------
+def test_actor_refused_through_the_slack_profile_email(world):
+    w = world()
+    # U0MALLORY is an allowed approver, but her Slack e-mail Mallory@example.com names the IAM user
+    # arn:aws:iam::111122223333:user/mallory who created the key.
+    reason = w.click("U0MALLORY")
+    assert reason and "no self-approval" in reason and "mallory" in reason
+    reason = w.click("U0MALLORY", "cordon_deny")
+    assert reason and "no self-approval" in reason
+    assert w.run.inputs == []
+    assert [r.payload["user_id"] for r in w.ledger.records(kind_prefix="approval.click_refused")] == \
+           ["U0MALLORY", "U0MALLORY"]
+    assert w.slack.requests_for("users.info")  # the e-mail came from Slack
+
+
+def test_target_refused_through_the_explicit_identity_mapping(world):
+    w = world()
+    reason = w.click("U0DAVE004")  # mapped in config to arn:...:user/build-bot, the target
+    assert reason and "no self-approval" in reason and "build-bot" in reason
+    assert w.run.inputs == []
+
+
+@pytest.mark.parametrize("requested_by", [{"slack_user_id": "U0ALICE01"}, {"email": "ALICE@example.com"},
+                                          {"cli_user": "alice"}])
+def test_who_requested_a_manual_run_cannot_approve_it(world, requested_by):
+    w = world(requested_by=requested_by)
+    reason = w.click("U0ALICE01")
+    assert reason and "you requested this run" in reason
+    assert w.run.inputs == []
+    assert w.click("U0BOB0002") is None  # anyone else allowed still can
+    assert w.run.inputs[0][1]["approvers"] == ["slack:U0BOB0002"]
+
+
+def test_non_approver_refused(world):
+    w = world()
+    reason = w.click("U0EVE0006")
+    assert reason == "<@U0EVE0006> is not an approver for this playbook"
+    assert w.run.inputs == []
+    [rec] = w.ledger.records(kind_prefix="approval.click_refused")
+    assert rec.actor == "slack:U0EVE0006" and rec.payload["plan_hash"] == w.plan.hash
+
+
+def test_user_group_member_accepted_and_groups_cached_briefly(world):
+    w = world()
+    assert w.click("U0CAROL03") is None  # only through S0SECOPS01
+    assert w.run.inputs[0][1]["approvers"] == ["slack:U0CAROL03"]
+    [req] = w.slack.requests_for("usergroups.users.list")
+    assert req.body["usergroup"] == "S0SECOPS01" and req.headers["authorization"] == "Bearer xoxb-test"
+    # within the TTL the answer is reused; after it, Slack is asked again and a removal is seen
+    w.slack.set_usergroup("S0SECOPS01", [])
+    assert w.directory.group_members("S0SECOPS01") == {"U0CAROL03"}
+    w.clock.advance(seconds=61)
+    assert w.directory.group_members("S0SECOPS01") == frozenset()
+    assert len(w.slack.requests_for("usergroups.users.list")) == 2
+
+
+# -- stale, replayed, changed -----------------------------------------------------------------
+def test_expired_request_refused(world):
+    w = world({"required": True, "expire_after": "30m"})
+    w.clock.advance(minutes=30)
+    reason = w.click("U0ALICE01")
+    assert reason == "this approval request expired at 2026-11-20T03:50:00+00:00"
+    assert w.run.inputs == []
+
+
+def test_replayed_request_refused_with_401(world):
+    w = world({"required": True, "quorum": 2})
+    body, _ = w.body("U0ALICE01")
+    assert w.post(body).status_code == 200
+    assert wait_for(lambda: len(w.decided) == 1)
+    again = w.post(body)  # the same signed body, still within Slack's five minutes
+    assert again.status_code == 401 and again.json()["reason"] == "replayed"
+    [refused] = w.ledger.records(kind_prefix="slack.request_refused")
+    assert refused.payload["reason"] == "replayed" and refused.payload["user_id"] == "U0ALICE01"
+    assert refused.case_id == w.case_id
+    time.sleep(0.2)  # nothing is decided in the background either
+    assert len(w.decided) == 1
+    assert [r.payload["count"] for r in w.ledger.records(kind_prefix="approval.vote")] == [1]
+    # a new click by the same person is a new interaction (new trigger_id and action_ts): refused for
+    # the vote, not as a replay
+    assert "already approved" in w.click("U0ALICE01")
+
+
+def test_forged_request_401_and_recorded(world):
+    w = world()
+    body, _ = w.body("U0ALICE01")
+    r = httpx.post(f"{w.url}/slack/interactions", content=body,
+                   headers={**sign(body), "X-Slack-Signature": "v0=" + "0" * 64})
+    assert r.status_code == 401
+    [rec] = w.ledger.records(kind_prefix="slack.request_refused")
+    assert rec.payload["reason"] == "bad_signature"
+    assert w.decided == []
+
+
+def test_changed_plan_refused(world):
+    w = world()
+    w.ledger.set_case(w.case_id, plan_hash="f" * 64)  # the run re-planned since the message was posted
+    reason = w.click("U0ALICE01")
+    assert reason == "the containment plan changed since this message was posted; decide on the new one"
+    assert w.run.inputs == []
+
+
+# -- escalation and reminders (the sweeper, with the clock set) -------------------------------
+def test_escalation_fires_after_its_delay_and_lets_the_oncall_approve(world):
+    w = world({"required": True, "expire_after": "4h", "remind_every": "30m", "escalate_after": "1h",
+               "escalate_to": "S0ONCALL01"})
+    assert "is not an approver" in w.click("U0ERIN005")  # not yet escalated
+    assert sweep(w.ledger, w.client, outbox=w.outbox, now=T0 + timedelta(minutes=29), resume=w.run) == []
+    assert sweep(w.ledger, w.client, outbox=w.outbox, now=T0 + timedelta(minutes=30), resume=w.run) == [
+        {"case_id": w.case_id, "event": "reminded", "n": 1}]
+    assert sweep(w.ledger, w.client, outbox=w.outbox, now=T0 + timedelta(minutes=59), resume=w.run) == []
+    events = sweep(w.ledger, w.client, outbox=w.outbox, now=T0 + timedelta(minutes=60), resume=w.run)
+    assert events == [{"case_id": w.case_id, "event": "escalated", "to": "S0ONCALL01"}]
+    assert sweep(w.ledger, w.client, outbox=w.outbox, now=T0 + timedelta(minutes=61), resume=w.run) == []  # once only
+    replies = [r["text"] for r in w.slack.replies(CHANNEL, w.ts)]
+    assert replies[0].startswith("Reminder: approval still needed") and "(0 of 1)" in replies[0]
+    assert replies[1].startswith("<!subteam^S0ONCALL01>: approval still needed")
+    assert "escalated to <!subteam^S0ONCALL01>" in text_of(w.message()["blocks"])
+    [esc] = w.ledger.records(kind_prefix="approval.escalated")
+    assert esc.payload["escalate_to"] == "S0ONCALL01" and esc.payload["after_seconds"] == 3600
+    assert esc.actor == "cordon:sweeper"
+    w.clock.advance(minutes=61)
+    assert w.click("U0ERIN005") is None  # on call, through the escalation group
+    assert w.run.inputs[0][1]["approvers"] == ["slack:U0ERIN005"]
+    assert w.kinds("approval.") == ["approval.asked", "approval.click_refused", "approval.reminded",
+                                    "approval.escalated", "approval.vote", "approval.decision_received"]
+
+
+def test_sweeper_expires_an_open_request_once(world):
+    w = world({"required": True, "expire_after": "2h", "on_expiry": "deny"})
+    just_before = T0 + timedelta(hours=2) - timedelta(seconds=1)
+    assert sweep(w.ledger, w.client, outbox=w.outbox, now=just_before, resume=w.run) == []
+    assert sweep(w.ledger, w.client, outbox=w.outbox, now=T0 + timedelta(hours=2), resume=w.run) == [
+        {"case_id": w.case_id, "event": "expired", "on_expiry": "deny"}]
+    [(run_id, run_input)] = w.run.inputs
+    assert run_input["decision"] == "expired" and run_input["approver"] == "cordon:sweeper"
+    assert sweep(w.ledger, w.client, outbox=w.outbox, now=T0 + timedelta(hours=3), resume=w.run) == []
+    st = request_state(list(w.ledger.records(case_id=w.case_id)), RUN_ID, w.plan.hash)
+    assert st.decided is not None and st.decided.payload["decision"] == "expired"
+    w.clock.advance(hours=1)
+    assert "expired" in w.click("U0ALICE01")
+
+
+# -- the Roll back button ---------------------------------------------------------------------
+def test_roll_back_button_under_the_same_policy(world, aws):
+    w = world({"required": True, "quorum": 1})
+    assert w.click("U0ALICE01") is None  # approved; the run contains the key (as the flow's task does)
+    step = w.plan.steps[0]
+    result = run_step(step, w.detection, w.clients)
+    assert result.status == "contained"
+    w.ledger.append("action.contained", result.model_dump(), case_id=w.case_id, run_id=RUN_ID)
+    w.ledger.append("case.closed", {"status": "contained", "verified": True,
+                                    "approval": {"decision": "approve", "approver": "slack:U0ALICE01"}},
+                    case_id=w.case_id, run_id=RUN_ID)
+    w.ledger.set_case(w.case_id, status="contained")
+    summary = {"case_id": w.case_id, "playbook": w.playbook.name, "flow_run_id": RUN_ID, "status": "contained",
+               "verified": True, "plan": {"hash": w.plan.hash}, "detection": w.detection.summary(),
+               "approval": {"decision": "approve", "approver": "slack:U0ALICE01"}, "rollback": True,
+               "actions": [{"name": result.name, "target": result.target, "status": "contained"}]}
+    outbox.update_case(w.client, {"channel": CHANNEL, "ts": w.ts}, case_id=w.case_id,
+                       blocks=summary_blocks(summary), text="contained", outbox=w.outbox)
+    iam = aws.clients("iam", account_id="111122223333")
+
+    def status() -> str:
+        return iam.list_access_keys(UserName="build-bot")["AccessKeyMetadata"][0]["Status"]
+
+    assert status() == "Inactive"
+    # the actor cannot undo the containment of her own key; nor can a non-approver
+    assert "no self-approval" in w.click("U0MALLORY", "cordon_rollback")
+    assert "not an approver" in w.click("U0EVE0006", "cordon_rollback")
+    assert status() == "Inactive"
+    with_button = w.message()
+    assert w.click("U0BOB0002", "cordon_rollback") is None
+    assert status() == "Active"
+    kinds = w.kinds()
+    for kind in ("rollback.vote", "rollback.approved", "rollback.requested", "action.rolled_back",
+                 "rollback.completed"):
+        assert kind in kinds, kind
+    assert w.ledger.case(w.case_id)["status"] == "rolled_back"
+    msg = w.message()
+    assert "Rolled back" in text_of(msg["blocks"]) and "cordon_rollback" not in text_of(msg["blocks"])
+    assert w.slack.replies(CHANNEL, w.ts)[-1]["text"].startswith("Rollback: aws.deactivate-access-key")
+    # a click on a copy of the message that still showed the button
+    assert "already rolled back" in w.click("U0ALICE01", "cordon_rollback", message=with_button)
+
+
+# -- pure parts and configuration -------------------------------------------------------------
+def test_identity_matching_rules():
+    det = {"actor": {"user": {"uid": "arn:aws:iam::1:user/ops/Mallory", "name": "mallory"}},
+           "target": {"uid": "projects/-/serviceAccounts/bot@p.iam.gserviceaccount.com"},
+           "credential": {"owner": {"name": "alice@corp.onmicrosoft.com"}}}
+    names = principal_names(det)
+    assert {"arn:aws:iam::1:user/ops/mallory", "mallory", "alice@corp.onmicrosoft.com"} <= names
+    assert self_approval_reason("U1", "x", identity_forms("mallory@example.com"), det)
+    assert self_approval_reason("U1", "x", identity_forms("Alice@corp.onmicrosoft.com"), det)
+    assert self_approval_reason("U1", "x", identity_forms("bob@example.com"), det) is None
+    assert self_approval_reason("U1", "x", identity_forms(None, ["user:MALLORY"]), det)
+
+
+def test_bad_policy_configuration_names_the_field(tmp_path):
+    for section, field in (({"quorum": {"critical": 0}}, "approval.quorum.critical"),
+                           ({"identities": {"U1": "arn:x"}}, "approval.identities.U1"),
+                           ({"approvers": {"people": []}}, "approval.approvers.people"),
+                           ({"grace": "soon"}, "approval.grace")):
+        d = tmp_path / field
+        d.mkdir()
+        (d / "cordon.yaml").write_text(yaml.safe_dump({"approval": section}))
+        with pytest.raises(ConfigError) as err:
+            load_settings(load_config(d))
+        assert f"field '{field}'" in str(err.value) and "cordon.yaml" in str(err.value)
+
+
+def test_playbook_escalation_needs_a_target():
+    from cordon.playbooks.schema import Approval
+
+    with pytest.raises(ValueError, match="escalate_after needs escalate_to"):
+        Approval(escalate_after="1h")
+    with pytest.raises(ValueError):
+        Approval(approvers={"users": ["alice"]})
+
+
+# -- Slack rate limits ------------------------------------------------------------------------
+def test_429_with_retry_after_is_honoured_by_our_client(tmp_path):
+    box = Outbox(f"sqlite:///{tmp_path}/outbox.db")
+    with SlackStandIn(users=USERS, usergroups=GROUPS) as slack:
+        client = make_client("xoxb-test", base_url=slack.base_url)
+        slack.fail_next("usergroups.users.list", status=429, headers={"Retry-After": "1"})
+        assert SlackDirectory(client).group_members("S0SECOPS01") == {"U0CAROL03"}
+        first, second = slack.requests_for("usergroups.users.list")
+        assert (first.status, second.status) == (429, 200)
+        assert second.time - first.time >= 1.0  # waited at least Retry-After before asking again
+        channel = slack.add_channel("ops", "C0OPS0001")
+        where = outbox.request_approval(client, channel=channel, case_id="c1", actor_key=None,
+                                        blocks=[{"type": "section", "text": {"type": "mrkdwn", "text": "x"}}],
+                                        text="x", outbox=box)
+        ts = where["ts"]
+        slack.fail_next("chat.update", status=429, headers={"Retry-After": "1"})
+        outbox.update_case(client, where, case_id="c1", blocks=[], text="y", thread_text="step", outbox=box)
+        up = slack.requests_for("chat.update")
+        assert [r.status for r in up] == [429, 200] and up[1].time - up[0].time >= 1.0
+        assert slack.message(channel, ts)["text"] == "y"
+        assert [r["text"] for r in slack.replies(channel, ts)] == ["step"]
+
+
+def test_two_approvers_at_once_resume_the_run_once(world):
+    # two approvers clicking at the same moment: exactly one resume, quorum counted once each
+    w = world(severity="critical")
+    bodies = [w.body("U0ALICE01")[0], w.body("U0BOB0002")[0]]
+    threads = [threading.Thread(target=w.post, args=(b,)) for b in bodies]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wait_for(lambda: len(w.decided) == 2)
+    assert len(w.run.inputs) == 1
+    assert sorted(w.run.inputs[0][1]["approvers"]) == ["slack:U0ALICE01", "slack:U0BOB0002"]
+    assert sorted(r.payload["count"] for r in w.ledger.records(kind_prefix="approval.vote")) == [1, 2]

@@ -1,0 +1,65 @@
+"""The approval sweeper against a real suspended run: expiry ends the run cleanly.
+
+The production shape on one machine (the ``stack`` of ``tests/test_durability.py``: a Prefect
+server and a worker as child processes, the Slack stand-in, the AWS sandbox, Cordon's server): a
+case is submitted to the ``respond`` deployment, posts its approval request and suspends. Nobody
+answers; the sweeper flow (``flows/sweeper.py``, run here in-process with its clock set past
+``expires_at``, no sleeping) resumes the run with an ``expired`` decision; the worker finishes it:
+``approval.expired`` and ``case.closed`` in the ledger, nothing contained, the message updated.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+from cordon.approvals.decide import parse_time
+from tests.helpers import wait_for
+from tests.test_durability import (  # noqa: F401 - stack is a fixture
+    CHANNEL,
+    flow_state,
+    stack,
+    start_paused_case,
+)
+
+
+def test_sweeper_resumes_an_expired_run_which_ends_cleanly(stack):  # noqa: F811 - the fixture
+    from flows.sweeper import sweep_approvals
+
+    run_id, case_id = start_paused_case(stack)
+    ledger = stack["ledger"]
+    (asked,) = list(ledger.records(case_id=case_id, kind_prefix="approval.asked"))
+    expires_at = parse_time(asked.payload["expires_at"])
+    asked_at = parse_time(asked.payload["asked_at"])
+    assert expires_at - asked_at == timedelta(hours=4)  # the playbook's expire_after
+    assert ledger.case(case_id)["status"] == "awaiting_approval"
+    (message,) = stack["slack"].messages(CHANNEL)
+    assert "Approvals 0 of 1" in json.dumps(message["blocks"])
+
+    # before expiry the sweeper leaves it alone
+    assert sweep_approvals(now=(expires_at - timedelta(seconds=1)).isoformat()) == []
+    assert flow_state(run_id) == "PAUSED"
+    # at expiry it resumes the run with "expired"
+    events = sweep_approvals(now=expires_at.isoformat())
+    assert events == [{"case_id": case_id, "event": "expired", "on_expiry": "deny"}]
+    wait_for(lambda: flow_state(run_id) == "COMPLETED", 180, "the expired run to complete")
+
+    kinds = [r.kind for r in ledger.records(case_id=case_id)]
+    assert "approval.expired" in kinds and kinds[-1] == "case.closed", kinds
+    assert not any(k.startswith("action.") for k in kinds)  # nothing was contained
+    (closed,) = [r for r in ledger.records(case_id=case_id) if r.kind == "case.closed"]
+    assert closed.payload["status"] == "expired"
+    (expired,) = [r for r in ledger.records(case_id=case_id) if r.kind == "approval.expired"]
+    assert expired.payload["approver"] == "cordon:sweeper" and expired.payload["proceed"] is False
+    assert ledger.case(case_id)["status"] == "expired"
+    assert ledger.verify().ok
+    iam = stack["aws"].clients("iam", account_id="111122223333")
+    keys = {k["AccessKeyId"]: k["Status"] for k in iam.list_access_keys(UserName="build-bot")["AccessKeyMetadata"]}
+    assert keys == {"AKIAEXAMPLEBUILDBOT9": "Active"}
+    final = stack["slack"].message(CHANNEL, message["ts"])
+    assert "Approval expired" in json.dumps(final["blocks"])
+    assert not any(b["type"] == "actions" for b in final["blocks"])
+    replies = [r["text"] for r in stack["slack"].replies(CHANNEL, message["ts"])]
+    assert replies == ["Expired unanswered; nothing was changed."]
+    # a sweep after the end finds nothing to do
+    assert sweep_approvals(now=(expires_at + timedelta(hours=1)).isoformat()) == []
