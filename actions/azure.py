@@ -33,6 +33,7 @@ https://learn.microsoft.com/rest/api/authorization/role-assignments .
 from __future__ import annotations
 
 import copy
+import re
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -49,6 +50,7 @@ from cordon.action import (
     GuardError,
     register,
 )
+from cordon.detections.azure import GRAPH_APP_ID, RISKY_GRAPH_PERMISSIONS
 
 GUID = {"type": "string", "pattern": r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"}
 OBJECT_TYPE = {"type": "string", "enum": ["Application", "ServicePrincipal"],
@@ -63,7 +65,7 @@ FEDERATED_UID = {"type": "string",
                  "description": "<application object id>/federatedIdentityCredentials/<id>"}
 OWNER_PATHS = ("credential.owner.uid", "target.uid")
 AZURE_KINDS = ("azure_sp_password", "azure_sp_key", "azure_federated_credential", "azure_role_assignment",
-               "azure_user", "azure_service_principal")
+               "azure_user", "azure_service_principal", "azure_directory_role", "azure_app_role_assignment")
 
 
 def odata_status(err: BaseException) -> int | None:
@@ -94,6 +96,14 @@ def _graph_object(graph: Any, object_type: str, object_id: str) -> Any:
     if object_type == "Application":
         return graph.applications.by_application_id(object_id)
     return graph.service_principals.by_service_principal_id(object_id)
+
+
+def _by_app_id(graph: Any, object_type: str, app_id: str) -> Any:
+    """The request builder of the application or service principal with ``appId`` (Graph's
+    alternate key ``/applications(appId='...')``)."""
+    if object_type == "Application":
+        return graph.applications_with_app_id(app_id)
+    return graph.service_principals_with_app_id(app_id)
 
 
 def _remove_password(graph: Any, object_type: str, p: dict[str, Any]) -> Any:
@@ -132,18 +142,44 @@ async def _remove_key_credential(graph: Any, object_type: str, p: dict[str, Any]
     config = RequestConfiguration(query_parameters=cls(select=["id", "keyCredentials"]))
     obj = await builder.get(request_configuration=config)
     current = list(obj.key_credentials or []) if obj else []
-    keep = [k for k in current if str(k.key_id).lower() != str(p["keyId"]).lower()]
+    gone = str(p["keyId"]).lower()
+    keep = [k for k in current if str(k.key_id).lower() != gone]
     if len(keep) == len(current):
         return None
     body = Application(key_credentials=keep) if object_type == "Application" else ServicePrincipal(
         key_credentials=keep)
     await builder.patch(body)
+    # Re-read and verify: the key is gone and every key sent back is still there. A certificate added by
+    # someone else between the read and the PATCH would have been dropped by the PATCH and cannot be
+    # seen here (Graph has no etag on keyCredentials); a PATCH that lost ours is caught.
+    after = await builder.get(request_configuration=config)
+    now = {str(k.key_id).lower() for k in ((after.key_credentials if after else None) or [])}
+    kept = {str(k.key_id).lower() for k in keep}
+    if gone in now or not kept <= now:
+        raise RuntimeError(f"keyCredentials of {object_type} {p['id']} after PATCH: {sorted(now)}; expected "
+                           f"{sorted(kept)} without {gone}")
     return None
 
 
 def _delete_federated(graph: Any, p: dict[str, Any]) -> Any:
     return (graph.applications.by_application_id(p["id"]).federated_identity_credentials
             .by_federated_identity_credential_id(p["federatedIdentityCredentialId"]).delete())
+
+
+def _create_directory_role_assignment(graph: Any, p: dict[str, Any]) -> Any:
+    from msgraph.generated.models.unified_role_assignment import UnifiedRoleAssignment
+
+    body = UnifiedRoleAssignment(principal_id=p["principalId"], role_definition_id=p["roleDefinitionId"],
+                                 directory_scope_id=p.get("directoryScopeId") or "/")
+    return graph.role_management.directory.role_assignments.post(body)
+
+
+def _create_app_role_assignment(graph: Any, p: dict[str, Any]) -> Any:
+    from msgraph.generated.models.app_role_assignment import AppRoleAssignment
+
+    body = AppRoleAssignment(principal_id=uuid.UUID(p["principalId"]), resource_id=uuid.UUID(p["resourceId"]),
+                             app_role_id=uuid.UUID(p["appRoleId"]))
+    return graph.service_principals.by_service_principal_id(p["id"]).app_role_assignments.post(body)
 
 
 #: Graph operations an :class:`~cordon.action.ApiCall` may name: ``operation -> fn(graph, params)``
@@ -156,6 +192,13 @@ GRAPH_OPS: dict[str, Callable[[Any, dict[str, Any]], Any]] = {
     "applications.removeKeyCredential": lambda g, p: _remove_key_credential(g, "Application", p),
     "applications.federatedIdentityCredentials.delete": _delete_federated,
     "users.revokeSignInSessions": lambda g, p: g.users.by_user_id(p["id"]).revoke_sign_in_sessions.post(),
+    "roleManagement.directory.roleAssignments.delete":
+        lambda g, p: g.role_management.directory.role_assignments.by_unified_role_assignment_id(p["id"]).delete(),
+    "roleManagement.directory.roleAssignments.create": lambda g, p: _create_directory_role_assignment(g, p),
+    "servicePrincipals.appRoleAssignments.delete":
+        lambda g, p: g.service_principals.by_service_principal_id(p["id"]).app_role_assignments
+        .by_app_role_assignment_id(p["appRoleAssignmentId"]).delete(),
+    "servicePrincipals.appRoleAssignments.create": lambda g, p: _create_app_role_assignment(g, p),
 }
 
 
@@ -277,6 +320,10 @@ class _SpCredentialAction(AzureContainmentAction):
         return f"{_object_type(ctx)} {ctx.params['object_id']} {self.noun} {ctx.params['key_id']}"
 
     def read(self, ctx: ActionContext) -> dict[str, Any] | None:
+        """The state (see the subclass doc). When the keyId is not on the named object, the paired
+        object (the application of a service principal, or the service principal of an application,
+        found by ``appId``) is read too: ``found_on`` says where the keyId is (``{object_type,
+        object_id}``, ``None`` when on neither) and ``paired`` holds the other object's credentials."""
         otype, oid, key_id = _object_type(ctx), ctx.params["object_id"], str(ctx.params["key_id"]).lower()
         _refuse_self(ctx, oid, what=f"{otype} {oid}")
         obj = graph_read(ctx, lambda g: _graph_object(g, otype, oid).get())
@@ -284,12 +331,32 @@ class _SpCredentialAction(AzureContainmentAction):
             return None
         _refuse_self(ctx, obj.app_id, what=f"{otype} {oid} (appId {obj.app_id})")
         items = [type(self).view(c) for c in (getattr(obj, self.sdk_list) or [])]
-        return {"object_id": oid, "object_type": otype, "app_id": obj.app_id, "display_name": obj.display_name,
-                "key_id": key_id, "present": any((c["key_id"] or "").lower() == key_id for c in items),
-                self.state_list: items}
+        here = any((c["key_id"] or "").lower() == key_id for c in items)
+        state: dict[str, Any] = {
+            "object_id": oid, "object_type": otype, "app_id": obj.app_id, "display_name": obj.display_name,
+            "key_id": key_id, "present": here, self.state_list: items,
+            "found_on": {"object_type": otype, "object_id": oid} if here else None, "paired": None}
+        if not here and obj.app_id:
+            pair_type = "ServicePrincipal" if otype == "Application" else "Application"
+            pair = graph_read(ctx, lambda g: _by_app_id(g, pair_type, obj.app_id).get())
+            if pair is not None:
+                _refuse_self(ctx, pair.id, what=f"{pair_type} {pair.id} paired with {otype} {oid}")
+                pitems = [type(self).view(c) for c in (getattr(pair, self.sdk_list) or [])]
+                there = any((c["key_id"] or "").lower() == key_id for c in pitems)
+                state["paired"] = {"object_type": pair_type, "object_id": pair.id, self.state_list: pitems}
+                if there:
+                    state["present"] = True
+                    state["found_on"] = {"object_type": pair_type, "object_id": pair.id}
+        return state
 
     def is_contained(self, state: dict[str, Any] | None) -> bool:
         return state is None or not state["present"]
+
+    def _where(self, ctx: ActionContext, state: dict[str, Any] | None) -> tuple[str, str]:
+        found = (state or {}).get("found_on") or {"object_type": _object_type(ctx),
+                                                  "object_id": ctx.params["object_id"]}
+        return ("applications" if found["object_type"] == "Application" else "servicePrincipals",
+                found["object_id"])
 
 
 @register
@@ -307,9 +374,9 @@ class RemoveSpPassword(_SpCredentialAction):
     password_credentials: [{key_id, display_name, hint, start, end}]}`` (never ``secretText``);
     ``None`` when the object does not exist (then nothing can sign in with it:
     ``already_contained`` with ``data={"missing": True}``). Contained when the keyId is not
-    among the object's password credentials. Limit: a keyId that was put on the *other* object
-    (the application rather than its service principal) reads as absent here; name the object
-    the audit log names.
+    among the object's password credentials *and* those of its paired object: a keyId put on the
+    application while the audit log names the service principal (or the reverse) is found on the
+    pair (same ``appId``; ``found_on`` in the state) and removed there.
     API: https://learn.microsoft.com/graph/api/serviceprincipal-removepassword?view=graph-rest-1.0 ,
     https://learn.microsoft.com/graph/api/application-removepassword?view=graph-rest-1.0
 
@@ -327,9 +394,9 @@ class RemoveSpPassword(_SpCredentialAction):
     noun, sdk_list, state_list, view = "password", "password_credentials", "password_credentials", _password_view
 
     def plan_calls(self, ctx: ActionContext, state: dict[str, Any] | None) -> list[ApiCall]:
-        op = "applications" if _object_type(ctx) == "Application" else "servicePrincipals"
+        op, oid = self._where(ctx, state)
         return [ApiCall(service="graph", operation=f"{op}.removePassword",
-                        params={"id": ctx.params["object_id"], "keyId": str(ctx.params["key_id"]).lower()})]
+                        params={"id": oid, "keyId": str(ctx.params["key_id"]).lower()})]
 
 
 @register
@@ -340,7 +407,10 @@ class RemoveSpKey(_SpCredentialAction):
     collection; the others are sent back unchanged). The ``removeKey`` action is not used: it
     demands a proof-of-possession JWT signed with one of the object's *existing* private keys,
     which a responder does not hold. Graph has no etag on this collection: a certificate added
-    between Cordon's read and its PATCH would be dropped (one round trip).
+    between Cordon's read and its PATCH would be dropped (one round trip). After the PATCH the
+    collection is read again and checked (the keyId gone, every other key still there); a mismatch
+    fails the run (``RuntimeError``). As for passwords, the paired object is searched when the
+    keyId is not on the named one.
 
     Guard: as ``azure.remove-sp-password`` (``key_id`` = the detection's credential uid,
     ``object_id`` its owner or target, never Cordon's own object).
@@ -366,9 +436,9 @@ class RemoveSpKey(_SpCredentialAction):
     noun, sdk_list, state_list, view = "certificate", "key_credentials", "key_credentials", _key_view
 
     def plan_calls(self, ctx: ActionContext, state: dict[str, Any] | None) -> list[ApiCall]:
-        op = "applications" if _object_type(ctx) == "Application" else "servicePrincipals"
+        op, oid = self._where(ctx, state)
         return [ApiCall(service="graph", operation=f"{op}.removeKeyCredential",
-                        params={"id": ctx.params["object_id"], "keyId": str(ctx.params["key_id"]).lower()})]
+                        params={"id": oid, "keyId": str(ctx.params["key_id"]).lower()})]
 
 
 @register
@@ -603,21 +673,365 @@ class RevokeUserSessions(AzureContainmentAction):
         return [ApiCall(service="graph", operation="users.revokeSignInSessions", params={"id": ctx.params["user_id"]})]
 
 
+@register
+class RemoveDirectoryRoleMember(AzureContainmentAction):
+    """Remove one principal from one privileged Entra directory role: delete its active
+    ``unifiedRoleAssignment`` of that role at directory scope ``/`` (Graph ``DELETE
+    /roleManagement/directory/roleAssignments/{id}``, found with ``GET .../roleAssignments?$filter=
+    principalId eq '{member}' and roleDefinitionId eq '{template}' and directoryScopeId eq '/'``;
+    the same membership ``DELETE /directoryRoles/{id}/members/{memberId}/$ref`` removes).
+
+    ``credential`` is the detection's uid ``<role template id or display name>#<member object id>``;
+    the role is resolved to its built-in template id (:func:`cordon.detections.azure.
+    directory_role_template`; the detection's ``roleTemplateId`` / ``roleDisplayName`` attributes
+    when the uid carries a name the table does not know). Guard: the credential must be the
+    detection's; the role must be privileged (:data:`cordon.detections.azure.
+    PRIVILEGED_DIRECTORY_ROLES`: a reader role is never contained); Cordon's own service principal is
+    refused. Scoped grants (administrative units) and PIM *eligible* assignments are not touched.
+    State: ``{credential, member_id, role_template_id, role_name, present, assignments: [{id,
+    principal_id, role_definition_id, directory_scope_id}]}``. Contained when no such assignment
+    exists. Rollback: re-create each removed assignment (``POST .../roleAssignments`` with the
+    recorded principal, role and scope; the new assignment gets a new id).
+    API: https://learn.microsoft.com/graph/api/rbacapplication-list-roleassignments?view=graph-rest-1.0 ,
+    https://learn.microsoft.com/graph/api/unifiedroleassignment-delete?view=graph-rest-1.0 ,
+    https://learn.microsoft.com/graph/api/rbacapplication-post-roleassignments?view=graph-rest-1.0
+
+    .. code-block:: yaml
+
+        contain:
+          - action: azure.remove-directory-role-member
+            with:
+              credential: "{{ credential.uid }}"
+    """
+
+    name = "azure.remove-directory-role-member"
+    schema = {"type": "object", "additionalProperties": False, "required": ["credential"],
+              "properties": {"credential": {"type": "string", "pattern": r"^[^#\s][^#]{0,120}#[0-9a-fA-F-]{36}$",
+                                            "description": "<role template id or name>#<member object id>"}}}
+    permissions = ("RoleManagement.ReadWrite.Directory",)
+    credential_kinds = ("azure_directory_role",)
+    rollback_supported = True
+    identifies = {"credential": ("credential.uid",)}
+
+    def target(self, ctx: ActionContext) -> str:
+        role, _, member = ctx.params["credential"].partition("#")
+        return f"directory role {role} member {member}"
+
+    def _role(self, ctx: ActionContext) -> tuple[str, str | None]:
+        from cordon.detections.azure import (
+            DIRECTORY_ROLE_TEMPLATES,
+            PRIVILEGED_DIRECTORY_ROLES,
+            directory_role_template,
+        )
+
+        role = ctx.params["credential"].partition("#")[0]
+        attrs = ctx.detection.credential.attributes if ctx.detection.credential else {}
+        template = next((t for t in (directory_role_template(role),
+                                     directory_role_template(attrs.get("roleTemplateId")),
+                                     directory_role_template(attrs.get("roleDisplayName"))) if t), None)
+        if template is None:
+            raise GuardError(f"directory role {role!r} is not a known built-in role: not contained")
+        if template not in PRIVILEGED_DIRECTORY_ROLES:
+            raise GuardError(f"directory role {DIRECTORY_ROLE_TEMPLATES[template]} is not privileged: not contained")
+        return template, DIRECTORY_ROLE_TEMPLATES.get(template)
+
+    def read(self, ctx: ActionContext) -> dict[str, Any] | None:
+        template, role_name = self._role(ctx)
+        member = ctx.params["credential"].partition("#")[2].lower()
+        _refuse_self(ctx, member, what=f"directory role member {member}")
+        flt = f"principalId eq '{member}' and roleDefinitionId eq '{template}' and directoryScopeId eq '/'"
+        builder = ctx.clients("graph").role_management.directory.role_assignments
+        page = graph_run(ctx, lambda g: g.role_management.directory.role_assignments.get(
+            request_configuration=_query(builder, filter=flt)))
+        found = [{"id": a.id, "principal_id": a.principal_id, "role_definition_id": a.role_definition_id,
+                  "directory_scope_id": a.directory_scope_id} for a in (page.value if page else None) or []
+                 if (a.principal_id or "").lower() == member and (a.role_definition_id or "").lower() == template]
+        return {"credential": ctx.params["credential"], "member_id": member, "role_template_id": template,
+                "role_name": role_name, "present": bool(found), "assignments": found}
+
+    def is_contained(self, state: dict[str, Any] | None) -> bool:
+        return state is None or not state["present"]
+
+    def plan_calls(self, ctx: ActionContext, state: dict[str, Any] | None) -> list[ApiCall]:
+        return [ApiCall(service="graph", operation="roleManagement.directory.roleAssignments.delete",
+                        params={"id": a["id"]}) for a in (state or {}).get("assignments") or []]
+
+    def undo_calls(self, ctx: ActionContext, before: dict[str, Any] | None) -> list[ApiCall]:
+        return [ApiCall(service="graph", operation="roleManagement.directory.roleAssignments.create",
+                        params={"principalId": a["principal_id"], "roleDefinitionId": a["role_definition_id"],
+                                "directoryScopeId": a["directory_scope_id"] or "/"})
+                for a in (before or {}).get("assignments") or []]
+
+
+APP_ROLE_UID = {"type": "string",
+                "pattern": r"^[0-9a-fA-F-]{36}#[0-9a-fA-F-]{36}#[0-9a-fA-F-]{36}$",
+                "description": "<assignee service principal id>#<resource service principal id>#<appRoleId>"}
+
+
+def _assignment_view(a: Any) -> dict[str, Any]:
+    """An ``appRoleAssignment`` as ``{id, principal_id, principal_display_name, resource_id,
+    resource_display_name, app_role_id, created}`` (ids lower-case text)."""
+    return {"id": a.id, "principal_id": str(a.principal_id).lower() if a.principal_id else None,
+            "principal_display_name": a.principal_display_name,
+            "resource_id": str(a.resource_id).lower() if a.resource_id else None,
+            "resource_display_name": a.resource_display_name,
+            "app_role_id": str(a.app_role_id).lower() if a.app_role_id else None, "created": _iso(a.created_date_time)}
+
+
+async def _list_app_role_assignments(graph: Any, sp_id: str) -> list[Any]:
+    """Every ``appRoleAssignment`` of service principal ``sp_id`` (``GET /servicePrincipals/{id}/
+    appRoleAssignments``, following ``@odata.nextLink`` page by page); ``[]`` for an empty answer."""
+    builder = graph.service_principals.by_service_principal_id(sp_id).app_role_assignments
+    page = await builder.get()
+    out: list[Any] = []
+    while page is not None:
+        out.extend(page.value or [])
+        if not page.odata_next_link:
+            break
+        page = await builder.with_url(page.odata_next_link).get()
+    return out
+
+
+@register
+class RemoveAppRoleAssignment(AzureContainmentAction):
+    """Take one dangerous Microsoft Graph application permission away from a service principal: delete
+    the ``appRoleAssignment`` the detection names (Graph ``DELETE /servicePrincipals/{assignee}/
+    appRoleAssignments/{id}``). The audit record "Add app role assignment to service principal" does not
+    carry the assignment's id, so it is found by listing ``GET /servicePrincipals/{assignee}/
+    appRoleAssignments`` (every page) and matching ``resourceId`` and ``appRoleId``.
+
+    ``credential`` is the detection's uid ``<assignee SP id>#<resource SP id>#<appRoleId>``
+    (:func:`cordon.detections.azure._app_role_grant`). Guard: the credential must be the detection's;
+    the role must be a dangerous Graph application permission *as the directory defines it now*: the
+    resource service principal is read (``GET /servicePrincipals/{resource}``), its ``appId`` must be
+    Microsoft Graph's and the ``appRole`` with that id must have a ``value`` in
+    :data:`cordon.detections.azure.RISKY_GRAPH_PERMISSIONS`; any other role (``Mail.Read``, a custom
+    API's role, an id the resource does not define) is refused, nothing changed. Cordon's own service
+    principal is refused as the assignee. Other assignments of the same service principal (other roles,
+    other resources) and other principals' assignments of the same role are never touched.
+
+    State: ``{credential, assignee_id, resource_id, resource_display_name, resource_app_id, app_role_id,
+    app_role_value, present, assignments: [{id, principal_id, principal_display_name, resource_id,
+    resource_display_name, app_role_id, created}]}``; ``None`` when the assignee or the resource does not
+    exist (nothing can hold the permission: ``already_contained``, ``data={"missing": True}``). Contained
+    when no matching assignment exists, so a second run makes no call. Rollback: re-create each removed
+    assignment (``POST /servicePrincipals/{assignee}/appRoleAssignments`` with ``{principalId, resourceId,
+    appRoleId}``; Graph gives it a new id), skipping one that exists again. Errors: msgraph's
+    ``ODataError`` (HTTP status in the message; kiota retries 429 / 503 / 504), :class:`GuardError`.
+    API: https://learn.microsoft.com/graph/api/serviceprincipal-list-approleassignments?view=graph-rest-1.0 ,
+    https://learn.microsoft.com/graph/api/serviceprincipal-delete-approleassignments?view=graph-rest-1.0 ,
+    https://learn.microsoft.com/graph/api/serviceprincipal-post-approleassignments?view=graph-rest-1.0
+
+    .. code-block:: yaml
+
+        contain:
+          - action: azure.remove-app-role-assignment
+            with:
+              credential: "{{ credential.uid }}"
+    """
+
+    name = "azure.remove-app-role-assignment"
+    schema = {"type": "object", "additionalProperties": False, "required": ["credential"],
+              "properties": {"credential": APP_ROLE_UID}}
+    # DELETE and POST need AppRoleAssignment.ReadWrite.All; reading the resource's appRoles (and POST,
+    # per Graph's table) Application.Read.All.
+    permissions = ("AppRoleAssignment.ReadWrite.All", "Application.Read.All")
+    credential_kinds = ("azure_app_role_assignment",)
+    rollback_supported = True
+    identifies = {"credential": ("credential.uid",)}
+
+    @staticmethod
+    def ids(uid: str) -> tuple[str, str, str]:
+        """``(assignee, resource, appRoleId)`` of a uid, lower-cased."""
+        assignee, resource, role = (part.lower() for part in uid.split("#"))
+        return assignee, resource, role
+
+    def target(self, ctx: ActionContext) -> str:
+        assignee, resource, role = self.ids(ctx.params["credential"])
+        return f"service principal {assignee} app role {role} of resource {resource}"
+
+    def read(self, ctx: ActionContext) -> dict[str, Any] | None:
+        assignee, resource_id, role_id = self.ids(ctx.params["credential"])
+        _refuse_self(ctx, assignee, what=f"service principal {assignee}")
+        resource = graph_read(ctx, lambda g: g.service_principals.by_service_principal_id(resource_id).get())
+        if resource is None:
+            return None
+        role = next((r for r in resource.app_roles or [] if str(r.id).lower() == role_id), None)
+        value = role.value if role is not None else None
+        if (resource.app_id or "").lower() != GRAPH_APP_ID:
+            raise GuardError(f"resource {resource_id} ({resource.display_name}, appId {resource.app_id}) is not "
+                             "Microsoft Graph: not contained")
+        if value not in RISKY_GRAPH_PERMISSIONS:
+            raise GuardError(f"app role {role_id} ({value or 'not defined by Microsoft Graph'}) is not a dangerous "
+                             "Graph application permission: not contained")
+        try:
+            found = graph_run(ctx, lambda g: _list_app_role_assignments(g, assignee))
+        except Exception as err:
+            if odata_status(err) == 404:
+                return None
+            raise
+        matching = [_assignment_view(a) for a in found]
+        matching = [a for a in matching if a["principal_id"] in (assignee, None) and a["resource_id"] == resource_id
+                    and a["app_role_id"] == role_id]
+        return {"credential": ctx.params["credential"], "assignee_id": assignee, "resource_id": resource_id,
+                "resource_display_name": resource.display_name, "resource_app_id": resource.app_id,
+                "app_role_id": role_id, "app_role_value": value, "present": bool(matching), "assignments": matching}
+
+    def is_contained(self, state: dict[str, Any] | None) -> bool:
+        return state is None or not state["present"]
+
+    def plan_calls(self, ctx: ActionContext, state: dict[str, Any] | None) -> list[ApiCall]:
+        return [ApiCall(service="graph", operation="servicePrincipals.appRoleAssignments.delete",
+                        params={"id": state["assignee_id"], "appRoleAssignmentId": a["id"]})
+                for a in (state or {}).get("assignments") or []]
+
+    def undo_calls(self, ctx: ActionContext, before: dict[str, Any] | None) -> list[ApiCall]:
+        if not before or not before.get("assignments"):
+            return []
+        now = self.read(ctx)
+        if now is not None and now["present"]:
+            return []  # granted again since (by someone, or an earlier rollback): nothing to re-create
+        return [ApiCall(service="graph", operation="servicePrincipals.appRoleAssignments.create",
+                        params={"id": before["assignee_id"], "principalId": before["assignee_id"],
+                                "resourceId": before["resource_id"], "appRoleId": before["app_role_id"]})]
+
+
 # -- enrichment ---------------------------------------------------------------------------------
+#: Azure built-in RBAC role definition names by GUID (the detections' privileged table plus common others).
+_RBAC_NAMES: dict[str, str] = {
+    "acdd72a7-3385-48ef-bd42-f606fba81ae7": "Reader",
+    "9980e02c-c2be-4d73-94e8-173b1dc7cf3c": "Virtual Machine Contributor",
+}
+
+
+def _err_text(err: BaseException) -> str:
+    """``HTTP <status> <code>: <message>`` for a Graph / ARM error, else ``<Type>: <text>``."""
+    status = odata_status(err) or getattr(getattr(err, "response", None), "status_code", None) or getattr(
+        err, "status_code", None)
+    main = getattr(err, "error", None)
+    code = getattr(main, "code", None) or getattr(err, "error_code", None)
+    message = getattr(main, "message", None) or getattr(err, "message", None) or str(err)
+    if status:
+        return f"HTTP {status}{' ' + code if code else ''}: {message}"[:500]
+    return f"{type(err).__name__}: {message}"[:500]
+
+
+def _query(builder: Any, **params: Any) -> Any:
+    """A kiota ``RequestConfiguration`` carrying ``builder``'s own GET query-parameter class."""
+    from kiota_abstractions.base_request_configuration import RequestConfiguration
+
+    cls = next(getattr(builder, n) for n in dir(builder) if n.endswith("GetQueryParameters"))
+    return RequestConfiguration(query_parameters=cls(**params))
+
+
+def _owners(ctx: ActionContext, otype: str, oid: str) -> list[dict[str, Any]]:
+    page = graph_run(ctx, lambda g: _graph_object(g, otype, oid).owners.get())
+    out = []
+    for o in (page.value if page else None) or []:
+        kind = (o.odata_type or "").rsplit(".", 1)[-1] or None
+        out.append({"id": o.id, "type": kind, "display_name": getattr(o, "display_name", None),
+                    "user_principal_name": getattr(o, "user_principal_name", None),
+                    "app_id": getattr(o, "app_id", None)})
+    return out
+
+
+def _publisher_view(obj: Any) -> dict[str, Any] | None:
+    vp = getattr(obj, "verified_publisher", None) if obj is not None else None
+    if vp is None or not (vp.display_name or vp.verified_publisher_id):
+        return None
+    return {"display_name": vp.display_name, "verified_publisher_id": vp.verified_publisher_id,
+            "added": _iso(vp.added_date_time)}
+
+
+def _directory_roles(ctx: ActionContext, collection: str, oid: str) -> list[dict[str, Any]]:
+    """The directory roles ``oid`` (a service principal or user) is a direct member of (Graph
+    ``GET /{collection}/{id}/memberOf``, ``directoryRole`` entries only)."""
+    def make(g: Any) -> Any:
+        base = g.service_principals.by_service_principal_id(oid) if collection == "servicePrincipals" \
+            else g.users.by_user_id(oid)
+        return base.member_of.get()
+
+    page = graph_run(ctx, make)
+    out = []
+    for o in (page.value if page else None) or []:
+        if (o.odata_type or "").lower().endswith("directoryrole"):
+            out.append({"id": o.id, "display_name": getattr(o, "display_name", None),
+                        "role_template_id": getattr(o, "role_template_id", None)})
+    return out
+
+
+class _Sections:
+    """Runs the optional parts of an enrichment; a part that fails is recorded in ``unavailable``
+    (``{section: "HTTP 403 Authorization_RequestDenied: ..."}``) instead of failing the run."""
+
+    def __init__(self) -> None:
+        self.unavailable: dict[str, str] = {}
+
+    def run(self, name: str, fn: Callable[[], Any], default: Any) -> Any:
+        try:
+            return fn()
+        except Exception as err:  # noqa: BLE001 - reported in the result
+            self.unavailable[name] = _err_text(err)
+            return default
+
+
 @register
 class ServicePrincipalFacts(EnrichmentAction):
-    """Everything Graph says about one service principal or application: who owns it and every
-    credential it carries.
+    """Everything Graph and ARM say about one service principal or application *and its pair* (the
+    application of a service principal, the service principal of an application, by ``appId``):
+    who owns them, who published them, every credential they carry, what they are allowed to do.
 
-    Returns ``{"exists": False, "object_id", "object_type"}`` when it does not exist, else
-    ``{exists, object_id, object_type, display_name, app_id, account_enabled (None for an
-    application), service_principal_type, owners: [{id, type ("user"|"servicePrincipal"|...),
-    display_name, user_principal_name, app_id}], password_credentials: [{key_id, display_name,
-    hint, start, end}], key_credentials: [{key_id, display_name, type, usage, start, end}],
-    password_count, key_count, credential_in_detection_present}``. Secrets and key material are
-    never returned. ``object_type`` defaults to the detection owner's type.
-    API: https://learn.microsoft.com/graph/api/serviceprincipal-get?view=graph-rest-1.0 ,
-    https://learn.microsoft.com/graph/api/serviceprincipal-list-owners?view=graph-rest-1.0
+    Returns ``{"exists": False, "object_id", "object_type"}`` when the named object does not exist,
+    else (all lists may be empty):
+
+    * ``exists, object_id, object_type, display_name, app_id, account_enabled`` (``None`` for an
+      application), ``service_principal_type``; ``owners`` of the named object
+      (``[{id, type ("user"|"servicePrincipal"|...), display_name, user_principal_name, app_id}]``),
+      ``password_credentials`` ``[{key_id, display_name, hint, start, end}]`` and
+      ``key_credentials`` ``[{key_id, display_name, type, usage, start, end}]`` of the named
+      object, ``password_count``, ``key_count``;
+    * ``application``: ``{object_id, display_name, publisher_domain, sign_in_audience, owners,
+      password_credentials, key_credentials, federated_identity_credentials: [{id, name, issuer,
+      subject, audiences}]}`` or ``None`` (not registered in this tenant: a multi-tenant app);
+    * ``service_principal``: ``{object_id, display_name, account_enabled, service_principal_type,
+      app_owner_organization_id, owners, password_credentials, key_credentials}`` or
+      ``None``;
+    * ``publisher``: ``{name (the verified publisher's, else the application's publisher domain),
+      domain, verified (bool), verified_publisher ({display_name,
+      verified_publisher_id, added} or None), app_owner_organization_id, home_tenant (bool: the app
+      belongs to this tenant)}``;
+    * ``all_owners``: owners of both objects, each with ``of`` (``["Application",
+      "ServicePrincipal"]``); ``credential_in_detection_present`` (the detection's keyId on either
+      object; ``None`` when the detection names no keyId) and ``credential_in_detection``
+      (``{key_id, on, kind, display_name, start, end, type}`` or ``None``);
+    * ``app_role_assignments``: application permissions granted to the service principal
+      ``[{id, resource_id, resource_display_name, resource_app_id, app_role_id, permission,
+      created}]``; ``oauth2_permission_grants``: delegated ``[{id, resource_id, consent_type,
+      principal_id, scopes: [...]}]``; ``risky_permissions``: ``[{permission, type
+      ("application"|"delegated"), resource}]`` for Graph permissions in
+      :data:`cordon.detections.azure.RISKY_GRAPH_PERMISSIONS`;
+    * ``directory_roles``: Entra roles the service principal is a member of ``[{id, display_name,
+      role_template_id}]``;
+    * ``rbac_role_assignments``: Azure RBAC assignments of the service principal at subscription
+      scope (and below, as ARM lists them) and at each management group of ``management_groups``
+      ``[{id, scope, scope_level ("management_group"|"subscription"|"resource_group"|"resource"),
+      role_definition_id, role_name, principal_type}]``;
+    * ``sign_ins``: ``{available: True, scope, events: [{time, ip, app_display_name, status,
+      resource, interactive}]}`` (the ``$top`` most recent, filtered by ``servicePrincipalId``) or
+      ``{available: False, reason}`` (Graph's v1.0 sign-in log needs ``AuditLog.Read.All`` and an
+      Entra ID P1/P2 tenant; otherwise 403 ``Authentication_RequestFromNonPremiumTenantOrB2CTenant``);
+    * ``unavailable``: ``{section: reason}`` for every part that could not be read (403, 5xx after
+      retries...): the rest is still returned.
+
+    Secrets and key material are never returned. ``object_type`` defaults to the detection owner's
+    type. Only the first page of each Graph collection is read (100 entries by default).
+    API: https://learn.microsoft.com/graph/api/resources/serviceprincipal?view=graph-rest-1.0 ,
+    https://learn.microsoft.com/graph/api/serviceprincipal-list-approleassignments?view=graph-rest-1.0 ,
+    https://learn.microsoft.com/graph/api/serviceprincipal-list-oauth2permissiongrants?view=graph-rest-1.0 ,
+    https://learn.microsoft.com/graph/api/serviceprincipal-list-memberof?view=graph-rest-1.0 ,
+    https://learn.microsoft.com/graph/api/application-list-federatedidentitycredentials?view=graph-rest-1.0 ,
+    https://learn.microsoft.com/graph/api/signin-list?view=graph-rest-1.0 ,
+    https://learn.microsoft.com/rest/api/authorization/role-assignments/list-for-scope
 
     .. code-block:: yaml
 
@@ -625,13 +1039,18 @@ class ServicePrincipalFacts(EnrichmentAction):
           - action: azure.service-principal
             with:
               object_id: "{{ credential.owner.uid }}"
+              management_groups: [contoso-root]
     """
 
     name = "azure.service-principal"
     provider = "azure"
     schema = {"type": "object", "additionalProperties": False, "required": ["object_id"],
-              "properties": {"object_id": GUID, "object_type": OBJECT_TYPE}}
-    permissions = ("Application.Read.All", "Directory.Read.All")
+              "properties": {"object_id": GUID, "object_type": OBJECT_TYPE,
+                             "management_groups": {"type": "array", "maxItems": 10,
+                                                   "items": {"type": "string", "pattern": r"^[\w.()-]{1,90}$"}},
+                             "sign_in_limit": {"type": "integer", "minimum": 0, "maximum": 50}}}
+    permissions = ("Application.Read.All", "Directory.Read.All", "AuditLog.Read.All",
+                   "Microsoft.Authorization/roleAssignments/read")
     credential_kinds = AZURE_KINDS
 
     def run(self, ctx: ActionContext) -> dict[str, Any]:
@@ -639,21 +1058,267 @@ class ServicePrincipalFacts(EnrichmentAction):
         obj = graph_read(ctx, lambda g: _graph_object(g, otype, oid).get())
         if obj is None:
             return {"exists": False, "object_id": oid, "object_type": otype}
-        owners_page = graph_run(ctx, lambda g: _graph_object(g, otype, oid).owners.get())
-        owners = []
-        for o in (owners_page.value if owners_page else None) or []:
-            kind = (o.odata_type or "").rsplit(".", 1)[-1] or None
-            owners.append({"id": o.id, "type": kind, "display_name": getattr(o, "display_name", None),
-                           "user_principal_name": getattr(o, "user_principal_name", None),
-                           "app_id": getattr(o, "app_id", None)})
-        passwords = [_password_view(p) for p in (obj.password_credentials or [])]
-        keys = [_key_view(k) for k in (obj.key_credentials or [])]
+        parts = _Sections()
+        pair_type = "ServicePrincipal" if otype == "Application" else "Application"
+        pair = parts.run(f"{pair_type} (by appId)",
+                         lambda: graph_read(ctx, lambda g: _by_app_id(g, pair_type, obj.app_id).get())
+                         if obj.app_id else None, None)
+        app, sp = (obj, pair) if otype == "Application" else (pair, obj)
+        owners = _owners(ctx, otype, oid)
+        pair_owners = parts.run(f"{pair_type} owners", lambda: _owners(ctx, pair_type, pair.id), []) \
+            if pair is not None else []
+        app_owners, sp_owners = (owners, pair_owners) if otype == "Application" else (pair_owners, owners)
+
+        application = None
+        if app is not None:
+            fics = parts.run("federated_identity_credentials", lambda: [
+                {"id": f.id, "name": f.name, "issuer": f.issuer, "subject": f.subject,
+                 "audiences": list(f.audiences or [])}
+                for f in (graph_run(ctx, lambda g: g.applications.by_application_id(app.id)
+                                    .federated_identity_credentials.get()).value or [])], [])
+            application = {"object_id": app.id, "display_name": app.display_name,
+                           "publisher_domain": app.publisher_domain, "sign_in_audience": app.sign_in_audience,
+                           "owners": app_owners,
+                           "password_credentials": [_password_view(c) for c in app.password_credentials or []],
+                           "key_credentials": [_key_view(c) for c in app.key_credentials or []],
+                           "federated_identity_credentials": fics}
+        service_principal = None
+        if sp is not None:
+            service_principal = {
+                "object_id": sp.id, "display_name": sp.display_name, "account_enabled": sp.account_enabled,
+                "service_principal_type": sp.service_principal_type,
+                "app_owner_organization_id": str(sp.app_owner_organization_id) if sp.app_owner_organization_id
+                else None, "owners": sp_owners,
+                "password_credentials": [_password_view(c) for c in sp.password_credentials or []],
+                "key_credentials": [_key_view(c) for c in sp.key_credentials or []]}
+
+        verified = _publisher_view(app) or _publisher_view(sp)
+        home = getattr(ctx.clients, "tenant_id", None)
+        owner_org = service_principal["app_owner_organization_id"] if service_principal else None
+        domain = app.publisher_domain if app is not None else None
+        publisher = {"name": (verified or {}).get("display_name") or domain, "domain": domain,
+                     "verified": verified is not None,
+                     "verified_publisher": verified, "app_owner_organization_id": owner_org,
+                     "home_tenant": (app is not None) or bool(owner_org and home and owner_org.lower() == home.lower())}
+
+        all_owners: dict[str, dict[str, Any]] = {}
+        for of, items in (("Application", app_owners if app is not None else []),
+                          ("ServicePrincipal", sp_owners if sp is not None else [])):
+            for o in items:
+                all_owners.setdefault(o["id"], {**o, "of": []})["of"].append(of)
+
         cred = ctx.detection.credential
-        named = (cred.uid or "").lower() if cred and cred.kind in ("azure_sp_password", "azure_sp_key") else None
-        present = None if named is None else any((c["key_id"] or "").lower() == named for c in passwords + keys)
+        named = (cred.uid or "").lower() if cred and cred.kind in ("azure_sp_password", "azure_sp_key") \
+            and cred.uid else None
+        found = None
+        for holder, info in (("Application", application), ("ServicePrincipal", service_principal)):
+            for kind, items in (("password", (info or {}).get("password_credentials") or []),
+                                ("certificate", (info or {}).get("key_credentials") or [])):
+                for c in items:
+                    if named and (c["key_id"] or "").lower() == named and found is None:
+                        found = {**c, "on": holder, "kind": kind}
+
+        sp_id = sp.id if sp is not None else None
+        grants = self._app_roles(ctx, parts, sp_id) if sp_id else []
+        delegated = self._delegated(ctx, parts, sp_id) if sp_id else []
+        risky = [{"permission": g["permission"], "type": "application", "resource": g["resource_display_name"]}
+                 for g in grants if g["resource_app_id"] == GRAPH_APP_ID and g["permission"] in RISKY_GRAPH_PERMISSIONS]
+        risky += [{"permission": scope, "type": "delegated", "resource": d["resource_display_name"]}
+                  for d in delegated if d["resource_app_id"] == GRAPH_APP_ID for scope in d["scopes"]
+                  if scope in RISKY_GRAPH_PERMISSIONS]
+        roles = parts.run("directory_roles", lambda: _directory_roles(ctx, "servicePrincipals", sp_id), []) \
+            if sp_id else []
+        rbac = self._rbac(ctx, parts, sp_id) if sp_id else []
+        sign_ins = self._sign_ins(ctx, sp_id) if sp_id else {"available": False,
+                                                             "reason": "no service principal in this tenant"}
         return {"exists": True, "object_id": oid, "object_type": otype, "display_name": obj.display_name,
                 "app_id": obj.app_id,
                 "account_enabled": getattr(obj, "account_enabled", None) if otype == "ServicePrincipal" else None,
                 "service_principal_type": getattr(obj, "service_principal_type", None), "owners": owners,
-                "password_credentials": passwords, "key_credentials": keys, "password_count": len(passwords),
-                "key_count": len(keys), "credential_in_detection_present": present}
+                "password_credentials": [_password_view(p) for p in (obj.password_credentials or [])],
+                "key_credentials": [_key_view(k) for k in (obj.key_credentials or [])],
+                "password_count": len(obj.password_credentials or []), "key_count": len(obj.key_credentials or []),
+                "credential_in_detection_present": None if named is None else found is not None,
+                "credential_in_detection": found, "application": application,
+                "service_principal": service_principal, "publisher": publisher,
+                "all_owners": list(all_owners.values()), "app_role_assignments": grants,
+                "oauth2_permission_grants": delegated, "risky_permissions": risky, "directory_roles": roles,
+                "rbac_role_assignments": rbac, "sign_ins": sign_ins, "unavailable": parts.unavailable}
+
+    @staticmethod
+    def _resource(ctx: ActionContext, cache: dict[str, Any], rid: str) -> Any:
+        if rid not in cache:
+            cache[rid] = graph_read(ctx, lambda g: g.service_principals.by_service_principal_id(rid).get())
+        return cache[rid]
+
+    def _app_roles(self, ctx: ActionContext, parts: _Sections, sp_id: str) -> list[dict[str, Any]]:
+        def read() -> list[dict[str, Any]]:
+            page = graph_run(ctx, lambda g: g.service_principals.by_service_principal_id(sp_id)
+                             .app_role_assignments.get())
+            cache: dict[str, Any] = {}
+            out = []
+            for a in (page.value if page else None) or []:
+                res = self._resource(ctx, cache, str(a.resource_id))
+                role = next((r for r in (res.app_roles or []) if str(r.id) == str(a.app_role_id)), None) \
+                    if res is not None else None
+                out.append({"id": a.id, "resource_id": str(a.resource_id), "resource_display_name":
+                            a.resource_display_name, "resource_app_id": res.app_id if res is not None else None,
+                            "app_role_id": str(a.app_role_id), "permission": role.value if role else None,
+                            "created": _iso(a.created_date_time)})
+            return out
+        return parts.run("app_role_assignments", read, [])
+
+    def _delegated(self, ctx: ActionContext, parts: _Sections, sp_id: str) -> list[dict[str, Any]]:
+        def read() -> list[dict[str, Any]]:
+            page = graph_run(ctx, lambda g: g.service_principals.by_service_principal_id(sp_id)
+                             .oauth2_permission_grants.get())
+            cache: dict[str, Any] = {}
+            out = []
+            for d in (page.value if page else None) or []:
+                res = self._resource(ctx, cache, str(d.resource_id)) if d.resource_id else None
+                out.append({"id": d.id, "resource_id": d.resource_id,
+                            "resource_display_name": res.display_name if res is not None else None,
+                            "resource_app_id": res.app_id if res is not None else None,
+                            "consent_type": d.consent_type, "principal_id": d.principal_id,
+                            "scopes": (d.scope or "").split()})
+            return out
+        return parts.run("oauth2_permission_grants", read, [])
+
+    def _rbac(self, ctx: ActionContext, parts: _Sections, sp_id: str) -> list[dict[str, Any]]:
+        from cordon.detections.azure import PRIVILEGED_ROLE_DEFINITIONS
+
+        names = {**_RBAC_NAMES, **PRIVILEGED_ROLE_DEFINITIONS}
+        scopes = []
+        sub = getattr(ctx.clients, "subscription_id", None)
+        if sub:
+            scopes.append(f"/subscriptions/{sub}")
+        scopes += [f"/providers/Microsoft.Management/managementGroups/{mg}"
+                   for mg in ctx.params.get("management_groups") or []]
+        if not scopes:
+            parts.unavailable["rbac_role_assignments"] = "no subscription id and no management group to look at"
+            return []
+        seen: dict[str, dict[str, Any]] = {}
+        for scope in scopes:
+            def read(scope: str = scope) -> None:
+                auth = ctx.clients("authorization")
+                for ra in auth.role_assignments.list_for_scope(scope, filter=f"principalId eq '{sp_id}'"):
+                    rd = (ra.role_definition_id or "").rstrip("/").rsplit("/", 1)[-1].lower()
+                    low = (ra.scope or "").lower()
+                    level = ("management_group" if "/managementgroups/" in low else "resource" if "/providers/" in
+                             low else "resource_group" if "/resourcegroups/" in low else "subscription")
+                    seen.setdefault(ra.id.lower(), {
+                        "id": ra.id, "scope": ra.scope, "scope_level": level,
+                        "role_definition_id": ra.role_definition_id, "role_name": names.get(rd),
+                        "principal_type": ra.principal_type})
+            parts.run(f"rbac_role_assignments at {scope}", read, None)
+        return list(seen.values())
+
+    def _sign_ins(self, ctx: ActionContext, sp_id: str) -> dict[str, Any]:
+        limit = int(ctx.params.get("sign_in_limit", 10))
+        if limit == 0:
+            return {"available": False, "reason": "not asked for (sign_in_limit 0)"}
+        try:
+            page = graph_run(ctx, lambda g: g.audit_logs.sign_ins.get(request_configuration=_query(
+                g.audit_logs.sign_ins, filter=f"servicePrincipalId eq '{sp_id}'", top=limit)))
+        except Exception as err:  # noqa: BLE001 - the sign-in log is optional; said so
+            return {"available": False, "reason": _err_text(err)}
+        events = []
+        for e in (page.value if page else None) or []:
+            status = e.status.error_code if e.status else None
+            events.append({"time": _iso(e.created_date_time), "ip": e.ip_address, "app_display_name":
+                           e.app_display_name, "status": "success" if status == 0 else f"error {status}",
+                           "resource": e.resource_display_name, "interactive": e.is_interactive})
+        return {"available": True, "scope": f"servicePrincipalId eq '{sp_id}', newest {limit}", "events": events}
+
+
+_GUID_RE = re.compile(GUID["pattern"])
+
+
+@register
+class ActorFacts(EnrichmentAction):
+    """Who made the change: the detection's actor (``actor.user``: object id / UPN, or the acting
+    service principal), from which IP address and user agent, what Graph knows of them, and whether
+    they own the application or service principal the change was made to.
+
+    Returns ``{actor: {uid, name, type}, src_ip, user_agent, access_path, exists (bool, None when
+    the actor names no object Graph can look up), display_name, user_principal_name, app_id,
+    account_enabled, directory_roles: [{id, display_name, role_template_id}], owns_app (bool;
+    None without ``object_id``), owner_of: ["Application" | "ServicePrincipal", ...],
+    unavailable: {section: reason}}``. A user actor is looked up by object id, else by UPN
+    (``GET /users/{id | userPrincipalName}``); a service principal actor by object id, else appId.
+    ``object_type`` defaults to the detection owner's type; the pair (same ``appId``) is checked
+    too, so an owner of the application counts as owning its service principal.
+    API: https://learn.microsoft.com/graph/api/user-get?view=graph-rest-1.0 ,
+    https://learn.microsoft.com/graph/api/application-list-owners?view=graph-rest-1.0
+
+    .. code-block:: yaml
+
+        enrich:
+          - action: azure.actor
+            with: {object_id: "{{ credential.owner.uid }}"}
+    """
+
+    name = "azure.actor"
+    provider = "azure"
+    schema = {"type": "object", "additionalProperties": False,
+              "properties": {"object_id": GUID, "object_type": OBJECT_TYPE}}
+    permissions = ("User.Read.All", "Application.Read.All", "Directory.Read.All")
+    credential_kinds = AZURE_KINDS
+
+    def run(self, ctx: ActionContext) -> dict[str, Any]:
+        actor = ctx.detection.actor
+        user = actor.user
+        parts = _Sections()
+        out: dict[str, Any] = {
+            "actor": {"uid": user.uid, "name": user.name, "type": user.type}, "src_ip": actor.src_ip,
+            "user_agent": actor.user_agent, "access_path": actor.access_path, "exists": None,
+            "display_name": None, "user_principal_name": None, "app_id": None, "account_enabled": None,
+            "directory_roles": [], "owns_app": None, "owner_of": []}
+        is_sp = str(user.type or "").lower() == "serviceprincipal"
+        key = user.uid if user.uid and _GUID_RE.fullmatch(user.uid) else None
+        actor_id: str | None = None
+        if is_sp and (key or actor.session_issuer):
+            def sp_get(g: Any) -> Any:
+                if key:
+                    return g.service_principals.by_service_principal_id(key).get()
+                return g.service_principals_with_app_id(str(actor.session_issuer)).get()
+            obj = parts.run("actor", lambda: graph_read(ctx, sp_get), None)
+            if "actor" not in parts.unavailable:
+                out["exists"] = obj is not None
+            if obj is not None:
+                actor_id = obj.id
+                out.update(display_name=obj.display_name, app_id=obj.app_id, account_enabled=obj.account_enabled)
+        elif not is_sp and (key or (user.name and "@" in user.name)):
+            ident = key or str(user.name)
+            obj = parts.run("actor", lambda: graph_read(ctx, lambda g: g.users.by_user_id(ident).get()), None)
+            if "actor" not in parts.unavailable:
+                out["exists"] = obj is not None
+            if obj is not None:
+                actor_id = obj.id
+                out.update(display_name=obj.display_name, user_principal_name=obj.user_principal_name,
+                           account_enabled=obj.account_enabled)
+        if actor_id:
+            out["directory_roles"] = parts.run(
+                "directory_roles", lambda: _directory_roles(ctx, "servicePrincipals" if is_sp else "users",
+                                                            actor_id), [])
+        oid = ctx.params.get("object_id")
+        if oid:
+            otype = _object_type(ctx)
+            mine = {v.lower() for v in (actor_id, user.uid, user.name, out["user_principal_name"]) if v}
+
+            def owned_by_actor() -> list[str]:
+                found = []
+                obj = graph_read(ctx, lambda g: _graph_object(g, otype, oid).get())
+                if obj is None:
+                    return found
+                pair_type = "ServicePrincipal" if otype == "Application" else "Application"
+                pair = graph_read(ctx, lambda g: _by_app_id(g, pair_type, obj.app_id).get()) if obj.app_id else None
+                for t, i in ((otype, oid), (pair_type, pair.id if pair is not None else None)):
+                    if i and any({(o["id"] or "").lower(), (o["user_principal_name"] or "").lower()} & mine
+                                 for o in _owners(ctx, t, i)):
+                        found.append(t)
+                return found
+            out["owner_of"] = parts.run("owners", owned_by_actor, [])
+            out["owns_app"] = None if "owners" in parts.unavailable else bool(out["owner_of"])
+        out["unavailable"] = parts.unavailable
+        return out

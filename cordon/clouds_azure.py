@@ -35,10 +35,10 @@ https://learn.microsoft.com/python/api/azure-identity/azure.identity.clientsecre
 from __future__ import annotations
 
 import asyncio
-import atexit
 import os
 import tempfile
 import threading
+import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any
 from urllib.parse import urlsplit
@@ -97,7 +97,9 @@ def azure_clients(cloud: dict[str, Any] | None = None) -> Callable[..., Any]:
     The factory carries ``run(coro)`` (:meth:`LoopThread.run`), ``own_identity() -> str | None``
     (Cordon's client id / appId: the guard refuses to contain it), ``own_object_id() -> str |
     None`` (Cordon's service principal object id, when known), ``own_access_key() -> None`` (no
-    AWS-style key to compare), ``subscription_id``, ``tenant_id`` and ``close()``.
+    AWS-style key to compare), ``subscription_id``, ``tenant_id`` and ``close()`` (idempotent: closes the
+    Graph client's httpx client, the async credential's aiohttp session, the ARM client, the loop; also
+    run when the factory is garbage-collected or at interpreter exit, via ``weakref.finalize``).
     Raises ``ValueError`` for sandbox params without a client id / secret, and for
     ``"authorization"`` with no subscription id.
     """
@@ -140,6 +142,8 @@ def azure_clients(cloud: dict[str, Any] | None = None) -> Callable[..., Any]:
         host = urlsplit(graph_url).hostname or "graph.microsoft.com"
         auth = AzureIdentityAuthenticationProvider(async_cred, scopes=[GRAPH_SCOPE], allowed_hosts=[host])
         adapter = GraphRequestAdapter(auth)
+        # kiota's HttpxRequestAdapter keeps its httpx.AsyncClient as ``_http_client``: kept so close() closes it
+        cache["graph-http"] = getattr(adapter, "_http_client", None)
         adapter.base_url = f"{graph_url}/v1.0"
         return GraphServiceClient(request_adapter=adapter)
 
@@ -159,16 +163,34 @@ def azure_clients(cloud: dict[str, Any] | None = None) -> Callable[..., Any]:
                     raise ValueError(f"unknown Azure service {service!r} (known: graph, authorization)")
             return cache[service]
 
+    state = {"closed": False}
+
+    async def aclose() -> None:
+        http = cache.get("graph-http")
+        if http is not None:
+            await http.aclose()
+        await async_cred.close()  # the aiohttp session of azure-identity's async pipeline
+
     def close() -> None:
+        # Idempotent. Closes, on the loop that owns them, the Graph client's httpx client and the async
+        # credential's aiohttp session (without this, aiohttp logs "Unclosed client session / connector"
+        # when the factory is dropped), then the sync clients, the loop and the CA file.
+        if state["closed"]:
+            return
+        state["closed"] = True
         try:
-            loop.run(async_cred.close(), timeout=10)
+            loop.run(aclose(), timeout=10)
         except Exception:  # noqa: BLE001, S110 - closing on the way out
             pass
+        for obj in (cache.get("authorization"), sync_cred):
+            try:
+                if obj is not None:
+                    obj.close()
+            except Exception:  # noqa: BLE001, S110
+                pass
         loop.close()
         if ca_path and os.path.exists(ca_path):
             os.unlink(ca_path)
-
-    atexit.register(lambda: loop.close())
     clients.run = loop.run  # type: ignore[attr-defined]
     clients.own_identity = lambda: client_id  # type: ignore[attr-defined]
     clients.own_object_id = lambda: cloud.get("own_object_id")  # type: ignore[attr-defined]
@@ -177,4 +199,7 @@ def azure_clients(cloud: dict[str, Any] | None = None) -> Callable[..., Any]:
     clients.tenant_id = tenant  # type: ignore[attr-defined]
     clients.close = close  # type: ignore[attr-defined]
     clients.credential = sync_cred  # type: ignore[attr-defined]
+    # A factory dropped without close() (each Prefect task builds its own) is closed when collected, or at
+    # interpreter exit at the latest; ``close`` holds no reference to ``clients``.
+    weakref.finalize(clients, close)
     return clients

@@ -90,7 +90,8 @@ def role_assignment(azure):
 # -- registry, clients, stand-in -----------------------------------------------------------------
 EXPECTED = {"azure.remove-sp-password", "azure.remove-sp-key", "azure.disable-service-principal",
             "azure.remove-role-assignment", "azure.remove-federated-credential", "azure.revoke-user-sessions",
-            "azure.service-principal"}
+            "azure.service-principal", "azure.actor", "azure.remove-directory-role-member",
+            "azure.remove-app-role-assignment"}
 
 
 def test_every_azure_action_is_registered_and_self_describes():
@@ -106,10 +107,13 @@ def test_every_azure_action_is_registered_and_self_describes():
             assert re.fullmatch(r"[A-Z][A-Za-z]+(\.[A-Za-z]+)+|Microsoft\.Authorization/roleAssignments/[a-z]+",
                                 perm), perm
         assert set(d["credential_kinds"]) <= {"azure_sp_password", "azure_sp_key", "azure_federated_credential",
-                                              "azure_role_assignment", "azure_user", "azure_service_principal"}
+                                              "azure_role_assignment", "azure_user", "azure_service_principal",
+                                              "azure_directory_role", "azure_app_role_assignment"}
     assert actions["azure.remove-sp-password"].rollback_supported is False
     assert actions["azure.disable-service-principal"].rollback_supported is True
     assert actions["azure.remove-role-assignment"].rollback_supported is True
+    assert actions["azure.remove-directory-role-member"].rollback_supported is True
+    assert actions["azure.remove-app-role-assignment"].rollback_supported is True
 
 
 def test_params_are_validated_and_identify_the_detections_credential(sp_password):
@@ -338,9 +342,13 @@ def test_remove_sp_key_patches_the_collection_without_that_certificate(azure, ot
     assert [k["key_id"] for k in result.after["key_credentials"]] == [OTHER_CERT]
     assert "key\"" not in json.dumps(result.before)  # metadata only, never key material
     reads = [r for r in azure.standin.api_requests() if r["query"].get("$select")]
-    assert len(reads) == 1 and "keyCredentials" in reads[0]["query"]["$select"]
+    # read with the key material before the PATCH, and again after it to verify
+    assert len(reads) == 2 and all("keyCredentials" in r["query"]["$select"] for r in reads)
     sent = azure.standin.api_requests(mutating=True)
     assert [(r["method"], r["path"]) for r in sent] == [("PATCH", f"/v1.0/{collection}/{oid}")]
+    order = [(r["method"], bool(r["query"].get("$select"))) for r in azure.standin.api_requests("graph")]
+    at = order.index(("PATCH", False))
+    assert order[at - 1:at + 2] == [("GET", True), ("PATCH", False), ("GET", True)]
     body_keys = sent[0]["body"]["keyCredentials"]
     assert [k["keyId"] for k in body_keys] == [OTHER_CERT] and body_keys[0]["key"] == kept["key"]
     assert [k["keyId"] for k in getattr(azure.standin, store)[oid]["keyCredentials"]] == [OTHER_CERT]
@@ -503,7 +511,9 @@ def test_service_principal_facts(azure, sp_password):
     assert facts["key_credentials"][0]["type"] == "AsymmetricX509Cert"
     assert facts["credential_in_detection_present"] is True and facts["password_count"] == 2
     assert "key\"" not in json.dumps(facts["key_credentials"]) and mutating(azure) == []
-    assert [r["path"] for r in azure.standin.api_requests()] == [f"/v1.0/servicePrincipals/{SP}",
-                                                                 f"/v1.0/servicePrincipals/{SP}/owners"]
+    paths = [r["path"] for r in azure.standin.api_requests()]
+    assert paths[:3] == [f"/v1.0/servicePrincipals/{SP}", "/v1.0/applications(appId='aaaa0000-1111-4222-8333-"
+                         "444455556666')", f"/v1.0/servicePrincipals/{SP}/owners"]
+    assert facts["application"] is None and facts["unavailable"] == {}
     gone = get_action("azure.service-principal")().run(ctx(azure, sp_password, object_id=OTHER_SP.replace("9", "1")))
     assert gone["exists"] is False

@@ -490,7 +490,10 @@ def test_other_entra_activities():
         ],
     )
     (det,) = detections_from_entra_audit(grant, DUMMY, "x", 0)
-    assert det.credential is None and det.target.uid == SP_ID and det.target.name == "payments-api"
+    # a dangerous Graph permission, but no AppRole.Id: the assignment cannot be named (triage only)
+    assert det.credential.kind == "azure_app_role_assignment" and det.credential.uid is None
+    assert det.credential.attributes["reason"] == "the record does not name AppRole.Id"
+    assert det.target.uid == SP_ID and det.target.name == "payments-api"
 
     owner = dict(
         base,

@@ -75,6 +75,90 @@ PRIVILEGED_ROLE_DEFINITIONS: dict[str, str] = {
     "00482a5a-887f-4fb3-b363-3b7fe8e74483": "Key Vault Administrator",
 }
 
+#: Built-in Entra directory roles by template id (the role definition id of ``unifiedRoleDefinition``;
+#: Microsoft Entra built-in roles reference, https://learn.microsoft.com/entra/identity/role-based-access-control/
+#: permissions-reference). Used to name a role and to judge whether granting it is privileged.
+DIRECTORY_ROLE_TEMPLATES: dict[str, str] = {
+    "62e90394-69f5-4237-9190-012177145e10": "Global Administrator",
+    "e8611ab8-c189-46e8-94e1-60213ab1f814": "Privileged Role Administrator",
+    "7be44c8a-adaf-4e2a-84d6-ab2649e08a13": "Privileged Authentication Administrator",
+    "9b895d92-2cd3-44c7-9d02-a6ac2d5ea5c3": "Application Administrator",
+    "158c047a-c907-4556-b7ef-446551a6b5f7": "Cloud Application Administrator",
+    "8ac3fc64-6eca-42ea-9e69-59f4c7b60eb2": "Hybrid Identity Administrator",
+    "194ae4cb-b126-40b2-bd5b-6091b380977d": "Security Administrator",
+    "fe930be7-5e62-47db-91af-98c3a49a38b1": "User Administrator",
+    "c4e39bd9-1100-46d3-8c65-fb160da0071f": "Authentication Administrator",
+    "29232cdf-9323-42fd-ade2-1d097af3e4de": "Exchange Administrator",
+    "3a2c62db-5318-420d-8d74-23affee5d9d5": "Intune Administrator",
+    "729827e3-9c14-49f7-bb1b-9608f156bbb8": "Helpdesk Administrator",
+    "88d8e3e3-8f55-4a1e-953a-9b9898b8876b": "Directory Readers",
+    "f2ef992c-3afb-46b9-b7cf-a126ee74c451": "Global Reader",
+    "4a5d8f65-41da-4de4-8968-e035b65339cf": "Reports Reader",
+    "790c1fb9-7f7d-4f88-86a1-ef1f95c05c1b": "Message Center Reader",
+}
+
+#: Directory roles whose grant Cordon contains (the member is removed from the role): the roles that
+#: can take over the tenant or any application's credentials. A grant of any other role (a reader, or a
+#: role the record names only by an unknown id) is answered by triage only, never contained.
+PRIVILEGED_DIRECTORY_ROLES: frozenset[str] = frozenset({
+    "62e90394-69f5-4237-9190-012177145e10", "e8611ab8-c189-46e8-94e1-60213ab1f814",
+    "7be44c8a-adaf-4e2a-84d6-ab2649e08a13", "9b895d92-2cd3-44c7-9d02-a6ac2d5ea5c3",
+    "158c047a-c907-4556-b7ef-446551a6b5f7", "8ac3fc64-6eca-42ea-9e69-59f4c7b60eb2",
+    "194ae4cb-b126-40b2-bd5b-6091b380977d", "fe930be7-5e62-47db-91af-98c3a49a38b1",
+    "c4e39bd9-1100-46d3-8c65-fb160da0071f", "29232cdf-9323-42fd-ade2-1d097af3e4de",
+    "3a2c62db-5318-420d-8d74-23affee5d9d5", "729827e3-9c14-49f7-bb1b-9608f156bbb8",
+})
+
+
+#: Microsoft Graph's appId (the same in every tenant): app roles defined by the service principal with
+#: this appId are Microsoft Graph application permissions.
+GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
+
+#: Graph permissions that let their holder take over the tenant or any application's credentials
+#: (grant itself any role or permission, add secrets to any app, write the directory, weaken
+#: Conditional Access, reset authentication methods). The one list Cordon has: the enrichment
+#: (``actions.azure.ServicePrincipalFacts``) flags them in ``risky_permissions`` whether granted as an
+#: application permission (app role) or as a delegated scope; an "Add app role assignment to service
+#: principal" of one of them on Microsoft Graph is contained (``azure_app_role_assignment``,
+#: ``actions.azure.RemoveAppRoleAssignment``).
+RISKY_GRAPH_PERMISSIONS: frozenset[str] = frozenset({
+    "RoleManagement.ReadWrite.Directory", "AppRoleAssignment.ReadWrite.All", "Application.ReadWrite.All",
+    "Application.ReadWrite.OwnedBy", "Directory.ReadWrite.All", "Directory.AccessAsUser.All",
+    "Policy.ReadWrite.ConditionalAccess", "UserAuthenticationMethod.ReadWrite.All",
+    "RoleAssignmentSchedule.ReadWrite.Directory", "RoleEligibilitySchedule.ReadWrite.Directory",
+    "PrivilegedAccess.ReadWrite.AzureAD", "Domain.ReadWrite.All", "User.ReadWrite.All", "Group.ReadWrite.All",
+    "ServicePrincipalEndpoint.ReadWrite.All", "Organization.ReadWrite.All",
+})
+
+
+def is_dangerous_graph_app_role(value: str | None, resource_app_id: str | None) -> bool:
+    """Whether an app role ``value`` of the resource whose appId is ``resource_app_id`` is a Microsoft
+    Graph permission in :data:`RISKY_GRAPH_PERMISSIONS` (the same value defined by another API, a custom
+    ``Directory.ReadWrite.All`` of a line-of-business app, is not)."""
+    return bool(value) and value in RISKY_GRAPH_PERMISSIONS and (resource_app_id or "").lower() == GRAPH_APP_ID
+
+
+def directory_role_template(role: str | None) -> str | None:
+    """The built-in template id for ``role`` (a template id, any case, or a display name such as
+    "Global Administrator"); ``None`` when it is neither."""
+    if not role:
+        return None
+    low = role.strip().lower()
+    if low in DIRECTORY_ROLE_TEMPLATES:
+        return low
+    for tid, name in DIRECTORY_ROLE_TEMPLATES.items():
+        if name.lower() == low:
+            return tid
+    return None
+
+
+def is_privileged_directory_role(template_id: str | None, display_name: str | None) -> bool:
+    """Whether a directory role named by ``template_id`` and/or ``display_name`` is in
+    :data:`PRIVILEGED_DIRECTORY_ROLES` (either name suffices: audit records of test tenants carry
+    placeholder template ids next to the real display name)."""
+    return any(directory_role_template(r) in PRIVILEGED_DIRECTORY_ROLES for r in (template_id, display_name) if r)
+
+
 _DASHES = re.compile(r"\s*[\u2013\u2014\u2012-]\s*")
 _GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _TENANT_RESOURCE = re.compile(r"^/tenants/([^/]+)/", re.IGNORECASE)
@@ -459,6 +543,103 @@ def _role_of(e: _Entra, targets: list[tuple[str, dict[str, Any]]]) -> tuple[str 
     return template, name
 
 
+def _app_role_grant(e: _Entra, targets: list[tuple[str, dict[str, Any]]], tenant: str | None) -> dict[str, Any]:
+    """What an "Add app role assignment to service principal" record says was granted:
+    ``{"assignee": Principal, "uid": "<assignee>#<resource>#<appRoleId>" or None, "attributes": {...}}``.
+
+    **Which id is which** (evidence, read when this parser was written):
+
+    * Splunk's attack_data, ``datasets/attack_techniques/T1098.003/azure_ad_bypass_admin_consent/
+      azure_ad_bypass_admin_consent.log`` (a record captured in a test tenant, Azure Monitor form):
+      ``targetResources[0]`` is ``{id, displayName "Office 365 Exchange Online", type ServicePrincipal}``
+      and carries ``AppRole.Id`` / ``AppRole.Value`` ``full_access_as_app``, an app role that *Exchange
+      Online* defines: that target is the **resource** (the API defining the role, Graph's
+      ``appRoleAssignment.resourceId``). Its ``ServicePrincipal.ObjectID`` / ``ServicePrincipal.DisplayName``
+      name the test client application the role was given to (not Exchange): they are the **assignee**
+      (``appRoleAssignment.principalId``); the initiator was a third app.
+    * Public KQL run on Sentinel workspaces reads the same convention: kqlsearch.com
+      "AuditLogs-AzureADRoleManagementPermissionGrant" takes the granted app's id and name from
+      ``ServicePrincipal.ObjectID`` / ``ServicePrincipal.DisplayName`` (``AppRole.Value`` for the
+      permission), and a write-up of the grant events states that ``TargetResources[0]`` is the resource
+      and ``TargetResources[1]`` the client service principal ("Add delegated permission grant" has the
+      same layout).
+    * Graph's model (https://learn.microsoft.com/graph/api/serviceprincipal-post-approleassignments):
+      an assignment is ``{principalId (the client service principal), resourceId (the resource service
+      principal), appRoleId}``, listed under ``/servicePrincipals/{principalId}/appRoleAssignments``.
+
+    So: assignee = ``ServicePrincipal.ObjectID`` (else a ``ServicePrincipal`` target that carries no
+    ``AppRole.*`` property, ``targetResources[1]``); resource = the target carrying ``AppRole.*`` when its
+    id is not the assignee's; its appId from ``TargetId.ServicePrincipalNames`` (``"<appId>;https://
+    graph.microsoft.com;..."``). ``ServicePrincipal.AppId`` is the assignee's appId. The record carries
+    **no appRoleAssignment id** (only ``AppRoleAssignment.CreatedDateTime`` / ``LastModifiedDateTime``):
+    the uid names the assignment by its three ids and containment looks it up.
+
+    ``attributes``: ``app_role_value``, ``app_role_id``, ``app_role_display_name``, ``privileged`` (bool,
+    :func:`is_dangerous_graph_app_role`), ``resource_id``, ``resource_display_name``, ``resource_app_id``,
+    ``appId`` and ``displayName`` of the assignee, ``objectType`` (``ServicePrincipal``), and ``reason``
+    when ``uid`` is ``None``. The uid is given only when all three ids are known and ``privileged``.
+    Never raises beyond the type checks of :meth:`_Entra.modified`.
+    """
+    props: dict[str, Any] = {}
+    carrier: tuple[str, dict[str, Any]] | None = None
+    for base, target in targets:
+        found = {prop: new for _ip, prop, _old, new in e.modified(base, target)}
+        if carrier is None and any(k.startswith("AppRole.") for k in found):
+            carrier = (base, target)
+        for k, v in found.items():
+            props.setdefault(k, v)
+
+    def text(name: str) -> str | None:
+        value = props.get(name)
+        return value.strip() if isinstance(value, str) and value.strip() else None
+
+    assignee_id = text("ServicePrincipal.ObjectID")
+    assignee_name = text("ServicePrincipal.DisplayName") or text("ServicePrincipal.Name")
+    if assignee_id is None:
+        other = next((t for b, t in targets if (t.get("type") or "").replace(" ", "").lower() == "serviceprincipal"
+                      and (carrier is None or b != carrier[0]) and t.get("id")), None)
+        if other is not None:
+            assignee_id, assignee_name = other["id"], assignee_name or other.get("displayName") or None
+    if assignee_name is None and assignee_id:
+        assignee_name = next((t.get("displayName") for _b, t in targets if t.get("id") == assignee_id
+                              and t.get("displayName")), None)
+    assignee = Principal(uid=assignee_id, name=assignee_name, type="ServicePrincipal", account_uid=tenant) \
+        if assignee_id else Principal()
+    resource = carrier[1] if carrier is not None else None
+    resource_id = resource.get("id") if resource is not None else None
+    if resource_id and assignee_id and resource_id.lower() == assignee_id.lower():
+        resource_id = None  # a record naming the assignee as its only target does not name the resource
+    names = props.get("TargetId.ServicePrincipalNames")
+    names = names.split(";") if isinstance(names, str) else names if isinstance(names, list) else []
+    resource_app_id = next((n.strip().lower() for n in names if isinstance(n, str) and _GUID.fullmatch(n.strip())),
+                           None)
+    resource_name = resource.get("displayName") if resource is not None and resource_id else None
+    if resource_app_id is None and not names and resource_name == "Microsoft Graph":
+        resource_app_id = GRAPH_APP_ID  # no service principal names logged: Graph's display name is reserved
+    role_id = text("AppRole.Id")
+    role_value = text("AppRole.Value")
+    privileged = is_dangerous_graph_app_role(role_value, resource_app_id)
+    attrs: dict[str, Any] = {
+        "app_role_value": role_value, "app_role_id": role_id.lower() if role_id else None,
+        "app_role_display_name": text("AppRole.DisplayName"), "privileged": privileged,
+        "resource_id": resource_id, "resource_display_name": resource_name, "resource_app_id": resource_app_id,
+        "appId": text("ServicePrincipal.AppId"), "displayName": assignee_name, "objectType": "ServicePrincipal"}
+    missing = [n for n, v in (("the assignee (ServicePrincipal.ObjectID)", assignee_id),
+                              ("the resource service principal", resource_id),
+                              ("AppRole.Id", role_id if role_id and _GUID.fullmatch(role_id) else None)) if not v]
+    uid = None
+    judged = bool(role_value and resource_app_id)  # both known: privileged or not is decided
+    if privileged and not missing:
+        uid = f"{assignee_id.lower()}#{resource_id.lower()}#{role_id.lower()}"  # type: ignore[union-attr]
+    elif missing and (privileged or not judged):
+        attrs["reason"] = f"the record does not name {', '.join(missing)}"
+    else:
+        of = resource_name or resource_app_id or "an unnamed resource"
+        attrs["reason"] = (f"app role {role_value or '(not logged)'} of {of} is not a dangerous Microsoft Graph "
+                           "application permission")
+    return {"assignee": assignee, "uid": uid, "attributes": attrs}
+
+
 def detections_from_entra_audit(
     record: dict[str, Any], match: SigmaMatchLike, origin: str, position: int
 ) -> list[Detection]:
@@ -485,11 +666,18 @@ def detections_from_entra_audit(
     * "Add service principal": ``azure_service_principal`` (uid = target object id);
     * "Add user": ``azure_user`` (uid = target object id);
     * "Add member to role" (also eligible, scoped, PIM completed): ``azure_directory_role``, uid
-      ``<role template id or display name>#<principal object id>``;
-    * "Add application", "Add app role assignment to service principal", "Add owner to
-      application / service principal", elevation to User Access Administrator: no credential kind
-      fits, ``credential`` is ``None``; ``target`` is the application / assignee service principal /
-      new owner / the actor.
+      ``<role template id or display name>#<principal object id>`` when the role is privileged
+      (:func:`is_privileged_directory_role`); any other role gives the credential with uid ``None``
+      and ``attributes["privileged"] = False`` (triage, never containment);
+    * "Add app role assignment to service principal": ``azure_app_role_assignment`` owned by and
+      targeting the assignee service principal (``ServicePrincipal.ObjectID``, see
+      :func:`_app_role_grant` for the evidence), uid ``<assignee>#<resource>#<appRoleId>`` when the role
+      is a dangerous Microsoft Graph application permission (:func:`is_dangerous_graph_app_role`) and
+      all three ids are logged; otherwise uid ``None`` with ``attributes["privileged"]`` and a
+      ``reason`` (triage, never containment);
+    * "Add application", "Add owner to application / service principal", elevation to User Access
+      Administrator: no credential kind fits, ``credential`` is ``None``; ``target`` is the
+      application / new owner / the actor.
 
     A record whose ``result`` is present and not ``success`` is ``suppressed`` and names no uid.
 
@@ -679,26 +867,30 @@ def detections_from_entra_audit(
             raise f.error(f"{base}.modifiedProperties", "required field missing: Role.TemplateId / Role.DisplayName")
         if not target.get("id"):
             raise f.error(f"{base}.id", "required field missing: the principal's object id")
-        attrs = {k: v for k, v in (("roleTemplateId", template), ("roleDisplayName", role_name)) if v}
+        attrs: dict[str, Any] = {k: v for k, v in (("roleTemplateId", template), ("roleDisplayName", role_name)) if v}
+        if not is_privileged_directory_role(template, role_name):
+            # Not a privileged role: the grant is recorded and triaged (playbook azure-directory-role-triage,
+            # which needs no credential uid) but never contained: no uid, so no containment playbook matches.
+            attrs.update(privileged=False, reason=f"directory role {role_name or template} is not privileged")
+            return [make(member, Credential(kind="azure_directory_role", uid=None, owner=member, attributes=attrs),
+                         None)]
         cred = Credential(kind="azure_directory_role", uid=f"{role}#{target['id']}", owner=member, attributes=attrs)
         return [make(member, cred, None)]
 
     if label == "app_role_assignment":
-        assignee = None
-        for base, target in targets:
-            props = {prop: new for _ip, prop, _o, new in e.modified(base, target)}
-            if isinstance(props.get("ServicePrincipal.ObjectID"), str):
-                assignee = Principal(
-                    uid=props["ServicePrincipal.ObjectID"],
-                    name=props.get("ServicePrincipal.DisplayName") or None,
-                    type="ServicePrincipal",
-                    account_uid=tenant,
-                )
-                break
-        if assignee is None:
-            found = first_target("ServicePrincipal") or (targets[0] if targets else None)
-            assignee = _principal(found[1], tenant) if found else Principal()
-        return [make(assignee, None, suppressed)]
+        grant = _app_role_grant(e, targets, tenant)
+        assignee = grant["assignee"]
+        if suppressed:
+            return [make(assignee, None, suppressed)]
+        attrs = {k: v for k, v in grant["attributes"].items() if v is not None}
+        if not grant["uid"]:
+            # The record does not name the role, the resource or the assignee, or the role is not a
+            # dangerous Graph application permission: triage (azure-app-role-assignment-triage, which
+            # needs no uid), never containment.
+            return [make(assignee, Credential(kind="azure_app_role_assignment", uid=None, owner=assignee,
+                                              attributes=attrs), None)]
+        cred = Credential(kind="azure_app_role_assignment", uid=grant["uid"], owner=assignee, attributes=attrs)
+        return [make(assignee, cred, None)]
 
     if label in ("owner", "application"):
         found = first_target("User", "ServicePrincipal") if label == "owner" else first_target("Application")
@@ -862,12 +1054,19 @@ def detections_from_azure_activity(
 
 __all__ = [
     "ACTIVITY_OPERATIONS",
+    "DIRECTORY_ROLE_TEMPLATES",
+    "PRIVILEGED_DIRECTORY_ROLES",
     "ENTRA_ACTIVITIES",
     "FALLBACK_TECHNIQUES",
+    "GRAPH_APP_ID",
     "PRIVILEGED_ROLE_DEFINITIONS",
+    "RISKY_GRAPH_PERMISSIONS",
     "activity_match_view",
     "detections_from_azure_activity",
     "detections_from_entra_audit",
+    "directory_role_template",
     "entra_activity_key",
+    "is_dangerous_graph_app_role",
+    "is_privileged_directory_role",
     "entra_match_view",
 ]

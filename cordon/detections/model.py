@@ -19,7 +19,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Provider = Literal["aws", "azure", "gcp"]
-Source = Literal["cloudtrail", "guardduty", "securityhub", "entra", "azure_activity", "gcp_audit", "gcp_scc"]
+Source = Literal["cloudtrail", "guardduty", "securityhub", "entra", "azure_activity", "gcp_audit", "gcp_scc",
+                 "manual"]
 AccessPath = Literal["console", "api", "service", "unknown"]
 
 #: OCSF severity_id values (OCSF 1.3 ``severity_id`` enum).
@@ -46,6 +47,7 @@ CredentialKind = Literal[
     "azure_federated_credential",  # uid = "<application object id>/federatedIdentityCredentials/<id>"
     "azure_role_assignment",  # uid = full ARM ID .../providers/Microsoft.Authorization/roleAssignments/<guid>
     "azure_directory_role",  # uid = "<directory role template id>#<principal object id>"
+    "azure_app_role_assignment",  # uid = "<assignee SP object id>#<resource SP object id>#<appRoleId>"
     "azure_user",  # uid = user object id (a created account, T1136.003)
     "azure_service_principal",  # uid = service principal object id (a created service principal)
     "gcp_sa_key",  # uid = key resource name projects/P/serviceAccounts/SA_EMAIL/keys/KEY_ID
@@ -118,13 +120,14 @@ class RuleRef(BaseModel):
     """What flagged the record (OCSF ``finding_info`` / ``analytic``).
 
     ``type`` is ``sigma`` (a shipped Sigma rule matched a raw log event), ``guardduty`` or
-    ``securityhub`` (a provider finding); ``uid`` the Sigma rule id, finding ID or control ID;
-    ``name`` the rule title or finding type.
+    ``securityhub`` (a provider finding), or ``manual`` (an on-call responder ran the playbook by
+    hand: ``uid`` is the playbook name, see :mod:`cordon.manual`); ``uid`` the Sigma rule id,
+    finding ID or control ID; ``name`` the rule title or finding type.
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    type: Literal["sigma", "guardduty", "securityhub", "entra", "gcp_scc"]
+    type: Literal["sigma", "guardduty", "securityhub", "entra", "gcp_scc", "manual"]
     uid: str | None = None
     name: str | None = None
     path: str | None = None

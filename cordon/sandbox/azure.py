@@ -13,8 +13,20 @@ assignments and the Microsoft identity platform token endpoint.
     an unknown keyId is 400 as in Graph) and ``.../addPassword`` (200 with ``secretText``);
   - ``GET /v1.0/applications/{id}/federatedIdentityCredentials`` and
     ``GET/DELETE .../federatedIdentityCredentials/{fid}``;
-  - ``GET /v1.0/users/{id}``, ``POST /v1.0/users/{id}/revokeSignInSessions`` (``{"value": true}``;
-    records ``signInSessionsValidFromDateTime``).
+  - ``GET /v1.0/users/{id or userPrincipalName}``, ``POST /v1.0/users/{id}/revokeSignInSessions``
+    (``{"value": true}``; records ``signInSessionsValidFromDateTime``);
+  - the alternate keys ``/v1.0/applications(appId='...')`` and ``/v1.0/servicePrincipals(appId='...')``;
+  - ``GET/POST /v1.0/servicePrincipals/{id}/appRoleAssignments`` (the list paged as Graph pages it:
+    ``@odata.nextLink`` with a ``$skiptoken``, :attr:`AzureStandIn.page_size` a page; POST of an
+    assignment that exists is 400 "Permission being assigned already exists on the object"),
+    ``GET/DELETE .../{assignmentId}`` (204; ids are 43-character base64url strings as in Graph;
+    Microsoft Graph's own service principal, :meth:`AzureStandIn.ensure_graph_resource`, carries
+    the real ids of :data:`GRAPH_APP_ROLES`), ``GET .../oauth2PermissionGrants``;
+  - ``GET /v1.0/{servicePrincipals|users}/{id}/memberOf`` (``directoryRole`` objects);
+  - ``GET/POST /v1.0/roleManagement/directory/roleAssignments`` (``$filter`` on ``principalId``,
+    ``roleDefinitionId``, ``directoryScopeId`` with ``eq`` / ``and``; any other filter is 400) and
+    ``GET/DELETE .../roleAssignments/{id}`` (``unifiedRoleAssignment``);
+  - ``GET /v1.0/auditLogs/signIns`` (``$filter`` ``servicePrincipalId`` / ``appId`` ``eq``, ``$top``).
 
 * ``arm_url`` (``https`` with a certificate for 127.0.0.1 issued by a ``trustme`` CA whose PEM is
   :attr:`AzureStandIn.ca_pem`; so azure-core's https rule stays on):
@@ -23,8 +35,8 @@ assignments and the Microsoft identity platform token endpoint.
     (https://learn.microsoft.com/rest/api/authorization/role-assignments):
     ``GET/PUT/DELETE /{scope}/providers/Microsoft.Authorization/roleAssignments/{name}`` (by full ID)
     and ``GET /{scope}/providers/Microsoft.Authorization/roleAssignments`` (list: assignments at,
-    above and below the scope, as ARM's list without ``$filter=atScope()`` does; ``$filter`` is
-    ignored);
+    above and below the scope, as ARM's list without ``$filter=atScope()`` does; ``$filter=principalId
+    eq '<guid>'`` is honoured, any other filter is 400);
   - the token endpoint ``POST /{tenant}/oauth2/v2.0/token`` (client-credentials grant,
     https://learn.microsoft.com/entra/identity-platform/v2-oauth2-client-creds-grant-flow) and the
     OpenID configuration MSAL reads first, ``GET /{tenant}/v2.0/.well-known/openid-configuration``.
@@ -68,6 +80,22 @@ GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 ARM_SCOPE = "https://management.azure.com/.default"
 RA_API_VERSION = "2022-04-01"
 RA_SEGMENT = "/providers/microsoft.authorization/roleassignments/"
+#: Microsoft Graph's well-known appId, and the object id the stand-in gives its service principal.
+GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
+MICROSOFT_TENANT = "f8cdef31-a31e-4b4a-93e4-5f571e91255a"
+#: Application permissions (app roles) of Microsoft Graph the stand-in's Graph service principal
+#: offers: ``value -> id`` (ids as published in the Microsoft Graph permissions reference).
+GRAPH_APP_ROLES: dict[str, str] = {
+    "RoleManagement.ReadWrite.Directory": "9e3f62cf-ca93-4989-b6ce-bf83c28f9fe8",
+    "AppRoleAssignment.ReadWrite.All": "06b708a9-e830-4db3-a914-8e69da51d44f",
+    "Application.ReadWrite.All": "1bfefb4e-e0b5-418b-a88f-73c46d2cc8e9",
+    "Application.ReadWrite.OwnedBy": "18a4783c-866b-4cc7-a460-3d5e5662c884",
+    "Directory.ReadWrite.All": "19dbc75e-c2e2-444c-a770-ec69d8559fc7",
+    "User.ReadWrite.All": "741f803b-c850-494e-b5df-cde7c675a1ca",
+    "Mail.Read": "810c84a8-4a9e-49e6-bf7d-12d183f40d01",
+    "User.Read.All": "df021288-bdef-4463-88db-98f22de89214",
+    "Directory.Read.All": "7ab1d382-f21e-4acd-a863-ba3e13f7da61",
+}
 
 
 def _now() -> datetime:
@@ -126,7 +154,11 @@ class AzureStandIn:
     * ``role_assignments``: ``lower-cased full ARM ID -> RoleAssignment JSON``;
     * ``requests``: one ``{"api" ("graph"|"arm"|"login"), "method", "path", "query", "body",
       "auth", "client_id", "status"}`` per request received;
-    * failures queued by :meth:`fail_next`.
+    * ``app_role_assignments`` / ``oauth2_grants``: ``id -> appRoleAssignment / oAuth2PermissionGrant
+      JSON``; ``directory_role_assignments``: ``id -> unifiedRoleAssignment JSON``; ``sign_ins``: signIn
+      JSON list;
+    * failures queued by :meth:`fail_next` (and writes acknowledged but not applied, queued by
+      :meth:`ack_without_applying`).
     """
 
     def __init__(self, host: str = "127.0.0.1"):
@@ -139,7 +171,13 @@ class AzureStandIn:
         self.users: dict[str, dict[str, Any]] = {}
         self.federated: dict[str, dict[str, dict[str, Any]]] = {}
         self.role_assignments: dict[str, dict[str, Any]] = {}
+        self.app_role_assignments: dict[str, dict[str, Any]] = {}
+        self.oauth2_grants: dict[str, dict[str, Any]] = {}
+        self.directory_role_assignments: dict[str, dict[str, Any]] = {}
+        self.sign_ins: list[dict[str, Any]] = []
         self.requests: list[dict[str, Any]] = []
+        #: page size of ``GET .../appRoleAssignments`` without ``$top`` (Graph's default: 100).
+        self.page_size = 100
         self._failures: list[dict[str, Any]] = []
         self.ca = trustme.CA()
         cert = self.ca.issue_cert(host, "localhost")
@@ -194,10 +232,12 @@ class AzureStandIn:
         """Forget all state, clients, tokens, recorded requests and failures."""
         with self._lock:
             for store in (self.clients, self.tokens, self.applications, self.service_principals, self.owners,
-                          self.users, self.federated, self.role_assignments):
+                          self.users, self.federated, self.role_assignments, self.app_role_assignments,
+                          self.oauth2_grants, self.directory_role_assignments, self.sign_ins):
                 store.clear()
             self.requests.clear()
             self._failures.clear()
+            self.page_size = 100
 
     # -- fault injection and inspection ---------------------------------------------------------
     def fail_next(self, match: str, status: int, times: int = 1, headers: dict[str, str] | None = None) -> None:
@@ -207,6 +247,13 @@ class AzureStandIn:
         compare case-insensitively. Token requests are never failed."""
         with self._lock:
             self._failures.append({"match": match, "status": status, "left": times, "headers": dict(headers or {})})
+
+    def ack_without_applying(self, match: str, times: int = 1) -> None:
+        """Answer the next ``times`` matching requests ``204 No Content`` *without* applying them: a
+        write the API acknowledged but that a following read does not show (a lost write, or the
+        replication lag of a directory read from another replica). ``match`` as in :meth:`fail_next`."""
+        with self._lock:
+            self._failures.append({"match": match, "status": 204, "left": times, "headers": {}, "ack": True})
 
     def api_requests(self, api: str | None = None, mutating: bool | None = None) -> list[dict[str, Any]]:
         """Recorded Graph and ARM requests (not token requests), optionally only of ``api``
@@ -249,7 +296,9 @@ class AzureStandIn:
                 self.applications[object_id] = {
                     "id": object_id, "appId": app_id or str(uuid.uuid4()),
                     "displayName": display_name or f"app-{object_id[:8]}", "createdDateTime": _iso(_now()),
-                    "signInAudience": "AzureADMyOrg", "passwordCredentials": [], "keyCredentials": []}
+                    "signInAudience": "AzureADMyOrg", "publisherDomain": "contoso.example",
+                    "verifiedPublisher": {"displayName": None, "verifiedPublisherId": None, "addedDateTime": None},
+                    "passwordCredentials": [], "keyCredentials": []}
                 self.owners.setdefault(object_id, [])
                 self.federated.setdefault(object_id, {})
             return self.applications[object_id]
@@ -263,6 +312,8 @@ class AzureStandIn:
                     "id": object_id, "appId": app_id or str(uuid.uuid4()),
                     "displayName": display_name or f"sp-{object_id[:8]}", "accountEnabled": account_enabled,
                     "servicePrincipalType": "Application", "appOwnerOrganizationId": DEFAULT_TENANT,
+                    "appRoles": [],
+                    "verifiedPublisher": {"displayName": None, "verifiedPublisherId": None, "addedDateTime": None},
                     "passwordCredentials": [], "keyCredentials": []}
                 self.owners.setdefault(object_id, [])
             return self.service_principals[object_id]
@@ -350,6 +401,121 @@ class AzureStandIn:
                                    "description": None}}
             return self.role_assignments[key]
 
+    def ensure_graph_resource(self, object_id: str | None = None) -> dict[str, Any]:
+        """The tenant's service principal of Microsoft Graph (appId :data:`GRAPH_APP_ID`, published
+        by Microsoft's tenant) with the app roles of :data:`GRAPH_APP_ROLES` (and any other role added
+        with :meth:`add_app_role`); created if absent, as ``object_id`` (default: a fixed id). A tenant
+        has one: ``ValueError`` when it exists under another id than ``object_id``."""
+        with self._lock:
+            existing = next((sp for sp in self.service_principals.values() if sp["appId"] == GRAPH_APP_ID), None)
+            if existing is not None and object_id and existing["id"] != object_id:
+                raise ValueError(f"Microsoft Graph's service principal is {existing['id']}, not {object_id}")
+            oid = existing["id"] if existing else (object_id or str(uuid.uuid5(uuid.NAMESPACE_URL,
+                                                                              "standin/microsoft-graph-sp")))
+            sp = self.ensure_service_principal(oid, "Microsoft Graph", app_id=GRAPH_APP_ID)
+            sp["appOwnerOrganizationId"] = MICROSOFT_TENANT
+            extra = [r for r in sp.get("appRoles") or [] if r["id"] not in GRAPH_APP_ROLES.values()]
+            sp["appRoles"] = [{"allowedMemberTypes": ["Application"], "description": value, "displayName": value,
+                               "id": rid, "isEnabled": True, "origin": "Application", "value": value}
+                              for value, rid in GRAPH_APP_ROLES.items()] + extra
+            return sp
+
+    def add_app_role(self, resource_id: str, app_role_id: str, value: str) -> dict[str, Any]:
+        """Define app role ``app_role_id`` (``value``, allowed for applications) on service principal
+        ``resource_id`` if it has no role with that id; returns the role."""
+        with self._lock:
+            roles = self.service_principals[resource_id].setdefault("appRoles", [])
+            for role in roles:
+                if role["id"] == app_role_id:
+                    return role
+            role = {"allowedMemberTypes": ["Application"], "description": value, "displayName": value,
+                    "id": app_role_id, "isEnabled": True, "origin": "Application", "value": value}
+            roles.append(role)
+            return role
+
+    def assign_app_role(self, principal_id: str, resource_id: str, app_role_id: str) -> dict[str, Any]:
+        """The ``appRoleAssignment`` of ``app_role_id`` of ``resource_id`` to ``principal_id``: the
+        existing one, else a new one (both service principals and the role must exist)."""
+        with self._lock:
+            for a in self.app_role_assignments.values():
+                if (a["principalId"], a["resourceId"], a["appRoleId"]) == (principal_id, resource_id, app_role_id):
+                    return a
+            return self._new_app_role_assignment(principal_id, resource_id, app_role_id)
+
+    def grant_app_role(self, principal_id: str, permission: str, resource_id: str | None = None) -> dict[str, Any]:
+        """Grant service principal ``principal_id`` the application permission ``permission`` (an app
+        role ``value`` of ``resource_id``, default Microsoft Graph); returns the ``appRoleAssignment``."""
+        with self._lock:
+            resource = self.service_principals[resource_id] if resource_id else self.ensure_graph_resource()
+            role = next(r for r in resource.get("appRoles") or [] if r["value"] == permission)
+            return self._new_app_role_assignment(principal_id, resource["id"], role["id"])
+
+    def _new_app_role_assignment(self, principal_id: str, resource_id: str, app_role_id: str) -> dict[str, Any]:
+        principal = self.service_principals.get(principal_id)
+        if principal is None:
+            raise _graph_404(principal_id)
+        resource = self.service_principals.get(resource_id)
+        if resource is None:
+            raise _graph_404(resource_id)
+        if not any(r["id"] == app_role_id for r in resource.get("appRoles") or []):
+            raise ApiError(400, "Request_BadRequest", "Permission being assigned was not found on application")
+        for a in self.app_role_assignments.values():
+            if (a["principalId"], a["resourceId"], a["appRoleId"]) == (principal_id, resource_id, app_role_id):
+                raise ApiError(400, "Request_BadRequest",
+                               "Permission being assigned already exists on the object")
+        # Graph's appRoleAssignment ids are 43-character base64url strings, not GUIDs
+        aid = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+        assignment = {"id": aid, "appRoleId": app_role_id, "createdDateTime": _iso(_now()), "deletedDateTime": None,
+                      "principalDisplayName": principal["displayName"], "principalId": principal_id,
+                      "principalType": "ServicePrincipal", "resourceDisplayName": resource["displayName"],
+                      "resourceId": resource_id}
+        self.app_role_assignments[aid] = assignment
+        return assignment
+
+    def grant_delegated(self, client_id: str, scope: str, consent_type: str = "AllPrincipals",
+                        principal_id: str | None = None, resource_id: str | None = None) -> dict[str, Any]:
+        """Record an ``oAuth2PermissionGrant`` (delegated permissions ``scope``, space-separated) of
+        client service principal ``client_id`` on ``resource_id`` (default Microsoft Graph)."""
+        with self._lock:
+            resource = resource_id or self.ensure_graph_resource()["id"]
+            gid = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+            grant = {"id": gid, "clientId": client_id, "consentType": consent_type, "principalId": principal_id,
+                     "resourceId": resource, "scope": scope}
+            self.oauth2_grants[gid] = grant
+            return grant
+
+    def add_directory_role_member(self, template_id: str, principal_id: str,
+                                  assignment_id: str | None = None) -> dict[str, Any]:
+        """Make ``principal_id`` an active member of the built-in directory role ``template_id``
+        (a ``unifiedRoleAssignment`` at directory scope ``/``) if it is not yet; returns it."""
+        with self._lock:
+            for a in self.directory_role_assignments.values():
+                if (a["principalId"], a["roleDefinitionId"], a["directoryScopeId"]) == (principal_id, template_id, "/"):
+                    return a
+            rid = assignment_id or base64.urlsafe_b64encode(secrets.token_bytes(24)).decode().rstrip("=")
+            assignment = {"id": rid, "principalId": principal_id, "roleDefinitionId": template_id,
+                          "directoryScopeId": "/"}
+            self.directory_role_assignments[rid] = assignment
+            return assignment
+
+    def add_sign_in(self, app_id: str, *, ip: str = "203.0.113.9", when: datetime | None = None,
+                    user: str | None = None, status: int = 0) -> dict[str, Any]:
+        """Record one ``signIn`` of application ``app_id`` (its service principal's id is
+        ``servicePrincipalId``; errorCode ``status``, 0 = success)."""
+        with self._lock:
+            app_name = next((o["displayName"] for o in (*self.service_principals.values(),
+                                                         *self.applications.values()) if o["appId"] == app_id), None)
+            sp_id = next((o["id"] for o in self.service_principals.values() if o["appId"] == app_id), None)
+            entry = {"id": str(uuid.uuid4()), "createdDateTime": _iso(when or _now()), "appId": app_id,
+                     "servicePrincipalId": sp_id, "servicePrincipalName": app_name if user is None else None,
+                     "appDisplayName": app_name, "ipAddress": ip, "clientAppUsed": "Mobile Apps and Desktop clients",
+                     "userPrincipalName": user, "userId": None, "resourceDisplayName": "Microsoft Graph",
+                     "isInteractive": user is not None, "location": {"city": "Redmond", "countryOrRegion": "US"},
+                     "status": {"errorCode": status, "failureReason": None if status == 0 else "Other.",
+                                "additionalDetails": None}}
+            self.sign_ins.append(entry)
+            return entry
+
     # -- HTTP ---------------------------------------------------------------------------------
     def _handler_class(self, which: str) -> type[BaseHTTPRequestHandler]:
         standin = self
@@ -387,15 +553,18 @@ class AzureStandIn:
                     else:
                         rec["client_id"] = standin._authorize(auth, api)
                         failure = standin._take_failure(self.command, path)
-                        if failure:
+                        if failure and failure.get("ack"):
+                            status, payload = 204, None
+                        elif failure:
                             headers = failure["headers"]
                             raise ApiError(failure["status"], "InjectedFault" if failure["status"] != 429
                                            else "TooManyRequests", f"injected {failure['status']}")
-                        with standin._lock:
-                            if api == "graph":
-                                status, payload = standin._graph_api(self.command, path, query, body)
-                            else:
-                                status, payload = standin._arm_api(self.command, path, query, body)
+                        else:
+                            with standin._lock:
+                                if api == "graph":
+                                    status, payload = standin._graph_api(self.command, path, query, body)
+                                else:
+                                    status, payload = standin._arm_api(self.command, path, query, body)
                 except ApiError as err:
                     status, payload = err.status, {"error": {"code": err.code, "message": err.message}}
                     if api == "login":
@@ -460,12 +629,33 @@ class AzureStandIn:
 
     # -- Graph v1.0 -------------------------------------------------------------------------------
     def _graph_api(self, method: str, path: str, query: dict[str, str], body: Any) -> tuple[int, Any]:
+        alt = re.fullmatch(r"/v1\.0/(servicePrincipals|applications)\(appId='([^']+)'\)(/.+)?", path)
+        if alt:  # alternate key: /applications(appId='...'), /servicePrincipals(appId='...')
+            store = self.service_principals if alt.group(1) == "servicePrincipals" else self.applications
+            found = next((o["id"] for o in store.values() if o["appId"].lower() == alt.group(2).lower()), None)
+            if found is None:
+                raise _graph_404(alt.group(2))
+            path = f"/v1.0/{alt.group(1)}/{found}{alt.group(3) or ''}"
+        if path.startswith("/v1.0/roleManagement/directory/roleAssignments"):
+            return self._graph_role_assignments(method, path, query, body)
+        if path == "/v1.0/auditLogs/signIns":
+            return self._graph_sign_ins(method, query)
         m = re.fullmatch(r"/v1\.0/(servicePrincipals|applications|users)/([^/]+)(?:/(.+))?", path)
         if not m:
             raise ApiError(400, "BadRequest", f"Resource not found for the segment '{path}'.")
         collection, oid, sub = m.groups()
+        if sub == "memberOf" and method == "GET" and collection in ("servicePrincipals", "users"):
+            if oid not in (self.service_principals if collection == "servicePrincipals" else self.users):
+                raise _graph_404(oid)
+            return 200, {"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#directoryObjects",
+                         "value": self._member_of(oid)}
         if collection == "users":
             return self._graph_user(method, oid, sub)
+        if collection == "servicePrincipals" and sub and sub.split("/")[0] in ("appRoleAssignments",
+                                                                               "oauth2PermissionGrants"):
+            if oid not in self.service_principals:
+                raise _graph_404(oid)
+            return self._graph_sp_grants(method, oid, sub, body, query)
         store = self.service_principals if collection == "servicePrincipals" else self.applications
         obj = store.get(oid)
         if obj is None:
@@ -550,8 +740,119 @@ class AzureStandIn:
                 out.append({**k, "keyId": k.get("keyId") or str(uuid.uuid4())})
         return out
 
+    def _member_of(self, oid: str) -> list[dict[str, Any]]:
+        """The ``directoryRole`` objects ``oid`` is an active member of (directory scope ``/``)."""
+        from cordon.detections.azure import DIRECTORY_ROLE_TEMPLATES
+
+        out = []
+        for a in self.directory_role_assignments.values():
+            if a["principalId"] != oid or a["directoryScopeId"] != "/":
+                continue
+            tid = a["roleDefinitionId"]
+            out.append({"@odata.type": "#microsoft.graph.directoryRole",
+                        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"standin/directoryRole/{tid}")),
+                        "displayName": DIRECTORY_ROLE_TEMPLATES.get(tid, f"role {tid}"), "description": None,
+                        "roleTemplateId": tid, "deletedDateTime": None})
+        return out
+
+    def _graph_sp_grants(self, method: str, oid: str, sub: str, body: Any,
+                         query: dict[str, str] | None = None) -> tuple[int, Any]:
+        """``/servicePrincipals/{id}/appRoleAssignments[/{aid}]`` and ``/oauth2PermissionGrants``."""
+        parts, query = sub.split("/"), query or {}
+        if parts[0] == "oauth2PermissionGrants" and len(parts) == 1 and method == "GET":
+            return 200, {"value": [copy.deepcopy(g) for g in self.oauth2_grants.values() if g["clientId"] == oid]}
+        if parts[0] == "appRoleAssignments" and len(parts) == 1:
+            if method == "GET":
+                # Graph pages this collection (100 a page by default) with an absolute @odata.nextLink
+                # carrying an opaque $skiptoken; the stand-in's token is the offset.
+                found = [copy.deepcopy(a) for a in self.app_role_assignments.values() if a["principalId"] == oid]
+                start = int(query.get("$skiptoken") or 0)
+                size = int(query.get("$top") or self.page_size)
+                page: dict[str, Any] = {
+                    "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#servicePrincipals('"
+                                      f"{oid}')/appRoleAssignments", "value": found[start:start + size]}
+                if start + size < len(found):
+                    page["@odata.nextLink"] = (f"{self.graph_url}/v1.0/servicePrincipals/{oid}/appRoleAssignments"
+                                               f"?$skiptoken={start + size}")
+                return 200, page
+            if method == "POST":
+                b = body if isinstance(body, dict) else {}
+                if b.get("principalId") != oid or not b.get("resourceId") or not b.get("appRoleId"):
+                    raise ApiError(400, "Request_BadRequest", "principalId (this service principal), resourceId "
+                                   "and appRoleId are required")
+                return 201, copy.deepcopy(self._new_app_role_assignment(oid, b["resourceId"], b["appRoleId"]))
+        if parts[0] == "appRoleAssignments" and len(parts) == 2:
+            a = self.app_role_assignments.get(parts[1])
+            if a is None or a["principalId"] != oid:
+                raise _graph_404(parts[1])
+            if method == "GET":
+                return 200, copy.deepcopy(a)
+            if method == "DELETE":
+                del self.app_role_assignments[parts[1]]
+                return 204, None
+        raise ApiError(405, "Request_BadRequest", f"{method} servicePrincipals/{oid}/{sub} is not supported.")
+
+    @staticmethod
+    def _eq_filter(text: str | None, allowed: tuple[str, ...]) -> dict[str, str]:
+        """``a eq 'x' and b eq 'y'`` as ``{a: x, b: y}``; 400 for anything else, as Graph does for a
+        filter it cannot serve."""
+        out: dict[str, str] = {}
+        for clause in re.split(r"\s+and\s+", (text or "").strip()) if text else []:
+            m = re.fullmatch(r"(\w+)\s+eq\s+'([^']*)'", clause.strip())
+            if not m or m.group(1) not in allowed:
+                raise ApiError(400, "Request_UnsupportedQuery", f"Unsupported or invalid query filter clause "
+                               f"specified for property '{clause}'.")
+            out[m.group(1)] = m.group(2)
+        return out
+
+    def _graph_role_assignments(self, method: str, path: str, query: dict[str, str], body: Any) -> tuple[int, Any]:
+        """``/roleManagement/directory/roleAssignments[/{id}]`` (unifiedRoleAssignment)."""
+        rest = path[len("/v1.0/roleManagement/directory/roleAssignments"):].strip("/")
+        context = "https://graph.microsoft.com/v1.0/$metadata#roleManagement/directory/roleAssignments"
+        if not rest and method == "GET":
+            want = self._eq_filter(query.get("$filter"), ("principalId", "roleDefinitionId", "directoryScopeId"))
+            found = [copy.deepcopy(a) for a in self.directory_role_assignments.values()
+                     if all(str(a.get(k)).lower() == v.lower() for k, v in want.items())]
+            return 200, {"@odata.context": context, "value": found}
+        if not rest and method == "POST":
+            b = body if isinstance(body, dict) else {}
+            if not b.get("principalId") or not b.get("roleDefinitionId"):
+                raise ApiError(400, "Request_BadRequest", "principalId and roleDefinitionId are required")
+            if b["principalId"] not in self.users and b["principalId"] not in self.service_principals:
+                raise _graph_404(b["principalId"])
+            for a in self.directory_role_assignments.values():
+                if (a["principalId"], a["roleDefinitionId"]) == (b["principalId"], b["roleDefinitionId"]):
+                    raise ApiError(409, "Request_BadRequest", "A conflicting object with one or more of the "
+                                   "specified property values is present in the directory.")
+            created = self.add_directory_role_member(b["roleDefinitionId"], b["principalId"])
+            created["directoryScopeId"] = b.get("directoryScopeId") or "/"
+            return 201, {"@odata.context": f"{context}/$entity", **copy.deepcopy(created)}
+        a = self.directory_role_assignments.get(rest)
+        if a is None:
+            raise _graph_404(rest)
+        if method == "GET":
+            return 200, {"@odata.context": f"{context}/$entity", **copy.deepcopy(a)}
+        if method == "DELETE":
+            del self.directory_role_assignments[rest]
+            return 204, None
+        raise ApiError(405, "Request_BadRequest", f"{method} {path} is not supported by the stand-in.")
+
+    def _graph_sign_ins(self, method: str, query: dict[str, str]) -> tuple[int, Any]:
+        """``GET /auditLogs/signIns`` with ``$filter=servicePrincipalId eq '...'`` (or ``appId``) and
+        ``$top``, newest first."""
+        if method != "GET":
+            raise ApiError(405, "Request_BadRequest", f"{method} auditLogs/signIns")
+        want = self._eq_filter(query.get("$filter"), ("appId", "servicePrincipalId", "userId", "ipAddress"))
+        found = [copy.deepcopy(e) for e in self.sign_ins if all(str(e.get(k)) == v for k, v in want.items())]
+        found.sort(key=lambda e: e["createdDateTime"], reverse=True)
+        top = int(query.get("$top") or 1000)
+        return 200, {"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#auditLogs/signIns",
+                     "value": found[:top]}
+
     def _graph_user(self, method: str, oid: str, sub: str | None) -> tuple[int, Any]:
-        user = self.users.get(oid)
+        # Graph addresses a user by object id or by userPrincipalName
+        user = self.users.get(oid) or next((u for u in self.users.values()
+                                            if u["userPrincipalName"].lower() == oid.lower()), None)
         if user is None:
             raise _graph_404(oid)
         if sub is None and method == "GET":
@@ -572,6 +873,12 @@ class AzureStandIn:
                      if (scope.lower() + "/").startswith(a["properties"]["scope"].lower().rstrip("/") + "/")
                      or a["properties"]["scope"].lower().startswith(scope.lower() + "/")
                      or a["properties"]["scope"].lower() == scope.lower()]
+            flt = (query.get("$filter") or "").strip()
+            if flt:
+                m = re.fullmatch(r"principalId\s+eq\s+'([0-9a-fA-F-]{36})'", flt)
+                if m is None:
+                    raise ApiError(400, "UnsupportedQuery", f"The filter '{flt}' is not supported by the stand-in.")
+                found = [a for a in found if a["properties"]["principalId"].lower() == m.group(1).lower()]
             return 200, {"value": found}
         if RA_SEGMENT not in lower:
             raise ApiError(404, "InvalidResourceType", f"no resource at {path}")
@@ -721,10 +1028,16 @@ class AzureSandbox:
         the federated credential (``azure_federated_credential``), the role assignment with
         ``attributes["principalId"]`` (default: the target's uid) and
         ``attributes["roleDefinitionId"]`` (default Owner) (``azure_role_assignment``), the user
-        (``azure_user``), the service principal (``azure_service_principal``).
+        (``azure_user``), the service principal (``azure_service_principal``), the member of the
+        directory role (``azure_directory_role``), and for ``azure_app_role_assignment`` (uid
+        ``<assignee>#<resource>#<appRoleId>``) the assignee (``appId`` from the attributes), the
+        resource (Microsoft Graph's service principal under the uid's id when
+        ``attributes["resource_app_id"]`` is Graph's appId, else a service principal with that appId),
+        the app role (``attributes["app_role_value"]``) on it, and the assignment.
 
         Returns ``{"tenant", "applications": [...], "service_principals": [...], "passwords": [...],
-        "keys": [...], "federated": [...], "role_assignments": [...], "users": [...]}``.
+        "keys": [...], "federated": [...], "role_assignments": [...], "users": [...]}`` plus
+        ``"directory_roles"`` / ``"app_role_assignments"`` (assignment ids) when seeded.
         """
         cred = detection.credential
         attrs = dict(cred.attributes or {}) if cred else {}
@@ -789,4 +1102,34 @@ class AzureSandbox:
         elif cred.kind == "azure_service_principal":
             self.standin.ensure_service_principal(uid, owner.name or "" if owner else "", attrs.get("appId"))
             report["service_principals"].append(uid)
+        elif cred.kind == "azure_app_role_assignment":
+            parts = uid.lower().split("#")
+            if len(parts) == 3 and all(parts):
+                assignee, resource, role = parts
+                self.standin.ensure_service_principal(assignee, owner.name or "" if owner else "", attrs.get("appId"))
+                report["service_principals"].append(assignee)
+                resource_app = str(attrs.get("resource_app_id") or "").lower() or None
+                if resource_app == GRAPH_APP_ID:
+                    self.standin.ensure_graph_resource(resource)
+                else:
+                    self.standin.ensure_service_principal(resource, str(attrs.get("resource_display_name") or ""),
+                                                          resource_app)
+                report["service_principals"].append(resource)
+                self.standin.add_app_role(resource, role, str(attrs.get("app_role_value") or f"role-{role[:8]}"))
+                assigned = self.standin.assign_app_role(assignee, resource, role)
+                report.setdefault("app_role_assignments", []).append(assigned["id"])
+        elif cred.kind == "azure_directory_role":
+            from cordon.detections.azure import directory_role_template
+
+            role, _, member = uid.partition("#")
+            template = directory_role_template(role) or directory_role_template(attrs.get("roleDisplayName"))
+            if template and member:
+                if str(owner.type if owner else "").lower() == "serviceprincipal":
+                    self.standin.ensure_service_principal(member, owner.name or "" if owner else "")
+                    report["service_principals"].append(member)
+                else:
+                    self.standin.ensure_user(member, owner.name if owner else None)
+                    report["users"].append(member)
+                self.standin.add_directory_role_member(template, member)
+                report.setdefault("directory_roles", []).append(f"{template}#{member}")
         return report
