@@ -87,15 +87,16 @@ class Responder:
                 report.joined.append(ticket)
         return report
 
-    def accept(self, detection: Detection) -> CaseTicket | None:
-        """Record one detection and open or join its case. ``None`` for suppressed detections."""
+    def accept(self, detection: Detection, playbook: Playbook | None = None) -> CaseTicket | None:
+        """Record one detection and open or join its case. ``None`` for suppressed detections.
+        ``playbook`` skips routing (a manual run names its playbook, :mod:`cordon.manual`)."""
         summary = detection.summary()
         received = {"detection": summary, "raw_ref": detection.raw_ref.model_dump()}
         if detection.suppressed:
             self.ledger.append("detection.received", received, actor=detection.actor.user.uid)
             self.ledger.append("detection.suppressed", {"uid": detection.uid, "reason": detection.suppressed})
             return None
-        pb = route(self.playbooks, detection)
+        pb = playbook or route(self.playbooks, detection)
         result = self.ledger.open_case(detection.case_key(), detection.uid, detection.model_dump(mode="json"),
                                        pb.name if pb else None)
         self.ledger.append("detection.received", received, case_id=result.case_id, actor=detection.actor.user.uid)
@@ -152,6 +153,16 @@ class Responder:
                 yield self.submit(ticket, cloud=cloud, slack=slack)
             else:
                 yield self.run(ticket, approval=approval, cloud=cloud)
+
+    def manual(self, playbook: str, params: dict[str, Any], requested_by: dict[str, Any], approval: str = "console",
+               sandbox: Any = None, cloud: dict[str, Any] | None = None,
+               slack: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Run ``playbook`` by hand with ``params`` (``cordon run``, ``/cordon run``); see
+        :func:`cordon.manual.run_manual`. Raises :class:`cordon.manual.ManualRunError`."""
+        from cordon.manual import run_manual
+
+        return run_manual(self, playbook, params, requested_by, approval=approval, sandbox=sandbox, cloud=cloud,
+                          slack=slack)
 
     def submit(self, ticket: CaseTicket, cloud: dict[str, Any] | None = None, slack: dict[str, Any] | None = None,
                deployment: str = "respond/respond") -> dict[str, Any]:

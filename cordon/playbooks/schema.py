@@ -45,7 +45,7 @@ import jsonschema
 import yaml
 from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cordon.action import Action, get_action
 from cordon.detections.model import SEVERITY_IDS, Detection
@@ -117,31 +117,147 @@ class Step(BaseModel):
     with_: dict[str, Any] = Field(default_factory=dict, alias="with")
 
 
+#: Detection fields a manual-run parameter may fill (``sets``); ``credential.attributes.<name>`` too.
+MANUAL_FIELDS = ("account_uid", "region", "credential.kind", "credential.uid", "credential.owner.uid",
+                 "credential.owner.name", "target.uid", "target.name")
+
+
+class Parameter(BaseModel):
+    """One parameter of a manual run (``cordon run``, ``/cordon run``; see :mod:`cordon.manual`).
+
+    A JSON-Schema-like property (``type``, ``description``, ``pattern``, ``enum``, ``default``)
+    plus ``required`` and ``sets``: the detection fields the value fills (:data:`MANUAL_FIELDS`,
+    or ``credential.attributes.<name>``). Validated at load: ``pattern`` must compile and the
+    property must be a valid JSON Schema (``jsonschema`` Draft 2020-12) that its own ``enum`` and
+    ``default`` satisfy.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["string", "integer", "boolean"] = "string"
+    description: str = Field(min_length=1, max_length=2000)
+    pattern: str | None = None
+    enum: list[Any] | None = None
+    default: Any = None
+    required: bool = True
+    sets: list[str] = Field(min_length=1)
+
+    @field_validator("sets")
+    @classmethod
+    def _sets(cls, v: list[str]) -> list[str]:
+        for f in v:
+            if f not in MANUAL_FIELDS and not re.fullmatch(r"credential\.attributes\.[A-Za-z_][A-Za-z0-9_]*", f):
+                raise ValueError(f"{f!r} is not a detection field a parameter can set ({', '.join(MANUAL_FIELDS)}, "
+                                 "credential.attributes.<name>)")
+        return v
+
+    @model_validator(mode="after")
+    def _valid_schema(self) -> Parameter:
+        if self.pattern is not None:
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern does not compile: {exc}") from None
+        schema = self.json_schema()
+        try:
+            jsonschema.Draft202012Validator.check_schema(schema)
+        except jsonschema.SchemaError as exc:
+            raise ValueError(f"not a valid JSON Schema property: {exc.message}") from None
+        validator = jsonschema.Draft202012Validator(schema)
+        for value in [*(self.enum or []), *([] if self.default is None else [self.default])]:
+            for err in validator.iter_errors(value):
+                raise ValueError(f"{value!r} does not satisfy the parameter's own schema: {err.message}")
+        return self
+
+    def json_schema(self) -> dict[str, Any]:
+        """The JSON Schema property (``type``, ``description``, ``pattern``, ``enum``)."""
+        schema: dict[str, Any] = {"type": self.type, "description": self.description}
+        if self.pattern is not None:
+            schema["pattern"] = self.pattern
+        if self.enum is not None:
+            schema["enum"] = self.enum
+        return schema
+
+
+class Approvers(BaseModel):
+    """Who may approve: Slack user IDs (``U...``/``W...``) and Slack user group IDs (``S...``),
+    resolved with ``usergroups.users.list``. Empty lists mean "the global policy in
+    ``config/cordon.yaml`` decides"."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    users: list[str] = Field(default_factory=list)
+    groups: list[str] = Field(default_factory=list)
+
+    @field_validator("users")
+    @classmethod
+    def _users(cls, v: list[str]) -> list[str]:
+        for u in v:
+            if not re.fullmatch(r"[UW][A-Z0-9]{2,}", u):
+                raise ValueError(f"{u!r} is not a Slack user ID (U... or W...)")
+        return v
+
+    @field_validator("groups")
+    @classmethod
+    def _groups(cls, v: list[str]) -> list[str]:
+        for g in v:
+            if not re.fullmatch(r"S[A-Z0-9]{2,}", g):
+                raise ValueError(f"{g!r} is not a Slack user group ID (S...)")
+        return v
+
+
 class Approval(BaseModel):
     """Who must approve containment and how long the request stands.
 
     ``required: false`` lets containment run without a decision (never the default);
-    ``on_expiry`` says what an unanswered request becomes (``deny``, or ``contain`` for
-    high-confidence playbooks that allow it).
+    ``quorum``: distinct approvals needed (unset: 2 for a ``critical`` detection, else 1, or
+    what ``approval.quorum`` in ``config/cordon.yaml`` says); ``approvers``: allowed Slack users
+    and user groups (added to the global ones); ``expire_after``: how long the request stands;
+    ``remind_every``: a reminder in the message's thread at this interval; ``escalate_after`` +
+    ``escalate_to`` (a Slack user group ``S...`` or user ``U...``): mention them after this delay,
+    and let them approve from then on; ``on_expiry`` says what an unanswered request becomes
+    (``deny``, or ``contain`` for high-confidence playbooks that allow it). Durations as
+    :func:`parse_duration`. Expiry, reminders and escalation are done by ``flows/sweeper.py``.
     """
 
     model_config = ConfigDict(extra="forbid")
 
     required: bool = True
-    quorum: int = Field(default=1, ge=1, le=5)
-    approvers: dict[str, list[str]] = Field(default_factory=dict)
+    quorum: int | None = Field(default=None, ge=1, le=5)
+    approvers: Approvers = Field(default_factory=Approvers)
     expire_after: str = "4h"
+    remind_every: str | None = None
+    escalate_after: str | None = None
+    escalate_to: str | None = Field(default=None, pattern=r"^[SUW][A-Z0-9]{2,}$")
     on_expiry: Literal["deny", "contain"] = "deny"
 
-    @field_validator("expire_after")
+    @field_validator("expire_after", "remind_every", "escalate_after")
     @classmethod
-    def _duration(cls, v: str) -> str:
-        parse_duration(v)
+    def _duration(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_duration(v)
         return v
+
+    @model_validator(mode="after")
+    def _escalation(self) -> Approval:
+        if self.escalate_after and not self.escalate_to:
+            raise ValueError("escalate_after needs escalate_to (a Slack user group S... or user U...)")
+        return self
 
     @property
     def expire_seconds(self) -> int:
+        """``expire_after`` in seconds."""
         return parse_duration(self.expire_after)
+
+    @property
+    def remind_seconds(self) -> int | None:
+        """``remind_every`` in seconds, or ``None``."""
+        return parse_duration(self.remind_every) if self.remind_every else None
+
+    @property
+    def escalate_seconds(self) -> int | None:
+        """``escalate_after`` in seconds, or ``None``."""
+        return parse_duration(self.escalate_after) if self.escalate_after else None
 
 
 class Playbook(BaseModel):
@@ -157,7 +273,27 @@ class Playbook(BaseModel):
     approval: Approval = Field(default_factory=Approval)
     contain: list[Step] = Field(default_factory=list)
     verify: bool = True
+    #: Manual runs (``cordon run``, ``/cordon run``): parameter name -> :class:`Parameter`.
+    #: Only playbooks that declare parameters can be run by hand.
+    parameters: dict[str, Parameter] = Field(default_factory=dict)
     path: str | None = None
+
+    @model_validator(mode="after")
+    def _manual_parameters(self) -> Playbook:
+        for name in self.parameters:
+            if not re.fullmatch(r"[a-z][a-z0-9_]{0,63}", name):
+                raise ValueError(f"parameters: {name!r} is not a parameter name (lower case, digits, _)")
+        sets = {f for p in self.parameters.values() for f in p.sets}
+        if self.parameters and "credential.kind" not in sets and len(self.when.credential_kinds) != 1:
+            raise ValueError("parameters: a manual run needs its credential kind: list exactly one in "
+                             "when.credential_kinds, or add a parameter that sets credential.kind")
+        return self
+
+    def parameters_schema(self) -> dict[str, Any]:
+        """The manual-run parameters as one JSON Schema object (``additionalProperties: false``)."""
+        return {"type": "object", "additionalProperties": False,
+                "properties": {n: p.json_schema() for n, p in self.parameters.items()},
+                "required": [n for n, p in self.parameters.items() if p.required]}
 
     def actions(self, section: Literal["enrich", "contain"]) -> list[tuple[Step, type[Action]]]:
         """The steps of ``section`` with their action classes."""

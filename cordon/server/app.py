@@ -28,6 +28,14 @@ Endpoints
        the approval message in place (:func:`cordon.approvals.slack.status_blocks`) and records
        ``approval.given`` / ``approval.refused`` itself.
 
+``POST /slack/commands`` (the ``/cordon`` slash command's Request URL; with ``commands``, a
+    :class:`cordon.approvals.commands.CommandHandler`)
+    Verified as above (401 + ``slack.request_refused``); answered at once with the handler's
+    ephemeral acknowledgement, the work (modal, lookup, manual run) in a ``BackgroundTask``. A
+    ``view_submission`` of Cordon's modal arriving at ``/slack/interactions`` goes to
+    ``commands.handle_view`` and is answered with its ``response_action`` (``errors`` per field,
+    ``update``, ``clear``). Without ``commands``: **503** here, and modal submissions are ignored.
+
 ``POST /webhook/detections``
     Requires ``Authorization: Bearer <webhook_token>`` (compared with :func:`hmac.compare_digest`):
     **503** if no token is configured (or no ``on_detections`` handler), **401** (with
@@ -125,6 +133,8 @@ def create_app(
     on_detections: Callable[[bytes, str], dict] | None = None,
     max_slack_body: int = DEFAULT_MAX_SLACK_BODY,
     max_webhook_body: int = DEFAULT_MAX_WEBHOOK_BODY,
+    refuse_replays: bool = True,
+    commands: Any | None = None,
 ) -> FastAPI:
     """Build the server (endpoints and their behaviour in the module docstring).
 
@@ -132,6 +142,10 @@ def create_app(
     otherwise); ``ledger`` receives the server's records; ``decide(interaction) ->
     DecisionOutcome`` is called once per verified click, after the 200; ``webhook_token``
     enables ``/webhook/detections`` and ``on_detections(body, origin) -> dict`` handles it.
+    ``refuse_replays``: a click whose ``trigger_id`` / ``action_ts`` the same user already sent
+    (the same signed body again, within Slack's five minutes) answers **401** and is recorded as
+    ``slack.request_refused`` with reason ``replayed``
+    (:func:`cordon.approvals.decide.find_replay`); ``decide`` is not called.
     """
     if not isinstance(signing_secret, str) or not signing_secret.strip():
         raise ValueError("signing_secret must be a non-empty string")
@@ -210,6 +224,20 @@ def create_app(
                 },
             )
             return JSONResponse({"error": "invalid request signature", "reason": exc.reason}, status_code=401)
+        if commands is not None:  # Cordon's run-a-playbook modal (cordon/approvals/modal.py)
+            from cordon.approvals.modal import parse_view_submission
+
+            try:
+                submission = parse_view_submission(body)
+            except InteractionError as exc:
+                await run_in_threadpool(ledger.append, "slack.interaction_malformed",
+                                        {"field": exc.field, "reason": exc.reason, "remote": remote})
+                return JSONResponse({"error": str(exc)}, status_code=400)
+            if submission is not None:
+                answer, work = await run_in_threadpool(commands.handle_view, submission)
+                if work is not None:
+                    background.add_task(work)
+                return JSONResponse(answer) if answer else Response(status_code=200)
         try:
             interaction = parse_interaction(body)
         except UnsupportedInteraction as exc:
@@ -226,7 +254,7 @@ def create_app(
                 {"field": exc.field, "reason": exc.reason, "remote": remote},
             )
             return JSONResponse({"error": str(exc)}, status_code=400)
-        await run_in_threadpool(
+        received = await run_in_threadpool(
             ledger.append,
             "slack.interaction_received",
             {**interaction.ledger_payload(), "remote": remote},
@@ -234,8 +262,56 @@ def create_app(
             run_id=interaction.run_id,
             actor=f"slack:{interaction.team_id or '-'}/{interaction.user_id}",
         )
+        if refuse_replays:
+            from cordon.approvals.decide import find_replay
+
+            original = await run_in_threadpool(find_replay, ledger, interaction, received.seq)
+            if original is not None:
+                await run_in_threadpool(
+                    ledger.append,
+                    "slack.request_refused",
+                    {"reason": "replayed", "detail": f"repeats the interaction recorded at seq {original.seq}",
+                     "remote": remote, "user_id": interaction.user_id, "action_ts": interaction.action_ts,
+                     "trigger_id": interaction.trigger_id,
+                     "timestamp_header": request.headers.get("x-slack-request-timestamp")},
+                    case_id=interaction.case_id,
+                    run_id=interaction.run_id,
+                    actor=f"slack:{interaction.team_id or '-'}/{interaction.user_id}",
+                )
+                return JSONResponse({"error": "replayed request", "reason": "replayed"}, status_code=401)
         background.add_task(_decide_and_notify, interaction)
         return Response(status_code=200)
+
+    @app.post("/slack/commands")
+    async def slack_commands(request: Request, background: BackgroundTasks) -> Response:
+        """``/cordon`` (cordon/approvals/commands.py): verified like the interactions, answered
+        with an ephemeral acknowledgement at once; the work runs after the response is sent."""
+        from cordon.approvals.commands import parse_slash_command
+
+        remote = _remote(request)
+        if commands is None:
+            return JSONResponse({"error": "slash commands are not configured"}, status_code=503)
+        try:
+            body = await _read_body(request, max_slack_body)
+        except _TooLarge:
+            return JSONResponse({"error": "request body too large"}, status_code=413)
+        try:
+            verify_request(signing_secret, request.headers, body)
+        except SignatureError as exc:
+            await run_in_threadpool(ledger.append, "slack.request_refused", {
+                "reason": exc.reason, "detail": str(exc), "remote": remote, "endpoint": "/slack/commands",
+                "timestamp_header": request.headers.get("x-slack-request-timestamp"), "body_bytes": len(body)})
+            return JSONResponse({"error": "invalid request signature", "reason": exc.reason}, status_code=401)
+        try:
+            command = parse_slash_command(body)
+        except InteractionError as exc:
+            await run_in_threadpool(ledger.append, "slack.interaction_malformed",
+                                    {"field": exc.field, "reason": exc.reason, "remote": remote})
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        answer, work = await run_in_threadpool(commands.handle, command)
+        if work is not None:
+            background.add_task(work)
+        return JSONResponse(answer)
 
     @app.post("/webhook/detections")
     async def webhook_detections(request: Request) -> Response:

@@ -1,0 +1,231 @@
+"""Storms: :mod:`cordon.approvals.outbox` against the Slack stand-in over real HTTP, state in a real
+database (SQLite; PostgreSQL too when one answers), a settable clock instead of sleeps.
+
+Separate :class:`Outbox` instances (each its own engine) in threads stand for the separate flow-run
+processes that share the database."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.parse
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from cordon.approvals import approval_blocks, make_client, parse_interaction
+from cordon.approvals.outbox import TABLES, Outbox, max_messages, request_approval, update_case
+from cordon.approvals.slack import status_blocks
+from cordon.sandbox.slack_standin import SlackStandIn, block_actions_payload
+from tests.dbs import fresh_postgres_schema, postgres_unavailable
+
+CHANNEL = "C0APPROVALS"
+
+
+class Clock:
+    """A settable clock: ``sleep`` advances it (and records how long) instead of waiting."""
+
+    def __init__(self, t: float = 1_700_000_000.0):
+        self.t = t
+        self.slept: list[float] = []
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self.t
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.t += seconds
+            self.slept.append(seconds)
+
+
+@pytest.fixture
+def slack():
+    with SlackStandIn() as s:
+        yield s
+
+
+@pytest.fixture
+def url(tmp_path):
+    return f"sqlite:///{tmp_path}/ledger.db"
+
+
+def make_outbox(url: str, clock: Clock, **kw) -> Outbox:
+    kw.setdefault("window", 10**6)
+    kw.setdefault("claim_seconds", 10**9)
+    return Outbox(url, clock=clock, sleep=clock.sleep, **kw)
+
+
+def case_blocks(case_id: str, actor: str) -> tuple[list[dict], str]:
+    detection = {"event_name": "CreateAccessKey", "severity": "high", "provider": "aws", "account_uid": "111122223333",
+                 "actor": {"user": {"uid": actor}},
+                 "credential": {"kind": "aws_access_key", "uid": "AKIA" + case_id[-16:].upper().rjust(16, "0")}}
+    plan = [{"action": "aws.deactivate-access-key", "target": "build-bot",
+             "calls": ["iam:UpdateAccessKey UserName=build-bot Status=Inactive"]}]
+    blocks = approval_blocks(case_id=case_id, playbook="aws-access-key-created", detection=detection, enrichment={},
+                             plan=plan, plan_hash="h" * 64, run_id=f"run-{case_id}", expires_at=None)
+    return blocks, f"Cordon: approval needed for aws-access-key-created: CreateAccessKey by {actor} ({case_id})"
+
+
+def posted(slack: SlackStandIn) -> list:
+    return [r for r in slack.requests_for("chat.postMessage") if r.status == 200]
+
+
+def buttons_by_case(slack: SlackStandIn) -> dict[str, list[tuple[str, dict]]]:
+    """case ID -> [(message ts, approve button)] over the channel's current messages."""
+    out: dict[str, list[tuple[str, dict]]] = {}
+    for msg in slack.messages(CHANNEL):
+        for block in msg["blocks"]:
+            if block.get("type") != "actions":
+                continue
+            for el in block["elements"]:
+                if el.get("action_id") == "cordon_approve":
+                    out.setdefault(json.loads(el["value"])["case_id"], []).append((msg["ts"], el))
+    return out
+
+
+def storm(url: str, slack: SlackStandIn, *, actors: int, per_actor: int, workers: int = 8) -> dict[str, dict]:
+    clock = Clock()
+    client = make_client("xoxb-test", base_url=slack.base_url)
+    cases = [(f"case-{a:02d}{i:04d}", f"arn:aws:iam::111122223333:user/attacker-{a}")
+             for i in range(per_actor) for a in range(actors)]  # actors interleaved, as a burst arrives
+    local = threading.local()
+
+    def ask(item: tuple[str, str]) -> tuple[str, dict]:
+        if not hasattr(local, "outbox"):  # one Outbox (own engine) per worker: like one per process
+            local.outbox = make_outbox(url, clock)
+        case_id, actor = item
+        blocks, text = case_blocks(case_id, actor)
+        return case_id, request_approval(client, channel=CHANNEL, case_id=case_id, actor_key=actor, blocks=blocks,
+                                         text=text, outbox=local.outbox)
+
+    with ThreadPoolExecutor(workers) as pool:
+        return dict(pool.map(ask, cases))
+
+
+def check_storm(url: str, slack: SlackStandIn, *, actors: int, per_actor: int) -> dict[str, dict]:
+    wheres = storm(url, slack, actors=actors, per_actor=per_actor)
+    total = actors * per_actor
+    assert len(wheres) == total
+    # bounded: one own message per actor, then one summary per 20 further cases of that actor
+    assert len(posted(slack)) == max_messages(per_actor, actors, 20) < total
+    # nothing lost: every case has exactly one approve button, in the message its `where` names
+    found = buttons_by_case(slack)
+    assert set(found) == set(wheres)
+    for case_id, where in wheres.items():
+        ((ts, button),) = found[case_id]
+        assert ts == where["ts"] and where["channel"] == CHANNEL
+        assert json.loads(button["value"]) == {"case_id": case_id, "decision": "approve", "plan_hash": "h" * 64,
+                                               "run_id": f"run-{case_id}"}
+    assert Counter(w["shared"] for w in wheres.values()) == {True: total - actors, False: actors}
+    for msg in slack.messages(CHANNEL):
+        assert len(msg["blocks"]) <= 50
+    return wheres
+
+
+def test_storm_of_500_is_bounded_and_loses_no_request(url, slack):
+    wheres = check_storm(url, slack, actors=5, per_actor=100)
+    # a click on a summary's button decides that row's case, not the summary's first
+    summary = next(m for m in slack.messages(CHANNEL) if m["ts"] == wheres["case-020050"]["ts"])
+    payload = block_actions_payload(summary, CHANNEL, "cordon_approve", user_id="U0ALICE01", user_name="alice")
+    rows = [b for b in summary["blocks"] if b.get("type") == "actions"]
+    assert len(rows) == 20 and rows[0]["elements"][0]["value"] != rows[7]["elements"][0]["value"]
+    payload["actions"][0].update(value=rows[7]["elements"][0]["value"], block_id=rows[7]["block_id"])
+    interaction = parse_interaction(urllib.parse.urlencode({"payload": json.dumps(payload)}).encode())
+    first = json.loads(rows[0]["elements"][0]["value"])["case_id"]
+    assert interaction.case_id == rows[7]["block_id"].split(":", 1)[1] != first
+    assert interaction.message_ts == summary["ts"] and interaction.decision == "approve"
+    stats = Outbox(url).stats()
+    assert stats == {"cases": 500, "groups": 25, "shared_cases": 495}
+    assert set(TABLES) == {"slack_outbox_rate", "slack_outbox_groups", "slack_outbox_cases"}
+
+
+@pytest.mark.skipif(postgres_unavailable() is not None, reason=str(postgres_unavailable()))
+def test_storm_on_postgresql(slack):
+    pg_url, cleanup = fresh_postgres_schema()
+    try:
+        check_storm(pg_url, slack, actors=3, per_actor=30)
+    finally:
+        cleanup()
+
+
+def test_shared_case_updates_its_row_and_threads_replies(url, slack):
+    clock = Clock()
+    outbox = make_outbox(url, clock)
+    client = make_client("xoxb-test", base_url=slack.base_url)
+    actor = "arn:aws:iam::111122223333:user/mallory"
+    wheres = {}
+    for i in range(4):
+        blocks, text = case_blocks(f"case-{i:012d}", actor)
+        wheres[i] = outbox.request_approval(client, channel=CHANNEL, case_id=f"case-{i:012d}", actor_key=actor,
+                                            blocks=blocks, text=text)
+    assert [w["shared"] for w in wheres.values()] == [False, True, True, True]
+    assert wheres[1]["ts"] == wheres[3]["ts"] != wheres[0]["ts"]
+    assert outbox.request_approval(client, channel=CHANNEL, case_id="case-000000000002", actor_key=actor,
+                                   blocks=[], text="again") == wheres[2]  # idempotent per case
+    before = len(posted(slack))
+
+    done = status_blocks("case-000000000002", "aws-access-key-created", {}, "h" * 64, "run-2", state="denied",
+                         decided_by="slack:U0ALICE01")
+    update_case(client, wheres[2], case_id="case-000000000002", blocks=done, text="denied by alice",
+                thread_text="denied by alice", outbox=outbox)
+    summary = slack.message(CHANNEL, wheres[2]["ts"])
+    found = buttons_by_case(slack)
+    assert "case-000000000002" not in found  # decided: its buttons are gone
+    assert {"case-000000000001", "case-000000000003", "case-000000000000"} <= set(found)  # the others keep theirs
+    assert "denied by alice" in json.dumps(summary["blocks"]) and len(summary["history"]) >= 1
+    replies = [r.body for r in posted(slack)[before:]]
+    assert replies == [{**replies[0], "thread_ts": wheres[2]["ts"], "text": "case-000000000002: denied by alice"}]
+
+    # an own message is replaced in place, as before
+    update_case(client, wheres[0], case_id="case-000000000000", blocks=done, text="denied", outbox=outbox)
+    assert slack.message(CHANNEL, wheres[0]["ts"])["blocks"] == done
+
+
+def test_rate_limit_is_shared_and_retry_after_is_honoured(url, slack):
+    clock = Clock()
+    a, b = make_outbox(url, clock), make_outbox(url, clock)  # two "processes"
+    client = make_client("xoxb-test", base_url=slack.base_url)
+    t0 = clock()
+    slack.fail_next("chat.postMessage", 429, headers={"Retry-After": "30"})
+    blocks, text = case_blocks("case-0000000000a1", "arn:aws:iam::1:user/x")
+    where = a.request_approval(client, channel=CHANNEL, case_id="case-0000000000a1", actor_key=None, blocks=blocks,
+                               text=text)
+    calls = slack.requests_for("chat.postMessage")
+    assert [r.status for r in calls] == [429, 200] and where["ts"]
+    assert clock() - t0 >= 30  # waited Retry-After before the retry (the settable clock's time)
+    # the other process's next post waits for the slot the retry left behind: Retry-After + 1 s
+    assert b.slot_of(f"post:{CHANNEL}") >= t0 + 31
+    t1 = clock()
+    blocks, text = case_blocks("case-0000000000b2", "arn:aws:iam::1:user/y")
+    b.request_approval(client, channel=CHANNEL, case_id="case-0000000000b2", actor_key=None, blocks=blocks, text=text)
+    assert clock() >= t1 and clock() >= t0 + 31
+    assert len(slack.messages(CHANNEL)) == 2  # each posted once, nothing lost
+
+    # 429s beyond max_attempts are raised, and the request stays for a later attempt
+    c = make_outbox(url, clock, max_attempts=2)
+    slack.fail_next("chat.postMessage", 429, headers={"Retry-After": "5"}, times=2)
+    blocks, text = case_blocks("case-0000000000c3", "arn:aws:iam::1:user/z")
+    from slack_sdk.errors import SlackApiError
+
+    with pytest.raises(SlackApiError):
+        c.request_approval(client, channel=CHANNEL, case_id="case-0000000000c3", actor_key=None, blocks=blocks,
+                           text=text)
+    again = c.request_approval(client, channel=CHANNEL, case_id="case-0000000000c3", actor_key=None, blocks=blocks,
+                               text=text)
+    assert again["ts"] and len(slack.messages(CHANNEL)) == 3
+
+
+def test_consecutive_posts_are_spaced_by_the_interval(url, slack):
+    clock = Clock()
+    outbox = make_outbox(url, clock, post_interval=1.0)
+    client = make_client("xoxb-test", base_url=slack.base_url)
+    t0 = clock()
+    for i in range(5):
+        blocks, text = case_blocks(f"case-00000000d{i:03d}", f"arn:aws:iam::1:user/u{i}")
+        outbox.request_approval(client, channel=CHANNEL, case_id=f"case-00000000d{i:03d}", actor_key=f"u{i}",
+                                blocks=blocks, text=text)
+    # five different actors: five messages, the clock moved one interval per post after the first
+    assert len(slack.messages(CHANNEL)) == 5 and clock() - t0 == pytest.approx(4.0)
