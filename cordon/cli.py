@@ -19,10 +19,13 @@ from rich.console import Console
 
 app = typer.Typer(help="Cordon: incident-response playbooks for cloud credential persistence.",
                   no_args_is_help=True, add_completion=False)
-audit_app = typer.Typer(help="Read and verify the audit ledger.", no_args_is_help=True)
+from cordon.cli_audit import audit_app  # noqa: E402 - list / show / export live there
+
 playbooks_app = typer.Typer(help="List and validate playbooks.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 app.add_typer(playbooks_app, name="playbooks")
+db_app = typer.Typer(help="The ledger database's schema (Alembic) and grants.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
 
 out = Console(soft_wrap=True, highlight=False)
 err = Console(stderr=True, soft_wrap=True, highlight=False)
@@ -153,55 +156,32 @@ def _brief(state: Any) -> str:
 
 
 @audit_app.command("verify")
-def audit_verify() -> None:
-    """Walk the hash chain; exit 0 only when every record holds."""
+def audit_verify(
+    anchor: Annotated[Path | None, typer.Option(help="An anchor file from `cordon audit checkpoint --export`: "
+                                                     "the chain must still reach it.")] = None,
+) -> None:
+    """Check the hash chain, the head and the signed checkpoints (key: CORDON_LEDGER_KEY); exit 0
+    only when everything holds, 1 with the first broken record, 2 when it cannot check."""
+    from cordon.audit.checkpoint import Checkpoint
     from cordon.audit.ledger import Ledger
+    from cordon.audit.migrations import SchemaError
 
-    ledger = Ledger()
-    res = ledger.verify()
+    try:
+        cp = Checkpoint.read_anchor(anchor) if anchor else None
+        ledger = Ledger()
+    except (ValueError, SchemaError) as exc:  # LedgerKeyError is a ValueError
+        err.print(f"[red]cannot verify:[/red] {exc}")
+        raise typer.Exit(2) from None
+    res = ledger.verify(anchor=cp)
+    url = ledger.engine.url.render_as_string(hide_password=True)
+    for w in res.warnings:
+        err.print(f"[yellow]warning:[/yellow] {w}")
     if res.ok:
-        out.print(f"ledger OK: {res.checked} record(s) verified ({ledger.url})")
+        out.print(f"ledger OK: {res.checked} record(s) and {res.checkpoints} checkpoint(s) verified ({url})")
         return
     err.print(f"[red]ledger BROKEN[/red] at record {res.first_bad_seq}: {res.reason} "
-              f"({res.checked} record(s) verified before it)")
+              f"({res.checked} record(s) verified before it; {url})")
     raise typer.Exit(1)
-
-
-@audit_app.command("show")
-def audit_show(case_id: str,
-               output: Annotated[OutputFormat, typer.Option()] = OutputFormat.text) -> None:
-    """The timeline of one case: every ledger record, in order."""
-    from cordon.audit.ledger import Ledger
-
-    ledger = Ledger()
-    case = ledger.case(case_id)
-    if case is None:
-        err.print(f"no case {case_id} in {ledger.url}")
-        raise typer.Exit(1)
-    records = list(ledger.records(case_id=case_id))
-    if output is OutputFormat.json:
-        for r in records:
-            print(json.dumps({"seq": r.seq, "ts": r.ts, "kind": r.kind, "actor": r.actor, "run_id": r.run_id,
-                              "payload": r.payload, "hash": r.hash}, default=str))
-        return
-    out.print(f"[bold]{case_id}[/bold] playbook={case['playbook']} status={case['status']} opened={case['opened_at']}")
-    for r in records:
-        out.print(f"  #{r.seq} {r.ts} [bold]{r.kind}[/bold] by {r.actor or '-'}  {_record_brief(r)}")
-
-
-def _record_brief(r) -> str:
-    p = r.payload
-    if r.kind.startswith("action."):
-        return f"{p.get('name')} {p.get('target')}"
-    if r.kind.startswith("approval."):
-        return f"{p.get('decision', '')} {p.get('approver', '')} plan={str(p.get('plan_hash', ''))[:12]}"
-    if r.kind.startswith("verify."):
-        return f"{p.get('action')} held={p.get('held')}"
-    if r.kind == "plan.created":
-        return "; ".join(", ".join(s["describe"]) or f"{s['action']} (nothing to do)" for s in p.get("steps", []))
-    if r.kind.startswith("guard."):
-        return p.get("reason") or "ok"
-    return json.dumps(p, default=str)[:100]
 
 
 @audit_app.command("dead-letters")
@@ -251,6 +231,42 @@ def playbooks_validate(paths: Annotated[list[Path] | None, typer.Argument()] = N
         raise typer.Exit(1) from None
 
 
+@app.command("run")
+def run_playbook(
+    playbook: Annotated[str, typer.Argument(help="Playbook name (one that declares parameters).")],
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="KEY=VALUE; repeat for each.")] = None,
+    sandbox: Annotated[bool, typer.Option(help="Run against local stand-ins seeded with the credential.")] = False,
+    approve: Annotated[ApproveMode, typer.Option(help="Who approves containment (never you: you asked).")]
+    = ApproveMode.slack,
+    output: Annotated[OutputFormat, typer.Option(help="text for people, json for scripts.")] = OutputFormat.text,
+) -> None:
+    """Run a playbook by hand on a credential you name (the same case, ledger and approval as a
+    detection). Exit 2 when the playbook or a parameter is refused (named on stderr), 1 when the run failed."""
+    _prefect_defaults()
+    from cordon.manual import ManualRunError, cli_requester, parse_pairs
+
+    responder = _responder()
+    sb = None
+    if sandbox:
+        from cordon.sandbox import Sandboxes
+
+        sb = Sandboxes()
+    slack = _slack_settings(responder) if approve is ApproveMode.slack else None
+    try:
+        params = parse_pairs(param or [], playbook)
+        summary = responder.manual(playbook, params, cli_requester(), approval=approve.value, sandbox=sb, slack=slack)
+    except ManualRunError as exc:
+        err.print(f"[red]refused:[/red] {exc}")
+        raise typer.Exit(2) from None
+    finally:
+        if sb is not None:
+            sb.stop()
+    _print_case(summary, output)
+    if summary.get("status") == "error":
+        err.print(f"[red]{summary['case_id']} failed:[/red] {summary.get('error')}")
+        raise typer.Exit(1)
+
+
 @app.command()
 def rollback(case_id: str,
              yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False) -> None:
@@ -289,12 +305,15 @@ def actions_list(output: Annotated[OutputFormat, typer.Option()] = OutputFormat.
 
 
 @app.command()
-def worker(name: Annotated[str, typer.Option(help="Deployment name.")] = "respond") -> None:
-    """Serve the respond flow as a Prefect deployment (needs PREFECT_API_URL). Blocks."""
+def worker(name: Annotated[str, typer.Option(help="Deployment name.")] = "respond",
+           sweep_every: Annotated[int, typer.Option(help="Also serve the approval sweeper (expiry, reminders, "
+                                                    "escalation) every this many seconds; 0: do not.")] = 60) -> None:
+    """Serve the respond flow (and the approval sweeper) as Prefect deployments (needs PREFECT_API_URL).
+    Blocks. In a multi-machine deployment use prefect.yaml and `prefect worker` instead (docs/deploy.md)."""
     _prefect_defaults()
     from flows.respond import serve
 
-    serve(name)
+    serve(name, sweeper_interval=sweep_every or None)
 
 
 @app.command()
@@ -306,6 +325,93 @@ def serve(host: str = "127.0.0.1", port: int = 8080) -> None:
     from cordon.server.wiring import build_app
 
     uvicorn.run(build_app(), host=host, port=port)
+
+
+class GrantProvider(StrEnum):
+    aws = "aws"
+    azure = "azure"
+    gcp = "gcp"
+
+
+@app.command()
+def permissions(
+    provider: Annotated[GrantProvider, typer.Argument(help="Cloud whose grant document to print.")],
+    every: Annotated[bool, typer.Option("--all", help="Every registered action, not only those the "
+                                        "playbooks in use reference.")] = False,
+) -> None:
+    """Print the least-privilege grant generated from the actions' declared permissions: an IAM
+    policy (aws, JSON), Graph permissions + an RBAC custom role (azure, JSON), a custom role (gcp, YAML)."""
+    import yaml
+
+    from cordon.config import load_config
+    from cordon.permissions import generate
+
+    doc = generate(load_config(), provider.value, every=every)
+    if provider is GrantProvider.gcp:
+        print(yaml.safe_dump(doc, sort_keys=False), end="")
+    else:
+        print(json.dumps(doc, indent=2))
+
+
+@app.command("slack-manifest")
+def slack_manifest(base_url: Annotated[str, typer.Option(help="https URL where cordon serve is reachable.")]) -> None:
+    """Print the Slack app manifest (YAML): bot scopes, /cordon command and interactivity URLs."""
+    import yaml
+
+    from cordon.permissions import slack_manifest as build
+
+    try:
+        print(yaml.safe_dump(build(base_url), sort_keys=False), end="")
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--base-url") from None
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    sql: Annotated[bool, typer.Option("--sql", help="Print the DDL from an empty database instead of running it.")]
+    = False,
+) -> None:
+    """Upgrade the schema at CORDON_DATABASE_URL to the newest revision (run it as the schema
+    owner when deploying; `Ledger` also upgrades on first use unless CORDON_DB_AUTO_UPGRADE=0).
+    A database made by the pre-migration version is stamped at the baseline first."""
+    from cordon.audit import migrations
+    from cordon.audit.ledger import _make_engine, default_database_url
+
+    url = default_database_url()
+    if sql:
+        migrations.upgrade_sql(url)
+        return
+    engine = _make_engine(url)
+    before, after, stamped = migrations.upgrade(engine.execution_options(cordon_write=True))
+    where = engine.url.render_as_string(hide_password=True)
+    note = f" (pre-migration database stamped at {migrations.BASELINE_REVISION} first)" if stamped else ""
+    out.print(f"schema at {after} (was {before or 'empty'}){note}: {where}")
+
+
+@db_app.command("grants")
+def db_grants(
+    role: Annotated[str, typer.Option(help="The application's PostgreSQL role.")] = "cordon_app",
+    schema: Annotated[str, typer.Option(help="Schema of Cordon's tables (printing only; --apply uses the "
+                                              "connection's current_schema()).")] = "public",
+    apply: Annotated[bool, typer.Option("--apply", help="Run the statements at CORDON_DATABASE_URL (as the "
+                                                        "owner) instead of printing them.")] = False,
+    create_role: Annotated[bool, typer.Option(help="Create the role (LOGIN, no password) if missing.")] = True,
+) -> None:
+    """Grants for the application role: INSERT and SELECT on the append-only tables (ledger,
+    dead_letters, ledger_checkpoints), never UPDATE or DELETE (PostgreSQL)."""
+    from cordon.audit.ledger import _make_engine, default_database_url
+    from cordon.audit.migrations.grants import apply_grants, grants_sql
+
+    try:
+        statements = (apply_grants(_make_engine(default_database_url()), role, create_role=create_role) if apply
+                      else grants_sql(role, schema, create_role=create_role))
+    except ValueError as exc:
+        err.print(f"[red]grants:[/red] {exc}")
+        raise typer.Exit(2) from None
+    for stmt in statements:
+        print(stmt + ";")
+    if apply:
+        err.print(f"applied {len(statements)} statement(s) for role {role}")
 
 
 def main() -> None:  # pragma: no cover

@@ -28,14 +28,17 @@ def free_port() -> int:
 class PrefectServer:
     """``prefect server start`` in a child process; ``env`` is what clients and workers need.
 
-    ``home`` is the server's ``PREFECT_HOME`` (database, results, logs). :meth:`start` waits for
-    ``/api/health`` (cold start is about 10-20 s) and raises ``RuntimeError`` with the log's tail
-    if the server does not come up within ``timeout`` seconds.
+    ``home`` is the server's ``PREFECT_HOME`` (database, results, logs). ``database_url`` puts
+    Prefect's own database elsewhere than SQLite in ``home`` (``postgresql+asyncpg://...``, the
+    production shape; Prefect migrates it on start). :meth:`start` waits for ``/api/health``
+    (cold start is about 10-20 s) and raises ``RuntimeError`` with the log's tail if the server
+    does not come up within ``timeout`` seconds.
     """
 
-    def __init__(self, home: str | Path, port: int | None = None):
+    def __init__(self, home: str | Path, port: int | None = None, database_url: str | None = None):
         self.home = Path(home)
         self.port = port or free_port()
+        self.database_url = database_url
         self.proc: subprocess.Popen | None = None
         self.log_path = self.home / "server.log"
 
@@ -60,6 +63,8 @@ class PrefectServer:
         self.home.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.env}
         env.pop("PREFECT_API_URL", None)
+        if self.database_url:
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.database_url
         log = open(self.log_path, "wb")  # noqa: SIM115 - kept open for the child's lifetime
         prefect = Path(sys.executable).with_name("prefect")
         self.proc = subprocess.Popen([str(prefect), "server", "start", "--host", "127.0.0.1", "--port",

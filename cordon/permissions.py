@@ -1,0 +1,170 @@
+"""Least-privilege grants, generated from what the actions declare.
+
+Every action declares the exact cloud permissions it needs (``Action.permissions``, the Cloud
+Custodian convention). This module turns those declarations into the documents an administrator
+applies, for the actions the playbooks in use actually reference (or every registered action):
+
+* AWS: an IAM policy document (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_grammar.html),
+  one ``Allow`` statement per action (``Sid`` from its name), ``sts:GetCallerIdentity`` for the
+  guard's own-identity check, and a ``Deny`` on IAM writes to the protected principals of
+  ``config/cordon.yaml`` (defence in depth behind the guard).
+* Azure: the Microsoft Graph *application* permissions to grant Cordon's app registration, and an
+  Azure RBAC custom role definition for the ``Microsoft.*`` operations
+  (https://learn.microsoft.com/azure/role-based-access-control/custom-roles).
+* Google Cloud: a custom role (``gcloud iam roles create --file``;
+  https://cloud.google.com/iam/docs/creating-custom-roles) with the ``includedPermissions``.
+* Slack: the app manifest (https://api.slack.com/reference/manifests) with the scopes Cordon uses
+  and the request URLs of ``cordon serve``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from cordon.action import Action, all_actions, load_builtin_actions
+from cordon.config import Config
+from cordon.playbooks.schema import load_playbooks
+
+#: Permissions the core needs whatever the playbooks: the guard asks the cloud who Cordon is.
+BASE_PERMISSIONS: dict[str, tuple[str, ...]] = {
+    "aws": ("sts:GetCallerIdentity",),
+    "azure": (),
+    "gcp": (),
+}
+
+#: IAM write operations denied on protected principals (the guard refuses them first).
+_AWS_IAM_WRITES = ("iam:UpdateAccessKey", "iam:DeleteLoginProfile", "iam:PutUserPolicy", "iam:DeleteUserPolicy",
+                   "iam:DetachUserPolicy", "iam:AttachUserPolicy", "iam:UpdateServiceSpecificCredential")
+
+#: Slack bot scopes and why Cordon needs each (https://api.slack.com/scopes).
+SLACK_SCOPES: dict[str, str] = {
+    "chat:write": "post and update approval messages, reply in their threads",
+    "commands": "the /cordon slash command",
+    "users:read": "resolve the clicking user (users.info)",
+    "users:read.email": "map a Slack user to a cloud identity by profile e-mail (no self-approval)",
+    "usergroups:read": "resolve approver user groups (usergroups.users.list)",
+}
+
+
+def actions_in_use(config: Config, *, every: bool = False) -> list[type[Action]]:
+    """The action classes the playbooks in ``config.playbooks_dir`` reference (enrich and contain),
+    sorted by name; with ``every``, all registered actions. Raises
+    :class:`cordon.playbooks.schema.PlaybookError` when a playbook does not load."""
+    load_builtin_actions()
+    registry = all_actions()
+    if every:
+        return [registry[n] for n in sorted(registry)]
+    names: set[str] = set()
+    for pb in load_playbooks(config.playbooks_dir):
+        names.update(s.action for s in pb.enrich)
+        names.update(s.action for s in pb.contain)
+    return [registry[n] for n in sorted(names)]
+
+
+def _sid(name: str) -> str:
+    return "".join(part.capitalize() for part in re.split(r"[^A-Za-z0-9]+", name) if part)
+
+
+def _iam_resource(pattern: str) -> bool:
+    """Whether ``pattern`` is an IAM resource ARN a policy may name (``arn:aws:iam::ACCOUNT:user/...``,
+    ``role/``, ``group/``); ``arn:aws:iam::*:root`` is not one: no IAM action acts on the root user."""
+    parts = pattern.split(":", 5)
+    return (len(parts) == 6 and parts[0] == "arn" and parts[1].startswith("aws") and parts[2] == "iam"
+            and parts[5].startswith(("user/", "role/", "group/")))
+
+
+def aws_policy(actions: Iterable[type[Action]], protected: Iterable[str] = ()) -> dict[str, Any]:
+    """An IAM identity policy granting exactly the permissions of ``actions`` (AWS ones only).
+
+    Shape: ``{"Version": "2012-10-17", "Statement": [...]}``; ``Resource`` is ``"*"`` because the
+    credential to contain is only known at detection time. ``protected`` ARN patterns (IAM wildcard
+    syntax, as in ``protected_principals``) become one ``Deny`` statement on IAM writes.
+    """
+    statements: list[dict[str, Any]] = [
+        {"Sid": "CordonIdentity", "Effect": "Allow", "Action": list(BASE_PERMISSIONS["aws"]), "Resource": "*"}]
+    for cls in actions:
+        if cls.provider != "aws" or not cls.permissions:
+            continue
+        statements.append({"Sid": _sid(cls.name), "Effect": "Allow", "Action": sorted(set(cls.permissions)),
+                           "Resource": "*"})
+    arns = sorted({p for p in protected if _iam_resource(p)})
+    if arns:
+        statements.append({"Sid": "CordonNeverTouchesProtectedPrincipals", "Effect": "Deny",
+                           "Action": list(_AWS_IAM_WRITES), "Resource": arns})
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+def azure_grants(actions: Iterable[type[Action]], *, scope: str = "/subscriptions/{subscriptionId}") -> dict[str, Any]:
+    """Microsoft's side: ``{"graph_application_permissions": [...], "role_definition": {...}}``.
+
+    Permissions that start with ``Microsoft.`` are Azure Resource Manager operations and go into a
+    custom role assignable at ``scope``; the others are Graph application permissions (admin
+    consent required). ``role_definition`` is ``None`` when no ARM operation is needed.
+    """
+    graph: set[str] = set()
+    arm: set[str] = set()
+    for cls in actions:
+        if cls.provider != "azure":
+            continue
+        for perm in cls.permissions:
+            (arm if perm.startswith("Microsoft.") else graph).add(perm)
+    role = None
+    if arm:
+        role = {"Name": "Cordon responder", "IsCustom": True,
+                "Description": "Role assignments named by a detection (generated by cordon permissions)",
+                "Actions": sorted(arm), "NotActions": [], "DataActions": [], "NotDataActions": [],
+                "AssignableScopes": [scope]}
+    return {"graph_application_permissions": sorted(graph), "role_definition": role}
+
+
+def gcp_role(actions: Iterable[type[Action]]) -> dict[str, Any]:
+    """A GCP custom role definition (the YAML ``gcloud iam roles create ROLE_ID --file`` reads).
+
+    Grant it at the organisation (the enrichment reads folder and organisation IAM policies) or,
+    for one project, at that project.
+    """
+    perms: set[str] = set(BASE_PERMISSIONS["gcp"])
+    for cls in actions:
+        if cls.provider == "gcp":
+            perms.update(cls.permissions)
+    return {"title": "Cordon responder", "description": "Generated by cordon permissions from the actions' "
+            "declared permissions", "stage": "GA", "includedPermissions": sorted(perms)}
+
+
+def slack_manifest(base_url: str, *, name: str = "Cordon") -> dict[str, Any]:
+    """The Slack app manifest for ``cordon serve`` reachable at ``base_url`` (https, no trailing slash).
+
+    Raises ``ValueError`` when ``base_url`` is not an https URL (Slack refuses http request URLs).
+    """
+    base = base_url.rstrip("/")
+    if not base.startswith("https://"):
+        raise ValueError(f"base_url {base_url!r}: Slack requires an https:// request URL")
+    return {
+        "display_information": {"name": name,
+                                "description": "Approve containment of cloud credential persistence"},
+        "features": {
+            "bot_user": {"display_name": name.lower(), "always_online": True},
+            "slash_commands": [{"command": "/cordon", "url": f"{base}/slack/commands",
+                                "description": "Run a playbook, or see a case's status",
+                                "usage_hint": "run PLAYBOOK key=value... | status CASE | list | help",
+                                "should_escape": False}],
+        },
+        "oauth_config": {"scopes": {"bot": sorted(SLACK_SCOPES)}},
+        "settings": {"interactivity": {"is_enabled": True, "request_url": f"{base}/slack/interactions"},
+                     "org_deploy_enabled": False, "socket_mode_enabled": False, "token_rotation_enabled": False},
+    }
+
+
+def generate(config: Config, provider: str, *, every: bool = False) -> dict[str, Any]:
+    """The grant document for ``provider`` (``aws``, ``azure`` or ``gcp``) from the playbooks of
+    ``config`` (or every action). Raises ``ValueError`` for another provider."""
+    acts = actions_in_use(config, every=every)
+    if provider == "aws":
+        return aws_policy(acts, config.protected_principals)
+    if provider == "azure":
+        return azure_grants(acts)
+    if provider == "gcp":
+        return gcp_role(acts)
+    raise ValueError(f"provider {provider!r}: expected aws, azure or gcp")

@@ -1,0 +1,241 @@
+"""The production shape (issue 6): Prefect's server on PostgreSQL, the deployments of
+``prefect.yaml`` on a ``process`` work pool run by ``prefect worker``, and two replicas of
+``cordon serve`` sharing one ledger.
+
+Every part is real: ``prefect server start`` with ``PREFECT_API_DATABASE_CONNECTION_URL`` on a
+fresh PostgreSQL database, ``prefect --no-prompt deploy --all`` reading this repository's
+``prefect.yaml``, ``prefect worker start --pool cordon`` as a child process, ``cordon serve`` as two
+child processes. Skipped, with the reason, when no PostgreSQL server answers on 127.0.0.1:5432.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from cordon.audit.ledger import Ledger
+from cordon.engine import Responder
+from cordon.sandbox.aws import AwsSandbox
+from cordon.sandbox.prefect_server import PrefectServer, free_port
+from tests.dbs import POSTGRES_URL, fresh_postgres_schema, postgres_unavailable
+from tests.helpers import wait_for
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "cloudtrail-create-access-key.json"
+BIN = Path(sys.executable).parent
+WEBHOOK_TOKEN = "wh-prod-7d1e"
+
+pytestmark = pytest.mark.skipif(postgres_unavailable() is not None, reason=str(postgres_unavailable()))
+
+
+def _admin_engine() -> sa.Engine:
+    url = sa.engine.make_url(POSTGRES_URL).set(database="postgres")
+    return sa.create_engine(url, isolation_level="AUTOCOMMIT")
+
+
+@pytest.fixture(scope="module")
+def prefect_on_postgres(tmp_path_factory):
+    """A Prefect server whose database is a fresh PostgreSQL database, with ``prefect.yaml``
+    deployed to a ``process`` work pool named ``cordon``."""
+    name = "cordon_prefect_" + uuid.uuid4().hex[:8]
+    admin = _admin_engine()
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'create database "{name}"'))
+    pg = sa.engine.make_url(POSTGRES_URL).set(drivername="postgresql+asyncpg", database=name)
+    server = PrefectServer(tmp_path_factory.mktemp("prefect"),
+                           database_url=pg.render_as_string(hide_password=False)).start(timeout=180)
+    env = {**os.environ, **server.env}
+    try:
+        pool = subprocess.run([str(BIN / "prefect"), "work-pool", "create", "cordon", "--type", "process"],
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert pool.returncode == 0, pool.stdout + pool.stderr
+        deploy = subprocess.run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], cwd=REPO, env=env,
+                                capture_output=True, text=True, timeout=180)
+        for name in ("respond/respond", "approval-sweeper/sweeper"):
+            assert f"Deployment '{name}' successfully created" in deploy.stdout, deploy.stdout + deploy.stderr
+        assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+        yield server
+    finally:
+        server.stop()
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'drop database if exists "{name}" with (force)'))
+        admin.dispose()
+
+
+def _prefect_settings(server: PrefectServer):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    return temporary_settings({PREFECT_API_URL: server.api_url})
+
+
+def flow_runs_of(server: PrefectServer, deployment: str = "respond/respond") -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    with _prefect_settings(server), get_client(sync_client=True) as client:
+        dep = client.read_deployment_by_name(deployment)
+        return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])))
+
+
+def flow_state(server: PrefectServer, run_id: str) -> str | None:
+    from prefect.client.orchestration import get_client
+
+    with _prefect_settings(server), get_client(sync_client=True) as client:
+        fr = client.read_flow_run(run_id)
+    return fr.state.type.value if fr.state else None
+
+
+def _detection_bodies(n: int) -> list[bytes]:
+    """``n`` CreateAccessKey events that differ in the key created (so ``n`` distinct cases)."""
+    base = json.loads(EXAMPLE.read_text())
+    event = base["Records"][0] if isinstance(base, dict) and "Records" in base else base
+    bodies = []
+    run = uuid.uuid4().hex[:12].upper()
+    for i in range(n):
+        ev = json.loads(json.dumps(event))
+        ev["eventID"] = str(uuid.uuid4())
+        ev["responseElements"]["accessKey"]["accessKeyId"] = f"AKIA{run}{i:04d}"
+        bodies.append(json.dumps(ev).encode())
+    return bodies
+
+
+class Replica:
+    """``cordon serve`` in a child process."""
+
+    def __init__(self, env: dict[str, str], log: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([str(BIN / "cordon"), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+                                     env=env, cwd=REPO, stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+
+    def healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.mark.parametrize("db", ["sqlite", "postgresql"])
+def test_two_replicas_never_double_open_a_case(prefect_on_postgres, tmp_path, db):
+    server = prefect_on_postgres
+    cleanup = None
+    if db == "sqlite":
+        db_url = f"sqlite:///{tmp_path}/ledger.db"
+    else:
+        db_url, cleanup = fresh_postgres_schema()
+    Ledger(db_url)  # schema in place before two processes race to create it
+    env = {**os.environ, **server.env, "CORDON_DATABASE_URL": db_url, "CORDON_WEBHOOK_TOKEN": WEBHOOK_TOKEN,
+           "CORDON_SLACK_SIGNING_SECRET": "s3cr3t-signing", "CORDON_SLACK_CHANNEL": "C0PROD"}
+    replicas = [Replica(env, tmp_path / f"replica{i}.log") for i in range(2)]
+    before = len(flow_runs_of(server))
+    try:
+        for r in replicas:
+            wait_for(r.healthy, 60, f"cordon serve on {r.url}")
+        bodies = _detection_bodies(6)
+        answers: dict[tuple[int, int], dict] = {}
+
+        def post(i: int, r: int, body: bytes, barrier: threading.Barrier) -> None:
+            barrier.wait()
+            resp = httpx.post(f"{replicas[r].url}/webhook/detections", content=body, timeout=120,
+                              headers={"Authorization": f"Bearer {WEBHOOK_TOKEN}"})
+            assert resp.status_code == 202, resp.text
+            answers[(i, r)] = resp.json()
+
+        for i, body in enumerate(bodies):  # the same detection reaches both replicas at the same moment
+            barrier = threading.Barrier(2)
+            threads = [threading.Thread(target=post, args=(i, r, body, barrier)) for r in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(180)
+        assert len(answers) == 2 * len(bodies)
+
+        ledger = Ledger(db_url)
+        cases = ledger.cases()
+        assert len(cases) == len(bodies)  # one case per detection, never two
+        for i in range(len(bodies)):
+            # (one event can match more than one rule: every match after the first joins the case)
+            opened = [c["case_id"] for r in range(2) for c in answers[(i, r)]["cases"]]
+            joined = [j for r in range(2) for j in answers[(i, r)]["joined"]]
+            assert len(opened) == 1, (answers[(i, 0)], answers[(i, 1)])
+            assert joined and set(joined) == set(opened), (answers[(i, 0)], answers[(i, 1)])
+        # and exactly one flow run per case on the deployment
+        case_ids = sorted(c["case_id"] for c in cases)
+        runs = [fr for fr in flow_runs_of(server) if fr.parameters.get("case_id") in case_ids]
+        assert sorted(fr.parameters["case_id"] for fr in runs) == case_ids
+        assert len(flow_runs_of(server)) - before == len(bodies)
+        assert ledger.verify().ok
+    finally:
+        for r in replicas:
+            r.stop()
+        if cleanup:
+            cleanup()
+
+
+def test_process_worker_runs_the_prefect_yaml_deployment_to_containment(prefect_on_postgres, tmp_path):
+    """``prefect worker start --pool cordon`` picks up a respond run of the deployment created from
+    ``prefect.yaml`` and contains the key in the sandbox; the ledger verifies."""
+    server = prefect_on_postgres
+    aws = AwsSandbox().start()
+    aws.reset()  # moto's backends live in this process: forget what earlier tests contained
+    db_url = f"sqlite:///{tmp_path}/ledger.db"
+    env = {**os.environ, **server.env, "CORDON_DATABASE_URL": db_url,
+           "PREFECT_LOCAL_STORAGE_PATH": str(tmp_path / "results"), "PREFECT_WORKER_QUERY_SECONDS": "1",
+           "PREFECT_WORKER_PREFETCH_SECONDS": "1"}
+    log = tmp_path / "worker.log"
+    worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "cordon", "--type", "process"],
+                              env=env, cwd=tmp_path, stdout=open(log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
+                              start_new_session=True)
+    try:
+        ledger = Ledger(db_url)
+        responder = Responder(ledger=ledger)
+        report = responder.intake([EXAMPLE])
+        (ticket,) = report.cases
+        aws.seed_from_detection(ticket.detection)
+        from prefect.deployments import run_deployment
+
+        with _prefect_settings(server):
+            fr = run_deployment("respond/respond", parameters={
+                "case_id": ticket.case_id, "detection": ticket.detection.model_dump(mode="json"),
+                "playbook": ticket.playbook.name, "approval": "auto",
+                "cloud": responder.cloud_for(ticket, aws.cloud_params())}, idempotency_key=ticket.case_id, timeout=0)
+        state = wait_for(lambda: (s := flow_state(server, str(fr.id))) in ("COMPLETED", "FAILED", "CRASHED") and s,
+                         240, "the worker to run the deployment")
+        assert state == "COMPLETED", log.read_text(errors="replace")[-3000:]
+        iam = aws.clients("iam", account_id=ticket.detection.account_uid)
+        user = ticket.detection.credential.owner.name
+        keys = {k["AccessKeyId"]: k["Status"] for k in iam.list_access_keys(UserName=user)["AccessKeyMetadata"]}
+        assert keys[ticket.detection.credential.uid] == "Inactive"
+        kinds = [r.kind for r in ledger.records(case_id=ticket.case_id)]
+        assert kinds.count("action.contained") == 1 and "verify.held" in kinds and kinds[-1] == "case.closed"
+        assert ledger.case(ticket.case_id)["flow_run_id"] == str(fr.id)
+        assert ledger.verify().ok
+        # the sweeper deployment runs on the same pool (nothing is waiting: it sweeps nothing)
+        with _prefect_settings(server):
+            sweep = run_deployment("approval-sweeper/sweeper", timeout=0)
+        state = wait_for(lambda: (s := flow_state(server, str(sweep.id))) in ("COMPLETED", "FAILED", "CRASHED") and s,
+                         240, "the worker to run the sweeper")
+        assert state == "COMPLETED", log.read_text(errors="replace")[-3000:]
+    finally:
+        os.killpg(worker.pid, 15)
+        try:
+            worker.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, 9)
+        aws.stop()
