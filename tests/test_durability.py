@@ -218,8 +218,10 @@ def test_webhook_joins_open_case_and_submits_new_ones(stack):
 
 
 @pytest.fixture
-def quorum_of_two(tmp_path, monkeypatch):
-    """A configuration whose aws-access-key-created playbook needs two distinct approvals."""
+def edit_playbook(tmp_path, monkeypatch):
+    """``edit(name, old, new)``: a copy of the configuration and playbooks under ``tmp_path`` (set
+    as ``CORDON_CONFIG``, so workers started afterwards read it) with ``old`` replaced by ``new``
+    in playbook ``name``."""
     import shutil
 
     cfg, pbs = tmp_path / "config", tmp_path / "playbooks"
@@ -227,12 +229,21 @@ def quorum_of_two(tmp_path, monkeypatch):
     shutil.copy(REPO / "config" / "cordon.yaml", cfg / "cordon.yaml")
     (cfg / "rules").symlink_to(REPO / "config" / "rules")
     shutil.copytree(REPO / "playbooks", pbs)
-    pb = pbs / "aws-access-key-created.yaml"
-    text = pb.read_text()
-    assert "  quorum: 1\n" in text
-    pb.write_text(text.replace("  quorum: 1\n", "  quorum: 2\n"))
     monkeypatch.setenv("CORDON_CONFIG", str(cfg))
-    return cfg
+
+    def edit(name: str, old: str, new: str) -> None:
+        pb = pbs / name
+        text = pb.read_text()
+        assert old in text, f"{name} has no {old!r}"
+        pb.write_text(text.replace(old, new))
+
+    return edit
+
+
+@pytest.fixture
+def quorum_of_two(edit_playbook):
+    """A configuration whose aws-access-key-created playbook needs two distinct approvals."""
+    edit_playbook("aws-access-key-created.yaml", "  quorum: 1\n", "  quorum: 2\n")
 
 
 def test_quorum_of_two_resumes_the_real_run_only_on_the_second_distinct_approver(quorum_of_two, stack):

@@ -15,8 +15,9 @@ from datetime import timedelta
 
 from cordon.approvals.decide import parse_time
 from tests.helpers import wait_for
-from tests.test_durability import (  # noqa: F401 - stack is a fixture
+from tests.test_durability import (  # noqa: F401 - stack and edit_playbook are fixtures
     CHANNEL,
+    edit_playbook,
     flow_state,
     stack,
     start_paused_case,
@@ -63,3 +64,26 @@ def test_sweeper_resumes_an_expired_run_which_ends_cleanly(stack):  # noqa: F811
     assert replies == ["Expired unanswered; nothing was changed."]
     # a sweep after the end finds nothing to do
     assert sweep_approvals(now=(expires_at + timedelta(hours=1)).isoformat()) == []
+
+
+def test_expiry_contains_when_the_playbook_says_on_expiry_contain(edit_playbook, stack):  # noqa: F811
+    """A high-confidence playbook may say an unanswered request is contained at expiry: the sweeper
+    resumes the real run with ``expired`` and the run contains exactly the key, recorded as such."""
+    from flows.sweeper import sweep_approvals
+
+    edit_playbook("aws-access-key-created.yaml", "  on_expiry: deny\n", "  on_expiry: contain\n")
+    run_id, case_id = start_paused_case(stack)
+    ledger = stack["ledger"]
+    (asked,) = list(ledger.records(case_id=case_id, kind_prefix="approval.asked"))
+    events = sweep_approvals(now=parse_time(asked.payload["expires_at"]).isoformat())
+    assert events == [{"case_id": case_id, "event": "expired", "on_expiry": "contain"}]
+    wait_for(lambda: flow_state(run_id) == "COMPLETED", 180, "the expired run to complete")
+    records = list(ledger.records(case_id=case_id))
+    kinds = [r.kind for r in records]
+    (expired,) = [r for r in records if r.kind == "approval.expired"]
+    assert expired.payload["proceed"] is True and expired.payload["approver"] == "cordon:sweeper"
+    assert kinds.count("action.contained") == 1 and "verify.held" in kinds and kinds[-1] == "case.closed", kinds
+    iam = stack["aws"].clients("iam", account_id="111122223333")
+    keys = {k["AccessKeyId"]: k["Status"] for k in iam.list_access_keys(UserName="build-bot")["AccessKeyMetadata"]}
+    assert keys == {"AKIAEXAMPLEBUILDBOT9": "Inactive"}
+    assert ledger.verify().ok
