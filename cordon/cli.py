@@ -130,9 +130,7 @@ def _print_case(summary: dict[str, Any], output: OutputFormat) -> None:
     cred = det.get("credential") or {}
     out.print(f"[bold]{summary['case_id']}[/bold]  playbook={summary.get('playbook')}  status=[bold]"
               f"{summary.get('status')}[/bold]")
-    out.print(f"  {det.get('event_name') or det.get('finding_type')} ({', '.join(det.get('technique_ids', []))}) "
-              f"by {det.get('actor', {}).get('user', {}).get('uid')} from {det.get('actor', {}).get('src_ip')} "
-              f"via {det.get('actor', {}).get('access_path')}")
+    out.print(f"  {_what_and_who(det)}")
     out.print(f"  target {det.get('target', {}).get('uid')}  credential {cred.get('kind')} {cred.get('uid')}")
     appr = summary.get("approval") or {}
     if appr.get("decision"):
@@ -144,6 +142,24 @@ def _print_case(summary: dict[str, Any], output: OutputFormat) -> None:
                   f"after={_brief(a.get('after'))}")
     if summary.get("verified") is not None:
         out.print(f"  verified: {summary['verified']}")
+
+
+def _what_and_who(det: dict[str, Any]) -> str:
+    """One line: what happened, the techniques, who did it, from where, how; a manual run says so
+    (its rule name) instead of an actor it does not have. Absent facts are left out."""
+    rule = det.get("rule") or {}
+    what = det.get("event_name") or det.get("finding_type") or rule.get("name") or "detection"
+    techniques = det.get("technique_ids") or []
+    line = what + (f" ({', '.join(techniques)})" if techniques else "")
+    actor = det.get("actor") or {}
+    who = (actor.get("user") or {}).get("uid") or (actor.get("user") or {}).get("name")
+    if who:
+        line += f" by {who}"
+    if actor.get("src_ip"):
+        line += f" from {actor['src_ip']}"
+    if actor.get("access_path") and actor["access_path"] != "unknown":
+        line += f" via {actor['access_path']}"
+    return line
 
 
 def _brief(state: Any) -> str:
@@ -414,8 +430,20 @@ def db_grants(
         err.print(f"applied {len(statements)} statement(s) for role {role}")
 
 
-def main() -> None:  # pragma: no cover
-    app()
+def main() -> None:
+    """The ``cordon`` console script: the Typer app, with the ledger's own errors (schema behind
+    and not upgraded, a bad ``CORDON_LEDGER_KEY``) printed as one clear line and exit status 1
+    instead of a traceback."""
+    try:
+        app()
+    except Exception as exc:
+        from cordon.audit.checkpoint import LedgerKeyError
+        from cordon.audit.migrations import SchemaError
+
+        if not isinstance(exc, SchemaError | LedgerKeyError):
+            raise
+        err.print(f"[red]ledger error:[/red] {exc}", highlight=False)
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -141,3 +141,17 @@ def test_console_approval_at_a_terminal(env, answer, status):
         if proc.poll() is None:
             proc.kill()
         os.close(master)
+
+
+def test_a_ledger_that_cannot_be_used_is_one_clear_line(env, tmp_path):
+    """A schema behind this version with auto-upgrade off (the production setting for an app role
+    that cannot migrate) exits 1 naming the database and the command to run; no traceback."""
+    import sqlite3
+
+    db = tmp_path / "old.db"
+    sqlite3.connect(db).execute("create table unrelated (x int)").connection.close()
+    res = cordon("audit", "cases", env={**env, "CORDON_DATABASE_URL": f"sqlite:///{db}",
+                                        "CORDON_DB_AUTO_UPGRADE": "0"})
+    assert res.returncode == 1
+    assert "ledger error" in res.stderr and "cordon db upgrade" in res.stderr and str(db) in res.stderr
+    assert "Traceback" not in res.stderr
