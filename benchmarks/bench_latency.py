@@ -123,7 +123,7 @@ def main() -> None:
                             msg = m
                     time.sleep(0.02)
                 t1 = time.monotonic()
-                while ledger.case(case_id)["status"] != "running" or not list(
+                while ledger.case(case_id)["status"] != "awaiting_approval" or not list(
                         ledger.records(case_id=case_id, kind_prefix="approval.asked")):
                     time.sleep(0.02)
                 # the run suspends right after posting; wait until Prefect says PAUSED
