@@ -784,3 +784,13 @@ def test_pipeline_routes_gcp_records(gcp_rules):
         "suppressed": 0,
         "rejected": 1,
     }
+
+
+def test_scc_caller_ip_geo_becomes_the_actors_location():
+    note = {"finding": {**SCC_FINDING, "access": {"principalEmail": "mallory@example.com", "callerIp": "198.51.100.4",
+                                                  "callerIpGeo": {"regionCode": "NG"}, "methodName": "SetIamPolicy"}}}
+    (det,) = detections_from_scc(note, "pubsub", 0)
+    assert det.actor.src_location is not None and det.actor.src_location.country == "NG"
+    without = {"finding": {**SCC_FINDING, "access": {"principalEmail": "mallory@example.com"}}}
+    (det,) = detections_from_scc(without, "pubsub", 0)
+    assert det.actor.src_location is None

@@ -522,3 +522,14 @@ def test_asff_field_errors(mutate, field):
     with pytest.raises(RecordError) as info:
         detection_from_asff(f, "sh.json", 2)
     assert (info.value.field, info.value.position) == (field, 2)
+
+
+def test_guardduty_remote_ip_details_become_the_actors_location():
+    gd = copy.deepcopy(GD)
+    gd["service"]["action"]["awsApiCallAction"]["remoteIpDetails"].update(
+        {"city": {"cityName": "Lagos"}, "country": {"countryCode": "NG", "countryName": "Nigeria"},
+         "organization": {"asn": "37148", "asnOrg": "Globacom Limited", "isp": "Globacom", "org": "Globacom"}})
+    loc = detection_from_guardduty(gd, "gd.json", 0).actor.src_location
+    assert loc.model_dump(exclude_none=True) == {"city": "Lagos", "country": "NG", "isp": "Globacom Limited",
+                                                 "desc": "Nigeria"}
+    assert detection_from_guardduty(copy.deepcopy(GD), "gd.json", 0).actor.src_location is None

@@ -31,7 +31,7 @@ from cordon.approvals import (
     update_message,
     verify_request,
 )
-from cordon.detections.model import Actor, Credential, Detection, Principal, RawRef, RuleRef, record_sha256
+from cordon.detections.model import Actor, Credential, Detection, Location, Principal, RawRef, RuleRef, record_sha256
 from cordon.sandbox.slack_standin import SlackStandIn, block_actions_payload
 
 KEY_ID = "AKIAQXAMPLE7NEWKEY01"
@@ -524,3 +524,26 @@ def test_approval_message_links_to_the_ledger_and_the_run(monkeypatch):
     linked = json.dumps(build_blocks())
     assert f"<https://cordon.example.com/audit/cases/{CASE_ID}|ledger timeline>" in linked
     assert f"<https://prefect.example.com/runs/flow-run/{RUN_ID}|Prefect run>" in linked
+
+
+@pytest.mark.parametrize("actor, expected", [
+    ({"src_ip": "102.89.1.1", "src_location": {"city": "Lagos", "country": "NG", "desc": "Nigeria",
+                                               "isp": "Globacom"}}, "Lagos, Nigeria (NG) · Globacom"),
+    ({"src_ip": "203.0.113.77"}, "documentation range (RFC 5737 / 3849): a sample or test record"),
+    ({"src_ip": "10.1.2.3"}, "private network (inside a VPC or on-premises)"),
+    ({"src_ip": "8.8.8.8"}, "public internet; the record gives no location"),
+    ({"src_ip": "cloudformation.amazonaws.com"}, "not an IP address (an AWS service or internal caller)"),
+    ({}, None),
+])
+def test_the_place_of_a_source_ip(actor, expected):
+    from cordon.approvals.slack import place_of
+
+    assert place_of(actor) == expected
+
+
+def test_approval_message_shows_where_the_actor_was():
+    det = make_detection()
+    det.actor.src_location = Location(city="Lagos", country="NG", desc="Nigeria")
+    text = json.dumps(approval_blocks(CASE_ID, "aws-access-key-persistence", det.summary(), ENRICHMENT, make_plan(),
+                                      PLAN_HASH, RUN_ID, None))
+    assert "Lagos, Nigeria (NG)" in text

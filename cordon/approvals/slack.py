@@ -24,6 +24,7 @@ https://api.slack.com/authentication/verifying-requests-from-slack.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import urllib.parse
@@ -561,6 +562,46 @@ def fallback_text(playbook: str, detection: Mapping[str, Any], state: str = "app
 
 
 # -- the approval message ---------------------------------------------------------------------
+_DOCUMENTATION_NETS = tuple(ipaddress.ip_network(n) for n in
+                            ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32"))
+
+
+def place_of(actor: Mapping[str, Any]) -> str | None:
+    """Where the actor's source IP is, for a human: the record's own location (``src_location``:
+    city, region, country, ISP), else what the address itself says (documentation range, private,
+    loopback, public with no location in the record, or not an IP at all, as CloudTrail's
+    ``sourceIPAddress`` is for a call an AWS service made). ``None`` without a source IP."""
+    loc = actor.get("src_location") if isinstance(actor.get("src_location"), Mapping) else {}
+    parts = [str(loc[k]) for k in ("city", "region") if loc.get(k)]
+    if loc.get("country"):
+        parts.append(f"{loc['desc']} ({loc['country']})" if loc.get("desc") else str(loc["country"]))
+    if parts or loc.get("isp"):
+        return ", ".join(parts) + (f" · {loc['isp']}" if loc.get("isp") else "")
+    ip = actor.get("src_ip")
+    if not ip:
+        return None
+    try:
+        addr = ipaddress.ip_address(str(ip))
+    except ValueError:
+        return "not an IP address (an AWS service or internal caller)"
+    if any(addr in net for net in _DOCUMENTATION_NETS):
+        return "documentation range (RFC 5737 / 3849): a sample or test record"
+    if addr.is_loopback:
+        return "loopback"
+    if addr.is_private or addr.is_link_local:
+        return "private network (inside a VPC or on-premises)"
+    if addr.is_global:
+        return "public internet; the record gives no location"
+    return "reserved range"
+
+
+def _source_ip(actor: Mapping[str, Any]) -> str | None:
+    if not actor.get("src_ip"):
+        return None
+    place = place_of(actor)
+    return _code(actor["src_ip"]) + (f" ({_esc(place)})" if place else "")
+
+
 def run_links(case_id: str, run_id: str | None) -> list[str]:
     """mrkdwn links an approver follows to check what they approve: the case's ledger timeline on
     Cordon's audit pages (``CORDON_PUBLIC_URL``, e.g. ``https://cordon.example.com``) and the flow
@@ -661,7 +702,7 @@ def approval_blocks(
         [
             ("Actor", _principal(actor.get("user"))),
             ("Access path", _esc(actor.get("access_path")) if actor.get("access_path") else None),
-            ("Source IP", _code(actor["src_ip"]) if actor.get("src_ip") else None),
+            ("Source IP", _source_ip(actor)),
             ("MFA", _mfa(actor.get("mfa"))),
             (
                 "User agent",

@@ -184,6 +184,8 @@ def _detection_finding(r: LedgerRecord, det: dict[str, Any], *, uid: str, activi
             evidence["actor"]["session"] = {"uid": actor["session_uid"]}
     if actor.get("src_ip"):
         evidence["src_endpoint"] = {"ip": actor["src_ip"]}
+        if actor.get("src_location"):  # OCSF location object: city, region, country, isp, desc
+            evidence["src_endpoint"]["location"] = actor["src_location"]
     if actor.get("user_agent"):
         evidence.setdefault("http_request", {})["user_agent"] = actor["user_agent"]
     if det.get("event_name"):

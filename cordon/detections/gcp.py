@@ -44,6 +44,7 @@ from cordon.detections.model import (
     Actor,
     Credential,
     Detection,
+    Location,
     Principal,
     RawRef,
     RuleRef,
@@ -867,6 +868,8 @@ def detections_from_scc(finding: dict[str, Any], origin: str, position: int) -> 
         session_uid=f"projects/{km.group(1)}/serviceAccounts/{km.group(2)}/keys/{km.group(3)}" if km else key_used,
         session_issuer=chain[0] if chain else None,
         src_ip=f.get(f"{access}.callerIp", str),
+        # SCC: access.callerIpGeo.regionCode, "a CLDR region code" (ISO 3166-1 alpha-2 for countries)
+        src_location=Location(country=code) if (code := f.get(f"{access}.callerIpGeo.regionCode", str)) else None,
         user_agent=user_agent,
         access_path="console" if (user_agent or "").startswith("Mozilla/") else ("api" if who else "unknown"),
     )

@@ -11,7 +11,16 @@ from __future__ import annotations
 from typing import Any
 
 from cordon.detections.cloudtrail import RecordFields, detection_uid
-from cordon.detections.model import Actor, Credential, Detection, Principal, RawRef, RuleRef, record_sha256
+from cordon.detections.model import (
+    Actor,
+    Credential,
+    Detection,
+    Location,
+    Principal,
+    RawRef,
+    RuleRef,
+    record_sha256,
+)
 
 #: ATT&CK technique per GuardDuty finding type, exact type first, then the longest matching
 #: prefix. Source: the descriptions of each type in the GuardDuty finding type reference
@@ -43,6 +52,16 @@ TECHNIQUES_BY_TYPE: dict[str, list[str]] = {
     "Stealth:IAMUser/*": ["T1562"],
     "Recon:IAMUser/*": ["T1087.004"],
 }
+
+
+def _location(f, base: str) -> Location | None:
+    """``remoteIpDetails`` (GuardDuty finding format: ``city.cityName``, ``country.countryCode`` /
+    ``countryName``, ``organization.asnOrg`` / ``isp``) as a :class:`Location`; ``None`` when the
+    finding gives none."""
+    loc = Location(city=f.get(f"{base}.city.cityName", str), country=f.get(f"{base}.country.countryCode", str),
+                   desc=f.get(f"{base}.country.countryName", str),
+                   isp=f.get(f"{base}.organization.asnOrg", str) or f.get(f"{base}.organization.isp", str))
+    return loc if loc.model_dump(exclude_none=True) else None
 
 
 def techniques_for_type(finding_type: str) -> list[str]:
@@ -143,6 +162,7 @@ def detection_from_guardduty(finding: dict[str, Any], origin: str, position: int
         user=owner if has_owner else Principal(),
         session_uid=key_id,
         src_ip=f.get(f"{call}.remoteIpDetails.ipAddressV4", str),
+        src_location=_location(f, f"{call}.remoteIpDetails"),
         user_agent=user_agent,
         invoked_by=invoked_by,
         access_path=access_path,

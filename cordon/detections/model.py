@@ -76,6 +76,21 @@ class Principal(BaseModel):
     account_uid: str | None = None
 
 
+class Location(BaseModel):
+    """Where a source IP is, as the record itself says (OCSF ``location``: ``city``, ``region``,
+    ``country`` as ISO 3166-1 alpha-2, ``isp``; ``desc`` the country's name). Filled from GuardDuty's
+    ``remoteIpDetails`` and Security Command Center's ``access.callerIpGeo``; Cordon does no GeoIP
+    lookup of its own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    city: str | None = None
+    region: str | None = None
+    country: str | None = None
+    isp: str | None = None
+    desc: str | None = None
+
+
 class Actor(BaseModel):
     """Who performed the action (OCSF ``actor`` plus ``src_endpoint`` and ``http_request``).
 
@@ -94,6 +109,7 @@ class Actor(BaseModel):
     session_created: str | None = None
     mfa: bool | None = None
     src_ip: str | None = None
+    src_location: Location | None = None
     user_agent: str | None = None
     invoked_by: str | None = None
     access_path: AccessPath = "unknown"
