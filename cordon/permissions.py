@@ -168,3 +168,43 @@ def generate(config: Config, provider: str, *, every: bool = False) -> dict[str,
     if provider == "gcp":
         return gcp_role(acts)
     raise ValueError(f"provider {provider!r}: expected aws, azure or gcp")
+
+
+def render(config: Config, provider: str) -> str:
+    """The text ``cordon permissions PROVIDER --all`` prints (JSON, YAML for gcp)."""
+    import json
+
+    import yaml
+
+    doc = generate(config, provider, every=True)
+    return yaml.safe_dump(doc, sort_keys=False) if provider == "gcp" else json.dumps(doc, indent=2) + "\n"
+
+
+def update_doc(path: str, config: Config) -> bool:
+    """Rewrite the ``<!-- generated:PROVIDER -->`` blocks of the Markdown file at ``path`` with
+    :func:`render`; returns whether anything changed. Raises ``ValueError`` naming the file when a
+    block is missing."""
+    from pathlib import Path
+
+    p = Path(path)
+    text = p.read_text(encoding="utf-8")
+    new = text
+    for provider in ("aws", "azure", "gcp"):
+        pattern = re.compile(rf"(<!-- generated:{provider} -->\n```\w+\n).*?(```\n<!-- /generated:{provider} -->)",
+                             re.S)
+        if not pattern.search(new):
+            raise ValueError(f"{path}: no <!-- generated:{provider} --> block")
+        body = render(config, provider)
+        new = pattern.sub(lambda m, body=body: m.group(1) + body + m.group(2), new)
+    if new != text:
+        p.write_text(new, encoding="utf-8")
+    return new != text
+
+
+if __name__ == "__main__":  # python -m cordon.permissions docs/deploy.md
+    import sys
+
+    from cordon.config import load_config
+
+    print("updated" if update_doc(sys.argv[1] if len(sys.argv) > 1 else "docs/deploy.md", load_config())
+          else "up to date")

@@ -113,14 +113,23 @@ def test_slack_manifest_points_at_cordon_serve_and_asks_only_needed_scopes():
     assert out.exit_code != 0 and "https" in out.output
 
 
-def test_deploy_doc_shows_the_current_generated_grants():
-    """docs/deploy.md embeds the generated documents; regenerate them when an action's
-    permissions change (the block between the markers must equal `cordon permissions --all`)."""
+def test_deploy_doc_shows_the_current_generated_grants(tmp_path):
+    """docs/deploy.md embeds the generated documents (`cordon permissions --all`); when an action's
+    permissions change, regenerate them with `python -m cordon.permissions docs/deploy.md`."""
+    from cordon.permissions import render, update_doc
+
     text = (REPO / "docs" / "deploy.md").read_text()
     for provider in ("aws", "azure", "gcp"):
         m = re.search(rf"<!-- generated:{provider} -->\n```\w+\n(.*?)```\n<!-- /generated:{provider} -->", text,
                       re.S)
         assert m, f"docs/deploy.md has no generated block for {provider}"
-        doc = generate(load_config(), provider, every=True)
-        expected = yaml.safe_dump(doc, sort_keys=False) if provider == "gcp" else json.dumps(doc, indent=2) + "\n"
-        assert m.group(1) == expected, f"docs/deploy.md: the {provider} block is stale; regenerate it"
+        assert m.group(1) == render(load_config(), provider), (
+            f"docs/deploy.md: the {provider} block is stale; run `python -m cordon.permissions docs/deploy.md`")
+    # the updater rewrites a stale copy and leaves a current one alone
+    stale = tmp_path / "deploy.md"
+    stale.write_text(text.replace('"sts:GetCallerIdentity"', '"sts:Nothing"'))
+    assert update_doc(str(stale), load_config()) is True and stale.read_text() == text
+    assert update_doc(str(stale), load_config()) is False
+    (tmp_path / "empty.md").write_text("no blocks here\n")
+    with pytest.raises(ValueError, match="generated:aws"):
+        update_doc(str(tmp_path / "empty.md"), load_config())
