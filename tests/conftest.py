@@ -87,3 +87,13 @@ def ledger_url(request, tmp_path) -> Iterator[str]:
     url, cleanup = fresh_postgres_schema()
     yield url
     cleanup()
+
+
+@pytest.fixture(scope="module")
+def prefect_server():
+    """Prefect's test harness (a temporary API server and database) for one test module: flows run
+    in process against it, as ``cordon respond`` runs them on its temporary server."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield

@@ -141,14 +141,6 @@ def test_manual_detection_shapes(playbooks):
 
 
 # -- the whole path, in process ----------------------------------------------------------------
-@pytest.fixture(scope="module")
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
-
-
 @pytest.fixture
 def responder(tmp_path, monkeypatch, prefect_server):
     url = f"sqlite:///{tmp_path}/ledger.db"

@@ -20,14 +20,6 @@ NEW_KEY = "e4a7c9b1-3d5f-4e6a-8b0c-2d4f6a8c0e1b"
 OLD_KEY = "6c2f1e0a-9b8d-4c7e-a5f3-1d2e3f4a5b6c"
 
 
-@pytest.fixture(scope="module")
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
-
-
 @pytest.fixture
 def azure():
     sb = AzureSandbox().start()

@@ -25,14 +25,6 @@ needs_corpus = pytest.mark.skipif(not SHARED_DATA.exists(),
                                   reason=f"{SHARED_DATA} is absent (../shared not beside the repo)")
 
 
-@pytest.fixture(scope="module")
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
-
-
 @pytest.fixture
 def responder(tmp_path, monkeypatch, prefect_server):
     url = f"sqlite:///{tmp_path}/ledger.db"

@@ -30,14 +30,6 @@ needs_corpus = pytest.mark.skipif(not SHARED_DATA.exists(),
 
 
 @pytest.fixture(scope="module")
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
-
-
-@pytest.fixture(scope="module")
 def gcp_sandbox():
     sb = GcpSandbox().start()
     yield sb
