@@ -6,7 +6,12 @@
 Rejected records go to the ledger's dead-letter table with the reason and are reported; they
 never stop the rest of the input. A detection that joins an open case (the same credential seen
 again, e.g. a GuardDuty finding after the CloudTrail event) is recorded on that case and starts no
-second run.
+second run, unless the case's run is gone (:mod:`cordon.recovery`): then the join runs it again.
+
+Every run is asked for in the ledger first (``run.requested``, with the approval mode and the
+requesting process, :func:`cordon.recovery.claim_attempt`), so a run that dies with its process
+is found and run again; the flow gets only a case reference and reads the (redacted) detection
+from the ledger.
 """
 
 from __future__ import annotations
@@ -16,25 +21,60 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cordon.audit.ledger import Ledger
+from cordon.audit.ledger import Ledger, redact
 from cordon.config import Config, load_config
 from cordon.detections.errors import Rejected
 from cordon.detections.intake import read_bytes, read_inputs
 from cordon.detections.model import Detection
-from cordon.detections.pipeline import detect
+from cordon.detections.pipeline import DetectStats, detect
 from cordon.playbooks.schema import Playbook, load_playbooks, route
+from cordon.recovery import DEPLOYMENT, IN_PROCESS, RunCheck, check_case, claim_attempt, idempotency_key, process_ref
 from cordon.sigma import RuleSet
+
+
+class SandboxCaseError(ValueError):
+    """A real-cloud operation (rollback) asked for a case that ran against the sandbox."""
 
 
 @dataclass
 class CaseTicket:
-    """A case this intake opened (``run`` is true) or joined, with the detection that did it."""
+    """A case this intake opened or joined, with the detection that did it. ``run`` is true when
+    the case needs a run: it was opened here, or it was joined and its run is gone (``check``
+    says why; ``attempt`` is then the next attempt, ``mode`` the approval mode its runs were
+    recorded with, ``None`` if unknown). ``status`` is the case's status when joined."""
 
     case_id: str
     detection: Detection
     playbook: Playbook | None
     opened: bool
     run: bool
+    attempt: int = 1
+    mode: str | None = None
+    reason: str = "opened"
+    check: RunCheck | None = None
+    status: str | None = None
+
+
+def redact_detection(detection: Detection) -> Detection:
+    """``detection`` with every secret redacted (:func:`cordon.audit.ledger.redact` over its JSON
+    form: CloudTrail ``secretAccessKey``/``sessionToken``, ``password``, Graph ``secretText``, GCP
+    ``privateKeyData``, tokens and ``password=`` text in any string). Intake applies it to each
+    detection once, before the detection is printed, recorded, posted or passed to Prefect."""
+    return Detection.model_validate(redact(detection.model_dump(mode="json")))
+
+
+def run_tags(ticket: CaseTicket) -> list[str]:
+    """Prefect tags of the case's run: ``cordon``, ``provider:<aws|azure|gcp>``,
+    ``playbook:<name>``, ``severity:<low|medium|high|critical|...>`` (the detection's), and
+    ``attempt:<n>`` after the first attempt. Filter runs by them in the Prefect UI or with
+    ``prefect flow-run ls --tag``; concurrency limits can be set per tag."""
+    det = ticket.detection
+    tags = ["cordon", f"provider:{det.provider}", f"severity:{det.severity or 'unknown'}"]
+    if ticket.playbook is not None:
+        tags.append(f"playbook:{ticket.playbook.name}")
+    if ticket.attempt > 1:
+        tags.append(f"attempt:{ticket.attempt}")
+    return tags
 
 
 @dataclass
@@ -46,6 +86,8 @@ class IntakeReport:
     suppressed: list[Detection] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     detections: int = 0
+    #: records read from the inputs (every one ends a detection's source, suppressed, unmatched or rejected)
+    records_read: int = 0
 
 
 class Responder:
@@ -72,19 +114,26 @@ class Responder:
 
     def _intake(self, records: Iterable[Any]) -> IntakeReport:
         report = IntakeReport()
-        for item in detect(records, self.rules):
+        stats = DetectStats()
+        to_run: set[str] = set()  # one run per case per intake, however many detections join it
+        for item in detect(records, self.rules, stats=stats):
             if isinstance(item, Rejected):
                 self.ledger.dead_letter(item.origin, item.position, item.field, item.reason, item.raw_text)
                 report.rejected.append(item)
                 continue
             report.detections += 1
+            item = redact_detection(item)  # before anything leaves the process: stdout, Prefect, Slack, ledger
             ticket = self.accept(item)
+            if ticket is not None and ticket.run:
+                ticket.run = ticket.case_id not in to_run
+                to_run.add(ticket.case_id)
             if ticket is None:
                 report.suppressed.append(item)
             elif ticket.opened:
                 report.cases.append(ticket)
             else:
                 report.joined.append(ticket)
+        report.records_read = stats.records_read
         return report
 
     def accept(self, detection: Detection, playbook: Playbook | None = None) -> CaseTicket | None:
@@ -102,33 +151,76 @@ class Responder:
         self.ledger.append("detection.received", received, case_id=result.case_id, actor=detection.actor.user.uid)
         if result.opened:
             self.ledger.append("case.opened", {"case_key": detection.case_key(), "detection_uid": detection.uid,
-                                               "playbook": pb.name if pb else None}, case_id=result.case_id)
+                                               "playbook": pb.name if pb else None, "by": process_ref()},
+                               case_id=result.case_id)
             if pb is None:
                 self.ledger.set_case(result.case_id, status="no_playbook")
                 self.ledger.append("playbook.none", {"reason": "no playbook's 'when' matches this detection"},
                                    case_id=result.case_id)
-        else:
-            self.ledger.append("case.joined", {"case_key": detection.case_key(), "detection_uid": detection.uid,
-                                               "duplicate": result.duplicate_detection}, case_id=result.case_id)
-        return CaseTicket(result.case_id, detection, pb, result.opened, run=result.opened and pb is not None)
+            return CaseTicket(result.case_id, detection, pb, True, run=pb is not None)
+        self.ledger.append("case.joined", {"case_key": detection.case_key(), "detection_uid": detection.uid,
+                                           "duplicate": result.duplicate_detection}, case_id=result.case_id)
+        return self._joined(result.case_id, detection)
+
+    def _joined(self, case_id: str, detection: Detection) -> CaseTicket:
+        """The ticket of a joined case: its run is checked first (:func:`cordon.recovery.check_case`);
+        a case without a live run is run again (``run`` true, next attempt, the recorded mode)."""
+        case = self.ledger.case(case_id) or {}
+        pb = self.playbook_named(case.get("playbook"))
+        ticket = CaseTicket(case_id, detection, pb, False, run=False, status=case.get("status"))
+        if not case:
+            return ticket
+        check = check_case(self.ledger, case)
+        ticket.check = check
+        if check.live is False and pb is not None:
+            ticket.run, ticket.attempt, ticket.mode = True, check.attempt + 1, check.mode
+            ticket.reason = f"recovery: {check.reason}"
+        return ticket
+
+    def playbook_named(self, name: str | None) -> Playbook | None:
+        """The loaded playbook called ``name``, or ``None``."""
+        return next((pb for pb in self.playbooks if pb.name == name), None) if name else None
+
+    def ticket_for(self, case_id: str) -> CaseTicket:
+        """A ticket for an existing case, with its (redacted) detection from the ledger. Raises
+        ``KeyError`` for an unknown case."""
+        case = self.ledger.case(case_id)
+        if case is None:
+            raise KeyError(f"no case {case_id} in {self.ledger.url}")
+        detection = Detection.model_validate_json(case["detection"])
+        return CaseTicket(case_id, detection, self.playbook_named(case["playbook"]), False, run=False,
+                          status=case["status"])
+
+    def claim(self, ticket: CaseTicket, approval: str, where: str, cloud: dict[str, Any] | None,
+              slack: dict[str, Any] | None) -> bool:
+        """Record the run asked for (``run.requested``, :func:`cordon.recovery.claim_attempt`);
+        ``False`` when another process claimed this attempt of the case first."""
+        return claim_attempt(self.ledger, ticket.case_id, ticket.attempt, mode=approval, where=where,
+                             cloud=self.cloud_for(ticket, cloud), slack=slack, reason=ticket.reason)
 
     def run(self, ticket: CaseTicket, approval: str = "console", cloud: dict[str, Any] | None = None,
             slack: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Run the respond flow for an opened case in this process and return its summary.
+        """Run the respond flow for a case in this process and return its summary (``status``
+        ``claimed_elsewhere`` when another process owns this attempt of the case).
 
         For ``approval="slack"`` use :meth:`submit` instead (a suspended run needs a deployment).
         """
         if not ticket.run or ticket.playbook is None:
             return self.summary_without_run(ticket)
+        if not self.claim(ticket, approval, IN_PROCESS, cloud, slack):
+            return {**self.summary_without_run(ticket), "status": "claimed_elsewhere"}
+        from prefect import tags
+
         from flows.respond import respond
 
         try:
-            return respond(case_id=ticket.case_id, detection=ticket.detection.model_dump(mode="json"),
-                           playbook=ticket.playbook.name, approval=approval, cloud=self.cloud_for(ticket, cloud),
-                           slack=slack)
+            with tags(*run_tags(ticket)):
+                return respond(case_id=ticket.case_id, playbook=ticket.playbook.name, approval=approval,
+                               cloud=self.cloud_for(ticket, cloud), slack=slack, attempt=ticket.attempt)
         except Exception as exc:  # noqa: BLE001 - recorded and reported; the other cases still run
             error = f"{type(exc).__name__}: {exc}"
-            self.ledger.append("run.error", {"error": error}, case_id=ticket.case_id, actor="cordon")
+            self.ledger.append("run.error", {"error": error, "attempt": ticket.attempt}, case_id=ticket.case_id,
+                               actor="cordon")
             self.ledger.set_case(ticket.case_id, status="error")
             return {**self.summary_without_run(ticket), "status": "error", "error": error}
 
@@ -142,17 +234,35 @@ class Responder:
                 return sandbox.for_provider(ticket.detection.provider)
             return sandbox
 
+        from cordon.recovery import servable
+
+        where = DEPLOYMENT if approval == "slack" else IN_PROCESS
+        tickets = [*report.cases, *(t for t in report.joined if t.run)]
+        skipped: dict[str, str] = {}
+        for ticket in tickets:
+            if ticket.run and ticket.check is not None:
+                why = servable(ticket.check, modes={approval}, where=where, sandbox=sandbox is not None)
+                if why:
+                    skipped[ticket.case_id] = why
         if sandbox is not None:
-            for ticket in report.cases:
-                if ticket.run:
+            for ticket in tickets:
+                if ticket.run and ticket.case_id not in skipped:
                     sandbox_for(ticket).seed_from_detection(ticket.detection)
-        for ticket in report.cases:
-            if sandbox is not None and ticket.run:
-                cloud = sandbox_for(ticket).cloud_params()
+        # every run is asked for before any starts, so a crash part-way leaves each case's
+        # approval mode in the ledger for recovery (cordon/recovery.py)
+        for ticket in tickets:
+            if ticket.run and ticket.playbook is not None and ticket.case_id not in skipped:
+                params = sandbox_for(ticket).cloud_params() if sandbox is not None else cloud
+                self.claim(ticket, approval, where, params, slack)
+        for ticket in tickets:
+            if ticket.case_id in skipped:
+                yield {**self.summary_without_run(ticket), "status": "stranded", "error": skipped[ticket.case_id]}
+                continue
+            run_cloud = sandbox_for(ticket).cloud_params() if sandbox is not None and ticket.run else cloud
             if approval == "slack":
-                yield self.submit(ticket, cloud=cloud, slack=slack)
+                yield self.submit(ticket, cloud=run_cloud, slack=slack)
             else:
-                yield self.run(ticket, approval=approval, cloud=cloud)
+                yield self.run(ticket, approval=approval, cloud=run_cloud)
 
     def manual(self, playbook: str, params: dict[str, Any], requested_by: dict[str, Any], approval: str = "console",
                sandbox: Any = None, cloud: dict[str, Any] | None = None,
@@ -165,22 +275,58 @@ class Responder:
                           slack=slack)
 
     def submit(self, ticket: CaseTicket, cloud: dict[str, Any] | None = None, slack: dict[str, Any] | None = None,
-               deployment: str = "respond/respond") -> dict[str, Any]:
+               deployment: str = "respond/respond", approval: str = "slack") -> dict[str, Any]:
         """Start the case's run on the ``respond`` deployment (served by ``cordon worker``), with
-        the case ID as Prefect's ``idempotency_key`` so a case never gets two runs."""
+        :func:`cordon.recovery.idempotency_key` (the case ID for the first attempt) as Prefect's
+        ``idempotency_key``, so an attempt never gets two runs. The flow's parameters are a case
+        reference (``case_id``, ``playbook``, ``approval``, ``cloud``, ``slack``, ``attempt``):
+        never the detection.
+
+        A submission Prefect refuses or cannot take (API unreachable) is recorded as
+        ``run.submit_failed`` (the case's status ``submit_failed``) and the summary's ``status``
+        says ``submit_failed`` with the ``error``: recovery submits it again later
+        (:mod:`cordon.recovery`). ``status`` ``claimed_elsewhere``: another process owns this
+        attempt."""
         if not ticket.run or ticket.playbook is None:
             return self.summary_without_run(ticket)
+        params_cloud = self.cloud_for(ticket, cloud)
+        if not self.claim(ticket, approval, DEPLOYMENT, cloud, slack):
+            return {**self.summary_without_run(ticket), "status": "claimed_elsewhere"}
         from prefect.deployments import run_deployment
 
-        fr = run_deployment(deployment, parameters={
-            "case_id": ticket.case_id, "detection": ticket.detection.model_dump(mode="json"),
-            "playbook": ticket.playbook.name, "approval": "slack", "cloud": self.cloud_for(ticket, cloud),
-            "slack": slack},
-            idempotency_key=ticket.case_id, timeout=0)
-        self.ledger.set_case(ticket.case_id, flow_run_id=str(fr.id), status="submitted")
+        key = idempotency_key(ticket.case_id, ticket.attempt)
+        try:
+            fr = run_deployment(deployment, parameters={
+                "case_id": ticket.case_id, "playbook": ticket.playbook.name, "approval": approval,
+                "cloud": params_cloud, "slack": slack, "attempt": ticket.attempt},
+                idempotency_key=key, timeout=0, as_subflow=False, tags=run_tags(ticket))
+        except Exception as exc:  # noqa: BLE001 - recorded; recovery submits it again
+            error = f"{type(exc).__name__}: {exc}"
+            self.ledger.append("run.submit_failed", {"attempt": ticket.attempt, "idempotency_key": key,
+                                                     "error": error}, case_id=ticket.case_id, actor="cordon")
+            self.ledger.set_case(ticket.case_id, status="submit_failed")
+            return {**self.summary_without_run(ticket), "status": "submit_failed", "error": error}
+        self.ledger.append("run.submitted", {"attempt": ticket.attempt, "idempotency_key": key,
+                                             "flow_run_id": str(fr.id)}, case_id=ticket.case_id, run_id=str(fr.id),
+                           actor="cordon")
+        current = self.ledger.case(ticket.case_id) or {}
+        if current.get("flow_run_id") != str(fr.id):  # a new run (not the same one submitted again)
+            self.ledger.set_case(ticket.case_id, flow_run_id=str(fr.id), status="submitted")
         return {"case_id": ticket.case_id, "playbook": ticket.playbook.name, "flow_run_id": str(fr.id),
                 "detection": ticket.detection.summary(), "approval": {"decision": "pending", "approver": None},
-                "actions": [], "verified": None, "status": "awaiting_approval"}
+                "actions": [], "verified": None, "attempt": ticket.attempt,
+                "status": "awaiting_approval" if approval == "slack" else "submitted"}
+
+    def recover_stranded(self, *, where: str = DEPLOYMENT, modes: Iterable[str] = ("slack", "auto"),
+                         sandbox: Any = None, cloud: dict[str, Any] | None = None,
+                         slack: dict[str, Any] | None = None, exclude: Iterable[str] = ()) -> list[Any]:
+        """Run again every stranded case of the ledger this caller may serve: by default submit
+        the ``slack`` and ``auto`` ones to the ``respond`` deployment (what the worker's sweep and
+        ``cordon serve`` at start do). Returns :class:`cordon.recovery.Recovery` items; see
+        :func:`cordon.recovery.recover`."""
+        from cordon.recovery import recover
+
+        return recover(self, modes=modes, where=where, sandbox=sandbox, cloud=cloud, slack=slack, exclude=exclude)
 
     def rollback(self, case_id: str, clients: Any, who: str) -> list[dict[str, Any]]:
         """Undo the containment of ``case_id``: every ``action.contained`` result in the ledger,
@@ -227,17 +373,38 @@ class Responder:
             self.ledger.set_case(case_id, status="rolled_back")
         return outcomes
 
+    def case_clients(self, case_id: str, cloud: dict[str, Any] | None) -> Any:
+        """The client factory a run of ``case_id`` had (:func:`cordon.clouds.clients_for` for
+        the detection's provider, with :func:`cordon.clouds.cloud_for_case`: the detection's
+        account and the case's STS session name), for rollback. Raises ``KeyError`` for an
+        unknown case, ``ValueError`` for a provider without clients and
+        :class:`SandboxCaseError` when the case ran against the sandbox (its stand-ins lived only
+        as long as the process that ran it: there is nothing in a real cloud to roll back)."""
+        from cordon.clouds import clients_for, cloud_for_case
+
+        case = self.ledger.case(case_id)
+        if case is None:
+            raise KeyError(f"no case {case_id} in {self.ledger.url}")
+        if any((r.payload.get("cloud") or {}).get("sandbox")
+               for r in self.ledger.records(case_id=case_id, kind_prefix="run.requested")):
+            raise SandboxCaseError(f"{case_id} was contained in the sandbox (local stand-ins that lived only as long "
+                                   "as the run that used them): there is nothing in a real cloud to roll back")
+        detection = Detection.model_validate_json(case["detection"])
+        return clients_for(detection.provider, cloud_for_case(cloud, detection, case_id))
+
     @staticmethod
     def cloud_for(ticket: CaseTicket, cloud: dict[str, Any] | None) -> dict[str, Any]:
-        """``cloud`` for this case: in the sandbox, the detection's own account."""
-        cloud = dict(cloud or {})
-        if cloud.get("sandbox") and ticket.detection.account_uid:
-            cloud["account_id"] = ticket.detection.account_uid
-        return cloud
+        """``cloud`` for this case (:func:`cordon.clouds.cloud_for_case`): the detection's own
+        account (AWS, and every provider in the sandbox) and the case ID (the STS session name
+        ``cordon-<case>`` when a member role is assumed, :mod:`cordon.aws_accounts`)."""
+        from cordon.clouds import cloud_for_case
+
+        return cloud_for_case(cloud, ticket.detection, ticket.case_id)
 
     @staticmethod
     def summary_without_run(ticket: CaseTicket) -> dict[str, Any]:
-        """The summary of a case that gets no run (no playbook matched, or joined an open case)."""
+        """The summary of a case that gets no run here (no playbook matched, or joined a case
+        that is closed or whose run is live)."""
         return {"case_id": ticket.case_id, "playbook": ticket.playbook.name if ticket.playbook else None,
                 "detection": ticket.detection.summary(), "approval": {"decision": None, "approver": None},
                 "actions": [], "verified": None,

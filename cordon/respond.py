@@ -91,6 +91,23 @@ def caller_identity(clients: Callable[..., Any]) -> str | None:
         return None
 
 
+def own_identities(clients: Callable[..., Any]) -> list[str]:
+    """ARNs the client factory knows it signs as without asking the cloud (the member role an AWS
+    factory assumes: ``clients.own_identities()``, :func:`cordon.clouds.aws_clients`); ``[]``
+    when it has none or cannot say."""
+    known = getattr(clients, "own_identities", None)
+    try:
+        return [str(a) for a in known()] if known is not None else []
+    except Exception:  # noqa: BLE001 - the STS answer is still compared
+        return []
+
+
+def _arn_account(arn: str | None) -> str | None:
+    """The account field of an AWS ARN (``arn:aws:sts::123456789012:assumed-role/...``), else ``None``."""
+    parts = arn.split(":") if arn else []
+    return parts[4] if len(parts) > 5 and parts[0] == "arn" and parts[2] in ("iam", "sts") and parts[4] else None
+
+
 def _same_principal(a: str | None, b: str | None) -> bool:
     """IAM ARNs (or emails) naming one principal (an assumed-role session ARN matches its role)."""
     if not a or not b:
@@ -115,9 +132,14 @@ def guard(playbook: Playbook, detection: Detection, config: Config, clients: Cal
     """Refuse containment that would touch what it must not.
 
     Refuses when: the detection is suppressed; the target principal or the credential's owner
-    matches ``protected_principals``; the target or owner is Cordon's own identity; the credential
-    is the access key Cordon itself signs with; or a containment step's rendered parameters do not
-    name the detection's exact credential (:meth:`Action.check_identifies`).
+    matches ``protected_principals``; the target or owner is Cordon's own identity *in the
+    detection's account* (what ``sts:GetCallerIdentity`` answers through ``clients``: with several
+    AWS accounts, the member role assumed there, an assumed-role session matching its role; and
+    the role ARN the factory was configured to assume, :func:`own_identities`, even when STS
+    cannot be asked); the clients act in another AWS account than the detection's (an account
+    without a configured role, see :mod:`cordon.aws_accounts`); the credential is the access key
+    Cordon itself signs with; or a containment step's rendered parameters do not name the
+    detection's exact credential (:meth:`Action.check_identifies`).
     """
     if detection.suppressed:
         return GuardOutcome(ok=False, reason=f"suppressed detection: {detection.suppressed}")
@@ -126,8 +148,16 @@ def guard(playbook: Playbook, detection: Detection, config: Config, clients: Cal
     if hit:
         return GuardOutcome(ok=False, reason=f"protected principal (matches '{hit}')")
     me = caller_identity(clients) if playbook.contain else None
-    if me and (_same_principal(me, detection.target.uid) or _same_principal(me, owner.uid if owner else None)):
-        return GuardOutcome(ok=False, reason=f"target is Cordon's own identity ({me})", cordon_identity=me)
+    mine = ([me] if me else []) + (own_identities(clients) if playbook.contain else [])
+    for who in mine:
+        if _same_principal(who, detection.target.uid) or _same_principal(who, owner.uid if owner else None):
+            return GuardOutcome(ok=False, reason=f"target is Cordon's own identity ({who})", cordon_identity=me or who)
+    acting = _arn_account(me)
+    if acting and detection.provider == "aws" and detection.account_uid and acting != detection.account_uid:
+        return GuardOutcome(ok=False, cordon_identity=me,
+                            reason=f"Cordon's clients act in account {acting}, the detection is in account "
+                                   f"{detection.account_uid}: no role to assume there (aws.accounts or "
+                                   "aws.role_name in cordon.yaml)")
     if me and detection.credential and detection.credential.kind == "aws_access_key":
         own_key = getattr(clients, "own_access_key", lambda: None)()
         if own_key and own_key == detection.credential.uid:

@@ -7,6 +7,14 @@ completed steps come back from the result cache and nothing happens twice.
 
     enrich ► guard ► plan ► approve (console | auto | Slack, durable) ► contain ► verify ► report
 
+The flow's parameters are a case reference, never the detection: every task reads the case's
+detection from the ledger (``cases.detection``, redacted by :meth:`Ledger.open_case`), so no secret
+reaches Prefect's database, and task results that carry what the clouds answered (enrichment,
+containment before/after, verification) are redacted (:func:`cordon.audit.ledger.redact`) before
+Prefect persists them. Each time a process starts executing the flow it writes ``run.process``,
+and before each containment call ``step.started``: what :mod:`cordon.recovery` reads to find a run
+that died and run it again without containing twice.
+
 Run it in-process (``cordon respond``, the embedded default) or as the deployment served by
 ``cordon worker`` (needed for ``--approve slack``: ``suspend_flow_run`` only works for deployment
 runs, and only a suspended run survives a worker restart).
@@ -24,7 +32,7 @@ from prefect.flow_runs import suspend_flow_run
 from prefect.input import RunInput
 from prefect.runtime import flow_run
 
-from cordon.audit.ledger import Ledger, default_database_url
+from cordon.audit.ledger import Ledger, default_database_url, redact
 from cordon.clouds import clients_for
 from cordon.config import load_config
 from cordon.detections.model import Detection
@@ -64,8 +72,13 @@ def ledger() -> Ledger:
     return _ledger(default_database_url())
 
 
-def _detection(detection: dict[str, Any]) -> Detection:
-    return Detection.model_validate(detection)
+def _detection(case_id: str) -> Detection:
+    """The case's detection as the ledger holds it (redacted at intake and by ``open_case``).
+    Raises ``KeyError`` for a case the ledger does not have."""
+    case = ledger().case(case_id)
+    if case is None:
+        raise KeyError(f"no case {case_id} in the ledger at {ledger().url}")
+    return Detection.model_validate_json(case["detection"])
 
 
 def _playbook(name: str):
@@ -76,15 +89,50 @@ def _playbook(name: str):
     raise KeyError(f"playbook '{name}' not found in {config.playbooks_dir}")
 
 
-def _clients(detection: dict[str, Any], cloud: dict[str, Any]):
-    return clients_for(detection["provider"], cloud)
+def _clients(detection: Detection, cloud: dict[str, Any]):
+    return clients_for(detection.provider, cloud)
 
 
 def _run_id() -> str | None:
     return str(flow_run.id) if flow_run.id else None
 
 
-@task(persist_result=True)
+def _log(message: str, *args: Any) -> None:
+    """One line on the run's Prefect logger (shown under the run in the UI and by ``prefect
+    flow-run logs``); the ledger stays the record, this is what an operator reads while it runs."""
+    from prefect.logging import get_run_logger
+
+    get_run_logger().info(message, *args)
+
+
+def run_name() -> str:
+    """The flow run's name: ``<case ID> <playbook> <credential>``, e.g.
+    ``case-4b1f… aws-iam-access-key AKIA…`` (the credential's ``uid``, else the target's name),
+    so the Prefect UI lists cases rather than generated names. Reads the run's parameters
+    (``prefect.runtime.flow_run.parameters``) and the case's detection from the ledger; falls back to
+    what the parameters say when the case cannot be read."""
+    params = flow_run.parameters or {}
+    case_id, playbook = params.get("case_id") or "case?", params.get("playbook") or "playbook?"
+    what = None
+    try:
+        det = _detection(case_id)
+        what = (det.credential.uid if det.credential else None) or det.target.name or det.target.uid
+    except Exception:  # noqa: BLE001 - a name is not worth failing the run over
+        what = None
+    return " ".join(str(x) for x in (case_id, playbook, what) if x)[:200]
+
+
+def _note_process(case_id: str, attempt: int) -> None:
+    """``run.process``: this process now executes the run (again after each resume), so
+    :mod:`cordon.recovery` can tell a live run from one whose process died. Not a task: it must
+    run every time the flow (re)starts."""
+    from cordon.recovery import process_ref
+
+    ledger().append("run.process", {"attempt": attempt, "by": process_ref()}, case_id=case_id, run_id=_run_id(),
+                    actor="cordon")
+
+
+@task(name="start", task_run_name="start {case_id}", persist_result=True)
 def start(case_id: str, playbook: str, approval: str) -> str | None:
     """Record that this run answers the case."""
     run_id = _run_id()
@@ -94,40 +142,46 @@ def start(case_id: str, playbook: str, approval: str) -> str | None:
     return run_id
 
 
-@task(persist_result=True)
-def enrich_task(case_id: str, detection: dict[str, Any], playbook: str, cloud: dict[str, Any]) -> dict[str, Any]:
-    """Run the playbook's enrichment actions and record what they found."""
+@task(name="enrich", task_run_name="enrich {case_id}", persist_result=True)
+def enrich_task(case_id: str, playbook: str, cloud: dict[str, Any]) -> dict[str, Any]:
+    """Run the playbook's enrichment actions and record what they found (redacted: the result
+    is persisted by Prefect, and the ledger, Slack and the summary show the same facts)."""
     _, pb = _playbook(playbook)
-    facts = enrich(pb, _detection(detection), _clients(detection, cloud))
+    detection = _detection(case_id)
+    facts = redact(enrich(pb, detection, _clients(detection, cloud)))
     for name, result in facts.items():
         kind = "enrichment.failed" if isinstance(result, dict) and "error" in result else "enrichment.completed"
         ledger().append(kind, {"action": name, "result": result}, case_id=case_id, run_id=_run_id(), actor="cordon")
+        _log("enrichment %s: %s", name, "failed" if kind == "enrichment.failed" else "done")
     return facts
 
 
-@task(persist_result=True)
-def guard_task(case_id: str, detection: dict[str, Any], playbook: str, cloud: dict[str, Any],
-               enrichment: dict[str, Any]) -> dict[str, Any]:
+@task(name="guard", task_run_name="guard {case_id}", persist_result=True)
+def guard_task(case_id: str, playbook: str, cloud: dict[str, Any], enrichment: dict[str, Any]) -> dict[str, Any]:
     """Refuse protected principals, Cordon itself, and steps not naming the exact credential."""
     config, pb = _playbook(playbook)
-    outcome = guard(pb, _detection(detection), config, _clients(detection, cloud), enrichment)
+    detection = _detection(case_id)
+    outcome = guard(pb, detection, config, _clients(detection, cloud), enrichment)
     ledger().append("guard.passed" if outcome.ok else "guard.refused", outcome.model_dump(), case_id=case_id,
                     run_id=_run_id(), actor="cordon")
+    _log("guard %s", "passed" if outcome.ok else "refused the case")
     return outcome.model_dump()
 
 
-@task(persist_result=True)
-def plan_task(case_id: str, detection: dict[str, Any], playbook: str, cloud: dict[str, Any],
-              enrichment: dict[str, Any]) -> dict[str, Any]:
+@task(name="plan", task_run_name="plan {case_id}", persist_result=True)
+def plan_task(case_id: str, playbook: str, cloud: dict[str, Any], enrichment: dict[str, Any]) -> dict[str, Any]:
     """Dry-run every containment step into the exact plan, and bind the case to its hash."""
     _, pb = _playbook(playbook)
-    plan = build_plan(case_id, pb, _detection(detection), _clients(detection, cloud), enrichment)
+    detection = _detection(case_id)
+    plan = build_plan(case_id, pb, detection, _clients(detection, cloud), enrichment)
     ledger().set_case(case_id, plan_hash=plan.hash)
     ledger().append("plan.created", plan.model_dump(), case_id=case_id, run_id=_run_id(), actor="cordon")
+    _log("plan %s: %d containment step(s): %s", plan.hash[:12], len(plan.steps),
+         "; ".join(f"{st.action} on {st.target}" for st in plan.steps) or "none")
     return plan.model_dump()
 
 
-@task(persist_result=True)
+@task(name="approve", task_run_name="approve {case_id} ({mode})", persist_result=True)
 def decide_locally(case_id: str, plan: dict[str, Any], mode: str, required: bool) -> dict[str, Any]:
     """Approval without Slack: ``auto`` approves and says so; ``console`` asks at the terminal."""
     run_id = _run_id()
@@ -147,12 +201,13 @@ def decide_locally(case_id: str, plan: dict[str, Any], mode: str, required: bool
                     "plan_hash": plan["hash"]}
     kind = "approval.given" if decision["decision"] == "approve" else "approval.refused"
     ledger().append(kind, decision, case_id=case_id, run_id=run_id, actor=decision["approver"])
+    _log("%s by %s", "approved" if decision["decision"] == "approve" else "denied", decision["approver"])
     return decision
 
 
-@task(persist_result=True)
-def ask_slack(case_id: str, detection: dict[str, Any], playbook: str, enrichment: dict[str, Any],
-              plan: dict[str, Any], slack: dict[str, Any], expire_seconds: int) -> dict[str, Any]:
+@task(name="ask in Slack", task_run_name="ask in Slack {case_id}", persist_result=True)
+def ask_slack(case_id: str, playbook: str, enrichment: dict[str, Any], plan: dict[str, Any], slack: dict[str, Any],
+              expire_seconds: int) -> dict[str, Any]:
     """Post the approval request (Block Kit) to Slack once, through the outbox; returns
     ``{channel, ts, where, quorum, asked_at, expires_at}``. The ``approval.asked`` record carries
     what the decider and the sweeper need (:func:`cordon.approvals.decide.post_request`).
@@ -166,18 +221,24 @@ def ask_slack(case_id: str, detection: dict[str, Any], playbook: str, enrichment
         raise RuntimeError("Slack approval needs a flow run ID (run the flow as a deployment: cordon worker)")
     config, pb = _playbook(playbook)
     record = post_request(ledger(), slack_approval.web_client(slack), config=config, playbook=pb, case_id=case_id,
-                          run_id=run_id, detection=_detection(detection), enrichment=enrichment, plan=plan,
+                          run_id=run_id, detection=_detection(case_id), enrichment=enrichment, plan=plan,
                           channel=slack["channel"])
+    _log("approval requested in Slack channel %s; waiting until %s", slack["channel"], record.get("expires_at"))
     return {k: record[k] for k in ("channel", "ts", "where", "quorum", "asked_at", "expires_at")}
 
 
-@task(persist_result=True)
+@task(name="record decision", task_run_name="record decision {case_id}", persist_result=True)
 def record_decision(case_id: str, plan: dict[str, Any], decision: dict[str, Any],
                     on_expiry: str = "deny") -> dict[str, Any]:
-    """Record the Slack decision; a decision for another plan counts as a refusal. An
-    ``expired`` decision proceeds to containment only when the playbook's own ``on_expiry`` is
-    ``contain`` (``on_expiry`` here, from the playbook, not from the run input); the decision then
-    says ``proceed: true``."""
+    """Record the Slack decision; a decision for another plan counts as a refusal. The ledger
+    wins over the run input: the decision recorded is the ledger's settling claim for this run and
+    plan (:func:`cordon.approvals.gate.ledger_decision`; ``overrides`` says what the input said
+    when they differ, and an input no claim backs is a refusal). An ``expired`` decision proceeds
+    to containment only when the playbook's own ``on_expiry`` is ``contain`` (``on_expiry`` here,
+    from the playbook, not from the run input); the decision then says ``proceed: true``."""
+    from cordon.approvals.gate import ledger_decision
+
+    decision = ledger_decision(list(ledger().records(case_id=case_id)), _run_id(), plan["hash"], decision)
     if decision.get("plan_hash") != plan["hash"]:
         decision = {**decision, "decision": "deny", "reason": "decision was for another plan"}
     if decision["decision"] == "expired":
@@ -188,29 +249,68 @@ def record_decision(case_id: str, plan: dict[str, Any], decision: dict[str, Any]
     proceed = decision["decision"] == "approve" or decision.get("proceed")
     ledger().set_case(case_id, status="containing" if proceed else
                       ("denied" if decision["decision"] == "deny" else "expired"))
+    _log("decision: %s by %s", decision["decision"], decision.get("approver"))
     return decision
 
 
-@task(persist_result=True)
-def contain_task(case_id: str, detection: dict[str, Any], step: dict[str, Any],
-                 cloud: dict[str, Any]) -> dict[str, Any]:
-    """Run one containment step (idempotent) and record before and after."""
-    result = run_step(PlanStep.model_validate(step), _detection(detection), _clients(detection, cloud))
-    ledger().append(f"action.{result.status}", result.model_dump(), case_id=case_id, run_id=_run_id(), actor="cordon")
-    return result.model_dump()
+@task(name="containment gate", task_run_name="containment gate {case_id}", persist_result=True)
+def gate_task(case_id: str, plan_hash: str) -> dict[str, Any]:
+    """Right before containment: ``containment.started`` in the ledger, then whether a Deny came
+    first (:func:`cordon.approvals.gate.claim_containment`; ``outcome`` ``allowed`` | ``denied``,
+    ``denied_by``). Persisted: a re-executed run gets the same answer."""
+    from cordon.approvals.gate import claim_containment
+
+    return claim_containment(ledger(), case_id, _run_id(), plan_hash).as_dict()
 
 
-@task(persist_result=True)
-def verify_task(case_id: str, detection: dict[str, Any], step: dict[str, Any],
-                cloud: dict[str, Any]) -> dict[str, Any]:
+def _interrupted(case_id: str, action: str, target: str) -> dict[str, Any] | None:
+    """The newest ``step.started`` for ``action`` on ``target`` that no ``action.*`` result of the
+    same run followed: the execution that wrote it died during (or just before) the call. Called
+    before this execution writes its own ``step.started``, so what it finds is always an earlier
+    execution's, in another run or in this same flow run executed again after a crash."""
+    open_start = None
+    for r in ledger().records(case_id=case_id):
+        same = r.payload.get("name") == action and r.payload.get("target") == target
+        if r.kind == "step.started" and same:
+            open_start = r
+        elif r.kind.startswith("action.") and same and open_start is not None and r.run_id == open_start.run_id:
+            open_start = None
+    if open_start is None:
+        return None
+    return {"seq": open_start.seq, "run_id": open_start.run_id, "attempt": open_start.payload.get("attempt")}
+
+
+@task(name="contain", task_run_name="contain {step[action]} {step[target]}", persist_result=True)
+def contain_task(case_id: str, step: dict[str, Any], cloud: dict[str, Any], attempt: int = 1) -> dict[str, Any]:
+    """Run one containment step (idempotent) and record before and after. ``step.started`` is
+    written first (write-ahead): a run killed during the call leaves it without a result, and the
+    re-run's ``action.already_contained`` (or ``action.contained``) then carries
+    ``interrupted: {seq, run_id, attempt}`` naming the attempt that may have made the call."""
+    plan_step = PlanStep.model_validate(step)
+    detection = _detection(case_id)
+    earlier = _interrupted(case_id, plan_step.action, plan_step.target)
+    ledger().append("step.started", {"name": plan_step.action, "target": plan_step.target, "attempt": attempt,
+                                     "calls": plan_step.describe}, case_id=case_id, run_id=_run_id(), actor="cordon")
+    result = redact(run_step(plan_step, detection, _clients(detection, cloud)).model_dump())
+    payload = {**result, "interrupted": earlier} if earlier else result
+    ledger().append(f"action.{result['status']}", payload, case_id=case_id, run_id=_run_id(), actor="cordon")
+    _log("%s on %s: %s%s", plan_step.action, plan_step.target, result["status"],
+         f" ({result['error']})" if result.get("error") else "")
+    return result
+
+
+@task(name="verify", task_run_name="verify {step[action]} {step[target]}", persist_result=True)
+def verify_task(case_id: str, step: dict[str, Any], cloud: dict[str, Any]) -> dict[str, Any]:
     """Read the state again and record whether containment held."""
-    outcome = verify_step(PlanStep.model_validate(step), _detection(detection), _clients(detection, cloud))
+    detection = _detection(case_id)
+    outcome = redact(verify_step(PlanStep.model_validate(step), detection, _clients(detection, cloud)))
     ledger().append("verify.held" if outcome["held"] else "verify.failed", outcome, case_id=case_id,
                     run_id=_run_id(), actor="cordon")
+    _log("verify %s on %s: %s", step["action"], step["target"], "held" if outcome["held"] else "DID NOT HOLD")
     return outcome
 
 
-@task(persist_result=True)
+@task(name="update Slack", task_run_name="update Slack {summary[case_id]}", persist_result=True)
 def update_slack(slack: dict[str, Any], where: dict[str, Any], summary: dict[str, Any],
                  thread_text: str | None = None) -> bool:
     """Update the approval message in place with the case's state (through the outbox), and
@@ -227,10 +327,25 @@ def update_slack(slack: dict[str, Any], where: dict[str, Any], summary: dict[str
 
 
 def _who(approval: dict[str, Any]) -> str:
+    """The approvers for a thread reply: Slack users as mentions, anyone else escaped."""
     from cordon.approvals.decide import mention
+    from cordon.approvals.slack import escape
 
     people = approval.get("approvers") or ([approval["approver"]] if approval.get("approver") else [])
-    return ", ".join(mention(p) if str(p).startswith("slack:") else str(p) for p in people) or "someone"
+    return ", ".join(mention(p) if str(p).startswith("slack:") else escape(p) for p in people) or "someone"
+
+
+def step_line(result: dict[str, Any], brief: bool = False) -> str:
+    """One containment step's thread reply: ``<action> on <target>: <status> (<error>)``, or with
+    ``brief`` ``<action>: <error>``. Every part is escaped for Slack mrkdwn
+    (:func:`cordon.approvals.slack.escape`): targets and cloud error messages can carry
+    attacker-chosen text (``<!channel>``, ``<https://...|links>``)."""
+    from cordon.approvals.slack import escape
+
+    if brief:
+        return f"{escape(result['name'])}: {escape(result.get('error'))}"
+    return (f"{escape(result['name'])} on {escape(result['target'])}: {escape(result['status'])}"
+            + (f" ({escape(result['error'])})" if result.get("error") else ""))
 
 
 def _rollbackable(results: list[dict[str, Any]]) -> bool:
@@ -239,11 +354,12 @@ def _rollbackable(results: list[dict[str, Any]]) -> bool:
     return any(r.get("status") == "contained" and get_action(r["name"]).rollback_supported for r in results)
 
 
-@task(persist_result=True)
+@task(name="finish", task_run_name="finish {case_id}", persist_result=True)
 def finish(case_id: str, summary: dict[str, Any]) -> dict[str, Any]:
     """Close the run: case status, a ``case.closed`` record with the outcome, and the case's
     timeline as a Markdown artifact on the run (key ``cordon-timeline-<case>``) for the Prefect UI."""
     ledger().set_case(case_id, status=summary["status"])
+    _log("case %s closed: %s", case_id, summary["status"])
     ledger().append("case.closed", {"status": summary["status"], "verified": summary["verified"],
                                     "approval": summary["approval"]}, case_id=case_id, run_id=_run_id(),
                     actor="cordon")
@@ -265,7 +381,8 @@ def record_failure(flow, flow_run, state) -> None:
     """Prefect ``on_failure`` / ``on_crashed`` hook: the ledger says the run failed and why."""
     case_id = (flow_run.parameters or {}).get("case_id")
     message = getattr(state, "message", None) or str(state)
-    ledger().append("run.error", {"state": state.type.value, "message": message}, case_id=case_id,
+    ledger().append("run.error", {"state": state.type.value, "message": message,
+                                  "attempt": (flow_run.parameters or {}).get("attempt") or 1}, case_id=case_id,
                     run_id=str(flow_run.id), actor="cordon")
     if case_id:
         ledger().set_case(case_id, status="error")
@@ -276,6 +393,7 @@ def _tell_slack_of_failure(case_id: str, flow_run, message: str) -> None:
     """Show a failed run on its approval message (if it asked in Slack), with the error."""
     from cordon.approvals import slack as slack_approval
     from cordon.approvals.decide import summary_from_ledger, update_safely
+    from cordon.approvals.slack import escape
 
     asked = [r for r in ledger().records(case_id=case_id, kind_prefix="approval.asked")
              if r.payload.get("mode") == "slack" and r.run_id == str(flow_run.id)]
@@ -290,34 +408,38 @@ def _tell_slack_of_failure(case_id: str, flow_run, message: str) -> None:
     summary.update(status="failed", error=message)
     where = asked[-1].payload.get("where") or {"channel": asked[-1].payload["channel"], "ts": asked[-1].payload["ts"]}
     update_safely(ledger(), client, where, case_id=case_id, blocks=slack_approval.summary_blocks(summary),
-                  text=f"Cordon: {case_id} failed", thread_text=f":x: The run failed: {message}",
+                  text=f"Cordon: {case_id} failed", thread_text=f":x: The run failed: {escape(message)}",
                   run_id=str(flow_run.id))
 
 
-@flow(name="respond", persist_result=True, log_prints=True, on_failure=[record_failure],
+@flow(name="respond", flow_run_name=run_name, persist_result=True, log_prints=True, on_failure=[record_failure],
       on_crashed=[record_failure])
-def respond(case_id: str, detection: dict[str, Any], playbook: str, approval: ApprovalMode = "console",
-            cloud: dict[str, Any] | None = None, slack: dict[str, Any] | None = None) -> dict[str, Any]:
+def respond(case_id: str, playbook: str, approval: ApprovalMode = "console", cloud: dict[str, Any] | None = None,
+            slack: dict[str, Any] | None = None, attempt: int = 1) -> dict[str, Any]:
     """Answer one case with one playbook.
 
-    ``detection`` is ``Detection.model_dump(mode="json")``; ``cloud`` the client parameters of
-    :func:`cordon.clouds.aws_clients`; ``slack`` ``{"channel", "base_url"}`` for ``approval="slack"``
-    (the token is read from ``CORDON_SLACK_BOT_TOKEN``). Returns the case summary printed by
-    ``cordon respond --output json``.
+    ``case_id`` names a case already in the ledger (its detection is read from there, redacted);
+    ``cloud`` the client parameters of :func:`cordon.clouds.clients_for`; ``slack``
+    ``{"channel", "base_url"}`` for ``approval="slack"`` (the token is read from
+    ``CORDON_SLACK_BOT_TOKEN``); ``attempt`` which run of the case this is (1, or more when
+    :mod:`cordon.recovery` runs a stranded case again). Returns the case summary printed by
+    ``cordon respond --output json``. Raises ``KeyError`` for a case not in the ledger.
     """
     cloud = cloud or {}
     _, pb = _playbook(playbook)
+    detection = _detection(case_id)
+    _note_process(case_id, attempt)
     run_id = start(case_id, playbook, approval)
-    enrichment = enrich_task(case_id, detection, playbook, cloud)
+    enrichment = enrich_task(case_id, playbook, cloud)
     summary: dict[str, Any] = {"case_id": case_id, "playbook": playbook, "flow_run_id": run_id,
-                               "detection": _detection(detection).summary(), "enrichment": enrichment,
+                               "detection": detection.summary(), "enrichment": enrichment,
                                "approval": {"decision": None, "approver": None}, "actions": [],
                                "verified": None, "plan": None}
-    outcome = guard_task(case_id, detection, playbook, cloud, enrichment)
+    outcome = guard_task(case_id, playbook, cloud, enrichment)
     if not outcome["ok"]:
         summary.update(status="refused", guard=outcome)
         return finish(case_id, summary)
-    plan = plan_task(case_id, detection, playbook, cloud, enrichment)
+    plan = plan_task(case_id, playbook, cloud, enrichment)
     summary["plan"] = {"hash": plan["hash"], "steps": [{"action": s["action"], "target": s["target"],
                                                          "calls": s["describe"]} for s in plan["steps"]]}
     if not plan["steps"]:
@@ -328,7 +450,7 @@ def respond(case_id: str, detection: dict[str, Any], playbook: str, approval: Ap
     if approval == "slack" and pb.approval.required:
         from cordon.approvals.policy import load_settings
 
-        asked = ask_slack(case_id, detection, playbook, enrichment, plan, slack or {}, pb.approval.expire_seconds)
+        asked = ask_slack(case_id, playbook, enrichment, plan, slack or {}, pb.approval.expire_seconds)
         where = asked.get("where") or {"channel": asked["channel"], "ts": asked["ts"]}
         # Longer than expire_after: the sweeper (flows/sweeper.py) expires the request first and
         # resumes the run with "expired"; Prefect's own timeout would only fail the run.
@@ -351,27 +473,35 @@ def respond(case_id: str, detection: dict[str, Any], playbook: str, approval: Ap
         return finish(case_id, summary)
 
     if where:
+        # a Deny recorded before containment starts wins over the approval (cordon/approvals/gate.py)
+        gate = gate_task(case_id, plan["hash"])
+        if gate["outcome"] == "denied":
+            summary["approval"] = {"decision": "deny", "approver": gate["denied_by"],
+                                   "decided_at": gate["decided_at"], "cancelled": summary["approval"]}
+            summary.update(status="denied")
+            update_slack(slack or {}, where, summary, f"Denied by {_who({'approver': gate['denied_by']})} before "
+                         "containment started; nothing was changed.")
+            return finish(case_id, summary)
         why = (f"Approved by {_who(decision)}" if decision["decision"] == "approve"
                else "Expired unanswered; the playbook says contain on expiry")
         update_slack(slack or {}, where, {**summary, "status": "containing"}, f"{why}: containing.")
     results = []
     for step in plan["steps"]:
-        r = contain_task(case_id, detection, step, cloud)
+        r = contain_task(case_id, step, cloud, attempt)
         results.append(r)
         if where:
             summary["actions"] = [{k: x.get(k) for k in ("name", "target", "status", "error")} for x in results]
-            line = f"{r['name']} on {r['target']}: {r['status']}" + (f" ({r['error']})" if r.get("error") else "")
-            update_slack(slack or {}, where, {**summary, "status": "containing"}, line)
+            update_slack(slack or {}, where, {**summary, "status": "containing"}, step_line(r))
     summary["actions"] = [{k: r.get(k) for k in ("name", "target", "status", "before", "after", "error", "calls")}
                           for r in results]
-    checks = [verify_task(case_id, detection, step, cloud) for step in plan["steps"]]
+    checks = [verify_task(case_id, step, cloud) for step in plan["steps"]]
     summary["verification"] = checks
     summary["verified"] = all(c["held"] for c in checks)
     failed = any(r["status"] == "failed" for r in results)
     summary["status"] = "failed" if failed else ("contained" if summary["verified"] else "not_verified")
     if where:
         held = sum(1 for c in checks if c["held"])
-        errors = "; ".join(f"{r['name']}: {r['error']}" for r in results if r.get("error"))
+        errors = "; ".join(step_line(r, brief=True) for r in results if r.get("error"))
         text = {"contained": f"Verified: {held} of {len(checks)} step(s) hold.",
                 "not_verified": f"Verification failed: {held} of {len(checks)} step(s) hold.",
                 "failed": f"Containment failed: {errors or 'see the actions'}"}[summary["status"]]

@@ -1,6 +1,10 @@
-"""The approval sweeper: a scheduled Prefect flow that expires, reminds and escalates.
+"""The approval sweeper: a scheduled Prefect flow that expires, reminds and escalates, and runs
+stranded cases again.
 
-Thin: the logic is :func:`cordon.approvals.expiry.sweep`. Serve it next to the respond worker
+Thin: the logic is :func:`cordon.approvals.expiry.sweep` and :mod:`cordon.recovery` (cases not
+closed whose run is gone are submitted again to the ``respond`` deployment, one attempt more, when
+they were recorded with ``--approve slack`` or ``auto``:
+:meth:`cordon.engine.Responder.recover_stranded`). Serve it next to the respond worker
 (``python -m flows.sweeper`` runs it every 60 seconds, or pass another interval in seconds), or
 call ``sweep_approvals()`` once. ``now`` (ISO 8601) overrides the clock, for rehearsals and tests.
 Environment as the respond flow: ``CORDON_DATABASE_URL``, ``CORDON_SLACK_BOT_TOKEN``,
@@ -16,10 +20,14 @@ from prefect import flow
 
 
 @flow(name="approval-sweeper", log_prints=True)
-def sweep_approvals(now: str | None = None, slack: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def sweep_approvals(now: str | None = None, slack: dict[str, Any] | None = None,
+                    recover: bool = True) -> list[dict[str, Any]]:
     """One sweep over open Slack approval requests; returns what was done (see
     :func:`cordon.approvals.expiry.sweep`). ``slack``: ``{"base_url"?, "token"?}`` as the respond
-    flow's; without a bot token nothing is posted, but expiries still resume their runs."""
+    flow's; without a bot token nothing is posted, but expiries still resume their runs. With
+    ``recover``, stranded cases are then run again (``{"case_id", "event": "recovery", "action":
+    "submitted" | "gave_up" | "lost", "attempt", "reason", "flow_run_id"}`` per case acted on;
+    cases left to other modes are not listed)."""
     from cordon.approvals.decide import parse_time
     from cordon.approvals.expiry import sweep
     from cordon.approvals.slack import web_client
@@ -32,7 +40,16 @@ def sweep_approvals(now: str | None = None, slack: dict[str, Any] | None = None)
         client = web_client(slack or {})
     except RuntimeError:
         client = None
-    events = sweep(Ledger(default_database_url()), client, now=at)
+    ledger = Ledger(default_database_url())
+    events = sweep(ledger, client, now=at)
+    if recover:
+        from cordon.engine import Responder
+
+        for rec in Responder(ledger=ledger).recover_stranded():
+            if rec.action != "skipped":
+                events.append({"case_id": rec.case_id, "event": "recovery", "action": rec.action,
+                               "attempt": rec.attempt, "reason": rec.reason,
+                               "flow_run_id": (rec.summary or {}).get("flow_run_id")})
     for e in events:
         print(e)
     return events

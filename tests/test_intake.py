@@ -430,7 +430,8 @@ def test_detect_counts_and_skips_unmatched(tmp_path):
     assert [getattr(r, "source", "rejected") for r in out] == ["cloudtrail", "guardduty", "securityhub",
                                                                "rejected"]
     assert stats.as_dict() == {"records_read": 5, "events": 2, "events_matched": 1, "events_unmatched": 1,
-                               "findings": 2, "detections": 3, "suppressed": 0, "rejected": 1}
+                               "findings": 2, "detections": 3, "suppressed": 0, "rejected": 1,
+                                   "records_detected": 3, "records_empty": 0}
     assert rules.calls == [("aws", "cloudtrail"), ("aws", "cloudtrail")]
 
 

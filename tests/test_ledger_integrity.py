@@ -114,11 +114,15 @@ def test_previous_create_all_database_is_stamped_then_upgraded(ledger_url):
     with ledger.engine.connect() as conn:
         assert migrations.current_revision(conn) == HEAD
     assert ledger.case("case-old")["status"] == "open"
+    # revision 0004 chained a baseline for the case the old version left (cases are vouched for)
+    (baseline,) = ledger.records(kind_prefix="case.status")
+    assert baseline.seq == 4 and baseline.payload["case_id"] == "case-old"
+    assert baseline.payload["changed"] == ["baseline"] and baseline.payload["status"] == "open"
     rec = ledger.append("new", {"after": "upgrade"})
-    assert rec.seq == 4
-    assert ledger.checkpoint().seq == 4
+    assert rec.seq == 5
+    assert ledger.checkpoint().seq == 5
     res = ledger.verify()
-    assert res.ok and res.checked == 4 and res.checkpoints == 1, res
+    assert res.ok and res.checked == 5 and res.checkpoints == 1 and res.cases == 1, res
     with pytest.raises(sa.exc.DBAPIError, match="append-only"), ledger.engine.begin() as conn:
         conn.execute(ledger_table.delete().where(ledger_table.c.seq == 1))
 
@@ -175,7 +179,9 @@ def test_mutable_tables_stay_mutable(ledger_url):
     case = ledger.open_case("k1", "d1", {}, "pb")
     ledger.set_case(case.case_id, status="contained")
     assert ledger.case(case.case_id)["status"] == "contained"
-    assert ledger.append("x", {}).seq == 3  # the head row is updated by design
+    # each change of the row was chained with it (case.status, seq 3 and 4)
+    assert [r.payload["status"] for r in ledger.records(kind_prefix="case.status")] == ["open", "contained"]
+    assert ledger.append("x", {}).seq == 5  # the head row is updated by design
 
 
 def test_postgres_truncate_is_refused(pg_url):
@@ -196,7 +202,7 @@ def test_app_role_can_append_but_never_update_or_delete(pg_url):
     app.dead_letter("f.json", 0, None, "bad json", "{")
     case = app.open_case("key-1", "det-1", {"d": 1}, "pb")
     app.set_case(case.case_id, status="awaiting_approval")
-    assert app.checkpoint().seq == 5
+    assert app.checkpoint().seq == 7  # 4 appends, intake.rejected, 2 x case.status
     for sql in ("update ledger set kind = 'x' where seq = 1", "delete from ledger where seq = 5",
                 "delete from dead_letters", "update ledger_checkpoints set seq = 1", "truncate ledger",
                 "delete from cases", "drop trigger ledger_append_only on ledger",
@@ -204,7 +210,7 @@ def test_app_role_can_append_but_never_update_or_delete(pg_url):
         with pytest.raises(sa.exc.DBAPIError, match="permission denied|must be owner"), app.engine.begin() as conn:
             conn.exec_driver_sql(sql)
     res = app.verify()
-    assert res.ok and res.checked == 5 and res.checkpoints == 3, res
+    assert res.ok and res.checked == 7 and res.checkpoints == 5, res  # seq 1, 2, 4, 6 and the one at 7
 
 
 def test_grants_sql_names_bad_identifiers():
@@ -218,10 +224,10 @@ def test_grants_sql_names_bad_identifiers():
 def test_periodic_checkpoints_are_signed_and_verified(ledger_url):
     ledger = _filled(ledger_url, 12, every=5)
     cps = ledger.checkpoints()
-    assert [c.seq for c in cps] == [5, 10]
+    assert [c.seq for c in cps] == [1, 5, 10]  # the chain's first record, then every 5th
     assert all(c.key_id == LedgerKey.from_text(KEY).key_id and c.check(ledger.keyring) is None for c in cps)
     res = ledger.verify()
-    assert res.ok and res.checked == 12 and res.checkpoints == 2 and res.warnings == ()
+    assert res.ok and res.checked == 12 and res.checkpoints == 3 and res.warnings == ()
     # without the key, hashes are still compared but the signatures are not: said as a warning
     res = Ledger(ledger_url, key=Keyring.of(None)).verify()
     assert res.ok and any("not checked" in w for w in res.warnings)
@@ -230,7 +236,7 @@ def test_periodic_checkpoints_are_signed_and_verified(ledger_url):
     rotated.checkpoint()
     assert rotated.verify().ok
     res = Ledger(ledger_url, key=OTHER_KEY).verify()
-    assert not res.ok and res.first_bad_seq == 5 and "not configured" in res.reason
+    assert not res.ok and res.first_bad_seq == 1 and "not configured" in res.reason and res.problem == "checkpoint"
 
 
 def _truncate_and_rewrite_head(ledger: Ledger, keep: int, drop_checkpoints_after: int | None = None) -> None:
@@ -349,9 +355,9 @@ def test_eight_processes_append_one_linear_chain(ledger_url):
     assert [r.seq for r in recs] == list(range(1, 201))
     for w in range(8):  # each writer's records appear in its own order
         assert [r.payload["i"] for r in recs if r.payload["writer"] == w] == list(range(25))
-    assert [c.seq for c in ledger.checkpoints()] == list(range(10, 201, 10))
+    assert [c.seq for c in ledger.checkpoints()] == [1, *range(10, 201, 10)]
     res = ledger.verify()
-    assert res.ok and res.checked == 200 and res.checkpoints == 20, res
+    assert res.ok and res.checked == 200 and res.checkpoints == 21, res
 
 
 def test_processes_starting_on_an_empty_database_migrate_once(ledger_url):
@@ -482,7 +488,8 @@ def test_cli_upgrade_checkpoint_anchor_verify_and_grants(tmp_path):
     res = runner.invoke(app, ["audit", "checkpoint", "--export", str(anchor)], env=env)
     assert res.exit_code == 0 and "seq 5" in res.output and json.loads(anchor.read_text())["seq"] == 5
     res = runner.invoke(app, ["audit", "verify", "--anchor", str(anchor)], env=env)
-    assert res.exit_code == 0 and "5 record(s) and 2 checkpoint(s) verified" in res.output, res.output
+    # the chain's first record (signed on append), the one just made and the anchor
+    assert res.exit_code == 0 and "5 record(s) and 3 checkpoint(s) verified" in res.output, res.output
     _truncate_and_rewrite_head(ledger, keep=3, drop_checkpoints_after=3)
     res = runner.invoke(app, ["audit", "verify", "--anchor", str(anchor)], env=env)
     assert res.exit_code == 1 and "BROKEN at record 4" in res.output and "truncated" in res.output, res.output

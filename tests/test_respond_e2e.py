@@ -10,6 +10,7 @@ rule tests (panther-labs/panther-analysis @ daa10c88, Apache-2.0).
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -231,3 +232,35 @@ def test_login_profile_rollback_is_refused_as_not_supported(responder, aws, tmp_
     outcomes = responder.rollback(s["case_id"], aws_clients({**aws.cloud_params(), "account_id": "111122223333"}),
                                   who="test")
     assert [o["status"] for o in outcomes] == ["not_supported"]
+
+
+def test_the_prefect_run_is_named_tagged_and_logged_as_an_operator_expects(responder, aws):
+    """Prefect's UI lists cases, not generated names: the run is named ``<case> <playbook>
+    <credential>``, tagged by provider, playbook and severity, its task runs read (``contain
+    aws.deactivate-access-key ...``), and the run logger says what each step did."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogWorker
+
+    (s,), _ = run_file(responder, aws, EXAMPLES / "cloudtrail-create-access-key.json")
+    # Run logs reach the server in batches from a background worker: flush it, then read until the
+    # last step's line is there (CI once read the batch before the last ones had been sent).
+    APILogWorker.drain_all(timeout=5)
+    with get_client(sync_client=True) as client:
+        fr = client.read_flow_run(s["flow_run_id"])
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[fr.id])))
+        deadline = time.monotonic() + 30
+        while True:
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[fr.id])))
+            if any("closed:" in log.message for log in logs) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    assert fr.name == f"{s['case_id']} aws-access-key-created AKIAEXAMPLEBUILDBOT9", fr.name
+    assert {"cordon", "provider:aws", "playbook:aws-access-key-created", f"severity:{s['detection']['severity']}"} \
+        <= set(fr.tags), fr.tags
+    names = {t.name for t in tasks}
+    assert any(n.startswith("contain aws.deactivate-access-key ") for n in names), names
+    assert {f"enrich {s['case_id']}", f"plan {s['case_id']}", f"finish {s['case_id']}"} <= names, names
+    text = "\n".join(log.message for log in logs)
+    assert "aws.deactivate-access-key on" in text and ": contained" in text, text
+    assert "held" in text and f"case {s['case_id']} closed: contained" in text, text

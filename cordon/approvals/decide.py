@@ -3,39 +3,70 @@
 The server has already checked Slack's signature and timestamp (and refused a replayed body,
 :func:`find_replay`); here the click is checked against the case it names: the run it belongs
 to, the plan it approves (a click on a plan that has since changed is refused), whether the
-request is still open (not decided, not expired), and the approval policy
-(:mod:`cordon.approvals.policy`: an allowed approver, never a principal of the detection nor the
-person who asked for a manual run). Approvals are votes (``approval.vote`` ledger records, one per
-distinct approver, with the count); the run is resumed with :class:`flows.respond.ApprovalInput`
-through Prefect's ``resume_flow_run`` only when the quorum of distinct allowed approvers is
-reached. A Deny from any allowed approver resumes it at once with ``deny``. The *Roll back* button
-of a finished case goes through the same policy and quorum (``rollback.vote``), then
-:meth:`cordon.engine.Responder.rollback`. Every decision and refusal is written to the ledger, and
-the message is updated through :mod:`cordon.approvals.outbox`.
+request is still open (not decided; an approval also not expired), and the approval policy
+(:mod:`cordon.approvals.policy`: an allowed approver, whose identity could be resolved, never a
+principal of the detection nor the person who asked for a manual run). Approvals are votes
+(``approval.vote`` ledger records, one per distinct approver, with the count).
 
-Ledger kinds written here: ``approval.vote``, ``approval.decision_received``,
-``approval.click_refused``, ``rollback.vote``, ``rollback.approved``, ``rollback.completed``,
-``slack.update_failed``.
+**No decision lost; the ledger decides.** A click that would settle the request (a Deny, or the
+approval that reaches the quorum of distinct allowed approvers) goes through :func:`settle`: its
+decision is first appended as an ``approval.decision`` claim, and only the click whose claim is the
+first settling one for the run and plan (:func:`cordon.approvals.gate.settling_claim`: the single
+chain orders the replicas' records) resumes the Prefect run with
+:class:`flows.respond.ApprovalInput`, through Prefect's client (:func:`prefect_resume`: anything
+but ``ACCEPT`` is a failure, never taken as success). Every other settling click is told, in an
+ephemeral message, what happened (``already decided: approve by <@U...>``), and its
+``approval.decision_lost`` record says it did not resume. A Deny that loses to an approval is not
+lost: if no ``containment.started`` precedes it in the ledger, the flow's gate
+(:func:`cordon.approvals.gate.claim_containment`) cancels containment, and the clicker is told
+"your Deny stops the approved containment"; otherwise "too late: containment started at ...; use
+Roll back". An in-process lock per case narrows the window on one replica.
+
+The *Roll back* button of a finished case goes through the same policy and quorum
+(``rollback.vote``), then :meth:`cordon.engine.Responder.rollback`. Every decision and refusal is
+written to the ledger, and the message is updated through :mod:`cordon.approvals.outbox`.
+
+Ledger kinds written here: ``approval.vote``, ``approval.decision`` (a claim),
+``approval.decision_received`` (the claim's owner resumed the run: Prefect answered ACCEPT),
+``approval.resume_failed`` (it did not: ``status`` ABORT / REJECT / WAIT / error and ``reason``),
+``approval.decision_lost`` (an earlier claim settled it), ``approval.click_refused``,
+``rollback.vote``, ``rollback.approved``, ``rollback.completed``, ``slack.update_failed``.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
-from cordon.approvals.slack import DecisionOutcome, Interaction
+from cordon.approvals.gate import (
+    CLAIM_KIND,
+    FLOW_DECISION_KINDS,
+    LOST_KIND,
+    RESUME_FAILED_KIND,
+    RESUMED_KIND,
+    DenyEffect,
+    deny_effect,
+    proceeds,
+    settling_claim,
+)
+from cordon.approvals.slack import NO_REASON, DecisionOutcome, Interaction
 from cordon.audit.ledger import Ledger, LedgerRecord
 from cordon.config import Config
 
 #: Case statuses after which a *Roll back* click is meaningful.
 ROLLBACKABLE = frozenset({"contained", "not_verified", "failed"})
-#: What the sweeper and the decider write when a request is settled.
-DECIDED_KIND = "approval.decision_received"
+#: What the owner of the settling claim writes once Prefect accepted the resume ("resumed the run").
+DECIDED_KIND = RESUMED_KIND
+#: A claim with no outcome after this long is delivered by the sweeper (its owner died mid-way).
+DELIVER_AFTER = timedelta(seconds=60)
 
+#: ``resume(flow_run_id, run_input)``: returns when the run was resumed, raises otherwise
+#: (:class:`ResumeRefused` for an orchestration answer other than ACCEPT).
 Resume = Callable[[str, dict[str, Any]], None]
 Rollback = Callable[[str, str], list[dict[str, Any]]]
 
@@ -65,14 +96,143 @@ def mention(slack_id: str | None) -> str:
     return f"<@{slack_id.removeprefix('slack:')}>"
 
 
+def who(approver: str | None) -> str:
+    """An approver as recorded (``slack:U...``, ``cordon:sweeper``, ``console:alice``) for a
+    Slack message: Slack users as mentions, anyone else as escaped text."""
+    from cordon.approvals.slack import escape
+
+    if approver and approver.startswith("slack:"):
+        return mention(approver)
+    return escape(approver or "someone")
+
+
+# -- resuming the Prefect run ------------------------------------------------------------------
+class ResumeRefused(RuntimeError):
+    """Prefect did not accept a resume. ``status``: the orchestration result's status
+    (``ABORT``: the run is not paused, e.g. "Cannot resume a flow run that is not paused."; ``REJECT``:
+    the run input failed the run's schema, or the pause timed out; ``WAIT``), ``reason`` its
+    ``details.reason``."""
+
+    def __init__(self, status: str, reason: str | None):
+        super().__init__(f"{status}: {reason or 'no reason given'}")
+        self.status = status
+        self.reason = reason
+
+
+def prefect_resume(run_id: str, run_input: dict[str, Any]) -> None:
+    """Resume the paused flow run ``run_id`` with ``run_input`` through Prefect's client
+    (``PrefectClient.resume_flow_run``: ``POST /flow_runs/{id}/resume``, which answers an
+    ``OrchestrationResult``). Returns only when its status is ``ACCEPT``; raises
+    :class:`ResumeRefused` for ``ABORT`` / ``REJECT`` / ``WAIT``, and what the client raises
+    (``httpx.HTTPStatusError`` for a 404, connection errors). ``prefect.flow_runs.resume_flow_run``
+    is not used: it raises only on ``REJECT`` and so takes the server's ``ABORT`` ("Cannot resume a
+    flow run that is not paused", ``prefect/server/api/flow_runs.py``) for success."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.responses import SetStateStatus
+
+    with get_client(sync_client=True) as client:
+        result = client.resume_flow_run(UUID(str(run_id)), run_input=run_input)
+    if result.status != SetStateStatus.ACCEPT:
+        raise ResumeRefused(str(result.status.value), getattr(result.details, "reason", None))
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What :func:`settle` did with one decision. ``outcome``: ``resumed`` (this claim settled
+    the request and Prefect accepted the resume), ``resume_failed`` (it settled it, but the resume
+    was not accepted: ``status``, ``error``), or ``lost`` (``settled_by``, an earlier claim or
+    decision record, settled it; with a Deny that lost to a proceeding decision, ``effect``).
+    ``claim`` is this decision's ``approval.decision`` record, ``record`` the outcome record."""
+
+    outcome: Literal["resumed", "resume_failed", "lost"]
+    claim: LedgerRecord
+    record: LedgerRecord
+    settled_by: LedgerRecord | None = None
+    status: str | None = None
+    error: str | None = None
+    effect: DenyEffect | None = None
+
+
+def settle(ledger: Ledger, *, case_id: str, run_id: str, plan_hash: str, run_input: dict[str, Any], actor: str,
+           resume: Resume, extra: Mapping[str, Any] | None = None) -> Settlement:
+    """Settle an approval request with ``run_input`` (the :class:`flows.respond.ApprovalInput`
+    fields: ``decision``, ``approver``, ``plan_hash``, ``decided_at``, ...), by ledger order.
+
+    1. Append the claim ``approval.decision`` (``run_input`` + ``extra``, e.g. ``user_id``).
+    2. Read the case back: when this claim is the settling one
+       (:func:`cordon.approvals.gate.settling_claim`) and no decision of the flow for the run and
+       plan precedes it, call ``resume(run_id, run_input)`` and record
+       ``approval.decision_received`` (``run_input`` + ``decision_seq``, ``resumed: true``,
+       ``status: ACCEPT``) or, when it raises, ``approval.resume_failed`` (``decision_seq``,
+       ``status``, ``reason``, ``resumed: false``).
+    3. Otherwise record ``approval.decision_lost`` (``decision_seq``, ``settled_by: {seq, decision,
+       approver}``, ``resumed: false``; for a Deny that lost to a proceeding decision, ``effect``
+       ``stops_containment`` or ``too_late`` with ``containment_started_seq``/``_at``).
+
+    Safe with several processes settling at once: the chain gives every claim its own ``seq`` and
+    all readers agree which is first. Raises only what :meth:`Ledger.append` raises.
+    """
+    claim = ledger.append(CLAIM_KIND, {**run_input, **dict(extra or {})}, case_id=case_id, run_id=run_id,
+                          actor=actor)
+    records = list(ledger.records(case_id=case_id))
+    first = settling_claim(records, run_id, plan_hash)
+    if first is None or first.seq == claim.seq:
+        first = _flow_decision_before(records, run_id, plan_hash, claim.seq) or first
+    base = {"decision_seq": claim.seq, "plan_hash": plan_hash, "decision": run_input.get("decision"),
+            "approver": run_input.get("approver")}
+    if extra and extra.get("reason") is not None:
+        base["reason"] = extra["reason"]
+    if first is not None and first.seq == claim.seq:
+        try:
+            resume(run_id, run_input)
+        except Exception as exc:  # noqa: BLE001 - ResumeRefused, NotPausedError, transport: recorded, told
+            status = exc.status if isinstance(exc, ResumeRefused) else "error"
+            reason = exc.reason if isinstance(exc, ResumeRefused) else f"{type(exc).__name__}: {exc}"
+            rec = ledger.append(RESUME_FAILED_KIND, {**base, "resumed": False, "status": status, "reason": reason},
+                                case_id=case_id, run_id=run_id, actor=actor)
+            return Settlement("resume_failed", claim, rec, status=status, error=reason)
+        rec = ledger.append(RESUMED_KIND, {**run_input, **base, "resumed": True, "status": "ACCEPT"},
+                            case_id=case_id, run_id=run_id, actor=actor)
+        return Settlement("resumed", claim, rec, status="ACCEPT")
+    assert first is not None  # our own claim is not void, so something settles the request
+    p = first.payload
+    lost: dict[str, Any] = {**base, "resumed": False,
+                            "settled_by": {"seq": first.seq, "kind": first.kind, "decision": p.get("decision"),
+                                           "approver": p.get("approver")}}
+    effect = None
+    if run_input.get("decision") == "deny" and proceeds(p):
+        effect = deny_effect(records, run_id, plan_hash, claim.seq)
+        lost["effect"] = effect.effect
+        if effect.started is not None:
+            lost.update(containment_started_seq=effect.started.seq, containment_started_at=effect.started.ts)
+    rec = ledger.append(LOST_KIND, lost, case_id=case_id, run_id=run_id, actor=actor)
+    return Settlement("lost", claim, rec, settled_by=first, effect=effect)
+
+
+def _flow_decision_before(records: list[LedgerRecord], run_id: str, plan_hash: str, seq: int) -> LedgerRecord | None:
+    """A decision the flow recorded (``approval.given`` / ``refused`` / ``expired``, or an older
+    ledger's ``approval.decision_received`` without a claim) for the run and plan before ``seq``."""
+    for r in records:
+        if r.seq >= seq:
+            break
+        if r.run_id != run_id or r.payload.get("plan_hash") != plan_hash:
+            continue
+        if r.kind in FLOW_DECISION_KINDS or (r.kind == RESUMED_KIND and "decision_seq" not in r.payload):
+            return r
+    return None
+
+
 # -- the state of one approval request, read back from the ledger ------------------------------
 @dataclass
 class RequestState:
     """One approval request (``approval.asked`` in Slack mode) and what happened to it since.
 
     ``votes``: distinct approvers (Slack user IDs) in order; ``decided``: the record that settled
-    it (a resume by the decider or the sweeper), if any; ``escalated``/``reminders``: the
-    sweeper's records.
+    it, if any: the settling ``approval.decision`` claim (:func:`cordon.approvals.gate.settling_claim`,
+    its resume may still be under way), else a decision the flow recorded; ``escalated`` /
+    ``reminders``: the sweeper's records.
     """
 
     asked: LedgerRecord
@@ -139,8 +299,12 @@ def request_state(records: list[LedgerRecord], run_id: str | None, plan_hash: st
     st = RequestState(asked=asked[-1])
     later = [r for r in records if r.seq > st.asked.seq and (r.run_id == st.asked.run_id or r.run_id is None)
              and r.payload.get("plan_hash") in (plan_hash, None)]
+    # settled by the first claim not voided (gate.settling_claim), else by a decision the flow
+    # recorded (or an older ledger's decision_received written without a claim)
+    st.decided = settling_claim(later, st.asked.run_id, plan_hash)
     for r in later:
-        if r.kind in (DECIDED_KIND, "approval.given", "approval.refused", "approval.expired") and st.decided is None:
+        if st.decided is None and (r.kind in FLOW_DECISION_KINDS
+                                   or (r.kind == RESUMED_KIND and "decision_seq" not in r.payload)):
             st.decided = r
         elif r.kind == "approval.escalated" and st.escalated is None:
             st.escalated = r
@@ -148,6 +312,52 @@ def request_state(records: list[LedgerRecord], run_id: str | None, plan_hash: st
             st.reminders.append(r)
     st.votes = distinct_voters(later, "approval.vote", st.asked.run_id, plan_hash)
     return st
+
+
+def _has_outcome(records: Iterable[LedgerRecord], claim_seq: int) -> bool:
+    return any(r.kind in (RESUMED_KIND, RESUME_FAILED_KIND, LOST_KIND) and r.payload.get("decision_seq") == claim_seq
+               for r in records)
+
+
+def undelivered_claims(ledger: Ledger, now: datetime,
+                       older_than: timedelta = DELIVER_AFTER) -> list[tuple[dict[str, Any], LedgerRecord]]:
+    """Settling claims whose owner never recorded an outcome (the process died between appending
+    the claim and resuming the run), older than ``older_than`` at ``now`` (aware datetime): ``(case
+    row, claim)`` for cases still ``awaiting_approval``. The sweeper delivers them
+    (:func:`deliver_claim`): the ledger holds the decision, so it is carried out, not forgotten."""
+    out = []
+    for case in ledger.cases():
+        if case.get("status") != "awaiting_approval" or not case.get("plan_hash"):
+            continue
+        records = list(ledger.records(case_id=case["case_id"]))
+        st = request_state(records, case.get("flow_run_id"), case["plan_hash"])
+        claim = st.decided if st is not None else None
+        if claim is None or claim.kind != CLAIM_KIND or _has_outcome(records, claim.seq):
+            continue
+        at = parse_time(claim.ts)
+        if at is not None and at <= now - older_than:
+            out.append((case, claim))
+    return out
+
+
+def deliver_claim(ledger: Ledger, claim: LedgerRecord, resume: Resume, actor: str) -> LedgerRecord:
+    """Resume ``claim``'s run with its run input on its owner's behalf; records
+    ``approval.decision_received`` (with ``delivered_by: actor``) or ``approval.resume_failed``
+    and returns that record. A resume racing the owner's own is harmless: Prefect accepts one."""
+    from cordon.approvals.gate import run_input
+
+    ri = run_input(claim.payload)
+    base = {"decision_seq": claim.seq, "plan_hash": ri.get("plan_hash"), "decision": ri.get("decision"),
+            "approver": ri.get("approver"), "delivered_by": actor}
+    try:
+        resume(str(claim.run_id), ri)
+    except Exception as exc:  # noqa: BLE001 - recorded
+        status = exc.status if isinstance(exc, ResumeRefused) else "error"
+        reason = exc.reason if isinstance(exc, ResumeRefused) else f"{type(exc).__name__}: {exc}"
+        return ledger.append(RESUME_FAILED_KIND, {**base, "resumed": False, "status": status, "reason": reason},
+                             case_id=claim.case_id, run_id=claim.run_id, actor=actor)
+    return ledger.append(RESUMED_KIND, {**ri, **base, "resumed": True, "status": "ACCEPT"}, case_id=claim.case_id,
+                         run_id=claim.run_id, actor=actor)
 
 
 def waiting_requests(ledger: Ledger) -> list[tuple[dict[str, Any], RequestState]]:
@@ -263,7 +473,7 @@ def post_request(ledger: Ledger, client: Any, *, config: Config, playbook: Any, 
 
     from cordon.approvals import outbox as outbox_mod
     from cordon.approvals.policy import load_settings, policy_for
-    from cordon.approvals.slack import approval_blocks
+    from cordon.approvals.slack import approval_blocks, fallback_text
 
     a = playbook.approval
     policy = policy_for(load_settings(config), a, detection.severity)
@@ -274,9 +484,10 @@ def post_request(ledger: Ledger, client: Any, *, config: Config, playbook: Any, 
         case_id=case_id, playbook=playbook.name, detection=detection.summary(), enrichment=dict(enrichment),
         plan=[{"action": s["action"], "target": s["target"], "calls": s["describe"]} for s in plan["steps"]],
         plan_hash=plan["hash"], run_id=run_id, expires_at=expires_at, asked_at=asked_at, quorum=policy.quorum)
+    text = fallback_text(playbook.name, detection.summary(), case_id=case_id)
     where = outbox_mod.request_approval(client, channel=channel, case_id=case_id,
                                         actor_key=detection.actor.user.uid or detection.actor.user.name,
-                                        blocks=blocks, text=f"Cordon: approval needed for {case_id} ({playbook.name})",
+                                        blocks=blocks, text=text,
                                         outbox=outbox)
     record = {"mode": "slack", "channel": where["channel"], "ts": where["ts"], "where": where,
               "plan_hash": plan["hash"], "asked_at": asked_at, "expires_at": expires_at, "quorum": policy.quorum,
@@ -309,26 +520,58 @@ def find_replay(ledger: Ledger, ix: Interaction, seq: int) -> LedgerRecord | Non
     return None
 
 
+# -- asking a Deny for its reason ------------------------------------------------------------------
+def wants_deny_reason(ledger: Ledger, ix: Interaction) -> bool:
+    """Whether a *Deny* click should open the reason dialog (:func:`cordon.approvals.slack.deny_view`)
+    before it is recorded: only when the click names the case's current run and plan and the request
+    is open, or settled by a decision that a Deny can still stop (an approval, before the run ended).
+    Otherwise the click goes straight to the decider, which tells the clicker why it is refused (who
+    decided, the plan changed...). A read of the ledger, nothing written; the decider checks again."""
+    case = ledger.case(ix.case_id) if ix.case_id else None
+    if case is None or case.get("flow_run_id") != ix.run_id or case.get("plan_hash") != ix.plan_hash:
+        return False
+    records = list(ledger.records(case_id=ix.case_id))
+    st = request_state(records, ix.run_id, ix.plan_hash)
+    if st is None:
+        return False
+    if st.decided is None:
+        return True
+    if not proceeds(st.decided.payload):
+        return False
+    return not any(r.kind == "case.closed" and r.run_id == ix.run_id for r in records)
+
+
 # -- the decider -------------------------------------------------------------------------------
+#: Stripes of the in-process per-case lock (bounded memory; two cases may share a stripe).
+_LOCK_STRIPES = 64
+
+
 def make_decider(ledger: Ledger, config: Config, resume: Resume | None = None, *, slack_client: Any = None,
                  directory: Any = None, rollback: Rollback | None = None, now: Callable[[], datetime] = utcnow,
                  outbox: Any = None) -> Callable[[Interaction], DecisionOutcome]:
     """A ``decide(interaction) -> DecisionOutcome`` for :func:`cordon.server.app.create_app`.
 
-    ``resume(flow_run_id, run_input)`` defaults to Prefect's ``resume_flow_run``; it raises when
-    the run is not paused (already decided, expired, or not yet waiting). ``slack_client`` (a
+    ``resume(flow_run_id, run_input)`` defaults to :func:`prefect_resume` (Prefect's client; only
+    ``ACCEPT`` counts); it must raise when the run was not resumed. ``slack_client`` (a
     ``slack_sdk.WebClient``) updates the message as votes arrive; ``directory`` (a
     :class:`cordon.approvals.policy.SlackDirectory`, built from ``slack_client`` when not given)
-    resolves user groups and profile e-mails. ``rollback(case_id, who) -> outcomes`` undoes a
-    case (:meth:`cordon.engine.Responder.rollback` with the case's clients); without it the
-    *Roll back* button is refused. ``now()`` is the clock (aware UTC datetimes); ``outbox`` the
-    :class:`cordon.approvals.outbox.Outbox` messages go through (default: the process's).
+    resolves user groups and profile e-mails (without either, only clickers with an explicit
+    ``approval.identities`` entry can be checked for self-approval: the others are refused).
+    ``rollback(case_id, who) -> outcomes`` undoes a case (:meth:`cordon.engine.Responder.rollback`
+    with the case's clients); without it the *Roll back* button is refused. ``now()`` is the clock
+    (aware UTC datetimes); ``outbox`` the :class:`cordon.approvals.outbox.Outbox` messages go
+    through (default: the process's).
 
-    Refuses (``accepted=False`` with the reason the clicker is shown, and an
-    ``approval.click_refused`` record) when: the case is unknown; the click's run ID is not the
-    case's run; its plan hash is not the case's current plan; the request is already decided or
-    has expired; the clicker is not an allowed approver, is a principal of the detection, or
-    requested the run; the clicker already voted; the run is not waiting for a decision.
+    ``accepted=True`` means the click was counted (a vote short of the quorum) or resumed the run;
+    otherwise the ``message`` is shown to the clicker (ephemeral). Refused, with an
+    ``approval.click_refused`` record, when: the case is unknown; the click's run ID is not the
+    case's run; its plan hash is not the case's current plan; the request is already decided (a
+    Deny still counts while the decision lets containment go ahead: see the module docstring) or,
+    for an approval, has expired; the clicker is not an allowed approver (no approver configured is
+    a refusal too), cannot be identified, is a principal of the detection, or requested the run; the
+    clicker already voted. A settling click that lost the race is told who settled it
+    (``approval.decision_lost``); one whose resume Prefect did not accept is told why
+    (``approval.resume_failed``).
     """
     from cordon.approvals.policy import SlackDirectory, check_clicker, load_settings, policy_for
     from cordon.playbooks.schema import load_playbooks
@@ -337,13 +580,14 @@ def make_decider(ledger: Ledger, config: Config, resume: Resume | None = None, *
     if directory is None and slack_client is not None:
         directory = SlackDirectory(slack_client, ttl=settings.group_cache_seconds)
     playbooks = {pb.name: pb for pb in load_playbooks(config.playbooks_dir)}
-    vote_lock = threading.Lock()
+    # one replica's clicks on one case run one at a time; replicas are ordered by the ledger
+    locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
+
+    def case_lock(case_id: str) -> threading.Lock:
+        return locks[zlib.crc32(case_id.encode()) % _LOCK_STRIPES]
 
     if resume is None:
-        from prefect.flow_runs import resume_flow_run
-
-        def resume(run_id: str, run_input: dict[str, Any]) -> None:
-            resume_flow_run(run_id, run_input=run_input)
+        resume = prefect_resume
 
     def refuse(ix: Interaction, reason: str) -> DecisionOutcome:
         ledger.append("approval.click_refused", {"reason": reason, "decision": ix.decision, "user_id": ix.user_id,
@@ -361,17 +605,17 @@ def make_decider(ledger: Ledger, config: Config, resume: Resume | None = None, *
         return reason, max(policy.quorum, recorded_quorum)
 
     def vote(ix: Interaction, kind: str, quorum: int) -> tuple[str, list[str], int]:
-        """Record ``ix``'s vote; returns (``reached`` | ``waiting`` | ``late`` | ``duplicate``, the
-        voters up to this vote, its count)."""
-        with vote_lock:
-            records = list(ledger.records(case_id=ix.case_id))
-            before = distinct_voters(records, kind, ix.run_id, ix.plan_hash)
-            if ix.user_id in before:
-                return "duplicate", before, len(before)
-            rec = ledger.append(kind, {"plan_hash": ix.plan_hash, "user_id": ix.user_id,
-                                       "approver": f"slack:{ix.user_id}", "user_name": ix.user_name,
-                                       "count": len(before) + 1, "quorum": quorum},
-                                case_id=ix.case_id, run_id=ix.run_id, actor=f"slack:{ix.user_id}")
+        """Record ``ix``'s vote (the caller holds the case lock); returns (``reached`` |
+        ``waiting`` | ``late`` | ``duplicate``, the voters up to this vote, its count). Which vote
+        reached the quorum is decided by ledger order, so replicas agree."""
+        records = list(ledger.records(case_id=ix.case_id))
+        before = distinct_voters(records, kind, ix.run_id, ix.plan_hash)
+        if ix.user_id in before:
+            return "duplicate", before, len(before)
+        rec = ledger.append(kind, {"plan_hash": ix.plan_hash, "user_id": ix.user_id,
+                                   "approver": f"slack:{ix.user_id}", "user_name": ix.user_name,
+                                   "count": len(before) + 1, "quorum": quorum},
+                            case_id=ix.case_id, run_id=ix.run_id, actor=f"slack:{ix.user_id}")
         records = list(ledger.records(case_id=ix.case_id))
         upto = distinct_voters(records, kind, ix.run_id, ix.plan_hash, upto_seq=rec.seq)
         prior = distinct_voters(records, kind, ix.run_id, ix.plan_hash, upto_seq=rec.seq - 1)
@@ -381,17 +625,80 @@ def make_decider(ledger: Ledger, config: Config, resume: Resume | None = None, *
             return "late", upto, len(upto)
         return ("reached" if len(upto) >= quorum else "waiting"), upto, len(upto)
 
-    def resume_with(ix: Interaction, decision: str, approvers: list[str], quorum: int) -> DecisionOutcome:
+    def settle_click(ix: Interaction, decision: str, approvers: list[str], quorum: int) -> DecisionOutcome:
+        """Settle the request with ``ix``'s decision by ledger order (:func:`settle`) and tell
+        the clicker what became of it."""
         run_input = {"decision": decision, "approver": f"slack:{ix.user_id}", "approver_name": ix.user_name,
                      "team_id": ix.team_id, "plan_hash": ix.plan_hash, "decided_at": now().isoformat(),
                      "approvers": [f"slack:{u}" for u in approvers], "quorum": quorum}
-        try:
-            resume(ix.run_id, run_input)
-        except Exception as exc:  # noqa: BLE001 - NotPausedError, FlowPauseTimeout, a REJECT
-            return refuse(ix, f"the run is not waiting for a decision ({type(exc).__name__}: {exc})")
-        ledger.append(DECIDED_KIND, run_input, case_id=ix.case_id, run_id=ix.run_id, actor=f"slack:{ix.user_id}")
-        who = ", ".join(mention(u) for u in approvers)
-        return DecisionOutcome(accepted=True, message=f"{decision} recorded for {ix.case_id} ({who})")
+        extra: dict[str, Any] = {"user_id": ix.user_id}
+        if decision == "deny":  # the reason typed in the Deny dialog (cordon.approvals.slack.deny_view)
+            extra["reason"] = ix.reason if ix.reason else NO_REASON
+        s = settle(ledger, case_id=ix.case_id, run_id=ix.run_id, plan_hash=ix.plan_hash, run_input=run_input,
+                   actor=f"slack:{ix.user_id}", resume=resume, extra=extra)
+        if s.outcome == "resumed":
+            people = ", ".join(mention(u) for u in approvers)
+            return DecisionOutcome(accepted=True, message=f"{decision} recorded for {ix.case_id} ({people})")
+        if s.outcome == "resume_failed":
+            said = "your Deny is recorded: it stops containment if this run has not started it" \
+                if decision == "deny" else "your approval did not resume it; nothing was contained on it"
+            return DecisionOutcome(False, f"the run is not waiting for a decision ({s.status}: {s.error}); {said}")
+        return DecisionOutcome(False, lost_message(s))
+
+    def lost_message(s: Settlement) -> str:
+        p = s.settled_by.payload if s.settled_by is not None else {}
+        decided = f"{p.get('decision')} by {who(p.get('approver'))}"
+        if s.effect is not None and s.effect.effect == "too_late":
+            at = s.effect.started.ts if s.effect.started is not None else "?"
+            return f"too late: containment started at {at} (already decided: {decided}); use Roll back"
+        if s.effect is not None and s.effect.effect == "already_denied":
+            by = s.effect.earlier.payload.get("approver") if s.effect.earlier is not None else None
+            return f"already denied by {who(by)}: containment was cancelled"
+        if s.effect is not None:
+            return f"your Deny stops the approved containment (already decided: {decided}, not yet contained)"
+        return f"already decided: {decided}"
+
+    def decide_vote(ix: Interaction, case: dict[str, Any]) -> DecisionOutcome:
+        """Approve / Deny on a waiting request (the caller holds the case lock)."""
+        records = list(ledger.records(case_id=ix.case_id))
+        st = request_state(records, ix.run_id, ix.plan_hash)
+        if st is None:
+            return refuse(ix, "this run is not waiting for a decision on this plan")
+        if st.decided is not None and not (ix.decision == "deny" and proceeds(st.decided.payload)):
+            p = st.decided.payload
+            return refuse(ix, f"already decided: {p.get('decision')} by {who(p.get('approver'))}")
+        if st.decided is not None:  # a Deny after a proceeding decision: only while the run is not over
+            closed = [r for r in records if r.kind == "case.closed" and r.run_id == ix.run_id]
+            if closed:
+                return refuse(ix, f"too late: the run already ended ({closed[-1].payload.get('status')}); "
+                                  "use Roll back if the case was contained")
+        expires = st.expires_at
+        if ix.decision != "deny" and expires is not None and now() >= expires:
+            return refuse(ix, f"this approval request expired at {expires.isoformat(timespec='seconds')}")
+        reason, quorum = policy_check(ix, case, escalated=st.escalated is not None, recorded_quorum=st.quorum)
+        if reason:
+            return refuse(ix, reason)
+        if ix.decision == "deny":
+            # a Deny settles at once, or (after an approval) stops containment not yet started
+            return settle_click(ix, "deny", [ix.user_id], quorum)
+        outcome, voters, count = vote(ix, "approval.vote", quorum)
+        if outcome == "duplicate":
+            return refuse(ix, f"you already approved this plan ({count} of {quorum}); another approver is needed")
+        if outcome == "late":
+            now_st = request_state(list(ledger.records(case_id=ix.case_id)), ix.run_id, ix.plan_hash)
+            if now_st is not None and now_st.decided is not None:
+                p = now_st.decided.payload
+                return refuse(ix, f"already decided: {p.get('decision')} by {who(p.get('approver'))}")
+            return refuse(ix, f"the plan already has its approvals ({quorum} of {quorum}); your vote was not needed")
+        if outcome == "reached":
+            return settle_click(ix, "approve", voters[:quorum], quorum)
+        st.votes = voters
+        records = list(ledger.records(case_id=ix.case_id))
+        update_safely(ledger, slack_client, st.where, case_id=ix.case_id, blocks=waiting_blocks(records, case, st),
+                      text=f"Cordon: approval {count} of {quorum} for {ix.case_id}",
+                      thread_text=f"Approval {count} of {quorum} by {mention(ix.user_id)}", run_id=ix.run_id,
+                      outbox=outbox)
+        return DecisionOutcome(True, f"approval {count} of {quorum} recorded; waiting for {quorum - count} more")
 
     def decide_rollback(ix: Interaction, case: dict[str, Any]) -> DecisionOutcome:
         if rollback is None:
@@ -457,36 +764,9 @@ def make_decider(ledger: Ledger, config: Config, resume: Resume | None = None, *
             return refuse(ix, "this message belongs to another run of the case")
         if case.get("plan_hash") != ix.plan_hash:
             return refuse(ix, "the containment plan changed since this message was posted; decide on the new one")
-        if ix.decision == "rollback":
-            return decide_rollback(ix, case)
-        records = list(ledger.records(case_id=ix.case_id))
-        st = request_state(records, ix.run_id, ix.plan_hash)
-        if st is None:
-            return refuse(ix, "this run is not waiting for a decision on this plan")
-        if st.decided is not None:
-            p = st.decided.payload
-            return refuse(ix, f"already decided: {p.get('decision')} by {p.get('approver')}")
-        expires = st.expires_at
-        if expires is not None and now() >= expires:
-            return refuse(ix, f"this approval request expired at {expires.isoformat(timespec='seconds')}")
-        reason, quorum = policy_check(ix, case, escalated=st.escalated is not None, recorded_quorum=st.quorum)
-        if reason:
-            return refuse(ix, reason)
-        if ix.decision == "deny":
-            return resume_with(ix, "deny", [ix.user_id], quorum)
-        outcome, voters, count = vote(ix, "approval.vote", quorum)
-        if outcome == "duplicate":
-            return refuse(ix, f"you already approved this plan ({count} of {quorum}); another approver is needed")
-        if outcome == "late":
-            return DecisionOutcome(True, "the plan already has its approvals")
-        if outcome == "reached":
-            return resume_with(ix, "approve", voters[:quorum], quorum)
-        st.votes = voters
-        records = list(ledger.records(case_id=ix.case_id))
-        update_safely(ledger, slack_client, st.where, case_id=ix.case_id, blocks=waiting_blocks(records, case, st),
-                      text=f"Cordon: approval {count} of {quorum} for {ix.case_id}",
-                      thread_text=f"Approval {count} of {quorum} by {mention(ix.user_id)}", run_id=ix.run_id,
-                      outbox=outbox)
-        return DecisionOutcome(True, f"approval {count} of {quorum} recorded; waiting for {quorum - count} more")
+        with case_lock(ix.case_id):
+            if ix.decision == "rollback":
+                return decide_rollback(ix, case)
+            return decide_vote(ix, case)
 
     return decide

@@ -11,15 +11,27 @@ and upgraded by the Alembic revisions in :mod:`cordon.audit.migrations`):
   the newest records, or rewriting the chain and recomputing its (unkeyed) hashes, is detected
   (:mod:`cordon.audit.checkpoint`).
 * ``dead_letters`` (append-only): records that could not be parsed, with the reason and the
-  record's text (secrets in the text redacted).
+  record's text (secrets in the text redacted). Each row is inserted in the same transaction as
+  its chained ``intake.rejected`` record, which carries ``stored_sha256`` (of ``raw_text`` as
+  stored) and ``row_sha256`` (of the whole row, :func:`dead_letter_sha256`), so an edited row
+  is found by :meth:`Ledger.verify`.
 * ``ledger_head`` (updated by design): a single row holding the last ``seq`` and ``hash``;
   appends lock it (``SELECT ... FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite) so
   concurrent writers from several processes still produce one linear chain.
 * ``cases`` (mutable state): one row per case, ``case_key`` unique (:meth:`Detection.case_key`):
   the database, not memory, decides whether a detection opens a case or joins one. ``status``
-  and friends change as the case moves; the history of those changes is in ``ledger``.
+  and friends change as the case moves. Every change (:meth:`Ledger.open_case`,
+  :meth:`Ledger.set_case`) appends a ``case.status`` record in the same transaction with the
+  row's full state and its hash (:func:`case_state_sha256`); :meth:`Ledger.verify` compares
+  each row with its last ``case.status`` and names the case that disagrees. These records have
+  ``case_id`` NULL (the case is in the payload): they vouch for the row and are not steps of
+  the response, so case timelines (:mod:`cordon.audit.query`) stay the story of the steps.
 * ``case_detections`` (insert-only by grant): which detections joined which case
   (``detection_uid`` unique).
+* ``refusal_windows`` (mutable counters): unsigned or forged requests (bad Slack signature,
+  wrong webhook token, failed audit-page sign-ins) counted per (source, reason, minute) with a
+  few samples, and summarised as one chained ``<source>.refusals`` record per source and window
+  once the window has ended (:mod:`cordon.audit.refusals`), instead of one chained record each.
 
 "Append-only" is enforced by triggers (revision 0002) that refuse UPDATE and DELETE for every
 role, and on PostgreSQL by the application role's grants (:mod:`cordon.audit.migrations.grants`):
@@ -37,6 +49,7 @@ import os
 import re
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -131,8 +144,52 @@ checkpoints_table = sa.Table(
     sa.Column("signature", sa.String(128), nullable=False),
 )
 
+refusal_windows_table = sa.Table(
+    "refusal_windows",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("source", sa.String(32), nullable=False),
+    sa.Column("reason", sa.String(64), nullable=False),
+    sa.Column("window_start", sa.String(40), nullable=False),
+    sa.Column("window_seconds", sa.Integer, nullable=False),
+    sa.Column("count", sa.Integer, nullable=False),
+    sa.Column("first_ts", sa.String(40), nullable=False),
+    sa.Column("last_ts", sa.String(40), nullable=False),
+    sa.Column("samples", sa.Text, nullable=False),
+    sa.Column("summary_seq", sa.Integer, nullable=True),
+    sa.UniqueConstraint("source", "reason", "window_start", name="uq_refusal_windows_key"),
+    sa.Index("ix_refusal_windows_open", "summary_seq", "window_start"),
+)
+
 #: Tables whose rows are never updated or deleted (triggers refuse it; grants never allow it).
 APPEND_ONLY_TABLES = ("ledger", "dead_letters", "ledger_checkpoints")
+
+#: Columns of ``cases`` that a ``case.status`` record vouches for (``detection`` by its SHA-256).
+CASE_STATE_FIELDS = ("case_id", "case_key", "opened_at", "playbook", "status", "flow_run_id", "plan_hash")
+#: Columns :meth:`Ledger.set_case` may change (``detection`` is vouched for by its SHA-256).
+CASE_SETTABLE = frozenset({"status", "playbook", "flow_run_id", "plan_hash", "detection"})
+
+
+def _sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def case_state_sha256(row: Any) -> str:
+    """SHA-256 (hex) of a ``cases`` row's vouched state: :func:`canonical_json` of
+    :data:`CASE_STATE_FIELDS` plus ``detection_sha256`` (the SHA-256 of the ``detection`` text as
+    stored). ``row``: a mapping or SQLAlchemy row with those columns."""
+    m = row._mapping if hasattr(row, "_mapping") else row
+    state = {f: m[f] for f in CASE_STATE_FIELDS}
+    state["detection_sha256"] = _sha256_text(m["detection"])
+    return _sha256_text(canonical_json(state))
+
+
+def dead_letter_sha256(row: Any) -> str:
+    """SHA-256 (hex) of a ``dead_letters`` row as stored: :func:`canonical_json` of ``id``,
+    ``ts``, ``origin``, ``position``, ``field``, ``reason``, ``raw_text`` and ``raw_sha256``."""
+    m = row._mapping if hasattr(row, "_mapping") else row
+    return _sha256_text(canonical_json({f: m[f] for f in ("id", "ts", "origin", "position", "field", "reason",
+                                                          "raw_text", "raw_sha256")}))
 
 
 def _norm(key: str) -> str:
@@ -174,9 +231,14 @@ _PEM = re.compile(r"(-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----)(?:.*?(-----END [A-Z0
 _SLACK = re.compile(r"\b(xox[a-z](?:\.xox[a-z])?-|xapp-)[A-Za-z0-9-]{6,}")
 _AUTH = re.compile(r"(?i)\b(bearer|basic|token)(\s+)[A-Za-z0-9._~+/=-]{8,}")
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
-_URL_PASSWORD = re.compile(r"\b([a-z][a-z0-9+.-]*://[^/\s:@]+:)([^@\s/]+)@")
+# Bounded repetitions keep every pattern linear in the text's length: an unbounded scheme
+# (``[a-z0-9+.-]*``) rescanned the rest of ``a.a.a.a...`` from every word boundary (1.9 s per 64 KiB;
+# issue 10, item 5). RFC 3986 sets no limit; real schemes are short, user and password under 256.
+_URL_PASSWORD = re.compile(r"\b([a-z][a-z0-9+.-]{0,31}://[^/\s:@]{1,256}:)([^@\s/]{1,256})@")
+# A key starts where no key character precedes it: otherwise every position of a long word is tried
+# as a key of up to 64 characters (about 2 s per MB of letters).
 _KEY_VALUE = re.compile(
-    r"""(?P<q>\\?["']|)(?P<key>[A-Za-z][A-Za-z0-9_.-]{0,63})(?P=q)[ \t]*[:=][ \t]*"""
+    r"""(?P<q>\\?["']|)(?<![A-Za-z0-9_.-])(?P<key>[A-Za-z][A-Za-z0-9_.-]{0,63})(?P=q)[ \t]*[:=][ \t]*"""
     r"""(?:(?P<vq>\\?["'])(?P<qval>.*?)(?P=vq)|(?P<val>[^\s"',;&}\]]+))""")
 
 
@@ -274,7 +336,13 @@ class VerifyResult:
     """Outcome of :meth:`Ledger.verify`: ``ok``, how many records were checked, and for a
     broken chain the ``seq`` of the first bad record and why. ``checkpoints`` counts the signed
     checkpoints (and anchor) compared; ``warnings`` says what could not be checked (no key, no
-    checkpoint) without making the result fail."""
+    checkpoint) without making the result fail. ``problem`` says what kind of failure it is:
+    ``chain`` (a record changed, missing or out of order; the head), ``checkpoint`` (a bad
+    signature, or a checkpoint the chain no longer matches or reaches), ``coverage`` (a key is
+    configured but no checkpoint covers the chain), ``case`` (a ``cases`` row differs from its
+    last ``case.status`` record; ``first_bad_seq`` is that record, ``None`` when the case was
+    never chained) or ``dead_letter`` (a ``dead_letters`` row differs from its chained record).
+    ``cases`` and ``dead_letters`` count the rows compared."""
 
     ok: bool
     checked: int
@@ -282,6 +350,9 @@ class VerifyResult:
     reason: str | None = None
     checkpoints: int = 0
     warnings: tuple[str, ...] = ()
+    problem: str | None = None
+    cases: int = 0
+    dead_letters: int = 0
 
 
 @dataclass(frozen=True)
@@ -312,6 +383,45 @@ def _keyring(key: Keyring | LedgerKey | str | None) -> Keyring:
     if isinstance(key, str):
         key = LedgerKey.from_text(key)
     return Keyring.of(key)
+
+
+class ChainWriter:
+    """A write transaction that holds the ledger head's lock (:meth:`Ledger.chained`): other
+    writes made on :attr:`conn` and the records appended with :meth:`append` commit together or
+    not at all, and no other writer can append in between."""
+
+    def __init__(self, ledger: Ledger, conn: sa.Connection):
+        self.ledger = ledger
+        self.conn = conn
+        head = conn.execute(
+            sa.select(head_table.c.seq, head_table.c.hash).where(head_table.c.id == 1).with_for_update()
+        ).one()
+        self.seq: int = head.seq
+        self.hash: str = head.hash
+
+    def append(self, kind: str, payload: dict[str, Any], *, case_id: str | None = None, run_id: str | None = None,
+               actor: str | None = None, ts: str | None = None) -> LedgerRecord:
+        """Append one record inside this transaction (see :meth:`Ledger.append`); ``ts`` defaults
+        to now. Signs a checkpoint in the same transaction when a key is configured and the
+        record is the chain's first or its ``seq`` is a multiple of ``checkpoint_every``."""
+        return self.append_text(kind, canonical_json(redact(payload)), case_id=case_id, run_id=run_id, actor=actor,
+                                ts=ts)
+
+    def append_text(self, kind: str, text: str, *, case_id: str | None = None, run_id: str | None = None,
+                    actor: str | None = None, ts: str | None = None) -> LedgerRecord:
+        """:meth:`append` for a payload already redacted and in :func:`canonical_json` form."""
+        ts = ts or now_iso()
+        seq, prev = self.seq + 1, self.hash
+        digest = _hash(prev, _body(seq, ts, case_id, run_id, kind, actor, text))
+        self.conn.execute(ledger_table.insert().values(
+            seq=seq, ts=ts, case_id=case_id, run_id=run_id, kind=kind, actor=actor, payload=text,
+            prev_hash=prev, hash=digest))
+        self.conn.execute(head_table.update().where(head_table.c.id == 1).values(seq=seq, hash=digest))
+        self.seq, self.hash = seq, digest
+        key, every = self.ledger.keyring.current, self.ledger.checkpoint_every
+        if key and (seq == 1 or (every and seq % every == 0)):
+            self.ledger._insert_checkpoint(self.conn, Checkpoint.sign(key, seq, digest, now_iso()))
+        return LedgerRecord(seq, ts, case_id, run_id, kind, actor, json.loads(text), prev, digest)
 
 
 class Ledger:
@@ -352,22 +462,17 @@ class Ledger:
         ``kind`` is a dotted step name (``detection.received``, ``approval.given``,
         ``action.contained``); ``payload`` any JSON-serialisable dict (secrets redacted here).
         """
-        clean = redact(payload)
-        text = canonical_json(clean)
-        ts = now_iso()
+        text = canonical_json(redact(payload))  # outside the transaction: the head lock is held briefly
+        with self.chained() as w:
+            return w.append_text(kind, text, case_id=case_id, run_id=run_id, actor=actor)
+
+    @contextmanager
+    def chained(self) -> Iterator[ChainWriter]:
+        """A write transaction holding the head's lock: ``with ledger.chained() as w:`` then
+        writes on ``w.conn`` and ``w.append(...)`` commit together (or roll back together when
+        the block raises). Keep the block short: every other writer waits for it."""
         with self.writer.begin() as conn:
-            head = conn.execute(
-                sa.select(head_table.c.seq, head_table.c.hash).where(head_table.c.id == 1).with_for_update()
-            ).one()
-            seq = head.seq + 1
-            digest = _hash(head.hash, _body(seq, ts, case_id, run_id, kind, actor, text))
-            conn.execute(ledger_table.insert().values(
-                seq=seq, ts=ts, case_id=case_id, run_id=run_id, kind=kind, actor=actor, payload=text,
-                prev_hash=head.hash, hash=digest))
-            conn.execute(head_table.update().where(head_table.c.id == 1).values(seq=seq, hash=digest))
-            if self.keyring.current and self.checkpoint_every and seq % self.checkpoint_every == 0:
-                self._insert_checkpoint(conn, Checkpoint.sign(self.keyring.current, seq, digest, now_iso()))
-        return LedgerRecord(seq, ts, case_id, run_id, kind, actor, json.loads(text), head.hash, digest)
+            yield ChainWriter(self, conn)
 
     @staticmethod
     def _insert_checkpoint(conn: sa.Connection, cp: Checkpoint) -> Checkpoint:
@@ -391,52 +496,89 @@ class Ledger:
 
     def dead_letter(self, origin: str, position: int | None, field: str | None, reason: str,
                     raw_text: str) -> int:
-        """Keep a rejected record with the reason; also appends an ``intake.rejected`` record to
-        the chain (without the raw text). Secrets in ``raw_text`` and ``reason`` are redacted
-        (:func:`redact_text`); ``raw_sha256`` is of the text as received. Returns the dead
-        letter's id."""
+        """Keep a rejected record with the reason, and append its ``intake.rejected`` record to
+        the chain in the same transaction (without the raw text). Secrets in ``raw_text`` and
+        ``reason`` are redacted (:func:`redact_text`). The record's payload carries
+        ``dead_letter_id``, ``origin``, ``position``, ``field``, ``reason``, ``raw_sha256`` (of
+        the text as received, before redaction), ``stored_sha256`` (of ``raw_text`` as stored,
+        after redaction) and ``row_sha256`` (:func:`dead_letter_sha256` of the stored row), so
+        :meth:`verify` finds an edited row. Returns the dead letter's id."""
         sha = hashlib.sha256(raw_text.encode("utf-8", "replace")).hexdigest()
-        with self.writer.begin() as conn:
-            res = conn.execute(dead_letters_table.insert().values(
-                ts=now_iso(), origin=origin, position=position, field=field, reason=redact_text(reason),
-                raw_text=redact_text(raw_text), raw_sha256=sha))
-            dl_id = int(res.inserted_primary_key[0])
-        self.append("intake.rejected", {"dead_letter_id": dl_id, "origin": origin, "position": position,
-                                        "field": field, "reason": reason, "raw_sha256": sha})
+        stored_reason, stored_text = redact_text(reason), redact_text(raw_text)
+        with self.chained() as w:
+            ts = now_iso()
+            values = {"ts": ts, "origin": origin, "position": position, "field": field, "reason": stored_reason,
+                      "raw_text": stored_text, "raw_sha256": sha}
+            dl_id = int(w.conn.execute(dead_letters_table.insert().values(**values)).inserted_primary_key[0])
+            w.append("intake.rejected", {
+                "dead_letter_id": dl_id, "origin": origin, "position": position, "field": field,
+                "reason": stored_reason, "raw_sha256": sha, "stored_sha256": _sha256_text(stored_text),
+                "row_sha256": dead_letter_sha256({"id": dl_id, **values})}, ts=ts)
         return dl_id
+
+    @staticmethod
+    def _case_status(w: ChainWriter, row: Any, changed: list[str], ts: str) -> LedgerRecord:
+        m = row._mapping
+        return w.append("case.status", {
+            "case_id": m["case_id"], "status": m["status"], "playbook": m["playbook"],
+            "flow_run_id": m["flow_run_id"], "plan_hash": m["plan_hash"], "case_key": m["case_key"],
+            "opened_at": m["opened_at"], "detection_sha256": _sha256_text(m["detection"]),
+            "state_sha256": case_state_sha256(row), "changed": changed}, ts=ts)
 
     def open_case(self, case_key: str, detection_uid: str, detection: dict[str, Any],
                   playbook: str | None) -> CaseOpen:
         """Open the case for ``case_key`` or join the open one. The unique key on
         ``cases.case_key`` decides under concurrency; a detection seen before (same
-        ``detection_uid``) is reported as ``duplicate_detection``."""
-        ts = now_iso()
-        case_id = "case-" + uuid.uuid4().hex[:12]
-        opened = True
+        ``detection_uid``) is reported as ``duplicate_detection``. Opening a case appends its
+        ``case.status`` record (status ``open``) in the same transaction."""
+        text = canonical_json(redact(detection))
+        by_key = sa.select(cases_table.c.case_id).where(cases_table.c.case_key == case_key)
         try:
-            with self.writer.begin() as conn:
-                conn.execute(cases_table.insert().values(
-                    case_id=case_id, case_key=case_key, opened_at=ts, playbook=playbook, status="open",
-                    detection=canonical_json(redact(detection))))
+            # every case is opened under the head's lock, so this look-up and the insert cannot race
+            with self.chained() as w:
+                existing = w.conn.execute(by_key).scalar_one_or_none()
+                opened = existing is None
+                case_id = existing or "case-" + uuid.uuid4().hex[:12]
+                if opened:
+                    ts = now_iso()
+                    w.conn.execute(cases_table.insert().values(
+                        case_id=case_id, case_key=case_key, opened_at=ts, playbook=playbook, status="open",
+                        detection=text))
+                    row = w.conn.execute(sa.select(cases_table).where(cases_table.c.case_id == case_id)).one()
+                    self._case_status(w, row, ["opened"], ts)
         except IntegrityError:
-            opened = False
+            # a writer that does not take the head's lock (an older Cordon during an upgrade) won the key
             with self.engine.connect() as conn:
-                case_id = conn.execute(sa.select(cases_table.c.case_id)
-                                       .where(cases_table.c.case_key == case_key)).scalar_one()
+                existing = conn.execute(by_key).scalar_one_or_none()
+            if existing is None:
+                raise
+            case_id, opened = existing, False
         try:
             with self.writer.begin() as conn:
                 conn.execute(case_detections_table.insert().values(
-                    detection_uid=detection_uid, case_id=case_id, received_at=ts))
+                    detection_uid=detection_uid, case_id=case_id, received_at=now_iso()))
         except IntegrityError:
             return CaseOpen(case_id, opened, duplicate_detection=True)
         return CaseOpen(case_id, opened)
 
     def set_case(self, case_id: str, **values: Any) -> None:
-        """Update a case's ``status``, ``playbook``, ``flow_run_id`` or ``plan_hash`` (cases are
-        state, not history: the history is in the chain)."""
-        with self.writer.begin() as conn:
-            conn.execute(cases_table.update().where(cases_table.c.case_id == case_id)
-                         .values(updated_at=now_iso(), **values))
+        """Change a case's ``status``, ``playbook``, ``flow_run_id``, ``plan_hash`` or ``detection``
+        (the redacted detection as JSON text; the caller redacts it) and append
+        its ``case.status`` record (the row's full state after the change, with
+        :func:`case_state_sha256`) in the same transaction. An unknown case is left alone (no
+        record); another column raises ``ValueError`` naming it."""
+        unknown = sorted(set(values) - CASE_SETTABLE)
+        if unknown:
+            allowed = ", ".join(sorted(CASE_SETTABLE))
+            raise ValueError(f"set_case: {', '.join(unknown)} cannot be changed (only {allowed})")
+        with self.chained() as w:
+            ts = now_iso()
+            res = w.conn.execute(cases_table.update().where(cases_table.c.case_id == case_id)
+                                 .values(updated_at=ts, **values))
+            if res.rowcount == 0:
+                return
+            row = w.conn.execute(sa.select(cases_table).where(cases_table.c.case_id == case_id)).one()
+            self._case_status(w, row, sorted(values), ts)
 
     # -- reading ---------------------------------------------------------------------------
     def records(self, case_id: str | None = None, kind_prefix: str | None = None) -> Iterator[LedgerRecord]:
@@ -484,7 +626,8 @@ class Ledger:
         return Checkpoint(r.seq, r.hash, r.ts, r.key_id, r.signature, r.algorithm, r.id) if r else None
 
     def verify(self, anchor: Checkpoint | None = None) -> VerifyResult:
-        """Check the chain, the head and the signed checkpoints; report the first problem.
+        """Check the chain, the head, the signed checkpoints, and the mutable rows the chain
+        vouches for; report the first problem (:class:`VerifyResult`, ``problem`` says which kind).
 
         Walks the records from the genesis hash: each ``seq`` must follow the last, ``prev_hash``
         must be the previous record's ``hash``, and ``hash`` must match the content. Every stored
@@ -492,11 +635,24 @@ class Ledger:
         :meth:`~cordon.audit.checkpoint.Checkpoint.read_anchor`) must carry a valid signature under
         :attr:`keyring` and name a record that exists with that hash: a record rewritten with its
         hashes recomputed, or a truncated tail (records deleted and the head rewritten) is caught
-        there. Finally the head row must name a record of the chain. ``first_bad_seq`` is the
-        first record found wrong (for a truncated tail, the first missing one).
+        there. The head row must name a record of the chain. ``first_bad_seq`` is the first record
+        found wrong (for a truncated tail, the first missing one).
+
+        With a key configured (``CORDON_LEDGER_KEY`` / ``CORDON_LEDGER_OLD_KEYS``) a non-empty
+        chain must be covered by at least one checkpoint (or ``anchor``): appends sign one at the
+        chain's first record and every ``checkpoint_every``-th, so none at all means they were
+        deleted (or the key was configured after the records were written: then sign the head
+        with ``cordon audit checkpoint``). Without a key that is only a warning.
+
+        Then every ``cases`` row must equal the state its last ``case.status`` record vouches for
+        (:func:`case_state_sha256`), and every ``dead_letters`` row the ``row_sha256`` of its
+        ``intake.rejected`` (or migration ``dead_letter.baseline``) record; a vouched row that is
+        gone fails too.
 
         Checkpoints are read before the head and the head before the records, so appends that
-        commit while this runs are not mistaken for tampering. Rows stream (``yield_per``).
+        commit while this runs are not mistaken for tampering; a row that changed after the walk
+        is compared with the newer ``case.status`` / ``intake.rejected`` records too. Rows stream
+        (``yield_per``); memory grows with the number of cases and dead letters (one digest each).
         """
         keyring = self.keyring
         with self.engine.connect() as conn:
@@ -506,11 +662,12 @@ class Ledger:
         if anchor is not None:
             cps.append(anchor)
         warnings: list[str] = []
-        if not cps:
-            warnings.append("no signed checkpoints: deleting the newest records and rewriting the head would go "
-                            "unnoticed (set CORDON_LEDGER_KEY; `cordon audit checkpoint`)")
-        elif not keyring.accepted:
-            warnings.append("checkpoint signatures not checked: no key configured (CORDON_LEDGER_KEY)")
+        if not keyring.accepted:
+            if not cps:
+                warnings.append("no signed checkpoints: deleting the newest records and rewriting the head would go "
+                                "unnoticed (set CORDON_LEDGER_KEY; `cordon audit checkpoint`)")
+            else:
+                warnings.append("checkpoint signatures not checked: no key configured (CORDON_LEDGER_KEY)")
         by_seq: dict[int, list[Checkpoint]] = {}
         for cp in cps:
             by_seq.setdefault(cp.seq, []).append(cp)
@@ -529,16 +686,18 @@ class Ledger:
                         f"recomputed) somewhere in records {last_vouched + 1}..{cp.seq}")
             return None
 
-        def fail(checked: int, seq: int, reason: str) -> VerifyResult:
-            return VerifyResult(False, checked, seq, reason, n_cps, tuple(warnings))
+        def fail(checked: int, seq: int | None, reason: str, problem: str = "chain", **counts: int) -> VerifyResult:
+            return VerifyResult(False, checked, seq, reason, n_cps, tuple(warnings), problem, **counts)
 
         for cp in by_seq.get(0, []):
             if problem := check_cp(cp, GENESIS):
-                return fail(0, 0, problem)
+                return fail(0, 0, problem, "checkpoint")
         prev = GENESIS
         expected_seq = 1
         checked = 0
         head_record_hash = GENESIS if head.seq == 0 else None
+        case_state: dict[str, tuple[int, dict[str, Any]]] = {}   # case_id -> (seq, last case.status payload)
+        dl_state: dict[int, tuple[int, str, str | None]] = {}   # dead letter id -> (seq, row_sha256, stored_sha256)
         q = sa.select(ledger_table).order_by(ledger_table.c.seq).execution_options(yield_per=1000)
         with self.engine.connect() as conn:
             for row in conn.execute(q):
@@ -554,10 +713,12 @@ class Ledger:
                     return fail(checked, row.seq, "record content does not match its hash")
                 for cp in by_seq.get(row.seq, ()):
                     if problem := check_cp(cp, row.hash):
-                        return fail(checked, row.seq, problem)
+                        return fail(checked, row.seq, problem, "checkpoint")
                     last_vouched = row.seq
                 if row.seq == head.seq:
                     head_record_hash = row.hash
+                if row.kind in _VOUCHING_KINDS:
+                    _note_vouching(row.kind, row.seq, json.loads(row.payload), case_state, dl_state)
                 prev = row.hash
                 expected_seq += 1
                 checked += 1
@@ -566,16 +727,154 @@ class Ledger:
             cp = min(beyond, key=lambda c: c.seq)
             n_cps += 1
             if keyring.accepted and (problem := cp.check(keyring)):
-                return fail(checked, cp.seq, f"{cp.describe()}: {problem}")
+                return fail(checked, cp.seq, f"{cp.describe()}: {problem}", "checkpoint")
             return fail(checked, checked + 1,
                         f"records {checked + 1}..{cp.seq} are missing: {cp.describe()} vouches for record {cp.seq} "
-                        f"but the chain ends at {checked} (the tail was truncated)")
+                        f"but the chain ends at {checked} (the tail was truncated)", "checkpoint")
         if head.seq > checked:
             return fail(checked, checked + 1, f"head says seq {head.seq} but the chain ends at {checked} "
                                               "(the tail was truncated)")
         if head.hash != head_record_hash:
             return fail(checked, head.seq, f"head's hash for seq {head.seq} does not match record {head.seq}")
-        return VerifyResult(True, checked, checkpoints=n_cps, warnings=tuple(warnings))
+        if keyring.accepted and checked:
+            covering = max((cp.seq for cp in cps), default=0)
+            if covering < 1:
+                return fail(checked, None,
+                            f"no signed checkpoint covers the chain ({checked} record(s)) although a ledger key is "
+                            f"configured: ledger_checkpoints holds none for any record, so a truncated tail or a "
+                            f"rewritten chain could not be told; they were deleted, or the key was configured after "
+                            f"these records were written (then sign the head: `cordon audit checkpoint`)", "coverage")
+            if self.checkpoint_every and checked - covering >= self.checkpoint_every:
+                warnings.append(f"records {covering + 1}..{checked} are not covered by a checkpoint (the newest is at "
+                                f"seq {covering}; one is signed every {self.checkpoint_every}): recent checkpoints "
+                                "may have been deleted; `cordon audit checkpoint` signs the head")
+        bad, n_cases = self._verify_cases(case_state, checked)
+        if bad:
+            return fail(checked, bad[0], bad[1], "case", cases=n_cases)
+        bad, n_dls = self._verify_dead_letters(dl_state, checked)
+        if bad:
+            return fail(checked, bad[0], bad[1], "dead_letter", cases=n_cases, dead_letters=n_dls)
+        warnings.extend(self._refusal_warnings())
+        return VerifyResult(True, checked, checkpoints=n_cps, warnings=tuple(warnings), cases=n_cases,
+                            dead_letters=n_dls)
+
+    def _newer_vouching(self, after_seq: int) -> tuple[dict[str, tuple[int, dict[str, Any]]],
+                                                        dict[int, tuple[int, str, str | None]]]:
+        """``case.status`` / dead-letter records appended after ``after_seq`` (while verify ran)."""
+        cases: dict[str, tuple[int, dict[str, Any]]] = {}
+        dls: dict[int, tuple[int, str, str | None]] = {}
+        q = (sa.select(ledger_table.c.seq, ledger_table.c.kind, ledger_table.c.payload)
+             .where(ledger_table.c.seq > after_seq, ledger_table.c.kind.in_(_VOUCHING_KINDS))
+             .order_by(ledger_table.c.seq))
+        with self.engine.connect() as conn:
+            for r in conn.execute(q):
+                _note_vouching(r.kind, r.seq, json.loads(r.payload), cases, dls)
+        return cases, dls
+
+    def _verify_cases(self, state: dict[str, tuple[int, dict[str, Any]]], walked: int
+                      ) -> tuple[tuple[int | None, str] | None, int]:
+        """The first ``cases`` row that differs from its last ``case.status`` (seq, reason), and
+        how many rows were compared."""
+        newer: dict[str, tuple[int, dict[str, Any]]] | None = None
+        seen: set[str] = set()
+        n = 0
+        q = sa.select(cases_table).order_by(cases_table.c.case_id).execution_options(yield_per=1000)
+        with self.engine.connect() as conn:
+            for row in conn.execute(q):
+                n += 1
+                seen.add(row.case_id)
+                vouched = state.get(row.case_id)
+                digest = case_state_sha256(row)
+                if vouched and vouched[1].get("state_sha256") == digest:
+                    continue
+                if newer is None:
+                    newer = self._newer_vouching(walked)[0]
+                later = newer.get(row.case_id)
+                if later and later[1].get("state_sha256") == digest:
+                    continue
+                return _case_mismatch(row, vouched), n
+        for case_id, (seq, _p) in state.items():
+            if case_id not in seen:
+                return (seq, f"case {case_id}: its cases row is gone, but case.status record {seq} vouches for "
+                             "it (the row was deleted)"), n
+        return None, n
+
+    def _verify_dead_letters(self, state: dict[int, tuple[int, str, str | None]], walked: int
+                             ) -> tuple[tuple[int | None, str] | None, int]:
+        """The first ``dead_letters`` row that differs from its chained record (seq, reason), and
+        how many rows were compared."""
+        newer: dict[int, tuple[int, str, str | None]] | None = None
+        seen: set[int] = set()
+        n = 0
+        q = sa.select(dead_letters_table).order_by(dead_letters_table.c.id).execution_options(yield_per=1000)
+        with self.engine.connect() as conn:
+            for row in conn.execute(q):
+                n += 1
+                seen.add(row.id)
+                vouched = state.get(row.id)
+                if vouched is None:
+                    if newer is None:
+                        newer = self._newer_vouching(walked)[1]
+                    vouched = newer.get(row.id)
+                if vouched is None:
+                    return (None, f"dead letter #{row.id} ({row.origin} record {row.position}): no intake.rejected "
+                                  "record vouches for it (inserted directly, not through the ledger)"), n
+                if dead_letter_sha256(row) == vouched[1]:
+                    continue
+                if vouched[2] and _sha256_text(row.raw_text) != vouched[2]:
+                    what = "raw_text was edited (it no longer matches the chained stored_sha256)"
+                else:
+                    what = "a column (ts, origin, position, field, reason or raw_sha256) was edited"
+                return (vouched[0], f"dead letter #{row.id} ({row.origin} record {row.position}) differs from "
+                                    f"its chained record {vouched[0]}: {what}"), n
+        for dl_id, (seq, _h, _s) in state.items():
+            if dl_id not in seen:
+                return (seq, f"dead letter #{dl_id}: its row is gone, but record {seq} vouches for it "
+                             "(the row was deleted)"), n
+        return None, n
+
+    def _refusal_warnings(self, stale_after: float = 600.0) -> list[str]:
+        """Refusal windows that ended more than ``stale_after`` seconds ago and are still not
+        summarised in the chain (no server has been closing them)."""
+        cutoff = datetime.fromtimestamp(int(datetime.now(UTC).timestamp() - stale_after), UTC).isoformat()
+        t = refusal_windows_table
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(t.c.count), 0))
+                               .where(t.c.summary_seq.is_(None), t.c.window_start < cutoff)).one()
+        if not row[0]:
+            return []
+        return [f"{row[1]} refused request(s) counted in {row[0]} refusal window(s) that ended long ago are not yet "
+                "summarised in the chain (`cordon serve` closes them; see cordon.audit.refusals)"]
+
+
+#: Record kinds whose payload vouches for a mutable row (:meth:`Ledger.verify`).
+_VOUCHING_KINDS = ("case.status", "intake.rejected", "dead_letter.baseline")
+
+
+def _note_vouching(kind: str, seq: int, p: dict[str, Any], cases: dict[str, tuple[int, dict[str, Any]]],
+                   dls: dict[int, tuple[int, str, str | None]]) -> None:
+    if kind == "case.status":
+        if isinstance(p.get("case_id"), str):
+            p.pop("changed", None)
+            cases[p["case_id"]] = (seq, p)
+    elif isinstance(p.get("dead_letter_id"), int) and isinstance(p.get("row_sha256"), str):
+        # intake.rejected records written before schema 0004 carry no row_sha256: the migration's
+        # dead_letter.baseline record vouches for those rows instead
+        dls[p["dead_letter_id"]] = (seq, p["row_sha256"], p.get("stored_sha256"))
+
+
+def _case_mismatch(row: Any, vouched: tuple[int, dict[str, Any]] | None) -> tuple[int | None, str]:
+    if vouched is None:
+        return None, (f"case {row.case_id}: no case.status record vouches for its cases row (status {row.status!r}): "
+                      "the row was inserted or re-keyed outside the ledger")
+    seq, p = vouched
+    diffs = [f"{f} is {getattr(row, f)!r} in the row but {p.get(f)!r} in the chain"
+             for f in ("status", "plan_hash", "flow_run_id", "playbook", "case_key", "opened_at")
+             if getattr(row, f) != p.get(f)]
+    if _sha256_text(row.detection) != p.get("detection_sha256"):
+        diffs.append("detection differs from the chained detection_sha256")
+    return seq, (f"case {row.case_id}: the cases row differs from its last case.status record {seq}: "
+                 + "; ".join(diffs or ["a vouched column differs"]))
 
 
 def _make_engine(url: str) -> Engine:

@@ -44,6 +44,7 @@ from datetime import datetime
 from typing import Any
 
 from cordon.detections.cloudtrail import RecordFields, SigmaMatchLike, detection_uid, severity_label, type_name
+from cordon.detections.errors import RecordError
 from cordon.detections.model import Actor, Credential, Detection, Principal, RawRef, RuleRef, record_sha256
 
 #: ATT&CK techniques used when the matching rule carries none, by Cordon's activity label.
@@ -307,6 +308,24 @@ def activity_match_view(record: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- shared pieces -----------------------------------------------------------------------------
+
+_UPN_CLAIM = "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/upn"
+
+
+def _claim(claims: dict[str, Any], claims_path: str, name: str, f: RecordFields) -> str | None:
+    """The string value of one token claim of an Activity Log ``claims`` object, or ``None``.
+
+    Claim names are URIs with dots (``http://schemas.xmlsoap.org/ws/2005/05/identity/claims/upn``), so
+    they are looked up directly rather than by dotted path. Raises :class:`RecordError` naming
+    ``<claims_path>.<claim name>`` when the value is not a string (a list, a number, an object): Azure
+    writes every claim as a string (Activity Log event schema,
+    https://learn.microsoft.com/azure/azure-monitor/essentials/activity-log-schema).
+    """
+    value = claims.get(name)
+    if value is None or isinstance(value, str):
+        return value
+    raise RecordError(f.origin, f.position, f"{claims_path}.{name}",
+                      f"expected a string, got {type_name(value)}")
 
 
 def _rule(match: SigmaMatchLike) -> RuleRef:
@@ -944,11 +963,12 @@ def detections_from_azure_activity(
         subscription = m.group(1) if m else None
     region = f.get("location", str) or None
     identity = f.get("identity", (dict, str))  # the storage form's identity object (a name string in some exports)
+    claims_path = "claims" if f.get("claims", dict) else "identity.claims"
     claims = f.get("claims", dict) or (f.get("identity.claims", dict) if isinstance(identity, dict) else None) or {}
-    oid = claims.get("http://schemas.microsoft.com/identity/claims/objectidentifier")
-    upn = claims.get("http://schemas.xmlsoap.org/ws/2005/05/identity/claims/upn") or claims.get("name")
+    oid = _claim(claims, claims_path, "http://schemas.microsoft.com/identity/claims/objectidentifier", f)
+    upn = _claim(claims, claims_path, _UPN_CLAIM, f) or _claim(claims, claims_path, "name", f)
     caller = f.get("caller", str)
-    appid = claims.get("appid")
+    appid = _claim(claims, claims_path, "appid", f)
     ptype = "User" if upn or (caller and "@" in caller) else ("ServicePrincipal" if appid else None)
     user = Principal(
         uid=oid or caller or upn,

@@ -68,11 +68,165 @@ Kind = Literal[
 #: ``raw_text`` of a Rejected is cut at this many characters, with a note saying how much was cut.
 RAW_TEXT_CAP = 1024 * 1024
 
+#: Deepest nesting of objects and arrays accepted in one record (the record object itself is level 1).
+#: Real CloudTrail, GuardDuty, ASFF, Cloud Audit Log and Entra records nest under 15 levels. A deeper
+#: record is dead-lettered (field: the path where the limit is crossed) before any parser, Sigma
+#: matcher, redaction or serialiser recurses into it; JSON nested near Python's recursion limit
+#: (about 1,000 levels), which the ``json`` module itself cannot decode, is dead-lettered the same way
+#: and the rest of the input is read (issue 10, item 3).
+MAX_DEPTH = 64
+
+#: Longest string (value or key) accepted in one field, in characters: 64 KiB. A longer one is
+#: dead-lettered naming the field, so a 600 KB ``userAgent`` never reaches Prefect's parameters
+#: (512 KiB limit) or the redaction regexes (issue 10, item 5). The dead letter keeps the record.
+MAX_FIELD_CHARS = 64 * 1024
+
+#: Largest record accepted, in characters: 1 MiB, counted over its keys and string values plus
+#: one per number, boolean and null (a lower bound of its JSON text's length). A larger record is
+#: dead-lettered as a whole (field ``None``). CloudTrail events are at most 256 KB.
+MAX_RECORD_CHARS = 1024 * 1024
+
 _CHUNK = 64 * 1024
 _BIG_LINE = 1024 * 1024
 _GZIP_MAGIC = b"\x1f\x8b"
 _WS = re.compile(r"[ \t\n\r]*")
-_decoder = json.JSONDecoder()
+#: Any UTF-16 surrogate code point in a ``str``: Python keeps a valid pair as one character, so a
+#: match is always a lone surrogate (JSON ``"\ud800"``), which is not Unicode text (RFC 8259 section 8.2).
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class _DupKeys(dict):
+    """A decoded JSON object in which some key appeared more than once (``duplicates``: those keys, in
+    order). ``json`` keeps the last value; Cordon refuses to guess and dead-letters the record."""
+
+    duplicates: list[str]
+
+
+def _object_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    seen: set[str] = set()
+    marked = _DupKeys(obj)
+    marked.duplicates = [k for k, _ in pairs if k in seen or seen.add(k)]  # type: ignore[func-returns-value]
+    return marked
+
+
+class _TooDeep:
+    """Stands for a JSON value nested too deep for Python's ``json`` to decode (``RecursionError``)."""
+
+    def __repr__(self) -> str:
+        return "<nested too deep to decode>"
+
+
+_TOO_DEEP = _TooDeep()
+_decoder = json.JSONDecoder(object_pairs_hook=_object_pairs)
+#: Strings and brackets, to find where a value too deep to decode ends (error path only).
+_SKIP_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*+"|[\[\]{}]', re.S)
+
+
+def _value_end(text: str, pos: int) -> int | None:
+    """End of the array or object starting at ``text[pos]``, found by counting brackets outside
+    strings; ``None`` when it never closes."""
+    depth = 0
+    for m in _SKIP_TOKEN.finditer(text, pos):
+        ch = m.group()[0]
+        if ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+            if depth == 0:
+                return m.end()
+    return None
+
+
+def _raw_decode(text: str, pos: int) -> tuple[Any, int]:
+    """:meth:`json.JSONDecoder.raw_decode` with duplicate keys marked (:class:`_DupKeys`); a value
+    too deep to decode is returned as ``_TOO_DEEP`` with its end. Raises ``json.JSONDecodeError``."""
+    try:
+        return _decoder.raw_decode(text, pos)
+    except RecursionError:
+        end = _value_end(text, pos)
+        if end is None:
+            raise json.JSONDecodeError("nested too deep, and never closed", text, pos) from None
+        return _TOO_DEEP, end
+
+
+def _loads(text: str) -> Any:
+    """``json.loads`` with duplicate keys marked and ``_TOO_DEEP`` for a value too deep to decode.
+    Raises ``json.JSONDecodeError``."""
+    value, end = _raw_decode(text, _WS.match(text, 0).end())
+    end = _WS.match(text, end).end()
+    if end != len(text):
+        raise json.JSONDecodeError("Extra data", text, end)
+    return value
+
+
+def _clean(text: str) -> str:
+    """``text`` with each lone surrogate written as a ``\\udXXX`` escape, so that it is valid UTF-8."""
+    if _SURROGATE.search(text) is None:
+        return text
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def _dump(value: Any) -> str:
+    """JSON text of a decoded value for a dead letter; never raises."""
+    try:
+        return json.dumps(value, ensure_ascii=False, default=repr)
+    except (ValueError, TypeError, RecursionError) as exc:
+        return f"<record not serialisable as JSON: {type(exc).__name__}>"
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def record_problem(record: Any) -> tuple[str | None, str] | None:
+    """Why ``record`` (a decoded JSON value) cannot be accepted, as ``(field, reason)``, or ``None``.
+
+    Checked, without recursion: nesting deeper than :data:`MAX_DEPTH` (or too deep to decode at
+    all), a key that appears twice in one object (duplicate keys are not guessed at), a string over
+    :data:`MAX_FIELD_CHARS`, a lone UTF-16 surrogate in a key or string, and a record over
+    :data:`MAX_RECORD_CHARS`. ``field`` is the dotted path (array items as ``[i]``) of the first
+    problem found, ``None`` for the record as a whole. Never raises.
+    """
+    total = 0
+    stack: list[tuple[Any, str, int]] = [(record, "", 1)]
+    while stack:
+        value, path, depth = stack.pop()
+        if value is _TOO_DEEP or (depth > MAX_DEPTH and isinstance(value, dict | list)):
+            return path or None, f"nested deeper than {MAX_DEPTH} levels of objects and arrays (MAX_DEPTH)"
+        if isinstance(value, dict):
+            dups = getattr(value, "duplicates", None)
+            if dups:
+                return _clean(_join(path, dups[0])), (
+                    f"duplicate key {_clean(dups[0])!r} in one object (keys seen twice: "
+                    f"{', '.join(repr(_clean(k)) for k in dict.fromkeys(dups))}); which value is meant is not guessed")
+            for key, item in value.items():
+                total += len(key)
+                if len(key) > MAX_FIELD_CHARS:
+                    return path or None, (f"a key of {len(key)} characters, over the {MAX_FIELD_CHARS}-character "
+                                          "cap (MAX_FIELD_CHARS)")
+                if _SURROGATE.search(key):
+                    return _clean(_join(path, key)), ("a lone UTF-16 surrogate in the key "
+                                                      "(not Unicode text, RFC 8259 8.2)")
+                stack.append((item, _join(path, key), depth + 1))
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                stack.append((item, f"{path}[{i}]", depth + 1))
+            total += 1
+        elif isinstance(value, str):
+            total += len(value)
+            if len(value) > MAX_FIELD_CHARS:
+                return path or None, (f"a string of {len(value)} characters, over the {MAX_FIELD_CHARS}-character "
+                                      "cap per field (MAX_FIELD_CHARS)")
+            if _SURROGATE.search(value):
+                return path or None, "a lone UTF-16 surrogate in the string (not Unicode text, RFC 8259 8.2)"
+        else:
+            total += 1
+        if total > MAX_RECORD_CHARS:
+            return None, f"record over {MAX_RECORD_CHARS} characters (MAX_RECORD_CHARS)"
+    return None
 
 _EXPECTED_SHAPES = (
     "expected a CloudTrail event (eventName, eventSource, eventTime), a GuardDuty finding "
@@ -140,10 +294,11 @@ class RawRecord:
 
 
 def cap_text(text: str, cap: int = RAW_TEXT_CAP) -> str:
-    """``text`` cut to ``cap`` characters, with a note saying how many were left out."""
-    if len(text) <= cap:
-        return text
-    return text[:cap] + f"\n...[raw_text truncated: {len(text) - cap} more characters not kept]"
+    """``text`` cut to ``cap`` characters, with a note saying how many were left out; a lone UTF-16
+    surrogate (not storable as UTF-8) is written as its ``\\udXXX`` escape."""
+    if len(text) > cap:
+        text = text[:cap] + f"\n...[raw_text truncated: {len(text) - cap} more characters not kept]"
+    return _clean(text)
 
 
 def classify(record: Any) -> Kind | None:
@@ -285,7 +440,10 @@ class _Input:
         return pos
 
     def reject(self, field_: str | None, reason: str, raw_text: str, *, count: bool = True) -> Rejected:
-        pos = self.take() if count else None
+        """A dead letter at the next position. ``count=False`` (a failure of the input itself after its
+        records, such as a truncated gzip stream) gives the position the next record would have had
+        without taking it."""
+        pos = self.take() if count else self.position
         return Rejected(origin=self.origin, position=pos, field=field_, reason=reason, raw_text=cap_text(raw_text))
 
     # -- unwrapping -------------------------------------------------------------------------
@@ -293,13 +451,23 @@ class _Input:
     def unwrap(self, value: Any, text: str, line: int | None) -> Iterator[RawRecord | Rejected]:
         """Records in one top-level value (a line, an array item, a document)."""
         where = f" (line {line})" if line is not None else ""
+        if value is _TOO_DEEP:
+            yield self.reject(None, f"nested deeper than {MAX_DEPTH} levels of objects and arrays{where} "
+                                    "(too deep to decode; MAX_DEPTH)", text)
+            return
         if not isinstance(value, dict):
             yield self.reject(None, f"expected a JSON object{where}, got {_type_name(value)}", text)
             return
+        message = value.get("message")
+        for obj, path in ((value, ""), (message, "message")):
+            if isinstance(obj, _DupKeys):  # an envelope's own keys repeat: which records are meant is not guessed
+                key = _clean(obj.duplicates[0])
+                yield self.reject(_join(path, key), f"duplicate key {key!r} in one object{where}; which value is "
+                                  "meant is not guessed", text)
+                return
         if "detail-type" in value and "detail" in value:
             yield from self._eventbridge(value, text, line)
             return
-        message = value.get("message")
         if isinstance(message, dict) and "data" in message and ("subscription" in value or "messageId" in message):
             yield self._pubsub(value, message, text, line)
             return
@@ -331,7 +499,7 @@ class _Input:
         except UnicodeDecodeError as exc:
             return self.reject("message.data", f"decoded data is not UTF-8 text{where}: {exc.reason}", text)
         try:
-            decoded = json.loads(decoded_text)
+            decoded = _loads(decoded_text)
         except json.JSONDecodeError as exc:
             return self.reject(
                 "message.data",
@@ -383,8 +551,11 @@ class _Input:
         expect: Kind | None = None,
     ) -> RawRecord | Rejected:
         """Classify one bare record (``text`` is re-serialised when not given)."""
-        kind = classify(record)
         where = f" (line {line})" if line is not None else ""
+        problem = record_problem(record)
+        if problem is not None:
+            return self.reject(problem[0], f"{problem[1]}{where}", text if text is not None else _dump(record))
+        kind = classify(record)
         if kind is None or (expect is not None and kind != expect):
             raw = text if text is not None else json.dumps(record, ensure_ascii=False, default=str)
             if not isinstance(record, dict):
@@ -532,7 +703,7 @@ def _decode_line(raw: bytes) -> str:
 def _loads_line(raw: bytes) -> tuple[Any, str]:
     """Decode one JSON line; raises ``UnicodeDecodeError`` or ``json.JSONDecodeError``."""
     text = _decode_line(raw)
-    return json.loads(text), text
+    return _loads(text), text
 
 
 # -- readers -----------------------------------------------------------------------------------
@@ -583,6 +754,11 @@ def _looks_like_json_lines(first, next_nonblank, parsed: dict[int, tuple[Any, st
     if first[2].lstrip().startswith(b"[") or len(first[2]) > _BIG_LINE:
         return False
     if _parses(first, parsed):
+        if parsed[first[0]][0] is _TOO_DEEP and first[2].lstrip().startswith(b"{"):
+            # too deep to decode whole (a single-line {"Records": [...]} with one hostile record):
+            # read as a document, one record at a time, so only that record is dead-lettered
+            del parsed[first[0]]
+            return False
         return True
     second = next_nonblank()
     return second is not None and second[2].lstrip().startswith(b"{") and _parses(second, parsed)
@@ -704,7 +880,7 @@ def _read_document(inp: _Input, chunks: _Chunks, consumed, lines) -> Iterator[Ra
             pos = result
         else:
             try:
-                value, end = _decoder.raw_decode(text, pos)
+                value, end = _raw_decode(text, pos)
             except json.JSONDecodeError as exc:
                 yield fail(exc.pos, exc.msg, pos)
                 return
@@ -726,7 +902,7 @@ def _read_array(inp: _Input, text: str, start: int, lc: _LineCounter, fail):
         return pos + 1
     while True:
         try:
-            value, end = _decoder.raw_decode(text, pos)
+            value, end = _raw_decode(text, pos)
         except json.JSONDecodeError as exc:
             yield fail(exc.pos, exc.msg, pos)
             return None
@@ -746,18 +922,20 @@ def _read_object(inp: _Input, text: str, start: int, lc: _LineCounter, fail):
     (each classified directly); any other object is unwrapped as a whole. Returns the end
     position, or ``None`` after a parse failure."""
     line = lc.at(start)
-    top: dict[str, Any] = {}
+    pairs: list[tuple[str, Any]] = []  # duplicate keys are marked as in any other object (_object_pairs)
+    seen: set[str] = set()
     streamed = False
     pos = _WS.match(text, start + 1).end()
     if pos < len(text) and text[pos] == "}":
-        yield from inp.unwrap(top, text[start : pos + 1], line)
+        yield from inp.unwrap({}, text[start : pos + 1], line)
         return pos + 1
     while True:
         if pos >= len(text) or text[pos] != '"':
             yield fail(pos, "expected a property name in double quotes", start)
             return None
+        key_pos = pos
         try:
-            key, pos = _decoder.raw_decode(text, pos)
+            key, pos = _raw_decode(text, pos)
         except json.JSONDecodeError as exc:
             yield fail(exc.pos, exc.msg, start)
             return None
@@ -766,7 +944,20 @@ def _read_object(inp: _Input, text: str, start: int, lc: _LineCounter, fail):
             yield fail(pos, "expected ':' after a property name", start)
             return None
         pos = _WS.match(text, pos + 1).end()
-        if key in ("Records", "Findings", "records") and not streamed and pos < len(text) and text[pos] == "[":
+        duplicate = key in seen
+        seen.add(key)
+        if duplicate and streamed:
+            # The first array's records were read: this member is dead-lettered, not ignored.
+            try:
+                _, pos = _raw_decode(text, pos)
+            except json.JSONDecodeError as exc:
+                yield fail(exc.pos, exc.msg, start)
+                return None
+            yield inp.reject(_clean(key), f"duplicate key {_clean(key)!r} in one object (line {lc.at(key_pos)}); "
+                             "which value is meant is not guessed", text[key_pos:pos])
+        elif (key in ("Records", "Findings", "records") and not streamed
+              and len(seen) == len(pairs) + 1  # no key repeated so far (else dead-lettered whole, as on one line)
+              and pos < len(text) and text[pos] == "["):
             streamed = True
             item_pos = _WS.match(text, pos + 1).end()
             if item_pos < len(text) and text[item_pos] == "]":
@@ -774,7 +965,7 @@ def _read_object(inp: _Input, text: str, start: int, lc: _LineCounter, fail):
             else:
                 while True:
                     try:
-                        value, end = _decoder.raw_decode(text, item_pos)
+                        value, end = _raw_decode(text, item_pos)
                     except json.JSONDecodeError as exc:
                         yield fail(exc.pos, exc.msg, item_pos)
                         return None
@@ -790,11 +981,11 @@ def _read_object(inp: _Input, text: str, start: int, lc: _LineCounter, fail):
                     return None
         else:
             try:
-                value, pos = _decoder.raw_decode(text, pos)
+                value, pos = _raw_decode(text, pos)
             except json.JSONDecodeError as exc:
                 yield fail(exc.pos, exc.msg, start)
                 return None
-            top[key] = value
+            pairs.append((key, value))
         pos = _WS.match(text, pos).end()
         if pos < len(text) and text[pos] == ",":
             pos = _WS.match(text, pos + 1).end()
@@ -805,7 +996,7 @@ def _read_object(inp: _Input, text: str, start: int, lc: _LineCounter, fail):
         yield fail(pos, "expected ',' or '}' after an object member", start)
         return None
     if not streamed:
-        yield from inp.unwrap(top, text[start:pos], line)
+        yield from inp.unwrap(_object_pairs(pairs), text[start:pos], line)
     return pos
 
 

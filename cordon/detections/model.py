@@ -3,7 +3,7 @@
 Field names follow the OCSF *Detection Finding* class (class_uid 2004) where OCSF has one:
 ``finding_info`` becomes :class:`RuleRef` + ``technique_ids``, ``actor.user`` / ``actor.session``
 become :class:`Actor`, ``src_endpoint.ip`` is ``Actor.src_ip``, ``cloud.account.uid`` is
-``account_uid``, ``cloud.region`` is ``region``, ``severity`` / ``severity_id`` as in OCSF 1.3.
+``account_uid``, ``cloud.region`` is ``region``, ``severity`` / ``severity_id`` as in OCSF 1.8.0.
 
 Every parser in :mod:`cordon.detections` is a pure function from a raw record to a
 ``Detection`` (or a :class:`~cordon.detections.errors.RecordError` naming the field at fault).
@@ -23,7 +23,7 @@ Source = Literal["cloudtrail", "guardduty", "securityhub", "entra", "azure_activ
                  "manual"]
 AccessPath = Literal["console", "api", "service", "unknown"]
 
-#: OCSF severity_id values (OCSF 1.3 ``severity_id`` enum).
+#: OCSF severity_id values (OCSF 1.8.0 ``severity_id`` enum).
 SEVERITY_IDS: dict[str, int] = {
     "unknown": 0,
     "informational": 1,
@@ -243,5 +243,14 @@ def canonical_json(obj: Any) -> str:
 
 
 def record_sha256(record: Any) -> str:
-    """SHA-256 hex digest of :func:`canonical_json` of ``record``."""
-    return hashlib.sha256(canonical_json(record).encode()).hexdigest()
+    """SHA-256 hex digest (64 lower-case hex characters) of :func:`canonical_json` of ``record``,
+    encoded as UTF-8.
+
+    A string holding a lone UTF-16 surrogate (JSON ``"\\ud800"`` decodes to one; it is not a Unicode
+    character, RFC 8259 section 8.2) is encoded with Python's ``surrogatepass`` handler (the
+    surrogate's three-byte WTF-8 form), so hashing never raises; text without surrogates hashes
+    exactly as plain UTF-8. Intake dead-letters such records before they reach a parser
+    (:data:`cordon.detections.intake.MAX_DEPTH` and its siblings); this is the guard for any other
+    caller.
+    """
+    return hashlib.sha256(canonical_json(record).encode("utf-8", "surrogatepass")).hexdigest()

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
+from pydantic import ValidationError
+
 from cordon.detections.azure import (
     activity_match_view,
     detections_from_azure_activity,
@@ -45,7 +47,14 @@ class DetectStats:
     findings; ``detections``: Detections yielded (one per matching rule for events; a
     ``SetIamPolicy`` entry or an SCC grant finding gives one per granted binding), of which
     ``suppressed``; ``rejected``: Rejected yielded
-    (from intake and from parsers).
+    (from intake and from parsers); ``records_detected``: records that gave at least one Detection;
+    ``records_empty``: events some rule matched and findings that gave none (e.g. a ``SetIamPolicy``
+    that grants nothing).
+
+    Every record read ends counted exactly once:
+    ``records_read == rejected + events_unmatched + records_detected + records_empty``, and
+    ``events + findings + rejected == records_read`` (a record its parser rejects is counted as
+    rejected only, not as an event or finding).
     """
 
     records_read: int = 0
@@ -56,6 +65,8 @@ class DetectStats:
     detections: int = 0
     suppressed: int = 0
     rejected: int = 0
+    records_detected: int = 0
+    records_empty: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """The counts as a plain dict (for JSON output)."""
@@ -63,7 +74,23 @@ class DetectStats:
 
 
 def _record_text(record: Any) -> str:
-    return cap_text(json.dumps(record, ensure_ascii=False, default=str))
+    try:
+        return cap_text(json.dumps(record, ensure_ascii=False, default=str))
+    except (ValueError, TypeError, RecursionError) as exc:  # intake caps depth; this is the last guard
+        return f"<record not serialisable as JSON: {type(exc).__name__}>"
+
+
+def _unexpected(item: RawRecord, exc: Exception) -> Rejected:
+    """The dead letter for an exception other than :class:`RecordError` raised on one record."""
+    where = f" (line {item.line})" if item.line is not None else ""
+    detail = str(exc)
+    if isinstance(exc, ValidationError):
+        errs = exc.errors()
+        loc = ".".join(str(p) for p in errs[0]["loc"]) if errs else "?"
+        detail = f"the detection's field {loc!r}: {errs[0]['msg'] if errs else exc}"
+    reason = f"unexpected {type(exc).__name__} while reading this {item.kind} record{where}: {detail}"
+    return Rejected(origin=item.origin, position=item.position, field=None, reason=reason[:2000],
+                    raw_text=_record_text(item.record))
 
 
 def detect(
@@ -85,7 +112,11 @@ def detect(
     :func:`detections_from_entra_audit` / :func:`detections_from_azure_activity`. Entra sign-in
     records are counted as unmatched events and yield nothing. Rejected records pass through.
     A :class:`RecordError` from a parser or from ``rules.match`` becomes a :class:`Rejected`
-    carrying the record's JSON text, and processing continues; any other exception is a bug and propagates.
+    carrying the record's JSON text, and processing continues. Any other exception raised on one
+    record (a bug, a pydantic ``ValidationError``, ``RecursionError``) also becomes a
+    :class:`Rejected` with the record's origin and position, its line when known and the exception
+    in the reason (the detection's field for a ``ValidationError``), and the rest of the input
+    goes on: no per-record exception escapes. ``KeyboardInterrupt`` / ``SystemExit`` still do.
 
     Pass ``stats`` to read the counts (:class:`DetectStats`) while or after iterating.
     """
@@ -96,12 +127,21 @@ def detect(
             stats.rejected += 1
             yield item
             continue
+        before = (stats.events, stats.events_matched, stats.events_unmatched, stats.findings)
         try:
             produced = list(_detections(item, rules, stats))
-        except RecordError as err:
+        except Exception as exc:  # noqa: BLE001 - one record never stops the rest (issue 10, item 3)
+            stats.events, stats.events_matched, stats.events_unmatched, stats.findings = before
             stats.rejected += 1
-            yield Rejected.from_error(err, _record_text(item.record))
+            if isinstance(exc, RecordError):
+                yield Rejected.from_error(exc, _record_text(item.record))
+            else:
+                yield _unexpected(item, exc)
             continue
+        if produced:
+            stats.records_detected += 1
+        elif stats.events_unmatched == before[2]:
+            stats.records_empty += 1
         for det in produced:
             stats.detections += 1
             if det.suppressed:

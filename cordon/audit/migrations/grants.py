@@ -10,8 +10,8 @@ an application role that may:
   needs UPDATE);
 * ``cases``: SELECT, INSERT, UPDATE (mutable case state);
 * ``alembic_version``: SELECT (to find the schema at head);
-* any other table of :data:`cordon.audit.migrations.METADATA_SOURCES` (e.g. an outbox):
-  SELECT, INSERT, UPDATE, DELETE;
+* any other table of :data:`cordon.audit.migrations.METADATA_SOURCES` (e.g. an outbox, the
+  ``refusal_windows`` counters, whose summarised rows may be pruned): SELECT, INSERT, UPDATE, DELETE;
 * the schema's sequences: USAGE, SELECT (serial ids).
 
 PostgreSQL docs: https://www.postgresql.org/docs/current/sql-grant.html. Passwords are not set
