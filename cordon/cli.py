@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(help="Cordon: incident-response playbooks for cloud credential persistence.",
                   no_args_is_help=True, add_completion=False)
@@ -24,11 +25,29 @@ from cordon.cli_audit import audit_app  # noqa: E402 - list / show / export live
 playbooks_app = typer.Typer(help="List and validate playbooks.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 app.add_typer(playbooks_app, name="playbooks")
+config_app = typer.Typer(help="Check cordon.yaml and what it names.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
 db_app = typer.Typer(help="The ledger database's schema (Alembic) and grants.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
 out = Console(soft_wrap=True, highlight=False)
 err = Console(stderr=True, soft_wrap=True, highlight=False)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        import prefect
+
+        out.print(f"cordon {version('cordon')} (Prefect {prefect.__version__}, Python {sys.version.split()[0]})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print Cordon's version and exit.")] = False) -> None:
+    """Cordon: incident-response playbooks for cloud credential persistence."""
 
 
 class ApproveMode(StrEnum):
@@ -57,7 +76,23 @@ def _responder():
     try:
         return Responder()
     except (PlaybookError, SigmaRuleError, ValueError) as exc:
-        err.print(f"[red]configuration error:[/red] {exc}")
+        for line in str(exc).splitlines():
+            err.print(f"[red]configuration error:[/red] {escape(line)}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+def _require_approvers(config=None, playbooks=None) -> None:
+    """The Slack path starts only with approvers configured
+    (:func:`cordon.approvals.policy.require_approvers`); otherwise one line and exit 1."""
+    from cordon.approvals.policy import require_approvers
+    from cordon.config import ConfigError, load_config
+    from cordon.playbooks.schema import PlaybookError
+
+    try:
+        require_approvers(config or load_config(), playbooks)
+    except (ConfigError, PlaybookError) as exc:
+        for line in str(exc).splitlines():
+            err.print(f"[red]configuration error:[/red] {escape(line)}", highlight=False)
         raise typer.Exit(1) from None
 
 
@@ -79,14 +114,11 @@ def respond(
                   "sandbox: nothing real is touched)[/yellow]")
         approve = ApproveMode.auto
     responder = _responder()
+    if approve is ApproveMode.slack:
+        _require_approvers(responder.config, responder.playbooks)
     stdin = sys.stdin.buffer if "-" in paths else None
     report = responder.intake(paths, stdin=stdin)
-    for rej in report.rejected:
-        err.print(f"[yellow]rejected[/yellow] {rej.message()} (kept in the dead-letter table)")
-    for det in report.suppressed:
-        err.print(f"[dim]suppressed {det.source} {det.finding_type or det.event_name}: {det.suppressed}[/dim]")
-    for ticket in report.joined:
-        err.print(f"[dim]{ticket.detection.rule.name} joined open case {ticket.case_id}[/dim]")
+    _print_intake(report, output)
 
     sb = None
     if sandbox:
@@ -96,23 +128,112 @@ def respond(
     slack = _slack_settings(responder) if approve is ApproveMode.slack else None
     errors = 0
     try:
+        handled = {t.case_id for t in [*report.cases, *report.joined]}
         for summary in responder.run_all(report, approval=approve.value, sandbox=sb, slack=slack):
-            _print_case(summary, output)
-            if summary.get("status") == "error":
-                errors += 1
-                err.print(f"[red]{summary['case_id']} failed:[/red] {summary['error']}")
+            errors += _print_run(summary, output)
+        # then the ledger's other stranded cases this invocation may run (cordon/recovery.py)
+        errors += _recover_stranded(responder, approve.value, sb, slack, handled, output)
     finally:
         if sb is not None:
             err.print(f"[cyan]sandbox:[/cyan] local stand-ins ({sb.describe()}), seeded from the detections")
             sb.stop()
     if output is OutputFormat.text:
-        err.print(f"{report.detections} detection(s), {len(report.cases)} case(s) opened, "
-                  f"{len(report.joined)} joined an open case, {len(report.suppressed)} suppressed, "
-                  f"{len(report.rejected)} record(s) rejected. Ledger: {responder.ledger.url}")
+        err.print(f"{report.records_read} record(s) read, {report.detections} detection(s), {len(report.cases)} "
+                  f"case(s) opened, {len(report.joined)} joined an open case, {len(report.suppressed)} suppressed, "
+                  f"{len(report.rejected)} record(s) rejected. Ledger: {escape(responder.ledger.url)}",
+                  highlight=False)
+    else:
+        print(json.dumps({"summary": {"read": report.records_read, "detections": report.detections,
+                                      "cases": len(report.cases), "joined": len(report.joined),
+                                      "suppressed": len(report.suppressed), "rejected": len(report.rejected),
+                                      "failed": errors}}), flush=True)
     if errors:
         raise typer.Exit(1)
     if report.rejected:
         raise typer.Exit(2)
+
+
+def _print_intake(report, output: OutputFormat) -> None:
+    """What the intake did besides opening cases: rejected records, suppressed detections and
+    detections that joined an open case. Text goes to stderr (rejections always); with ``--output
+    json`` each is also one object on stdout (``{"rejected": {...}}``, ``{"suppressed": {...}}``,
+    ``{"joined": {...}}``), before the cases' objects and the closing ``{"summary": {...}}``."""
+    for rej in report.rejected:  # named on stderr in both formats (exit code 2 points there)
+        if output is OutputFormat.json:
+            _json_line({"rejected": {"origin": rej.origin, "position": rej.position, "field": rej.field,
+                                     "reason": rej.reason}})
+        err.print(f"[yellow]rejected[/yellow] {escape(rej.message())} (kept in the dead-letter table)",
+                  highlight=False)
+    for det in report.suppressed:
+        if output is OutputFormat.json:
+            _json_line({"suppressed": {"reason": det.suppressed, "detection": det.summary()}})
+        else:
+            err.print(f"[dim]suppressed {det.source} {escape(det.finding_type or det.event_name or '')}: "
+                      f"{escape(str(det.suppressed))}[/dim]", highlight=False)
+    for ticket in report.joined:
+        why = ticket.check.reason if ticket.check else None
+        if output is OutputFormat.json:
+            _json_line({"joined": {"case_id": ticket.case_id, "status": ticket.status, "rerun": ticket.run,
+                                   "reason": why, "detection": ticket.detection.summary()}})
+        elif ticket.run:
+            err.print(f"[yellow]{escape(ticket.detection.rule.name or '')} joined case {ticket.case_id}, whose run is "
+                      f"gone ({escape(why or '?')}): running it again[/yellow]", highlight=False)
+        else:
+            err.print(f"[dim]{escape(ticket.detection.rule.name or '')} joined case {ticket.case_id} "
+                      f"({ticket.status})[/dim]", highlight=False)
+
+
+def _one_line(text: Any, limit: int = 400) -> str:
+    """``text`` on one line (whitespace runs folded), cut to ``limit`` characters."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _json_line(doc: dict[str, Any]) -> None:
+    print(json.dumps(doc, default=str), flush=True)
+
+
+def _print_run(summary: dict[str, Any], output: OutputFormat) -> int:
+    """Print one case's summary; 1 when its run failed or could not start (an error), else 0."""
+    _print_case(summary, output)
+    status = summary.get("status")
+    if status == "error":
+        err.print(f"[red]{summary['case_id']} failed:[/red] {escape(_one_line(summary['error']))}", highlight=False)
+    elif status == "submit_failed":
+        hint = (" Is `cordon worker` running (or the respond deployment created with `prefect deploy`)?"
+                if "ObjectNotFound" in str(summary.get("error")) else "")
+        err.print(f"[red]{summary['case_id']} could not be submitted to Prefect[/red] (recorded; recovery submits it "
+                  f"again): {escape(_one_line(summary['error']))}.{hint}", highlight=False)
+    elif status == "stranded":
+        err.print(f"[red]{summary['case_id']} has no live run and this command may not run it:[/red] "
+                  f"{escape(summary['error'])}")
+    else:
+        return 0
+    return 1
+
+
+def _recover_stranded(responder, approval: str, sandbox, slack, handled: set[str], output: OutputFormat) -> int:
+    """Run again the stranded cases of the ledger recorded with this ``approval`` mode (after this
+    intake's own cases); returns how many failed. Others are counted, not run."""
+    from cordon.recovery import DEPLOYMENT, IN_PROCESS, recover
+
+    where = DEPLOYMENT if approval == "slack" else IN_PROCESS
+    errors = skipped = 0
+    for rec in recover(responder, modes={approval}, where=where, sandbox=sandbox, slack=slack, exclude=handled):
+        if rec.action == "skipped":
+            skipped += 1
+        elif rec.action == "gave_up":
+            err.print(f"[red]stranded case {rec.case_id}: recovery gave up[/red] ({escape(rec.reason)})")
+        elif rec.action == "lost":
+            err.print(f"[dim]stranded case {rec.case_id} is being recovered by another process[/dim]")
+        elif rec.summary is not None:
+            err.print(f"[yellow]recovering stranded case {rec.case_id} (attempt {rec.attempt}):[/yellow] "
+                      f"{escape(rec.reason)}")
+            errors += _print_run(rec.summary, output)
+    if skipped:
+        err.print(f"[yellow]{skipped} other stranded case(s) in this ledger need another mode or the worker "
+                  "(`cordon audit list --stranded`)[/yellow]")
+    return errors
 
 
 def _slack_settings(responder) -> dict[str, Any]:
@@ -176,8 +297,9 @@ def audit_verify(
     anchor: Annotated[Path | None, typer.Option(help="An anchor file from `cordon audit checkpoint --export`: "
                                                      "the chain must still reach it.")] = None,
 ) -> None:
-    """Check the hash chain, the head and the signed checkpoints (key: CORDON_LEDGER_KEY); exit 0
-    only when everything holds, 1 with the first broken record, 2 when it cannot check."""
+    """Check the hash chain, the head, the signed checkpoints (key: CORDON_LEDGER_KEY) and the case
+    and dead-letter rows the chain vouches for; exit 0 only when everything holds, 1 with the first
+    problem (with a key configured, also when no checkpoint covers the chain), 2 when it cannot check."""
     from cordon.audit.checkpoint import Checkpoint
     from cordon.audit.ledger import Ledger
     from cordon.audit.migrations import SchemaError
@@ -193,10 +315,12 @@ def audit_verify(
     for w in res.warnings:
         err.print(f"[yellow]warning:[/yellow] {w}")
     if res.ok:
-        out.print(f"ledger OK: {res.checked} record(s) and {res.checkpoints} checkpoint(s) verified ({url})")
+        out.print(f"ledger OK: {res.checked} record(s) and {res.checkpoints} checkpoint(s) verified; {res.cases} "
+                  f"case row(s) and {res.dead_letters} dead letter(s) match the chain ({url})")
         return
-    err.print(f"[red]ledger BROKEN[/red] at record {res.first_bad_seq}: {res.reason} "
-              f"({res.checked} record(s) verified before it; {url})")
+    where = f" at record {res.first_bad_seq}" if res.first_bad_seq is not None else ""
+    err.print(f"[red]ledger BROKEN[/red]{where} ({res.problem}): {escape(res.reason or '')} "
+              f"({res.checked} record(s) verified; {url})")
     raise typer.Exit(1)
 
 
@@ -219,20 +343,79 @@ def audit_cases() -> None:
 
 
 @playbooks_app.command("list")
-def playbooks_list() -> None:
-    """The loaded playbooks, in routing order."""
+def playbooks_list(output: Annotated[OutputFormat, typer.Option(help="text for people, json for scripts.")]
+                   = OutputFormat.text) -> None:
+    """The loaded playbooks, in routing order: provider, credential kinds, what they contain, and
+    whether they can be run by hand (`cordon run NAME`, with the parameters listed)."""
+    from rich.table import Table
+
     responder = _responder()
-    for pb in responder.playbooks:
-        kinds = ",".join(pb.when.credential_kinds) or "*"
-        out.print(f"{pb.name:<34} {pb.when.provider} {kinds:<40} contain: "
-                  f"{', '.join(s.action for s in pb.contain) or '-'}")
+    rows = [{"name": pb.name, "provider": pb.when.provider or "*", "credential_kinds": list(pb.when.credential_kinds),
+             "contain": [s.action for s in pb.contain], "parameters": list(pb.parameters)}
+            for pb in responder.playbooks]
+    if output is OutputFormat.json:
+        for row in rows:
+            _json_line(row)
+        return
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for col, wrap in (("playbook", False), ("provider", False), ("credential kinds", True), ("contain", True),
+                      ("by hand (parameters)", True)):
+        table.add_column(col, no_wrap=not wrap, overflow="fold")
+    for row in rows:
+        table.add_row(escape(row["name"]), row["provider"], escape(", ".join(row["credential_kinds"]) or "*"),
+                      escape(", ".join(row["contain"]) or "-"), escape(", ".join(row["parameters"]) or "-"))
+    # piped output would be 80 columns: keep one playbook per line there
+    (out if out.is_terminal else Console(width=200, highlight=False)).print(table)
+
+
+def _check_config() -> list[str]:
+    """Everything ``cordon.yaml`` names, loaded as the server and the workers load it: the file
+    against its schema, the approval section, the ``aws:`` section, the playbooks and the Sigma
+    rules. Returns one line per part; raises what the loaders raise."""
+    from cordon.approvals.policy import load_settings
+    from cordon.aws_accounts import aws_accounts
+    from cordon.config import load_config
+    from cordon.playbooks.schema import load_playbooks
+    from cordon.sigma import RuleSet
+
+    config = load_config()
+    settings = load_settings(config)
+    accounts = aws_accounts(config)
+    books = load_playbooks(config.playbooks_dir)
+    rules = RuleSet.load(config.rules_dir)
+    who = len(settings.users) + len(settings.groups)
+    return [f"{config.directory / 'cordon.yaml'}: valid ({len(config.protected_principals)} protected principal "
+            f"pattern(s), {who} approver(s)/group(s), "
+            f"{'one AWS account' if accounts is None else 'AWS member roles'})",
+            f"{config.playbooks_dir}: {len(books)} playbook(s) valid",
+            f"{config.rules_dir}: {len(rules.rules)} Sigma rule(s) loaded"]
+
+
+@config_app.command("validate")
+def config_validate() -> None:
+    """Validate cordon.yaml (unknown keys refused) and everything it names: approval settings, the
+    aws: section, the playbooks and the Sigma rules. Errors name file, line and key; exit 1."""
+    from cordon.config import ConfigError
+    from cordon.playbooks.schema import PlaybookError
+    from cordon.sigma import SigmaRuleError
+
+    try:
+        lines = _check_config()
+    except (ConfigError, PlaybookError, SigmaRuleError) as exc:
+        for line in str(exc).splitlines():
+            err.print(f"[red]invalid:[/red] {escape(line)}", highlight=False)
+        raise typer.Exit(1) from None
+    for line in lines:
+        out.print(escape(line), highlight=False)
 
 
 @playbooks_app.command("validate")
 def playbooks_validate(paths: Annotated[list[Path] | None, typer.Argument()] = None) -> None:
-    """Validate playbook files (default: the configured folder); errors name file, line, field."""
-    from cordon.config import load_config
-    from cordon.playbooks.schema import PlaybookError, load_playbook_text, load_playbooks
+    """Validate playbook files (default: the configured folder, with cordon.yaml and its rules,
+    as `cordon config validate`); errors name file, line, field."""
+    from cordon.config import ConfigError
+    from cordon.playbooks.schema import PlaybookError, load_playbook_text
+    from cordon.sigma import SigmaRuleError
 
     try:
         if paths:
@@ -240,10 +423,11 @@ def playbooks_validate(paths: Annotated[list[Path] | None, typer.Argument()] = N
                 load_playbook_text(p.read_text(encoding="utf-8"), str(p))
             out.print(f"{len(paths)} playbook(s) valid")
         else:
-            books = load_playbooks(load_config().playbooks_dir)
-            out.print(f"{len(books)} playbook(s) valid")
-    except PlaybookError as exc:
-        err.print(f"[red]invalid:[/red] {exc}")
+            for line in _check_config():
+                out.print(escape(line), highlight=False)
+    except (ConfigError, PlaybookError, SigmaRuleError) as exc:
+        for line in str(exc).splitlines():
+            err.print(f"[red]invalid:[/red] {escape(line)}", highlight=False)
         raise typer.Exit(1) from None
 
 
@@ -259,7 +443,7 @@ def run_playbook(
     """Run a playbook by hand on a credential you name (the same case, ledger and approval as a
     detection). Exit 2 when the playbook or a parameter is refused (named on stderr), 1 when the run failed."""
     _prefect_defaults()
-    from cordon.manual import ManualRunError, cli_requester, parse_pairs
+    from cordon.manual import ManualRunError, cli_requester, find_playbook, parse_pairs
 
     responder = _responder()
     sb = None
@@ -270,6 +454,9 @@ def run_playbook(
     slack = _slack_settings(responder) if approve is ApproveMode.slack else None
     try:
         params = parse_pairs(param or [], playbook)
+        if approve is ApproveMode.slack:  # a wrong playbook name first (exit 2), then no approvers (exit 1)
+            find_playbook(responder.playbooks, playbook)
+            _require_approvers(responder.config, responder.playbooks)
         summary = responder.manual(playbook, params, cli_requester(), approval=approve.value, sandbox=sb, slack=slack)
     except ManualRunError as exc:
         err.print(f"[red]refused:[/red] {exc}")
@@ -277,9 +464,7 @@ def run_playbook(
     finally:
         if sb is not None:
             sb.stop()
-    _print_case(summary, output)
-    if summary.get("status") == "error":
-        err.print(f"[red]{summary['case_id']} failed:[/red] {summary.get('error')}")
+    if _print_run(summary, output):
         raise typer.Exit(1)
 
 
@@ -290,15 +475,18 @@ def rollback(case_id: str,
     deny policies, ...), recorded in the ledger under your name."""
     import getpass
 
-    from cordon.clouds import aws_clients
-
     responder = _responder()
+    try:
+        clients = responder.case_clients(case_id, {})
+    except (KeyError, ValueError) as exc:
+        err.print(f"[red]{escape(str(exc).strip(chr(39)))}[/red]")
+        raise typer.Exit(1) from None
     if not yes and not typer.confirm(f"Roll back the containment of {case_id}?", default=False):
         raise typer.Exit(1)
     try:
-        outcomes = responder.rollback(case_id, aws_clients({}), who=f"cli:{getpass.getuser()}")
+        outcomes = responder.rollback(case_id, clients, who=f"cli:{getpass.getuser()}")
     except (KeyError, ValueError) as exc:
-        err.print(f"[red]{exc}[/red]")
+        err.print(f"[red]{escape(str(exc).strip(chr(39)))}[/red]")
         raise typer.Exit(1) from None
     for o in outcomes:
         out.print(f"{o['name']}: {o['status']}  {o['target']}  {o.get('error') or ''}")
@@ -325,8 +513,10 @@ def worker(name: Annotated[str, typer.Option(help="Deployment name.")] = "respon
            sweep_every: Annotated[int, typer.Option(help="Also serve the approval sweeper (expiry, reminders, "
                                                     "escalation) every this many seconds; 0: do not.")] = 60) -> None:
     """Serve the respond flow (and the approval sweeper) as Prefect deployments (needs PREFECT_API_URL).
-    Blocks. In a multi-machine deployment use prefect.yaml and `prefect worker` instead (docs/deploy.md)."""
+    Blocks. In a multi-machine deployment use prefect.yaml and `prefect worker` instead (docs/deploy.md).
+    Refuses to start (exit 1) while no Slack approvers are configured (approval.approvers in cordon.yaml)."""
     _prefect_defaults()
+    _require_approvers()
     from flows.respond import serve
 
     serve(name, sweeper_interval=sweep_every or None)
@@ -338,13 +528,24 @@ def serve(host: str = "127.0.0.1", port: int = 8080) -> None:
     _prefect_defaults()
     import uvicorn
 
+    from cordon.config import ConfigError
+    from cordon.playbooks.schema import PlaybookError
     from cordon.server.wiring import build_app
+    from cordon.sigma import SigmaRuleError
 
-    uvicorn.run(build_app(), host=host, port=port)
+    try:
+        api = build_app()
+    except (ConfigError, PlaybookError, SigmaRuleError, RuntimeError) as exc:
+        # a misspelt key, no approvers, a bad playbook or rule, no signing secret: refuse to start
+        for line in str(exc).splitlines():
+            err.print(f"[red]configuration error:[/red] {escape(line)}", highlight=False)
+        raise typer.Exit(1) from None
+    uvicorn.run(api, host=host, port=port)
 
 
 class GrantProvider(StrEnum):
     aws = "aws"
+    aws_member = "aws-member"
     azure = "azure"
     gcp = "gcp"
 
@@ -439,10 +640,15 @@ def main() -> None:
     except Exception as exc:
         from cordon.audit.checkpoint import LedgerKeyError
         from cordon.audit.migrations import SchemaError
+        from cordon.config import ConfigError
 
+        if isinstance(exc, ConfigError):  # e.g. a misspelt key in cordon.yaml: one line per problem
+            for line in str(exc).splitlines():
+                err.print(f"[red]configuration error:[/red] {escape(line)}", highlight=False)
+            sys.exit(1)
         if not isinstance(exc, SchemaError | LedgerKeyError):
             raise
-        err.print(f"[red]ledger error:[/red] {exc}", highlight=False)
+        err.print(f"[red]ledger error:[/red] {escape(str(exc))}", highlight=False)
         sys.exit(1)
 
 

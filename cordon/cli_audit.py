@@ -5,6 +5,10 @@
     ``--account``, ``--principal`` (substring of actor / target / credential owner),
     ``--playbook``, ``--decision``, ``--outcome``), newest first, with decision, approver, time
     to approve and time to contain. ``--output json``: one JSON object per case per line.
+    ``--stranded``: only the cases that are not closed and have no live run
+    (:func:`cordon.recovery.find_stranded`: never run, the run's process gone, the run ended
+    FAILED/CRASHED/CANCELLED), oldest first, each with why and who will run it again; runs Prefect
+    could not report are listed as ``unknown``.
 ``cordon audit show CASE``
     The case's figures, approvals and timeline: every record in order with a one-line
     description. ``--output json`` (one record per line, with ``text``) or ``markdown``.
@@ -14,6 +18,11 @@
     complete) or stdout. Constant memory; formats in :mod:`cordon.audit.export`.
 ``cordon audit hash-password``
     Print an Argon2id hash for ``CORDON_AUDIT_USERS`` (the audit pages' HTTP Basic users).
+``cordon audit refusals [--source slack|webhook|audit] [--close]``
+    Unsigned or forged requests counted per window (:mod:`cordon.audit.refusals`): source,
+    reason, count, a sample's remote address, and the ``seq`` of the chained ``<source>.refusals``
+    summary (``open`` until the window has ended and been closed). ``--close`` chains the
+    summaries of ended windows now (``cordon serve`` does it every 15 s).
 
 The ledger is the one at ``CORDON_DATABASE_URL``. Bad filter input exits 2 naming the option.
 Strings from the ledger are printed as text (Rich markup escaped; control characters dropped).
@@ -21,6 +30,7 @@ Strings from the ledger are printed as text (Rich markup escaped; control charac
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -85,12 +95,17 @@ def audit_list(since: SinceOpt = None, until: UntilOpt = None, provider: Provide
                account: AccountOpt = None, principal: PrincipalOpt = None, playbook: PlaybookOpt = None,
                decision: DecisionOpt = None, outcome: OutcomeOpt = None,
                limit: Annotated[int, typer.Option(min=0, help="At most this many cases (0: all).")] = 50,
-               output: Annotated[ListOutput, typer.Option()] = ListOutput.text) -> None:
+               output: Annotated[ListOutput, typer.Option()] = ListOutput.text,
+               stranded: Annotated[bool, typer.Option("--stranded", help="Only cases not closed whose run is gone "
+                                                      "(or never started), with why.")] = False) -> None:
     """Cases matching the filters, newest first, with decision and timings."""
     from cordon.audit.query import format_seconds, iter_cases
 
     filt = _filter(since=since, until=until, provider=provider, account=account, principal=principal,
                    playbook=playbook, decision=decision, outcome=outcome)
+    if stranded:
+        _list_stranded(filt, limit, output)
+        return
     n = 0
     for s in iter_cases(_ledger(), filt):
         if limit and n >= limit:
@@ -107,6 +122,32 @@ def audit_list(since: SinceOpt = None, until: UntilOpt = None, provider: Provide
                   f"target={escape(s.target or '-')}")
     if output is ListOutput.text:
         err.print(f"{n} case(s)")
+
+
+def _list_stranded(filt, limit: int, output: ListOutput) -> None:
+    from cordon.audit.query import iter_cases
+    from cordon.recovery import find_stranded
+
+    ledger = _ledger()
+    checks = find_stranded(ledger, include_unknown=True)
+    if any(v is not None for v in vars(filt).values()):
+        wanted = {s.case_id for s in iter_cases(ledger, filt)}
+        checks = [c for c in checks if c.case_id in wanted]
+    shown = checks[:limit] if limit else checks
+    for c in shown:
+        if output is ListOutput.json:
+            print(json.dumps(c.to_dict(), default=str))
+            continue
+        state = "unknown" if c.live is None else "stranded"
+        out.print(f"[bold]{escape(c.case_id)}[/bold]  {escape((c.opened_at or '')[:19])}  {escape(c.status):<14} "
+                  f"{escape(c.playbook or '-'):<30} {state} attempt={c.attempt} mode={escape(c.mode or '?')} "
+                  f"run={escape(c.flow_run_id or '-')}{' ' + escape(c.state) if c.state else ''}")
+        out.print(f"    why: {escape(c.reason)}")
+        out.print(f"    run again by: {escape(c.to_dict()['recovered_by'])}")
+    if len(shown) < len(checks):
+        err.print("[dim](more cases: raise --limit, 0 for all)[/dim]")
+    if output is ListOutput.text:
+        err.print(f"{len(checks)} stranded case(s)")
 
 
 @audit_app.command("show")
@@ -154,7 +195,7 @@ def audit_show(case_id: str, output: Annotated[ShowOutput, typer.Option()] = Sho
 
 @audit_app.command("export")
 def audit_export(
-    format: Annotated[ExportFormat, typer.Option("--format", "-f", help="jsonl, csv or ocsf (OCSF 1.3 JSON lines).")],
+    format: Annotated[ExportFormat, typer.Option("--format", "-f", help="jsonl, csv or ocsf (OCSF 1.8.0 JSON lines).")],
     output: Annotated[Path | None, typer.Option("--output", "-o", help="File to write (default: stdout).")] = None,
     since: SinceOpt = None, until: UntilOpt = None,
     case: Annotated[list[str] | None, typer.Option("--case", help="Only this case's records; repeat.")] = None,
@@ -194,6 +235,35 @@ def audit_export(
         n -= 1  # the header
     what = "event(s)" if format is ExportFormat.ocsf else "record(s)"
     err.print(f"exported {max(n, 0)} {what} as {format.value}{' to ' + escape(str(output)) if output else ''}")
+
+
+@audit_app.command("refusals")
+def audit_refusals(
+    source: Annotated[str | None, typer.Option(help="slack, webhook or audit.")] = None,
+    close: Annotated[bool, typer.Option("--close", help="Chain the summaries of the windows that have ended.")]
+    = False,
+    output: Annotated[ListOutput, typer.Option()] = ListOutput.text,
+) -> None:
+    """Refused unsigned requests counted per window, and whether the chain summarises them yet."""
+    from cordon.audit.refusals import SOURCES, RefusalCounter
+
+    if source is not None and source not in SOURCES:
+        raise typer.BadParameter(f"{source!r} is not one of {', '.join(SOURCES)}", param_hint="--source")
+    counter = RefusalCounter(_ledger())
+    if close:
+        for rec in counter.close_due():
+            err.print(f"chained #{rec.seq} {escape(rec.kind)}: {rec.payload['count']} refusal(s) in the window from "
+                      f"{escape(rec.payload['window_start'])}")
+    windows = counter.windows(source)
+    for w in windows:
+        if output is ListOutput.json:
+            print(json.dumps(dataclasses.asdict(w), default=str))
+            continue
+        remote = next((str(s.get("remote")) for s in w.samples if s.get("remote")), "-")
+        out.print(f"{escape(w.window_start)}  {escape(w.source):<8} {escape(w.reason):<20} {w.count:>7}  "
+                  f"e.g. from {escape(remote)}  {'#' + str(w.summary_seq) if w.summary_seq else 'open'}")
+    if output is ListOutput.text:
+        err.print(f"{sum(w.count for w in windows)} refusal(s) in {len(windows)} window row(s)")
 
 
 @audit_app.command("hash-password")

@@ -10,6 +10,7 @@ Slack settings; secrets come from the environment only (``CORDON_SLACK_BOT_TOKEN
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import os
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,30 +59,154 @@ def config_dir() -> Path:
     return Path(os.environ.get("CORDON_CONFIG") or PROJECT_ROOT / "config").resolve()
 
 
-def load_config(directory: str | Path | None = None) -> Config:
-    """Read ``cordon.yaml`` from ``directory`` (default :func:`config_dir`).
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
-    Raises :class:`ConfigError` naming the file and field when a value has the wrong type.
+
+class SlackSection(_Strict):
+    """``slack:``: the approval channel and the older spelling of approvers."""
+
+    channel: str | int = ""
+    approvers: list[str] | None = None
+
+
+class ApproversSection(_Strict):
+    """``approval.approvers``: Slack user IDs and user-group IDs."""
+
+    users: list[str] | None = None
+    groups: list[str] | None = None
+
+
+class QuorumSection(_Strict):
+    """``approval.quorum`` in its mapping form (a bare number is accepted too)."""
+
+    default: int | None = None
+    critical: int | None = None
+
+
+class ApprovalSection(_Strict):
+    """``approval:`` keys; their values are checked by :func:`cordon.approvals.policy.load_settings`."""
+
+    approvers: ApproversSection | None = None
+    quorum: int | QuorumSection | None = None
+    group_cache: str | int | None = None
+    grace: str | int | None = None
+    identities: dict[str, list[str]] | None = None
+
+
+class CordonYaml(_Strict):
+    """The shape of ``cordon.yaml``: every key Cordon reads, nothing else (a misspelt key such as
+    ``protected_principal:`` or ``chanel:`` is refused, not ignored). ``aws:`` is checked by
+    :func:`cordon.aws_accounts.aws_accounts_from_raw`."""
+
+    rules: str = "rules"
+    playbooks: str = "../playbooks"
+    protected_principals: list[str] = []
+    slack: SlackSection | None = None
+    approval: ApprovalSection | None = None
+    aws: Any = None  # shape checked by cordon.aws_accounts (its errors name aws.<field>)
+
+
+def _key_lines(text: str) -> dict[tuple[str | int, ...], int]:
+    """``{path of keys: 1-based line}`` for every mapping key and sequence item of a YAML document."""
+    lines: dict[tuple[str | int, ...], int] = {}
+
+    def walk(node: Any, path: tuple[str | int, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = path + (str(k.value),)
+                lines[key] = k.start_mark.line + 1
+                walk(v, key)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                lines[path + (i,)] = v.start_mark.line + 1
+                walk(v, path + (i,))
+
+    try:
+        walk(yaml.compose(text), ())
+    except yaml.YAMLError:
+        pass
+    return lines
+
+
+def _data_path(data: Any, loc: tuple[Any, ...]) -> tuple[str | int, ...]:
+    """The part of a pydantic error location that exists in ``data`` (drops union member tags)."""
+    out: list[str | int] = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            out.append(part)
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            out.append(part)
+            node = node[part]
+    return tuple(out)
+
+
+def _known_keys(loc: tuple[str | int, ...]) -> list[str]:
+    model: Any = CordonYaml
+    for part in loc[:-1]:
+        field_ = model.model_fields.get(str(part)) if isinstance(part, str) else None
+        if field_ is None:
+            return []
+        ann = field_.annotation
+        model = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type)
+                      and issubclass(a, BaseModel)), None)
+        if model is None:
+            return []
+    return list(model.model_fields)
+
+
+def check_config_text(text: str, path: Path | str) -> dict[str, Any]:
+    """Parse and validate ``cordon.yaml``'s text against :class:`CordonYaml`.
+
+    Returns the mapping as read. Raises :class:`ConfigError` whose message names the file, the
+    line and the key: ``/etc/cordon/cordon.yaml:11: field 'protected_principal': unknown key (did
+    you mean 'protected_principals'?)``; every problem is listed, one per line."""
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    try:
+        CordonYaml.model_validate(data)
+    except ValidationError as exc:
+        lines = _key_lines(text)
+        found: list[tuple[int, tuple[str | int, ...], str]] = []
+        for e in exc.errors():
+            loc = _data_path(data, e["loc"])  # without pydantic's union tags (int, QuorumSection, ...)
+            dotted = ".".join(str(p) for p in loc)
+            line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), 0)
+            where = f"{path}:{line}" if line else f"{path}"
+            if e["type"] == "extra_forbidden":
+                near = difflib.get_close_matches(str(loc[-1]), _known_keys(loc), n=1)
+                hint = f" (did you mean '{'.'.join([*map(str, loc[:-1]), near[0]])}'?)" if near else ""
+                found.append((line, loc, f"{where}: field '{dotted}': unknown key{hint}"))
+            else:
+                found.append((line, loc, f"{where}: field '{dotted}': {e['msg'][0].lower()}{e['msg'][1:]}"))
+        # of a union's alternatives keep the most specific complaint (quorum.default, not quorum)
+        keep = [f for f in found if not any(o[1][:len(f[1])] == f[1] and len(o[1]) > len(f[1]) for o in found)]
+        problems = [m for _, _, m in sorted(keep, key=lambda f: f[0])]
+        raise ConfigError("\n".join(dict.fromkeys(problems))) from None
+    return data
+
+
+def load_config(directory: str | Path | None = None) -> Config:
+    """Read ``cordon.yaml`` from ``directory`` (default :func:`config_dir`), validated against
+    :class:`CordonYaml` (:func:`check_config_text`).
+
+    Raises :class:`ConfigError` naming the file, line and key for an unknown key or a value of
+    the wrong type.
     """
     d = Path(directory).resolve() if directory else config_dir()
     path = d / "cordon.yaml"
     data: dict[str, Any] = {}
     if path.exists():
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-    protected = data.get("protected_principals", [])
-    if not isinstance(protected, list) or not all(isinstance(p, str) for p in protected):
-        raise ConfigError(f"{path}: field 'protected_principals': expected a list of ARN patterns")
+        data = check_config_text(path.read_text(encoding="utf-8"), path)
+    protected = data.get("protected_principals") or []
     slack = data.get("slack") or {}
-    if not isinstance(slack, dict):
-        raise ConfigError(f"{path}: field 'slack': expected a mapping")
     approvers = slack.get("approvers") or []
-    if not isinstance(approvers, list):
-        raise ConfigError(f"{path}: field 'slack.approvers': expected a list of Slack user IDs")
     return Config(
         directory=d,
         rules_dir=(d / data.get("rules", "rules")).resolve(),

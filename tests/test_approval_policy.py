@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from cordon.approvals import outbox
-from cordon.approvals.decide import make_decider, post_request, request_state
+from cordon.approvals.decide import make_decider, parse_time, post_request, request_state
 from cordon.approvals.expiry import sweep
 from cordon.approvals.outbox import Outbox
 from cordon.approvals.policy import (
@@ -119,12 +119,14 @@ GLOBAL = {"approvers": {"users": ["U0ALICE01", "U0BOB0002", "U0MALLORY", "U0DAVE
 class World:
     """One case waiting for approval in Slack, and Cordon's server to click at."""
 
-    def __init__(self, tmp: Path, aws, approval: dict, severity: str | None = None, requested_by=None):
+    def __init__(self, tmp: Path, aws, approval: dict, severity: str | None = None, requested_by=None,
+                 global_approval: dict | None = None, directory: bool = True):
         self.clock = Clock(T0)
         self.slack = SlackStandIn(users=USERS, usergroups=GROUPS)
         self.slack.start()
         self.client = make_client("xoxb-test", base_url=self.slack.base_url)
-        self.config = load_config(write_config(tmp / "config", approval, GLOBAL))
+        self.config = load_config(write_config(tmp / "config", approval,
+                                               GLOBAL if global_approval is None else global_approval))
         self.ledger = Ledger(f"sqlite:///{tmp}/ledger.db")
         # part B's outbox, in this test's database, without the per-channel pacing (no sleeps here)
         self.outbox = Outbox(self.ledger.url, post_interval=0, update_interval=0)
@@ -153,11 +155,10 @@ class World:
                                   outbox=self.outbox)
         self.ts = self.asked["ts"]
         self.run = PausedRun()
-        self.directory = SlackDirectory(self.client, ttl=60, clock=self.clock.monotonic)
+        # directory=False: a server without a Slack bot token (no users.info, no user groups)
+        self.directory = SlackDirectory(self.client, ttl=60, clock=self.clock.monotonic) if directory else None
         self.decided: list = []
-        decide = make_decider(self.ledger, self.config, resume=self.run, slack_client=self.client,
-                              directory=self.directory, now=self.clock.now, rollback=self.rollback,
-                              outbox=self.outbox)
+        decide = self.make_decider()
 
         def counted(ix):
             try:
@@ -167,6 +168,13 @@ class World:
 
         self.server = serve(create_app(signing_secret=SECRET, ledger=self.ledger, decide=counted))
         self.url = self.server.__enter__()
+
+    def make_decider(self, resume=None):
+        """A decider on this world's ledger (another replica of Cordon's server when called again)."""
+        return make_decider(self.ledger, self.config, resume=resume or self.run,
+                            slack_client=self.client if self.directory is not None else None,
+                            directory=self.directory, now=self.clock.now, rollback=self.rollback,
+                            outbox=self.outbox)
 
     def rollback(self, case_id: str, who: str) -> list[dict]:
         return self.responder.rollback(case_id, self.clients, who)
@@ -250,8 +258,11 @@ def test_quorum_of_two_for_a_critical_detection(world):
     assert run_id == RUN_ID and run_input["decision"] == "approve" and run_input["quorum"] == 2
     assert run_input["approvers"] == ["slack:U0ALICE01", "slack:U0BOB0002"]
     assert run_input["plan_hash"] == w.plan.hash
+    # the settling approval is claimed first, then resumes the run (ledger order decides between replicas)
     assert w.kinds("approval.") == ["approval.asked", "approval.vote", "approval.click_refused", "approval.vote",
-                                    "approval.decision_received"]
+                                    "approval.decision", "approval.decision_received"]
+    [claim] = w.ledger.records(kind_prefix="approval.decision_received")
+    assert claim.payload["resumed"] is True and claim.payload["status"] == "ACCEPT"
     assert w.ledger.verify().ok
     # decided: a third click is refused and told why
     assert "already decided: approve" in w.click("U0CAROL03")
@@ -370,8 +381,9 @@ def test_forged_request_401_and_recorded(world):
     r = httpx.post(f"{w.url}/slack/interactions", content=body,
                    headers={**sign(body), "X-Slack-Signature": "v0=" + "0" * 64})
     assert r.status_code == 401
-    [rec] = w.ledger.records(kind_prefix="slack.request_refused")
-    assert rec.payload["reason"] == "bad_signature"
+    from cordon.audit.refusals import RefusalCounter  # unsigned: counted per window, not chained one by one
+
+    assert RefusalCounter(w.ledger).counts("slack") == {"bad_signature": 1}
     assert w.decided == []
 
 
@@ -406,7 +418,8 @@ def test_escalation_fires_after_its_delay_and_lets_the_oncall_approve(world):
     assert w.click("U0ERIN005") is None  # on call, through the escalation group
     assert w.run.inputs[0][1]["approvers"] == ["slack:U0ERIN005"]
     assert w.kinds("approval.") == ["approval.asked", "approval.click_refused", "approval.reminded",
-                                    "approval.escalated", "approval.vote", "approval.decision_received"]
+                                    "approval.escalated", "approval.vote", "approval.decision",
+                                    "approval.decision_received"]
 
 
 def test_sweeper_expires_an_open_request_once(world):
@@ -538,3 +551,273 @@ def test_two_approvers_at_once_resume_the_run_once(world):
     assert len(w.run.inputs) == 1
     assert sorted(w.run.inputs[0][1]["approvers"]) == ["slack:U0ALICE01", "slack:U0BOB0002"]
     assert sorted(r.payload["count"] for r in w.ledger.records(kind_prefix="approval.vote")) == [1, 2]
+
+
+# -- closed by default (issue 10, part 7) -----------------------------------------------------
+def told(w: World, user_id: str, action_id: str = "cordon_approve") -> str | None:
+    """Click and wait for the decision; the ephemeral message posted to the click's response_url
+    (refused, lost the race, too late...) or ``None`` when the click was accepted silently."""
+    body, url = w.body(user_id, action_id)
+    n = len(w.decided)
+    assert w.post(body).status_code == 200
+    assert wait_for(lambda: len(w.decided) > n)
+    notified = len(list(w.ledger.records(kind_prefix="slack.refusal_notified")))
+    wait_for(lambda: w.slack.responses(url), timeout=2)  # an accepted click is told nothing: no answer comes
+    answers = w.slack.responses(url)
+    if not answers:
+        assert len(list(w.ledger.records(kind_prefix="slack.refusal_notified"))) == notified
+        return None
+    (answer,) = answers
+    assert answer["response_type"] == "ephemeral" and answer["replace_original"] is False
+    return answer["text"]
+
+
+def test_no_approvers_configured_means_nobody_may_approve(world):
+    w = world(global_approval={"approvers": {"users": [], "groups": []}})
+    reason = w.click("U0ALICE01")
+    assert reason.startswith("no approvers are configured for this playbook, so nobody may approve")
+    assert "approval.approvers.users / groups" in reason
+    assert "no approvers are configured" in w.click("U0BOB0002", "cordon_deny")
+    assert w.run.inputs == [] and w.kinds("approval.decision") == []
+
+
+def test_identity_that_cannot_be_resolved_is_refused_not_guessed_from_the_user_name(world):
+    # no bot token: no users.info. Alice has no identities entry: refused (her user name "alice" is
+    # no proof of who she is); Dave has one (build-bot, the target): checked against it and refused
+    # for self-approval; Bob has one naming someone else: allowed.
+    w = world(global_approval={**GLOBAL, "identities": {**GLOBAL["identities"], "U0BOB0002": ["bob@example.com"]}},
+              directory=False)
+    reason = w.click("U0ALICE01")
+    assert reason == ("cannot resolve your identity to rule out self-approval: Cordon has no Slack bot token to "
+                      "read your profile (users.info), and approval.identities in cordon.yaml has no entry for "
+                      "U0ALICE01; ask an administrator to add one")
+    assert "no self-approval" in w.click("U0DAVE004") and "build-bot" in w.click("U0DAVE004")
+    assert w.run.inputs == []
+    assert w.click("U0BOB0002") is None
+    assert w.run.inputs[0][1]["approver"] == "slack:U0BOB0002"
+    assert w.slack.requests_for("users.info") == []  # nothing was looked up: there is no directory
+
+
+def test_profile_without_email_and_no_mapping_is_refused(world):
+    w = world()
+    w.slack.add_user({"id": "U0ALICE01", "name": "alice", "profile": {}})  # no users:read.email, say
+    reason = w.click("U0ALICE01")
+    assert reason.startswith("cannot resolve your identity to rule out self-approval: your Slack profile shows "
+                             "Cordon no e-mail")
+    assert w.run.inputs == []
+    # a failed users.info is a refusal too (even for someone with an identities entry)
+    w.slack.fail_next("users.info", status=500, times=5)
+    assert "cannot look up your Slack profile" in w.click("U0DAVE004")
+
+
+def test_require_approvers_refuses_the_slack_path_without_approvers(tmp_path):
+    from cordon.approvals.policy import require_approvers
+    from cordon.playbooks.schema import load_playbooks
+
+    shipped = load_config(REPO / "config")
+    if not (load_settings(shipped).users or load_settings(shipped).groups):
+        with pytest.raises(ConfigError) as err:
+            require_approvers(shipped)
+        text = str(err.value)
+        assert str(REPO / "config" / "cordon.yaml") in text and "nor does any playbook" in text
+        assert "Set approval.approvers.users (Slack user IDs, U...) and/or approval.approvers.groups" in text
+    # global approvers: fine
+    require_approvers(load_config(write_config(tmp_path / "a", {"required": True}, GLOBAL)))
+    # none globally, one playbook with its own: the others are named
+    cfg = load_config(write_config(tmp_path / "b", {"required": True, "approvers": {"users": ["U0ALICE01"]}},
+                                   {"approvers": {"users": []}}))
+    books = load_playbooks(cfg.playbooks_dir)
+    require_approvers(cfg, books)  # the only playbook there names approvers
+    extra = books[0].model_copy(update={"name": "no-approvers", "approval": books[0].approval.model_copy(
+        update={"approvers": books[0].approval.approvers.model_copy(update={"users": []})})})
+    with pytest.raises(ConfigError, match="playbook\\(s\\) no-approvers name none"):
+        require_approvers(cfg, [*books, extra])
+    # a playbook that needs no approval needs no approvers
+    not_required = extra.model_copy(update={"approval": extra.approval.model_copy(update={"required": False})})
+    require_approvers(cfg, [*books, not_required])
+
+
+# -- no decision lost (issue 10, part 1) ------------------------------------------------------
+def test_deny_after_an_accepted_approval_stops_containment_not_yet_started(world):
+    from cordon.approvals.gate import claim_containment
+
+    w = world()
+    assert w.click("U0ALICE01") is None  # approved: the run was resumed
+    assert [i[1]["decision"] for i in w.run.inputs] == ["approve"]
+    # bob's Deny arrives before the run reaches containment: recorded, and it wins
+    assert told(w, "U0BOB0002", "cordon_deny") == ("your Deny stops the approved containment (already decided: "
+                                                    "approve by <@U0ALICE01>, not yet contained)")
+    assert len(w.run.inputs) == 1  # nothing resumed twice
+    [lost] = w.ledger.records(kind_prefix="approval.decision_lost")
+    assert lost.payload["effect"] == "stops_containment" and lost.payload["resumed"] is False
+    assert lost.payload["settled_by"]["approver"] == "slack:U0ALICE01"
+    claim = claim_containment(w.ledger, w.case_id, RUN_ID, w.plan.hash)
+    assert claim.denied and claim.denied_by == "slack:U0BOB0002"
+    assert w.kinds("containment.") == ["containment.started", "containment.cancelled"]
+    # asked again (a re-executed flow): the same answer, nothing appended
+    assert claim_containment(w.ledger, w.case_id, RUN_ID, w.plan.hash) == claim
+    assert w.kinds("containment.") == ["containment.started", "containment.cancelled"]
+    # a later Deny is told the containment was cancelled already
+    assert told(w, "U0CAROL03", "cordon_deny") == "already denied by <@U0BOB0002>: containment was cancelled"
+
+
+def test_deny_after_containment_started_is_too_late(world):
+    from cordon.approvals.gate import claim_containment
+
+    w = world()
+    assert w.click("U0ALICE01") is None
+    claim = claim_containment(w.ledger, w.case_id, RUN_ID, w.plan.hash)
+    assert claim.outcome == "allowed"
+    [started] = w.ledger.records(kind_prefix="containment.started")
+    assert told(w, "U0BOB0002", "cordon_deny") == (f"too late: containment started at {started.ts} (already "
+                                                    "decided: approve by <@U0ALICE01>); use Roll back")
+    assert claim_containment(w.ledger, w.case_id, RUN_ID, w.plan.hash).outcome == "allowed"  # still
+    # once the run has ended, a Deny is refused before anything is recorded
+    w.ledger.append("case.closed", {"status": "contained"}, case_id=w.case_id, run_id=RUN_ID)
+    assert "too late: the run already ended (contained)" in told(w, "U0CAROL03", "cordon_deny")
+
+
+def test_a_resume_prefect_does_not_accept_leaves_no_record_that_says_it_resumed(world):
+    from cordon.approvals.decide import ResumeRefused
+
+    def aborted(run_id, run_input):  # what prefect_resume raises for the server's ABORT
+        raise ResumeRefused("ABORT", "Cannot resume a flow run that is not paused.")
+
+    w = world()
+    decide = w.make_decider(resume=aborted)
+
+    def counted(ix):
+        try:
+            return decide(ix)
+        finally:
+            w.decided.append(ix)
+
+    server = serve(create_app(signing_secret=SECRET, ledger=w.ledger, decide=counted))
+    w.url = server.__enter__()
+    try:
+        reason = told(w, "U0ALICE01")
+    finally:
+        server.__exit__(None, None, None)
+    assert reason == ("the run is not waiting for a decision (ABORT: Cannot resume a flow run that is not paused.); "
+                      "your approval did not resume it; nothing was contained on it")
+    assert w.kinds("approval.decision_received") == []
+    [failed] = w.ledger.records(kind_prefix="approval.resume_failed")
+    assert failed.payload["status"] == "ABORT" and failed.payload["resumed"] is False
+    # the failed claim settles nothing: the request is open again
+    st = request_state(list(w.ledger.records(case_id=w.case_id)), RUN_ID, w.plan.hash)
+    assert st.decided is None
+
+
+def opposite_clicks_on_two_replicas(w: World, approve_first_server: bool) -> tuple[str, dict, dict]:
+    """Alice's Approve and Bob's Deny POSTed at the same moment (a barrier), one to ``w``'s server
+    and one to a second replica (its own decider, no shared lock) on the same ledger. Waits until
+    both are settled; returns (the winning decision, approve response URL answers, deny answers)."""
+    second = serve(create_app(signing_secret=SECRET, ledger=w.ledger, decide=w.make_decider()))
+    url2 = second.__enter__()
+    try:
+        approve, approve_url = w.body("U0ALICE01")
+        deny, deny_url = w.body("U0BOB0002", "cordon_deny")
+        barrier = threading.Barrier(2)
+
+        def post(url, body):
+            barrier.wait()
+            httpx.post(f"{url}/slack/interactions", content=body, headers=sign(body))
+
+        servers = (w.url, url2) if approve_first_server else (url2, w.url)
+        threads = [threading.Thread(target=post, args=(servers[0], approve)),
+                   threading.Thread(target=post, args=(servers[1], deny))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+        def settled():  # the winner resumed the run and the loser was told
+            kinds = [r.kind for r in w.ledger.records(case_id=w.case_id)]
+            return "approval.decision_received" in kinds and (w.slack.responses(approve_url)
+                                                              or w.slack.responses(deny_url))
+
+        assert wait_for(settled), [(r.kind, r.payload.get("reason") or r.payload.get("decision"))
+                                   for r in w.ledger.records(case_id=w.case_id)][-8:]
+    finally:
+        second.__exit__(None, None, None)
+    first = next(r for r in w.ledger.records(case_id=w.case_id) if r.kind == "approval.decision")
+    return first.payload["decision"], w.slack.responses(approve_url), w.slack.responses(deny_url)
+
+
+def test_opposite_clicks_on_two_replicas_at_once_one_settles_and_a_deny_is_never_lost(world):
+    """10 trials: one resume each time, the loser is told, and containment never starts after a
+    Deny (the gate), whichever replica got which click."""
+    from cordon.approvals.gate import claim_containment
+
+    winners = []
+    for trial in range(10):
+        w = world()
+        winner, approve_answers, deny_answers = opposite_clicks_on_two_replicas(w, trial % 2 == 0)
+        winners.append(winner)
+        assert len(w.run.inputs) == 1, trial
+        assert w.run.inputs[0][1]["decision"] == winner  # the first claim in the chain resumed the run
+        kinds = w.kinds("approval.")
+        assert kinds.count("approval.decision_received") == 1
+        # the loser either saw the winner's claim before its own (refused at once) or claimed too
+        # and lost by ledger order; a Deny always claims (it may still stop containment)
+        assert kinds.count("approval.decision_lost") + kinds.count("approval.click_refused") == 1
+        assert kinds.count("approval.decision") == 1 + kinds.count("approval.decision_lost")
+        if winner == "deny":
+            assert [a["text"] for a in approve_answers] == ["already decided: deny by <@U0BOB0002>"]
+            assert deny_answers == []
+        else:
+            assert [a["text"] for a in deny_answers] == [
+                "your Deny stops the approved containment (already decided: approve by <@U0ALICE01>, "
+                "not yet contained)"]
+            assert approve_answers == []
+        # either way the run never contains: a Deny claim precedes containment.started
+        assert claim_containment(w.ledger, w.case_id, RUN_ID, w.plan.hash).denied, trial
+        assert w.ledger.verify().ok
+        w.close()
+    print(f"two replicas, 10 trials: first claim deny {winners.count('deny')}, approve {winners.count('approve')}")
+
+
+def test_sweeper_delivers_a_claim_whose_owner_died_before_resuming(world):
+    from cordon.approvals.gate import CLAIM_KIND
+
+    w = world()
+    run_input = {"decision": "deny", "approver": "slack:U0BOB0002", "approver_name": "bob", "team_id": "T0CORDON1",
+                 "plan_hash": w.plan.hash, "decided_at": T0.isoformat(), "approvers": ["slack:U0BOB0002"],
+                 "quorum": 1}
+    claim = w.ledger.append(CLAIM_KIND, {**run_input, "user_id": "U0BOB0002"}, case_id=w.case_id, run_id=RUN_ID,
+                            actor="slack:U0BOB0002")  # ... and the replica died here
+    claimed_at = parse_time(claim.ts)
+    assert "already decided: deny" in w.click("U0ALICE01")  # the claim settles the request
+    assert sweep(w.ledger, w.client, outbox=w.outbox, now=claimed_at + timedelta(seconds=30), resume=w.run) == []
+    events = sweep(w.ledger, w.client, outbox=w.outbox, now=claimed_at + timedelta(seconds=61), resume=w.run)
+    assert events == [{"case_id": w.case_id, "event": "delivered", "decision": "deny", "decision_seq": claim.seq}]
+    assert w.run.inputs == [(RUN_ID, run_input)]
+    [received] = w.ledger.records(kind_prefix="approval.decision_received")
+    assert received.payload["decision_seq"] == claim.seq and received.payload["delivered_by"] == "cordon:sweeper"
+    assert sweep(w.ledger, w.client, outbox=w.outbox, now=claimed_at + timedelta(hours=1), resume=w.run) == []
+
+
+def test_the_slack_path_does_not_start_without_approvers(tmp_path, monkeypatch):
+    # (the sandbox / auto paths without approvers: tests/test_cli.py runs them on the shipped config)
+    import os
+    import subprocess
+
+    cfg = write_config(tmp_path / "config", {"required": True}, {"approvers": {"users": [], "groups": []}})
+    env = {**os.environ, "CORDON_CONFIG": str(cfg), "CORDON_DATABASE_URL": f"sqlite:///{tmp_path}/ledger.db",
+           "CORDON_SLACK_SIGNING_SECRET": "s" * 32, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    cordon = str(REPO / ".venv" / "bin" / "cordon")
+    for args in (["respond", str(EXAMPLE), "--approve", "slack"], ["worker"], ["serve", "--port", "9"],
+                 ["run", "aws-access-key-created", "-p", "access_key_id=AKIAEXAMPLEBUILDBOT9", "-p",
+                  "user_name=build-bot"]):
+        res = subprocess.run([cordon, *args], env=env, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 1, (args, res.stdout, res.stderr)
+        assert "no Slack approvers configured" in res.stderr and "approval.approvers.users" in res.stderr, args
+    from cordon.server.wiring import build_app
+
+    monkeypatch.setenv("CORDON_CONFIG", str(cfg))
+    with pytest.raises(ConfigError, match="no Slack approvers configured"):
+        build_app(signing_secret="s" * 32, ledger=Ledger(env["CORDON_DATABASE_URL"]))
+    monkeypatch.setenv("CORDON_CONFIG", str(write_config(tmp_path / "ok", {"required": True}, GLOBAL)))
+    assert build_app(signing_secret="s" * 32, ledger=Ledger(env["CORDON_DATABASE_URL"])) is not None
+    # nothing was opened by the refused commands
+    assert Ledger(env["CORDON_DATABASE_URL"]).cases() == []

@@ -27,6 +27,7 @@ from cordon.audit.ledger import Ledger
 from cordon.audit.query import CaseFilter, case_summary, format_seconds, list_cases, metrics
 from cordon.audit.report import artifact_key
 from cordon.server.pages import PageAuth, audit_pages, hash_password, parse_users
+from tests.helpers import config_with_approvers
 from tests.test_audit_query import EVIL_UA, seed_case
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -103,8 +104,10 @@ def site(tmp_path_factory, aws_sandbox):
     tmp = tmp_path_factory.mktemp("pages")
     url = f"sqlite:///{tmp}/ledger.db"
     users = f"{USER}:{hash_password(PASSWORD)} bob:{hash_password('another one')}"
+    # build_app serves the Slack path too, which needs approvers configured
     with _env(CORDON_DATABASE_URL=url, CORDON_AUDIT_USERS=users, CORDON_AUDIT_PROXY_SECRET=PROXY_SECRET,
-              PREFECT_SERVER_ANALYTICS_ENABLED="false"), prefect_test_harness(server_startup_timeout=180):
+              PREFECT_SERVER_ANALYTICS_ENABLED="false", CORDON_CONFIG=str(config_with_approvers(tmp))), \
+            prefect_test_harness(server_startup_timeout=180):
         ledger = Ledger(url)
         aws_sandbox.reset()
         responder = Responder(ledger=ledger)
@@ -145,12 +148,15 @@ def test_every_page_refuses_unauthenticated_requests(site):
     case_id = site["real"]["case_id"]
     paths = _page_paths(site["app"], case_id) + [f"/audit/cases/{case_id}?format=print"]
     with httpx.Client(base_url=site["url"]) as http:
-        for path in paths:
+        for i, path in enumerate(paths):
             r = http.get(path)
             assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Basic"), path
             assert case_id not in r.text
-            assert http.get(path, auth=(USER, "wrong password")).status_code == 401, path
-            assert http.get(path, auth=("mallory", PASSWORD)).status_code == 401, path
+            # wrong passwords from a different client address each time (uvicorn trusts X-Forwarded-For
+            # from 127.0.0.1): one address guessing on would be answered 429 (tests/test_abuse.py)
+            away = {"X-Forwarded-For": f"198.51.100.{i + 1}"}
+            assert http.get(path, auth=(USER, "wrong password"), headers=away).status_code == 401, path
+            assert http.get(path, auth=("mallory", PASSWORD), headers=away).status_code == 401, path
             assert http.get(path, headers={"X-Cordon-User": "alice"}).status_code == 401, path  # no secret
             bad_proxy = {"X-Cordon-User": "alice", "X-Cordon-Proxy-Secret": "guess"}
             assert http.get(path, headers=bad_proxy).status_code == 403, path
@@ -188,7 +194,57 @@ def test_bad_filters_answer_400_naming_the_field(site):
         assert "default-src 'none'" in r.headers["content-security-policy"] and r.headers["cache-control"] == "no-store"
 
 
-@needs_chromium
+def test_metrics_count_automatic_approvals_apart_and_chart_the_months_without_javascript(site):
+    """The real case was approved by ``--approve auto``, the seeded ones by people in Slack (95 s and
+    10 s): the automatic one is its own count and adds no 0-second time to approve."""
+    ledger = site["ledger"]
+    m = metrics(ledger)
+    assert (m.overall.approved, m.overall.auto_approved) == (2, 1)
+    assert m.overall.tta_median == pytest.approx(52.5) and m.overall.tta_p95 == pytest.approx(95.0)
+    with httpx.Client(base_url=site["url"], auth=(USER, PASSWORD)) as http:
+        r = http.get("/audit/metrics")
+    assert r.status_code == 200 and "default-src 'none'" in r.headers["content-security-policy"]
+    html = r.text
+    assert "approved by a person" in html and "approved automatically" in html
+    overall = html.split('id="overall"', 1)[1].split("</table>", 1)[0]
+    assert '<td class="num approved">2</td><td class="num auto">1</td>' in overall
+    # the chart: inline SVG drawn on the server, one bar per month and series with a figure, no script
+    svg = html.split('<svg id="month-chart"', 1)[1].split("</svg>", 1)[0]
+    assert "<script" not in html and " on" not in svg.split(">", 1)[0]
+    for f in m.by_month:
+        for key in ("tta_median", "ttc_median"):
+            value = getattr(f, key)
+            bars = [b for b in svg.split("<rect ")[1:] if f'data-month="{f.group}"' in b and f'"{key}"' in b]
+            assert len(bars) == (value is not None), (f.group, key)
+            if value is not None:
+                assert f'data-seconds="{value:.3f}"' in bars[0] and format_seconds(value) in bars[0]
+
+
+def test_long_ids_wrap_at_their_separators_in_the_cases_table(site):
+    with httpx.Client(base_url=site["url"], auth=(USER, PASSWORD)) as http:
+        html = http.get("/audit/cases").text
+        css = http.get("/audit/static/cordon.css").text
+    real = case_summary(site["ledger"], site["real"]["case_id"])
+    assert real.target.startswith("arn:aws:iam::")
+    wrapped = real.target.replace("/", "/<wbr>").replace(":", ":<wbr>")
+    assert f'<td class="id">{wrapped}</td>' in html
+    assert "td.id { overflow-wrap: anywhere; min-width: 14ch; }" in css
+    assert ">automatic</td>" in html  # the auto-approved case's time to approve
+
+
+def test_the_chart_and_the_breakable_filter_escape_what_they_are_given():
+    from cordon.audit.query import Figures
+    from cordon.server.charts import month_chart
+    from cordon.server.pages import breakable
+
+    svg = str(month_chart([Figures("<script>alert(1)</script>", 1, 1, 1, 30.0, 30.0, 14400.0, 14400.0)]))
+    assert "<script>" not in svg and "&lt;script&gt;" in svg and svg.count("<rect class=\"bar\"") == 2
+    assert " h<" in svg  # a 4-hour figure puts the axis in hours
+    assert "No approved or contained case" in str(month_chart([Figures("2026-01", 3)]))
+    assert str(breakable("arn:aws:iam::1:user/<b>")) == "arn:<wbr>aws:<wbr>iam:<wbr>:<wbr>1:<wbr>user/<wbr>&lt;b&gt;"
+    assert str(breakable(None)) == "-"
+
+
 def settled_content(page, attempts: int = 20) -> str:
     """``page.content()`` once the page has stopped navigating: after a refused navigation
     Chromium moves to its error page, and reading the content mid-move raises."""
@@ -204,6 +260,7 @@ def settled_content(page, attempts: int = 20) -> str:
     return page.content()
 
 
+@needs_chromium
 def test_managers_read_the_pages_in_a_real_browser(site):
     from playwright.sync_api import sync_playwright
 
@@ -276,7 +333,9 @@ def test_managers_read_the_pages_in_a_real_browser(site):
                 assert kind in timeline_text, kind
             assert "status=Active → after status=Inactive" in timeline_text
             real = case_summary(ledger, real_id)
-            assert page.locator("#tta").inner_text() == format_seconds(real.time_to_approve) != "-"
+            # approved by --approve auto: no time to approve (not a 0-second approval)
+            assert real.approved_automatically and real.time_to_approve is None
+            assert page.locator("#tta").inner_text() == "automatic (--approve auto)"
             assert page.locator("#ttc").inner_text() == format_seconds(real.time_to_contain) != "-"
 
             # the printable report: print CSS hides navigation; Chromium makes a PDF of it
@@ -295,8 +354,8 @@ def test_managers_read_the_pages_in_a_real_browser(site):
             m = metrics(ledger)
             for f in m.by_playbook:
                 cells = page.locator(f'#by-playbook tr[data-group="{f.group}"] td').all_inner_texts()
-                assert cells[:4] == [f.group, str(f.cases), str(f.approved), str(f.contained)]
-                assert cells[4:] == [format_seconds(v) for v in (f.tta_median, f.tta_p95, f.ttc_median, f.ttc_p95)]
+                assert cells[:5] == [f.group, str(f.cases), str(f.approved), str(f.auto_approved), str(f.contained)]
+                assert cells[5:] == [format_seconds(v) for v in (f.tta_median, f.tta_p95, f.ttc_median, f.ttc_p95)]
             month = page.locator("#by-month tbody tr").first.locator("td").all_inner_texts()
             assert month[1] == "5"
 

@@ -31,8 +31,12 @@ def test_quick_start_contains_and_prints_the_json_contract(env, tmp_path):
     res = cordon("respond", "examples/cloudtrail-create-access-key.json", "--sandbox", "--approve", "auto",
                  "--output", "json", env=env)
     assert res.returncode == 0, res.stderr
-    (line,) = [ln for ln in res.stdout.splitlines() if ln.strip()]
-    case = json.loads(line)
+    *cases, last = [json.loads(ln) for ln in res.stdout.splitlines() if ln.strip()]
+    # one record, matched by two Sigma rules: the second detection joins the first one's case
+    assert last == {"summary": {"read": 1, "detections": 2, "cases": 1, "joined": 1, "suppressed": 0, "rejected": 0,
+                                "failed": 0}}
+    joined, case = cases
+    assert joined["joined"]["case_id"] == case["case_id"] and joined["joined"]["rerun"] is False
     for key in ("case_id", "playbook", "detection", "approval", "actions", "verified"):
         assert key in case
     det = case["detection"]
@@ -50,6 +54,13 @@ def test_quick_start_contains_and_prints_the_json_contract(env, tmp_path):
     show = cordon("audit", "show", case["case_id"], env=env)
     assert show.returncode == 0 and "action.contained" in show.stdout and "approval.given" in show.stdout
     assert cordon("audit", "verify", env=env).returncode == 0
+
+    # the sandbox's stand-ins are gone with the run: rollback says so in one line, touches no real AWS
+    back = cordon("rollback", case["case_id"], "--yes", env={**env, "AWS_ACCESS_KEY_ID": "AKIANOTREAL",
+                                                            "AWS_SECRET_ACCESS_KEY": "x"})
+    assert back.returncode == 1 and "Traceback" not in back.stderr, back.stderr
+    assert "sandbox" in back.stderr and len(back.stderr.strip().splitlines()) == 1, back.stderr
+    assert cordon("rollback", "case-000000000000", "--yes", env=env).stderr.strip().startswith("no case")
 
     # tamper with one record directly in the database (an attacker with file access drops the
     # append-only trigger first): verify must fail and name it
@@ -73,7 +84,14 @@ def test_rejected_records_exit_2_and_are_named(env):
     assert res.returncode == 2, res.stderr
     assert "<stdin>: record 2" in res.stderr and "not JSON" in res.stderr
     assert "<stdin>: record 3" in res.stderr and "unrecognised record shape" in res.stderr
-    assert [json.loads(ln)["status"] for ln in res.stdout.splitlines() if ln.strip()] == ["contained"]
+    docs = [json.loads(ln) for ln in res.stdout.splitlines() if ln.strip()]
+    assert [d["status"] for d in docs if "case_id" in d] == ["contained"]
+    # rejected records are objects on stdout too, then one summary object closes the output
+    rejected = [d["rejected"] for d in docs if "rejected" in d]
+    assert [(r["origin"], r["position"]) for r in rejected] == [("<stdin>", 2), ("<stdin>", 3)]
+    assert "not JSON" in rejected[0]["reason"] and "unrecognised record shape" in rejected[1]["reason"]
+    summary = docs[-1]["summary"]
+    assert summary["rejected"] == 2 and summary["cases"] == 1 and summary["read"] >= 3, summary
     dead = cordon("audit", "dead-letters", env=env)
     assert dead.stdout.count("<stdin>") == 2
 
@@ -89,7 +107,7 @@ def test_sandbox_without_a_terminal_rehearses_with_auto_approval(env):
                  stdin="")
     assert res.returncode == 0, res.stderr
     assert "approving automatically" in res.stderr
-    assert json.loads(res.stdout.strip().splitlines()[-1])["status"] == "contained"
+    assert json.loads(res.stdout.strip().splitlines()[-2])["status"] == "contained"
 
 
 def test_invalid_playbook_is_named(env, tmp_path):
@@ -97,6 +115,34 @@ def test_invalid_playbook_is_named(env, tmp_path):
     bad.write_text("name: bad\ndescription: x\nwhen:\n  provider: aws\ncontain:\n  - action: aws.nope\n")
     res = cordon("playbooks", "validate", str(bad), env=env)
     assert res.returncode == 1 and f"{bad}:6: field 'contain.0.action'" in res.stderr
+
+
+def test_validation_errors_print_brackets_verbatim(env, tmp_path):
+    """Rich markup must not eat ``[...]``: a pattern error shows the whole pattern."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: Not_A_Name\ndescription: x\nwhen:\n  provider: aws\ncontain: []\n")
+    res = cordon("playbooks", "validate", str(bad), env=env)
+    assert res.returncode == 1, res.stderr
+    assert "^[a-z0-9][a-z0-9-]{1,62}$" in res.stderr, res.stderr
+
+
+def test_version_and_an_aligned_playbook_table(env):
+    from importlib.metadata import version
+
+    res = cordon("--version", env=env)
+    assert res.returncode == 0 and res.stdout.startswith(f"cordon {version('cordon')} (Prefect "), res.stdout
+    listed = cordon("playbooks", "list", env=env)
+    assert listed.returncode == 0, listed.stderr
+    header, *rows = listed.stdout.splitlines()
+    # one playbook per line, every column starting at the same offset on every line
+    starts = [header.index(col) for col in ("provider", "credential kinds", "contain", "by hand")]
+    books = [json.loads(ln) for ln in cordon("playbooks", "list", "--output", "json", env=env).stdout.splitlines()]
+    assert [r.split()[0] for r in rows] == [b["name"] for b in books]
+    for row, book in zip(rows, books, strict=True):
+        assert row[starts[0]:].startswith(book["provider"]) and row[starts[0] - 1] == " ", row
+        assert row[starts[2]:].startswith((book["contain"] or ["-"])[0]), row
+    runnable = [b["name"] for b in books if b["parameters"]]
+    assert len(runnable) >= 16 and "azure-sp-certificate-added" in runnable, runnable
 
 
 def _read_until(fd: int, needle: bytes, proc: subprocess.Popen, timeout: float) -> bytes:

@@ -242,3 +242,35 @@ def test_cli_refusals_name_the_parameter_and_the_file(env):
     assert console.returncode == 2 and "no self-approval" in console.stderr
     unknown = cordon("run", "aws-finding-triage", env=env)
     assert unknown.returncode == 2 and "declares no parameters" in unknown.stderr
+
+
+APP = "6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b"
+CRED = "0b1c2d3e-4f50-4a6b-8c7d-8e9f0a1b2c3d"
+SUB = "00000000-1111-4222-8333-444444444444"
+#: Every playbook made runnable by hand in issue 11, with parameters naming one credential.
+NEWLY_RUNNABLE = {
+    "azure-sp-certificate-added": {"service_principal_id": APP, "key_id": CRED},
+    "azure-federated-credential-added": {"credential": f"{APP}/federatedIdentityCredentials/{CRED}",
+                                         "application_id": APP},
+    "azure-user-created": {"user_id": CRED},
+    "azure-role-assignment": {"assignment_id": f"/subscriptions/{SUB}/providers/Microsoft.Authorization/"
+                                               f"roleAssignments/{CRED}"},
+    "gcp-oslogin-ssh-key": {"key_name": "users/eve@example.com/sshPublicKeys/0123456789abcdef0123"},
+    "aws-federation-token": {"user_name": "mallory", "account_id": "111122223333"},
+}
+
+
+@pytest.mark.parametrize("playbook", sorted(NEWLY_RUNNABLE))
+def test_more_playbooks_run_by_hand_in_the_sandbox(responder, playbook):
+    """Each playbook that declares parameters runs by hand end to end: the credential is seeded in
+    its provider's stand-in, contained through the same path as a detection, and verified."""
+    from cordon.sandbox import Sandboxes
+
+    sb = Sandboxes()
+    try:
+        summary = responder.manual(playbook, NEWLY_RUNNABLE[playbook], {"slack_user_id": "U0CAROL03"},
+                                   approval="auto", sandbox=sb)
+    finally:
+        sb.stop()
+    assert summary["status"] == "contained" and summary["verified"] is True, summary
+    assert summary["actions"] and all(a["status"] in ("contained", "already_contained") for a in summary["actions"])

@@ -27,7 +27,7 @@ from cordon.engine import Responder
 from cordon.sandbox.aws import AwsSandbox
 from cordon.sandbox.prefect_server import PrefectServer, free_port
 from tests.dbs import POSTGRES_URL, fresh_postgres_schema, postgres_unavailable
-from tests.helpers import wait_for
+from tests.helpers import config_with_approvers, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "cloudtrail-create-access-key.json"
@@ -63,6 +63,14 @@ def prefect_on_postgres(tmp_path_factory):
         for name in ("respond/respond", "approval-sweeper/sweeper"):
             assert f"Deployment '{name}' successfully created" in deploy.stdout, deploy.stdout + deploy.stderr
         assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+        # workers need no checkout: module entrypoints, no pull step naming this directory
+        from prefect.client.orchestration import get_client
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings({PREFECT_API_URL: server.api_url}), get_client(sync_client=True) as client:
+            for dep in client.read_deployments():
+                assert not dep.pull_steps and ".py" not in dep.entrypoint, (dep.pull_steps, dep.entrypoint)
+                assert str(REPO) not in dep.model_dump_json(), dep.model_dump_json()
         yield server
     finally:
         server.stop()
@@ -141,7 +149,8 @@ def test_two_replicas_never_double_open_a_case(prefect_on_postgres, tmp_path, db
         db_url, cleanup = fresh_postgres_schema()
     Ledger(db_url)  # schema in place before two processes race to create it
     env = {**os.environ, **server.env, "CORDON_DATABASE_URL": db_url, "CORDON_WEBHOOK_TOKEN": WEBHOOK_TOKEN,
-           "CORDON_SLACK_SIGNING_SECRET": "s3cr3t-signing", "CORDON_SLACK_CHANNEL": "C0PROD"}
+           "CORDON_SLACK_SIGNING_SECRET": "s3cr3t-signing", "CORDON_SLACK_CHANNEL": "C0PROD",
+           "CORDON_CONFIG": str(config_with_approvers(tmp_path))}  # cordon serve refuses to start without
     replicas = [Replica(env, tmp_path / f"replica{i}.log") for i in range(2)]
     before = len(flow_runs_of(server))
     try:
@@ -190,7 +199,8 @@ def test_two_replicas_never_double_open_a_case(prefect_on_postgres, tmp_path, db
 
 def test_process_worker_runs_the_prefect_yaml_deployment_to_containment(prefect_on_postgres, tmp_path):
     """``prefect worker start --pool cordon`` picks up a respond run of the deployment created from
-    ``prefect.yaml`` and contains the key in the sandbox; the ledger verifies."""
+    ``prefect.yaml`` and contains the key in the sandbox; the ledger verifies. The worker runs in
+    an empty directory: it imports the flows from the installed package, not from a checkout."""
     server = prefect_on_postgres
     aws = AwsSandbox().start()
     aws.reset()  # moto's backends live in this process: forget what earlier tests contained
@@ -212,8 +222,7 @@ def test_process_worker_runs_the_prefect_yaml_deployment_to_containment(prefect_
 
         with _prefect_settings(server):
             fr = run_deployment("respond/respond", parameters={
-                "case_id": ticket.case_id, "detection": ticket.detection.model_dump(mode="json"),
-                "playbook": ticket.playbook.name, "approval": "auto",
+                "case_id": ticket.case_id, "playbook": ticket.playbook.name, "approval": "auto",
                 "cloud": responder.cloud_for(ticket, aws.cloud_params())}, idempotency_key=ticket.case_id, timeout=0)
         state = wait_for(lambda: (s := flow_state(server, str(fr.id))) in ("COMPLETED", "FAILED", "CRASHED") and s,
                          240, "the worker to run the deployment")

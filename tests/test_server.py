@@ -21,6 +21,7 @@ import uvicorn
 
 from cordon.approvals import DecisionOutcome, Interaction, approval_blocks, make_client, post_approval
 from cordon.audit.ledger import Ledger
+from cordon.audit.refusals import RefusalCounter
 from cordon.sandbox.slack_standin import SlackStandIn, block_actions_payload
 from cordon.server import create_app
 
@@ -200,13 +201,22 @@ def test_unverified_requests_are_refused(run_server, ledger, case, reason):
     r = httpx.post(f"{url}/slack/interactions", content=body, headers=headers)
     assert r.status_code == 401
     assert r.json()["reason"] == reason
-    [rec] = records(ledger, "slack.request_refused")
-    assert rec.payload["reason"] == reason
-    assert rec.payload["remote"] == "127.0.0.1"
-    assert rec.payload["timestamp_header"] == headers.get("X-Slack-Request-Timestamp")
+    # counted (unsigned: anyone can send it), not chained one by one
+    assert records(ledger, "slack.request_refused") == []
+    [window] = RefusalCounter(ledger).windows("slack")
+    assert (window.reason, window.count, window.summary_seq) == (reason, 1, None)
+    [sample] = window.samples
+    assert sample["remote"] == "127.0.0.1" and sample["endpoint"] == "/slack/interactions"
+    assert sample["timestamp_header"] == headers.get("X-Slack-Request-Timestamp")
     time.sleep(0.2)  # nothing runs in the background either
     assert decider.calls == []
     assert records(ledger, "slack.interaction_received") == []
+    # once the window has ended, one chained record says how many and why
+    [summary] = RefusalCounter(ledger).close_due(now=time.time() + 120)
+    assert summary.kind == "slack.refusals" and summary.payload["by_reason"] == {reason: 1}
+    assert summary.payload["count"] == 1 and summary.payload["samples"][0]["remote"] == "127.0.0.1"
+    assert RefusalCounter(ledger).windows("slack")[0].summary_seq == summary.seq
+    assert ledger.verify().ok
 
 
 def test_refusal_is_posted_ephemerally_to_response_url(run_server, ledger):
@@ -298,7 +308,8 @@ def test_oversized_body_is_refused(run_server, ledger):
     body = b"payload=" + b"x" * (1024 * 1024 + 10)
     r = httpx.post(f"{url}/slack/interactions", content=body, headers=sign(body))
     assert r.status_code == 413
-    assert records(ledger, "slack.request_refused")[0].payload["reason"] == "too_large"
+    assert RefusalCounter(ledger).counts("slack") == {"too_large": 1}
+    assert records(ledger, "slack.request_refused") == []
 
 
 # -- detection webhook ------------------------------------------------------------------------
@@ -323,9 +334,14 @@ def test_webhook_requires_the_token(run_server, ledger):
         assert r.status_code == 401, headers
         assert r.headers["www-authenticate"].startswith("Bearer")
     assert intake.calls == []
-    refused = records(ledger, "webhook.request_refused")
-    assert [r.payload["reason"] for r in refused] == ["missing Authorization header"] + ["wrong bearer token"] * 3
-    assert all(WEBHOOK_TOKEN not in json.dumps(r.payload) for r in refused)
+    assert records(ledger, "webhook.request_refused") == []
+    counter = RefusalCounter(ledger)
+    assert counter.counts("webhook") == {"missing_token": 1, "wrong_token": 3}
+    samples = [s for w in counter.windows("webhook") for s in w.samples]
+    assert sorted(s["detail"] for s in samples) == ["missing Authorization header"] + ["wrong bearer token"] * 3
+    [summary] = counter.close_due(now=time.time() + 120)
+    assert summary.kind == "webhook.refusals" and summary.payload["count"] == 4
+    assert WEBHOOK_TOKEN not in json.dumps(samples) and WEBHOOK_TOKEN not in json.dumps(summary.payload)
 
 
 def test_webhook_with_the_token_passes_the_body(run_server):

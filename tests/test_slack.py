@@ -547,3 +547,111 @@ def test_approval_message_shows_where_the_actor_was():
     text = json.dumps(approval_blocks(CASE_ID, "aws-access-key-persistence", det.summary(), ENRICHMENT, make_plan(),
                                       PLAN_HASH, RUN_ID, None))
     assert "Lagos, Nigeria (NG)" in text
+
+
+# -- names first, what happened in words (issue 11) ------------------------------------------
+@pytest.mark.parametrize("kind,owner,expected", [
+    ("azure_sp_password", {"uid": "0b9e4a52-7c31-4d8e-a6f2-93c15d7e2b40", "name": "payments-api",
+                           "type": "ServicePrincipal"}, "New client secret on payments-api"),
+    ("aws_access_key", {"uid": "arn:aws:iam::111122223333:user/alice", "type": "IAMUser"},
+     "New access key for IAM user alice"),
+    ("gcp_sa_key", {"uid": "sa@proj.iam.gserviceaccount.com", "type": "ServiceAccount"},
+     "New service-account key on sa@proj.iam.gserviceaccount.com"),
+    ("azure_sp_key", {"name": "payments-api"}, "New certificate on payments-api"),
+    ("aws_iam_user", {"name": "backdoor"}, "New IAM user backdoor"),
+    ("gcp_api_key", {}, "New API key in account acme-prod"),  # no owner, no target: the account
+    ("some_future_kind", {"name": "x"}, "New some future kind on x"),  # generic
+])
+def test_what_happened_from_the_credential_kind_and_owner(kind, owner, expected):
+    from cordon.approvals.slack import what_happened
+
+    assert what_happened({"account_uid": "acme-prod", "credential": {"kind": kind, "owner": owner}}) == expected
+
+
+def test_every_credential_kind_has_a_phrase():
+    import typing
+
+    from cordon.approvals.slack import CREDENTIAL_PHRASES
+    from cordon.detections.model import CredentialKind
+
+    assert set(typing.get_args(CredentialKind)) == set(CREDENTIAL_PHRASES)
+
+
+def test_what_happened_without_a_credential_and_principal_names():
+    from cordon.approvals.slack import principal_name, what_happened
+
+    assert what_happened({"event_name": "ConsoleLogin", "credential": None}) == "ConsoleLogin"
+    assert principal_name({"uid": "arn:aws:sts::1:assumed-role/Admin/session-1"}) == "Admin/session-1"
+    assert principal_name({"uid": "arn:aws:iam::111122223333:root"}) == "root"
+    assert principal_name({"uid": "5d7b0c1e", "name": "mallory@contoso.example"}) == "mallory@contoso.example"
+    assert principal_name({}) is None and principal_name(None) is None
+
+
+def entra_detection() -> dict:
+    """The shipped Entra example, through the real intake and Sigma (no hand-made detection)."""
+    from pathlib import Path
+
+    from cordon.config import load_config
+    from cordon.detections.intake import read_inputs
+    from cordon.detections.pipeline import detect
+    from cordon.sigma import RuleSet
+
+    repo = Path(__file__).resolve().parents[1]
+    example = repo / "examples" / "entra-add-sp-credentials.json"
+    rules = RuleSet.load(load_config(repo / "config").rules_dir)
+    (det,) = [d for d in detect(read_inputs([example]), rules) if isinstance(d, Detection)]
+    return det.summary()
+
+
+def test_entra_approval_names_first_guids_second(standin):
+    det = entra_detection()
+    blocks = approval_blocks(CASE_ID, "azure-sp-credential-added", det, {}, make_plan(), PLAN_HASH, RUN_ID,
+                             "2024-05-02T11:15:30+00:00")
+    header = blocks[0]
+    assert header["type"] == "header" and header["text"]["text"] == "New client secret on payments-api"
+    fields = "\n".join(f["text"] for b in blocks if b["type"] == "section" for f in b.get("fields", []))
+    # the names are in the fields; the GUIDs are not
+    assert "`mallory@contoso.example` (User)" in fields and "`payments-api` (ServicePrincipal)" in fields
+    for guid in ("5d7b0c1e-2f3a-4b5c-8d9e-0f1a2b3c4d5e", "0b9e4a52-7c31-4d8e-a6f2-93c15d7e2b40",
+                 "72f988bf-86f1-41af-91ab-2d7cd011db47"):
+        assert guid not in fields
+    # ... but in the small context line right under them
+    (ids,) = [b for b in blocks if b["type"] == "context" and b["elements"][0]["text"].startswith("IDs: ")]
+    id_text = ids["elements"][0]["text"]
+    for guid in ("5d7b0c1e-2f3a-4b5c-8d9e-0f1a2b3c4d5e", "0b9e4a52-7c31-4d8e-a6f2-93c15d7e2b40",
+                 "e4a7c9b1-3d5f-4e6a-8b0c-2d4f6a8c0e1b", "a3f1c2d4-5e6f-4a7b-8c9d-0e1f2a3b4c5d",
+                 "72f988bf-86f1-41af-91ab-2d7cd011db47"):
+        assert guid in id_text, guid
+    assert blocks.index(ids) > next(i for i, b in enumerate(blocks) if "*Target*" in json.dumps(b))
+    assert "client secret `sync`" in fields
+    seen = all_text(blocks)
+    assert "None" not in seen and "null" not in seen
+    # the notification text names actor, target and credential
+    text = fallback_text("azure-sp-credential-added", det, case_id=CASE_ID)
+    assert text.startswith("Cordon: approval needed: New client secret on payments-api, by mallory@contoso.example")
+    assert "target payments-api" in text and "credential client secret sync e4a7c9b1-" in text and CASE_ID in text
+    # and Slack accepts the message as built
+    client = WebClient(token="xoxb-test", base_url=standin.base_url)
+    post_approval(client, "security-approvals", blocks, text)
+    (msg,) = standin.messages("security-approvals")
+    assert msg["text"] == text
+
+
+def test_names_from_arns_and_no_empty_fields_and_hostile_names_stay_escaped():
+    det = make_detection().summary()
+    det["credential"]["attributes"] = {"status": "Active", "principal_subject": None, "empty": ""}
+    det["target"]["name"] = None
+    det["credential"]["owner"] = dict(det["target"])
+    det["actor"]["user"]["name"] = "<!channel> & <https://evil.example|click>"
+    blocks = approval_blocks(CASE_ID, "aws-access-key-persistence", det, {}, make_plan(), PLAN_HASH, RUN_ID, None)
+    assert blocks[0]["text"]["text"] == "New access key for IAM user ci-deployer"  # the ARN's user name
+    seen = all_text(blocks)
+    assert "principal_subject" not in seen and "empty=" not in seen and "None" not in seen
+    assert "<!channel>" not in seen and "&lt;!channel&gt; &amp; &lt;https://evil.example|click&gt;" in seen
+    assert USER_ARN in seen  # the ARN is still there, in the ID line
+    text = fallback_text("aws-access-key-persistence", det)
+    assert "<!channel>" not in text and "&lt;!channel&gt;" in text
+    assert "target ci-deployer" in text and f"credential access key {KEY_ID}" in text
+    # the status message says what happened too
+    status = status_blocks(CASE_ID, "aws-access-key-persistence", det, PLAN_HASH, RUN_ID, state="denied")
+    assert status[0]["text"]["text"] == "Denied: New access key for IAM user ci-deployer"

@@ -6,10 +6,14 @@ request is still open (case status ``awaiting_approval`` and nothing in the ledg
 :func:`cordon.approvals.decide.waiting_requests`), using the settings the run recorded in its
 ``approval.asked`` record (from the playbook's ``approval`` block):
 
-* at ``expires_at``: resume the run with ``ApprovalInput(decision="expired", on_expiry=...)``
-  (``flows/respond.py`` records ``approval.expired``, contains only when the playbook's own
-  ``on_expiry`` is ``contain``, updates the message and closes the case) and record
-  ``approval.decision_received`` (approver ``cordon:sweeper``);
+* at ``expires_at``: settle the request with ``ApprovalInput(decision="expired", on_expiry=...)``
+  by ledger order like a click (:func:`cordon.approvals.decide.settle`: an ``approval.decision``
+  claim, approver ``cordon:sweeper``; a click's claim recorded first wins and the expiry is
+  ``approval.decision_lost``), and resume the run (``flows/respond.py`` records
+  ``approval.expired``, contains only when the playbook's own ``on_expiry`` is ``contain``, updates
+  the message and closes the case); ``approval.decision_received`` once Prefect accepted;
+* a settling claim whose owner died before resuming (no outcome after
+  :data:`cordon.approvals.decide.DELIVER_AFTER`): deliver it (resume with its run input);
 * after ``escalate_after``: once, a thread reply mentioning ``escalate_to`` (a user group
   ``<!subteam^S...>`` or a user ``<@U...>``), who may approve from then on, and an
   ``approval.escalated`` record;
@@ -28,10 +32,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from cordon.approvals.decide import (
-    DECIDED_KIND,
     RequestState,
+    deliver_claim,
     mention,
     parse_time,
+    prefect_resume,
+    settle,
+    undelivered_claims,
     update_safely,
     waiting_blocks,
     waiting_requests,
@@ -41,12 +48,6 @@ from cordon.audit.ledger import Ledger
 SWEEPER = "cordon:sweeper"
 
 Resume = Callable[[str, dict[str, Any]], None]
-
-
-def _default_resume(run_id: str, run_input: dict[str, Any]) -> None:
-    from prefect.flow_runs import resume_flow_run
-
-    resume_flow_run(run_id, run_input=run_input)
 
 
 def _iso(dt: datetime | None) -> str | None:
@@ -65,13 +66,20 @@ def sweep(ledger: Ledger, client: Any, *, now: datetime, resume: Resume | None =
 
     ``client`` is a ``slack_sdk.WebClient`` (``None``: no Slack posts, the ledger records and
     resumes still happen); ``resume(flow_run_id, run_input)`` defaults to Prefect's
-    ``resume_flow_run``; ``outbox`` the :class:`cordon.approvals.outbox.Outbox` (default: the
-    process's). Returns one event per thing done: ``{"case_id", "event": "expired" |
-    "expiry_failed" | "escalated" | "reminded", ...}``. A run that cannot be resumed (not paused
-    any more) is recorded as ``approval.expiry_failed`` and the case is set to ``error``.
+    ``resume_flow_run`` through :func:`cordon.approvals.decide.prefect_resume` (only ``ACCEPT``
+    counts); ``outbox`` the :class:`cordon.approvals.outbox.Outbox` (default: the process's).
+    Returns one event per thing done: ``{"case_id", "event": "expired" | "expiry_failed" |
+    "expiry_lost" | "delivered" | "delivery_failed" | "escalated" | "reminded", ...}``. A run that
+    cannot be resumed (not paused any more) is recorded as ``approval.resume_failed`` and the case
+    is set to ``error``.
     """
-    resume = resume or _default_resume
+    resume = resume or prefect_resume
     events: list[dict[str, Any]] = []
+    for case, claim in undelivered_claims(ledger, now):
+        rec = deliver_claim(ledger, claim, resume, SWEEPER)
+        ok = rec.payload.get("resumed") is True
+        events.append({"case_id": case["case_id"], "event": "delivered" if ok else "delivery_failed",
+                       "decision": claim.payload.get("decision"), "decision_seq": claim.seq})
     for case, st in waiting_requests(ledger):
         case_id = case["case_id"]
         settings = st.asked.payload
@@ -81,18 +89,16 @@ def sweep(ledger: Ledger, client: Any, *, now: datetime, resume: Resume | None =
             run_input = {"decision": "expired", "approver": SWEEPER, "plan_hash": st.plan_hash,
                          "decided_at": now.isoformat(), "approvers": [], "quorum": st.quorum,
                          "on_expiry": settings.get("on_expiry") or "deny"}
-            try:
-                resume(str(st.run_id), run_input)
-            except Exception as exc:  # noqa: BLE001 - NotPausedError (timed out, cancelled) and the like
-                ledger.append("approval.expiry_failed", {"plan_hash": st.plan_hash,
-                                                         "error": f"{type(exc).__name__}: {exc}"},
-                              case_id=case_id, run_id=st.run_id, actor=SWEEPER)
+            s = settle(ledger, case_id=case_id, run_id=str(st.run_id), plan_hash=st.plan_hash, run_input=run_input,
+                       actor=SWEEPER, resume=resume, extra={"expires_at": _iso(expires_at), "votes": st.votes})
+            if s.outcome == "resume_failed":  # NotPausedError (timed out, cancelled) and the like
                 ledger.set_case(case_id, status="error")
-                events.append({"case_id": case_id, "event": "expiry_failed", "error": str(exc)})
-                continue
-            ledger.append(DECIDED_KIND, {**run_input, "expires_at": _iso(expires_at), "votes": st.votes},
-                          case_id=case_id, run_id=st.run_id, actor=SWEEPER)
-            events.append({"case_id": case_id, "event": "expired", "on_expiry": run_input["on_expiry"]})
+                events.append({"case_id": case_id, "event": "expiry_failed", "error": f"{s.status}: {s.error}"})
+            elif s.outcome == "lost":  # a click was recorded first: it decides
+                events.append({"case_id": case_id, "event": "expiry_lost",
+                               "decision": s.settled_by.payload.get("decision") if s.settled_by else None})
+            else:
+                events.append({"case_id": case_id, "event": "expired", "on_expiry": run_input["on_expiry"]})
             continue
         thread: list[str] = []
         escalate_after = settings.get("escalate_after")

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 import time
 import uuid
@@ -135,7 +136,10 @@ def _clip(text: str, limit: int) -> str:
 
 
 def _esc(value: Any) -> str:
-    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """mrkdwn-escape ``&``, ``<``, ``>``, leaving Slack's own entities as they are: a row's text is
+    the approval's fallback text, already escaped (:func:`cordon.approvals.slack.fallback_text`),
+    and must not show ``&amp;lt;``."""
+    return re.sub(r"&(?!(?:amp|lt|gt);)", "&amp;", str(value)).replace("<", "&lt;").replace(">", "&gt;")
 
 
 def summary_blocks(actor_key: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -17,13 +17,18 @@ The policy comes from two places:
   are added to the global ones, its ``quorum`` (when set) wins over the severity default, and its
   ``escalate_to`` may approve once the request has been escalated.
 
-With no approver configured anywhere the policy is *open* (anyone who can click may approve):
-the sandbox's default. Whatever the list, a clicker who is a principal of the detection (actor,
+Closed by default: with no approver configured for a request (neither in ``cordon.yaml`` nor in
+the playbook) every click is refused, and the Slack path does not start at all while some
+playbook that requires approval has none (:func:`require_approvers`, called by ``cordon serve``,
+``cordon worker`` and ``cordon respond/run --approve slack``); the sandbox, console and auto paths
+need no approvers. Whatever the list, a clicker who is a principal of the detection (actor,
 target, credential owner; matched through their Slack profile e-mail and the explicit
 ``identities`` mapping) or who requested a manual run (``detection.raw["requested_by"]``:
-``slack_user_id``, ``email``, ``cli_user``) is refused: no self-approval.
+``slack_user_id``, ``email``, ``cli_user``) is refused: no self-approval. A clicker whose identity
+cannot be resolved (no Slack directory to ask, ``users.info`` failed, or a profile without an
+e-mail, and no explicit ``identities`` entry) is refused too, rather than checked by user name.
 
-Pure functions (:func:`load_settings`, :func:`policy_for`, :func:`quorum_for`,
+Pure functions (:func:`load_settings`, :func:`require_approvers`, :func:`policy_for`, :func:`quorum_for`,
 :func:`principal_names`, :func:`identity_forms`, :func:`self_approval_reason`) plus
 :class:`SlackDirectory`, which asks Slack (``usergroups.users.list``,
 https://api.slack.com/methods/usergroups.users.list; ``users.info``,
@@ -126,11 +131,45 @@ def load_settings(config: Config) -> ApprovalSettings:
         identities=identities)
 
 
+def require_approvers(config: Config, playbooks: Iterable[Any] | None = None) -> None:
+    """Refuse to start the Slack approval path with nobody allowed to approve.
+
+    Returns when ``approval.approvers`` (or ``slack.approvers``) in ``cordon.yaml`` names a user
+    or a user group, or when every playbook (``playbooks``, default: those in
+    ``config.playbooks_dir``) whose ``approval.required`` is true names its own. Otherwise raises
+    :class:`cordon.config.ConfigError` naming the file, the playbooks without approvers and the fix.
+    Also raises what :func:`load_settings` and the playbook loader raise for a bad configuration."""
+    settings = load_settings(config)
+    if settings.users or settings.groups:
+        return
+    if playbooks is None:
+        from cordon.playbooks.schema import load_playbooks
+
+        playbooks = load_playbooks(config.playbooks_dir)
+    playbooks = list(playbooks)
+    missing = sorted(pb.name for pb in playbooks if pb.approval.required
+                     and not (pb.approval.approvers.users or pb.approval.approvers.groups))
+    if not missing:
+        return
+    path = config.directory / "cordon.yaml"
+    if len(missing) == sum(1 for pb in playbooks if pb.approval.required):
+        which = "nor does any playbook name one"
+    else:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        which = f"and playbook(s) {shown} name none"
+    raise ConfigError(
+        f"{path}: no Slack approvers configured (field 'approval.approvers'), {which}: nobody could approve "
+        "containment in Slack. Set approval.approvers.users (Slack user IDs, U...) and/or "
+        f"approval.approvers.groups (user group IDs, S...) in {path} or in each playbook's approval block. "
+        "The sandbox, console and auto paths need no approvers.")
+
+
 @dataclass(frozen=True)
 class Policy:
     """The policy for one request: allowed ``users`` and ``groups`` (Slack IDs), the ``quorum``
     of distinct approvals, and ``escalate_to`` (allowed once the request was escalated).
-    ``open`` is true when no approver is configured at all (anyone may approve)."""
+    ``configured`` is false when no approver is named at all: then nobody may approve (closed
+    by default)."""
 
     users: frozenset[str]
     groups: frozenset[str]
@@ -138,8 +177,8 @@ class Policy:
     escalate_to: str | None = None
 
     @property
-    def open(self) -> bool:
-        return not self.users and not self.groups
+    def configured(self) -> bool:
+        return bool(self.users or self.groups)
 
 
 def quorum_for(settings: ApprovalSettings, approval: Approval | None, severity: str | None) -> int:
@@ -300,11 +339,12 @@ class SlackDirectory:
 def allowed_reason(user_id: str, policy: Policy, directory: SlackDirectory | None, *,
                    escalated: bool = False) -> str | None:
     """Why ``user_id`` is not an allowed approver under ``policy``, or ``None`` when allowed
-    (an open policy allows everyone; after escalation ``policy.escalate_to``, a user or a user
-    group, is allowed too). Group membership needs ``directory``; without one, a policy that
-    names groups only allows its listed users."""
-    if policy.open:
-        return None
+    (after escalation ``policy.escalate_to``, a user or a user group, is allowed too). A policy
+    naming no approver allows nobody. Group membership needs ``directory``; without one, a policy
+    that names groups only allows its listed users."""
+    if not policy.configured:
+        return ("no approvers are configured for this playbook, so nobody may approve: set "
+                "approval.approvers.users / groups in cordon.yaml or in the playbook's approval block")
     if user_id in policy.users:
         return None
     groups = set(policy.groups)
@@ -327,16 +367,26 @@ def check_clicker(user_id: str, user_name: str | None, *, policy: Policy, settin
                   escalated: bool = False) -> str | None:
     """The whole check for one clicker: allowed (:func:`allowed_reason`) and not a principal nor
     the requester (:func:`self_approval_reason`, with the profile e-mail from ``directory`` and the
-    explicit ``settings.identities``). Returns the refusal reason or ``None``. A failed Slack
-    look-up of the e-mail is a refusal (we cannot show the clicker is not the actor)."""
+    explicit ``settings.identities``). Returns the refusal reason or ``None``.
+
+    The clicker's identity must be resolved, never guessed from the Slack user name: a failed
+    Slack look-up of the e-mail is a refusal (we cannot show the clicker is not the actor), and so
+    is having neither an e-mail (no ``directory``, i.e. no bot token; or a profile without one, e.g.
+    without the ``users:read.email`` scope) nor an explicit ``approval.identities`` entry."""
     reason = allowed_reason(user_id, policy, directory, escalated=escalated)
     if reason:
         return reason
+    explicit = settings.identities.get(user_id) or frozenset()
     email = None
     if directory is not None:
         try:
             email = directory.email(user_id)
         except Exception as exc:  # noqa: BLE001 - SlackApiError or transport: refuse, say why
             return f"cannot look up your Slack profile to rule out self-approval ({type(exc).__name__})"
-    identities = identity_forms(email, settings.identities.get(user_id, ()))
+    if not email and not explicit:
+        why = ("Cordon has no Slack bot token to read your profile (users.info)" if directory is None
+               else "your Slack profile shows Cordon no e-mail (users:read.email)")
+        return (f"cannot resolve your identity to rule out self-approval: {why}, and approval.identities in "
+                f"cordon.yaml has no entry for {user_id}; ask an administrator to add one")
+    identities = identity_forms(email, explicit)
     return self_approval_reason(user_id, user_name, identities, detection)

@@ -44,6 +44,13 @@ DENY_ACTION_ID = "cordon_deny"
 ROLLBACK_ACTION_ID = "cordon_rollback"
 ACTIONS_BLOCK_ID = "cordon_decision"
 ROLLBACK_BLOCK_ID = "cordon_rollback"
+#: The Deny reason dialog (:func:`deny_view`): its ``callback_id`` and the reason input's block.
+DENY_CALLBACK_ID = "cordon_deny_reason"
+REASON_BLOCK_ID = "reason"
+REASON_ACTION_ID = "value"
+MAX_REASON = 2000
+#: The reason recorded when the dialog could not be shown (no ``trigger_id``, ``views.open`` failed).
+NO_REASON = "no reason given"
 _DECISIONS = {APPROVE_ACTION_ID: "approve", DENY_ACTION_ID: "deny", ROLLBACK_ACTION_ID: "rollback"}
 
 #: Slack's limits (https://api.slack.com/reference/block-kit/blocks).
@@ -126,10 +133,13 @@ class Interaction:
     response_url: str | None
     action_ts: str | None = None
     trigger_id: str | None = None
+    #: a Deny's reason, from the reason dialog (:func:`deny_view`), or ``"no reason given (...)"``
+    reason: str | None = None
 
     def ledger_payload(self) -> dict[str, Any]:
         """The interaction as a ledger payload (no ``response_url``: it is a bearer URL)."""
-        return {
+        extra = {"reason": self.reason} if self.reason is not None else {}
+        return {**extra,
             "decision": self.decision,
             "user_id": self.user_id,
             "user_name": self.user_name,
@@ -157,6 +167,14 @@ class DecisionOutcome:
 def _esc(value: Any) -> str:
     """mrkdwn-escape ``&``, ``<``, ``>`` (Slack's three control characters)."""
     return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def escape(value: Any) -> str:
+    """``value`` as text safe inside Slack mrkdwn (``&``, ``<``, ``>`` escaped as Slack's
+    formatting reference asks, https://api.slack.com/reference/surfaces/formatting#escaping), so
+    an attacker-controlled string (a principal name, an error message) cannot mention
+    ``<!channel>``, a user, or make a link. For text built outside this module (thread replies)."""
+    return _esc(value)
 
 
 def _code(value: Any) -> str:
@@ -242,13 +260,40 @@ def _mfa(value: Any) -> str | None:
 
 
 def _principal(p: Any) -> str | None:
-    if not isinstance(p, Mapping):
+    """A principal for a field, name first (:func:`principal_name`) with its type; its IDs go to
+    the message's ID line (:func:`_id_line`)."""
+    name = principal_name(p)
+    if not name:
         return None
-    who = p.get("uid") or p.get("name")
-    if not who:
-        return None
-    extra = [str(x) for x in (p.get("type"), p.get("account_uid") and f"account {p['account_uid']}") if x]
-    return _code(who) + (f" ({_esc(', '.join(extra))})" if extra else "")
+    return _code(name) + (f" ({_esc(p['type'])})" if p.get("type") else "")
+
+
+def _id_line(det: Mapping[str, Any]) -> str | None:
+    """The IDs behind the names (GUIDs, ARNs, key IDs), for the small context line under them:
+    each uid not already shown as the name, once."""
+    pairs: list[tuple[str, Any]] = []
+    actor = _get(det, "actor", "user")
+    target = det.get("target") if isinstance(det.get("target"), Mapping) else {}
+    cred = det.get("credential") if isinstance(det.get("credential"), Mapping) else {}
+    owner = cred.get("owner") if isinstance(cred.get("owner"), Mapping) else {}
+    attrs = cred.get("attributes") if isinstance(cred.get("attributes"), Mapping) else {}
+    for label, p in (("actor", actor), ("target", target), ("owner", owner)):
+        if isinstance(p, Mapping) and p.get("uid") and p.get("uid") != principal_name(p):
+            pairs.append((label, p["uid"]))
+    if cred.get("uid") and attrs.get("keyDisplayName"):
+        pairs.append(("credential", cred["uid"]))
+    if attrs.get("appId"):
+        pairs.append(("appId", attrs["appId"]))
+    if det.get("provider") == "azure" and det.get("account_uid"):
+        pairs.append(("tenant", det["account_uid"]))
+    seen: set[str] = set()
+    out = []
+    for label, value in pairs:
+        if str(value) in seen:
+            continue
+        seen.add(str(value))
+        out.append(f"{_esc(label)} {_code(value)}")
+    return ("IDs: " + " · ".join(out)) if out else None
 
 
 def _name_of(item: Any, *keys: str) -> str:
@@ -541,24 +586,126 @@ def _plan_sections(steps: Sequence[Mapping[str, Any]], room: int, case_id: str) 
     return head + ["\n".join(lines)]
 
 
+#: What a new credential of each kind is called, and the word joining it to whom it belongs
+#: (:func:`what_happened`: "New client secret on payments-api"). Kinds not listed read
+#: "New <kind in words> on <owner>".
+CREDENTIAL_PHRASES: dict[str, tuple[str, str]] = {
+    "aws_access_key": ("New access key", "for"),
+    "aws_login_profile": ("New console password", "for"),
+    "aws_key_pair": ("New EC2 key pair", "in"),
+    "aws_service_specific_credential": ("New service-specific credential", "for"),
+    "aws_federation_token": ("Federation token issued", "to"),
+    "aws_iam_user": ("New IAM user", ""),
+    "aws_policy_grant": ("Admin policy granted", "to"),
+    "azure_sp_password": ("New client secret", "on"),
+    "azure_sp_key": ("New certificate", "on"),
+    "azure_federated_credential": ("New federated credential", "on"),
+    "azure_role_assignment": ("New Azure role assignment", "for"),
+    "azure_directory_role": ("Directory role granted", "to"),
+    "azure_app_role_assignment": ("App permission granted", "to"),
+    "azure_user": ("New Entra user", ""),
+    "azure_service_principal": ("New service principal", ""),
+    "gcp_sa_key": ("New service-account key", "on"),
+    "gcp_service_account": ("New service account", ""),
+    "gcp_iam_binding": ("IAM role granted", "to"),
+    "gcp_api_key": ("New API key", "in"),
+    "gcp_oslogin_ssh_key": ("New OS Login SSH key", "for"),
+    "gcp_hmac_key": ("New HMAC key", "for"),
+}
+#: Principal types worth saying before a name ("IAM user alice"); others read as the name alone.
+_TYPE_WORDS = {"IAMUser": "IAM user", "AssumedRole": "role", "Role": "role", "Root": "root user",
+               "FederatedUser": "federated user"}
+
+
+def principal_name(p: Any) -> str | None:
+    """The name a person reads for a principal (plain text, not escaped): its ``name`` (an Entra
+    UPN or display name, an IAM user name, a service-account e-mail), else the resource part of an
+    ARN uid (``arn:aws:iam::1:user/ops/alice`` -> ``ops/alice``), else the ``uid``; ``None`` when
+    there is neither."""
+    if not isinstance(p, Mapping):
+        return None
+    if p.get("name"):
+        return str(p["name"])
+    uid = p.get("uid")
+    if not uid:
+        return None
+    uid = str(uid)
+    if uid.startswith("arn:") and uid.count(":") >= 5:
+        resource = uid.split(":", 5)[5]
+        kind, sep, rest = resource.partition("/")
+        return rest if sep and rest else resource
+    return uid
+
+
+def _owner_words(p: Any) -> str | None:
+    name = principal_name(p)
+    if not name:
+        return None
+    word = _TYPE_WORDS.get(str(p.get("type"))) if isinstance(p, Mapping) else None
+    return f"{word} {name}" if word else name
+
+
+def credential_words(kind: Any) -> str:
+    """A credential kind in words: ``azure_sp_password`` -> ``client secret`` (from
+    :data:`CREDENTIAL_PHRASES`, without "New"), unknown kinds with ``_`` as spaces."""
+    phrase = CREDENTIAL_PHRASES.get(str(kind))
+    if phrase and phrase[0].startswith("New "):
+        return phrase[0][4:]
+    return str(kind or "credential").replace("_", " ")
+
+
+def what_happened(detection: Mapping[str, Any]) -> str:
+    """What happened, in words, from the detection's credential kind and owner (plain text, not
+    escaped): ``New client secret on payments-api``, ``New access key for IAM user alice``,
+    ``New service-account key on sa@proj.iam.gserviceaccount.com``. The owner is the credential's,
+    else the target, else the account; without a credential, the event or finding type."""
+    det = detection if isinstance(detection, Mapping) else {}
+    cred = det.get("credential") if isinstance(det.get("credential"), Mapping) else None
+    if not cred:
+        return str(det.get("event_name") or det.get("finding_type") or _get(det, "rule", "name") or "Detection")
+    kind = str(cred.get("kind") or "")
+    phrase, joiner = CREDENTIAL_PHRASES.get(kind, (f"New {kind.replace('_', ' ') or 'credential'}", "on"))
+    whom = _owner_words(cred.get("owner")) or _owner_words(det.get("target"))
+    if not whom and det.get("account_uid"):
+        whom = f"account {det['account_uid']}"
+    if not whom:
+        return phrase
+    return f"{phrase} {joiner} {whom}" if joiner else f"{phrase} {whom}"
+
+
 def _detection_headline(detection: Mapping[str, Any]) -> str:
+    """``<event> by <actor name>`` (plain text, not escaped)."""
     what = (
         detection.get("event_name") or detection.get("finding_type") or _get(detection, "rule", "name") or "?"
     )
-    cred = detection.get("credential") or {}
-    cred_text = (
-        f"{cred.get('kind')} {cred.get('uid') or ''}".strip() if isinstance(cred, Mapping) and cred else ""
-    )
-    who = (
-        _get(detection, "actor", "user", "uid") or _get(detection, "actor", "user", "name") or "unknown actor"
-    )
-    return f"{what} by {who}" + (f" → {cred_text}" if cred_text else "")
+    who = principal_name(_get(detection, "actor", "user")) or "unknown actor"
+    return f"{what} by {who}"
 
 
-def fallback_text(playbook: str, detection: Mapping[str, Any], state: str = "approval needed") -> str:
-    """The plain ``text`` sent with the blocks (notifications, screen readers):
-    ``Cordon: approval needed for <playbook>: CreateAccessKey by arn:... → aws_access_key AKIA...``."""
-    return _clip(f"Cordon: {state} for {playbook}: {_detection_headline(detection)}", MAX_FALLBACK_TEXT, "…")
+def fallback_text(playbook: str, detection: Mapping[str, Any], state: str = "approval needed",
+                  case_id: str | None = None) -> str:
+    """The plain ``text`` sent with the blocks (notifications, screen readers), naming what
+    happened, the actor, the target and the credential, mrkdwn-escaped (Slack formats this text
+    too): ``Cordon: approval needed: New client secret on payments-api, by mallory@contoso.example
+    (target payments-api; credential client secret e4a7...; playbook ...; case ...)``. Parts the
+    detection lacks are left out."""
+    det = detection if isinstance(detection, Mapping) else {}
+    cred = det.get("credential") if isinstance(det.get("credential"), Mapping) else None
+    actor = principal_name(_get(det, "actor", "user"))
+    target = principal_name(det.get("target"))
+    parts = []
+    if target:
+        parts.append(f"target {target}")
+    if cred:
+        cname = (cred.get("attributes") or {}).get("keyDisplayName") if isinstance(cred.get("attributes"),
+                                                                                  Mapping) else None
+        ident = " ".join(str(x) for x in (cname, cred.get("uid")) if x)
+        parts.append(f"credential {credential_words(cred.get('kind'))}" + (f" {ident}" if ident else ""))
+    parts.append(f"playbook {playbook}")
+    if case_id:
+        parts.append(f"case {case_id}")
+    text = f"Cordon: {state}: {what_happened(det)}" + (f", by {actor}" if actor else "") + f" ({'; '.join(parts)})"
+    return _clip(_esc(text), MAX_FALLBACK_TEXT, "…")
 
 
 # -- the approval message ---------------------------------------------------------------------
@@ -665,10 +812,10 @@ def approval_blocks(
         "medium": ":large_yellow_circle:",
     }.get(severity, ":white_circle:")
     blocks: list[dict[str, Any]] = [
-        {"type": "header", "text": _plain(f"Approve containment: {playbook}", MAX_HEADER_TEXT)},
+        {"type": "header", "text": _plain(what_happened(det), MAX_HEADER_TEXT)},
         _section(
-            f"{sev_icon} *{_esc(severity.upper())}* · {_esc(_detection_headline(det))}\n"
-            f"Case {_code(case_id)} · run {_code(run_id)}"
+            f"{sev_icon} *{_esc(severity.upper())}* · approval needed · {_esc(_detection_headline(det))}\n"
+            f"Case {_code(case_id)} · playbook {_code(playbook)} · run {_code(run_id)}"
         ),
     ]
     rule = det.get("rule") if isinstance(det.get("rule"), Mapping) else {}
@@ -691,7 +838,8 @@ def approval_blocks(
             ("Rule", rule_text),
             (
                 "Account / region",
-                " / ".join(_esc(x) for x in (det.get("account_uid"), det.get("region")) if x) or None,
+                " / ".join(_esc(x) for x in (None if det.get("provider") == "azure" else det.get("account_uid"),
+                                             det.get("region")) if x) or None,
             ),
             ("Time", _slack_date(det.get("time"))),
         ],
@@ -716,24 +864,26 @@ def approval_blocks(
     cred = det.get("credential") if isinstance(det.get("credential"), Mapping) else None
     cred_pairs: list[tuple[str, Any]] = [("Target principal", _principal(det.get("target")))]
     if cred:
-        cred_pairs += [
-            (
-                "Credential",
-                f"{_esc(cred.get('kind'))} {_code(cred['uid']) if cred.get('uid') else '_(no id)_'}",
-            ),
-            ("Credential owner", _principal(cred.get("owner"))),
-        ]
         attrs = cred.get("attributes") if isinstance(cred.get("attributes"), Mapping) else {}
-        if attrs:
-            cred_pairs.append(
-                ("Credential facts", _esc(", ".join(f"{k}={v}" for k, v in list(attrs.items())[:8])))
-            )
+        shown = attrs.get("keyDisplayName") or cred.get("uid")
+        cred_pairs += [
+            ("Credential", f"{_esc(credential_words(cred.get('kind')))} "
+                           f"{_code(shown) if shown else '_(no id)_'}"),
+            ("Credential owner", _principal(cred.get("owner"))
+             if principal_name(cred.get("owner")) != principal_name(det.get("target")) else None),
+        ]
+        facts = [(k, v) for k, v in attrs.items() if v not in (None, "", [], {}) and k != "keyDisplayName"]
+        if facts:
+            cred_pairs.append(("Credential facts", _esc(", ".join(f"{k}={v}" for k, v in facts[:8]))))
     else:
         cred_pairs.append(("Credential", "_not named by the detection_"))
     target = _fields_section("*Target*", cred_pairs)
     for block in (what, who, target):
         if block is not None:
             blocks.append(block)
+    ids = _id_line(det)
+    if ids:
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": _clip(ids, MAX_SECTION_TEXT)}]})
     if det.get("suppressed"):
         blocks.append(_section(f":no_entry: *Suppressed:* {_esc(det['suppressed'])}"))
     facts = _enrichment_lines(enrichment, cred.get("uid") if cred else None)
@@ -778,7 +928,8 @@ def approval_blocks(
     )
 
     target_name = (
-        (cred or {}).get("uid") or _get(det, "target", "uid") or _get(det, "target", "name") or "the target"
+        principal_name(det.get("target")) or principal_name((cred or {}).get("owner")) or (cred or {}).get("uid")
+        or "the target"
     )
     confirm_text = _clip(
         f"Cordon will make {n_calls} API call(s) against {target_name} (plan {plan_hash[:12]}). Continue?",
@@ -892,10 +1043,10 @@ def status_blocks(
     icon, title = _STATE_TITLES.get(state, (":information_source:", state.replace("_", " ").capitalize()))
     det = detection if isinstance(detection, Mapping) else {}
     blocks: list[dict[str, Any]] = [
-        {"type": "header", "text": _plain(f"{title}: {playbook}", MAX_HEADER_TEXT)},
+        {"type": "header", "text": _plain(f"{title}: {what_happened(det)}", MAX_HEADER_TEXT)},
         _section(
             f"{icon} *{_esc(title)}* · {_esc(_detection_headline(det))}\n"
-            f"Case {_code(case_id)} · run {_code(run_id)}"
+            f"Case {_code(case_id)} · playbook {_code(playbook)} · run {_code(run_id)}"
         ),
     ]
     if decided_by or decided_at:
@@ -1210,3 +1361,80 @@ def parse_interaction(form_body: bytes) -> Interaction:
         action_ts=action_ts if isinstance(action_ts, str) else None,
         trigger_id=trigger_id if isinstance(trigger_id, str) else None,
     )
+
+
+# -- the Deny reason dialog -------------------------------------------------------------------
+def deny_view(ix: Interaction) -> dict[str, Any]:
+    """The modal a *Deny* click opens (``views.open`` with the click's ``trigger_id``,
+    https://api.slack.com/methods/views.open): one required multi-line input ``reason`` (block
+    ``reason``, action ``value``, at most 2000 characters), ``callback_id`` ``cordon_deny_reason``,
+    and in ``private_metadata`` the click's run, case, plan hash, message and ``response_url`` (so
+    the submission settles exactly what was clicked, and the clicker can be told if someone else
+    decided first). Its ``view_submission`` is read by :func:`parse_deny_submission`."""
+    meta = json.dumps({"run_id": ix.run_id, "case_id": ix.case_id, "plan_hash": ix.plan_hash,
+                       "channel": ix.channel, "message_ts": ix.message_ts, "response_url": ix.response_url},
+                      separators=(",", ":"), sort_keys=True)
+    if len(meta) > 3000:  # Slack's private_metadata limit; IDs this long are a bug
+        raise ValueError(f"private_metadata is {len(meta)} characters; Slack allows 3000")
+    return {
+        "type": "modal",
+        "callback_id": DENY_CALLBACK_ID,
+        "title": _plain("Deny containment", 24),
+        "submit": _plain("Deny", 24),
+        "close": _plain("Cancel", 24),
+        "private_metadata": meta,
+        "blocks": [
+            _section(f"Deny the containment plan of case {_code(ix.case_id)}? Nothing will be changed. "
+                     "Your reason is recorded in the ledger with your decision."),
+            {"type": "input", "block_id": REASON_BLOCK_ID, "label": _plain("Reason", 2000),
+             "element": {"type": "plain_text_input", "action_id": REASON_ACTION_ID, "multiline": True,
+                         "min_length": 1, "max_length": MAX_REASON,
+                         "placeholder": _plain("e.g. the key was created by the release pipeline", 150)}},
+        ],
+    }
+
+
+def parse_deny_submission(form_body: bytes) -> Interaction | None:
+    """The Deny in a ``view_submission`` of :func:`deny_view`
+    (https://api.slack.com/reference/interaction-payloads/views#view_submission), as an
+    :class:`Interaction` with ``decision`` ``deny`` and ``reason`` the text typed (stripped; may be
+    empty: the caller answers with a field error), the submitter as the user, the run, case, plan
+    and message from the view's ``private_metadata``, and the submission's ``trigger_id``. ``None``
+    for any other payload. Raises :class:`InteractionError` naming the field for a malformed one.
+    Call it only on a body whose signature was verified."""
+    try:
+        raw = parse_qs(form_body.decode("utf-8"), keep_blank_values=True).get("payload")
+        payload = json.loads(raw[0]) if raw else None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None  # parse_interaction reports it
+    if not isinstance(payload, dict) or payload.get("type") != "view_submission":
+        return None
+    view = payload.get("view")
+    if not isinstance(view, Mapping) or view.get("callback_id") != DENY_CALLBACK_ID:
+        return None
+    user = payload.get("user")
+    if not isinstance(user, Mapping):
+        raise InteractionError("user", "missing or not an object")
+    user_id = _req_str(user, "id", "user.id")
+    user_name = user.get("username") or user.get("name") or user_id
+    try:
+        meta = json.loads(view.get("private_metadata") or "")
+    except json.JSONDecodeError:
+        raise InteractionError("view.private_metadata", "not JSON") from None
+    if not isinstance(meta, Mapping):
+        raise InteractionError("view.private_metadata", "not a JSON object")
+    fields = {k: _req_str(meta, k, f"view.private_metadata.{k}")
+              for k in ("run_id", "case_id", "plan_hash", "channel", "message_ts")}
+    state = _get(view, "state", "values", REASON_BLOCK_ID, REASON_ACTION_ID)
+    reason = state.get("value") if isinstance(state, Mapping) else None
+    if reason is not None and not isinstance(reason, str):
+        raise InteractionError("view.state.values.reason", "not a string")
+    team = payload.get("team")
+    team_id = (team.get("id") if isinstance(team, Mapping) else None) or user.get("team_id")
+    response_url = meta.get("response_url")
+    trigger_id = payload.get("trigger_id")
+    return Interaction(decision="deny", user_id=user_id, user_name=str(user_name),
+                       team_id=team_id if isinstance(team_id, str) else None, response_url=response_url
+                       if isinstance(response_url, str) and response_url else None,
+                       trigger_id=trigger_id if isinstance(trigger_id, str) else None,
+                       reason=(reason or "").strip()[:MAX_REASON], **fields)

@@ -30,15 +30,20 @@ class PrefectServer:
 
     ``home`` is the server's ``PREFECT_HOME`` (database, results, logs). ``database_url`` puts
     Prefect's own database elsewhere than SQLite in ``home`` (``postgresql+asyncpg://...``, the
-    production shape; Prefect migrates it on start). :meth:`start` waits for ``/api/health``
-    (cold start is about 10-20 s) and raises ``RuntimeError`` with the log's tail if the server
-    does not come up within ``timeout`` seconds.
+    production shape; Prefect migrates it on start). ``settings`` are extra ``PREFECT_*``
+    variables for the server process only (e.g. its scheduler service's
+    ``PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS``, see Prefect's settings reference); they are
+    not part of :attr:`env`. :meth:`start` waits for ``/api/health`` (cold start is about 10-20 s)
+    and raises ``RuntimeError`` with the log's tail if the server does not come up within
+    ``timeout`` seconds. The server's output goes to :attr:`log_path` (``home/server.log``).
     """
 
-    def __init__(self, home: str | Path, port: int | None = None, database_url: str | None = None):
+    def __init__(self, home: str | Path, port: int | None = None, database_url: str | None = None,
+                 settings: dict[str, str] | None = None):
         self.home = Path(home)
         self.port = port or free_port()
         self.database_url = database_url
+        self.settings = dict(settings or {})
         self.proc: subprocess.Popen | None = None
         self.log_path = self.home / "server.log"
 
@@ -65,6 +70,7 @@ class PrefectServer:
         env.pop("PREFECT_API_URL", None)
         if self.database_url:
             env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.database_url
+        env.update(self.settings)
         log = open(self.log_path, "wb")  # noqa: SIM115 - kept open for the child's lifetime
         prefect = Path(sys.executable).with_name("prefect")
         self.proc = subprocess.Popen([str(prefect), "server", "start", "--host", "127.0.0.1", "--port",

@@ -683,6 +683,39 @@ def block_actions_payload(
     }
 
 
+def view_submission_payload(
+    view: Mapping[str, Any],
+    values: Mapping[str, str | None],
+    *,
+    user_id: str,
+    user_name: str,
+    team_id: str = "T0CORDON1",
+) -> dict[str, Any]:
+    """The ``view_submission`` payload Slack sends when ``user_id`` submits ``view`` (as opened
+    with ``views.open``: :meth:`SlackStandIn.views`) filled with ``values`` (block_id -> text).
+
+    Shape per https://api.slack.com/reference/interaction-payloads/views#view_submission: ``type``,
+    ``team``, ``user``, ``api_app_id``, ``trigger_id`` and ``view`` with its ``callback_id``,
+    ``private_metadata`` and ``state.values[block_id][action_id]`` (``{"type", "value"}`` for text
+    inputs)."""
+    state: dict[str, Any] = {}
+    for block in view.get("blocks", []):
+        if block.get("type") != "input":
+            continue
+        el = block["element"]
+        state[block["block_id"]] = {el["action_id"]: {"type": el["type"], "value": values.get(block["block_id"])}}
+    return {
+        "type": "view_submission",
+        "team": {"id": team_id, "domain": "cordon-sandbox"},
+        "user": {"id": user_id, "username": user_name, "name": user_name, "team_id": team_id},
+        "api_app_id": "A0CORDON01",
+        "token": "deprecated-verification-token",
+        "trigger_id": f"{int(time.time())}.{uuid.uuid4().int % 10**12}.{uuid.uuid4().hex[:32]}",
+        "view": {**copy.deepcopy(dict(view)), "id": "V" + uuid.uuid4().hex[:10].upper(), "team_id": team_id,
+                 "state": {"values": state}},
+    }
+
+
 def signed_headers(signing_secret: str, body: bytes, timestamp: int | None = None) -> dict[str, str]:
     """The headers Slack adds to a request it sends to an app: ``X-Slack-Request-Timestamp``
     and ``X-Slack-Signature`` = ``v0=`` + hex HMAC-SHA256 of ``v0:{timestamp}:{body}`` keyed with

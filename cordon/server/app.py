@@ -3,11 +3,14 @@
 Endpoints
 
 ``POST /slack/interactions`` (Slack's *Interactivity Request URL*)
-    1. Read the raw body (at most ``max_slack_body`` bytes) and verify Slack's signature and
-       timestamp (:func:`cordon.approvals.slack.verify_request`). A missing header, a bad
-       signature or a timestamp more than five minutes away answers **401** and appends a
-       ``slack.request_refused`` ledger record (reason, detail, remote address, the timestamp
-       header as sent); nothing else happens.
+    1. Read the raw body (at most ``max_slack_body`` bytes, else **413**) and verify Slack's
+       signature and timestamp (:func:`cordon.approvals.slack.verify_request`). A missing header,
+       a bad signature or a timestamp more than five minutes away answers **401**; nothing else
+       happens. Such unsigned requests (and oversized bodies) are *counted*, not chained one by
+       one: :class:`cordon.audit.refusals.RefusalCounter` tallies them per reason and minute with
+       a few samples (reason, detail, remote address, the timestamp header as sent) and chains
+       one ``slack.refusals`` record per window once it has ended. Anyone can send these, so one
+       chained record each would let anyone grow the chain at will.
     2. Parse the click (:func:`cordon.approvals.slack.parse_interaction`). Another payload type
        (``view_submission``, ``shortcut``...) answers **200** and is recorded as
        ``slack.interaction_ignored``; a malformed ``block_actions`` answers **400** and is recorded
@@ -18,6 +21,12 @@ Endpoints
        may take longer (it checks the approver and plan hash and resumes a Prefect run), so
        ``decide(interaction)`` runs in a Starlette ``BackgroundTask``, which Starlette starts
        only after the response has been sent (a sync function, so in the thread pool).
+    3a. A *Deny* click opens a dialog asking for the reason (``views.open`` with the click's
+       ``trigger_id``, before the 200: the trigger is valid for 3 seconds) and is recorded as
+       ``approval.deny_reason_asked``; the dialog's ``view_submission`` (``callback_id``
+       ``cordon_deny_reason``, a required reason) is recorded and decided as the Deny, with the
+       reason, exactly as a click is (same ledger order, same lock). When no dialog can be opened
+       the Deny is decided at once with the reason ``no reason given``.
     4. If ``decide`` returns ``DecisionOutcome(accepted=False, message)`` (or raises), the clicker
        is told: the message is posted to the interaction's ``response_url`` as
        ``{"response_type": "ephemeral", "replace_original": false, "text": message}`` with
@@ -30,7 +39,7 @@ Endpoints
 
 ``POST /slack/commands`` (the ``/cordon`` slash command's Request URL; with ``commands``, a
     :class:`cordon.approvals.commands.CommandHandler`)
-    Verified as above (401 + ``slack.request_refused``); answered at once with the handler's
+    Verified as above (401, counted as a ``slack`` refusal); answered at once with the handler's
     ephemeral acknowledgement, the work (modal, lookup, manual run) in a ``BackgroundTask``. A
     ``view_submission`` of Cordon's modal arriving at ``/slack/interactions`` goes to
     ``commands.handle_view`` and is answered with its ``response_action`` (``errors`` per field,
@@ -39,22 +48,29 @@ Endpoints
 ``POST /webhook/detections``
     Requires ``Authorization: Bearer <webhook_token>`` (compared with :func:`hmac.compare_digest`):
     **503** if no token is configured (or no ``on_detections`` handler), **401** (with
-    ``WWW-Authenticate: Bearer``, recorded as ``webhook.request_refused``) otherwise; a body over
+    ``WWW-Authenticate: Bearer``; counted as a ``webhook`` refusal, reason ``missing_token`` or
+    ``wrong_token``, summarised as ``webhook.refusals`` per window) otherwise; a body over
     ``max_webhook_body`` bytes answers **413**. The raw body and an origin name
     ``webhook:<remote address>`` go to ``on_detections``, whose dict is answered as JSON with
-    **202**; if it raises, **500** and a ``webhook.failed`` record.
+    **202** (**503** with ``Retry-After`` when the dict has ``retry_after``: the detections are
+    recorded but a run could not be submitted); if it raises, **500** and a ``webhook.failed`` record.
 
 ``GET /healthz``
     ``{"ok": true}``.
 
 The remote address is the socket peer; behind a load balancer run uvicorn with
 ``--proxy-headers --forwarded-allow-ips=<lb>`` so it is the client's. The app holds no state
-besides its arguments, so it can run as several replicas.
+besides its arguments (refusal counts are in the database), so it can run as several replicas.
+While it runs (its lifespan) it closes ended refusal windows every
+:attr:`~cordon.audit.refusals.RefusalCounter.close_every` seconds, at start and at stop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -69,15 +85,18 @@ from slack_sdk.webhook import WebhookClient
 from starlette.concurrency import run_in_threadpool
 
 from cordon.approvals.slack import (
+    REASON_BLOCK_ID,
     DecisionOutcome,
     Interaction,
     InteractionError,
     SignatureError,
     UnsupportedInteraction,
+    parse_deny_submission,
     parse_interaction,
     verify_request,
 )
 from cordon.audit.ledger import Ledger
+from cordon.audit.refusals import RefusalCounter
 
 #: Interaction payloads are a few KB; anything far larger is not from Slack.
 DEFAULT_MAX_SLACK_BODY = 1024 * 1024
@@ -135,6 +154,9 @@ def create_app(
     max_webhook_body: int = DEFAULT_MAX_WEBHOOK_BODY,
     refuse_replays: bool = True,
     commands: Any | None = None,
+    refusals: RefusalCounter | None = None,
+    open_view: Callable[[str, dict[str, Any]], Any] | None = None,
+    wants_reason: Callable[[Interaction], bool] | None = None,
 ) -> FastAPI:
     """Build the server (endpoints and their behaviour in the module docstring).
 
@@ -145,14 +167,52 @@ def create_app(
     ``refuse_replays``: a click whose ``trigger_id`` / ``action_ts`` the same user already sent
     (the same signed body again, within Slack's five minutes) answers **401** and is recorded as
     ``slack.request_refused`` with reason ``replayed``
-    (:func:`cordon.approvals.decide.find_replay`); ``decide`` is not called.
+    (:func:`cordon.approvals.decide.find_replay`); ``decide`` is not called: a replay was signed,
+    so it stays chained one by one. ``refusals`` counts the unsigned refusals (default: a
+    :class:`~cordon.audit.refusals.RefusalCounter` on ``ledger`` with one-minute windows).
+    ``open_view(trigger_id, view)`` opens a Slack modal (``views.open``; raises when Slack refuses):
+    with it, a *Deny* click for which ``wants_reason(interaction)`` is true (default: always) opens
+    the reason dialog (:func:`cordon.approvals.slack.deny_view`) instead of being decided, and the
+    dialog's submission is decided as the Deny, with its reason. Without it, with no ``trigger_id``,
+    or when ``views.open`` fails (``slack.views_open_failed``), the Deny is decided at once with the
+    reason ``no reason given``.
     """
     if not isinstance(signing_secret, str) or not signing_secret.strip():
         raise ValueError("signing_secret must be a non-empty string")
     if webhook_token is not None and not webhook_token.strip():
         raise ValueError("webhook_token, when given, must be non-empty")
 
-    app = FastAPI(title="Cordon", docs_url=None, redoc_url=None, openapi_url=None)
+    counter = refusals if refusals is not None else RefusalCounter(ledger)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        # close ended refusal windows (a crashed server's too) now, every close_every seconds, and at stop
+        async def closer() -> None:
+            while True:
+                try:
+                    await run_in_threadpool(counter.close_due)
+                except Exception:  # noqa: BLE001 - logged; the next round tries again
+                    logging.getLogger("cordon.refusals").exception("closing refusal windows failed")
+                await asyncio.sleep(counter.close_every)
+
+        task = asyncio.create_task(closer())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            with contextlib.suppress(Exception):
+                await run_in_threadpool(counter.close_due)
+
+    app = FastAPI(title="Cordon", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.refusals = counter
+
+    async def refused(source: str, reason: str, remote: str | None, request: Request, **detail: Any) -> None:
+        sample = {"remote": remote, "endpoint": request.url.path, **detail}
+        if source == "slack":
+            sample["timestamp_header"] = request.headers.get("x-slack-request-timestamp")
+        await run_in_threadpool(counter.record, source, reason, sample)
 
     def _decide_and_notify(interaction: Interaction) -> None:
         actor = f"slack:{interaction.team_id or '-'}/{interaction.user_id}"
@@ -198,31 +258,12 @@ def create_app(
         try:
             body = await _read_body(request, max_slack_body)
         except _TooLarge:
-            await run_in_threadpool(
-                ledger.append,
-                "slack.request_refused",
-                {
-                    "reason": "too_large",
-                    "detail": f"body over {max_slack_body} bytes",
-                    "remote": remote,
-                    "timestamp_header": request.headers.get("x-slack-request-timestamp"),
-                },
-            )
+            await refused("slack", "too_large", remote, request, detail=f"body over {max_slack_body} bytes")
             return JSONResponse({"error": "request body too large"}, status_code=413)
         try:
             verify_request(signing_secret, request.headers, body)
         except SignatureError as exc:
-            await run_in_threadpool(
-                ledger.append,
-                "slack.request_refused",
-                {
-                    "reason": exc.reason,
-                    "detail": str(exc),
-                    "remote": remote,
-                    "timestamp_header": request.headers.get("x-slack-request-timestamp"),
-                    "body_bytes": len(body),
-                },
-            )
+            await refused("slack", exc.reason, remote, request, detail=str(exc), body_bytes=len(body))
             return JSONResponse({"error": "invalid request signature", "reason": exc.reason}, status_code=401)
         if commands is not None:  # Cordon's run-a-playbook modal (cordon/approvals/modal.py)
             from cordon.approvals.modal import parse_view_submission
@@ -238,6 +279,21 @@ def create_app(
                 if work is not None:
                     background.add_task(work)
                 return JSONResponse(answer) if answer else Response(status_code=200)
+        try:  # the Deny reason dialog's submission (cordon.approvals.slack.deny_view)
+            denial = parse_deny_submission(body)
+        except InteractionError as exc:
+            await run_in_threadpool(ledger.append, "slack.interaction_malformed",
+                                    {"field": exc.field, "reason": exc.reason, "remote": remote})
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        if denial is not None:
+            if not denial.reason:
+                return JSONResponse({"response_action": "errors",
+                                     "errors": {REASON_BLOCK_ID: "Say why you deny the containment."}})
+            replayed = await received_or_replayed(denial, remote, request)
+            if replayed is not None:
+                return replayed
+            background.add_task(_decide_and_notify, denial)
+            return Response(status_code=200)  # closes the dialog
         try:
             interaction = parse_interaction(body)
         except UnsupportedInteraction as exc:
@@ -254,13 +310,26 @@ def create_app(
                 {"field": exc.field, "reason": exc.reason, "remote": remote},
             )
             return JSONResponse({"error": str(exc)}, status_code=400)
+        replayed = await received_or_replayed(interaction, remote, request)
+        if replayed is not None:
+            return replayed
+        if interaction.decision == "deny":
+            interaction = await ask_reason(interaction)
+            if interaction is None:  # the reason dialog is open; its submission decides
+                return Response(status_code=200)
+        background.add_task(_decide_and_notify, interaction)
+        return Response(status_code=200)
+
+    async def received_or_replayed(interaction: Interaction, remote: str | None, request: Request) -> Response | None:
+        """Record ``slack.interaction_received``; a 401 response when it replays an earlier one."""
+        actor = f"slack:{interaction.team_id or '-'}/{interaction.user_id}"
         received = await run_in_threadpool(
             ledger.append,
             "slack.interaction_received",
             {**interaction.ledger_payload(), "remote": remote},
             case_id=interaction.case_id,
             run_id=interaction.run_id,
-            actor=f"slack:{interaction.team_id or '-'}/{interaction.user_id}",
+            actor=actor,
         )
         if refuse_replays:
             from cordon.approvals.decide import find_replay
@@ -276,11 +345,46 @@ def create_app(
                      "timestamp_header": request.headers.get("x-slack-request-timestamp")},
                     case_id=interaction.case_id,
                     run_id=interaction.run_id,
-                    actor=f"slack:{interaction.team_id or '-'}/{interaction.user_id}",
+                    actor=actor,
                 )
                 return JSONResponse({"error": "replayed request", "reason": "replayed"}, status_code=401)
-        background.add_task(_decide_and_notify, interaction)
-        return Response(status_code=200)
+        return None
+
+    async def ask_reason(interaction: Interaction) -> Interaction | None:
+        """A *Deny* click: open the reason dialog and return ``None`` (recorded as
+        ``approval.deny_reason_asked``), or the click to decide now, its reason saying why none was
+        asked (``no reason given``: no ``open_view``, no ``trigger_id``, or ``views.open`` failed,
+        recorded as ``slack.views_open_failed``). A click the decider will refuse anyway
+        (``wants_reason`` false: decided, another plan...) is decided now, so its clicker is told."""
+        from dataclasses import replace
+
+        from cordon.approvals.slack import NO_REASON, deny_view
+
+        if interaction.reason is not None:
+            return interaction
+        if open_view is None:
+            return replace(interaction, reason=NO_REASON)
+        if wants_reason is not None and not await run_in_threadpool(wants_reason, interaction):
+            return interaction
+        actor = f"slack:{interaction.team_id or '-'}/{interaction.user_id}"
+        if not interaction.trigger_id:
+            why = "the click carried no trigger_id"
+        else:
+            try:
+                # Slack's trigger_id is valid for 3 seconds: opened before answering the click
+                await run_in_threadpool(open_view, interaction.trigger_id, deny_view(interaction))
+            except Exception as exc:  # noqa: BLE001 - recorded; the Deny is not lost
+                why = f"views.open failed: {type(exc).__name__}: {exc}"
+            else:
+                await run_in_threadpool(ledger.append, "approval.deny_reason_asked",
+                                        {"user_id": interaction.user_id, "plan_hash": interaction.plan_hash,
+                                         "trigger_id": interaction.trigger_id},
+                                        case_id=interaction.case_id, run_id=interaction.run_id, actor=actor)
+                return None
+        await run_in_threadpool(ledger.append, "slack.views_open_failed",
+                                {"user_id": interaction.user_id, "plan_hash": interaction.plan_hash, "error": why},
+                                case_id=interaction.case_id, run_id=interaction.run_id, actor=actor)
+        return replace(interaction, reason=f"{NO_REASON} (the reason dialog could not be opened: {why})")
 
     @app.post("/slack/commands")
     async def slack_commands(request: Request, background: BackgroundTasks) -> Response:
@@ -294,13 +398,12 @@ def create_app(
         try:
             body = await _read_body(request, max_slack_body)
         except _TooLarge:
+            await refused("slack", "too_large", remote, request, detail=f"body over {max_slack_body} bytes")
             return JSONResponse({"error": "request body too large"}, status_code=413)
         try:
             verify_request(signing_secret, request.headers, body)
         except SignatureError as exc:
-            await run_in_threadpool(ledger.append, "slack.request_refused", {
-                "reason": exc.reason, "detail": str(exc), "remote": remote, "endpoint": "/slack/commands",
-                "timestamp_header": request.headers.get("x-slack-request-timestamp"), "body_bytes": len(body)})
+            await refused("slack", exc.reason, remote, request, detail=str(exc), body_bytes=len(body))
             return JSONResponse({"error": "invalid request signature", "reason": exc.reason}, status_code=401)
         try:
             command = parse_slash_command(body)
@@ -325,10 +428,9 @@ def create_app(
             presented.strip().encode("utf-8"), webhook_token.encode("utf-8")
         )
         if not ok:
-            reason = "missing Authorization header" if not auth else "wrong bearer token"
-            await run_in_threadpool(
-                ledger.append, "webhook.request_refused", {"reason": reason, "remote": remote}
-            )
+            reason, detail = ("missing_token", "missing Authorization header") if not auth else \
+                ("wrong_token", "wrong bearer token")
+            await refused("webhook", reason, remote, request, detail=detail)
             return JSONResponse(
                 {"error": "unauthorized"},
                 status_code=401,
@@ -346,6 +448,9 @@ def create_app(
                 ledger.append, "webhook.failed", {"origin": origin, "error": f"{type(exc).__name__}: {exc}"}
             )
             return JSONResponse({"error": "internal error; recorded in the ledger"}, status_code=500)
+        if isinstance(result, dict) and result.get("retry_after"):
+            # recorded, but a run could not be submitted (Prefect unreachable): 503, resend later
+            return JSONResponse(result, status_code=503, headers={"Retry-After": str(result["retry_after"])})
         return JSONResponse(result, status_code=202)
 
     @app.get("/healthz")

@@ -32,7 +32,11 @@ Two ways, either or both, configured from the environment (:meth:`PageAuth.from_
    ``PasswordHasher``). A request without valid credentials answers **401** with
    ``WWW-Authenticate: Basic realm="Cordon audit"``; the browser shows its login prompt. Use it
    behind TLS (Basic sends the password with every request). Unknown user names cost the same
-   Argon2 verification as wrong passwords.
+   Argon2 verification as wrong passwords. Guessing is limited (:mod:`cordon.server.login_limits`):
+   a bounded number of Argon2 verifications at once, and exponential back-off per client address
+   and then per user name, answered **429** with ``Retry-After`` before any hashing; the
+   lockout expires, and an address that signed in as a user recently is not locked out by
+   guesses at that user from elsewhere. The limits are per process.
 2. **A trusted reverse proxy** (an SSO proxy such as oauth2-proxy) that authenticates the user
    and forwards the name in ``X-Cordon-User`` together with ``X-Cordon-Proxy-Secret`` equal to
    ``CORDON_AUDIT_PROXY_SECRET`` (compared with :func:`hmac.compare_digest`). The proxy must
@@ -40,8 +44,12 @@ Two ways, either or both, configured from the environment (:meth:`PageAuth.from_
    secret answers **403**.
 
 With neither configured every page answers **403** ("audit pages disabled"): they are never
-open by default. The signed-in name is shown on each page. Pages are ``Cache-Control:
-no-store`` and framed by no one (``frame-ancestors 'none'``).
+open by default. Refused sign-ins (wrong password, throttled, busy, untrusted proxy secret) are
+counted as ``audit`` refusals per window and summarised in the chain as ``audit.refusals``
+(:mod:`cordon.audit.refusals`); the sample names the client address, and the user name only when
+it is a configured one (a password typed into the name field is never kept). The signed-in name
+is shown on each page. Pages are ``Cache-Control: no-store`` and framed by no one
+(``frame-ancestors 'none'``).
 
 Escaping: Jinja2 autoescaping is on for every template, so ledger content (user agents, user
 names, rule titles, which an attacker can choose) is shown as text, never as markup.
@@ -52,6 +60,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 import time
@@ -67,6 +76,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup, escape
 
 from cordon.audit.ledger import Ledger
 from cordon.audit.query import (
@@ -79,6 +89,8 @@ from cordon.audit.query import (
     metrics,
     timeline,
 )
+from cordon.audit.refusals import RefusalCounter
+from cordon.server.login_limits import LoginLimits, LoginThrottle, TooManyAttempts
 
 TEMPLATES = Path(__file__).with_name("templates")
 USER_HEADER = "X-Cordon-User"
@@ -121,11 +133,16 @@ class PageAuth:
     """Who may read the audit pages (see the module docstring).
 
     ``users``: name -> Argon2 hash (HTTP Basic); ``proxy_secret``: the shared secret a trusted
-    reverse proxy sends in ``X-Cordon-Proxy-Secret`` with the user in ``X-Cordon-User``.
+    reverse proxy sends in ``X-Cordon-Proxy-Secret`` with the user in ``X-Cordon-User``;
+    ``limits``: the guessing limits (default :class:`~cordon.server.login_limits.LoginLimits`
+    sized for the configured hashes), enforced by :attr:`throttle`; ``refusals``: where refused
+    sign-ins are counted (:func:`audit_pages` sets the ledger's when ``None``; none: not counted).
     """
 
     users: dict[str, str] = field(default_factory=dict)
     proxy_secret: str | None = None
+    limits: LoginLimits | None = None
+    refusals: RefusalCounter | None = None
     _hasher: PasswordHasher = field(default_factory=PasswordHasher, repr=False)
     _cache_key: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
     _verified: dict[bytes, float] = field(default_factory=dict, repr=False)
@@ -136,25 +153,35 @@ class PageAuth:
             raise ValueError("CORDON_AUDIT_PROXY_SECRET: must be at least 16 characters")
         # a hash to verify against for unknown users, so timing does not reveal user names
         self._dummy = self._hasher.hash(secrets.token_hex(16))
+        if self.limits is None:
+            self.limits = LoginLimits.from_env(self.users.values())
+        self.throttle = LoginThrottle(self.limits)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> PageAuth:
-        """From ``CORDON_AUDIT_USERS`` and ``CORDON_AUDIT_PROXY_SECRET`` (``ValueError`` on a
-        malformed value, naming the variable)."""
+        """From ``CORDON_AUDIT_USERS``, ``CORDON_AUDIT_PROXY_SECRET`` and the login limits'
+        variables (:meth:`LoginLimits.from_env`); ``ValueError`` on a malformed value, naming the
+        variable."""
         env = os.environ if env is None else env
-        return cls(users=parse_users(env.get("CORDON_AUDIT_USERS", "")),
-                   proxy_secret=env.get("CORDON_AUDIT_PROXY_SECRET") or None)
+        users = parse_users(env.get("CORDON_AUDIT_USERS", ""))
+        return cls(users=users, proxy_secret=env.get("CORDON_AUDIT_PROXY_SECRET") or None,
+                   limits=LoginLimits.from_env(users.values(), env))
 
     @property
     def enabled(self) -> bool:
         return bool(self.users) or self.proxy_secret is not None
 
+    def _cached(self, name: str, password: str) -> tuple[bytes, bool]:
+        key = hmac.new(self._cache_key, f"{name}\0{password}".encode(), hashlib.sha256).digest()
+        return key, self._verified.get(key, 0) > time.monotonic()
+
     def check_password(self, name: str, password: str) -> bool:
         """Whether ``password`` matches ``name``'s hash (successes cached ``cache_seconds``
-        under a keyed digest, so repeated page loads do not each pay for Argon2)."""
-        key = hmac.new(self._cache_key, f"{name}\0{password}".encode(), hashlib.sha256).digest()
+        under a keyed digest, so repeated page loads do not each pay for Argon2). Not limited:
+        :meth:`sign_in` is what the pages call."""
+        key, hit = self._cached(name, password)
         now = time.monotonic()
-        if self._verified.get(key, 0) > now:
+        if hit:
             return True
         digest = self.users.get(name)
         try:
@@ -174,17 +201,55 @@ class PageAuth:
         presented = request.headers.get(SECRET_HEADER)
         if presented is not None:
             if self.proxy_secret is None or not hmac.compare_digest(presented.encode(), self.proxy_secret.encode()):
+                self._refused("untrusted_proxy", _address(request), None)
                 raise HTTPException(403, "untrusted proxy")
             user = (request.headers.get(USER_HEADER) or "").strip()
             if not user:
                 raise HTTPException(403, f"the proxy sent no {USER_HEADER}")
             return f"{user} (via proxy)"
-        if self.users and credentials is not None and self.check_password(credentials.username, credentials.password):
-            return credentials.username
+        if self.users and credentials is not None:
+            return self.sign_in(credentials.username, credentials.password, _address(request))
         if self.users:
             raise HTTPException(401, "sign in to read the audit pages",
                                 headers={"WWW-Authenticate": 'Basic realm="Cordon audit", charset="UTF-8"'})
         raise HTTPException(403, "sign in through the reverse proxy")
+
+
+    def sign_in(self, name: str, password: str, address: str | None) -> str:
+        """HTTP Basic sign-in of ``name`` from client ``address``, within :attr:`throttle`'s
+        limits; returns ``name``. Raises ``HTTPException`` **429** with ``Retry-After`` when the
+        address or user must wait or no verification slot is free (nothing is hashed), **401**
+        for a wrong password. Cached correct credentials pass without the limits."""
+        if self._cached(name, password)[1]:
+            return name
+        try:
+            self.throttle.check(name, address)
+            with self.throttle.slot(address):
+                self.throttle.check(name, address)  # failures may have been counted while this waited
+                ok = self.check_password(name, password)
+        except TooManyAttempts as exc:
+            self._refused(exc.reason, address, name)
+            raise HTTPException(429, exc.detail, headers={"Retry-After": str(exc.retry_after)}) from None
+        if ok:
+            self.throttle.succeeded(name, address)
+            return name
+        self.throttle.failed(name, address)
+        self._refused("wrong_password", address, name)
+        raise HTTPException(401, "sign in to read the audit pages",
+                            headers={"WWW-Authenticate": 'Basic realm="Cordon audit", charset="UTF-8"'})
+
+    def _refused(self, reason: str, address: str | None, name: str | None) -> None:
+        if self.refusals is None:
+            return
+        user = name if name is not None and name in self.users else (None if name is None else "(not a user)")
+        try:
+            self.refusals.record("audit", reason, {"remote": address, "user": user})
+        except Exception:  # noqa: BLE001 - counting must not turn a refusal into a 500
+            logging.getLogger("cordon.refusals").exception("could not count an audit sign-in refusal")
+
+
+def _address(request: Request) -> str | None:
+    return request.client.host if request.client else None
 
 
 def _environment() -> jinja2.Environment:
@@ -194,7 +259,20 @@ def _environment() -> jinja2.Environment:
     env.filters["short"] = lambda v, n=12: (str(v)[:n] if v else "-")
     env.filters["pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True, ensure_ascii=False, default=str)
     env.filters["dash"] = lambda v: "-" if v in (None, "") else v
+    env.filters["breakable"] = breakable
     return env
+
+
+def breakable(value: object) -> Markup:
+    """``value`` escaped, with a ``<wbr>`` after each ``/``, ``:``, ``#`` and ``@``: an ARN, an
+    Azure resource ID or a key resource name wraps at its separators instead of one character per
+    line in a narrow table cell. ``-`` for ``None`` or empty."""
+    if value in (None, ""):
+        return Markup("-")
+    text = str(escape(value))
+    for sep in ("/", ":", "#", "@"):
+        text = text.replace(sep, sep + "<wbr>")
+    return Markup(text)
 
 
 FILTER_FIELDS = ("since", "until", "provider", "account", "principal", "playbook", "decision", "outcome")
@@ -203,8 +281,11 @@ FILTER_FIELDS = ("since", "until", "provider", "account", "principal", "playbook
 def audit_pages(ledger: Ledger, auth: PageAuth | None = None) -> APIRouter:
     """The read-only audit pages as a router to include in Cordon's FastAPI app
     (``app.include_router(audit_pages(ledger))``). ``auth`` defaults to
-    :meth:`PageAuth.from_env`."""
+    :meth:`PageAuth.from_env`; its refused sign-ins are counted in ``ledger`` unless it has its
+    own ``refusals``."""
     auth = auth if auth is not None else PageAuth.from_env()
+    if auth.refusals is None:
+        auth.refusals = RefusalCounter(ledger)
     templates = Jinja2Templates(env=_environment())
     basic = HTTPBasic(auto_error=False, realm="Cordon audit")
 
@@ -278,8 +359,11 @@ def audit_pages(ledger: Ledger, auth: PageAuth | None = None) -> APIRouter:
             filt, raw = filters_from(request)
         except QueryError as exc:
             return bad_request(request, user, exc)
+        from cordon.server.charts import month_chart
+
+        m = metrics(ledger, filt)
         return render(request, "metrics.html", user, title="Time to approve and to contain",
-                      m=metrics(ledger, filt), raw=raw)
+                      m=m, chart=month_chart(m.by_month), raw=raw)
 
     @router.get("/static/cordon.css", include_in_schema=False)
     def stylesheet(user: str = Depends(viewer)) -> Response:

@@ -15,7 +15,8 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from cordon.approvals.decide import make_decider
+from cordon.approvals.decide import make_decider, wants_deny_reason
+from cordon.approvals.policy import require_approvers
 from cordon.audit.ledger import Ledger
 from cordon.server.app import create_app
 from cordon.server.pages import audit_pages
@@ -27,7 +28,9 @@ def build_app(*, signing_secret: str | None = None, webhook_token: str | None = 
 
     Detections posted to the webhook are read like a file (any supported format), recorded, and
     each new case is submitted to the ``respond`` deployment with the case ID as idempotency key.
-    Raises ``RuntimeError`` if no Slack signing secret is configured.
+    Raises ``RuntimeError`` if no Slack signing secret is configured, and
+    :class:`cordon.config.ConfigError` when no Slack approvers are configured
+    (:func:`cordon.approvals.policy.require_approvers`).
     """
     from cordon.engine import Responder
 
@@ -35,16 +38,31 @@ def build_app(*, signing_secret: str | None = None, webhook_token: str | None = 
     if not secret:
         raise RuntimeError("CORDON_SLACK_SIGNING_SECRET is not set: the Slack endpoint cannot verify requests")
     responder = Responder(ledger=ledger)
+    # closed by default: no Slack approval path while nobody is named to approve
+    require_approvers(responder.config, responder.playbooks)
     slack = {"channel": responder.config.slack_channel, "base_url": os.environ.get("CORDON_SLACK_API_URL")}
 
     def on_detections(body: bytes, origin: str) -> dict[str, Any]:
+        # new cases, and joined cases whose run is gone (a resent detection after a failed submit)
+        from cordon.recovery import DEPLOYMENT, servable
+
         report = responder.intake_bytes(body, origin)
         cases = [responder.submit(t, cloud=cloud, slack=slack) for t in report.cases]
-        return {"cases": [{"case_id": c["case_id"], "playbook": c["playbook"], "status": c["status"],
-                           "flow_run_id": c.get("flow_run_id")} for c in cases],
-                "joined": [t.case_id for t in report.joined],
-                "suppressed": len(report.suppressed),
-                "rejected": [r.message() for r in report.rejected]}
+        for t in report.joined:
+            if t.run and t.check is not None and not servable(t.check, modes=("slack", "auto"), where=DEPLOYMENT):
+                cases.append(responder.submit(t, cloud=cloud if cloud is not None else t.check.cloud,
+                                              slack=slack, approval=t.mode or "slack"))
+        answer = {"cases": [{"case_id": c["case_id"], "playbook": c["playbook"], "status": c["status"],
+                             "flow_run_id": c.get("flow_run_id"), **({"error": c["error"]} if c.get("error") else {})}
+                            for c in cases],
+                  "joined": [t.case_id for t in report.joined],
+                  "suppressed": len(report.suppressed),
+                  "rejected": [r.message() for r in report.rejected]}
+        if any(c["status"] == "submit_failed" for c in cases):
+            # recorded (run.submit_failed) and recovered later; the sender may resend: the resent
+            # detection joins the case and submits it again
+            answer["retry_after"] = 30
+        return answer
 
     slack_client = None
     if os.environ.get("CORDON_SLACK_BOT_TOKEN"):
@@ -53,26 +71,55 @@ def build_app(*, signing_secret: str | None = None, webhook_token: str | None = 
         slack_client = web_client(slack)
 
     def rollback(case_id: str, who: str) -> list[dict[str, Any]]:
-        # The case's clients as its run had them: in the sandbox, the detection's own account.
-        from cordon.clouds import clients_for
-        from cordon.detections.model import Detection
+        # The case's clients as its run had them (the detection's account, the case's session name).
+        return responder.rollback(case_id, responder.case_clients(case_id, cloud), who)
 
-        case = responder.ledger.case(case_id)
-        if case is None:
-            raise KeyError(f"no case {case_id}")
-        det = Detection.model_validate_json(case["detection"])
-        params = dict(cloud or {})
-        if params.get("sandbox") and det.account_uid:
-            params["account_id"] = det.account_uid
-        return responder.rollback(case_id, clients_for(det.provider, params), who)
+    open_view = None
+    if slack_client is not None:
+        def open_view(trigger_id: str, view: dict[str, Any]) -> None:
+            slack_client.views_open(trigger_id=trigger_id, view=view)  # raises SlackApiError when refused
 
-    app = create_app(signing_secret=secret, ledger=responder.ledger,
+    app = create_app(signing_secret=secret, ledger=responder.ledger, open_view=open_view,
+                     wants_reason=lambda ix: wants_deny_reason(responder.ledger, ix),
                      decide=make_decider(responder.ledger, responder.config, slack_client=slack_client,
                                          rollback=rollback),
                      webhook_token=webhook_token or os.environ.get("CORDON_WEBHOOK_TOKEN"),
                      on_detections=on_detections, commands=_commands(responder, slack_client, cloud, slack))
     app.include_router(audit_pages(responder.ledger))  # read-only audit pages: cordon/server/pages.py
+    _recover_at_start(app, responder, cloud, slack)
     return app
+
+
+def _recover_at_start(app: FastAPI, responder: Any, cloud: dict[str, Any] | None, slack: dict[str, Any]) -> None:
+    """At server start (the app's lifespan), in a background thread so start is not held up:
+    submit the ledger's stranded ``slack``/``auto`` cases to the ``respond`` deployment again
+    (:meth:`cordon.engine.Responder.recover_stranded`). Several replicas may do this at once:
+    the ledger's claim and Prefect's idempotency key let one run each case. Errors are logged."""
+    import contextlib
+    import contextvars
+    import logging
+    import threading
+
+    inner = app.router.lifespan_context
+
+    def work() -> None:
+        try:
+            for rec in responder.recover_stranded(cloud=cloud, slack=slack):
+                if rec.action != "skipped":
+                    logging.getLogger("cordon.recovery").warning("stranded case %s: %s (attempt %s): %s",
+                                                                 rec.case_id, rec.action, rec.attempt, rec.reason)
+        except Exception:  # noqa: BLE001 - the sweep tries again later
+            logging.getLogger("cordon.recovery").exception("recovery at server start failed")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(a: Any):
+        # the thread sees the server's context (Prefect settings set by the caller)
+        threading.Thread(target=contextvars.copy_context().run, args=(work,), name="cordon-recovery",
+                         daemon=True).start()
+        async with inner(a) as state:
+            yield state
+
+    app.router.lifespan_context = lifespan
 
 
 def _commands(responder: Any, client: Any, cloud: dict[str, Any] | None, slack: dict[str, Any]) -> Any:
