@@ -664,7 +664,9 @@ class RevokeUserSessions(AzureContainmentAction):
         valid_from = user.sign_in_sessions_valid_from_date_time
         return {"user_id": uid, "user_principal_name": user.user_principal_name,
                 "account_enabled": user.account_enabled, "sessions_valid_from": _iso(valid_from),
-                "revoked_since_detection": bool(valid_from and valid_from >= ctx.detection.time)}
+                # Graph gives signInSessionsValidFromDateTime in whole seconds: compare at that
+                # precision, or a revocation in the detection's own second reads as not done
+                "revoked_since_detection": bool(valid_from and valid_from >= ctx.detection.time.replace(microsecond=0))}
 
     def is_contained(self, state: dict[str, Any] | None) -> bool:
         return state is None or state["revoked_since_detection"]

@@ -69,8 +69,11 @@ def main() -> None:
     slack_url = slack.start()
     aws = AwsSandbox().start()
     db_url = f"sqlite:///{tmp}/ledger.db"
+    from tests.helpers import config_with_approvers  # the Slack path needs approvers configured
+
     env = {**server.env, "CORDON_DATABASE_URL": db_url, "CORDON_SLACK_BOT_TOKEN": "xoxb-test",
-           "CORDON_SLACK_API_URL": slack_url, "PREFECT_LOGGING_LEVEL": "WARNING"}
+           "CORDON_SLACK_API_URL": slack_url, "PREFECT_LOGGING_LEVEL": "WARNING",
+           "CORDON_CONFIG": str(config_with_approvers(tmp))}
     os.environ.update(env)
     from prefect.settings import PREFECT_API_URL, temporary_settings
 

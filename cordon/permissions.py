@@ -7,7 +7,12 @@ applies, for the actions the playbooks in use actually reference (or every regis
 * AWS: an IAM policy document (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_grammar.html),
   one ``Allow`` statement per action (``Sid`` from its name), ``sts:GetCallerIdentity`` for the
   guard's own-identity check, and a ``Deny`` on IAM writes to the protected principals of
-  ``config/cordon.yaml`` (defence in depth behind the guard).
+  ``config/cordon.yaml`` (defence in depth behind the guard). With several accounts
+  (:mod:`cordon.aws_accounts`) the hub principal's policy also allows ``sts:AssumeRole`` on the
+  member roles, and ``aws-member`` is the member role: its trust policy (the hub principal, an
+  ``sts:ExternalId`` condition, session names ``cordon-*``;
+  https://docs.aws.amazon.com/IAM/latest/UserGuide/id_roles_common-scenarios_third-party.html)
+  and the same action grants as its permissions policy.
 * Azure: the Microsoft Graph *application* permissions to grant Cordon's app registration, and an
   Azure RBAC custom role definition for the ``Microsoft.*`` operations
   (https://learn.microsoft.com/azure/role-based-access-control/custom-roles).
@@ -75,15 +80,21 @@ def _iam_resource(pattern: str) -> bool:
             and parts[5].startswith(("user/", "role/", "group/")))
 
 
-def aws_policy(actions: Iterable[type[Action]], protected: Iterable[str] = ()) -> dict[str, Any]:
+def aws_policy(actions: Iterable[type[Action]], protected: Iterable[str] = (),
+               assume_roles: Iterable[str] = ()) -> dict[str, Any]:
     """An IAM identity policy granting exactly the permissions of ``actions`` (AWS ones only).
 
     Shape: ``{"Version": "2012-10-17", "Statement": [...]}``; ``Resource`` is ``"*"`` because the
     credential to contain is only known at detection time. ``protected`` ARN patterns (IAM wildcard
     syntax, as in ``protected_principals``) become one ``Deny`` statement on IAM writes.
+    ``assume_roles`` (member role ARNs, wildcards allowed) add the hub's ``sts:AssumeRole`` grant
+    (:func:`aws_hub_statement`).
     """
     statements: list[dict[str, Any]] = [
         {"Sid": "CordonIdentity", "Effect": "Allow", "Action": list(BASE_PERMISSIONS["aws"]), "Resource": "*"}]
+    hub = aws_hub_statement(assume_roles)
+    if hub:
+        statements.append(hub)
     for cls in actions:
         if cls.provider != "aws" or not cls.permissions:
             continue
@@ -94,6 +105,63 @@ def aws_policy(actions: Iterable[type[Action]], protected: Iterable[str] = ()) -
         statements.append({"Sid": "CordonNeverTouchesProtectedPrincipals", "Effect": "Deny",
                            "Action": list(_AWS_IAM_WRITES), "Resource": arns})
     return {"Version": "2012-10-17", "Statement": statements}
+
+
+def aws_hub_statement(role_arns: Iterable[str]) -> dict[str, Any] | None:
+    """The statement letting Cordon's hub principal assume the member roles ``role_arns``
+    (``Sid`` ``CordonAssumeMemberRoles``); ``None`` when there are none."""
+    arns = sorted(set(role_arns))
+    if not arns:
+        return None
+    return {"Sid": "CordonAssumeMemberRoles", "Effect": "Allow", "Action": ["sts:AssumeRole"], "Resource": arns}
+
+
+#: The member role's name when the configuration names none (documentation and placeholders).
+DEFAULT_MEMBER_ROLE = "CordonResponder"
+
+
+def aws_member_role(config: Config, *, every: bool = False, account_id: str | None = None,
+                    external_id: str | None = None) -> dict[str, Any]:
+    """The member-account role Cordon assumes (``cordon.yaml`` ``aws:``; :mod:`cordon.aws_accounts`).
+
+    Returns ``{"RoleName", "Path", "AssumeRolePolicyDocument", "PermissionsPolicy",
+    "HubPolicyStatement"}`` (the first three as ``iam:CreateRole`` takes them, the permissions
+    policy for ``iam:PutRolePolicy``; the hub statement goes into the hub principal's policy).
+    The trust policy allows ``sts:AssumeRole`` to ``aws.hub_principal`` (else the hub account's
+    root, i.e. any principal the hub account's own policies allow; else a placeholder), on
+    condition that ``sts:ExternalId`` equals ``external_id`` (else a ``<value of VAR>``
+    placeholder; no condition when ``aws.external_id_env`` is null) and the session name starts
+    with ``cordon-``. ``account_id`` picks that account's own entry (its ``role_arn`` and
+    external-ID variable); else the Organization-wide ``role_name`` (default
+    ``CordonResponder``). The permissions policy is :func:`aws_policy` of the actions in use (or
+    every action) and the protected principals, without ``sts:AssumeRole`` (no role chaining).
+    Raises :class:`cordon.aws_accounts.AwsAccountsError` for an unusable ``aws:`` section.
+    """
+    from cordon.aws_accounts import AwsAccounts, aws_accounts
+
+    accounts = aws_accounts(config) or AwsAccounts()
+    role = accounts.accounts.get(account_id) if account_id else None
+    if role is not None:
+        path_name = role.role_arn.split(":role/", 1)[1]
+        ext_env = role.external_id_env
+    else:
+        path_name = accounts.role_name or DEFAULT_MEMBER_ROLE
+        ext_env = accounts.external_id_env
+    path, _, name = path_name.rpartition("/")
+    p = accounts.partition
+    principal = (accounts.hub_principal
+                 or (f"arn:{p}:iam::{accounts.hub_account}:root" if accounts.hub_account else None)
+                 or f"arn:{p}:iam::<hub account>:role/<Cordon's hub role>")
+    condition: dict[str, Any] = {"StringLike": {"sts:RoleSessionName": "cordon-*"}}
+    if ext_env:
+        condition["StringEquals"] = {"sts:ExternalId": external_id or f"<value of {ext_env}>"}
+    trust = {"Version": "2012-10-17",
+             "Statement": [{"Sid": "CordonHubAssumesThisRole", "Effect": "Allow", "Principal": {"AWS": principal},
+                            "Action": "sts:AssumeRole", "Condition": condition}]}
+    return {"RoleName": name, "Path": f"/{path}/" if path else "/", "AssumeRolePolicyDocument": trust,
+            "PermissionsPolicy": aws_policy(actions_in_use(config, every=every), config.protected_principals),
+            "HubPolicyStatement": aws_hub_statement(accounts.assumable_role_arns()
+                                                    or [f"arn:{p}:iam::*:role/{path_name}"])}
 
 
 def azure_grants(actions: Iterable[type[Action]], *, scope: str = "/subscriptions/{subscriptionId}") -> dict[str, Any]:
@@ -158,24 +226,45 @@ def slack_manifest(base_url: str, *, name: str = "Cordon") -> dict[str, Any]:
 
 
 def generate(config: Config, provider: str, *, every: bool = False) -> dict[str, Any]:
-    """The grant document for ``provider`` (``aws``, ``azure`` or ``gcp``) from the playbooks of
-    ``config`` (or every action). Raises ``ValueError`` for another provider."""
+    """The grant document for ``provider`` (``aws``, ``aws-member``, ``azure`` or ``gcp``) from the
+    playbooks of ``config`` (or every action). ``aws`` is the policy of Cordon's own principal
+    (with the ``sts:AssumeRole`` grant when ``aws:`` configures member roles); ``aws-member`` is
+    :func:`aws_member_role` with the external ID read from its environment variable when set.
+    Raises ``ValueError`` for another provider."""
+    if provider == "aws-member":
+        import os
+
+        from cordon.aws_accounts import aws_accounts
+
+        accounts = aws_accounts(config)
+        env = accounts.external_id_env if accounts else None
+        return aws_member_role(config, every=every, external_id=os.environ.get(env) if env else None)
     acts = actions_in_use(config, every=every)
     if provider == "aws":
-        return aws_policy(acts, config.protected_principals)
+        from cordon.aws_accounts import aws_accounts
+
+        accounts = aws_accounts(config)
+        return aws_policy(acts, config.protected_principals, accounts.assumable_role_arns() if accounts else ())
     if provider == "azure":
         return azure_grants(acts)
     if provider == "gcp":
         return gcp_role(acts)
-    raise ValueError(f"provider {provider!r}: expected aws, azure or gcp")
+    raise ValueError(f"provider {provider!r}: expected aws, aws-member, azure or gcp")
 
 
 def render(config: Config, provider: str) -> str:
-    """The text ``cordon permissions PROVIDER --all`` prints (JSON, YAML for gcp)."""
+    """The text ``cordon permissions PROVIDER --all`` prints (JSON, YAML for gcp), as
+    ``docs/deploy.md`` embeds it. For ``aws-member`` the documentation's form: the role, its trust
+    policy with the external ID as a placeholder (never a value from this environment) and the
+    hub's statement, without the permissions policy (the ``aws`` block's document)."""
     import json
 
     import yaml
 
+    if provider == "aws-member":
+        doc = aws_member_role(config, every=True)
+        del doc["PermissionsPolicy"]
+        return json.dumps(doc, indent=2) + "\n"
     doc = generate(config, provider, every=True)
     return yaml.safe_dump(doc, sort_keys=False) if provider == "gcp" else json.dumps(doc, indent=2) + "\n"
 
@@ -189,7 +278,7 @@ def update_doc(path: str, config: Config) -> bool:
     p = Path(path)
     text = p.read_text(encoding="utf-8")
     new = text
-    for provider in ("aws", "azure", "gcp"):
+    for provider in ("aws", "aws-member", "azure", "gcp"):
         pattern = re.compile(rf"(<!-- generated:{provider} -->\n```\w+\n).*?(```\n<!-- /generated:{provider} -->)",
                              re.S)
         if not pattern.search(new):

@@ -18,3 +18,33 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+#: Slack users of the stand-in's default workspace allowed to approve in tests' configurations.
+TEST_APPROVERS = ("U0ALICE01", "U0BOB0002", "U0CAROL03")
+
+
+def config_with_approvers(dest: Any, users: Any = TEST_APPROVERS, copy_playbooks: bool = False) -> Any:
+    """A configuration folder ``dest/config`` for the Slack path, which needs approvers (closed by
+    default): the shipped ``config/cordon.yaml`` with ``approval.approvers.users`` set to
+    ``users``, the shipped rules linked, and the shipped playbooks linked as ``dest/playbooks``
+    (copied with ``copy_playbooks``, so a test may edit them). Returns the folder; point
+    ``CORDON_CONFIG`` at it (workers started afterwards inherit it)."""
+    import shutil
+    from pathlib import Path
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    dest = Path(dest)
+    cfg = dest / "config"
+    cfg.mkdir(parents=True)
+    data = yaml.safe_load((repo / "config" / "cordon.yaml").read_text())
+    data.setdefault("approval", {}).setdefault("approvers", {})["users"] = list(users)
+    (cfg / "cordon.yaml").write_text(yaml.safe_dump(data))
+    (cfg / "rules").symlink_to(repo / "config" / "rules")
+    if copy_playbooks:
+        shutil.copytree(repo / "playbooks", dest / "playbooks")
+    else:
+        (dest / "playbooks").symlink_to(repo / "playbooks")
+    return cfg

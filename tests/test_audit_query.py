@@ -353,7 +353,7 @@ def test_ocsf_export_has_the_required_fields(four):
     for e in events:
         for key in BASE_REQUIRED:
             assert key in e, (key, e)
-        assert e["metadata"]["version"] == "1.3.0" and e["metadata"]["product"]["vendor_name"] == "Cordon"
+        assert e["metadata"]["version"] == "1.8.0" and e["metadata"]["product"]["vendor_name"] == "Cordon"
         assert e["type_uid"] == e["class_uid"] * 100 + e["activity_id"]
         assert isinstance(e["time"], int) and e["metadata"]["uid"]
     findings = [e for e in events if e["class_uid"] == DETECTION_FINDING]
@@ -367,7 +367,8 @@ def test_ocsf_export_has_the_required_fields(four):
     assert closes[a.case_id]["status_id"] == 4 and closes[b.case_id]["status"] == "denied"
     create_a = next(e for e in findings if e["activity_id"] == 1 and e["finding_info"]["uid"] == a.case_id)
     assert create_a["evidences"][0]["http_request"]["user_agent"] == EVIL_UA
-    assert create_a["finding_info"]["attacks"][0]["technique"]["uid"] == "T1098.001"
+    assert create_a["finding_info"]["attacks"][0]["technique"]["uid"] == "T1098"  # OCSF 1.8.0: sub-technique apart
+    assert create_a["finding_info"]["attacks"][0]["sub_technique"]["uid"] == "T1098.001"
     assert create_a["severity_id"] == 4 and create_a["cloud"]["provider"] == "AWS"
     # API Activity: one per call Cordon made (cases a and d contained one key each)
     assert len(apis) == 2

@@ -276,7 +276,8 @@ def test_every_panther_log_parses_directly():
 def test_sigmahq_gcp_rules_load_and_run_over_the_corpus(shipped):
     files = sorted(SIGMAHQ_GCP.rglob("*.yml"))
     sigmahq = RuleSet.load(SIGMAHQ_GCP)
-    assert len(sigmahq.rules) == len(files) == 3
+    # 3 audit rules at the snapshot, plus the GKE (Kubernetes) twins added to the corpus later
+    assert len(sigmahq.rules) == len(files) >= 3
     combined = RuleSet([*shipped.rules, *sigmahq.rules])
     records = [json.dumps(log).encode() for _, log in panther_cases().values()]
     records += [p.read_bytes() for p in FIXTURES + SRA]

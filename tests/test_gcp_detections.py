@@ -774,15 +774,18 @@ def test_pipeline_routes_gcp_records(gcp_rules):
         "gcp_sa_key",
     ]
     assert [d.source for d in dets] == ["gcp_audit"] * 3 + ["gcp_scc", "gcp_audit"]
+    # the record its parser rejects counts as rejected only (not as an event): every record once
     assert stats.as_dict() == {
         "records_read": 6,
-        "events": 5,
-        "events_matched": 4,
+        "events": 4,
+        "events_matched": 3,
         "events_unmatched": 1,
         "findings": 1,
         "detections": 5,
         "suppressed": 0,
         "rejected": 1,
+        "records_detected": 4,
+        "records_empty": 0,
     }
 
 

@@ -16,27 +16,56 @@ Formats
     compact JSON). Against spreadsheet formula injection (OWASP "CSV Injection"), a text cell
     that begins with ``=``, ``+``, ``-``, ``@``, tab or carriage return is prefixed with ``'``.
 ``ocsf``
-    JSON lines of OCSF 1.3.0 events (https://schema.ocsf.io/1.3.0/):
+    JSON lines of OCSF 1.8.0 events (https://schema.ocsf.io/1.8.0/), each valid for its class
+    with the profiles it lists in ``metadata.profiles``: ``datetime`` (every event carries
+    ``time_dt``) and ``cloud`` (every event whose provider is known carries ``cloud``, which that
+    profile requires). tests/test_ocsf.py validates every event against the official schema
+    (ocsf-json-schema's copy of schema.ocsf.io's export, with ``jsonschema``) and checks each
+    ``*_id`` against its caption.
 
     * **Detection Finding** (``class_uid`` 2004, ``category_uid`` 2 Findings,
       ``type_uid`` = 2004 × 100 + ``activity_id``) — one finding per case,
-      ``finding_info.uid`` = the case ID: ``case.opened`` → activity 1 *Create* (status 1 New),
-      ``case.joined`` → 2 *Update* (another detection of the same credential), ``case.closed`` →
-      3 *Close* (status 4 Resolved when contained, else 99 Other with Cordon's status in
-      ``status``). A suppressed detection (no case) is its own finding, created with status 3
-      Suppressed and ``finding_info.uid`` = the detection's uid.
+      ``finding_info.uid`` = the case ID: ``case.opened`` → activity 1 *Create* (status 1 New,
+      ``is_alert`` true), ``case.joined`` → 2 *Update* (another detection of the same
+      credential), ``case.closed`` → 3 *Close* (``is_alert`` false; status 4 Resolved when
+      contained, else 99 Other with Cordon's status, e.g. ``denied``, in ``status``). A
+      suppressed detection (no case) is its own finding, created with status 3 Suppressed and
+      ``finding_info.uid`` = the detection's uid. ``finding_info``: ``created_time`` (the case's
+      opening), ``modified_time`` (Update, Close), ``first_seen_time`` (the detected event's own
+      time), ``analytic`` (a Sigma rule: ``type_id`` 1 Rule; a provider's finding type: 99 Other
+      with the source, e.g. ``guardduty``), ``attacks`` (``T1098.001`` as ``technique`` T1098 and
+      ``sub_technique`` T1098.001). ``evidences[0]``: ``actor.user``, ``actor.session``
+      (``credential_uid`` = CloudTrail ``userIdentity.accessKeyId``, ``issuer``, ``is_mfa``,
+      ``created_time``), ``src_endpoint`` (``ip``, or ``hostname`` / ``name`` when CloudTrail's
+      ``sourceIPAddress`` is a service; ``location`` with ``city``, ``region``, ``country``,
+      ``desc``; ``isp``, since ``location.isp`` is deprecated), ``http_request.user_agent``,
+      ``api.operation``. ``resources``: the credential (``uid``, ``type`` = Cordon's credential
+      kind, ``owner``, ``data``) and the target principal. ``cloud``: ``provider`` (AWS, GCP,
+      Azure), ``account`` (``type_id`` 10 AWS Account / 11 GCP Project), ``region``.
     * **API Activity** (``class_uid`` 6003, ``category_uid`` 6 Application Activity,
       ``type_uid`` = 6003 × 100 + ``activity_id``) — one event per cloud API call Cordon made in a
       containment or rollback (``action.*``, ``rollback.failed`` records; a call's verb gives
-      ``activity_id``: 1 Create, 2 Read, 3 Update, 4 Delete, 99 Other); ``status_id`` 1 Success or
-      2 Failure. An action that made no call (``already_contained``) has no API Activity.
+      ``activity_id``: 1 Create, 2 Read, 3 Update, 4 Delete, 99 Other with the operation as
+      ``activity_name``); ``status_id`` 1 Success or 2 Failure (``status_detail`` = the cloud's
+      error). ``actor.user`` is Cordon's cloud identity from ``guard.passed`` (``type_id`` 4
+      Service), ``api`` the operation, service and parameters (``request.data``), ``cloud`` the
+      provider (from the detection, else the action's ``aws.``/``gcp.``/``azure.`` prefix). An
+      action that made no call (``already_contained``) has no API Activity.
 
-    Every event carries ``metadata.version`` ``1.3.0``, ``metadata.product`` (Cordon),
-    ``metadata.uid`` (the ledger record's hash, ``-<n>`` per call), ``metadata.sequence`` (the
-    record's ``seq``), ``metadata.correlation_uid`` (the case ID), ``time`` (epoch ms) and
-    ``time_dt``. Other ledger records (enrichment, approvals, verification) have no OCSF class
-    here; they are in the JSONL and CSV exports, and the decision is summarised in the Close
-    finding's ``unmapped.cordon``.
+    A principal's provider type (CloudTrail ``userIdentity.type`` such as ``IAMUser``,
+    ``ServicePrincipal``, ``ServiceAccount``) is ``user.type`` with ``type_id`` 99 Other, unless
+    it is one of OCSF's captions (User, Admin, System, Service). What OCSF has no attribute for is
+    in ``unmapped.cordon``: the case key, playbook and detection uid (Create), the approval and
+    Cordon's status (Close), the raw record's reference (suppressed), an action's name, status,
+    state before and after, ledger record kind and ``ledger_actor`` (who asked, e.g. the Slack
+    user of a rollback) (API Activity), and a location OCSF cannot hold (no address, or no
+    city/region/country). Every event carries ``metadata.version`` ``1.8.0``,
+    ``metadata.profiles``, ``metadata.product`` (Cordon), ``metadata.uid`` (the ledger record's
+    hash, ``-<n>`` per call), ``metadata.sequence`` (the record's ``seq``),
+    ``metadata.correlation_uid`` (the case ID), ``time`` (epoch ms) and ``time_dt`` (RFC 3339).
+    Other ledger records (enrichment, approvals, verification) have no OCSF class here; they are
+    in the JSONL and CSV exports, and the decision is summarised in the Close finding's
+    ``unmapped.cordon``.
 """
 
 from __future__ import annotations
@@ -44,7 +73,9 @@ from __future__ import annotations
 import csv
 import functools
 import io
+import ipaddress
 import json
+import re
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from datetime import datetime
@@ -54,13 +85,11 @@ from cordon.audit.ledger import Ledger, LedgerRecord
 from cordon.audit.query import CaseFilter, QueryError, describe, iter_cases, iter_records
 
 FORMATS = ("jsonl", "csv", "ocsf")
-OCSF_VERSION = "1.3.0"
+OCSF_VERSION = "1.8.0"
 CSV_COLUMNS = ("seq", "ts", "case_id", "run_id", "kind", "actor", "summary", "payload", "prev_hash", "hash")
 
 DETECTION_FINDING = 2004
 API_ACTIVITY = 6003
-_SEVERITY_IDS = {"unknown": 0, "informational": 1, "low": 2, "medium": 3, "high": 4, "critical": 5}
-_PROVIDERS = {"aws": "AWS", "gcp": "GCP", "azure": "Azure"}
 
 
 @functools.lru_cache(maxsize=1)
@@ -109,109 +138,247 @@ def to_csv(records: Iterable[LedgerRecord]) -> Iterator[str]:
 
 # -- OCSF ---------------------------------------------------------------------------------------
 
-def _time(ts: str) -> tuple[int, str]:
-    dt = datetime.fromisoformat(ts)
+# Enum captions of OCSF 1.8.0 (https://schema.ocsf.io/1.8.0/): an ``*_id`` and its sibling caption
+# attribute always go out together, the caption being the enum's, except for 99 (Other), whose
+# caption is the source's own value.
+_FINDING_ACTIVITIES = {1: "Create", 2: "Update", 3: "Close"}
+_FINDING_STATUSES = {1: "New", 2: "In Progress", 3: "Suppressed", 4: "Resolved"}
+_API_ACTIVITIES = {1: "Create", 2: "Read", 3: "Update", 4: "Delete", 99: "Other"}
+_SEVERITY_IDS = {"unknown": 0, "informational": 1, "low": 2, "medium": 3, "high": 4, "critical": 5}
+_USER_TYPES = {"user": 1, "admin": 2, "system": 3, "service": 4}  # ``user.type_id``; anything else is 99
+_ACCOUNT_TYPES = {"aws": (10, "AWS Account"), "gcp": (11, "GCP Project")}  # ``account.type_id``
+_PROVIDERS = {"aws": "AWS", "gcp": "GCP", "azure": "Azure"}
+_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+\.?")
+
+
+def _time(ts: Any) -> tuple[int, str] | None:
+    """``(epoch ms, RFC 3339)`` of an ISO 8601 time (a ledger ``ts``, a detection's ``time``);
+    ``None`` when it does not parse."""
+    try:
+        dt = datetime.fromisoformat(str(ts))
+    except ValueError:
+        return None
     return int(dt.timestamp() * 1000), dt.isoformat()
 
 
-def _metadata(r: LedgerRecord, suffix: str = "") -> dict[str, Any]:
+def _set_time(obj: dict[str, Any], name: str, ts: Any) -> None:
+    """``obj[name]`` (epoch ms) and ``obj[name + "_dt"]`` (``datetime`` profile) from ``ts``."""
+    t = _time(ts) if ts else None
+    if t:
+        obj[name], obj[name + "_dt"] = t
+
+
+def _metadata(r: LedgerRecord, profiles: Iterable[str], suffix: str = "") -> dict[str, Any]:
     meta = {"version": OCSF_VERSION, "product": {"name": "Cordon", "vendor_name": "Cordon", "version": _version()},
-            "uid": r.hash + suffix, "sequence": r.seq, "log_name": "cordon-ledger", "profiles": ["datetime"],
+            "uid": r.hash + suffix, "sequence": r.seq, "log_name": "cordon-ledger", "profiles": sorted(profiles),
             "original_time": r.ts}
     if r.case_id:
         meta["correlation_uid"] = r.case_id
     return meta
 
 
-def _user(principal: dict[str, Any] | None) -> dict[str, Any]:
+def _account(uid: Any, provider: str | None) -> dict[str, Any]:
+    """OCSF ``account``: ``uid``, with ``type_id`` 10 *AWS Account* / 11 *GCP Project* when known."""
+    account: dict[str, Any] = {"uid": str(uid)}
+    if provider in _ACCOUNT_TYPES:
+        account["type_id"], account["type"] = _ACCOUNT_TYPES[provider]
+    return account
+
+
+def _user(principal: dict[str, Any] | None, provider: str | None) -> dict[str, Any]:
+    """OCSF ``user`` of a :class:`~cordon.detections.model.Principal` dict, ``{}`` when it names
+    nobody (``user`` needs one of ``uid``, ``name``, ``account``). The provider's principal type
+    (CloudTrail ``userIdentity.type``, Entra ``ServicePrincipal``, ...) is ``type`` with
+    ``type_id`` 99 *Other*, unless it is one of OCSF's own captions (User, Admin, System, Service)."""
     p = principal or {}
-    user = {k: p[k] for k in ("uid", "name", "type") if p.get(k)}
+    user: dict[str, Any] = {k: str(p[k]) for k in ("uid", "name") if p.get(k)}
     if p.get("account_uid"):
-        user["account"] = {"uid": p["account_uid"]}
+        user["account"] = _account(p["account_uid"], provider)
+    if not user:
+        return {}
+    if p.get("type"):
+        label = str(p["type"])
+        type_id = _USER_TYPES.get(label.lower(), 99)
+        user["type_id"], user["type"] = type_id, label.capitalize() if type_id != 99 else label
     return user
 
 
-def _finding_info(det: dict[str, Any], uid: str, created: int) -> dict[str, Any]:
+def _cloud(provider: str | None, account_uid: Any, region: Any) -> dict[str, Any] | None:
+    """OCSF ``cloud`` (``cloud`` profile), ``None`` without a provider (``cloud.provider`` is required)."""
+    if not provider:
+        return None
+    cloud: dict[str, Any] = {"provider": _PROVIDERS.get(provider, provider)}
+    if account_uid:
+        cloud["account"] = _account(account_uid, provider)
+    if region:
+        cloud["region"] = str(region)
+    return cloud
+
+
+def _src_endpoint(actor: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(network_endpoint, unplaced)`` for the actor's source. An IP address is ``ip``; a
+    CloudTrail ``sourceIPAddress`` that is a service's DNS name is ``hostname``, anything else
+    ``name``. ``src_location`` becomes ``location`` (``city``, ``region``, ``country``, ``desc``;
+    OCSF needs one of the first three) and its ``isp`` the endpoint's ``isp`` (``location.isp`` is
+    deprecated in 1.8.0). What has no place (a location without an address, or naming no place)
+    is returned in ``unplaced`` for ``unmapped``."""
+    endpoint: dict[str, Any] = {}
+    unplaced: dict[str, Any] = {}
+    src = actor.get("src_ip")
+    if src:
+        src = str(src)
+        try:
+            ipaddress.ip_address(src)
+            endpoint["ip"] = src
+        except ValueError:
+            endpoint["hostname" if _HOSTNAME.fullmatch(src) else "name"] = src
+    loc = actor.get("src_location") or {}
+    if loc:
+        place = {k: str(loc[k]) for k in ("city", "region", "country", "desc") if loc.get(k)}
+        if not endpoint or not any(k in place for k in ("city", "region", "country")):
+            unplaced["src_location"] = loc
+        else:
+            endpoint["location"] = place
+            if loc.get("isp"):
+                endpoint["isp"] = str(loc["isp"])
+    return endpoint, unplaced
+
+
+def _attacks(technique_ids: Iterable[str]) -> list[dict[str, Any]]:
+    """OCSF ``attack`` objects: ``T1098.001`` is ``technique`` T1098 + ``sub_technique`` T1098.001."""
+    attacks = []
+    for t in technique_ids:
+        t = str(t)
+        attack: dict[str, Any] = {"technique": {"uid": t.split(".", 1)[0]}}
+        if "." in t:
+            attack["sub_technique"] = {"uid": t}
+        attacks.append(attack)
+    return attacks
+
+
+def _finding_info(det: dict[str, Any], uid: str, created: Any, modified: Any) -> dict[str, Any]:
     rule = det.get("rule") or {}
     info: dict[str, Any] = {
         "uid": uid,
         "title": f"{det.get('event_name') or det.get('finding_type') or 'detection'}: "
                  f"{rule.get('name') or rule.get('title') or rule.get('uid') or 'credential persistence'}",
-        "created_time": created,
-        "types": [t for t in (det.get("source"), det.get("finding_type") or det.get("event_name")) if t],
+        "types": [str(t) for t in (det.get("source"), det.get("finding_type") or det.get("event_name")) if t],
     }
-    if rule:
-        info["analytic"] = {k: v for k, v in (("uid", rule.get("uid") or rule.get("id")),
-                                               ("name", rule.get("name") or rule.get("title")),
-                                               ("type_id", 1), ("type", "Rule")) if v is not None}
+    _set_time(info, "created_time", created)
+    if modified:
+        _set_time(info, "modified_time", modified)
+    _set_time(info, "first_seen_time", det.get("time"))  # the detected event's own time
+    analytic = {k: str(v) for k, v in (("uid", rule.get("uid") or rule.get("id")),
+                                       ("name", rule.get("name") or rule.get("title"))) if v}
+    if analytic:  # a Sigma rule is an OCSF Rule; a provider's finding type (GuardDuty, SCC, ...) is Other
+        rule_type = str(rule.get("type") or "sigma")
+        analytic["type_id"], analytic["type"] = (1, "Rule") if rule_type == "sigma" else (99, rule_type)
+        info["analytic"] = analytic
     if det.get("technique_ids"):
-        info["attacks"] = [{"technique": {"uid": t}, "version": "v15"} for t in det["technique_ids"]]
+        info["attacks"] = _attacks(det["technique_ids"])
     return info
 
 
-def _detection_finding(r: LedgerRecord, det: dict[str, Any], *, uid: str, activity_id: int, status_id: int,
-                       status: str | None, message: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    t, t_dt = _time(r.ts)
-    names = {1: "Create", 2: "Update", 3: "Close"}
-    statuses = {1: "New", 2: "In Progress", 3: "Suppressed", 4: "Resolved", 99: status or "Other"}
-    severity = str(det.get("severity") or "unknown")
+def _evidence(det: dict[str, Any], provider: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(evidences item, unplaced)``: the actor (``user``, ``session``), ``src_endpoint``,
+    ``http_request.user_agent`` and ``api.operation`` (CloudTrail ``eventName``) of the detected
+    event. OCSF needs one of ``actor``, ``api``, ``src_endpoint`` (of those Cordon has): without
+    one, the rest goes to ``unplaced``."""
     actor = det.get("actor") or {}
-    cred = det.get("credential") or {}
+    evidence: dict[str, Any] = {}
+    who: dict[str, Any] = {}
+    user = _user(actor.get("user"), provider)
+    if user:
+        who["user"] = user
+    session: dict[str, Any] = {}
+    if actor.get("session_uid"):  # CloudTrail userIdentity.accessKeyId: the credential the call was signed with
+        session["credential_uid"] = str(actor["session_uid"])
+    if actor.get("session_issuer"):
+        session["issuer"] = str(actor["session_issuer"])
+    if isinstance(actor.get("mfa"), bool):
+        session["is_mfa"] = actor["mfa"]
+    _set_time(session, "created_time", actor.get("session_created"))
+    if session:
+        who["session"] = session
+    if who:
+        evidence["actor"] = who
+    endpoint, unplaced = _src_endpoint(actor)
+    if endpoint:
+        evidence["src_endpoint"] = endpoint
+    if det.get("event_name"):
+        evidence["api"] = {"operation": str(det["event_name"])}
+    if actor.get("user_agent"):
+        evidence["http_request"] = {"user_agent": str(actor["user_agent"])}
+    if evidence and not any(k in evidence for k in ("actor", "api", "src_endpoint")):
+        unplaced["evidence"], evidence = evidence, {}
+    return evidence, unplaced
+
+
+def _resource(uid: Any, name: Any, rtype: Any, **more: Any) -> dict[str, Any] | None:
+    """OCSF ``resource_details`` (``uid`` or ``name`` required), ``None`` when it has neither."""
+    res = {k: str(v) for k, v in (("uid", uid), ("name", name), ("type", rtype)) if v}
+    if "uid" not in res and "name" not in res:
+        return None
+    res.update({k: v for k, v in more.items() if v})
+    return res
+
+
+def _detection_finding(r: LedgerRecord, det: dict[str, Any], *, uid: str, activity_id: int, status_id: int,
+                       status: str | None, message: str, created: Any, extra: dict[str, Any] | None = None,
+                       alert: bool | None = None) -> dict[str, Any]:
+    t, t_dt = _time(r.ts) or (0, "")
+    severity = str(det.get("severity") or "unknown").lower()
+    severity_id = _SEVERITY_IDS.get(severity, 0)
+    provider = det.get("provider")
+    unmapped: dict[str, Any] = dict(extra or {})
     event: dict[str, Any] = {
         "class_uid": DETECTION_FINDING, "class_name": "Detection Finding",
         "category_uid": 2, "category_name": "Findings",
-        "activity_id": activity_id, "activity_name": names[activity_id],
+        "activity_id": activity_id, "activity_name": _FINDING_ACTIVITIES[activity_id],
         "type_uid": DETECTION_FINDING * 100 + activity_id,
-        "type_name": f"Detection Finding: {names[activity_id]}",
+        "type_name": f"Detection Finding: {_FINDING_ACTIVITIES[activity_id]}",
         "time": t, "time_dt": t_dt,
-        "severity_id": _SEVERITY_IDS.get(severity, 0), "severity": severity.capitalize(),
-        "status_id": status_id, "status": statuses[status_id],
+        "severity_id": severity_id, "severity": severity.capitalize() if severity_id else "Unknown",
+        "status_id": status_id, "status": _FINDING_STATUSES.get(status_id) or status or "Other",
         "message": message,
-        "metadata": _metadata(r),
-        "finding_info": _finding_info(det, uid, t),
-        "is_alert": activity_id == 1,
+        "finding_info": _finding_info(det, uid, created, r.ts if activity_id != 1 else None),
     }
-    if det.get("provider"):
-        event["cloud"] = {"provider": _PROVIDERS.get(det["provider"], det["provider"])}
-        if det.get("account_uid"):
-            event["cloud"]["account"] = {"uid": det["account_uid"]}
-        if det.get("region"):
-            event["cloud"]["region"] = det["region"]
-    evidence: dict[str, Any] = {}
-    if actor.get("user"):
-        evidence["actor"] = {"user": _user(actor["user"])}
-        if actor.get("session_uid"):
-            evidence["actor"]["session"] = {"uid": actor["session_uid"]}
-    if actor.get("src_ip"):
-        evidence["src_endpoint"] = {"ip": actor["src_ip"]}
-        if actor.get("src_location"):  # OCSF location object: city, region, country, isp, desc
-            evidence["src_endpoint"]["location"] = actor["src_location"]
-    if actor.get("user_agent"):
-        evidence.setdefault("http_request", {})["user_agent"] = actor["user_agent"]
-    if det.get("event_name"):
-        evidence["api"] = {"operation": det["event_name"]}
+    if alert is not None:
+        event["is_alert"] = alert
+    cloud = _cloud(provider, det.get("account_uid"), det.get("region"))
+    if cloud:
+        event["cloud"] = cloud
+    evidence, unplaced = _evidence(det, provider)
     if evidence:
         event["evidences"] = [evidence]
     resources = []
+    cred = det.get("credential") or {}
     if cred:
-        resources.append({"uid": cred.get("uid"), "type": cred.get("kind"),
-                          "owner": _user(cred.get("owner"))} if cred.get("owner") else
-                         {"uid": cred.get("uid"), "type": cred.get("kind")})
+        owner = _user(cred.get("owner"), provider)
+        res = _resource(cred.get("uid"), None, cred.get("kind"), owner=owner, data=cred.get("attributes"))
+        if res:
+            resources.append(res)
+        else:
+            unplaced["credential"] = cred
     target = det.get("target") or {}
-    if target.get("uid") or target.get("name"):
-        resources.append({"uid": target.get("uid") or target.get("name"), "name": target.get("name"),
-                          "type": target.get("type") or "principal"})
+    res = _resource(target.get("uid") or target.get("name"), target.get("name"), target.get("type") or "principal")
+    if res:
+        resources.append(res)
     if resources:
         event["resources"] = resources
-    if extra:
-        event["unmapped"] = extra
+    if unplaced:
+        unmapped.setdefault("cordon", {}).update(unplaced)
+    if unmapped:
+        event["unmapped"] = unmapped
+    event["metadata"] = _metadata(r, ["datetime", "cloud"] if cloud else ["datetime"])
     return event
 
 
 _VERBS = (
     (1, ("create", "put", "attach", "add", "import", "insert", "set")),
     (2, ("get", "list", "describe", "read", "lookup")),
-    (3, ("update", "patch", "disable", "enable", "deactivate", "activate", "revoke", "modify")),
+    (3, ("update", "patch", "disable", "enable", "deactivate", "activate", "revoke", "modify", "undelete",
+         "restore")),
     (4, ("delete", "remove", "detach", "destroy")),
 )
 
@@ -229,46 +396,51 @@ def api_activity_id(operation: str) -> int:
 
 def _api_activities(r: LedgerRecord, det: dict[str, Any], cordon_identity: str | None) -> Iterator[dict[str, Any]]:
     p = r.payload
-    t, t_dt = _time(r.ts)
+    t, t_dt = _time(r.ts) or (0, "")
     ok = p.get("status") in ("contained", "rolled_back", "already_contained", "already_rolled_back")
-    names = {1: "Create", 2: "Read", 3: "Update", 4: "Delete", 99: "Other"}
-    provider = det.get("provider") or "aws"
+    action = str(p.get("name") or "")
+    prefix = action.split(".", 1)[0]
+    provider = det.get("provider") or (prefix if prefix in _PROVIDERS else None)
     for i, call in enumerate(p.get("calls") or []):
         op = str(call.get("operation") or "unknown")
         activity = api_activity_id(op)
-        cloud: dict[str, Any] = {"provider": _PROVIDERS.get(provider, provider)}
-        region = call.get("region") or det.get("region")
-        if region:
-            cloud["region"] = region
-        if det.get("account_uid"):
-            cloud["account"] = {"uid": det["account_uid"]}
-        event = {
+        api: dict[str, Any] = {"operation": op, "request": {"uid": f"{r.hash[:16]}-{i}",
+                                                            "data": call.get("params") or {}}}
+        if call.get("service"):
+            api["service"] = {"name": str(call["service"])}
+        event: dict[str, Any] = {
             "class_uid": API_ACTIVITY, "class_name": "API Activity",
             "category_uid": 6, "category_name": "Application Activity",
-            "activity_id": activity, "activity_name": names[activity] if activity != 99 else op,
-            "type_uid": API_ACTIVITY * 100 + activity, "type_name": f"API Activity: {names[activity]}",
+            "activity_id": activity, "activity_name": _API_ACTIVITIES[activity] if activity != 99 else op,
+            "type_uid": API_ACTIVITY * 100 + activity, "type_name": f"API Activity: {_API_ACTIVITIES[activity]}",
             "time": t, "time_dt": t_dt,
             "severity_id": 1, "severity": "Informational",
             "status_id": 1 if ok else 2, "status": "Success" if ok else "Failure",
-            "message": f"{p.get('name')}: {op} on {p.get('target')} ({p.get('status')})",
-            "metadata": _metadata(r, f"-{i}"),
-            "actor": {"user": {"uid": cordon_identity or (r.actor or "cordon"), "type": "Other"},
-                      "app_name": "cordon", "invoked_by": r.actor or "cordon"},
-            "api": {"operation": op, "service": {"name": str(call.get("service") or "")},
-                    "request": {"uid": f"{r.hash[:16]}-{i}", "data": call.get("params") or {}}},
-            "cloud": cloud,
+            "message": f"{action}: {op} on {p.get('target')} ({p.get('status')})",
+            # Cordon itself made the call, as the identity the guard recorded for the case
+            "actor": {"user": {"uid": cordon_identity or "cordon", "type_id": 4, "type": "Service"},
+                      "app_name": "cordon"},
+            "api": api,
             "src_endpoint": {"svc_name": "cordon"},
-            "resources": [{"uid": p.get("target"), "type": p.get("name")}],
-            "unmapped": {"cordon": {"action": p.get("name"), "action_status": p.get("status"),
-                                    "before": p.get("before"), "after": p.get("after"), "kind": r.kind}},
+            "unmapped": {"cordon": {"action": action, "action_status": p.get("status"), "before": p.get("before"),
+                                    "after": p.get("after"), "kind": r.kind, "ledger_actor": r.actor}},
         }
+        cloud = _cloud(provider, det.get("account_uid"), call.get("region") or det.get("region"))
+        if cloud:
+            event["cloud"] = cloud
+        res = _resource(p.get("target"), None, action)
+        if res:
+            event["resources"] = [res]
         if p.get("error"):
             event["status_detail"] = str(p["error"])
+        event["metadata"] = _metadata(r, ["datetime", "cloud"] if cloud else ["datetime"], f"-{i}")
         yield event
 
 
 class _CaseCache:
-    """The few facts the OCSF mapper needs per case, bounded (LRU of ``size`` cases)."""
+    """The few facts the OCSF mapper needs per case, bounded (LRU of ``size`` cases): the case's
+    first detection and opening time (``cases.detection``, ``cases.opened_at``, one query per
+    case), Cordon's identity from ``guard.passed``, the detections that joined it."""
 
     def __init__(self, ledger: Ledger | None, size: int = 256):
         self.ledger = ledger
@@ -277,16 +449,19 @@ class _CaseCache:
 
     def get(self, case_id: str | None) -> dict[str, Any]:
         if not case_id:
-            return {"detection": {}, "identity": None, "joined": {}}
+            return {"detection": {}, "identity": None, "joined": {}, "opened": None}
         if case_id in self.data:
             self.data.move_to_end(case_id)
             return self.data[case_id]
         det: dict[str, Any] = {}
+        opened = None
         if self.ledger is not None:
             row = self.ledger.case(case_id)
-            if row and row.get("detection"):
-                det = json.loads(row["detection"])
-        item = {"detection": det, "identity": None, "joined": {}}
+            if row:
+                opened = row.get("opened_at")
+                if row.get("detection"):
+                    det = json.loads(row["detection"])
+        item = {"detection": det, "identity": None, "joined": {}, "opened": opened}
         self.data[case_id] = item
         if len(self.data) > self.size:
             self.data.popitem(last=False)
@@ -294,8 +469,8 @@ class _CaseCache:
 
 
 def to_ocsf(records: Iterable[LedgerRecord], ledger: Ledger | None = None) -> Iterator[str]:
-    """OCSF 1.3.0 events as JSON lines (mapping in the module docstring). ``ledger`` is read for
-    each case's first detection (``cases.detection``), a bounded LRU of cases at a time."""
+    """OCSF 1.8.0 events as JSON lines (mapping in the module docstring). ``ledger`` is read for
+    each case's first detection and opening time (``cases`` row), a bounded LRU of cases at a time."""
     cache = _CaseCache(ledger)
     for r in records:
         for event in ocsf_events(r, cache):
@@ -318,16 +493,19 @@ def ocsf_events(r: LedgerRecord, cache: _CaseCache | None = None) -> list[dict[s
             case["detection"] = det
         if r.case_id is None and det.get("suppressed"):
             return [_detection_finding(r, det, uid=str(det.get("uid")), activity_id=1, status_id=3, status=None,
-                                       message=f"Suppressed: {det['suppressed']}",
-                                       extra={"cordon": {"raw_ref": p.get("raw_ref")}})]
+                                       message=f"Suppressed: {det['suppressed']}", created=r.ts, alert=False,
+                                       extra={"cordon": {"raw_ref": p.get("raw_ref"),
+                                                         "suppressed": det["suppressed"]}})]
         return []
     if r.kind == "guard.passed":
         case["identity"] = p.get("cordon_identity")
         return []
     if r.kind == "case.opened":
         det = case["detection"]
+        case["opened"] = case["opened"] or r.ts
         return [_detection_finding(r, det, uid=r.case_id or "", activity_id=1, status_id=1, status=None,
                                    message=f"Case {r.case_id} opened; playbook {p.get('playbook') or 'none'}",
+                                   created=case["opened"], alert=True,
                                    extra={"cordon": {"case_key": p.get("case_key"),
                                                      "detection_uid": p.get("detection_uid"),
                                                      "playbook": p.get("playbook")}})]
@@ -335,6 +513,7 @@ def ocsf_events(r: LedgerRecord, cache: _CaseCache | None = None) -> list[dict[s
         det = case["joined"].get(p.get("detection_uid")) or case["detection"]
         return [_detection_finding(r, det, uid=r.case_id or "", activity_id=2, status_id=2, status=None,
                                    message=f"Detection {p.get('detection_uid')} joined case {r.case_id}",
+                                   created=case["opened"] or r.ts,
                                    extra={"cordon": {"detection_uid": p.get("detection_uid"),
                                                      "duplicate": p.get("duplicate")}})]
     if r.kind == "case.closed":
@@ -343,6 +522,7 @@ def ocsf_events(r: LedgerRecord, cache: _CaseCache | None = None) -> list[dict[s
         return [_detection_finding(r, case["detection"], uid=r.case_id or "", activity_id=3,
                                    status_id=4 if contained else 99, status=status,
                                    message=f"Case {r.case_id} closed: {status}",
+                                   created=case["opened"] or r.ts, alert=False,
                                    extra={"cordon": {"status": status, "verified": p.get("verified"),
                                                      "approval": p.get("approval")}})]
     if r.kind.startswith("action.") or r.kind == "rollback.failed":

@@ -19,8 +19,9 @@ Definitions (seconds, floats; ``None`` when the case never reached that point):
 * **time to approve** = the decision's time − the time approval was asked. The decision's time
   is ``decided_at`` from the decision's payload (the moment of the Slack click, stamped by
   Cordon's server) when present, else the ledger time of the ``approval.given`` record; the ask
-  is the last ``approval.asked`` before it. Only approved cases have one (a refusal has a
-  *time to decide*, shown per approval but not aggregated).
+  is the last ``approval.asked`` before it. Only cases a person approved have one (a refusal has
+  a *time to decide*, shown per approval but not aggregated; an approval by ``--approve auto`` has
+  none and is counted apart, :func:`is_automatic`).
 * **time to contain** = the ledger time of the last ``verify.held`` before a ``case.closed``
   whose status is ``contained`` − the ledger time of the case's first ``detection.received``
   (the case's ``opened_at`` if none). It measures Cordon plus the approver, not log delivery.
@@ -47,7 +48,8 @@ from cordon.audit.ledger import Ledger, LedgerRecord, cases_table, ledger_table
 DECISIONS = ("approve", "deny", "expired", "not_required", "none")
 
 #: The record kinds the case summaries are computed from.
-_FACT_KINDS = ("detection.received", "case.opened", "case.joined", "approval.asked", "approval.given",
+_FACT_KINDS = ("detection.received", "case.opened", "case.joined", "approval.asked", "approval.decision",
+               "approval.given",
                "approval.refused", "approval.expired", "approval.not_required", "verify.held", "verify.failed",
                "case.closed", "run.error")
 
@@ -190,10 +192,19 @@ class CaseSummary:
     time_to_approve: float | None = None
     time_to_contain: float | None = None
     plan_hash: str | None = None
+    #: approved by no person (``--approve auto``): no time to approve, counted apart in the metrics
+    approved_automatically: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (approvals included)."""
         return asdict(self)
+
+
+def is_automatic(approver: str | None) -> bool:
+    """Whether an approval was given by no person: ``--approve auto`` records the approver
+    ``auto (--approve auto)``. Such approvals have no time to approve (they are not 0-second human
+    approvals); the metrics count them apart."""
+    return bool(approver) and str(approver).startswith("auto")
 
 
 def _principal_fields(det: dict[str, Any]) -> list[str]:
@@ -225,9 +236,13 @@ def _apply_facts(summary: CaseSummary, records: Iterable[LedgerRecord]) -> CaseS
     first_received: str | None = None
     last_asked: str | None = None
     last_held: str | None = None
+    deny_reasons: dict[int, str] = {}  # the reason typed in Slack's Deny dialog, by claim seq
     for r in records:
         p = r.payload
-        if r.kind == "detection.received":
+        if r.kind == "approval.decision":
+            if p.get("decision") == "deny" and p.get("reason"):
+                deny_reasons[r.seq] = str(p["reason"])
+        elif r.kind == "detection.received":
             summary.detections += 1
             first_received = first_received or r.ts
         elif r.kind == "approval.asked":
@@ -241,11 +256,15 @@ def _apply_facts(summary: CaseSummary, records: Iterable[LedgerRecord]) -> CaseS
             summary.approvals.append(Approval(
                 seq=r.seq, ts=r.ts, kind=r.kind, decision=decision, approver=p.get("approver") or r.actor,
                 approver_name=p.get("approver_name"), team_id=p.get("team_id"), plan_hash=p.get("plan_hash"),
-                decided_at=decided_at, asked_at=asked, seconds_to_decide=secs, reason=p.get("reason")))
+                decided_at=decided_at, asked_at=asked, seconds_to_decide=secs,
+                reason=p.get("reason") or deny_reasons.get(p.get("ledger_seq"))))
             summary.decision = decision
             summary.approver = p.get("approver") or r.actor
-            if decision == "approve" and secs is not None:
+            summary.approved_automatically = decision == "approve" and is_automatic(summary.approver)
+            if decision == "approve" and secs is not None and not summary.approved_automatically:
                 summary.time_to_approve = max(secs, 0.0)
+            elif summary.approved_automatically:
+                summary.time_to_approve = None
         elif r.kind == "verify.held":
             last_held = r.ts
         elif r.kind == "verify.failed":
@@ -568,12 +587,14 @@ class Figures:
 
     group: str
     cases: int = 0
+    #: approved by a person (Slack, the console); ``auto_approved``: by ``--approve auto``
     approved: int = 0
     contained: int = 0
     tta_median: float | None = None
     tta_p95: float | None = None
     ttc_median: float | None = None
     ttc_p95: float | None = None
+    auto_approved: int = 0
 
 
 @dataclass
@@ -586,11 +607,12 @@ class Metrics:
     overall: Figures
 
 
-def _figures(group: str, cases: list[tuple[float | None, float | None, str]]) -> Figures:
-    tta = [a for a, _, _ in cases if a is not None]
-    ttc = [c for _, c, _ in cases if c is not None]
-    return Figures(group, len(cases), sum(1 for _, _, d in cases if d == "approve"), len(ttc),
-                   median(tta), percentile(tta, 95), median(ttc), percentile(ttc, 95))
+def _figures(group: str, cases: list[tuple[float | None, float | None, str, bool]]) -> Figures:
+    tta = [a for a, _, _, _ in cases if a is not None]
+    ttc = [c for _, c, _, _ in cases if c is not None]
+    return Figures(group, len(cases), sum(1 for _, _, d, auto in cases if d == "approve" and not auto), len(ttc),
+                   median(tta), percentile(tta, 95), median(ttc), percentile(ttc, 95),
+                   auto_approved=sum(1 for _, _, d, auto in cases if d == "approve" and auto))
 
 
 def metrics(ledger: Ledger, filt: CaseFilter | None = None) -> Metrics:
@@ -600,7 +622,7 @@ def metrics(ledger: Ledger, filt: CaseFilter | None = None) -> Metrics:
     books: dict[str, list] = defaultdict(list)
     everything: list = []
     for s in iter_cases(ledger, filt):
-        item = (s.time_to_approve, s.time_to_contain, s.decision)
+        item = (s.time_to_approve, s.time_to_contain, s.decision, s.approved_automatically)
         months[s.opened_at[:7]].append(item)
         books[s.playbook or "(none)"].append(item)
         everything.append(item)
