@@ -8,10 +8,13 @@ worker in another process makes the same clients the caller had in mind.
   ``AZURE_CLIENT_SECRET`` or a certificate, workload identity, managed identity, Azure CLI);
   ``subscription_id`` from ``cloud["subscription_id"]`` or ``AZURE_SUBSCRIPTION_ID``; Graph at
   ``https://graph.microsoft.com/v1.0`` and ARM at ``https://management.azure.com``.
-* ``{"sandbox": True, "tenant_id", "subscription_id", "client_id", "client_secret", "authority",
+* ``{"sandbox": True, "tenant_id", "subscription_id", "client_id", "client_secret_env", "authority",
   "graph_url", "arm_url", "ca_pem", "own_object_id"}``
   (:meth:`cordon.sandbox.azure.AzureSandbox.cloud_params`): ``ClientSecretCredential`` with
-  ``authority`` pointed at the stand-in's token endpoint (``disable_instance_discovery=True``;
+  the secret read from the environment variable ``client_secret_env`` names (``AZURE_CLIENT_SECRET``
+  or a ``CORDON_SANDBOX_AZURE_SECRET_*`` name; a ``client_secret`` value in the parameters is refused:
+  parameters land in Prefect's database), ``authority`` pointed at the stand-in's token endpoint
+  (``disable_instance_discovery=True``;
   azure-identity insists the authority is https, so it shares the ARM stand-in's TLS server),
   ``connection_verify`` = the stand-in's CA for every https connection.
 
@@ -86,6 +89,34 @@ class LoopThread:
         self.loop.close()
 
 
+#: Environment variable names a sandbox may hand over in ``client_secret_env`` (beside Azure's own
+#: ``AZURE_CLIENT_SECRET``). Restricted so cloud parameters cannot name any other secret of the process
+#: (a Slack token, a database password) to be sent to a token endpoint they also name.
+SECRET_ENV_PREFIX = "CORDON_SANDBOX_AZURE_SECRET_"
+
+
+def client_secret_from_env(cloud: dict[str, Any]) -> str:
+    """The client secret for ``cloud`` read from the environment: the variable ``cloud["client_secret_env"]``
+    names (``AZURE_CLIENT_SECRET`` when absent). Secrets never travel as flow-run parameters, which
+    Prefect stores (issue 11), so a ``client_secret`` key is refused.
+
+    Raises ``ValueError`` for a ``client_secret`` parameter, a variable name outside ``AZURE_CLIENT_SECRET``
+    / ``CORDON_SANDBOX_AZURE_SECRET_*``, or a variable that is not set (the message says which, so a
+    worker's missing environment reads as such).
+    """
+    if "client_secret" in cloud:
+        raise ValueError("a client secret is not accepted as a parameter (Prefect stores parameters): "
+                         "put it in the worker's environment and name the variable in 'client_secret_env'")
+    name = str(cloud.get("client_secret_env") or "AZURE_CLIENT_SECRET")
+    suffix = name[len(SECRET_ENV_PREFIX):]
+    if name != "AZURE_CLIENT_SECRET" and not (name.startswith(SECRET_ENV_PREFIX) and suffix.isalnum()):
+        raise ValueError(f"client_secret_env must be AZURE_CLIENT_SECRET or {SECRET_ENV_PREFIX}<id>, not {name!r}")
+    secret = os.environ.get(name)
+    if not secret:
+        raise ValueError(f"the Azure client secret is not in this process's environment ({name} is not set)")
+    return secret
+
+
 def azure_clients(cloud: dict[str, Any] | None = None) -> Callable[..., Any]:
     """A factory ``clients(service) -> SDK client`` for ``cloud`` (see module doc).
 
@@ -100,7 +131,8 @@ def azure_clients(cloud: dict[str, Any] | None = None) -> Callable[..., Any]:
     AWS-style key to compare), ``subscription_id``, ``tenant_id`` and ``close()`` (idempotent: closes the
     Graph client's httpx client, the async credential's aiohttp session, the ARM client, the loop; also
     run when the factory is garbage-collected or at interpreter exit, via ``weakref.finalize``).
-    Raises ``ValueError`` for sandbox params without a client id / secret, and for
+    Raises ``ValueError`` for sandbox params without a client id, a secret in the parameters or not in the
+    environment (:func:`client_secret_from_env`), and for
     ``"authorization"`` with no subscription id.
     """
     from azure.identity import ClientSecretCredential, DefaultAzureCredential
@@ -121,11 +153,12 @@ def azure_clients(cloud: dict[str, Any] | None = None) -> Callable[..., Any]:
             fh.write(cloud["ca_pem"])
         tls = {"connection_verify": ca_path}
     if sandbox:
-        if not (cloud.get("client_id") and cloud.get("client_secret") and tenant):
-            raise ValueError("sandbox cloud params need 'tenant_id', 'client_id' and 'client_secret'")
+        secret = client_secret_from_env(cloud)
+        if not (cloud.get("client_id") and tenant):
+            raise ValueError("sandbox cloud params need 'tenant_id' and 'client_id'")
         common = {"authority": cloud.get("authority"), "disable_instance_discovery": True, **tls}
-        sync_cred: Any = ClientSecretCredential(tenant, cloud["client_id"], cloud["client_secret"], **common)
-        async_cred: Any = AioClientSecretCredential(tenant, cloud["client_id"], cloud["client_secret"], **common)
+        sync_cred: Any = ClientSecretCredential(tenant, cloud["client_id"], secret, **common)
+        async_cred: Any = AioClientSecretCredential(tenant, cloud["client_id"], secret, **common)
         client_id: str | None = cloud["client_id"]
     else:
         sync_cred = DefaultAzureCredential(**tls)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import ssl
 import urllib.error
@@ -16,7 +17,7 @@ import urllib.request
 import pytest
 
 from cordon.action import ActionContext, ActionParamError, all_actions, get_action
-from cordon.clouds_azure import azure_clients
+from cordon.clouds_azure import SECRET_ENV_PREFIX, azure_clients
 from tests.azure_fixtures import *  # noqa: F401,F403
 from tests.azure_fixtures import SUBSCRIPTION, azure_detection
 
@@ -172,7 +173,9 @@ def test_fresh_process_clients_from_cloud_params_and_a_wrong_secret(azure, sp_pa
         clients.close()
     from azure.core.exceptions import ClientAuthenticationError
 
-    bad = azure_clients({**params, "client_secret": "wrong"})
+    bad_env = f"{SECRET_ENV_PREFIX}WRONG1"
+    os.environ[bad_env] = "wrong"
+    bad = azure_clients({**params, "client_secret_env": bad_env})
     try:
         azure.standin.requests.clear()
         with pytest.raises(ClientAuthenticationError):
@@ -180,6 +183,21 @@ def test_fresh_process_clients_from_cloud_params_and_a_wrong_secret(azure, sp_pa
         assert azure.standin.api_requests() == []
     finally:
         bad.close()
+        os.environ.pop(bad_env, None)
+
+
+def test_the_client_secret_never_travels_as_a_parameter(azure):
+    """Issue 11: cloud parameters land in Prefect's database, so the sandbox's client secret is handed
+    over in the environment, and the factory refuses a secret in the parameters or a variable name that
+    could point it at another of the process's secrets."""
+    params = azure.cloud_params()
+    assert azure._secret not in json.dumps(params) and params["client_secret_env"].startswith(SECRET_ENV_PREFIX)
+    with pytest.raises(ValueError, match="not accepted as a parameter"):
+        azure_clients({**params, "client_secret": azure._secret})
+    with pytest.raises(ValueError, match="client_secret_env must be"):
+        azure_clients({**params, "client_secret_env": "CORDON_SLACK_BOT_TOKEN"})
+    with pytest.raises(ValueError, match="CORDON_SANDBOX_AZURE_SECRET_NOTSET is not set"):
+        azure_clients({**params, "client_secret_env": f"{SECRET_ENV_PREFIX}NOTSET"})
 
 
 def test_run_works_from_inside_a_running_event_loop(azure, sp_password):

@@ -44,6 +44,13 @@ def test_added_sp_password_is_removed_and_the_existing_one_kept(tmp_path, monkey
     assert [(r["method"], r["path"].rsplit("/", 1)[-1], r["body"]) for r in removes] == [
         ("POST", "removePassword", {"keyId": NEW_KEY})]
     assert responder.ledger.verify().ok
+    # the flow run's parameters (kept in Prefect's database) name the environment variable, not the secret
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        params = client.read_flow_run(s["flow_run_id"]).parameters
+    assert params["cloud"]["client_secret_env"] == azure.secret_env
+    assert azure._secret not in json.dumps(params)
 
 
 @pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "shared" / "data" / "real").exists(),

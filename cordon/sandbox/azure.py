@@ -74,6 +74,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import trustme
 
+from cordon.clouds_azure import SECRET_ENV_PREFIX
+
 DEFAULT_TENANT = "72f988bf-0000-4000-8000-00000000c0d0"
 DEFAULT_SUBSCRIPTION = "00000000-0000-4000-8000-00000000ab12"
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
@@ -942,6 +944,10 @@ class AzureSandbox:
         self.own_client_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"cordon-responder/{tenant_id}"))
         self.own_sp_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"cordon-responder-sp/{tenant_id}"))
         self._secret = secrets.token_urlsafe(32)
+        # The client secret reaches other processes through the environment (inherited by a worker
+        # spawned after the sandbox starts), never as a flow-run parameter (issue 11).
+        self.secret_env = f"{SECRET_ENV_PREFIX}{secrets.token_hex(4).upper()}"
+        os.environ[self.secret_env] = self._secret
         self._clients: Any = None
         self._lock = threading.Lock()
         self._register_self()
@@ -966,6 +972,7 @@ class AzureSandbox:
         if self._clients is not None and hasattr(self._clients, "close"):
             self._clients.close()
         self.standin.stop()
+        os.environ.pop(self.secret_env, None)
 
     def __enter__(self) -> AzureSandbox:
         return self.start()
@@ -995,10 +1002,12 @@ class AzureSandbox:
     def cloud_params(self) -> dict[str, Any]:
         """JSON-serialisable parameters from which another process rebuilds the clients with
         :func:`cordon.clouds_azure.azure_clients`: ``{"sandbox": True, "tenant_id",
-        "subscription_id", "client_id", "client_secret", "authority" (https, the token endpoint's
-        host), "graph_url", "arm_url", "ca_pem" (the TLS CA, PEM text), "own_object_id"}``."""
+        "subscription_id", "client_id", "client_secret_env" (the name of the environment variable
+        holding the secret: the secret itself never travels as a parameter), "authority" (https, the
+        token endpoint's host), "graph_url", "arm_url", "ca_pem" (the TLS CA, PEM text),
+        "own_object_id"}``."""
         return {"sandbox": True, "tenant_id": self.tenant_id, "subscription_id": self.subscription_id,
-                "client_id": self.own_client_id, "client_secret": self._secret, "authority": self.arm_url,
+                "client_id": self.own_client_id, "client_secret_env": self.secret_env, "authority": self.arm_url,
                 "graph_url": self.graph_url, "arm_url": self.arm_url, "ca_pem": self.standin.ca_pem,
                 "own_object_id": self.own_sp_id}
 
