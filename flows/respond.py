@@ -390,19 +390,25 @@ def record_failure(flow, flow_run, state) -> None:
 
 
 def _tell_slack_of_failure(case_id: str, flow_run, message: str) -> None:
-    """Show a failed run on its approval message (if it asked in Slack), with the error."""
+    """Show a failed run on its approval message (if it asked in Slack), with the error; a Slack run
+    that failed before asking (no message yet, e.g. ``/cordon run`` with no cloud credentials) is
+    said in the approvers' channel instead, mentioning whoever requested it by hand."""
     from cordon.approvals import slack as slack_approval
     from cordon.approvals.decide import summary_from_ledger, update_safely
     from cordon.approvals.slack import escape
 
+    params = flow_run.parameters or {}
     asked = [r for r in ledger().records(case_id=case_id, kind_prefix="approval.asked")
              if r.payload.get("mode") == "slack" and r.run_id == str(flow_run.id)]
     case = ledger().case(case_id)
-    if not asked or case is None:
+    if case is None or params.get("approval") != "slack":
         return
     try:
-        client = slack_approval.web_client((flow_run.parameters or {}).get("slack") or {})
+        client = slack_approval.web_client(params.get("slack") or {})
     except RuntimeError:
+        return
+    if not asked:
+        _post_failure_before_asking(client, case_id, case, flow_run, message)
         return
     summary = summary_from_ledger(list(ledger().records(case_id=case_id)), case)
     summary.update(status="failed", error=message)
@@ -410,6 +416,31 @@ def _tell_slack_of_failure(case_id: str, flow_run, message: str) -> None:
     update_safely(ledger(), client, where, case_id=case_id, blocks=slack_approval.summary_blocks(summary),
                   text=f"Cordon: {case_id} failed", thread_text=f":x: The run failed: {escape(message)}",
                   run_id=str(flow_run.id))
+
+
+def _post_failure_before_asking(client, case_id: str, case: dict[str, Any], flow_run, message: str) -> None:
+    """Post ``:x: case ... failed before asking for approval: <error>`` in the approvers' channel
+    (``chat.postMessage``), mentioning the ``/cordon run`` requester if there was one; recorded as
+    ``slack.failure_posted`` (or ``slack.post_failed`` when Slack refuses: the run's failure is already
+    in the ledger either way)."""
+    from cordon.approvals.slack import escape
+
+    channel = ((flow_run.parameters or {}).get("slack") or {}).get("channel")
+    if not channel:
+        return
+    requested = [r for r in ledger().records(case_id=case_id, kind_prefix="manual.requested")]
+    requester = ((requested[-1].payload.get("requested_by") or {}).get("slack_user_id") if requested else None)
+    mention = f" <@{escape(str(requester))}>" if requester else ""
+    text = (f":x: Cordon case `{case_id}` ({escape(str(case.get('playbook') or '-'))}) failed before asking for "
+            f"approval; nothing was contained.{mention}\n> {escape(message)[:1500]}")
+    try:
+        resp = client.chat_postMessage(channel=channel, text=text, unfurl_links=False, unfurl_media=False)
+        ledger().append("slack.failure_posted", {"channel": resp.get("channel") or channel, "ts": resp.get("ts"),
+                                                 "mention": requester}, case_id=case_id, run_id=str(flow_run.id),
+                        actor="cordon")
+    except Exception as exc:  # noqa: BLE001 - telling Slack is best effort; the failure itself is recorded
+        ledger().append("slack.post_failed", {"channel": channel, "error": f"{type(exc).__name__}: {exc}"[:500]},
+                        case_id=case_id, run_id=str(flow_run.id), actor="cordon")
 
 
 @flow(name="respond", flow_run_name=run_name, persist_result=True, log_prints=True, on_failure=[record_failure],
