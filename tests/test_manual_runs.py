@@ -257,6 +257,12 @@ NEWLY_RUNNABLE = {
                                                f"roleAssignments/{CRED}"},
     "gcp-oslogin-ssh-key": {"key_name": "users/eve@example.com/sshPublicKeys/0123456789abcdef0123"},
     "aws-federation-token": {"user_name": "mallory", "account_id": "111122223333"},
+    "aws-admin-policy-attached": {"user_name": "mallory", "policy_arn": "arn:aws:iam::aws:policy/AdministratorAccess",
+                                  "account_id": "111122223333"},
+    "aws-admin-inline-policy": {"user_name": "mallory", "policy_name": "backdoor-admin", "account_id": "111122223333"},
+    "azure-service-principal-created": {"object_id": CRED},
+    "gcp-iam-grant": {"binding": "projects/cordon-sandbox#roles/owner#user:eve@example.com"},
+    "azure-directory-role": {"credential": f"62e90394-69f5-4237-9190-012177145e10#{CRED}"},
 }
 
 
