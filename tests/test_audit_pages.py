@@ -261,6 +261,14 @@ def settled_content(page, attempts: int = 20) -> str:
 
 
 @needs_chromium
+def shoot(page, name: str) -> None:
+    """With ``CORDON_SCREENSHOTS=<dir>``, save a full-page PNG of what the browser shows, to look at."""
+    where = os.environ.get("CORDON_SCREENSHOTS")
+    if where:
+        Path(where).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(where) / f"{name}.png"), full_page=True)
+
+
 def test_managers_read_the_pages_in_a_real_browser(site):
     from playwright.sync_api import sync_playwright
 
@@ -299,6 +307,7 @@ def test_managers_read_the_pages_in_a_real_browser(site):
             expected = [s.case_id for s in list_cases(ledger)]
             assert [rows.nth(i).get_attribute("data-case") for i in range(rows.count())] == expected
             assert real_id in expected and len(expected) == 5
+            shoot(page, "cases")
 
             # the figures in the list are the ledger's
             row = page.locator(f'#cases tr[data-case="{a.case_id}"]')
@@ -324,6 +333,7 @@ def test_managers_read_the_pages_in_a_real_browser(site):
             assert "slack:U0APPROVER" in approval and "Alice Approver" in approval and "T0WORKSPACE" in approval
             kinds = [e.get_attribute("data-kind") for e in page.locator("#timeline tr.entry").all()]
             assert kinds == [r.kind for r in a.records]
+            shoot(page, "case")
 
             # the real flow's case: its timeline as the respond flow wrote it
             page.goto(f"{site['url']}/audit/cases/{real_id}")
@@ -358,6 +368,7 @@ def test_managers_read_the_pages_in_a_real_browser(site):
                 assert cells[5:] == [format_seconds(v) for v in (f.tta_median, f.tta_p95, f.ttc_median, f.ttc_p95)]
             month = page.locator("#by-month tbody tr").first.locator("td").all_inner_texts()
             assert month[1] == "5"
+            shoot(page, "metrics")
 
             # every decision with its approver
             page.goto(f"{site['url']}/audit/approvals?decision=deny")
