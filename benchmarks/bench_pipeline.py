@@ -5,7 +5,7 @@ Team corpus events from ``../shared/data/real`` sprinkled in at about 1 %, the w
 events are rare in real trails), then in a fresh child process per measurement, pinned to one CPU:
 
 * ``json.loads`` of every line (the floor),
-* ``cordon.detections.pipeline.detect(read_inputs([file]), RuleSet.load(config/rules))``: every
+* ``cordon.detections.pipeline.detect(read_inputs([file]), RuleSet.load(cordon/defaults/rules))``: every
   record read and classified, every CloudTrail event evaluated against the shipped rules, every
   match normalised into a ``Detection``.
 

@@ -296,14 +296,14 @@ BUILTIN_PROVIDERS = ("aws", "azure", "gcp")
 
 
 def load_builtin_actions() -> None:
-    """Import the provider modules in ``actions/`` (``actions.aws``, ``actions.azure``,
-    ``actions.gcp``) that exist, so their actions register. A module that is absent is skipped;
+    """Import the provider modules in ``cordon/actions/`` (``cordon.actions.aws``, ``cordon.actions.azure``,
+    ``cordon.actions.gcp``) that exist, so their actions register. A module that is absent is skipped;
     an import error inside a module that exists propagates."""
     import importlib
     import importlib.util
 
     for provider in BUILTIN_PROVIDERS:
-        module = f"actions.{provider}"
+        module = f"cordon.actions.{provider}"
         if importlib.util.find_spec(module) is not None:
             importlib.import_module(module)
 

@@ -40,7 +40,9 @@ def _version(value: bool) -> None:
 
         import prefect
 
-        out.print(f"cordon {version('cordon')} (Prefect {prefect.__version__}, Python {sys.version.split()[0]})")
+        from cordon import DISTRIBUTION
+
+        out.print(f"cordon {version(DISTRIBUTION)} (Prefect {prefect.__version__}, Python {sys.version.split()[0]})")
         raise typer.Exit()
 
 
@@ -81,6 +83,26 @@ def _responder():
         raise typer.Exit(1) from None
 
 
+def _sandboxes():
+    """The local stand-ins (:class:`cordon.sandbox.Sandboxes`), or one line naming the extra that
+    installs them (moto, trustme) and exit 1."""
+    import importlib.util
+
+    try:
+        from cordon.sandbox import Sandboxes
+
+        for needed in ("moto", "trustme"):  # the stand-ins import them when they start
+            if importlib.util.find_spec(needed) is None:
+                raise ImportError(f"No module named '{needed}'")
+    except ImportError as exc:
+        from cordon import DISTRIBUTION
+
+        hint = escape(f"{exc}; install it with pip install '{DISTRIBUTION}[sandbox]'")
+        err.print(f"[red]the sandbox is not installed:[/red] {hint}", highlight=False)
+        raise typer.Exit(1) from None
+    return Sandboxes()
+
+
 def _require_approvers(config=None, playbooks=None) -> None:
     """The Slack path starts only with approvers configured
     (:func:`cordon.approvals.policy.require_approvers`); otherwise one line and exit 1."""
@@ -116,15 +138,11 @@ def respond(
     responder = _responder()
     if approve is ApproveMode.slack:
         _require_approvers(responder.config, responder.playbooks)
+    sb = _sandboxes() if sandbox else None  # before intake: a missing sandbox opens no case
     stdin = sys.stdin.buffer if "-" in paths else None
     report = responder.intake(paths, stdin=stdin)
     _print_intake(report, output)
 
-    sb = None
-    if sandbox:
-        from cordon.sandbox import Sandboxes
-
-        sb = Sandboxes()
     slack = _slack_settings(responder) if approve is ApproveMode.slack else None
     errors = 0
     try:
@@ -448,9 +466,7 @@ def run_playbook(
     responder = _responder()
     sb = None
     if sandbox:
-        from cordon.sandbox import Sandboxes
-
-        sb = Sandboxes()
+        sb = _sandboxes()
     slack = _slack_settings(responder) if approve is ApproveMode.slack else None
     try:
         params = parse_pairs(param or [], playbook)
@@ -517,7 +533,7 @@ def worker(name: Annotated[str, typer.Option(help="Deployment name.")] = "respon
     Refuses to start (exit 1) while no Slack approvers are configured (approval.approvers in cordon.yaml)."""
     _prefect_defaults()
     _require_approvers()
-    from flows.respond import serve
+    from cordon.flows.respond import serve
 
     serve(name, sweeper_interval=sweep_every or None)
 

@@ -1,6 +1,7 @@
-"""Cordon's configuration: the folder in ``CORDON_CONFIG`` (default: the project's ``config/``).
+"""Cordon's configuration: the folder in ``CORDON_CONFIG`` (default: the shipped ``cordon/defaults/``,
+package data, so an installed wheel finds it from any directory).
 
-``config/cordon.yaml`` holds the rules and playbooks locations, the protected principals and the
+``cordon.yaml`` holds the rules and playbooks locations, the protected principals and the
 Slack settings; secrets come from the environment only (``CORDON_SLACK_BOT_TOKEN``,
 ``CORDON_SLACK_SIGNING_SECRET``, ``CORDON_WEBHOOK_TOKEN``), never from files.
 ``CORDON_SLACK_CHANNEL`` overrides ``slack.channel``. The ledger's checkpoint signing key is
@@ -20,7 +21,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+#: The configuration shipped inside the package (``cordon.yaml``, ``rules/``, ``playbooks/``): what
+#: an installed Cordon uses when ``CORDON_CONFIG`` is not set, found from the package, not a checkout.
+DEFAULTS = Path(__file__).resolve().with_name("defaults")
 
 
 class ConfigError(ValueError):
@@ -55,8 +58,8 @@ class Config:
 
 
 def config_dir() -> Path:
-    """``CORDON_CONFIG`` or the project's ``config/``."""
-    return Path(os.environ.get("CORDON_CONFIG") or PROJECT_ROOT / "config").resolve()
+    """``CORDON_CONFIG`` or the shipped configuration (:data:`DEFAULTS`, package data)."""
+    return Path(os.environ.get("CORDON_CONFIG") or DEFAULTS).resolve()
 
 
 class _Strict(BaseModel):
@@ -99,8 +102,8 @@ class CordonYaml(_Strict):
     ``protected_principal:`` or ``chanel:`` is refused, not ignored). ``aws:`` is checked by
     :func:`cordon.aws_accounts.aws_accounts_from_raw`."""
 
-    rules: str = "rules"
-    playbooks: str = "../playbooks"
+    rules: str | None = None  # relative to the folder; absent: the shipped rules (cordon/defaults/rules)
+    playbooks: str | None = None  # absent: the shipped playbooks (cordon/defaults/playbooks)
     protected_principals: list[str] = []
     slack: SlackSection | None = None
     approval: ApprovalSection | None = None
@@ -209,8 +212,9 @@ def load_config(directory: str | Path | None = None) -> Config:
     approvers = slack.get("approvers") or []
     return Config(
         directory=d,
-        rules_dir=(d / data.get("rules", "rules")).resolve(),
-        playbooks_dir=(d / data.get("playbooks", "../playbooks")).resolve(),
+        # without ``rules:`` / ``playbooks:`` a configuration folder uses the shipped ones
+        rules_dir=(d / data["rules"]).resolve() if data.get("rules") else DEFAULTS / "rules",
+        playbooks_dir=(d / data["playbooks"]).resolve() if data.get("playbooks") else DEFAULTS / "playbooks",
         protected_principals=protected,
         slack_channel=os.environ.get("CORDON_SLACK_CHANNEL") or str(slack.get("channel", "")),
         approvers=[str(a) for a in approvers],

@@ -211,7 +211,7 @@ class Responder:
             return {**self.summary_without_run(ticket), "status": "claimed_elsewhere"}
         from prefect import tags
 
-        from flows.respond import respond
+        from cordon.flows.respond import respond
 
         try:
             with tags(*run_tags(ticket)):

@@ -7,7 +7,7 @@ applies, for the actions the playbooks in use actually reference (or every regis
 * AWS: an IAM policy document (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_grammar.html),
   one ``Allow`` statement per action (``Sid`` from its name), ``sts:GetCallerIdentity`` for the
   guard's own-identity check, and a ``Deny`` on IAM writes to the protected principals of
-  ``config/cordon.yaml`` (defence in depth behind the guard). With several accounts
+  ``cordon/defaults/cordon.yaml`` (defence in depth behind the guard). With several accounts
   (:mod:`cordon.aws_accounts`) the hub principal's policy also allows ``sts:AssumeRole`` on the
   member roles, and ``aws-member`` is the member role: its trust policy (the hub principal, an
   ``sts:ExternalId`` condition, session names ``cordon-*``;

@@ -41,7 +41,7 @@ Liveness rules (:func:`check_case`), for the newest attempt:
 
 Who recovers what (:func:`recover`): a case is run again with its recorded approval mode, never a
 weaker one: ``cordon respond --approve M`` re-runs (in process) the stranded cases recorded with
-mode ``M``; the worker's sweep (``flows/sweeper.py``) and ``cordon serve`` at start submit the
+mode ``M``; the worker's sweep (``cordon/flows/sweeper.py``) and ``cordon serve`` at start submit the
 ``slack`` and ``auto`` cases to the ``respond`` deployment. A case whose mode is unknown (its
 opener died before requesting a run) is taken only by a path where a person approves (``slack``,
 ``console``). An in-process sandbox run (``cloud.sandbox``) is re-run only by ``cordon respond

@@ -1,4 +1,4 @@
-"""The steps of a response, as plain functions beneath the Prefect flow in ``flows/respond.py``.
+"""The steps of a response, as plain functions beneath the Prefect flow in ``cordon/flows/respond.py``.
 
 The flow orders these steps, waits and retries; everything here is testable without Prefect:
 

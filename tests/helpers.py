@@ -26,7 +26,7 @@ TEST_APPROVERS = ("U0ALICE01", "U0BOB0002", "U0CAROL03")
 
 def config_with_approvers(dest: Any, users: Any = TEST_APPROVERS, copy_playbooks: bool = False) -> Any:
     """A configuration folder ``dest/config`` for the Slack path, which needs approvers (closed by
-    default): the shipped ``config/cordon.yaml`` with ``approval.approvers.users`` set to
+    default): the shipped ``cordon/defaults/cordon.yaml`` with ``approval.approvers.users`` set to
     ``users``, the shipped rules linked, and the shipped playbooks linked as ``dest/playbooks``
     (copied with ``copy_playbooks``, so a test may edit them). Returns the folder; point
     ``CORDON_CONFIG`` at it (workers started afterwards inherit it)."""
@@ -39,12 +39,13 @@ def config_with_approvers(dest: Any, users: Any = TEST_APPROVERS, copy_playbooks
     dest = Path(dest)
     cfg = dest / "config"
     cfg.mkdir(parents=True)
-    data = yaml.safe_load((repo / "config" / "cordon.yaml").read_text())
+    data = yaml.safe_load((repo / "cordon" / "defaults" / "cordon.yaml").read_text())
+    data["playbooks"] = "../playbooks"
     data.setdefault("approval", {}).setdefault("approvers", {})["users"] = list(users)
     (cfg / "cordon.yaml").write_text(yaml.safe_dump(data))
-    (cfg / "rules").symlink_to(repo / "config" / "rules")
+    (cfg / "rules").symlink_to(repo / "cordon" / "defaults" / "rules")
     if copy_playbooks:
-        shutil.copytree(repo / "playbooks", dest / "playbooks")
+        shutil.copytree(repo / "cordon" / "defaults" / "playbooks", dest / "playbooks")
     else:
-        (dest / "playbooks").symlink_to(repo / "playbooks")
+        (dest / "playbooks").symlink_to(repo / "cordon" / "defaults" / "playbooks")
     return cfg

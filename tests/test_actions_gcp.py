@@ -233,7 +233,7 @@ def test_throttling_and_5xx_are_retried_by_the_client(gcp, sa_key, status):
 
 def test_persistent_5xx_fails_and_changes_nothing(gcp, sa_key):
     gcp.fail_next(f"POST {IAM_KEYS}", 500, times=10)
-    import actions.gcp as gcp_actions
+    import cordon.actions.gcp as gcp_actions
 
     old = gcp_actions.NUM_RETRIES
     gcp_actions.NUM_RETRIES = 1  # one retry keeps the back-off short; the library does the retrying

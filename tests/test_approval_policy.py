@@ -85,14 +85,14 @@ class Clock:
 
 class PausedRun:
     """Prefect's side of ``resume_flow_run`` for one suspended run: the input must validate against
-    ``flows.respond.ApprovalInput`` (as the Prefect server validates it), and a run that was
+    ``cordon.flows.respond.ApprovalInput`` (as the Prefect server validates it), and a run that was
     already resumed is not paused any more (Prefect raises ``NotPausedError``)."""
 
     def __init__(self):
         self.inputs: list[tuple[str, dict]] = []
 
     def __call__(self, run_id: str, run_input: dict) -> None:
-        from flows.respond import ApprovalInput
+        from cordon.flows.respond import ApprovalInput
 
         if self.inputs:
             raise RuntimeError(f"Flow run {run_id} is not paused.")
@@ -103,11 +103,12 @@ class PausedRun:
 def write_config(tmp: Path, approval: dict, global_approval: dict) -> Path:
     """A config folder: the shipped rules and the access-key playbook with ``approval`` replaced."""
     (tmp / "playbooks").mkdir(parents=True)
-    book = yaml.safe_load((REPO / "playbooks" / "aws-access-key-created.yaml").read_text())
+    book = yaml.safe_load((REPO / "cordon" / "defaults" / "playbooks" / "aws-access-key-created.yaml").read_text())
     book["approval"] = approval
     (tmp / "playbooks" / "aws-access-key-created.yaml").write_text(yaml.safe_dump(book, sort_keys=False))
-    base = yaml.safe_load((REPO / "config" / "cordon.yaml").read_text())
-    base.update(rules=str(REPO / "config" / "rules"), playbooks=str(tmp / "playbooks"), approval=global_approval)
+    base = yaml.safe_load((REPO / "cordon" / "defaults" / "cordon.yaml").read_text())
+    base.update(rules=str(REPO / "cordon" / "defaults" / "rules"), playbooks=str(tmp / "playbooks"),
+                approval=global_approval)
     (tmp / "cordon.yaml").write_text(yaml.safe_dump(base))
     return tmp
 
@@ -614,12 +615,12 @@ def test_require_approvers_refuses_the_slack_path_without_approvers(tmp_path):
     from cordon.approvals.policy import require_approvers
     from cordon.playbooks.schema import load_playbooks
 
-    shipped = load_config(REPO / "config")
+    shipped = load_config(REPO / "cordon" / "defaults")
     if not (load_settings(shipped).users or load_settings(shipped).groups):
         with pytest.raises(ConfigError) as err:
             require_approvers(shipped)
         text = str(err.value)
-        assert str(REPO / "config" / "cordon.yaml") in text and "nor does any playbook" in text
+        assert str(REPO / "cordon" / "defaults" / "cordon.yaml") in text and "nor does any playbook" in text
         assert "Set approval.approvers.users (Slack user IDs, U...) and/or approval.approvers.groups" in text
     # global approvers: fine
     require_approvers(load_config(write_config(tmp_path / "a", {"required": True}, GLOBAL)))

@@ -1,7 +1,7 @@
 """The ledger's readers (cordon.audit.query / export / report) on SQLite and PostgreSQL.
 
 Cases are written through the Ledger's own API (open_case, append, set_case) in the order and
-with the payload shapes the engine and flows/respond.py write them; the large range for the
+with the payload shapes the engine and cordon/flows/respond.py write them; the large range for the
 streaming test is a valid hash chain inserted in one transaction (and checked with verify()).
 """
 

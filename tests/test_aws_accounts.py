@@ -61,9 +61,9 @@ def section(**extra) -> dict:
 def write_config(directory: Path, aws_section: dict | None) -> Path:
     """A config folder using the project's rules and playbooks, with ``aws_section``."""
     directory.mkdir(parents=True, exist_ok=True)
-    data = yaml.safe_load((REPO / "config" / "cordon.yaml").read_text())
-    data["rules"] = str(REPO / "config" / "rules")
-    data["playbooks"] = str(REPO / "playbooks")
+    data = yaml.safe_load((REPO / "cordon" / "defaults" / "cordon.yaml").read_text())
+    data["rules"] = str(REPO / "cordon" / "defaults" / "rules")
+    data["playbooks"] = str(REPO / "cordon" / "defaults" / "playbooks")
     if aws_section is not None:
         data["aws"] = aws_section
     (directory / "cordon.yaml").write_text(yaml.safe_dump(data))
@@ -167,7 +167,7 @@ def test_bad_aws_sections_name_the_field(tmp_path, monkeypatch, aws_section, fie
 
 
 def test_the_commented_example_in_cordon_yaml_parses():
-    text = (REPO / "config" / "cordon.yaml").read_text().split("\n# aws:\n", 1)[1]
+    text = (REPO / "cordon" / "defaults" / "cordon.yaml").read_text().split("\n# aws:\n", 1)[1]
     body = "aws:\n" + "\n".join(line[2:] for line in text.splitlines() if line.startswith("# "))
     accounts = aws_accounts_from_raw(yaml.safe_load(body))
     assert accounts.role_name == ROLE and accounts.hub_account == "111122223333"

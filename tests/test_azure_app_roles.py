@@ -137,7 +137,7 @@ def test_missing_role_id_and_failed_grant():
 
 
 def test_every_privileged_value_is_the_one_shared_list():
-    import actions.azure as azure_actions
+    import cordon.actions.azure as azure_actions
 
     assert azure_actions.RISKY_GRAPH_PERMISSIONS is RISKY_GRAPH_PERMISSIONS
     assert {"RoleManagement.ReadWrite.Directory", "AppRoleAssignment.ReadWrite.All", "Application.ReadWrite.All",
@@ -145,8 +145,8 @@ def test_every_privileged_value_is_the_one_shared_list():
 
 
 def test_shipped_rule_matches_and_routing_splits_contain_from_triage():
-    shipped = RuleSet.load(REPO / "config" / "rules")
-    books = load_playbooks(REPO / "playbooks")
+    shipped = RuleSet.load(REPO / "cordon" / "defaults" / "rules")
+    books = load_playbooks(REPO / "cordon" / "defaults" / "playbooks")
     for value, role, book in (("RoleManagement.ReadWrite.Directory", RMRWD, "azure-app-role-assignment"),
                               ("Mail.Read", MAIL_READ, "azure-app-role-assignment-triage")):
         data = json.dumps(app_role_grant_record(value, role)).encode()

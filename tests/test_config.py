@@ -15,19 +15,20 @@ from cordon.config import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 CORDON = str(Path(sys.executable).with_name("cordon"))
-SHIPPED = (REPO / "config" / "cordon.yaml").read_text()
+SHIPPED = (REPO / "cordon" / "defaults" / "cordon.yaml").read_text()
 
 
 def write(tmp_path: Path, text: str) -> Path:
     d = tmp_path / "cfg"
     d.mkdir(exist_ok=True)
     (d / "cordon.yaml").write_text(text)
-    (d / "rules").symlink_to(REPO / "config" / "rules")
+    (d / "rules").symlink_to(REPO / "cordon" / "defaults" / "rules")
+    (d / "playbooks").symlink_to(REPO / "cordon" / "defaults" / "playbooks")
     return d
 
 
 def test_the_shipped_configuration_is_valid():
-    config = load_config(REPO / "config")
+    config = load_config(REPO / "cordon" / "defaults")
     assert "arn:aws:iam::*:root" in config.protected_principals and config.slack_channel
 
 
@@ -72,7 +73,7 @@ def cli(*args: str, config: Path, extra: dict | None = None) -> subprocess.Compl
 
 
 def test_config_validate_and_the_long_running_parts_refuse_a_bad_file(tmp_path):
-    good = cli("config", "validate", config=REPO / "config")
+    good = cli("config", "validate", config=REPO / "cordon" / "defaults")
     assert good.returncode == 0, good.stderr
     assert "28 playbook(s) valid" not in good.stderr and "playbook(s) valid" in good.stdout
     text = SHIPPED.replace("protected_principals:", "protected_principal:", 1).replace(

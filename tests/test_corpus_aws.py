@@ -232,7 +232,7 @@ def test_stratus_through_sigma_rules():
     from cordon.detections.pipeline import DetectStats, detect
     from cordon.sigma import RuleSet
 
-    rules = RuleSet.load(Path(__file__).resolve().parents[1] / "config" / "rules")
+    rules = RuleSet.load(Path(__file__).resolve().parents[1] / "cordon" / "defaults" / "rules")
     stats = DetectStats()
     out = list(detect(read_inputs(STRATUS), rules, stats))
     assert not [r for r in out if isinstance(r, Rejected)]

@@ -122,7 +122,7 @@ def panther_cases() -> dict[tuple[str, str], tuple[bool, dict]]:
 
 @pytest.fixture(scope="module")
 def shipped() -> RuleSet:
-    return RuleSet.load(REPO / "config" / "rules")
+    return RuleSet.load(REPO / "cordon" / "defaults" / "rules")
 
 
 def test_corpus_present():

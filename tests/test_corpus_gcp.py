@@ -49,7 +49,7 @@ DUMMY = SimpleNamespace(id="corpus-dummy", title="dummy", path=None, level="medi
 
 @pytest.fixture(scope="module")
 def shipped() -> RuleSet:
-    return RuleSet.load(REPO / "config" / "rules")
+    return RuleSet.load(REPO / "cordon" / "defaults" / "rules")
 
 
 def panther_cases() -> dict[tuple[str, str], tuple[bool, dict]]:

@@ -253,8 +253,12 @@ def test_opposite_clicks_at_the_same_moment_never_lose_a_deny(race_config, stack
         final = stack["slack"].message(CHANNEL, message_ts[case_id])  # updated in place: denied, no buttons
         assert "cordon_approve" not in json.dumps(final["blocks"]) and "cordon_deny" not in json.dumps(final["blocks"])
         replies = [r["text"] for r in stack["slack"].replies(CHANNEL, message_ts[case_id])]
-        assert replies[-1] in ("Denied by <@U0BOB0002>.",
-                               "Denied by <@U0BOB0002> before containment started; nothing was changed."), replies
+        # the reason typed in the Deny dialog is in the final message and its thread reply (issue 11)
+        reason = "Reason: race test: U0BOB0002 denies"
+        assert replies[-1] in (f"Denied by <@U0BOB0002>. {reason}",
+                               f"Denied by <@U0BOB0002> before containment started; nothing was changed. {reason}"), \
+            replies
+        assert reason in json.dumps(final["blocks"]), final["blocks"]
 
     # -- the storm: one settling decision; the nine others told; nothing contained
     records = list(ledger.records(case_id=storm["case_id"]))

@@ -29,7 +29,7 @@ def no_aws_credentials(tmp_path, monkeypatch):
 
 def test_a_slack_run_failing_before_it_asks_is_said_in_the_channel(tmp_path, monkeypatch, prefect_server,
                                                                     no_aws_credentials):
-    from flows.respond import respond
+    from cordon.flows.respond import respond
 
     url = f"sqlite:///{tmp_path}/ledger.db"
     monkeypatch.setenv("CORDON_DATABASE_URL", url)

@@ -28,7 +28,7 @@ from cordon.detections.pipeline import DetectStats, detect
 from cordon.sigma import RuleSet, SigmaMatch
 
 REPO = Path(__file__).resolve().parents[1]
-GCP_RULES = REPO / "config" / "rules" / "gcp"
+GCP_RULES = REPO / "cordon" / "defaults" / "rules" / "gcp"
 
 MATCH = SigmaMatch(
     id="rule-1", title="A rule", path="x.yml", level="high", technique_ids=(), tags=(), author=None, references=()

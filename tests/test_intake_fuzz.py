@@ -50,7 +50,7 @@ def _corpus() -> list[dict]:
 
 
 CORPUS = _corpus()
-RULES = RuleSet.load(REPO / "config" / "rules")
+RULES = RuleSet.load(REPO / "cordon" / "defaults" / "rules")
 
 
 def _deep(n: int) -> object:

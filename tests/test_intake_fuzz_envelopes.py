@@ -60,7 +60,7 @@ REPO = Path(__file__).resolve().parents[1]
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 EXAMPLES = int(os.environ.get("CORDON_FUZZ_EXAMPLES", "300"))
 ORIGIN = "fuzz-input"
-RULES = RuleSet.load(REPO / "config" / "rules")
+RULES = RuleSet.load(REPO / "cordon" / "defaults" / "rules")
 
 
 # -- seeds ----------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ EVENT = json.loads((REPO / "examples" / "cloudtrail-create-access-key.json").rea
 
 @pytest.fixture(scope="module")
 def rules() -> RuleSet:
-    return RuleSet.load(REPO / "config" / "rules")
+    return RuleSet.load(REPO / "cordon" / "defaults" / "rules")
 
 
 def run(rules: RuleSet, body: str) -> tuple[list, list[Rejected], DetectStats]:

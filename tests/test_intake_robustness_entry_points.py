@@ -1,7 +1,7 @@
 """One record never stops the input (issue 10, item 3), through the entry points a user reaches:
 files read by :func:`~cordon.detections.intake.read_inputs`, webhook bodies read by
 :func:`~cordon.detections.intake.read_bytes`, :func:`~cordon.detections.pipeline.detect` with the
-shipped Sigma rules (``config/rules``), and :meth:`cordon.engine.Responder.intake` writing dead
+shipped Sigma rules (``cordon/defaults/rules``), and :meth:`cordon.engine.Responder.intake` writing dead
 letters to a real SQLite ledger. Complements ``tests/test_intake_robustness.py`` with: nesting at
 the issue's ~1,000 levels and far beyond, read from files in all three layouts, with line numbers
 and the kept raw text; the exact field path at ``MAX_DEPTH + 1``; the engine's dead-letter write;
@@ -43,7 +43,7 @@ OID = "http://schemas.microsoft.com/identity/claims/objectidentifier"
 
 @pytest.fixture(scope="module")
 def rules() -> RuleSet:
-    return RuleSet.load(REPO / "config" / "rules")
+    return RuleSet.load(REPO / "cordon" / "defaults" / "rules")
 
 
 def key_event(i: int, **extra) -> dict:
@@ -161,7 +161,7 @@ def test_lone_surrogate_is_dead_lettered_and_stored_in_a_sqlite_ledger(tmp_path,
 
     # The same input through the engine, which writes dead letters to a real SQLite ledger.
     ledger = Ledger(f"sqlite:///{tmp_path}/ledger.db")
-    report = Responder(config=load_config(REPO / "config"), ledger=ledger).intake([p])
+    report = Responder(config=load_config(REPO / "cordon" / "defaults"), ledger=ledger).intake([p])
     assert [(r.position, r.field) for r in report.rejected] == [(1, "userAgent")]
     assert report.records_read == 3 and len(report.cases) == 2
     [row] = ledger.dead_letters()

@@ -35,7 +35,7 @@ AWS_PARAMS = {"access_key_id": KEY, "user_name": "build-bot", "account_id": "111
 
 @pytest.fixture(scope="module")
 def playbooks():
-    return load_playbooks(REPO / "playbooks")
+    return load_playbooks(REPO / "cordon" / "defaults" / "playbooks")
 
 
 # -- the schema at load ------------------------------------------------------------------------
@@ -94,7 +94,7 @@ def test_bad_parameters_name_the_parameter_and_the_file(playbooks):
     with pytest.raises(ManualRunError) as info:
         validate_params(pb, {**AWS_PARAMS, "access_key_id": "AKIA-not-a-key"})
     msg = str(info.value)
-    assert msg.startswith("playbooks/aws-access-key-created.yaml: playbook 'aws-access-key-created': "
+    assert msg.startswith("cordon/defaults/playbooks/aws-access-key-created.yaml: playbook 'aws-access-key-created': "
                           "parameter 'access_key_id':") or f"{REPO}/playbooks/aws-access-key-created.yaml" in msg
     assert "does not match ^AKIA[A-Z0-9]{16}$" in msg and info.value.errors.keys() == {"access_key_id"}
 

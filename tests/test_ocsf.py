@@ -131,7 +131,7 @@ def _write(tmp_path: Path, name: str, doc: Any) -> Path:
 def _flow(led: Ledger, case_id: str, *, identity: str, action: str, target: str, calls: list[dict[str, Any]],
           status: str = "contained", close: str | None = "contained", error: str | None = None,
           before: dict[str, Any] | None = None, after: dict[str, Any] | None = None) -> None:
-    """The records flows/respond.py writes after intake, in its payload shapes."""
+    """The records cordon/flows/respond.py writes after intake, in its payload shapes."""
     run = "run-" + case_id[-8:]
     led.append("run.started", {"playbook": "p", "approval_mode": "auto"}, case_id=case_id, run_id=run,
                   actor="cordon")

@@ -20,7 +20,7 @@ from cordon.detections.model import record_sha256
 from cordon.detections.securityhub import consolidated_control, detection_from_asff
 
 MATCH = SimpleNamespace(id="5f2a7c3e-0000-4000-8000-000000000001", title="AWS access key created",
-                        path="config/rules/aws/access_key.yml", level="high", technique_ids=["T1098.001"])
+                        path="cordon/defaults/rules/aws/access_key.yml", level="high", technique_ids=["T1098.001"])
 BARE = SimpleNamespace(id="bare", title="bare", path=None, level=None, technique_ids=[])
 
 IAM_USER = {

@@ -38,7 +38,7 @@ def test_aws_policy_grants_exactly_what_the_playbooks_actions_declare():
 def test_only_the_actions_of_the_playbooks_in_use_are_granted(tmp_path):
     (tmp_path / "playbooks").mkdir()
     (tmp_path / "playbooks" / "aws-login-profile.yaml").write_text(
-        (REPO / "playbooks" / "aws-login-profile.yaml").read_text())
+        (REPO / "cordon" / "defaults" / "playbooks" / "aws-login-profile.yaml").read_text())
     (tmp_path / "cordon.yaml").write_text("playbooks: playbooks\nprotected_principals: []\n")
     config = load_config(tmp_path)
     names = {cls.name for cls in actions_in_use(config)}

@@ -79,10 +79,10 @@ def test_finding_without_credential_goes_to_triage():
 ])
 def test_bad_playbooks_name_file_line_and_field(text, field, line):
     with pytest.raises(PlaybookError) as exc:
-        load_playbook_text(text, "playbooks/broken.yaml")
+        load_playbook_text(text, "cordon/defaults/playbooks/broken.yaml")
     assert exc.value.field == field
     assert exc.value.line == line
-    assert str(exc.value).startswith(f"playbooks/broken.yaml:{line}: field '{field}'")
+    assert str(exc.value).startswith(f"cordon/defaults/playbooks/broken.yaml:{line}: field '{field}'")
 
 
 def test_enrich_action_under_contain_is_refused():

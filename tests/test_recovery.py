@@ -431,7 +431,7 @@ def test_only_one_process_claims_an_attempt(ledger_url):
 def harness_deployment(prefect_server):
     """The ``respond`` flow registered as ``respond/respond`` on Prefect's test server (no worker:
     its runs stay SCHEDULED)."""
-    from flows.respond import respond
+    from cordon.flows.respond import respond
 
     respond.to_deployment(name="respond").apply()
 

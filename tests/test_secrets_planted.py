@@ -186,12 +186,12 @@ def config_with_approvers(tmp_path, monkeypatch) -> Path:
     """The shipped configuration with an approver (alice) named, in ``tmp_path`` (``CORDON_CONFIG``)."""
     cfg = tmp_path / "config"
     cfg.mkdir()
-    data = yaml.safe_load((REPO / "config" / "cordon.yaml").read_text())
+    data = yaml.safe_load((REPO / "cordon" / "defaults" / "cordon.yaml").read_text())
     data.setdefault("approval", {}).setdefault("approvers", {})["users"] = ["U0ALICE01"]
     data["approval"]["identities"] = {"U0ALICE01": ["alice@corp.example"]}
     (cfg / "cordon.yaml").write_text(yaml.safe_dump(data))
-    (cfg / "rules").symlink_to(REPO / "config" / "rules")
-    (tmp_path / "playbooks").symlink_to(REPO / "playbooks")
+    (cfg / "rules").symlink_to(REPO / "cordon" / "defaults" / "rules")
+    (tmp_path / "playbooks").symlink_to(REPO / "cordon" / "defaults" / "playbooks")
     monkeypatch.setenv("CORDON_CONFIG", str(cfg))
     return cfg
 
@@ -306,8 +306,8 @@ def test_planted_secrets_stay_out_of_prefect_slack_and_the_ledger_on_the_durable
 
 def test_thread_replies_escape_attacker_text():
     """What the run replies in the approval thread cannot mention @channel or make a link: the
-    target and the cloud's error message are attacker-influenced (flows/respond.py step_line)."""
-    from flows.respond import _who, step_line
+    target and the cloud's error message are attacker-influenced (cordon/flows/respond.py step_line)."""
+    from cordon.flows.respond import _who, step_line
 
     evil = {"name": "azure.remove-sp-password", "target": "<!channel> payments&api", "status": "failed",
             "error": "Forbidden: see <https://evil.example|the fix>"}

@@ -485,7 +485,10 @@ def test_summary_blocks_from_the_flow_summary(standin, monkeypatch):
     assert not buttons(msg["blocks"])
     refusal = {"decision": "deny", "approver": "slack:U0BOB0002"}
     denied = all_text(sb({**summary, "status": "denied", "approval": refusal, "actions": [], "verification": []}))
-    assert "Denied by <@U0BOB0002>" in denied
+    assert "Denied by <@U0BOB0002>" in denied and "Reason:" not in denied
+    because = {**refusal, "reason": "rotation by <!channel> the release team"}
+    denied = all_text(sb({**summary, "status": "denied", "approval": because, "actions": [], "verification": []}))
+    assert "Reason: rotation by &lt;!channel&gt; the release team" in denied  # the typed reason, escaped
     monkeypatch.delenv("CORDON_SLACK_BOT_TOKEN")
     with pytest.raises(RuntimeError):
         web_client({"base_url": standin.base_url})
@@ -598,7 +601,7 @@ def entra_detection() -> dict:
 
     repo = Path(__file__).resolve().parents[1]
     example = repo / "examples" / "entra-add-sp-credentials.json"
-    rules = RuleSet.load(load_config(repo / "config").rules_dir)
+    rules = RuleSet.load(load_config(repo / "cordon" / "defaults").rules_dir)
     (det,) = [d for d in detect(read_inputs([example]), rules) if isinstance(d, Detection)]
     return det.summary()
 

@@ -3,7 +3,7 @@
 The production shape on one machine (the ``stack`` of ``tests/test_durability.py``: a Prefect
 server and a worker as child processes, the Slack stand-in, the AWS sandbox, Cordon's server): a
 case is submitted to the ``respond`` deployment, posts its approval request and suspends. Nobody
-answers; the sweeper flow (``flows/sweeper.py``, run here in-process with its clock set past
+answers; the sweeper flow (``cordon/flows/sweeper.py``, run here in-process with its clock set past
 ``expires_at``, no sleeping) resumes the run with an ``expired`` decision; the worker finishes it:
 ``approval.expired`` and ``case.closed`` in the ledger, nothing contained, the message updated.
 """
@@ -25,7 +25,7 @@ from tests.test_durability import (  # noqa: F401 - stack and edit_playbook are 
 
 
 def test_sweeper_resumes_an_expired_run_which_ends_cleanly(stack):  # noqa: F811 - the fixture
-    from flows.sweeper import sweep_approvals
+    from cordon.flows.sweeper import sweep_approvals
 
     run_id, case_id = start_paused_case(stack)
     ledger = stack["ledger"]
@@ -69,7 +69,7 @@ def test_sweeper_resumes_an_expired_run_which_ends_cleanly(stack):  # noqa: F811
 def test_expiry_contains_when_the_playbook_says_on_expiry_contain(edit_playbook, stack):  # noqa: F811
     """A high-confidence playbook may say an unanswered request is contained at expiry: the sweeper
     resumes the real run with ``expired`` and the run contains exactly the key, recorded as such."""
-    from flows.sweeper import sweep_approvals
+    from cordon.flows.sweeper import sweep_approvals
 
     edit_playbook("aws-access-key-created.yaml", "  on_expiry: deny\n", "  on_expiry: contain\n")
     run_id, case_id = start_paused_case(stack)

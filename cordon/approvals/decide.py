@@ -13,7 +13,7 @@ approval that reaches the quorum of distinct allowed approvers) goes through :fu
 decision is first appended as an ``approval.decision`` claim, and only the click whose claim is the
 first settling one for the run and plan (:func:`cordon.approvals.gate.settling_claim`: the single
 chain orders the replicas' records) resumes the Prefect run with
-:class:`flows.respond.ApprovalInput`, through Prefect's client (:func:`prefect_resume`: anything
+:class:`cordon.flows.respond.ApprovalInput`, through Prefect's client (:func:`prefect_resume`: anything
 but ``ACCEPT`` is a failure, never taken as success). Every other settling click is told, in an
 ephemeral message, what happened (``already decided: approve by <@U...>``), and its
 ``approval.decision_lost`` record says it did not resume. A Deny that loses to an approval is not
@@ -157,7 +157,7 @@ class Settlement:
 
 def settle(ledger: Ledger, *, case_id: str, run_id: str, plan_hash: str, run_input: dict[str, Any], actor: str,
            resume: Resume, extra: Mapping[str, Any] | None = None) -> Settlement:
-    """Settle an approval request with ``run_input`` (the :class:`flows.respond.ApprovalInput`
+    """Settle an approval request with ``run_input`` (the :class:`cordon.flows.respond.ApprovalInput`
     fields: ``decision``, ``approver``, ``plan_hash``, ``decided_at``, ...), by ledger order.
 
     1. Append the claim ``approval.decision`` (``run_input`` + ``extra``, e.g. ``user_id``).

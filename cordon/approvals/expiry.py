@@ -1,7 +1,7 @@
 """Expiry, reminders and escalation of Slack approval requests: what the sweeper does.
 
 Prefect's own pause timeout only fails a run, with no code of ours running, so Cordon keeps time
-itself: ``flows/sweeper.py`` runs :func:`sweep` on a schedule. For every case whose Slack approval
+itself: ``cordon/flows/sweeper.py`` runs :func:`sweep` on a schedule. For every case whose Slack approval
 request is still open (case status ``awaiting_approval`` and nothing in the ledger settled it,
 :func:`cordon.approvals.decide.waiting_requests`), using the settings the run recorded in its
 ``approval.asked`` record (from the playbook's ``approval`` block):
@@ -9,7 +9,7 @@ request is still open (case status ``awaiting_approval`` and nothing in the ledg
 * at ``expires_at``: settle the request with ``ApprovalInput(decision="expired", on_expiry=...)``
   by ledger order like a click (:func:`cordon.approvals.decide.settle`: an ``approval.decision``
   claim, approver ``cordon:sweeper``; a click's claim recorded first wins and the expiry is
-  ``approval.decision_lost``), and resume the run (``flows/respond.py`` records
+  ``approval.decision_lost``), and resume the run (``cordon/flows/respond.py`` records
   ``approval.expired``, contains only when the playbook's own ``on_expiry`` is ``contain``, updates
   the message and closes the case); ``approval.decision_received`` once Prefect accepted;
 * a settling claim whose owner died before resuming (no outcome after

@@ -50,7 +50,7 @@ CANCELLED_KIND = "containment.cancelled"
 #: Records the flow writes once it has a decision (older ledgers, and the outcome of a resume).
 FLOW_DECISION_KINDS = ("approval.given", "approval.refused", "approval.expired")
 
-#: The run input fields of :class:`flows.respond.ApprovalInput` (what a claim carries to Prefect).
+#: The run input fields of :class:`cordon.flows.respond.ApprovalInput` (what a claim carries to Prefect).
 RUN_INPUT_FIELDS = ("decision", "approver", "approver_name", "team_id", "plan_hash", "decided_at", "approvers",
                     "quorum", "on_expiry")
 
@@ -193,7 +193,7 @@ def claim_containment(ledger: Ledger, case_id: str, run_id: str | None, plan_has
 
 
 def run_input(payload: Mapping[str, Any]) -> dict[str, Any]:
-    """The :class:`flows.respond.ApprovalInput` fields of a claim's payload (``None`` dropped)."""
+    """The :class:`cordon.flows.respond.ApprovalInput` fields of a claim's payload (``None`` dropped)."""
     return {k: payload[k] for k in RUN_INPUT_FIELDS if payload.get(k) is not None}
 
 

@@ -2,7 +2,7 @@
 
 The policy comes from two places:
 
-* ``config/cordon.yaml``, section ``approval`` (global)::
+* ``cordon/defaults/cordon.yaml``, section ``approval`` (global)::
 
       approval:
         approvers: {users: [U0ALICE01], groups: [S0SECOPS1]}   # Slack user / user group IDs
@@ -57,7 +57,7 @@ DEFAULT_GRACE_SECONDS = 3600
 
 @dataclass(frozen=True)
 class ApprovalSettings:
-    """The global approval policy from ``config/cordon.yaml`` (see the module docstring).
+    """The global approval policy from ``cordon/defaults/cordon.yaml`` (see the module docstring).
 
     ``identities`` maps a Slack user ID to cloud identities, lower-cased; times in seconds.
     """

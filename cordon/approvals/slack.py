@@ -407,8 +407,8 @@ def _azure_enrichment_lines(name: str, facts: Mapping[str, Any], credential_uid:
     """Lines for ``azure.service-principal`` (the app and its appId, publisher verified or not, owners,
     the exact credential of the detection by keyId, risky Graph permissions, directory roles, RBAC at
     subscription / management-group scope, sign-ins, parts not read) and ``azure.actor`` (who, from
-    where, whether they own the app). Shapes: :class:`actions.azure.ServicePrincipalFacts`,
-    :class:`actions.azure.ActorFacts`. Anything else gives ``[]`` (the caller summarises it)."""
+    where, whether they own the app). Shapes: :class:`cordon.actions.azure.ServicePrincipalFacts`,
+    :class:`cordon.actions.azure.ActorFacts`. Anything else gives ``[]`` (the caller summarises it)."""
     lines: list[str] = []
     if name == "azure.service-principal":
         if facts.get("exists") is False:
@@ -1107,7 +1107,8 @@ def summary_blocks(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
     ``slack:<user id>`` is rendered as a mention, ``decided_at``), ``actions`` (``name``,
     ``target``, ``status``, ``error``), ``verified`` and ``verification`` (a list with ``held``);
     ``approval.approvers`` (a list) and ``approval.quorum`` show every approver with the count;
-    ``rollback: true`` adds the *Roll back* button; ``error`` (a failed run) is shown as a note;
+    ``rollback: true`` adds the *Roll back* button; ``error`` (a failed run) and a Deny's
+    ``approval.reason`` are shown as a note;
     any of them may be missing.
     """
     status = str(summary.get("status") or "containing")
@@ -1122,6 +1123,8 @@ def summary_blocks(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
     guard = summary.get("guard")
     if status == "refused" and isinstance(guard, Mapping) and guard.get("reason"):
         note = f"Guard: {guard['reason']}"
+    if status == "denied" and approval.get("reason"):
+        note = f"Reason: {approval['reason']}" + (f"\n{note}" if note else "")
     if summary.get("error"):
         note = f"Error: {summary['error']}" + (f"\n{note}" if note else "")
     if summary.get("rollback_note"):

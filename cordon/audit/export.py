@@ -97,7 +97,9 @@ def _version() -> str:
     try:
         from importlib.metadata import version
 
-        return version("cordon")
+        from cordon import DISTRIBUTION
+
+        return version(DISTRIBUTION)
     except Exception:  # noqa: BLE001 - not installed as a distribution
         return "0"
 

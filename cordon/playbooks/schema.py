@@ -1,6 +1,6 @@
 """Playbooks: declarative YAML answering one kind of detection.
 
-A playbook (``playbooks/*.yaml``) is data, not code::
+A playbook (``cordon/defaults/playbooks/*.yaml``) is data, not code::
 
     name: aws-access-key-created
     description: Deactivate an IAM access key created for persistence (T1098.001).
@@ -182,7 +182,7 @@ class Parameter(BaseModel):
 class Approvers(BaseModel):
     """Who may approve: Slack user IDs (``U...``/``W...``) and Slack user group IDs (``S...``),
     resolved with ``usergroups.users.list``. Empty lists mean "the global policy in
-    ``config/cordon.yaml`` decides"."""
+    ``cordon/defaults/cordon.yaml`` decides"."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -211,13 +211,13 @@ class Approval(BaseModel):
 
     ``required: false`` lets containment run without a decision (never the default);
     ``quorum``: distinct approvals needed (unset: 2 for a ``critical`` detection, else 1, or
-    what ``approval.quorum`` in ``config/cordon.yaml`` says); ``approvers``: allowed Slack users
+    what ``approval.quorum`` in ``cordon/defaults/cordon.yaml`` says); ``approvers``: allowed Slack users
     and user groups (added to the global ones); ``expire_after``: how long the request stands;
     ``remind_every``: a reminder in the message's thread at this interval; ``escalate_after`` +
     ``escalate_to`` (a Slack user group ``S...`` or user ``U...``): mention them after this delay,
     and let them approve from then on; ``on_expiry`` says what an unanswered request becomes
     (``deny``, or ``contain`` for high-confidence playbooks that allow it). Durations as
-    :func:`parse_duration`. Expiry, reminders and escalation are done by ``flows/sweeper.py``.
+    :func:`parse_duration`. Expiry, reminders and escalation are done by ``cordon/flows/sweeper.py``.
     """
 
     model_config = ConfigDict(extra="forbid")

@@ -2,7 +2,7 @@
 
 Used by the durability test and the latency benchmark, and by anyone rehearsing the production
 shape on one machine: ``prefect server start`` on a free loopback port with its own
-``PREFECT_HOME`` (SQLite), and workers serving ``flows/respond.py`` as the ``respond/respond``
+``PREFECT_HOME`` (SQLite), and workers serving ``cordon/flows/respond.py`` as the ``respond/respond``
 deployment with a 1-second poll.
 """
 
@@ -101,7 +101,7 @@ class PrefectServer:
 
 
 class Worker:
-    """A process serving the ``respond`` deployment (``python -m flows.respond``).
+    """A process serving the ``respond`` deployment (``python -m cordon.flows.respond``).
 
     ``env`` adds to the current environment (the Prefect server's env, ``CORDON_DATABASE_URL``,
     ``CORDON_SLACK_BOT_TOKEN``...). :meth:`kill` sends SIGKILL to the whole process group: the
@@ -116,7 +116,7 @@ class Worker:
 
     def start(self) -> Worker:
         log = open(self.log_path, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen([sys.executable, "-m", "flows.respond"], env={**os.environ, **self.env},
+        self.proc = subprocess.Popen([sys.executable, "-m", "cordon.flows.respond"], env={**os.environ, **self.env},
                                      stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd, start_new_session=True)
         return self
 

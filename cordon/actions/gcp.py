@@ -1,6 +1,6 @@
 """GCP enrichment and containment actions (google-api-python-client).
 
-Same shape as :mod:`actions.aws` (Cloud Custodian-like self-describing classes): each action
+Same shape as :mod:`cordon.actions.aws` (Cloud Custodian-like self-describing classes): each action
 declares its playbook ``name``, parameter ``schema``, the exact IAM ``permissions`` it needs, the
 credential kinds it acts on, whether it can roll back, and which parameters must name the
 detection's credential (``identifies``). Containment reads the state before and after and is

@@ -5,7 +5,7 @@ Thin: the logic is :func:`cordon.approvals.expiry.sweep` and :mod:`cordon.recove
 closed whose run is gone are submitted again to the ``respond`` deployment, one attempt more, when
 they were recorded with ``--approve slack`` or ``auto``:
 :meth:`cordon.engine.Responder.recover_stranded`). Serve it next to the respond worker
-(``python -m flows.sweeper`` runs it every 60 seconds, or pass another interval in seconds), or
+(``python -m cordon.flows.sweeper`` runs it every 60 seconds, or pass another interval in seconds), or
 call ``sweep_approvals()`` once. ``now`` (ISO 8601) overrides the clock, for rehearsals and tests.
 Environment as the respond flow: ``CORDON_DATABASE_URL``, ``CORDON_SLACK_BOT_TOKEN``,
 ``CORDON_SLACK_API_URL``, ``PREFECT_API_URL``.

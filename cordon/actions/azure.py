@@ -1,6 +1,6 @@
 """Azure enrichment and containment actions (msgraph-sdk, azure-mgmt-authorization).
 
-Same shape as :mod:`actions.gcp` (Cloud Custodian-like self-describing classes): each action
+Same shape as :mod:`cordon.actions.gcp` (Cloud Custodian-like self-describing classes): each action
 declares its playbook ``name``, parameter ``schema``, the exact ``permissions`` it needs
 (Microsoft Graph *application* permissions such as ``Application.ReadWrite.All``, Azure RBAC
 actions such as ``Microsoft.Authorization/roleAssignments/delete``), the credential kinds it acts

@@ -239,6 +239,9 @@ def record_decision(case_id: str, plan: dict[str, Any], decision: dict[str, Any]
     from cordon.approvals.gate import ledger_decision
 
     decision = ledger_decision(list(ledger().records(case_id=case_id)), _run_id(), plan["hash"], decision)
+    if decision["decision"] == "deny" and not decision.get("reason"):
+        reason = _deny_reason(case_id, decision.get("ledger_seq"))
+        decision = {**decision, "reason": reason} if reason else decision
     if decision.get("plan_hash") != plan["hash"]:
         decision = {**decision, "decision": "deny", "reason": "decision was for another plan"}
     if decision["decision"] == "expired":
@@ -251,6 +254,17 @@ def record_decision(case_id: str, plan: dict[str, Any], decision: dict[str, Any]
                       ("denied" if decision["decision"] == "deny" else "expired"))
     _log("decision: %s by %s", decision["decision"], decision.get("approver"))
     return decision
+
+
+def _deny_reason(case_id: str, seq: int | None) -> str | None:
+    """The reason typed in Slack's Deny dialog, from the ledger's ``approval.decision`` claim at
+    ``seq`` (the reason never travels in Prefect's run input); ``None`` when there is none."""
+    if not seq:
+        return None
+    for r in ledger().records(case_id=case_id, kind_prefix="approval.decision"):
+        if r.seq == seq:
+            return str(r.payload["reason"]) if r.payload.get("reason") else None
+    return None
 
 
 @task(name="containment gate", task_run_name="containment gate {case_id}", persist_result=True)
@@ -456,6 +470,8 @@ def respond(case_id: str, playbook: str, approval: ApprovalMode = "console", clo
     :mod:`cordon.recovery` runs a stranded case again). Returns the case summary printed by
     ``cordon respond --output json``. Raises ``KeyError`` for a case not in the ledger.
     """
+    from cordon.approvals.slack import escape
+
     cloud = cloud or {}
     _, pb = _playbook(playbook)
     detection = _detection(case_id)
@@ -483,7 +499,7 @@ def respond(case_id: str, playbook: str, approval: ApprovalMode = "console", clo
 
         asked = ask_slack(case_id, playbook, enrichment, plan, slack or {}, pb.approval.expire_seconds)
         where = asked.get("where") or {"channel": asked["channel"], "ts": asked["ts"]}
-        # Longer than expire_after: the sweeper (flows/sweeper.py) expires the request first and
+        # Longer than expire_after: the sweeper (cordon/flows/sweeper.py) expires the request first and
         # resumes the run with "expired"; Prefect's own timeout would only fail the run.
         grace = load_settings(load_config()).grace_seconds
         given = suspend_flow_run(wait_for_input=ApprovalInput, key=f"approval-{plan['hash'][:16]}",
@@ -492,7 +508,8 @@ def respond(case_id: str, playbook: str, approval: ApprovalMode = "console", clo
                                    pb.approval.on_expiry)
     else:
         decision = decide_locally(case_id, plan, "auto" if approval == "slack" else approval, pb.approval.required)
-    summary["approval"] = {k: decision.get(k) for k in ("decision", "approver", "approvers", "quorum", "decided_at")
+    summary["approval"] = {k: decision.get(k) for k in ("decision", "approver", "approvers", "quorum", "decided_at",
+                                                        "reason")
                            if k in ("decision", "approver") or decision.get(k)}
     proceed = decision["decision"] == "approve" or (decision["decision"] == "expired" and decision.get("proceed"))
     if not proceed:
@@ -500,18 +517,22 @@ def respond(case_id: str, playbook: str, approval: ApprovalMode = "console", clo
         if where:
             verb = "Denied" if decision["decision"] == "deny" else "Expired unanswered; nothing was changed"
             who = f" by {_who(decision)}" if decision["decision"] == "deny" else ""
-            update_slack(slack or {}, where, summary, f"{verb}{who}.")
+            why = f" Reason: {escape(str(decision['reason']))}" if decision.get("reason") else ""
+            update_slack(slack or {}, where, summary, f"{verb}{who}.{why}")
         return finish(case_id, summary)
 
     if where:
         # a Deny recorded before containment starts wins over the approval (cordon/approvals/gate.py)
         gate = gate_task(case_id, plan["hash"])
         if gate["outcome"] == "denied":
+            reason = _deny_reason(case_id, gate.get("deny_seq"))
             summary["approval"] = {"decision": "deny", "approver": gate["denied_by"],
-                                   "decided_at": gate["decided_at"], "cancelled": summary["approval"]}
+                                   "decided_at": gate["decided_at"], "cancelled": summary["approval"],
+                                   **({"reason": reason} if reason else {})}
             summary.update(status="denied")
+            why = f" Reason: {escape(reason)}" if reason else ""
             update_slack(slack or {}, where, summary, f"Denied by {_who({'approver': gate['denied_by']})} before "
-                         "containment started; nothing was changed.")
+                         f"containment started; nothing was changed.{why}")
             return finish(case_id, summary)
         why = (f"Approved by {_who(decision)}" if decision["decision"] == "approve"
                else "Expired unanswered; the playbook says contain on expiry")
@@ -550,7 +571,7 @@ def serve(name: str = "respond", sweeper_interval: int | None = None) -> None:  
         return
     from prefect import serve as serve_all
 
-    from flows.sweeper import sweep_approvals
+    from cordon.flows.sweeper import sweep_approvals
 
     serve_all(respond.to_deployment(name=name),
               sweep_approvals.to_deployment(name="sweeper", interval=sweeper_interval))
