@@ -9,7 +9,7 @@ Modelled on Cloud Custodian's actions (``c7n/actions``): each action class decla
 * ``credential_kinds``: the :data:`~cordon.detections.model.CredentialKind` values it may act on,
 * ``rollback_supported``: whether :meth:`ContainmentAction.rollback` can undo it,
 
-and shows a YAML example in its docstring. Provider actions live in ``actions/<provider>.py`` and
+and shows a YAML example in its docstring. Provider actions live in ``cordon/providers/<cloud>/actions.py`` and
 register themselves with :func:`register`.
 
 A containment action reads the state before, acts, reads the state after, and returns both in an
@@ -292,20 +292,12 @@ def register(cls: type[Action]) -> type[Action]:
     return cls
 
 
-BUILTIN_PROVIDERS = ("aws", "azure", "gcp")
-
-
 def load_builtin_actions() -> None:
-    """Import the provider modules in ``cordon/actions/`` (``cordon.actions.aws``, ``cordon.actions.azure``,
-    ``cordon.actions.gcp``) that exist, so their actions register. A module that is absent is skipped;
-    an import error inside a module that exists propagates."""
-    import importlib
-    import importlib.util
+    """Import every registered provider's actions module (:mod:`cordon.providers`), so their
+    actions register. An import error inside one propagates."""
+    from cordon.providers import load_all_actions
 
-    for provider in BUILTIN_PROVIDERS:
-        module = f"cordon.actions.{provider}"
-        if importlib.util.find_spec(module) is not None:
-            importlib.import_module(module)
+    load_all_actions()
 
 
 def get_action(name: str) -> type[Action]:

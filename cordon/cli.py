@@ -391,9 +391,9 @@ def _check_config() -> list[str]:
     against its schema, the approval section, the ``aws:`` section, the playbooks and the Sigma
     rules. Returns one line per part; raises what the loaders raise."""
     from cordon.approvals.policy import load_settings
-    from cordon.aws_accounts import aws_accounts
     from cordon.config import load_config
     from cordon.playbooks.schema import load_playbooks
+    from cordon.providers.aws.accounts import aws_accounts
     from cordon.sigma import RuleSet
 
     config = load_config()

@@ -1,156 +1,37 @@
-"""SDK client factories (:func:`clients_for`), rebuilt from plain parameters so a Prefect worker in another process can
-make the same clients the caller had in mind.
-
-``cloud`` is a JSON-serialisable dict:
-
-* ``{}``: real AWS; boto3's default credential chain and endpoint resolution (which honours
-  ``AWS_ENDPOINT_URL`` and ``AWS_ENDPOINT_URL_<SERVICE>``).
-* ``{"aws_endpoint_url": "http://127.0.0.1:PORT", "cloudtrail_endpoint_url": "...",
-  "region": "us-east-1", "sandbox": true}``: the sandbox's local stand-ins (moto's server and the
-  CloudTrail ``LookupEvents`` stand-in), with dummy credentials.
-
-Several AWS accounts (:mod:`cordon.aws_accounts`): ``cloud["account_id"]`` is the account the
-clients must act in (the detection's, :func:`cloud_for_case`) and ``cloud["case_id"]`` names the
-STS session (``cordon-<case id>``). Outside the sandbox, when the ``aws:`` section of
-``cordon.yaml`` (or ``cloud["aws"]``, the same shape) gives that account a role and it is not the
-hub account, the clients sign with that role assumed from the default credential chain; with no
-``aws:`` section they use the chain as they always did. ``sts_endpoint_url`` (else
-``aws_endpoint_url``) is where ``AssumeRole`` goes.
+"""Cloud clients for a case, whatever the cloud: :func:`clients_for` asks the provider registry
+(:mod:`cordon.providers`) for the factory of a detection's provider, built from plain,
+JSON-serialisable parameters (``cloud``) so a Prefect worker in another process makes the same
+clients the caller had in mind. Each provider documents its own ``cloud`` keys (for example
+:mod:`cordon.providers.aws.clients`); ``sandbox: true`` points them at the local stand-ins.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Any
 
-import boto3
-from botocore.config import Config as BotoConfig
-
-#: botocore's standard retry mode: exponential back-off with jitter on throttling and 5xx
-#: (https://docs.aws.amazon.com/sdkref/latest/guide/feature-retry-behavior.html).
-RETRIES = BotoConfig(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=30)
+from cordon.providers import get_provider
 
 
 def clients_for(provider: str, cloud: dict[str, Any] | None = None) -> Callable[..., Any]:
-    """The client factory for ``provider`` (``aws``, ``gcp`` or ``azure``) built from ``cloud``.
+    """The client factory for ``provider`` (a registered provider's name) built from ``cloud``.
 
-    Raises ``ValueError`` for a provider Cordon has no clients for yet.
+    Raises ``ValueError`` for a provider that is not registered.
     """
-    if provider == "aws":
-        return aws_clients(cloud)
-    if provider == "gcp":
-        from cordon.clouds_gcp import gcp_clients
-
-        return gcp_clients(cloud or {})
-    if provider == "azure":
-        from cordon.clouds_azure import azure_clients
-
-        return azure_clients(cloud or {})
-    raise ValueError(f"no client factory for provider '{provider}'")
+    return get_provider(provider).clients(cloud or {})
 
 
 def cloud_for_case(cloud: dict[str, Any] | None, detection: Any, case_id: str | None) -> dict[str, Any]:
     """``cloud`` for one case's clients: a copy with ``account_id`` set to the detection's account
-    (AWS detections, and every provider in the sandbox) and ``case_id`` (the STS session name).
-    ``detection`` is a :class:`cordon.detections.model.Detection` (``provider``, ``account_uid``)."""
+    (for providers whose clients act per account, and every provider in the sandbox) and
+    ``case_id`` (the session name). ``detection`` is a :class:`cordon.detections.model.Detection`
+    (``provider``, ``account_uid``)."""
     out = dict(cloud or {})
     account = getattr(detection, "account_uid", None)
-    if account and (out.get("sandbox") or getattr(detection, "provider", None) == "aws"):
+    provider = getattr(detection, "provider", None)
+    per_account = bool(provider) and get_provider(provider).clients_per_account
+    if account and (out.get("sandbox") or per_account):
         out["account_id"] = account
     if case_id:
         out["case_id"] = case_id
     return out
-
-
-def aws_clients(cloud: dict[str, Any] | None = None) -> Callable[..., Any]:
-    """A factory ``clients(service, region=None) -> boto3 client`` for ``cloud`` (see module doc).
-
-    Clients are cached per (service, region), thread-safe. Region defaults to ``cloud["region"]``
-    or ``us-east-1``; IAM and STS are global and always use the partition's default region.
-
-    The factory also answers, for the guard (:func:`cordon.respond.guard`):
-    ``own_access_key()`` (the key ID its clients sign with; a temporary ``ASIA`` key when a role
-    is assumed), ``own_identities()`` (the ARN of the member role assumed, known without a call;
-    empty otherwise) and ``role_arn`` / ``session_name`` (``None`` until the first client when the
-    hub account must be asked for). Raises :class:`cordon.aws_accounts.AwsAccountsError` (a
-    ``ConfigError``) for an unusable ``aws:`` section; from the first client when the role's
-    external-ID variable is unset.
-    """
-    cloud = dict(cloud or {})
-    if cloud.get("sandbox"):
-        from cordon.sandbox.aws import SANDBOX_ACCESS_KEY, sandbox_clients
-
-        factory = sandbox_clients(cloud)
-        factory.own_access_key = lambda: SANDBOX_ACCESS_KEY  # type: ignore[attr-defined]
-        return factory
-    from cordon.aws_accounts import aws_accounts, aws_accounts_from_raw, session_name
-
-    base = boto3.session.Session(region_name=cloud.get("region"))
-    account = cloud.get("account_id")
-    if "aws" in cloud:
-        accounts = aws_accounts_from_raw({"aws": cloud["aws"]})
-    elif account:
-        from cordon.config import load_config
-
-        accounts = aws_accounts(load_config())
-    else:
-        accounts = None
-    sts_endpoint = cloud.get("sts_endpoint_url") or cloud.get("aws_endpoint_url")
-    lock = threading.Lock()
-    chosen: dict[str, Any] = {}
-    cache: dict[tuple[str, str], Any] = {}
-
-    def session() -> Any:
-        with lock:
-            if "session" not in chosen:
-                chosen["session"], chosen["role"] = _session_for(base, accounts, account, cloud, sts_endpoint)
-                clients.role_arn = chosen["role"].role_arn if chosen["role"] else None  # type: ignore[attr-defined]
-                clients.session_name = (session_name(cloud.get("case_id"))  # type: ignore[attr-defined]
-                                        if chosen["role"] else None)
-            return chosen["session"]
-
-    def clients(service: str, region: str | None = None) -> Any:
-        sess = session()
-        if service in ("iam", "sts"):
-            region = None
-        region = region or sess.region_name or "us-east-1"
-        with lock:
-            if (service, region) not in cache:
-                kwargs: dict[str, Any] = {"config": RETRIES}
-                endpoint = cloud.get(f"{service}_endpoint_url") or cloud.get("aws_endpoint_url")
-                if endpoint:
-                    kwargs["endpoint_url"] = endpoint
-                cache[(service, region)] = sess.client(service, region_name=region, **kwargs)
-            return cache[(service, region)]
-
-    def own_access_key() -> str | None:
-        creds = session().get_credentials()
-        return creds.access_key if creds else None
-
-    def own_identities() -> list[str]:
-        session()
-        return [chosen["role"].role_arn] if chosen["role"] else []
-
-    clients.own_access_key = own_access_key  # type: ignore[attr-defined]
-    clients.own_identities = own_identities  # type: ignore[attr-defined]
-    clients.role_arn = None  # type: ignore[attr-defined]
-    clients.session_name = None  # type: ignore[attr-defined]
-    return clients
-
-
-def _session_for(base: Any, accounts: Any, account: str | None, cloud: dict[str, Any],
-                 sts_endpoint: str | None) -> tuple[Any, Any]:
-    """(boto3 Session, MemberRole or None) for clients acting in ``account``."""
-    from cordon.aws_accounts import assumed_session, hub_account_of, session_name
-
-    if accounts is None or not account:
-        return base, None
-    hub = accounts.hub_account
-    if hub is None and account not in accounts.accounts and accounts.role_name:
-        hub = hub_account_of(base, sts_endpoint)  # never assume the Organization role in the hub itself
-    role = accounts.role_for(account, hub)
-    if role is None:
-        return base, None
-    return assumed_session(base, role, session_name(cloud.get("case_id")), region=cloud.get("region"),
-                           sts_endpoint_url=sts_endpoint, duration_seconds=accounts.duration_seconds), role

@@ -100,14 +100,14 @@ class ApprovalSection(_Strict):
 class CordonYaml(_Strict):
     """The shape of ``cordon.yaml``: every key Cordon reads, nothing else (a misspelt key such as
     ``protected_principal:`` or ``chanel:`` is refused, not ignored). ``aws:`` is checked by
-    :func:`cordon.aws_accounts.aws_accounts_from_raw`."""
+    :func:`cordon.providers.aws.accounts.aws_accounts_from_raw`."""
 
     rules: str | None = None  # relative to the folder; absent: the shipped rules (cordon/defaults/rules)
     playbooks: str | None = None  # absent: the shipped playbooks (cordon/defaults/playbooks)
     protected_principals: list[str] = []
     slack: SlackSection | None = None
     approval: ApprovalSection | None = None
-    aws: Any = None  # shape checked by cordon.aws_accounts (its errors name aws.<field>)
+    aws: Any = None  # shape checked by cordon.providers.aws.accounts (its errors name aws.<field>)
 
 
 def _key_lines(text: str) -> dict[tuple[str | int, ...], int]:

@@ -331,7 +331,7 @@ class Responder:
     def rollback(self, case_id: str, clients: Any, who: str) -> list[dict[str, Any]]:
         """Undo the containment of ``case_id``: every ``action.contained`` result in the ledger,
         last first, through its action's rollback (where AWS allows one), with ``clients`` (a
-        :func:`cordon.clouds.aws_clients` factory). ``who`` is recorded as the actor.
+        :func:`cordon.providers.aws.clients.aws_clients` factory). ``who`` is recorded as the actor.
 
         Returns one dict per action (``name``, ``target``, ``status``: ``rolled_back``,
         ``already_rolled_back``, ``not_supported`` or ``failed``, ``before``, ``after``,
@@ -396,7 +396,7 @@ class Responder:
     def cloud_for(ticket: CaseTicket, cloud: dict[str, Any] | None) -> dict[str, Any]:
         """``cloud`` for this case (:func:`cordon.clouds.cloud_for_case`): the detection's own
         account (AWS, and every provider in the sandbox) and the case ID (the STS session name
-        ``cordon-<case>`` when a member role is assumed, :mod:`cordon.aws_accounts`)."""
+        ``cordon-<case>`` when a member role is assumed, :mod:`cordon.providers.aws.accounts`)."""
         from cordon.clouds import cloud_for_case
 
         return cloud_for_case(cloud, ticket.detection, ticket.case_id)

@@ -8,7 +8,7 @@ applies, for the actions the playbooks in use actually reference (or every regis
   one ``Allow`` statement per action (``Sid`` from its name), ``sts:GetCallerIdentity`` for the
   guard's own-identity check, and a ``Deny`` on IAM writes to the protected principals of
   ``cordon/defaults/cordon.yaml`` (defence in depth behind the guard). With several accounts
-  (:mod:`cordon.aws_accounts`) the hub principal's policy also allows ``sts:AssumeRole`` on the
+  (:mod:`cordon.providers.aws.accounts`) the hub principal's policy also allows ``sts:AssumeRole`` on the
   member roles, and ``aws-member`` is the member role: its trust policy (the hub principal, an
   ``sts:ExternalId`` condition, session names ``cordon-*``;
   https://docs.aws.amazon.com/IAM/latest/UserGuide/id_roles_common-scenarios_third-party.html)
@@ -122,7 +122,7 @@ DEFAULT_MEMBER_ROLE = "CordonResponder"
 
 def aws_member_role(config: Config, *, every: bool = False, account_id: str | None = None,
                     external_id: str | None = None) -> dict[str, Any]:
-    """The member-account role Cordon assumes (``cordon.yaml`` ``aws:``; :mod:`cordon.aws_accounts`).
+    """The member-account role Cordon assumes (``cordon.yaml`` ``aws:``; :mod:`cordon.providers.aws.accounts`).
 
     Returns ``{"RoleName", "Path", "AssumeRolePolicyDocument", "PermissionsPolicy",
     "HubPolicyStatement"}`` (the first three as ``iam:CreateRole`` takes them, the permissions
@@ -135,9 +135,9 @@ def aws_member_role(config: Config, *, every: bool = False, account_id: str | No
     external-ID variable); else the Organization-wide ``role_name`` (default
     ``CordonResponder``). The permissions policy is :func:`aws_policy` of the actions in use (or
     every action) and the protected principals, without ``sts:AssumeRole`` (no role chaining).
-    Raises :class:`cordon.aws_accounts.AwsAccountsError` for an unusable ``aws:`` section.
+    Raises :class:`cordon.providers.aws.accounts.AwsAccountsError` for an unusable ``aws:`` section.
     """
-    from cordon.aws_accounts import AwsAccounts, aws_accounts
+    from cordon.providers.aws.accounts import AwsAccounts, aws_accounts
 
     accounts = aws_accounts(config) or AwsAccounts()
     role = accounts.accounts.get(account_id) if account_id else None
@@ -234,14 +234,14 @@ def generate(config: Config, provider: str, *, every: bool = False) -> dict[str,
     if provider == "aws-member":
         import os
 
-        from cordon.aws_accounts import aws_accounts
+        from cordon.providers.aws.accounts import aws_accounts
 
         accounts = aws_accounts(config)
         env = accounts.external_id_env if accounts else None
         return aws_member_role(config, every=every, external_id=os.environ.get(env) if env else None)
     acts = actions_in_use(config, every=every)
     if provider == "aws":
-        from cordon.aws_accounts import aws_accounts
+        from cordon.providers.aws.accounts import aws_accounts
 
         accounts = aws_accounts(config)
         return aws_policy(acts, config.protected_principals, accounts.assumable_role_arns() if accounts else ())

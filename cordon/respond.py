@@ -93,7 +93,7 @@ def caller_identity(clients: Callable[..., Any]) -> str | None:
 
 def own_identities(clients: Callable[..., Any]) -> list[str]:
     """ARNs the client factory knows it signs as without asking the cloud (the member role an AWS
-    factory assumes: ``clients.own_identities()``, :func:`cordon.clouds.aws_clients`); ``[]``
+    factory assumes: ``clients.own_identities()``, :func:`cordon.providers.aws.clients.aws_clients`); ``[]``
     when it has none or cannot say."""
     known = getattr(clients, "own_identities", None)
     try:
@@ -137,7 +137,7 @@ def guard(playbook: Playbook, detection: Detection, config: Config, clients: Cal
     AWS accounts, the member role assumed there, an assumed-role session matching its role; and
     the role ARN the factory was configured to assume, :func:`own_identities`, even when STS
     cannot be asked); the clients act in another AWS account than the detection's (an account
-    without a configured role, see :mod:`cordon.aws_accounts`); the credential is the access key
+    without a configured role, see :mod:`cordon.providers.aws.accounts`); the credential is the access key
     Cordon itself signs with; or a containment step's rendered parameters do not name the
     detection's exact credential (:meth:`Action.check_identifies`).
     """

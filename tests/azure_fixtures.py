@@ -77,7 +77,7 @@ def app_role_grant_record(value: str, role_id: str, *, resource: str = GRAPH_SP,
                           client_target: bool = True) -> dict[str, Any]:
     """An Entra "Add app role assignment to service principal" record, laid out as the captured ones
     are (Splunk attack_data T1098.003/azure_ad_bypass_admin_consent, Azure Monitor diagnostic form;
-    see :func:`cordon.detections.azure._app_role_grant`): ``targetResources[0]`` is the resource
+    see :func:`cordon.providers.azure.detections._app_role_grant`): ``targetResources[0]`` is the resource
     (``resource``, ``resource_name``) carrying the ``AppRole.*`` properties, ``ServicePrincipal.*``
     name the assignee, ``TargetId.ServicePrincipalNames`` the resource's names (``spns``; ``None``: not
     logged); ``targetResources[1]`` the assignee again (``client_target``). No appRoleAssignment id, as

@@ -54,8 +54,8 @@ def stratus_event(name: str, event_name: str) -> dict[str, Any]:
 
 def detection_from_event(event: dict[str, Any], origin: str = "test", position: int = 0) -> Any:
     """A Detection for a raw CloudTrail event, through the real parser
-    (:func:`cordon.detections.cloudtrail.detection_from_cloudtrail`) with a stand-in Sigma match."""
-    from cordon.detections.cloudtrail import detection_from_cloudtrail
+    (:func:`cordon.providers.aws.cloudtrail.detection_from_cloudtrail`) with a stand-in Sigma match."""
+    from cordon.providers.aws.cloudtrail import detection_from_cloudtrail
 
     match = SimpleNamespace(id="test-rule", title="test rule", path=None, level="high",
                             technique_ids=["T1098.001"])

@@ -17,7 +17,7 @@ import urllib.request
 import pytest
 
 from cordon.action import ActionContext, ActionParamError, all_actions, get_action
-from cordon.clouds_azure import SECRET_ENV_PREFIX, azure_clients
+from cordon.providers.azure.clients import SECRET_ENV_PREFIX, azure_clients
 from tests.azure_fixtures import *  # noqa: F401,F403
 from tests.azure_fixtures import SUBSCRIPTION, azure_detection
 
@@ -212,7 +212,7 @@ def test_run_works_from_inside_a_running_event_loop(azure, sp_password):
 def test_run_is_safe_from_many_threads_and_refuses_its_own_loop_thread(azure, sp_password):
     from concurrent.futures import ThreadPoolExecutor
 
-    from cordon.clouds_azure import LoopThread
+    from cordon.providers.azure.clients import LoopThread
 
     clients = azure.client_factory()
 

@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 
 from cordon.action import ActionContext, ActionParamError, GuardError, all_actions, get_action
-from cordon.clouds_gcp import gcp_clients
+from cordon.providers.gcp.clients import gcp_clients
 from tests.gcp_fixtures import *  # noqa: F401,F403
 from tests.gcp_fixtures import PROJECT, gcp_detection, real_audit_entry
 
@@ -233,7 +233,7 @@ def test_throttling_and_5xx_are_retried_by_the_client(gcp, sa_key, status):
 
 def test_persistent_5xx_fails_and_changes_nothing(gcp, sa_key):
     gcp.fail_next(f"POST {IAM_KEYS}", 500, times=10)
-    import cordon.actions.gcp as gcp_actions
+    import cordon.providers.gcp.actions as gcp_actions
 
     old = gcp_actions.NUM_RETRIES
     gcp_actions.NUM_RETRIES = 1  # one retry keeps the back-off short; the library does the retrying

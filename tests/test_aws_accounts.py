@@ -24,7 +24,11 @@ import yaml
 from dateutil.tz import tzlocal
 
 from cordon.audit.ledger import Ledger
-from cordon.aws_accounts import (
+from cordon.clouds import clients_for, cloud_for_case
+from cordon.config import load_config
+from cordon.permissions import aws_member_role, generate, render
+from cordon.playbooks.schema import load_playbooks
+from cordon.providers.aws.accounts import (
     AwsAccountsError,
     MemberRole,
     assumed_session,
@@ -32,10 +36,7 @@ from cordon.aws_accounts import (
     forget_sessions,
     session_name,
 )
-from cordon.clouds import aws_clients, clients_for, cloud_for_case
-from cordon.config import load_config
-from cordon.permissions import aws_member_role, generate, render
-from cordon.playbooks.schema import load_playbooks
+from cordon.providers.aws.clients import aws_clients
 from cordon.respond import build_plan, guard, run_step, verify_step
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ with rollback.
 The public corpus (../shared/data/real, SOURCES.md) holds no record of this activity: Panther's Azure
 rules have no such test case, and SigmaHQ has only the rule ``azure_app_privileged_permissions.yml``
 (read in place below). The records here are built by :func:`tests.azure_fixtures.app_role_grant_record`
-in the layout of a captured one (Splunk attack_data, see :func:`cordon.detections.azure._app_role_grant`).
+in the layout of a captured one (Splunk attack_data, see :func:`cordon.providers.azure.detections._app_role_grant`).
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from types import SimpleNamespace
 import pytest
 
 from cordon.action import ActionContext, get_action
-from cordon.detections.azure import RISKY_GRAPH_PERMISSIONS, detections_from_entra_audit, entra_match_view
 from cordon.detections.intake import read_bytes
 from cordon.detections.pipeline import DetectStats, detect
 from cordon.playbooks.schema import load_playbooks, route
+from cordon.providers.azure.detections import RISKY_GRAPH_PERMISSIONS, detections_from_entra_audit, entra_match_view
 from cordon.sandbox.azure import GRAPH_APP_ID, GRAPH_APP_ROLES
 from cordon.sigma import RuleSet
 from tests.azure_fixtures import *  # noqa: F401,F403
@@ -137,7 +137,7 @@ def test_missing_role_id_and_failed_grant():
 
 
 def test_every_privileged_value_is_the_one_shared_list():
-    import cordon.actions.azure as azure_actions
+    import cordon.providers.azure.actions as azure_actions
 
     assert azure_actions.RISKY_GRAPH_PERMISSIONS is RISKY_GRAPH_PERMISSIONS
     assert {"RoleManagement.ReadWrite.Directory", "AppRoleAssignment.ReadWrite.All", "Application.ReadWrite.All",

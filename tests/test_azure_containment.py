@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from cordon.action import ActionContext, get_action
-from cordon.detections.azure import detections_from_entra_audit
 from cordon.playbooks.schema import load_playbooks, route
+from cordon.providers.azure.detections import detections_from_entra_audit
 from tests.azure_fixtures import *  # noqa: F401,F403
 from tests.azure_fixtures import azure_detection
 

@@ -17,16 +17,16 @@ from types import SimpleNamespace
 
 import pytest
 
-from cordon.detections.azure import (
+from cordon.detections.errors import RecordError, Rejected
+from cordon.detections.intake import RawRecord, classify, read_bytes, read_inputs
+from cordon.detections.pipeline import DetectStats, detect
+from cordon.providers.azure.detections import (
     activity_match_view,
     detections_from_azure_activity,
     detections_from_entra_audit,
     entra_activity_key,
     entra_match_view,
 )
-from cordon.detections.errors import RecordError, Rejected
-from cordon.detections.intake import RawRecord, classify, read_bytes, read_inputs
-from cordon.detections.pipeline import DetectStats, detect
 from cordon.sigma import RuleSet
 
 REPO = Path(__file__).resolve().parents[1]

@@ -23,11 +23,11 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from cordon.detections.cloudtrail import CREDENTIAL_EVENTS, detection_from_cloudtrail
 from cordon.detections.errors import RecordError, Rejected
-from cordon.detections.guardduty import detection_from_guardduty
 from cordon.detections.intake import RawRecord, read_inputs
-from cordon.detections.securityhub import detection_from_asff
+from cordon.providers.aws.cloudtrail import CREDENTIAL_EVENTS, detection_from_cloudtrail
+from cordon.providers.aws.guardduty import detection_from_guardduty
+from cordon.providers.aws.securityhub import detection_from_asff
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 if not REAL.is_dir():

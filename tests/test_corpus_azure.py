@@ -21,10 +21,14 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from cordon.detections.azure import detections_from_azure_activity, detections_from_entra_audit, entra_match_view
 from cordon.detections.errors import RecordError, Rejected
 from cordon.detections.intake import RawRecord, read_bytes
 from cordon.detections.pipeline import DetectStats, detect
+from cordon.providers.azure.detections import (
+    detections_from_azure_activity,
+    detections_from_entra_audit,
+    entra_match_view,
+)
 from cordon.sigma import RuleSet
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"

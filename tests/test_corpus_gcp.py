@@ -26,9 +26,9 @@ import pytest
 import yaml
 
 from cordon.detections.errors import RecordError, Rejected
-from cordon.detections.gcp import detections_from_gcp_audit, detections_from_scc
 from cordon.detections.intake import RawRecord, read_bytes, read_inputs
 from cordon.detections.pipeline import DetectStats, detect
+from cordon.providers.gcp.detections import detections_from_gcp_audit, detections_from_scc
 from cordon.sigma import RuleSet
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"

@@ -16,15 +16,15 @@ from pathlib import Path
 import pytest
 
 from cordon.detections.errors import RecordError, Rejected
-from cordon.detections.gcp import (
+from cordon.detections.intake import RawRecord, classify, read_bytes
+from cordon.detections.pipeline import DetectStats, detect
+from cordon.providers.gcp.detections import (
     credential_kind,
     detection_from_gcp_audit,
     detection_from_scc,
     detections_from_gcp_audit,
     detections_from_scc,
 )
-from cordon.detections.intake import RawRecord, classify, read_bytes
-from cordon.detections.pipeline import DetectStats, detect
 from cordon.sigma import RuleSet, SigmaMatch
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from cordon.audit.ledger import Ledger
-from cordon.clouds import aws_clients
 from cordon.config import load_config
 from cordon.engine import Responder
 from cordon.playbooks.schema import load_playbook_text, load_playbooks
+from cordon.providers.aws.clients import aws_clients
 from cordon.respond import guard
 from tests.conftest import SHARED_DATA
 

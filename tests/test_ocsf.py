@@ -365,7 +365,7 @@ def test_real_respond_runs_export_valid_ocsf(tmp_path, monkeypatch, prefect_serv
     """Real runs (Prefect flows, containment over real HTTP in the AWS, GCP and Entra stand-ins, a
     rollback, a guard refusal, a suppressed sample finding, a joined GuardDuty finding), exported:
     every event validates and every API call Cordon made is an API Activity."""
-    from cordon.clouds import aws_clients
+    from cordon.providers.aws.clients import aws_clients
 
     url = f"sqlite:///{tmp_path}/led.db"
     monkeypatch.setenv("CORDON_DATABASE_URL", url)

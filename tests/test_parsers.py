@@ -13,11 +13,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from cordon.detections.cloudtrail import detection_from_cloudtrail, parse_aws_time
 from cordon.detections.errors import RecordError
-from cordon.detections.guardduty import detection_from_guardduty, severity_from_score, techniques_for_type
 from cordon.detections.model import record_sha256
-from cordon.detections.securityhub import consolidated_control, detection_from_asff
+from cordon.providers.aws.cloudtrail import detection_from_cloudtrail, parse_aws_time
+from cordon.providers.aws.guardduty import detection_from_guardduty, severity_from_score, techniques_for_type
+from cordon.providers.aws.securityhub import consolidated_control, detection_from_asff
 
 MATCH = SimpleNamespace(id="5f2a7c3e-0000-4000-8000-000000000001", title="AWS access key created",
                         path="cordon/defaults/rules/aws/access_key.yml", level="high", technique_ids=["T1098.001"])

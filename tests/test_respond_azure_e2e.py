@@ -254,7 +254,7 @@ def test_every_panther_azure_case_is_judged_in_the_sandbox(tmp_path, monkeypatch
 @needs_corpus
 def test_panther_pim_grant_rollback_re_adds_the_member(tmp_path, monkeypatch, prefect_server, azure):
     """The member removed from Application Administrator is re-added by rollback, recorded in the ledger."""
-    from cordon.clouds_azure import azure_clients
+    from cordon.providers.azure.clients import azure_clients
 
     responder = _responder(tmp_path, monkeypatch)
     _, _, log = _panther_azure_cases()["Add member to role (Non PIM)"]
@@ -284,7 +284,7 @@ def test_dangerous_graph_app_role_grant_is_removed_exactly_and_rolled_back(tmp_p
     ones, tests.azure_fixtures.app_role_grant_record) -> azure-app-role-assignment: the assignee and the
     actor enriched (the permission flagged risky), exactly that appRoleAssignment deleted, verified; the
     assignee's other Graph permission kept; rollback re-creates the assignment."""
-    from cordon.clouds_azure import azure_clients
+    from cordon.providers.azure.clients import azure_clients
     from cordon.sandbox.azure import GRAPH_APP_ROLES
     from tests.azure_fixtures import ASSIGNEE, GRAPH_SP, app_role_grant_record
 

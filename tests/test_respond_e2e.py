@@ -208,7 +208,7 @@ def test_panther_negatives_we_judge_differently_are_contained(responder, aws, tm
 
 
 def test_rollback_restores_the_key_and_is_recorded(responder, aws):
-    from cordon.clouds import aws_clients
+    from cordon.providers.aws.clients import aws_clients
 
     (s,), _ = run_file(responder, aws, EXAMPLES / "cloudtrail-create-access-key.json")
     assert s["status"] == "contained"
@@ -225,7 +225,7 @@ def test_rollback_restores_the_key_and_is_recorded(responder, aws):
 
 
 def test_login_profile_rollback_is_refused_as_not_supported(responder, aws, tmp_path):
-    from cordon.clouds import aws_clients
+    from cordon.providers.aws.clients import aws_clients
 
     summaries, _ = run_file(responder, aws, EXAMPLES / "mixed-with-bad-records.jsonl")
     (s,) = summaries

@@ -44,7 +44,7 @@ def test_the_wheel_holds_only_the_cordon_package_with_its_shipped_configuration(
     assert top == {"cordon"}, top
     for shipped in ("cordon/defaults/cordon.yaml", "cordon/defaults/playbooks/aws-access-key-created.yaml",
                     "cordon/defaults/rules/aws/iam_access_key_created.yml",
-                    "cordon/server/templates/cases.html", "cordon/flows/respond.py", "cordon/actions/aws.py"):
+                    "cordon/server/templates/cases.html", "cordon/flows/respond.py", "cordon/providers/aws/actions.py"):
         assert shipped in names, shipped
 
 

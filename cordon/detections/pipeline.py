@@ -1,6 +1,6 @@
-"""From raw records to detections: Sigma matching for CloudTrail, Cloud Audit Logs, Entra audit
-logs and the Azure Activity Log, direct
-mapping for findings (GuardDuty, Security Hub, Security Command Center).
+"""From raw records to detections: each record kind is read by the provider that declares it
+(:func:`cordon.providers.source_for`): events are matched by Sigma rules under the provider's
+logsource, findings map directly.
 
 :func:`detect` consumes what :func:`cordon.detections.intake.read_inputs` yields and produces
 :class:`Detection` and :class:`Rejected`, counting as it goes in a :class:`DetectStats`.
@@ -15,19 +15,10 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from cordon.detections.azure import (
-    activity_match_view,
-    detections_from_azure_activity,
-    detections_from_entra_audit,
-    entra_match_view,
-)
-from cordon.detections.cloudtrail import detection_from_cloudtrail
 from cordon.detections.errors import RecordError, Rejected
-from cordon.detections.gcp import detections_from_gcp_audit, detections_from_scc
-from cordon.detections.guardduty import detection_from_guardduty
 from cordon.detections.intake import RawRecord, cap_text
 from cordon.detections.model import Detection
-from cordon.detections.securityhub import detection_from_asff
+from cordon.providers import source_for
 
 
 class RuleMatcher(Protocol):
@@ -98,19 +89,13 @@ def detect(
 ) -> Iterator[Detection | Rejected]:
     """Turn records into detections.
 
-    CloudTrail records go through ``rules.match(record, product="aws", service="cloudtrail")``
-    and give one :class:`Detection` per matching rule (:func:`detection_from_cloudtrail`); an
-    event no rule matches is an ordinary event and yields nothing (it is counted). Cloud Audit Log
-    entries go through ``rules.match(record, product="gcp", service="gcp.audit")`` and
-    :func:`detections_from_gcp_audit` (a list per match). GuardDuty, Security Hub and SCC findings
-    map directly (:func:`detection_from_guardduty`, :func:`detection_from_asff`,
-    :func:`detections_from_scc`). Entra audit records are matched as
-    ``rules.match(entra_match_view(record), product="azure", service="auditlogs")`` (the Graph
-    ``directoryAudit`` shape whatever the input form) and Activity Log events as
-    ``rules.match(activity_match_view(record), product="azure", service="activitylogs")`` (the
-    REST event schema: ``operationName.value``, ``status.value``); the raw record goes to
-    :func:`detections_from_entra_audit` / :func:`detections_from_azure_activity`. Entra sign-in
-    records are counted as unmatched events and yield nothing. Rejected records pass through.
+    Each record goes to the :class:`cordon.providers.Source` declared for its kind. An event is
+    matched as ``rules.match(view(record), product=..., service=...)`` with the source's Sigma
+    logsource and view, and every match gives the detections of ``source.parse(record, match,
+    origin, position)``; an event no rule matches is an ordinary event and yields nothing (it is
+    counted). A finding maps directly (``source.parse(record, origin, position)``). Records of a
+    source that is not evaluated (sign-ins, say) are counted as unmatched events and yield nothing.
+    Rejected records pass through.
     A :class:`RecordError` from a parser or from ``rules.match`` becomes a :class:`Rejected`
     carrying the record's JSON text, and processing continues. Any other exception raised on one
     record (a bug, a pydantic ``ValidationError``, ``RecursionError``) also becomes a
@@ -150,57 +135,38 @@ def detect(
 
 
 def _detections(item: RawRecord, rules: RuleMatcher, stats: DetectStats) -> Iterator[Detection]:
-    if item.kind == "cloudtrail":
-        stats.events += 1
-        matches = rules.match(item.record, product="aws", service="cloudtrail")
-        if not matches:
-            stats.events_unmatched += 1
-            return
-        stats.events_matched += 1
-        for match in matches:
-            yield detection_from_cloudtrail(item.record, match, item.origin, item.position)
-    elif item.kind == "guardduty":
-        stats.findings += 1
-        yield detection_from_guardduty(item.record, item.origin, item.position)
-    elif item.kind == "securityhub":
-        stats.findings += 1
-        yield detection_from_asff(item.record, item.origin, item.position)
-    elif item.kind == "gcp_audit":
-        stats.events += 1
-        matches = rules.match(item.record, product="gcp", service="gcp.audit")
-        if not matches:
-            stats.events_unmatched += 1
-            return
-        stats.events_matched += 1
-        for match in matches:
-            yield from detections_from_gcp_audit(item.record, match, item.origin, item.position)
-    elif item.kind == "gcp_scc":
-        stats.findings += 1
-        yield from detections_from_scc(item.record, item.origin, item.position)
-    elif item.kind == "entra_audit":
-        stats.events += 1
-        matches = rules.match(entra_match_view(item.record), product="azure", service="auditlogs")
-        if not matches:
-            stats.events_unmatched += 1
-            return
-        stats.events_matched += 1
-        for match in matches:
-            yield from detections_from_entra_audit(item.record, match, item.origin, item.position)
-    elif item.kind == "azure_activity":
-        stats.events += 1
-        matches = rules.match(activity_match_view(item.record), product="azure", service="activitylogs")
-        if not matches:
-            stats.events_unmatched += 1
-            return
-        stats.events_matched += 1
-        for match in matches:
-            yield from detections_from_azure_activity(item.record, match, item.origin, item.position)
-    elif item.kind == "entra_signin":
-        # A sign-in creates no credential: counted as an event no rule is evaluated on.
+    """The detections of one record, by the :class:`cordon.providers.Source` that reads its kind."""
+    try:
+        source = source_for(item.kind)
+    except KeyError as exc:
+        raise RecordError(item.origin, item.position, None, str(exc)) from None
+    if not source.evaluated:  # counted as an event no rule is evaluated on
         stats.events += 1
         stats.events_unmatched += 1
-    else:  # pragma: no cover - RawRecord.kind is a closed set
-        raise RecordError(item.origin, item.position, None, f"unknown record kind {item.kind!r}")
+        return
+    if source.sigma is None:  # a finding: mapped directly
+        stats.findings += 1
+        yield from _as_detections(source.parse(item.record, item.origin, item.position))
+        return
+    stats.events += 1
+    product, service = source.sigma
+    matches = rules.match(source.view(item.record) if source.view else item.record, product=product,
+                          service=service)
+    if not matches:
+        stats.events_unmatched += 1
+        return
+    stats.events_matched += 1
+    for match in matches:
+        yield from _as_detections(source.parse(item.record, match, item.origin, item.position))
+
+
+def _as_detections(produced: Detection | Iterable[Detection] | None) -> Iterator[Detection]:
+    if produced is None:
+        return
+    if isinstance(produced, Detection):
+        yield produced
+    else:
+        yield from produced
 
 
 __all__ = ["DetectStats", "RuleMatcher", "detect"]

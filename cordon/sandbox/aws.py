@@ -610,7 +610,7 @@ class AwsSandbox:
 
     def cloud_params(self) -> dict[str, Any]:
         """JSON-serialisable parameters from which another process rebuilds the sandbox's
-        clients (:func:`sandbox_clients`; also understood by ``cordon.clouds.aws_clients``):
+        clients (:func:`sandbox_clients`; also understood by ``cordon.providers.aws.clients.aws_clients``):
         ``{"sandbox": True, "aws_endpoint_url", "cloudtrail_endpoint_url", "standin_url",
         "region", "account_id", "access_key_id" (sign with it to land in ``account_id`` without
         the header), "region_map": {unknown region seen while seeding: region}}``."""

@@ -74,7 +74,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import trustme
 
-from cordon.clouds_azure import SECRET_ENV_PREFIX
+from cordon.providers.azure.clients import SECRET_ENV_PREFIX
 
 DEFAULT_TENANT = "72f988bf-0000-4000-8000-00000000c0d0"
 DEFAULT_SUBSCRIPTION = "00000000-0000-4000-8000-00000000ab12"
@@ -744,7 +744,7 @@ class AzureStandIn:
 
     def _member_of(self, oid: str) -> list[dict[str, Any]]:
         """The ``directoryRole`` objects ``oid`` is an active member of (directory scope ``/``)."""
-        from cordon.detections.azure import DIRECTORY_ROLE_TEMPLATES
+        from cordon.providers.azure.detections import DIRECTORY_ROLE_TEMPLATES
 
         out = []
         for a in self.directory_role_assignments.values():
@@ -931,7 +931,7 @@ class AzureSandbox:
     ``AzureSandbox().start()`` binds both stand-ins on 127.0.0.1 and registers Cordon's app
     registration (client id + secret) with the token endpoint, with its service principal in the
     directory. ``clients(service)`` is the :class:`~cordon.action.ActionContext` client factory
-    (real msgraph-sdk / azure-mgmt-authorization; see :func:`cordon.clouds_azure.azure_clients`).
+    (real msgraph-sdk / azure-mgmt-authorization; see :func:`cordon.providers.azure.clients.azure_clients`).
     Use as a context manager or call :meth:`stop`.
     """
 
@@ -1001,7 +1001,7 @@ class AzureSandbox:
 
     def cloud_params(self) -> dict[str, Any]:
         """JSON-serialisable parameters from which another process rebuilds the clients with
-        :func:`cordon.clouds_azure.azure_clients`: ``{"sandbox": True, "tenant_id",
+        :func:`cordon.providers.azure.clients.azure_clients`: ``{"sandbox": True, "tenant_id",
         "subscription_id", "client_id", "client_secret_env" (the name of the environment variable
         holding the secret: the secret itself never travels as a parameter), "authority" (https, the
         token endpoint's host), "graph_url", "arm_url", "ca_pem" (the TLS CA, PEM text),
@@ -1013,12 +1013,12 @@ class AzureSandbox:
 
     def clients(self, service: str) -> Any:
         """``"graph"`` -> ``msgraph.GraphServiceClient``; ``"authorization"`` ->
-        ``AuthorizationManagementClient`` (cached; see :func:`cordon.clouds_azure.azure_clients`)."""
+        ``AuthorizationManagementClient`` (cached; see :func:`cordon.providers.azure.clients.azure_clients`)."""
         return self.client_factory()(service)
 
     def client_factory(self) -> Any:
         """The ``clients(service)`` factory (with ``own_identity`` and ``run``), built once."""
-        from cordon.clouds_azure import azure_clients
+        from cordon.providers.azure.clients import azure_clients
 
         with self._lock:
             if self._clients is None:
@@ -1128,7 +1128,7 @@ class AzureSandbox:
                 assigned = self.standin.assign_app_role(assignee, resource, role)
                 report.setdefault("app_role_assignments", []).append(assigned["id"])
         elif cred.kind == "azure_directory_role":
-            from cordon.detections.azure import directory_role_template
+            from cordon.providers.azure.detections import directory_role_template
 
             role, _, member = uid.partition("#")
             template = directory_role_template(role) or directory_role_template(attrs.get("roleDisplayName"))

@@ -814,7 +814,7 @@ class GcpSandbox:
 
     def cloud_params(self) -> dict[str, Any]:
         """JSON-serialisable parameters from which another process rebuilds the clients with
-        :func:`cordon.clouds_gcp.gcp_clients`: ``{"sandbox": True, "endpoint": url,
+        :func:`cordon.providers.gcp.clients.gcp_clients`: ``{"sandbox": True, "endpoint": url,
         "token_uri": url + "/token", "credentials_info": {service-account JSON key of Cordon's
         identity}, "project": project}``."""
         return {"sandbox": True, "endpoint": self.url, "token_uri": self.token_uri,
@@ -822,12 +822,12 @@ class GcpSandbox:
 
     def clients(self, service: str, version: str = "v1") -> Any:
         """A google-api-python-client ``Resource`` for ``service``/``version`` pointed at the
-        stand-in (cached; see :func:`cordon.clouds_gcp.gcp_clients`)."""
+        stand-in (cached; see :func:`cordon.providers.gcp.clients.gcp_clients`)."""
         return self.client_factory()(service, version)
 
     def client_factory(self) -> Any:
         """The ``clients(service, version)`` factory (with ``own_identity``), built once."""
-        from cordon.clouds_gcp import gcp_clients
+        from cordon.providers.gcp.clients import gcp_clients
 
         with self._lock:
             if self._clients is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cordon.detections.cloudtrail import RecordFields, detection_uid
+from cordon.detections.fields import RecordFields, detection_uid
 from cordon.detections.model import (
     Actor,
     Credential,

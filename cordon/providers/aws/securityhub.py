@@ -14,9 +14,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from cordon.detections.cloudtrail import RecordFields, detection_uid
-from cordon.detections.guardduty import techniques_for_type
+from cordon.detections.fields import RecordFields, detection_uid
 from cordon.detections.model import Credential, Detection, Principal, RawRef, RuleRef, record_sha256
+from cordon.providers.aws.guardduty import techniques_for_type
 
 #: ATT&CK techniques by consolidated Security Hub control ID (Cordon's mapping of what each
 #: control reports): an access key that should have been rotated (IAM.3) or should not exist at

@@ -33,13 +33,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from cordon.detections.cloudtrail import (
-    RecordFields,
-    SigmaMatchLike,
-    detection_uid,
-    severity_label,
-    type_name,
-)
+from cordon.detections.fields import RecordFields, SigmaMatchLike, detection_uid, severity_label, type_name
 from cordon.detections.model import (
     Actor,
     Credential,

@@ -1,6 +1,6 @@
 """GCP enrichment and containment actions (google-api-python-client).
 
-Same shape as :mod:`cordon.actions.aws` (Cloud Custodian-like self-describing classes): each action
+Same shape as :mod:`cordon.providers.aws.actions` (Cloud Custodian-like self-describing classes): each action
 declares its playbook ``name``, parameter ``schema``, the exact IAM ``permissions`` it needs, the
 credential kinds it acts on, whether it can roll back, and which parameters must name the
 detection's credential (``identifies``). Containment reads the state before and after and is
@@ -16,7 +16,7 @@ request body under ``body``. :meth:`GcpContainmentAction.call` walks the ``Resou
 (``clients("iam", "v1").projects().serviceAccounts().keys().disable(**params)``) and runs
 ``.execute(num_retries=3)``: google-api-python-client itself retries 429 and 5xx.
 
-Clients come from ``ctx.clients(service, version)`` (:func:`cordon.clouds_gcp.gcp_clients`);
+Clients come from ``ctx.clients(service, version)`` (:func:`cordon.providers.gcp.clients.gcp_clients`);
 ``ctx.clients.own_identity()`` (when present) is Cordon's own email, never contained.
 API references: https://cloud.google.com/iam/docs/reference/rest ,
 https://cloud.google.com/resource-manager/reference/rest/v1/projects ,
@@ -834,7 +834,7 @@ def _dig(obj: Any, *path: str) -> Any:
 
 def _delegation_chain(det: Any) -> list[str]:
     """Principals a call was delegated through (outermost first), from
-    ``credential.attributes`` (``delegationChain``, as :mod:`cordon.detections.gcp` writes it,
+    ``credential.attributes`` (``delegationChain``, as :mod:`cordon.providers.gcp.detections` writes it,
     ``delegation_chain`` or ``serviceAccountDelegationInfo``) or the raw
     audit log's ``protoPayload.authenticationInfo.serviceAccountDelegationInfo``."""
     attrs = det.credential.attributes if det.credential else {}

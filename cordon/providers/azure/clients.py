@@ -1,4 +1,4 @@
-"""Azure client factory, rebuilt from plain parameters (like :mod:`cordon.clouds_gcp`) so a Prefect
+"""Azure client factory, rebuilt from plain parameters (like :mod:`cordon.providers.gcp.clients`) so a Prefect
 worker in another process makes the same clients the caller had in mind.
 
 ``cloud`` is a JSON-serialisable dict:

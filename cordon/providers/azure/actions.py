@@ -1,6 +1,6 @@
 """Azure enrichment and containment actions (msgraph-sdk, azure-mgmt-authorization).
 
-Same shape as :mod:`cordon.actions.gcp` (Cloud Custodian-like self-describing classes): each action
+Same shape as :mod:`cordon.providers.gcp.actions` (Cloud Custodian-like self-describing classes): each action
 declares its playbook ``name``, parameter ``schema``, the exact ``permissions`` it needs
 (Microsoft Graph *application* permissions such as ``Application.ReadWrite.All``, Azure RBAC
 actions such as ``Microsoft.Authorization/roleAssignments/delete``), the credential kinds it acts
@@ -22,7 +22,7 @@ and the run is ``refused`` with nothing changed.
   dict of ``RoleAssignmentCreateParameters`` fields); azure-core's ``RetryPolicy`` retries 408 /
   429 / 5xx.
 
-Clients come from ``ctx.clients(service)`` (:func:`cordon.clouds_azure.azure_clients`);
+Clients come from ``ctx.clients(service)`` (:func:`cordon.providers.azure.clients.azure_clients`);
 ``ctx.clients.own_identity()`` is Cordon's client id (appId) and ``own_object_id()`` its
 service principal's object id, never contained.
 API references: https://learn.microsoft.com/graph/api/resources/serviceprincipal?view=graph-rest-1.0 ,
@@ -50,7 +50,7 @@ from cordon.action import (
     GuardError,
     register,
 )
-from cordon.detections.azure import GRAPH_APP_ID, RISKY_GRAPH_PERMISSIONS
+from cordon.providers.azure.detections import GRAPH_APP_ID, RISKY_GRAPH_PERMISSIONS
 
 GUID = {"type": "string", "pattern": r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"}
 OBJECT_TYPE = {"type": "string", "enum": ["Application", "ServicePrincipal"],
@@ -684,10 +684,10 @@ class RemoveDirectoryRoleMember(AzureContainmentAction):
     the same membership ``DELETE /directoryRoles/{id}/members/{memberId}/$ref`` removes).
 
     ``credential`` is the detection's uid ``<role template id or display name>#<member object id>``;
-    the role is resolved to its built-in template id (:func:`cordon.detections.azure.
+    the role is resolved to its built-in template id (:func:`cordon.providers.azure.detections.
     directory_role_template`; the detection's ``roleTemplateId`` / ``roleDisplayName`` attributes
     when the uid carries a name the table does not know). Guard: the credential must be the
-    detection's; the role must be privileged (:data:`cordon.detections.azure.
+    detection's; the role must be privileged (:data:`cordon.providers.azure.detections.
     PRIVILEGED_DIRECTORY_ROLES`: a reader role is never contained); Cordon's own service principal is
     refused. Scoped grants (administrative units) and PIM *eligible* assignments are not touched.
     State: ``{credential, member_id, role_template_id, role_name, present, assignments: [{id,
@@ -720,7 +720,7 @@ class RemoveDirectoryRoleMember(AzureContainmentAction):
         return f"directory role {role} member {member}"
 
     def _role(self, ctx: ActionContext) -> tuple[str, str | None]:
-        from cordon.detections.azure import (
+        from cordon.providers.azure.detections import (
             DIRECTORY_ROLE_TEMPLATES,
             PRIVILEGED_DIRECTORY_ROLES,
             directory_role_template,
@@ -803,11 +803,11 @@ class RemoveAppRoleAssignment(AzureContainmentAction):
     appRoleAssignments`` (every page) and matching ``resourceId`` and ``appRoleId``.
 
     ``credential`` is the detection's uid ``<assignee SP id>#<resource SP id>#<appRoleId>``
-    (:func:`cordon.detections.azure._app_role_grant`). Guard: the credential must be the detection's;
+    (:func:`cordon.providers.azure.detections._app_role_grant`). Guard: the credential must be the detection's;
     the role must be a dangerous Graph application permission *as the directory defines it now*: the
     resource service principal is read (``GET /servicePrincipals/{resource}``), its ``appId`` must be
     Microsoft Graph's and the ``appRole`` with that id must have a ``value`` in
-    :data:`cordon.detections.azure.RISKY_GRAPH_PERMISSIONS`; any other role (``Mail.Read``, a custom
+    :data:`cordon.providers.azure.detections.RISKY_GRAPH_PERMISSIONS`; any other role (``Mail.Read``, a custom
     API's role, an id the resource does not define) is refused, nothing changed. Cordon's own service
     principal is refused as the assignee. Other assignments of the same service principal (other roles,
     other resources) and other principals' assignments of the same role are never touched.
@@ -1011,7 +1011,7 @@ class ServicePrincipalFacts(EnrichmentAction):
       created}]``; ``oauth2_permission_grants``: delegated ``[{id, resource_id, consent_type,
       principal_id, scopes: [...]}]``; ``risky_permissions``: ``[{permission, type
       ("application"|"delegated"), resource}]`` for Graph permissions in
-      :data:`cordon.detections.azure.RISKY_GRAPH_PERMISSIONS`;
+      :data:`cordon.providers.azure.detections.RISKY_GRAPH_PERMISSIONS`;
     * ``directory_roles``: Entra roles the service principal is a member of ``[{id, display_name,
       role_template_id}]``;
     * ``rbac_role_assignments``: Azure RBAC assignments of the service principal at subscription
@@ -1187,7 +1187,7 @@ class ServicePrincipalFacts(EnrichmentAction):
         return parts.run("oauth2_permission_grants", read, [])
 
     def _rbac(self, ctx: ActionContext, parts: _Sections, sp_id: str) -> list[dict[str, Any]]:
-        from cordon.detections.azure import PRIVILEGED_ROLE_DEFINITIONS
+        from cordon.providers.azure.detections import PRIVILEGED_ROLE_DEFINITIONS
 
         names = {**_RBAC_NAMES, **PRIVILEGED_ROLE_DEFINITIONS}
         scopes = []

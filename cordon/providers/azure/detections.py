@@ -43,8 +43,8 @@ import re
 from datetime import datetime
 from typing import Any
 
-from cordon.detections.cloudtrail import RecordFields, SigmaMatchLike, detection_uid, severity_label, type_name
 from cordon.detections.errors import RecordError
+from cordon.detections.fields import RecordFields, SigmaMatchLike, detection_uid, severity_label, type_name
 from cordon.detections.model import Actor, Credential, Detection, Principal, RawRef, RuleRef, record_sha256
 
 #: ATT&CK techniques used when the matching rule carries none, by Cordon's activity label.
@@ -118,10 +118,10 @@ GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
 #: Graph permissions that let their holder take over the tenant or any application's credentials
 #: (grant itself any role or permission, add secrets to any app, write the directory, weaken
 #: Conditional Access, reset authentication methods). The one list Cordon has: the enrichment
-#: (``cordon.actions.azure.ServicePrincipalFacts``) flags them in ``risky_permissions`` whether granted as an
+#: (``cordon.providers.azure.actions.ServicePrincipalFacts``) flags them in ``risky_permissions`` whether granted as an
 #: application permission (app role) or as a delegated scope; an "Add app role assignment to service
 #: principal" of one of them on Microsoft Graph is contained (``azure_app_role_assignment``,
-#: ``cordon.actions.azure.RemoveAppRoleAssignment``).
+#: ``cordon.providers.azure.actions.RemoveAppRoleAssignment``).
 RISKY_GRAPH_PERMISSIONS: frozenset[str] = frozenset({
     "RoleManagement.ReadWrite.Directory", "AppRoleAssignment.ReadWrite.All", "Application.ReadWrite.All",
     "Application.ReadWrite.OwnedBy", "Directory.ReadWrite.All", "Directory.AccessAsUser.All",

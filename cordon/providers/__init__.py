@@ -1,0 +1,177 @@
+"""The provider registry: one package per cloud (``cordon/providers/<cloud>/``), each describing itself
+with a :class:`Provider` and registered here; the core asks the registry, it does not branch on cloud
+names. Learnt from Cloud Custodian's ``c7n.provider.Provider`` / ``clouds`` registry and StackStorm
+packs (a cloud's sources, rules and actions side by side).
+
+A provider declares:
+
+* ``name`` (``detection.provider``, the prefix of its action names, e.g. ``aws.deactivate-access-key``)
+  and ``title`` (how people write it, e.g. ``AWS``);
+* ``sources``: one :class:`Source` per record kind its intake recognises (``RawRecord.kind``): Sigma
+  events name the logsource they are matched as (``product``, ``service``) and optionally a ``view``
+  (the shape rules are written against); findings map directly. ``parse`` turns a record (and the
+  Sigma match, for events) into zero or more :class:`~cordon.detections.model.Detection`;
+* ``actions_module``: the module whose import registers its actions (:mod:`cordon.action`);
+* :meth:`Provider.clients`: its client factory, rebuilt from plain JSON parameters (``cloud``) so a
+  Prefect worker in another process makes the same clients; ``clients_per_account`` when the
+  clients act in the detection's account (``cloud["account_id"]``);
+* ``ocsf_account``: the OCSF ``account.type_id`` / ``type`` of its accounts, when OCSF has one.
+
+Adding a cloud is a folder with such a class and one entry in :data:`BUILTIN` (or, outside this
+distribution, an entry point in the group ``cordon.providers`` naming the class).
+
+Raises: :func:`get_provider` ``ValueError`` naming the registered providers for an unknown name;
+:func:`source_for` ``KeyError`` for a record kind no provider declares.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, ClassVar
+
+#: Built-in providers: ``(name, "module:Class")``. A new cloud adds one line here.
+BUILTIN: tuple[tuple[str, str], ...] = (
+    ("aws", "cordon.providers.aws:AwsProvider"),
+    ("azure", "cordon.providers.azure:AzureProvider"),
+    ("gcp", "cordon.providers.gcp:GcpProvider"),
+)
+
+#: Entry point group through which another distribution registers a provider class.
+ENTRY_POINT_GROUP = "cordon.providers"
+
+
+@dataclass(frozen=True)
+class Source:
+    """One kind of input record a provider reads (``RawRecord.kind``, decided by
+    :func:`cordon.detections.intake.classify`).
+
+    ``sigma``: ``(product, service)`` the records are matched as (Sigma logsource), or ``None`` for
+    findings, which map directly. ``view``: the record as Sigma rules see it (``None``: the record
+    itself). ``parse``: ``parse(record, match, origin, position)`` for Sigma events,
+    ``parse(record, origin, position)`` for findings; returns a Detection or an iterable of them;
+    raises :class:`cordon.detections.errors.RecordError` naming the field for a malformed record.
+    ``evaluated``: ``False`` for records counted as events on which no rule is evaluated (Entra
+    sign-ins create no credential).
+    """
+
+    kind: str
+    parse: Callable[..., Any] | None
+    sigma: tuple[str, str] | None = None
+    view: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    evaluated: bool = True
+
+    @property
+    def is_finding(self) -> bool:
+        """A finding (maps directly) rather than an event matched by Sigma rules."""
+        return self.sigma is None and self.evaluated
+
+
+class Provider:
+    """Base class of a cloud provider package (see the module docstring for what it declares)."""
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+    actions_module: ClassVar[str]
+    clients_per_account: ClassVar[bool] = False
+    ocsf_account: ClassVar[tuple[int, str] | None] = None
+
+    @property
+    def sources(self) -> tuple[Source, ...]:
+        """The record kinds this provider reads (imported lazily: parsers are heavy)."""
+        return ()
+
+    def clients(self, cloud: dict[str, Any]) -> Callable[..., Any]:
+        """A client factory ``clients(service, ...)`` for ``cloud`` (the provider's parameters)."""
+        raise NotImplementedError
+
+    def load_actions(self) -> None:
+        """Import :attr:`actions_module`, registering the provider's actions."""
+        importlib.import_module(self.actions_module)
+
+
+_LOCK = threading.Lock()
+_PROVIDERS: dict[str, Provider] = {}
+_SOURCES: dict[str, Source] = {}
+
+
+def _load_class(spec: str) -> type[Provider]:
+    module, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _ensure_loaded() -> None:
+    if _PROVIDERS:
+        return
+    with _LOCK:
+        if _PROVIDERS:
+            return
+        found: dict[str, Provider] = {}
+        for name, spec in BUILTIN:
+            found[name] = _load_class(spec)()
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            if ep.name not in found:
+                found[ep.name] = ep.load()()
+        _PROVIDERS.update(found)
+
+
+def register(provider: Provider) -> Provider:
+    """Register (or replace) ``provider`` under its ``name``; returns it. For tests and plug-ins
+    that are not installed distributions."""
+    _ensure_loaded()
+    with _LOCK:
+        _PROVIDERS[provider.name] = provider
+        _SOURCES.clear()
+    return provider
+
+
+def providers() -> dict[str, Provider]:
+    """Every registered provider by name (built-ins, then entry points)."""
+    _ensure_loaded()
+    return dict(_PROVIDERS)
+
+
+def provider_names() -> tuple[str, ...]:
+    """The registered providers' names, sorted."""
+    return tuple(sorted(providers()))
+
+
+def get_provider(name: str) -> Provider:
+    """The provider registered as ``name``; ``ValueError`` naming the known ones otherwise."""
+    found = providers().get(name)
+    if found is None:
+        raise ValueError(f"no provider '{name}' (registered: {', '.join(provider_names())})")
+    return found
+
+
+def all_sources() -> dict[str, Source]:
+    """Every provider's sources by record kind."""
+    if not _SOURCES:
+        table: dict[str, Source] = {}
+        for provider in providers().values():
+            for source in provider.sources:
+                table[source.kind] = source
+        with _LOCK:
+            _SOURCES.update(table)
+    return dict(_SOURCES)
+
+
+def source_for(kind: str) -> Source:
+    """The :class:`Source` that reads records of ``kind``; ``KeyError`` when no provider does."""
+    try:
+        return all_sources()[kind]
+    except KeyError:
+        raise KeyError(f"no provider reads records of kind {kind!r}") from None
+
+
+def load_all_actions(names: Iterable[str] | None = None) -> None:
+    """Import the actions of every provider (or of ``names``), so they register."""
+    for name in names or provider_names():
+        get_provider(name).load_actions()
+
+
+__all__ = ["BUILTIN", "ENTRY_POINT_GROUP", "Provider", "Source", "all_sources", "get_provider", "load_all_actions",
+           "provider_names", "providers", "register", "source_for"]

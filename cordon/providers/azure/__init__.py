@@ -1,0 +1,43 @@
+"""Microsoft Entra ID and Azure: Entra audit logs (Sigma logsource ``product: azure, service:
+auditlogs``, matched on the Graph ``directoryAudit`` shape), the Azure Activity Log (``service:
+activitylogs``), Entra sign-ins (read, counted, never matched: a sign-in adds no credential);
+Graph actions over msgraph-sdk and role assignments over azure-mgmt-authorization.
+
+Modules: :mod:`.detections` (record parsers and the views rules are written against),
+:mod:`.actions`, :mod:`.clients` (the Graph / ARM client factory).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from cordon.providers import Provider, Source
+
+
+class AzureProvider(Provider):
+    """The Entra ID / Azure provider (see the package docstring)."""
+
+    name = "azure"
+    title = "Azure"
+    actions_module = "cordon.providers.azure.actions"
+
+    @property
+    def sources(self) -> tuple[Source, ...]:
+        from cordon.providers.azure.detections import (
+            activity_match_view,
+            detections_from_azure_activity,
+            detections_from_entra_audit,
+            entra_match_view,
+        )
+
+        return (Source("entra_audit", detections_from_entra_audit, sigma=("azure", "auditlogs"),
+                       view=entra_match_view),
+                Source("azure_activity", detections_from_azure_activity, sigma=("azure", "activitylogs"),
+                       view=activity_match_view),
+                Source("entra_signin", None, evaluated=False))
+
+    def clients(self, cloud: dict[str, Any]) -> Callable[..., Any]:
+        from cordon.providers.azure.clients import azure_clients
+
+        return azure_clients(cloud)
