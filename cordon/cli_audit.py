@@ -67,7 +67,7 @@ class ExportFormat(StrEnum):
 
 SinceOpt = Annotated[str | None, typer.Option(help="From this time (ISO 8601, UTC if no zone), inclusive.")]
 UntilOpt = Annotated[str | None, typer.Option(help="Up to this time (ISO 8601), exclusive.")]
-ProviderOpt = Annotated[str | None, typer.Option(help="aws, gcp or azure.")]
+ProviderOpt = Annotated[str | None, typer.Option(help="A provider's name (detection.provider).")]
 AccountOpt = Annotated[str | None, typer.Option(help="Account ID / project / tenant, exact.")]
 PrincipalOpt = Annotated[str | None, typer.Option(help="Substring of the actor, target or credential owner.")]
 PlaybookOpt = Annotated[str | None, typer.Option(help="Playbook name, exact.")]

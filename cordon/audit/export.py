@@ -49,7 +49,7 @@ Formats
       ``activity_name``); ``status_id`` 1 Success or 2 Failure (``status_detail`` = the cloud's
       error). ``actor.user`` is Cordon's cloud identity from ``guard.passed`` (``type_id`` 4
       Service), ``api`` the operation, service and parameters (``request.data``), ``cloud`` the
-      provider (from the detection, else the action's ``aws.``/``gcp.``/``azure.`` prefix). An
+      provider (from the detection, else the action name's provider prefix). An
       action that made no call (``already_contained``) has no API Activity.
 
     A principal's provider type (CloudTrail ``userIdentity.type`` such as ``IAMUser``,
@@ -148,8 +148,13 @@ _FINDING_STATUSES = {1: "New", 2: "In Progress", 3: "Suppressed", 4: "Resolved"}
 _API_ACTIVITIES = {1: "Create", 2: "Read", 3: "Update", 4: "Delete", 99: "Other"}
 _SEVERITY_IDS = {"unknown": 0, "informational": 1, "low": 2, "medium": 3, "high": 4, "critical": 5}
 _USER_TYPES = {"user": 1, "admin": 2, "system": 3, "service": 4}  # ``user.type_id``; anything else is 99
-_ACCOUNT_TYPES = {"aws": (10, "AWS Account"), "gcp": (11, "GCP Project")}  # ``account.type_id``
-_PROVIDERS = {"aws": "AWS", "gcp": "GCP", "azure": "Azure"}
+
+
+def _registered(provider: str | None) -> Any:
+    """The registered :class:`cordon.providers.Provider` named ``provider``, or ``None``."""
+    from cordon.providers import providers
+
+    return providers().get(provider) if provider else None
 _HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+\.?")
 
 
@@ -180,10 +185,12 @@ def _metadata(r: LedgerRecord, profiles: Iterable[str], suffix: str = "") -> dic
 
 
 def _account(uid: Any, provider: str | None) -> dict[str, Any]:
-    """OCSF ``account``: ``uid``, with ``type_id`` 10 *AWS Account* / 11 *GCP Project* when known."""
+    """OCSF ``account``: ``uid``, with ``type_id`` / ``type`` when the provider declares its accounts'
+    OCSF type (:attr:`cordon.providers.Provider.ocsf_account`, e.g. 10 *AWS Account*)."""
     account: dict[str, Any] = {"uid": str(uid)}
-    if provider in _ACCOUNT_TYPES:
-        account["type_id"], account["type"] = _ACCOUNT_TYPES[provider]
+    registered = _registered(provider)
+    if registered is not None and registered.ocsf_account:
+        account["type_id"], account["type"] = registered.ocsf_account
     return account
 
 
@@ -209,7 +216,8 @@ def _cloud(provider: str | None, account_uid: Any, region: Any) -> dict[str, Any
     """OCSF ``cloud`` (``cloud`` profile), ``None`` without a provider (``cloud.provider`` is required)."""
     if not provider:
         return None
-    cloud: dict[str, Any] = {"provider": _PROVIDERS.get(provider, provider)}
+    registered = _registered(provider)
+    cloud: dict[str, Any] = {"provider": registered.title if registered is not None else provider}
     if account_uid:
         cloud["account"] = _account(account_uid, provider)
     if region:
@@ -402,7 +410,7 @@ def _api_activities(r: LedgerRecord, det: dict[str, Any], cordon_identity: str |
     ok = p.get("status") in ("contained", "rolled_back", "already_contained", "already_rolled_back")
     action = str(p.get("name") or "")
     prefix = action.split(".", 1)[0]
-    provider = det.get("provider") or (prefix if prefix in _PROVIDERS else None)
+    provider = det.get("provider") or (prefix if _registered(prefix) is not None else None)
     for i, call in enumerate(p.get("calls") or []):
         op = str(call.get("operation") or "unknown")
         activity = api_activity_id(op)

@@ -14,11 +14,23 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-Provider = Literal["aws", "azure", "gcp"]
+
+def registered_provider(value: str) -> str:
+    """``value`` if a provider of that name is registered (:mod:`cordon.providers`); ``ValueError``
+    naming the registered ones otherwise (pydantic reports it as the field's error)."""
+    from cordon.providers import provider_names
+
+    if value not in provider_names():
+        raise ValueError(f"unknown provider {value!r} (registered: {', '.join(provider_names())})")
+    return value
+
+
+#: A registered provider's name (``detection.provider``, a playbook's ``when.provider``).
+Provider = Annotated[str, AfterValidator(registered_provider)]
 Source = Literal["cloudtrail", "guardduty", "securityhub", "entra", "azure_activity", "gcp_audit", "gcp_scc",
                  "manual"]
 AccessPath = Literal["console", "api", "service", "unknown"]

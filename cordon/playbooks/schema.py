@@ -48,7 +48,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cordon.action import Action, get_action
-from cordon.detections.model import SEVERITY_IDS, Detection
+from cordon.detections.model import SEVERITY_IDS, Detection, Provider
 
 
 class PlaybookError(ValueError):
@@ -77,7 +77,7 @@ class When(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    provider: Literal["aws", "azure", "gcp"]
+    provider: Provider
     credential_kinds: list[str] = Field(default_factory=list)
     sources: list[str] = Field(default_factory=list)
     event_names: list[str] = Field(default_factory=list)
