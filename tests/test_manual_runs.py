@@ -95,7 +95,7 @@ def test_bad_parameters_name_the_parameter_and_the_file(playbooks):
         validate_params(pb, {**AWS_PARAMS, "access_key_id": "AKIA-not-a-key"})
     msg = str(info.value)
     assert msg.startswith("cordon/defaults/playbooks/aws-access-key-created.yaml: playbook 'aws-access-key-created': "
-                          "parameter 'access_key_id':") or f"{REPO}/playbooks/aws-access-key-created.yaml" in msg
+                          "parameter 'access_key_id':") or f"{REPO}/cordon/defaults/playbooks/aws-access-key-created.yaml" in msg
     assert "does not match ^AKIA[A-Z0-9]{16}$" in msg and info.value.errors.keys() == {"access_key_id"}
 
     params, errors = check_params(pb, {"access_key_id": KEY, "colour": "red", "account_id": "  "})
