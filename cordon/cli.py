@@ -559,31 +559,28 @@ def serve(host: str = "127.0.0.1", port: int = 8080) -> None:
     uvicorn.run(api, host=host, port=port)
 
 
-class GrantProvider(StrEnum):
-    aws = "aws"
-    aws_member = "aws-member"
-    azure = "azure"
-    gcp = "gcp"
-
-
 @app.command()
 def permissions(
-    provider: Annotated[GrantProvider, typer.Argument(help="Cloud whose grant document to print.")],
+    document: Annotated[str, typer.Argument(help="Grant document to print (cordon permissions --list names "
+                                            "them).", show_default=False)] = "",
     every: Annotated[bool, typer.Option("--all", help="Every registered action, not only those the "
                                         "playbooks in use reference.")] = False,
+    listing: Annotated[bool, typer.Option("--list", help="List the grant documents and exit.")] = False,
 ) -> None:
-    """Print the least-privilege grant generated from the actions' declared permissions: an IAM
-    policy (aws, JSON), Graph permissions + an RBAC custom role (azure, JSON), a custom role (gcp, YAML)."""
-    import yaml
-
+    """Print a least-privilege grant generated from the actions' declared permissions (each provider
+    says what it generates: an IAM policy, Graph permissions + an RBAC custom role, a custom role...)."""
     from cordon.config import load_config
-    from cordon.permissions import generate
+    from cordon.permissions import documents, render_document
 
-    doc = generate(load_config(), provider.value, every=every)
-    if provider is GrantProvider.gcp:
-        print(yaml.safe_dump(doc, sort_keys=False), end="")
-    else:
-        print(json.dumps(doc, indent=2))
+    docs = documents()
+    if listing or not document:
+        out.print("\n".join(docs), highlight=False)
+        raise typer.Exit(0 if listing else 1)
+    if document not in docs:
+        err.print(f"[red]no grant document[/red] {escape(document)!r}: expected one of {', '.join(docs)}",
+                  highlight=False)
+        raise typer.Exit(1)
+    print(render_document(load_config(), document, every=every), end="")
 
 
 @app.command("slack-manifest")

@@ -26,7 +26,7 @@ from dateutil.tz import tzlocal
 from cordon.audit.ledger import Ledger
 from cordon.clouds import clients_for, cloud_for_case
 from cordon.config import load_config
-from cordon.permissions import aws_member_role, generate, render
+from cordon.permissions import generate, render
 from cordon.playbooks.schema import load_playbooks
 from cordon.providers.aws.accounts import (
     AwsAccountsError,
@@ -37,6 +37,7 @@ from cordon.providers.aws.accounts import (
     session_name,
 )
 from cordon.providers.aws.clients import aws_clients
+from cordon.providers.aws.grants import aws_member_role
 from cordon.respond import build_plan, guard, run_step, verify_step
 
 REPO = Path(__file__).resolve().parents[1]

@@ -27,12 +27,11 @@ CLOUD = re.compile(r"(?i)(?<![a-z])(aws|gcp|azure|entra|cloudtrail|guardduty|sec
 STILL_NAMING_A_CLOUD = {
     "cordon/approvals/slack.py": 37,  # per-action enrichment renderers and credential phrases
     "cordon/audit/ledger.py": 1,  # the redaction's secret field names (aws_secret_access_key)
-    "cordon/cli.py": 13,  # `permissions` command's documents, aws accounts in `serve`
+    "cordon/cli.py": 4,  # the aws: accounts in `serve` / `config validate`
     "cordon/config.py": 1,  # the `aws:` section of cordon.yaml
     "cordon/detections/intake.py": 40,  # classify(): which record shape is which source
     "cordon/detections/model.py": 32,  # credential kinds, detection sources, rule types
     "cordon/manual.py": 5,  # detections built by hand: ARNs, account fields
-    "cordon/permissions.py": 45,  # grants generated per cloud
     "cordon/respond.py": 5,  # the guard's own-identity check per AWS account
 }
 

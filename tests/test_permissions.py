@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from cordon.action import all_actions, load_builtin_actions
 from cordon.cli import app
 from cordon.config import load_config
-from cordon.permissions import actions_in_use, aws_policy, generate, slack_manifest
+from cordon.permissions import actions_in_use, generate, slack_manifest
+from cordon.providers.aws.grants import aws_policy
 from cordon.sandbox.aws import AwsSandbox
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,7 +11,8 @@ A provider declares:
   events name the logsource they are matched as (``product``, ``service``) and optionally a ``view``
   (the shape rules are written against); findings map directly. ``parse`` turns a record (and the
   Sigma match, for events) into zero or more :class:`~cordon.detections.model.Detection`;
-* ``actions_module``: the module whose import registers its actions (:mod:`cordon.action`);
+* ``actions_module``: the module whose import registers its actions (:mod:`cordon.action`), and
+  ``grants_module``: the least-privilege documents generated from them (:mod:`cordon.permissions`);
 * :meth:`Provider.clients`: its client factory, rebuilt from plain JSON parameters (``cloud``) so a
   Prefect worker in another process makes the same clients; ``clients_per_account`` when the
   clients act in the detection's account (``cloud["account_id"]``);
@@ -76,6 +77,8 @@ class Provider:
     name: ClassVar[str]
     title: ClassVar[str]
     actions_module: ClassVar[str]
+    #: module holding ``DOCUMENTS``, the :class:`cordon.permissions.GrantDocument` s it generates
+    grants_module: ClassVar[str | None] = None
     clients_per_account: ClassVar[bool] = False
     ocsf_account: ClassVar[tuple[int, str] | None] = None
 

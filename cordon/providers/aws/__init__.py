@@ -21,6 +21,7 @@ class AwsProvider(Provider):
     name = "aws"
     title = "AWS"
     actions_module = "cordon.providers.aws.actions"
+    grants_module = "cordon.providers.aws.grants"
     clients_per_account = True
     ocsf_account = (10, "AWS Account")
 

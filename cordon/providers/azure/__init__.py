@@ -21,6 +21,7 @@ class AzureProvider(Provider):
     name = "azure"
     title = "Azure"
     actions_module = "cordon.providers.azure.actions"
+    grants_module = "cordon.providers.azure.grants"
 
     @property
     def sources(self) -> tuple[Source, ...]:

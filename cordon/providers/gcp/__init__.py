@@ -20,6 +20,7 @@ class GcpProvider(Provider):
     name = "gcp"
     title = "GCP"
     actions_module = "cordon.providers.gcp.actions"
+    grants_module = "cordon.providers.gcp.grants"
     ocsf_account = (11, "GCP Project")
 
     @property
