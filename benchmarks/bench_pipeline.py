@@ -45,7 +45,7 @@ else:
     from cordon.detections.intake import read_inputs
     from cordon.detections.pipeline import DetectStats, detect
     from cordon.sigma import RuleSet
-    rules = RuleSet.load(os.path.join(sys.argv[3], "config", "rules"))
+    rules = RuleSet.load(os.path.join(sys.argv[3], "cordon", "defaults", "rules"))
     stats = DetectStats()
     t = time.perf_counter(); found = 0
     for item in detect(read_inputs([path]), rules, stats):

@@ -30,7 +30,6 @@ STILL_NAMING_A_CLOUD = {
     "cordon/cli.py": 4,  # the aws: accounts in `serve` / `config validate`
     "cordon/config.py": 1,  # the `aws:` section of cordon.yaml
     "cordon/detections/intake.py": 40,  # classify(): which record shape is which source
-    "cordon/detections/model.py": 32,  # credential kinds, detection sources, rule types
     "cordon/manual.py": 5,  # detections built by hand: ARNs, account fields
     "cordon/respond.py": 5,  # the guard's own-identity check per AWS account
 }

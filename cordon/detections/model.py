@@ -31,8 +31,20 @@ def registered_provider(value: str) -> str:
 
 #: A registered provider's name (``detection.provider``, a playbook's ``when.provider``).
 Provider = Annotated[str, AfterValidator(registered_provider)]
-Source = Literal["cloudtrail", "guardduty", "securityhub", "entra", "azure_activity", "gcp_audit", "gcp_scc",
-                 "manual"]
+
+
+def registered_source(value: str) -> str:
+    """``value`` if it is ``manual`` or a registered provider's detection source
+    (:attr:`cordon.providers.Provider.detection_sources`); ``ValueError`` otherwise."""
+    from cordon.providers import detection_sources
+
+    if value != "manual" and value not in detection_sources():
+        raise ValueError(f"unknown detection source {value!r}")
+    return value
+
+
+#: Where a detection came from: a provider's log or finding source, or ``manual`` (run by hand).
+Source = Annotated[str, AfterValidator(registered_source)]
 AccessPath = Literal["console", "api", "service", "unknown"]
 
 #: OCSF severity_id values (OCSF 1.8.0 ``severity_id`` enum).
@@ -45,30 +57,18 @@ SEVERITY_IDS: dict[str, int] = {
     "critical": 5,
 }
 
-#: Credential kinds Cordon knows how to name precisely (and, for most, contain).
-CredentialKind = Literal[
-    "aws_access_key",  # IAM access key, uid = AccessKeyId (AKIA...)
-    "aws_login_profile",  # console password of an IAM user, uid = user name
-    "aws_key_pair",  # EC2 key pair, uid = key name, region required
-    "aws_service_specific_credential",  # uid = ServiceSpecificCredentialId
-    "aws_federation_token",  # sts:GetFederationToken session, uid = temporary AccessKeyId (ASIA...)
-    "aws_iam_user",  # a created cloud account (T1136.003), uid = user name
-    "aws_policy_grant",  # an admin policy attached / put on a user, uid = policy ARN or inline name
-    "azure_sp_password",  # uid = the credential's keyId (GUID); owner = the application or service principal
-    "azure_sp_key",  # uid = keyId of a certificate (keyCredentials)
-    "azure_federated_credential",  # uid = "<application object id>/federatedIdentityCredentials/<id>"
-    "azure_role_assignment",  # uid = full ARM ID .../providers/Microsoft.Authorization/roleAssignments/<guid>
-    "azure_directory_role",  # uid = "<directory role template id>#<principal object id>"
-    "azure_app_role_assignment",  # uid = "<assignee SP object id>#<resource SP object id>#<appRoleId>"
-    "azure_user",  # uid = user object id (a created account, T1136.003)
-    "azure_service_principal",  # uid = service principal object id (a created service principal)
-    "gcp_sa_key",  # uid = key resource name projects/P/serviceAccounts/SA_EMAIL/keys/KEY_ID
-    "gcp_service_account",  # uid = service account email
-    "gcp_iam_binding",  # uid = "<resource>#<role>#<member>", e.g. "projects/p1#roles/owner#user:x@example.com"
-    "gcp_api_key",  # uid = projects/P/locations/global/keys/KEY_ID
-    "gcp_oslogin_ssh_key",  # uid = users/USER_EMAIL/sshPublicKeys/FINGERPRINT
-    "gcp_hmac_key",  # uid = projects/P/hmacKeys/ACCESS_ID
-]
+def registered_credential_kind(value: str) -> str:
+    """``value`` if a registered provider declares that credential kind
+    (:attr:`cordon.providers.Provider.credential_kinds`); ``ValueError`` otherwise."""
+    from cordon.providers import credential_kind_names
+
+    if value not in credential_kind_names():
+        raise ValueError(f"unknown credential kind {value!r}")
+    return value
+
+
+#: A credential kind some provider can name precisely (and, for most, contain), e.g. an access key.
+CredentialKind = Annotated[str, AfterValidator(registered_credential_kind)]
 
 
 class Principal(BaseModel):
@@ -144,18 +144,26 @@ class Credential(BaseModel):
     attributes: dict[str, Any] = Field(default_factory=dict)
 
 
+def _rule_type(value: str) -> str:
+    from cordon.providers import rule_types
+
+    if value not in ("sigma", "manual") and value not in rule_types():
+        raise ValueError(f"unknown rule type {value!r}")
+    return value
+
+
 class RuleRef(BaseModel):
     """What flagged the record (OCSF ``finding_info`` / ``analytic``).
 
-    ``type`` is ``sigma`` (a shipped Sigma rule matched a raw log event), ``guardduty`` or
-    ``securityhub`` (a provider finding), or ``manual`` (an on-call responder ran the playbook by
+    ``type`` is ``sigma`` (a shipped Sigma rule matched a raw log event), a provider's finding
+    type (:attr:`cordon.providers.Provider.rule_types`), or ``manual`` (an on-call responder ran the playbook by
     hand: ``uid`` is the playbook name, see :mod:`cordon.manual`); ``uid`` the Sigma rule id,
     finding ID or control ID; ``name`` the rule title or finding type.
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    type: Literal["sigma", "guardduty", "securityhub", "entra", "gcp_scc", "manual"]
+    type: Annotated[str, AfterValidator(_rule_type)]
     uid: str | None = None
     name: str | None = None
     path: str | None = None

@@ -16,6 +16,8 @@ A provider declares:
 * :meth:`Provider.clients`: its client factory, rebuilt from plain JSON parameters (``cloud``) so a
   Prefect worker in another process makes the same clients; ``clients_per_account`` when the
   clients act in the detection's account (``cloud["account_id"]``);
+* ``credential_kinds`` (what each kind's ``uid`` holds), ``detection_sources`` and ``rule_types``:
+  the values its detections may carry (the model validates against the registry);
 * ``ocsf_account``: the OCSF ``account.type_id`` / ``type`` of its accounts, when OCSF has one.
 
 Adding a cloud is a folder with such a class and one entry in :data:`BUILTIN` (or, outside this
@@ -80,6 +82,12 @@ class Provider:
     #: module holding ``DOCUMENTS``, the :class:`cordon.permissions.GrantDocument` s it generates
     grants_module: ClassVar[str | None] = None
     clients_per_account: ClassVar[bool] = False
+    #: credential kind (``detection.credential.kind``) -> what its ``uid`` holds
+    credential_kinds: ClassVar[dict[str, str]] = {}
+    #: ``detection.source`` values its parsers produce (a log, a finding service)
+    detection_sources: ClassVar[tuple[str, ...]] = ()
+    #: ``detection.rule.type`` values of its findings (besides ``sigma``)
+    rule_types: ClassVar[tuple[str, ...]] = ()
     ocsf_account: ClassVar[tuple[int, str] | None] = None
 
     @property
@@ -128,6 +136,7 @@ def register(provider: Provider) -> Provider:
     with _LOCK:
         _PROVIDERS[provider.name] = provider
         _SOURCES.clear()
+        _DECLARED.clear()
     return provider
 
 
@@ -152,6 +161,10 @@ def get_provider(name: str) -> Provider:
 
 def all_sources() -> dict[str, Source]:
     """Every provider's sources by record kind."""
+    return dict(_sources())
+
+
+def _sources() -> dict[str, Source]:
     if not _SOURCES:
         table: dict[str, Source] = {}
         for provider in providers().values():
@@ -159,15 +172,50 @@ def all_sources() -> dict[str, Source]:
                 table[source.kind] = source
         with _LOCK:
             _SOURCES.update(table)
-    return dict(_SOURCES)
+    return _SOURCES
 
 
 def source_for(kind: str) -> Source:
     """The :class:`Source` that reads records of ``kind``; ``KeyError`` when no provider does."""
     try:
-        return all_sources()[kind]
+        return _SOURCES[kind] if _SOURCES else _sources()[kind]
     except KeyError:
         raise KeyError(f"no provider reads records of kind {kind!r}") from None
+
+
+_DECLARED: dict[str, frozenset[str]] = {}
+
+
+def _declared(attr: str) -> frozenset[str]:
+    if attr not in _DECLARED:
+        values: set[str] = set()
+        for provider in providers().values():
+            values.update(getattr(provider, attr))
+        _DECLARED[attr] = frozenset(values)
+    return _DECLARED[attr]
+
+
+def credential_kinds() -> dict[str, str]:
+    """Every provider's credential kinds -> what the ``uid`` of each holds."""
+    out: dict[str, str] = {}
+    for provider in providers().values():
+        out.update(provider.credential_kinds)
+    return out
+
+
+def credential_kind_names() -> frozenset[str]:
+    """Every provider's credential kinds (cached; what the model validates against)."""
+    return _declared("credential_kinds")
+
+
+def detection_sources() -> frozenset[str]:
+    """Every provider's ``detection.source`` values."""
+    return _declared("detection_sources")
+
+
+def rule_types() -> frozenset[str]:
+    """Every provider's finding ``rule.type`` values."""
+    return _declared("rule_types")
 
 
 def load_all_actions(names: Iterable[str] | None = None) -> None:
@@ -176,5 +224,6 @@ def load_all_actions(names: Iterable[str] | None = None) -> None:
         get_provider(name).load_actions()
 
 
-__all__ = ["BUILTIN", "ENTRY_POINT_GROUP", "Provider", "Source", "all_sources", "get_provider", "load_all_actions",
-           "provider_names", "providers", "register", "source_for"]
+__all__ = ["BUILTIN", "ENTRY_POINT_GROUP", "Provider", "Source", "all_sources", "credential_kind_names",
+           "credential_kinds", "detection_sources", "get_provider", "load_all_actions", "provider_names", "providers",
+           "register", "rule_types", "source_for"]

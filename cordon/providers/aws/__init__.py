@@ -25,6 +25,19 @@ class AwsProvider(Provider):
     clients_per_account = True
     ocsf_account = (10, "AWS Account")
 
+    detection_sources = ("cloudtrail", "guardduty", "securityhub")
+    rule_types = ("guardduty", "securityhub")
+    #: credential kind -> what its ``uid`` holds
+    credential_kinds = {
+        "aws_access_key": "IAM access key, uid = AccessKeyId (AKIA...)",
+        "aws_login_profile": "console password of an IAM user, uid = user name",
+        "aws_key_pair": "EC2 key pair, uid = key name, region required",
+        "aws_service_specific_credential": "uid = ServiceSpecificCredentialId",
+        "aws_federation_token": "sts:GetFederationToken session, uid = temporary AccessKeyId (ASIA...)",
+        "aws_iam_user": "a created cloud account (T1136.003), uid = user name",
+        "aws_policy_grant": "an admin policy attached / put on a user, uid = policy ARN or inline name",
+    }
+
     @property
     def sources(self) -> tuple[Source, ...]:
         from cordon.providers.aws.cloudtrail import detection_from_cloudtrail

@@ -23,6 +23,20 @@ class AzureProvider(Provider):
     actions_module = "cordon.providers.azure.actions"
     grants_module = "cordon.providers.azure.grants"
 
+    detection_sources = ("entra", "azure_activity")
+    rule_types = ("entra",)
+    #: credential kind -> what its ``uid`` holds
+    credential_kinds = {
+        "azure_sp_password": "uid = the credential's keyId (GUID); owner = the application or service principal",
+        "azure_sp_key": "uid = keyId of a certificate (keyCredentials)",
+        "azure_federated_credential": "uid = '<application object id>/federatedIdentityCredentials/<id>'",
+        "azure_role_assignment": "uid = full ARM ID .../providers/Microsoft.Authorization/roleAssignments/<guid>",
+        "azure_directory_role": "uid = '<directory role template id>#<principal object id>'",
+        "azure_app_role_assignment": "uid = '<assignee SP object id>#<resource SP object id>#<appRoleId>'",
+        "azure_user": "uid = user object id (a created account, T1136.003)",
+        "azure_service_principal": "uid = service principal object id (a created service principal)",
+    }
+
     @property
     def sources(self) -> tuple[Source, ...]:
         from cordon.providers.azure.detections import (

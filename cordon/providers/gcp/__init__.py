@@ -23,6 +23,18 @@ class GcpProvider(Provider):
     grants_module = "cordon.providers.gcp.grants"
     ocsf_account = (11, "GCP Project")
 
+    detection_sources = ("gcp_audit", "gcp_scc")
+    rule_types = ("gcp_scc",)
+    #: credential kind -> what its ``uid`` holds
+    credential_kinds = {
+        "gcp_sa_key": "uid = key resource name projects/P/serviceAccounts/SA_EMAIL/keys/KEY_ID",
+        "gcp_service_account": "uid = service account email",
+        "gcp_iam_binding": "uid = '<resource>#<role>#<member>', e.g. 'projects/p1#roles/owner#user:x@example.com'",
+        "gcp_api_key": "uid = projects/P/locations/global/keys/KEY_ID",
+        "gcp_oslogin_ssh_key": "uid = users/USER_EMAIL/sshPublicKeys/FINGERPRINT",
+        "gcp_hmac_key": "uid = projects/P/hmacKeys/ACCESS_ID",
+    }
+
     @property
     def sources(self) -> tuple[Source, ...]:
         from cordon.providers.gcp.detections import detections_from_gcp_audit, detections_from_scc
