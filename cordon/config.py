@@ -200,7 +200,7 @@ def load_config(directory: str | Path | None = None) -> Config:
     :class:`CordonYaml` (:func:`check_config_text`).
 
     Raises :class:`ConfigError` naming the file, line and key for an unknown key or a value of
-    the wrong type.
+    the wrong type, and naming the file and key when ``rules:`` or ``playbooks:`` is not a directory.
     """
     d = Path(directory).resolve() if directory else config_dir()
     path = d / "cordon.yaml"
@@ -210,6 +210,9 @@ def load_config(directory: str | Path | None = None) -> Config:
     protected = data.get("protected_principals") or []
     slack = data.get("slack") or {}
     approvers = slack.get("approvers") or []
+    for key in ("rules", "playbooks"):  # a misspelt path would otherwise load nothing, silently
+        if data.get(key) and not (d / data[key]).is_dir():
+            raise ConfigError(f"{path}: field '{key}': {(d / data[key]).resolve()} is not a directory")
     return Config(
         directory=d,
         # without ``rules:`` / ``playbooks:`` a configuration folder uses the shipped ones

@@ -18,7 +18,7 @@ from tests.azure_fixtures import azure_detection
 pytestmark = [pytest.mark.filterwarnings("ignore:This class is deprecated:DeprecationWarning"),
               pytest.mark.filterwarnings("ignore:GetQueryParameters is deprecated:DeprecationWarning")]
 
-PLAYBOOKS = Path(__file__).resolve().parents[1] / "playbooks"
+PLAYBOOKS = Path(__file__).resolve().parents[1] / "cordon" / "defaults" / "playbooks"
 GA = "62e90394-69f5-4237-9190-012177145e10"
 APP_ADMIN = "9b895d92-2cd3-44c7-9d02-a6ac2d5ea5c3"
 READERS = "88d8e3e3-8f55-4a1e-953a-9b9898b8876b"

@@ -129,8 +129,10 @@ def test_validation_errors_print_brackets_verbatim(env, tmp_path):
 def test_version_and_an_aligned_playbook_table(env):
     from importlib.metadata import version
 
+    from cordon import DISTRIBUTION
+
     res = cordon("--version", env=env)
-    assert res.returncode == 0 and res.stdout.startswith(f"cordon {version('cordon')} (Prefect "), res.stdout
+    assert res.returncode == 0 and res.stdout.startswith(f"cordon {version(DISTRIBUTION)} (Prefect "), res.stdout
     listed = cordon("playbooks", "list", env=env)
     assert listed.returncode == 0, listed.stderr
     header, *rows = listed.stdout.splitlines()

@@ -29,7 +29,7 @@ STILL_NAMING_A_CLOUD = {
     "cordon/audit/ledger.py": 1,  # the redaction's secret field names (aws_secret_access_key)
     "cordon/cli.py": 4,  # the aws: accounts in `serve` / `config validate`
     "cordon/config.py": 1,  # the `aws:` section of cordon.yaml
-    "cordon/detections/intake.py": 40,  # classify(): which record shape is which source
+    "cordon/detections/intake.py": 11,  # envelopes: EventBridge detail-types, the sources their detail holds
     "cordon/manual.py": 5,  # detections built by hand: ARNs, account fields
     "cordon/respond.py": 5,  # the guard's own-identity check per AWS account
 }

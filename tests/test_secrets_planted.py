@@ -189,6 +189,7 @@ def config_with_approvers(tmp_path, monkeypatch) -> Path:
     data = yaml.safe_load((REPO / "cordon" / "defaults" / "cordon.yaml").read_text())
     data.setdefault("approval", {}).setdefault("approvers", {})["users"] = ["U0ALICE01"]
     data["approval"]["identities"] = {"U0ALICE01": ["alice@corp.example"]}
+    data["playbooks"] = "../playbooks"
     (cfg / "cordon.yaml").write_text(yaml.safe_dump(data))
     (cfg / "rules").symlink_to(REPO / "cordon" / "defaults" / "rules")
     (tmp_path / "playbooks").symlink_to(REPO / "cordon" / "defaults" / "playbooks")

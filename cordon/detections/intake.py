@@ -57,13 +57,12 @@ import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO
 
 from cordon.detections.errors import Rejected
 
-Kind = Literal[
-    "cloudtrail", "guardduty", "securityhub", "gcp_audit", "gcp_scc", "entra_audit", "entra_signin", "azure_activity"
-]
+#: A record kind: a :class:`cordon.providers.Source`'s ``kind`` (which provider reads the record).
+Kind = str
 
 #: ``raw_text`` of a Rejected is cut at this many characters, with a note saying how much was cut.
 RAW_TEXT_CAP = 1024 * 1024
@@ -102,11 +101,17 @@ class _DupKeys(dict):
     duplicates: list[str]
 
 
+#: How many :class:`_DupKeys` this process has made: while 0, no decoded record holds a duplicate key
+#: and the walk looking for one is skipped.
+_DUPS_MADE = [0]
+
+
 def _object_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj = dict(pairs)
     if len(obj) == len(pairs):
         return obj
     seen: set[str] = set()
+    _DUPS_MADE[0] += 1
     marked = _DupKeys(obj)
     marked.duplicates = [k for k, _ in pairs if k in seen or seen.add(k)]  # type: ignore[func-returns-value]
     return marked
@@ -181,7 +186,41 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-def record_problem(record: Any) -> tuple[str | None, str] | None:
+#: In a record's JSON text: a ``\uD800``-``\uDFFF`` escape or a surrogate character (a lone surrogate
+#: can only come from one of these).
+_SURROGATE_IN_TEXT = re.compile(r"\\u[dD][89a-fA-F]|[\ud800-\udfff]")
+
+
+def _text_rules_out_limits(text: str) -> bool:
+    """Whether the record's own JSON ``text`` shows it cannot break the depth, size or surrogate limits:
+    no longer than a field may be (so no string, key or record is over its cap), fewer brackets than
+    :data:`MAX_DEPTH` (so not that deep, and decodable), no surrogate escape. Duplicate keys are still
+    to be checked (:func:`_duplicate_keys`)."""
+    if len(text) > MAX_FIELD_CHARS or text.count("{") + text.count("[") >= MAX_DEPTH:
+        return False
+    if text.isascii():
+        return "\\u" not in text or _SURROGATE_IN_TEXT.search(text) is None
+    return _SURROGATE_IN_TEXT.search(text) is None
+
+
+def _duplicate_keys(record: Any) -> tuple[str | None, str] | None:
+    """:func:`record_problem` for a record whose text already rules out every other limit: only the
+    objects are visited, for keys seen twice (none to find while no duplicate was ever decoded)."""
+    if not _DUPS_MADE[0]:
+        return None
+    stack: list[tuple[Any, str]] = [(record, "")]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, dict):
+            if type(value) is _DupKeys:
+                return record_problem(record)  # the full check names the field as it always did
+            stack.extend((item, _join(path, key)) for key, item in value.items() if isinstance(item, dict | list))
+        else:
+            stack.extend((item, f"{path}[{i}]") for i, item in enumerate(value) if isinstance(item, dict | list))
+    return None
+
+
+def record_problem(record: Any, text: str | None = None) -> tuple[str | None, str] | None:
     """Why ``record`` (a decoded JSON value) cannot be accepted, as ``(field, reason)``, or ``None``.
 
     Checked, without recursion: nesting deeper than :data:`MAX_DEPTH` (or too deep to decode at
@@ -189,7 +228,13 @@ def record_problem(record: Any) -> tuple[str | None, str] | None:
     :data:`MAX_FIELD_CHARS`, a lone UTF-16 surrogate in a key or string, and a record over
     :data:`MAX_RECORD_CHARS`. ``field`` is the dotted path (array items as ``[i]``) of the first
     problem found, ``None`` for the record as a whole. Never raises.
+
+    ``text``, the record's own JSON text when known, lets a record that is short, shallow and free
+    of surrogate escapes be checked for duplicate keys only (the walk over every string costs more
+    than decoding it).
     """
+    if text is not None and _text_rules_out_limits(text):
+        return _duplicate_keys(record)
     total = 0
     stack: list[tuple[Any, str, int]] = [(record, "", 1)]
     while stack:
@@ -228,40 +273,19 @@ def record_problem(record: Any) -> tuple[str | None, str] | None:
             return None, f"record over {MAX_RECORD_CHARS} characters (MAX_RECORD_CHARS)"
     return None
 
-_EXPECTED_SHAPES = (
-    "expected a CloudTrail event (eventName, eventSource, eventTime), a GuardDuty finding "
-    "(schemaVersion, type, service.serviceName 'guardduty' or service.detectorId), a Security Hub "
-    "ASFF finding (SchemaVersion, ProductArn, Types or AwsAccountId), a Google Cloud Audit Log "
-    "entry (protoPayload with @type google.cloud.audit.AuditLog), a Security Command Center finding "
-    "(finding, or name .../sources/S/findings/F with category), or an envelope "
-    "(Records, Findings, EventBridge detail-type + detail, Pub/Sub message.data, entries, "
-    "listFindingsResults, records, value), an Entra audit record (activityDisplayName with initiatedBy or "
-    "targetResources, or operationName with properties.activityDisplayName / initiatedBy / targetResources), an "
-    "Entra sign-in record (category SignInLogs, or createdDateTime with appDisplayName and status), or an Azure "
-    "Activity Log event (operationName, resourceId and eventTimestamp or time)"
-)
+def _expected_shapes() -> str:
+    """What a recognised record looks like, for the dead-letter reason: every provider's shapes and
+    the envelopes read here."""
+    from cordon.providers import shapes
 
-#: ``@type`` of a Cloud Audit Log ``protoPayload`` (Panther writes it as ``at_sign_type``).
-_AUDIT_LOG_TYPE = "type.googleapis.com/google.cloud.audit.AuditLog"
-_LOG_ENTRY_KEYS = ("logName", "resource", "timestamp", "receiveTimestamp")
-#: SCC finding resource name: organizations|folders|projects/X/sources/S[/locations/L]/findings/F.
-_SCC_FINDING_NAME = re.compile(
-    r"^(organizations|folders|projects)/[^/]+/sources/[^/]+(/locations/[^/]+)?/findings/[^/]+$"
-)
+    return ("expected " + ", ".join(shapes()) + ", or an envelope (Records, Findings, EventBridge detail-type + "
+            "detail, Pub/Sub message.data, entries, listFindingsResults, records, value)")
+
+
 #: Pub/Sub push envelope fields kept as the record's envelope.
 _PUBSUB_KEYS = ("messageId", "message_id", "publishTime", "publish_time", "attributes", "orderingKey")
 #: Response wrappers of list APIs whose array items are records.
 _LIST_KEYS = ("Records", "Findings", "entries", "listFindingsResults", "records", "value")
-
-#: Azure Monitor diagnostic categories of Entra sign-in logs (not credential events; see ``classify``).
-_SIGNIN_CATEGORIES = {
-    "signinlogs",
-    "noninteractiveusersigninlogs",
-    "serviceprincipalsigninlogs",
-    "managedidentitysigninlogs",
-    "adfssigninlogs",
-}
-_ENTRA_KEYS = ("activityDisplayName", "initiatedBy", "targetResources")
 
 #: EventBridge ``detail-type`` values whose ``detail`` is a finding, by kind.
 _EVENTBRIDGE_GUARDDUTY = {"GuardDuty Finding"}
@@ -304,114 +328,16 @@ def cap_text(text: str, cap: int = RAW_TEXT_CAP) -> str:
 def classify(record: Any) -> Kind | None:
     """The kind of a bare (unwrapped) record, or ``None`` when its shape is not recognised.
 
-    CloudTrail (record contents reference,
-    https://docs.aws.amazon.com/awscloudtrail/latest/userguide/cloudtrail-event-reference-record-contents.html):
-    ``eventName``, ``eventSource`` and ``eventTime`` present. GuardDuty (finding format,
-    https://docs.aws.amazon.com/guardduty/latest/ug/guardduty_finding-format.html):
-    ``schemaVersion``, ``type`` and a ``service`` object whose ``serviceName`` is ``guardduty`` or
-    which has a ``detectorId``. ASFF
-    (https://docs.aws.amazon.com/securityhub/latest/userguide/securityhub-findings-format.html):
-    ``SchemaVersion``, ``ProductArn`` and ``Types`` or ``AwsAccountId``.
-
-    Google Cloud Audit Log entry (``gcp_audit``; ``LogEntry``,
-    https://cloud.google.com/logging/docs/reference/v2/rest/v2/LogEntry, with an ``AuditLog``
-    payload, https://cloud.google.com/logging/docs/reference/audit/auditlog/rest/Shared.Types/AuditLog):
-    a ``protoPayload`` object whose ``@type`` (Panther's normalised logs: ``at_sign_type``) is
-    ``type.googleapis.com/google.cloud.audit.AuditLog``; or, when it has no ``@type`` at all
-    (hand-written test logs), a ``protoPayload`` with ``methodName`` or ``serviceName`` plus one of
-    ``logName``, ``resource``, ``timestamp``, ``receiveTimestamp``. A ``protoPayload`` of another
-    ``@type`` (App Engine request logs, ...) is not recognised.
-
-    Security Command Center finding (``gcp_scc``; Finding,
-    https://cloud.google.com/security-command-center/docs/reference/rest/v1/organizations.sources.findings):
-    an object with a ``finding`` object (a notification ``{"notificationConfigName", "finding",
-    "resource"}``, a ``ListFindings`` result ``{"finding", "resource"}``, or ``{"finding"}`` alone),
-    or a bare finding: ``name`` of the form ``organizations/O/sources/S/findings/F`` (also
-    ``folders/`` / ``projects/`` parents and ``/locations/L/``) and a ``category``.
-
-    Entra audit (``entra_audit``): the Microsoft Graph ``directoryAudit`` resource
-    (https://learn.microsoft.com/graph/api/resources/directoryaudit), i.e. ``activityDisplayName``
-    with ``initiatedBy`` or ``targetResources`` at the top; or the Azure Monitor diagnostic form
-    (Azure Monitor audit log schema,
-    https://learn.microsoft.com/entra/identity/monitoring-health/reference-azure-monitor-audit-log-schema):
-    ``operationName`` and a ``properties`` object, with ``category`` ``AuditLogs`` or
-    ``properties.activityDisplayName`` / ``initiatedBy`` / ``targetResources`` (Panther's test logs
-    sometimes put the Graph category, ``ApplicationManagement``, at the top: accepted).
-
-    Entra sign-in (``entra_signin``): ``category`` ``SignInLogs`` (or the non-interactive, service
-    principal, managed identity and ADFS sign-in categories), or the Graph ``signIn`` resource
-    (``createdDateTime``, ``appDisplayName``, ``status``). Sign-ins create no credential: they are
-    recognised so that a mixed diagnostic export is not dead-lettered, and the pipeline yields
-    nothing for them.
-
-    Azure Activity Log (``azure_activity``; Activity Log event schema,
-    https://learn.microsoft.com/azure/azure-monitor/essentials/activity-log-schema): ``operationName``
-    (a string, or ``{"value": ...}`` as the REST API writes it), ``resourceId`` and ``eventTimestamp``
-    or ``time``, when not an Entra record.
-
-    Only presence is checked here; field types are validated by the parsers.
+    Each provider recognises its own shapes (``cordon/providers/<cloud>/shapes.py``, asked in the
+    registry's classification order, :meth:`cordon.providers.Provider.classify`); a provider may
+    claim a record it does not read (a Cloud Logging entry that is not an audit log), which stops
+    the search. Only presence is checked here; field types are validated by the parsers.
     """
     if not isinstance(record, dict):
         return None
-    if "eventName" in record and "eventSource" in record and "eventTime" in record:
-        return "cloudtrail"
-    service = record.get("service")
-    if (
-        "schemaVersion" in record
-        and "type" in record
-        and isinstance(service, dict)
-        and (service.get("serviceName") == "guardduty" or "detectorId" in service)
-    ):
-        return "guardduty"
-    if "SchemaVersion" in record and "ProductArn" in record and ("Types" in record or "AwsAccountId" in record):
-        return "securityhub"
-    payload = record.get("protoPayload")
-    if isinstance(payload, dict):
-        ptype = payload.get("@type", payload.get("at_sign_type"))
-        if ptype == _AUDIT_LOG_TYPE:
-            return "gcp_audit"
-        if (
-            ptype is None
-            and ("methodName" in payload or "serviceName" in payload)
-            and any(k in record for k in _LOG_ENTRY_KEYS)
-        ):
-            return "gcp_audit"
-        return None
-    finding = record.get("finding")
-    if isinstance(finding, dict) and _is_scc_finding(finding):
-        return "gcp_scc"
-    if _is_scc_finding(record):
-        return "gcp_scc"
-    return _classify_azure(record)
+    from cordon.providers import classify_record
 
-
-def _classify_azure(record: dict[str, Any]) -> Kind | None:
-    """Entra audit, Entra sign-in and Azure Activity Log shapes (see :func:`classify`)."""
-    if "activityDisplayName" in record and ("initiatedBy" in record or "targetResources" in record):
-        return "entra_audit"
-    category = record.get("category")
-    category_value = category.get("value") if isinstance(category, dict) else category
-    props = record.get("properties")
-    if isinstance(category_value, str) and category_value.lower() in _SIGNIN_CATEGORIES:
-        return "entra_signin"
-    if "createdDateTime" in record and "appDisplayName" in record and "status" in record:
-        return "entra_signin"
-    operation = record.get("operationName")
-    if operation is None:
-        return None
-    if isinstance(props, dict) and (
-        category_value == "AuditLogs" or any(k in props for k in _ENTRA_KEYS)
-    ):
-        return "entra_audit"
-    has_value = isinstance(operation, str) or (isinstance(operation, dict) and "value" in operation)
-    if has_value and "resourceId" in record and ("eventTimestamp" in record or "time" in record):
-        return "azure_activity"
-    return None
-
-
-def _is_scc_finding(obj: dict[str, Any]) -> bool:
-    name = obj.get("name")
-    return isinstance(name, str) and "category" in obj and _SCC_FINDING_NAME.match(name) is not None
+    return classify_record(record)
 
 
 def _type_name(value: Any) -> str:
@@ -552,7 +478,7 @@ class _Input:
     ) -> RawRecord | Rejected:
         """Classify one bare record (``text`` is re-serialised when not given)."""
         where = f" (line {line})" if line is not None else ""
-        problem = record_problem(record)
+        problem = record_problem(record, text)
         if problem is not None:
             return self.reject(problem[0], f"{problem[1]}{where}", text if text is not None else _dump(record))
         kind = classify(record)
@@ -561,7 +487,7 @@ class _Input:
             if not isinstance(record, dict):
                 return self.reject(None, f"expected a JSON object{where}, got {_type_name(record)}", raw)
             keys = ", ".join(sorted(record)[:20]) or "none"
-            wanted = _EXPECTED_SHAPES if expect is None else f"the envelope says {expect}, but: {_EXPECTED_SHAPES}"
+            wanted = _expected_shapes() if expect is None else f"the envelope says {expect}, but: {_expected_shapes()}"
             return self.reject(None, f"unrecognised record shape{where}: {wanted}; got keys: {keys}", raw)
         return RawRecord(
             origin=self.origin, position=self.take(), kind=kind, record=record, envelope=envelope, line=line

@@ -79,6 +79,11 @@ class Provider:
     name: ClassVar[str]
     title: ClassVar[str]
     actions_module: ClassVar[str]
+    #: module with ``classify(record) -> kind | None``, ``SHAPES`` (text for dead-letter reasons) and
+    #: optionally ``claims(record) -> bool`` (a record only it may classify)
+    shapes_module: ClassVar[str | None] = None
+    #: when its shapes are tried (lower first: the more specific shapes)
+    classify_order: ClassVar[int] = 100
     #: module holding ``DOCUMENTS``, the :class:`cordon.permissions.GrantDocument` s it generates
     grants_module: ClassVar[str | None] = None
     clients_per_account: ClassVar[bool] = False
@@ -137,6 +142,7 @@ def register(provider: Provider) -> Provider:
         _PROVIDERS[provider.name] = provider
         _SOURCES.clear()
         _DECLARED.clear()
+        _CLASSIFIERS.clear()
     return provider
 
 
@@ -184,6 +190,38 @@ def source_for(kind: str) -> Source:
 
 
 _DECLARED: dict[str, frozenset[str]] = {}
+_CLASSIFIERS: list[tuple[Callable[[dict[str, Any]], str | None], Callable[[dict[str, Any]], bool] | None, str]] = []
+
+
+def _classifiers() -> list[tuple[Callable[[dict[str, Any]], str | None], Callable[[dict[str, Any]], bool] | None,
+                                 str]]:
+    if not _CLASSIFIERS:
+        found = []
+        for provider in sorted(providers().values(), key=lambda p: (p.classify_order, p.name)):
+            if provider.shapes_module:
+                module = importlib.import_module(provider.shapes_module)
+                found.append((module.classify, getattr(module, "claims", None), module.SHAPES))
+        with _LOCK:
+            if not _CLASSIFIERS:
+                _CLASSIFIERS.extend(found)
+    return _CLASSIFIERS
+
+
+def classify_record(record: dict[str, Any]) -> str | None:
+    """The record kind of a bare record: the first provider (in ``classify_order``) that recognises
+    its shape; ``None`` when none does, or when a provider claims it without recognising it."""
+    for classify, claims, _ in _classifiers():
+        kind = classify(record)
+        if kind is not None:
+            return kind
+        if claims is not None and claims(record):
+            return None
+    return None
+
+
+def shapes() -> list[str]:
+    """Every provider's description of the record shapes it recognises (for dead-letter reasons)."""
+    return [text for _, _, text in _classifiers()]
 
 
 def _declared(attr: str) -> frozenset[str]:
@@ -226,4 +264,4 @@ def load_all_actions(names: Iterable[str] | None = None) -> None:
 
 __all__ = ["BUILTIN", "ENTRY_POINT_GROUP", "Provider", "Source", "all_sources", "credential_kind_names",
            "credential_kinds", "detection_sources", "get_provider", "load_all_actions", "provider_names", "providers",
-           "register", "rule_types", "source_for"]
+           "register", "rule_types", "classify_record", "shapes", "source_for"]

@@ -22,6 +22,8 @@ class AwsProvider(Provider):
     title = "AWS"
     actions_module = "cordon.providers.aws.actions"
     grants_module = "cordon.providers.aws.grants"
+    shapes_module = "cordon.providers.aws.shapes"
+    classify_order = 10
     clients_per_account = True
     ocsf_account = (10, "AWS Account")
 

@@ -22,6 +22,8 @@ class AzureProvider(Provider):
     title = "Azure"
     actions_module = "cordon.providers.azure.actions"
     grants_module = "cordon.providers.azure.grants"
+    shapes_module = "cordon.providers.azure.shapes"
+    classify_order = 30
 
     detection_sources = ("entra", "azure_activity")
     rule_types = ("entra",)

@@ -21,6 +21,8 @@ class GcpProvider(Provider):
     title = "GCP"
     actions_module = "cordon.providers.gcp.actions"
     grants_module = "cordon.providers.gcp.grants"
+    shapes_module = "cordon.providers.gcp.shapes"
+    classify_order = 20
     ocsf_account = (11, "GCP Project")
 
     detection_sources = ("gcp_audit", "gcp_scc")
