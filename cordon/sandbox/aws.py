@@ -650,7 +650,8 @@ class AwsSandbox:
         Sets :attr:`account_id` to the detection's account, then creates: the target IAM user
         (credential owner, else ``detection.target``), the actor's IAM user and its access key
         when the actor is an IAM user signing with an ``AKIA`` key, and by credential kind the
-        access key (exact ID), the login profile, the EC2 key pair (imported ed25519 public key,
+        access key (exact ID), the SSH public key (exact ID), the login profile, the EC2 key pair
+        (imported ed25519 public key,
         in the sandbox region), the service-specific credential (exact ID, on the stand-in), the
         policy grant (managed policy attachment or inline policy). CloudTrail: the detection's raw
         event plus three other events by the same access key (two before, one after, within five
@@ -690,6 +691,9 @@ class AwsSandbox:
                 self.ensure_access_key(owner, cred.uid, status=str(attrs.get("status") or "Active"),
                                        create_date=detection.time)
                 report["access_keys"].append(cred.uid)
+            elif cred.kind == "aws_ssh_public_key" and cred.uid:
+                self.ensure_ssh_public_key(owner, cred.uid, status=str(attrs.get("status") or "Active"))
+                report.setdefault("ssh_public_keys", []).append(cred.uid)
             elif cred.kind == "aws_login_profile":
                 reset = attrs.get("passwordResetRequired", req.get("passwordResetRequired", False))
                 self.ensure_login_profile(owner, bool(reset))
@@ -775,6 +779,27 @@ class AwsSandbox:
             self.clients("iam").update_access_key(UserName=user_name, AccessKeyId=access_key_id,
                                                   Status=status)
         return access_key_id
+
+    def ensure_ssh_public_key(self, user_name: str, ssh_public_key_id: str, status: str = "Active") -> str:
+        """Give ``user_name`` an SSH public key with exactly ``ssh_public_key_id`` (uploaded through the
+        API with a fresh ed25519 public key, then renamed in moto's in-process backend, as for access
+        keys). Idempotent."""
+        backend = _moto_iam_backend(self.account_id)
+        user = backend.get_user(user_name)
+        if any(k.ssh_public_key_id == ssh_public_key_id for k in user.ssh_public_keys):
+            return ssh_public_key_id
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        body = Ed25519PrivateKey.generate().public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode() + " cordon-sandbox"
+        created = self.clients("iam").upload_ssh_public_key(UserName=user_name, SSHPublicKeyBody=body)
+        created_id = created["SSHPublicKey"]["SSHPublicKeyId"]
+        key = next(k for k in user.ssh_public_keys if k.ssh_public_key_id == created_id)
+        key.ssh_public_key_id = ssh_public_key_id
+        if status != "Active":
+            key.status = status
+        return ssh_public_key_id
 
     def ensure_login_profile(self, user_name: str, password_reset_required: bool = False) -> None:
         """``iam:CreateLoginProfile`` with a random password unless one exists."""

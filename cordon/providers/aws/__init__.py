@@ -38,6 +38,7 @@ class AwsProvider(Provider):
         "aws_federation_token": "sts:GetFederationToken session, uid = temporary AccessKeyId (ASIA...)",
         "aws_iam_user": "a created cloud account (T1136.003), uid = user name",
         "aws_policy_grant": "an admin policy attached / put on a user, uid = policy ARN or inline name",
+        "aws_ssh_public_key": "an IAM user's SSH public key (CodeCommit), uid = SSHPublicKeyId (APKA...)",
     }
 
     @property

@@ -198,6 +198,73 @@ class DeactivateAccessKey(AwsContainmentAction):
 
 
 @register
+class DeactivateSshPublicKey(AwsContainmentAction):
+    """Deactivate one IAM user's SSH public key (``iam:UpdateSSHPublicKey Status=Inactive``), the key the
+    user presents to AWS CodeCommit over SSH; never deletes it.
+
+    ``GetSSHPublicKey`` is scoped to the named user: a key that is not that user's, or exists nowhere,
+    cannot authenticate as the user, so the run is ``already_contained`` with ``before=None``.
+
+    State: ``{user_name, ssh_public_key_id, status: "Active"|"Inactive", fingerprint, upload_date (ISO)}``.
+    Rollback: ``UpdateSSHPublicKey Status=<status before>`` (Active).
+    API: https://docs.aws.amazon.com/IAM/latest/APIReference/API_UpdateSSHPublicKey.html ,
+    https://docs.aws.amazon.com/IAM/latest/APIReference/API_GetSSHPublicKey.html
+
+    .. code-block:: yaml
+
+        contain:
+          - action: aws.deactivate-ssh-public-key
+            with:
+              user_name: "{{ credential.owner.name }}"
+              ssh_public_key_id: "{{ credential.uid }}"
+    """
+
+    name = "aws.deactivate-ssh-public-key"
+    schema = {
+        "type": "object", "additionalProperties": False, "required": ["user_name", "ssh_public_key_id"],
+        "properties": {"user_name": USER_NAME,
+                       "ssh_public_key_id": {"type": "string", "pattern": "^APKA[A-Z0-9]{16,124}$",
+                                             "description": "SSHPublicKeyId (APKA...)"}},
+    }
+    permissions = ("iam:GetSSHPublicKey", "iam:UpdateSSHPublicKey")
+    credential_kinds = ("aws_ssh_public_key",)
+    rollback_supported = True
+    identifies = {"ssh_public_key_id": ("credential.uid",), "user_name": ("credential.owner.name",)}
+
+    def target(self, ctx: ActionContext) -> str:
+        p = ctx.params
+        return f"{_user_arn(ctx, p['user_name'])} ssh-public-key {p['ssh_public_key_id']}"
+
+    def read_state(self, ctx: ActionContext) -> dict[str, Any] | None:
+        user, key_id = ctx.params["user_name"], ctx.params["ssh_public_key_id"]
+        try:
+            key = self.client(ctx).get_ssh_public_key(UserName=user, SSHPublicKeyId=key_id,
+                                                      Encoding="SSH")["SSHPublicKey"]
+        except ClientError as err:
+            if _error_code(err) == "NoSuchEntity":
+                return None
+            raise
+        return {"user_name": user, "ssh_public_key_id": key_id, "status": key["Status"],
+                "fingerprint": key.get("Fingerprint"), "upload_date": _iso(key["UploadDate"])
+                if key.get("UploadDate") else None}
+
+    def is_contained(self, state: dict[str, Any] | None) -> bool:
+        return state is None or state["status"] == "Inactive"
+
+    def plan_calls(self, ctx: ActionContext, state: dict[str, Any] | None) -> list[ApiCall]:
+        return [ApiCall(service="iam", operation="UpdateSSHPublicKey",
+                        params={"UserName": ctx.params["user_name"],
+                                "SSHPublicKeyId": ctx.params["ssh_public_key_id"], "Status": "Inactive"})]
+
+    def undo_calls(self, ctx: ActionContext, before: dict[str, Any] | None) -> list[ApiCall]:
+        if not before or before.get("status") != "Active":
+            return []
+        return [ApiCall(service="iam", operation="UpdateSSHPublicKey",
+                        params={"UserName": before["user_name"], "SSHPublicKeyId": before["ssh_public_key_id"],
+                                "Status": "Active"})]
+
+
+@register
 class DeleteLoginProfile(AwsContainmentAction):
     """Remove an IAM user's console password (``iam:DeleteLoginProfile``).
 

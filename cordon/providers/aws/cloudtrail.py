@@ -8,7 +8,7 @@ What each credential-creating call puts in ``requestParameters`` / ``responseEle
 IAM, STS and EC2 API references for that action (``CreateAccessKey``, ``CreateLoginProfile``,
 ``UpdateLoginProfile``, ``CreateUser``, ``ImportKeyPair``, ``CreateKeyPair``,
 ``CreateServiceSpecificCredential``, ``GetFederationToken``, ``AttachUserPolicy``,
-``PutUserPolicy``) and the shapes seen in Stratus Red Team detonation logs.
+``PutUserPolicy``, ``UploadSSHPublicKey``) and the shapes seen in Stratus Red Team detonation logs.
 
 The helpers every parser shares live in :mod:`cordon.detections.fields`.
 """
@@ -41,6 +41,7 @@ CREDENTIAL_EVENTS: dict[str, str] = {
     "GetFederationToken": "aws_federation_token",
     "AttachUserPolicy": "aws_policy_grant",
     "PutUserPolicy": "aws_policy_grant",
+    "UploadSSHPublicKey": "aws_ssh_public_key",
 }
 
 #: ATT&CK techniques used when the matching rule carries none: T1136.003 Create Account: Cloud
@@ -215,6 +216,12 @@ def _credential(
         )
         attrs.update(_pick(f, req, {"name": "name"}))
         return Credential(kind=kind, uid=uid, owner=actor.user, attributes=attrs)
+    if kind == "aws_ssh_public_key":
+        # CloudTrail writes the response member SSHPublicKey as sSHPublicKey (first letter lowered).
+        base = f"{resp}.sSHPublicKey"
+        uid = f.get(f"{base}.sSHPublicKeyId", str, required=True)
+        attrs = _pick(f, base, {"fingerprint": "fingerprint", "status": "status", "uploadDate": "uploadDate"})
+        return Credential(kind=kind, uid=uid, owner=target, attributes=attrs)
     if event_name == "AttachUserPolicy":
         uid = f.get(f"{req}.policyArn", str, required=True)
         return Credential(kind=kind, uid=uid, owner=target, attributes={"policy_arn": uid})
