@@ -22,6 +22,7 @@ from cordon.action import ActionContext, ActionResult, ContainmentAction, Enrich
 from cordon.config import Config
 from cordon.detections.model import Detection, canonical_json
 from cordon.playbooks.schema import Playbook, render_params, template_context
+from cordon.providers import get_provider
 
 
 class PlanStep(BaseModel):
@@ -102,12 +103,6 @@ def own_identities(clients: Callable[..., Any]) -> list[str]:
         return []
 
 
-def _arn_account(arn: str | None) -> str | None:
-    """The account field of an AWS ARN (``arn:aws:sts::123456789012:assumed-role/...``), else ``None``."""
-    parts = arn.split(":") if arn else []
-    return parts[4] if len(parts) > 5 and parts[0] == "arn" and parts[2] in ("iam", "sts") and parts[4] else None
-
-
 def _same_principal(a: str | None, b: str | None) -> bool:
     """IAM ARNs (or emails) naming one principal (an assumed-role session ARN matches its role)."""
     if not a or not b:
@@ -136,9 +131,9 @@ def guard(playbook: Playbook, detection: Detection, config: Config, clients: Cal
     detection's account* (what ``sts:GetCallerIdentity`` answers through ``clients``: with several
     AWS accounts, the member role assumed there, an assumed-role session matching its role; and
     the role ARN the factory was configured to assume, :func:`own_identities`, even when STS
-    cannot be asked); the clients act in another AWS account than the detection's (an account
-    without a configured role, see :mod:`cordon.providers.aws.accounts`); the credential is the access key
-    Cordon itself signs with; or a containment step's rendered parameters do not name the
+    cannot be asked); the detection's provider refuses (:meth:`cordon.providers.Provider.guard`: for
+    AWS, clients acting in another account than the detection's, or the credential being the access
+    key Cordon signs with); or a containment step's rendered parameters do not name the
     detection's exact credential (:meth:`Action.check_identifies`).
     """
     if detection.suppressed:
@@ -152,17 +147,9 @@ def guard(playbook: Playbook, detection: Detection, config: Config, clients: Cal
     for who in mine:
         if _same_principal(who, detection.target.uid) or _same_principal(who, owner.uid if owner else None):
             return GuardOutcome(ok=False, reason=f"target is Cordon's own identity ({who})", cordon_identity=me or who)
-    acting = _arn_account(me)
-    if acting and detection.provider == "aws" and detection.account_uid and acting != detection.account_uid:
-        return GuardOutcome(ok=False, cordon_identity=me,
-                            reason=f"Cordon's clients act in account {acting}, the detection is in account "
-                                   f"{detection.account_uid}: no role to assume there (aws.accounts or "
-                                   "aws.role_name in cordon.yaml)")
-    if me and detection.credential and detection.credential.kind == "aws_access_key":
-        own_key = getattr(clients, "own_access_key", lambda: None)()
-        if own_key and own_key == detection.credential.uid:
-            return GuardOutcome(ok=False, reason="the credential is the access key Cordon signs with",
-                                cordon_identity=me)
+    refusal = get_provider(detection.provider).guard(detection, clients, me)
+    if refusal:
+        return GuardOutcome(ok=False, reason=refusal, cordon_identity=me)
     for i, step in enumerate(playbook.contain):
         cls = get_action(step.action)
         try:

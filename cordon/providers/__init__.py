@@ -104,6 +104,12 @@ class Provider:
         """A client factory ``clients(service, ...)`` for ``cloud`` (the provider's parameters)."""
         raise NotImplementedError
 
+    def guard(self, detection: Any, clients: Callable[..., Any], me: str | None) -> str | None:
+        """A provider's own reason to refuse containment of ``detection`` with ``clients`` (Cordon's
+        identity there: ``me``, or ``None`` when it could not be read), beyond the core guard
+        (:func:`cordon.respond.guard`); ``None`` to allow."""
+        return None
+
     def load_actions(self) -> None:
         """Import :attr:`actions_module`, registering the provider's actions."""
         importlib.import_module(self.actions_module)

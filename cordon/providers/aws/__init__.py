@@ -51,7 +51,27 @@ class AwsProvider(Provider):
                 Source("guardduty", detection_from_guardduty),
                 Source("securityhub", detection_from_asff))
 
+    def guard(self, detection: Any, clients: Callable[..., Any], me: str | None) -> str | None:
+        """Refuse when Cordon's clients act in another account than the detection's (an account
+        without a configured role, :mod:`cordon.providers.aws.accounts`), or when the credential is the
+        access key Cordon itself signs with."""
+        acting = arn_account(me)
+        if acting and detection.account_uid and acting != detection.account_uid:
+            return (f"Cordon's clients act in account {acting}, the detection is in account "
+                    f"{detection.account_uid}: no role to assume there (aws.accounts or aws.role_name in cordon.yaml)")
+        if me and detection.credential and detection.credential.kind == "aws_access_key":
+            own_key = getattr(clients, "own_access_key", lambda: None)()
+            if own_key and own_key == detection.credential.uid:
+                return "the credential is the access key Cordon signs with"
+        return None
+
     def clients(self, cloud: dict[str, Any]) -> Callable[..., Any]:
         from cordon.providers.aws.clients import aws_clients
 
         return aws_clients(cloud)
+
+
+def arn_account(arn: str | None) -> str | None:
+    """The account field of an AWS ARN (``arn:aws:sts::123456789012:assumed-role/...``), else ``None``."""
+    parts = arn.split(":") if arn else []
+    return parts[4] if len(parts) > 5 and parts[0] == "arn" and parts[2] in ("iam", "sts") and parts[4] else None
