@@ -46,10 +46,10 @@ def serve(tree: str, port: int, db: str) -> None:  # the child process
     sys.path.insert(0, tree)
     import uvicorn
 
-    from cordon.approvals.slack import DecisionOutcome
     from cordon.audit.ledger import Ledger
     from cordon.server import create_app
     from cordon.server.pages import audit_pages
+    from cordon.slack.verify import DecisionOutcome
 
     ledger = Ledger(f"sqlite:///{db}")
     app = create_app(signing_secret=SECRET, ledger=ledger, decide=lambda i: DecisionOutcome(True, "ok"),

@@ -51,9 +51,9 @@ def pct(values: list[float], p: float) -> float:
 def serve(port: int, db: str, resumed, ready) -> None:  # child process
     import uvicorn
 
-    from cordon.approvals.slack import DecisionOutcome
     from cordon.audit.ledger import Ledger
     from cordon.server import create_app
+    from cordon.slack.verify import DecisionOutcome
 
     def resume(click_id: str) -> None:
         resumed.put((click_id, time.time()))

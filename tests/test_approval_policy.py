@@ -36,7 +36,6 @@ from cordon.approvals.policy import (
     principal_names,
     self_approval_reason,
 )
-from cordon.approvals.slack import make_client, summary_blocks
 from cordon.audit.ledger import Ledger
 from cordon.clouds import clients_for
 from cordon.config import ConfigError, load_config
@@ -44,6 +43,8 @@ from cordon.engine import Responder
 from cordon.respond import build_plan, run_step
 from cordon.sandbox.slack_standin import SlackStandIn, block_actions_payload
 from cordon.server import create_app
+from cordon.slack.blocks import summary_blocks
+from cordon.slack.client import make_client
 from tests.test_server import SECRET, serve, sign, wait_for
 
 REPO = Path(__file__).resolve().parents[1]

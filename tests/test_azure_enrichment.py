@@ -231,7 +231,7 @@ def test_actor_without_object_id_does_not_judge_ownership(azure, app_pair):
 
 def test_approval_message_shows_the_app_its_permissions_and_the_exact_credential(azure, app_pair):
     """The Slack approval blocks built from the real enrichment of an Azure case."""
-    from cordon.approvals.slack import approval_blocks
+    from cordon.slack.blocks import approval_blocks
 
     facts = {"azure.service-principal": enrich(azure, "azure.service-principal", app_pair, object_id=SP,
                                                management_groups=["contoso-root"]),
@@ -256,7 +256,7 @@ def test_approval_message_shows_the_app_its_permissions_and_the_exact_credential
 
 
 def test_approval_lines_for_a_vanished_app_and_unreadable_parts():
-    from cordon.approvals.slack import _enrichment_lines
+    from cordon.slack.render import enrichment_lines as _enrichment_lines
 
     gone = _enrichment_lines({"azure.service-principal": {"exists": False, "object_id": SP,
                                                           "object_type": "ServicePrincipal"}}, KEY)

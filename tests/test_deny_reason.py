@@ -16,9 +16,9 @@ import urllib.parse
 import httpx
 
 from cordon.approvals.decide import wants_deny_reason
-from cordon.approvals.slack import DENY_CALLBACK_ID, REASON_BLOCK_ID
 from cordon.sandbox.slack_standin import view_submission_payload
 from cordon.server import create_app
+from cordon.slack.blocks import DENY_CALLBACK_ID, REASON_BLOCK_ID
 from tests.test_approval_policy import CHANNEL, World, world  # noqa: F401 - world is a fixture
 from tests.test_server import SECRET, serve, sign, wait_for
 

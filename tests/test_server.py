@@ -19,11 +19,13 @@ import httpx
 import pytest
 import uvicorn
 
-from cordon.approvals import DecisionOutcome, Interaction, approval_blocks, make_client, post_approval
 from cordon.audit.ledger import Ledger
 from cordon.audit.refusals import RefusalCounter
 from cordon.sandbox.slack_standin import SlackStandIn, block_actions_payload
 from cordon.server import create_app
+from cordon.slack.blocks import approval_blocks
+from cordon.slack.client import make_client, post_approval
+from cordon.slack.verify import DecisionOutcome, Interaction
 
 SECRET = "e3b0c44298fc1c149afbf4c8996fb924-signing"
 WEBHOOK_TOKEN = "cordon-webhook-token-0123456789"

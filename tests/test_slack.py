@@ -17,22 +17,18 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from cordon.action import ApiCall
-from cordon.approvals import (
+from cordon.detections.model import Actor, Credential, Detection, Location, Principal, RawRef, RuleRef, record_sha256
+from cordon.sandbox.slack_standin import SlackStandIn, block_actions_payload
+from cordon.slack.blocks import approval_blocks, fallback_text, status_blocks
+from cordon.slack.client import make_client, post_approval, update_message
+from cordon.slack.verify import (
     DecisionOutcome,
     InteractionError,
     SignatureError,
     UnsupportedInteraction,
-    approval_blocks,
-    fallback_text,
-    make_client,
     parse_interaction,
-    post_approval,
-    status_blocks,
-    update_message,
     verify_request,
 )
-from cordon.detections.model import Actor, Credential, Detection, Location, Principal, RawRef, RuleRef, record_sha256
-from cordon.sandbox.slack_standin import SlackStandIn, block_actions_payload
 
 KEY_ID = "AKIAQXAMPLE7NEWKEY01"
 USER_ARN = "arn:aws:iam::111122223333:user/ci-deployer"
@@ -463,8 +459,8 @@ def test_decision_outcome_shape():
 
 def test_summary_blocks_from_the_flow_summary(standin, monkeypatch):
     """The flow's ``update_slack`` path: ``web_client(settings)`` and ``status_blocks(summary)``."""
-    from cordon.approvals import status_blocks as sb
-    from cordon.approvals import web_client
+    from cordon.slack.blocks import status_blocks as sb
+    from cordon.slack.client import web_client
 
     monkeypatch.setenv("CORDON_SLACK_BOT_TOKEN", "xoxb-test")
     client = web_client({"channel": "security-approvals", "base_url": standin.base_url})
@@ -495,7 +491,7 @@ def test_summary_blocks_from_the_flow_summary(standin, monkeypatch):
 
 
 def test_gcp_approval_shows_the_service_account_its_roles_and_the_exact_key():
-    from cordon.approvals.slack import approval_blocks
+    from cordon.slack.blocks import approval_blocks
 
     sa = "deploy-bot@p1.iam.gserviceaccount.com"
     key = f"projects/p1/serviceAccounts/{sa}/keys/3f1c9a7e"
@@ -539,7 +535,7 @@ def test_approval_message_links_to_the_ledger_and_the_run(monkeypatch):
     ({}, None),
 ])
 def test_the_place_of_a_source_ip(actor, expected):
-    from cordon.approvals.slack import place_of
+    from cordon.slack.blocks import place_of
 
     assert place_of(actor) == expected
 
@@ -566,20 +562,20 @@ def test_approval_message_shows_where_the_actor_was():
     ("some_future_kind", {"name": "x"}, "New some future kind on x"),  # generic
 ])
 def test_what_happened_from_the_credential_kind_and_owner(kind, owner, expected):
-    from cordon.approvals.slack import what_happened
+    from cordon.slack.blocks import what_happened
 
     assert what_happened({"account_uid": "acme-prod", "credential": {"kind": kind, "owner": owner}}) == expected
 
 
 def test_every_credential_kind_has_a_phrase():
-    from cordon.approvals.slack import CREDENTIAL_PHRASES
     from cordon.providers import credential_kinds
+    from cordon.slack.render import CREDENTIAL_PHRASES
 
     assert set(credential_kinds()) == set(CREDENTIAL_PHRASES)
 
 
 def test_what_happened_without_a_credential_and_principal_names():
-    from cordon.approvals.slack import principal_name, what_happened
+    from cordon.slack.blocks import principal_name, what_happened
 
     assert what_happened({"event_name": "ConsoleLogin", "credential": None}) == "ConsoleLogin"
     assert principal_name({"uid": "arn:aws:sts::1:assumed-role/Admin/session-1"}) == "Admin/session-1"

@@ -21,13 +21,13 @@ import httpx
 import pytest
 import uvicorn
 
-from cordon.approvals import make_client
-from cordon.approvals.commands import CommandHandler
 from cordon.audit.ledger import Ledger
 from cordon.engine import Responder
 from cordon.manual import open_manual_case
 from cordon.sandbox.slack_standin import SlackStandIn
 from cordon.server import create_app
+from cordon.slack.client import make_client
+from cordon.slack.commands import CommandHandler
 
 SECRET = "8f14e45fceea167a5a36dedd4bea2543-signing"
 KEY = "AKIASLASHCOMMAND0001"

@@ -14,10 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from cordon.approvals import approval_blocks, make_client, parse_interaction
 from cordon.approvals.outbox import TABLES, Outbox, max_messages, request_approval, update_case
-from cordon.approvals.slack import status_blocks
 from cordon.sandbox.slack_standin import SlackStandIn, block_actions_payload
+from cordon.slack.blocks import approval_blocks, status_blocks
+from cordon.slack.client import make_client
+from cordon.slack.verify import parse_interaction
 from tests.dbs import fresh_postgres_schema, postgres_unavailable
 
 CHANNEL = "C0APPROVALS"

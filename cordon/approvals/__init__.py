@@ -1,43 +1,6 @@
-"""Human approval of containment plans (Slack Block Kit message, signed interactivity)."""
-
-from cordon.approvals.slack import (
-    APPROVE_ACTION_ID,
-    DENY_ACTION_ID,
-    DecisionOutcome,
-    Interaction,
-    InteractionError,
-    SignatureError,
-    UnsupportedInteraction,
-    approval_blocks,
-    ensure_retry_handlers,
-    fallback_text,
-    make_client,
-    parse_interaction,
-    post_approval,
-    status_blocks,
-    summary_blocks,
-    update_message,
-    verify_request,
-    web_client,
-)
-
-__all__ = [
-    "APPROVE_ACTION_ID",
-    "DENY_ACTION_ID",
-    "DecisionOutcome",
-    "Interaction",
-    "InteractionError",
-    "SignatureError",
-    "UnsupportedInteraction",
-    "approval_blocks",
-    "ensure_retry_handlers",
-    "fallback_text",
-    "make_client",
-    "parse_interaction",
-    "post_approval",
-    "status_blocks",
-    "summary_blocks",
-    "update_message",
-    "verify_request",
-    "web_client",
-]
+"""Human approval of containment plans: who may approve (:mod:`cordon.approvals.policy`), the
+decision on a click (:mod:`cordon.approvals.decide`), the gate a run waits at
+(:mod:`cordon.approvals.gate`), expiry and escalation (:mod:`cordon.approvals.expiry`), the
+outbox of messages to post (:mod:`cordon.approvals.outbox`) and the console fallback
+(:mod:`cordon.approvals.console`). The Slack side (Block Kit, Web API, signed requests, ``/cordon``)
+is :mod:`cordon.slack`."""

@@ -54,9 +54,9 @@ from cordon.approvals.gate import (
     proceeds,
     settling_claim,
 )
-from cordon.approvals.slack import NO_REASON, DecisionOutcome, Interaction
 from cordon.audit.ledger import Ledger, LedgerRecord
 from cordon.config import Config
+from cordon.slack.verify import NO_REASON, DecisionOutcome, Interaction
 
 #: Case statuses after which a *Roll back* click is meaningful.
 ROLLBACKABLE = frozenset({"contained", "not_verified", "failed"})
@@ -99,7 +99,7 @@ def mention(slack_id: str | None) -> str:
 def who(approver: str | None) -> str:
     """An approver as recorded (``slack:U...``, ``cordon:sweeper``, ``console:alice``) for a
     Slack message: Slack users as mentions, anyone else as escaped text."""
-    from cordon.approvals.slack import escape
+    from cordon.slack.mrkdwn import escape
 
     if approver and approver.startswith("slack:"):
         return mention(approver)
@@ -389,7 +389,8 @@ def waiting_blocks(records: list[LedgerRecord], case: Mapping[str, Any], st: Req
                    notes: Iterable[str] = ()) -> list[dict[str, Any]]:
     """The approval message as it stands: detection, enrichment and plan from the ledger, with the
     votes so far out of the quorum, the times, and ``notes`` (escalation...)."""
-    from cordon.approvals.slack import _slack_date, approval_blocks
+    from cordon.slack.blocks import approval_blocks
+    from cordon.slack.mrkdwn import slack_date as _slack_date
 
     plans = [r.payload for r in records if r.kind == "plan.created" and r.payload.get("hash") == st.plan_hash]
     steps = [{"action": s["action"], "target": s["target"], "calls": s.get("describe") or []}
@@ -410,7 +411,7 @@ def waiting_blocks(records: list[LedgerRecord], case: Mapping[str, Any], st: Req
 
 
 def summary_from_ledger(records: list[LedgerRecord], case: Mapping[str, Any]) -> dict[str, Any]:
-    """A case summary (the shape :func:`cordon.approvals.slack.summary_blocks` reads) from the
+    """A case summary (the shape :func:`cordon.slack.blocks.summary_blocks` reads) from the
     ledger: the last ``case.closed`` outcome, the plan, and each action's latest result
     (containment, then rollback)."""
     closed = [r.payload for r in records if r.kind == "case.closed"]
@@ -473,7 +474,7 @@ def post_request(ledger: Ledger, client: Any, *, config: Config, playbook: Any, 
 
     from cordon.approvals import outbox as outbox_mod
     from cordon.approvals.policy import load_settings, policy_for
-    from cordon.approvals.slack import approval_blocks, fallback_text
+    from cordon.slack.blocks import approval_blocks, fallback_text
 
     a = playbook.approval
     policy = policy_for(load_settings(config), a, detection.severity)
@@ -522,7 +523,7 @@ def find_replay(ledger: Ledger, ix: Interaction, seq: int) -> LedgerRecord | Non
 
 # -- asking a Deny for its reason ------------------------------------------------------------------
 def wants_deny_reason(ledger: Ledger, ix: Interaction) -> bool:
-    """Whether a *Deny* click should open the reason dialog (:func:`cordon.approvals.slack.deny_view`)
+    """Whether a *Deny* click should open the reason dialog (:func:`cordon.slack.blocks.deny_view`)
     before it is recorded: only when the click names the case's current run and plan and the request
     is open, or settled by a decision that a Deny can still stop (an approval, before the run ended).
     Otherwise the click goes straight to the decider, which tells the clicker why it is refused (who
@@ -632,7 +633,7 @@ def make_decider(ledger: Ledger, config: Config, resume: Resume | None = None, *
                      "team_id": ix.team_id, "plan_hash": ix.plan_hash, "decided_at": now().isoformat(),
                      "approvers": [f"slack:{u}" for u in approvers], "quorum": quorum}
         extra: dict[str, Any] = {"user_id": ix.user_id}
-        if decision == "deny":  # the reason typed in the Deny dialog (cordon.approvals.slack.deny_view)
+        if decision == "deny":  # the reason typed in the Deny dialog (cordon.slack.blocks.deny_view)
             extra["reason"] = ix.reason if ix.reason else NO_REASON
         s = settle(ledger, case_id=ix.case_id, run_id=ix.run_id, plan_hash=ix.plan_hash, run_input=run_input,
                    actor=f"slack:{ix.user_id}", resume=resume, extra=extra)
@@ -720,7 +721,7 @@ def make_decider(ledger: Ledger, config: Config, resume: Resume | None = None, *
             return DecisionOutcome(True, "the rollback already has its approvals")
         where = st.where if st else None
         summary = summary_from_ledger(records, case)
-        from cordon.approvals.slack import summary_blocks
+        from cordon.slack.blocks import summary_blocks
 
         if outcome == "waiting":
             summary["rollback"] = True

@@ -55,7 +55,7 @@ def _iso(dt: datetime | None) -> str | None:
 
 
 def _date(dt: datetime | None) -> str:
-    from cordon.approvals.slack import _slack_date
+    from cordon.slack.mrkdwn import slack_date as _slack_date
 
     return _slack_date(_iso(dt)) or "?"
 

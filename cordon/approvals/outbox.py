@@ -13,7 +13,7 @@ https://api.slack.com/apis/rate-limits#special-rate-limits; ``chat.update`` is T
   ("N approval requests from <actor>"): one section per case (the fallback text, i.e. what
   happened, the credential and the playbook) and one ``actions`` block per case carrying that
   case's own buttons copied unchanged from the blocks it was given (so button values stay as
-  :func:`cordon.approvals.slack._button_value` built them and a click decides the right case;
+  :func:`cordon.slack.blocks._button_value` built them and a click decides the right case;
   ``block_id`` ``cordon_decision:<case_id>``). A summary holds at most ``group_size`` cases
   (2 blocks each, within Slack's 50), then a new summary starts. So a burst of N cases from A
   actors posts at most ``A * (1 + ceil((N/A - 1) / group_size))`` messages.
@@ -56,7 +56,8 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler, ServerErrorRetryHandler
 
-from cordon.approvals.slack import ACTIONS_BLOCK_ID, MAX_SECTION_TEXT, ensure_retry_handlers
+from cordon.slack.blocks import ACTIONS_BLOCK_ID, MAX_SECTION_TEXT
+from cordon.slack.client import ensure_retry_handlers
 
 metadata = sa.MetaData()
 
@@ -137,7 +138,7 @@ def _clip(text: str, limit: int) -> str:
 
 def _esc(value: Any) -> str:
     """mrkdwn-escape ``&``, ``<``, ``>``, leaving Slack's own entities as they are: a row's text is
-    the approval's fallback text, already escaped (:func:`cordon.approvals.slack.fallback_text`),
+    the approval's fallback text, already escaped (:func:`cordon.slack.blocks.fallback_text`),
     and must not show ``&amp;lt;``."""
     return re.sub(r"&(?!(?:amp|lt|gt);)", "&amp;", str(value)).replace("<", "&lt;").replace(">", "&gt;")
 

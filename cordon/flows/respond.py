@@ -213,7 +213,7 @@ def ask_slack(case_id: str, playbook: str, enrichment: dict[str, Any], plan: dic
     what the decider and the sweeper need (:func:`cordon.approvals.decide.post_request`).
     ``expire_seconds`` is the playbook's ``expire_after`` (kept as a parameter: part of the task's
     cache key)."""
-    from cordon.approvals import slack as slack_approval
+    from cordon import slack as slack_approval
     from cordon.approvals.decide import post_request
 
     run_id = _run_id()
@@ -330,7 +330,7 @@ def update_slack(slack: dict[str, Any], where: dict[str, Any], summary: dict[str
     """Update the approval message in place with the case's state (through the outbox), and
     with ``thread_text`` add a reply to its thread. A Slack failure is recorded as
     ``slack.update_failed`` and does not fail the run; returns whether the update worked."""
-    from cordon.approvals import slack as slack_approval
+    from cordon import slack as slack_approval
     from cordon.approvals.decide import update_safely
 
     client = slack_approval.web_client(slack)
@@ -343,7 +343,7 @@ def update_slack(slack: dict[str, Any], where: dict[str, Any], summary: dict[str
 def _who(approval: dict[str, Any]) -> str:
     """The approvers for a thread reply: Slack users as mentions, anyone else escaped."""
     from cordon.approvals.decide import mention
-    from cordon.approvals.slack import escape
+    from cordon.slack.mrkdwn import escape
 
     people = approval.get("approvers") or ([approval["approver"]] if approval.get("approver") else [])
     return ", ".join(mention(p) if str(p).startswith("slack:") else escape(p) for p in people) or "someone"
@@ -352,9 +352,9 @@ def _who(approval: dict[str, Any]) -> str:
 def step_line(result: dict[str, Any], brief: bool = False) -> str:
     """One containment step's thread reply: ``<action> on <target>: <status> (<error>)``, or with
     ``brief`` ``<action>: <error>``. Every part is escaped for Slack mrkdwn
-    (:func:`cordon.approvals.slack.escape`): targets and cloud error messages can carry
+    (:func:`cordon.slack.mrkdwn.escape`): targets and cloud error messages can carry
     attacker-chosen text (``<!channel>``, ``<https://...|links>``)."""
-    from cordon.approvals.slack import escape
+    from cordon.slack.mrkdwn import escape
 
     if brief:
         return f"{escape(result['name'])}: {escape(result.get('error'))}"
@@ -407,9 +407,9 @@ def _tell_slack_of_failure(case_id: str, flow_run, message: str) -> None:
     """Show a failed run on its approval message (if it asked in Slack), with the error; a Slack run
     that failed before asking (no message yet, e.g. ``/cordon run`` with no cloud credentials) is
     said in the approvers' channel instead, mentioning whoever requested it by hand."""
-    from cordon.approvals import slack as slack_approval
+    from cordon import slack as slack_approval
     from cordon.approvals.decide import summary_from_ledger, update_safely
-    from cordon.approvals.slack import escape
+    from cordon.slack.mrkdwn import escape
 
     params = flow_run.parameters or {}
     asked = [r for r in ledger().records(case_id=case_id, kind_prefix="approval.asked")
@@ -437,7 +437,7 @@ def _post_failure_before_asking(client, case_id: str, case: dict[str, Any], flow
     (``chat.postMessage``), mentioning the ``/cordon run`` requester if there was one; recorded as
     ``slack.failure_posted`` (or ``slack.post_failed`` when Slack refuses: the run's failure is already
     in the ledger either way)."""
-    from cordon.approvals.slack import escape
+    from cordon.slack.mrkdwn import escape
 
     channel = ((flow_run.parameters or {}).get("slack") or {}).get("channel")
     if not channel:
@@ -470,7 +470,7 @@ def respond(case_id: str, playbook: str, approval: ApprovalMode = "console", clo
     :mod:`cordon.recovery` runs a stranded case again). Returns the case summary printed by
     ``cordon respond --output json``. Raises ``KeyError`` for a case not in the ledger.
     """
-    from cordon.approvals.slack import escape
+    from cordon.slack.mrkdwn import escape
 
     cloud = cloud or {}
     _, pb = _playbook(playbook)

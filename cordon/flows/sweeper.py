@@ -30,8 +30,8 @@ def sweep_approvals(now: str | None = None, slack: dict[str, Any] | None = None,
     cases left to other modes are not listed)."""
     from cordon.approvals.decide import parse_time
     from cordon.approvals.expiry import sweep
-    from cordon.approvals.slack import web_client
     from cordon.audit.ledger import Ledger, default_database_url
+    from cordon.slack.client import web_client
 
     at = parse_time(now) if now else datetime.now(UTC)
     if at is None:

@@ -4,14 +4,14 @@ Endpoints
 
 ``POST /slack/interactions`` (Slack's *Interactivity Request URL*)
     1. Read the raw body (at most ``max_slack_body`` bytes, else **413**) and verify Slack's
-       signature and timestamp (:func:`cordon.approvals.slack.verify_request`). A missing header,
+       signature and timestamp (:func:`cordon.slack.verify.verify_request`). A missing header,
        a bad signature or a timestamp more than five minutes away answers **401**; nothing else
        happens. Such unsigned requests (and oversized bodies) are *counted*, not chained one by
        one: :class:`cordon.audit.refusals.RefusalCounter` tallies them per reason and minute with
        a few samples (reason, detail, remote address, the timestamp header as sent) and chains
        one ``slack.refusals`` record per window once it has ended. Anyone can send these, so one
        chained record each would let anyone grow the chain at will.
-    2. Parse the click (:func:`cordon.approvals.slack.parse_interaction`). Another payload type
+    2. Parse the click (:func:`cordon.slack.verify.parse_interaction`). Another payload type
        (``view_submission``, ``shortcut``...) answers **200** and is recorded as
        ``slack.interaction_ignored``; a malformed ``block_actions`` answers **400** and is recorded
        as ``slack.interaction_malformed`` (with the field at fault).
@@ -34,11 +34,11 @@ Endpoints
        attempt is recorded as ``slack.refusal_notified`` (status code) or
        ``slack.refusal_notify_failed``. A raising ``decide`` is recorded as
        ``slack.decide_failed``. An accepted decision posts nothing here: the integrator updates
-       the approval message in place (:func:`cordon.approvals.slack.status_blocks`) and records
+       the approval message in place (:func:`cordon.slack.blocks.status_blocks`) and records
        ``approval.given`` / ``approval.refused`` itself.
 
 ``POST /slack/commands`` (the ``/cordon`` slash command's Request URL; with ``commands``, a
-    :class:`cordon.approvals.commands.CommandHandler`)
+    :class:`cordon.slack.commands.CommandHandler`)
     Verified as above (401, counted as a ``slack`` refusal); answered at once with the handler's
     ephemeral acknowledgement, the work (modal, lookup, manual run) in a ``BackgroundTask``. A
     ``view_submission`` of Cordon's modal arriving at ``/slack/interactions`` goes to
@@ -84,8 +84,10 @@ from slack_sdk.http_retry.builtin_handlers import (
 from slack_sdk.webhook import WebhookClient
 from starlette.concurrency import run_in_threadpool
 
-from cordon.approvals.slack import (
-    REASON_BLOCK_ID,
+from cordon.audit.ledger import Ledger
+from cordon.audit.refusals import RefusalCounter
+from cordon.slack.blocks import REASON_BLOCK_ID
+from cordon.slack.verify import (
     DecisionOutcome,
     Interaction,
     InteractionError,
@@ -95,8 +97,6 @@ from cordon.approvals.slack import (
     parse_interaction,
     verify_request,
 )
-from cordon.audit.ledger import Ledger
-from cordon.audit.refusals import RefusalCounter
 
 #: Interaction payloads are a few KB; anything far larger is not from Slack.
 DEFAULT_MAX_SLACK_BODY = 1024 * 1024
@@ -172,7 +172,7 @@ def create_app(
     :class:`~cordon.audit.refusals.RefusalCounter` on ``ledger`` with one-minute windows).
     ``open_view(trigger_id, view)`` opens a Slack modal (``views.open``; raises when Slack refuses):
     with it, a *Deny* click for which ``wants_reason(interaction)`` is true (default: always) opens
-    the reason dialog (:func:`cordon.approvals.slack.deny_view`) instead of being decided, and the
+    the reason dialog (:func:`cordon.slack.blocks.deny_view`) instead of being decided, and the
     dialog's submission is decided as the Deny, with its reason. Without it, with no ``trigger_id``,
     or when ``views.open`` fails (``slack.views_open_failed``), the Deny is decided at once with the
     reason ``no reason given``.
@@ -265,8 +265,8 @@ def create_app(
         except SignatureError as exc:
             await refused("slack", exc.reason, remote, request, detail=str(exc), body_bytes=len(body))
             return JSONResponse({"error": "invalid request signature", "reason": exc.reason}, status_code=401)
-        if commands is not None:  # Cordon's run-a-playbook modal (cordon/approvals/modal.py)
-            from cordon.approvals.modal import parse_view_submission
+        if commands is not None:  # Cordon's run-a-playbook modal (cordon/slack/modal.py)
+            from cordon.slack.modal import parse_view_submission
 
             try:
                 submission = parse_view_submission(body)
@@ -279,7 +279,7 @@ def create_app(
                 if work is not None:
                     background.add_task(work)
                 return JSONResponse(answer) if answer else Response(status_code=200)
-        try:  # the Deny reason dialog's submission (cordon.approvals.slack.deny_view)
+        try:  # the Deny reason dialog's submission (cordon.slack.blocks.deny_view)
             denial = parse_deny_submission(body)
         except InteractionError as exc:
             await run_in_threadpool(ledger.append, "slack.interaction_malformed",
@@ -358,7 +358,8 @@ def create_app(
         (``wants_reason`` false: decided, another plan...) is decided now, so its clicker is told."""
         from dataclasses import replace
 
-        from cordon.approvals.slack import NO_REASON, deny_view
+        from cordon.slack.blocks import deny_view
+        from cordon.slack.verify import NO_REASON
 
         if interaction.reason is not None:
             return interaction
@@ -388,9 +389,9 @@ def create_app(
 
     @app.post("/slack/commands")
     async def slack_commands(request: Request, background: BackgroundTasks) -> Response:
-        """``/cordon`` (cordon/approvals/commands.py): verified like the interactions, answered
+        """``/cordon`` (cordon/slack/commands.py): verified like the interactions, answered
         with an ephemeral acknowledgement at once; the work runs after the response is sent."""
-        from cordon.approvals.commands import parse_slash_command
+        from cordon.slack.commands import parse_slash_command
 
         remote = _remote(request)
         if commands is None:

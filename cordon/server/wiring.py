@@ -66,7 +66,7 @@ def build_app(*, signing_secret: str | None = None, webhook_token: str | None = 
 
     slack_client = None
     if os.environ.get("CORDON_SLACK_BOT_TOKEN"):
-        from cordon.approvals.slack import web_client
+        from cordon.slack.client import web_client
 
         slack_client = web_client(slack)
 
@@ -124,7 +124,7 @@ def _recover_at_start(app: FastAPI, responder: Any, cloud: dict[str, Any] | None
 
 def _commands(responder: Any, client: Any, cloud: dict[str, Any] | None, slack: dict[str, Any]) -> Any:
     """``/cordon`` and its modal: manual runs go to the ``respond`` deployment with Slack approval."""
-    from cordon.approvals.commands import CommandHandler
+    from cordon.slack.commands import CommandHandler
 
     def start_run(playbook: str, params: dict[str, Any], requested_by: dict[str, str]) -> dict[str, Any]:
         return responder.manual(playbook, params, requested_by, approval="slack", cloud=cloud, slack=slack)

@@ -11,7 +11,7 @@ result goes to ``response_url`` (ephemeral, with ``slack_sdk.webhook.WebhookClie
 
 ``run`` checks the playbook and the parameters given before acknowledging (errors name the
 parameter and the playbook file); missing parameters (or ``run`` alone) open the modal of
-:mod:`cordon.approvals.modal`; a complete, valid run starts through ``start_run(playbook, params,
+:mod:`cordon.slack.modal`; a complete, valid run starts through ``start_run(playbook, params,
 requested_by)`` (the server wires :meth:`cordon.engine.Responder.manual` with Slack approval),
 with ``requested_by`` = ``{"slack_user_id", "email"}`` (the Slack profile email from
 ``users.info`` when the bot may read it), so the requester cannot approve their own run.
@@ -36,7 +36,10 @@ from slack_sdk.http_retry.builtin_handlers import (
 )
 from slack_sdk.webhook import WebhookClient
 
-from cordon.approvals.modal import (
+from cordon.audit.ledger import Ledger
+from cordon.manual import ManualRunError, check_params, find_playbook, missing_required, parse_pairs, runnable
+from cordon.playbooks.schema import Playbook
+from cordon.slack.modal import (
     PICK_CALLBACK_ID,
     PLAYBOOK_BLOCK_ID,
     ViewSubmission,
@@ -44,10 +47,7 @@ from cordon.approvals.modal import (
     params_view,
     pick_view,
 )
-from cordon.approvals.slack import InteractionError
-from cordon.audit.ledger import Ledger
-from cordon.manual import ManualRunError, check_params, find_playbook, missing_required, parse_pairs, runnable
-from cordon.playbooks.schema import Playbook
+from cordon.slack.verify import InteractionError
 
 #: Case statuses that need nobody any more; any other status is listed by ``/cordon list``.
 FINAL_STATUSES = frozenset({"contained", "denied", "expired", "refused", "no_containment", "rolled_back",
@@ -77,7 +77,7 @@ class SlashCommand:
 
 
 def parse_slash_command(form_body: bytes) -> SlashCommand:
-    """Parse a slash command's form body. Raises :class:`~cordon.approvals.slack.InteractionError`
+    """Parse a slash command's form body. Raises :class:`~cordon.slack.verify.InteractionError`
     naming the field (``body``, ``command``, ``user_id``) when it is not one."""
     try:
         form = {k: v[0] for k, v in parse_qs(form_body.decode("utf-8"), keep_blank_values=True).items()}

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
-from cordon.approvals.slack import InteractionError
 from cordon.playbooks.schema import Playbook
+from cordon.slack.verify import InteractionError
 
 PICK_CALLBACK_ID = "cordon_run_pick"
 RUN_CALLBACK_ID = "cordon_run"
@@ -157,7 +157,7 @@ def _value(state: Mapping[str, Any]) -> str | None:
 def parse_view_submission(form_body: bytes) -> ViewSubmission | None:
     """The :class:`ViewSubmission` in a Slack interactivity body, or ``None`` when the payload is
     another type (``block_actions``...) or a view that is not Cordon's. Raises
-    :class:`~cordon.approvals.slack.InteractionError` naming the field for a malformed Cordon
+    :class:`~cordon.slack.verify.InteractionError` naming the field for a malformed Cordon
     view submission. Call it only on a body whose signature was verified."""
     try:
         raw = parse_qs(form_body.decode("utf-8"), keep_blank_values=True).get("payload")
