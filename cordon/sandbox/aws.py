@@ -406,6 +406,30 @@ def _xml_fields(fields: dict[str, Any]) -> str:
     return "".join(f"<{k}>{saxutils.escape(str(v))}</{k}>" for k, v in fields.items() if v is not None)
 
 
+def _honour_key_pair_id() -> None:
+    """Make moto's ``DeleteKeyPair`` honour ``KeyPairId`` as EC2 does (moto reads only ``KeyName``):
+    with an ID, the key pair of that ID is deleted, whatever its name; an unknown ID deletes nothing.
+    https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_DeleteKeyPair.html . Idempotent."""
+    from moto.ec2.responses.key_pairs import ActionResult, KeyPairs
+
+    if getattr(KeyPairs.delete_key_pair, "_cordon_key_pair_id", False):
+        return
+    by_name = KeyPairs.delete_key_pair
+
+    def delete_key_pair(self: Any) -> Any:
+        key_pair_id = self._get_param("KeyPairId")
+        if not key_pair_id:
+            return by_name(self)
+        self.error_on_dryrun()
+        found = next((kp for kp in self.ec2_backend.key_pairs.values() if kp.id == key_pair_id), None)
+        if found is not None:
+            self.ec2_backend.key_pairs.pop(found.key_name, None)
+        return ActionResult({"Return": True, "KeyPairId": key_pair_id if found is not None else None})
+
+    delete_key_pair._cordon_key_pair_id = True  # type: ignore[attr-defined]
+    KeyPairs.delete_key_pair = delete_key_pair  # type: ignore[method-assign]
+
+
 def _moto_iam_backend(account: str) -> Any:
     from moto.iam.models import iam_backends
 
@@ -527,6 +551,7 @@ class AwsSandbox:
                  host: str = "127.0.0.1", port: int = 0):
         from moto.server import ThreadedMotoServer
 
+        _honour_key_pair_id()
         self.region = region
         self.default_account_id = account_id
         self.account_id = account_id

@@ -322,8 +322,8 @@ class DeleteKeyPair(AwsContainmentAction):
     holder of the private key can use it again; the new key pair gets a new ``KeyPairId`` and,
     for RSA keys AWS created, a different fingerprint format). If ``key_pair_id`` is given and
     the key pair under that name has another ID (deleted and re-created since the detection),
-    ``GuardError``. The delete is by ``KeyName``: moto's ``DeleteKeyPair`` ignores ``KeyPairId``,
-    and the name was just checked against the ID.
+    ``GuardError``. The delete names the key pair by ``KeyPairId`` when it is known (exactly the key
+    pair read, even if the name were re-used in between), else by ``KeyName``.
 
     Params: ``key_name``; ``region`` (default: the credential's ``region`` attribute, else the
     detection's region); ``key_pair_id`` (optional exact-ID guard).
@@ -384,8 +384,9 @@ class DeleteKeyPair(AwsContainmentAction):
         return state is None
 
     def plan_calls(self, ctx: ActionContext, state: dict[str, Any] | None) -> list[ApiCall]:
-        return [ApiCall(service="ec2", operation="DeleteKeyPair", params={"KeyName": ctx.params["key_name"]},
-                        region=self.region(ctx))]
+        key_pair_id = (state or {}).get("key_pair_id")
+        params = {"KeyPairId": key_pair_id} if key_pair_id else {"KeyName": ctx.params["key_name"]}
+        return [ApiCall(service="ec2", operation="DeleteKeyPair", params=params, region=self.region(ctx))]
 
     def undo_calls(self, ctx: ActionContext, before: dict[str, Any] | None) -> list[ApiCall]:
         if not before or not before.get("public_key"):
