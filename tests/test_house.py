@@ -32,7 +32,6 @@ STILL_NAMING_A_CLOUD = {
     "cordon/manual.py": 5,  # detections built by hand: ARNs, account fields
     "cordon/respond.py": 1,  # _same_principal: an assumed-role session ARN matches its role
     "cordon/slack/blocks.py": 3,  # Azure's tenant as the account; a non-IP source is an AWS service
-    "cordon/slack/render.py": 32,  # per-action enrichment renderers and credential phrases
 }
 
 

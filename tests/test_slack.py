@@ -569,9 +569,9 @@ def test_what_happened_from_the_credential_kind_and_owner(kind, owner, expected)
 
 def test_every_credential_kind_has_a_phrase():
     from cordon.providers import credential_kinds
-    from cordon.slack.render import CREDENTIAL_PHRASES
+    from cordon.slack.render import credential_phrases
 
-    assert set(credential_kinds()) == set(CREDENTIAL_PHRASES)
+    assert set(credential_kinds()) == set(credential_phrases())
 
 
 def test_what_happened_without_a_credential_and_principal_names():

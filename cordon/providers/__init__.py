@@ -84,6 +84,10 @@ class Provider:
     shapes_module: ClassVar[str | None] = None
     #: when its shapes are tried (lower first: the more specific shapes)
     classify_order: ClassVar[int] = 100
+    #: module whose import registers its Slack enrichment renderers (:mod:`cordon.slack.render`)
+    renderers_module: ClassVar[str | None] = None
+    #: credential kind -> (what a new one is called, the word joining it to its owner) in Slack
+    credential_phrases: ClassVar[dict[str, tuple[str, str]]] = {}
     #: module holding ``DOCUMENTS``, the :class:`cordon.permissions.GrantDocument` s it generates
     grants_module: ClassVar[str | None] = None
     clients_per_account: ClassVar[bool] = False

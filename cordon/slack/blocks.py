@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from cordon.slack.mrkdwn import clip, code, dig, escape, slack_date
-from cordon.slack.render import CREDENTIAL_PHRASES, enrichment_lines
+from cordon.slack.render import credential_phrases, enrichment_lines
 
 if TYPE_CHECKING:
     from cordon.slack.verify import Interaction
@@ -267,8 +267,8 @@ def _owner_words(p: Any) -> str | None:
 
 def credential_words(kind: Any) -> str:
     """A credential kind in words: ``azure_sp_password`` -> ``client secret`` (from
-    :data:`CREDENTIAL_PHRASES`, without "New"), unknown kinds with ``_`` as spaces."""
-    phrase = CREDENTIAL_PHRASES.get(str(kind))
+    :func:`~cordon.slack.render.credential_phrases`, without "New"), unknown kinds with ``_`` as spaces."""
+    phrase = credential_phrases().get(str(kind))
     if phrase and phrase[0].startswith("New "):
         return phrase[0][4:]
     return str(kind or "credential").replace("_", " ")
@@ -284,7 +284,7 @@ def what_happened(detection: Mapping[str, Any]) -> str:
     if not cred:
         return str(det.get("event_name") or det.get("finding_type") or dig(det, "rule", "name") or "Detection")
     kind = str(cred.get("kind") or "")
-    phrase, joiner = CREDENTIAL_PHRASES.get(kind, (f"New {kind.replace('_', ' ') or 'credential'}", "on"))
+    phrase, joiner = credential_phrases().get(kind, (f"New {kind.replace('_', ' ') or 'credential'}", "on"))
     whom = _owner_words(cred.get("owner")) or _owner_words(det.get("target"))
     if not whom and det.get("account_uid"):
         whom = f"account {det['account_uid']}"

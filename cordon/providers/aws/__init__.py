@@ -23,6 +23,7 @@ class AwsProvider(Provider):
     actions_module = "cordon.providers.aws.actions"
     grants_module = "cordon.providers.aws.grants"
     shapes_module = "cordon.providers.aws.shapes"
+    renderers_module = "cordon.providers.aws.render"
     classify_order = 10
     clients_per_account = True
     ocsf_account = (10, "AWS Account")
@@ -39,6 +40,18 @@ class AwsProvider(Provider):
         "aws_iam_user": "a created cloud account (T1136.003), uid = user name",
         "aws_policy_grant": "an admin policy attached / put on a user, uid = policy ARN or inline name",
         "aws_ssh_public_key": "an IAM user's SSH public key (CodeCommit), uid = SSHPublicKeyId (APKA...)",
+    }
+
+    #: what a new credential of each kind is called in Slack, and the word joining it to its owner
+    credential_phrases = {
+    "aws_access_key": ("New access key", "for"),
+    "aws_login_profile": ("New console password", "for"),
+    "aws_key_pair": ("New EC2 key pair", "in"),
+    "aws_service_specific_credential": ("New service-specific credential", "for"),
+    "aws_federation_token": ("Federation token issued", "to"),
+    "aws_iam_user": ("New IAM user", ""),
+    "aws_policy_grant": ("Admin policy granted", "to"),
+    "aws_ssh_public_key": ("New SSH public key", "for"),
     }
 
     @property

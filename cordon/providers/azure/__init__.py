@@ -23,6 +23,7 @@ class AzureProvider(Provider):
     actions_module = "cordon.providers.azure.actions"
     grants_module = "cordon.providers.azure.grants"
     shapes_module = "cordon.providers.azure.shapes"
+    renderers_module = "cordon.providers.azure.render"
     classify_order = 30
 
     detection_sources = ("entra", "azure_activity")
@@ -37,6 +38,18 @@ class AzureProvider(Provider):
         "azure_app_role_assignment": "uid = '<assignee SP object id>#<resource SP object id>#<appRoleId>'",
         "azure_user": "uid = user object id (a created account, T1136.003)",
         "azure_service_principal": "uid = service principal object id (a created service principal)",
+    }
+
+    #: what a new credential of each kind is called in Slack, and the word joining it to its owner
+    credential_phrases = {
+    "azure_sp_password": ("New client secret", "on"),
+    "azure_sp_key": ("New certificate", "on"),
+    "azure_federated_credential": ("New federated credential", "on"),
+    "azure_role_assignment": ("New Azure role assignment", "for"),
+    "azure_directory_role": ("Directory role granted", "to"),
+    "azure_app_role_assignment": ("App permission granted", "to"),
+    "azure_user": ("New Entra user", ""),
+    "azure_service_principal": ("New service principal", ""),
     }
 
     @property

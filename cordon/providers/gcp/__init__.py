@@ -22,6 +22,7 @@ class GcpProvider(Provider):
     actions_module = "cordon.providers.gcp.actions"
     grants_module = "cordon.providers.gcp.grants"
     shapes_module = "cordon.providers.gcp.shapes"
+    renderers_module = "cordon.providers.gcp.render"
     classify_order = 20
     ocsf_account = (11, "GCP Project")
 
@@ -35,6 +36,16 @@ class GcpProvider(Provider):
         "gcp_api_key": "uid = projects/P/locations/global/keys/KEY_ID",
         "gcp_oslogin_ssh_key": "uid = users/USER_EMAIL/sshPublicKeys/FINGERPRINT",
         "gcp_hmac_key": "uid = projects/P/hmacKeys/ACCESS_ID",
+    }
+
+    #: what a new credential of each kind is called in Slack, and the word joining it to its owner
+    credential_phrases = {
+    "gcp_sa_key": ("New service-account key", "on"),
+    "gcp_service_account": ("New service account", ""),
+    "gcp_iam_binding": ("IAM role granted", "to"),
+    "gcp_api_key": ("New API key", "in"),
+    "gcp_oslogin_ssh_key": ("New OS Login SSH key", "for"),
+    "gcp_hmac_key": ("New HMAC key", "for"),
     }
 
     @property
