@@ -36,6 +36,7 @@ import jsonschema
 
 from cordon.detections.model import Actor, Credential, Detection, Principal, RawRef, RuleRef, record_sha256
 from cordon.playbooks.schema import Playbook
+from cordon.providers import get_provider
 
 if TYPE_CHECKING:  # pragma: no cover
     from cordon.engine import CaseTicket, Responder
@@ -201,28 +202,12 @@ def _check_requester(requested_by: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _derive(provider: str, kind: str, f: dict[str, Any]) -> None:
-    """Fill what the provider's naming implies (module docstring), never overwriting a given value."""
-    uid = f.get("credential.uid")
-    if provider == "aws":
-        account = f.get("account_uid")
-        for who in ("target", "credential.owner"):
-            if account and f.get(f"{who}.name") and not f.get(f"{who}.uid"):
-                f[f"{who}.uid"] = f"arn:aws:iam::{account}:user/{f[f'{who}.name']}"
-    elif provider == "gcp" and isinstance(uid, str):
-        m = re.fullmatch(r"projects/([^/]+)/serviceAccounts/([^/]+)/keys/[^/]+", uid)
-        if m:
-            f.setdefault("credential.owner.uid", m.group(2))
-        m = re.match(r"projects/([^/]+)/", uid)
-        if m:
-            f.setdefault("account_uid", m.group(1))
-        m = re.fullmatch(r"[^@]+@([a-z][a-z0-9-]+)\.iam\.gserviceaccount\.com", uid)
-        if m:
-            f.setdefault("account_uid", m.group(1))
+    """Fill what the provider's naming implies (:meth:`cordon.providers.Provider.manual_fields`), then
+    the target from the credential's owner; never overwriting a given value."""
+    get_provider(provider).manual_fields(kind, f)
     for part in ("uid", "name"):
         if f.get(f"credential.owner.{part}") and not f.get("target.uid") and not f.get("target.name"):
             f.setdefault(f"target.{part}", f[f"credential.owner.{part}"])
-    if f.get("target.uid") and not f.get("target.name") and kind.startswith("aws"):
-        f["target.name"] = str(f["target.uid"]).rsplit("/", 1)[-1]
 
 
 def manual_detection(pb: Playbook, params: Mapping[str, Any], requested_by: Mapping[str, Any], *,
@@ -245,15 +230,11 @@ def manual_detection(pb: Playbook, params: Mapping[str, Any], requested_by: Mapp
     kind = str(fields.get("credential.kind") or pb.when.credential_kinds[0])
     _derive(pb.when.provider, kind, fields)
     attributes = {k.split(".", 2)[2]: v for k, v in fields.items() if k.startswith("credential.attributes.")}
-    owner = Principal(uid=fields.get("credential.owner.uid"), name=fields.get("credential.owner.name"))
-    target = Principal(uid=fields.get("target.uid"), name=fields.get("target.name"))
-    if pb.when.provider == "aws":
-        if owner.name:
-            owner.type = "IAMUser"
-        if target.name:
-            target.type = "IAMUser"
-        owner.account_uid = fields.get("account_uid") if owner.name else None
-        target.account_uid = fields.get("account_uid") if target.name else None
+    get_provider(pb.when.provider).manual_principals(kind, fields)
+    owner = Principal(uid=fields.get("credential.owner.uid"), name=fields.get("credential.owner.name"),
+                      type=fields.get("credential.owner.type"), account_uid=fields.get("credential.owner.account_uid"))
+    target = Principal(uid=fields.get("target.uid"), name=fields.get("target.name"), type=fields.get("target.type"),
+                       account_uid=fields.get("target.account_uid"))
     raw = {"manual": True, "playbook": pb.name, "playbook_path": pb.path, "parameters": dict(params),
            "requested_by": who, "requested_at": when.isoformat(timespec="seconds")}
     return Detection(

@@ -29,7 +29,6 @@ STILL_NAMING_A_CLOUD = {
     "cordon/cli.py": 4,  # the aws: accounts in `serve` / `config validate`
     "cordon/config.py": 1,  # the `aws:` section of cordon.yaml
     "cordon/detections/intake.py": 11,  # envelopes: EventBridge detail-types, the sources their detail holds
-    "cordon/manual.py": 5,  # detections built by hand: ARNs, account fields
     "cordon/respond.py": 1,  # _same_principal: an assumed-role session ARN matches its role
     "cordon/slack/blocks.py": 3,  # Azure's tenant as the account; a non-IP source is an AWS service
 }

@@ -114,6 +114,15 @@ class Provider:
         (:func:`cordon.respond.guard`); ``None`` to allow."""
         return None
 
+    def manual_fields(self, kind: str, fields: dict[str, Any]) -> None:
+        """Fill, in place, the detection fields a manual run's parameters imply for this provider
+        (dotted names such as ``credential.owner.uid``, ``account_uid``), never overwriting a given
+        value. Called before the target is taken from the credential's owner."""
+
+    def manual_principals(self, kind: str, fields: dict[str, Any]) -> None:
+        """Complete, in place, the principals of a manual run's detection (``target.name``,
+        ``*.type``, ``*.account_uid``) once the target is known."""
+
     def load_actions(self) -> None:
         """Import :attr:`actions_module`, registering the provider's actions."""
         importlib.import_module(self.actions_module)

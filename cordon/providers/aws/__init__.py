@@ -78,6 +78,23 @@ class AwsProvider(Provider):
                 return "the credential is the access key Cordon signs with"
         return None
 
+    def manual_fields(self, kind: str, fields: dict[str, Any]) -> None:
+        """An IAM user named with an account gets its ARN as ``uid``."""
+        account = fields.get("account_uid")
+        for who in ("target", "credential.owner"):
+            if account and fields.get(f"{who}.name") and not fields.get(f"{who}.uid"):
+                fields[f"{who}.uid"] = f"arn:aws:iam::{account}:user/{fields[f'{who}.name']}"
+
+    def manual_principals(self, kind: str, fields: dict[str, Any]) -> None:
+        """A target known only by ARN gets the user name from it; named principals are IAM users of
+        the run's account."""
+        if fields.get("target.uid") and not fields.get("target.name"):
+            fields["target.name"] = str(fields["target.uid"]).rsplit("/", 1)[-1]
+        for who in ("credential.owner", "target"):
+            if fields.get(f"{who}.name"):
+                fields[f"{who}.type"] = "IAMUser"
+                fields[f"{who}.account_uid"] = fields.get("account_uid")
+
     def clients(self, cloud: dict[str, Any]) -> Callable[..., Any]:
         from cordon.providers.aws.clients import aws_clients
 

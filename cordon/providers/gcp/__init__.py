@@ -8,6 +8,7 @@ client factory).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -54,6 +55,22 @@ class GcpProvider(Provider):
 
         return (Source("gcp_audit", detections_from_gcp_audit, sigma=("gcp", "gcp.audit")),
                 Source("gcp_scc", detections_from_scc))
+
+    def manual_fields(self, kind: str, fields: dict[str, Any]) -> None:
+        """A key's resource name gives its service account and project; a service account's email
+        its project."""
+        uid = fields.get("credential.uid")
+        if not isinstance(uid, str):
+            return
+        m = re.fullmatch(r"projects/([^/]+)/serviceAccounts/([^/]+)/keys/[^/]+", uid)
+        if m:
+            fields.setdefault("credential.owner.uid", m.group(2))
+        m = re.match(r"projects/([^/]+)/", uid)
+        if m:
+            fields.setdefault("account_uid", m.group(1))
+        m = re.fullmatch(r"[^@]+@([a-z][a-z0-9-]+)\.iam\.gserviceaccount\.com", uid)
+        if m:
+            fields.setdefault("account_uid", m.group(1))
 
     def clients(self, cloud: dict[str, Any]) -> Callable[..., Any]:
         from cordon.providers.gcp.clients import gcp_clients
