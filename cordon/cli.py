@@ -388,23 +388,23 @@ def playbooks_list(output: Annotated[OutputFormat, typer.Option(help="text for p
 
 def _check_config() -> list[str]:
     """Everything ``cordon.yaml`` names, loaded as the server and the workers load it: the file
-    against its schema, the approval section, the ``aws:`` section, the playbooks and the Sigma
-    rules. Returns one line per part; raises what the loaders raise."""
+    against its schema, the approval section, each provider's section
+    (:meth:`cordon.providers.Provider.check_config`), the playbooks and the Sigma rules. Returns
+    one line per part; raises what the loaders raise."""
     from cordon.approvals.policy import load_settings
     from cordon.config import load_config
     from cordon.playbooks.schema import load_playbooks
-    from cordon.providers.aws.accounts import aws_accounts
+    from cordon.providers import providers
     from cordon.sigma import RuleSet
 
     config = load_config()
     settings = load_settings(config)
-    accounts = aws_accounts(config)
+    sections = [said for p in providers().values() if (said := p.check_config(config))]
     books = load_playbooks(config.playbooks_dir)
     rules = RuleSet.load(config.rules_dir)
     who = len(settings.users) + len(settings.groups)
     return [f"{config.directory / 'cordon.yaml'}: valid ({len(config.protected_principals)} protected principal "
-            f"pattern(s), {who} approver(s)/group(s), "
-            f"{'one AWS account' if accounts is None else 'AWS member roles'})",
+            f"pattern(s), {who} approver(s)/group(s)" + "".join(f", {said}" for said in sections) + ")",
             f"{config.playbooks_dir}: {len(books)} playbook(s) valid",
             f"{config.rules_dir}: {len(rules.rules)} Sigma rule(s) loaded"]
 
@@ -412,7 +412,7 @@ def _check_config() -> list[str]:
 @config_app.command("validate")
 def config_validate() -> None:
     """Validate cordon.yaml (unknown keys refused) and everything it names: approval settings, the
-    aws: section, the playbooks and the Sigma rules. Errors name file, line and key; exit 1."""
+    providers' sections, the playbooks and the Sigma rules. Errors name file, line and key; exit 1."""
     from cordon.config import ConfigError
     from cordon.playbooks.schema import PlaybookError
     from cordon.sigma import SigmaRuleError

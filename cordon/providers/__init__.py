@@ -114,6 +114,12 @@ class Provider:
         (:func:`cordon.respond.guard`); ``None`` to allow."""
         return None
 
+    def check_config(self, config: Any) -> str | None:
+        """Check this provider's section of ``cordon.yaml`` (``config``: a
+        :class:`cordon.config.Config`), raising its ``ConfigError`` naming the field; return a short
+        summary for ``cordon config validate`` (or ``None`` to say nothing)."""
+        return None
+
     def manual_fields(self, kind: str, fields: dict[str, Any]) -> None:
         """Fill, in place, the detection fields a manual run's parameters imply for this provider
         (dotted names such as ``credential.owner.uid``, ``account_uid``), never overwriting a given

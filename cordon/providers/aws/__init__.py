@@ -78,6 +78,13 @@ class AwsProvider(Provider):
                 return "the credential is the access key Cordon signs with"
         return None
 
+    def check_config(self, config: Any) -> str | None:
+        """The ``aws:`` section (:func:`cordon.providers.aws.accounts.aws_accounts`: member accounts and
+        roles); raises its ``AwsAccountsError`` naming ``aws.<field>``."""
+        from cordon.providers.aws.accounts import aws_accounts
+
+        return "one AWS account" if aws_accounts(config) is None else "AWS member roles"
+
     def manual_fields(self, kind: str, fields: dict[str, Any]) -> None:
         """An IAM user named with an account gets its ARN as ``uid``."""
         account = fields.get("account_uid")
