@@ -214,3 +214,12 @@ def rollback_step(step: PlanStep, result: ActionResult, detection: Detection,
     action = get_action(step.action)()
     assert isinstance(action, ContainmentAction)
     return action.rollback(_context(detection, step.params, clients), result)
+
+
+def outcome_status(results: list[dict[str, Any]], checks: list[dict[str, Any]]) -> str:
+    """A run's status once containment and verification are done: ``failed`` when a step failed,
+    else ``contained`` when every check held, else ``not_verified``. ``results``: action result dumps
+    (``status``); ``checks``: verification outcomes (``held``)."""
+    if any(r["status"] == "failed" for r in results):
+        return "failed"
+    return "contained" if all(c["held"] for c in checks) else "not_verified"

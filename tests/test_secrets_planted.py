@@ -307,8 +307,9 @@ def test_planted_secrets_stay_out_of_prefect_slack_and_the_ledger_on_the_durable
 
 def test_thread_replies_escape_attacker_text():
     """What the run replies in the approval thread cannot mention @channel or make a link: the
-    target and the cloud's error message are attacker-influenced (cordon/flows/respond.py step_line)."""
-    from cordon.flows.respond import _who, step_line
+    target and the cloud's error message are attacker-influenced (cordon/slack/progress.py step_line)."""
+    from cordon.slack.progress import step_line
+    from cordon.slack.progress import who as _who
 
     evil = {"name": "azure.remove-sp-password", "target": "<!channel> payments&api", "status": "failed",
             "error": "Forbidden: see <https://evil.example|the fix>"}

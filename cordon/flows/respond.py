@@ -37,7 +37,7 @@ from cordon.clouds import clients_for
 from cordon.config import load_config
 from cordon.detections.model import Detection
 from cordon.playbooks.schema import load_playbooks
-from cordon.respond import PlanStep, build_plan, enrich, guard, run_step, verify_step
+from cordon.respond import PlanStep, build_plan, enrich, guard, outcome_status, run_step, verify_step
 
 ApprovalMode = Literal["console", "auto", "slack"]
 
@@ -327,39 +327,11 @@ def verify_task(case_id: str, step: dict[str, Any], cloud: dict[str, Any]) -> di
 @task(name="update Slack", task_run_name="update Slack {summary[case_id]}", persist_result=True)
 def update_slack(slack: dict[str, Any], where: dict[str, Any], summary: dict[str, Any],
                  thread_text: str | None = None) -> bool:
-    """Update the approval message in place with the case's state (through the outbox), and
-    with ``thread_text`` add a reply to its thread. A Slack failure is recorded as
-    ``slack.update_failed`` and does not fail the run; returns whether the update worked."""
-    from cordon import slack as slack_approval
-    from cordon.approvals.decide import update_safely
+    """Update the approval message with the case's state and reply ``thread_text`` in its thread
+    (:func:`cordon.slack.progress.update`); a Slack failure is recorded and does not fail the run."""
+    from cordon.slack import progress
 
-    client = slack_approval.web_client(slack)
-    blocks = slack_approval.status_blocks(summary)
-    return update_safely(ledger(), client, where, case_id=summary["case_id"], blocks=blocks,
-                         text=f"Cordon: {summary['case_id']} {summary['status']}", thread_text=thread_text,
-                         run_id=_run_id())
-
-
-def _who(approval: dict[str, Any]) -> str:
-    """The approvers for a thread reply: Slack users as mentions, anyone else escaped."""
-    from cordon.approvals.decide import mention
-    from cordon.slack.mrkdwn import escape
-
-    people = approval.get("approvers") or ([approval["approver"]] if approval.get("approver") else [])
-    return ", ".join(mention(p) if str(p).startswith("slack:") else escape(p) for p in people) or "someone"
-
-
-def step_line(result: dict[str, Any], brief: bool = False) -> str:
-    """One containment step's thread reply: ``<action> on <target>: <status> (<error>)``, or with
-    ``brief`` ``<action>: <error>``. Every part is escaped for Slack mrkdwn
-    (:func:`cordon.slack.mrkdwn.escape`): targets and cloud error messages can carry
-    attacker-chosen text (``<!channel>``, ``<https://...|links>``)."""
-    from cordon.slack.mrkdwn import escape
-
-    if brief:
-        return f"{escape(result['name'])}: {escape(result.get('error'))}"
-    return (f"{escape(result['name'])} on {escape(result['target'])}: {escape(result['status'])}"
-            + (f" ({escape(result['error'])})" if result.get("error") else ""))
+    return progress.update(ledger(), slack, where, summary, thread_text, _run_id())
 
 
 def _rollbackable(results: list[dict[str, Any]]) -> bool:
@@ -399,62 +371,10 @@ def record_failure(flow, flow_run, state) -> None:
                                   "attempt": (flow_run.parameters or {}).get("attempt") or 1}, case_id=case_id,
                     run_id=str(flow_run.id), actor="cordon")
     if case_id:
+        from cordon.slack import progress
+
         ledger().set_case(case_id, status="error")
-        _tell_slack_of_failure(case_id, flow_run, message)
-
-
-def _tell_slack_of_failure(case_id: str, flow_run, message: str) -> None:
-    """Show a failed run on its approval message (if it asked in Slack), with the error; a Slack run
-    that failed before asking (no message yet, e.g. ``/cordon run`` with no cloud credentials) is
-    said in the approvers' channel instead, mentioning whoever requested it by hand."""
-    from cordon import slack as slack_approval
-    from cordon.approvals.decide import summary_from_ledger, update_safely
-    from cordon.slack.mrkdwn import escape
-
-    params = flow_run.parameters or {}
-    asked = [r for r in ledger().records(case_id=case_id, kind_prefix="approval.asked")
-             if r.payload.get("mode") == "slack" and r.run_id == str(flow_run.id)]
-    case = ledger().case(case_id)
-    if case is None or params.get("approval") != "slack":
-        return
-    try:
-        client = slack_approval.web_client(params.get("slack") or {})
-    except RuntimeError:
-        return
-    if not asked:
-        _post_failure_before_asking(client, case_id, case, flow_run, message)
-        return
-    summary = summary_from_ledger(list(ledger().records(case_id=case_id)), case)
-    summary.update(status="failed", error=message)
-    where = asked[-1].payload.get("where") or {"channel": asked[-1].payload["channel"], "ts": asked[-1].payload["ts"]}
-    update_safely(ledger(), client, where, case_id=case_id, blocks=slack_approval.summary_blocks(summary),
-                  text=f"Cordon: {case_id} failed", thread_text=f":x: The run failed: {escape(message)}",
-                  run_id=str(flow_run.id))
-
-
-def _post_failure_before_asking(client, case_id: str, case: dict[str, Any], flow_run, message: str) -> None:
-    """Post ``:x: case ... failed before asking for approval: <error>`` in the approvers' channel
-    (``chat.postMessage``), mentioning the ``/cordon run`` requester if there was one; recorded as
-    ``slack.failure_posted`` (or ``slack.post_failed`` when Slack refuses: the run's failure is already
-    in the ledger either way)."""
-    from cordon.slack.mrkdwn import escape
-
-    channel = ((flow_run.parameters or {}).get("slack") or {}).get("channel")
-    if not channel:
-        return
-    requested = [r for r in ledger().records(case_id=case_id, kind_prefix="manual.requested")]
-    requester = ((requested[-1].payload.get("requested_by") or {}).get("slack_user_id") if requested else None)
-    mention = f" <@{escape(str(requester))}>" if requester else ""
-    text = (f":x: Cordon case `{case_id}` ({escape(str(case.get('playbook') or '-'))}) failed before asking for "
-            f"approval; nothing was contained.{mention}\n> {escape(message)[:1500]}")
-    try:
-        resp = client.chat_postMessage(channel=channel, text=text, unfurl_links=False, unfurl_media=False)
-        ledger().append("slack.failure_posted", {"channel": resp.get("channel") or channel, "ts": resp.get("ts"),
-                                                 "mention": requester}, case_id=case_id, run_id=str(flow_run.id),
-                        actor="cordon")
-    except Exception as exc:  # noqa: BLE001 - telling Slack is best effort; the failure itself is recorded
-        ledger().append("slack.post_failed", {"channel": channel, "error": f"{type(exc).__name__}: {exc}"[:500]},
-                        case_id=case_id, run_id=str(flow_run.id), actor="cordon")
+        progress.tell_failure(ledger(), case_id, str(flow_run.id), flow_run.parameters or {}, message)
 
 
 @flow(name="respond", flow_run_name=run_name, persist_result=True, log_prints=True, on_failure=[record_failure],
@@ -470,7 +390,7 @@ def respond(case_id: str, playbook: str, approval: ApprovalMode = "console", clo
     :mod:`cordon.recovery` runs a stranded case again). Returns the case summary printed by
     ``cordon respond --output json``. Raises ``KeyError`` for a case not in the ledger.
     """
-    from cordon.slack.mrkdwn import escape
+    from cordon.slack import progress
 
     cloud = cloud or {}
     _, pb = _playbook(playbook)
@@ -515,10 +435,7 @@ def respond(case_id: str, playbook: str, approval: ApprovalMode = "console", clo
     if not proceed:
         summary.update(status="denied" if decision["decision"] == "deny" else "expired")
         if where:
-            verb = "Denied" if decision["decision"] == "deny" else "Expired unanswered; nothing was changed"
-            who = f" by {_who(decision)}" if decision["decision"] == "deny" else ""
-            why = f" Reason: {escape(str(decision['reason']))}" if decision.get("reason") else ""
-            update_slack(slack or {}, where, summary, f"{verb}{who}.{why}")
+            update_slack(slack or {}, where, summary, progress.not_proceeding(decision))
         return finish(case_id, summary)
 
     if where:
@@ -530,34 +447,25 @@ def respond(case_id: str, playbook: str, approval: ApprovalMode = "console", clo
                                    "decided_at": gate["decided_at"], "cancelled": summary["approval"],
                                    **({"reason": reason} if reason else {})}
             summary.update(status="denied")
-            why = f" Reason: {escape(reason)}" if reason else ""
-            update_slack(slack or {}, where, summary, f"Denied by {_who({'approver': gate['denied_by']})} before "
-                         f"containment started; nothing was changed.{why}")
+            update_slack(slack or {}, where, summary, progress.cancelled(gate["denied_by"], reason))
             return finish(case_id, summary)
-        why = (f"Approved by {_who(decision)}" if decision["decision"] == "approve"
-               else "Expired unanswered; the playbook says contain on expiry")
-        update_slack(slack or {}, where, {**summary, "status": "containing"}, f"{why}: containing.")
+        update_slack(slack or {}, where, {**summary, "status": "containing"}, progress.proceeding(decision))
     results = []
     for step in plan["steps"]:
         r = contain_task(case_id, step, cloud, attempt)
         results.append(r)
         if where:
             summary["actions"] = [{k: x.get(k) for k in ("name", "target", "status", "error")} for x in results]
-            update_slack(slack or {}, where, {**summary, "status": "containing"}, step_line(r))
+            update_slack(slack or {}, where, {**summary, "status": "containing"}, progress.step_line(r))
     summary["actions"] = [{k: r.get(k) for k in ("name", "target", "status", "before", "after", "error", "calls")}
                           for r in results]
     checks = [verify_task(case_id, step, cloud) for step in plan["steps"]]
     summary["verification"] = checks
     summary["verified"] = all(c["held"] for c in checks)
-    failed = any(r["status"] == "failed" for r in results)
-    summary["status"] = "failed" if failed else ("contained" if summary["verified"] else "not_verified")
+    summary["status"] = outcome_status(results, checks)
     if where:
-        held = sum(1 for c in checks if c["held"])
-        errors = "; ".join(step_line(r, brief=True) for r in results if r.get("error"))
-        text = {"contained": f"Verified: {held} of {len(checks)} step(s) hold.",
-                "not_verified": f"Verification failed: {held} of {len(checks)} step(s) hold.",
-                "failed": f"Containment failed: {errors or 'see the actions'}"}[summary["status"]]
-        update_slack(slack or {}, where, {**summary, "rollback": _rollbackable(results)}, text)
+        update_slack(slack or {}, where, {**summary, "rollback": _rollbackable(results)},
+                     progress.outcome(summary["status"], results, checks))
     return finish(case_id, summary)
 
 
