@@ -486,28 +486,68 @@ def run_playbook(
 
 @app.command()
 def rollback(case_id: str,
-             yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False) -> None:
-    """Undo a case's containment where AWS allows it (reactivate the key, detach Cordon's
-    deny policies, ...), recorded in the ledger under your name."""
+             yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+             sandbox: Annotated[bool, typer.Option("--sandbox", help="For a case contained in the sandbox: "
+                                                   "rehearse its rollback in fresh local stand-ins.")] = False,
+             ) -> None:
+    """Undo a case's containment where the cloud allows it (reactivate the key, detach Cordon's
+    deny policies, ...), recorded in the ledger under your name. A case contained in the sandbox
+    has nothing in a real cloud to undo: --sandbox rehearses its rollback instead (fresh stand-ins
+    seeded from its detection, its plan applied again, then rolled back)."""
     import getpass
 
+    from cordon.engine import SandboxCaseError
+
     responder = _responder()
+    rehearsal = None
     try:
         clients = responder.case_clients(case_id, {})
+        if sandbox:
+            err.print(f"[red]{case_id} ran against real clouds:[/red] roll it back without --sandbox")
+            raise typer.Exit(1)
+    except SandboxCaseError as exc:
+        if not sandbox:
+            err.print(f"[red]{escape(str(exc))}[/red]; rehearse its rollback with --sandbox")
+            raise typer.Exit(1) from None
+        rehearsal = _sandboxes()
+        clients = _rehearse_containment(responder, case_id, rehearsal)
     except (KeyError, ValueError) as exc:
         err.print(f"[red]{escape(str(exc).strip(chr(39)))}[/red]")
         raise typer.Exit(1) from None
-    if not yes and not typer.confirm(f"Roll back the containment of {case_id}?", default=False):
-        raise typer.Exit(1)
     try:
-        outcomes = responder.rollback(case_id, clients, who=f"cli:{getpass.getuser()}")
-    except (KeyError, ValueError) as exc:
-        err.print(f"[red]{escape(str(exc).strip(chr(39)))}[/red]")
-        raise typer.Exit(1) from None
+        if not yes and not typer.confirm(f"Roll back the containment of {case_id}?", default=False):
+            raise typer.Exit(1)
+        try:
+            outcomes = responder.rollback(case_id, clients, who=f"cli:{getpass.getuser()}")
+        except (KeyError, ValueError) as exc:
+            err.print(f"[red]{escape(str(exc).strip(chr(39)))}[/red]")
+            raise typer.Exit(1) from None
+    finally:
+        if rehearsal is not None:
+            rehearsal.stop()
     for o in outcomes:
-        out.print(f"{o['name']}: {o['status']}  {o['target']}  {o.get('error') or ''}")
+        out.print(f"{o['name']}: {o['status']}  {o['target']}  {o.get('error') or ''}", highlight=False)
     if any(o["status"] in ("failed", "not_supported") for o in outcomes):
         raise typer.Exit(1)
+
+
+def _rehearse_containment(responder, case_id: str, stand_ins) -> Any:
+    """Clients of fresh stand-ins in the state the sandbox case left: seeded from its detection,
+    then its plan's containment steps applied again (idempotent actions); nothing is recorded."""
+    from cordon.clouds import clients_for, cloud_for_case
+    from cordon.detections.model import Detection
+    from cordon.respond import PlanStep, run_step
+
+    case = responder.ledger.case(case_id)
+    detection = Detection.model_validate_json(case["detection"])
+    stand_in = stand_ins.for_provider(detection.provider)
+    stand_in.seed_from_detection(detection)
+    clients = clients_for(detection.provider, cloud_for_case(stand_in.cloud_params(), detection, case_id))
+    plans = [r.payload for r in responder.ledger.records(case_id=case_id, kind_prefix="plan.created")]
+    for step in plans[-1]["steps"] if plans else []:
+        run_step(PlanStep.model_validate(step), detection, clients)
+    err.print(f"sandbox: rehearsing the rollback of {case_id} in fresh local stand-ins", highlight=False)
+    return clients
 
 
 @app.command("actions")

@@ -61,6 +61,10 @@ def test_quick_start_contains_and_prints_the_json_contract(env, tmp_path):
     assert back.returncode == 1 and "Traceback" not in back.stderr, back.stderr
     assert "sandbox" in back.stderr and len(back.stderr.strip().splitlines()) == 1, back.stderr
     assert cordon("rollback", "case-000000000000", "--yes", env=env).stderr.strip().startswith("no case")
+    # --sandbox rehearses it: fresh stand-ins seeded from the detection, the plan applied again, rolled back
+    rehearsed = cordon("rollback", case["case_id"], "--yes", "--sandbox", env=env)
+    assert rehearsed.returncode == 0 and "rehearsing the rollback" in rehearsed.stderr, rehearsed.stderr
+    assert rehearsed.stdout.startswith("aws.deactivate-access-key: rolled_back"), rehearsed.stdout
 
     # tamper with one record directly in the database (an attacker with file access drops the
     # append-only trigger first): verify must fail and name it
