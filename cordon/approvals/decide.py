@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 import threading
 import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -319,6 +319,16 @@ def _has_outcome(records: Iterable[LedgerRecord], claim_seq: int) -> bool:
                for r in records)
 
 
+def _awaiting(ledger: Ledger) -> Iterator[tuple[dict[str, Any], list[LedgerRecord], RequestState | None]]:
+    """``(case row, its records, its current request's state)`` for every case ``awaiting_approval``
+    with a plan."""
+    for case in ledger.cases():
+        if case.get("status") != "awaiting_approval" or not case.get("plan_hash"):
+            continue
+        records = list(ledger.records(case_id=case["case_id"]))
+        yield case, records, request_state(records, case.get("flow_run_id"), case["plan_hash"])
+
+
 def undelivered_claims(ledger: Ledger, now: datetime,
                        older_than: timedelta = DELIVER_AFTER) -> list[tuple[dict[str, Any], LedgerRecord]]:
     """Settling claims whose owner never recorded an outcome (the process died between appending
@@ -326,11 +336,7 @@ def undelivered_claims(ledger: Ledger, now: datetime,
     row, claim)`` for cases still ``awaiting_approval``. The sweeper delivers them
     (:func:`deliver_claim`): the ledger holds the decision, so it is carried out, not forgotten."""
     out = []
-    for case in ledger.cases():
-        if case.get("status") != "awaiting_approval" or not case.get("plan_hash"):
-            continue
-        records = list(ledger.records(case_id=case["case_id"]))
-        st = request_state(records, case.get("flow_run_id"), case["plan_hash"])
+    for case, records, st in _awaiting(ledger):
         claim = st.decided if st is not None else None
         if claim is None or claim.kind != CLAIM_KIND or _has_outcome(records, claim.seq):
             continue
@@ -365,11 +371,7 @@ def waiting_requests(ledger: Ledger) -> list[tuple[dict[str, Any], RequestState]
     RequestState)``, for the sweeper. A case is considered when its status is
     ``awaiting_approval``; its request is open when nothing settled it."""
     out = []
-    for case in ledger.cases():
-        if case.get("status") != "awaiting_approval" or not case.get("plan_hash"):
-            continue
-        records = list(ledger.records(case_id=case["case_id"]))
-        st = request_state(records, case.get("flow_run_id"), case["plan_hash"])
+    for case, _, st in _awaiting(ledger):
         if st is not None and st.decided is None:
             out.append((case, st))
     return out

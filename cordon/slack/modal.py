@@ -25,10 +25,9 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs
 
 from cordon.playbooks.schema import Playbook
-from cordon.slack.verify import InteractionError
+from cordon.slack.verify import InteractionError, view_submission_payload
 
 PICK_CALLBACK_ID = "cordon_run_pick"
 RUN_CALLBACK_ID = "cordon_run"
@@ -159,12 +158,8 @@ def parse_view_submission(form_body: bytes) -> ViewSubmission | None:
     another type (``block_actions``...) or a view that is not Cordon's. Raises
     :class:`~cordon.slack.verify.InteractionError` naming the field for a malformed Cordon
     view submission. Call it only on a body whose signature was verified."""
-    try:
-        raw = parse_qs(form_body.decode("utf-8"), keep_blank_values=True).get("payload")
-        payload = json.loads(raw[0]) if raw else None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return None  # parse_interaction reports it
-    if not isinstance(payload, dict) or payload.get("type") != "view_submission":
+    payload = view_submission_payload(form_body)
+    if payload is None:
         return None
     view = payload.get("view")
     if not isinstance(view, Mapping):

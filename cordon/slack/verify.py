@@ -294,6 +294,20 @@ def parse_interaction(form_body: bytes) -> Interaction:
     )
 
 
+def view_submission_payload(form_body: bytes) -> dict[str, Any] | None:
+    """The decoded ``payload`` of a Slack interactivity body when it is a ``view_submission``
+    (https://api.slack.com/reference/interaction-payloads/views#view_submission), else ``None``
+    (another type, or a body that does not decode: :func:`parse_interaction` reports that)."""
+    try:
+        raw = parse_qs(form_body.decode("utf-8"), keep_blank_values=True).get("payload")
+        payload = json.loads(raw[0]) if raw else None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(payload, dict) or payload.get("type") != "view_submission":
+        return None
+    return payload
+
+
 def parse_deny_submission(form_body: bytes) -> Interaction | None:
     """The Deny in a ``view_submission`` of :func:`cordon.slack.blocks.deny_view`
     (https://api.slack.com/reference/interaction-payloads/views#view_submission), as an
@@ -302,12 +316,8 @@ def parse_deny_submission(form_body: bytes) -> Interaction | None:
     and message from the view's ``private_metadata``, and the submission's ``trigger_id``. ``None``
     for any other payload. Raises :class:`InteractionError` naming the field for a malformed one.
     Call it only on a body whose signature was verified."""
-    try:
-        raw = parse_qs(form_body.decode("utf-8"), keep_blank_values=True).get("payload")
-        payload = json.loads(raw[0]) if raw else None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return None  # parse_interaction reports it
-    if not isinstance(payload, dict) or payload.get("type") != "view_submission":
+    payload = view_submission_payload(form_body)
+    if payload is None:
         return None
     view = payload.get("view")
     if not isinstance(view, Mapping) or view.get("callback_id") != DENY_CALLBACK_ID:
