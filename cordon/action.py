@@ -4,7 +4,12 @@ Modelled on Cloud Custodian's actions (``c7n/actions``): each action class decla
 
 * ``name``: the name playbooks use (``aws.deactivate-access-key``),
 * ``provider`` and ``kind`` (``enrich`` or ``contain``),
-* ``schema``: a JSON Schema (draft 2020-12) for its parameters, checked when the playbook loads,
+* ``Params``: a pydantic model of its parameters (``extra="forbid"``). Its JSON Schema (draft
+  2020-12) becomes ``schema``, checked when the playbook loads; a field annotated
+  ``Annotated[str, Identifies("credential.uid")]`` must name the detection's own credential
+  (``identifies``); ``Doc("...")`` (PEP 727) or ``Field(description=...)`` describes a field,
+* ``State`` (containment actions): a pydantic model of the state ``read_state`` returns, checked
+  on every read, so ``before`` / ``after`` in the ledger always have the declared shape,
 * ``permissions``: the exact cloud permissions it needs (``iam:UpdateAccessKey``),
 * ``credential_kinds``: the :data:`~cordon.detections.model.CredentialKind` values it may act on,
 * ``rollback_supported``: whether :meth:`ContainmentAction.rollback` can undo it,
@@ -25,7 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import jsonschema
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+from typing_extensions import Doc
 
 from cordon.detections.model import Detection
 
@@ -57,6 +63,79 @@ class ActionParamError(ValueError):
 class GuardError(RuntimeError):
     """Containment refused: the target is protected, is Cordon itself, or is not the exact
     credential named by the detection."""
+
+
+class Identifies:
+    """Field metadata: the parameter names the detection's own credential or principal.
+
+    ``access_key_id: Annotated[str, Identifies("credential.uid")]`` makes the guard refuse a step
+    whose rendered ``access_key_id`` is not the detection's ``credential.uid``. Several paths mean
+    "any of these" (``Identifies("credential.owner.name", "target.name")``). Paths are dotted keys
+    of :meth:`cordon.detections.model.Detection.summary`.
+    """
+
+    __slots__ = ("paths",)
+
+    def __init__(self, *paths: str):
+        if not paths:
+            raise ValueError("Identifies needs at least one path")
+        self.paths = tuple(paths)
+
+    def __repr__(self) -> str:
+        return f"Identifies({', '.join(map(repr, self.paths))})"
+
+
+class NoParams(BaseModel):
+    """The parameters of an action that takes none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Params(BaseModel):
+    """Base of action parameter models: unknown parameters are refused (``extra="forbid"``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class State(BaseModel):
+    """Base of containment state models (what ``read_state`` returns). Keys beyond the declared
+    fields are kept (``extra="allow"``): the declaration is the floor, not the ceiling."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+def params_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of a ``Params`` model, as playbooks are checked against:
+    pydantic's ``model_json_schema()`` with ``title`` keys dropped and each field's ``Doc(...)``
+    (PEP 727) as its ``description``. ``additionalProperties: false`` comes from
+    ``extra="forbid"``."""
+    schema = model.model_json_schema()
+    props = schema.get("properties", {})
+    for name, info in model.model_fields.items():
+        key = info.alias or name
+        doc = next((m.documentation for m in info.metadata if isinstance(m, Doc)), None)
+        if doc and key in props and "description" not in props[key]:
+            props[key]["description"] = doc
+    return _drop_titles(schema)
+
+
+def identifies_of(model: type[BaseModel]) -> dict[str, tuple[str, ...]]:
+    """``{param: paths}`` for the fields of ``model`` annotated with :class:`Identifies`."""
+    out: dict[str, tuple[str, ...]] = {}
+    for name, info in model.model_fields.items():
+        for meta in info.metadata:
+            if isinstance(meta, Identifies):
+                out[info.alias or name] = meta.paths
+    return out
+
+
+def _drop_titles(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _drop_titles(v) for k, v in node.items()
+                if not (k == "title" and isinstance(v, str))}
+    if isinstance(node, list):
+        return [_drop_titles(v) for v in node]
+    return node
 
 
 class ApiCall(BaseModel):
@@ -117,6 +196,10 @@ class Action:
     name: ClassVar[str]
     provider: ClassVar[str]
     kind: ClassVar[Literal["enrich", "contain"]]
+    #: The parameters, as a pydantic model; :attr:`schema` and :attr:`identifies` are derived from it.
+    Params: ClassVar[type[BaseModel]] = NoParams
+    #: The state ``read_state`` returns (containment actions); ``None`` = undeclared.
+    State: ClassVar[type[BaseModel] | None] = None
     schema: ClassVar[dict[str, Any]] = {"type": "object", "additionalProperties": False, "properties": {}}
     permissions: ClassVar[tuple[str, ...]] = ()
     credential_kinds: ClassVar[tuple[str, ...]] = ()
@@ -127,6 +210,12 @@ class Action:
     #: credential named by the detection and nothing else.
     identifies: ClassVar[dict[str, tuple[str, ...]]] = {}
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "Params" in cls.__dict__:
+            cls.schema = params_schema(cls.Params)
+            cls.identifies = identifies_of(cls.Params)
+
     @classmethod
     def validate_params(cls, params: dict[str, Any]) -> dict[str, Any]:
         """Check ``params`` against :attr:`schema`; raise :class:`ActionParamError` naming the
@@ -135,9 +224,10 @@ class Action:
         errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
         if errors:
             err = errors[0]
-            path = ".".join(str(p) for p in err.absolute_path) or (
-                err.params.get("additionalProperties") if isinstance(err.params, dict) else None
-            ) or "<params>"
+            path = ".".join(str(p) for p in err.absolute_path)
+            if not path and err.validator == "additionalProperties" and isinstance(err.instance, dict):
+                path = ",".join(sorted(set(err.instance) - set(cls.schema.get("properties", {}))))
+            path = path or "<params>"
             raise ActionParamError(cls.name, str(path), err.message)
         return params
 
@@ -164,6 +254,7 @@ class Action:
             "provider": cls.provider,
             "kind": cls.kind,
             "schema": cls.schema,
+            "state_schema": _drop_titles(cls.State.model_json_schema()) if cls.State else None,
             "permissions": list(cls.permissions),
             "credential_kinds": list(cls.credential_kinds),
             "rollback_supported": cls.rollback_supported,
@@ -213,6 +304,15 @@ class ContainmentAction(Action):
         return {"before": before} if self.rollback_supported else None
 
     # -- shared behaviour -------------------------------------------------------------------
+    def checked_state(self, ctx: ActionContext) -> dict[str, Any] | None:
+        """:meth:`read_state`, checked against :attr:`State` when declared. Raises
+        ``pydantic.ValidationError`` when the action read a state of another shape (a defect of the
+        action, recorded as ``failed``); returns the state as read (extra keys kept)."""
+        state = self.read_state(ctx)
+        if state is not None and self.State is not None:
+            self.State.model_validate(state)
+        return state
+
     def call(self, ctx: ActionContext, api: ApiCall) -> Any:  # pragma: no cover - interface
         """Make one API call through the provider's SDK client (each provider base class
         implements this once, e.g. boto3's ``client.<snake_case>(**params)`` for AWS)."""
@@ -220,7 +320,7 @@ class ContainmentAction(Action):
 
     def plan(self, ctx: ActionContext) -> ActionResult:
         """Dry run: read the state and return the calls that would be made, changing nothing."""
-        before = self.read_state(ctx)
+        before = self.checked_state(ctx)
         calls = [] if self.is_contained(before) else self.plan_calls(ctx, before)
         return ActionResult(name=self.name, target=self.target(ctx), status="planned", before=before,
                             calls=calls)
@@ -234,7 +334,7 @@ class ContainmentAction(Action):
         before: dict[str, Any] | None = None
         made: list[ApiCall] = []
         try:
-            before = self.read_state(ctx)
+            before = self.checked_state(ctx)
             if self.is_contained(before):
                 # ``None`` means the object does not exist: nothing to contain, said explicitly.
                 return ActionResult(name=self.name, target=target, status="already_contained",
@@ -243,7 +343,7 @@ class ContainmentAction(Action):
             for api in self.plan_calls(ctx, before):
                 self.call(ctx, api)
                 made.append(api)
-            after = self.read_state(ctx)
+            after = self.checked_state(ctx)
         except GuardError as exc:
             return ActionResult(name=self.name, target=target, status="refused", before=before,
                                 calls=made, error=f"GuardError: {exc}")
@@ -255,7 +355,7 @@ class ContainmentAction(Action):
 
     def verify(self, ctx: ActionContext) -> tuple[bool, dict[str, Any] | None]:
         """Read the state again; ``(held, state)`` where ``held`` says containment holds."""
-        state = self.read_state(ctx)
+        state = self.checked_state(ctx)
         return self.is_contained(state), state
 
     def rollback(self, ctx: ActionContext, result: ActionResult) -> ActionResult:
@@ -263,13 +363,13 @@ class ContainmentAction(Action):
         target = self.target(ctx)
         if not self.rollback_supported:
             raise GuardError(f"action '{self.name}' cannot be rolled back")
-        before = self.read_state(ctx)
+        before = self.checked_state(ctx)
         made: list[ApiCall] = []
         try:
             for api in self.rollback_calls(ctx, result):
                 self.call(ctx, api)
                 made.append(api)
-            after = self.read_state(ctx)
+            after = self.checked_state(ctx)
         except Exception as exc:  # noqa: BLE001
             return ActionResult(name=self.name, target=target, status="failed", before=before, calls=made,
                                 error=f"{type(exc).__name__}: {exc}")

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from botocore import xform_name
 from botocore.exceptions import ClientError
+from pydantic import Field
 
 from cordon.action import (
     ActionContext,
@@ -31,6 +32,9 @@ from cordon.action import (
     ContainmentAction,
     EnrichmentAction,
     GuardError,
+    Identifies,
+    Params,
+    State,
     register,
 )
 
@@ -40,6 +44,12 @@ ACCESS_KEY_ID = {"type": "string", "pattern": r"^AKIA[A-Z0-9]{12,124}$",
 POLICY_ARN = {"type": "string", "pattern": r"^arn:aws[a-z-]*:iam::(aws|[0-9]{12}):policy/.+$"}
 POLICY_NAME = {"type": "string", "pattern": r"^[\w+=,.@-]{1,128}$"}
 REGION = {"type": "string", "pattern": r"^[a-z0-9-]{4,32}$"}
+
+#: Parameter types (pydantic), shared by the actions' ``Params`` models.
+UserName = Annotated[str, Field(pattern=r"^[\w+=,.@-]{1,64}$", description="IAM user name")]
+AccessKeyId = Annotated[str, Field(pattern=r"^AKIA[A-Z0-9]{12,124}$",
+                                   description="long-term IAM access key ID (AKIA...)")]
+IsoTime = Annotated[str, Field(description="ISO 8601 UTC time (2024-07-30T21:53:13Z)")]
 
 REVOKE_POLICY_NAME = "CordonRevokeOlderSessions"
 QUARANTINE_POLICY_NAME = "CordonQuarantine"
@@ -144,14 +154,20 @@ class DeactivateAccessKey(AwsContainmentAction):
     """
 
     name = "aws.deactivate-access-key"
-    schema = {
-        "type": "object", "additionalProperties": False, "required": ["user_name", "access_key_id"],
-        "properties": {"user_name": USER_NAME, "access_key_id": ACCESS_KEY_ID},
-    }
+
+    class Params(Params):
+        user_name: Annotated[UserName, Identifies("credential.owner.name")]
+        access_key_id: Annotated[AccessKeyId, Identifies("credential.uid")]
+
+    class State(State):
+        user_name: str
+        access_key_id: str
+        status: Literal["Active", "Inactive"]
+        create_date: IsoTime
+
     permissions = ("iam:ListAccessKeys", "iam:GetAccessKeyLastUsed", "iam:UpdateAccessKey")
     credential_kinds = ("aws_access_key",)
     rollback_supported = True
-    identifies = {"access_key_id": ("credential.uid",), "user_name": ("credential.owner.name",)}
 
     def target(self, ctx: ActionContext) -> str:
         p = ctx.params
