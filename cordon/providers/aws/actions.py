@@ -24,6 +24,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from botocore import xform_name
 from botocore.exceptions import ClientError
 from pydantic import Field
+from pydantic.json_schema import SkipJsonSchema
 
 from cordon.action import (
     ActionContext,
@@ -33,23 +34,22 @@ from cordon.action import (
     EnrichmentAction,
     GuardError,
     Identifies,
+    NoParams,
     Params,
     State,
     register,
 )
 
-USER_NAME = {"type": "string", "pattern": r"^[\w+=,.@-]{1,64}$", "description": "IAM user name"}
-ACCESS_KEY_ID = {"type": "string", "pattern": r"^AKIA[A-Z0-9]{12,124}$",
-                 "description": "long-term IAM access key ID (AKIA...)"}
-POLICY_ARN = {"type": "string", "pattern": r"^arn:aws[a-z-]*:iam::(aws|[0-9]{12}):policy/.+$"}
-POLICY_NAME = {"type": "string", "pattern": r"^[\w+=,.@-]{1,128}$"}
-REGION = {"type": "string", "pattern": r"^[a-z0-9-]{4,32}$"}
-
 #: Parameter types (pydantic), shared by the actions' ``Params`` models.
 UserName = Annotated[str, Field(pattern=r"^[\w+=,.@-]{1,64}$", description="IAM user name")]
 AccessKeyId = Annotated[str, Field(pattern=r"^AKIA[A-Z0-9]{12,124}$",
                                    description="long-term IAM access key ID (AKIA...)")]
+PolicyArn = Annotated[str, Field(pattern=r"^arn:aws[a-z-]*:iam::(aws|[0-9]{12}):policy/.+$")]
+PolicyName = Annotated[str, Field(pattern=r"^[\w+=,.@-]{1,128}$")]
+Region = Annotated[str, Field(pattern=r"^[a-z0-9-]{4,32}$")]
 IsoTime = Annotated[str, Field(description="ISO 8601 UTC time (2024-07-30T21:53:13Z)")]
+#: ``statusType`` of IAM credentials (``Expired``: e.g. service-specific credentials with an expiry).
+IamStatus = Literal["Active", "Inactive", "Expired"]
 
 REVOKE_POLICY_NAME = "CordonRevokeOlderSessions"
 QUARANTINE_POLICY_NAME = "CordonQuarantine"
@@ -236,16 +236,22 @@ class DeactivateSshPublicKey(AwsContainmentAction):
     """
 
     name = "aws.deactivate-ssh-public-key"
-    schema = {
-        "type": "object", "additionalProperties": False, "required": ["user_name", "ssh_public_key_id"],
-        "properties": {"user_name": USER_NAME,
-                       "ssh_public_key_id": {"type": "string", "pattern": "^APKA[A-Z0-9]{16,124}$",
-                                             "description": "SSHPublicKeyId (APKA...)"}},
-    }
+
+    class Params(Params):
+        user_name: Annotated[UserName, Identifies("credential.owner.name")]
+        ssh_public_key_id: Annotated[str, Identifies("credential.uid"),
+                                     Field(pattern="^APKA[A-Z0-9]{16,124}$", description="SSHPublicKeyId (APKA...)")]
+
+    class State(State):
+        user_name: str
+        ssh_public_key_id: str
+        status: IamStatus
+        fingerprint: str | None
+        upload_date: IsoTime | None
+
     permissions = ("iam:GetSSHPublicKey", "iam:UpdateSSHPublicKey")
     credential_kinds = ("aws_ssh_public_key",)
     rollback_supported = True
-    identifies = {"ssh_public_key_id": ("credential.uid",), "user_name": ("credential.owner.name",)}
 
     def target(self, ctx: ActionContext) -> str:
         p = ctx.params
@@ -300,12 +306,19 @@ class DeleteLoginProfile(AwsContainmentAction):
     """
 
     name = "aws.delete-login-profile"
-    schema = {"type": "object", "additionalProperties": False, "required": ["user_name"],
-              "properties": {"user_name": USER_NAME}}
+
+    class Params(Params):
+        user_name: Annotated[UserName, Identifies("credential.owner.name", "credential.uid", "target.name")]
+
+    class State(State):
+        user_name: str
+        exists: bool
+        create_date: IsoTime | None
+        password_reset_required: bool | None
+
     permissions = ("iam:GetLoginProfile", "iam:DeleteLoginProfile")
     credential_kinds = ("aws_login_profile", "aws_iam_user")
     rollback_supported = False
-    identifies = {"user_name": ("credential.owner.name", "credential.uid", "target.name")}
 
     def target(self, ctx: ActionContext) -> str:
         return f"{_user_arn(ctx, ctx.params['user_name'])} login-profile"
@@ -358,14 +371,24 @@ class DeleteKeyPair(AwsContainmentAction):
 
     name = "aws.delete-key-pair"
     service = "ec2"
-    schema = {"type": "object", "additionalProperties": False, "required": ["key_name"],
-              "properties": {"key_name": {"type": "string", "minLength": 1, "maxLength": 255},
-                             "region": REGION,
-                             "key_pair_id": {"type": "string", "pattern": r"^key-[0-9a-f]{8,32}$"}}}
+
+    class Params(Params):
+        key_name: Annotated[str, Identifies("credential.uid"), Field(min_length=1, max_length=255)]
+        region: Region | SkipJsonSchema[None] = None
+        key_pair_id: Annotated[str, Field(pattern=r"^key-[0-9a-f]{8,32}$")] | SkipJsonSchema[None] = None
+
+    class State(State):
+        key_name: str
+        key_pair_id: str | None
+        key_type: str | None
+        key_fingerprint: str | None
+        create_time: IsoTime | None
+        public_key: str | None
+        region: str | None
+
     permissions = ("ec2:DescribeKeyPairs", "ec2:DeleteKeyPair", "ec2:ImportKeyPair")
     credential_kinds = ("aws_key_pair",)
     rollback_supported = True
-    identifies = {"key_name": ("credential.uid",)}
 
     def region(self, ctx: ActionContext) -> str | None:
         cred = ctx.detection.credential
@@ -437,16 +460,23 @@ class DeactivateServiceSpecificCredential(AwsContainmentAction):
     """
 
     name = "aws.deactivate-service-specific-credential"
-    schema = {"type": "object", "additionalProperties": False,
-              "required": ["user_name", "service_specific_credential_id"],
-              "properties": {"user_name": USER_NAME,
-                             "service_specific_credential_id": {"type": "string",
-                                                                "pattern": r"^[\w]{20,128}$"}}}
+
+    class Params(Params):
+        user_name: Annotated[UserName, Identifies("credential.owner.name")]
+        service_specific_credential_id: Annotated[str, Identifies("credential.uid"),
+                                                  Field(pattern=r"^[\w]{20,128}$")]
+
+    class State(State):
+        user_name: str
+        service_specific_credential_id: str
+        service_name: str | None
+        service_user_name: str | None
+        status: IamStatus
+        create_date: IsoTime
+
     permissions = ("iam:ListServiceSpecificCredentials", "iam:UpdateServiceSpecificCredential")
     credential_kinds = ("aws_service_specific_credential",)
     rollback_supported = True
-    identifies = {"service_specific_credential_id": ("credential.uid",),
-                  "user_name": ("credential.owner.name",)}
 
     def target(self, ctx: ActionContext) -> str:
         p = ctx.params
@@ -490,6 +520,15 @@ class DeactivateServiceSpecificCredential(AwsContainmentAction):
                         params={"UserName": before["user_name"],
                                 "ServiceSpecificCredentialId": before["service_specific_credential_id"],
                                 "Status": "Active"})]
+
+
+class InlinePolicyState(State):
+    """One named inline user policy as :meth:`_InlinePolicyAction._read_inline` reads it."""
+
+    user_name: str
+    policy_name: str
+    exists: bool
+    document: dict[str, Any] | None
 
 
 class _InlinePolicyAction(AwsContainmentAction):
@@ -568,12 +607,18 @@ class RevokeSessions(_InlinePolicyAction):
     """
 
     name = "aws.revoke-sessions"
-    schema = {"type": "object", "additionalProperties": False, "required": ["user_name"],
-              "properties": {"user_name": USER_NAME, "issued_before": {"type": "string", "minLength": 10}}}
+
+    class Params(Params):
+        user_name: Annotated[UserName, Identifies("credential.owner.name", "actor.user.name", "target.name")]
+        issued_before: Annotated[str, Field(min_length=10)] | SkipJsonSchema[None] = None
+
+    class State(InlinePolicyState):
+        issued_before: IsoTime | None
+        covers_requested: bool
+
     permissions = ("iam:GetUser", "iam:GetUserPolicy", "iam:PutUserPolicy", "iam:DeleteUserPolicy")
     credential_kinds = ("aws_federation_token", "aws_access_key", "aws_login_profile", "aws_iam_user")
     rollback_supported = True
-    identifies = {"user_name": ("credential.owner.name", "actor.user.name", "target.name")}
 
     def issued_before(self, ctx: ActionContext) -> datetime:
         value = ctx.params.get("issued_before")
@@ -634,12 +679,16 @@ class QuarantineUser(_InlinePolicyAction):
     """
 
     name = "aws.quarantine-user"
-    schema = {"type": "object", "additionalProperties": False, "required": ["user_name"],
-              "properties": {"user_name": USER_NAME}}
+
+    class Params(Params):
+        user_name: Annotated[UserName, Identifies("credential.owner.name", "credential.uid", "target.name")]
+
+    class State(InlinePolicyState):
+        matches: bool
+
     permissions = ("iam:GetUser", "iam:GetUserPolicy", "iam:PutUserPolicy", "iam:DeleteUserPolicy")
     credential_kinds = ("aws_iam_user", "aws_access_key", "aws_login_profile", "aws_policy_grant")
     rollback_supported = True
-    identifies = {"user_name": ("credential.owner.name", "credential.uid", "target.name")}
 
     def target(self, ctx: ActionContext) -> str:
         return f"{_user_arn(ctx, ctx.params['user_name'])} quarantine"
@@ -681,13 +730,20 @@ class DetachUserPolicy(AwsContainmentAction):
     """
 
     name = "aws.detach-user-policy"
-    schema = {"type": "object", "additionalProperties": False, "required": ["user_name", "policy_arn"],
-              "properties": {"user_name": USER_NAME, "policy_arn": POLICY_ARN}}
+
+    class Params(Params):
+        user_name: Annotated[UserName, Identifies("credential.owner.name", "target.name")]
+        policy_arn: Annotated[PolicyArn, Identifies("credential.uid", "credential.attributes.policy_arn")]
+
+    class State(State):
+        user_name: str
+        policy_arn: str
+        attached: bool
+        attached_policy_arns: list[str]
+
     permissions = ("iam:ListAttachedUserPolicies", "iam:DetachUserPolicy", "iam:AttachUserPolicy")
     credential_kinds = ("aws_policy_grant",)
     rollback_supported = True
-    identifies = {"policy_arn": ("credential.uid", "credential.attributes.policy_arn"),
-                  "user_name": ("credential.owner.name", "target.name")}
 
     def target(self, ctx: ActionContext) -> str:
         return f"{_user_arn(ctx, ctx.params['user_name'])} attached-policy {ctx.params['policy_arn']}"
@@ -739,13 +795,17 @@ class DeleteUserPolicy(_InlinePolicyAction):
     """
 
     name = "aws.delete-user-policy"
-    schema = {"type": "object", "additionalProperties": False, "required": ["user_name", "policy_name"],
-              "properties": {"user_name": USER_NAME, "policy_name": POLICY_NAME}}
+
+    class Params(Params):
+        user_name: Annotated[UserName, Identifies("credential.owner.name", "target.name")]
+        policy_name: Annotated[PolicyName, Identifies("credential.uid", "credential.attributes.policy_name")]
+
+    class State(InlinePolicyState):
+        pass
+
     permissions = ("iam:GetUser", "iam:GetUserPolicy", "iam:DeleteUserPolicy", "iam:PutUserPolicy")
     credential_kinds = ("aws_policy_grant",)
     rollback_supported = True
-    identifies = {"policy_name": ("credential.uid", "credential.attributes.policy_name"),
-                  "user_name": ("credential.owner.name", "target.name")}
 
     def target(self, ctx: ActionContext) -> str:
         return f"{_user_arn(ctx, ctx.params['user_name'])} inline-policy {ctx.params['policy_name']}"
@@ -813,8 +873,10 @@ class IamUser(EnrichmentAction):
 
     name = "aws.iam-user"
     provider = "aws"
-    schema = {"type": "object", "additionalProperties": False, "required": ["user_name"],
-              "properties": {"user_name": USER_NAME}}
+
+    class Params(Params):
+        user_name: UserName
+
     permissions = ("iam:GetUser", "iam:ListGroupsForUser", "iam:ListAttachedUserPolicies",
                    "iam:ListUserPolicies", "iam:GetUserPolicy", "iam:ListAccessKeys",
                    "iam:GetAccessKeyLastUsed", "iam:GetLoginProfile", "iam:ListMFADevices")
@@ -893,6 +955,7 @@ class ActorFacts(EnrichmentAction):
 
     name = "aws.actor"
     provider = "aws"
+    Params = NoParams  # explicit, so ``schema`` is generated (the inherited default differs: no description)
     permissions = ()
     credential_kinds = ("aws_access_key", "aws_login_profile", "aws_iam_user", "aws_policy_grant",
                         "aws_service_specific_credential", "aws_federation_token", "aws_key_pair")
@@ -951,9 +1014,11 @@ class CloudTrailSession(EnrichmentAction):
 
     name = "aws.cloudtrail-session"
     provider = "aws"
-    schema = {"type": "object", "additionalProperties": False,
-              "properties": {"window_minutes": {"type": "integer", "minimum": 1, "maximum": 10080},
-                             "max_events": {"type": "integer", "minimum": 1, "maximum": 10000}}}
+
+    class Params(Params):
+        window_minutes: Annotated[int, Field(ge=1, le=10080)] = 60
+        max_events: Annotated[int, Field(ge=1, le=10000)] = 500
+
     permissions = ("cloudtrail:LookupEvents",)
     credential_kinds = ("aws_access_key", "aws_login_profile", "aws_iam_user", "aws_policy_grant",
                         "aws_service_specific_credential", "aws_federation_token", "aws_key_pair")

@@ -30,9 +30,11 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from googleapiclient.errors import HttpError
+from pydantic import Field
+from pydantic.json_schema import SkipJsonSchema
 
 from cordon.action import (
     ActionContext,
@@ -41,6 +43,10 @@ from cordon.action import (
     ContainmentAction,
     EnrichmentAction,
     GuardError,
+    Identifies,
+    NoParams,
+    Params,
+    State,
     register,
 )
 
@@ -50,23 +56,25 @@ NUM_RETRIES = 3
 MAX_ETAG_RETRIES = 3
 POLICY_VERSION = 3
 
-SA_EMAIL = {"type": "string", "pattern": r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.gserviceaccount\.com$",
-            "description": "service account email"}
-SA_KEY_NAME = {"type": "string",
-               "pattern": r"^projects/[a-z0-9.:-]{1,63}/serviceAccounts/[^/\s]+/keys/[A-Za-z0-9]{1,64}$",
-               "description": "projects/P/serviceAccounts/SA_EMAIL/keys/KEY_ID"}
-PROJECT_ID = {"type": "string", "pattern": r"^([a-z][a-z0-9.:-]{4,62}|-)$"}
 ROLE = r"(roles/[A-Za-z0-9_.]+|(projects|organizations)/[A-Za-z0-9_.:-]+/roles/[A-Za-z0-9_.]+)"
 MEMBER = r"[A-Za-z]+:[^#\s]+"
-BINDING_UID = {"type": "string",
-               "pattern": rf"^projects/[a-z0-9.:-]+(/serviceAccounts/[^/#\s]+)?#{ROLE}#{MEMBER}$",
-               "description": "<resource>#<role>#<member>, resource projects/P or projects/P/serviceAccounts/EMAIL"}
-API_KEY_NAME = {"type": "string", "pattern": r"^projects/[^/\s]+/locations/[^/\s]+/keys/[^/\s]+$",
-                "description": "projects/P/locations/global/keys/KEY_ID"}
-SSH_KEY_NAME = {"type": "string", "pattern": r"^users/[^/\s]+/sshPublicKeys/[^/\s]+$",
-                "description": "users/USER_EMAIL/sshPublicKeys/FINGERPRINT"}
-HMAC_KEY_NAME = {"type": "string", "pattern": r"^projects/[^/\s]+/hmacKeys/[^/\s]+$",
-                 "description": "projects/P/hmacKeys/ACCESS_ID"}
+
+#: Parameter types (pydantic), shared by the actions' ``Params`` models.
+SaEmail = Annotated[str, Field(pattern=r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.gserviceaccount\.com$",
+                               description="service account email")]
+SaKeyName = Annotated[str, Field(
+    pattern=r"^projects/[a-z0-9.:-]{1,63}/serviceAccounts/[^/\s]+/keys/[A-Za-z0-9]{1,64}$",
+    description="projects/P/serviceAccounts/SA_EMAIL/keys/KEY_ID")]
+ProjectId = Annotated[str, Field(pattern=r"^([a-z][a-z0-9.:-]{4,62}|-)$")]
+BindingUid = Annotated[str, Field(
+    pattern=rf"^projects/[a-z0-9.:-]+(/serviceAccounts/[^/#\s]+)?#{ROLE}#{MEMBER}$",
+    description="<resource>#<role>#<member>, resource projects/P or projects/P/serviceAccounts/EMAIL")]
+ApiKeyName = Annotated[str, Field(pattern=r"^projects/[^/\s]+/locations/[^/\s]+/keys/[^/\s]+$",
+                                  description="projects/P/locations/global/keys/KEY_ID")]
+SshKeyName = Annotated[str, Field(pattern=r"^users/[^/\s]+/sshPublicKeys/[^/\s]+$",
+                                  description="users/USER_EMAIL/sshPublicKeys/FINGERPRINT")]
+HmacKeyName = Annotated[str, Field(pattern=r"^projects/[^/\s]+/hmacKeys/[^/\s]+$",
+                                   description="projects/P/hmacKeys/ACCESS_ID")]
 
 SA_OWNER_PATHS = ("credential.owner.uid", "credential.owner.name", "target.uid", "target.name")
 ACT_AS_ROLES = ("roles/iam.serviceAccountUser", "roles/iam.serviceAccountTokenCreator")
@@ -214,12 +222,22 @@ class GcpContainmentAction(ContainmentAction):
 class _SaKeyAction(GcpContainmentAction):
     """Shared read of one service-account key (``projects.serviceAccounts.keys.get``)."""
 
-    schema = {
-        "type": "object", "additionalProperties": False, "required": ["key_name"],
-        "properties": {"key_name": SA_KEY_NAME, "service_account": SA_EMAIL},
-    }
+    class Params(Params):
+        key_name: Annotated[SaKeyName, Identifies("credential.uid")]
+        service_account: Annotated[SaEmail | SkipJsonSchema[None], Identifies(*SA_OWNER_PATHS)] = None
+
+    class State(State):
+        key_name: str
+        service_account: str
+        key_id: str
+        disabled: bool
+        key_type: str | None
+        key_algorithm: str | None
+        key_origin: str | None
+        valid_after: str | None
+        valid_before: str | None
+
     credential_kinds = ("gcp_sa_key",)
-    identifies = {"key_name": ("credential.uid",), "service_account": SA_OWNER_PATHS}
 
     def service_account(self, ctx: ActionContext) -> str:
         _, sa, _ = parse_sa_key_name(ctx.params["key_name"])
@@ -345,12 +363,22 @@ class DisableServiceAccount(GcpContainmentAction):
     """
 
     name = "gcp.disable-service-account"
-    schema = {"type": "object", "additionalProperties": False, "required": ["service_account"],
-              "properties": {"service_account": SA_EMAIL, "project": PROJECT_ID}}
+
+    class Params(Params):
+        service_account: Annotated[SaEmail, Identifies("credential.uid", *SA_OWNER_PATHS)]
+        project: ProjectId | SkipJsonSchema[None] = None
+
+    class State(State):
+        name: str | None
+        email: str
+        project: str | None
+        unique_id: str | None
+        display_name: str | None
+        disabled: bool
+
     permissions = ("iam.serviceAccounts.get", "iam.serviceAccounts.disable", "iam.serviceAccounts.enable")
     credential_kinds = ("gcp_service_account", "gcp_sa_key")
     rollback_supported = True
-    identifies = {"service_account": ("credential.uid",) + SA_OWNER_PATHS}
 
     def resource_name(self, ctx: ActionContext) -> str:
         email = ctx.params["service_account"]
@@ -421,14 +449,28 @@ class RemoveIamBinding(GcpContainmentAction):
     """
 
     name = "gcp.remove-iam-binding"
-    schema = {"type": "object", "additionalProperties": False, "required": ["binding"],
-              "properties": {"binding": BINDING_UID,
-                             "condition_title": {"type": ["string", "null"], "maxLength": 100}}}
+
+    class Params(Params):
+        binding: Annotated[BindingUid, Identifies("credential.uid")]
+        condition_title: Annotated[str, Field(max_length=100)] | None = None
+
+    class State(State):
+        resource: str
+        role: str
+        member: str
+        condition_title: str | None
+        present: bool
+        condition: dict[str, Any] | None
+        binding_members: list[str]
+        member_elsewhere: list[dict[str, str | None]]
+        etag: str | None
+        version: int | None
+        policy: dict[str, Any]
+
     permissions = ("resourcemanager.projects.getIamPolicy", "resourcemanager.projects.setIamPolicy",
                    "iam.serviceAccounts.getIamPolicy", "iam.serviceAccounts.setIamPolicy")
     credential_kinds = ("gcp_iam_binding",)
     rollback_supported = True
-    identifies = {"binding": ("credential.uid",)}
 
     def __init__(self) -> None:
         self._edits: dict[int, tuple[str, Callable[[dict[str, Any]], dict[str, Any]]]] = {}
@@ -555,12 +597,24 @@ class DeleteApiKey(GcpContainmentAction):
     """
 
     name = "gcp.delete-api-key"
-    schema = {"type": "object", "additionalProperties": False, "required": ["key_name"],
-              "properties": {"key_name": API_KEY_NAME}}
+
+    class Params(Params):
+        key_name: Annotated[ApiKeyName, Identifies("credential.uid")]
+
+    class State(State):
+        key_name: str
+        uid: str | None
+        display_name: str | None
+        create_time: str | None
+        update_time: str | None
+        delete_time: str | None
+        deleted: bool
+        restrictions: dict[str, Any]
+        etag: str | None
+
     permissions = ("apikeys.keys.get", "apikeys.keys.delete", "apikeys.keys.undelete")
     credential_kinds = ("gcp_api_key",)
     rollback_supported = True
-    identifies = {"key_name": ("credential.uid",)}
 
     def target(self, ctx: ActionContext) -> str:
         return ctx.params["key_name"]
@@ -612,12 +666,21 @@ class DeleteOsLoginSshKey(GcpContainmentAction):
     """
 
     name = "gcp.delete-oslogin-ssh-key"
-    schema = {"type": "object", "additionalProperties": False, "required": ["key_name"],
-              "properties": {"key_name": SSH_KEY_NAME}}
+
+    class Params(Params):
+        key_name: Annotated[SshKeyName, Identifies("credential.uid")]
+
+    class State(State):
+        key_name: str
+        user: str
+        fingerprint: str
+        key: str | None
+        #: int64, which the JSON API sends as a string.
+        expiration_time_usec: str | None
+
     permissions = ("iam.serviceAccounts.actAs",)
     credential_kinds = ("gcp_oslogin_ssh_key",)
     rollback_supported = False
-    identifies = {"key_name": ("credential.uid",)}
 
     def target(self, ctx: ActionContext) -> str:
         return ctx.params["key_name"]
@@ -660,12 +723,23 @@ class DeactivateHmacKey(GcpContainmentAction):
     """
 
     name = "gcp.deactivate-hmac-key"
-    schema = {"type": "object", "additionalProperties": False, "required": ["key_name"],
-              "properties": {"key_name": HMAC_KEY_NAME}}
+
+    class Params(Params):
+        key_name: Annotated[HmacKeyName, Identifies("credential.uid")]
+
+    class State(State):
+        key_name: str
+        project: str
+        access_id: str
+        service_account_email: str | None
+        state: Literal["ACTIVE", "INACTIVE", "DELETED"] | None
+        etag: str | None
+        time_created: str | None
+        updated: str | None
+
     permissions = ("storage.hmacKeys.get", "storage.hmacKeys.update")
     credential_kinds = ("gcp_hmac_key",)
     rollback_supported = True
-    identifies = {"key_name": ("credential.uid",)}
 
     def ids(self, name: str) -> tuple[str, str]:
         _, project, _, access_id = name.split("/", 3)
@@ -735,8 +809,11 @@ class ServiceAccountFacts(EnrichmentAction):
 
     name = "gcp.service-account"
     provider = "gcp"
-    schema = {"type": "object", "additionalProperties": False, "required": ["service_account"],
-              "properties": {"service_account": SA_EMAIL, "project": PROJECT_ID}}
+
+    class Params(Params):
+        service_account: SaEmail
+        project: ProjectId | SkipJsonSchema[None] = None
+
     permissions = ("iam.serviceAccounts.get", "iam.serviceAccountKeys.list", "iam.serviceAccounts.getIamPolicy",
                    "resourcemanager.projects.getIamPolicy", "resourcemanager.projects.get",
                    "resourcemanager.folders.getIamPolicy", "resourcemanager.organizations.getIamPolicy")
@@ -873,6 +950,7 @@ class GcpActorFacts(EnrichmentAction):
 
     name = "gcp.actor"
     provider = "gcp"
+    Params = NoParams  # explicit, so ``schema`` is generated (the inherited default differs: no description)
     permissions = ()
     credential_kinds = GCP_KINDS
 
