@@ -37,9 +37,11 @@ import re
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from azure.core.exceptions import ResourceNotFoundError
+from pydantic import Field
+from pydantic.json_schema import SkipJsonSchema
 
 from cordon.action import (
     ActionContext,
@@ -48,21 +50,34 @@ from cordon.action import (
     ContainmentAction,
     EnrichmentAction,
     GuardError,
+    Identifies,
+    Params,
+    State,
     register,
 )
 from cordon.providers.azure.detections import GRAPH_APP_ID, RISKY_GRAPH_PERMISSIONS
 
-GUID = {"type": "string", "pattern": r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"}
-OBJECT_TYPE = {"type": "string", "enum": ["Application", "ServicePrincipal"],
-               "description": "which directory object carries the credential (default: the detection's owner type)"}
-ASSIGNMENT_ID = {
-    "type": "string",
-    "pattern": r"^/(?:[^/\s]+/)*[^/\s]+/providers/[Mm]icrosoft\.[Aa]uthorization/[Rr]ole[Aa]ssignments/"
-               r"[0-9a-fA-F-]{36}$",
-    "description": "full ARM ID /{scope}/providers/Microsoft.Authorization/roleAssignments/{guid}"}
-FEDERATED_UID = {"type": "string",
-                 "pattern": r"^[0-9a-fA-F-]{36}/federatedIdentityCredentials/[^/\s]+$",
-                 "description": "<application object id>/federatedIdentityCredentials/<id>"}
+GUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+#: Which directory object carries a credential.
+ObjectTypeName = Literal["Application", "ServicePrincipal"]
+
+#: Parameter types (pydantic), shared by the actions' ``Params`` models.
+Guid = Annotated[str, Field(pattern=GUID_PATTERN)]
+ObjectType = Annotated[ObjectTypeName, Field(
+    description="which directory object carries the credential (default: the detection's owner type)")]
+AssignmentId = Annotated[str, Field(
+    pattern=r"^/(?:[^/\s]+/)*[^/\s]+/providers/[Mm]icrosoft\.[Aa]uthorization/[Rr]ole[Aa]ssignments/"
+            r"[0-9a-fA-F-]{36}$",
+    description="full ARM ID /{scope}/providers/Microsoft.Authorization/roleAssignments/{guid}")]
+FederatedUid = Annotated[str, Field(pattern=r"^[0-9a-fA-F-]{36}/federatedIdentityCredentials/[^/\s]+$",
+                                    description="<application object id>/federatedIdentityCredentials/<id>")]
+DirectoryRoleUid = Annotated[str, Field(pattern=r"^[^#\s][^#]{0,120}#[0-9a-fA-F-]{36}$",
+                                        description="<role template id or name>#<member object id>")]
+AppRoleUid = Annotated[str, Field(
+    pattern=r"^[0-9a-fA-F-]{36}#[0-9a-fA-F-]{36}#[0-9a-fA-F-]{36}$",
+    description="<assignee service principal id>#<resource service principal id>#<appRoleId>")]
+ManagementGroup = Annotated[str, Field(pattern=r"^[\w.()-]{1,90}$")]
+
 OWNER_PATHS = ("credential.owner.uid", "target.uid")
 AZURE_KINDS = ("azure_sp_password", "azure_sp_key", "azure_federated_credential", "azure_role_assignment",
                "azure_user", "azure_service_principal", "azure_directory_role", "azure_app_role_assignment")
@@ -90,6 +105,43 @@ def _key_view(k: Any) -> dict[str, Any]:
     """A key credential's metadata: ``{key_id, display_name, type, usage, start, end}``."""
     return {"key_id": str(k.key_id) if k.key_id else None, "display_name": k.display_name, "type": k.type,
             "usage": k.usage, "start": _iso(k.start_date_time), "end": _iso(k.end_date_time)}
+
+
+# -- parts of the containment actions' ``State`` models (checked on every read) --------------------------
+class PasswordView(State):
+    """A password credential as :func:`_password_view` shows it (never its secret)."""
+
+    key_id: str | None
+    display_name: str | None
+    hint: str | None
+    start: str | None
+    end: str | None
+
+
+class KeyView(State):
+    """A key credential's metadata as :func:`_key_view` shows it (never key material)."""
+
+    key_id: str | None
+    display_name: str | None
+    type: str | None
+    usage: str | None
+    start: str | None
+    end: str | None
+
+
+class ObjectRef(State):
+    """One application or service principal: ``{object_type, object_id}``."""
+
+    object_type: ObjectTypeName
+    object_id: str
+
+
+class PairedPasswords(ObjectRef):
+    password_credentials: list[PasswordView]
+
+
+class PairedKeys(ObjectRef):
+    key_credentials: list[KeyView]
 
 
 def _graph_object(graph: Any, object_type: str, object_id: str) -> Any:
@@ -306,11 +358,25 @@ class _SpCredentialAction(AzureContainmentAction):
     (``password_credentials`` or ``key_credentials``) is read, how an entry is shown, and the
     word used in the target name are the subclass's."""
 
-    schema = {"type": "object", "additionalProperties": False, "required": ["object_id", "key_id"],
-              "properties": {"object_id": GUID, "key_id": GUID, "object_type": OBJECT_TYPE}}
+    class Params(Params):
+        object_id: Annotated[Guid, Identifies(*OWNER_PATHS)]
+        key_id: Annotated[Guid, Identifies("credential.uid")]
+        object_type: ObjectType | SkipJsonSchema[None] = None
+
+    class State(State):
+        """What both subclasses read; each adds its list of credentials (and types ``paired``)."""
+
+        object_id: str
+        object_type: ObjectTypeName
+        app_id: str | None
+        display_name: str | None
+        key_id: str
+        present: bool
+        found_on: ObjectRef | None
+        paired: ObjectRef | None
+
     permissions = ("Application.ReadWrite.All",)
     rollback_supported = False
-    identifies = {"key_id": ("credential.uid",), "object_id": OWNER_PATHS}
     noun: str
     sdk_list: str
     state_list: str
@@ -390,6 +456,11 @@ class RemoveSpPassword(_SpCredentialAction):
     """
 
     name = "azure.remove-sp-password"
+
+    class State(_SpCredentialAction.State):
+        password_credentials: list[PasswordView]
+        paired: PairedPasswords | None
+
     credential_kinds = ("azure_sp_password",)
     noun, sdk_list, state_list, view = "password", "password_credentials", "password_credentials", _password_view
 
@@ -432,6 +503,11 @@ class RemoveSpKey(_SpCredentialAction):
     """
 
     name = "azure.remove-sp-key"
+
+    class State(_SpCredentialAction.State):
+        key_credentials: list[KeyView]
+        paired: PairedKeys | None
+
     credential_kinds = ("azure_sp_key",)
     noun, sdk_list, state_list, view = "certificate", "key_credentials", "key_credentials", _key_view
 
@@ -464,12 +540,20 @@ class DisableServicePrincipal(AzureContainmentAction):
     """
 
     name = "azure.disable-service-principal"
-    schema = {"type": "object", "additionalProperties": False, "required": ["object_id"],
-              "properties": {"object_id": GUID}}
+
+    class Params(Params):
+        object_id: Annotated[Guid, Identifies(*OWNER_PATHS, "credential.uid")]
+
+    class State(State):
+        object_id: str
+        app_id: str | None
+        display_name: str | None
+        account_enabled: bool
+        service_principal_type: str | None
+
     permissions = ("Application.ReadWrite.All",)
     credential_kinds = ("azure_sp_password", "azure_sp_key", "azure_service_principal")
     rollback_supported = True
-    identifies = {"object_id": (*OWNER_PATHS, "credential.uid")}
 
     def target(self, ctx: ActionContext) -> str:
         return f"ServicePrincipal {ctx.params['object_id']}"
@@ -523,13 +607,25 @@ class RemoveRoleAssignment(AzureContainmentAction):
     """
 
     name = "azure.remove-role-assignment"
-    schema = {"type": "object", "additionalProperties": False, "required": ["assignment_id"],
-              "properties": {"assignment_id": ASSIGNMENT_ID}}
+
+    class Params(Params):
+        assignment_id: Annotated[AssignmentId, Identifies("credential.uid")]
+
+    class State(State):
+        assignment_id: str
+        name: str | None
+        scope: str | None
+        principal_id: str
+        principal_type: str | None
+        role_definition_id: str
+        condition: str | None
+        condition_version: str | None
+        description: str | None
+
     permissions = ("Microsoft.Authorization/roleAssignments/read", "Microsoft.Authorization/roleAssignments/delete",
                    "Microsoft.Authorization/roleAssignments/write")
     credential_kinds = ("azure_role_assignment",)
     rollback_supported = True
-    identifies = {"assignment_id": ("credential.uid",)}
 
     def target(self, ctx: ActionContext) -> str:
         return ctx.params["assignment_id"]
@@ -586,12 +682,22 @@ class RemoveFederatedCredential(AzureContainmentAction):
     """
 
     name = "azure.remove-federated-credential"
-    schema = {"type": "object", "additionalProperties": False, "required": ["credential"],
-              "properties": {"credential": FEDERATED_UID}}
+
+    class Params(Params):
+        credential: Annotated[FederatedUid, Identifies("credential.uid")]
+
+    class State(State):
+        credential: str
+        application_id: str
+        id: str | None
+        name: str | None
+        issuer: str | None
+        subject: str | None
+        audiences: list[str]
+
     permissions = ("Application.ReadWrite.All",)
     credential_kinds = ("azure_federated_credential",)
     rollback_supported = False
-    identifies = {"credential": ("credential.uid",)}
 
     @staticmethod
     def ids(uid: str) -> tuple[str, str]:
@@ -645,12 +751,20 @@ class RevokeUserSessions(AzureContainmentAction):
     """
 
     name = "azure.revoke-user-sessions"
-    schema = {"type": "object", "additionalProperties": False, "required": ["user_id"],
-              "properties": {"user_id": GUID}}
+
+    class Params(Params):
+        user_id: Annotated[Guid, Identifies("credential.uid", "target.uid")]
+
+    class State(State):
+        user_id: str
+        user_principal_name: str | None
+        account_enabled: bool | None
+        sessions_valid_from: str | None
+        revoked_since_detection: bool
+
     permissions = ("User.RevokeSessions.All", "User.Read.All")
     credential_kinds = ("azure_user",)
     rollback_supported = False
-    identifies = {"user_id": ("credential.uid", "target.uid")}
 
     def target(self, ctx: ActionContext) -> str:
         return f"user {ctx.params['user_id']}"
@@ -673,6 +787,15 @@ class RevokeUserSessions(AzureContainmentAction):
 
     def plan_calls(self, ctx: ActionContext, state: dict[str, Any] | None) -> list[ApiCall]:
         return [ApiCall(service="graph", operation="users.revokeSignInSessions", params={"id": ctx.params["user_id"]})]
+
+
+class DirectoryRoleAssignmentView(State):
+    """An active ``unifiedRoleAssignment`` of a directory role, as the state shows it."""
+
+    id: str
+    principal_id: str
+    role_definition_id: str
+    directory_scope_id: str | None
 
 
 @register
@@ -707,13 +830,21 @@ class RemoveDirectoryRoleMember(AzureContainmentAction):
     """
 
     name = "azure.remove-directory-role-member"
-    schema = {"type": "object", "additionalProperties": False, "required": ["credential"],
-              "properties": {"credential": {"type": "string", "pattern": r"^[^#\s][^#]{0,120}#[0-9a-fA-F-]{36}$",
-                                            "description": "<role template id or name>#<member object id>"}}}
+
+    class Params(Params):
+        credential: Annotated[DirectoryRoleUid, Identifies("credential.uid")]
+
+    class State(State):
+        credential: str
+        member_id: str
+        role_template_id: str
+        role_name: str | None
+        present: bool
+        assignments: list[DirectoryRoleAssignmentView]
+
     permissions = ("RoleManagement.ReadWrite.Directory",)
     credential_kinds = ("azure_directory_role",)
     rollback_supported = True
-    identifies = {"credential": ("credential.uid",)}
 
     def target(self, ctx: ActionContext) -> str:
         role, _, member = ctx.params["credential"].partition("#")
@@ -765,9 +896,16 @@ class RemoveDirectoryRoleMember(AzureContainmentAction):
                 for a in (before or {}).get("assignments") or []]
 
 
-APP_ROLE_UID = {"type": "string",
-                "pattern": r"^[0-9a-fA-F-]{36}#[0-9a-fA-F-]{36}#[0-9a-fA-F-]{36}$",
-                "description": "<assignee service principal id>#<resource service principal id>#<appRoleId>"}
+class AppRoleAssignmentView(State):
+    """An ``appRoleAssignment`` as :func:`_assignment_view` shows it."""
+
+    id: str
+    principal_id: str | None
+    principal_display_name: str | None
+    resource_id: str | None
+    resource_display_name: str | None
+    app_role_id: str | None
+    created: str | None
 
 
 def _assignment_view(a: Any) -> dict[str, Any]:
@@ -833,14 +971,26 @@ class RemoveAppRoleAssignment(AzureContainmentAction):
     """
 
     name = "azure.remove-app-role-assignment"
-    schema = {"type": "object", "additionalProperties": False, "required": ["credential"],
-              "properties": {"credential": APP_ROLE_UID}}
+
+    class Params(Params):
+        credential: Annotated[AppRoleUid, Identifies("credential.uid")]
+
+    class State(State):
+        credential: str
+        assignee_id: str
+        resource_id: str
+        resource_display_name: str | None
+        resource_app_id: str
+        app_role_id: str
+        app_role_value: str
+        present: bool
+        assignments: list[AppRoleAssignmentView]
+
     # DELETE and POST need AppRoleAssignment.ReadWrite.All; reading the resource's appRoles (and POST,
     # per Graph's table) Application.Read.All.
     permissions = ("AppRoleAssignment.ReadWrite.All", "Application.Read.All")
     credential_kinds = ("azure_app_role_assignment",)
     rollback_supported = True
-    identifies = {"credential": ("credential.uid",)}
 
     @staticmethod
     def ids(uid: str) -> tuple[str, str, str]:
@@ -1046,11 +1196,13 @@ class ServicePrincipalFacts(EnrichmentAction):
 
     name = "azure.service-principal"
     provider = "azure"
-    schema = {"type": "object", "additionalProperties": False, "required": ["object_id"],
-              "properties": {"object_id": GUID, "object_type": OBJECT_TYPE,
-                             "management_groups": {"type": "array", "maxItems": 10,
-                                                   "items": {"type": "string", "pattern": r"^[\w.()-]{1,90}$"}},
-                             "sign_in_limit": {"type": "integer", "minimum": 0, "maximum": 50}}}
+
+    class Params(Params):
+        object_id: Guid
+        object_type: ObjectType | SkipJsonSchema[None] = None
+        management_groups: Annotated[list[ManagementGroup], Field(max_length=10)] | SkipJsonSchema[None] = None
+        sign_in_limit: Annotated[int, Field(ge=0, le=50)] = 10
+
     permissions = ("Application.Read.All", "Directory.Read.All", "AuditLog.Read.All",
                    "Microsoft.Authorization/roleAssignments/read")
     credential_kinds = AZURE_KINDS
@@ -1233,7 +1385,7 @@ class ServicePrincipalFacts(EnrichmentAction):
         return {"available": True, "scope": f"servicePrincipalId eq '{sp_id}', newest {limit}", "events": events}
 
 
-_GUID_RE = re.compile(GUID["pattern"])
+_GUID_RE = re.compile(GUID_PATTERN)
 
 
 @register
@@ -1262,8 +1414,11 @@ class ActorFacts(EnrichmentAction):
 
     name = "azure.actor"
     provider = "azure"
-    schema = {"type": "object", "additionalProperties": False,
-              "properties": {"object_id": GUID, "object_type": OBJECT_TYPE}}
+
+    class Params(Params):
+        object_id: Guid | SkipJsonSchema[None] = None
+        object_type: ObjectType | SkipJsonSchema[None] = None
+
     permissions = ("User.Read.All", "Application.Read.All", "Directory.Read.All")
     credential_kinds = AZURE_KINDS
 
