@@ -84,23 +84,18 @@ def _responder():
 
 
 def _sandboxes():
-    """The local stand-ins (:class:`cordon.sandbox.Sandboxes`), or one line naming the extra that
-    installs them (moto, trustme) and exit 1."""
-    import importlib.util
+    """The local stand-ins registered by the ``sandbox`` extra (:class:`cordon.standins.StandIns`,
+    found by entry point), or one line naming the extra that installs them and exit 1."""
+    from cordon.standins import StandIns, StandInsMissing
 
     try:
-        from cordon.sandbox import Sandboxes
-
-        for needed in ("moto", "trustme"):  # the stand-ins import them when they start
-            if importlib.util.find_spec(needed) is None:
-                raise ImportError(f"No module named '{needed}'")
-    except ImportError as exc:
+        return StandIns().check()
+    except StandInsMissing as exc:
         from cordon import DISTRIBUTION
 
         hint = escape(f"{exc}; install it with pip install '{DISTRIBUTION}[sandbox]'")
         err.print(f"[red]the sandbox is not installed:[/red] {hint}", highlight=False)
         raise typer.Exit(1) from None
-    return Sandboxes()
 
 
 def _require_approvers(config=None, playbooks=None) -> None:
@@ -147,7 +142,7 @@ def respond(
     errors = 0
     try:
         handled = {t.case_id for t in [*report.cases, *report.joined]}
-        for summary in responder.run_all(report, approval=approve.value, sandbox=sb, slack=slack):
+        for summary in responder.run_all(report, approval=approve.value, stand_ins=sb, slack=slack):
             errors += _print_run(summary, output)
         # then the ledger's other stranded cases this invocation may run (cordon/recovery.py)
         errors += _recover_stranded(responder, approve.value, sb, slack, handled, output)
@@ -237,7 +232,7 @@ def _recover_stranded(responder, approval: str, sandbox, slack, handled: set[str
 
     where = DEPLOYMENT if approval == "slack" else IN_PROCESS
     errors = skipped = 0
-    for rec in recover(responder, modes={approval}, where=where, sandbox=sandbox, slack=slack, exclude=handled):
+    for rec in recover(responder, modes={approval}, where=where, stand_ins=sandbox, slack=slack, exclude=handled):
         if rec.action == "skipped":
             skipped += 1
         elif rec.action == "gave_up":
@@ -473,7 +468,8 @@ def run_playbook(
         if approve is ApproveMode.slack:  # a wrong playbook name first (exit 2), then no approvers (exit 1)
             find_playbook(responder.playbooks, playbook)
             _require_approvers(responder.config, responder.playbooks)
-        summary = responder.manual(playbook, params, cli_requester(), approval=approve.value, sandbox=sb, slack=slack)
+        summary = responder.manual(playbook, params, cli_requester(), approval=approve.value, stand_ins=sb,
+                                   slack=slack)
     except ManualRunError as exc:
         err.print(f"[red]refused:[/red] {exc}")
         raise typer.Exit(2) from None

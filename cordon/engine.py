@@ -30,6 +30,7 @@ from cordon.detections.pipeline import DetectStats, detect
 from cordon.playbooks.schema import Playbook, load_playbooks, route
 from cordon.recovery import DEPLOYMENT, IN_PROCESS, RunCheck, check_case, claim_attempt, idempotency_key, process_ref
 from cordon.sigma import RuleSet
+from cordon.standins import as_stand_ins
 
 
 class SandboxCaseError(ValueError):
@@ -224,15 +225,16 @@ class Responder:
             self.ledger.set_case(ticket.case_id, status="error")
             return {**self.summary_without_run(ticket), "status": "error", "error": error}
 
-    def run_all(self, report: IntakeReport, approval: str = "console", sandbox: Any = None,
+    def run_all(self, report: IntakeReport, approval: str = "console", stand_ins: Any = None,
                 cloud: dict[str, Any] | None = None, slack: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
         """Run (or, for ``approval="slack"``, submit) every opened case of ``report``; yields each
-        case's summary. With ``sandbox`` (an :class:`~cordon.sandbox.aws.AwsSandbox`), each case's
-        detection is seeded first and its run uses the sandbox in the detection's account."""
-        def sandbox_for(ticket: CaseTicket) -> Any:
-            if hasattr(sandbox, "for_provider"):
-                return sandbox.for_provider(ticket.detection.provider)
-            return sandbox
+        case's summary. With ``stand_ins`` (a :class:`cordon.standins.StandIns`, or one started
+        :class:`~cordon.standins.StandIn`), each case's detection is seeded in its provider's
+        stand-in first and its run uses that stand-in's ``cloud_params()``."""
+        stand_ins = as_stand_ins(stand_ins)
+
+        def stand_in(ticket: CaseTicket) -> Any:
+            return stand_ins.for_provider(ticket.detection.provider)
 
         from cordon.recovery import servable
 
@@ -241,37 +243,37 @@ class Responder:
         skipped: dict[str, str] = {}
         for ticket in tickets:
             if ticket.run and ticket.check is not None:
-                why = servable(ticket.check, modes={approval}, where=where, sandbox=sandbox is not None)
+                why = servable(ticket.check, modes={approval}, where=where, stand_ins=stand_ins is not None)
                 if why:
                     skipped[ticket.case_id] = why
-        if sandbox is not None:
+        if stand_ins is not None:
             for ticket in tickets:
                 if ticket.run and ticket.case_id not in skipped:
-                    sandbox_for(ticket).seed_from_detection(ticket.detection)
+                    stand_in(ticket).seed_from_detection(ticket.detection)
         # every run is asked for before any starts, so a crash part-way leaves each case's
         # approval mode in the ledger for recovery (cordon/recovery.py)
         for ticket in tickets:
             if ticket.run and ticket.playbook is not None and ticket.case_id not in skipped:
-                params = sandbox_for(ticket).cloud_params() if sandbox is not None else cloud
+                params = stand_in(ticket).cloud_params() if stand_ins is not None else cloud
                 self.claim(ticket, approval, where, params, slack)
         for ticket in tickets:
             if ticket.case_id in skipped:
                 yield {**self.summary_without_run(ticket), "status": "stranded", "error": skipped[ticket.case_id]}
                 continue
-            run_cloud = sandbox_for(ticket).cloud_params() if sandbox is not None and ticket.run else cloud
+            run_cloud = stand_in(ticket).cloud_params() if stand_ins is not None and ticket.run else cloud
             if approval == "slack":
                 yield self.submit(ticket, cloud=run_cloud, slack=slack)
             else:
                 yield self.run(ticket, approval=approval, cloud=run_cloud)
 
     def manual(self, playbook: str, params: dict[str, Any], requested_by: dict[str, Any], approval: str = "console",
-               sandbox: Any = None, cloud: dict[str, Any] | None = None,
+               stand_ins: Any = None, cloud: dict[str, Any] | None = None,
                slack: dict[str, Any] | None = None) -> dict[str, Any]:
         """Run ``playbook`` by hand with ``params`` (``cordon run``, ``/cordon run``); see
         :func:`cordon.manual.run_manual`. Raises :class:`cordon.manual.ManualRunError`."""
         from cordon.manual import run_manual
 
-        return run_manual(self, playbook, params, requested_by, approval=approval, sandbox=sandbox, cloud=cloud,
+        return run_manual(self, playbook, params, requested_by, approval=approval, stand_ins=stand_ins, cloud=cloud,
                           slack=slack)
 
     def submit(self, ticket: CaseTicket, cloud: dict[str, Any] | None = None, slack: dict[str, Any] | None = None,
@@ -318,7 +320,7 @@ class Responder:
                 "status": "awaiting_approval" if approval == "slack" else "submitted"}
 
     def recover_stranded(self, *, where: str = DEPLOYMENT, modes: Iterable[str] = ("slack", "auto"),
-                         sandbox: Any = None, cloud: dict[str, Any] | None = None,
+                         stand_ins: Any = None, cloud: dict[str, Any] | None = None,
                          slack: dict[str, Any] | None = None, exclude: Iterable[str] = ()) -> list[Any]:
         """Run again every stranded case of the ledger this caller may serve: by default submit
         the ``slack`` and ``auto`` ones to the ``respond`` deployment (what the worker's sweep and
@@ -326,7 +328,8 @@ class Responder:
         :func:`cordon.recovery.recover`."""
         from cordon.recovery import recover
 
-        return recover(self, modes=modes, where=where, sandbox=sandbox, cloud=cloud, slack=slack, exclude=exclude)
+        return recover(self, modes=modes, where=where, stand_ins=stand_ins, cloud=cloud, slack=slack,
+                       exclude=exclude)
 
     def rollback(self, case_id: str, clients: Any, who: str) -> list[dict[str, Any]]:
         """Undo the containment of ``case_id``: every ``action.contained`` result in the ledger,

@@ -37,6 +37,7 @@ import jsonschema
 from cordon.detections.model import Actor, Credential, Detection, Principal, RawRef, RuleRef, record_sha256
 from cordon.playbooks.schema import Playbook
 from cordon.providers import get_provider
+from cordon.standins import as_stand_ins
 
 if TYPE_CHECKING:  # pragma: no cover
     from cordon.engine import CaseTicket, Responder
@@ -281,28 +282,28 @@ def open_manual_case(responder: Responder, playbook: str, raw_params: Mapping[st
     return ticket
 
 
-def _approval_refusal(approval: str, who: Mapping[str, str], sandbox: bool) -> str | None:
+def _approval_refusal(approval: str, who: Mapping[str, str], rehearsal: bool) -> str | None:
     """Why ``approval`` cannot decide a run ``who`` asked for, or ``None`` (no self-approval)."""
     if approval == "console":
         return ("--approve console would ask you, and you asked for this run: no self-approval "
                 "(use --approve slack, or --sandbox --approve auto to rehearse)")
-    if approval == "auto" and not sandbox:
+    if approval == "auto" and not rehearsal:
         return "--approve auto approves a run you asked for: allowed only with --sandbox (a rehearsal)"
     return None
 
 
 def run_manual(responder: Responder, playbook: str, raw_params: Mapping[str, Any],
-               requested_by: Mapping[str, Any], *, approval: str = "console", sandbox: Any = None,
+               requested_by: Mapping[str, Any], *, approval: str = "console", stand_ins: Any = None,
                cloud: dict[str, Any] | None = None, slack: dict[str, Any] | None = None) -> dict[str, Any]:
     """Open the manual case and run it: in this process (``approval`` ``console`` / ``auto``) or
     on the ``respond`` deployment (``slack``, see :meth:`Responder.submit`). ``console`` is always
     refused (the person at the terminal asked for the run) and ``auto`` outside the sandbox too:
-    :class:`ManualRunError` with the key ``approve``, recorded as ``manual.refused``. With ``sandbox`` (a
-    :class:`cordon.sandbox.Sandboxes`), the credential is seeded in the provider's stand-in first
+    :class:`ManualRunError` with the key ``approve``, recorded as ``manual.refused``. With ``stand_ins`` (a
+    :class:`cordon.standins.StandIns`), the credential is seeded in the provider's stand-in first
     and the run uses it. Returns the case summary (``status`` ``joined_open_case`` when the
     credential already has a case). Raises :class:`ManualRunError` as :func:`open_manual_case`."""
     who = _check_requester(requested_by)
-    refusal = _approval_refusal(approval, who, sandbox is not None or bool((cloud or {}).get("sandbox")))
+    refusal = _approval_refusal(approval, who, stand_ins is not None or bool((cloud or {}).get("sandbox")))
     if refusal:
         path = next((pb.path for pb in responder.playbooks if pb.name == playbook), None)
         responder.ledger.append("manual.refused", {"playbook": playbook, "path": path, "errors": {"approve": refusal},
@@ -310,10 +311,10 @@ def run_manual(responder: Responder, playbook: str, raw_params: Mapping[str, Any
                                 actor=requester_label(who))
         raise ManualRunError(playbook, path, {"approve": refusal})
     ticket = open_manual_case(responder, playbook, raw_params, who)
-    if sandbox is not None and ticket.run:
-        sb = sandbox.for_provider(ticket.detection.provider) if hasattr(sandbox, "for_provider") else sandbox
-        sb.seed_from_detection(ticket.detection)
-        cloud = sb.cloud_params()
+    if stand_ins is not None and ticket.run:
+        stand_in = as_stand_ins(stand_ins).for_provider(ticket.detection.provider)
+        stand_in.seed_from_detection(ticket.detection)
+        cloud = stand_in.cloud_params()
     if approval == "slack":
         return responder.submit(ticket, cloud=cloud, slack=slack)
     return responder.run(ticket, approval=approval, cloud=cloud)

@@ -67,6 +67,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from cordon.audit.ledger import Ledger, LedgerRecord, cases_table
+from cordon.standins import as_stand_ins
 
 if TYPE_CHECKING:  # pragma: no cover
     from cordon.engine import Responder
@@ -473,9 +474,9 @@ class Recovery:
     summary: dict[str, Any] | None = None
 
 
-def servable(check: RunCheck, *, modes: Iterable[str], where: str, sandbox: bool = False) -> str | None:
-    """``None`` when a caller running ``modes`` ``where`` (``in_process`` / ``deployment``) may
-    run ``check``'s case again, else why not."""
+def servable(check: RunCheck, *, modes: Iterable[str], where: str, stand_ins: bool = False) -> str | None:
+    """``None`` when a caller running ``modes`` ``where`` (``in_process`` / ``deployment``), with
+    local stand-ins or not, may run ``check``'s case again, else why not."""
     modes = set(modes)
     mode = check.mode
     if mode is None:
@@ -484,20 +485,20 @@ def servable(check: RunCheck, *, modes: Iterable[str], where: str, sandbox: bool
     elif mode not in modes:
         return f"recorded with --approve {mode}"
     was_sandbox = bool((check.cloud or {}).get("sandbox")) and check.where == IN_PROCESS
-    if was_sandbox and not (where == IN_PROCESS and sandbox):
+    if was_sandbox and not (where == IN_PROCESS and stand_ins):
         return "an in-process sandbox run: only `cordon respond --sandbox` re-creates its stand-ins"
     if where == DEPLOYMENT and mode == "console":
         return "console approval needs `cordon respond --approve console`"
     return None
 
 
-def recover(responder: Responder, *, modes: Iterable[str], where: str, sandbox: Any = None,
+def recover(responder: Responder, *, modes: Iterable[str], where: str, stand_ins: Any = None,
             cloud: dict[str, Any] | None = None, slack: dict[str, Any] | None = None,
             case_ids: Iterable[str] | None = None, exclude: Iterable[str] = (),
             state_of: Callable[[str], RunState] = prefect_state) -> list[Recovery]:
     """Run every stranded case this caller may serve (:func:`servable`) again, one attempt
     more, idempotently: ``where="in_process"`` runs the flow here (``cordon respond``; with
-    ``sandbox``, a :class:`~cordon.sandbox.Sandboxes`, seeded from the case's detection first),
+    ``stand_ins``, a :class:`cordon.standins.StandIns`, seeded from the case's detection first),
     ``where="deployment"`` submits it to the ``respond`` deployment (the sweep, ``cordon serve``).
     ``cloud``/``slack`` override the recorded ones (the recorded ones are used when ``None``).
     A case whose runs started :data:`MAX_ATTEMPTS` times gets one ``recovery.gave_up`` record and
@@ -507,16 +508,16 @@ def recover(responder: Responder, *, modes: Iterable[str], where: str, sandbox: 
     for check in find_stranded(responder.ledger, case_ids=case_ids, state_of=state_of):
         if check.case_id in excluded:
             continue
-        why = servable(check, modes=modes, where=where, sandbox=sandbox is not None)
+        why = servable(check, modes=modes, where=where, stand_ins=stand_ins is not None)
         if why:
             out.append(Recovery(check.case_id, "skipped", why, check.attempt))
             continue
-        out.append(rerun(responder, check, where=where, sandbox=sandbox, cloud=cloud, slack=slack,
+        out.append(rerun(responder, check, where=where, stand_ins=stand_ins, cloud=cloud, slack=slack,
                          modes=modes))
     return out
 
 
-def rerun(responder: Responder, check: RunCheck, *, where: str, modes: Iterable[str], sandbox: Any = None,
+def rerun(responder: Responder, check: RunCheck, *, where: str, modes: Iterable[str], stand_ins: Any = None,
           cloud: dict[str, Any] | None = None, slack: dict[str, Any] | None = None,
           ticket: Any = None) -> Recovery:
     """Run ``check``'s case again (see :func:`recover`); ``ticket`` is the engine's
@@ -545,10 +546,10 @@ def rerun(responder: Responder, check: RunCheck, *, where: str, modes: Iterable[
         summary = responder.submit(ticket, cloud=run_cloud, slack=run_slack, approval=mode)
         action = "submitted"
     else:
-        if sandbox is not None:
-            sb = sandbox.for_provider(ticket.detection.provider) if hasattr(sandbox, "for_provider") else sandbox
-            sb.seed_from_detection(ticket.detection)
-            run_cloud = sb.cloud_params()
+        if stand_ins is not None:
+            stand_in = as_stand_ins(stand_ins).for_provider(ticket.detection.provider)
+            stand_in.seed_from_detection(ticket.detection)
+            run_cloud = stand_in.cloud_params()
         summary = responder.run(ticket, approval=mode, cloud=run_cloud, slack=run_slack)
         action = "rerun"
     if summary.get("status") == "claimed_elsewhere":

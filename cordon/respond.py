@@ -81,13 +81,12 @@ def enrich(playbook: Playbook, detection: Detection, clients: Callable[..., Any]
 
 
 def caller_identity(clients: Callable[..., Any]) -> str | None:
-    """Cordon's own identity: the factory's ``own_identity()`` when it has one (GCP: the service
-    account email), else the AWS ARN from ``sts:GetCallerIdentity``; ``None`` if unreadable."""
+    """Cordon's own identity: the factory's ``own_identity()`` (:class:`cordon.clouds.Clients`; GCP:
+    the service-account email, AWS: the ARN ``sts:GetCallerIdentity`` answers); ``None`` if it has
+    none or it cannot be read."""
     own = getattr(clients, "own_identity", None)
     try:
-        if own is not None:
-            return own()
-        return clients("sts").get_caller_identity()["Arn"]
+        return own() if own is not None else None
     except Exception:  # noqa: BLE001 - the guard then refuses on the safe side only if it matches
         return None
 
@@ -103,23 +102,12 @@ def own_identities(clients: Callable[..., Any]) -> list[str]:
         return []
 
 
-def _same_principal(a: str | None, b: str | None) -> bool:
-    """IAM ARNs (or emails) naming one principal (an assumed-role session ARN matches its role)."""
+def _same_principal(provider: str, a: str | None, b: str | None) -> bool:
+    """Whether ``a`` and ``b`` (principal uids: ARNs, emails, object ids) name one principal: equal
+    ignoring case, or the same by ``provider``'s rules (:meth:`cordon.providers.Provider.same_principal`)."""
     if not a or not b:
         return False
-    if a.lower() == b.lower():
-        return True
-    if not a.startswith("arn:") or not b.startswith("arn:"):
-        return False
-
-    def norm(arn: str) -> str:
-        if ":assumed-role/" in arn:
-            account = arn.split(":")[4]
-            role = arn.split(":assumed-role/")[1].split("/")[0]
-            return f"arn:aws:iam::{account}:role/{role}"
-        return arn
-
-    return norm(a) == norm(b)
+    return a.lower() == b.lower() or get_provider(provider).same_principal(a, b)
 
 
 def guard(playbook: Playbook, detection: Detection, config: Config, clients: Callable[..., Any],
@@ -145,7 +133,8 @@ def guard(playbook: Playbook, detection: Detection, config: Config, clients: Cal
     me = caller_identity(clients) if playbook.contain else None
     mine = ([me] if me else []) + (own_identities(clients) if playbook.contain else [])
     for who in mine:
-        if _same_principal(who, detection.target.uid) or _same_principal(who, owner.uid if owner else None):
+        if (_same_principal(detection.provider, who, detection.target.uid)
+                or _same_principal(detection.provider, who, owner.uid if owner else None)):
             return GuardOutcome(ok=False, reason=f"target is Cordon's own identity ({who})", cordon_identity=me or who)
     refusal = get_provider(detection.provider).guard(detection, clients, me)
     if refusal:

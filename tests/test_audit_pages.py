@@ -112,7 +112,7 @@ def site(tmp_path_factory, aws_sandbox):
         aws_sandbox.reset()
         responder = Responder(ledger=ledger)
         report = responder.intake([EXAMPLES / "cloudtrail-create-access-key.json"])
-        (real,) = list(responder.run_all(report, approval="auto", sandbox=aws_sandbox))
+        (real,) = list(responder.run_all(report, approval="auto", stand_ins=aws_sandbox))
         assert real["status"] == "contained", real
         seeded = [
             seed_case(ledger, actor="mallory", target="build-bot", key_id="AKIAEXAMPLE0000001", tta=95.0,

@@ -170,7 +170,7 @@ def test_opposite_clicks_at_the_same_moment_never_lose_a_deny(race_config, stack
     responder = Responder(ledger=ledger)
     report = responder.intake([events])
     slack_settings = {"channel": CHANNEL, "base_url": stack["slack_url"]}
-    submitted = list(responder.run_all(report, approval="slack", sandbox=stack["aws"], slack=slack_settings))
+    submitted = list(responder.run_all(report, approval="slack", stand_ins=stack["aws"], slack=slack_settings))
     assert [s["status"] for s in submitted] == ["awaiting_approval"] * (TRIALS + 2)
     by_key = {ledger.case(s["case_id"])["case_key"].rsplit("|", 1)[-1]: s for s in submitted}
     cases = [(by_key[key], user) for key, user in keys]

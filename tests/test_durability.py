@@ -124,7 +124,7 @@ def start_paused_case(stack) -> tuple[str, str]:
     responder = Responder(ledger=stack["ledger"])
     report = responder.intake([EXAMPLE])
     slack_settings = {"channel": CHANNEL, "base_url": stack["slack_url"]}
-    (submitted,) = list(responder.run_all(report, approval="slack", sandbox=stack["aws"], slack=slack_settings))
+    (submitted,) = list(responder.run_all(report, approval="slack", stand_ins=stack["aws"], slack=slack_settings))
     run_id, case_id = submitted["flow_run_id"], submitted["case_id"]
     wait_for(lambda: flow_state(run_id) == "PAUSED", 120, "the run to suspend for approval")
     return run_id, case_id
@@ -139,7 +139,7 @@ def test_worker_killed_while_waiting_then_approved_contains_once(stack):
     responder = Responder(ledger=stack["ledger"])
     report = responder.intake([EXAMPLE])
     slack_settings = {"channel": CHANNEL, "base_url": stack["slack_url"]}
-    (submitted,) = list(responder.run_all(report, approval="slack", sandbox=stack["aws"], slack=slack_settings))
+    (submitted,) = list(responder.run_all(report, approval="slack", stand_ins=stack["aws"], slack=slack_settings))
     assert submitted["status"] == "awaiting_approval"
     run_id, case_id = submitted["flow_run_id"], submitted["case_id"]
     # submitting the same case again returns the same run (Prefect idempotency key = case ID)

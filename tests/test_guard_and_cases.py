@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from cordon.audit.ledger import Ledger
+from cordon.clouds import clients_for
 from cordon.config import load_config
 from cordon.engine import Responder
 from cordon.playbooks.schema import load_playbook_text, load_playbooks
-from cordon.providers.aws.clients import aws_clients
 from cordon.respond import guard
 from tests.conftest import SHARED_DATA
 
@@ -35,14 +35,14 @@ def detection(responder: Responder, path: Path):
 
 def test_guard_passes_the_exact_credential(responder, aws):
     det = detection(responder, EXAMPLES / "cloudtrail-create-access-key.json")
-    clients = aws_clients({**aws.cloud_params(), "account_id": det.account_uid})
+    clients = clients_for("aws", {**aws.cloud_params(), "account_id": det.account_uid})
     outcome = guard(playbook("aws-access-key-created"), det, load_config(), clients)
     assert outcome.ok, outcome
 
 
 def test_guard_refuses_cordons_own_identity(responder, aws):
     det = detection(responder, EXAMPLES / "cloudtrail-create-access-key.json")
-    clients = aws_clients({**aws.cloud_params(), "account_id": det.account_uid})
+    clients = clients_for("aws", {**aws.cloud_params(), "account_id": det.account_uid})
     me = clients("sts").get_caller_identity()["Arn"]
     det = det.model_copy(update={"target": det.target.model_copy(update={"uid": me})})
     outcome = guard(playbook("aws-access-key-created"), det, load_config(), clients)
@@ -51,7 +51,7 @@ def test_guard_refuses_cordons_own_identity(responder, aws):
 
 def test_guard_refuses_a_step_naming_another_key(responder, aws):
     det = detection(responder, EXAMPLES / "cloudtrail-create-access-key.json")
-    clients = aws_clients({**aws.cloud_params(), "account_id": det.account_uid})
+    clients = clients_for("aws", {**aws.cloud_params(), "account_id": det.account_uid})
     rogue = load_playbook_text("""\
 name: rogue
 description: names a fixed key instead of the detection's
@@ -66,7 +66,7 @@ contain:
 
 def test_guard_refuses_protected_patterns(responder, aws):
     det = detection(responder, EXAMPLES / "cloudtrail-create-access-key.json")
-    clients = aws_clients({**aws.cloud_params(), "account_id": det.account_uid})
+    clients = clients_for("aws", {**aws.cloud_params(), "account_id": det.account_uid})
     config = load_config()
     config.protected_principals.append("arn:aws:iam::111122223333:user/build-*")
     outcome = guard(playbook("aws-access-key-created"), det, config, clients)

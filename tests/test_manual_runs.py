@@ -151,7 +151,7 @@ def responder(tmp_path, monkeypatch, prefect_server):
 
 def test_manual_run_contains_exactly_that_key_through_the_same_path(responder, aws):
     summary = responder.manual("aws-access-key-created", AWS_PARAMS, {"cli_user": "oncall"}, approval="auto",
-                               sandbox=aws)
+                               stand_ins=aws)
     assert summary["status"] == "contained" and summary["verified"] is True
     (action,) = summary["actions"]
     assert action["name"] == "aws.deactivate-access-key" and action["after"]["status"] == "Inactive"
@@ -168,14 +168,14 @@ def test_manual_run_contains_exactly_that_key_through_the_same_path(responder, a
     assert case["source"] == "manual" and case["raw"]["requested_by"] == {"cli_user": "oncall"}
 
     again = responder.manual("aws-access-key-created", AWS_PARAMS, {"cli_user": "oncall"}, approval="auto",
-                             sandbox=aws)
+                             stand_ins=aws)
     assert again["status"] == "joined_open_case" and again["case_id"] == summary["case_id"]
     assert responder.ledger.verify().ok
 
 
 def test_manual_run_on_a_protected_principal_is_refused_by_the_guard(responder, aws):
     params = {**AWS_PARAMS, "user_name": "break-glass-admin", "access_key_id": "AKIABREAKGLASS000001"}
-    summary = responder.manual("aws-access-key-created", params, {"cli_user": "oncall"}, approval="auto", sandbox=aws)
+    summary = responder.manual("aws-access-key-created", params, {"cli_user": "oncall"}, approval="auto", stand_ins=aws)
     assert summary["status"] == "refused" and "protected principal" in summary["guard"]["reason"]
     iam = aws.clients("iam", account_id="111122223333")
     assert iam.list_access_keys(UserName="break-glass-admin")["AccessKeyMetadata"][0]["Status"] == "Active"
@@ -202,7 +202,7 @@ def test_manual_run_of_a_gcp_key(responder):
     sb = GcpSandbox().start()
     try:
         summary = responder.manual("gcp-sa-key-created", {"key_name": name}, {"slack_user_id": "U0CAROL03"},
-                                   approval="auto", sandbox=sb)
+                                   approval="auto", stand_ins=sb)
     finally:
         sb.stop()
     assert summary["status"] == "contained" and summary["verified"] is True
@@ -276,7 +276,7 @@ def test_more_playbooks_run_by_hand_in_the_sandbox(responder, playbook):
     sb = Sandboxes()
     try:
         summary = responder.manual(playbook, NEWLY_RUNNABLE[playbook], {"slack_user_id": "U0CAROL03"},
-                                   approval="auto", sandbox=sb)
+                                   approval="auto", stand_ins=sb)
     finally:
         sb.stop()
     assert summary["status"] == "contained" and summary["verified"] is True, summary

@@ -365,7 +365,7 @@ def test_real_respond_runs_export_valid_ocsf(tmp_path, monkeypatch, prefect_serv
     """Real runs (Prefect flows, containment over real HTTP in the AWS, GCP and Entra stand-ins, a
     rollback, a guard refusal, a suppressed sample finding, a joined GuardDuty finding), exported:
     every event validates and every API call Cordon made is an API Activity."""
-    from cordon.providers.aws.clients import aws_clients
+    from cordon.clouds import clients_for
 
     url = f"sqlite:///{tmp_path}/led.db"
     monkeypatch.setenv("CORDON_DATABASE_URL", url)
@@ -376,13 +376,13 @@ def test_real_respond_runs_export_valid_ocsf(tmp_path, monkeypatch, prefect_serv
     report = responder.intake([EXAMPLES / "cloudtrail-create-access-key.json", EXAMPLES / "guardduty-same-key.json",
                                EXAMPLES / "mixed-with-bad-records.jsonl", EXAMPLES / "gcp-create-sa-key.json",
                                EXAMPLES / "entra-add-sp-credentials.json", _write(tmp_path, "bg.json", ct)])
-    summaries = {s["case_id"]: s for s in responder.run_all(report, approval="auto", sandbox=sandboxes)}
+    summaries = {s["case_id"]: s for s in responder.run_all(report, approval="auto", stand_ins=sandboxes)}
     statuses = sorted(s["status"] for s in summaries.values())
     assert statuses == ["contained", "contained", "contained", "contained", "refused"], summaries
     key_case = next(cid for cid, s in summaries.items() if s["playbook"] == "aws-access-key-created"
                     and s["status"] == "contained")
     aws = sandboxes.for_provider("aws")
-    outcomes = responder.rollback(key_case, aws_clients({**aws.cloud_params(), "account_id": "111122223333"}),
+    outcomes = responder.rollback(key_case, clients_for("aws", {**aws.cloud_params(), "account_id": "111122223333"}),
                                   who="test:oncall")
     assert [o["status"] for o in outcomes] == ["rolled_back"]
     assert responder.ledger.verify().ok

@@ -592,5 +592,5 @@ def test_who_may_run_a_stranded_case_again():
     assert servable(unknown, modes={"slack", "auto"}, where=DEPLOYMENT) is None
     sandbox = check(mode="auto", where=IN_PROCESS, cloud={"sandbox": True})
     assert "sandbox" in servable(sandbox, modes={"auto"}, where=IN_PROCESS)
-    assert servable(sandbox, modes={"auto"}, where=IN_PROCESS, sandbox=True) is None
+    assert servable(sandbox, modes={"auto"}, where=IN_PROCESS, stand_ins=True) is None
     assert "console" in servable(check(mode="console", where=IN_PROCESS), modes={"console", "slack"}, where=DEPLOYMENT)

@@ -35,7 +35,7 @@ def test_added_sp_password_is_removed_and_the_existing_one_kept(tmp_path, monkey
     azure.standin.ensure_service_principal(SP, display_name="payments-api")
     azure.standin.add_password(SP, key_id=OLD_KEY, display_name="ci-deploy")
     report = responder.intake([EXAMPLE])
-    (s,) = list(responder.run_all(report, approval="auto", sandbox=azure))
+    (s,) = list(responder.run_all(report, approval="auto", stand_ins=azure))
     assert s["playbook"] == "azure-sp-credential-added" and s["status"] == "contained", s
     assert s["detection"]["credential"]["uid"] == NEW_KEY and s["verified"] is True
     remaining = [c["keyId"] for c in azure.standin.service_principals[SP]["passwordCredentials"]]
@@ -77,7 +77,7 @@ def test_panther_credential_add_without_key_id_disables_the_service_principal(tm
     url = f"sqlite:///{tmp_path}/ledger.db"
     monkeypatch.setenv("CORDON_DATABASE_URL", url)
     responder = Responder(ledger=Ledger(url))
-    (s,) = list(responder.run_all(responder.intake([path]), approval="auto", sandbox=azure))
+    (s,) = list(responder.run_all(responder.intake([path]), approval="auto", stand_ins=azure))
     assert s["playbook"] == "azure-sp-credential-unnamed" and s["status"] == "contained", s
     owner = s["detection"]["credential"]["owner"]["uid"]
     (action,) = s["actions"]
@@ -108,7 +108,7 @@ def test_throttled_graph_is_retried_and_the_run_contains(tmp_path, monkeypatch, 
     responder = _responder(tmp_path, monkeypatch)
     _seed_example(azure)
     azure.fail_next(f"POST /v1.0/servicePrincipals/{SP}/removePassword", 429, headers={"Retry-After": "1"})
-    (s,) = list(responder.run_all(responder.intake([EXAMPLE]), approval="auto", sandbox=azure))
+    (s,) = list(responder.run_all(responder.intake([EXAMPLE]), approval="auto", stand_ins=azure))
     assert s["status"] == "contained" and s["verified"] is True, s
     posts = [r["status"] for r in azure.standin.api_requests("graph", mutating=True)]
     assert posts == [429, 204]
@@ -125,7 +125,7 @@ def test_graph_5xx_that_persists_is_recorded_failed_and_nothing_is_half_done(tmp
     azure.fail_next(f"POST /v1.0/servicePrincipals/{SP}/removePassword", 503, times=4,
                     headers={"Retry-After": "1"})
     report = responder.intake([EXAMPLE])
-    (s,) = list(responder.run_all(report, approval="auto", sandbox=azure))
+    (s,) = list(responder.run_all(report, approval="auto", stand_ins=azure))
     assert s["status"] != "contained", s
     (action,) = s["actions"]
     assert action["status"] == "failed" and "503" in action["error"], action
@@ -233,7 +233,7 @@ def test_every_panther_azure_case_is_judged_in_the_sandbox(tmp_path, monkeypatch
         azure.reset()
         path = tmp_path / f"{i}.json"
         path.write_text(json.dumps(realistic_ids(log)))
-        summaries = list(responder.run_all(responder.intake([path]), approval="auto", sandbox=azure))
+        summaries = list(responder.run_all(responder.intake([path]), approval="auto", stand_ins=azure))
         contained = [s for s in summaries if any(a["status"] == "contained" for a in s["actions"])]
         changed = azure.standin.api_requests(mutating=True)
         if name in CONTAINED or name in CONTAINED_THOUGH_PANTHER_SAYS_NO:
@@ -260,7 +260,7 @@ def test_panther_pim_grant_rollback_re_adds_the_member(tmp_path, monkeypatch, pr
     _, _, log = _panther_azure_cases()["Add member to role (Non PIM)"]
     path = tmp_path / "pim.json"
     path.write_text(json.dumps(realistic_ids(log)))
-    (s,) = list(responder.run_all(responder.intake([path]), approval="auto", sandbox=azure))
+    (s,) = list(responder.run_all(responder.intake([path]), approval="auto", stand_ins=azure))
     assert s["playbook"] == "azure-directory-role" and s["status"] == "contained", s
     app_admin = "9b895d92-2cd3-44c7-9d02-a6ac2d5ea5c3"
     held = [a for a in azure.standin.directory_role_assignments.values() if a["principalId"] == MEMBER_ID]
@@ -296,7 +296,7 @@ def test_dangerous_graph_app_role_grant_is_removed_exactly_and_rolled_back(tmp_p
     azure.standin.assign_app_role(ASSIGNEE, GRAPH_SP, user_read)
     path = tmp_path / "grant.json"
     path.write_text(json.dumps(app_role_grant_record("RoleManagement.ReadWrite.Directory", rmrwd)))
-    (s,) = list(responder.run_all(responder.intake([path]), approval="auto", sandbox=azure))
+    (s,) = list(responder.run_all(responder.intake([path]), approval="auto", stand_ins=azure))
     assert s["playbook"] == "azure-app-role-assignment" and s["status"] == "contained", s
     assert s["detection"]["credential"]["uid"] == f"{ASSIGNEE}#{GRAPH_SP}#{rmrwd}" and s["verified"] is True
     (action,) = s["actions"]
@@ -331,7 +331,7 @@ def test_other_app_role_grant_is_triaged_and_nothing_changes(tmp_path, monkeypat
     responder = _responder(tmp_path, monkeypatch)
     path = tmp_path / "grant.json"
     path.write_text(json.dumps(app_role_grant_record("Mail.Read", GRAPH_APP_ROLES["Mail.Read"])))
-    (s,) = list(responder.run_all(responder.intake([path]), approval="auto", sandbox=azure))
+    (s,) = list(responder.run_all(responder.intake([path]), approval="auto", stand_ins=azure))
     assert s["playbook"] == "azure-app-role-assignment-triage" and s["actions"] == [], s
     cred = s["detection"]["credential"]
     assert cred["kind"] == "azure_app_role_assignment" and "uid" not in cred

@@ -35,7 +35,7 @@ def responder(tmp_path, monkeypatch, prefect_server):
 
 def run_file(responder: Responder, aws, path: Path) -> tuple[list[dict], object]:
     report = responder.intake([path])
-    return list(responder.run_all(report, approval="auto", sandbox=aws)), report
+    return list(responder.run_all(report, approval="auto", stand_ins=aws)), report
 
 
 def test_example_access_key_is_contained_exactly(responder, aws):
@@ -208,11 +208,11 @@ def test_panther_negatives_we_judge_differently_are_contained(responder, aws, tm
 
 
 def test_rollback_restores_the_key_and_is_recorded(responder, aws):
-    from cordon.providers.aws.clients import aws_clients
+    from cordon.clouds import clients_for
 
     (s,), _ = run_file(responder, aws, EXAMPLES / "cloudtrail-create-access-key.json")
     assert s["status"] == "contained"
-    clients = aws_clients({**aws.cloud_params(), "account_id": "111122223333"})
+    clients = clients_for("aws", {**aws.cloud_params(), "account_id": "111122223333"})
     outcomes = responder.rollback(s["case_id"], clients, who="test:responder")
     assert [(o["name"], o["status"]) for o in outcomes] == [("aws.deactivate-access-key", "rolled_back")]
     iam = aws.clients("iam", account_id="111122223333")
@@ -225,12 +225,12 @@ def test_rollback_restores_the_key_and_is_recorded(responder, aws):
 
 
 def test_login_profile_rollback_is_refused_as_not_supported(responder, aws, tmp_path):
-    from cordon.providers.aws.clients import aws_clients
+    from cordon.clouds import clients_for
 
     summaries, _ = run_file(responder, aws, EXAMPLES / "mixed-with-bad-records.jsonl")
     (s,) = summaries
-    outcomes = responder.rollback(s["case_id"], aws_clients({**aws.cloud_params(), "account_id": "111122223333"}),
-                                  who="test")
+    clients = clients_for("aws", {**aws.cloud_params(), "account_id": "111122223333"})
+    outcomes = responder.rollback(s["case_id"], clients, who="test")
     assert [o["status"] for o in outcomes] == ["not_supported"]
 
 

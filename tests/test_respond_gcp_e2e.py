@@ -51,7 +51,7 @@ def responder(tmp_path, monkeypatch, prefect_server):
 
 def run_file(responder: Responder, sandbox, path: Path):
     report = responder.intake([path])
-    return list(responder.run_all(report, approval="auto", sandbox=sandbox)), report
+    return list(responder.run_all(report, approval="auto", stand_ins=sandbox)), report
 
 
 def test_example_sa_key_is_disabled_exactly(responder, gcp):

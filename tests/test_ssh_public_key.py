@@ -43,12 +43,12 @@ def test_the_upload_is_a_detection_naming_the_key_and_its_user():
 
 
 def test_exactly_that_key_is_deactivated_and_rolled_back(responder, aws):
-    from cordon.providers.aws.clients import aws_clients
+    from cordon.clouds import clients_for
 
     aws.use_account("111122223333")
     aws.ensure_user("build-bot")
     aws.ensure_ssh_public_key("build-bot", OTHER)  # the user's own key: never touched
-    (s,) = list(responder.run_all(responder.intake([EVENT]), approval="auto", sandbox=aws))
+    (s,) = list(responder.run_all(responder.intake([EVENT]), approval="auto", stand_ins=aws))
     assert s["playbook"] == "aws-ssh-public-key" and s["status"] == "contained" and s["verified"] is True, s
     (action,) = s["actions"]
     assert action["name"] == "aws.deactivate-ssh-public-key"
@@ -59,7 +59,7 @@ def test_exactly_that_key_is_deactivated_and_rolled_back(responder, aws):
     keys = {k["SSHPublicKeyId"]: k["Status"] for k in iam.list_ssh_public_keys(UserName="build-bot")["SSHPublicKeys"]}
     assert keys == {OTHER: "Active", KEY: "Inactive"}
 
-    clients = aws_clients({**aws.cloud_params(), "account_id": "111122223333"})
+    clients = clients_for("aws", {**aws.cloud_params(), "account_id": "111122223333"})
     outcomes = responder.rollback(s["case_id"], clients, who="test:responder")
     assert [(o["name"], o["status"]) for o in outcomes] == [("aws.deactivate-ssh-public-key", "rolled_back")]
     keys = {k["SSHPublicKeyId"]: k["Status"] for k in iam.list_ssh_public_keys(UserName="build-bot")["SSHPublicKeys"]}

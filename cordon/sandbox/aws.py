@@ -56,6 +56,8 @@ import botocore.session
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from cordon.clouds import ClientFactory
+
 DEFAULT_ACCOUNT_ID = "123456789012"
 DEFAULT_REGION = "us-east-1"
 CLOUDTRAIL_TARGET_PREFIX = "com.amazonaws.cloudtrail.v20131101.CloudTrail_20131101."
@@ -517,9 +519,11 @@ def make_sandbox_client(service: str, region: str, *, moto_url: str, standin_url
 
 
 def sandbox_clients(cloud: dict[str, Any]) -> Any:
-    """The ``clients(service, region=None)`` factory for :meth:`AwsSandbox.cloud_params`
-    (usable in another process: it needs only the params). Regions are mapped with
-    ``cloud["region_map"]`` and then :func:`sandbox_region`; clients are cached."""
+    """The :class:`cordon.clouds.Clients` for :meth:`AwsSandbox.cloud_params` (usable in another
+    process: it needs only the params), registered as the ``aws-standins`` entry point of group
+    ``cordon.clients`` (:mod:`cordon.standins`). ``clients(service, region=None)``: regions are
+    mapped with ``cloud["region_map"]`` and then :func:`sandbox_region`; clients are cached. Its
+    ``own_access_key()`` is :data:`SANDBOX_ACCESS_KEY`."""
     default = cloud.get("region") or DEFAULT_REGION
     cache: dict[tuple[str, str], Any] = {}
     lock = threading.Lock()
@@ -535,7 +539,8 @@ def sandbox_clients(cloud: dict[str, Any]) -> Any:
                     account_id=cloud.get("account_id") or DEFAULT_ACCOUNT_ID)
             return cache[(service, mapped)]
 
-    return clients
+    return ClientFactory(clients, own_access_key=lambda: SANDBOX_ACCESS_KEY,
+                         own_identity=lambda: str(clients("sts").get_caller_identity()["Arn"]))
 
 
 class AwsSandbox:
@@ -635,12 +640,13 @@ class AwsSandbox:
 
     def cloud_params(self) -> dict[str, Any]:
         """JSON-serialisable parameters from which another process rebuilds the sandbox's
-        clients (:func:`sandbox_clients`; also understood by ``cordon.providers.aws.clients.aws_clients``):
-        ``{"sandbox": True, "aws_endpoint_url", "cloudtrail_endpoint_url", "standin_url",
+        clients (:func:`sandbox_clients`, which ``"clients": "aws-standins"`` names):
+        ``{"sandbox": True, "clients", "aws_endpoint_url", "cloudtrail_endpoint_url", "standin_url",
         "region", "account_id", "access_key_id" (sign with it to land in ``account_id`` without
         the header), "region_map": {unknown region seen while seeding: region}}``."""
         return {
             "sandbox": True,
+            "clients": "aws-standins",
             "aws_endpoint_url": self.endpoint_url,
             "cloudtrail_endpoint_url": self.cloudtrail_url,
             "standin_url": self.cloudtrail_url,

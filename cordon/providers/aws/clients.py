@@ -5,40 +5,53 @@ same clients the caller had in mind.
 
 * ``{}``: real AWS; boto3's default credential chain and endpoint resolution (which honours
   ``AWS_ENDPOINT_URL`` and ``AWS_ENDPOINT_URL_<SERVICE>``).
-* ``{"aws_endpoint_url": "http://127.0.0.1:PORT", "cloudtrail_endpoint_url": "...",
-  "region": "us-east-1", "sandbox": true}``: the sandbox's local stand-ins (moto's server and the
-  CloudTrail ``LookupEvents`` stand-in), with dummy credentials.
+* ``{"aws_endpoint_url": "http://127.0.0.1:PORT", "<service>_endpoint_url": "...", "region": ...}``:
+  every service (or one) at another endpoint, e.g. an AWS-compatible local service.
 
 Several AWS accounts (:mod:`cordon.providers.aws.accounts`): ``cloud["account_id"]`` is the account the
 clients must act in (the detection's, :func:`cordon.clouds.cloud_for_case`) and ``cloud["case_id"]`` names
-the STS session (``cordon-<case id>``). Outside the sandbox, when the ``aws:`` section of
+the STS session (``cordon-<case id>``). When the ``aws:`` section of
 ``cordon.yaml`` (or ``cloud["aws"]``, the same shape) gives that account a role and it is not the
 hub account, the clients sign with that role assumed from the default credential chain; with no
 ``aws:`` section they use the chain as they always did. ``sts_endpoint_url`` (else
 ``aws_endpoint_url``) is where ``AssumeRole`` goes.
+
+Stand-ins that need more than an endpoint bring their own factory (:mod:`cordon.standins`).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import boto3
 from botocore.config import Config as BotoConfig
+
+from cordon.clouds import ClientFactory
 
 #: botocore's standard retry mode: exponential back-off with jitter on throttling and 5xx
 #: (https://docs.aws.amazon.com/sdkref/latest/guide/feature-retry-behavior.html).
 RETRIES = BotoConfig(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=30)
 
 
-def aws_clients(cloud: dict[str, Any] | None = None) -> Callable[..., Any]:
+class AwsClients(ClientFactory):
+    """:class:`cordon.clouds.Clients` for AWS: ``clients(service, region=None) -> boto3 client``.
+
+    ``role_arn`` / ``session_name``: the member role assumed and the STS session name (``None``
+    until the first client when the hub account must be asked for, and when no role is assumed)."""
+
+    role_arn: str | None = None
+    session_name: str | None = None
+
+
+def aws_clients(cloud: dict[str, Any] | None = None) -> AwsClients:
     """A factory ``clients(service, region=None) -> boto3 client`` for ``cloud`` (see module doc).
 
     Clients are cached per (service, region), thread-safe. Region defaults to ``cloud["region"]``
     or ``us-east-1``; IAM and STS are global and always use the partition's default region.
 
     The factory also answers, for the guard (:func:`cordon.respond.guard`):
+    ``own_identity()`` (the ARN ``sts:GetCallerIdentity`` answers),
     ``own_access_key()`` (the key ID its clients sign with; a temporary ``ASIA`` key when a role
     is assumed), ``own_identities()`` (the ARN of the member role assumed, known without a call;
     empty otherwise) and ``role_arn`` / ``session_name`` (``None`` until the first client when the
@@ -47,12 +60,6 @@ def aws_clients(cloud: dict[str, Any] | None = None) -> Callable[..., Any]:
     external-ID variable is unset.
     """
     cloud = dict(cloud or {})
-    if cloud.get("sandbox"):
-        from cordon.sandbox.aws import SANDBOX_ACCESS_KEY, sandbox_clients
-
-        factory = sandbox_clients(cloud)
-        factory.own_access_key = lambda: SANDBOX_ACCESS_KEY  # type: ignore[attr-defined]
-        return factory
     from cordon.providers.aws.accounts import aws_accounts, aws_accounts_from_raw, session_name
 
     base = boto3.session.Session(region_name=cloud.get("region"))
@@ -74,9 +81,8 @@ def aws_clients(cloud: dict[str, Any] | None = None) -> Callable[..., Any]:
         with lock:
             if "session" not in chosen:
                 chosen["session"], chosen["role"] = _session_for(base, accounts, account, cloud, sts_endpoint)
-                clients.role_arn = chosen["role"].role_arn if chosen["role"] else None  # type: ignore[attr-defined]
-                clients.session_name = (session_name(cloud.get("case_id"))  # type: ignore[attr-defined]
-                                        if chosen["role"] else None)
+                factory.role_arn = chosen["role"].role_arn if chosen["role"] else None
+                factory.session_name = session_name(cloud.get("case_id")) if chosen["role"] else None
             return chosen["session"]
 
     def clients(service: str, region: str | None = None) -> Any:
@@ -101,11 +107,12 @@ def aws_clients(cloud: dict[str, Any] | None = None) -> Callable[..., Any]:
         session()
         return [chosen["role"].role_arn] if chosen["role"] else []
 
-    clients.own_access_key = own_access_key  # type: ignore[attr-defined]
-    clients.own_identities = own_identities  # type: ignore[attr-defined]
-    clients.role_arn = None  # type: ignore[attr-defined]
-    clients.session_name = None  # type: ignore[attr-defined]
-    return clients
+    def own_identity() -> str | None:
+        return str(clients("sts").get_caller_identity()["Arn"])
+
+    factory = AwsClients(clients, own_access_key=own_access_key, own_identity=own_identity,
+                         own_identities=own_identities)
+    return factory
 
 
 def _session_for(base: Any, accounts: Any, account: str | None, cloud: dict[str, Any],

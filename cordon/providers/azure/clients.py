@@ -3,17 +3,17 @@ worker in another process makes the same clients the caller had in mind.
 
 ``cloud`` is a JSON-serialisable dict:
 
-* ``{}`` (or without ``"sandbox"``): real Azure. Credentials from the environment
+* ``{}`` (or without ``client_secret_env``): real Azure. Credentials from the environment
   (``azure.identity.DefaultAzureCredential``: ``AZURE_CLIENT_ID`` / ``AZURE_TENANT_ID`` /
   ``AZURE_CLIENT_SECRET`` or a certificate, workload identity, managed identity, Azure CLI);
   ``subscription_id`` from ``cloud["subscription_id"]`` or ``AZURE_SUBSCRIPTION_ID``; Graph at
   ``https://graph.microsoft.com/v1.0`` and ARM at ``https://management.azure.com``.
-* ``{"sandbox": True, "tenant_id", "subscription_id", "client_id", "client_secret_env", "authority",
-  "graph_url", "arm_url", "ca_pem", "own_object_id"}``
-  (:meth:`cordon.sandbox.azure.AzureSandbox.cloud_params`): ``ClientSecretCredential`` with
+* ``{"tenant_id", "subscription_id", "client_id", "client_secret_env", "authority",
+  "graph_url", "arm_url", "ca_pem", "own_object_id"}`` (what a local stand-in hands over):
+  ``ClientSecretCredential`` with
   the secret read from the environment variable ``client_secret_env`` names (``AZURE_CLIENT_SECRET``
   or a ``CORDON_SANDBOX_AZURE_SECRET_*`` name; a ``client_secret`` value in the parameters is refused:
-  parameters land in Prefect's database), ``authority`` pointed at the stand-in's token endpoint
+  parameters land in Prefect's database), ``authority`` pointed at another token endpoint
   (``disable_instance_discovery=True``;
   azure-identity insists the authority is https, so it shares the ARM stand-in's TLS server),
   ``connection_verify`` = the stand-in's CA for every https connection.
@@ -27,7 +27,7 @@ Clients:
   ``clients.run(coro)``. Retries of 429 / 503 / 504 are kiota's ``RetryHandler`` (honours
   ``Retry-After``; up to 3 retries).
 * ``clients("authorization")``: ``azure.mgmt.authorization.AuthorizationManagementClient``
-  (sync; ``base_url`` = ARM, ``connection_verify`` = CA path in the sandbox). Retries of 408 /
+  (sync; ``base_url`` = ARM, ``connection_verify`` = the CA path when ``ca_pem`` is given). Retries of 408 /
   429 / 500 / 502 / 503 / 504 are azure-core's ``RetryPolicy`` (honours ``Retry-After``).
 
 API references: https://learn.microsoft.com/graph/sdks/sdks-overview ,
@@ -45,6 +45,8 @@ import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any
 from urllib.parse import urlsplit
+
+from cordon.clouds import ClientFactory
 
 GRAPH_URL = "https://graph.microsoft.com"
 ARM_URL = "https://management.azure.com"
@@ -89,7 +91,7 @@ class LoopThread:
         self.loop.close()
 
 
-#: Environment variable names a sandbox may hand over in ``client_secret_env`` (beside Azure's own
+#: Environment variable names a local stand-in may hand over in ``client_secret_env`` (beside Azure's own
 #: ``AZURE_CLIENT_SECRET``). Restricted so cloud parameters cannot name any other secret of the process
 #: (a Slack token, a database password) to be sent to a token endpoint they also name.
 SECRET_ENV_PREFIX = "CORDON_SANDBOX_AZURE_SECRET_"
@@ -117,7 +119,28 @@ def client_secret_from_env(cloud: dict[str, Any]) -> str:
     return secret
 
 
-def azure_clients(cloud: dict[str, Any] | None = None) -> Callable[..., Any]:
+class AzureClients(ClientFactory):
+    """:class:`cordon.clouds.Clients` for Azure: ``clients("graph" | "authorization")``; ``run(coro,
+    timeout=None)`` runs a Graph coroutine on the factory's private loop; ``own_object_id()`` is
+    Cordon's service principal object id when known; ``subscription_id``, ``tenant_id`` and the sync
+    ``credential`` as configured."""
+
+    def __init__(self, get: Any, *, run: Callable[..., Any], own_identity: Callable[[], str | None],
+                 own_object_id: Callable[[], str | None], subscription_id: str | None, tenant_id: str | None,
+                 credential: Any, close: Callable[[], None]):
+        super().__init__(get, own_identity=own_identity, close=close)
+        self.run = run
+        self._own_object_id = own_object_id
+        self.subscription_id = subscription_id
+        self.tenant_id = tenant_id
+        self.credential = credential
+
+    def own_object_id(self) -> str | None:
+        """Cordon's service principal object id, when the parameters give it."""
+        return self._own_object_id()
+
+
+def azure_clients(cloud: dict[str, Any] | None = None) -> AzureClients:
     """A factory ``clients(service) -> SDK client`` for ``cloud`` (see module doc).
 
     ``service`` is ``"graph"`` (``msgraph.GraphServiceClient``) or ``"authorization"``
@@ -131,7 +154,7 @@ def azure_clients(cloud: dict[str, Any] | None = None) -> Callable[..., Any]:
     AWS-style key to compare), ``subscription_id``, ``tenant_id`` and ``close()`` (idempotent: closes the
     Graph client's httpx client, the async credential's aiohttp session, the ARM client, the loop; also
     run when the factory is garbage-collected or at interpreter exit, via ``weakref.finalize``).
-    Raises ``ValueError`` for sandbox params without a client id, a secret in the parameters or not in the
+    Raises ``ValueError`` for client-secret params without a client id, a secret in the parameters or not in the
     environment (:func:`client_secret_from_env`), and for
     ``"authorization"`` with no subscription id.
     """
@@ -140,7 +163,7 @@ def azure_clients(cloud: dict[str, Any] | None = None) -> Callable[..., Any]:
     from azure.identity.aio import DefaultAzureCredential as AioDefaultAzureCredential
 
     cloud = dict(cloud or {})
-    sandbox = bool(cloud.get("sandbox"))
+    explicit = "client_secret_env" in cloud or "client_secret" in cloud  # a service principal's secret
     tenant = cloud.get("tenant_id") or os.environ.get("AZURE_TENANT_ID")
     subscription = cloud.get("subscription_id") or os.environ.get("AZURE_SUBSCRIPTION_ID")
     graph_url = str(cloud.get("graph_url") or GRAPH_URL).rstrip("/")
@@ -152,10 +175,10 @@ def azure_clients(cloud: dict[str, Any] | None = None) -> Callable[..., Any]:
         with os.fdopen(fd, "w") as fh:
             fh.write(cloud["ca_pem"])
         tls = {"connection_verify": ca_path}
-    if sandbox:
+    if explicit:
         secret = client_secret_from_env(cloud)
         if not (cloud.get("client_id") and tenant):
-            raise ValueError("sandbox cloud params need 'tenant_id' and 'client_id'")
+            raise ValueError("client-secret cloud params need 'tenant_id' and 'client_id'")
         common = {"authority": cloud.get("authority"), "disable_instance_discovery": True, **tls}
         sync_cred: Any = ClientSecretCredential(tenant, cloud["client_id"], secret, **common)
         async_cred: Any = AioClientSecretCredential(tenant, cloud["client_id"], secret, **common)
@@ -224,15 +247,8 @@ def azure_clients(cloud: dict[str, Any] | None = None) -> Callable[..., Any]:
         loop.close()
         if ca_path and os.path.exists(ca_path):
             os.unlink(ca_path)
-    clients.run = loop.run  # type: ignore[attr-defined]
-    clients.own_identity = lambda: client_id  # type: ignore[attr-defined]
-    clients.own_object_id = lambda: cloud.get("own_object_id")  # type: ignore[attr-defined]
-    clients.own_access_key = lambda: None  # type: ignore[attr-defined]
-    clients.subscription_id = subscription  # type: ignore[attr-defined]
-    clients.tenant_id = tenant  # type: ignore[attr-defined]
-    clients.close = close  # type: ignore[attr-defined]
-    clients.credential = sync_cred  # type: ignore[attr-defined]
-    # A factory dropped without close() (each Prefect task builds its own) is closed when collected, or at
-    # interpreter exit at the latest; ``close`` holds no reference to ``clients``.
-    weakref.finalize(clients, close)
-    return clients
+    factory = AzureClients(clients, run=loop.run, own_identity=lambda: client_id,
+                           own_object_id=lambda: cloud.get("own_object_id"), subscription_id=subscription,
+                           tenant_id=tenant, credential=sync_cred, close=close)
+    weakref.finalize(factory, close)
+    return factory

@@ -3,13 +3,12 @@ Prefect worker in another process makes the same clients the caller had in mind.
 
 ``cloud`` is a JSON-serialisable dict:
 
-* ``{}`` (or without ``"sandbox"``): real GCP, Application Default Credentials
-  (``google.auth.default``), or ``cloud["credentials_info"]`` (a service-account JSON key) when
-  given; the APIs' own endpoints.
-* ``{"sandbox": True, "endpoint": "http://127.0.0.1:PORT", "token_uri": ".../token",
-  "credentials_info": {...}, "project": "p"}`` (:meth:`cordon.sandbox.gcp.GcpSandbox.cloud_params`):
-  service-account credentials whose ``token_uri`` is the stand-in's, and each API at
-  ``<endpoint>/<api>/<servicePath>`` (:func:`cordon.sandbox.gcp.api_endpoint`).
+* ``{}``: real GCP, Application Default Credentials (``google.auth.default``); the APIs' own
+  endpoints.
+* ``{"credentials_info": {...}, "token_uri": ".../token", "endpoint": "http://HOST:PORT",
+  "project": "p"}``: service-account credentials from the JSON key ``credentials_info`` (its token
+  endpoint replaced by ``token_uri`` when given), and, with ``endpoint``, each API at
+  ``<endpoint>/<api>/<servicePath>`` (a local stand-in's layout).
 
 Clients are google-api-python-client ``Resource`` objects built from the discovery documents
 shipped inside ``googleapiclient`` (``static_discovery=True``: no network for discovery).
@@ -21,7 +20,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import google.auth
@@ -30,6 +28,8 @@ import httplib2
 from google.oauth2 import service_account
 from googleapiclient import discovery
 from googleapiclient.discovery_cache import get_static_doc
+
+from cordon.clouds import ClientFactory
 
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 #: Retries Cordon asks of ``HttpRequest.execute`` for 429 / 5xx (googleapiclient/http.py
@@ -47,7 +47,16 @@ def service_path(service: str, version: str) -> str:
     return json.loads(doc).get("servicePath", "")
 
 
-def gcp_clients(cloud: dict[str, Any] | None = None) -> Callable[..., Any]:
+class GcpClients(ClientFactory):
+    """:class:`cordon.clouds.Clients` for GCP: ``clients(service, version="v1") -> Resource``;
+    ``credentials`` are the ``google.auth`` credentials its requests are authorised with."""
+
+    def __init__(self, get: Any, *, credentials: Any, own_identity: Any):
+        super().__init__(get, own_identity=own_identity)
+        self.credentials = credentials
+
+
+def gcp_clients(cloud: dict[str, Any] | None = None) -> GcpClients:
     """A factory ``clients(service, version="v1") -> googleapiclient Resource`` for ``cloud``.
 
     Each ``Resource`` is built once per (service, version, thread) (httplib2 connections are not
@@ -59,17 +68,14 @@ def gcp_clients(cloud: dict[str, Any] | None = None) -> Callable[..., Any]:
     """
     cloud = dict(cloud or {})
     scopes = [CLOUD_PLATFORM_SCOPE]
-    sandbox = bool(cloud.get("sandbox"))
     if cloud.get("credentials_info"):
         info = dict(cloud["credentials_info"])
         if cloud.get("token_uri"):
             info["token_uri"] = cloud["token_uri"]
         credentials: Any = service_account.Credentials.from_service_account_info(info, scopes=scopes)
-    elif sandbox:
-        raise ValueError("sandbox cloud params need 'credentials_info'")
     else:
         credentials, _ = google.auth.default(scopes=scopes)
-    endpoint = str(cloud.get("endpoint") or "").rstrip("/") if sandbox else ""
+    endpoint = str(cloud.get("endpoint") or "").rstrip("/")
     local = threading.local()
 
     def clients(service: str, version: str = "v1") -> Any:
@@ -88,7 +94,4 @@ def gcp_clients(cloud: dict[str, Any] | None = None) -> Callable[..., Any]:
         email = getattr(credentials, "service_account_email", None)
         return email if email and email != "default" else None
 
-    clients.own_identity = own_identity  # type: ignore[attr-defined]
-    clients.own_access_key = lambda: None  # type: ignore[attr-defined]
-    clients.credentials = credentials  # type: ignore[attr-defined]
-    return clients
+    return GcpClients(clients, credentials=credentials, own_identity=own_identity)
