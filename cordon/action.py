@@ -25,6 +25,7 @@ calls it would make (dry run) without calling anything.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -110,12 +111,17 @@ def params_schema(model: type[BaseModel]) -> dict[str, Any]:
     (PEP 727) as its ``description``. ``additionalProperties: false`` comes from
     ``extra="forbid"``."""
     schema = model.model_json_schema()
+    schema.pop("description", None)  # the model's docstring: for readers of the code, not the schema
     props = schema.get("properties", {})
     for name, info in model.model_fields.items():
         key = info.alias or name
         doc = next((m.documentation for m in info.metadata if isinstance(m, Doc)), None)
         if doc and key in props and "description" not in props[key]:
             props[key]["description"] = doc
+        prop = props.get(key, {})
+        if "default" in prop and prop["default"] is None \
+                and '"null"' not in json.dumps({k: v for k, v in prop.items() if k != "default"}):
+            del prop["default"]  # ``T | SkipJsonSchema[None] = None``: optional, null not accepted
     return _drop_titles(schema)
 
 
