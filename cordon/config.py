@@ -99,15 +99,22 @@ class ApprovalSection(_Strict):
 
 class CordonYaml(_Strict):
     """The shape of ``cordon.yaml``: every key Cordon reads, nothing else (a misspelt key such as
-    ``protected_principal:`` or ``chanel:`` is refused, not ignored). ``aws:`` is checked by
-    :func:`cordon.providers.aws.accounts.aws_accounts_from_raw`."""
+    ``protected_principal:`` or ``chanel:`` is refused, not ignored). A provider's own section
+    (``Provider.config_section``, named after it) is left to that provider's ``check_config``
+    (:func:`provider_sections`)."""
 
     rules: str | None = None  # relative to the folder; absent: the shipped rules (cordon/defaults/rules)
     playbooks: str | None = None  # absent: the shipped playbooks (cordon/defaults/playbooks)
     protected_principals: list[str] = []
     slack: SlackSection | None = None
     approval: ApprovalSection | None = None
-    aws: Any = None  # shape checked by cordon.providers.aws.accounts (its errors name aws.<field>)
+
+
+def provider_sections() -> set[str]:
+    """Top-level keys of ``cordon.yaml`` that registered providers own (:mod:`cordon.providers`)."""
+    from cordon.providers import providers
+
+    return {name for name, p in providers().items() if p.config_section}
 
 
 def _key_lines(text: str) -> dict[tuple[str | int, ...], int]:
@@ -147,6 +154,8 @@ def _data_path(data: Any, loc: tuple[Any, ...]) -> tuple[str | int, ...]:
 
 
 def _known_keys(loc: tuple[str | int, ...]) -> list[str]:
+    if len(loc) == 1:
+        return [*CordonYaml.model_fields, *sorted(provider_sections())]
     model: Any = CordonYaml
     for part in loc[:-1]:
         field_ = model.model_fields.get(str(part)) if isinstance(part, str) else None
@@ -172,8 +181,9 @@ def check_config_text(text: str, path: Path | str) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    owned = provider_sections()
     try:
-        CordonYaml.model_validate(data)
+        CordonYaml.model_validate({k: v for k, v in data.items() if k not in owned})
     except ValidationError as exc:
         lines = _key_lines(text)
         found: list[tuple[int, tuple[str | int, ...], str]] = []

@@ -2,9 +2,8 @@
 
 The registry holds the three built-in providers, each declaring its record sources, actions and
 client factory; the pipeline, the client factory and the action loader ask it. And a ratchet on the
-rest of the core: outside ``cordon/providers/<cloud>/`` (and the sandbox), the modules below still name
-a cloud in their code (not in comments or docstrings) and may not name it more often; any other
-module that starts to is a failure. The redesign is done when :data:`STILL_NAMING_A_CLOUD` is empty.
+rest of the core: outside ``cordon/providers/<cloud>/`` (and the sandbox plug-in) no module names a
+cloud in its code (comments and docstrings may).
 """
 
 from __future__ import annotations
@@ -23,14 +22,9 @@ from cordon.providers import Provider, Source, all_sources, get_provider, provid
 REPO = Path(__file__).resolve().parents[1]
 CLOUD = re.compile(r"(?i)(?<![a-z])(aws|gcp|azure|entra|cloudtrail|guardduty|securityhub)(?![a-z])")
 
-#: module -> how many code tokens still name a cloud (issue 12 leftovers; lower them, never raise them).
-STILL_NAMING_A_CLOUD = {
-    "cordon/audit/ledger.py": 1,  # the redaction's secret field names (aws_secret_access_key)
-    "cordon/config.py": 1,  # the `aws:` section of cordon.yaml
-    "cordon/detections/intake.py": 11,  # envelopes: EventBridge detail-types, the sources their detail holds
-    "cordon/respond.py": 1,  # _same_principal: an assumed-role session ARN matches its role
-    "cordon/slack/blocks.py": 3,  # Azure's tenant as the account; a non-IP source is an AWS service
-}
+#: module -> how many code tokens still name a cloud. Empty since the redesign finished: a module
+#: outside ``cordon/providers/<cloud>/`` (and the sandbox plug-in) that names a cloud is a failure.
+STILL_NAMING_A_CLOUD: dict[str, int] = {}
 
 
 def _code_tokens(path: Path) -> list[tuple[int, str]]:
@@ -84,3 +78,45 @@ def test_no_other_core_module_starts_naming_a_cloud():
              if len(hits) > STILL_NAMING_A_CLOUD[m]}
     assert not grown, f"name a cloud more often than before (now, allowed): {grown}"
     print("still naming a cloud:", {m: len(h) for m, h in found.items()})
+
+
+def _imports(path: Path) -> set[str]:
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module)
+            out.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return out
+
+
+def test_the_sandbox_is_a_plug_in_imported_by_nothing_in_the_core():
+    """The stand-ins reach the core only through the entry points of :mod:`cordon.standins`."""
+    importers = {path.relative_to(REPO).as_posix() for path in (REPO / "cordon").rglob("*.py")
+                 if not path.relative_to(REPO).as_posix().startswith("cordon/sandbox/")
+                 and any(m == "cordon.sandbox" or m.startswith("cordon.sandbox.") for m in _imports(path))}
+    assert not importers, f"core modules importing the sandbox: {sorted(importers)}"
+    assert "moto" not in (REPO / "pyproject.toml").read_text().split("[project.optional-dependencies]")[0]
+
+
+def test_the_stand_ins_are_found_by_entry_point_and_their_clients_are_typed():
+    from cordon.clouds import ClientFactory, Clients
+    from cordon.standins import StandIns, StandInsMissing
+
+    stand_ins = StandIns().check()
+    assert set(stand_ins._registered()) == set(provider_names())
+    with pytest.raises(StandInsMissing, match="no stand-in for provider 'okta'"):
+        stand_ins.for_provider("okta")
+    for name in provider_names():
+        factory = get_provider(name).clients  # the provider's own factory function
+        assert callable(factory)
+    aws = stand_ins.for_provider("aws")
+    try:
+        from cordon.clouds import clients_for
+
+        clients = clients_for("aws", aws.cloud_params())
+        assert isinstance(clients, ClientFactory) and isinstance(clients, Clients)
+        assert clients.own_identity().startswith("arn:aws:") and clients.own_access_key()
+    finally:
+        stand_ins.stop()

@@ -531,7 +531,7 @@ def test_approval_message_links_to_the_ledger_and_the_run(monkeypatch):
     ({"src_ip": "203.0.113.77"}, "documentation range (RFC 5737 / 3849): a sample or test record"),
     ({"src_ip": "10.1.2.3"}, "private network (inside a VPC or on-premises)"),
     ({"src_ip": "8.8.8.8"}, "public internet; the record gives no location"),
-    ({"src_ip": "cloudformation.amazonaws.com"}, "not an IP address (an AWS service or internal caller)"),
+    ({"src_ip": "cloudformation.amazonaws.com"}, "not an IP address (a cloud service or internal caller)"),
     ({}, None),
 ])
 def test_the_place_of_a_source_ip(actor, expected):

@@ -202,14 +202,16 @@ def _norm(key: str) -> str:
 #: ``secret`` (hmacKeys.create), API Keys ``keyString``, OAuth ``access_token``/``refresh_token``
 #: (Slack ``oauth.v2.access``), ``password``, ``client_secret``, HTTP ``Authorization``/``Cookie``.
 SECRET_KEYS = frozenset(_norm(k) for k in (
-    "secretAccessKey", "aws_secret_access_key", "sessionToken", "password", "passwd", "ServicePassword",
+    "secretAccessKey", "sessionToken", "password", "passwd", "ServicePassword",
     "privateKey", "privateKeyData", "private_key_id", "KeyMaterial", "secretText", "secret", "token",
     "access_token", "refresh_token", "id_token", "client_secret", "keyString", "apiKey", "x-api-key",
     "authorization", "proxy-authorization", "cookie", "set-cookie", "signing_secret", "bot_token",
     "accountKey", "primaryKey", "secondaryKey", "sharedAccessKey", "connectionString", "sasToken",
 ))
-#: Suffixes that make a key secret (``dbPassword``, ``slackBotToken``, ``webhookSecret``) ...
-SECRET_SUFFIXES = ("password", "secret", "token", "privatekey", "secretkey", "apikey", "accesskeysecret")
+#: Suffixes that make a key secret (``dbPassword``, ``slackBotToken``, ``webhookSecret``,
+#: ``aws_secret_access_key``) ...
+SECRET_SUFFIXES = ("password", "secret", "token", "privatekey", "secretkey", "apikey", "accesskeysecret",
+                   "secretaccesskey")
 #: ... except these, which are pagination or idempotency handles, not credentials.
 NOT_SECRET_KEYS = frozenset(_norm(k) for k in (
     "NextToken", "nextPageToken", "pageToken", "ContinuationToken", "NextContinuationToken", "paginationToken",

@@ -287,9 +287,6 @@ _PUBSUB_KEYS = ("messageId", "message_id", "publishTime", "publish_time", "attri
 #: Response wrappers of list APIs whose array items are records.
 _LIST_KEYS = ("Records", "Findings", "entries", "listFindingsResults", "records", "value")
 
-#: EventBridge ``detail-type`` values whose ``detail`` is a finding, by kind.
-_EVENTBRIDGE_GUARDDUTY = {"GuardDuty Finding"}
-_EVENTBRIDGE_SECURITYHUB = {"Security Hub Findings - Imported", "Security Hub Findings - Custom Action"}
 _ENVELOPE_KEYS = ("version", "id", "detail-type", "source", "account", "time", "region", "resources")
 
 
@@ -448,25 +445,27 @@ class _Input:
         if not isinstance(detail, dict):
             yield self.reject("detail", f"expected an object{where}, got {_type_name(detail)}", text)
             return
-        if detail_type in _EVENTBRIDGE_SECURITYHUB:
-            findings = detail.get("findings")
-            if not isinstance(findings, list):
-                yield self.reject("detail.findings", f"expected an array{where}, got {_type_name(findings)}", text)
-                return
-            for finding in findings:
-                yield self.leaf(finding, None, line, envelope, expect="securityhub")
-        elif detail_type in _EVENTBRIDGE_GUARDDUTY:
-            yield self.leaf(detail, None, line, envelope, expect="guardduty")
-        elif detail_type.endswith("via CloudTrail"):
-            yield self.leaf(detail, None, line, envelope, expect="cloudtrail")
-        else:
+        from cordon.providers import event_envelopes
+
+        known = event_envelopes()
+        envelope_of = next((e for e in known if e.matches(detail_type)), None)
+        if envelope_of is None:
             yield self.reject(
                 "detail-type",
-                f"unsupported EventBridge detail-type {detail_type!r}{where}; "
-                "expected 'AWS API Call via CloudTrail' (or another '... via CloudTrail'), "
-                "'GuardDuty Finding' or 'Security Hub Findings - Imported'",
+                f"unsupported EventBridge detail-type {detail_type!r}{where}; expected "
+                + ", ".join(e.example for e in known),
                 text,
             )
+        elif envelope_of.records is None:
+            yield self.leaf(detail, None, line, envelope, expect=envelope_of.kind)
+        else:
+            records = detail.get(envelope_of.records)
+            if not isinstance(records, list):
+                yield self.reject(f"detail.{envelope_of.records}", f"expected an array{where}, got "
+                                  f"{_type_name(records)}", text)
+                return
+            for record in records:
+                yield self.leaf(record, None, line, envelope, expect=envelope_of.kind)
 
     def leaf(
         self,

@@ -73,6 +73,33 @@ class Source:
         return self.sigma is None and self.evaluated
 
 
+@dataclass(frozen=True)
+class EventEnvelope:
+    """An event-bus envelope a provider's records arrive in: an object with ``detail-type`` and
+    ``detail`` (the EventBridge event structure,
+    https://docs.aws.amazon.com/eventbridge/latest/ref/overiew-event-structure.html) whose
+    ``detail-type`` says what ``detail`` holds.
+
+    ``detail_type``: the exact value, or ``"*suffix"`` for every value ending in ``suffix``;
+    ``kind``: the :class:`Source` kind of the records; ``records``: the key of ``detail`` holding an
+    array of records (``None``: ``detail`` is the record)."""
+
+    detail_type: str
+    kind: str
+    records: str | None = None
+
+    def matches(self, detail_type: str) -> bool:
+        """Whether ``detail_type`` is this envelope's."""
+        if self.detail_type.startswith("*"):
+            return detail_type.endswith(self.detail_type[1:])
+        return detail_type == self.detail_type
+
+    @property
+    def example(self) -> str:
+        """The ``detail-type`` as a person would quote it (``'... via CloudTrail'``)."""
+        return f"'...{self.detail_type[1:]}'" if self.detail_type.startswith("*") else f"'{self.detail_type}'"
+
+
 class Provider:
     """Base class of a cloud provider package (see the module docstring for what it declares)."""
 
@@ -98,6 +125,14 @@ class Provider:
     #: ``detection.rule.type`` values of its findings (besides ``sigma``)
     rule_types: ClassVar[tuple[str, ...]] = ()
     ocsf_account: ClassVar[tuple[int, str] | None] = None
+    #: event-bus envelopes whose ``detail`` holds this provider's records
+    event_envelopes: ClassVar[tuple[EventEnvelope, ...]] = ()
+    #: the label under which ``detection.account_uid`` is shown among a case's identifiers (Entra:
+    #: ``tenant``); ``None``: it is an account or project, shown beside the region
+    account_label: ClassVar[str | None] = None
+    #: whether ``cordon.yaml`` may hold a top-level section named after the provider (``aws:``),
+    #: checked by :meth:`check_config`, not by the core schema
+    config_section: ClassVar[bool] = False
 
     @property
     def sources(self) -> tuple[Source, ...]:
@@ -105,7 +140,8 @@ class Provider:
         return ()
 
     def clients(self, cloud: dict[str, Any]) -> Callable[..., Any]:
-        """A client factory ``clients(service, ...)`` for ``cloud`` (the provider's parameters)."""
+        """A client factory for ``cloud`` (the provider's parameters): a
+        :class:`cordon.clouds.Clients` (``clients(service, ...)`` plus Cordon's own identity)."""
         raise NotImplementedError
 
     def guard(self, detection: Any, clients: Callable[..., Any], me: str | None) -> str | None:
@@ -113,6 +149,11 @@ class Provider:
         identity there: ``me``, or ``None`` when it could not be read), beyond the core guard
         (:func:`cordon.respond.guard`); ``None`` to allow."""
         return None
+
+    def same_principal(self, a: str, b: str) -> bool:
+        """Whether two different uids name one principal by this provider's rules (called only
+        when they differ ignoring case); default ``False``."""
+        return False
 
     def check_config(self, config: Any) -> str | None:
         """Check this provider's section of ``cordon.yaml`` (``config``: a
@@ -242,6 +283,11 @@ def classify_record(record: dict[str, Any]) -> str | None:
         if claims is not None and claims(record):
             return None
     return None
+
+
+def event_envelopes() -> tuple[EventEnvelope, ...]:
+    """Every registered provider's :attr:`Provider.event_envelopes`, in registration order."""
+    return tuple(e for p in providers().values() for e in p.event_envelopes)
 
 
 def shapes() -> list[str]:

@@ -135,8 +135,8 @@ def _id_line(det: Mapping[str, Any]) -> str | None:
         pairs.append(("credential", cred["uid"]))
     if attrs.get("appId"):
         pairs.append(("appId", attrs["appId"]))
-    if det.get("provider") == "azure" and det.get("account_uid"):
-        pairs.append(("tenant", det["account_uid"]))
+    if _account_label(det) and det.get("account_uid"):
+        pairs.append((_account_label(det), det["account_uid"]))
     seen: set[str] = set()
     out = []
     for label, value in pairs:
@@ -333,11 +333,23 @@ _DOCUMENTATION_NETS = tuple(ipaddress.ip_network(n) for n in
                             ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32"))
 
 
+def _account_label(det: Mapping[str, Any]) -> str | None:
+    """The label under which the detection's provider shows ``account_uid`` among the identifiers
+    (``tenant`` for Entra ID), or ``None`` when it is an account shown beside the region
+    (:attr:`cordon.providers.Provider.account_label`)."""
+    from cordon.providers import get_provider
+
+    try:
+        return get_provider(str(det.get("provider"))).account_label
+    except ValueError:
+        return None
+
+
 def place_of(actor: Mapping[str, Any]) -> str | None:
     """Where the actor's source IP is, for a human: the record's own location (``src_location``:
     city, region, country, ISP), else what the address itself says (documentation range, private,
-    loopback, public with no location in the record, or not an IP at all, as CloudTrail's
-    ``sourceIPAddress`` is for a call an AWS service made). ``None`` without a source IP."""
+    loopback, public with no location in the record, or not an IP at all, as the source of a call
+    a cloud service made on a principal's behalf often is). ``None`` without a source IP."""
     loc = actor.get("src_location") if isinstance(actor.get("src_location"), Mapping) else {}
     parts = [str(loc[k]) for k in ("city", "region") if loc.get(k)]
     if loc.get("country"):
@@ -350,7 +362,7 @@ def place_of(actor: Mapping[str, Any]) -> str | None:
     try:
         addr = ipaddress.ip_address(str(ip))
     except ValueError:
-        return "not an IP address (an AWS service or internal caller)"
+        return "not an IP address (a cloud service or internal caller)"
     if any(addr in net for net in _DOCUMENTATION_NETS):
         return "documentation range (RFC 5737 / 3849): a sample or test record"
     if addr.is_loopback:
@@ -458,7 +470,7 @@ def approval_blocks(
             ("Rule", rule_text),
             (
                 "Account / region",
-                " / ".join(escape(x) for x in (None if det.get("provider") == "azure" else det.get("account_uid"),
+                " / ".join(escape(x) for x in (None if _account_label(det) else det.get("account_uid"),
                                              det.get("region")) if x) or None,
             ),
             ("Time", slack_date(det.get("time"))),

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from cordon.providers import Provider, Source
+from cordon.providers import EventEnvelope, Provider, Source
 
 
 class AwsProvider(Provider):
@@ -24,6 +24,14 @@ class AwsProvider(Provider):
     grants_module = "cordon.providers.aws.grants"
     shapes_module = "cordon.providers.aws.shapes"
     renderers_module = "cordon.providers.aws.render"
+    #: EventBridge: findings and CloudTrail events delivered as events
+    #: (https://docs.aws.amazon.com/guardduty/latest/ug/monitor-with-eventbridge.html ,
+    #: https://docs.aws.amazon.com/securityhub/latest/userguide/securityhub-cwe-event-formats.html)
+    event_envelopes = (EventEnvelope("Security Hub Findings - Imported", "securityhub", records="findings"),
+                       EventEnvelope("Security Hub Findings - Custom Action", "securityhub", records="findings"),
+                       EventEnvelope("GuardDuty Finding", "guardduty"),
+                       EventEnvelope("*via CloudTrail", "cloudtrail"))
+    config_section = True  # aws: accounts and member roles (cordon.providers.aws.accounts)
     classify_order = 10
     clients_per_account = True
     ocsf_account = (10, "AWS Account")
@@ -78,6 +86,13 @@ class AwsProvider(Provider):
                 return "the credential is the access key Cordon signs with"
         return None
 
+    def same_principal(self, a: str, b: str) -> bool:
+        """An assumed-role session ARN (``arn:aws:sts::1:assumed-role/R/session``) names its role
+        (``arn:aws:iam::1:role/R``)."""
+        if not a.startswith("arn:") or not b.startswith("arn:"):
+            return False
+        return _role_of(a) == _role_of(b)
+
     def check_config(self, config: Any) -> str | None:
         """The ``aws:`` section (:func:`cordon.providers.aws.accounts.aws_accounts`: member accounts and
         roles); raises its ``AwsAccountsError`` naming ``aws.<field>``."""
@@ -106,6 +121,15 @@ class AwsProvider(Provider):
         from cordon.providers.aws.clients import aws_clients
 
         return aws_clients(cloud)
+
+
+def _role_of(arn: str) -> str:
+    """An assumed-role session ARN as its role's ARN; any other ARN as it is."""
+    if ":assumed-role/" in arn:
+        account = arn.split(":")[4]
+        role = arn.split(":assumed-role/")[1].split("/")[0]
+        return f"arn:aws:iam::{account}:role/{role}"
+    return arn
 
 
 def arn_account(arn: str | None) -> str | None:

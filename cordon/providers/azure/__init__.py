@@ -25,6 +25,7 @@ class AzureProvider(Provider):
     shapes_module = "cordon.providers.azure.shapes"
     renderers_module = "cordon.providers.azure.render"
     classify_order = 30
+    account_label = "tenant"  # detection.account_uid is the Entra tenant id
 
     detection_sources = ("entra", "azure_activity")
     rule_types = ("entra",)
