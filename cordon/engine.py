@@ -29,8 +29,24 @@ from cordon.detections.model import Detection
 from cordon.detections.pipeline import DetectStats, detect
 from cordon.playbooks.schema import Playbook, load_playbooks, route
 from cordon.recovery import DEPLOYMENT, IN_PROCESS, RunCheck, check_case, claim_attempt, idempotency_key, process_ref
+from cordon.respond import CaseSummary
 from cordon.sigma import RuleSet
 from cordon.standins import as_stand_ins
+
+#: Entry point group of the flows the core runs by name (the ``respond`` flow): the core finds them
+#: there rather than importing the layer above it (``cordon/flows``).
+FLOWS_GROUP = "cordon.flows"
+
+
+def respond_flow() -> Any:
+    """The ``respond`` flow (:func:`cordon.flows.respond.respond`), found by entry point
+    (:data:`FLOWS_GROUP`). Raises ``LookupError`` when the installed distribution registers none."""
+    from importlib.metadata import entry_points
+
+    found = [ep for ep in entry_points(group=FLOWS_GROUP) if ep.name == "respond"]
+    if not found:
+        raise LookupError(f"no 'respond' flow registered (entry point group '{FLOWS_GROUP}'): reinstall Cordon")
+    return found[0].load()
 
 
 class SandboxCaseError(ValueError):
@@ -212,8 +228,7 @@ class Responder:
             return {**self.summary_without_run(ticket), "status": "claimed_elsewhere"}
         from prefect import tags
 
-        from cordon.flows.respond import respond
-
+        respond = respond_flow()
         try:
             with tags(*run_tags(ticket)):
                 return respond(case_id=ticket.case_id, playbook=ticket.playbook.name, approval=approval,
@@ -314,10 +329,9 @@ class Responder:
         current = self.ledger.case(ticket.case_id) or {}
         if current.get("flow_run_id") != str(fr.id):  # a new run (not the same one submitted again)
             self.ledger.set_case(ticket.case_id, flow_run_id=str(fr.id), status="submitted")
-        return {"case_id": ticket.case_id, "playbook": ticket.playbook.name, "flow_run_id": str(fr.id),
-                "detection": ticket.detection.summary(), "approval": {"decision": "pending", "approver": None},
-                "actions": [], "verified": None, "attempt": ticket.attempt,
-                "status": "awaiting_approval" if approval == "slack" else "submitted"}
+        return CaseSummary.opened(ticket.case_id, ticket.playbook.name, ticket.detection, flow_run_id=str(fr.id),
+                                  approval={"decision": "pending", "approver": None}, attempt=ticket.attempt,
+                                  status="awaiting_approval" if approval == "slack" else "submitted").out()
 
     def recover_stranded(self, *, where: str = DEPLOYMENT, modes: Iterable[str] = ("slack", "auto"),
                          stand_ins: Any = None, cloud: dict[str, Any] | None = None,
@@ -408,7 +422,6 @@ class Responder:
     def summary_without_run(ticket: CaseTicket) -> dict[str, Any]:
         """The summary of a case that gets no run here (no playbook matched, or joined a case
         that is closed or whose run is live)."""
-        return {"case_id": ticket.case_id, "playbook": ticket.playbook.name if ticket.playbook else None,
-                "detection": ticket.detection.summary(), "approval": {"decision": None, "approver": None},
-                "actions": [], "verified": None,
-                "status": "no_playbook" if ticket.playbook is None else "joined_open_case"}
+        return CaseSummary.opened(ticket.case_id, ticket.playbook.name if ticket.playbook else None,
+                                  ticket.detection,
+                                  status="no_playbook" if ticket.playbook is None else "joined_open_case").out()

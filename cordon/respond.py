@@ -7,7 +7,8 @@ The flow orders these steps, waits and retries; everything here is testable with
   parameters do not name the detection's exact credential;
 * :func:`build_plan`: render every containment step and read the current state to list the exact
   API calls it would make, hashed so an approval is bound to this plan and no other;
-* :func:`contain`, :func:`verify`, :func:`rollback_results`.
+* :func:`contain`, :func:`verify`, :func:`rollback_results`;
+* :class:`CaseSummary`: what a run says about its case at the end, built here and nowhere else.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import hashlib
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from cordon.action import ActionContext, ActionResult, ContainmentAction, EnrichmentAction, get_action
 from cordon.config import Config
@@ -46,6 +47,53 @@ class Plan(BaseModel):
     playbook: str
     steps: list[PlanStep]
     hash: str
+
+
+class CaseSummary(BaseModel):
+    """What Cordon says about a case once a run (or the lack of one) is over: the line
+    ``cordon respond --output json`` prints, the flow run's result, the Slack message's source.
+
+    ``status``: ``contained`` | ``not_verified`` | ``failed`` | ``denied`` | ``expired`` | ``refused``
+    | ``no_containment`` | ``awaiting_approval`` | ``submitted`` | ``submit_failed`` | ``error`` |
+    ``stranded`` | ``claimed_elsewhere`` | ``no_playbook`` | ``joined_open_case``; ``detection`` is
+    :meth:`cordon.detections.model.Detection.summary`; ``approval`` ``{decision, approver, ...}``;
+    ``plan`` ``{hash, steps: [{action, target, calls}]}`` once planned. Other keys a step adds
+    (``guard``, ``verification``, ``rollback``, ``attempt``, ``error``) are kept (``extra="allow"``).
+    Build one with :meth:`opened`; :meth:`out` is the JSON-ready dict."""
+
+    model_config = ConfigDict(extra="allow")
+
+    case_id: str
+    playbook: str | None
+    flow_run_id: str | None = None
+    detection: dict[str, Any]
+    enrichment: dict[str, Any] | None = None
+    approval: dict[str, Any] = Field(default_factory=lambda: {"decision": None, "approver": None})
+    actions: list[dict[str, Any]] = Field(default_factory=list)
+    verified: bool | None = None
+    plan: dict[str, Any] | None = None
+    status: str | None = None
+
+    @classmethod
+    def opened(cls, case_id: str, playbook: str | None, detection: Detection, **fields: Any) -> CaseSummary:
+        """The summary of ``case_id`` before anything happened to it; ``fields`` set the rest
+        (``status``, ``flow_run_id``, ``approval``, ``attempt``, ...)."""
+        return cls(case_id=case_id, playbook=playbook, detection=detection.summary(), **fields)
+
+    def with_plan(self, plan: Plan) -> CaseSummary:
+        """The summary showing ``plan`` (hash and each step's action, target and API calls)."""
+        self.plan = {"hash": plan.hash, "steps": [{"action": s.action, "target": s.target, "calls": s.describe}
+                                                   for s in plan.steps]}
+        return self
+
+    def out(self) -> dict[str, Any]:
+        """The summary as a JSON-ready dict (``None``-valued optional keys of a run left out:
+        ``enrichment`` and ``plan`` appear once the run reached them)."""
+        data = self.model_dump(mode="json")
+        for key in ("enrichment", "plan", "flow_run_id"):
+            if data.get(key) is None and key not in self.model_fields_set:
+                data.pop(key, None)
+        return data
 
 
 class GuardOutcome(BaseModel):

@@ -120,3 +120,46 @@ def test_the_stand_ins_are_found_by_entry_point_and_their_clients_are_typed():
         assert clients.own_identity().startswith("arn:aws:") and clients.own_access_key()
     finally:
         stand_ins.stop()
+
+
+def _runtime_imports(path: Path) -> set[str]:
+    """Modules ``path`` imports when it runs (module level or inside functions), without the
+    ``if TYPE_CHECKING:`` blocks (annotations only)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    typing_only: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            typing_only.update(id(n) for child in node.body for n in ast.walk(child))
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+            out.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return out
+
+
+def _module_graph() -> dict[str, set[str]]:
+    paths = {".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): p
+             for p in (REPO / "cordon").rglob("*.py")}
+    return {m: {x for x in _runtime_imports(p) if x in paths and x != m} for m, p in paths.items()}
+
+
+def test_no_import_cycles_and_nothing_in_the_core_climbs_up_to_the_flows():
+    graph = _module_graph()
+    # a cycle is a module that reaches itself (Tarjan would name them all; one witness is enough)
+    for start in graph:
+        seen, todo = set(), list(graph[start])
+        while todo:
+            mod = todo.pop()
+            assert mod != start, f"import cycle through {start}"
+            if mod not in seen:
+                seen.add(mod)
+                todo.extend(graph[mod])
+    top = ("cordon.cli", "cordon.flows", "cordon.sandbox")  # the layers above the core, and the plug-in
+    climbing = {m: sorted(x for x in deps if x.startswith("cordon.flows"))
+                for m, deps in graph.items() if not m.startswith(top)}
+    assert not {m: d for m, d in climbing.items() if d}, "core modules importing cordon.flows"

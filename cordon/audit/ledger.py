@@ -60,7 +60,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-from cordon.audit import migrations as _migrations
+import cordon.audit.migrations as _migrations
 from cordon.audit.checkpoint import (
     Checkpoint,
     Keyring,

@@ -22,7 +22,6 @@ runs, and only a suspended run survives a worker restart).
 
 
 import functools
-import getpass
 import os
 import sys
 from typing import Any, Literal
@@ -32,12 +31,13 @@ from prefect.flow_runs import suspend_flow_run
 from prefect.input import RunInput
 from prefect.runtime import flow_run
 
+from cordon.approvals.gate import proceeds
 from cordon.audit.ledger import Ledger, default_database_url, redact
 from cordon.clouds import clients_for
 from cordon.config import load_config
 from cordon.detections.model import Detection
 from cordon.playbooks.schema import load_playbooks
-from cordon.respond import PlanStep, build_plan, enrich, guard, outcome_status, run_step, verify_step
+from cordon.respond import CaseSummary, Plan, PlanStep, build_plan, enrich, guard, outcome_status, run_step, verify_step
 
 ApprovalMode = Literal["console", "auto", "slack"]
 
@@ -169,7 +169,7 @@ def guard_task(case_id: str, playbook: str, cloud: dict[str, Any], enrichment: d
 
 
 @task(name="plan", task_run_name="plan {case_id}", persist_result=True)
-def plan_task(case_id: str, playbook: str, cloud: dict[str, Any], enrichment: dict[str, Any]) -> dict[str, Any]:
+def plan_task(case_id: str, playbook: str, cloud: dict[str, Any], enrichment: dict[str, Any]) -> Plan:
     """Dry-run every containment step into the exact plan, and bind the case to its hash."""
     _, pb = _playbook(playbook)
     detection = _detection(case_id)
@@ -178,57 +178,27 @@ def plan_task(case_id: str, playbook: str, cloud: dict[str, Any], enrichment: di
     ledger().append("plan.created", plan.model_dump(), case_id=case_id, run_id=_run_id(), actor="cordon")
     _log("plan %s: %d containment step(s): %s", plan.hash[:12], len(plan.steps),
          "; ".join(f"{st.action} on {st.target}" for st in plan.steps) or "none")
-    return plan.model_dump()
+    return plan
 
 
-@task(name="approve", task_run_name="approve {case_id} ({mode})", persist_result=True)
-def decide_locally(case_id: str, plan: dict[str, Any], mode: str, required: bool) -> dict[str, Any]:
-    """Approval without Slack: ``auto`` approves and says so; ``console`` asks at the terminal."""
-    run_id = _run_id()
-    if not required:
-        decision = {"decision": "approve", "approver": "policy: approval not required", "plan_hash": plan["hash"]}
-        ledger().append("approval.not_required", decision, case_id=case_id, run_id=run_id, actor="cordon")
-        return decision
-    ledger().append("approval.asked", {"mode": mode, "plan_hash": plan["hash"]}, case_id=case_id, run_id=run_id,
-                    actor="cordon")
-    if mode == "auto":
-        decision = {"decision": "approve", "approver": "auto (--approve auto)", "plan_hash": plan["hash"]}
-    else:
-        from cordon.approvals.console import ask
+@task(name="ask", task_run_name="ask {case_id} ({mode})", persist_result=True)
+def ask_task(case_id: str, playbook: str, enrichment: dict[str, Any], plan: Plan, mode: str,
+             slack: dict[str, Any]) -> dict[str, Any]:
+    """Ask the approval channel for ``mode`` (:func:`cordon.approvals.channels.channel_for`: the
+    playbook's policy may require no decision; ``auto``, ``console`` decide now; ``slack`` posts the
+    request once and the run then waits). Returns :meth:`cordon.approvals.channels.Asked.as_dict`."""
+    from cordon.approvals.channels import AskContext, channel_for
 
-        answer = ask(plan)
-        decision = {"decision": "approve" if answer else "deny", "approver": f"console:{getpass.getuser()}",
-                    "plan_hash": plan["hash"]}
-    kind = "approval.given" if decision["decision"] == "approve" else "approval.refused"
-    ledger().append(kind, decision, case_id=case_id, run_id=run_id, actor=decision["approver"])
-    _log("%s by %s", "approved" if decision["decision"] == "approve" else "denied", decision["approver"])
-    return decision
-
-
-@task(name="ask in Slack", task_run_name="ask in Slack {case_id}", persist_result=True)
-def ask_slack(case_id: str, playbook: str, enrichment: dict[str, Any], plan: dict[str, Any], slack: dict[str, Any],
-              expire_seconds: int) -> dict[str, Any]:
-    """Post the approval request (Block Kit) to Slack once, through the outbox; returns
-    ``{channel, ts, where, quorum, asked_at, expires_at}``. The ``approval.asked`` record carries
-    what the decider and the sweeper need (:func:`cordon.approvals.decide.post_request`).
-    ``expire_seconds`` is the playbook's ``expire_after`` (kept as a parameter: part of the task's
-    cache key)."""
-    from cordon import slack as slack_approval
-    from cordon.approvals.decide import post_request
-
-    run_id = _run_id()
-    if not run_id:
-        raise RuntimeError("Slack approval needs a flow run ID (run the flow as a deployment: cordon worker)")
     config, pb = _playbook(playbook)
-    record = post_request(ledger(), slack_approval.web_client(slack), config=config, playbook=pb, case_id=case_id,
-                          run_id=run_id, detection=_detection(case_id), enrichment=enrichment, plan=plan,
-                          channel=slack["channel"])
-    _log("approval requested in Slack channel %s; waiting until %s", slack["channel"], record.get("expires_at"))
-    return {k: record[k] for k in ("channel", "ts", "where", "quorum", "asked_at", "expires_at")}
+    ctx = AskContext(ledger=ledger(), case_id=case_id, run_id=_run_id(), plan=plan, playbook=pb, config=config,
+                     detection=_detection(case_id), enrichment=enrichment, slack=slack)
+    asked = channel_for(mode, pb.approval.required).request(ctx)
+    _log("%s", asked.said)
+    return asked.as_dict()
 
 
 @task(name="record decision", task_run_name="record decision {case_id}", persist_result=True)
-def record_decision(case_id: str, plan: dict[str, Any], decision: dict[str, Any],
+def record_decision(case_id: str, plan: Plan, decision: dict[str, Any],
                     on_expiry: str = "deny") -> dict[str, Any]:
     """Record the Slack decision; a decision for another plan counts as a refusal. The ledger
     wins over the run input: the decision recorded is the ledger's settling claim for this run and
@@ -238,11 +208,11 @@ def record_decision(case_id: str, plan: dict[str, Any], decision: dict[str, Any]
     from the playbook, not from the run input); the decision then says ``proceed: true``."""
     from cordon.approvals.gate import ledger_decision
 
-    decision = ledger_decision(list(ledger().records(case_id=case_id)), _run_id(), plan["hash"], decision)
+    decision = ledger_decision(list(ledger().records(case_id=case_id)), _run_id(), plan.hash, decision)
     if decision["decision"] == "deny" and not decision.get("reason"):
         reason = _deny_reason(case_id, decision.get("ledger_seq"))
         decision = {**decision, "reason": reason} if reason else decision
-    if decision.get("plan_hash") != plan["hash"]:
+    if decision.get("plan_hash") != plan.hash:
         decision = {**decision, "decision": "deny", "reason": "decision was for another plan"}
     if decision["decision"] == "expired":
         decision = {**decision, "on_expiry": on_expiry, "proceed": on_expiry == "contain"}
@@ -294,13 +264,13 @@ def _interrupted(case_id: str, action: str, target: str) -> dict[str, Any] | Non
     return {"seq": open_start.seq, "run_id": open_start.run_id, "attempt": open_start.payload.get("attempt")}
 
 
-@task(name="contain", task_run_name="contain {step[action]} {step[target]}", persist_result=True)
-def contain_task(case_id: str, step: dict[str, Any], cloud: dict[str, Any], attempt: int = 1) -> dict[str, Any]:
+@task(name="contain", task_run_name="contain {step.action} {step.target}", persist_result=True)
+def contain_task(case_id: str, step: PlanStep, cloud: dict[str, Any], attempt: int = 1) -> dict[str, Any]:
     """Run one containment step (idempotent) and record before and after. ``step.started`` is
     written first (write-ahead): a run killed during the call leaves it without a result, and the
     re-run's ``action.already_contained`` (or ``action.contained``) then carries
     ``interrupted: {seq, run_id, attempt}`` naming the attempt that may have made the call."""
-    plan_step = PlanStep.model_validate(step)
+    plan_step = step
     detection = _detection(case_id)
     earlier = _interrupted(case_id, plan_step.action, plan_step.target)
     ledger().append("step.started", {"name": plan_step.action, "target": plan_step.target, "attempt": attempt,
@@ -313,14 +283,14 @@ def contain_task(case_id: str, step: dict[str, Any], cloud: dict[str, Any], atte
     return result
 
 
-@task(name="verify", task_run_name="verify {step[action]} {step[target]}", persist_result=True)
-def verify_task(case_id: str, step: dict[str, Any], cloud: dict[str, Any]) -> dict[str, Any]:
+@task(name="verify", task_run_name="verify {step.action} {step.target}", persist_result=True)
+def verify_task(case_id: str, step: PlanStep, cloud: dict[str, Any]) -> dict[str, Any]:
     """Read the state again and record whether containment held."""
     detection = _detection(case_id)
-    outcome = redact(verify_step(PlanStep.model_validate(step), detection, _clients(detection, cloud)))
+    outcome = redact(verify_step(step, detection, _clients(detection, cloud)))
     ledger().append("verify.held" if outcome["held"] else "verify.failed", outcome, case_id=case_id,
                     run_id=_run_id(), actor="cordon")
-    _log("verify %s on %s: %s", step["action"], step["target"], "held" if outcome["held"] else "DID NOT HOLD")
+    _log("verify %s on %s: %s", step.action, step.target, "held" if outcome["held"] else "DID NOT HOLD")
     return outcome
 
 
@@ -341,13 +311,14 @@ def _rollbackable(results: list[dict[str, Any]]) -> bool:
 
 
 @task(name="finish", task_run_name="finish {case_id}", persist_result=True)
-def finish(case_id: str, summary: dict[str, Any]) -> dict[str, Any]:
+def finish(case_id: str, summary: CaseSummary) -> dict[str, Any]:
     """Close the run: case status, a ``case.closed`` record with the outcome, and the case's
-    timeline as a Markdown artifact on the run (key ``cordon-timeline-<case>``) for the Prefect UI."""
-    ledger().set_case(case_id, status=summary["status"])
-    _log("case %s closed: %s", case_id, summary["status"])
-    ledger().append("case.closed", {"status": summary["status"], "verified": summary["verified"],
-                                    "approval": summary["approval"]}, case_id=case_id, run_id=_run_id(),
+    timeline as a Markdown artifact on the run (key ``cordon-timeline-<case>``) for the Prefect UI.
+    Returns the summary as printed (:meth:`cordon.respond.CaseSummary.out`)."""
+    ledger().set_case(case_id, status=summary.status)
+    _log("case %s closed: %s", case_id, summary.status)
+    ledger().append("case.closed", {"status": summary.status, "verified": summary.verified,
+                                    "approval": summary.approval}, case_id=case_id, run_id=_run_id(),
                     actor="cordon")
     from prefect.artifacts import create_markdown_artifact
 
@@ -360,7 +331,7 @@ def finish(case_id: str, summary: dict[str, Any]) -> dict[str, Any]:
         from prefect.logging import get_run_logger
 
         get_run_logger().warning("could not attach the timeline artifact for %s: %s", case_id, exc)
-    return summary
+    return summary.out()
 
 
 def record_failure(flow, flow_run, state) -> None:
@@ -398,76 +369,69 @@ def respond(case_id: str, playbook: str, approval: ApprovalMode = "console", clo
     _note_process(case_id, attempt)
     run_id = start(case_id, playbook, approval)
     enrichment = enrich_task(case_id, playbook, cloud)
-    summary: dict[str, Any] = {"case_id": case_id, "playbook": playbook, "flow_run_id": run_id,
-                               "detection": detection.summary(), "enrichment": enrichment,
-                               "approval": {"decision": None, "approver": None}, "actions": [],
-                               "verified": None, "plan": None}
+    summary = CaseSummary.opened(case_id, playbook, detection, flow_run_id=run_id, enrichment=enrichment, plan=None)
     outcome = guard_task(case_id, playbook, cloud, enrichment)
     if not outcome["ok"]:
-        summary.update(status="refused", guard=outcome)
+        summary.status, summary.guard = "refused", outcome
         return finish(case_id, summary)
     plan = plan_task(case_id, playbook, cloud, enrichment)
-    summary["plan"] = {"hash": plan["hash"], "steps": [{"action": s["action"], "target": s["target"],
-                                                         "calls": s["describe"]} for s in plan["steps"]]}
-    if not plan["steps"]:
-        summary.update(status="no_containment", verified=None)
+    summary.with_plan(plan)
+    if not plan.steps:
+        summary.status = "no_containment"
         return finish(case_id, summary)
 
     where = None
-    if approval == "slack" and pb.approval.required:
+    asked = ask_task(case_id, playbook, enrichment, plan, approval, slack or {})
+    if asked["decision"] is None:  # the request is out: wait for the decision (a click resumes the run)
         from cordon.approvals.policy import load_settings
 
-        asked = ask_slack(case_id, playbook, enrichment, plan, slack or {}, pb.approval.expire_seconds)
-        where = asked.get("where") or {"channel": asked["channel"], "ts": asked["ts"]}
+        where = asked["where"]
         # Longer than expire_after: the sweeper (cordon/flows/sweeper.py) expires the request first and
         # resumes the run with "expired"; Prefect's own timeout would only fail the run.
         grace = load_settings(load_config()).grace_seconds
-        given = suspend_flow_run(wait_for_input=ApprovalInput, key=f"approval-{plan['hash'][:16]}",
+        given = suspend_flow_run(wait_for_input=ApprovalInput, key=f"approval-{plan.hash[:16]}",
                                  timeout=pb.approval.expire_seconds + grace)
         decision = record_decision(case_id, plan, given.model_dump(mode="json", exclude={"metadata"}),
                                    pb.approval.on_expiry)
     else:
-        decision = decide_locally(case_id, plan, "auto" if approval == "slack" else approval, pb.approval.required)
-    summary["approval"] = {k: decision.get(k) for k in ("decision", "approver", "approvers", "quorum", "decided_at",
-                                                        "reason")
-                           if k in ("decision", "approver") or decision.get(k)}
-    proceed = decision["decision"] == "approve" or (decision["decision"] == "expired" and decision.get("proceed"))
-    if not proceed:
-        summary.update(status="denied" if decision["decision"] == "deny" else "expired")
+        decision = asked["decision"]
+    summary.approval = {k: decision.get(k) for k in ("decision", "approver", "approvers", "quorum", "decided_at",
+                                                     "reason")
+                        if k in ("decision", "approver") or decision.get(k)}
+    if not proceeds(decision):
+        summary.status = "denied" if decision["decision"] == "deny" else "expired"
         if where:
-            update_slack(slack or {}, where, summary, progress.not_proceeding(decision))
+            update_slack(slack or {}, where, summary.out(), progress.not_proceeding(decision))
         return finish(case_id, summary)
 
     if where:
         # a Deny recorded before containment starts wins over the approval (cordon/approvals/gate.py)
-        gate = gate_task(case_id, plan["hash"])
+        gate = gate_task(case_id, plan.hash)
         if gate["outcome"] == "denied":
             reason = _deny_reason(case_id, gate.get("deny_seq"))
-            summary["approval"] = {"decision": "deny", "approver": gate["denied_by"],
-                                   "decided_at": gate["decided_at"], "cancelled": summary["approval"],
-                                   **({"reason": reason} if reason else {})}
-            summary.update(status="denied")
-            update_slack(slack or {}, where, summary, progress.cancelled(gate["denied_by"], reason))
+            summary.approval = {"decision": "deny", "approver": gate["denied_by"], "decided_at": gate["decided_at"],
+                                "cancelled": summary.approval, **({"reason": reason} if reason else {})}
+            summary.status = "denied"
+            update_slack(slack or {}, where, summary.out(), progress.cancelled(gate["denied_by"], reason))
             return finish(case_id, summary)
-        update_slack(slack or {}, where, {**summary, "status": "containing"}, progress.proceeding(decision))
+        update_slack(slack or {}, where, {**summary.out(), "status": "containing"}, progress.proceeding(decision))
     results = []
-    for step in plan["steps"]:
+    for step in plan.steps:
         r = contain_task(case_id, step, cloud, attempt)
         results.append(r)
         if where:
-            summary["actions"] = [{k: x.get(k) for k in ("name", "target", "status", "error")} for x in results]
-            update_slack(slack or {}, where, {**summary, "status": "containing"}, progress.step_line(r))
-    summary["actions"] = [{k: r.get(k) for k in ("name", "target", "status", "before", "after", "error", "calls")}
-                          for r in results]
-    checks = [verify_task(case_id, step, cloud) for step in plan["steps"]]
-    summary["verification"] = checks
-    summary["verified"] = all(c["held"] for c in checks)
-    summary["status"] = outcome_status(results, checks)
+            summary.actions = [{k: x.get(k) for k in ("name", "target", "status", "error")} for x in results]
+            update_slack(slack or {}, where, {**summary.out(), "status": "containing"}, progress.step_line(r))
+    summary.actions = [{k: r.get(k) for k in ("name", "target", "status", "before", "after", "error", "calls")}
+                       for r in results]
+    checks = [verify_task(case_id, step, cloud) for step in plan.steps]
+    summary.verification = checks
+    summary.verified = all(c["held"] for c in checks)
+    summary.status = outcome_status(results, checks)
     if where:
-        update_slack(slack or {}, where, {**summary, "rollback": _rollbackable(results)},
-                     progress.outcome(summary["status"], results, checks))
+        update_slack(slack or {}, where, {**summary.out(), "rollback": _rollbackable(results)},
+                     progress.outcome(summary.status, results, checks))
     return finish(case_id, summary)
-
 
 def serve(name: str = "respond", sweeper_interval: int | None = None) -> None:  # pragma: no cover - durability test
     """Serve the respond flow as the ``respond/<name>`` deployment (``cordon worker``); with
