@@ -1,0 +1,76 @@
+"""Approval channels behind one interface (issue 12, item 4): ``channel_for(mode, required)`` picks
+the channel, each writes its own ledger records, and only Slack leaves the run waiting. The flow's
+end-to-end behaviour on each channel is covered by the e2e, Slack and durability tests; these pin
+the interface on a real ledger and a real playbook."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cordon.approvals.channels import CHANNELS, AskContext, Asked, Auto, Console, NotRequired, Slack, channel_for
+from cordon.approvals.console import NoTerminalError
+from cordon.audit.ledger import Ledger
+from cordon.config import load_config
+from cordon.playbooks.schema import load_playbooks
+from cordon.respond import Plan, PlanStep
+from tests.conftest import detection_from_event
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _ctx(tmp_path, run_id: str | None = "run-1") -> AskContext:
+    import json
+
+    config = load_config()
+    pb = next(p for p in load_playbooks(config.playbooks_dir) if p.name == "aws-access-key-created")
+    event = json.loads((EXAMPLES / "cloudtrail-create-access-key.json").read_text())
+    event = event["Records"][0] if "Records" in event else event
+    plan = Plan(case_id="case-1", playbook=pb.name, hash="h" * 64,
+                steps=[PlanStep(action="aws.deactivate-access-key", params={}, target="key",
+                                describe=["iam:UpdateAccessKey(...)"])])
+    return AskContext(ledger=Ledger(f"sqlite:///{tmp_path}/ledger.db"), case_id="case-1", run_id=run_id, plan=plan,
+                      playbook=pb, config=config, detection=detection_from_event(event))
+
+
+def test_the_channel_follows_the_mode_and_the_policy():
+    assert isinstance(channel_for("auto", True), Auto)
+    assert isinstance(channel_for("console", True), Console)
+    assert isinstance(channel_for("slack", True), Slack)
+    for mode in ("auto", "console", "slack"):
+        assert isinstance(channel_for(mode, False), NotRequired)
+    assert set(CHANNELS) == {"auto", "console", "slack"}
+    with pytest.raises(KeyError, match=r"no approval channel 'teams' \(known: auto, console, slack\)"):
+        channel_for("teams", True)
+
+
+def test_auto_and_not_required_decide_now_and_say_so_in_the_ledger(tmp_path):
+    ctx = _ctx(tmp_path)
+    asked = channel_for("auto", True).request(ctx)
+    assert isinstance(asked, Asked) and not asked.waiting
+    assert asked.decision == {"decision": "approve", "approver": "auto (--approve auto)", "plan_hash": "h" * 64}
+    kinds = [(r.kind, r.run_id) for r in ctx.ledger.records(case_id="case-1")]
+    assert kinds == [("approval.asked", "run-1"), ("approval.given", "run-1")]
+
+    asked = channel_for("slack", False).request(ctx)
+    assert asked.decision["approver"] == "policy: approval not required" and not asked.waiting
+    assert [r.kind for r in ctx.ledger.records(case_id="case-1")][-1] == "approval.not_required"
+
+
+def test_console_without_a_terminal_refuses_after_recording_the_question(tmp_path, monkeypatch):
+    import io
+    import sys
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # a pipe, not a terminal
+    ctx = _ctx(tmp_path)
+    with pytest.raises(NoTerminalError):
+        channel_for("console", True).request(ctx)
+    assert [r.kind for r in ctx.ledger.records(case_id="case-1")] == ["approval.asked"]
+
+
+def test_slack_needs_a_flow_run_to_wait_on(tmp_path):
+    ctx = _ctx(tmp_path, run_id=None)
+    with pytest.raises(RuntimeError, match="needs a flow run ID"):
+        channel_for("slack", True).request(ctx)
+    assert list(ctx.ledger.records(case_id="case-1")) == []
