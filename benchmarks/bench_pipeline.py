@@ -5,7 +5,7 @@ Team corpus events from ``../shared/data/real`` sprinkled in at about 1 %, the w
 events are rare in real trails), then in a fresh child process per measurement, pinned to one CPU:
 
 * ``json.loads`` of every line (the floor),
-* ``cordon.detections.pipeline.detect(read_inputs([file]), RuleSet.load(cordon/defaults/rules))``: every
+* ``cordon.detections.pipeline.detect(read_inputs([file]), RuleSet.load(shipped_rule_dirs()))``: every
   record read and classified, every CloudTrail event evaluated against the shipped rules, every
   match normalised into a ``Detection``.
 
@@ -31,6 +31,7 @@ CORPUS = REPO.parent / "shared" / "data" / "real" / "stratus-red-team" / "docs" 
 
 CHILD = r"""
 import json, os, resource, sys, time
+from pathlib import Path
 os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 sys.path.insert(0, sys.argv[3])
 mode, path = sys.argv[1], sys.argv[2]
@@ -45,7 +46,7 @@ else:
     from cordon.detections.intake import read_inputs
     from cordon.detections.pipeline import DetectStats, detect
     from cordon.sigma import RuleSet
-    rules = RuleSet.load(os.path.join(sys.argv[3], "cordon", "defaults", "rules"))
+    rules = RuleSet.load(sorted(Path(sys.argv[3], "cordon", "providers").glob("*/rules")))
     stats = DetectStats()
     t = time.perf_counter(); found = 0
     for item in detect(read_inputs([path]), rules, stats):

@@ -8,7 +8,7 @@ Builds two JSON-lines files in a temporary directory (N/4 and N events, default 
 mostly ordinary read-only CloudTrail events (DescribeInstances, GetObject, AssumeRole,
 ListBuckets, GetCallerIdentity ... with realistic fields and unique ids) with the real Stratus
 Red Team captures (../shared/data/real/stratus-red-team/docs/detonation-logs/*.json) sprinkled
-in at about 1 %. The rules are the shipped cordon/defaults/rules/aws/*.yml plus the SigmaHQ AWS
+in at about 1 %. The rules are the shipped cordon/providers/aws/rules/*.yml plus the SigmaHQ AWS
 CloudTrail rules when ../shared/data/real is present.
 
 Each measurement runs in a fresh child process pinned to one CPU, streaming the file line by
@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "data" / "real"
 STRATUS = REAL / "stratus-red-team" / "docs" / "detonation-logs"
 SIGMAHQ_AWS = REAL / "sigma" / "rules" / "cloud" / "aws"
-RULES = REPO / "cordon" / "defaults" / "rules" / "aws"
+RULES = REPO / "cordon" / "providers" / "aws" / "rules"
 
 REGIONS = ["us-east-1", "us-west-2", "eu-west-1", "eu-central-1", "ap-southeast-2"]
 AGENTS = [

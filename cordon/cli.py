@@ -401,7 +401,12 @@ def _check_config() -> list[str]:
     return [f"{config.directory / 'cordon.yaml'}: valid ({len(config.protected_principals)} protected principal "
             f"pattern(s), {who} approver(s)/group(s)" + "".join(f", {said}" for said in sections) + ")",
             f"{config.playbooks_dir}: {len(books)} playbook(s) valid",
-            f"{config.rules_dir}: {len(rules.rules)} Sigma rule(s) loaded"]
+            f"{_paths(config.rules_dir)}: {len(rules.rules)} Sigma rule(s) loaded"]
+
+
+def _paths(value: Any) -> str:
+    """A folder, or several (the providers' shipped rules), as one line."""
+    return ", ".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 @config_app.command("validate")

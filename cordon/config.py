@@ -34,12 +34,14 @@ class ConfigError(ValueError):
 class Config:
     """Loaded configuration.
 
-    ``rules_dir`` / ``playbooks_dir`` are absolute paths; ``protected_principals`` shell-style
+    ``rules_dir`` is an absolute path, or, without ``rules:`` in ``cordon.yaml``, every provider's
+    shipped rules folder (:func:`cordon.providers.shipped_rule_dirs`; :meth:`cordon.sigma.RuleSet.load`
+    takes either); ``playbooks_dir`` is an absolute path; ``protected_principals`` shell-style
     patterns (``fnmatch``) over ARNs; ``slack_channel`` a channel ID; ``approvers`` Slack user IDs.
     """
 
     directory: Path
-    rules_dir: Path
+    rules_dir: Path | tuple[Path, ...]
     playbooks_dir: Path
     protected_principals: list[str] = field(default_factory=list)
     slack_channel: str = ""
@@ -103,11 +105,18 @@ class CordonYaml(_Strict):
     (``Provider.config_section``, named after it) is left to that provider's ``check_config``
     (:func:`provider_sections`)."""
 
-    rules: str | None = None  # relative to the folder; absent: the shipped rules (cordon/defaults/rules)
+    rules: str | None = None  # relative to the folder; absent: each provider's shipped rules (providers/<cloud>/rules)
     playbooks: str | None = None  # absent: the shipped playbooks (cordon/defaults/playbooks)
     protected_principals: list[str] = []
     slack: SlackSection | None = None
     approval: ApprovalSection | None = None
+
+
+def shipped_rule_dirs() -> tuple[Path, ...]:
+    """Each registered provider's shipped Sigma rules folder (:func:`cordon.providers.shipped_rule_dirs`)."""
+    from cordon.providers import shipped_rule_dirs as dirs
+
+    return dirs()
 
 
 def provider_sections() -> set[str]:
@@ -226,7 +235,7 @@ def load_config(directory: str | Path | None = None) -> Config:
     return Config(
         directory=d,
         # without ``rules:`` / ``playbooks:`` a configuration folder uses the shipped ones
-        rules_dir=(d / data["rules"]).resolve() if data.get("rules") else DEFAULTS / "rules",
+        rules_dir=(d / data["rules"]).resolve() if data.get("rules") else shipped_rule_dirs(),
         playbooks_dir=(d / data["playbooks"]).resolve() if data.get("playbooks") else DEFAULTS / "playbooks",
         protected_principals=protected,
         slack_channel=os.environ.get("CORDON_SLACK_CHANNEL") or str(slack.get("channel", "")),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -43,9 +44,20 @@ def config_with_approvers(dest: Any, users: Any = TEST_APPROVERS, copy_playbooks
     data["playbooks"] = "../playbooks"
     data.setdefault("approval", {}).setdefault("approvers", {})["users"] = list(users)
     (cfg / "cordon.yaml").write_text(yaml.safe_dump(data))
-    (cfg / "rules").symlink_to(repo / "cordon" / "defaults" / "rules")
+    link_shipped_rules(cfg / "rules")
     if copy_playbooks:
         shutil.copytree(repo / "cordon" / "defaults" / "playbooks", dest / "playbooks")
     else:
         (dest / "playbooks").symlink_to(repo / "cordon" / "defaults" / "playbooks")
     return cfg
+
+
+def link_shipped_rules(folder: Path) -> Path:
+    """``folder`` holding every provider's shipped Sigma rules (one symlink per provider:
+    ``folder/aws -> cordon/providers/aws/rules``), for a configuration that names a ``rules:`` folder."""
+    from cordon.providers import shipped_rule_dirs
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for shipped in shipped_rule_dirs():
+        (folder / shipped.parent.name).symlink_to(shipped)
+    return folder

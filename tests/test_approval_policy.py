@@ -108,8 +108,8 @@ def write_config(tmp: Path, approval: dict, global_approval: dict) -> Path:
     book["approval"] = approval
     (tmp / "playbooks" / "aws-access-key-created.yaml").write_text(yaml.safe_dump(book, sort_keys=False))
     base = yaml.safe_load((REPO / "cordon" / "defaults" / "cordon.yaml").read_text())
-    base.update(rules=str(REPO / "cordon" / "defaults" / "rules"), playbooks=str(tmp / "playbooks"),
-                approval=global_approval)
+    base.update(playbooks=str(tmp / "playbooks"), approval=global_approval)
+    base.pop("rules", None)  # the providers' shipped rules
     (tmp / "cordon.yaml").write_text(yaml.safe_dump(base))
     return tmp
 

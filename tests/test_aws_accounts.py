@@ -64,7 +64,7 @@ def write_config(directory: Path, aws_section: dict | None) -> Path:
     """A config folder using the project's rules and playbooks, with ``aws_section``."""
     directory.mkdir(parents=True, exist_ok=True)
     data = yaml.safe_load((REPO / "cordon" / "defaults" / "cordon.yaml").read_text())
-    data["rules"] = str(REPO / "cordon" / "defaults" / "rules")
+    data.pop("rules", None)  # the providers' shipped rules
     data["playbooks"] = str(REPO / "cordon" / "defaults" / "playbooks")
     if aws_section is not None:
         data["aws"] = aws_section

@@ -23,6 +23,7 @@ from cordon.action import ActionContext, get_action
 from cordon.detections.intake import read_bytes
 from cordon.detections.pipeline import DetectStats, detect
 from cordon.playbooks.schema import load_playbooks, route
+from cordon.providers import shipped_rule_dirs
 from cordon.providers.azure.detections import RISKY_GRAPH_PERMISSIONS, detections_from_entra_audit, entra_match_view
 from cordon.sandbox.azure import GRAPH_APP_ID, GRAPH_APP_ROLES
 from cordon.sigma import RuleSet
@@ -145,7 +146,7 @@ def test_every_privileged_value_is_the_one_shared_list():
 
 
 def test_shipped_rule_matches_and_routing_splits_contain_from_triage():
-    shipped = RuleSet.load(REPO / "cordon" / "defaults" / "rules")
+    shipped = RuleSet.load(shipped_rule_dirs())
     books = load_playbooks(REPO / "cordon" / "defaults" / "playbooks")
     for value, role, book in (("RoleManagement.ReadWrite.Directory", RMRWD, "azure-app-role-assignment"),
                               ("Mail.Read", MAIL_READ, "azure-app-role-assignment-triage")):

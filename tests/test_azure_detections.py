@@ -1,5 +1,5 @@
 """Entra audit and Azure Activity Log: intake shapes, the parsers field by field, the shipped
-``cordon/defaults/rules/azure`` rules through the pipeline, and bad input named by origin, position and field.
+``cordon/providers/azure/rules`` rules through the pipeline, and bad input named by origin, position and field.
 
 Record shapes follow the Microsoft Graph ``directoryAudit`` resource, the Azure Monitor audit log
 schema (diagnostic settings: ``properties`` holding the Graph fields) and the Activity Log event schema
@@ -20,6 +20,7 @@ import pytest
 from cordon.detections.errors import RecordError, Rejected
 from cordon.detections.intake import RawRecord, classify, read_bytes, read_inputs
 from cordon.detections.pipeline import DetectStats, detect
+from cordon.providers import shipped_rule_dirs
 from cordon.providers.azure.detections import (
     activity_match_view,
     detections_from_azure_activity,
@@ -148,7 +149,7 @@ def activity_rest(**over) -> dict:
 
 @pytest.fixture(scope="module")
 def shipped() -> RuleSet:
-    return RuleSet.load(REPO / "cordon" / "defaults" / "rules")
+    return RuleSet.load(shipped_rule_dirs())
 
 
 def run(rules: RuleSet, record: dict, stats: DetectStats | None = None) -> list:
@@ -699,7 +700,7 @@ def test_pipeline_rejects_bad_record_with_field(shipped):
 
 
 def test_shipped_azure_rules_load():
-    rules = RuleSet.load(REPO / "cordon" / "defaults" / "rules" / "azure")
+    rules = RuleSet.load(REPO / "cordon" / "providers" / "azure" / "rules")
     assert len(rules) == 10
     seed = next(r for r in rules if r.id == "13fdbcb8-5d98-4d7a-b36b-025eed673f4b")
     assert seed.match.author == "CloudSigma" and seed.match.level == "high"

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from cordon.config import ConfigError, load_config
+from tests.helpers import link_shipped_rules
 
 REPO = Path(__file__).resolve().parents[1]
 CORDON = str(Path(sys.executable).with_name("cordon"))
@@ -22,7 +23,7 @@ def write(tmp_path: Path, text: str) -> Path:
     d = tmp_path / "cfg"
     d.mkdir(exist_ok=True)
     (d / "cordon.yaml").write_text(text)
-    (d / "rules").symlink_to(REPO / "cordon" / "defaults" / "rules")
+    link_shipped_rules(d / "rules")
     (d / "playbooks").symlink_to(REPO / "cordon" / "defaults" / "playbooks")
     return d
 

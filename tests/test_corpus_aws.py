@@ -25,6 +25,7 @@ import yaml
 
 from cordon.detections.errors import RecordError, Rejected
 from cordon.detections.intake import RawRecord, read_inputs
+from cordon.providers import shipped_rule_dirs
 from cordon.providers.aws.cloudtrail import CREDENTIAL_EVENTS, detection_from_cloudtrail
 from cordon.providers.aws.guardduty import detection_from_guardduty
 from cordon.providers.aws.securityhub import detection_from_asff
@@ -232,7 +233,7 @@ def test_stratus_through_sigma_rules():
     from cordon.detections.pipeline import DetectStats, detect
     from cordon.sigma import RuleSet
 
-    rules = RuleSet.load(Path(__file__).resolve().parents[1] / "cordon" / "defaults" / "rules")
+    rules = RuleSet.load(shipped_rule_dirs())
     stats = DetectStats()
     out = list(detect(read_inputs(STRATUS), rules, stats))
     assert not [r for r in out if isinstance(r, Rejected)]

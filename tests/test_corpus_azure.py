@@ -24,6 +24,7 @@ import yaml
 from cordon.detections.errors import RecordError, Rejected
 from cordon.detections.intake import RawRecord, read_bytes
 from cordon.detections.pipeline import DetectStats, detect
+from cordon.providers import shipped_rule_dirs
 from cordon.providers.azure.detections import (
     detections_from_azure_activity,
     detections_from_entra_audit,
@@ -126,7 +127,7 @@ def panther_cases() -> dict[tuple[str, str], tuple[bool, dict]]:
 
 @pytest.fixture(scope="module")
 def shipped() -> RuleSet:
-    return RuleSet.load(REPO / "cordon" / "defaults" / "rules")
+    return RuleSet.load(shipped_rule_dirs())
 
 
 def test_corpus_present():

@@ -28,6 +28,7 @@ import yaml
 from cordon.detections.errors import RecordError, Rejected
 from cordon.detections.intake import RawRecord, read_bytes, read_inputs
 from cordon.detections.pipeline import DetectStats, detect
+from cordon.providers import shipped_rule_dirs
 from cordon.providers.gcp.detections import detections_from_gcp_audit, detections_from_scc
 from cordon.sigma import RuleSet
 
@@ -49,7 +50,7 @@ DUMMY = SimpleNamespace(id="corpus-dummy", title="dummy", path=None, level="medi
 
 @pytest.fixture(scope="module")
 def shipped() -> RuleSet:
-    return RuleSet.load(REPO / "cordon" / "defaults" / "rules")
+    return RuleSet.load(shipped_rule_dirs())
 
 
 def panther_cases() -> dict[tuple[str, str], tuple[bool, dict]]:

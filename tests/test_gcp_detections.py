@@ -28,7 +28,7 @@ from cordon.providers.gcp.detections import (
 from cordon.sigma import RuleSet, SigmaMatch
 
 REPO = Path(__file__).resolve().parents[1]
-GCP_RULES = REPO / "cordon" / "defaults" / "rules" / "gcp"
+GCP_RULES = REPO / "cordon" / "providers" / "gcp" / "rules"
 
 MATCH = SigmaMatch(
     id="rule-1", title="A rule", path="x.yml", level="high", technique_ids=(), tags=(), author=None, references=()

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from cordon.detections.errors import Rejected
 from cordon.detections.intake import read_bytes
 from cordon.detections.pipeline import DetectStats, detect
+from cordon.providers import shipped_rule_dirs
 from cordon.sigma import RuleSet
 from tests.conftest import SHARED_DATA
 
@@ -50,7 +51,7 @@ def _corpus() -> list[dict]:
 
 
 CORPUS = _corpus()
-RULES = RuleSet.load(REPO / "cordon" / "defaults" / "rules")
+RULES = RuleSet.load(shipped_rule_dirs())
 
 
 def _deep(n: int) -> object:

@@ -52,6 +52,7 @@ from cordon.detections.errors import Rejected
 from cordon.detections.intake import RawRecord, read_bytes
 from cordon.detections.model import Detection
 from cordon.detections.pipeline import DetectStats, detect
+from cordon.providers import shipped_rule_dirs
 from cordon.sigma import RuleSet
 from tests.test_azure_detections import activity_rest, diagnostic, graph_sp_credentials
 from tests.test_intake import ASFF_FINDING, GD_FINDING, ct_event
@@ -60,7 +61,7 @@ REPO = Path(__file__).resolve().parents[1]
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 EXAMPLES = int(os.environ.get("CORDON_FUZZ_EXAMPLES", "300"))
 ORIGIN = "fuzz-input"
-RULES = RuleSet.load(REPO / "cordon" / "defaults" / "rules")
+RULES = RuleSet.load(shipped_rule_dirs())
 
 
 # -- seeds ----------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from cordon.audit.ledger import Ledger
 from cordon.detections.errors import Rejected
 from cordon.detections.intake import MAX_DEPTH, MAX_FIELD_CHARS, read_bytes
 from cordon.detections.pipeline import DetectStats, detect
+from cordon.providers import shipped_rule_dirs
 from cordon.sigma import RuleSet
 from tests.test_azure_detections import activity_rest
 
@@ -24,7 +25,7 @@ EVENT = json.loads((REPO / "examples" / "cloudtrail-create-access-key.json").rea
 
 @pytest.fixture(scope="module")
 def rules() -> RuleSet:
-    return RuleSet.load(REPO / "cordon" / "defaults" / "rules")
+    return RuleSet.load(shipped_rule_dirs())
 
 
 def run(rules: RuleSet, body: str) -> tuple[list, list[Rejected], DetectStats]:

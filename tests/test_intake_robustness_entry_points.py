@@ -1,7 +1,7 @@
 """One record never stops the input (issue 10, item 3), through the entry points a user reaches:
 files read by :func:`~cordon.detections.intake.read_inputs`, webhook bodies read by
 :func:`~cordon.detections.intake.read_bytes`, :func:`~cordon.detections.pipeline.detect` with the
-shipped Sigma rules (``cordon/defaults/rules``), and :meth:`cordon.engine.Responder.intake` writing dead
+shipped Sigma rules (``cordon/providers/<cloud>/rules``), and :meth:`cordon.engine.Responder.intake` writing dead
 letters to a real SQLite ledger. Complements ``tests/test_intake_robustness.py`` with: nesting at
 the issue's ~1,000 levels and far beyond, read from files in all three layouts, with line numbers
 and the kept raw text; the exact field path at ``MAX_DEPTH + 1``; the engine's dead-letter write;
@@ -32,6 +32,7 @@ from cordon.detections.intake import MAX_DEPTH, read_bytes, read_inputs
 from cordon.detections.model import Detection
 from cordon.detections.pipeline import DetectStats, detect
 from cordon.engine import Responder
+from cordon.providers import shipped_rule_dirs
 from cordon.sigma import RuleSet
 from tests.test_azure_detections import activity_rest
 from tests.test_intake import ct_event, eventbridge
@@ -43,7 +44,7 @@ OID = "http://schemas.microsoft.com/identity/claims/objectidentifier"
 
 @pytest.fixture(scope="module")
 def rules() -> RuleSet:
-    return RuleSet.load(REPO / "cordon" / "defaults" / "rules")
+    return RuleSet.load(shipped_rule_dirs())
 
 
 def key_event(i: int, **extra) -> dict:

@@ -20,7 +20,7 @@ from cordon.providers.aws.guardduty import detection_from_guardduty, severity_fr
 from cordon.providers.aws.securityhub import consolidated_control, detection_from_asff
 
 MATCH = SimpleNamespace(id="5f2a7c3e-0000-4000-8000-000000000001", title="AWS access key created",
-                        path="cordon/defaults/rules/aws/access_key.yml", level="high", technique_ids=["T1098.001"])
+                        path="cordon/providers/aws/rules/access_key.yml", level="high", technique_ids=["T1098.001"])
 BARE = SimpleNamespace(id="bare", title="bare", path=None, level=None, technique_ids=[])
 
 IAM_USER = {

@@ -47,7 +47,7 @@ from cordon.audit.ledger import Ledger
 from cordon.sandbox.aws import AwsSandbox
 from cordon.sandbox.prefect_server import PrefectServer, Worker, free_port
 from cordon.sandbox.slack_standin import SlackStandIn, block_actions_payload
-from tests.helpers import wait_for
+from tests.helpers import link_shipped_rules, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -191,7 +191,7 @@ def config_with_approvers(tmp_path, monkeypatch) -> Path:
     data["approval"]["identities"] = {"U0ALICE01": ["alice@corp.example"]}
     data["playbooks"] = "../playbooks"
     (cfg / "cordon.yaml").write_text(yaml.safe_dump(data))
-    (cfg / "rules").symlink_to(REPO / "cordon" / "defaults" / "rules")
+    link_shipped_rules(cfg / "rules")
     (tmp_path / "playbooks").symlink_to(REPO / "cordon" / "defaults" / "playbooks")
     monkeypatch.setenv("CORDON_CONFIG", str(cfg))
     return cfg

@@ -18,7 +18,7 @@ import yaml
 from cordon.sigma import RuleSet, SigmaMatch, SigmaRuleError
 
 REPO = Path(__file__).resolve().parents[1]
-RULES_DIR = REPO / "cordon" / "defaults" / "rules" / "aws"
+RULES_DIR = REPO / "cordon" / "providers" / "aws" / "rules"
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 STRATUS = REAL / "stratus-red-team" / "docs" / "detonation-logs"
 PANTHER = REAL / "panther-analysis" / "rules" / "aws_cloudtrail_rules"

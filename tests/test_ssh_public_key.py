@@ -16,6 +16,7 @@ import pytest
 
 from cordon.audit.ledger import Ledger
 from cordon.engine import Responder
+from cordon.providers import shipped_rule_dirs
 
 EVENT = Path(__file__).resolve().parents[1] / "examples" / "cloudtrail-upload-ssh-public-key.json"
 KEY = "APKAEXAMPLEBUILDBOT9"
@@ -34,7 +35,7 @@ def test_the_upload_is_a_detection_naming_the_key_and_its_user():
     from cordon.detections.pipeline import detect
     from cordon.sigma import RuleSet
 
-    rules = RuleSet.load(Path(__file__).resolve().parents[1] / "cordon" / "defaults" / "rules")
+    rules = RuleSet.load(shipped_rule_dirs())
     (det,) = list(detect(read_inputs([EVENT]), rules))
     assert det.credential.kind == "aws_ssh_public_key" and det.credential.uid == KEY
     assert det.credential.owner.name == "build-bot" and det.credential.attributes["status"] == "Active"

@@ -43,7 +43,7 @@ def test_the_wheel_holds_only_the_cordon_package_with_its_shipped_configuration(
     top = {n.split("/", 1)[0] for n in names if not n.split("/", 1)[0].endswith((".dist-info", ".data"))}
     assert top == {"cordon"}, top
     for shipped in ("cordon/defaults/cordon.yaml", "cordon/defaults/playbooks/aws-access-key-created.yaml",
-                    "cordon/defaults/rules/aws/iam_access_key_created.yml",
+                    "cordon/providers/aws/rules/iam_access_key_created.yml",
                     "cordon/server/templates/cases.html", "cordon/flows/respond.py", "cordon/providers/aws/actions.py"):
         assert shipped in names, shipped
 

@@ -34,6 +34,7 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, ClassVar
 
 #: Built-in providers: ``(name, "module:Class")``. A new cloud adds one line here.
@@ -170,6 +171,13 @@ class Provider:
         """Complete, in place, the principals of a manual run's detection (``target.name``,
         ``*.type``, ``*.account_uid``) once the target is known."""
 
+    @property
+    def rules_dir(self) -> Path | None:
+        """Its shipped Sigma rules: the ``rules/`` folder of its package, when it has one."""
+        module = importlib.import_module(type(self).__module__)
+        folder = Path(str(module.__file__)).parent / "rules"
+        return folder if folder.is_dir() else None
+
     def load_actions(self) -> None:
         """Import :attr:`actions_module`, registering the provider's actions."""
         importlib.import_module(self.actions_module)
@@ -283,6 +291,12 @@ def classify_record(record: dict[str, Any]) -> str | None:
         if claims is not None and claims(record):
             return None
     return None
+
+
+def shipped_rule_dirs() -> tuple[Path, ...]:
+    """Every registered provider's :attr:`Provider.rules_dir`, in registration order: the Sigma
+    rules Cordon uses when ``cordon.yaml`` names no ``rules:`` folder."""
+    return tuple(d for p in providers().values() if (d := p.rules_dir) is not None)
 
 
 def event_envelopes() -> tuple[EventEnvelope, ...]:

@@ -4,7 +4,7 @@ Public API::
 
     from cordon.sigma import RuleSet, SigmaMatch, SigmaRuleError
 
-    rs = RuleSet.load("cordon/defaults/rules/aws")          # directory (recursive *.yml) or file
+    rs = RuleSet.load("cordon/providers/aws/rules")          # directory (recursive *.yml) or file
     rs = RuleSet.from_yaml(text, path="<inline>")
     rs.rules                                        # list[CompiledRule]
     rs.match(event, product="aws", service="cloudtrail")  # -> list[SigmaMatch]

@@ -42,7 +42,7 @@ from __future__ import annotations
 import ipaddress
 import operator
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -1014,20 +1014,24 @@ class RuleSet:
         self._partitions: dict[tuple[str | None, str | None, str | None], _Partition] = {}
 
     @classmethod
-    def load(cls, path: str | Path) -> RuleSet:
-        """Load ``path``: a ``.yml``/``.yaml`` file, or a directory (recursive ``*.yml``, sorted).
+    def load(cls, path: str | Path | Sequence[str | Path]) -> RuleSet:
+        """Load ``path``: a ``.yml``/``.yaml`` file, or a directory (recursive ``*.yml``, sorted), or
+        several of them (each provider's shipped rules, :func:`cordon.providers.shipped_rule_dirs`),
+        in the order given.
 
         Raises:
             SigmaRuleError: a rule is invalid or unsupported (``path`` names its file).
             FileNotFoundError: ``path`` does not exist.
         """
-        p = Path(path)
-        if not p.exists():
-            raise FileNotFoundError(str(p))
-        files = sorted(p.rglob("*.yml")) if p.is_dir() else [p]
+        paths = [path] if isinstance(path, (str, Path)) else list(path)
         rules: list[CompiledRule] = []
-        for f in files:
-            rules.extend(_compile_documents(f.read_text(encoding="utf-8"), str(f)))
+        for one in paths:
+            p = Path(one)
+            if not p.exists():
+                raise FileNotFoundError(str(p))
+            files = sorted(p.rglob("*.yml")) if p.is_dir() else [p]
+            for f in files:
+                rules.extend(_compile_documents(f.read_text(encoding="utf-8"), str(f)))
         return cls(rules)
 
     @classmethod
