@@ -36,6 +36,11 @@ Liveness rules (:func:`check_case`), for the newest attempt:
   FAILED, CRASHED, CANCELLED are final, so the case (not closed) is stranded; PENDING and RUNNING
   are live while the process in the newest ``run.process`` record is (as above), or, with no
   process record yet for this state, for :data:`START_GRACE_SECONDS` (then the staleness rule).
+  A ``run.process`` written before the run's last resume (:func:`last_resume`: an
+  ``approval.decision_received``, or a claim being delivered, later in the ledger) is the process
+  that ran it up to its suspension: its death proves nothing, so a run just resumed (SCHEDULED,
+  then PENDING/RUNNING before its new process records itself) gets the grace, not a verdict on
+  the process that suspended it (while that process is still running, the run is live).
   Prefect unreachable: *unknown*, nothing is done;
 * no run requested: live while the process that opened the case is.
 
@@ -298,6 +303,21 @@ def _quiet_for(records: list[LedgerRecord], now: datetime) -> float:
     return (now - last).total_seconds() if last else float("inf")
 
 
+def last_resume(records: list[LedgerRecord], run_id: str) -> LedgerRecord | None:
+    """The newest record of ``run_id`` saying it was resumed after an approval wait, or is being
+    resumed: ``approval.decision_received`` with ``resumed: true``, or a claim
+    (``approval.decision``) that no ``approval.resume_failed`` / ``approval.decision_lost``
+    answers (its owner writes the claim before asking Prefect, and ``decision_received`` after).
+    ``None`` when the run was never resumed."""
+    from cordon.approvals.gate import CLAIM_KIND, LOST_KIND, RESUME_FAILED_KIND, RESUMED_KIND
+
+    mine = [r for r in records if r.run_id == run_id]
+    answered = {r.payload.get("decision_seq") for r in mine if r.kind in (RESUME_FAILED_KIND, LOST_KIND)}
+    marks = [r for r in mine if (r.kind == RESUMED_KIND and r.payload.get("resumed") is True)
+             or (r.kind == CLAIM_KIND and r.seq not in answered)]
+    return max(marks, key=lambda r: r.seq, default=None)
+
+
 def _process_verdict(ref: dict[str, Any] | None, records: list[LedgerRecord], now: datetime,
                      what: str) -> tuple[bool, str]:
     alive = process_alive(ref)
@@ -381,15 +401,24 @@ def check_case(ledger: Ledger, case: dict[str, Any], *, records: list[LedgerReco
     if st.type in FINAL_STATES:
         return RunCheck(live=False, reason=f"run {run_id} ended {st.name or st.type} without closing the case",
                         **common)
-    since = st.timestamp
+    # a process recorded before the run's last resume ran it up to its suspension and exited:
+    # it says nothing of the process the resumed run gets (ledger order, no clocks compared)
+    resumed = last_resume(records, run_id)
+    since = st.timestamp or (_parse_ts(resumed.ts) if resumed else None)
     procs = [r for r in records if r.kind == "run.process" and r.run_id == run_id]
+    earlier = [r for r in procs if resumed is not None and r.seq < resumed.seq]
+    procs = [r for r in procs if resumed is None or r.seq > resumed.seq]
     current = [r for r in procs if since is None or (_parse_ts(r.ts) or now).timestamp() >= since.timestamp() - 5]
     if current:
         live, why = _process_verdict(current[-1].payload.get("by"), records, now, f"run {run_id}'s process")
         return RunCheck(live=live, reason=why, **common)
+    if earlier and process_alive(earlier[-1].payload.get("by")) is True:  # still running it, or still exiting
+        return RunCheck(live=True, reason=f"run {run_id} is {st.type}; the process that ran it before its resume "
+                                          f"(pid {earlier[-1].payload['by']['pid']}) is running", **common)
     waited = (now - since).total_seconds() if since else 0.0
     if waited < start_grace_seconds():
-        return RunCheck(live=True, reason=f"run {run_id} is {st.type}, its process starting ({waited:.0f} s)",
+        after = " after its resume" if resumed else ""
+        return RunCheck(live=True, reason=f"run {run_id} is {st.type}{after}, its process starting ({waited:.0f} s)",
                         **common)
     live, why = _process_verdict(None, records, now, f"run {run_id} ({st.type}, no process recorded)")
     return RunCheck(live=live, reason=why, **common)

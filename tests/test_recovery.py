@@ -577,6 +577,88 @@ def test_recovery_gives_up_after_max_attempts_once_and_says_so(tmp_path, monkeyp
     assert still.gave_up and recovered_by(still).startswith("nobody")
 
 
+def _suspended_case(ledger: Ledger, key: str, process: dict[str, Any]) -> tuple[str, str]:
+    """A Slack case whose deployment run ran in ``process`` up to its approval request (and
+    suspended); returns ``(case_id, run_id)``."""
+    opened = ledger.open_case(key, key, {"provider": "aws"}, "aws-access-key-created")
+    case_id, run_id = opened.case_id, f"run-{key[-8:].lower()}"
+    ledger.append("run.requested", {"attempt": 1, "mode": "slack", "where": DEPLOYMENT, "by": process_ref()},
+                  case_id=case_id)
+    ledger.append("run.submitted", {"attempt": 1, "flow_run_id": run_id}, case_id=case_id, run_id=run_id)
+    ledger.append("run.process", {"attempt": 1, "by": process}, case_id=case_id, run_id=run_id)
+    ledger.append("approval.asked", {"plan_hash": "p1"}, case_id=case_id, run_id=run_id)
+    return case_id, run_id
+
+
+def test_a_run_just_resumed_is_starting_not_stranded(tmp_path, monkeypatch):
+    """The sweep's race: a suspended deployment run is resumed (expiry, a click) and picked up
+    (PENDING, then RUNNING) seconds after the process that suspended it wrote ``run.process`` and
+    exited, before its new process records itself. The old process says nothing of the resumed
+    run: it is starting (grace); stranded only when it never starts, or its own process dies."""
+    from datetime import UTC, datetime, timedelta
+
+    from cordon.recovery import RunState, last_resume
+
+    ledger = Ledger(f"sqlite:///{tmp_path}/ledger.db")
+    case_id, run_id = _suspended_case(ledger, "aws|1|aws_access_key|AKIARESUMED", _dead_process())
+    state = RunState("PENDING", "Submitting", datetime.now(UTC))  # within seconds of the run.process
+
+    def check(st: RunState | None = None):
+        return check_case(ledger, ledger.case(case_id), state_of=lambda _: st or state)
+
+    def resume_mark():
+        return last_resume(list(ledger.records(case_id=case_id)), run_id)
+
+    # no resume recorded: the process running it is gone, a crash (recovery runs it again)
+    assert resume_mark() is None
+    crashed = check()
+    assert crashed.live is False and "is gone" in crashed.reason
+    # a claim whose delivery failed resumed nothing
+    failed = ledger.append("approval.decision", {"decision": "expired"}, case_id=case_id, run_id=run_id)
+    ledger.append("approval.resume_failed", {"decision_seq": failed.seq, "resumed": False}, case_id=case_id,
+                  run_id=run_id)
+    assert resume_mark() is None and check().live is False
+    # the sweep's claim (written before Prefect is asked to resume), then its resume
+    claim = ledger.append("approval.decision", {"decision": "expired"}, case_id=case_id, run_id=run_id)
+    assert resume_mark().seq == claim.seq
+    being = check()
+    assert being.live is True and "after its resume" in being.reason, being
+    resumed = ledger.append("approval.decision_received", {"decision_seq": claim.seq, "resumed": True},
+                            case_id=case_id, run_id=run_id)
+    assert resume_mark().seq == resumed.seq
+    now = datetime.now(UTC)
+    for st in (RunState("SCHEDULED", "Resuming", now), RunState("PENDING", "Submitting", now),
+               RunState("RUNNING", "Running", now), RunState("PENDING", "Submitting", None)):
+        assert check(st).live is True, (st, check(st))
+    assert find_stranded(ledger, state_of=lambda _: state) == []
+    # for the grace only: a resumed run whose process never records itself is judged as before
+    monkeypatch.setenv("CORDON_RECOVERY_START_GRACE_SECONDS", "10")
+    monkeypatch.setenv("CORDON_RECOVERY_STALE_SECONDS", "0")
+    late = check(RunState("PENDING", "Submitting", now - timedelta(seconds=30)))
+    assert late.live is False and "no process recorded" in late.reason
+    monkeypatch.delenv("CORDON_RECOVERY_START_GRACE_SECONDS")
+    monkeypatch.delenv("CORDON_RECOVERY_STALE_SECONDS")
+    # the resumed run's own process: live while it runs, stranded when it dies (a crash after a resume)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    ledger.append("run.process", {"attempt": 1, "by": process_ref(child.pid)}, case_id=case_id, run_id=run_id)
+    running = RunState("RUNNING", "Running", datetime.now(UTC))
+    assert check(running).live is True
+    child.kill()
+    child.wait()
+    dead = check(running)
+    assert dead.live is False and "is gone" in dead.reason
+    assert [c.case_id for c in find_stranded(ledger, state_of=lambda _: running)] == [case_id]
+
+    # the process that suspended it, still exiting when the run is picked up again: live
+    other, other_run = _suspended_case(ledger, "aws|1|aws_access_key|AKIAEXITING", process_ref())
+    claim = ledger.append("approval.decision", {"decision": "approve"}, case_id=other, run_id=other_run)
+    ledger.append("approval.decision_received", {"decision_seq": claim.seq, "resumed": True}, case_id=other,
+                  run_id=other_run)
+    monkeypatch.setenv("CORDON_RECOVERY_START_GRACE_SECONDS", "0")
+    exiting = check_case(ledger, ledger.case(other), state_of=lambda _: RunState("PENDING", "Submitting", now))
+    assert exiting.live is True and "before its resume" in exiting.reason, exiting
+
+
 def test_who_may_run_a_stranded_case_again():
     from cordon.recovery import IN_PROCESS, RunCheck, servable
 

@@ -87,3 +87,37 @@ def test_expiry_contains_when_the_playbook_says_on_expiry_contain(edit_playbook,
     keys = {k["AccessKeyId"]: k["Status"] for k in iam.list_access_keys(UserName="build-bot")["AccessKeyMetadata"]}
     assert keys == {"AKIAEXAMPLEBUILDBOT9": "Inactive"}
     assert ledger.verify().ok
+
+
+def test_the_sweep_leaves_the_runs_it_resumed_out_of_its_recovery_pass(tmp_path, monkeypatch):
+    """The race the expiry tests above met: the sweep resumes a suspended run, and its recovery
+    pass, moments later, finds the run PENDING with the process that suspended it gone. A run the
+    pass resumed (or saw settled by a click) is judged by the next pass; the others are recovered."""
+    import cordon.approvals.expiry
+    from cordon.engine import Responder
+    from cordon.flows.sweeper import settled_cases, sweep_approvals
+    from cordon.recovery import Recovery
+
+    swept = [{"case_id": "case-expired", "event": "expired", "on_expiry": "contain"},
+             {"case_id": "case-delivered", "event": "delivered", "decision": "approve", "decision_seq": 7},
+             {"case_id": "case-lost", "event": "expiry_lost", "decision": "deny"},
+             {"case_id": "case-reminded", "event": "reminded", "n": 1},
+             {"case_id": "case-failed", "event": "expiry_failed", "error": "NotPausedError"}]
+    assert settled_cases(swept) == {"case-expired", "case-delivered", "case-lost"}
+    stranded = ["case-expired", "case-delivered", "case-lost", "case-reminded", "case-failed", "case-crashed"]
+    seen: dict = {}
+
+    def recover_stranded(self, **kw):
+        seen.update(kw)
+        return [Recovery(c, "submitted", "gone", 2, {"flow_run_id": f"run-{c}"}) for c in stranded
+                if c not in set(kw.get("exclude") or ())]
+
+    monkeypatch.setenv("CORDON_DATABASE_URL", f"sqlite:///{tmp_path}/ledger.db")
+    monkeypatch.delenv("CORDON_SLACK_BOT_TOKEN", raising=False)
+    monkeypatch.setattr(cordon.approvals.expiry, "sweep", lambda ledger, client, now: list(swept))
+    monkeypatch.setattr(Responder, "recover_stranded", recover_stranded)
+    events = sweep_approvals.fn(now="2026-01-01T00:00:00+00:00")
+    assert set(seen["exclude"]) == {"case-expired", "case-delivered", "case-lost"}
+    assert events[:len(swept)] == swept
+    assert [e["case_id"] for e in events[len(swept):]] == ["case-reminded", "case-failed", "case-crashed"]
+    assert all(e["event"] == "recovery" and e["attempt"] == 2 for e in events[len(swept):])

@@ -27,7 +27,7 @@ def sweep_approvals(now: str | None = None, slack: dict[str, Any] | None = None,
     flow's; without a bot token nothing is posted, but expiries still resume their runs. With
     ``recover``, stranded cases are then run again (``{"case_id", "event": "recovery", "action":
     "submitted" | "gave_up" | "lost", "attempt", "reason", "flow_run_id"}`` per case acted on;
-    cases left to other modes are not listed)."""
+    cases left to other modes are not listed, nor those this pass resumed: :func:`settled_cases`)."""
     from cordon.approvals.decide import parse_time
     from cordon.approvals.expiry import sweep
     from cordon.audit.ledger import Ledger, default_database_url
@@ -45,7 +45,9 @@ def sweep_approvals(now: str | None = None, slack: dict[str, Any] | None = None,
     if recover:
         from cordon.engine import Responder
 
-        for rec in Responder(ledger=ledger).recover_stranded():
+        # a run this pass resumed (or saw settled by a click) is starting again: its state and
+        # process records are in flux now, so recovery judges it on the next pass, not this one
+        for rec in Responder(ledger=ledger).recover_stranded(exclude=settled_cases(events)):
             if rec.action != "skipped":
                 events.append({"case_id": rec.case_id, "event": "recovery", "action": rec.action,
                                "attempt": rec.attempt, "reason": rec.reason,
@@ -53,6 +55,18 @@ def sweep_approvals(now: str | None = None, slack: dict[str, Any] | None = None,
     for e in events:
         print(e)
     return events
+
+
+#: Sweep events after which the case's run was resumed in this pass (or is being resumed by
+#: the click that settled it first).
+SETTLED_EVENTS = frozenset({"expired", "delivered", "expiry_lost"})
+
+
+def settled_cases(events: list[dict[str, Any]]) -> set[str]:
+    """The cases whose run the sweep's ``events`` resumed (or saw settled by a click): left out of
+    the same pass's recovery (``exclude``), since a run just resumed may be PENDING/RUNNING before
+    its new process has recorded itself."""
+    return {e["case_id"] for e in events if e.get("event") in SETTLED_EVENTS}
 
 
 def serve(interval: int = 60) -> None:  # pragma: no cover - a long-running process
