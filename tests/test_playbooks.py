@@ -102,3 +102,29 @@ def test_render_keeps_types_and_refuses_undefined():
         "k": "AKIAEXAMPLE000000001", "t": ["T1098.001"], "s": "key AKIAEXAMPLE000000001"}
     with pytest.raises(ValueError, match="with.k"):
         render_params({"k": "{{ credential.nothing_here }}"}, ctx)
+
+
+def test_loaded_playbooks_are_kept_per_content_and_handed_out_as_copies(tmp_path):
+    """A run asks for the playbooks several times (issue 13: ~0.2 s a parse): the parsed set is
+    kept per content, an edited file is parsed again, and each caller gets its own copies."""
+    import shutil
+
+    folder = tmp_path / "playbooks"
+    shutil.copytree(load_config().playbooks_dir, folder)
+    first, second = load_playbooks(folder), load_playbooks(folder)
+    assert [p.name for p in first] == [p.name for p in second]
+    assert first[0] is not second[0] and first[0] == second[0]
+    first[0].description = "changed by one caller"
+    assert load_playbooks(folder)[0].description != "changed by one caller"
+    target = folder / "aws-access-key-created.yaml"
+    assert "\npriority: 10\n" in target.read_text()
+    target.write_text(target.read_text().replace("\npriority: 10\n", "\npriority: 7\n"))
+    assert next(p for p in load_playbooks(folder) if p.name == "aws-access-key-created").priority == 7
+    target.write_text("name: [broken")
+    for _ in range(2):  # an invalid set is never kept: it is refused every time
+        try:
+            load_playbooks(folder)
+        except PlaybookError as exc:
+            assert "aws-access-key-created.yaml" in str(exc)
+        else:
+            raise AssertionError("an invalid playbook loaded")
