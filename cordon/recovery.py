@@ -35,7 +35,8 @@ Liveness rules (:func:`check_case`), for the newest attempt:
   Suspended: waiting for approval survives any worker) and CANCELLING are live; COMPLETED,
   FAILED, CRASHED, CANCELLED are final, so the case (not closed) is stranded; PENDING and RUNNING
   are live while the process in the newest ``run.process`` record is (as above), or, with no
-  process record yet for this state, for :data:`START_GRACE_SECONDS` (then the staleness rule).
+  process record yet for this state, for :data:`START_GRACE_SECONDS` only (a runner that claimed
+  the run, PENDING, and died before starting it leaves it PENDING forever: stranded after the grace).
   A ``run.process`` written before the run's last resume (:func:`last_resume`: an
   ``approval.decision_received``, or a claim being delivered, later in the ledger) is the process
   that ran it up to its suspension: its death proves nothing, so a run just resumed (SCHEDULED,
@@ -420,8 +421,10 @@ def check_case(ledger: Ledger, case: dict[str, Any], *, records: list[LedgerReco
         after = " after its resume" if resumed else ""
         return RunCheck(live=True, reason=f"run {run_id} is {st.type}{after}, its process starting ({waited:.0f} s)",
                         **common)
-    live, why = _process_verdict(None, records, now, f"run {run_id} ({st.type}, no process recorded)")
-    return RunCheck(live=live, reason=why, **common)
+    # PENDING/RUNNING past the grace and no process ever recorded itself: the runner that claimed it
+    # died before starting it (Prefect keeps such a run PENDING forever; no runner takes it again)
+    return RunCheck(live=False, reason=f"run {run_id} is {st.type} for {waited:.0f} s and no process recorded "
+                                       f"itself (its runner died before starting it)", **common)
 
 
 def open_cases(ledger: Ledger, case_ids: Iterable[str] | None = None) -> list[dict[str, Any]]:
