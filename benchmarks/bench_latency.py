@@ -1,17 +1,23 @@
-"""Latency of the durable Slack path with a local Prefect server.
+"""Latency and CPU of the production path: webhook -> Prefect run -> Slack ask -> signed click -> verified.
 
-Measures, over N cases (default 50), each a distinct CloudTrail CreateAccessKey:
+Measures, over N cases (default 20), each a distinct CloudTrail ``CreateAccessKey`` by a distinct
+actor (so no two cases share a summary message):
 
-* **received -> asked**: from the detection entering Cordon (intake) to the approval request
-  being posted in Slack (the Slack stand-in holds the message);
-* **approved -> verified**: from the signed click reaching Cordon's server to the ledger's
-  ``verify.held`` record for the case.
+* **received -> asked**: from the detection POSTed to ``/webhook/detections`` of Cordon's server
+  to the approval request being in the Slack stand-in;
+* **approved -> verified**: from the signed click reaching ``/slack/interactions`` to the
+  ledger's ``verify.held`` record. Each click comes at a random delay of 0-3 s after the request
+  (seeded: ``--seed``), not the instant the run pauses;
+* **CPU-seconds per case**: user + system time of Cordon's processes (the server, the workers and
+  their children) and of the Prefect server, from ``/proc``, over the measured cases. The stand-ins
+  (moto, Slack) run in this process and are not counted.
 
-Everything runs on this machine: ``prefect server start`` and one ``respond`` worker as child
-processes, the Slack stand-in, the AWS sandbox (moto's server) and Cordon's server (uvicorn) in
-this process. Prints p50 / p95 / max for both. Not a test: no assertion on time.
+Processes: ``prefect server start``; ``--workers`` ``cordon worker`` processes (``--runner warm``:
+runs execute in the worker's threads, :mod:`cordon.runner`; ``--runner process``: Prefect's
+runner, a new process per run and per resumed run); ``cordon serve`` (uvicorn). Not a test: no
+assertion on time.
 
-    .venv/bin/python benchmarks/bench_latency.py [--cases 50]
+    .venv/bin/python benchmarks/bench_latency.py [--cases 20] [--runner warm|process] [--json]
 """
 
 from __future__ import annotations
@@ -21,18 +27,28 @@ import hashlib
 import hmac
 import json
 import os
+import random
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
-import threading
 import time
+import types
 import urllib.parse
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 SECRET = "bench-signing-secret"
-CHANNEL = "C0APPROVALS"
+TOKEN = "bench-webhook-token"
+CHANNEL = "C0CORDON01"  # approval.channel of the shipped cordon.yaml
+BIN = Path(sys.executable).parent
+SERVE = """
+import json, sys, uvicorn
+from cordon.server.wiring import build_app
+uvicorn.run(build_app(cloud=json.loads(sys.argv[1])), host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
+"""
 
 
 def pct(values: list[float], p: float) -> float:
@@ -48,48 +64,93 @@ def signed(body: bytes) -> dict[str, str]:
             "Content-Type": "application/x-www-form-urlencoded"}
 
 
+def tree_cpu(root: int) -> float:
+    """User + system CPU seconds of ``root`` and its live descendants, plus what its reaped
+    children used (``cutime``/``cstime``), from ``/proc``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    stats: dict[int, list[str]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{d}/stat").read_text()
+        except OSError:
+            continue
+        fields = raw[raw.rindex(")") + 2:].split()
+        parents[int(d)] = int(fields[1])
+        stats[int(d)] = fields
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in stats:
+            f = stats[pid]
+            total += sum(int(x) for x in f[11:15]) / tick  # utime stime cutime cstime
+        todo.extend(p for p, pp in parents.items() if pp == pid)
+    return total
+
+
+def make_event(template: dict, i: int, key: str) -> dict:
+    event = json.loads(json.dumps(template))
+    actor = f"intruder-{i}"
+    event["userIdentity"].update({"arn": f"arn:aws:iam::111122223333:user/{actor}", "userName": actor,
+                                  "principalId": f"AIDABENCH{i:011d}", "accessKeyId": f"AKIAACTOR{i:011d}"})
+    event["requestParameters"]["userName"] = f"build-bot-{i}"
+    event["responseElements"]["accessKey"].update({"accessKeyId": key, "userName": f"build-bot-{i}"})
+    event["eventID"] = f"bench-{i}-{time.time_ns()}"
+    return event
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--cases", type=int, default=50)
+    ap.add_argument("--cases", type=int, default=20)
+    ap.add_argument("--runner", choices=("warm", "process"), default="warm")
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=13)
+    ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = ap.parse_args()
+    rng = random.Random(args.seed)
 
     import httpx
-    import uvicorn
 
+    from cordon.providers.aws.cloudtrail import detection_from_cloudtrail
+    from cordon.sandbox.aws import AwsSandbox
     from cordon.sandbox.prefect_server import PrefectServer, Worker, free_port
+    from cordon.sandbox.slack_standin import SlackStandIn, block_actions_payload
+    from tests.helpers import config_with_approvers  # the Slack path needs approvers configured
 
     tmp = Path(tempfile.mkdtemp(prefix="cordon-bench-"))
-    t_start = time.monotonic()
     server = PrefectServer(tmp / "prefect").start()
-    print(f"prefect server up in {time.monotonic() - t_start:.1f} s", flush=True)
-    from cordon.sandbox.aws import AwsSandbox
-    from cordon.sandbox.slack_standin import SlackStandIn, block_actions_payload
-
-    slack = SlackStandIn()
+    slack = SlackStandIn(channels={"cordon-approvals": CHANNEL})
     slack_url = slack.start()
     aws = AwsSandbox().start()
     db_url = f"sqlite:///{tmp}/ledger.db"
-    from tests.helpers import config_with_approvers  # the Slack path needs approvers configured
-
     env = {**server.env, "CORDON_DATABASE_URL": db_url, "CORDON_SLACK_BOT_TOKEN": "xoxb-test",
-           "CORDON_SLACK_API_URL": slack_url, "PREFECT_LOGGING_LEVEL": "WARNING",
-           "CORDON_CONFIG": str(config_with_approvers(tmp))}
+           "CORDON_SLACK_API_URL": slack_url, "PREFECT_LOGGING_LEVEL": "WARNING", "CORDON_RUNNER": args.runner,
+           "CORDON_CONFIG": str(config_with_approvers(tmp)), "CORDON_SLACK_SIGNING_SECRET": SECRET,
+           "CORDON_WEBHOOK_TOKEN": TOKEN}
     os.environ.update(env)
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     from cordon.audit.ledger import Ledger
-    from cordon.engine import Responder
-    from cordon.server.wiring import build_app
 
-    worker = Worker(env, tmp / "worker.log", cwd=REPO).start()
-    with temporary_settings({PREFECT_API_URL: server.api_url}):
-        ledger = Ledger(db_url)
-        app = build_app(signing_secret=SECRET, ledger=ledger)
-        port = free_port()
-        uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        threading.Thread(target=uv.run, daemon=True).start()
-        while not uv.started:
-            time.sleep(0.05)
+    workers = [Worker(env, tmp / f"worker{n}.log", cwd=REPO).start() for n in range(args.workers)]
+    port = free_port()
+    serve = subprocess.Popen([sys.executable, "-c", SERVE, json.dumps(aws.cloud_params()), str(port)],
+                             env={**os.environ, **env}, cwd=REPO, stdout=open(tmp / "serve.log", "ab"),  # noqa: SIM115
+                             stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    http = httpx.Client(timeout=30)
+    ledger = Ledger(db_url)
+    template = json.loads((REPO / "examples" / "cloudtrail-create-access-key.json").read_text())
+    match = types.SimpleNamespace(id="bench", title="bench", path="bench", level="high", technique_ids=["T1098.001"])
+    asked: list[float] = []
+    verified: list[float] = []
+    try:
+        while True:
+            try:
+                if http.get(f"{base}/healthz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
         from prefect.client.orchestration import get_client
 
         with get_client(sync_client=True) as client:
@@ -99,64 +160,63 @@ def main() -> None:
                     break
                 except Exception:  # noqa: BLE001 - the worker has not registered it yet
                     time.sleep(0.2)
-        responder = Responder(ledger=ledger)
-        template = json.loads((REPO / "examples" / "cloudtrail-create-access-key.json").read_text())
-        asked: list[float] = []
-        contained: list[float] = []
-        try:
-            for i in range(args.cases + 1):  # case 0 warms the worker's first deployment pull
-                event = json.loads(json.dumps(template))
-                key = f"AKIABENCH{i:011d}"
-                event["responseElements"]["accessKey"]["accessKeyId"] = key
-                # one user per case: IAM allows two access keys per user
-                event["requestParameters"]["userName"] = f"build-bot-{i}"
-                event["responseElements"]["accessKey"]["userName"] = f"build-bot-{i}"
-                event["eventID"] = f"bench-{i}"
-                path = tmp / f"event-{i}.json"
-                path.write_text(json.dumps(event))
-                t0 = time.monotonic()
-                report = responder.intake([path])
-                (summary,) = list(responder.run_all(report, approval="slack", sandbox=aws,
-                                                    slack={"channel": CHANNEL, "base_url": slack_url}))
-                case_id = summary["case_id"]
-                msg = None
-                while msg is None:
-                    for m in slack.messages(CHANNEL):
-                        if case_id in json.dumps(m["blocks"]):
-                            msg = m
-                    time.sleep(0.02)
-                t1 = time.monotonic()
-                while ledger.case(case_id)["status"] != "awaiting_approval" or not list(
-                        ledger.records(case_id=case_id, kind_prefix="approval.asked")):
-                    time.sleep(0.02)
-                # the run suspends right after posting; wait until Prefect says PAUSED
-                with get_client(sync_client=True) as client:
-                    while client.read_flow_run(summary["flow_run_id"]).state.type.value != "PAUSED":
-                        time.sleep(0.02)
-                payload = block_actions_payload(msg, CHANNEL, "cordon_approve", user_id="U0ALICE01",
-                                                user_name="alice", response_url=slack.response_url(CHANNEL, msg["ts"]))
-                body = urllib.parse.urlencode({"payload": json.dumps(payload)}).encode()
-                t2 = time.monotonic()
-                r = httpx.post(f"http://127.0.0.1:{port}/slack/interactions", content=body, headers=signed(body))
-                assert r.status_code == 200, r.text
-                while not list(ledger.records(case_id=case_id, kind_prefix="verify.held")):
-                    time.sleep(0.02)
-                t3 = time.monotonic()
-                if i > 0:
-                    asked.append(t1 - t0)
-                    contained.append(t3 - t2)
-                print(f"case {i:3d}: received->asked {t1 - t0:5.2f} s   approved->verified {t3 - t2:5.2f} s",
-                      flush=True)
-        finally:
-            worker.stop()
-            uv.should_exit = True
-            aws.stop()
-            slack.stop()
-            server.stop()
+        cpu0 = 0.0
+        for i in range(args.cases + 1):  # case 0 warms every process up and is not counted
+            if i == 1:
+                cpu0 = sum(tree_cpu(p) for p in [server.proc.pid, serve.pid, *(w.proc.pid for w in workers)])
+            key = f"AKIABENCH{i:011d}"
+            event = make_event(template, i, key)
+            aws.seed_from_detection(detection_from_cloudtrail(event, match, "bench", i))
+            body = json.dumps(event).encode()
+            t0 = time.monotonic()
+            r = http.post(f"{base}/webhook/detections", content=body, headers={"Authorization": f"Bearer {TOKEN}"})
+            assert r.status_code == 202, r.text
+            case_id = r.json()["cases"][0]["case_id"]
+            msg = None
+            while msg is None:
+                msg = next((m for m in slack.messages(CHANNEL) if case_id in json.dumps(m["blocks"])), None)
+                if msg is None:
+                    time.sleep(0.01)
+            t1 = time.monotonic()
+            time.sleep(rng.uniform(0, 3))  # a person reads, then clicks
+            while not list(ledger.records(case_id=case_id, kind_prefix="approval.asked")):
+                time.sleep(0.01)
+            payload = block_actions_payload(msg, CHANNEL, "cordon_approve", user_id="U0ALICE01",
+                                            user_name="alice", response_url=slack.response_url(CHANNEL, msg["ts"]))
+            click = urllib.parse.urlencode({"payload": json.dumps(payload)}).encode()
+            t2 = time.monotonic()
+            r = http.post(f"{base}/slack/interactions", content=click, headers=signed(click))
+            assert r.status_code == 200, r.text
+            while not list(ledger.records(case_id=case_id, kind_prefix="verify.")):
+                time.sleep(0.01)
+            t3 = time.monotonic()
+            if i > 0:
+                asked.append(t1 - t0)
+                verified.append(t3 - t2)
+            print(f"case {i:3d}: received->asked {t1 - t0:5.2f} s   approved->verified {t3 - t2:5.2f} s",
+                  flush=True)
+        cpu1 = sum(tree_cpu(p) for p in [server.proc.pid, serve.pid, *(w.proc.pid for w in workers)])
+    finally:
+        for w in workers:
+            w.stop()
+        if serve.poll() is None:
+            os.killpg(serve.pid, signal.SIGTERM)
+            serve.wait(15)
+        aws.stop()
+        slack.stop()
+        server.stop()
+    n = len(asked)
+    out = {"cases": n, "runner": args.runner, "workers": args.workers,
+           "asked_p50_s": round(statistics.median(asked), 3), "asked_p95_s": round(pct(asked, 95), 3),
+           "verified_p50_s": round(statistics.median(verified), 3), "verified_p95_s": round(pct(verified, 95), 3),
+           "cpu_s_per_case": round((cpu1 - cpu0) / n, 3)}
     print()
-    print(f"{len(asked)} cases, one worker, PREFECT_RUNNER_POLL_FREQUENCY={env['PREFECT_RUNNER_POLL_FREQUENCY']} s")
-    for name, xs in (("received -> approval asked", asked), ("approved -> containment verified", contained)):
+    print(f"{n} cases, {args.workers} worker(s), runner {args.runner}")
+    for name, xs in (("received -> approval asked", asked), ("approved -> containment verified", verified)):
         print(f"{name:34s} p50 {statistics.median(xs):5.2f} s   p95 {pct(xs, 95):5.2f} s   max {max(xs):5.2f} s")
+    print(f"CPU per case (Cordon's processes + Prefect server) {out['cpu_s_per_case']:.2f} s")
+    if args.json:
+        print(json.dumps(out))
 
 
 if __name__ == "__main__":

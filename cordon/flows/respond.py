@@ -436,17 +436,24 @@ def respond(case_id: str, playbook: str, approval: ApprovalMode = "console", clo
 def serve(name: str = "respond", sweeper_interval: int | None = None) -> None:  # pragma: no cover - durability test
     """Serve the respond flow as the ``respond/<name>`` deployment (``cordon worker``); with
     ``sweeper_interval`` (seconds), also the approval sweeper as ``approval-sweeper/sweeper`` on
-    that schedule, in the same process. Blocks."""
-    os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", "1")
-    if not sweeper_interval:
-        respond.serve(name=name, print_starting_message=True)
+    that schedule, in the same process. Blocks.
+
+    Runs execute warm, in threads of this process (:class:`cordon.runner.WarmRunner`); with
+    ``CORDON_RUNNER=process``, in a new process each as Prefect's own runner does (``flow.serve``)."""
+    deployments = [(respond, respond.to_deployment(name=name))]
+    if sweeper_interval:
+        from cordon.flows.sweeper import sweep_approvals
+
+        deployments.append((sweep_approvals, sweep_approvals.to_deployment(name="sweeper", interval=sweeper_interval)))
+    if os.environ.get("CORDON_RUNNER", "warm") == "process":
+        from prefect import serve as serve_all
+
+        os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", "1")
+        serve_all(*(d for _, d in deployments))
         return
-    from prefect import serve as serve_all
+    from cordon.runner import WarmRunner
 
-    from cordon.flows.sweeper import sweep_approvals
-
-    serve_all(respond.to_deployment(name=name),
-              sweep_approvals.to_deployment(name="sweeper", interval=sweeper_interval))
+    WarmRunner(deployments).serve()
 
 
 if __name__ == "__main__":  # pragma: no cover
