@@ -90,6 +90,20 @@ def tree_cpu(root: int) -> float:
     return total
 
 
+def new_postgres_database(driver: str) -> str:
+    """A new, empty database on the local PostgreSQL (trust auth); its SQLAlchemy URL."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    name = "cordon_bench_" + uuid.uuid4().hex[:8]
+    admin = sa.create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'create database "{name}"'))
+    admin.dispose()
+    return f"postgresql+{driver}://postgres@127.0.0.1:5432/{name}"
+
+
 def make_event(template: dict, i: int, key: str) -> dict:
     event = json.loads(json.dumps(template))
     actor = f"intruder-{i}"
@@ -107,6 +121,9 @@ def main() -> None:
     ap.add_argument("--runner", choices=("warm", "process"), default="warm")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--seed", type=int, default=13)
+    ap.add_argument("--postgres", action="store_true",
+                    help="Prefect's database and the ledger on PostgreSQL at 127.0.0.1:5432 (as deployed), "
+                         "each in a new database; default SQLite")
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = ap.parse_args()
     rng = random.Random(args.seed)
@@ -120,11 +137,14 @@ def main() -> None:
     from tests.helpers import config_with_approvers  # the Slack path needs approvers configured
 
     tmp = Path(tempfile.mkdtemp(prefix="cordon-bench-"))
-    server = PrefectServer(tmp / "prefect").start()
+    prefect_db, db_url = None, f"sqlite:///{tmp}/ledger.db"
+    if args.postgres:
+        prefect_db, db_url = new_postgres_database("asyncpg"), new_postgres_database("psycopg")
+    print(f"ledger {db_url}; files in {tmp}", flush=True)
+    server = PrefectServer(tmp / "prefect", database_url=prefect_db).start(timeout=180)
     slack = SlackStandIn(channels={"cordon-approvals": CHANNEL})
     slack_url = slack.start()
     aws = AwsSandbox().start()
-    db_url = f"sqlite:///{tmp}/ledger.db"
     env = {**server.env, "CORDON_DATABASE_URL": db_url, "CORDON_SLACK_BOT_TOKEN": "xoxb-test",
            "CORDON_SLACK_API_URL": slack_url, "PREFECT_LOGGING_LEVEL": "WARNING", "CORDON_RUNNER": args.runner,
            "CORDON_CONFIG": str(config_with_approvers(tmp)), "CORDON_SLACK_SIGNING_SECRET": SECRET,
@@ -206,7 +226,7 @@ def main() -> None:
         slack.stop()
         server.stop()
     n = len(asked)
-    out = {"cases": n, "runner": args.runner, "workers": args.workers,
+    out = {"cases": n, "runner": args.runner, "workers": args.workers, "postgres": args.postgres,
            "asked_p50_s": round(statistics.median(asked), 3), "asked_p95_s": round(pct(asked, 95), 3),
            "verified_p50_s": round(statistics.median(verified), 3), "verified_p95_s": round(pct(verified, 95), 3),
            "cpu_s_per_case": round((cpu1 - cpu0) / n, 3)}

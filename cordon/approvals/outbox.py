@@ -18,7 +18,8 @@ https://api.slack.com/apis/rate-limits#special-rate-limits; ``chat.update`` is T
   (2 blocks each, within Slack's 50), then a new summary starts. So a burst of N cases from A
   actors posts at most ``A * (1 + ceil((N/A - 1) / group_size))`` messages.
 * **Rate limit shared across processes.** Before each Web API call the caller takes the next slot
-  of the channel (``post:<channel>`` for ``chat.postMessage``, ``update:<channel>`` for
+  of the channel (``post:<channel>`` for ``chat.postMessage`` of a request, ``reply:<channel>`` for
+  a thread reply, so a case's story never delays the next request, ``update:<channel>`` for
   ``chat.update``) from the table ``slack_outbox_rate`` in the ledger's database, one every
   ``post_interval`` / ``update_interval`` seconds, and sleeps until it. Flow runs are separate
   processes: the table is what they share.
@@ -267,6 +268,12 @@ class Outbox:
             channel=channel, unfurl_links=False, unfurl_media=False, **kwargs))
         return dict(resp.data) if isinstance(resp.data, dict) else {}
 
+    def _reply(self, client: WebClient, channel: str, thread_ts: str, text: str) -> None:
+        """A thread reply, in the ``reply:<channel>`` lane: the story of a case never takes the slot
+        of the next approval request (``post:<channel>``)."""
+        self.call(f"reply:{channel}", self.post_interval, lambda: client.chat_postMessage(
+            channel=channel, thread_ts=thread_ts, text=text, unfurl_links=False, unfurl_media=False))
+
     def _update(self, client: WebClient, channel: str, ts: str, blocks: list[dict[str, Any]], text: str) -> None:
         self.call(f"update:{channel}", self.update_interval,
                   lambda: client.chat_update(channel=channel, ts=ts, blocks=blocks, text=text))
@@ -387,7 +394,7 @@ class Outbox:
         if not where.get("shared"):
             self._update(client, where["channel"], where["ts"], blocks, text)
             if thread_text:
-                self._post(client, where["channel"], thread_ts=where["ts"], text=thread_text)
+                self._reply(client, where["channel"], where["ts"], thread_text)
             return
         with self.writer.begin() as conn:
             row = conn.execute(sa.select(cases_table).where(cases_table.c.case_id == case_id)).first()
@@ -401,7 +408,7 @@ class Outbox:
                 row_state=text, buttons=json.dumps(_buttons(blocks))))
         group = self._ensure_rendered(client, row.group_id, version)
         if thread_text:
-            self._post(client, group.post_channel, thread_ts=group.ts, text=f"{case_id}: {thread_text}")
+            self._reply(client, group.post_channel, group.ts, f"{case_id}: {thread_text}")
 
     def flush_pending(self, client: WebClient) -> int:
         """Render every group whose last change is not yet in Slack (a process died mid-render);

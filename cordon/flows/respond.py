@@ -414,14 +414,9 @@ def respond(case_id: str, playbook: str, approval: ApprovalMode = "console", clo
             summary.status = "denied"
             update_slack(slack or {}, where, summary.out(), progress.cancelled(gate["denied_by"], reason))
             return finish(case_id, summary)
-        update_slack(slack or {}, where, {**summary.out(), "status": "containing"}, progress.proceeding(decision))
-    results = []
-    for step in plan.steps:
-        r = contain_task(case_id, step, cloud, attempt)
-        results.append(r)
-        if where:
-            summary.actions = [{k: x.get(k) for k in ("name", "target", "status", "error")} for x in results]
-            update_slack(slack or {}, where, {**summary.out(), "status": "containing"}, progress.step_line(r))
+    # Slack stays off the path to "verified": no update while containing; one final update, and the
+    # step-by-step story as one thread reply behind it (the outbox's reply lane never delays an ask)
+    results = [contain_task(case_id, step, cloud, attempt) for step in plan.steps]
     summary.actions = [{k: r.get(k) for k in ("name", "target", "status", "before", "after", "error", "calls")}
                        for r in results]
     checks = [verify_task(case_id, step, cloud) for step in plan.steps]
@@ -429,8 +424,9 @@ def respond(case_id: str, playbook: str, approval: ApprovalMode = "console", clo
     summary.verified = all(c["held"] for c in checks)
     summary.status = outcome_status(results, checks)
     if where:
-        update_slack(slack or {}, where, {**summary.out(), "rollback": _rollbackable(results)},
-                     progress.outcome(summary.status, results, checks))
+        story = [progress.proceeding(decision), *(progress.step_line(r) for r in results),
+                 progress.outcome(summary.status, results, checks)]
+        update_slack(slack or {}, where, {**summary.out(), "rollback": _rollbackable(results)}, "\n".join(story))
     return finish(case_id, summary)
 
 def serve(name: str = "respond", sweeper_interval: int | None = None) -> None:  # pragma: no cover - durability test
