@@ -42,6 +42,7 @@ ActionStatus = Literal[
     "planned",  # dry run: ``calls`` holds what would be called
     "failed",  # the cloud refused or errored; ``error`` says why
     "refused",  # the guard refused to act (protected principal, credential mismatch)
+    "plan_changed",  # the state now needs other calls than the approved plan's: nothing was done
     "rolled_back",
     "ok",  # enrichment succeeded
 ]
@@ -331,11 +332,17 @@ class ContainmentAction(Action):
         return ActionResult(name=self.name, target=self.target(ctx), status="planned", before=before,
                             calls=calls)
 
-    def run(self, ctx: ActionContext) -> ActionResult:
+    def run(self, ctx: ActionContext, approved: list[dict[str, Any]] | None = None) -> ActionResult:
         """Read the state, act if needed, read it again. A :class:`GuardError` becomes
         ``status='refused'``, any other error ``status='failed'``. A state of ``None`` (the object
         does not exist) that :meth:`is_contained` accepts is ``already_contained`` with
-        ``data={"missing": True}``."""
+        ``data={"missing": True}``.
+
+        ``approved``: the calls of the approved plan (:attr:`cordon.respond.PlanStep.calls`, each
+        ``ApiCall.model_dump(exclude_none=True)``). When given, exactly those calls are made: if
+        the state read now needs other calls (:func:`same_calls` is false), nothing is called and
+        the result is ``plan_changed`` with ``data={"approved": [...], "now": [...]}``; the run
+        must plan and ask again."""
         target = self.target(ctx)
         before: dict[str, Any] | None = None
         made: list[ApiCall] = []
@@ -346,7 +353,14 @@ class ContainmentAction(Action):
                 return ActionResult(name=self.name, target=target, status="already_contained",
                                     before=before, after=before,
                                     data={"missing": True} if before is None else None)
-            for api in self.plan_calls(ctx, before):
+            calls = self.plan_calls(ctx, before)
+            if approved is not None and not same_calls(calls, approved):
+                now = [c.model_dump(exclude_none=True) for c in calls]
+                return ActionResult(name=self.name, target=target, status="plan_changed", before=before,
+                                    data={"approved": approved, "now": now},
+                                    error="the state changed since the plan was approved: it now needs "
+                                          f"{len(now)} other call(s); nothing was done")
+            for api in calls:
                 self.call(ctx, api)
                 made.append(api)
             after = self.checked_state(ctx)
@@ -381,6 +395,16 @@ class ContainmentAction(Action):
                                 error=f"{type(exc).__name__}: {exc}")
         return ActionResult(name=self.name, target=target, status="rolled_back", before=before, after=after,
                             calls=made)
+
+
+def same_calls(calls: list[ApiCall], approved: list[dict[str, Any]]) -> bool:
+    """Whether ``calls`` are exactly ``approved`` (same order, operations and parameters),
+    compared as canonical JSON so a plan that went through Prefect's result storage compares
+    equal to the calls it was made from."""
+    def canon(items: list[dict[str, Any]]) -> str:
+        return json.dumps(items, sort_keys=True, default=str, separators=(",", ":"))
+
+    return canon([c.model_dump(exclude_none=True) for c in calls]) == canon(list(approved))
 
 
 _REGISTRY: dict[str, type[Action]] = {}

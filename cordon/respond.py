@@ -54,7 +54,7 @@ class CaseSummary(BaseModel):
     ``cordon respond --output json`` prints, the flow run's result, the Slack message's source.
 
     ``status``: ``contained`` | ``not_verified`` | ``failed`` | ``denied`` | ``expired`` | ``refused``
-    | ``no_containment`` | ``awaiting_approval`` | ``submitted`` | ``submit_failed`` | ``error`` |
+    | ``no_containment`` | ``plan_changed`` | ``awaiting_approval`` | ``submitted`` | ``submit_failed`` | ``error`` |
     ``stranded`` | ``claimed_elsewhere`` | ``no_playbook`` | ``joined_open_case``; ``detection`` is
     :meth:`cordon.detections.model.Detection.summary`; ``approval`` ``{decision, approver, ...}``;
     ``plan`` ``{hash, steps: [{action, target, calls}]}`` once planned. Other keys a step adds
@@ -228,10 +228,12 @@ def build_plan(case_id: str, playbook: Playbook, detection: Detection, clients: 
 
 
 def run_step(step: PlanStep, detection: Detection, clients: Callable[..., Any]) -> ActionResult:
-    """Run one planned containment step (idempotent; see :meth:`ContainmentAction.run`)."""
+    """Run one planned containment step (idempotent; see :meth:`ContainmentAction.run`): exactly
+    the calls the approved plan holds (``step.calls``), or nothing and ``plan_changed`` when the
+    state read now needs others."""
     action = get_action(step.action)()
     assert isinstance(action, ContainmentAction)
-    return action.run(_context(detection, step.params, clients))
+    return action.run(_context(detection, step.params, clients), approved=step.calls)
 
 
 def verify_step(step: PlanStep, detection: Detection, clients: Callable[..., Any]) -> dict[str, Any]:
@@ -255,8 +257,11 @@ def rollback_step(step: PlanStep, result: ActionResult, detection: Detection,
 
 def outcome_status(results: list[dict[str, Any]], checks: list[dict[str, Any]]) -> str:
     """A run's status once containment and verification are done: ``failed`` when a step failed,
+    ``plan_changed`` when a step refused because the state needed other calls than approved,
     else ``contained`` when every check held, else ``not_verified``. ``results``: action result dumps
     (``status``); ``checks``: verification outcomes (``held``)."""
     if any(r["status"] == "failed" for r in results):
         return "failed"
+    if any(r["status"] == "plan_changed" for r in results):
+        return "plan_changed"
     return "contained" if all(c["held"] for c in checks) else "not_verified"

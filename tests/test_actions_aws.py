@@ -690,3 +690,37 @@ def test_cloud_params_rebuild_clients_in_the_detections_account(aws, backdoor):
     aws.reset()
     with pytest.raises(ClientError):
         plain.get_user(UserName=BACKDOOR_USER)
+
+
+# -- exactly the approved calls ----------------------------------------------------------------
+def test_containment_makes_exactly_the_approved_calls_or_refuses(aws, backdoor):
+    """``run(approved=...)`` makes the approved plan's calls; when the state read now needs
+    others (the key was deactivated at plan time and re-activated since, or the plan held other
+    calls) nothing is called and the result is ``plan_changed``, naming both call lists."""
+    from cordon.respond import PlanStep, run_step
+
+    det, other = backdoor
+    action = get_action("aws.deactivate-access-key")()
+    c = ctx(aws, det, user_name=BACKDOOR_USER, access_key_id=BACKDOOR_KEY)
+    planned = [call.model_dump(exclude_none=True) for call in action.plan(c).calls]
+    # another plan than the one the state needs: nothing called
+    tampered = [{**planned[0], "params": {**planned[0]["params"], "Status": "Active"}}]
+    refused = action.run(c, approved=tampered)
+    assert refused.status == "plan_changed" and refused.calls == []
+    assert refused.data == {"approved": tampered, "now": planned}
+    assert key_status(aws, BACKDOOR_USER) == {BACKDOOR_KEY: "Active", other: "Active"}
+    # the approved calls, through a JSON round trip (as Prefect's result storage returns them)
+    step = PlanStep(action=action.name, params={"user_name": BACKDOOR_USER, "access_key_id": BACKDOOR_KEY},
+                    target="t", calls=json.loads(json.dumps(planned)))
+    done = run_step(step, det, aws.clients)
+    assert done.status == "contained", done.error
+    assert [call.model_dump(exclude_none=True) for call in done.calls] == planned
+    # approved when nothing was to be done; re-activated since: refused, the key stays as it is
+    nothing = step.model_copy(update={"calls": []})
+    iam(aws).update_access_key(UserName=BACKDOOR_USER, AccessKeyId=BACKDOOR_KEY, Status="Active")
+    again = run_step(nothing, det, aws.clients)
+    assert again.status == "plan_changed" and "nothing was done" in again.error
+    assert key_status(aws, BACKDOOR_USER)[BACKDOOR_KEY] == "Active"
+    from cordon.respond import outcome_status
+
+    assert outcome_status([again.model_dump()], [{"held": False}]) == "plan_changed"

@@ -613,6 +613,7 @@ _STATE_TITLES = {
     "refused": (":no_entry:", "Refused by the guard"),
     "not_verified": (":warning:", "Contained, but verification failed"),
     "no_containment": (":information_source:", "Nothing to contain"),
+    "plan_changed": (":warning:", "Not contained: the state changed since approval"),
 }
 _ACTION_ICONS = {
     "contained": ":white_check_mark:",
@@ -622,6 +623,7 @@ _ACTION_ICONS = {
     "running": ":gear:",
     "failed": ":x:",
     "refused": ":no_entry:",
+    "plan_changed": ":warning:",
     "rolled_back": ":leftwards_arrow_with_hook:",
     "verified": ":lock:",
     "ok": ":white_check_mark:",

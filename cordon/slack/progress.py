@@ -63,7 +63,9 @@ def outcome(status: str, results: Sequence[Mapping[str, Any]], checks: Sequence[
     errors = "; ".join(step_line(r, brief=True) for r in results if r.get("error"))
     return {"contained": f"Verified: {held} of {len(checks)} step(s) hold.",
             "not_verified": f"Verification failed: {held} of {len(checks)} step(s) hold.",
-            "failed": f"Containment failed: {errors or 'see the actions'}"}[status]
+            "failed": f"Containment failed: {errors or 'see the actions'}",
+            "plan_changed": f"Nothing done: {errors or 'the state changed since the plan was approved'}. Run the "
+                            "playbook again (cordon run / /cordon run) to plan and ask again."}[status]
 
 
 def update(ledger: Ledger, settings: Mapping[str, Any], where: Mapping[str, Any], summary: Mapping[str, Any],
