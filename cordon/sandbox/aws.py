@@ -518,26 +518,29 @@ def make_sandbox_client(service: str, region: str, *, moto_url: str, standin_url
     return client
 
 
+_CLIENTS: dict[tuple[str, ...], Any] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
 def sandbox_clients(cloud: dict[str, Any]) -> Any:
     """The :class:`cordon.clouds.Clients` for :meth:`AwsSandbox.cloud_params` (usable in another
     process: it needs only the params), registered as the ``aws-standins`` entry point of group
     ``cordon.clients`` (:mod:`cordon.standins`). ``clients(service, region=None)``: regions are
     mapped with ``cloud["region_map"]`` and then :func:`sandbox_region`; clients are cached. Its
-    ``own_access_key()`` is :data:`SANDBOX_ACCESS_KEY`."""
+    ``own_access_key()`` is :data:`SANDBOX_ACCESS_KEY`. Clients are
+    shared by every factory of the process with the same endpoints, account and region."""
     default = cloud.get("region") or DEFAULT_REGION
-    cache: dict[tuple[str, str], Any] = {}
-    lock = threading.Lock()
 
     def clients(service: str, region: str | None = None) -> Any:
         mapped = (cloud.get("region_map") or {}).get(region, region) if region else None
         mapped = sandbox_region(service, mapped, default)
-        with lock:
-            if (service, mapped) not in cache:
-                cache[(service, mapped)] = make_sandbox_client(
-                    service, mapped, moto_url=cloud["aws_endpoint_url"],
-                    standin_url=cloud.get("standin_url") or cloud["cloudtrail_endpoint_url"],
-                    account_id=cloud.get("account_id") or DEFAULT_ACCOUNT_ID)
-            return cache[(service, mapped)]
+        key = (service, mapped, cloud["aws_endpoint_url"], cloud.get("standin_url") or cloud["cloudtrail_endpoint_url"],
+               cloud.get("account_id") or DEFAULT_ACCOUNT_ID)
+        with _CLIENTS_LOCK:  # one client per process for each key: boto3 clients are thread-safe
+            if key not in _CLIENTS:
+                _CLIENTS[key] = make_sandbox_client(service, mapped, moto_url=key[2], standin_url=key[3],
+                                                    account_id=key[4])
+            return _CLIENTS[key]
 
     return ClientFactory(clients, own_access_key=lambda: SANDBOX_ACCESS_KEY,
                          own_identity=lambda: str(clients("sts").get_caller_identity()["Arn"]))
