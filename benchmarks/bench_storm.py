@@ -1,0 +1,207 @@
+"""A storm: many credentials added at once by a few actors, answered end to end.
+
+``--cases`` distinct CloudTrail ``CreateAccessKey`` detections from ``--actors`` actors (case i by
+actor i mod actors) are POSTed to ``/webhook/detections`` of ``cordon serve`` in batches of
+``--batch`` (JSON lines); the run of every case asks in Slack (the outbox rolls an actor's burst
+into summary messages); once every case is asked, every case's Approve button is clicked (signed,
+8 at a time) and the bench waits for every case to end. Same processes as
+``bench_latency.py`` (Prefect server, ``--workers`` ``cordon worker``, ``cordon serve``; the
+stand-ins in this process).
+
+Prints, and with ``--json`` as one object on the last line: ``cases``, ``lost`` (cases that did
+not end ``contained``), ``cases_per_min_asked`` (cases / time from the first POST to the last
+``approval.asked``), ``cases_per_min_verified`` (cases / time from the first click to the last
+``verify.*``), ``slack_calls_per_case`` (Web API calls the Slack stand-in received / cases) and
+``peak_rss_mb`` (the largest peak RSS, ``VmHWM``, of one Cordon process). Not a test.
+
+    .venv/bin/python benchmarks/bench_storm.py [--cases 500] [--actors 50] [--workers 1] [--postgres] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import types
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from bench_latency import CHANNEL, SECRET, SERVE, TOKEN, make_event, new_postgres_database, signed  # noqa: E402
+
+
+def peak_rss_mb(pid: int) -> float:
+    """``VmHWM`` of ``pid`` and its live descendants, the largest, in MiB (0 when gone)."""
+    best = 0.0
+    todo = [pid]
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                raw = Path(f"/proc/{d}/stat").read_text()
+                children.setdefault(int(raw[raw.rindex(")") + 2:].split()[1]), []).append(int(d))
+            except OSError:
+                continue
+    while todo:
+        p = todo.pop()
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    best = max(best, int(line.split()[1]) / 1024)
+        except OSError:
+            pass
+        todo.extend(children.get(p, []))
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cases", type=int, default=500)
+    ap.add_argument("--actors", type=int, default=50)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=25)
+    ap.add_argument("--runner", choices=("warm", "process"), default="warm")
+    ap.add_argument("--postgres", action="store_true")
+    ap.add_argument("--timeout", type=float, default=1800)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    import httpx
+
+    from cordon.providers.aws.cloudtrail import detection_from_cloudtrail
+    from cordon.sandbox.aws import AwsSandbox
+    from cordon.sandbox.prefect_server import PrefectServer, Worker, free_port
+    from cordon.sandbox.slack_standin import SlackStandIn, block_actions_payload
+    from tests.helpers import config_with_approvers
+
+    tmp = Path(tempfile.mkdtemp(prefix="cordon-storm-"))
+    prefect_db, db_url = None, f"sqlite:///{tmp}/ledger.db"
+    if args.postgres:
+        prefect_db, db_url = new_postgres_database("asyncpg"), new_postgres_database("psycopg")
+    print(f"ledger {db_url}; files in {tmp}", flush=True)
+    server = PrefectServer(tmp / "prefect", database_url=prefect_db).start(timeout=180)
+    slack = SlackStandIn(channels={"cordon-approvals": CHANNEL})
+    slack_url = slack.start()
+    aws = AwsSandbox().start()
+    env = {**server.env, "CORDON_DATABASE_URL": db_url, "CORDON_SLACK_BOT_TOKEN": "xoxb-test",
+           "CORDON_SLACK_API_URL": slack_url, "PREFECT_LOGGING_LEVEL": "WARNING", "CORDON_RUNNER": args.runner,
+           "CORDON_CONFIG": str(config_with_approvers(tmp)), "CORDON_SLACK_SIGNING_SECRET": SECRET,
+           "CORDON_WEBHOOK_TOKEN": TOKEN}
+    os.environ.update(env)
+    from cordon.audit.ledger import Ledger
+
+    template = json.loads((REPO / "examples" / "cloudtrail-create-access-key.json").read_text())
+    match = types.SimpleNamespace(id="bench", title="bench", path="bench", level="high", technique_ids=["T1098.001"])
+    events = []
+    for i in range(args.cases):
+        ev = make_event(template, i % args.actors, f"AKIASTORM{i:011d}")
+        ev["requestParameters"]["userName"] = ev["responseElements"]["accessKey"]["userName"] = f"storm-user-{i}"
+        aws.seed_from_detection(detection_from_cloudtrail(ev, match, "bench", i))
+        events.append(ev)
+    print(f"{args.cases} credentials seeded", flush=True)
+
+    workers = [Worker(env, tmp / f"worker{n}.log", cwd=REPO).start() for n in range(args.workers)]
+    port = free_port()
+    serve = subprocess.Popen([sys.executable, "-c", SERVE, json.dumps(aws.cloud_params()), str(port)],
+                             env={**os.environ, **env}, cwd=REPO, stdout=open(tmp / "serve.log", "ab"),  # noqa: SIM115
+                             stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    http = httpx.Client(timeout=120)
+    ledger = Ledger(db_url)
+    pids = [serve.pid, *(w.proc.pid for w in workers)]
+    peak = 0.0
+    try:
+        while True:
+            try:
+                if http.get(f"{base}/healthz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            while True:
+                try:
+                    client.read_deployment_by_name("respond/respond")
+                    break
+                except Exception:  # noqa: BLE001
+                    time.sleep(0.2)
+        deadline = time.monotonic() + args.timeout
+
+        def count(kind: str) -> set[str]:
+            return {r.case_id for r in ledger.records(kind_prefix=kind) if r.case_id}
+
+        t0 = time.monotonic()
+        for k in range(0, len(events), args.batch):
+            body = "\n".join(json.dumps(e) for e in events[k:k + args.batch]).encode()
+            r = http.post(f"{base}/webhook/detections", content=body, headers={"Authorization": f"Bearer {TOKEN}"})
+            assert r.status_code == 202, r.text
+        posted = time.monotonic() - t0
+        print(f"posted in {posted:.1f} s", flush=True)
+        while len(count("approval.asked")) < args.cases and time.monotonic() < deadline:
+            peak = max(peak, *(peak_rss_mb(p) for p in pids))
+            time.sleep(0.5)
+        t_asked = time.monotonic() - t0
+        asked = count("approval.asked")
+        print(f"{len(asked)} asked in {t_asked:.1f} s", flush=True)
+
+        def click(case_id: str) -> None:
+            for m in slack.messages(CHANNEL):
+                block = next((b for b in m.get("blocks", []) if b.get("type") == "actions"
+                              and b.get("block_id", "").endswith(case_id)), None)
+                if block is None and case_id in json.dumps(m.get("blocks", [])):
+                    block = next((b for b in m["blocks"] if b.get("type") == "actions"), None)
+                if block is not None:
+                    one = {**m, "blocks": [block]}
+                    payload = block_actions_payload(one, CHANNEL, "cordon_approve", user_id="U0ALICE01",
+                                                    user_name="alice",
+                                                    response_url=slack.response_url(CHANNEL, m["ts"]))
+                    data = urllib.parse.urlencode({"payload": json.dumps(payload)}).encode()
+                    r = http.post(f"{base}/slack/interactions", content=data, headers=signed(data))
+                    assert r.status_code == 200, r.text
+                    return
+            raise KeyError(f"no message holds the buttons of {case_id}")
+
+        t1 = time.monotonic()
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(click, sorted(asked)))
+        while len(count("verify.")) < len(asked) and time.monotonic() < deadline:
+            peak = max(peak, *(peak_rss_mb(p) for p in pids))
+            time.sleep(0.5)
+        t_verified = time.monotonic() - t1
+        while time.monotonic() < deadline and len(count("case.closed")) < args.cases:
+            time.sleep(0.5)
+        contained = sum(1 for c in ledger.cases() if c["status"] == "contained")
+        calls = len(slack.requests)
+    finally:
+        for w in workers:
+            w.stop()
+        if serve.poll() is None:
+            os.killpg(serve.pid, signal.SIGTERM)
+            serve.wait(15)
+        aws.stop()
+        slack.stop()
+        server.stop()
+    out = {"cases": args.cases, "actors": args.actors, "workers": args.workers, "runner": args.runner,
+           "postgres": args.postgres, "lost": args.cases - contained,
+           "cases_per_min_asked": round(args.cases / t_asked * 60, 1),
+           "cases_per_min_verified": round(len(asked) / t_verified * 60, 1),
+           "slack_calls_per_case": round(calls / args.cases, 2), "peak_rss_mb": round(peak, 1)}
+    print(f"{args.cases} cases from {args.actors} actors, {args.workers} worker(s): asked {out['cases_per_min_asked']}"
+          f"/min, verified {out['cases_per_min_verified']}/min, lost {out['lost']}, Slack calls a case "
+          f"{out['slack_calls_per_case']}, peak RSS {out['peak_rss_mb']} MiB")
+    if args.json:
+        print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

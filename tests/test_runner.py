@@ -1,0 +1,63 @@
+"""The warm runner (:mod:`cordon.runner`) against a real Prefect server: two runner processes
+serve one deployment; every run is executed exactly once, both runners take runs (scale out),
+and each run executes in its runner's own process (no process per run)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+from cordon.sandbox.prefect_server import PrefectServer
+from tests.helpers import wait_for
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _state(client, run_id) -> str:
+    return client.read_flow_run(run_id).state.type.value
+
+
+def test_two_warm_runners_execute_every_run_once_in_their_own_processes(tmp_path):
+    server = PrefectServer(tmp_path / "prefect").start(timeout=180)
+    runs_file = tmp_path / "runs.txt"
+    runs_file.touch()
+    env = {**os.environ, **server.env, "CORDON_TEST_RUNS_FILE": str(runs_file), "CORDON_RUNNER_SLOTS": "4",
+           "PREFECT_LOGGING_LEVEL": "WARNING"}
+    runners = [subprocess.Popen([sys.executable, "-m", "tests.warm_flows"], env=env, cwd=REPO,
+                                stdout=open(tmp_path / f"runner{i}.log", "ab"),  # noqa: SIM115
+                                stderr=subprocess.STDOUT, start_new_session=True) for i in range(2)]
+    try:
+        from prefect.client.orchestration import get_client
+        from prefect.deployments import run_deployment
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings({PREFECT_API_URL: server.api_url}), get_client(sync_client=True) as client:
+            def ready() -> bool:
+                try:
+                    client.read_deployment_by_name("warm-probe/probe")
+                    return True
+                except Exception:  # noqa: BLE001 - not registered yet
+                    return False
+
+            wait_for(ready, 120, "the runners to register warm-probe/probe")
+            ids = [run_deployment("warm-probe/probe", parameters={"sleep": 0.3}, timeout=0, as_subflow=False).id
+                   for _ in range(16)]
+            wait_for(lambda: all(_state(client, i) == "COMPLETED" for i in ids), 180, "every run to complete")
+        lines = [line.split() for line in runs_file.read_text().splitlines()]
+        per_run = Counter(run for run, _ in lines)
+        assert per_run == Counter({str(i): 1 for i in ids})  # each run executed once, none twice
+        pids = {int(pid) for _, pid in lines}
+        assert pids == {r.pid for r in runners}  # in the runners' own processes, and both took runs
+    finally:
+        for r in runners:
+            if r.poll() is None:
+                os.killpg(r.pid, signal.SIGTERM)
+                try:
+                    r.wait(20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(r.pid, signal.SIGKILL)
+        server.stop()
