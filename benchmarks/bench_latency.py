@@ -181,9 +181,13 @@ def main() -> None:
                 except Exception:  # noqa: BLE001 - the worker has not registered it yet
                     time.sleep(0.2)
         cpu0 = 0.0
+        groups = {"prefect server": [server.proc.pid], "cordon serve": [serve.pid],
+                  "workers": [w.proc.pid for w in workers]}
+        split0: dict[str, float] = {}
         for i in range(args.cases + 1):  # case 0 warms every process up and is not counted
             if i == 1:
-                cpu0 = sum(tree_cpu(p) for p in [server.proc.pid, serve.pid, *(w.proc.pid for w in workers)])
+                split0 = {g: sum(tree_cpu(p) for p in ps) for g, ps in groups.items()}
+                cpu0 = sum(split0.values())
             key = f"AKIABENCH{i:011d}"
             event = make_event(template, i, key)
             aws.seed_from_detection(detection_from_cloudtrail(event, match, "bench", i))
@@ -215,7 +219,8 @@ def main() -> None:
                 verified.append(t3 - t2)
             print(f"case {i:3d}: received->asked {t1 - t0:5.2f} s   approved->verified {t3 - t2:5.2f} s",
                   flush=True)
-        cpu1 = sum(tree_cpu(p) for p in [server.proc.pid, serve.pid, *(w.proc.pid for w in workers)])
+        split1 = {g: sum(tree_cpu(p) for p in ps) for g, ps in groups.items()}
+        cpu1 = sum(split1.values())
     finally:
         for w in workers:
             w.stop()
@@ -234,7 +239,8 @@ def main() -> None:
     print(f"{n} cases, {args.workers} worker(s), runner {args.runner}")
     for name, xs in (("received -> approval asked", asked), ("approved -> containment verified", verified)):
         print(f"{name:34s} p50 {statistics.median(xs):5.2f} s   p95 {pct(xs, 95):5.2f} s   max {max(xs):5.2f} s")
-    print(f"CPU per case (Cordon's processes + Prefect server) {out['cpu_s_per_case']:.2f} s")
+    print(f"CPU per case (Cordon's processes + Prefect server) {out['cpu_s_per_case']:.2f} s: "
+          + ", ".join(f"{g} {(split1[g] - split0[g]) / n:.2f}" for g in split1))
     if args.json:
         print(json.dumps(out))
 

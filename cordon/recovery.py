@@ -413,10 +413,12 @@ def check_case(ledger: Ledger, case: dict[str, Any], *, records: list[LedgerReco
     if current:
         live, why = _process_verdict(current[-1].payload.get("by"), records, now, f"run {run_id}'s process")
         return RunCheck(live=live, reason=why, **common)
-    if earlier and process_alive(earlier[-1].payload.get("by")) is True:  # still running it, or still exiting
+    waited = (now - since).total_seconds() if since else 0.0
+    if earlier and process_alive(earlier[-1].payload.get("by")) is True and waited < start_grace_seconds():
+        # still running it, or still exiting; a warm worker (cordon/runner.py) outlives its runs, so
+        # this holds only for the grace: after it, the resumed run's own process must have said so
         return RunCheck(live=True, reason=f"run {run_id} is {st.type}; the process that ran it before its resume "
                                           f"(pid {earlier[-1].payload['by']['pid']}) is running", **common)
-    waited = (now - since).total_seconds() if since else 0.0
     if waited < start_grace_seconds():
         after = " after its resume" if resumed else ""
         return RunCheck(live=True, reason=f"run {run_id} is {st.type}{after}, its process starting ({waited:.0f} s)",

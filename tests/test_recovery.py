@@ -661,9 +661,13 @@ def test_a_run_just_resumed_is_starting_not_stranded(tmp_path, monkeypatch):
     claim = ledger.append("approval.decision", {"decision": "approve"}, case_id=other, run_id=other_run)
     ledger.append("approval.decision_received", {"decision_seq": claim.seq, "resumed": True}, case_id=other,
                   run_id=other_run)
-    monkeypatch.setenv("CORDON_RECOVERY_START_GRACE_SECONDS", "0")
     exiting = check_case(ledger, ledger.case(other), state_of=lambda _: RunState("PENDING", "Submitting", now))
     assert exiting.live is True and "before its resume" in exiting.reason, exiting
+    # ... for the start grace only: a warm worker (cordon/runner.py) outlives the runs it executed, so
+    # a resumed run another (dead) runner claimed and never started is stranded once the grace is over
+    monkeypatch.setenv("CORDON_RECOVERY_START_GRACE_SECONDS", "0")
+    claimed = check_case(ledger, ledger.case(other), state_of=lambda _: RunState("PENDING", "Submitting", now))
+    assert claimed.live is False and "no process recorded" in claimed.reason, claimed
 
 
 def test_who_may_run_a_stranded_case_again():
