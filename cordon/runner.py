@@ -121,12 +121,17 @@ class WarmRunner:
     @staticmethod
     def _execute(flow: Flow, flow_run_id: UUID) -> None:
         from prefect.client.orchestration import get_client
+        from prefect.exceptions import Abort, Pause
         from prefect.flow_engine import run_flow
 
         try:
             with get_client(sync_client=True) as client:
                 flow_run = client.read_flow_run(flow_run_id)
             run_flow(flow, flow_run=flow_run, return_type="state")
+        except Pause:  # suspend_flow_run: the run waits (for approval) in Prefect, holding nothing here
+            log.info("flow run %s is suspended", flow_run_id)
+        except Abort as exc:  # the orchestrator refused a transition (e.g. the run was cancelled)
+            log.info("flow run %s aborted by the orchestrator: %s", flow_run_id, exc)
         except BaseException:  # noqa: BLE001 - one run's failure never stops the runner
             log.exception("flow run %s raised out of the flow engine", flow_run_id)
 
