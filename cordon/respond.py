@@ -54,8 +54,9 @@ class CaseSummary(BaseModel):
     ``cordon respond --output json`` prints, the flow run's result, the Slack message's source.
 
     ``status``: ``contained`` | ``not_verified`` | ``failed`` | ``denied`` | ``expired`` | ``refused``
-    | ``no_containment`` | ``plan_changed`` | ``awaiting_approval`` | ``submitted`` | ``submit_failed`` | ``error`` |
-    ``stranded`` | ``claimed_elsewhere`` | ``no_playbook`` | ``joined_open_case``; ``detection`` is
+    | ``no_containment`` | ``plan_changed`` | ``replanning`` | ``awaiting_approval`` | ``submitted`` |
+    ``submit_failed`` | ``error`` | ``stranded`` | ``claimed_elsewhere`` | ``no_playbook`` |
+    ``joined_open_case``; ``detection`` is
     :meth:`cordon.detections.model.Detection.summary`; ``approval`` ``{decision, approver, ...}``;
     ``plan`` ``{hash, steps: [{action, target, calls}]}`` once planned. Other keys a step adds
     (``guard``, ``verification``, ``rollback``, ``attempt``, ``error``) are kept (``extra="allow"``).

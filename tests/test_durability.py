@@ -293,3 +293,56 @@ def test_quorum_of_two_resumes_the_real_run_only_on_the_second_distinct_approver
     keys = {k["AccessKeyId"]: k["Status"] for k in iam.list_access_keys(UserName="build-bot")["AccessKeyMetadata"]}
     assert keys == {"AKIAEXAMPLEBUILDBOT9": "Inactive"}
     assert stack["ledger"].verify().ok
+
+
+def test_a_plan_the_state_outgrew_is_not_run_but_planned_and_asked_again(stack):
+    """The plan was approved for a state that changed before containment: the key was already
+    inactive when the run planned (nothing to call) and was re-activated before the click. The
+    approved run calls nothing (``action.plan_changed``), tells Slack, and submits the next attempt,
+    which plans from the state as it is now and asks in a new message; that approval contains it."""
+    w = Worker(stack["env"], stack["tmp"] / "worker.log", cwd=REPO).start()
+    stack["workers"].append(w)
+    wait_for(deployment_ready, 90, "the respond deployment to be served")
+    ledger, aws, slack = stack["ledger"], stack["aws"], stack["slack"]
+    responder = Responder(ledger=ledger)
+    report = responder.intake([EXAMPLE])
+    (ticket,) = report.cases
+    aws.seed_from_detection(ticket.detection)
+    iam = aws.clients("iam", account_id="111122223333")
+    key = {"UserName": "build-bot", "AccessKeyId": "AKIAEXAMPLEBUILDBOT9"}
+    iam.update_access_key(**key, Status="Inactive")  # someone deactivated it before Cordon planned
+    slack_settings = {"channel": CHANNEL, "base_url": stack["slack_url"]}
+    first = responder.submit(ticket, cloud=aws.cloud_params(), slack=slack_settings)
+    case_id = first["case_id"]
+    wait_for(lambda: flow_state(first["flow_run_id"]) == "PAUSED", 120, "the first run to ask")
+    (message,) = slack.messages(CHANNEL)
+    iam.update_access_key(**key, Status="Active")  # ... and it came back before the click
+
+    def click(msg: dict) -> None:
+        payload = block_actions_payload(msg, CHANNEL, "cordon_approve", user_id="U0ALICE01", user_name="alice",
+                                        response_url=slack.response_url(CHANNEL, msg["ts"]))
+        body = urllib.parse.urlencode({"payload": json.dumps(payload)}).encode()
+        assert httpx.post(f"{stack['cordon_url']}/slack/interactions", content=body,
+                          headers=slack_signed(body)).status_code == 200
+
+    click(message)
+    wait_for(lambda: len(slack.messages(CHANNEL)) == 2, 180, "the second approval request")
+    assert {r.kind for r in ledger.records(case_id=case_id)} >= {"action.plan_changed", "case.replan"}
+    assert not list(ledger.records(case_id=case_id, kind_prefix="action.contained"))
+    changed = next(ledger.records(case_id=case_id, kind_prefix="action.plan_changed")).payload
+    assert changed["data"]["approved"] == [] and changed["data"]["now"][0]["operation"] == "UpdateAccessKey"
+    old = slack.message(CHANNEL, message["ts"])
+    assert "plans again" in " ".join(r["text"] for r in slack.replies(CHANNEL, message["ts"]))
+    assert not [b for b in old["blocks"] if b["type"] == "actions"
+                and any(el["action_id"] == "cordon_approve" for el in b["elements"])]
+    second = next(m for m in slack.messages(CHANNEL) if m["ts"] != message["ts"])
+    assert "iam:UpdateAccessKey" in json.dumps(second["blocks"])
+    asked = list(ledger.records(case_id=case_id, kind_prefix="approval.asked"))
+    assert len(asked) == 2 and asked[0].payload["plan_hash"] != asked[1].payload["plan_hash"]
+    wait_for(lambda: flow_state(asked[1].run_id) == "PAUSED", 120, "the second run to wait")
+    click(second)
+    wait_for(lambda: ledger.case(case_id)["status"] == "contained", 180, "the case to be contained")
+    keys = {k["AccessKeyId"]: k["Status"] for k in iam.list_access_keys(UserName="build-bot")["AccessKeyMetadata"]}
+    assert keys == {"AKIAEXAMPLEBUILDBOT9": "Inactive"}
+    kinds = [r.kind for r in ledger.records(case_id=case_id)]
+    assert kinds.count("action.contained") == 1 and kinds.count("case.closed") == 1

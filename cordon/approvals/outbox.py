@@ -410,6 +410,16 @@ class Outbox:
         if thread_text:
             self._reply(client, group.post_channel, group.ts, f"{case_id}: {thread_text}")
 
+    def retire(self, case_id: str) -> bool:
+        """Forget ``case_id``'s request so that asking again posts a new message (a new plan after
+        the state changed since approval): its row is kept, renamed ``<case_id>~<8 hex>``, and no
+        longer counts as its actor's (the new request is not rolled into a burst summary with the
+        request it replaces). Returns whether there was one."""
+        with self.writer.begin() as conn:
+            done = conn.execute(cases_table.update().where(cases_table.c.case_id == case_id)
+                                .values(case_id=f"{case_id}~{uuid.uuid4().hex[:8]}", actor_key=None)).rowcount
+        return bool(done)
+
     def flush_pending(self, client: WebClient) -> int:
         """Render every group whose last change is not yet in Slack (a process died mid-render);
         returns how many were rendered."""

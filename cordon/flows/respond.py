@@ -334,6 +334,32 @@ def finish(case_id: str, summary: CaseSummary) -> dict[str, Any]:
     return summary.out()
 
 
+@task(name="plan again", task_run_name="plan again {case_id}", persist_result=True)
+def replan_task(case_id: str, summary: CaseSummary, cloud: dict[str, Any], slack: dict[str, Any],
+                attempt: int) -> dict[str, Any]:
+    """The state changed since the plan was approved (a step is ``plan_changed``; nothing was
+    done): ``case.replan`` in the ledger, the case ``replanning``, its Slack request retired (the
+    next ask posts a new message), and the next attempt submitted to the ``respond`` deployment
+    (:func:`cordon.recovery.rerun`), which plans from the state as it is and asks again. Not a
+    ``case.closed``: the next attempt closes the case. After :func:`cordon.recovery.max_attempts`
+    attempts recovery gives up and the case waits for a person (``recovery.gave_up``)."""
+    from cordon.approvals.outbox import default_outbox
+    from cordon.engine import Responder
+    from cordon.recovery import DEPLOYMENT, RunCheck, rerun
+
+    changed = [a for a in summary.actions if a.get("status") == "plan_changed"]
+    ledger().append("case.replan", {"attempt": attempt, "steps": changed}, case_id=case_id, run_id=_run_id(),
+                    actor="cordon")
+    ledger().set_case(case_id, status="replanning")
+    default_outbox().retire(case_id)
+    check = RunCheck(case_id=case_id, live=False, reason="the state changed since the plan was approved",
+                     status="replanning", playbook=summary.playbook, attempt=attempt, started=attempt, mode="slack",
+                     where=DEPLOYMENT, flow_run_id=_run_id(), cloud=cloud, slack=slack)
+    again = rerun(Responder(ledger=ledger()), check, where=DEPLOYMENT, modes=("slack",), cloud=cloud, slack=slack)
+    _log("the state changed since approval: nothing done; attempt %s %s", again.attempt, again.action)
+    return {**summary.out(), "status": "replanning", "next_attempt": again.attempt, "recovery": again.action}
+
+
 def record_failure(flow, flow_run, state) -> None:
     """Prefect ``on_failure`` / ``on_crashed`` hook: the ledger says the run failed and why."""
     case_id = (flow_run.parameters or {}).get("case_id")
@@ -425,8 +451,11 @@ def respond(case_id: str, playbook: str, approval: ApprovalMode = "console", clo
     summary.status = outcome_status(results, checks)
     if where:
         story = [progress.proceeding(decision), *(progress.step_line(r) for r in results),
-                 progress.outcome(summary.status, results, checks)]
+                 progress.replanning() if summary.status == "plan_changed"
+                 else progress.outcome(summary.status, results, checks)]
         update_slack(slack or {}, where, {**summary.out(), "rollback": _rollbackable(results)}, "\n".join(story))
+        if summary.status == "plan_changed":  # never what was not approved: plan and ask again
+            return replan_task(case_id, summary, cloud, slack or {}, attempt)
     return finish(case_id, summary)
 
 def serve(name: str = "respond", sweeper_interval: int | None = None) -> None:  # pragma: no cover - durability test

@@ -614,6 +614,7 @@ _STATE_TITLES = {
     "not_verified": (":warning:", "Contained, but verification failed"),
     "no_containment": (":information_source:", "Nothing to contain"),
     "plan_changed": (":warning:", "Not contained: the state changed since approval"),
+    "replanning": (":repeat:", "Planning again: the state changed since approval"),
 }
 _ACTION_ICONS = {
     "contained": ":white_check_mark:",

@@ -57,6 +57,12 @@ def proceeding(decision: Mapping[str, Any]) -> str:
     return f"{why}: containing."
 
 
+def replanning() -> str:
+    """The last reply when a step found the state changed since approval (``plan_changed``)."""
+    return ("Nothing done: the state changed since the plan was approved. Cordon plans again from the "
+            "state as it is now and asks in a new message.")
+
+
 def outcome(status: str, results: Sequence[Mapping[str, Any]], checks: Sequence[Mapping[str, Any]]) -> str:
     """The last reply: verified, not verified (with how many steps hold), or which steps failed."""
     held = sum(1 for c in checks if c["held"])
