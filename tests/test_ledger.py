@@ -107,3 +107,27 @@ def test_concurrent_writers_keep_one_linear_chain(ledger_url):
     ledger = Ledger(ledger_url)
     res = ledger.verify()
     assert res.ok and res.checked == 100
+
+
+def test_close_case_sets_the_status_and_closes_in_one_transaction(ledger_url):
+    """``close_case``: the status, its ``case.status`` record and ``case.closed`` are written
+    together (a transaction that fails leaves none of them), the chain still verifies."""
+    ledger = Ledger(ledger_url)
+    case_id = ledger.open_case("aws|1|aws_access_key|AKIACLOSE", "det-close", {"x": 1},
+                               "aws-access-key-created").case_id
+    ledger.set_case(case_id, status="containing")
+    before = [r.kind for r in ledger.records(case_id=case_id)]
+    statuses = len(list(ledger.records(kind_prefix="case.status")))
+    # a failing transaction (keys json cannot sort fail inside it, after the status update): nothing written
+    with pytest.raises(TypeError):
+        ledger.close_case(case_id, "contained", {"bad": {1: "a", "b": 2}}, run_id="run-1")
+    assert ledger.case(case_id)["status"] == "containing"
+    assert [r.kind for r in ledger.records(case_id=case_id)] == before
+    assert len(list(ledger.records(kind_prefix="case.status"))) == statuses
+    closed = ledger.close_case(case_id, "contained", {"status": "contained"}, run_id="run-1", actor="cordon")
+    assert closed.kind == "case.closed" and closed.payload == {"status": "contained"}
+    assert [r.kind for r in ledger.records(case_id=case_id)][len(before):] == ["case.closed"]
+    status = list(ledger.records(kind_prefix="case.status"))[statuses:]
+    assert [(r.payload["case_id"], r.payload["status"], r.seq) for r in status] == [
+        (case_id, "contained", closed.seq - 1)]  # the status record, then case.closed, in one transaction
+    assert ledger.case(case_id)["status"] == "contained" and ledger.verify().ok

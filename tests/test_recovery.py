@@ -362,6 +362,10 @@ def test_worker_sweep_recovers_cli_cases_and_runs_whose_worker_died(tmp_path):
                     pass
             os.killpg(workers[0].pid, signal.SIGKILL)
             workers[0].wait(30)
+            # a warm worker is fast: a recovered run may have closed its case before the kill landed
+            closed_runs = {r.run_id for r in ledger.records(kind_prefix="case.closed")}
+            started_runs = {r.run_id for r in ledger.records(kind_prefix="run.process")}
+            interrupted = (recovered_runs & started_runs) - closed_runs
             # a new worker's sweep runs the dead ones again (and nothing that completed)
             workers.append(_worker(wenv, log))
             wait_for(_deployments_ready, 120, "the new worker")
@@ -377,8 +381,9 @@ def test_worker_sweep_recovers_cli_cases_and_runs_whose_worker_died(tmp_path):
             crashed = [r for r in ledger.records(kind_prefix="run.error")]
             print(f"\nsweep test: {len(stranded)} stranded after the CLI kill, {len(submitted)} submitted by the "
                   f"sweep, {len(victims)} run process(es) killed, presumed dead {len(dead)}, run.error "
-                  f"{len(crashed)}, {outcome}")
-            assert dead or crashed  # the killed run was found dead, by the ledger or by Prefect
+                  f"{len(crashed)}, {len(interrupted)} run(s) interrupted by the kill, {outcome}")
+            if interrupted:
+                assert dead or crashed  # the killed run was found dead, by the ledger or by Prefect
             for r in dead:
                 assert _flow_state(r.payload["flow_run_id"]) == "CRASHED"
     finally:

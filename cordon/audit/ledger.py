@@ -582,6 +582,21 @@ class Ledger:
             row = w.conn.execute(sa.select(cases_table).where(cases_table.c.case_id == case_id)).one()
             self._case_status(w, row, sorted(values), ts)
 
+    def close_case(self, case_id: str, status: str, payload: dict[str, Any], *, run_id: str | None = None,
+                   actor: str | None = None) -> LedgerRecord:
+        """Set the case's ``status`` (with its ``case.status`` record) and append ``case.closed``
+        with ``payload``, in one transaction: a process killed in between leaves neither, never a
+        case whose status says it ended without the record that closes it. Returns the
+        ``case.closed`` record."""
+        with self.chained() as w:
+            ts = now_iso()
+            res = w.conn.execute(cases_table.update().where(cases_table.c.case_id == case_id)
+                                 .values(updated_at=ts, status=status))
+            if res.rowcount:
+                row = w.conn.execute(sa.select(cases_table).where(cases_table.c.case_id == case_id)).one()
+                self._case_status(w, row, ["status"], ts)
+            return w.append("case.closed", payload, case_id=case_id, run_id=run_id, actor=actor, ts=ts)
+
     # -- reading ---------------------------------------------------------------------------
     def records(self, case_id: str | None = None, kind_prefix: str | None = None) -> Iterator[LedgerRecord]:
         """Records in ``seq`` order, optionally for one case and/or kinds starting with a prefix."""

@@ -315,11 +315,11 @@ def finish(case_id: str, summary: CaseSummary) -> dict[str, Any]:
     """Close the run: case status, a ``case.closed`` record with the outcome, and the case's
     timeline as a Markdown artifact on the run (key ``cordon-timeline-<case>``) for the Prefect UI.
     Returns the summary as printed (:meth:`cordon.respond.CaseSummary.out`)."""
-    ledger().set_case(case_id, status=summary.status)
+    # status and case.closed in one transaction: a kill between them left a "contained" case that
+    # no record closed, which recovery (reading the status) never looked at again
+    ledger().close_case(case_id, summary.status, {"status": summary.status, "verified": summary.verified,
+                                                  "approval": summary.approval}, run_id=_run_id(), actor="cordon")
     _log("case %s closed: %s", case_id, summary.status)
-    ledger().append("case.closed", {"status": summary.status, "verified": summary.verified,
-                                    "approval": summary.approval}, case_id=case_id, run_id=_run_id(),
-                    actor="cordon")
     from prefect.artifacts import create_markdown_artifact
 
     from cordon.audit.report import artifact_key, markdown_timeline
