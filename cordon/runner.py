@@ -102,16 +102,14 @@ class WarmRunner:
             limit=free)
         started = []
         for run in sorted(runs, key=lambda r: (r.next_scheduled_start_time is None, r.next_scheduled_start_time)):
-            if run.id in self._inflight or len(self._inflight) >= self.slots:
+            flow = self._flows.get(run.deployment_id) if run.deployment_id else None
+            if flow is None or run.id in self._inflight or len(self._inflight) >= self.slots:
                 continue
             try:
                 state = propose_state_sync(client, Pending(), flow_run_id=run.id)
             except Abort:  # another runner claimed it first
                 continue
             if not state.is_pending():
-                continue
-            flow = self._flows.get(run.deployment_id) if run.deployment_id else None
-            if flow is None:
                 continue
             assert self._pool is not None
             self._inflight[run.id] = self._pool.submit(self._execute, flow, run.id)
