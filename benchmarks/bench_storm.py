@@ -12,7 +12,9 @@ Prints, and with ``--json`` as one object on the last line: ``cases``, ``lost`` 
 not end ``contained``), ``cases_per_min_asked`` (cases / time from the first POST to the last
 ``approval.asked``), ``cases_per_min_verified`` (cases / time from the first click to the last
 ``verify.*``), ``slack_calls_per_case`` (Web API calls the Slack stand-in received / cases) and
-``peak_rss_mb`` (the largest peak RSS, ``VmHWM``, of one Cordon process). Not a test.
+``peak_rss_mb`` (the largest peak RSS, ``VmHWM``, of one Cordon process) and ``cpu_s_per_case`` (user +
+system CPU of the Prefect server, the workers and ``cordon serve`` from the first POST to the last
+``case.closed``, per case: under load, so idle polling weighs little). Not a test.
 
     .venv/bin/python benchmarks/bench_storm.py [--cases 500] [--actors 50] [--workers 1] [--postgres] [--json]
 """
@@ -36,7 +38,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_latency import CHANNEL, SECRET, SERVE, TOKEN, make_event, new_postgres_database, signed  # noqa: E402
+from bench_latency import (  # noqa: E402
+    CHANNEL,
+    SECRET,
+    SERVE,
+    TOKEN,
+    make_event,
+    new_postgres_database,
+    signed,
+    tree_cpu,
+)
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -140,6 +151,8 @@ def main() -> None:
         def count(kind: str) -> set[str]:
             return {r.case_id for r in ledger.records(kind_prefix=kind) if r.case_id}
 
+        cpu_pids = [server.proc.pid, *pids]
+        cpu0 = sum(tree_cpu(p) for p in cpu_pids)
         t0 = time.monotonic()
         for k in range(0, len(events), args.batch):
             body = "\n".join(json.dumps(e) for e in events[k:k + args.batch]).encode()
@@ -180,6 +193,7 @@ def main() -> None:
         t_verified = time.monotonic() - t1
         while time.monotonic() < deadline and len(count("case.closed")) < args.cases:
             time.sleep(0.5)
+        cpu = sum(tree_cpu(p) for p in cpu_pids) - cpu0
         contained = sum(1 for c in ledger.cases() if c["status"] == "contained")
         calls = len(slack.requests)
     finally:
@@ -195,10 +209,12 @@ def main() -> None:
            "postgres": args.postgres, "lost": args.cases - contained,
            "cases_per_min_asked": round(args.cases / t_asked * 60, 1),
            "cases_per_min_verified": round(len(asked) / t_verified * 60, 1),
-           "slack_calls_per_case": round(calls / args.cases, 2), "peak_rss_mb": round(peak, 1)}
+           "slack_calls_per_case": round(calls / args.cases, 2), "peak_rss_mb": round(peak, 1),
+           "cpu_s_per_case": round(cpu / args.cases, 3)}
     print(f"{args.cases} cases from {args.actors} actors, {args.workers} worker(s): asked {out['cases_per_min_asked']}"
           f"/min, verified {out['cases_per_min_verified']}/min, lost {out['lost']}, Slack calls a case "
-          f"{out['slack_calls_per_case']}, peak RSS {out['peak_rss_mb']} MiB")
+          f"{out['slack_calls_per_case']}, peak RSS {out['peak_rss_mb']} MiB, CPU {out['cpu_s_per_case']} s a case "
+          "(Prefect server, workers, cordon serve)")
     if args.json:
         print(json.dumps(out))
 
