@@ -104,6 +104,80 @@ def new_postgres_database(driver: str) -> str:
     return f"postgresql+{driver}://postgres@127.0.0.1:5432/{name}"
 
 
+class Stack:
+    """The processes of both benchmarks: Prefect server (child), ``workers`` ``cordon worker``
+    processes, ``cordon serve`` (child, uvicorn), and in this process the AWS sandbox and the Slack
+    stand-in. ``start()`` returns once the server answers ``/healthz`` and ``respond/respond`` is
+    registered; ``stop()`` ends everything (use in ``finally``)."""
+
+    def __init__(self, prefix: str, *, postgres: bool, runner: str, workers: int):
+        from cordon.sandbox.aws import AwsSandbox
+        from cordon.sandbox.prefect_server import PrefectServer
+        from cordon.sandbox.slack_standin import SlackStandIn
+        from tests.helpers import config_with_approvers  # the Slack path needs approvers configured
+
+        self.tmp = Path(tempfile.mkdtemp(prefix=prefix))
+        prefect_db, self.db_url = None, f"sqlite:///{self.tmp}/ledger.db"
+        if postgres:
+            prefect_db, self.db_url = new_postgres_database("asyncpg"), new_postgres_database("psycopg")
+        print(f"ledger {self.db_url}; files in {self.tmp}", flush=True)
+        self.server = PrefectServer(self.tmp / "prefect", database_url=prefect_db).start(timeout=180)
+        self.slack = SlackStandIn(channels={"cordon-approvals": CHANNEL})
+        slack_url = self.slack.start()
+        self.aws = AwsSandbox().start()
+        self.env = {**self.server.env, "CORDON_DATABASE_URL": self.db_url, "CORDON_SLACK_BOT_TOKEN": "xoxb-test",
+                    "CORDON_SLACK_API_URL": slack_url, "PREFECT_LOGGING_LEVEL": "WARNING", "CORDON_RUNNER": runner,
+                    "CORDON_CONFIG": str(config_with_approvers(self.tmp)), "CORDON_SLACK_SIGNING_SECRET": SECRET,
+                    "CORDON_WEBHOOK_TOKEN": TOKEN}
+        os.environ.update(self.env)
+        self.n_workers = workers
+        self.workers: list = []
+        self.serve: subprocess.Popen | None = None
+        self.base = ""
+
+    def start(self, http) -> Stack:
+        from prefect.client.orchestration import get_client
+
+        from cordon.sandbox.prefect_server import Worker, free_port
+
+        self.workers = [Worker(self.env, self.tmp / f"worker{n}.log", cwd=REPO).start()
+                        for n in range(self.n_workers)]
+        port = free_port()
+        self.serve = subprocess.Popen(
+            [sys.executable, "-c", SERVE, json.dumps(self.aws.cloud_params()), str(port)],
+            env={**os.environ, **self.env}, cwd=REPO, stdout=open(self.tmp / "serve.log", "ab"),  # noqa: SIM115
+            stderr=subprocess.STDOUT, start_new_session=True)
+        self.base = f"http://127.0.0.1:{port}"
+        while True:
+            try:
+                if http.get(f"{self.base}/healthz").status_code == 200:
+                    break
+            except Exception:  # noqa: BLE001 - not listening yet
+                time.sleep(0.2)
+        with get_client(sync_client=True) as client:
+            while True:
+                try:
+                    client.read_deployment_by_name("respond/respond")
+                    break
+                except Exception:  # noqa: BLE001 - the worker has not registered it yet
+                    time.sleep(0.2)
+        return self
+
+    def cordon_pids(self) -> list[int]:
+        """``cordon serve`` and the workers."""
+        return [p for p in [self.serve.pid if self.serve else None, *(w.proc.pid for w in self.workers)] if p]
+
+    def stop(self) -> None:
+        for w in self.workers:
+            w.stop()
+        if self.serve is not None and self.serve.poll() is None:
+            os.killpg(self.serve.pid, signal.SIGTERM)
+            self.serve.wait(15)
+        self.aws.stop()
+        self.slack.stop()
+        self.server.stop()
+
+
 def make_event(template: dict, i: int, key: str) -> dict:
     event = json.loads(json.dumps(template))
     actor = f"intruder-{i}"
@@ -130,59 +204,23 @@ def main() -> None:
 
     import httpx
 
-    from cordon.providers.aws.cloudtrail import detection_from_cloudtrail
-    from cordon.sandbox.aws import AwsSandbox
-    from cordon.sandbox.prefect_server import PrefectServer, Worker, free_port
-    from cordon.sandbox.slack_standin import SlackStandIn, block_actions_payload
-    from tests.helpers import config_with_approvers  # the Slack path needs approvers configured
-
-    tmp = Path(tempfile.mkdtemp(prefix="cordon-bench-"))
-    prefect_db, db_url = None, f"sqlite:///{tmp}/ledger.db"
-    if args.postgres:
-        prefect_db, db_url = new_postgres_database("asyncpg"), new_postgres_database("psycopg")
-    print(f"ledger {db_url}; files in {tmp}", flush=True)
-    server = PrefectServer(tmp / "prefect", database_url=prefect_db).start(timeout=180)
-    slack = SlackStandIn(channels={"cordon-approvals": CHANNEL})
-    slack_url = slack.start()
-    aws = AwsSandbox().start()
-    env = {**server.env, "CORDON_DATABASE_URL": db_url, "CORDON_SLACK_BOT_TOKEN": "xoxb-test",
-           "CORDON_SLACK_API_URL": slack_url, "PREFECT_LOGGING_LEVEL": "WARNING", "CORDON_RUNNER": args.runner,
-           "CORDON_CONFIG": str(config_with_approvers(tmp)), "CORDON_SLACK_SIGNING_SECRET": SECRET,
-           "CORDON_WEBHOOK_TOKEN": TOKEN}
-    os.environ.update(env)
     from cordon.audit.ledger import Ledger
+    from cordon.providers.aws.cloudtrail import detection_from_cloudtrail
+    from cordon.sandbox.slack_standin import block_actions_payload
 
-    workers = [Worker(env, tmp / f"worker{n}.log", cwd=REPO).start() for n in range(args.workers)]
-    port = free_port()
-    serve = subprocess.Popen([sys.executable, "-c", SERVE, json.dumps(aws.cloud_params()), str(port)],
-                             env={**os.environ, **env}, cwd=REPO, stdout=open(tmp / "serve.log", "ab"),  # noqa: SIM115
-                             stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
+    stack = Stack("cordon-bench-", postgres=args.postgres, runner=args.runner, workers=args.workers)
+    aws, slack = stack.aws, stack.slack
     http = httpx.Client(timeout=30)
-    ledger = Ledger(db_url)
+    ledger = Ledger(stack.db_url)
     template = json.loads((REPO / "examples" / "cloudtrail-create-access-key.json").read_text())
     match = types.SimpleNamespace(id="bench", title="bench", path="bench", level="high", technique_ids=["T1098.001"])
     asked: list[float] = []
     verified: list[float] = []
     try:
-        while True:
-            try:
-                if http.get(f"{base}/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        from prefect.client.orchestration import get_client
-
-        with get_client(sync_client=True) as client:
-            while True:
-                try:
-                    client.read_deployment_by_name("respond/respond")
-                    break
-                except Exception:  # noqa: BLE001 - the worker has not registered it yet
-                    time.sleep(0.2)
+        base = stack.start(http).base
         cpu0 = 0.0
-        groups = {"prefect server": [server.proc.pid], "cordon serve": [serve.pid],
-                  "workers": [w.proc.pid for w in workers]}
+        groups = {"prefect server": [stack.server.proc.pid], "cordon serve": [stack.serve.pid],
+                  "workers": [w.proc.pid for w in stack.workers]}
         split0: dict[str, float] = {}
         for i in range(args.cases + 1):  # case 0 warms every process up and is not counted
             if i == 1:
@@ -222,14 +260,7 @@ def main() -> None:
         split1 = {g: sum(tree_cpu(p) for p in ps) for g, ps in groups.items()}
         cpu1 = sum(split1.values())
     finally:
-        for w in workers:
-            w.stop()
-        if serve.poll() is None:
-            os.killpg(serve.pid, signal.SIGTERM)
-            serve.wait(15)
-        aws.stop()
-        slack.stop()
-        server.stop()
+        stack.stop()
     n = len(asked)
     out = {"cases": n, "runner": args.runner, "workers": args.workers, "postgres": args.postgres,
            "asked_p50_s": round(statistics.median(asked), 3), "asked_p95_s": round(pct(asked, 95), 3),

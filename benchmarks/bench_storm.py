@@ -24,10 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 import types
 import urllib.parse
@@ -38,16 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_latency import (  # noqa: E402
-    CHANNEL,
-    SECRET,
-    SERVE,
-    TOKEN,
-    make_event,
-    new_postgres_database,
-    signed,
-    tree_cpu,
-)
+from bench_latency import CHANNEL, TOKEN, Stack, make_event, signed, tree_cpu  # noqa: E402
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -88,64 +76,29 @@ def main() -> None:
 
     import httpx
 
-    from cordon.providers.aws.cloudtrail import detection_from_cloudtrail
-    from cordon.sandbox.aws import AwsSandbox
-    from cordon.sandbox.prefect_server import PrefectServer, Worker, free_port
-    from cordon.sandbox.slack_standin import SlackStandIn, block_actions_payload
-    from tests.helpers import config_with_approvers
-
-    tmp = Path(tempfile.mkdtemp(prefix="cordon-storm-"))
-    prefect_db, db_url = None, f"sqlite:///{tmp}/ledger.db"
-    if args.postgres:
-        prefect_db, db_url = new_postgres_database("asyncpg"), new_postgres_database("psycopg")
-    print(f"ledger {db_url}; files in {tmp}", flush=True)
-    server = PrefectServer(tmp / "prefect", database_url=prefect_db).start(timeout=180)
-    slack = SlackStandIn(channels={"cordon-approvals": CHANNEL})
-    slack_url = slack.start()
-    aws = AwsSandbox().start()
-    env = {**server.env, "CORDON_DATABASE_URL": db_url, "CORDON_SLACK_BOT_TOKEN": "xoxb-test",
-           "CORDON_SLACK_API_URL": slack_url, "PREFECT_LOGGING_LEVEL": "WARNING", "CORDON_RUNNER": args.runner,
-           "CORDON_CONFIG": str(config_with_approvers(tmp)), "CORDON_SLACK_SIGNING_SECRET": SECRET,
-           "CORDON_WEBHOOK_TOKEN": TOKEN}
-    os.environ.update(env)
     from cordon.audit.ledger import Ledger
+    from cordon.providers.aws.cloudtrail import detection_from_cloudtrail
+    from cordon.sandbox.slack_standin import block_actions_payload
 
-    template = json.loads((REPO / "examples" / "cloudtrail-create-access-key.json").read_text())
-    match = types.SimpleNamespace(id="bench", title="bench", path="bench", level="high", technique_ids=["T1098.001"])
-    events = []
-    for i in range(args.cases):
-        ev = make_event(template, i % args.actors, f"AKIASTORM{i:011d}")
-        ev["requestParameters"]["userName"] = ev["responseElements"]["accessKey"]["userName"] = f"storm-user-{i}"
-        aws.seed_from_detection(detection_from_cloudtrail(ev, match, "bench", i))
-        events.append(ev)
-    print(f"{args.cases} credentials seeded", flush=True)
-
-    workers = [Worker(env, tmp / f"worker{n}.log", cwd=REPO).start() for n in range(args.workers)]
-    port = free_port()
-    serve = subprocess.Popen([sys.executable, "-c", SERVE, json.dumps(aws.cloud_params()), str(port)],
-                             env={**os.environ, **env}, cwd=REPO, stdout=open(tmp / "serve.log", "ab"),  # noqa: SIM115
-                             stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    http = httpx.Client(timeout=120)
-    ledger = Ledger(db_url)
-    pids = [serve.pid, *(w.proc.pid for w in workers)]
-    peak = 0.0
+    stack = Stack("cordon-storm-", postgres=args.postgres, runner=args.runner, workers=args.workers)
+    aws, slack, server = stack.aws, stack.slack, stack.server
     try:
-        while True:
-            try:
-                if http.get(f"{base}/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        from prefect.client.orchestration import get_client
+        template = json.loads((REPO / "examples" / "cloudtrail-create-access-key.json").read_text())
+        match = types.SimpleNamespace(id="bench", title="bench", path="bench", level="high",
+                                      technique_ids=["T1098.001"])
+        events = []
+        for i in range(args.cases):
+            ev = make_event(template, i % args.actors, f"AKIASTORM{i:011d}")
+            ev["requestParameters"]["userName"] = ev["responseElements"]["accessKey"]["userName"] = f"storm-user-{i}"
+            aws.seed_from_detection(detection_from_cloudtrail(ev, match, "bench", i))
+            events.append(ev)
+        print(f"{args.cases} credentials seeded", flush=True)
 
-        with get_client(sync_client=True) as client:
-            while True:
-                try:
-                    client.read_deployment_by_name("respond/respond")
-                    break
-                except Exception:  # noqa: BLE001
-                    time.sleep(0.2)
+        http = httpx.Client(timeout=120)
+        ledger = Ledger(stack.db_url)
+        peak = 0.0
+        base = stack.start(http).base
+        pids = stack.cordon_pids()
         deadline = time.monotonic() + args.timeout
 
         def count(kind: str) -> set[str]:
@@ -197,14 +150,7 @@ def main() -> None:
         contained = sum(1 for c in ledger.cases() if c["status"] == "contained")
         calls = len(slack.requests)
     finally:
-        for w in workers:
-            w.stop()
-        if serve.poll() is None:
-            os.killpg(serve.pid, signal.SIGTERM)
-            serve.wait(15)
-        aws.stop()
-        slack.stop()
-        server.stop()
+        stack.stop()
     out = {"cases": args.cases, "actors": args.actors, "workers": args.workers, "runner": args.runner,
            "postgres": args.postgres, "lost": args.cases - contained,
            "cases_per_min_asked": round(args.cases / t_asked * 60, 1),
