@@ -44,7 +44,11 @@ def test_two_warm_runners_execute_every_run_once_in_their_own_processes(tmp_path
                     return False
 
             wait_for(ready, 120, "the runners to register warm-probe/probe")
-            ids = [run_deployment("warm-probe/probe", parameters={"sleep": 0.3}, timeout=0, as_subflow=False).id
+            # both runners polling (each prints its banner after registering, just before its first
+            # poll): otherwise one runner alone may take every run before the other has started
+            wait_for(lambda: all(b"warm runner serving" in (tmp_path / f"runner{i}.log").read_bytes()
+                                 for i in range(2)), 120, "both runners to start polling")
+            ids = [run_deployment("warm-probe/probe", parameters={"sleep": 1.0}, timeout=0, as_subflow=False).id
                    for _ in range(16)]
             wait_for(lambda: all(_state(client, i) == "COMPLETED" for i in ids), 180, "every run to complete")
         lines = [line.split() for line in runs_file.read_text().splitlines()]
