@@ -122,6 +122,11 @@ def respond(
 ) -> None:
     """Read detections, open cases, and answer each with its playbook."""
     _prefect_defaults()
+    temp_server = None
+    if approve is not ApproveMode.slack:  # in-process runs: boot Prefect's temporary server meanwhile
+        from cordon.prefect_temp import start_early
+
+        temp_server = start_early()
     if approve is ApproveMode.console and ("-" in paths or not sys.stdin.isatty()):
         if not sandbox:
             err.print("--approve console asks at the terminal, and there is none here (or stdin carries the "
@@ -142,6 +147,8 @@ def respond(
     errors = 0
     try:
         handled = {t.case_id for t in [*report.cases, *report.joined]}
+        if temp_server is not None:
+            temp_server.wait_ready(float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
         for summary in responder.run_all(report, approval=approve.value, stand_ins=sb, slack=slack):
             errors += _print_run(summary, output)
         # then the ledger's other stranded cases this invocation may run (cordon/recovery.py)
