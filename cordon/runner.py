@@ -21,12 +21,22 @@ Durability is Prefect's and the ledger's, not this process's memory:
 * a run this runner claimed and never started (killed between the claim and the start) stays
   ``PENDING`` in Prefect; recovery strands it after ``CORDON_RECOVERY_START_GRACE_SECONDS``.
 
-Settings: ``CORDON_RUNNER_POLL_SECONDS`` (how often the API is asked for scheduled runs; default
-0.25) and ``CORDON_RUNNER_SLOTS`` (runs executing at once in this process; default 8).
+Waking: a thread subscribes to the Prefect API's event stream (``/api/events/out``, the websocket
+``prefect.events.clients.get_events_subscriber`` reads) for ``prefect.flow-run.*`` events of the
+served deployments, and a flow run entering a SCHEDULED state (a new run, ``Resuming`` after an
+approval, ``AwaitingRetry``) wakes the poll at once; a run finishing in this process does too (a
+slot is free). While the stream is connected the API is also polled every
+``CORDON_RUNNER_IDLE_POLL_SECONDS`` (default 2: runs scheduled for later, an event missed across a
+reconnect); while it is not, every ``CORDON_RUNNER_POLL_SECONDS`` (default 0.25). The poll, not the
+event, is what claims a run, so a lost or duplicated event costs at most one interval or one
+extra poll, never a run.
+
+Settings: those two and ``CORDON_RUNNER_SLOTS`` (runs executing at once in this process; default 8).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -66,9 +76,13 @@ class WarmRunner:
     deployments: list[tuple[Flow, RunnerDeployment]]
     poll_seconds: float = field(default_factory=lambda: _env_float("CORDON_RUNNER_POLL_SECONDS", 0.25))
     slots: int = field(default_factory=lambda: int(_env_float("CORDON_RUNNER_SLOTS", 8)))
+    idle_poll_seconds: float = field(default_factory=lambda: _env_float("CORDON_RUNNER_IDLE_POLL_SECONDS", 2.0))
     _flows: dict[UUID, Flow] = field(default_factory=dict, init=False)
     _inflight: dict[UUID, Future] = field(default_factory=dict, init=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False)
+    _wake: threading.Event = field(default_factory=threading.Event, init=False)
+    #: set while the event stream is connected (:meth:`_listen`)
+    listening: threading.Event = field(default_factory=threading.Event, init=False)
     _pool: ThreadPoolExecutor | None = field(default=None, init=False)
 
     def start(self) -> list[UUID]:
@@ -83,6 +97,7 @@ class WarmRunner:
     def stop(self) -> None:
         """Stop claiming runs (those executing finish; a SIGTERM handler calls this)."""
         self._stop.set()
+        self._wake.set()
 
     def poll_once(self, client: Any) -> list[UUID]:
         """One poll: claim every scheduled run that is due and fits a free slot, and start it.
@@ -112,7 +127,8 @@ class WarmRunner:
             if not state.is_pending():
                 continue
             assert self._pool is not None
-            self._inflight[run.id] = self._pool.submit(self._execute, flow, run.id)
+            self._inflight[run.id] = fut = self._pool.submit(self._execute, flow, run.id)
+            fut.add_done_callback(lambda _: self._wake.set())  # a slot is free: look for waiting runs
             started.append(run.id)
         return started
 
@@ -145,13 +161,47 @@ class WarmRunner:
         names = ", ".join(f"{f.name}/{d.name}" for f, d in self.deployments)
         print(f"Cordon warm runner serving {names} (poll {self.poll_seconds} s, {self.slots} slots, "
               f"pid {os.getpid()})", flush=True)
+        threading.Thread(target=self._listen, name="cordon-runner-events", daemon=True).start()
         with get_client(sync_client=True) as client:
             while not self._stop.is_set():
+                self._wake.clear()
                 try:
                     self.poll_once(client)
                 except Exception as exc:  # noqa: BLE001 - the API may be restarting: keep polling
                     log.warning("polling Prefect for scheduled runs failed: %s", exc)
                     self._stop.wait(min(5.0, self.poll_seconds * 8))
-                self._stop.wait(self.poll_seconds)
+                self._wake.wait(self.idle_poll_seconds if self.listening.is_set() else self.poll_seconds)
         if self._pool is not None:
             self._pool.shutdown(wait=True)
+
+    def _listen(self) -> None:
+        """Thread body: keep a subscription to the API's event stream and set the wake on every
+        flow run of the served deployments that enters a SCHEDULED state (module docstring).
+        Reconnects after a failure (1 s apart); polling covers the time it is down."""
+        asyncio.run(self._subscribe())
+
+    async def _subscribe(self) -> None:
+        from prefect.events.clients import get_events_subscriber
+        from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventRelatedFilter
+
+        related = [f"prefect.deployment.{dep_id}" for dep_id in self._flows]
+        while not self._stop.is_set():
+            wanted = EventFilter(occurred=EventOccurredFilter(since=datetime.now(UTC)),
+                                 event=EventNameFilter(prefix=["prefect.flow-run."]),
+                                 related=EventRelatedFilter(id=related))
+            try:
+                async with get_events_subscriber(filter=wanted, reconnect_on_clean_close=True) as events:
+                    self.listening.set()
+                    self._wake.set()  # poll once now: runs scheduled before the stream connected
+                    print(f"Cordon warm runner listening to {len(related)} deployment(s)' flow-run events",
+                          flush=True)
+                    async for event in events:
+                        state = (event.payload or {}).get("validated_state") or {}
+                        if state.get("type") == "SCHEDULED":
+                            self._wake.set()
+            except Exception as exc:  # noqa: BLE001 - the server may be restarting: poll meanwhile
+                log.warning("the Prefect event stream failed (polling every %s s meanwhile): %s",
+                            self.poll_seconds, exc)
+            finally:
+                self.listening.clear()
+            await asyncio.sleep(1.0)

@@ -65,3 +65,37 @@ def test_two_warm_runners_execute_every_run_once_in_their_own_processes(tmp_path
                 except subprocess.TimeoutExpired:
                     os.killpg(r.pid, signal.SIGKILL)
         server.stop()
+
+
+def test_a_new_run_wakes_the_runner_through_the_event_stream_not_the_poll(tmp_path):
+    """Both poll intervals at 10 minutes: only the ``prefect.flow-run.Scheduled`` event can make the
+    runner take the run (and the test waits 60 s at most, far less than an interval)."""
+    server = PrefectServer(tmp_path / "prefect").start(timeout=180)
+    runs_file = tmp_path / "runs.txt"
+    runs_file.touch()
+    log = tmp_path / "runner.log"
+    env = {**os.environ, **server.env, "CORDON_TEST_RUNS_FILE": str(runs_file), "PREFECT_LOGGING_LEVEL": "WARNING",
+           "CORDON_RUNNER_POLL_SECONDS": "600", "CORDON_RUNNER_IDLE_POLL_SECONDS": "600"}
+    runner = subprocess.Popen([sys.executable, "-m", "tests.warm_flows"], env=env, cwd=REPO,
+                              stdout=open(log, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
+                              start_new_session=True)
+    try:
+        from prefect.client.orchestration import get_client
+        from prefect.deployments import run_deployment
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        wait_for(lambda: b"listening to 1 deployment" in log.read_bytes(), 120, "the runner to subscribe")
+        with temporary_settings({PREFECT_API_URL: server.api_url}), get_client(sync_client=True) as client:
+            for _ in range(2):  # the second after the runner has gone back to its 10-minute wait
+                run_id = run_deployment("warm-probe/probe", parameters={"sleep": 0.0}, timeout=0,
+                                        as_subflow=False).id
+                wait_for(lambda rid=run_id: _state(client, rid) == "COMPLETED", 60, "the woken runner to run it")
+        assert len(runs_file.read_text().splitlines()) == 2
+    finally:
+        if runner.poll() is None:
+            os.killpg(runner.pid, signal.SIGTERM)
+            try:
+                runner.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(runner.pid, signal.SIGKILL)
+        server.stop()
