@@ -11,7 +11,9 @@ stand-ins in this process).
 Prints, and with ``--json`` as one object on the last line: ``cases``, ``lost`` (cases that did
 not end ``contained``), ``cases_per_min_asked`` (cases / time from the first POST to the last
 ``approval.asked``), ``cases_per_min_verified`` (cases / time from the first click to the last
-``verify.*``), ``slack_calls_per_case`` (Web API calls the Slack stand-in received / cases) and
+``verify.*``), ``slack_calls_per_case`` (Web API calls the Slack stand-in received / cases),
+``slack_critical_calls_per_case`` (of those, the requests posted and the messages updated: thread
+replies and response-URL answers are behind the critical path), ``slack_calls_by_kind`` and
 ``peak_rss_mb`` (the largest peak RSS, ``VmHWM``, of one Cordon process) and ``cpu_s_per_case`` (user +
 system CPU of the Prefect server, the workers and ``cordon serve`` from the first POST to the last
 ``case.closed``, per case: under load, so idle polling weighs little). Not a test.
@@ -28,6 +30,7 @@ import sys
 import time
 import types
 import urllib.parse
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -148,18 +151,27 @@ def main() -> None:
             time.sleep(0.5)
         cpu = sum(tree_cpu(p) for p in cpu_pids) - cpu0
         contained = sum(1 for c in ledger.cases() if c["status"] == "contained")
-        calls = len(slack.requests)
+        requests = slack.requests
+        calls = len(requests)
+        # the critical path: posting requests and updating messages; thread replies (the case's
+        # story) and response-URL answers to the clicker are behind it
+        by_kind = Counter("thread reply" if r.method == "chat.postMessage" and r.body.get("thread_ts") else r.method
+                          for r in requests)
     finally:
         stack.stop()
     out = {"cases": args.cases, "actors": args.actors, "workers": args.workers, "runner": args.runner,
            "postgres": args.postgres, "lost": args.cases - contained,
            "cases_per_min_asked": round(args.cases / t_asked * 60, 1),
            "cases_per_min_verified": round(len(asked) / t_verified * 60, 1),
-           "slack_calls_per_case": round(calls / args.cases, 2), "peak_rss_mb": round(peak, 1),
+           "slack_calls_per_case": round(calls / args.cases, 2),
+           "slack_critical_calls_per_case": round(
+               (by_kind["chat.postMessage"] + by_kind["chat.update"]) / args.cases, 2),
+           "slack_calls_by_kind": dict(by_kind), "peak_rss_mb": round(peak, 1),
            "cpu_s_per_case": round(cpu / args.cases, 3)}
     print(f"{args.cases} cases from {args.actors} actors, {args.workers} worker(s): asked {out['cases_per_min_asked']}"
           f"/min, verified {out['cases_per_min_verified']}/min, lost {out['lost']}, Slack calls a case "
-          f"{out['slack_calls_per_case']}, peak RSS {out['peak_rss_mb']} MiB, CPU {out['cpu_s_per_case']} s a case "
+          f"{out['slack_calls_per_case']} ({out['slack_critical_calls_per_case']} posts and updates: "
+          f"{dict(by_kind)}), peak RSS {out['peak_rss_mb']} MiB, CPU {out['cpu_s_per_case']} s a case "
           "(Prefect server, workers, cordon serve)")
     if args.json:
         print(json.dumps(out))

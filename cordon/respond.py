@@ -110,22 +110,71 @@ def _context(detection: Detection, params: dict[str, Any], clients: Callable[...
     return ActionContext(detection=detection, params=params, clients=clients, enrichment=enrichment or {})
 
 
-def enrich(playbook: Playbook, detection: Detection, clients: Callable[..., Any]) -> dict[str, Any]:
-    """Run the playbook's ``enrich`` steps in order; returns ``{action name: facts}``.
+def _depends_on_enrichment(value: Any) -> bool:
+    """Whether a step's ``with`` (any nesting) has a template naming ``enrichment``."""
+    if isinstance(value, dict):
+        return any(_depends_on_enrichment(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_depends_on_enrichment(v) for v in value)
+    return isinstance(value, str) and "{{" in value and "enrichment" in value
+
+
+def _enrich_one(step: Any, detection: Detection, clients: Callable[..., Any], facts: dict[str, Any]) -> Any:
+    cls = get_action(step.action)
+    try:
+        params = cls.validate_params(render_params(step.with_, template_context(detection, facts)))
+        action = cls()
+        assert isinstance(action, EnrichmentAction)
+        return action.run(_context(detection, params, clients, facts))
+    except Exception as exc:  # noqa: BLE001 - recorded for the responder
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def enrich(playbook: Playbook, detection: Detection, clients: Callable[..., Any], *,
+           max_workers: int = 8) -> dict[str, Any]:
+    """Run the playbook's ``enrich`` steps; returns ``{action name: facts}`` in the playbook's order.
 
     A failing enrichment is recorded as ``{"error": "..."}`` under its name: enrichment informs
-    the responder, it never blocks the response.
+    the responder, it never blocks the response. When the detection's provider declares
+    ``thread_safe_clients`` (:class:`cordon.providers.Provider`; AWS does), the steps whose ``with``
+    names no ``enrichment`` run concurrently (up to ``max_workers`` threads, so the ask waits for
+    the slowest call, not their sum); a step that names ``enrichment`` runs after every step
+    before it, as it does when the steps run one after another (``max_workers=1``, or a provider
+    whose clients are not thread-safe).
     """
+    from cordon.providers import get_provider
+
+    steps = list(playbook.enrich)
+    try:
+        parallel = max_workers > 1 and len(steps) > 1 and get_provider(detection.provider).thread_safe_clients
+    except ValueError:  # not a registered provider: one step after another
+        parallel = False
     facts: dict[str, Any] = {}
-    for step in playbook.enrich:
-        cls = get_action(step.action)
-        try:
-            params = cls.validate_params(render_params(step.with_, template_context(detection, facts)))
-            action = cls()
-            assert isinstance(action, EnrichmentAction)
-            facts[step.action] = action.run(_context(detection, params, clients, facts))
-        except Exception as exc:  # noqa: BLE001 - recorded for the responder
-            facts[step.action] = {"error": f"{type(exc).__name__}: {exc}"}
+    if not parallel:
+        for step in steps:
+            facts[step.action] = _enrich_one(step, detection, clients, facts)
+        return facts
+    from concurrent.futures import ThreadPoolExecutor
+
+    done: dict[int, Any] = {}
+    with ThreadPoolExecutor(max_workers=min(max_workers, len(steps)), thread_name_prefix="cordon-enrich") as pool:
+        batch: list[int] = []
+
+        def drain() -> None:
+            snapshot = {steps[j].action: done[j] for j in sorted(done)}
+            futures = {i: pool.submit(_enrich_one, steps[i], detection, clients, snapshot) for i in batch}
+            done.update({i: f.result() for i, f in futures.items()})
+            batch.clear()
+
+        for i, step in enumerate(steps):
+            if _depends_on_enrichment(step.with_):
+                drain()
+                done[i] = _enrich_one(step, detection, clients, {steps[j].action: done[j] for j in sorted(done)})
+            else:
+                batch.append(i)
+        drain()
+    for i in range(len(steps)):
+        facts[steps[i].action] = done[i]
     return facts
 
 

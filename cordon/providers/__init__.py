@@ -119,6 +119,10 @@ class Provider:
     #: module holding ``DOCUMENTS``, the :class:`cordon.permissions.GrantDocument` s it generates
     grants_module: ClassVar[str | None] = None
     clients_per_account: ClassVar[bool] = False
+    #: whether one client factory's clients may be used from several threads at once (boto3
+    #: clients are; httplib2, under google-api-python-client, and the Azure factory are not): then
+    #: a playbook's independent enrichment steps run concurrently (:func:`cordon.respond.enrich`)
+    thread_safe_clients: ClassVar[bool] = False
     #: credential kind (``detection.credential.kind``) -> what its ``uid`` holds
     credential_kinds: ClassVar[dict[str, str]] = {}
     #: ``detection.source`` values its parsers produce (a log, a finding service)

@@ -34,6 +34,7 @@ class AwsProvider(Provider):
     config_section = True  # aws: accounts and member roles (cordon.providers.aws.accounts)
     classify_order = 10
     clients_per_account = True
+    thread_safe_clients = True  # boto3 clients are thread-safe (one shared Session, built under a lock)
     ocsf_account = (10, "AWS Account")
 
     detection_sources = ("cloudtrail", "guardduty", "securityhub")
