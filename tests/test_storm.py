@@ -230,3 +230,105 @@ def test_consecutive_posts_are_spaced_by_the_interval(url, slack):
                                 blocks=blocks, text=text)
     # five different actors: five messages, the clock moved one interval per post after the first
     assert len(slack.messages(CHANNEL)) == 5 and clock() - t0 == pytest.approx(4.0)
+
+
+# -- never holding a run: wait=False leaves the work to the sender -----------------------------
+def _asked(case_id: str) -> dict:
+    return {"case_id": case_id, "run_id": f"run-{case_id}",
+            "record": {"mode": "slack", "plan_hash": "h" * 64, "asked_at": "2026-12-04T00:00:00+00:00"}}
+
+
+def test_a_storm_that_does_not_wait_is_posted_by_the_sender_and_asked_once_each(url, slack):
+    from cordon.audit.ledger import Ledger
+
+    clock = Clock()
+    runs = make_outbox(url, clock)  # the runs' process: never sleeps
+    client = make_client("xoxb-test", base_url=slack.base_url)
+    cases = [(f"case-{a:02d}{i:04d}", f"arn:aws:iam::111122223333:user/attacker-{a}")
+             for i in range(12) for a in range(4)]
+    returned = {}
+    for case_id, actor in cases:
+        blocks, text = case_blocks(case_id, actor)
+        returned[case_id] = runs.request_approval(client, channel=CHANNEL, case_id=case_id, actor_key=actor,
+                                                  blocks=blocks, text=text, asked=_asked(case_id), wait=False)
+    assert clock.slept == []  # no run waited for a rate slot
+    queued = [c for c, w in returned.items() if w is None]
+    assert queued and len(queued) < len(cases)  # the first went at once, the rest wait in the outbox
+    ledger = Ledger(url)
+    assert len(list(ledger.records(kind_prefix="approval.asked"))) == len(cases) - len(queued)
+
+    sender = make_outbox(url, clock)  # another process's sender finishes what the runs left
+    sender.flush_pending(client)
+    sender.flush_pending(client)  # a second pass has nothing left to do, and posts nothing twice
+    found = buttons_by_case(slack)
+    assert set(found) == {c for c, _ in cases} and all(len(v) == 1 for v in found.values())
+    asked = list(ledger.records(kind_prefix="approval.asked"))
+    assert sorted(r.case_id for r in asked) == sorted(c for c, _ in cases)  # each case asked exactly once
+    for r in asked:
+        ((ts, _),) = found[r.case_id]
+        assert r.payload["ts"] == r.payload["where"]["ts"] == ts and r.run_id == f"run-{r.case_id}"
+    assert len(posted(slack)) <= max_messages(12, 4, 20)
+    with sender.engine.connect() as conn:
+        from cordon.approvals.outbox import cases_table
+
+        assert conn.execute(cases_table.select().where(cases_table.c.pending == 1)).all() == []
+
+
+def test_updates_that_do_not_wait_are_sent_later_in_order(url, slack):
+    clock = Clock()
+    box = make_outbox(url, clock, update_interval=1.0, post_interval=1.0)
+    client = make_client("xoxb-test", base_url=slack.base_url)
+    blocks, text = case_blocks("case-0000000000e1", "arn:aws:iam::1:user/e")
+    where = box.request_approval(client, channel=CHANNEL, case_id="case-0000000000e1", actor_key=None,
+                                 blocks=blocks, text=text, wait=False)
+    assert where and where["ts"]
+    first = status_blocks("case-0000000000e1", "aws-access-key-created", {}, "h" * 64, "run", state="approved",
+                          decided_by="slack:U0ALICE01")
+    last = status_blocks("case-0000000000e1", "aws-access-key-created", {}, "h" * 64, "run", state="denied",
+                         decided_by="slack:U0ALICE01")
+    box.update_case(client, where, case_id="case-0000000000e1", blocks=first, text="approved", thread_text="one",
+                    wait=False)  # the update slot is free: it goes now
+    # the slots are taken now: these wait in the outbox, and the newest update wins
+    box.update_case(client, {"case_id": "case-0000000000e1", "queued": True}, case_id="case-0000000000e1",
+                    blocks=first, text="again", thread_text="two", wait=False)
+    box.update_case(client, where, case_id="case-0000000000e1", blocks=last, text="denied", thread_text="three",
+                    wait=False)
+    assert clock.slept == [] and slack.message(CHANNEL, where["ts"])["text"] == "approved"
+    box.flush_pending(client)
+    assert slack.message(CHANNEL, where["ts"])["blocks"] == last
+    assert [r["text"] for r in slack.replies(CHANNEL, where["ts"])] == ["one", "two", "three"]
+
+
+def test_the_sender_thread_posts_what_a_run_left(url, slack):
+    import time as _time
+
+    box = Outbox(url, post_interval=2.0)  # real time: the second request finds the slot taken
+    client = make_client("xoxb-test", base_url=slack.base_url)
+    wheres = []
+    for i in range(2):
+        blocks, text = case_blocks(f"case-0000000000f{i}", f"arn:aws:iam::1:user/f{i}")
+        wheres.append(box.request_approval(client, channel=CHANNEL, case_id=f"case-0000000000f{i}",
+                                           actor_key=f"f{i}", blocks=blocks, text=text, wait=False))
+    assert wheres[0] and wheres[1] is None
+    box.start_sender(lambda: client, interval=0.2)
+    try:
+        deadline = _time.monotonic() + 30
+        while len(slack.messages(CHANNEL)) < 2 and _time.monotonic() < deadline:
+            _time.sleep(0.05)
+    finally:
+        box.stop_sender()
+    assert set(buttons_by_case(slack)) == {"case-0000000000f0", "case-0000000000f1"}
+
+
+def test_a_refused_request_fails_its_run_and_leaves_nothing_queued(url, slack):
+    from slack_sdk.errors import SlackApiError
+
+    box = make_outbox(url, Clock())
+    client = make_client("xoxb-test", base_url=slack.base_url)
+    slack.fail_next("chat.postMessage", 500, times=5)
+    blocks, text = case_blocks("case-0000000000g1", "arn:aws:iam::1:user/g")
+    with pytest.raises(SlackApiError):
+        box.request_approval(client, channel=CHANNEL, case_id="case-0000000000g1", actor_key=None, blocks=blocks,
+                             text=text, asked=_asked("case-0000000000g1"), wait=False)
+    assert box.stats()["cases"] == 0
+    assert box.flush_pending(client) == 0 and slack.messages(CHANNEL) == []

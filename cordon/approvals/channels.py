@@ -46,7 +46,8 @@ class AskContext:
 class Asked:
     """A channel's answer. ``decision`` (``{decision: approve|deny, approver, plan_hash}``) when
     decided now; else ``None`` and ``where`` / ``expires_at`` say where the request waits and until
-    when. ``said`` is one line for the run's log."""
+    when (``where`` is ``None`` while the request is queued to be posted). ``said`` is one line for
+    the run's log."""
 
     decision: dict[str, Any] | None = None
     where: dict[str, Any] | None = None
@@ -135,10 +136,11 @@ class Slack:
         record = post_request(ctx.ledger, slack_api.web_client(ctx.slack), config=ctx.config, playbook=ctx.playbook,
                               case_id=ctx.case_id, run_id=ctx.run_id, detection=ctx.detection,
                               enrichment=ctx.enrichment, plan=ctx.plan.model_dump(), channel=ctx.slack["channel"])
-        where = record.get("where") or {"channel": record["channel"], "ts": record["ts"]}
+        where = record.get("where")  # None: queued in the outbox, its sender posts it
+        how = "requested" if where else "queued (the outbox posts it when the channel's rate slot comes)"
         return Asked(where=where, asked_at=record.get("asked_at"), expires_at=record.get("expires_at"),
                      quorum=record.get("quorum"),
-                     said=f"approval requested in Slack channel {record['channel']}; waiting until "
+                     said=f"approval {how} in Slack channel {record['channel']}; waiting until "
                           f"{record.get('expires_at')}")
 
 

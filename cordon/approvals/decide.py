@@ -441,7 +441,8 @@ def update_safely(ledger: Ledger, client: Any, where: Mapping[str, Any] | None, 
                   blocks: list[dict[str, Any]], text: str, thread_text: str | None = None,
                   run_id: str | None = None, outbox: Any = None) -> bool:
     """:func:`cordon.approvals.outbox.update_case` (through ``outbox``, default the process's),
-    never raising: a Slack failure is recorded as ``slack.update_failed`` (the decision or run goes
+    never waiting for a rate slot (what cannot go now, the outbox's sender sends) and never
+    raising: a Slack failure is recorded as ``slack.update_failed`` (the decision or run goes
     on). Returns whether it worked."""
     if client is None or not where:
         return False
@@ -449,7 +450,7 @@ def update_safely(ledger: Ledger, client: Any, where: Mapping[str, Any] | None, 
 
     try:
         outbox_mod.update_case(client, dict(where), case_id=case_id, blocks=blocks, text=text,
-                               thread_text=thread_text, outbox=outbox)
+                               thread_text=thread_text, outbox=outbox, wait=False)
         return True
     except Exception as exc:  # noqa: BLE001 - recorded; the message is cosmetic next to the decision
         ledger.append("slack.update_failed", {"error": f"{type(exc).__name__}: {exc}", "where": dict(where),
@@ -463,8 +464,11 @@ def post_request(ledger: Ledger, client: Any, *, config: Config, playbook: Any, 
                  now: datetime | None = None, outbox: Any = None) -> dict[str, Any]:
     """Post the approval request for ``plan`` (``Plan.model_dump()``: ``hash``, ``steps`` with
     ``action``, ``target``, ``describe``) through :func:`cordon.approvals.outbox.request_approval`,
-    set the case to ``awaiting_approval`` and append the ``approval.asked`` record the decider and
-    the sweeper read: ``mode: slack``, ``where`` (and ``channel``/``ts``), ``plan_hash``,
+    set the case to ``awaiting_approval``, and have the outbox append the ``approval.asked`` record
+    the decider and the sweeper read once the buttons are in Slack (at once when the channel's rate
+    slot is free; else the outbox's sender posts it and appends the record, and the payload returned
+    has ``where: None, queued: true``; the run never waits for a slot): ``mode: slack``, ``where``
+    (and ``channel``/``ts``), ``plan_hash``,
     ``asked_at``/``expires_at`` (ISO 8601), ``quorum`` (:func:`cordon.approvals.policy.policy_for`
     for ``playbook.approval`` and the detection's severity), ``approvers``, ``remind_every`` /
     ``escalate_after`` (seconds), ``escalate_to``, ``on_expiry``. ``detection`` is a
@@ -488,18 +492,20 @@ def post_request(ledger: Ledger, client: Any, *, config: Config, playbook: Any, 
         plan=[{"action": s["action"], "target": s["target"], "calls": s["describe"]} for s in plan["steps"]],
         plan_hash=plan["hash"], run_id=run_id, expires_at=expires_at, asked_at=asked_at, quorum=policy.quorum)
     text = fallback_text(playbook.name, detection.summary(), case_id=case_id)
-    where = outbox_mod.request_approval(client, channel=channel, case_id=case_id,
-                                        actor_key=detection.actor.user.uid or detection.actor.user.name,
-                                        blocks=blocks, text=text,
-                                        outbox=outbox)
-    record = {"mode": "slack", "channel": where["channel"], "ts": where["ts"], "where": where,
-              "plan_hash": plan["hash"], "asked_at": asked_at, "expires_at": expires_at, "quorum": policy.quorum,
-              "approvers": {"users": sorted(policy.users), "groups": sorted(policy.groups)},
+    record = {"mode": "slack", "plan_hash": plan["hash"], "asked_at": asked_at, "expires_at": expires_at,
+              "quorum": policy.quorum, "approvers": {"users": sorted(policy.users), "groups": sorted(policy.groups)},
               "remind_every": a.remind_seconds, "escalate_after": a.escalate_seconds, "escalate_to": a.escalate_to,
               "on_expiry": a.on_expiry}
     ledger.set_case(case_id, status="awaiting_approval")
-    ledger.append("approval.asked", record, case_id=case_id, run_id=run_id, actor="cordon")
-    return record
+    # the outbox appends approval.asked (with where) once the buttons are in Slack: now, or from its
+    # sender when the channel's rate slot is taken (the run does not wait for it)
+    where = outbox_mod.request_approval(client, channel=channel, case_id=case_id,
+                                        actor_key=detection.actor.user.uid or detection.actor.user.name,
+                                        blocks=blocks, text=text, outbox=outbox,
+                                        asked={"case_id": case_id, "run_id": run_id, "record": record}, wait=False)
+    if where is None:
+        return {**record, "channel": channel, "ts": None, "where": None, "queued": True}
+    return {**record, "channel": where["channel"], "ts": where["ts"], "where": where}
 
 
 # -- replays -----------------------------------------------------------------------------------

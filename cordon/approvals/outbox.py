@@ -37,6 +37,20 @@ https://api.slack.com/apis/rate-limits#special-rate-limits; ``chat.update`` is T
   its buttons as given in the new blocks, so a decided case loses them) and put ``thread_text``
   in the summary's thread, prefixed with the case ID; they never replace the summary.
 
+* **Never holding a run.** A run asks and reports with ``wait=False`` (:func:`cordon.approvals.decide.post_request`,
+  :func:`cordon.approvals.decide.update_safely`): what can go now (the channel's slot is free, no
+  other process holds the summary) goes now; the rest stays in the case's row (``pending``: the
+  request's blocks, the ``approval.asked`` record to append once the buttons are in Slack, the
+  newest update, the queued thread replies) and the call returns at once, so a suspended run
+  frees its worker thread instead of sleeping for a slot. The **sender**
+  (:meth:`Outbox.start_sender`, a thread of every ``cordon worker``) does the rest with
+  :meth:`Outbox.flush_pending`, woken at once by its own process (:attr:`Outbox.kick`) and every
+  second for work other processes left: one render of a summary carries every row joined or
+  changed since the last, so a storm costs far fewer calls than cases. Whoever brings a case's
+  buttons to Slack appends its ``approval.asked`` record (once: the ledger is checked first), which
+  is what the decider and the sweeper read. Rows are claimed (``claim_until``) so two senders never
+  post the same request; a row Slack refuses is tried again after 10 s, then every 60 s.
+
 Tables (own ``sqlalchemy.MetaData``, in :func:`cordon.audit.ledger.default_database_url`'s database,
 created by the ledger's migration 0003): ``slack_outbox_rate``, ``slack_outbox_groups``, ``slack_outbox_cases``.
 """
@@ -44,6 +58,7 @@ created by the ledger's migration 0003): ``slack_outbox_rate``, ``slack_outbox_g
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import threading
@@ -99,11 +114,29 @@ cases_table = sa.Table(
     sa.Column("row_text", sa.Text, nullable=False),
     sa.Column("row_state", sa.Text, nullable=True),
     sa.Column("buttons", sa.Text, nullable=False),
+    # work a caller left to the sender (migration 0005; module docstring, "Never holding a run")
+    sa.Column("pending", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("request", sa.Text, nullable=True),
+    sa.Column("asked_record", sa.Text, nullable=True),
+    sa.Column("asked_done", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("pending_update", sa.Text, nullable=True),
+    sa.Column("pending_replies", sa.Text, nullable=True),
+    sa.Column("claim_until", sa.Float, nullable=True),
+    sa.Column("claim_by", sa.String(64), nullable=True),
+    sa.Column("next_try_at", sa.Float, nullable=True),
     sa.Index("ix_slack_outbox_cases_actor", "channel", "actor_key", "requested_at"),
+    sa.Index("ix_slack_outbox_cases_pending", "pending"),
 )
 
-#: Table names (created by cordon/audit/migrations/versions/0003_slack_outbox.py).
+#: Table names (created by cordon/audit/migrations/versions/0003_slack_outbox.py, extended by 0005).
 TABLES = tuple(metadata.tables)
+
+log = logging.getLogger("cordon.outbox")
+
+
+class NotNow(Exception):  # noqa: N818 - a signal, not an error
+    """Raised inside the outbox when a caller that does not wait (``wait=False``) finds the rate
+    slot taken (or Slack answered 429): the work stays in the outbox for the sender."""
 
 
 def _retry_after(exc: SlackApiError) -> float | None:
@@ -199,6 +232,10 @@ class Outbox:
         self.max_attempts, self.claim_seconds, self.poll = max_attempts, claim_seconds, poll
         self.clock, self.sleep = clock, sleep
         self.me = uuid.uuid4().hex
+        #: set when a caller leaves work for the sender (:meth:`start_sender`)
+        self.kick = threading.Event()
+        self._sender_stop = threading.Event()
+        self._ledger_obj: Any = None
 
     # -- rate limit --------------------------------------------------------------------------
     def _ensure_key(self, key: str) -> None:
@@ -236,18 +273,36 @@ class Outbox:
         with self.engine.connect() as conn:
             return conn.execute(sa.select(rate_table.c.next_at).where(rate_table.c.key == key)).scalar()
 
-    def call(self, key: str, interval: float, fn: Callable[[], Any]) -> Any:
+    def _try_slot(self, key: str, interval: float) -> bool:
+        """Take ``key``'s slot only if it is free now (row-locked); never sleeps."""
+        self._ensure_key(key)
+        now = self.clock()
+        with self.writer.begin() as conn:
+            next_at = conn.execute(sa.select(rate_table.c.next_at).where(rate_table.c.key == key)
+                                   .with_for_update()).scalar_one()
+            if next_at > now:
+                return False
+            conn.execute(rate_table.update().where(rate_table.c.key == key).values(next_at=now + interval))
+        return True
+
+    def call(self, key: str, interval: float, fn: Callable[[], Any], *, wait: bool = True) -> Any:
         """``fn()`` in ``key``'s next slot; on a 429 push the key back by ``Retry-After`` and retry
-        (``max_attempts`` in all). Raises the last ``SlackApiError``."""
+        (``max_attempts`` in all). Raises the last ``SlackApiError``. With ``wait=False`` it never
+        sleeps: :class:`NotNow` when the slot is taken or Slack answered 429."""
         for attempt in range(1, self.max_attempts + 1):
-            self._slot(key, interval)
+            if wait:
+                self._slot(key, interval)
+            elif not self._try_slot(key, interval):
+                raise NotNow(key)
             try:
                 return fn()
             except SlackApiError as exc:
-                wait = _retry_after(exc)
-                if wait is None or attempt == self.max_attempts:
+                retry = _retry_after(exc)
+                if retry is None or attempt == self.max_attempts:
                     raise
-                self._push_back(key, wait)
+                self._push_back(key, retry)
+                if not wait:
+                    raise NotNow(key) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     @staticmethod
@@ -263,47 +318,56 @@ class Outbox:
         return WebClient(token=client.token, base_url=client.base_url, timeout=client.timeout, ssl=client.ssl,
                          proxy=client.proxy, headers=dict(client.headers or {}), retry_handlers=handlers)
 
-    def _post(self, client: WebClient, channel: str, **kwargs: Any) -> dict[str, Any]:
+    def _post(self, client: WebClient, channel: str, *, wait: bool = True, **kwargs: Any) -> dict[str, Any]:
         resp = self.call(f"post:{channel}", self.post_interval, lambda: client.chat_postMessage(
-            channel=channel, unfurl_links=False, unfurl_media=False, **kwargs))
+            channel=channel, unfurl_links=False, unfurl_media=False, **kwargs), wait=wait)
         return dict(resp.data) if isinstance(resp.data, dict) else {}
 
-    def _reply(self, client: WebClient, channel: str, thread_ts: str, text: str) -> None:
+    def _reply(self, client: WebClient, channel: str, thread_ts: str, text: str, *, wait: bool = True) -> None:
         """A thread reply, in the ``reply:<channel>`` lane: the story of a case never takes the slot
         of the next approval request (``post:<channel>``)."""
         self.call(f"reply:{channel}", self.post_interval, lambda: client.chat_postMessage(
-            channel=channel, thread_ts=thread_ts, text=text, unfurl_links=False, unfurl_media=False))
+            channel=channel, thread_ts=thread_ts, text=text, unfurl_links=False, unfurl_media=False), wait=wait)
 
-    def _update(self, client: WebClient, channel: str, ts: str, blocks: list[dict[str, Any]], text: str) -> None:
+    def _update(self, client: WebClient, channel: str, ts: str, blocks: list[dict[str, Any]], text: str, *,
+                wait: bool = True) -> None:
         self.call(f"update:{channel}", self.update_interval,
-                  lambda: client.chat_update(channel=channel, ts=ts, blocks=blocks, text=text))
+                  lambda: client.chat_update(channel=channel, ts=ts, blocks=blocks, text=text), wait=wait)
 
     # -- the interface -----------------------------------------------------------------------
     def request_approval(self, client: WebClient, *, channel: str, case_id: str, actor_key: str | None,
-                         blocks: list[dict[str, Any]], text: str) -> dict[str, Any]:
+                         blocks: list[dict[str, Any]], text: str, asked: dict[str, Any] | None = None,
+                         wait: bool = True) -> dict[str, Any] | None:
         """:func:`request_approval` (module docstring). Idempotent per ``case_id``: asking again
-        returns the same ``where`` without posting."""
+        returns the same ``where`` without posting. ``asked``: ``{"case_id", "run_id", "record"}``,
+        the ``approval.asked`` record appended (with ``where``) once the buttons are in Slack. With
+        ``wait=False``: ``None`` when the channel's slot is taken (the sender posts it)."""
         client = self.bare(client)
         now = self.clock()
         with self.writer.begin() as conn:
             row = conn.execute(sa.select(cases_table).where(cases_table.c.case_id == case_id)).first()
             if row is None:
-                row = self._enqueue(conn, channel, case_id, actor_key, blocks, text, now)
-        if row.group_id is None:
-            if row.ts:
-                return {"channel": row.post_channel, "ts": row.ts, "shared": False}
-            data = self._post(client, channel, blocks=blocks, text=text)
-            with self.writer.begin() as conn:
-                conn.execute(cases_table.update().where(cases_table.c.case_id == case_id)
-                             .values(ts=str(data["ts"]), post_channel=str(data["channel"])))
-            return {"channel": str(data["channel"]), "ts": str(data["ts"]), "shared": False}
-        group = self._ensure_rendered(client, row.group_id, row.joined_version)
-        return {"channel": group.post_channel, "ts": group.ts, "shared": True}
+                row = self._enqueue(conn, channel, case_id, actor_key, blocks, text, now, asked)
+        try:
+            if row.group_id is None:
+                return self._post_own(client, case_id, wait=wait)
+            group = self._ensure_rendered(client, row.group_id, row.joined_version, wait=wait)
+        except SlackApiError:
+            if not wait and row.group_id is None:  # the run fails with Slack's answer: leave nothing queued
+                with self.writer.begin() as conn:
+                    conn.execute(cases_table.delete().where(cases_table.c.case_id == case_id,
+                                                            cases_table.c.ts.is_(None)))
+            raise
+        finally:
+            if not wait:
+                self.kick.set()
+        return None if group is None else {"channel": group.post_channel, "ts": group.ts, "shared": True}
 
     def _enqueue(self, conn: sa.Connection, channel: str, case_id: str, actor_key: str | None,
-                 blocks: list[dict[str, Any]], text: str, now: float) -> Any:
+                 blocks: list[dict[str, Any]], text: str, now: float, asked: dict[str, Any] | None = None) -> Any:
         values: dict[str, Any] = {"case_id": case_id, "channel": channel, "actor_key": actor_key,
-                                  "requested_at": now, "row_text": text, "buttons": json.dumps(_buttons(blocks))}
+                                  "requested_at": now, "row_text": text, "buttons": json.dumps(_buttons(blocks)),
+                                  "asked_record": json.dumps(asked) if asked else None}
         recent = 0
         if actor_key and conn.dialect.name == "postgresql":
             # one enqueuer per (channel, actor) at a time (SQLite's BEGIN IMMEDIATE already serialises)
@@ -326,27 +390,136 @@ class Outbox:
                 gid, position, version = group.id, group.size, group.version + 1
                 conn.execute(groups_table.update().where(groups_table.c.id == gid).values(
                     size=group.size + 1, version=version, last_at=now))
-            values.update(group_id=gid, position=position, joined_version=version)
+            values.update(group_id=gid, position=position, joined_version=version, pending=1 if asked else 0)
+        else:  # a message of its own: its blocks wait here until it is posted
+            values.update(request=json.dumps({"blocks": blocks, "text": text}), pending=1)
         conn.execute(cases_table.insert().values(**values))
         return conn.execute(sa.select(cases_table).where(cases_table.c.case_id == case_id)).one()
 
+    # -- a case's own message ------------------------------------------------------------------
+    def _row(self, case_id: str) -> Any:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(cases_table).where(cases_table.c.case_id == case_id)).first()
+
+    def _claim_row(self, case_id: str) -> bool:
+        now = self.clock()
+        with self.writer.begin() as conn:
+            res = conn.execute(cases_table.update().where(
+                cases_table.c.case_id == case_id,
+                sa.or_(cases_table.c.claim_until.is_(None), cases_table.c.claim_until < now,
+                       cases_table.c.claim_by == self.me)).values(claim_until=now + self.claim_seconds,
+                                                                  claim_by=self.me))
+            return res.rowcount == 1
+
+    def _release_row(self, case_id: str) -> None:
+        with self.writer.begin() as conn:
+            conn.execute(cases_table.update().where(cases_table.c.case_id == case_id,
+                                                    cases_table.c.claim_by == self.me)
+                         .values(claim_until=None, claim_by=None))
+
+    @staticmethod
+    def _own_where(row: Any) -> dict[str, Any]:
+        return {"channel": row.post_channel, "ts": row.ts, "shared": False}
+
+    def _post_own(self, client: WebClient, case_id: str, *, wait: bool) -> dict[str, Any] | None:
+        """Post the request of a case with a message of its own, once (row claim); ``None`` when
+        not waiting and the slot or the claim is taken."""
+        while True:
+            row = self._row(case_id)
+            if row.ts:
+                self._settle_asked(case_id)
+                return self._own_where(row)
+            if self._claim_row(case_id):
+                break
+            if not wait:
+                return None
+            self.sleep(self.poll)
+        try:
+            row = self._row(case_id)
+            if not row.ts:
+                req = json.loads(row.request)
+                try:
+                    data = self._post(client, row.channel, blocks=req["blocks"], text=req["text"], wait=wait)
+                except NotNow:
+                    return None
+                with self.writer.begin() as conn:
+                    conn.execute(cases_table.update().where(cases_table.c.case_id == case_id).values(
+                        ts=str(data["ts"]), post_channel=str(data["channel"]), request=None))
+        finally:
+            self._release_row(case_id)
+        self._settle_asked(case_id)
+        return self._own_where(self._row(case_id))
+
+    # -- the approval.asked record, once the buttons are in Slack ------------------------------
+    def _ledger(self) -> Any:
+        if getattr(self, "_ledger_obj", None) is None:
+            from cordon.audit.ledger import Ledger
+
+            self._ledger_obj = Ledger(self.url)
+        return self._ledger_obj
+
+    def _settle_asked(self, case_id: str) -> None:
+        """Append the row's ``approval.asked`` record (``where`` filled in) if its buttons are in
+        Slack and it is not in the ledger yet; then recompute ``pending``."""
+        row = self._row(case_id)
+        if row is None:
+            return
+        if row.asked_record and not row.asked_done:
+            where = None
+            if row.group_id is None:
+                where = self._own_where(row) if row.ts else None
+            else:
+                group = self._group(row.group_id)
+                if group.ts and group.rendered >= (row.joined_version or 0):
+                    where = {"channel": group.post_channel, "ts": group.ts, "shared": True}
+            if where is None:
+                return
+            asked = json.loads(row.asked_record)
+            record = {**asked["record"], "channel": where["channel"], "ts": where["ts"], "where": where}
+            ledger = self._ledger()
+            done = any(r.run_id == asked.get("run_id") and r.payload.get("plan_hash") == record.get("plan_hash")
+                       for r in ledger.records(case_id=asked["case_id"], kind_prefix="approval.asked"))
+            if not done:
+                ledger.append("approval.asked", record, case_id=asked["case_id"], run_id=asked.get("run_id"),
+                              actor="cordon")
+            with self.writer.begin() as conn:
+                conn.execute(cases_table.update().where(cases_table.c.case_id == case_id).values(asked_done=1))
+        self._recompute_pending(case_id)
+
+    def _recompute_pending(self, case_id: str) -> None:
+        row = self._row(case_id)
+        if row is None:
+            return
+        left = ((row.group_id is None and not row.ts) or (row.asked_record and not row.asked_done)
+                or row.pending_update or row.pending_replies)
+        if bool(left) != bool(row.pending):
+            with self.writer.begin() as conn:
+                conn.execute(cases_table.update().where(cases_table.c.case_id == case_id)
+                             .values(pending=1 if left else 0))
+
+    # -- summaries -----------------------------------------------------------------------------
     def _group(self, gid: int) -> Any:
         with self.engine.connect() as conn:
             return conn.execute(sa.select(groups_table).where(groups_table.c.id == gid)).one()
 
-    def _ensure_rendered(self, client: WebClient, gid: int, version: int) -> Any:
+    def _ensure_rendered(self, client: WebClient, gid: int, version: int, *, wait: bool = True) -> Any:
         """Return the group once a render at ``version`` or later is in Slack; render it ourselves
-        when we can claim it, else wait for the claimer (taking over an expired claim)."""
+        when we can claim it, else wait for the claimer (taking over an expired claim). With
+        ``wait=False``: ``None`` instead of waiting (the claimer or the sender renders it)."""
         while True:
             group = self._group(gid)
             if group.ts and group.rendered >= version:
                 return group
             if self._claim(gid):
                 try:
-                    self._render(client, gid)
+                    self._render(client, gid, wait=wait)
+                except NotNow:
+                    return None
                 finally:
                     self._release(gid)
                 continue
+            if not wait:
+                return None
             self.sleep(self.poll)
 
     def _claim(self, gid: int) -> bool:
@@ -364,8 +537,9 @@ class Outbox:
             conn.execute(groups_table.update().where(groups_table.c.id == gid, groups_table.c.claim_by == self.me)
                          .values(claim_until=None, claim_by=None))
 
-    def _render(self, client: WebClient, gid: int) -> None:
-        """Post or update the summary of group ``gid`` with every row it has now (claim held)."""
+    def _render(self, client: WebClient, gid: int, *, wait: bool = True) -> None:
+        """Post or update the summary of group ``gid`` with every row it has now (claim held);
+        then append the ``approval.asked`` records of the rows it brought to Slack."""
         with self.engine.connect() as conn:
             group = conn.execute(sa.select(groups_table).where(groups_table.c.id == gid)).one()
             rows = [dict(r._mapping) for r in conn.execute(
@@ -375,10 +549,10 @@ class Outbox:
         blocks = summary_blocks(group.actor_key, rows)
         text = _clip(f"Cordon: {len(rows)} approval requests from {group.actor_key}", 3000)
         if group.ts is None:
-            data = self._post(client, group.channel, blocks=blocks, text=text)
+            data = self._post(client, group.channel, blocks=blocks, text=text, wait=wait)
             values = {"ts": str(data["ts"]), "post_channel": str(data["channel"])}
         else:
-            self._update(client, group.post_channel, group.ts, blocks, text)
+            self._update(client, group.post_channel, group.ts, blocks, text, wait=wait)
             values = {}
         with self.writer.begin() as conn:
             conn.execute(groups_table.update().where(groups_table.c.id == gid).values(rendered=group.version,
@@ -386,15 +560,37 @@ class Outbox:
             if "ts" in values:
                 conn.execute(cases_table.update().where(cases_table.c.group_id == gid)
                              .values(ts=values["ts"], post_channel=values["post_channel"]))
+        for r in rows:
+            if r["asked_record"] and not r["asked_done"]:
+                self._settle_asked(r["case_id"])
 
+    # -- updates -------------------------------------------------------------------------------
     def update_case(self, client: WebClient, where: dict[str, Any], *, case_id: str, blocks: list[dict[str, Any]],
-                    text: str, thread_text: str | None = None) -> None:
+                    text: str, thread_text: str | None = None, wait: bool = True) -> None:
         """:func:`update_case` (module docstring)."""
         client = self.bare(client)
-        if not where.get("shared"):
-            self._update(client, where["channel"], where["ts"], blocks, text)
+        row = self._row(case_id)
+        shared = row.group_id is not None if row is not None else bool(where.get("shared"))
+        if not shared:
+            if row is None:  # a message the outbox did not post: as given, waiting for the slots
+                self._update(client, where["channel"], where["ts"], blocks, text)
+                if thread_text:
+                    self._reply(client, where["channel"], where["ts"], thread_text)
+                return
+            if not wait and (not row.ts or row.pending_update or row.pending_replies):
+                return self._defer(case_id, {"blocks": blocks, "text": text}, thread_text)  # keep the order
+            if not row.ts:
+                self._post_own(client, case_id, wait=True)
+                row = self._row(case_id)
+            try:
+                self._update(client, row.post_channel, row.ts, blocks, text, wait=wait)
+            except NotNow:
+                return self._defer(case_id, {"blocks": blocks, "text": text}, thread_text)
             if thread_text:
-                self._reply(client, where["channel"], where["ts"], thread_text)
+                try:
+                    self._reply(client, row.post_channel, row.ts, thread_text, wait=wait)
+                except NotNow:
+                    return self._defer(case_id, None, thread_text)
             return
         with self.writer.begin() as conn:
             row = conn.execute(sa.select(cases_table).where(cases_table.c.case_id == case_id)).first()
@@ -406,9 +602,30 @@ class Outbox:
             conn.execute(groups_table.update().where(groups_table.c.id == group.id).values(version=version))
             conn.execute(cases_table.update().where(cases_table.c.case_id == case_id).values(
                 row_state=text, buttons=json.dumps(_buttons(blocks))))
-        group = self._ensure_rendered(client, row.group_id, version)
-        if thread_text:
-            self._reply(client, group.post_channel, group.ts, f"{case_id}: {thread_text}")
+        group = self._ensure_rendered(client, row.group_id, version, wait=wait)
+        if not thread_text:
+            if group is None:
+                self.kick.set()
+            return
+        if group is None or row.pending_replies:
+            return self._defer(case_id, None, thread_text)
+        try:
+            self._reply(client, group.post_channel, group.ts, f"{case_id}: {thread_text}", wait=wait)
+        except NotNow:
+            self._defer(case_id, None, thread_text)
+
+    def _defer(self, case_id: str, update: dict[str, Any] | None, thread_text: str | None) -> None:
+        """Leave an update (the newest replaces an older one) and a thread reply for the sender."""
+        with self.writer.begin() as conn:
+            row = conn.execute(sa.select(cases_table).where(cases_table.c.case_id == case_id)
+                               .with_for_update()).one()
+            values: dict[str, Any] = {"pending": 1}
+            if update is not None:
+                values["pending_update"] = json.dumps(update)
+            if thread_text:
+                values["pending_replies"] = json.dumps([*json.loads(row.pending_replies or "[]"), thread_text])
+            conn.execute(cases_table.update().where(cases_table.c.case_id == case_id).values(**values))
+        self.kick.set()
 
     def retire(self, case_id: str) -> bool:
         """Forget ``case_id``'s request so that asking again posts a new message (a new plan after
@@ -420,15 +637,101 @@ class Outbox:
                                 .values(case_id=f"{case_id}~{uuid.uuid4().hex[:8]}", actor_key=None)).rowcount
         return bool(done)
 
+    # -- the sender ----------------------------------------------------------------------------
     def flush_pending(self, client: WebClient) -> int:
-        """Render every group whose last change is not yet in Slack (a process died mid-render);
-        returns how many were rendered."""
+        """Do what callers left: render every group whose last change is not yet in Slack (a
+        caller did not wait, or a process died mid-render), post the requests, updates and thread
+        replies rows hold, append the ``approval.asked`` records; waits for rate slots (this is the
+        sender's thread, not a run's). A row Slack refuses is tried again later (back-off up to
+        5 min), the others go on. Returns how many groups and rows it worked on."""
+        client = self.bare(client)
         with self.engine.connect() as conn:
-            pending = conn.execute(sa.select(groups_table.c.id, groups_table.c.version).where(
+            groups = conn.execute(sa.select(groups_table.c.id, groups_table.c.version).where(
                 sa.or_(groups_table.c.ts.is_(None), groups_table.c.rendered < groups_table.c.version))).all()
-        for gid, version in pending:
-            self._ensure_rendered(self.bare(client), gid, version)
-        return len(pending)
+        for gid, version in groups:
+            try:
+                self._ensure_rendered(client, gid, version)
+            except SlackApiError as exc:
+                log.warning("Slack refused the summary of group %s: %s", gid, exc)
+        now = self.clock()
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(cases_table.c.case_id, cases_table.c.next_try_at).where(
+                cases_table.c.pending == 1, sa.or_(cases_table.c.next_try_at.is_(None),
+                                                   cases_table.c.next_try_at <= now))
+                .order_by(cases_table.c.requested_at).limit(500)).all()
+        for case_id, tried in rows:
+            try:
+                self._drive_row(client, case_id)
+            except SlackApiError as exc:
+                backoff = 60.0 if tried else 10.0  # a second refusal waits longer
+                log.warning("Slack refused the outbox's work for %s (again in %.0f s): %s", case_id, backoff, exc)
+                with self.writer.begin() as conn:
+                    conn.execute(cases_table.update().where(cases_table.c.case_id == case_id)
+                                 .values(next_try_at=self.clock() + backoff))
+        return len(groups) + len(rows)
+
+    def _drive_row(self, client: WebClient, case_id: str) -> None:
+        """Everything a row has pending, in order: its request, its ``approval.asked``, its update,
+        its thread replies (row claimed; another process holding it skips it)."""
+        row = self._row(case_id)
+        if row is None:
+            return
+        if row.group_id is None and not row.ts:
+            self._post_own(client, case_id, wait=True)
+        if not self._claim_row(case_id):
+            return
+        try:
+            self._settle_asked(case_id)
+            row = self._row(case_id)
+            if row.group_id is None:
+                channel, ts = row.post_channel, row.ts
+            else:
+                group = self._group(row.group_id)
+                channel, ts = group.post_channel, group.ts
+            if not ts:
+                return
+            if row.pending_update and row.group_id is None:
+                upd = json.loads(row.pending_update)
+                self._update(client, channel, ts, upd["blocks"], upd["text"])
+                with self.writer.begin() as conn:
+                    conn.execute(cases_table.update().where(cases_table.c.case_id == case_id,
+                                                            cases_table.c.pending_update == row.pending_update)
+                                 .values(pending_update=None))
+            for reply in json.loads(row.pending_replies or "[]"):
+                self._reply(client, channel, ts, reply if row.group_id is None else f"{case_id}: {reply}")
+                with self.writer.begin() as conn:  # drop what is posted, keep what was added meanwhile
+                    now_row = conn.execute(sa.select(cases_table.c.pending_replies)
+                                           .where(cases_table.c.case_id == case_id).with_for_update()).scalar()
+                    left = json.loads(now_row or "[]")[1:]
+                    conn.execute(cases_table.update().where(cases_table.c.case_id == case_id)
+                                 .values(pending_replies=json.dumps(left) if left else None))
+        finally:
+            self._release_row(case_id)
+            self._recompute_pending(case_id)
+
+    def start_sender(self, client_factory: Callable[[], WebClient], *, interval: float = 1.0) -> threading.Thread:
+        """Run :meth:`flush_pending` in a daemon thread: at once when this process leaves work
+        (:attr:`kick`), else every ``interval`` seconds (work other processes left). Returns the
+        thread; :meth:`stop_sender` ends it."""
+        def loop() -> None:
+            client = None
+            while not self._sender_stop.is_set():
+                self.kick.clear()
+                try:
+                    client = client or client_factory()
+                    self.flush_pending(client)
+                except Exception as exc:  # noqa: BLE001 - the database or Slack may be away: try again
+                    log.warning("the Slack outbox sender failed (again in %s s): %s", interval, exc)
+                self.kick.wait(interval)
+
+        thread = threading.Thread(target=loop, name="cordon-outbox-sender", daemon=True)
+        thread.start()
+        return thread
+
+    def stop_sender(self) -> None:
+        """Ask the sender thread to stop (after its current pass)."""
+        self._sender_stop.set()
+        self.kick.set()
 
     def stats(self) -> dict[str, int]:
         """``{"cases", "groups", "shared_cases"}`` held in the outbox tables."""
@@ -464,29 +767,38 @@ def default_outbox() -> Outbox:
 
 
 def request_approval(client: WebClient, *, channel: str, case_id: str, actor_key: str | None,
-                     blocks: list[dict[str, Any]], text: str, outbox: Outbox | None = None) -> dict[str, Any]:
+                     blocks: list[dict[str, Any]], text: str, outbox: Outbox | None = None,
+                     asked: dict[str, Any] | None = None, wait: bool = True) -> dict[str, Any] | None:
     """Post the approval request for ``case_id`` to ``channel``; returns ``where``.
 
     ``actor_key`` names the principal behind the detection (for grouping bursts; ``None``: never
     grouped). ``blocks`` are the full approval message (its buttons are what a summary row
     carries), ``text`` the fallback text (a summary row's line). ``outbox`` defaults to
-    :func:`default_outbox`. Blocks until the buttons are in Slack (rate slots, ``Retry-After``).
-    Raises ``slack_sdk.errors.SlackApiError`` when Slack refuses once retries are spent (the
-    request stays in the outbox: asking again, or :meth:`Outbox.flush_pending`, completes it).
+    :func:`default_outbox`. ``asked`` (``{"case_id", "run_id", "record"}``): the
+    ``approval.asked`` record to append, with ``where``, once the buttons are in Slack (whoever
+    posts them). Blocks until the buttons are in Slack (rate slots, ``Retry-After``); with
+    ``wait=False`` returns ``None`` instead of waiting for a slot, and the outbox's sender
+    (:meth:`Outbox.start_sender`) posts it. Raises ``slack_sdk.errors.SlackApiError`` when Slack
+    refuses once retries are spent (the request stays in the outbox: asking again, or
+    :meth:`Outbox.flush_pending`, completes it).
     """
     return (outbox or default_outbox()).request_approval(client, channel=channel, case_id=case_id,
-                                                         actor_key=actor_key, blocks=blocks, text=text)
+                                                         actor_key=actor_key, blocks=blocks, text=text,
+                                                         asked=asked, wait=wait)
 
 
 def update_case(client: WebClient, where: dict[str, Any], *, case_id: str, blocks: list[dict[str, Any]],
-                text: str, thread_text: str | None = None, outbox: Outbox | None = None) -> None:
+                text: str, thread_text: str | None = None, outbox: Outbox | None = None, wait: bool = True) -> None:
     """Show the case's new state: ``chat.update`` of its message with ``blocks``; with
     ``thread_text``, also a reply in the message's thread (the channel's step-by-step history).
     For a ``shared`` case, the summary is re-rendered with this case's row changed (``text`` as its
     state line, the buttons found in ``blocks``) and the reply goes in the summary's thread.
+    ``where`` may be a placeholder (no ``ts``) for a case whose request the outbox holds: the
+    outbox's row says where its message is. With ``wait=False`` nothing waits for a rate slot:
+    what cannot go now is left to the sender, in order (the newest update wins, replies queue).
 
     Raises ``slack_sdk.errors.SlackApiError`` as :func:`request_approval`; ``KeyError`` for a
     shared case this outbox does not hold.
     """
     (outbox or default_outbox()).update_case(client, where, case_id=case_id, blocks=blocks, text=text,
-                                             thread_text=thread_text)
+                                             thread_text=thread_text, wait=wait)

@@ -411,7 +411,9 @@ def respond(case_id: str, playbook: str, approval: ApprovalMode = "console", clo
     if asked["decision"] is None:  # the request is out: wait for the decision (a click resumes the run)
         from cordon.approvals.policy import load_settings
 
-        where = asked["where"]
+        # None while the outbox holds the request (the channel's rate slot was taken): updates then
+        # name the case and the outbox's row says where its message is
+        where = asked["where"] or {"case_id": case_id, "queued": True}
         # Longer than expire_after: the sweeper (cordon/flows/sweeper.py) expires the request first and
         # resumes the run with "expired"; Prefect's own timeout would only fail the run.
         grace = load_settings(load_config()).grace_seconds
@@ -458,6 +460,18 @@ def respond(case_id: str, playbook: str, approval: ApprovalMode = "console", clo
             return replan_task(case_id, summary, cloud, slack or {}, attempt)
     return finish(case_id, summary)
 
+def _start_outbox_sender() -> None:
+    """The Slack outbox's sender in this worker (:meth:`cordon.approvals.outbox.Outbox.start_sender`):
+    it posts the requests, updates and thread replies that runs left queued rather than wait for
+    a channel's rate slot, in this process or another. Only with a bot token."""
+    if not os.environ.get("CORDON_SLACK_BOT_TOKEN"):
+        return
+    from cordon.approvals.outbox import default_outbox
+    from cordon.slack.client import web_client
+
+    default_outbox().start_sender(lambda: web_client({}))
+
+
 def serve(name: str = "respond", sweeper_interval: int | None = None) -> None:  # pragma: no cover - durability test
     """Serve the respond flow as the ``respond/<name>`` deployment (``cordon worker``); with
     ``sweeper_interval`` (seconds), also the approval sweeper as ``approval-sweeper/sweeper`` on
@@ -465,6 +479,7 @@ def serve(name: str = "respond", sweeper_interval: int | None = None) -> None:  
 
     Runs execute warm, in threads of this process (:class:`cordon.runner.WarmRunner`); with
     ``CORDON_RUNNER=process``, in a new process each as Prefect's own runner does (``flow.serve``)."""
+    _start_outbox_sender()
     deployments = [(respond, respond.to_deployment(name=name))]
     if sweeper_interval:
         from cordon.flows.sweeper import sweep_approvals
