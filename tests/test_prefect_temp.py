@@ -91,3 +91,29 @@ def test_cordon_respond_runs_on_its_early_server_and_leaves_none_behind(tmp_path
     assert case["verified"] is True and case["flow_run_id"]
     assert (home / "prefect.db").exists()  # the run was recorded by a server on this PREFECT_HOME
     assert _servers_for(home) == []  # and the server stopped with the command
+
+
+def test_a_killed_cordon_respond_leaves_no_server_behind(tmp_path):
+    """SIGKILL gives ``atexit`` no chance: the server must still go (PR_SET_PDEATHSIG)."""
+    import signal
+    import time
+
+    home = tmp_path / "prefect"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env.update(CORDON_DATABASE_URL=f"sqlite:///{tmp_path}/ledger.db", PREFECT_HOME=str(home),
+               PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    proc = subprocess.Popen([CORDON, "respond", "examples/cloudtrail-create-access-key.json", "--sandbox",
+                             "--approve", "auto"], env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not _servers_for(home) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _servers_for(home), "the early server never started"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)  # only the command, not its process group
+        proc.wait(30)
+    deadline = time.monotonic() + 30
+    while _servers_for(home) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _servers_for(home) == []
