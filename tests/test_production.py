@@ -197,6 +197,36 @@ def test_two_replicas_never_double_open_a_case(prefect_on_postgres, tmp_path, db
             cleanup()
 
 
+def test_a_batch_of_detections_is_submitted_at_once_each_case_once_in_order(prefect_on_postgres, tmp_path):
+    """One webhook body of 12 detections (JSON lines): each case is submitted once, side by side
+    (``CORDON_SUBMIT_THREADS``), and the answer lists the cases in the body's order."""
+    server = prefect_on_postgres
+    db_url = f"sqlite:///{tmp_path}/ledger.db"
+    Ledger(db_url)
+    env = {**os.environ, **server.env, "CORDON_DATABASE_URL": db_url, "CORDON_WEBHOOK_TOKEN": WEBHOOK_TOKEN,
+           "CORDON_SLACK_SIGNING_SECRET": "s3cr3t-signing", "CORDON_SLACK_CHANNEL": "C0PROD",
+           "CORDON_CONFIG": str(config_with_approvers(tmp_path)), "CORDON_SUBMIT_THREADS": "6"}
+    replica = Replica(env, tmp_path / "replica.log")
+    bodies = _detection_bodies(12)
+    try:
+        wait_for(replica.healthy, 60, f"cordon serve on {replica.url}")
+        resp = httpx.post(f"{replica.url}/webhook/detections", content=b"\n".join(bodies), timeout=300,
+                          headers={"Authorization": f"Bearer {WEBHOOK_TOKEN}"})
+        assert resp.status_code == 202, resp.text
+        cases = resp.json()["cases"]
+    finally:
+        replica.stop()
+    ledger = Ledger(db_url)
+    keys = [json.loads(b)["responseElements"]["accessKey"]["accessKeyId"] for b in bodies]
+    by_case = {c["case_id"]: json.loads(c["detection"])["credential"]["uid"] for c in ledger.cases()}
+    assert [by_case[c["case_id"]] for c in cases] == keys  # the body's order
+    assert all(c["flow_run_id"] and c["status"] == "awaiting_approval" for c in cases), cases
+    runs = [fr for fr in flow_runs_of(server) if fr.parameters.get("case_id") in by_case]
+    assert sorted(fr.parameters["case_id"] for fr in runs) == sorted(by_case)  # one run each
+    assert {str(fr.id) for fr in runs} == {c["flow_run_id"] for c in cases}
+    assert ledger.verify().ok
+
+
 def test_process_worker_runs_the_prefect_yaml_deployment_to_containment(prefect_on_postgres, tmp_path):
     """``prefect worker start --pool cordon`` picks up a respond run of the deployment created from
     ``prefect.yaml`` and contains the key in the sandbox; the ledger verifies. The worker runs in

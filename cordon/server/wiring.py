@@ -2,7 +2,8 @@
 
 Environment: ``CORDON_SLACK_SIGNING_SECRET`` (required for the Slack endpoint),
 ``CORDON_WEBHOOK_TOKEN`` (the detection webhook's bearer token; without it the webhook answers
-401/503), ``CORDON_DATABASE_URL``, ``CORDON_CONFIG``, ``PREFECT_API_URL`` (the Prefect server the
+401/503), ``CORDON_SUBMIT_THREADS`` (a posted batch's cases submitted at once; default 8),
+``CORDON_DATABASE_URL``, ``CORDON_CONFIG``, ``PREFECT_API_URL`` (the Prefect server the
 ``respond`` deployment and its workers use), ``CORDON_SLACK_API_URL`` (a Slack stand-in, for
 rehearsals), ``CORDON_AUDIT_USERS`` / ``CORDON_AUDIT_PROXY_SECRET`` (who may read the audit
 pages under ``/audit``: :mod:`cordon.server.pages`).
@@ -41,13 +42,22 @@ def build_app(*, signing_secret: str | None = None, webhook_token: str | None = 
     # closed by default: no Slack approval path while nobody is named to approve
     require_approvers(responder.config, responder.playbooks)
     slack = {"channel": responder.config.slack_channel, "base_url": os.environ.get("CORDON_SLACK_API_URL")}
+    submit_threads = max(1, int(os.environ.get("CORDON_SUBMIT_THREADS", "8") or 8))
 
     def on_detections(body: bytes, origin: str) -> dict[str, Any]:
         # new cases, and joined cases whose run is gone (a resent detection after a failed submit)
         from cordon.recovery import DEPLOYMENT, servable
 
         report = responder.intake_bytes(body, origin)
-        cases = [responder.submit(t, cloud=cloud, slack=slack) for t in report.cases]
+        # one batch's cases are submitted side by side (each a few round trips to Prefect and the
+        # ledger; a burst of 25 in series held the sender's request for seconds), in their order
+        if len(report.cases) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(min(submit_threads, len(report.cases)), thread_name_prefix="cordon-submit") as pool:
+                cases = list(pool.map(lambda t: responder.submit(t, cloud=cloud, slack=slack), report.cases))
+        else:
+            cases = [responder.submit(t, cloud=cloud, slack=slack) for t in report.cases]
         for t in report.joined:
             if t.run and t.check is not None and not servable(t.check, modes=("slack", "auto"), where=DEPLOYMENT):
                 cases.append(responder.submit(t, cloud=cloud if cloud is not None else t.check.cloud,
