@@ -104,6 +104,17 @@ def new_postgres_database(driver: str) -> str:
     return f"postgresql+{driver}://postgres@127.0.0.1:5432/{name}"
 
 
+def drop_postgres_database(url: str) -> None:
+    """Drop a database :func:`new_postgres_database` made (benchmarks leave nothing behind)."""
+    import sqlalchemy as sa
+
+    name = url.rsplit("/", 1)[1]
+    admin = sa.create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'drop database if exists "{name}" with (force)'))
+    admin.dispose()
+
+
 class Stack:
     """The processes of both benchmarks: Prefect server (child), ``workers`` ``cordon worker``
     processes, ``cordon serve`` (child, uvicorn), and in this process the AWS sandbox and the Slack
@@ -118,8 +129,10 @@ class Stack:
 
         self.tmp = Path(tempfile.mkdtemp(prefix=prefix))
         prefect_db, self.db_url = None, f"sqlite:///{self.tmp}/ledger.db"
+        self.databases: list[str] = []
         if postgres:
             prefect_db, self.db_url = new_postgres_database("asyncpg"), new_postgres_database("psycopg")
+            self.databases = [prefect_db, self.db_url]
         print(f"ledger {self.db_url}; files in {self.tmp}", flush=True)
         self.server = PrefectServer(self.tmp / "prefect", database_url=prefect_db).start(timeout=180)
         self.slack = SlackStandIn(channels={"cordon-approvals": CHANNEL})
@@ -176,6 +189,11 @@ class Stack:
         self.aws.stop()
         self.slack.stop()
         self.server.stop()
+        for url in self.databases:
+            try:
+                drop_postgres_database(url)
+            except Exception as exc:  # noqa: BLE001 - say so, the figures stand
+                print(f"could not drop {url}: {exc}", flush=True)
 
 
 def make_event(template: dict, i: int, key: str) -> dict:
