@@ -332,3 +332,29 @@ def test_a_refused_request_fails_its_run_and_leaves_nothing_queued(url, slack):
                              text=text, asked=_asked("case-0000000000g1"), wait=False)
     assert box.stats()["cases"] == 0
     assert box.flush_pending(client) == 0 and slack.messages(CHANNEL) == []
+
+
+def test_a_summarys_queued_stories_go_as_one_reply(url, slack):
+    clock = Clock()
+    box = make_outbox(url, clock)
+    client = make_client("xoxb-test", base_url=slack.base_url)
+    actor = "arn:aws:iam::111122223333:user/mallory"
+    wheres = {}
+    for i in range(5):
+        blocks, text = case_blocks(f"case-00000000h{i:03d}", actor)
+        wheres[i] = box.request_approval(client, channel=CHANNEL, case_id=f"case-00000000h{i:03d}", actor_key=actor,
+                                         blocks=blocks, text=text)
+    summary_ts = wheres[1]["ts"]
+    slept = len(clock.slept)
+    for i in range(1, 5):  # the runs report without waiting: the first story goes now, the rest queue
+        done = status_blocks(f"case-00000000h{i:03d}", "aws-access-key-created", {}, "h" * 64, f"run-{i}",
+                             state="approved", decided_by="slack:U0ALICE01")
+        box.update_case(client, wheres[i], case_id=f"case-00000000h{i:03d}", blocks=done, text="contained",
+                        thread_text=f"story {i}", wait=False)
+    assert len(clock.slept) == slept  # nobody waited
+    box.flush_pending(client)
+    replies = [r["text"] for r in slack.replies(CHANNEL, summary_ts)]
+    told = "\n".join(replies)
+    assert all(f"case-00000000h{i:03d}: story {i}" in told for i in range(1, 5))
+    assert len(replies) <= 2  # the queued ones gathered into one reply
+    assert box.flush_pending(client) == 0  # nothing left

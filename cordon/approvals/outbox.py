@@ -653,6 +653,7 @@ class Outbox:
                 self._ensure_rendered(client, gid, version)
             except SlackApiError as exc:
                 log.warning("Slack refused the summary of group %s: %s", gid, exc)
+        self._flush_group_replies(client)
         now = self.clock()
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(cases_table.c.case_id, cases_table.c.next_try_at).where(
@@ -669,6 +670,48 @@ class Outbox:
                     conn.execute(cases_table.update().where(cases_table.c.case_id == case_id)
                                  .values(next_try_at=self.clock() + backoff))
         return len(groups) + len(rows)
+
+    def _flush_group_replies(self, client: WebClient, limit: int = 3000) -> int:
+        """The queued thread replies of a summary's cases, gathered: one reply (``<case>: <text>``
+        paragraphs, split at ``limit`` characters) per summary rather than one per case, so a
+        storm's stories do not trail one a second behind it. Returns the replies posted."""
+        with self.engine.connect() as conn:
+            found = conn.execute(sa.select(cases_table.c.case_id, cases_table.c.group_id).where(
+                cases_table.c.pending == 1, cases_table.c.group_id.is_not(None),
+                cases_table.c.pending_replies.is_not(None)).order_by(cases_table.c.position)).all()
+        by_group: dict[int, list[str]] = {}
+        for case_id, gid in found:
+            by_group.setdefault(gid, []).append(case_id)
+        posted = 0
+        for gid, case_ids in by_group.items():
+            group = self._group(gid)
+            if not group.ts:
+                continue
+            claimed = [c for c in case_ids if self._claim_row(c)]
+            try:
+                taken = {c: json.loads(self._row(c).pending_replies or "[]") for c in claimed}
+                parts = [f"{c}: {text}" for c in claimed for text in taken[c]]
+                chunks: list[str] = []
+                for part in parts:
+                    if chunks and len(chunks[-1]) + 2 + len(part) <= limit:
+                        chunks[-1] += "\n\n" + part
+                    else:
+                        chunks.append(_clip(part, limit))
+                for chunk in chunks:
+                    self._reply(client, group.post_channel, group.ts, chunk)
+                    posted += 1
+                with self.writer.begin() as conn:  # drop what was posted, keep what came meanwhile
+                    for c, done in taken.items():
+                        now_row = conn.execute(sa.select(cases_table.c.pending_replies)
+                                               .where(cases_table.c.case_id == c).with_for_update()).scalar()
+                        left = json.loads(now_row or "[]")[len(done):]
+                        conn.execute(cases_table.update().where(cases_table.c.case_id == c)
+                                     .values(pending_replies=json.dumps(left) if left else None))
+            finally:
+                for c in claimed:
+                    self._release_row(c)
+                    self._recompute_pending(c)
+        return posted
 
     def _drive_row(self, client: WebClient, case_id: str) -> None:
         """Everything a row has pending, in order: its request, its ``approval.asked``, its update,
