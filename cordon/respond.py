@@ -154,6 +154,7 @@ def enrich(playbook: Playbook, detection: Detection, clients: Callable[..., Any]
         for step in steps:
             facts[step.action] = _enrich_one(step, detection, clients, facts)
         return facts
+    import contextvars
     from concurrent.futures import ThreadPoolExecutor
 
     done: dict[int, Any] = {}
@@ -162,7 +163,9 @@ def enrich(playbook: Playbook, detection: Detection, clients: Callable[..., Any]
 
         def drain() -> None:
             snapshot = {steps[j].action: done[j] for j in sorted(done)}
-            futures = {i: pool.submit(_enrich_one, steps[i], detection, clients, snapshot) for i in batch}
+            # each step in a copy of the caller's context (the Prefect run's, for its logger)
+            futures = {i: pool.submit(contextvars.copy_context().run, _enrich_one, steps[i], detection, clients,
+                                      snapshot) for i in batch}
             done.update({i: f.result() for i, f in futures.items()})
             batch.clear()
 

@@ -176,6 +176,9 @@ def test_opposite_clicks_at_the_same_moment_never_lose_a_deny(race_config, stack
     cases = [(by_key[key], user) for key, user in keys]
     for s, _ in cases:
         wait_for(lambda s=s: flow_state(s["flow_run_id"]) == "PAUSED", 300, f"run of {s['case_id']} to suspend")
+    for s, _ in cases:  # a run suspends at once; its request may wait for the channel's slot in the outbox
+        wait_for(lambda s=s: list(ledger.records(case_id=s["case_id"], kind_prefix="approval.asked")), 120,
+                 f"the request of {s['case_id']} to be in Slack")
     trials, (storm, storm_user), (cancelled, cancelled_user) = cases[:TRIALS], cases[TRIALS], cases[TRIALS + 1]
 
     with Replica(stack) as second:
@@ -250,7 +253,15 @@ def test_opposite_clicks_at_the_same_moment_never_lose_a_deny(race_config, stack
         assert key_status(stack, user) == "Active", case_id
         (closed,) = [r for r in records if r.kind == "case.closed"]
         assert closed.payload["status"] == "denied" and ledger.case(case_id)["status"] == "denied"
-        final = stack["slack"].message(CHANNEL, message_ts[case_id])  # updated in place: denied, no buttons
+        # updated in place: denied, no buttons (the run's last update may wait in the outbox for the
+        # channel's slot; the worker's sender sends it)
+        def told(c: str = case_id) -> bool:
+            replies = stack["slack"].replies(CHANNEL, message_ts[c])
+            return ("cordon_approve" not in json.dumps(stack["slack"].message(CHANNEL, message_ts[c])["blocks"])
+                    and bool(replies) and replies[-1]["text"].startswith("Denied by"))
+
+        wait_for(told, 30, f"the message of {case_id} and its story to be final")
+        final = stack["slack"].message(CHANNEL, message_ts[case_id])
         assert "cordon_approve" not in json.dumps(final["blocks"]) and "cordon_deny" not in json.dumps(final["blocks"])
         replies = [r["text"] for r in stack["slack"].replies(CHANNEL, message_ts[case_id])]
         # the reason typed in the Deny dialog is in the final message and its thread reply (issue 11)

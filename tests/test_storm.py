@@ -358,3 +358,24 @@ def test_a_summarys_queued_stories_go_as_one_reply(url, slack):
     assert all(f"case-00000000h{i:03d}: story {i}" in told for i in range(1, 5))
     assert len(replies) <= 2  # the queued ones gathered into one reply
     assert box.flush_pending(client) == 0  # nothing left
+
+
+def test_threads_of_one_outbox_do_not_share_a_claim(url, slack):
+    """A worker's run threads and its sender use one outbox: a claim taken in one thread must hold
+    against the others (re-entrant only within its thread), or both post one request."""
+    box = make_outbox(url, Clock())
+    client = make_client("xoxb-test", base_url=slack.base_url)
+    blocks, text = case_blocks("case-0000000000i1", "arn:aws:iam::1:user/i")
+    box.request_approval(client, channel=CHANNEL, case_id="case-0000000000i1", actor_key=None, blocks=blocks,
+                         text=text)
+    assert box._claim_row("case-0000000000i1") and box._claim_row("case-0000000000i1")  # re-entrant here
+    other: list[bool] = []
+    t = threading.Thread(target=lambda: other.append(box._claim_row("case-0000000000i1")))
+    t.start()
+    t.join()
+    assert other == [False]
+    box._release_row("case-0000000000i1")
+    t = threading.Thread(target=lambda: other.append(box._claim_row("case-0000000000i1")))
+    t.start()
+    t.join()
+    assert other == [False, True]

@@ -237,6 +237,11 @@ class Outbox:
         self._sender_stop = threading.Event()
         self._ledger_obj: Any = None
 
+    def _me(self) -> str:
+        """Who holds a claim: this outbox *and thread* (a worker's run threads and its sender share
+        one outbox; a claim re-entrant across them let two threads post one request twice)."""
+        return f"{self.me}:{threading.get_ident()}"
+
     # -- rate limit --------------------------------------------------------------------------
     def _ensure_key(self, key: str) -> None:
         with self.engine.connect() as conn:
@@ -407,14 +412,14 @@ class Outbox:
             res = conn.execute(cases_table.update().where(
                 cases_table.c.case_id == case_id,
                 sa.or_(cases_table.c.claim_until.is_(None), cases_table.c.claim_until < now,
-                       cases_table.c.claim_by == self.me)).values(claim_until=now + self.claim_seconds,
-                                                                  claim_by=self.me))
+                       cases_table.c.claim_by == self._me())).values(claim_until=now + self.claim_seconds,
+                                                                  claim_by=self._me()))
             return res.rowcount == 1
 
     def _release_row(self, case_id: str) -> None:
         with self.writer.begin() as conn:
             conn.execute(cases_table.update().where(cases_table.c.case_id == case_id,
-                                                    cases_table.c.claim_by == self.me)
+                                                    cases_table.c.claim_by == self._me())
                          .values(claim_until=None, claim_by=None))
 
     @staticmethod
@@ -528,13 +533,13 @@ class Outbox:
             res = conn.execute(groups_table.update().where(
                 groups_table.c.id == gid,
                 sa.or_(groups_table.c.claim_until.is_(None), groups_table.c.claim_until < now,
-                       groups_table.c.claim_by == self.me)).values(claim_until=now + self.claim_seconds,
-                                                                    claim_by=self.me))
+                       groups_table.c.claim_by == self._me())).values(claim_until=now + self.claim_seconds,
+                                                                    claim_by=self._me()))
             return res.rowcount == 1
 
     def _release(self, gid: int) -> None:
         with self.writer.begin() as conn:
-            conn.execute(groups_table.update().where(groups_table.c.id == gid, groups_table.c.claim_by == self.me)
+            conn.execute(groups_table.update().where(groups_table.c.id == gid, groups_table.c.claim_by == self._me())
                          .values(claim_until=None, claim_by=None))
 
     def _render(self, client: WebClient, gid: int, *, wait: bool = True) -> None:

@@ -52,10 +52,16 @@ def build_app(*, signing_secret: str | None = None, webhook_token: str | None = 
         # one batch's cases are submitted side by side (each a few round trips to Prefect and the
         # ledger; a burst of 25 in series held the sender's request for seconds), in their order
         if len(report.cases) > 1:
+            import contextvars
             from concurrent.futures import ThreadPoolExecutor
 
-            with ThreadPoolExecutor(min(submit_threads, len(report.cases)), thread_name_prefix="cordon-submit") as pool:
-                cases = list(pool.map(lambda t: responder.submit(t, cloud=cloud, slack=slack), report.cases))
+            def submit(ticket: Any) -> dict[str, Any]:
+                return responder.submit(ticket, cloud=cloud, slack=slack)
+
+            # each submission in a copy of this context (Prefect's settings, e.g. a temporary API URL)
+            runs = [(contextvars.copy_context(), t) for t in report.cases]
+            with ThreadPoolExecutor(min(submit_threads, len(runs)), thread_name_prefix="cordon-submit") as pool:
+                cases = list(pool.map(lambda run: run[0].run(submit, run[1]), runs))
         else:
             cases = [responder.submit(t, cloud=cloud, slack=slack) for t in report.cases]
         for t in report.joined:
