@@ -48,8 +48,9 @@ https://api.slack.com/apis/rate-limits#special-rate-limits; ``chat.update`` is T
   second for work other processes left: one render of a summary carries every row joined or
   changed since the last, so a storm costs far fewer calls than cases. Whoever brings a case's
   buttons to Slack appends its ``approval.asked`` record (once: the ledger is checked first), which
-  is what the decider and the sweeper read. Rows are claimed (``claim_until``) so two senders never
-  post the same request; a row Slack refuses is tried again after 10 s, then every 60 s.
+  is what the decider and the sweeper read. Rows are claimed (``claim_until``; the claimant is the
+  outbox *and* its thread, since a worker's runs and its sender share one outbox) so two senders
+  never post the same request; a row Slack refuses is tried again after 10 s, then every 60 s.
 
 Tables (own ``sqlalchemy.MetaData``, in :func:`cordon.audit.ledger.default_database_url`'s database,
 created by the ledger's migration 0003): ``slack_outbox_rate``, ``slack_outbox_groups``, ``slack_outbox_cases``.
