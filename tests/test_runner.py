@@ -21,15 +21,30 @@ def _state(client, run_id) -> str:
     return client.read_flow_run(run_id).state.type.value
 
 
+def _start_runner(env: dict, log) -> subprocess.Popen:
+    """``tests.warm_flows`` (a warm runner serving ``warm-probe/probe``) in its own session."""
+    return subprocess.Popen([sys.executable, "-m", "tests.warm_flows"], env=env, cwd=REPO,
+                            stdout=open(log, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
+                            start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the runner's group, SIGKILL after 20 s."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 def test_two_warm_runners_execute_every_run_once_in_their_own_processes(tmp_path):
     server = PrefectServer(tmp_path / "prefect").start(timeout=180)
     runs_file = tmp_path / "runs.txt"
     runs_file.touch()
     env = {**os.environ, **server.env, "CORDON_TEST_RUNS_FILE": str(runs_file), "CORDON_RUNNER_SLOTS": "4",
            "PREFECT_LOGGING_LEVEL": "WARNING"}
-    runners = [subprocess.Popen([sys.executable, "-m", "tests.warm_flows"], env=env, cwd=REPO,
-                                stdout=open(tmp_path / f"runner{i}.log", "ab"),  # noqa: SIM115
-                                stderr=subprocess.STDOUT, start_new_session=True) for i in range(2)]
+    runners = [_start_runner(env, tmp_path / f"runner{i}.log") for i in range(2)]
     try:
         from prefect.client.orchestration import get_client
         from prefect.deployments import run_deployment
@@ -58,12 +73,7 @@ def test_two_warm_runners_execute_every_run_once_in_their_own_processes(tmp_path
         assert pids == {r.pid for r in runners}  # in the runners' own processes, and both took runs
     finally:
         for r in runners:
-            if r.poll() is None:
-                os.killpg(r.pid, signal.SIGTERM)
-                try:
-                    r.wait(20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(r.pid, signal.SIGKILL)
+            _stop(r)
         server.stop()
 
 
@@ -76,9 +86,7 @@ def test_a_new_run_wakes_the_runner_through_the_event_stream_not_the_poll(tmp_pa
     log = tmp_path / "runner.log"
     env = {**os.environ, **server.env, "CORDON_TEST_RUNS_FILE": str(runs_file), "PREFECT_LOGGING_LEVEL": "WARNING",
            "CORDON_RUNNER_POLL_SECONDS": "600", "CORDON_RUNNER_IDLE_POLL_SECONDS": "600"}
-    runner = subprocess.Popen([sys.executable, "-m", "tests.warm_flows"], env=env, cwd=REPO,
-                              stdout=open(log, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
-                              start_new_session=True)
+    runner = _start_runner(env, log)
     try:
         from prefect.client.orchestration import get_client
         from prefect.deployments import run_deployment
@@ -92,10 +100,5 @@ def test_a_new_run_wakes_the_runner_through_the_event_stream_not_the_poll(tmp_pa
                 wait_for(lambda rid=run_id: _state(client, rid) == "COMPLETED", 60, "the woken runner to run it")
         assert len(runs_file.read_text().splitlines()) == 2
     finally:
-        if runner.poll() is None:
-            os.killpg(runner.pid, signal.SIGTERM)
-            try:
-                runner.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(runner.pid, signal.SIGKILL)
+        _stop(runner)
         server.stop()

@@ -407,21 +407,26 @@ class Outbox:
         with self.engine.connect() as conn:
             return conn.execute(sa.select(cases_table).where(cases_table.c.case_id == case_id)).first()
 
-    def _claim_row(self, case_id: str) -> bool:
+    def _take_claim(self, table: sa.Table, key: sa.ColumnElement[bool]) -> bool:
+        """Claim the row of ``table`` (either: both have ``claim_until`` / ``claim_by``) that
+        ``key`` selects, for this outbox and thread: free, expired, or already ours."""
         now = self.clock()
         with self.writer.begin() as conn:
-            res = conn.execute(cases_table.update().where(
-                cases_table.c.case_id == case_id,
-                sa.or_(cases_table.c.claim_until.is_(None), cases_table.c.claim_until < now,
-                       cases_table.c.claim_by == self._me())).values(claim_until=now + self.claim_seconds,
-                                                                  claim_by=self._me()))
+            res = conn.execute(table.update().where(
+                key, sa.or_(table.c.claim_until.is_(None), table.c.claim_until < now, table.c.claim_by == self._me()))
+                .values(claim_until=now + self.claim_seconds, claim_by=self._me()))
             return res.rowcount == 1
 
-    def _release_row(self, case_id: str) -> None:
+    def _drop_claim(self, table: sa.Table, key: sa.ColumnElement[bool]) -> None:
         with self.writer.begin() as conn:
-            conn.execute(cases_table.update().where(cases_table.c.case_id == case_id,
-                                                    cases_table.c.claim_by == self._me())
+            conn.execute(table.update().where(key, table.c.claim_by == self._me())
                          .values(claim_until=None, claim_by=None))
+
+    def _claim_row(self, case_id: str) -> bool:
+        return self._take_claim(cases_table, cases_table.c.case_id == case_id)
+
+    def _release_row(self, case_id: str) -> None:
+        self._drop_claim(cases_table, cases_table.c.case_id == case_id)
 
     @staticmethod
     def _own_where(row: Any) -> dict[str, Any]:
@@ -458,7 +463,7 @@ class Outbox:
 
     # -- the approval.asked record, once the buttons are in Slack ------------------------------
     def _ledger(self) -> Any:
-        if getattr(self, "_ledger_obj", None) is None:
+        if self._ledger_obj is None:
             from cordon.audit.ledger import Ledger
 
             self._ledger_obj = Ledger(self.url)
@@ -529,19 +534,10 @@ class Outbox:
             self.sleep(self.poll)
 
     def _claim(self, gid: int) -> bool:
-        now = self.clock()
-        with self.writer.begin() as conn:
-            res = conn.execute(groups_table.update().where(
-                groups_table.c.id == gid,
-                sa.or_(groups_table.c.claim_until.is_(None), groups_table.c.claim_until < now,
-                       groups_table.c.claim_by == self._me())).values(claim_until=now + self.claim_seconds,
-                                                                    claim_by=self._me()))
-            return res.rowcount == 1
+        return self._take_claim(groups_table, groups_table.c.id == gid)
 
     def _release(self, gid: int) -> None:
-        with self.writer.begin() as conn:
-            conn.execute(groups_table.update().where(groups_table.c.id == gid, groups_table.c.claim_by == self._me())
-                         .values(claim_until=None, claim_by=None))
+        self._drop_claim(groups_table, groups_table.c.id == gid)
 
     def _render(self, client: WebClient, gid: int, *, wait: bool = True) -> None:
         """Post or update the summary of group ``gid`` with every row it has now (claim held);
@@ -677,6 +673,15 @@ class Outbox:
                                  .values(next_try_at=self.clock() + backoff))
         return len(groups) + len(rows)
 
+    def _drop_replies(self, case_id: str, n: int) -> None:
+        """Drop the first ``n`` queued replies of ``case_id`` (posted), keeping any queued since."""
+        with self.writer.begin() as conn:
+            queued = conn.execute(sa.select(cases_table.c.pending_replies)
+                                  .where(cases_table.c.case_id == case_id).with_for_update()).scalar()
+            left = json.loads(queued or "[]")[n:]
+            conn.execute(cases_table.update().where(cases_table.c.case_id == case_id)
+                         .values(pending_replies=json.dumps(left) if left else None))
+
     def _flush_group_replies(self, client: WebClient, limit: int = 3000) -> int:
         """The queued thread replies of a summary's cases, gathered: one reply (``<case>: <text>``
         paragraphs, split at ``limit`` characters) per summary rather than one per case, so a
@@ -706,13 +711,8 @@ class Outbox:
                 for chunk in chunks:
                     self._reply(client, group.post_channel, group.ts, chunk)
                     posted += 1
-                with self.writer.begin() as conn:  # drop what was posted, keep what came meanwhile
-                    for c, done in taken.items():
-                        now_row = conn.execute(sa.select(cases_table.c.pending_replies)
-                                               .where(cases_table.c.case_id == c).with_for_update()).scalar()
-                        left = json.loads(now_row or "[]")[len(done):]
-                        conn.execute(cases_table.update().where(cases_table.c.case_id == c)
-                                     .values(pending_replies=json.dumps(left) if left else None))
+                for c, done in taken.items():
+                    self._drop_replies(c, len(done))
             finally:
                 for c in claimed:
                     self._release_row(c)
@@ -748,12 +748,7 @@ class Outbox:
                                  .values(pending_update=None))
             for reply in json.loads(row.pending_replies or "[]"):
                 self._reply(client, channel, ts, reply if row.group_id is None else f"{case_id}: {reply}")
-                with self.writer.begin() as conn:  # drop what is posted, keep what was added meanwhile
-                    now_row = conn.execute(sa.select(cases_table.c.pending_replies)
-                                           .where(cases_table.c.case_id == case_id).with_for_update()).scalar()
-                    left = json.loads(now_row or "[]")[1:]
-                    conn.execute(cases_table.update().where(cases_table.c.case_id == case_id)
-                                 .values(pending_replies=json.dumps(left) if left else None))
+                self._drop_replies(case_id, 1)
         finally:
             self._release_row(case_id)
             self._recompute_pending(case_id)
