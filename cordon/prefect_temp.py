@@ -130,7 +130,7 @@ def _api_url_in_files() -> bool:
             text = path.read_text(errors="replace").lower()
         except OSError:
             continue
-        if "prefect_api_url" in text or ("[api]" in text and "url" in text) or "api.url" in text:
+        if "prefect_api_url" in text or ("api]" in text and "url" in text) or "api.url" in text:
             return True
     return False
 

@@ -74,6 +74,9 @@ def test_a_configured_server_is_never_replaced(tmp_path, monkeypatch):
     home.mkdir()
     monkeypatch.setenv("PREFECT_HOME", str(home))
     assert not _api_url_in_files()
+    (tmp_path / "pyproject.toml").write_text('[tool.prefect.api]\nurl = "https://p/api"\n')
+    assert _api_url_in_files()  # Prefect's settings in pyproject.toml
+    (tmp_path / "pyproject.toml").unlink()
     (home / "profiles.toml").write_text('active = "prod"\n[profiles.prod]\nPREFECT_API_URL = "https://p/api"\n')
     assert _api_url_in_files()
 
