@@ -275,7 +275,9 @@ def test_activity_key_normalises_dashes():
     assert (
         entra_activity_key("Update application – Certificates and secrets management")
         == entra_activity_key("Update application - Certificates and secrets management")
-        == "update application - certificates and secrets management"
+        == entra_activity_key("Update application – Certificates and secrets management ")
+        == entra_activity_key("Update application—Certificates  and secrets management")
+        == "update application-certificates and secrets management"
     )
 
 

@@ -24,7 +24,10 @@ from cordon.providers import source_for
 class RuleMatcher(Protocol):
     """What :func:`detect` needs from a rule set (``cordon.sigma.RuleSet``)."""
 
-    def match(self, event: dict[str, Any], *, product: str, service: str) -> list[Any]: ...
+    def match(self, event: dict[str, Any], *, product: str, service: str, **normalise: Any) -> list[Any]:
+        """The rules that match ``event`` under the logsource; ``normalise=`` (a
+        :class:`cordon.sigma.normalise.FieldNormalisation`) is passed only for sources that declare one."""
+        ...
 
 
 @dataclass
@@ -91,7 +94,8 @@ def detect(
 
     Each record goes to the :class:`cordon.providers.Source` declared for its kind. An event is
     matched as ``rules.match(view(record), product=..., service=...)`` with the source's Sigma
-    logsource and view, and every match gives the detections of ``source.parse(record, match,
+    logsource and view (and ``normalise=`` its field normalisation, when it declares one), and every
+    match gives the detections of ``source.parse(record, match,
     origin, position)``; an event no rule matches is an ordinary event and yields nothing (it is
     counted). A finding maps directly (``source.parse(record, origin, position)``). Records of a
     source that is not evaluated (sign-ins, say) are counted as unmatched events and yield nothing.
@@ -150,8 +154,11 @@ def _detections(item: RawRecord, rules: RuleMatcher, stats: DetectStats) -> Iter
         return
     stats.events += 1
     product, service = source.sigma
-    matches = rules.match(source.view(item.record) if source.view else item.record, product=product,
-                          service=service)
+    event = source.view(item.record) if source.view else item.record
+    if source.normalise is not None:
+        matches = rules.match(event, product=product, service=service, normalise=source.normalise)
+    else:
+        matches = rules.match(event, product=product, service=service)
     if not matches:
         stats.events_unmatched += 1
         return

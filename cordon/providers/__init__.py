@@ -59,7 +59,10 @@ class Source:
     ``parse(record, origin, position)`` for findings; returns a Detection or an iterable of them;
     raises :class:`cordon.detections.errors.RecordError` naming the field for a malformed record.
     ``evaluated``: ``False`` for records counted as events on which no rule is evaluated (Entra
-    sign-ins create no credential).
+    sign-ins create no credential). ``normalise``: a
+    :class:`cordon.sigma.normalise.FieldNormalisation` applied alike to the view and to the rules'
+    values of its fields when the record is matched (names a log spells otherwise than its
+    documentation: trailing spaces, en dashes), or ``None``.
     """
 
     kind: str
@@ -67,6 +70,7 @@ class Source:
     sigma: tuple[str, str] | None = None
     view: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     evaluated: bool = True
+    normalise: Any = None
 
     @property
     def is_finding(self) -> bool:

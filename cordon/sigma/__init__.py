@@ -8,10 +8,14 @@ Public API::
     rs = RuleSet.from_yaml(text, path="<inline>")
     rs.rules                                        # list[CompiledRule]
     rs.match(event, product="aws", service="cloudtrail")  # -> list[SigmaMatch]
+    rs.match(event, product="azure", service="auditlogs",
+             normalise=FieldNormalisation(fields=("activityDisplayName",)))  # both sides canonical
 
-See :mod:`cordon.sigma.engine` for the evaluation semantics (Sigma specification v2).
+See :mod:`cordon.sigma.engine` for the evaluation semantics (Sigma specification v2) and
+:mod:`cordon.sigma.normalise` for field normalisation.
 """
 
 from cordon.sigma.engine import CompiledRule, RuleSet, SigmaMatch, SigmaRuleError
+from cordon.sigma.normalise import NAME_SPELLING, FieldNormalisation
 
-__all__ = ["CompiledRule", "RuleSet", "SigmaMatch", "SigmaRuleError"]
+__all__ = ["NAME_SPELLING", "CompiledRule", "FieldNormalisation", "RuleSet", "SigmaMatch", "SigmaRuleError"]

@@ -29,6 +29,12 @@ Values (field given):
     * A list of values is OR-linked unless ``|all``. An event value that is a list matches when
       any element matches.
 
+Field normalisation: :meth:`RuleSet.match` takes a
+:class:`~cordon.sigma.normalise.FieldNormalisation` (``normalise=``) that rewrites the values of
+named fields alike in the event and in the rules (a pySigma processing pipeline applied to a copy
+of each rule naming one of them), so spellings that differ only in whitespace or dashes compare
+equal.
+
 Keyword (field-less) detections match when any scalar value anywhere in the event matches.
 Fields are dotted paths into nested objects (a literal dotted key is preferred when present;
 lists met on the way are searched element-wise). Conditions support ``and``/``or``/``not``,
@@ -89,6 +95,8 @@ from sigma.types import (
     SpecialChars,
     TimestampPart,
 )
+
+from cordon.sigma.normalise import FieldNormalisation
 
 __all__ = ["CompiledRule", "RuleSet", "SigmaMatch", "SigmaRuleError"]
 
@@ -904,30 +912,33 @@ def _compile_documents(text: str, path: str) -> list[CompiledRule]:
         for rule in collection:
             if isinstance(rule, (SigmaCorrelationRule, SigmaFilter)) or not isinstance(rule, SigmaRule):
                 raise SigmaRuleError(path, "rule", f"unsupported rule type {type(rule).__name__}")
-            predicate, constraint = _RuleCompiler(rule, path, lines).compile()
-            tags = tuple(str(t) for t in rule.tags)
             match = SigmaMatch(
                 id=str(rule.id) if rule.id is not None else f"{path}#{len(rules)}",
                 title=rule.title,
                 path=path,
                 level=str(rule.level) if rule.level is not None else "",
                 technique_ids=_technique_ids(rule.tags),
-                tags=tags,
+                tags=tuple(str(t) for t in rule.tags),
                 author=rule.author,
                 references=tuple(rule.references),
             )
-            rules.append(
-                CompiledRule(
-                    match=match,
-                    predicate=predicate,
-                    product=_lower(rule.logsource.product),
-                    service=_lower(rule.logsource.service),
-                    category=_lower(rule.logsource.category),
-                    index=_pick_index(constraint),
-                    sigma_rule=rule,
-                )
-            )
+            rules.append(_compile_rule(rule, match, lines))
     return rules
+
+
+def _compile_rule(rule: SigmaRule, match: SigmaMatch, lines: _LineFinder) -> CompiledRule:
+    """``rule`` (parsed by pySigma, perhaps rewritten by a processing pipeline) compiled, reported
+    as ``match``; raises :class:`SigmaRuleError` naming ``match.path``."""
+    predicate, constraint = _RuleCompiler(rule, match.path, lines).compile()
+    return CompiledRule(
+        match=match,
+        predicate=predicate,
+        product=_lower(rule.logsource.product),
+        service=_lower(rule.logsource.service),
+        category=_lower(rule.logsource.category),
+        index=_pick_index(constraint),
+        sigma_rule=rule,
+    )
 
 
 def _lower(s: str | None) -> str | None:
@@ -1011,7 +1022,9 @@ class RuleSet:
 
     def __init__(self, rules: Iterable[CompiledRule]) -> None:
         self.rules: list[CompiledRule] = list(rules)
-        self._partitions: dict[tuple[str | None, str | None, str | None], _Partition] = {}
+        self._partitions: dict[tuple[Any, ...], _Partition] = {}
+        #: ``(rule position, normalisation) -> the rule rewritten by it`` (see :meth:`match`)
+        self._rewritten: dict[tuple[int, FieldNormalisation], CompiledRule] = {}
 
     @classmethod
     def load(cls, path: str | Path | Sequence[str | Path]) -> RuleSet:
@@ -1049,12 +1062,13 @@ class RuleSet:
     def __iter__(self) -> Iterator[CompiledRule]:
         return iter(self.rules)
 
-    def _partition(self, product: str | None, service: str | None, category: str | None) -> _Partition:
-        key = (product, service, category)
+    def _partition(self, product: str | None, service: str | None, category: str | None,
+                   normalise: FieldNormalisation | None = None) -> _Partition:
+        key = (product, service, category, normalise)
         part = self._partitions.get(key)
         if part is None:
             fitting = [
-                (pos, r)
+                (pos, self._rewrite(pos, r, normalise))
                 for pos, r in enumerate(self.rules)
                 if (product is None or r.product is None or r.product == product)
                 and (service is None or r.service is None or r.service == service)
@@ -1063,12 +1077,25 @@ class RuleSet:
             part = self._partitions[key] = _Partition(fitting)
         return part
 
+    def _rewrite(self, pos: int, rule: CompiledRule, normalise: FieldNormalisation | None) -> CompiledRule:
+        """``rule`` with its values of ``normalise``'s fields rewritten (compiled once), or ``rule``
+        itself when it names none of them."""
+        if normalise is None or not normalise.touches(rule.sigma_rule):
+            return rule
+        key = (pos, normalise)
+        done = self._rewritten.get(key)
+        if done is None:
+            done = _compile_rule(normalise.apply_to_rule(rule.sigma_rule), rule.match, _LineFinder(None))
+            self._rewritten[key] = done
+        return done
+
     def match(
         self,
         event: Event,
         product: str | None = None,
         service: str | None = None,
         category: str | None = None,
+        normalise: FieldNormalisation | None = None,
     ) -> list[SigmaMatch]:
         """Evaluate all fitting rules on ``event`` (a decoded JSON object).
 
@@ -1077,17 +1104,26 @@ class RuleSet:
         product; ``None`` arguments do not filter. Rules with a logsource ``category`` fit only
         when ``category`` is given and equal.
 
+        ``normalise`` (:class:`cordon.sigma.normalise.FieldNormalisation`, declared by the record's
+        source): the event is evaluated as :meth:`~FieldNormalisation.event` rewrites it, and every
+        fitting rule that names one of its fields as :meth:`~FieldNormalisation.pipeline` rewrites
+        it (compiled once per rule and normalisation), so both sides compare canonical spellings.
+        ``event`` itself is not modified.
+
         Returns:
             list of :class:`SigmaMatch` in rule load order (empty when nothing matched).
         """
-        part = self._partitions.get((product, service, category))
+        part = self._partitions.get((product, service, category, normalise))
         if part is None:
             part = self._partition(
                 product.lower() if product else None,
                 service.lower() if service else None,
                 category.lower() if category else None,
+                normalise,
             )
-            self._partitions[(product, service, category)] = part
+            self._partitions[(product, service, category, normalise)] = part
+        if normalise is not None:
+            event = normalise.event(event)
         if part.single:  # fast path: one index field, no unindexed rules
             get, table = part.tables[0]
             v = get(event)

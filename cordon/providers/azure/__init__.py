@@ -3,8 +3,8 @@ auditlogs``, matched on the Graph ``directoryAudit`` shape), the Azure Activity 
 activitylogs``), Entra sign-ins (read, counted, never matched: a sign-in adds no credential);
 Graph actions over msgraph-sdk and role assignments over azure-mgmt-authorization.
 
-Modules: :mod:`.detections` (record parsers and the views rules are written against),
-:mod:`.actions`, :mod:`.clients` (the Graph / ARM client factory).
+Modules: :mod:`.detections` (record parsers, the views rules are written against and their field
+normalisation), :mod:`.actions`, :mod:`.clients` (the Graph / ARM client factory).
 """
 
 from __future__ import annotations
@@ -56,6 +56,8 @@ class AzureProvider(Provider):
     @property
     def sources(self) -> tuple[Source, ...]:
         from cordon.providers.azure.detections import (
+            ACTIVITY_NAMES,
+            ENTRA_NAMES,
             activity_match_view,
             detections_from_azure_activity,
             detections_from_entra_audit,
@@ -63,9 +65,9 @@ class AzureProvider(Provider):
         )
 
         return (Source("entra_audit", detections_from_entra_audit, sigma=("azure", "auditlogs"),
-                       view=entra_match_view),
+                       view=entra_match_view, normalise=ENTRA_NAMES),
                 Source("azure_activity", detections_from_azure_activity, sigma=("azure", "activitylogs"),
-                       view=activity_match_view),
+                       view=activity_match_view, normalise=ACTIVITY_NAMES),
                 Source("entra_signin", None, evaluated=False))
 
     def clients(self, cloud: dict[str, Any]) -> Callable[..., Any]:

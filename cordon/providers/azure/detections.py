@@ -34,6 +34,14 @@ events in the storage / Event Hub form (``operationName`` a string, ``resultType
 own mapping table (``resultType`` ``Success`` becomes ``status.value`` ``Succeeded``, ``Failure``
 ``Failed``, ``Start`` ``Started``, ``Accept`` ``Accepted``). The parsers read the raw record and
 name raw dotted paths (``properties.targetResources[0].modifiedProperties``) in their errors.
+
+**Names as logs spell them.** Both views are matched under a field normalisation declared once per
+source (:data:`ENTRA_NAMES`, :data:`ACTIVITY_NAMES`, given to :class:`cordon.providers.Source`): the
+operation names (and results) are trimmed and every dash variant is one "-", in the view and in every
+rule's values of those fields alike, so "Update application – Certificates and secrets management "
+(trailing space, en dash) matches a rule written with a hyphen. The parsers look activities up with the
+same canonical spelling (:func:`entra_activity_key`, :func:`activity_operation_key`) and report
+``event_name`` as the record spells it, trimmed.
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ from typing import Any
 from cordon.detections.errors import RecordError
 from cordon.detections.fields import RecordFields, SigmaMatchLike, detection_uid, severity_label, type_name
 from cordon.detections.model import Actor, Credential, Detection, Principal, RawRef, RuleRef, record_sha256
+from cordon.sigma.normalise import FieldNormalisation
 
 #: ATT&CK techniques used when the matching rule carries none, by Cordon's activity label.
 FALLBACK_TECHNIQUES: dict[str, list[str]] = {
@@ -160,14 +169,34 @@ def is_privileged_directory_role(template_id: str | None, display_name: str | No
     return any(directory_role_template(r) in PRIVILEGED_DIRECTORY_ROLES for r in (template_id, display_name) if r)
 
 
-_DASHES = re.compile(r"\s*[\u2013\u2014\u2012-]\s*")
 _GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _TENANT_RESOURCE = re.compile(r"^/tenants/([^/]+)/", re.IGNORECASE)
 _SUBSCRIPTION = re.compile(r"^/subscriptions/([^/]+)", re.IGNORECASE)
 _ROLE_ASSIGNMENT_ID = re.compile(r"/providers/Microsoft\.Authorization/roleAssignments/[^/]+$", re.IGNORECASE)
 _KEY_FIELD = re.compile(r"(KeyIdentifier|KeyType|KeyUsage|DisplayName)=")
 
-#: Entra ``activityDisplayName`` (lower case, dashes normalised to "-") -> Cordon's activity label.
+#: How Entra audit records are normalised for Sigma matching (:class:`cordon.providers.Source`
+#: ``normalise``): the operation names, the result and the modified properties' names rules match on, in
+#: both record forms as :func:`entra_match_view` shows them, are trimmed, with runs of whitespace made one
+#: space and every dash variant (en dash, em dash, hyphen...) with the spaces around it made one "-"
+#: (:data:`cordon.sigma.normalise.NAME_SPELLING`), in the record and in the rules alike. Real records
+#: carry "Update application – Certificates and secrets management " (a trailing space, an en dash) where
+#: the documentation and the rules write a hyphen and no space.
+ENTRA_NAMES = FieldNormalisation(fields=(
+    "activityDisplayName", "operationName", "OperationName", "properties.activityDisplayName",
+    "properties.operationName", "properties.message", "result", "properties.result",
+    "targetResources.modifiedProperties.displayName", "properties.targetResources.modifiedProperties.displayName",
+))
+
+#: The same for Azure Activity Log events as :func:`activity_match_view` shows them: ``operationName``
+#: (its ``value`` and ``localizedValue``), ``status.value``, ``subStatus.value``, ``category.value``.
+ACTIVITY_NAMES = FieldNormalisation(fields=(
+    "operationName", "operationName.value", "operationName.localizedValue", "status.value", "subStatus.value",
+    "category.value",
+))
+
+#: Entra ``activityDisplayName`` -> Cordon's activity label; compared by :func:`entra_activity_key`
+#: (case, surrounding whitespace and dash variants ignored).
 ENTRA_ACTIVITIES: dict[str, str] = {
     "add service principal credentials": "sp_credential",
     "update application - certificates and secrets management": "sp_credential",
@@ -186,7 +215,7 @@ ENTRA_ACTIVITIES: dict[str, str] = {
     "user has elevated their access to user access administrator for their azure resources": "elevate_access",
 }
 
-#: Activity Log ``operationName`` (lower case) -> Cordon's activity label.
+#: Activity Log ``operationName`` -> Cordon's activity label; compared by :func:`activity_operation_key`.
 ACTIVITY_OPERATIONS: dict[str, str] = {
     "microsoft.authorization/roleassignments/write": "role_assignment",
     "microsoft.authorization/elevateaccess/action": "elevate_access",
@@ -198,10 +227,19 @@ _RESULT_TYPE_TO_STATUS = {"success": "Succeeded", "failure": "Failed", "start": 
 
 
 def entra_activity_key(name: str) -> str:
-    """``activityDisplayName`` lower-cased, with any en dash, em dash or hyphen (and the spaces
-    around it) written `` - ``: "Update application – Certificates and secrets management" and
-    "Update application - Certificates and secrets management" give the same key."""
-    return _DASHES.sub(" - ", name.strip()).lower()
+    """``activityDisplayName`` in :data:`ENTRA_NAMES`' canonical spelling, lower-cased:
+    "Update application – Certificates and secrets management " and "Update application - Certificates
+    and secrets management" give the same key (the one Sigma rules are matched with)."""
+    return ENTRA_NAMES.text(name).lower()
+
+
+def activity_operation_key(name: str) -> str:
+    """An Activity Log ``operationName`` in :data:`ACTIVITY_NAMES`' canonical spelling, lower-cased."""
+    return ACTIVITY_NAMES.text(name).lower()
+
+
+_ENTRA_LABELS = {entra_activity_key(k): v for k, v in ENTRA_ACTIVITIES.items()}
+_ACTIVITY_LABELS = {activity_operation_key(k): v for k, v in ACTIVITY_OPERATIONS.items()}
 
 
 class _Fields(RecordFields):
@@ -389,7 +427,7 @@ class _Entra:
         return out
 
     def modified(self, base: str, target: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
-        """``(path, displayName, oldValue decoded, newValue decoded)`` of a target's modifiedProperties."""
+        """``(path, displayName trimmed, oldValue decoded, newValue decoded)`` of a target's modifiedProperties."""
         path = f"{base}.modifiedProperties"
         items = self.f.get("modifiedProperties", list, base=target, prefix=base) or []
         out = []
@@ -397,7 +435,7 @@ class _Entra:
             ibase = f"{path}[{i}]"
             if not isinstance(item, dict):
                 raise self.f.error(ibase, f"expected an object, got {type_name(item)}")
-            name = self.f.get("displayName", str, base=item, prefix=ibase) or ""
+            name = (self.f.get("displayName", str, base=item, prefix=ibase) or "").strip()
             out.append((ibase, name, _json_text(item.get("oldValue")), _json_text(item.get("newValue"))))
         return out
 
@@ -721,7 +759,7 @@ def detections_from_entra_audit(
     actor = _entra_actor(e, tenant, user_agent)
     targets = e.targets()
     result = f.value([f"{p}result", "result", "resultType"], str)
-    label = ENTRA_ACTIVITIES.get(entra_activity_key(activity))
+    label = _ENTRA_LABELS.get(entra_activity_key(activity))
     suppressed = None
     if result is not None and result.lower() != "success":
         reason = f.value([f"{p}resultReason"], str)
@@ -742,7 +780,7 @@ def detections_from_entra_audit(
             uid=detection_uid(record, f"{rule_uid or ''}{salt}"),
             provider="azure",
             source="entra",
-            event_name=activity,
+            event_name=activity.strip(),  # the real name, trimmed (playbooks route on it)
             technique_ids=techniques,
             rule=rule,
             severity=severity,
@@ -983,7 +1021,7 @@ def detections_from_azure_activity(
     if status is None:
         result_type = f.get("resultType", str)
         status = _RESULT_TYPE_TO_STATUS.get((result_type or "").lower(), result_type)
-    label = ACTIVITY_OPERATIONS.get(operation.lower())
+    label = _ACTIVITY_LABELS.get(activity_operation_key(operation))
     suppressed = None
     if status is not None and status.lower() != "succeeded":
         suppressed = (
@@ -999,7 +1037,7 @@ def detections_from_azure_activity(
             uid=detection_uid(record, rule.uid),
             provider="azure",
             source="azure_activity",
-            event_name=operation,
+            event_name=operation.strip(),
             technique_ids=_techniques(match, label),
             rule=rule,
             severity=severity_label(getattr(match, "level", None)),
@@ -1073,15 +1111,18 @@ def detections_from_azure_activity(
 
 
 __all__ = [
+    "ACTIVITY_NAMES",
     "ACTIVITY_OPERATIONS",
     "DIRECTORY_ROLE_TEMPLATES",
     "PRIVILEGED_DIRECTORY_ROLES",
     "ENTRA_ACTIVITIES",
+    "ENTRA_NAMES",
     "FALLBACK_TECHNIQUES",
     "GRAPH_APP_ID",
     "PRIVILEGED_ROLE_DEFINITIONS",
     "RISKY_GRAPH_PERMISSIONS",
     "activity_match_view",
+    "activity_operation_key",
     "detections_from_azure_activity",
     "detections_from_entra_audit",
     "directory_role_template",

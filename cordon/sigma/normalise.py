@@ -1,0 +1,187 @@
+"""Field normalisation: one declaration that rewrites the values of some fields alike in the events a
+rule set is evaluated on and in the rules' own values, so that spellings a log writes differently
+from its documentation still match (the idea of a pySigma processing pipeline, declared as data).
+
+A :class:`FieldNormalisation` names the fields (dotted paths, as rules write them) and the
+rewrites (Python regular expressions and their replacements, applied in order to the text, then
+surrounding whitespace trimmed). It gives:
+
+* :meth:`FieldNormalisation.text`: the canonical spelling of one value;
+* :meth:`FieldNormalisation.event`: a copy of an event whose values at those fields are canonical
+  (copy on write: objects and lists on the way are copied, nothing else; lists met on the way are
+  walked element-wise, as the engine's dotted paths are; a literal dotted key is rewritten too);
+* :meth:`FieldNormalisation.pipeline`: a pySigma ``ProcessingPipeline`` (one ``ProcessingItem`` with
+  :class:`CanonicalSpelling` and an ``IncludeFieldCondition`` on the fields) that rewrites the
+  rules' string values of those fields the same way. Wildcards stay wildcards: each plain run of a
+  value is rewritten, and only the value's own ends are trimmed.
+
+:meth:`cordon.sigma.RuleSet.match` takes one as ``normalise=`` and applies both sides; a provider
+declares it once per record kind (:class:`cordon.providers.Source`). Regular expression values
+(``|re``) and keyword (field-less) detections are not rewritten: they see the canonical event.
+
+:data:`NAME_SPELLING` is the rewrite for names of operations as people type and logs print them:
+runs of whitespace become one space, and a hyphen-minus, hyphen, non-breaking hyphen, figure
+dash, en dash, em dash, horizontal bar or minus sign, with the whitespace around it, becomes one
+``-`` (so "Update application – Certificates and secrets management " and "Update application -
+Certificates and secrets management" are both "Update application-Certificates and secrets
+management"). A hyphen inside a word (``host-name``) is unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from sigma.processing.conditions import IncludeFieldCondition
+from sigma.processing.pipeline import ProcessingItem, ProcessingPipeline
+from sigma.processing.transformations.base import StringValueTransformation
+from sigma.rule import SigmaDetection, SigmaRule
+from sigma.types import SigmaString
+
+_DASH_CHARS = "\u002d\u2010\u2011\u2012\u2013\u2014\u2015\u2212"
+
+#: ``(regular expression, replacement)`` pairs for operation names (see the module docstring).
+NAME_SPELLING: tuple[tuple[str, str], ...] = (
+    (r"\s+", " "),
+    (rf" ?[{_DASH_CHARS}] ?", "-"),
+)
+
+
+@dataclass(frozen=True)
+class FieldNormalisation:
+    """Rewrites applied alike to events and rules for ``fields`` (see the module docstring).
+
+    ``fields``: dotted field names as the rules name them (``activityDisplayName``,
+    ``operationName.value``, ``targetResources.modifiedProperties.displayName``); ``rewrites``:
+    ``(regex, replacement)`` pairs for :func:`re.sub`, in order; ``trim``: strip the value's
+    surrounding whitespace after the rewrites. Hashable, so a rule set caches its rewritten rules
+    per normalisation.
+    """
+
+    fields: tuple[str, ...]
+    rewrites: tuple[tuple[str, str], ...] = NAME_SPELLING
+    trim: bool = True
+    _compiled: tuple[tuple[re.Pattern[str], str], ...] = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_compiled", tuple((re.compile(p), r) for p, r in self.rewrites))
+
+    def rewrite(self, text: str) -> str:
+        """``text`` with the rewrites applied (not trimmed): what each plain run of a rule's value gets."""
+        for pattern, replacement in self._compiled:
+            text = pattern.sub(replacement, text)
+        return text
+
+    def text(self, value: str) -> str:
+        """The canonical spelling of one value: the rewrites, then trimmed when ``trim``."""
+        out = self.rewrite(value)
+        return out.strip() if self.trim else out
+
+    @cached_property
+    def _paths(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        return tuple((f, tuple(f.split("."))) for f in self.fields)
+
+    def event(self, event: dict[str, Any]) -> dict[str, Any]:
+        """A copy of ``event`` with every string value at :attr:`fields` in its canonical spelling;
+        ``event`` itself is returned when nothing changes. Never raises; other values are kept."""
+        out = event
+        for name, parts in self._paths:
+            if len(parts) > 1 and name in out:  # a literal dotted key (the engine reads it first)
+                new = self._value(out[name])
+                if new is not out[name]:
+                    out = out if out is not event else dict(event)
+                    out[name] = new
+            new_event = self._walk(out, parts, 0)
+            if new_event is not out:
+                out = new_event
+        return out
+
+    def _value(self, value: Any) -> Any:
+        if isinstance(value, str):
+            new = self.text(value)
+            return value if new == value else new
+        if isinstance(value, list):
+            items = [self._value(v) for v in value]
+            return value if all(a is b for a, b in zip(items, value, strict=True)) else items
+        return value
+
+    def _walk(self, node: Any, parts: tuple[str, ...], i: int) -> Any:
+        """``node`` with the value at ``parts[i:]`` rewritten: a copy when something changed."""
+        if isinstance(node, list):
+            items = [self._walk(v, parts, i) for v in node]
+            return node if all(a is b for a, b in zip(items, node, strict=True)) else items
+        if not isinstance(node, dict) or parts[i] not in node:
+            return node
+        child = node[parts[i]]
+        new = self._value(child) if i == len(parts) - 1 else self._walk(child, parts, i + 1)
+        if new is child:
+            return node
+        copied = dict(node)
+        copied[parts[i]] = new
+        return copied
+
+    def touches(self, rule: SigmaRule) -> bool:
+        """Whether a detection item of ``rule`` names one of :attr:`fields`."""
+        wanted = set(self.fields)
+
+        def walk(detection: SigmaDetection) -> bool:
+            for item in detection.detection_items:
+                if isinstance(item, SigmaDetection):
+                    if walk(item):
+                        return True
+                elif item.field in wanted:
+                    return True
+            return False
+
+        return any(walk(d) for d in rule.detection.detections.values())
+
+    def pipeline(self) -> ProcessingPipeline:
+        """A new pySigma ``ProcessingPipeline`` rewriting the rules' string values of :attr:`fields`
+        (:class:`CanonicalSpelling`). Pipelines keep per-run state: make one per use."""
+        return ProcessingPipeline(
+            name="cordon field normalisation",
+            items=[ProcessingItem(CanonicalSpelling(normalisation=self),
+                                  field_name_conditions=[IncludeFieldCondition(fields=list(self.fields))])],
+        )
+
+    def apply_to_rule(self, rule: SigmaRule) -> SigmaRule:
+        """A rewritten deep copy of ``rule`` (``rule`` itself is left as it was)."""
+        return self.pipeline().apply(copy.deepcopy(rule))  # type: ignore[return-value]
+
+
+@dataclass
+class CanonicalSpelling(StringValueTransformation):
+    """pySigma value transformation: a Sigma string's plain runs rewritten by
+    :meth:`FieldNormalisation.rewrite`, its first run's leading and last run's trailing whitespace
+    trimmed (when the value starts / ends with plain text and ``trim``); wildcards kept."""
+
+    normalisation: FieldNormalisation | None = None
+
+    def apply_string_value(self, field: str | None, val: SigmaString) -> SigmaString | None:
+        """The rewritten value, or ``None`` (keep it) when nothing changes."""
+        norm = self.normalisation
+        if norm is None:
+            return None
+        parts: list[Any] = []
+        for part in val.s:
+            if isinstance(part, str) and parts and isinstance(parts[-1], str):
+                parts[-1] += part
+            else:
+                parts.append(part)
+        parts = [norm.rewrite(p) if isinstance(p, str) else p for p in parts]
+        if norm.trim and parts and isinstance(parts[0], str):
+            parts[0] = parts[0].lstrip()
+        if norm.trim and parts and isinstance(parts[-1], str):
+            parts[-1] = parts[-1].rstrip()
+        parts = [p for p in parts if p != ""]
+        if parts == list(val.s):
+            return None
+        out = val.__class__()
+        out.s = parts
+        return out
+
+
+__all__ = ["NAME_SPELLING", "CanonicalSpelling", "FieldNormalisation"]
