@@ -685,8 +685,8 @@ class AwsSandbox:
         (credential owner, else ``detection.target``), the actor's IAM user and its access key
         when the actor is an IAM user signing with an ``AKIA`` key, and by credential kind the
         access key (exact ID), the SSH public key (exact ID), the login profile, the EC2 key pair
-        (imported ed25519 public key,
-        in the sandbox region), the service-specific credential (exact ID, on the stand-in), the
+        (imported ed25519 public key in the sandbox region, with the record's ``keyPairId``, else
+        its ``keyFingerprint``), the service-specific credential (exact ID, on the stand-in), the
         policy grant (managed policy attachment or inline policy). CloudTrail: the detection's raw
         event plus three other events by the same access key (two before, one after, within five
         minutes) and one event by another key.
@@ -750,8 +750,10 @@ class AwsSandbox:
                     self.ensure_inline_policy(owner, name, doc)
                     report["policies"].append(name)
         if cred is not None and cred.kind == "aws_key_pair" and cred.uid:
-            region = (cred.attributes or {}).get("region") or detection.region
-            self.ensure_key_pair(cred.uid, region)
+            attrs = cred.attributes or {}
+            region = attrs.get("region") or detection.region
+            self.ensure_key_pair(cred.uid, region, key_pair_id=attrs.get("keyPairId"),
+                                 fingerprint=attrs.get("keyFingerprint"))
             report["key_pairs"].append(cred.uid)
         if raw.get("eventName") and raw.get("eventTime"):
             report["cloudtrail_events"] = self.standin.add_events(self.related_events(raw))
@@ -852,12 +854,22 @@ class AwsSandbox:
             # password unless it is passed again.
             iam.update_login_profile(UserName=user_name, Password=password, PasswordResetRequired=True)
 
-    def ensure_key_pair(self, key_name: str, region: str | None = None) -> dict[str, Any]:
+    def ensure_key_pair(self, key_name: str, region: str | None = None, key_pair_id: str | None = None,
+                        fingerprint: str | None = None) -> dict[str, Any]:
         """``ec2:ImportKeyPair`` of a fresh ed25519 public key unless ``key_name`` exists in
-        ``region``; returns the ``DescribeKeyPairs`` entry (with ``PublicKey``)."""
+        ``region``; returns the ``DescribeKeyPairs`` entry (with ``PublicKey``).
+
+        The key pair a CloudTrail record names is reproduced exactly: a new key pair gets
+        ``key_pair_id`` (the record's ``responseElements.keyPairId``) as its ``KeyPairId``, and, when
+        the record names no ID, ``fingerprint`` (its ``keyFingerprint``) as its ``KeyFingerprint``
+        (both set in moto's in-process backend after the import, as for access key IDs). A key pair
+        that already has the name is left as it is: a test that puts another key pair under the name
+        first gets that one."""
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        from moto.ec2.models import ec2_backends
 
+        region = self.sandbox_region("ec2", region)
         ec2 = self.clients("ec2", region=region)
         try:
             return ec2.describe_key_pairs(KeyNames=[key_name], IncludePublicKey=True)["KeyPairs"][0]
@@ -867,6 +879,12 @@ class AwsSandbox:
         public = Ed25519PrivateKey.generate().public_key().public_bytes(
             serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
         ec2.import_key_pair(KeyName=key_name, PublicKeyMaterial=public + b" cordon-sandbox")
+        if key_pair_id or fingerprint:
+            kp = ec2_backends[self.account_id][region].key_pairs[key_name]
+            if key_pair_id:
+                kp.id = key_pair_id
+            elif fingerprint:
+                kp.key_fingerprint = fingerprint
         return ec2.describe_key_pairs(KeyNames=[key_name], IncludePublicKey=True)["KeyPairs"][0]
 
     def ensure_managed_policy_attached(self, user_name: str, policy_arn: str) -> None:

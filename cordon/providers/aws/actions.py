@@ -18,6 +18,7 @@ https://docs.aws.amazon.com/awscloudtrail/latest/APIReference/API_LookupEvents.h
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -39,6 +40,7 @@ from cordon.action import (
     State,
     register,
 )
+from cordon.detections.model import Detection
 
 #: Parameter types (pydantic), shared by the actions' ``Params`` models.
 UserName = Annotated[str, Field(pattern=r"^[\w+=,.@-]{1,64}$", description="IAM user name")]
@@ -342,23 +344,108 @@ class DeleteLoginProfile(AwsContainmentAction):
                         params={"UserName": ctx.params["user_name"]})]
 
 
+def _fingerprint(value: Any) -> str:
+    """A key fingerprint compared as EC2 prints it: trimmed, hex digits lower-cased (``1f:51:...``
+    for RSA, base64 SHA-256 for ED25519, which is case-sensitive and kept as is)."""
+    text = str(value or "").strip()
+    return text.lower() if re.fullmatch(r"[0-9A-Fa-f:]+", text) else text
+
+
+def _event_key_pair(detection: Detection, key_name: str) -> tuple[str | None, str | None]:
+    """``(keyPairId, keyFingerprint)`` the detection names for key pair ``key_name``: the
+    ``CreateKeyPair`` / ``ImportKeyPair`` record's ``responseElements.keyPairId`` and
+    ``.keyFingerprint`` (kept by :mod:`cordon.providers.aws.cloudtrail` as the credential's
+    attributes; a manual run's parameters set the same attributes). ``(None, None)`` when the
+    detection's credential is not that key pair."""
+    cred = detection.credential
+    if cred is None or cred.kind != "aws_key_pair" or cred.uid != key_name:
+        return None, None
+    attrs = cred.attributes or {}
+    return (str(attrs["keyPairId"]) if attrs.get("keyPairId") else None,
+            str(attrs["keyFingerprint"]) if attrs.get("keyFingerprint") else None)
+
+
+def key_pair_mismatch(key_name: str, live_id: str | None, live_fingerprint: str | None,
+                      want_id: str | None, want_fingerprint: str | None, whose: str) -> str | None:
+    """Why the key pair read under ``key_name`` (``live_id``, ``live_fingerprint``) is not the one
+    ``whose`` names (``want_id``, ``want_fingerprint``), or ``None`` when it is.
+
+    By ``KeyPairId`` when both sides have one (EC2 gives every key pair a new ID, never reused: a key
+    pair deleted and re-created under the same name has another), else by fingerprint (the
+    ``keyFingerprint`` of the create / import response is the one ``DescribeKeyPairs`` returns for that
+    key pair). When nothing can be compared the answer is a refusal too: deleting by name alone could
+    delete a key pair re-created under the name since the event."""
+    if want_id and live_id:
+        if live_id == want_id:
+            return None
+        return (f"key pair '{key_name}' is now {live_id}, not {want_id} ({whose}): re-created under the same "
+                "name since; it is not the key pair named, so it is not deleted")
+    if want_fingerprint and live_fingerprint:
+        if _fingerprint(live_fingerprint) == _fingerprint(want_fingerprint):
+            return None
+        return (f"key pair '{key_name}' now has fingerprint {live_fingerprint}, not {want_fingerprint} ({whose}): "
+                "re-created under the same name since; it is not the key pair named, so it is not deleted")
+    return (f"{whose} names neither a KeyPairId nor a fingerprint that can be compared with key pair "
+            f"'{key_name}' ({live_id or 'no id'}): it cannot be told from one re-created under the same name")
+
+
+def _describe_key_pair(ec2: Any, key_name: str) -> dict[str, Any] | None:
+    """``DescribeKeyPairs(KeyNames=[key_name], IncludePublicKey=True)``'s entry, ``None`` when EC2
+    answers ``InvalidKeyPair.NotFound`` (or lists nothing)."""
+    try:
+        pairs = ec2.describe_key_pairs(KeyNames=[key_name], IncludePublicKey=True)["KeyPairs"]
+    except ClientError as err:
+        if _error_code(err) == "InvalidKeyPair.NotFound":
+            return None
+        raise
+    return pairs[0] if pairs else None
+
+
+def _key_pair_region(ctx: ActionContext) -> str | None:
+    """``params.region``, else the credential's ``region`` attribute, else the detection's region."""
+    cred = ctx.detection.credential
+    return (ctx.params.get("region") or (cred.attributes.get("region") if cred else None)
+            or ctx.detection.region)
+
+
+KeyPairId = Annotated[str, Field(pattern=r"^key-[0-9a-f]{8,32}$", description="EC2 KeyPairId (key-...)")]
+KeyName = Annotated[str, Field(min_length=1, max_length=255, description="EC2 key pair name")]
+
+
 @register
 class DeleteKeyPair(AwsContainmentAction):
-    """Delete an EC2 key pair (``ec2:DeleteKeyPair``) in the detection's region.
+    """Delete an EC2 key pair (``ec2:DeleteKeyPair``) in the detection's region: exactly the key pair
+    the event created or imported, never another one that took its name since.
 
-    Reads ``DescribeKeyPairs(KeyNames=[key_name], IncludePublicKey=True)`` first; the before
-    state records the public key, so rollback re-imports it with ``ec2:ImportKeyPair`` (the
-    holder of the private key can use it again; the new key pair gets a new ``KeyPairId`` and,
-    for RSA keys AWS created, a different fingerprint format). If ``key_pair_id`` is given and
-    the key pair under that name has another ID (deleted and re-created since the detection),
-    ``GuardError``. The delete names the key pair by ``KeyPairId`` when it is known (exactly the key
-    pair read, even if the name were re-used in between), else by ``KeyName``.
+    Reads ``DescribeKeyPairs(KeyNames=[key_name], IncludePublicKey=True)`` and compares the key pair
+    found with the one the detection names (the ``CreateKeyPair`` / ``ImportKeyPair`` record's
+    ``responseElements.keyPairId``, else its ``keyFingerprint``; :func:`key_pair_mismatch`), and with
+    ``key_pair_id`` / ``key_fingerprint`` when given (what ``aws.key-pair`` read when the plan was
+    made). A key pair that is not the one named (deleted and re-created under the same name, by the
+    attacker or its owner), or a detection that names neither an ID nor a fingerprint, is
+    *refused* (``GuardError``: run ``refused``, nothing deleted, the key pair found recorded as
+    ``before`` with ``same_key_pair: false`` and the reason in ``mismatch``). The guard refuses the
+    same case before any plan (:meth:`check_identifies`) when the playbook renders ``key_pair_id`` /
+    ``key_fingerprint`` from ``aws.key-pair``. The delete names the key pair by ``KeyPairId`` (by
+    ``KeyName`` only when EC2 returned no ID).
+
+    The before state records the public key, so rollback re-imports it with ``ec2:ImportKeyPair``
+    (the holder of the private key can use it again; the new key pair gets a new ``KeyPairId``, so it
+    is no longer the key pair the event named: running the containment again after a rollback is
+    refused, deliberately, and left to a person).
 
     Params: ``key_name``; ``region`` (default: the credential's ``region`` attribute, else the
-    detection's region); ``key_pair_id`` (optional exact-ID guard).
-    State: ``{key_name, key_pair_id, key_type, key_fingerprint, create_time, public_key, region}``
-    or ``None`` when the key pair does not exist.
-    API: https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_DeleteKeyPair.html
+    detection's region); ``key_pair_id`` / ``key_fingerprint`` (optional: the identity the key pair
+    must still have; ``null`` = nothing read, e.g. the key pair did not exist).
+    State: ``{key_name, key_pair_id, key_type, key_fingerprint, create_time, public_key, region,
+    event_key_pair_id, event_key_fingerprint, same_key_pair, mismatch}`` or ``None`` when no key pair
+    has that name. Contained when ``None``: a key pair re-created under the name is not contained
+    (verification says so rather than call the name clean).
+    Errors: ``ClientError`` other than ``InvalidKeyPair.NotFound`` propagates (run ``failed``).
+    API: https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_DescribeKeyPairs.html ,
+    https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_DeleteKeyPair.html ,
+    https://docs.aws.amazon.com/awscloudtrail/latest/userguide/cloudtrail-log-file-examples.html
+    (the ``CreateKeyPair`` record).
 
     .. code-block:: yaml
 
@@ -367,15 +454,19 @@ class DeleteKeyPair(AwsContainmentAction):
             with:
               key_name: "{{ credential.uid }}"
               region: "{{ detection.region }}"
+              key_pair_id: "{{ enrichment['aws.key-pair'].key_pair_id }}"
+              key_fingerprint: "{{ enrichment['aws.key-pair'].key_fingerprint }}"
     """
 
     name = "aws.delete-key-pair"
     service = "ec2"
 
     class Params(Params):
-        key_name: Annotated[str, Identifies("credential.uid"), Field(min_length=1, max_length=255)]
+        key_name: Annotated[KeyName, Identifies("credential.uid")]
         region: Region | SkipJsonSchema[None] = None
-        key_pair_id: Annotated[str, Field(pattern=r"^key-[0-9a-f]{8,32}$")] | SkipJsonSchema[None] = None
+        key_pair_id: Annotated[KeyPairId | None, Identifies("credential.attributes.keyPairId")] = None
+        key_fingerprint: Annotated[str | None, Identifies("credential.attributes.keyFingerprint"),
+                                   Field(min_length=1, max_length=128)] = None
 
     class State(State):
         key_name: str
@@ -385,44 +476,61 @@ class DeleteKeyPair(AwsContainmentAction):
         create_time: IsoTime | None
         public_key: str | None
         region: str | None
+        event_key_pair_id: str | None
+        event_key_fingerprint: str | None
+        same_key_pair: bool
+        mismatch: str | None
 
     permissions = ("ec2:DescribeKeyPairs", "ec2:DeleteKeyPair", "ec2:ImportKeyPair")
     credential_kinds = ("aws_key_pair",)
     rollback_supported = True
 
+    @classmethod
+    def check_identifies(cls, params: dict[str, Any], detection: Detection) -> str | None:
+        """The generic check for ``key_name``; then ``key_pair_id`` / ``key_fingerprint`` (what was
+        read of the key pair now under that name) against the key pair the detection names, by
+        :func:`key_pair_mismatch`: a re-created key pair is refused here, before any plan. Both
+        ``None`` (nothing under the name when read, or not rendered): nothing to compare yet; the
+        action compares when it reads."""
+        rest = {k: v for k, v in params.items() if k not in ("key_pair_id", "key_fingerprint")}
+        reason = super().check_identifies(rest, detection)
+        if reason or (params.get("key_pair_id") is None and params.get("key_fingerprint") is None):
+            return reason
+        name = str(params.get("key_name"))
+        mismatch = key_pair_mismatch(name, params.get("key_pair_id"), params.get("key_fingerprint"),
+                                     *_event_key_pair(detection, name), "the detection's")
+        return f"{cls.name}: {mismatch}" if mismatch else None
+
     def region(self, ctx: ActionContext) -> str | None:
-        cred = ctx.detection.credential
-        return (ctx.params.get("region") or (cred.attributes.get("region") if cred else None)
-                or ctx.detection.region)
+        return _key_pair_region(ctx)
 
     def target(self, ctx: ActionContext) -> str:
         account = ctx.detection.account_uid or "-"
         return f"arn:aws:ec2:{self.region(ctx)}:{account}:key-pair/{ctx.params['key_name']}"
 
     def read_state(self, ctx: ActionContext) -> dict[str, Any] | None:
-        region = self.region(ctx)
-        try:
-            pairs = self.client(ctx, "ec2", region).describe_key_pairs(
-                KeyNames=[ctx.params["key_name"]], IncludePublicKey=True)["KeyPairs"]
-        except ClientError as err:
-            if _error_code(err) == "InvalidKeyPair.NotFound":
-                return None
-            raise
-        if not pairs:
+        region, name = self.region(ctx), ctx.params["key_name"]
+        kp = _describe_key_pair(self.client(ctx, "ec2", region), name)
+        if kp is None:
             return None
-        kp = pairs[0]
-        wanted = ctx.params.get("key_pair_id")
-        if wanted and kp.get("KeyPairId") != wanted:
-            raise GuardError(f"key pair '{kp['KeyName']}' has id {kp.get('KeyPairId')}, not {wanted}")
-        return {"key_name": kp["KeyName"], "key_pair_id": kp.get("KeyPairId"), "key_type": kp.get("KeyType"),
-                "key_fingerprint": kp.get("KeyFingerprint"),
+        live_id, live_fp = kp.get("KeyPairId"), kp.get("KeyFingerprint")
+        event_id, event_fp = _event_key_pair(ctx.detection, name)
+        mismatch = key_pair_mismatch(name, live_id, live_fp, event_id, event_fp, "the detection's")
+        planned_id, planned_fp = ctx.params.get("key_pair_id"), ctx.params.get("key_fingerprint")
+        if mismatch is None and (planned_id or planned_fp):
+            mismatch = key_pair_mismatch(name, live_id, live_fp, planned_id, planned_fp, "the one planned")
+        return {"key_name": kp["KeyName"], "key_pair_id": live_id, "key_type": kp.get("KeyType"),
+                "key_fingerprint": live_fp,
                 "create_time": _iso(kp["CreateTime"]) if kp.get("CreateTime") else None,
-                "public_key": kp.get("PublicKey"), "region": region}
+                "public_key": kp.get("PublicKey"), "region": region, "event_key_pair_id": event_id,
+                "event_key_fingerprint": event_fp, "same_key_pair": mismatch is None, "mismatch": mismatch}
 
     def is_contained(self, state: dict[str, Any] | None) -> bool:
         return state is None
 
     def plan_calls(self, ctx: ActionContext, state: dict[str, Any] | None) -> list[ApiCall]:
+        if state is not None and not state["same_key_pair"]:
+            raise GuardError(state["mismatch"])
         key_pair_id = (state or {}).get("key_pair_id")
         params = {"KeyPairId": key_pair_id} if key_pair_id else {"KeyName": ctx.params["key_name"]}
         return [ApiCall(service="ec2", operation="DeleteKeyPair", params=params, region=self.region(ctx))]
@@ -988,6 +1096,57 @@ class ActorFacts(EnrichmentAction):
             "is_aws_service": ptype == "AWSService" or actor.access_path == "service",
             "target_arn": target.uid, "target_name": target.name, "actor_is_target": same,
         }
+
+
+@register
+class KeyPairFacts(EnrichmentAction):
+    """The EC2 key pair now under the detection's key pair name, and whether it is the one the event
+    created or imported (``DescribeKeyPairs(KeyNames=[key_name])`` in the key pair's region, compared
+    by :func:`key_pair_mismatch`: ``KeyPairId``, else fingerprint).
+
+    Returns ``{exists, key_name, region, key_pair_id, key_fingerprint, key_type, create_time (ISO),
+    tags: {key: value}, event_key_pair_id, event_key_fingerprint, same_key_pair, mismatch}``;
+    for a name no key pair has, ``exists: false`` with ``key_pair_id`` / ``key_fingerprint`` /
+    ``same_key_pair`` ``None``. ``aws-key-pair`` renders ``aws.delete-key-pair``'s ``key_pair_id``
+    and ``key_fingerprint`` from it, so the guard refuses a re-created key pair before any plan.
+    Errors: ``ClientError`` other than ``InvalidKeyPair.NotFound`` propagates (recorded as the
+    enrichment's ``error``).
+    API: https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_DescribeKeyPairs.html
+
+    .. code-block:: yaml
+
+        enrich:
+          - action: aws.key-pair
+            with:
+              key_name: "{{ credential.uid }}"
+              region: "{{ detection.region }}"
+    """
+
+    name = "aws.key-pair"
+    provider = "aws"
+
+    class Params(Params):
+        key_name: KeyName
+        region: Region | SkipJsonSchema[None] = None
+
+    permissions = ("ec2:DescribeKeyPairs",)
+    credential_kinds = ("aws_key_pair",)
+
+    def run(self, ctx: ActionContext) -> dict[str, Any]:
+        region, name = _key_pair_region(ctx), ctx.params["key_name"]
+        event_id, event_fp = _event_key_pair(ctx.detection, name)
+        kp = _describe_key_pair(ctx.clients("ec2", region=region), name)
+        out: dict[str, Any] = {"exists": kp is not None, "key_name": name, "region": region,
+                               "event_key_pair_id": event_id, "event_key_fingerprint": event_fp}
+        if kp is None:
+            return {**out, "key_pair_id": None, "key_fingerprint": None, "key_type": None, "create_time": None,
+                    "tags": {}, "same_key_pair": None, "mismatch": None}
+        mismatch = key_pair_mismatch(name, kp.get("KeyPairId"), kp.get("KeyFingerprint"), event_id, event_fp,
+                                     "the detection's")
+        return {**out, "key_pair_id": kp.get("KeyPairId"), "key_fingerprint": kp.get("KeyFingerprint"),
+                "key_type": kp.get("KeyType"), "create_time": _iso(kp["CreateTime"]) if kp.get("CreateTime") else None,
+                "tags": {t["Key"]: t["Value"] for t in kp.get("Tags") or []}, "same_key_pair": mismatch is None,
+                "mismatch": mismatch}
 
 
 @register

@@ -53,3 +53,17 @@ def _session_activity(output: Mapping[str, Any], *, credential_uid: str | None =
     counts = Counter(name_of(e, "eventName", "EventName", "event_name") for e in events)
     top = ", ".join(f"{escape(n)} x{c}" for n, c in counts.most_common(8))
     return [f"*Session activity*: {len(events)} CloudTrail events" + (f" ({top})" if top else "")]
+
+
+@renderer("aws.key-pair")
+def _key_pair(output: Mapping[str, Any], *, credential_uid: str | None = None) -> list[str]:
+    """The key pair now under the name and whether it is the one the event created (``same_key_pair``;
+    a re-created one is flagged with the reason: the guard refuses to delete it)."""
+    if output.get("exists") is False:
+        return [f"*Key pair now*: none named {code(output.get('key_name'))} (already deleted)"]
+    if not output.get("key_pair_id") and not output.get("key_fingerprint"):
+        return []
+    what = f"{code(output.get('key_pair_id'))}, fingerprint {code(output.get('key_fingerprint'))}"
+    if output.get("same_key_pair"):
+        return [f"*Key pair now*: {what}: the one the event created"]
+    return [f"*Key pair now*: {what}: *not the one the event named*: {escape(output.get('mismatch') or '')}"]
