@@ -153,10 +153,12 @@ class Provider:
         :class:`cordon.clouds.Clients` (``clients(service, ...)`` plus Cordon's own identity)."""
         raise NotImplementedError
 
-    def guard(self, detection: Any, clients: Callable[..., Any], me: str | None) -> str | None:
+    def guard(self, detection: Any, clients: Callable[..., Any], me: str | None,
+              enrichment: dict[str, Any] | None = None) -> str | None:
         """A provider's own reason to refuse containment of ``detection`` with ``clients`` (Cordon's
         identity there: ``me``, or ``None`` when it could not be read), beyond the core guard
-        (:func:`cordon.respond.guard`); ``None`` to allow."""
+        (:func:`cordon.respond.guard`); ``None`` to allow. ``enrichment``: the playbook's enrichment
+        results (``{action name: facts}``) when the caller has them, else ``None``."""
         return None
 
     def same_principal(self, a: str, b: str) -> bool:

@@ -73,10 +73,11 @@ class AwsProvider(Provider):
                 Source("guardduty", detection_from_guardduty),
                 Source("securityhub", detection_from_asff))
 
-    def guard(self, detection: Any, clients: Callable[..., Any], me: str | None) -> str | None:
+    def guard(self, detection: Any, clients: Callable[..., Any], me: str | None,
+              enrichment: dict[str, Any] | None = None) -> str | None:
         """Refuse when Cordon's clients act in another account than the detection's (an account
         without a configured role, :mod:`cordon.providers.aws.accounts`), or when the credential is the
-        access key Cordon itself signs with."""
+        access key Cordon itself signs with. ``enrichment`` is not used."""
         acting = arn_account(me)
         if acting and detection.account_uid and acting != detection.account_uid:
             return (f"Cordon's clients act in account {acting}, the detection is in account "

@@ -4,7 +4,8 @@ activitylogs``), Entra sign-ins (read, counted, never matched: a sign-in adds no
 Graph actions over msgraph-sdk and role assignments over azure-mgmt-authorization.
 
 Modules: :mod:`.detections` (record parsers, the views rules are written against and their field
-normalisation), :mod:`.actions`, :mod:`.clients` (the Graph / ARM client factory).
+normalisation), :mod:`.actions`, :mod:`.clients` (the Graph / ARM client factory), :mod:`.guard` (never
+contain a managed identity's credential).
 """
 
 from __future__ import annotations
@@ -69,6 +70,16 @@ class AzureProvider(Provider):
                 Source("azure_activity", detections_from_azure_activity, sigma=("azure", "activitylogs"),
                        view=activity_match_view, normalise=ACTIVITY_NAMES),
                 Source("entra_signin", None, evaluated=False))
+
+    def guard(self, detection: Any, clients: Callable[..., Any], me: str | None,
+              enrichment: dict[str, Any] | None = None) -> str | None:
+        """Refuse to remove a password or certificate from a managed identity (Azure rotates their
+        certificates itself): the owner's ``servicePrincipalType`` from ``enrichment``'s
+        ``azure.service-principal`` facts, else read from Graph
+        (:func:`cordon.providers.azure.guard.managed_identity_refusal`)."""
+        from cordon.providers.azure.guard import managed_identity_refusal
+
+        return managed_identity_refusal(detection, clients, enrichment)
 
     def clients(self, cloud: dict[str, Any]) -> Callable[..., Any]:
         from cordon.providers.azure.clients import azure_clients

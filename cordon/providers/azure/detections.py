@@ -141,6 +141,21 @@ RISKY_GRAPH_PERMISSIONS: frozenset[str] = frozenset({
 })
 
 
+#: The first-party application "Managed Service Identity" (one appId in every tenant) through which Azure
+#: creates, rotates the certificates of and deletes managed identities' service principals. Evidence: a
+#: directoryAudit record that app initiated (SumoLogic/sumologic-documentation,
+#: docs/integrations/saas-cloud/microsoft-graph-azure-ad-reporting.md, "Audit Activity Message") logs
+#: ``initiatedBy.app`` ``{displayName: "Managed Service Identity", appId: null}`` and the actor's names in
+#: the modified property ``ActorId.ServicePrincipalNames``:
+#: ``"ef5d5c69-a5df-46bb-acaf-426f161a21a2;https://serviceidentity.azure.net/"``.
+MANAGED_SERVICE_IDENTITY_APP_ID = "ef5d5c69-a5df-46bb-acaf-426f161a21a2"
+
+#: A managed identity's service principal (``servicePrincipalType`` ``ManagedIdentity``, Microsoft Graph
+#: servicePrincipal resource) has a service principal name under this prefix; audit records list it in
+#: ``TargetId.ServicePrincipalNames`` (``"<appId>;https://identity.azure.net/<hash>"`` in the record above).
+MANAGED_IDENTITY_SPN_PREFIX = "https://identity.azure.net/"
+
+
 def is_dangerous_graph_app_role(value: str | None, resource_app_id: str | None) -> bool:
     """Whether an app role ``value`` of the resource whose appId is ``resource_app_id`` is a Microsoft
     Graph permission in :data:`RISKY_GRAPH_PERMISSIONS` (the same value defined by another API, a custom
@@ -697,6 +712,53 @@ def _app_role_grant(e: _Entra, targets: list[tuple[str, dict[str, Any]]], tenant
     return {"assignee": assignee, "uid": uid, "attributes": attrs}
 
 
+def _service_principal_names(value: Any) -> list[str]:
+    """The names in an ``ActorId.`` / ``TargetId.ServicePrincipalNames`` value (JSON text of one
+    ``"a;b"`` string or of a list of them), each trimmed."""
+    return [n.strip() for item in _as_list(value) if isinstance(item, str) for n in item.split(";") if n.strip()]
+
+
+def _managed_identity_rotation(e: _Entra, base: str, target: dict[str, Any]) -> str | None:
+    """Why a credential added to ``target`` is Azure rotating a managed identity's own certificate,
+    or ``None`` when the record does not show both halves of that:
+
+    * the actor is the first-party app Managed Service Identity: ``initiatedBy.app`` with no user, whose
+      ``appId`` is :data:`MANAGED_SERVICE_IDENTITY_APP_ID` or whose ``ActorId.ServicePrincipalNames``
+      include it (a display name alone is not enough: any tenant can name an app so);
+    * the target is a managed identity: its ``TargetId.ServicePrincipalNames`` include a name under
+      :data:`MANAGED_IDENTITY_SPN_PREFIX`.
+
+    A record showing only one half is not suppressed here; enrichment's ``servicePrincipalType`` is
+    checked by the provider's guard (:mod:`cordon.providers.azure.guard`)."""
+    f, p = e.f, e.p
+    app = f.get(f"{p}initiatedBy.app", dict)
+    if not app or f.get(f"{p}initiatedBy.user", dict):
+        return None
+    actor_names: list[str] = []
+    target_names: list[str] = []
+    for _ipath, prop, _old, new in e.modified(base, target):
+        low = prop.strip().lower()
+        if low == "actorid.serviceprincipalnames":
+            actor_names += _service_principal_names(new)
+        elif low == "targetid.serviceprincipalnames":
+            target_names += _service_principal_names(new)
+    app_id = (app.get("appId") or "").strip().lower()
+    if app_id == MANAGED_SERVICE_IDENTITY_APP_ID:
+        by = "initiatedBy.app.appId"
+    elif MANAGED_SERVICE_IDENTITY_APP_ID in {n.lower() for n in actor_names}:
+        by = "ActorId.ServicePrincipalNames"
+    else:
+        return None
+    spn = next((n for n in target_names if n.lower().startswith(MANAGED_IDENTITY_SPN_PREFIX)), None)
+    if spn is None:
+        return None
+    who = target.get("displayName") or target.get("id") or "the service principal"
+    return (f"Azure rotated the managed identity's own credential: initiated by the first-party app "
+            f"{app.get('displayName') or 'Managed Service Identity'} (appId {MANAGED_SERVICE_IDENTITY_APP_ID}, "
+            f"from {by}) on {who}, a service principal of type ManagedIdentity (its servicePrincipalNames "
+            f"include {spn}); nothing to contain")
+
+
 def detections_from_entra_audit(
     record: dict[str, Any], match: SigmaMatchLike, origin: str, position: int
 ) -> list[Detection]:
@@ -715,7 +777,11 @@ def detections_from_entra_audit(
       target's ``KeyDescription`` / ``KeyIdentifier`` modified property): ``azure_sp_password``
       (``KeyType`` Password) or ``azure_sp_key`` (certificates), uid = ``keyId``, owner = the target
       (``ServicePrincipal`` or ``Application``: object id, display name). No new key (a removal) is
-      one suppressed detection without credential;
+      one suppressed detection without credential. Azure rotating a managed identity's own
+      certificate (initiated by the first-party app Managed Service Identity on a service principal
+      named under ``https://identity.azure.net/``, see :func:`_managed_identity_rotation`) keeps its
+      credential (``attributes["servicePrincipalType"] = "ManagedIdentity"``) and is ``suppressed``
+      with that reason;
     * "Update application" with a ``FederatedIdentityCredentials`` property: one
       ``azure_federated_credential`` per new entry, uid ``<app object id>/federatedIdentityCredentials/<Id>``
       (the ``Name`` when the log carries no ``Id``; Graph addresses a credential by either);
@@ -812,6 +878,8 @@ def detections_from_entra_audit(
         keys, path, named = _new_keys(e, base, target)
         if not target.get("id"):
             raise f.error(f"{base}.id", "required field missing: the owner's object id")
+        rotation = _managed_identity_rotation(e, base, target)  # benign: kept, suppressed, with the reason
+        managed = {"servicePrincipalType": "ManagedIdentity"} if rotation else {}
         if not named:
             # The record says a credential was added but logs no KeyIdentifier: the new key cannot
             # be named, so no playbook may pretend to remove exactly it. The detection carries the
@@ -822,9 +890,9 @@ def detections_from_entra_audit(
                         prop.get("newValue", "")).lower():
                     kind = "azure_sp_key"
             attrs = {"objectType": owner.type, "displayName": target.get("displayName"), "keyId": "not logged",
-                     "reason": f"no KeyIdentifier in {base}.modifiedProperties"}
+                     "reason": f"no KeyIdentifier in {base}.modifiedProperties", **managed}
             cred = Credential(kind=kind, uid=None, owner=owner, attributes={k: v for k, v in attrs.items() if v})
-            return [make(owner, cred, None)]
+            return [make(owner, cred, rotation)]
         if not keys:
             return [
                 make(
@@ -839,7 +907,7 @@ def detections_from_entra_audit(
             kind = _KEY_TYPE_KIND.get(key_type.lower(), "azure_sp_key" if "cert" in key_type.lower() else None)
             if kind is None:
                 raise f.error(path, f"unknown KeyType {key_type!r} for key {key['KeyIdentifier']}")
-            attrs: dict[str, Any] = {"objectType": owner.type, "displayName": target.get("displayName")}
+            attrs: dict[str, Any] = {"objectType": owner.type, "displayName": target.get("displayName"), **managed}
             for src, dst in (("KeyType", "keyType"), ("KeyUsage", "keyUsage"), ("DisplayName", "keyDisplayName")):
                 if key.get(src):
                     attrs[dst] = key[src]
@@ -851,7 +919,7 @@ def detections_from_entra_audit(
                 owner=owner,
                 attributes={k: v for k, v in attrs.items() if v is not None},
             )
-            out.append(make(owner, cred, None, salt=f"#{key['KeyIdentifier']}"))
+            out.append(make(owner, cred, rotation, salt=f"#{key['KeyIdentifier']}"))
         return out
 
     if label == "federated_credential":
@@ -1119,6 +1187,8 @@ __all__ = [
     "ENTRA_NAMES",
     "FALLBACK_TECHNIQUES",
     "GRAPH_APP_ID",
+    "MANAGED_IDENTITY_SPN_PREFIX",
+    "MANAGED_SERVICE_IDENTITY_APP_ID",
     "PRIVILEGED_ROLE_DEFINITIONS",
     "RISKY_GRAPH_PERMISSIONS",
     "activity_match_view",
