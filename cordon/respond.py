@@ -14,7 +14,7 @@ The flow orders these steps, waits and retries; everything here is testable with
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -103,6 +103,52 @@ class GuardOutcome(BaseModel):
     ok: bool
     reason: str | None = None
     cordon_identity: str | None = None
+
+
+class Prepared(BaseModel):
+    """What the pre-approval half of a run settled, in one value: the run it belongs to, the
+    enrichment facts (``{action name: result}``, redacted), the guard's outcome
+    (:class:`GuardOutcome` dump) and the plan (``None`` when the guard refused).
+
+    The respond flow computes it in one task; a run resumed after its Slack request rebuilds it from
+    the ledger with :meth:`from_ledger` instead of replaying that task from Prefect's result cache."""
+
+    run_id: str | None
+    enrichment: dict[str, Any]
+    guard: dict[str, Any]
+    plan: Plan | None = None
+    #: where the Slack request is (``{channel, ts}``), for a run rebuilt from the ledger
+    where: dict[str, Any] | None = None
+
+    @classmethod
+    def from_ledger(cls, records: Iterable[Any], run_id: str) -> Prepared | None:
+        """The pre-approval half of run ``run_id`` as its ledger records say it happened, once that
+        run's Slack request is out, else ``None``.
+
+        ``records``: the case's :class:`cordon.audit.ledger.LedgerRecord` rows in ``seq`` order. Read:
+        ``enrichment.completed`` / ``enrichment.failed`` (``{action, result}``), ``guard.passed``,
+        ``plan.created`` (:meth:`Plan.model_dump`) and ``approval.asked`` with ``mode: slack`` and the
+        plan's hash, all of run ``run_id`` (a record of another run or attempt never counts). ``None``
+        when one of them is missing (the run has not asked yet: it computes and asks as usual) or
+        when the plan read back does not hash to the hash it was approved under (:func:`plan_hash`:
+        the ledger's redaction changed a parameter), so what runs is always the plan that was asked."""
+        facts: dict[str, Any] = {}
+        guard_outcome = plan = None
+        asked: dict[str, Any] | None = None
+        for r in records:
+            if r.run_id != run_id:
+                continue
+            if r.kind in ("enrichment.completed", "enrichment.failed"):
+                facts[r.payload["action"]] = r.payload["result"]
+            elif r.kind == "guard.passed":
+                guard_outcome = r.payload
+            elif r.kind == "plan.created":
+                plan = Plan.model_validate(r.payload)
+            elif r.kind == "approval.asked" and r.payload.get("mode") == "slack" and plan is not None:
+                asked = r.payload if r.payload.get("plan_hash") == plan.hash else asked
+        if not (asked and guard_outcome and plan) or plan_hash(plan.case_id, plan.playbook, plan.steps) != plan.hash:
+            return None
+        return cls(run_id=run_id, enrichment=facts, guard=guard_outcome, plan=plan, where=asked.get("where"))
 
 
 def _context(detection: Detection, params: dict[str, Any], clients: Callable[..., Any],

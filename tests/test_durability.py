@@ -104,6 +104,18 @@ def flow_state(flow_run_id: str) -> str | None:
     return fr.state.type.value if fr.state else None
 
 
+def task_run_names(flow_run_id: str) -> list[str]:
+    """The names of the flow run's task runs as the Prefect server recorded them."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)])))
+    return [t.name for t in runs]
+
+
 def deployment_ready() -> bool:
     from prefect.client.orchestration import get_client
 
@@ -177,7 +189,13 @@ def test_worker_killed_while_waiting_then_approved_contains_once(stack):
     records = list(stack["ledger"].records(case_id=case_id))
     kinds = [r.kind for r in records]
     assert kinds.count("action.contained") == 1, kinds
-    assert kinds.count("enrichment.completed") == 3, kinds  # not repeated on resume: cached
+    assert kinds.count("enrichment.completed") == 3, kinds  # not repeated on resume
+    # the resumed run went on from the ledger: the pre-approval half and the ask ran once, and
+    # were not even replayed from Prefect's result cache (each replay is a task run to record)
+    names = wait_for(lambda: (lambda n: n if f"finish {case_id}" in n else None)(task_run_names(run_id)), 30,
+                     "the run's task runs to be recorded")
+    assert names.count(f"enrich, guard and plan {case_id}") == 1, names
+    assert sum(n.startswith(f"ask {case_id}") for n in names) == 1, names
     assert kinds.count("approval.asked") == 1
     given = [r for r in records if r.kind == "approval.given"]
     assert len(given) == 1 and given[0].payload["approver"] == "slack:U0ALICE01"

@@ -260,7 +260,7 @@ def test_the_prefect_run_is_named_tagged_and_logged_as_an_operator_expects(respo
         <= set(fr.tags), fr.tags
     names = {t.name for t in tasks}
     assert any(n.startswith("contain aws.deactivate-access-key ") for n in names), names
-    assert {f"enrich {s['case_id']}", f"plan {s['case_id']}", f"finish {s['case_id']}"} <= names, names
+    assert {f"enrich, guard and plan {s['case_id']}", f"finish {s['case_id']}"} <= names, names
     text = "\n".join(log.message for log in logs)
     assert "aws.deactivate-access-key on" in text and ": contained" in text, text
     assert "held" in text and f"case {s['case_id']} closed: contained" in text, text

@@ -2,10 +2,13 @@
 
 Thin orchestration only: the order of steps, the durable wait for approval, retries. The logic is
 in :mod:`cordon.respond`; every side effect (and every ledger write) is inside a task with a
-persisted result, so when a suspended run is resumed and Prefect re-runs the flow from the top,
-completed steps come back from the result cache and nothing happens twice.
+persisted result, so when a run is executed again and Prefect re-runs the flow from the top,
+completed steps come back from the result cache and nothing happens twice. A run resumed by a
+decision does not even replay the pre-approval half: once its Slack request is out, the ledger
+holds what that half settled (:meth:`cordon.respond.Prepared.from_ledger`), and the run goes on from
+there (fewer task runs for the Prefect server to record: its CPU is most of a case's).
 
-    enrich ► guard ► plan ► approve (console | auto | Slack, durable) ► contain ► verify ► report
+    prepare (enrich ► guard ► plan) ► approve (console | auto | Slack, durable) ► contain ► verify ► report
 
 The flow's parameters are a case reference, never the detection: every task reads the case's
 detection from the ledger (``cases.detection``, redacted by :meth:`Ledger.open_case`), so no secret
@@ -37,7 +40,18 @@ from cordon.clouds import clients_for
 from cordon.config import load_config
 from cordon.detections.model import Detection
 from cordon.playbooks.schema import load_playbooks
-from cordon.respond import CaseSummary, Plan, PlanStep, build_plan, enrich, guard, outcome_status, run_step, verify_step
+from cordon.respond import (
+    CaseSummary,
+    Plan,
+    PlanStep,
+    Prepared,
+    build_plan,
+    enrich,
+    guard,
+    outcome_status,
+    run_step,
+    verify_step,
+)
 
 ApprovalMode = Literal["console", "auto", "slack"]
 
@@ -132,53 +146,55 @@ def _note_process(case_id: str, attempt: int) -> None:
                     actor="cordon")
 
 
-@task(name="start", task_run_name="start {case_id}", persist_result=True)
-def start(case_id: str, playbook: str, approval: str) -> str | None:
-    """Record that this run answers the case."""
+@task(name="prepare", task_run_name="enrich, guard and plan {case_id}", persist_result=True)
+def prepare_task(case_id: str, playbook: str, approval: str, cloud: dict[str, Any]) -> Prepared:
+    """The pre-approval half in one task (one task run, one cached result to replay): record that
+    this run answers the case (``run.started``, the case ``running``); run the playbook's
+    enrichment and record what it found (``enrichment.completed`` / ``.failed``, redacted: the
+    result is persisted by Prefect, and the ledger, Slack and the summary show the same facts);
+    refuse protected principals, Cordon itself and steps not naming the exact credential
+    (``guard.passed`` / ``guard.refused``); and dry-run every containment step into the exact plan,
+    binding the case to its hash (``plan.created``). Reads only, in the clouds: a run killed in the
+    middle does it again. Returns :class:`cordon.respond.Prepared` (``plan`` ``None`` when refused)."""
     run_id = _run_id()
+    config, pb = _playbook(playbook)
+    detection = _detection(case_id)
+    clients = _clients(detection, cloud)
     ledger().set_case(case_id, status="running", playbook=playbook, flow_run_id=run_id)
     ledger().append("run.started", {"playbook": playbook, "approval_mode": approval}, case_id=case_id,
                     run_id=run_id, actor="cordon")
-    return run_id
-
-
-@task(name="enrich", task_run_name="enrich {case_id}", persist_result=True)
-def enrich_task(case_id: str, playbook: str, cloud: dict[str, Any]) -> dict[str, Any]:
-    """Run the playbook's enrichment actions and record what they found (redacted: the result
-    is persisted by Prefect, and the ledger, Slack and the summary show the same facts)."""
-    _, pb = _playbook(playbook)
-    detection = _detection(case_id)
-    facts = redact(enrich(pb, detection, _clients(detection, cloud)))
+    facts = redact(enrich(pb, detection, clients))
     for name, result in facts.items():
         kind = "enrichment.failed" if isinstance(result, dict) and "error" in result else "enrichment.completed"
-        ledger().append(kind, {"action": name, "result": result}, case_id=case_id, run_id=_run_id(), actor="cordon")
+        ledger().append(kind, {"action": name, "result": result}, case_id=case_id, run_id=run_id, actor="cordon")
         _log("enrichment %s: %s", name, "failed" if kind == "enrichment.failed" else "done")
-    return facts
-
-
-@task(name="guard", task_run_name="guard {case_id}", persist_result=True)
-def guard_task(case_id: str, playbook: str, cloud: dict[str, Any], enrichment: dict[str, Any]) -> dict[str, Any]:
-    """Refuse protected principals, Cordon itself, and steps not naming the exact credential."""
-    config, pb = _playbook(playbook)
-    detection = _detection(case_id)
-    outcome = guard(pb, detection, config, _clients(detection, cloud), enrichment)
+    outcome = guard(pb, detection, config, clients, facts)
     ledger().append("guard.passed" if outcome.ok else "guard.refused", outcome.model_dump(), case_id=case_id,
-                    run_id=_run_id(), actor="cordon")
+                    run_id=run_id, actor="cordon")
     _log("guard %s", "passed" if outcome.ok else "refused the case")
-    return outcome.model_dump()
-
-
-@task(name="plan", task_run_name="plan {case_id}", persist_result=True)
-def plan_task(case_id: str, playbook: str, cloud: dict[str, Any], enrichment: dict[str, Any]) -> Plan:
-    """Dry-run every containment step into the exact plan, and bind the case to its hash."""
-    _, pb = _playbook(playbook)
-    detection = _detection(case_id)
-    plan = build_plan(case_id, pb, detection, _clients(detection, cloud), enrichment)
+    if not outcome.ok:
+        return Prepared(run_id=run_id, enrichment=facts, guard=outcome.model_dump())
+    plan = build_plan(case_id, pb, detection, clients, facts)
     ledger().set_case(case_id, plan_hash=plan.hash)
-    ledger().append("plan.created", plan.model_dump(), case_id=case_id, run_id=_run_id(), actor="cordon")
+    ledger().append("plan.created", plan.model_dump(), case_id=case_id, run_id=run_id, actor="cordon")
     _log("plan %s: %d containment step(s): %s", plan.hash[:12], len(plan.steps),
          "; ".join(f"{st.action} on {st.target}" for st in plan.steps) or "none")
-    return plan
+    return Prepared(run_id=run_id, enrichment=facts, guard=outcome.model_dump(), plan=plan)
+
+
+def _asked_before(case_id: str, approval: str) -> Prepared | None:
+    """This run's pre-approval half from the ledger when its Slack request is already out: the run
+    was resumed by a decision (Prefect re-executes a resumed flow from the top), so neither the
+    prepare nor the ask task runs again, not even from the result cache (two task runs a case
+    fewer for the Prefect server to record). ``None`` otherwise (:meth:`cordon.respond.Prepared.
+    from_ledger`), and always outside Slack mode."""
+    run_id = _run_id()
+    if approval != "slack" or not run_id:
+        return None
+    case = ledger().case(case_id)
+    if not case or case.get("flow_run_id") != run_id or not case.get("plan_hash"):
+        return None
+    return Prepared.from_ledger(ledger().records(case_id=case_id), run_id)
 
 
 @task(name="ask", task_run_name="ask {case_id} ({mode})", persist_result=True)
@@ -197,18 +213,28 @@ def ask_task(case_id: str, playbook: str, enrichment: dict[str, Any], plan: Plan
     return asked.as_dict()
 
 
-@task(name="record decision", task_run_name="record decision {case_id}", persist_result=True)
-def record_decision(case_id: str, plan: Plan, decision: dict[str, Any],
-                    on_expiry: str = "deny") -> dict[str, Any]:
-    """Record the Slack decision; a decision for another plan counts as a refusal. The ledger
-    wins over the run input: the decision recorded is the ledger's settling claim for this run and
-    plan (:func:`cordon.approvals.gate.ledger_decision`; ``overrides`` says what the input said
-    when they differ, and an input no claim backs is a refusal). An ``expired`` decision proceeds
-    to containment only when the playbook's own ``on_expiry`` is ``contain`` (``on_expiry`` here,
-    from the playbook, not from the run input); the decision then says ``proceed: true``."""
-    from cordon.approvals.gate import ledger_decision
+@task(name="decide", task_run_name="decide {case_id}", persist_result=True)
+def decide_task(case_id: str, plan: Plan, decision: dict[str, Any], on_expiry: str = "deny") -> dict[str, Any]:
+    """Record the Slack decision and, when it proceeds, pass the containment gate, in one task.
 
-    decision = ledger_decision(list(ledger().records(case_id=case_id)), _run_id(), plan.hash, decision)
+    The decision: one for another plan counts as a refusal. The ledger wins over the run input: the
+    decision recorded is the ledger's settling claim for this run and plan
+    (:func:`cordon.approvals.gate.ledger_decision`; ``overrides`` says what the input said when they
+    differ, and an input no claim backs is a refusal). An ``expired`` decision proceeds to
+    containment only when the playbook's own ``on_expiry`` is ``contain`` (``on_expiry`` here, from
+    the playbook, not from the run input); the decision then says ``proceed: true``.
+
+    The gate, right before containment: ``containment.started`` in the ledger, no sooner than the
+    approval's claim plus ``approval.deny_window`` (:func:`cordon.approvals.gate.hold_until`: Approve
+    and Deny clicked at the same moment, the Deny wins), then whether a Deny came first
+    (:func:`cordon.approvals.gate.claim_containment`). Returns ``{"decision": {...}, "gate":
+    {"outcome": "allowed" | "denied", "denied_by", ...} | None}`` (``None`` when the decision does
+    not proceed). Persisted: a re-executed run gets the same answer."""
+    from cordon.approvals.gate import claim_containment, hold_until, ledger_decision
+    from cordon.approvals.policy import load_settings
+
+    records = list(ledger().records(case_id=case_id))
+    decision = ledger_decision(records, _run_id(), plan.hash, decision)
     if decision["decision"] == "deny" and not decision.get("reason"):
         reason = _deny_reason(case_id, decision.get("ledger_seq"))
         decision = {**decision, "reason": reason} if reason else decision
@@ -223,7 +249,11 @@ def record_decision(case_id: str, plan: Plan, decision: dict[str, Any],
     ledger().set_case(case_id, status="containing" if proceed else
                       ("denied" if decision["decision"] == "deny" else "expired"))
     _log("decision: %s by %s", decision["decision"], decision.get("approver"))
-    return decision
+    if not proceed:
+        return {"decision": decision, "gate": None}
+    window = load_settings(load_config()).deny_window_seconds
+    gate = claim_containment(ledger(), case_id, _run_id(), plan.hash, not_before=hold_until(records, decision, window))
+    return {"decision": decision, "gate": gate.as_dict()}
 
 
 def _deny_reason(case_id: str, seq: int | None) -> str | None:
@@ -235,16 +265,6 @@ def _deny_reason(case_id: str, seq: int | None) -> str | None:
         if r.seq == seq:
             return str(r.payload["reason"]) if r.payload.get("reason") else None
     return None
-
-
-@task(name="containment gate", task_run_name="containment gate {case_id}", persist_result=True)
-def gate_task(case_id: str, plan_hash: str) -> dict[str, Any]:
-    """Right before containment: ``containment.started`` in the ledger, then whether a Deny came
-    first (:func:`cordon.approvals.gate.claim_containment`; ``outcome`` ``allowed`` | ``denied``,
-    ``denied_by``). Persisted: a re-executed run gets the same answer."""
-    from cordon.approvals.gate import claim_containment
-
-    return claim_containment(ledger(), case_id, _run_id(), plan_hash).as_dict()
 
 
 def _interrupted(case_id: str, action: str, target: str) -> dict[str, Any] | None:
@@ -393,34 +413,36 @@ def respond(case_id: str, playbook: str, approval: ApprovalMode = "console", clo
     _, pb = _playbook(playbook)
     detection = _detection(case_id)
     _note_process(case_id, attempt)
-    run_id = start(case_id, playbook, approval)
-    enrichment = enrich_task(case_id, playbook, cloud)
-    summary = CaseSummary.opened(case_id, playbook, detection, flow_run_id=run_id, enrichment=enrichment, plan=None)
-    outcome = guard_task(case_id, playbook, cloud, enrichment)
-    if not outcome["ok"]:
-        summary.status, summary.guard = "refused", outcome
+    resumed = _asked_before(case_id, approval)
+    prepared = resumed or prepare_task(case_id, playbook, approval, cloud)
+    summary = CaseSummary.opened(case_id, playbook, detection, flow_run_id=prepared.run_id,
+                                 enrichment=prepared.enrichment, plan=None)
+    if not prepared.guard["ok"]:
+        summary.status, summary.guard = "refused", prepared.guard
         return finish(case_id, summary)
-    plan = plan_task(case_id, playbook, cloud, enrichment)
+    plan = prepared.plan
     summary.with_plan(plan)
     if not plan.steps:
         summary.status = "no_containment"
         return finish(case_id, summary)
 
-    where = None
-    asked = ask_task(case_id, playbook, enrichment, plan, approval, slack or {})
+    where = gate = None
+    asked = {"decision": None, "where": resumed.where} if resumed else \
+        ask_task(case_id, playbook, prepared.enrichment, plan, approval, slack or {})
     if asked["decision"] is None:  # the request is out: wait for the decision (a click resumes the run)
         from cordon.approvals.policy import load_settings
 
-        # None while the outbox holds the request (the channel's rate slot was taken): updates then
-        # name the case and the outbox's row says where its message is
+        # None while the outbox holds the request (the channel's rate slot was taken) and in a resumed
+        # run: updates then name the case and the outbox's row says where its message is
         where = asked["where"] or {"case_id": case_id, "queued": True}
         # Longer than expire_after: the sweeper (cordon/flows/sweeper.py) expires the request first and
         # resumes the run with "expired"; Prefect's own timeout would only fail the run.
         grace = load_settings(load_config()).grace_seconds
         given = suspend_flow_run(wait_for_input=ApprovalInput, key=f"approval-{plan.hash[:16]}",
                                  timeout=pb.approval.expire_seconds + grace)
-        decision = record_decision(case_id, plan, given.model_dump(mode="json", exclude={"metadata"}),
-                                   pb.approval.on_expiry)
+        decided = decide_task(case_id, plan, given.model_dump(mode="json", exclude={"metadata"}),
+                              pb.approval.on_expiry)
+        decision, gate = decided["decision"], decided["gate"]
     else:
         decision = asked["decision"]
     summary.approval = {k: decision.get(k) for k in ("decision", "approver", "approvers", "quorum", "decided_at",
@@ -432,16 +454,14 @@ def respond(case_id: str, playbook: str, approval: ApprovalMode = "console", clo
             update_slack(slack or {}, where, summary.out(), progress.not_proceeding(decision))
         return finish(case_id, summary)
 
-    if where:
-        # a Deny recorded before containment starts wins over the approval (cordon/approvals/gate.py)
-        gate = gate_task(case_id, plan.hash)
-        if gate["outcome"] == "denied":
-            reason = _deny_reason(case_id, gate.get("deny_seq"))
-            summary.approval = {"decision": "deny", "approver": gate["denied_by"], "decided_at": gate["decided_at"],
-                                "cancelled": summary.approval, **({"reason": reason} if reason else {})}
-            summary.status = "denied"
-            update_slack(slack or {}, where, summary.out(), progress.cancelled(gate["denied_by"], reason))
-            return finish(case_id, summary)
+    if gate and gate["outcome"] == "denied":
+        # a Deny recorded before containment started wins over the approval (cordon/approvals/gate.py)
+        reason = _deny_reason(case_id, gate.get("deny_seq"))
+        summary.approval = {"decision": "deny", "approver": gate["denied_by"], "decided_at": gate["decided_at"],
+                            "cancelled": summary.approval, **({"reason": reason} if reason else {})}
+        summary.status = "denied"
+        update_slack(slack or {}, where, summary.out(), progress.cancelled(gate["denied_by"], reason))
+        return finish(case_id, summary)
     # Slack stays off the path to "verified": no update while containing; one final update, and the
     # step-by-step story as one thread reply behind it (the outbox's reply lane never delays an ask)
     results = [contain_task(case_id, step, cloud, attempt) for step in plan.steps]
