@@ -96,6 +96,7 @@ class ApprovalSection(_Strict):
     quorum: int | QuorumSection | None = None
     group_cache: str | int | None = None
     grace: str | int | None = None
+    deny_window: str | float | None = None
     identities: dict[str, list[str]] | None = None
 
 

@@ -499,13 +499,24 @@ def test_bad_policy_configuration_names_the_field(tmp_path):
     for section, field in (({"quorum": {"critical": 0}}, "approval.quorum.critical"),
                            ({"identities": {"U1": "arn:x"}}, "approval.identities.U1"),
                            ({"approvers": {"people": []}}, "approval.approvers.people"),
-                           ({"grace": "soon"}, "approval.grace")):
-        d = tmp_path / field
+                           ({"grace": "soon"}, "approval.grace"),
+                           ({"deny_window": 60}, "approval.deny_window"),
+                           ({"deny_window": "soon"}, "approval.deny_window")):
+        d = tmp_path / f"{field}-{len(list(tmp_path.iterdir()))}"
         d.mkdir()
         (d / "cordon.yaml").write_text(yaml.safe_dump({"approval": section}))
         with pytest.raises(ConfigError) as err:
             load_settings(load_config(d))
         assert f"field '{field}'" in str(err.value) and "cordon.yaml" in str(err.value)
+
+
+def test_the_deny_window_is_read_in_seconds(tmp_path):
+    (tmp_path / "cordon.yaml").write_text(yaml.safe_dump({"approval": {"deny_window": 1.5}}))
+    assert load_settings(load_config(tmp_path)).deny_window_seconds == 1.5
+    (tmp_path / "cordon.yaml").write_text(yaml.safe_dump({"approval": {"deny_window": "2s"}}))
+    assert load_settings(load_config(tmp_path)).deny_window_seconds == 2.0
+    (tmp_path / "cordon.yaml").write_text(yaml.safe_dump({"approval": {}}))
+    assert load_settings(load_config(tmp_path)).deny_window_seconds == 0.5
 
 
 def test_playbook_escalation_needs_a_target():

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextvars
 import json
 import threading
+import time
 import urllib.parse
 import uuid
 from collections import Counter
@@ -387,3 +388,32 @@ def test_the_flow_records_the_ledgers_decision_over_the_run_input(tmp_path):
     ledger.append(RESUME_FAILED_KIND, {"decision_seq": a.seq, "plan_hash": plan}, case_id="case-1", run_id="run-1")
     records = list(ledger.records(case_id="case-1"))
     assert ledger_decision(records, "run-1", plan, approve_input)["ledger_seq"] == a.seq
+
+
+def test_a_deny_recorded_in_the_window_after_the_approval_stops_containment(tmp_path):
+    """``approval.deny_window``: containment starts no sooner than the approving claim plus the
+    window, so a Deny recorded meanwhile (clicked at the same moment, delivered a little later)
+    sorts before ``containment.started`` and wins; with no window the same Deny is too late."""
+    from cordon.approvals.gate import claim_containment, hold_until, ledger_decision
+
+    ledger = Ledger(f"sqlite:///{tmp_path}/ledger.db")
+    plan = "p" * 64
+    a = _claim(ledger, "approve", "U0ALICE01", "t1")
+    given = {"decision": "approve", "approver": "slack:U0ALICE01", "plan_hash": plan, "decided_at": "t1"}
+    decision = ledger_decision(list(ledger.records(case_id="case-1")), "run-1", plan, given)
+    assert decision["ledger_seq"] == a.seq
+    not_before = hold_until(list(ledger.records(case_id="case-1")), decision, 1.5)
+    assert not_before is not None and not_before <= time.time() + 1.5
+    late = threading.Timer(0.3, lambda: _claim(ledger, "deny", "U0BOB0002", "t2"))
+    late.start()
+    claim = claim_containment(ledger, "case-1", "run-1", plan, not_before=not_before)
+    late.join()
+    assert claim.outcome == "denied" and claim.denied_by == "slack:U0BOB0002"
+    # the same Deny with no window: containment had started, the Deny is too late
+    b = _claim(ledger, "approve", "U0ALICE01", "t3", run="run-2")
+    decision = ledger_decision(list(ledger.records(case_id="case-1")), "run-2", plan, {**given, "decided_at": "t3"})
+    assert decision["ledger_seq"] == b.seq and hold_until(list(ledger.records(case_id="case-1")), decision, 0) is None
+    late = threading.Timer(0.3, lambda: _claim(ledger, "deny", "U0BOB0002", "t4", run="run-2"))
+    late.start()
+    assert claim_containment(ledger, "case-1", "run-2", plan).outcome == "allowed"
+    late.join()

@@ -31,6 +31,7 @@ Pure functions over :class:`cordon.audit.ledger.LedgerRecord` lists, plus the tw
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -168,15 +169,22 @@ class Claim:
                 "deny_seq": self.deny_seq, "decided_at": self.decided_at}
 
 
-def claim_containment(ledger: Ledger, case_id: str, run_id: str | None, plan_hash: str) -> Claim:
+def claim_containment(ledger: Ledger, case_id: str, run_id: str | None, plan_hash: str,
+                      not_before: float | None = None) -> Claim:
     """Called once by the flow right before its first containment step: append
     ``containment.started`` (``{plan_hash}``) unless the run already has one for this plan (a
-    re-executed flow), then read the case back. When a Deny claim for ``run_id`` + ``plan_hash``
+    re-executed flow), then read the case back. ``not_before`` (epoch seconds, the approving
+    claim's time plus the deny window, :func:`hold_until`): the append waits until then, so a Deny
+    recorded in the window sorts before it and wins. When a Deny claim for ``run_id`` + ``plan_hash``
     has a lower ``seq`` than the run's first ``containment.started``, append
     ``containment.cancelled`` (``{plan_hash, deny_seq, denied_by, started_seq}``, once) and
     answer ``denied``; else ``allowed``. Raises what :meth:`Ledger.append` raises (the database)."""
     records = list(ledger.records(case_id=case_id))
     started = first_started(records, run_id, plan_hash)
+    if started is None and not_before is not None and not_before > time.time():
+        time.sleep(not_before - time.time())
+        records = list(ledger.records(case_id=case_id))
+        started = first_started(records, run_id, plan_hash)
     if started is None:
         ledger.append(STARTED_KIND, {"plan_hash": plan_hash}, case_id=case_id, run_id=run_id, actor="cordon")
         records = list(ledger.records(case_id=case_id))
@@ -190,6 +198,21 @@ def claim_containment(ledger: Ledger, case_id: str, run_id: str | None, plan_has
         ledger.append(CANCELLED_KIND, {"plan_hash": plan_hash, "deny_seq": deny.seq, "denied_by": who,
                                        "started_seq": started.seq}, case_id=case_id, run_id=run_id, actor="cordon")
     return Claim("denied", started.seq, denied_by=who, deny_seq=deny.seq, decided_at=deny.payload.get("decided_at"))
+
+
+def hold_until(records: list[LedgerRecord], decision: Mapping[str, Any], window: float) -> float | None:
+    """When containment may start after ``decision`` (the recorded decision, with ``ledger_seq``
+    naming its claim): the claim's ledger time plus ``window`` seconds, as epoch seconds, and never
+    more than ``window`` from now (clocks of the replica that recorded the claim and of this worker
+    may differ). ``None`` with no window or no claim (the decision was made in-process)."""
+    seq = decision.get("ledger_seq")
+    claim = next((r for r in records if r.seq == seq), None) if seq else None
+    if window <= 0 or claim is None:
+        return None
+    from datetime import datetime
+
+    at = datetime.fromisoformat(claim.ts.replace("Z", "+00:00")).timestamp() + window
+    return min(at, time.time() + window)
 
 
 def run_input(payload: Mapping[str, Any]) -> dict[str, Any]:

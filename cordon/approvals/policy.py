@@ -9,6 +9,7 @@ The policy comes from two places:
         quorum: {default: 1, critical: 2}   # distinct approvals, by the detection's severity
         group_cache: 60s                    # how long usergroups.users.list answers are kept
         grace: 1h                           # Prefect's suspend timeout = expire_after + grace
+        deny_window: 0.5                    # seconds after an approval before containment starts
         identities:                         # Slack user -> cloud identities (ARN, UPN, Google email)
           U0ALICE01: ["arn:aws:iam::111122223333:user/alice", "alice@corp.onmicrosoft.com"]
 
@@ -53,6 +54,9 @@ DEFAULT_QUORUM = 1
 DEFAULT_CRITICAL_QUORUM = 2
 DEFAULT_GROUP_CACHE_SECONDS = 60
 DEFAULT_GRACE_SECONDS = 3600
+#: How long after the approving claim containment waits before it starts (seconds): a Deny clicked
+#: at the same moment as the Approve (recorded within this window) always wins.
+DEFAULT_DENY_WINDOW_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,7 @@ class ApprovalSettings:
     quorum_critical: int = DEFAULT_CRITICAL_QUORUM
     group_cache_seconds: float = DEFAULT_GROUP_CACHE_SECONDS
     grace_seconds: int = DEFAULT_GRACE_SECONDS
+    deny_window_seconds: float = DEFAULT_DENY_WINDOW_SECONDS
     identities: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
 
@@ -86,6 +91,15 @@ def _seconds(value: Any, where: str, path: str) -> int:
         return parse_duration(str(value))
     except ValueError as exc:
         raise ConfigError(f"{path}: field '{where}': {exc}") from None
+
+
+def _window(value: Any, where: str, path: str) -> float:
+    """A short time in seconds: a number from 0 to 10, or a duration string (``"1s"``)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 10:
+        return float(value)
+    if isinstance(value, str):
+        return float(_seconds(value, where, path))
+    raise ConfigError(f"{path}: field '{where}': expected seconds from 0 to 10, got {value!r}")
 
 
 def load_settings(config: Config) -> ApprovalSettings:
@@ -128,6 +142,8 @@ def load_settings(config: Config) -> ApprovalSettings:
         group_cache_seconds=_seconds(section.get("group_cache", DEFAULT_GROUP_CACHE_SECONDS),
                                      "approval.group_cache", path),
         grace_seconds=_seconds(section.get("grace", DEFAULT_GRACE_SECONDS), "approval.grace", path),
+        deny_window_seconds=_window(section.get("deny_window", DEFAULT_DENY_WINDOW_SECONDS), "approval.deny_window",
+                                    path),
         identities=identities)
 
 
