@@ -50,7 +50,12 @@ NAME_SPELLING: tuple[tuple[str, str], ...] = (
 )
 
 
-@dataclass(frozen=True)
+#: How many distinct values a :class:`FieldNormalisation` remembers the canonical spelling of.
+_SEEN_MAX = 4096
+_MISSING: Any = object()
+
+
+@dataclass(frozen=True, eq=True)
 class FieldNormalisation:
     """Rewrites applied alike to events and rules for ``fields`` (see the module docstring).
 
@@ -65,9 +70,16 @@ class FieldNormalisation:
     rewrites: tuple[tuple[str, str], ...] = NAME_SPELLING
     trim: bool = True
     _compiled: tuple[tuple[re.Pattern[str], str], ...] = field(init=False, repr=False, compare=False, hash=False)
+    _seen: dict[str, str] = field(init=False, repr=False, compare=False, hash=False)
+    _hash: int = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_compiled", tuple((re.compile(p), r) for p, r in self.rewrites))
+        object.__setattr__(self, "_seen", {})  # value -> canonical spelling (names repeat: a few hundred)
+        object.__setattr__(self, "_hash", hash((self.fields, self.rewrites, self.trim)))
+
+    def __hash__(self) -> int:  # asked on every match (the rule set's partition key): computed once
+        return self._hash
 
     def rewrite(self, text: str) -> str:
         """``text`` with the rewrites applied (not trimmed): what each plain run of a rule's value gets."""
@@ -76,52 +88,76 @@ class FieldNormalisation:
         return text
 
     def text(self, value: str) -> str:
-        """The canonical spelling of one value: the rewrites, then trimmed when ``trim``."""
-        out = self.rewrite(value)
-        return out.strip() if self.trim else out
+        """The canonical spelling of one value: the rewrites, then trimmed when ``trim`` (remembered for
+        up to :data:`_SEEN_MAX` distinct values, then forgotten all at once)."""
+        out = self._seen.get(value)
+        if out is None:
+            out = self.rewrite(value)
+            out = out.strip() if self.trim else out
+            if len(self._seen) >= _SEEN_MAX:
+                self._seen.clear()
+            self._seen[value] = out
+        return out
 
     @cached_property
-    def _paths(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
-        return tuple((f, tuple(f.split("."))) for f in self.fields)
+    def _trie(self) -> dict[str, tuple[bool, dict[str, Any]]]:
+        """The fields as a tree: ``key -> (a field ends here, the keys below)``."""
+        root: dict[str, Any] = {}
+        for name in self.fields:
+            node = root
+            parts = name.split(".")
+            for i, part in enumerate(parts):
+                leaf, children = node.get(part, (False, {}))
+                node[part] = (leaf or i == len(parts) - 1, children)
+                node = children
+        return root
+
+    @cached_property
+    def _dotted(self) -> tuple[str, ...]:
+        return tuple(f for f in self.fields if "." in f)
 
     def event(self, event: dict[str, Any]) -> dict[str, Any]:
         """A copy of ``event`` with every string value at :attr:`fields` in its canonical spelling;
         ``event`` itself is returned when nothing changes. Never raises; other values are kept."""
-        out = event
-        for name, parts in self._paths:
-            if len(parts) > 1 and name in out:  # a literal dotted key (the engine reads it first)
+        out = self._apply(event, self._trie)
+        for name in self._dotted:  # a literal dotted key (the engine reads it first)
+            if name in out:
                 new = self._value(out[name])
                 if new is not out[name]:
                     out = out if out is not event else dict(event)
                     out[name] = new
-            new_event = self._walk(out, parts, 0)
-            if new_event is not out:
-                out = new_event
         return out
 
     def _value(self, value: Any) -> Any:
-        if isinstance(value, str):
+        """A value at a field: a string rewritten, a list's strings rewritten; a copy when changed."""
+        if type(value) is str:
             new = self.text(value)
             return value if new == value else new
-        if isinstance(value, list):
+        if type(value) is list:
             items = [self._value(v) for v in value]
             return value if all(a is b for a, b in zip(items, value, strict=True)) else items
         return value
 
-    def _walk(self, node: Any, parts: tuple[str, ...], i: int) -> Any:
-        """``node`` with the value at ``parts[i:]`` rewritten: a copy when something changed."""
-        if isinstance(node, list):
-            items = [self._walk(v, parts, i) for v in node]
+    def _apply(self, node: Any, trie: dict[str, tuple[bool, dict[str, Any]]]) -> Any:
+        """``node`` with the fields of ``trie`` below it rewritten (lists walked element-wise): a copy
+        of each object and list on the way to a change, ``node`` itself when nothing changed."""
+        if type(node) is list:
+            items = [self._apply(v, trie) for v in node]
             return node if all(a is b for a, b in zip(items, node, strict=True)) else items
-        if not isinstance(node, dict) or parts[i] not in node:
+        if type(node) is not dict:
             return node
-        child = node[parts[i]]
-        new = self._value(child) if i == len(parts) - 1 else self._walk(child, parts, i + 1)
-        if new is child:
-            return node
-        copied = dict(node)
-        copied[parts[i]] = new
-        return copied
+        copied = None
+        for key, (leaf, children) in trie.items():
+            child = node.get(key, _MISSING)
+            if child is _MISSING:
+                continue
+            new = self._value(child) if leaf else child
+            if children:
+                new = self._apply(new, children)
+            if new is not child:
+                copied = copied if copied is not None else dict(node)
+                copied[key] = new
+        return node if copied is None else copied
 
     def touches(self, rule: SigmaRule) -> bool:
         """Whether a detection item of ``rule`` names one of :attr:`fields`."""
