@@ -268,7 +268,8 @@ def guard(playbook: Playbook, detection: Detection, config: Config, clients: Cal
     the role ARN the factory was configured to assume, :func:`own_identities`, even when STS
     cannot be asked); the detection's provider refuses (:meth:`cordon.providers.Provider.guard`: for
     AWS, clients acting in another account than the detection's, or the credential being the access
-    key Cordon signs with); or a containment step's rendered parameters do not name the
+    key Cordon signs with; for Azure, a credential on a managed identity, from ``enrichment``'s
+    ``servicePrincipalType``); or a containment step's rendered parameters do not name the
     detection's exact credential (:meth:`Action.check_identifies`).
     """
     if detection.suppressed:
@@ -283,7 +284,7 @@ def guard(playbook: Playbook, detection: Detection, config: Config, clients: Cal
         if (_same_principal(detection.provider, who, detection.target.uid)
                 or _same_principal(detection.provider, who, owner.uid if owner else None)):
             return GuardOutcome(ok=False, reason=f"target is Cordon's own identity ({who})", cordon_identity=me or who)
-    refusal = get_provider(detection.provider).guard(detection, clients, me)
+    refusal = get_provider(detection.provider).guard(detection, clients, me, enrichment)
     if refusal:
         return GuardOutcome(ok=False, reason=refusal, cordon_identity=me)
     for i, step in enumerate(playbook.contain):
