@@ -379,3 +379,64 @@ def test_threads_of_one_outbox_do_not_share_a_claim(url, slack):
     t.start()
     t.join()
     assert other == [False, True]
+
+
+SENDER_PROCESS = """
+import sys, time
+from cordon.approvals.outbox import Outbox
+from cordon.slack.client import make_client
+from tests.test_storm import _asked, case_blocks
+
+url, base_url = sys.argv[1], sys.argv[2]
+box = Outbox(url, post_interval=4.0, claim_seconds=3.0)
+client = make_client("xoxb-test", base_url=base_url)
+for i in range(3):
+    case_id = f"case-00000000k{i:03d}"
+    blocks, text = case_blocks(case_id, f"arn:aws:iam::1:user/k{i}")
+    box.request_approval(client, channel="C0APPROVALS", case_id=case_id, actor_key=f"k{i}", blocks=blocks, text=text,
+                         asked=_asked(case_id), wait=False)
+box.start_sender(lambda: client, interval=0.1)  # takes the queued rows and waits for the channel's slot
+print("queued", flush=True)
+time.sleep(600)
+"""
+
+
+def test_work_left_by_a_killed_process_is_sent_by_another_once(url, slack):
+    """The outbox is in the database, not in a process: a process that queued two requests (the
+    channel's rate slot was taken) and whose sender was waiting for the slot is killed (SIGKILL);
+    another process's sender posts them, each case asked exactly once, nothing left queued."""
+    import signal
+    import subprocess
+    import sys
+    import time as _time
+    from pathlib import Path
+
+    from cordon.approvals.outbox import cases_table
+    from cordon.audit.ledger import Ledger
+
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-c", SENDER_PROCESS, url, slack.base_url], cwd=repo,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "queued"
+        _time.sleep(0.5)  # its sender is at work, waiting for the channel's slot
+        with Outbox(url).engine.connect() as conn:
+            held = conn.execute(cases_table.select().where(cases_table.c.pending == 1)).all()
+        assert len(held) == 2, held
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    assert len(slack.messages(CHANNEL)) == 1  # only the request that found the slot free went
+
+    client = make_client("xoxb-test", base_url=slack.base_url)
+    survivor = Outbox(url, post_interval=0.2)
+    deadline = _time.monotonic() + 60
+    while len(buttons_by_case(slack)) < 3 and _time.monotonic() < deadline:
+        survivor.flush_pending(client)
+        _time.sleep(0.2)
+    found = buttons_by_case(slack)
+    assert set(found) == {f"case-00000000k{i:03d}" for i in range(3)} and all(len(v) == 1 for v in found.values())
+    asked = Counter(r.case_id for r in Ledger(url).records(kind_prefix="approval.asked"))
+    assert asked == {f"case-00000000k{i:03d}": 1 for i in range(3)}
+    with survivor.engine.connect() as conn:
+        assert conn.execute(cases_table.select().where(cases_table.c.pending == 1)).all() == []
