@@ -207,6 +207,19 @@ def make_event(template: dict, i: int, key: str) -> dict:
     return event
 
 
+def count_task_runs(http, api_url: str, settle_s: float = 10.0) -> int:
+    """Task runs the Prefect server has recorded (``POST /task_runs/count``), once the count stops
+    growing (task runs reach the server as events, recorded a moment later) or ``settle_s`` passed."""
+    last, deadline = -1, time.monotonic() + settle_s
+    while time.monotonic() < deadline:
+        count = int(http.post(f"{api_url}/task_runs/count", json={}).json())
+        if count == last:
+            return count
+        last = count
+        time.sleep(1.0)
+    return last
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cases", type=int, default=20)
@@ -277,19 +290,21 @@ def main() -> None:
                   flush=True)
         split1 = {g: sum(tree_cpu(p) for p in ps) for g, ps in groups.items()}
         cpu1 = sum(split1.values())
+        task_runs = count_task_runs(http, stack.server.api_url)
     finally:
         stack.stop()
     n = len(asked)
     out = {"cases": n, "runner": args.runner, "workers": args.workers, "postgres": args.postgres,
            "asked_p50_s": round(statistics.median(asked), 3), "asked_p95_s": round(pct(asked, 95), 3),
            "verified_p50_s": round(statistics.median(verified), 3), "verified_p95_s": round(pct(verified, 95), 3),
-           "cpu_s_per_case": round((cpu1 - cpu0) / n, 3)}
+           "cpu_s_per_case": round((cpu1 - cpu0) / n, 3), "task_runs_per_case": round(task_runs / (n + 1), 2)}
     print()
     print(f"{n} cases, {args.workers} worker(s), runner {args.runner}")
     for name, xs in (("received -> approval asked", asked), ("approved -> containment verified", verified)):
         print(f"{name:34s} p50 {statistics.median(xs):5.2f} s   p95 {pct(xs, 95):5.2f} s   max {max(xs):5.2f} s")
     print(f"CPU per case (Cordon's processes + Prefect server) {out['cpu_s_per_case']:.2f} s: "
           + ", ".join(f"{g} {(split1[g] - split0[g]) / n:.2f}" for g in split1))
+    print(f"task runs per case (Prefect server's record, all {n + 1} cases) {out['task_runs_per_case']:.2f}")
     if args.json:
         print(json.dumps(out))
 
