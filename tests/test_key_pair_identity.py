@@ -21,6 +21,7 @@ import pytest
 
 from cordon.action import ActionContext, get_action
 from tests.conftest import detection_from_event
+from tests.responder_fixtures import *  # noqa: F401,F403 - the responder fixture
 
 ACCOUNT = "444455556666"
 REGION = "us-east-1"
@@ -241,16 +242,6 @@ def test_the_sandbox_seeds_the_key_pair_the_record_names(account):
 
 
 # -- the respond flow --------------------------------------------------------------------------
-@pytest.fixture
-def responder(tmp_path, monkeypatch, prefect_server):
-    from cordon.audit.ledger import Ledger
-    from cordon.engine import Responder
-
-    url = f"sqlite:///{tmp_path}/ledger.db"
-    monkeypatch.setenv("CORDON_DATABASE_URL", url)
-    return Responder(ledger=Ledger(url))
-
-
 def _respond(responder, aws, tmp_path, record):
     path = tmp_path / "create-key-pair.json"
     path.write_text(json.dumps({"Records": [copy.deepcopy(record)]}))
