@@ -92,7 +92,7 @@ def role_assignment(azure):
 EXPECTED = {"azure.remove-sp-password", "azure.remove-sp-key", "azure.disable-service-principal",
             "azure.remove-role-assignment", "azure.remove-federated-credential", "azure.revoke-user-sessions",
             "azure.service-principal", "azure.actor", "azure.remove-directory-role-member",
-            "azure.remove-app-role-assignment"}
+            "azure.remove-app-role-assignment", "azure.unnamed-credential", "azure.remove-unnamed-credential"}
 
 
 def test_every_azure_action_is_registered_and_self_describes():

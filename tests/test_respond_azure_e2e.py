@@ -55,10 +55,12 @@ def test_added_sp_password_is_removed_and_the_existing_one_kept(tmp_path, monkey
 
 @pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "shared" / "data" / "real").exists(),
                     reason="../shared/data/real is absent")
-def test_panther_credential_add_without_key_id_disables_the_service_principal(tmp_path, monkeypatch,
-                                                                              prefect_server, azure):
+def test_panther_credential_add_without_key_id_removes_the_one_started_at_its_time(tmp_path, monkeypatch,
+                                                                                   prefect_server, azure):
     """panther-analysis @ daa10c88, azure_service_principal_credentials_added.yml, "Add Service Principal
-    Credentials": the record logs no KeyIdentifier, so the key cannot be named; the owner is disabled."""
+    Credentials": the record logs no KeyIdentifier; the one password that Graph started at the record's
+    time (the sandbox seeds it, as the record says) is removed alone and the owner stays enabled
+    (issue 14, item 5; the fallback to disabling it: tests/test_entra_unnamed_credential.py)."""
     import json
 
     import yaml
@@ -81,8 +83,10 @@ def test_panther_credential_add_without_key_id_disables_the_service_principal(tm
     assert s["playbook"] == "azure-sp-credential-unnamed" and s["status"] == "contained", s
     owner = s["detection"]["credential"]["owner"]["uid"]
     (action,) = s["actions"]
-    assert action["name"] == "azure.disable-service-principal" and owner in action["target"], action
-    assert action["before"] != action["after"], action
+    assert action["name"] == "azure.remove-unnamed-credential" and owner in action["target"], action
+    assert action["before"]["present"] is True and action["after"]["present"] is False, action
+    assert [c["operation"] for c in action["calls"]] == ["servicePrincipals.removePassword"]
+    assert azure.standin.service_principals[owner]["accountEnabled"] is True
     assert responder.ledger.verify().ok
 
 
@@ -164,7 +168,7 @@ CONTAINED = {
     "Owner Role Assignment": "azure.remove-role-assignment",
     "Elevated Role Assignment (Storage Blob Data Owner)": "azure.remove-role-assignment",
     "Successfully added PIM role": "azure.remove-directory-role-member",
-    "Add Service Principal Credentials": "azure.disable-service-principal",
+    "Add Service Principal Credentials": "azure.remove-unnamed-credential",
 }
 #: Panther says no, and Cordon agrees: nothing is contained.
 BENIGN_FOR_US = {

@@ -10,7 +10,10 @@ assignments and the Microsoft identity platform token endpoint.
     ``accountEnabled`` (service principals), ``keyCredentials``, ``displayName``);
   - ``GET /v1.0/{servicePrincipals|applications}/{id}/owners``;
   - ``POST /v1.0/{servicePrincipals|applications}/{id}/removePassword`` (body ``{"keyId"}``; 204;
-    an unknown keyId is 400 as in Graph) and ``.../addPassword`` (200 with ``secretText``);
+    an unknown keyId is 400 as in Graph) and ``.../addPassword`` (200 with ``secretText``;
+    ``startDateTime`` / ``endDateTime`` as sent, else now and two years later, as Graph defaults them);
+    every password and key credential carries ``startDateTime`` and ``endDateTime``, as in Graph
+    (a certificate PATCHed without them starts now: the stand-in does not read its ``notBefore``);
   - ``GET /v1.0/applications/{id}/federatedIdentityCredentials`` and
     ``GET/DELETE .../federatedIdentityCredentials/{fid}``;
   - ``GET /v1.0/users/{id or userPrincipalName}``, ``POST /v1.0/users/{id}/revokeSignInSessions``
@@ -106,6 +109,18 @@ def _now() -> datetime:
 
 def _iso(dt: datetime) -> str:
     return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_graph_time(value: Any) -> datetime | None:
+    """A Graph ``DateTimeOffset`` (``2024-05-01T10:00:00Z``, fractions and offsets allowed) as an aware
+    datetime; ``None`` for ``None`` / empty. ``ApiError`` 400 for anything else, as Graph answers."""
+    if not value:
+        return None
+    try:
+        dt = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(400, "Request_BadRequest", f"Invalid DateTimeOffset value '{value}'.") from None
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
 class ApiError(Exception):
@@ -337,9 +352,11 @@ class AzureStandIn:
         return obj
 
     def add_password(self, object_id: str, key_id: str | None = None, display_name: str = "",
-                     start: datetime | None = None) -> dict[str, Any]:
-        """Add a password credential (keyId ``key_id``) to the application or service principal
-        ``object_id`` if absent; returns it (never with ``secretText``)."""
+                     start: datetime | None = None, end: datetime | None = None) -> dict[str, Any]:
+        """Add a password credential (keyId ``key_id``, ``startDateTime`` ``start``, default now;
+        ``endDateTime`` ``end``, default two years later, as Graph's ``addPassword`` defaults them) to
+        the application or service principal ``object_id`` if absent; returns it (never with
+        ``secretText``)."""
         with self._lock:
             obj = self._object(object_id)
             key_id = key_id or str(uuid.uuid4())
@@ -348,20 +365,22 @@ class AzureStandIn:
                     return cred
             start = start or _now()
             cred = {"keyId": key_id, "displayName": display_name or None, "hint": secrets.token_hex(2)[:3],
-                    "startDateTime": _iso(start), "endDateTime": _iso(start + timedelta(days=730)),
+                    "startDateTime": _iso(start), "endDateTime": _iso(end or start + timedelta(days=730)),
                     "customKeyIdentifier": None, "secretText": None}
             obj["passwordCredentials"].append(cred)
             return cred
 
-    def add_key(self, object_id: str, key_id: str | None = None, display_name: str = "") -> dict[str, Any]:
-        """Add a certificate key credential (keyId ``key_id``) to ``object_id`` if absent."""
+    def add_key(self, object_id: str, key_id: str | None = None, display_name: str = "",
+                start: datetime | None = None) -> dict[str, Any]:
+        """Add a certificate key credential (keyId ``key_id``, ``startDateTime`` ``start``, default
+        now) to ``object_id`` if absent; returns it."""
         with self._lock:
             obj = self._object(object_id)
             key_id = key_id or str(uuid.uuid4())
             for cred in obj["keyCredentials"]:
                 if cred["keyId"] == key_id:
                     return cred
-            start = _now()
+            start = start or _now()
             cred = {"keyId": key_id, "displayName": display_name or f"CN={key_id[:8]}", "type": "AsymmetricX509Cert",
                     "usage": "Verify", "startDateTime": _iso(start), "endDateTime": _iso(start + timedelta(days=365)),
                     "customKeyIdentifier": base64.b16encode(secrets.token_bytes(20)).decode(),
@@ -706,7 +725,10 @@ class AzureStandIn:
             return 204, None
         if sub == "addPassword" and method == "POST":
             pc = body.get("passwordCredential") or {}
-            cred = self.add_password(oid, display_name=pc.get("displayName") or "")
+            # startDateTime / endDateTime as the caller sent them, else Graph's defaults (now, +2 years)
+            cred = self.add_password(oid, display_name=pc.get("displayName") or "",
+                                     start=_parse_graph_time(pc.get("startDateTime")),
+                                     end=_parse_graph_time(pc.get("endDateTime")))
             return 200, {"@odata.type": "#microsoft.graph.passwordCredential", **cred,
                          "secretText": secrets.token_urlsafe(30)}
         if sub and sub.startswith("federatedIdentityCredentials") and collection == "applications":
@@ -739,7 +761,12 @@ class AzureStandIn:
             else:
                 if not k.get("key"):
                     raise ApiError(400, "Request_BadRequest", "Key credential without key value.")
-                out.append({**k, "keyId": k.get("keyId") or str(uuid.uuid4())})
+                # Graph gives every credential a startDateTime (the certificate's notBefore when the
+                # caller sends none; the stand-in, which does not parse certificates, takes now)
+                start = _parse_graph_time(k.get("startDateTime")) or _now()
+                end = _parse_graph_time(k.get("endDateTime")) or start + timedelta(days=365)
+                out.append({**k, "keyId": k.get("keyId") or str(uuid.uuid4()), "startDateTime": _iso(start),
+                            "endDateTime": _iso(end)})
         return out
 
     def _member_of(self, oid: str) -> list[dict[str, Any]]:
@@ -1030,6 +1057,10 @@ class AzureSandbox:
         """Create in the stand-in what ``detection`` (an Azure
         :class:`~cordon.detections.model.Detection`) says exists. Idempotent.
 
+        A password or certificate the record added without logging its KeyIdentifier (credential uid
+        ``None``) is seeded as Graph holds it: one credential of the record's kind, displayName
+        ``not logged``, whose ``startDateTime`` is the record's time.
+
         The owner (``credential.owner``: ``uid`` = object id, ``name`` = display name, ``type`` or
         ``attributes["objectType"]`` = ``Application`` / ``ServicePrincipal``, default
         ``ServicePrincipal``; ``attributes["appId"]``) is created, then by kind: the password
@@ -1074,12 +1105,15 @@ class AzureSandbox:
                     report["service_principals"].append(owner_id)
 
         if cred is not None and not uid and cred.kind in ("azure_sp_password", "azure_sp_key") and owner_id:
-            # a credential the record could not name: the owner exists, holding an unnamed secret
+            # a credential the record could not name: the owner exists, holding the credential of the
+            # record's kind that Graph started at the record's time (the one the record added)
             ensure_owner()
-            held = [c for c in self.standin._object(owner_id)["passwordCredentials"]
+            password = cred.kind == "azure_sp_password"
+            held = [c for c in self.standin._object(owner_id)["passwordCredentials" if password else "keyCredentials"]
                     if c.get("displayName") == "not logged"]
-            added = held[0] if held else self.standin.add_password(owner_id, None, "not logged", detection.time)
-            report["passwords"].append(added["keyId"])
+            add = self.standin.add_password if password else self.standin.add_key
+            added = held[0] if held else add(owner_id, None, "not logged", start=detection.time)
+            report["passwords" if password else "keys"].append(added["keyId"])
             return report
         if cred is None or not uid:
             return report

@@ -583,6 +583,281 @@ class DisableServicePrincipal(AzureContainmentAction):
                         params={"id": before["object_id"], "accountEnabled": True})]
 
 
+#: Seconds either side of the audit record's time in which the credential an unnamed "Add service
+#: principal credentials" record added is looked for (see :func:`credentials_started_at`).
+UNNAMED_WINDOW_SECONDS = 120
+
+#: Credential kind -> (noun, the SDK / state list, its view, the Graph operation that removes one).
+_UNNAMED_KINDS: dict[str, tuple[str, str, Callable[[Any], dict[str, Any]], str]] = {
+    "azure_sp_password": ("password", "password_credentials", _password_view, "removePassword"),
+    "azure_sp_key": ("certificate", "key_credentials", _key_view, "removeKeyCredential"),
+}
+
+
+class CredentialAt(State):
+    """One password or certificate of the object or its pair, and how far its ``startDateTime`` is
+    from the audit record's time (``offset_seconds``: start minus record time)."""
+
+    object_type: ObjectTypeName
+    object_id: str
+    key_id: str | None
+    display_name: str | None
+    start: str | None
+    end: str | None
+    offset_seconds: float | None
+
+
+class ServicePrincipalView(State):
+    """The service principal that is disabled when no single credential matches."""
+
+    object_id: str
+    app_id: str | None
+    display_name: str | None
+    account_enabled: bool
+    service_principal_type: str | None
+
+
+def _unnamed_kind(detection: Any) -> tuple[str, str, Callable[[Any], dict[str, Any]], str]:
+    kind = detection.credential.kind if detection.credential else None
+    if kind not in _UNNAMED_KINDS:
+        raise GuardError(f"the detection's credential ({kind}) is not an application or service principal "
+                         "password or certificate")
+    return _UNNAMED_KINDS[kind]
+
+
+def _record_time(detection: Any) -> datetime:
+    when = detection.time
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _record_iso(detection: Any) -> str:
+    """The audit record's time as ISO 8601 UTC with milliseconds (``2024-05-01T10:00:00.123Z``)."""
+    return _record_time(detection).astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _sp_view(sp: Any) -> dict[str, Any]:
+    return {"object_id": sp.id, "app_id": sp.app_id, "display_name": sp.display_name,
+            "account_enabled": sp.account_enabled is not False, "service_principal_type": sp.service_principal_type}
+
+
+def credentials_started_at(ctx: ActionContext, object_id: str, tolerance: int) -> dict[str, Any] | None:
+    """The passwords (``azure_sp_password`` detections) or certificates (``azure_sp_key``) of the
+    application or service principal ``object_id`` and of its pair (same ``appId``), with those whose
+    ``startDateTime`` is within ``tolerance`` seconds of the audit record's time (``in_window``).
+
+    Why the start time names the credential an audit record logged without a KeyIdentifier: Graph's
+    ``addPassword`` sets ``startDateTime`` to "now" when the caller gives none (API reference:
+    https://learn.microsoft.com/graph/api/application-addpassword?view=graph-rest-1.0 , "The default
+    value is now"), in the very request the directory audits, so the record's ``activityDateTime`` and
+    the credential's ``startDateTime`` are one request's clock apart (well under a second). Clients
+    that send their own ``startDateTime`` (Azure CLI's ``az ad app credential reset`` sends its host's
+    UTC now) are off by that host's clock error plus the request's latency. The default window,
+    :data:`UNNAMED_WINDOW_SECONDS` (120 s either side), covers a host clock that is not synchronised
+    to the second with a wide margin, and stays narrow enough that a second credential of the same
+    kind added to the same object inside it is rare; when one is, nothing is guessed (more than one
+    in the window: no single match). A certificate's ``startDateTime`` is the certificate's own
+    ``notBefore`` (or what the client sent), often earlier than the upload: it matches only when
+    that falls in the window too. A credential backdated or post-dated by its creator never matches.
+
+    Returns ``{object_id, object_type, app_id, display_name, kind ("password"|"certificate"),
+    added_at (the record's time, ISO), tolerance_seconds, credentials: [CredentialAt], in_window:
+    [keyId], paired: {object_type, object_id} | None, service_principal: ServicePrincipalView | None
+    (the named one, or the application's service principal in this tenant)}``; ``None`` when
+    ``object_id`` does not exist. Raises :class:`GuardError` when the object, its pair or the service
+    principal is Cordon's own identity, or the detection is not a password / certificate one; Graph
+    errors (``ODataError``) propagate.
+    API: https://learn.microsoft.com/graph/api/resources/passwordcredential?view=graph-rest-1.0 ,
+    https://learn.microsoft.com/graph/api/resources/keycredential?view=graph-rest-1.0
+    """
+    noun, sdk_list, view, _ = _unnamed_kind(ctx.detection)
+    otype, when = _object_type(ctx), _record_time(ctx.detection)
+    _refuse_self(ctx, object_id, what=f"{otype} {object_id}")
+    obj = graph_read(ctx, lambda g: _graph_object(g, otype, object_id).get())
+    if obj is None:
+        return None
+    _refuse_self(ctx, obj.app_id, what=f"{otype} {object_id} (appId {obj.app_id})")
+    objects: list[tuple[str, str, Any]] = [(otype, object_id, obj)]
+    pair_type = "ServicePrincipal" if otype == "Application" else "Application"
+    pair = graph_read(ctx, lambda g: _by_app_id(g, pair_type, obj.app_id).get()) if obj.app_id else None
+    if pair is not None:
+        _refuse_self(ctx, pair.id, what=f"{pair_type} {pair.id} paired with {otype} {object_id}")
+        objects.append((pair_type, str(pair.id), pair))
+    creds: list[dict[str, Any]] = []
+    for t, oid, o in objects:
+        for c in getattr(o, sdk_list) or []:
+            v = view(c)
+            start = c.start_date_time
+            if isinstance(start, datetime) and start.tzinfo is None:
+                start = start.replace(tzinfo=UTC)
+            offset = round((start - when).total_seconds(), 3) if isinstance(start, datetime) else None
+            creds.append({"object_type": t, "object_id": oid, "key_id": (v["key_id"] or "").lower() or None,
+                          "display_name": v["display_name"], "start": v["start"], "end": v["end"],
+                          "offset_seconds": offset})
+    in_window = [c["key_id"] for c in creds
+                 if c["key_id"] and c["offset_seconds"] is not None and abs(c["offset_seconds"]) <= tolerance]
+    sp = obj if otype == "ServicePrincipal" else pair
+    return {"object_id": object_id, "object_type": otype, "app_id": obj.app_id, "display_name": obj.display_name,
+            "kind": noun, "added_at": _record_iso(ctx.detection), "tolerance_seconds": tolerance,
+            "credentials": creds, "in_window": in_window,
+            "paired": {"object_type": pair_type, "object_id": str(pair.id)} if pair is not None else None,
+            "service_principal": _sp_view(sp) if sp is not None else None}
+
+
+def _where(state: dict[str, Any]) -> str:
+    paired = state.get("paired")
+    return f"{state['object_type']} {state['object_id']}" + (
+        f" or its {paired['object_type']} {paired['object_id']}" if paired else "")
+
+
+def single_match(state: dict[str, Any]) -> tuple[str | None, str]:
+    """``(keyId, reason)`` of :func:`credentials_started_at`'s state: the keyId when exactly one
+    credential started in the window, else ``None``; ``reason`` says which, in words."""
+    noun, window = state["kind"], f"within {state['tolerance_seconds']} s of the record's time {state['added_at']}"
+    found = state["in_window"]
+    if len(found) == 1:
+        start = next(c["start"] for c in state["credentials"] if c["key_id"] == found[0])
+        return found[0], (f"exactly one {noun} on {_where(state)} started {window}: keyId {found[0]} "
+                          f"(startDateTime {start}); only it is removed")
+    what = f"no {noun}" if not found else f"{len(found)} {noun}s ({', '.join(found)})"
+    return None, (f"{what} of the {len(state['credentials'])} on {_where(state)} started {window}: the one the "
+                  "record added cannot be told apart, so the service principal is disabled instead")
+
+
+@register
+class RemoveUnnamedCredential(AzureContainmentAction):
+    """Contain a password or certificate that an audit record says was added to an application or
+    service principal but logs without a KeyIdentifier: remove exactly the one credential whose
+    ``startDateTime`` matches the record's time, or, when no single credential does, disable the
+    service principal (``accountEnabled: false``) and say why.
+
+    ``key_id`` is what ``azure.unnamed-credential`` found before the plan (``null`` when no single
+    credential of the detection's kind, on the object or its pair, started within ``tolerance_seconds``
+    of the record's time: :func:`credentials_started_at` documents the window and why). With a keyId:
+    it must still be a credential of that kind on the object or its pair whose ``startDateTime`` is
+    in the window, else ``GuardError`` (run ``refused``: it is not the credential the record added);
+    it is removed as ``azure.remove-sp-password`` (Graph ``removePassword``) or
+    ``azure.remove-sp-key`` (``PATCH keyCredentials`` without it) do, every other credential
+    untouched, the service principal left enabled. Without: the service principal (the named one, or
+    the application's own in this tenant) is disabled as ``azure.disable-service-principal`` does;
+    an application without a service principal here is refused (``GuardError``: nothing to disable,
+    a person must look). The plan's target says which, and why.
+
+    Guard: ``object_id`` must be the detection's credential owner or target; the object, its pair
+    and the service principal must not be Cordon's own.
+    State: :func:`credentials_started_at`'s (``credentials`` with their start times, ``in_window``,
+    ``service_principal`` with ``account_enabled``) plus ``{decision ("remove"|"disable"), key_id,
+    present, found_on}``; ``None`` when the object does not exist (``already_contained``). Contained
+    when the keyId is on neither object (remove), or the service principal is disabled (disable).
+    Rollback: a disabled service principal is enabled again (when it was enabled before); a removed
+    secret or certificate cannot be restored (``GuardError``, rollback ``failed`` with the reason).
+    Errors: ``ODataError`` (HTTP status in the message; kiota retries 429 / 503 / 504).
+    API: https://learn.microsoft.com/graph/api/serviceprincipal-removepassword?view=graph-rest-1.0 ,
+    https://learn.microsoft.com/graph/api/application-update?view=graph-rest-1.0 ,
+    https://learn.microsoft.com/graph/api/serviceprincipal-update?view=graph-rest-1.0
+
+    .. code-block:: yaml
+
+        contain:
+          - action: azure.remove-unnamed-credential
+            with:
+              object_id: "{{ credential.owner.uid }}"
+              key_id: "{{ enrichment['azure.unnamed-credential'].key_id }}"
+    """
+
+    name = "azure.remove-unnamed-credential"
+
+    class Params(Params):
+        object_id: Annotated[Guid, Identifies(*OWNER_PATHS)]
+        key_id: Annotated[Guid | None, Field(
+            description="keyId of the one credential that started at the record's time (from "
+                        "azure.unnamed-credential); null: no single one did, the service principal is disabled")]
+        object_type: ObjectType | SkipJsonSchema[None] = None
+        tolerance_seconds: Annotated[int, Field(ge=1, le=900)] = UNNAMED_WINDOW_SECONDS
+
+    class State(State):
+        object_id: str
+        object_type: ObjectTypeName
+        app_id: str | None
+        display_name: str | None
+        kind: Literal["password", "certificate"]
+        added_at: str
+        tolerance_seconds: int
+        credentials: list[CredentialAt]
+        in_window: list[str]
+        paired: ObjectRef | None
+        service_principal: ServicePrincipalView | None
+        decision: Literal["remove", "disable"]
+        key_id: str | None
+        present: bool
+        found_on: ObjectRef | None
+
+    permissions = ("Application.ReadWrite.All",)
+    credential_kinds = ("azure_sp_password", "azure_sp_key")
+    rollback_supported = True
+
+    def target(self, ctx: ActionContext) -> str:
+        noun = _UNNAMED_KINDS.get(ctx.detection.credential.kind if ctx.detection.credential else "",
+                                  ("credential",))[0]
+        p, otype = ctx.params, _object_type(ctx)
+        tol = p.get("tolerance_seconds", UNNAMED_WINDOW_SECONDS)
+        window = (f"started within {tol} s of the record's time {_record_iso(ctx.detection)}; "
+                  "the record logs no KeyIdentifier")
+        if p.get("key_id"):
+            return f"{otype} {p['object_id']} {noun} {p['key_id']} (the only {noun} that {window})"
+        sp = f"ServicePrincipal {p['object_id']}" if otype == "ServicePrincipal" else \
+            f"the ServicePrincipal of Application {p['object_id']}"
+        return f"{sp}: disable sign-in (fallback: no single {noun} on it or its pair {window})"
+
+    def read(self, ctx: ActionContext) -> dict[str, Any] | None:
+        tol = int(ctx.params.get("tolerance_seconds", UNNAMED_WINDOW_SECONDS))
+        state = credentials_started_at(ctx, ctx.params["object_id"], tol)
+        if state is None:
+            return None
+        key_id = str(ctx.params.get("key_id") or "").lower() or None
+        if key_id is None:
+            if state["service_principal"] is None:
+                raise GuardError(f"no single {state['kind']} on {_where(state)} started within {tol} s of the "
+                                 f"record's time, and {state['object_type']} {state['object_id']} has no service "
+                                 "principal in this tenant to disable: a person must find the credential")
+            return {**state, "decision": "disable", "key_id": None, "present": False, "found_on": None}
+        found = next((c for c in state["credentials"] if c["key_id"] == key_id), None)
+        if found is not None and key_id not in state["in_window"]:
+            raise GuardError(f"{state['kind']} {key_id} on {found['object_type']} {found['object_id']} started at "
+                             f"{found['start']}, not within {tol} s of the record's time {state['added_at']}: it "
+                             "is not the credential the record added")
+        where = {"object_type": found["object_type"], "object_id": found["object_id"]} if found else None
+        return {**state, "decision": "remove", "key_id": key_id, "present": found is not None, "found_on": where}
+
+    def is_contained(self, state: dict[str, Any] | None) -> bool:
+        if state is None:
+            return True
+        if state["decision"] == "remove":
+            return not state["present"]
+        return not state["service_principal"]["account_enabled"]
+
+    def plan_calls(self, ctx: ActionContext, state: dict[str, Any] | None) -> list[ApiCall]:
+        assert state is not None  # contained otherwise
+        if state["decision"] == "disable":
+            return [ApiCall(service="graph", operation="servicePrincipals.update",
+                            params={"id": state["service_principal"]["object_id"], "accountEnabled": False})]
+        found, remove = state["found_on"], _UNNAMED_KINDS[ctx.detection.credential.kind][3]
+        collection = "applications" if found["object_type"] == "Application" else "servicePrincipals"
+        return [ApiCall(service="graph", operation=f"{collection}.{remove}",
+                        params={"id": found["object_id"], "keyId": state["key_id"]})]
+
+    def undo_calls(self, ctx: ActionContext, before: dict[str, Any] | None) -> list[ApiCall]:
+        if not before:
+            return []
+        if before["decision"] == "remove":
+            raise GuardError(f"{before['kind']} {before['key_id']} was removed: a secret or certificate cannot be "
+                             "restored (adding one mints a new credential); nothing was rolled back")
+        sp = before.get("service_principal") or {}
+        if not sp.get("account_enabled"):
+            return []
+        return [ApiCall(service="graph", operation="servicePrincipals.update",
+                        params={"id": sp["object_id"], "accountEnabled": True})]
+
+
 @register
 class RemoveRoleAssignment(AzureContainmentAction):
     """Delete exactly one Azure RBAC role assignment by its full ARM ID
@@ -1386,6 +1661,55 @@ class ServicePrincipalFacts(EnrichmentAction):
 
 
 _GUID_RE = re.compile(GUID_PATTERN)
+
+
+@register
+class UnnamedCredentialFacts(EnrichmentAction):
+    """Which credential an audit record added without logging its KeyIdentifier: the passwords
+    (``azure_sp_password``) or certificates (``azure_sp_key``) of the application or service principal
+    and of its pair, and the one whose ``startDateTime`` is within ``tolerance_seconds`` of the record's
+    time (:func:`credentials_started_at`: the window and why it names the credential).
+
+    Returns :func:`credentials_started_at`'s state plus ``{key_id (the single match, else None),
+    found_on: {object_type, object_id} | None, decision ("remove"|"disable"), reason}``; for an object
+    that does not exist, ``{exists: false, object_id, key_id: None, decision: "disable", reason}``
+    (``azure.remove-unnamed-credential`` then finds nothing to contain). ``azure-sp-credential-unnamed``
+    renders ``azure.remove-unnamed-credential``'s ``key_id`` from it. Errors: ``ODataError``,
+    :class:`GuardError` (Cordon's own object) propagate (recorded as the enrichment's ``error``; the
+    playbook's containment then cannot be rendered and the guard refuses the case).
+    API: https://learn.microsoft.com/graph/api/serviceprincipal-get?view=graph-rest-1.0 ,
+    https://learn.microsoft.com/graph/api/application-get?view=graph-rest-1.0
+
+    .. code-block:: yaml
+
+        enrich:
+          - action: azure.unnamed-credential
+            with:
+              object_id: "{{ credential.owner.uid }}"
+    """
+
+    name = "azure.unnamed-credential"
+    provider = "azure"
+
+    class Params(Params):
+        object_id: Guid
+        object_type: ObjectType | SkipJsonSchema[None] = None
+        tolerance_seconds: Annotated[int, Field(ge=1, le=900)] = UNNAMED_WINDOW_SECONDS
+
+    permissions = ("Application.Read.All",)
+    credential_kinds = ("azure_sp_password", "azure_sp_key")
+
+    def run(self, ctx: ActionContext) -> dict[str, Any]:
+        oid = ctx.params["object_id"]
+        state = credentials_started_at(ctx, oid, int(ctx.params.get("tolerance_seconds", UNNAMED_WINDOW_SECONDS)))
+        if state is None:
+            return {"exists": False, "object_id": oid, "key_id": None, "found_on": None, "decision": "disable",
+                    "reason": f"{_object_type(ctx)} {oid} does not exist"}
+        key_id, reason = single_match(state)
+        found = next((c for c in state["credentials"] if key_id and c["key_id"] == key_id), None)
+        return {"exists": True, **state, "key_id": key_id, "reason": reason,
+                "found_on": {"object_type": found["object_type"], "object_id": found["object_id"]} if found else None,
+                "decision": "remove" if key_id else "disable"}
 
 
 @register

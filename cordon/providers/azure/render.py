@@ -95,3 +95,17 @@ def _actor(output: Mapping[str, Any], *, credential_uid: str | None = None) -> l
     roles = ", ".join(code(name_of(r, "display_name")) for r in facts.get("directory_roles") or [])
     return [f"*Actor* {code(who)} ({escape(actor.get('type') or 'unknown type')}){where}{agent}; {owns}"
             + (f"; roles {roles}" if roles else "")]
+
+
+@renderer("azure.unnamed-credential")
+def _unnamed_credential(output: Mapping[str, Any], *, credential_uid: str | None = None) -> list[str]:
+    """Which credential a record without a KeyIdentifier added: the single one whose startDateTime
+    matches the record's time (removed alone), or why none can be told apart (the service principal
+    is disabled instead). Shape: :class:`cordon.providers.azure.actions.UnnamedCredentialFacts`."""
+    reason = output.get("reason")
+    if not reason:
+        return []
+    if output.get("key_id"):
+        return [f"*Credential the record added* (no KeyIdentifier logged): {code(output['key_id'])}, "
+                f"{escape(clip(str(reason), 400))}"]
+    return [f":warning: *Credential the record added cannot be named*: {escape(clip(str(reason), 400))}"]
