@@ -604,6 +604,9 @@ def serve(host: str = "127.0.0.1", port: int = 8080) -> None:
         for line in str(exc).splitlines():
             err.print(f"[red]configuration error:[/red] {escape(line)}", highlight=False)
         raise typer.Exit(1) from None
+    from cordon.approvals.outbox import start_default_sender
+
+    start_default_sender()  # updates a click left queued go from here at once, not on a worker's next poll
     uvicorn.run(api, host=host, port=port)
 
 

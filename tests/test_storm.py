@@ -440,3 +440,38 @@ def test_work_left_by_a_killed_process_is_sent_by_another_once(url, slack):
     assert asked == {f"case-00000000k{i:03d}": 1 for i in range(3)}
     with survivor.engine.connect() as conn:
         assert conn.execute(cases_table.select().where(cases_table.c.pending == 1)).all() == []
+
+
+def test_cordon_serve_sends_what_was_left_queued(tmp_path, slack):
+    """``cordon serve`` runs the outbox's sender too: a request left queued for the channel's rate
+    slot (here by another process, with no worker anywhere) is posted by the server process and
+    asked once. Without it, what a click left queued waited for a worker's next poll."""
+    import os
+
+    from cordon.audit.ledger import Ledger
+    from tests.helpers import config_with_approvers, wait_for
+    from tests.test_production import Replica
+
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    box = Outbox(url, post_interval=1.0)
+    client = make_client("xoxb-test", base_url=slack.base_url)
+    for i in range(2):
+        case_id = f"case-00000000s{i:03d}"
+        blocks, text = case_blocks(case_id, f"arn:aws:iam::1:user/s{i}")
+        box.request_approval(client, channel=CHANNEL, case_id=case_id, actor_key=f"s{i}", blocks=blocks, text=text,
+                             asked=_asked(case_id), wait=False)
+    assert len(slack.messages(CHANNEL)) == 1  # the second waits in the outbox
+    env = {**os.environ, "CORDON_DATABASE_URL": url, "CORDON_SLACK_BOT_TOKEN": "xoxb-test",
+           "CORDON_SLACK_API_URL": slack.base_url, "CORDON_SLACK_SIGNING_SECRET": "s3cr3t-signing",
+           "CORDON_WEBHOOK_TOKEN": "wh-serve", "CORDON_SLACK_CHANNEL": CHANNEL,
+           "CORDON_CONFIG": str(config_with_approvers(tmp_path))}
+    replica = Replica(env, tmp_path / "serve.log")
+    try:
+        wait_for(replica.healthy, 60, "cordon serve")
+        wait_for(lambda: len(buttons_by_case(slack)) == 2, 30, "cordon serve's sender to post the queued request")
+        wait_for(lambda: len(list(Ledger(url).records(kind_prefix="approval.asked"))) >= 2, 30,
+                 "the queued request's approval.asked")
+    finally:
+        replica.stop()
+    asked = Counter(r.case_id for r in Ledger(url).records(kind_prefix="approval.asked"))
+    assert asked == {"case-00000000s000": 1, "case-00000000s001": 1}

@@ -810,6 +810,22 @@ def default_outbox() -> Outbox:
         return _outboxes[url]
 
 
+def start_default_sender() -> threading.Thread | None:
+    """The process's outbox sender (:meth:`Outbox.start_sender` on :func:`default_outbox`, the
+    client from :func:`cordon.slack.client.web_client`), started by every ``cordon worker`` and
+    ``cordon serve``: it posts the requests, updates and thread replies that runs and clicks left
+    queued rather than wait for a channel's rate slot, in this process (at once, woken by
+    :attr:`Outbox.kick`) or another (on its next poll). Several senders share the work through
+    per-row claims. ``None`` (nothing started) without ``CORDON_SLACK_BOT_TOKEN``."""
+    import os
+
+    if not os.environ.get("CORDON_SLACK_BOT_TOKEN"):
+        return None
+    from cordon.slack.client import web_client
+
+    return default_outbox().start_sender(lambda: web_client({}))
+
+
 def request_approval(client: WebClient, *, channel: str, case_id: str, actor_key: str | None,
                      blocks: list[dict[str, Any]], text: str, outbox: Outbox | None = None,
                      asked: dict[str, Any] | None = None, wait: bool = True) -> dict[str, Any] | None:

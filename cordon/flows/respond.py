@@ -480,18 +480,6 @@ def respond(case_id: str, playbook: str, approval: ApprovalMode = "console", clo
             return replan_task(case_id, summary, cloud, slack or {}, attempt)
     return finish(case_id, summary)
 
-def _start_outbox_sender() -> None:
-    """The Slack outbox's sender in this worker (:meth:`cordon.approvals.outbox.Outbox.start_sender`):
-    it posts the requests, updates and thread replies that runs left queued rather than wait for
-    a channel's rate slot, in this process or another. Only with a bot token."""
-    if not os.environ.get("CORDON_SLACK_BOT_TOKEN"):
-        return
-    from cordon.approvals.outbox import default_outbox
-    from cordon.slack.client import web_client
-
-    default_outbox().start_sender(lambda: web_client({}))
-
-
 def serve(name: str = "respond", sweeper_interval: int | None = None) -> None:  # pragma: no cover - durability test
     """Serve the respond flow as the ``respond/<name>`` deployment (``cordon worker``); with
     ``sweeper_interval`` (seconds), also the approval sweeper as ``approval-sweeper/sweeper`` on
@@ -499,7 +487,9 @@ def serve(name: str = "respond", sweeper_interval: int | None = None) -> None:  
 
     Runs execute warm, in threads of this process (:class:`cordon.runner.WarmRunner`); with
     ``CORDON_RUNNER=process``, in a new process each as Prefect's own runner does (``flow.serve``)."""
-    _start_outbox_sender()
+    from cordon.approvals.outbox import start_default_sender
+
+    start_default_sender()  # what runs left queued for a channel's rate slot
     deployments = [(respond, respond.to_deployment(name=name))]
     if sweeper_interval:
         from cordon.flows.sweeper import sweep_approvals
