@@ -105,6 +105,16 @@ class EventEnvelope:
         return f"'...{self.detail_type[1:]}'" if self.detail_type.startswith("*") else f"'{self.detail_type}'"
 
 
+@dataclass(frozen=True)
+class ActorAccess:
+    """What :meth:`Provider.actor_access` answers: ``detection``, the derived detection whose
+    ``credential`` is the actor's own access (an access key, a role's sessions), and ``playbook``,
+    the name of the playbook that contains it."""
+
+    detection: Any
+    playbook: str
+
+
 class Provider:
     """Base class of a cloud provider package (see the module docstring for what it declares)."""
 
@@ -165,6 +175,14 @@ class Provider:
         """Whether two different uids name one principal by this provider's rules (called only
         when they differ ignoring case); default ``False``."""
         return False
+
+    def actor_access(self, detection: Any) -> ActorAccess | None:
+        """The actor's own access behind ``detection`` (a :class:`cordon.detections.model.Detection`
+        that named a credential someone added): what the actor signed that call with, as a
+        detection of its own and the playbook that contains it, so the key that did it is
+        answered, not only what it created (issue 14). ``None`` (the default) when the provider
+        cannot name it, or must not (a root user, a cloud service)."""
+        return None
 
     def check_config(self, config: Any) -> str | None:
         """Check this provider's section of ``cordon.yaml`` (``config``: a

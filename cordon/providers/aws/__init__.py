@@ -49,6 +49,7 @@ class AwsProvider(Provider):
         "aws_iam_user": "a created cloud account (T1136.003), uid = user name",
         "aws_policy_grant": "an admin policy attached / put on a user, uid = policy ARN or inline name",
         "aws_ssh_public_key": "an IAM user's SSH public key (CodeCommit), uid = SSHPublicKeyId (APKA...)",
+        "aws_role_sessions": "the sessions of an assumed role an actor signed with, uid = role ARN",
     }
 
     #: what a new credential of each kind is called in Slack, and the word joining it to its owner
@@ -61,6 +62,7 @@ class AwsProvider(Provider):
     "aws_iam_user": ("New IAM user", ""),
     "aws_policy_grant": ("Admin policy granted", "to"),
     "aws_ssh_public_key": ("New SSH public key", "for"),
+    "aws_role_sessions": ("Sessions of the role that did it", "of"),
     }
 
     @property
@@ -87,6 +89,13 @@ class AwsProvider(Provider):
             if own_key and own_key == detection.credential.uid:
                 return "the credential is the access key Cordon signs with"
         return None
+
+    def actor_access(self, detection: Any) -> Any:
+        """The access key or role sessions the actor signed the call with
+        (:func:`cordon.providers.aws.actor.actor_access`)."""
+        from cordon.providers.aws.actor import actor_access
+
+        return actor_access(detection)
 
     def same_principal(self, a: str, b: str) -> bool:
         """An assumed-role session ARN (``arn:aws:sts::1:assumed-role/R/session``) names its role

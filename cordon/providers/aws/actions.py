@@ -686,8 +686,28 @@ def _revoke_time(doc: Any) -> datetime | None:
         return None
 
 
+class _RevokeOlderSessions(AwsContainmentAction):
+    """What both session revocations share: the cut-off time (``issued_before``, default now to the
+    second) and whether the ``CordonRevokeOlderSessions`` document read covers it."""
+
+    def issued_before(self, ctx: ActionContext) -> datetime:
+        value = ctx.params.get("issued_before")
+        if value:
+            return _parse_iso(str(value))
+        return datetime.now(UTC).replace(microsecond=0)
+
+    def _covers(self, ctx: ActionContext, document: Any) -> dict[str, Any]:
+        """``{issued_before, covers_requested}`` for the revocation ``document`` (``None``: none)."""
+        current = _revoke_time(document) if document else None
+        return {"issued_before": _iso(current) if current else None,
+                "covers_requested": bool(current and current >= self.issued_before(ctx))}
+
+    def is_contained(self, state: dict[str, Any] | None) -> bool:
+        return state is None or bool(state["covers_requested"])
+
+
 @register
-class RevokeSessions(_InlinePolicyAction):
+class RevokeSessions(_RevokeOlderSessions, _InlinePolicyAction):
     """Revoke an IAM user's temporary sessions issued before a time: inline policy
     ``CordonRevokeOlderSessions`` = Deny ``*`` on ``*`` when ``aws:TokenIssueTime`` <
     ``issued_before`` (``iam:PutUserPolicy``).
@@ -728,12 +748,6 @@ class RevokeSessions(_InlinePolicyAction):
     credential_kinds = ("aws_federation_token", "aws_access_key", "aws_login_profile", "aws_iam_user")
     rollback_supported = True
 
-    def issued_before(self, ctx: ActionContext) -> datetime:
-        value = ctx.params.get("issued_before")
-        if value:
-            return _parse_iso(str(value))
-        return datetime.now(UTC).replace(microsecond=0)
-
     def target(self, ctx: ActionContext) -> str:
         when = _iso(self.issued_before(ctx))
         return f"{_user_arn(ctx, ctx.params['user_name'])} sessions issued before {when}"
@@ -742,13 +756,7 @@ class RevokeSessions(_InlinePolicyAction):
         state = self._read_inline(ctx, ctx.params["user_name"], REVOKE_POLICY_NAME)
         if state is None:
             return None
-        current = _revoke_time(state["document"]) if state["exists"] else None
-        state["issued_before"] = _iso(current) if current else None
-        state["covers_requested"] = bool(current and current >= self.issued_before(ctx))
-        return state
-
-    def is_contained(self, state: dict[str, Any] | None) -> bool:
-        return state is None or bool(state["covers_requested"])
+        return {**state, **self._covers(ctx, state["document"] if state["exists"] else None)}
 
     def plan_calls(self, ctx: ActionContext, state: dict[str, Any] | None) -> list[ApiCall]:
         doc = revoke_policy_document(self.issued_before(ctx))
@@ -761,6 +769,103 @@ class RevokeSessions(_InlinePolicyAction):
 
 
 QUARANTINE_DOCUMENT = {"Version": "2012-10-17", "Statement": [_deny_all_statement(QUARANTINE_POLICY_NAME)]}
+
+
+RoleName = Annotated[str, Field(pattern=r"^[\w+=,.@-]{1,64}$", description="IAM role name")]
+
+
+class RoleSessionsState(State):
+    """The role's ``CordonRevokeOlderSessions`` inline policy as :class:`RevokeRoleSessions` reads it."""
+
+    role_name: str
+    role_arn: str
+    policy_name: str
+    exists: bool
+    document: dict[str, Any] | None
+    issued_before: IsoTime | None
+    covers_requested: bool
+
+
+@register
+class RevokeRoleSessions(_RevokeOlderSessions):
+    """Revoke every session of an IAM role issued before a time: the role's inline policy
+    ``CordonRevokeOlderSessions`` = Deny ``*`` on ``*`` when ``aws:TokenIssueTime`` <
+    ``issued_before`` (``iam:PutRolePolicy``), what the IAM console's *Revoke active sessions*
+    does. The answer to an attacker holding a role's temporary credentials (an EC2 instance role's
+    stolen from the metadata service, a hijacked CI role session): those credentials stop working,
+    new sessions (the instance, the pipeline assuming the role again) are not affected.
+
+    Params: ``role_name``; ``issued_before`` (ISO 8601; default: now, truncated to the second; pass
+    it explicitly, e.g. ``{{ now }}``, so the plan does not change between dry run and run).
+    State: ``{role_name, role_arn, policy_name, exists, document, issued_before, covers_requested}``
+    (``None`` if the role does not exist). Contained when the policy exists with an
+    ``issued_before`` equal to or later than the requested one. A service-linked role (path
+    ``/aws-service-role/``) is refused: AWS owns it and it takes no inline policy. Rollback: put
+    back the previous document if there was one, else ``DeleteRolePolicy`` of exactly that policy.
+    API: https://docs.aws.amazon.com/IAM/latest/UserGuide/id_roles_use_revoke-sessions.html
+
+    .. code-block:: yaml
+
+        contain:
+          - action: aws.revoke-role-sessions
+            with:
+              role_name: "{{ credential.owner.name }}"
+              issued_before: "{{ now }}"
+    """
+
+    name = "aws.revoke-role-sessions"
+
+    class Params(Params):
+        role_name: Annotated[RoleName, Identifies("credential.owner.name", "target.name")]
+        issued_before: Annotated[str, Field(min_length=10)] | SkipJsonSchema[None] = None
+
+    State = RoleSessionsState
+
+    permissions = ("iam:GetRole", "iam:GetRolePolicy", "iam:PutRolePolicy", "iam:DeleteRolePolicy")
+    credential_kinds = ("aws_role_sessions",)
+    rollback_supported = True
+
+    def target(self, ctx: ActionContext) -> str:
+        role = ctx.params["role_name"]
+        account = ctx.detection.account_uid or "-"
+        return f"arn:aws:iam::{account}:role/{role} sessions issued before {_iso(self.issued_before(ctx))}"
+
+    def read_state(self, ctx: ActionContext) -> dict[str, Any] | None:
+        iam = self.client(ctx)
+        role = ctx.params["role_name"]
+        try:
+            got = iam.get_role(RoleName=role)["Role"]
+        except ClientError as err:
+            if _error_code(err) == "NoSuchEntity":
+                return None
+            raise
+        if str(got.get("Path", "")).startswith("/aws-service-role/"):
+            raise GuardError(f"role {got['Arn']} is service-linked: AWS owns it; revoke its sessions by hand")
+        try:
+            doc = _policy_doc(iam.get_role_policy(RoleName=role, PolicyName=REVOKE_POLICY_NAME)["PolicyDocument"])
+            exists = True
+        except ClientError as err:
+            if _error_code(err) != "NoSuchEntity":
+                raise
+            doc, exists = None, False
+        return {"role_name": role, "role_arn": got["Arn"], "policy_name": REVOKE_POLICY_NAME, "exists": exists,
+                "document": doc, **self._covers(ctx, doc)}
+
+    def plan_calls(self, ctx: ActionContext, state: dict[str, Any] | None) -> list[ApiCall]:
+        doc = revoke_policy_document(self.issued_before(ctx))
+        return [ApiCall(service="iam", operation="PutRolePolicy",
+                        params={"RoleName": ctx.params["role_name"], "PolicyName": REVOKE_POLICY_NAME,
+                                "PolicyDocument": json.dumps(doc, sort_keys=True)})]
+
+    def undo_calls(self, ctx: ActionContext, before: dict[str, Any] | None) -> list[ApiCall]:
+        if not before:
+            return []
+        if before.get("exists"):
+            return [ApiCall(service="iam", operation="PutRolePolicy",
+                            params={"RoleName": before["role_name"], "PolicyName": before["policy_name"],
+                                    "PolicyDocument": json.dumps(before["document"])})]
+        return [ApiCall(service="iam", operation="DeleteRolePolicy",
+                        params={"RoleName": before["role_name"], "PolicyName": before["policy_name"]})]
 
 
 @register
