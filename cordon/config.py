@@ -1,9 +1,9 @@
 """Cordon's configuration: the folder in ``CORDON_CONFIG`` (default: the shipped ``cordon/defaults/``,
 package data, so an installed wheel finds it from any directory).
 
-``cordon.yaml`` holds the rules and playbooks locations, the protected principals and the
-Slack settings; secrets come from the environment only (``CORDON_SLACK_BOT_TOKEN``,
-``CORDON_SLACK_SIGNING_SECRET``, ``CORDON_WEBHOOK_TOKEN``), never from files.
+``cordon.yaml`` holds the rules and playbooks locations, the protected principals, the
+infrastructure principals and the Slack settings; secrets come from the environment only
+(``CORDON_SLACK_BOT_TOKEN``, ``CORDON_SLACK_SIGNING_SECRET``, ``CORDON_WEBHOOK_TOKEN``), never from files.
 ``CORDON_SLACK_CHANNEL`` overrides ``slack.channel``. The ledger's checkpoint signing key is
 ``CORDON_LEDGER_KEY`` (with ``CORDON_LEDGER_OLD_KEYS``, ``CORDON_LEDGER_CHECKPOINT_EVERY``; read by
 :mod:`cordon.audit.checkpoint`); its database ``CORDON_DATABASE_URL`` and ``CORDON_DB_AUTO_UPGRADE``.
@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,26 +38,36 @@ class Config:
     ``rules_dir`` is an absolute path, or, without ``rules:`` in ``cordon.yaml``, every provider's
     shipped rules folder (:func:`cordon.providers.shipped_rule_dirs`; :meth:`cordon.sigma.RuleSet.load`
     takes either); ``playbooks_dir`` is an absolute path; ``protected_principals`` shell-style
-    patterns (``fnmatch``) over ARNs; ``slack_channel`` a channel ID; ``approvers`` Slack user IDs.
+    patterns (``fnmatch``) over ARNs; ``infrastructure_principals`` the same over the actor's ARN
+    and the role behind its session (infrastructure as code: a playbook's ``when:
+    actor_is_infrastructure`` asks them); ``slack_channel`` a channel ID; ``approvers`` Slack user IDs.
     """
 
     directory: Path
     rules_dir: Path | tuple[Path, ...]
     playbooks_dir: Path
     protected_principals: list[str] = field(default_factory=list)
+    infrastructure_principals: list[str] = field(default_factory=list)
     slack_channel: str = ""
     approvers: list[str] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict)
 
     def is_protected(self, *arns: str | None) -> str | None:
         """The first pattern that any of ``arns`` matches, or ``None``."""
-        for arn in arns:
-            if not arn:
-                continue
-            for pattern in self.protected_principals:
-                if fnmatch.fnmatchcase(arn, pattern):
-                    return pattern
-        return None
+        return first_pattern(self.protected_principals, *arns)
+
+
+def first_pattern(patterns: Iterable[str], *arns: str | None) -> str | None:
+    """The first of ``patterns`` (shell-style, ``fnmatch``, case-sensitive) that any of ``arns``
+    matches, trying the ARNs in order; ``None`` when none does (empty or ``None`` ARNs never match)."""
+    patterns = list(patterns)
+    for arn in arns:
+        if not arn:
+            continue
+        for pattern in patterns:
+            if fnmatch.fnmatchcase(arn, pattern):
+                return pattern
+    return None
 
 
 def config_dir() -> Path:
@@ -109,6 +120,7 @@ class CordonYaml(_Strict):
     rules: str | None = None  # relative to the folder; absent: each provider's shipped rules (providers/<cloud>/rules)
     playbooks: str | None = None  # absent: the shipped playbooks (cordon/defaults/playbooks)
     protected_principals: list[str] = []
+    infrastructure_principals: list[str] = []
     slack: SlackSection | None = None
     approval: ApprovalSection | None = None
 
@@ -239,6 +251,7 @@ def load_config(directory: str | Path | None = None) -> Config:
         rules_dir=(d / data["rules"]).resolve() if data.get("rules") else shipped_rule_dirs(),
         playbooks_dir=(d / data["playbooks"]).resolve() if data.get("playbooks") else DEFAULTS / "playbooks",
         protected_principals=protected,
+        infrastructure_principals=[str(p) for p in data.get("infrastructure_principals") or []],
         slack_channel=os.environ.get("CORDON_SLACK_CHANNEL") or str(slack.get("channel", "")),
         approvers=[str(a) for a in approvers],
         raw=data,

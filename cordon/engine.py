@@ -27,7 +27,7 @@ from cordon.detections.errors import Rejected
 from cordon.detections.intake import read_bytes, read_inputs
 from cordon.detections.model import Detection
 from cordon.detections.pipeline import DetectStats, detect
-from cordon.playbooks.schema import Playbook, load_playbooks, route
+from cordon.playbooks.schema import Playbook, load_playbooks, route, routed_because
 from cordon.recovery import DEPLOYMENT, IN_PROCESS, RunCheck, check_case, claim_attempt, idempotency_key, process_ref
 from cordon.respond import CaseSummary
 from cordon.sigma import RuleSet
@@ -162,13 +162,16 @@ class Responder:
             self.ledger.append("detection.received", received, actor=detection.actor.user.uid)
             self.ledger.append("detection.suppressed", {"uid": detection.uid, "reason": detection.suppressed})
             return None
-        pb = playbook or route(self.playbooks, detection)
+        infrastructure = self.config.infrastructure_principals
+        pb = playbook or route(self.playbooks, detection, infrastructure)
+        because = None if playbook else routed_because(pb, detection, infrastructure)
         result = self.ledger.open_case(detection.case_key(), detection.uid, detection.model_dump(mode="json"),
                                        pb.name if pb else None)
         self.ledger.append("detection.received", received, case_id=result.case_id, actor=detection.actor.user.uid)
         if result.opened:
             self.ledger.append("case.opened", {"case_key": detection.case_key(), "detection_uid": detection.uid,
-                                               "playbook": pb.name if pb else None, "by": process_ref()},
+                                               "playbook": pb.name if pb else None, "by": process_ref(),
+                                               **({"because": because} if because else {})},
                                case_id=result.case_id)
             if pb is None:
                 self.ledger.set_case(result.case_id, status="no_playbook")

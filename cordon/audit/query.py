@@ -455,7 +455,8 @@ def describe(record: LedgerRecord) -> str:
     if k == "detection.suppressed":
         return f"Detection suppressed: {p.get('reason')}"
     if k == "case.opened":
-        return f"Case opened (key {p.get('case_key')}, playbook {p.get('playbook') or 'none'})"
+        because = f": {p['because']}" if p.get("because") else ""
+        return f"Case opened (key {p.get('case_key')}, playbook {p.get('playbook') or 'none'}){because}"
     if k == "case.joined":
         dup = " (a detection seen before)" if p.get("duplicate") else ""
         return f"Detection {p.get('detection_uid')} joined the open case{dup}"

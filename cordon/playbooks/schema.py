@@ -12,6 +12,8 @@ A playbook (``cordon/defaults/playbooks/*.yaml``) is data, not code::
       event_names: [CreateAccessKey]   # optional
       technique_ids: [T1098.001]       # optional, any of
       min_severity: low                # optional
+      actor_is_infrastructure: true    # optional: only (false: never) when the actor is one of
+                                       # cordon.yaml's infrastructure_principals
     enrich:
       - action: aws.iam-user
         with: {user_name: "{{ credential.owner.name }}"}
@@ -39,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -50,6 +53,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cordon.action import Action, get_action
+from cordon.config import first_pattern
 from cordon.detections.model import SEVERITY_IDS, Detection, Provider
 
 
@@ -75,7 +79,14 @@ def parse_duration(text: str) -> int:
 
 
 class When(BaseModel):
-    """Which detections a playbook answers. Empty lists mean "any"."""
+    """Which detections a playbook answers. Empty lists mean "any".
+
+    ``actor_is_infrastructure``: ``true`` answers only detections whose actor is an
+    infrastructure principal (:func:`infrastructure_pattern`: its ARN, or the role behind its
+    session, matches a pattern of ``infrastructure_principals`` in ``cordon.yaml``); ``false`` only
+    those whose actor is not; unset (the default) either. With no patterns configured no actor is
+    one, so a ``true`` clause never matches.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -87,10 +98,15 @@ class When(BaseModel):
     technique_ids: list[str] = Field(default_factory=list)
     min_severity: Literal["unknown", "informational", "low", "medium", "high", "critical"] = "unknown"
     requires_credential: bool = True
+    actor_is_infrastructure: bool | None = None
 
-    def matches(self, d: Detection) -> bool:
-        """Whether detection ``d`` satisfies every clause."""
+    def matches(self, d: Detection, infrastructure: Sequence[str] = ()) -> bool:
+        """Whether detection ``d`` satisfies every clause; ``infrastructure`` is the configured
+        ``infrastructure_principals`` (patterns), asked only by ``actor_is_infrastructure``."""
         if d.provider != self.provider:
+            return False
+        if (self.actor_is_infrastructure is not None
+                and (infrastructure_pattern(d, infrastructure) is not None) != self.actor_is_infrastructure):
             return False
         if self.requires_credential and (d.credential is None or not d.credential.uid):
             return False
@@ -474,12 +490,38 @@ def _parse_playbooks(texts: list[tuple[str, str]]) -> list[Playbook]:
     return sorted(books, key=lambda b: (b.priority, b.name))
 
 
-def route(playbooks: list[Playbook], detection: Detection) -> Playbook | None:
+def route(playbooks: list[Playbook], detection: Detection, infrastructure: Sequence[str] = ()) -> Playbook | None:
     """The playbook that answers ``detection``: the first (by priority, then name) whose
-    ``when`` matches. ``None`` for suppressed detections and when nothing matches."""
+    ``when`` matches, ``infrastructure`` being the configured ``infrastructure_principals``
+    (:attr:`cordon.config.Config.infrastructure_principals`). ``None`` for suppressed detections
+    and when nothing matches."""
     if detection.suppressed:
         return None
     for pb in playbooks:
-        if pb.when.matches(detection):
+        if pb.when.matches(detection, infrastructure):
             return pb
     return None
+
+
+def infrastructure_pattern(detection: Detection, infrastructure: Sequence[str]) -> str | None:
+    """The first of the ``infrastructure`` patterns (``infrastructure_principals`` in
+    ``cordon.yaml``, shell-style like ``protected_principals``) that the detection's actor matches:
+    its ARN (``actor.user.uid``), then the role that issued its session (``actor.session_issuer``).
+    ``None`` when the actor is not an infrastructure principal."""
+    return first_pattern(infrastructure, detection.actor.user.uid, detection.actor.session_issuer)
+
+
+def routed_because(playbook: Playbook | None, detection: Detection, infrastructure: Sequence[str]) -> str | None:
+    """Why :func:`route` chose ``playbook`` for ``detection`` when its actor decided it (a
+    ``when: actor_is_infrastructure: true`` playbook): the actor, the role behind its session and the
+    pattern matched, in one sentence for the ledger (``case.opened``). ``None`` otherwise."""
+    if playbook is None or not playbook.when.actor_is_infrastructure:
+        return None
+    pattern = infrastructure_pattern(detection, infrastructure)
+    if pattern is None:
+        return None
+    actor = detection.actor
+    issuer = f" (session issued by {actor.session_issuer})" if actor.session_issuer else ""
+    triage = "" if playbook.contain else ", triage: nothing contained"
+    return (f"actor {actor.user.uid or '-'}{issuer} matches infrastructure_principals pattern {pattern!r}: "
+            f"answered by {playbook.name}{triage}")
