@@ -40,7 +40,10 @@ class Config:
     takes either); ``playbooks_dir`` is an absolute path; ``protected_principals`` shell-style
     patterns (``fnmatch``) over ARNs; ``infrastructure_principals`` the same over the actor's ARN
     and the role behind its session (infrastructure as code: a playbook's ``when:
-    actor_is_infrastructure`` asks them); ``slack_channel`` a channel ID; ``approvers`` Slack user IDs.
+    actor_is_infrastructure`` asks them); ``actor_access`` whether a detection that named an added
+    credential also opens a case for the access its actor signed with
+    (:meth:`cordon.providers.Provider.actor_access`); ``slack_channel`` a channel ID; ``approvers``
+    Slack user IDs.
     """
 
     directory: Path
@@ -48,6 +51,7 @@ class Config:
     playbooks_dir: Path
     protected_principals: list[str] = field(default_factory=list)
     infrastructure_principals: list[str] = field(default_factory=list)
+    actor_access: bool = False
     slack_channel: str = ""
     approvers: list[str] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict)
@@ -121,6 +125,7 @@ class CordonYaml(_Strict):
     playbooks: str | None = None  # absent: the shipped playbooks (cordon/defaults/playbooks)
     protected_principals: list[str] = []
     infrastructure_principals: list[str] = []
+    actor_access: bool = False
     slack: SlackSection | None = None
     approval: ApprovalSection | None = None
 
@@ -252,6 +257,7 @@ def load_config(directory: str | Path | None = None) -> Config:
         playbooks_dir=(d / data["playbooks"]).resolve() if data.get("playbooks") else DEFAULTS / "playbooks",
         protected_principals=protected,
         infrastructure_principals=[str(p) for p in data.get("infrastructure_principals") or []],
+        actor_access=bool(data.get("actor_access", False)),
         slack_channel=os.environ.get("CORDON_SLACK_CHANNEL") or str(slack.get("channel", "")),
         approvers=[str(a) for a in approvers],
         raw=data,

@@ -28,6 +28,7 @@ from cordon.detections.intake import read_bytes, read_inputs
 from cordon.detections.model import Detection
 from cordon.detections.pipeline import DetectStats, detect
 from cordon.playbooks.schema import Playbook, load_playbooks, route, routed_because
+from cordon.providers import get_provider
 from cordon.recovery import DEPLOYMENT, IN_PROCESS, RunCheck, check_case, claim_attempt, idempotency_key, process_ref
 from cordon.respond import CaseSummary
 from cordon.sigma import RuleSet
@@ -141,17 +142,54 @@ class Responder:
             report.detections += 1
             item = redact_detection(item)  # before anything leaves the process: stdout, Prefect, Slack, ledger
             ticket = self.accept(item)
-            if ticket is not None and ticket.run:
-                ticket.run = ticket.case_id not in to_run
-                to_run.add(ticket.case_id)
-            if ticket is None:
-                report.suppressed.append(item)
-            elif ticket.opened:
-                report.cases.append(ticket)
-            else:
-                report.joined.append(ticket)
+            self._file(report, to_run, ticket, item)
+            if ticket is not None and ticket.opened and self.config.actor_access:
+                actor = self.accept_actor_access(ticket)
+                if actor is not None:
+                    self._file(report, to_run, actor, actor.detection)
         report.records_read = stats.records_read
         return report
+
+    @staticmethod
+    def _file(report: IntakeReport, to_run: set[str], ticket: CaseTicket | None, detection: Detection) -> None:
+        """Put one accepted detection's ticket in ``report`` (one run per case per intake)."""
+        if ticket is not None and ticket.run:
+            ticket.run = ticket.case_id not in to_run
+            to_run.add(ticket.case_id)
+        if ticket is None:
+            report.suppressed.append(detection)
+        elif ticket.opened:
+            report.cases.append(ticket)
+        else:
+            report.joined.append(ticket)
+
+    def accept_actor_access(self, ticket: CaseTicket) -> CaseTicket | None:
+        """Open (or join) the case of the access ``ticket``'s actor signed with
+        (:meth:`cordon.providers.Provider.actor_access`: an AWS access key, an assumed role's
+        sessions), answered by the playbook the provider names, when ``actor_access`` is on in
+        ``cordon.yaml``. Only behind a case whose playbook contains (a triage playbook's actor, an
+        infrastructure role, is left alone). Both cases get a ``case.actor_access`` record naming
+        the other. ``None`` when there is nothing to open (no actor access, or its playbook is not
+        loaded: ``actor_access.no_playbook`` on the first case)."""
+        if ticket.playbook is None or not ticket.playbook.contain:
+            return None
+        access = get_provider(ticket.detection.provider).actor_access(ticket.detection)
+        if access is None:
+            return None
+        pb = self.playbook_named(access.playbook)
+        if pb is None:
+            self.ledger.append("actor_access.no_playbook", {"playbook": access.playbook}, case_id=ticket.case_id)
+            return None
+        actor = self.accept(access.detection, playbook=pb)
+        if actor is None:
+            return None
+        cred = access.detection.credential
+        what = {"kind": cred.kind, "uid": cred.uid, "owner": cred.owner.uid} if cred else None
+        self.ledger.append("case.actor_access", {"actor_case": actor.case_id, "credential": what,
+                                                 "opened": actor.opened}, case_id=ticket.case_id)
+        self.ledger.append("case.actor_access", {"revealed_by_case": ticket.case_id, "credential": what},
+                           case_id=actor.case_id)
+        return actor
 
     def accept(self, detection: Detection, playbook: Playbook | None = None) -> CaseTicket | None:
         """Record one detection and open or join its case. ``None`` for suppressed detections.

@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from cordon.action import ActionContext, GuardError, get_action
+from cordon.audit.ledger import Ledger
+from cordon.config import DEFAULTS, load_config
+from cordon.engine import Responder
 from cordon.providers import get_provider
-from tests.conftest import detection_from_event, stratus_event
+from tests.conftest import SHARED_DATA, detection_from_event, stratus_event, stratus_events
 
 ADMIN_USER_LOG = "aws.persistence.iam-create-admin-user"
 ACCOUNT = "111122223333"
@@ -118,3 +124,94 @@ def test_a_service_linked_role_is_refused(aws):
     with pytest.raises(GuardError, match="service-linked"):
         get_action("aws.revoke-role-sessions")().plan(_ctx(aws, derived, role_name=ROLE))
     assert iam.list_role_policies(RoleName=ROLE)["PolicyNames"] == []
+
+
+# -- the whole path: intake opens the actor's case, the sandbox contains it ---------------------------
+needs_corpus = pytest.mark.skipif(not SHARED_DATA.exists(),
+                                  reason=f"{SHARED_DATA} is absent (../shared not beside the repo)")
+
+
+def config_folder(dest: Path, **keys: Any) -> Path:
+    """The shipped ``cordon.yaml`` with ``keys`` set, in ``dest``."""
+    dest.mkdir(parents=True)
+    data = yaml.safe_load((DEFAULTS / "cordon.yaml").read_text())
+    data["playbooks"] = str(DEFAULTS / "playbooks")
+    data.update(keys)
+    (dest / "cordon.yaml").write_text(yaml.safe_dump(data))
+    return dest
+
+
+def responder_with(tmp_path: Path, monkeypatch, **keys: Any) -> Responder:
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    folder = config_folder(tmp_path / "config", **keys)
+    monkeypatch.setenv("CORDON_DATABASE_URL", url)
+    monkeypatch.setenv("CORDON_CONFIG", str(folder))
+    return Responder(config=load_config(folder), ledger=Ledger(url))
+
+
+@needs_corpus
+def test_the_key_that_made_a_backdoor_admin_is_contained_with_what_it_made(tmp_path, monkeypatch, prefect_server,
+                                                                           aws):
+    """Stratus Red Team's iam-create-admin-user: one IAM user's key creates a user, attaches
+    AdministratorAccess and creates an access key. With ``actor_access`` on: three cases for what it
+    made and one for the key that made them (joined by the second and third detection), all
+    contained; the actor's key is deactivated, nothing else of the actor's touched."""
+    responder = responder_with(tmp_path, monkeypatch, actor_access=True)
+    log = tmp_path / "admin-user.json"
+    events = stratus_events(ADMIN_USER_LOG)
+    log.write_text(json.dumps(events))
+    actor_key = events[0]["userIdentity"]["accessKeyId"]
+    actor_user = events[0]["userIdentity"]["userName"]
+    report = responder.intake([log])
+    # two rules match one record (one case, joined); the actor's case is joined by the 2nd and 3rd case
+    assert len(report.cases) == 4 and len(report.joined) == 3, report
+    actor_cases = [t for t in report.cases if t.detection.credential.uid == actor_key]
+    assert len(actor_cases) == 1 and actor_cases[0].playbook.name == "aws-access-key-created"
+    assert len([t for t in report.joined if t.case_id == actor_cases[0].case_id and not t.run]) == 2
+    summaries = list(responder.run_all(report, approval="auto", stand_ins=aws))
+    assert [s["status"] for s in summaries] == ["contained"] * 4, summaries
+    keys = {k["AccessKeyId"]: k["Status"] for k in aws.clients("iam").list_access_keys(
+        UserName=actor_user)["AccessKeyMetadata"]}
+    assert keys == {actor_key: "Inactive"}
+    links = [r for r in responder.ledger.records(kind_prefix="case.actor_access")]
+    assert len([r for r in links if r.payload.get("actor_case") == actor_cases[0].case_id]) == 3
+    assert len([r for r in links if r.case_id == actor_cases[0].case_id]) == 3  # revealed by each case
+
+
+@needs_corpus
+def test_off_by_default_no_case_for_the_actor(tmp_path, monkeypatch):
+    responder = responder_with(tmp_path, monkeypatch)
+    log = tmp_path / "admin-user.json"
+    log.write_text(json.dumps(stratus_events(ADMIN_USER_LOG)))
+    report = responder.intake([log])
+    assert len(report.cases) == 3 and len(report.joined) == 1  # two rules match one record: one case
+    assert not list(responder.ledger.records(kind_prefix="case.actor_access"))
+
+
+@needs_corpus
+def test_an_instance_role_session_that_granted_admin_has_its_sessions_revoked(tmp_path, monkeypatch,
+                                                                             prefect_server, aws):
+    """The real intrusion's EC2 instance role session attaching AdministratorAccess: the grant is
+    detached and every session of the role issued before now is denied; a protected role's
+    sessions are never revoked (the guard refuses the actor's case, nothing is put on the role)."""
+    responder = responder_with(tmp_path, monkeypatch, actor_access=True)
+    path = tmp_path / "attach.json"
+    path.write_text(json.dumps(instance_role_event()))
+    report = responder.intake([path])
+    assert sorted(t.playbook.name for t in report.cases) == ["aws-actor-role-sessions", "aws-admin-policy-attached"]
+    by_playbook = {s["playbook"]: s for s in responder.run_all(report, approval="auto", stand_ins=aws)}
+    assert by_playbook["aws-admin-policy-attached"]["status"] == "contained"
+    assert by_playbook["aws-actor-role-sessions"]["status"] == "contained", by_playbook["aws-actor-role-sessions"]
+    doc = aws.clients("iam").get_role_policy(RoleName=ROLE, PolicyName="CordonRevokeOlderSessions")["PolicyDocument"]
+    assert doc["Statement"][0]["Condition"]["DateLessThan"]["aws:TokenIssueTime"]
+
+    protected = responder_with(tmp_path / "p", monkeypatch, actor_access=True,
+                               protected_principals=[f"arn:aws:iam::*:role/{ROLE}"])
+    aws.reset()
+    event = instance_role_event()
+    event["eventID"] = "another-event"
+    path.write_text(json.dumps(event))
+    report = protected.intake([path])
+    by_playbook = {s["playbook"]: s for s in protected.run_all(report, approval="auto", stand_ins=aws)}
+    assert by_playbook["aws-actor-role-sessions"]["status"] == "refused"
+    assert aws.clients("iam").list_role_policies(RoleName=ROLE)["PolicyNames"] == []

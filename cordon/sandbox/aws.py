@@ -687,7 +687,8 @@ class AwsSandbox:
         access key (exact ID), the SSH public key (exact ID), the login profile, the EC2 key pair
         (imported ed25519 public key in the sandbox region, with the record's ``keyPairId``, else
         its ``keyFingerprint``), the service-specific credential (exact ID, on the stand-in), the
-        policy grant (managed policy attachment or inline policy). CloudTrail: the detection's raw
+        policy grant (managed policy attachment or inline policy), the role whose sessions an actor
+        signed with (``aws_role_sessions``). CloudTrail: the detection's raw
         event plus three other events by the same access key (two before, one after, within five
         minutes) and one event by another key.
 
@@ -705,10 +706,16 @@ class AwsSandbox:
         raw = detection.raw if isinstance(detection.raw, dict) else {}
         req = raw.get("requestParameters") if isinstance(raw.get("requestParameters"), dict) else {}
         owner = None
-        if cred is not None:
-            by_uid = cred.kind in ("aws_iam_user", "aws_login_profile")
-            owner = cred.owner.name or (cred.uid if by_uid else None)
-        owner = owner or detection.target.name or req.get("userName")
+        role_sessions = cred is not None and cred.kind == "aws_role_sessions"
+        if role_sessions:  # the actor's assumed role (cordon.providers.aws.actor): a role, no user
+            if cred.owner.name:
+                self.ensure_role(cred.owner.name)
+                report.setdefault("roles", []).append(cred.owner.name)
+        else:
+            if cred is not None:
+                by_uid = cred.kind in ("aws_iam_user", "aws_login_profile")
+                owner = cred.owner.name or (cred.uid if by_uid else None)
+            owner = owner or detection.target.name or req.get("userName")
         actor = detection.actor
         if actor.user.type == "IAMUser" and actor.user.name:
             self.ensure_user(actor.user.name)
@@ -779,6 +786,18 @@ class AwsSandbox:
                 key.access_key_id = key_id
                 backend.access_keys[key_id] = key
         self.account_id = account_id
+
+    def ensure_role(self, role_name: str) -> dict[str, Any]:
+        """``iam:CreateRole`` (trusted by EC2) unless the role exists; returns ``GetRole``'s ``Role``."""
+        iam = self.clients("iam")
+        try:
+            return iam.get_role(RoleName=role_name)["Role"]
+        except ClientError as err:
+            if err.response["Error"]["Code"] != "NoSuchEntity":
+                raise
+        trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
+                                                         "Principal": {"Service": "ec2.amazonaws.com"}}]}
+        return iam.create_role(RoleName=role_name, AssumeRolePolicyDocument=json.dumps(trust))["Role"]
 
     def ensure_user(self, user_name: str, tags: list[dict[str, str]] | None = None) -> dict[str, Any]:
         """``iam:CreateUser`` unless the user exists; returns ``GetUser``'s ``User``."""
