@@ -358,10 +358,14 @@ def rollback_step(step: PlanStep, result: ActionResult, detection: Detection,
 def outcome_status(results: list[dict[str, Any]], checks: list[dict[str, Any]]) -> str:
     """A run's status once containment and verification are done: ``failed`` when a step failed,
     ``plan_changed`` when a step refused because the state needed other calls than approved,
-    else ``contained`` when every check held, else ``not_verified``. ``results``: action result dumps
+    ``refused`` when a step's own check refused at run time (nothing done by it: the object was no
+    longer the one named), else ``contained`` when every check held, else ``not_verified``.
+    ``results``: action result dumps
     (``status``); ``checks``: verification outcomes (``held``)."""
     if any(r["status"] == "failed" for r in results):
         return "failed"
     if any(r["status"] == "plan_changed" for r in results):
         return "plan_changed"
+    if any(r["status"] == "refused" for r in results):
+        return "refused"
     return "contained" if all(c["held"] for c in checks) else "not_verified"

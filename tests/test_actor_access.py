@@ -215,3 +215,34 @@ def test_an_instance_role_session_that_granted_admin_has_its_sessions_revoked(tm
     by_playbook = {s["playbook"]: s for s in protected.run_all(report, approval="auto", stand_ins=aws)}
     assert by_playbook["aws-actor-role-sessions"]["status"] == "refused"
     assert aws.clients("iam").list_role_policies(RoleName=ROLE)["PolicyNames"] == []
+
+
+@needs_corpus
+def test_an_action_that_refuses_while_planning_ends_the_case_refused_not_failed(tmp_path, monkeypatch,
+                                                                                prefect_server, aws):
+    """A service-linked role's sessions: ``aws.revoke-role-sessions`` refuses while the plan is made
+    (``GuardError`` in the dry run). The case ends ``refused`` with a ``guard.refused`` record naming
+    why, the run does not fail, nothing is put on the role."""
+    responder = responder_with(tmp_path, monkeypatch, actor_access=True)
+    aws.use_account(ACCOUNT)
+    aws.clients("iam").create_role(RoleName=ROLE, Path="/aws-service-role/ec2.amazonaws.com/",
+                                   AssumeRolePolicyDocument="{}")
+    path = tmp_path / "attach.json"
+    path.write_text(json.dumps(instance_role_event()))
+    report = responder.intake([path])
+    by_playbook = {s["playbook"]: s for s in responder.run_all(report, approval="auto", stand_ins=aws)}
+    actor = by_playbook["aws-actor-role-sessions"]
+    assert actor["status"] == "refused", actor
+    (refused,) = [r for r in responder.ledger.records(case_id=actor["case_id"]) if r.kind == "guard.refused"]
+    assert "service-linked" in refused.payload["reason"]
+    assert not list(responder.ledger.records(case_id=actor["case_id"], kind_prefix="run.error"))
+    assert aws.clients("iam").list_role_policies(RoleName=ROLE)["PolicyNames"] == []
+
+
+def test_a_step_refused_at_run_time_is_not_called_contained():
+    from cordon.respond import outcome_status
+
+    refused = {"name": "aws.delete-key-pair", "status": "refused"}
+    contained = {"name": "aws.deactivate-access-key", "status": "contained"}
+    assert outcome_status([contained, refused], [{"held": True}, {"held": True}]) == "refused"
+    assert outcome_status([contained], [{"held": True}]) == "contained"

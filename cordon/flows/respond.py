@@ -34,6 +34,7 @@ from prefect.flow_runs import suspend_flow_run
 from prefect.input import RunInput
 from prefect.runtime import flow_run
 
+from cordon.action import GuardError
 from cordon.approvals.gate import proceeds
 from cordon.audit.ledger import Ledger, default_database_url, redact
 from cordon.clouds import clients_for
@@ -42,6 +43,7 @@ from cordon.detections.model import Detection
 from cordon.playbooks.schema import load_playbooks
 from cordon.respond import (
     CaseSummary,
+    GuardOutcome,
     Plan,
     PlanStep,
     Prepared,
@@ -154,8 +156,10 @@ def prepare_task(case_id: str, playbook: str, approval: str, cloud: dict[str, An
     result is persisted by Prefect, and the ledger, Slack and the summary show the same facts);
     refuse protected principals, Cordon itself and steps not naming the exact credential
     (``guard.passed`` / ``guard.refused``); and dry-run every containment step into the exact plan,
-    binding the case to its hash (``plan.created``). Reads only, in the clouds: a run killed in the
-    middle does it again. Returns :class:`cordon.respond.Prepared` (``plan`` ``None`` when refused)."""
+    binding the case to its hash (``plan.created``); an action that refuses while planning
+    (:class:`cordon.action.GuardError`: the object found is not the one the detection names) is a
+    ``guard.refused``, not a failed run. Reads only, in the clouds: a run killed in the middle does
+    it again. Returns :class:`cordon.respond.Prepared` (``plan`` ``None`` when refused)."""
     run_id = _run_id()
     config, pb = _playbook(playbook)
     detection = _detection(case_id)
@@ -174,7 +178,13 @@ def prepare_task(case_id: str, playbook: str, approval: str, cloud: dict[str, An
     _log("guard %s", "passed" if outcome.ok else "refused the case")
     if not outcome.ok:
         return Prepared(run_id=run_id, enrichment=facts, guard=outcome.model_dump())
-    plan = build_plan(case_id, pb, detection, clients, facts)
+    try:
+        plan = build_plan(case_id, pb, detection, clients, facts)
+    except GuardError as exc:  # an action refused to plan (the object is not the one named): refused, not a crash
+        refused = GuardOutcome(ok=False, reason=f"planning refused: {exc}", cordon_identity=outcome.cordon_identity)
+        ledger().append("guard.refused", refused.model_dump(), case_id=case_id, run_id=run_id, actor="cordon")
+        _log("guard refused the case while planning: %s", exc)
+        return Prepared(run_id=run_id, enrichment=facts, guard=refused.model_dump())
     ledger().set_case(case_id, plan_hash=plan.hash)
     ledger().append("plan.created", plan.model_dump(), case_id=case_id, run_id=run_id, actor="cordon")
     _log("plan %s: %d containment step(s): %s", plan.hash[:12], len(plan.steps),
