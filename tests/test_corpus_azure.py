@@ -97,8 +97,9 @@ EXPECTED: dict[tuple[str, str], tuple[str, str | None, tuple[str, str] | None]] 
     ),
     # The test log's modifiedProperties carry only a KeyDescription text ("Client Secret for API
     # Access") and a KeyType, no KeyIdentifier: the new credential cannot be named, so the detection
-    # carries it with uid None and the playbook that answers it disables the owner instead
-    # (azure-sp-credential-unnamed), never "removes" a key it cannot name.
+    # carries it with uid None; the playbook that answers it (azure-sp-credential-unnamed) removes
+    # the one credential whose startDateTime matches the record, and disables the owner only when
+    # no single one does: it never guesses a key.
     (SP_FILE, "Add Service Principal Credentials"): (
         "detect",
         "Credentials Added to an Entra Application or Service Principal",

@@ -450,7 +450,7 @@ def _check_params(cls: type[Action], params: dict[str, Any], path: str, lines: d
 def load_playbooks(directory: str | Path) -> list[Playbook]:
     """Load every ``*.yaml`` / ``*.yml`` in ``directory`` (sorted by priority, then name).
 
-    Parsing and validating is the expensive part (about 0.2 s for the 28 shipped playbooks), and a
+    Parsing and validating is the expensive part (about 0.2 s for the shipped playbooks, 32 today), and a
     run asks for them several times: the result is kept per process, keyed by the files' paths and a
     SHA-256 of their bytes (read each call, so an edited playbook is parsed again), and each call
     returns deep copies, so a caller's changes never leak into another's.
