@@ -2,9 +2,13 @@
 
 ``--cases`` distinct CloudTrail ``CreateAccessKey`` detections from ``--actors`` actors (case i by
 actor i mod actors) are POSTed to ``/webhook/detections`` of ``cordon serve`` in batches of
-``--batch`` (JSON lines); the run of every case asks in Slack (the outbox rolls an actor's burst
-into summary messages); once every case is asked, every case's Approve button is clicked (signed,
-8 at a time) and the bench waits for every case to end. Same processes as
+``--batch`` (JSON lines). ``--order interleaved`` (the default, the worst case for incidents: each
+batch holds one record of each of 25 actors, so no batch holds two cases of one incident) or
+``--order actor`` (each actor's burst together, as one CloudTrail delivery file holds it: the cases
+of one actor in one batch are answered by one run and one request, issue 14). The run of every case,
+or incident, asks in Slack (the outbox rolls an actor's burst into summary messages); once every
+case is asked (its own ``approval.asked``, or its incident lead's), every case's Approve button is
+clicked (signed, 8 at a time; an incident's message once) and the bench waits for every case to end. Same processes as
 ``bench_latency.py`` (Prefect server, ``--workers`` ``cordon worker``, ``cordon serve``; the
 stand-ins in this process).
 
@@ -71,6 +75,7 @@ def main() -> None:
     ap.add_argument("--actors", type=int, default=50)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--batch", type=int, default=25)
+    ap.add_argument("--order", choices=("interleaved", "actor"), default="interleaved")
     ap.add_argument("--runner", choices=("warm", "process"), default="warm")
     ap.add_argument("--postgres", action="store_true")
     ap.add_argument("--timeout", type=float, default=1800)
@@ -94,7 +99,10 @@ def main() -> None:
             ev = make_event(template, i % args.actors, f"AKIASTORM{i:011d}")
             ev["requestParameters"]["userName"] = ev["responseElements"]["accessKey"]["userName"] = f"storm-user-{i}"
             aws.seed_from_detection(detection_from_cloudtrail(ev, match, "bench", i))
-            events.append(ev)
+            events.append((i % args.actors, i, ev))
+        if args.order == "actor":
+            events.sort(key=lambda e: (e[0], e[1]))
+        events = [e for _, _, e in events]
         print(f"{args.cases} credentials seeded", flush=True)
 
         http = httpx.Client(timeout=120)
@@ -105,7 +113,11 @@ def main() -> None:
         deadline = time.monotonic() + args.timeout
 
         def count(kind: str) -> set[str]:
-            return {r.case_id for r in ledger.records(kind_prefix=kind) if r.case_id}
+            found = {r.case_id for r in ledger.records(kind_prefix=kind) if r.case_id}
+            if kind == "approval.asked":  # an incident's members are asked by their lead's request
+                found |= {r.case_id for r in ledger.records(kind_prefix="run.delegated")
+                          if r.payload.get("lead_case_id") in found}
+            return found
 
         cpu_pids = [server.proc.pid, *pids]
         cpu0 = sum(tree_cpu(p) for p in cpu_pids)
@@ -140,9 +152,10 @@ def main() -> None:
                     return
             raise KeyError(f"no message holds the buttons of {case_id}")
 
+        leads = {r.case_id: r.payload["lead_case_id"] for r in ledger.records(kind_prefix="run.delegated")}
         t1 = time.monotonic()
         with ThreadPoolExecutor(8) as pool:
-            list(pool.map(click, sorted(asked)))
+            list(pool.map(click, sorted({leads.get(c, c) for c in asked})))
         while len(count("verify.")) < len(asked) and time.monotonic() < deadline:
             peak = max(peak, *(peak_rss_mb(p) for p in pids))
             time.sleep(0.5)
@@ -159,7 +172,8 @@ def main() -> None:
                           for r in requests)
     finally:
         stack.stop()
-    out = {"cases": args.cases, "actors": args.actors, "workers": args.workers, "runner": args.runner,
+    out = {"cases": args.cases, "actors": args.actors, "order": args.order, "workers": args.workers,
+           "runner": args.runner, "incident_runs": len(set(leads.values())),
            "postgres": args.postgres, "lost": args.cases - contained,
            "cases_per_min_asked": round(args.cases / t_asked * 60, 1),
            "cases_per_min_verified": round(len(asked) / t_verified * 60, 1),

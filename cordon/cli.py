@@ -575,15 +575,19 @@ def actions_list(output: Annotated[OutputFormat, typer.Option()] = OutputFormat.
 @app.command()
 def worker(name: Annotated[str, typer.Option(help="Deployment name.")] = "respond",
            sweep_every: Annotated[int, typer.Option(help="Also serve the approval sweeper (expiry, reminders, "
-                                                    "escalation) every this many seconds; 0: do not.")] = 60) -> None:
-    """Serve the respond flow (and the approval sweeper) as Prefect deployments (needs PREFECT_API_URL).
+                                                    "escalation) every this many seconds; 0: do not.")] = 60,
+           watch_every: Annotated[int, typer.Option(help="Also serve the watch after containment (the contained "
+                                                    "credential verified again and searched for in the audit log, "
+                                                    "for the playbook's `watch` window) every this many seconds; "
+                                                    "0: do not.")] = 60) -> None:
+    """Serve the respond flow (and the approval sweeper, and the watch) as Prefect deployments (needs PREFECT_API_URL).
     Blocks. In a multi-machine deployment use prefect.yaml and `prefect worker` instead (docs/deploy.md).
     Refuses to start (exit 1) while no Slack approvers are configured (approval.approvers in cordon.yaml)."""
     _prefect_defaults()
     _require_approvers()
     from cordon.flows.respond import serve
 
-    serve(name, sweeper_interval=sweep_every or None)
+    serve(name, sweeper_interval=sweep_every or None, watch_interval=watch_every or None)
 
 
 @app.command()

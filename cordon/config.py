@@ -22,6 +22,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from cordon.durations import parse_duration
+
 #: The configuration shipped inside the package (``cordon.yaml``, ``rules/``, ``playbooks/``): what
 #: an installed Cordon uses when ``CORDON_CONFIG`` is not set, found from the package, not a checkout.
 DEFAULTS = Path(__file__).resolve().with_name("defaults")
@@ -42,8 +44,11 @@ class Config:
     and the role behind its session (infrastructure as code: a playbook's ``when:
     actor_is_infrastructure`` asks them); ``actor_access`` whether a detection that named an added
     credential also opens a case for the access its actor signed with
-    (:meth:`cordon.providers.Provider.actor_access`); ``slack_channel`` a channel ID; ``approvers``
-    Slack user IDs.
+    (:meth:`cordon.providers.Provider.actor_access`); ``incident_window_seconds`` how long after an
+    actor's last case another of its cases joins the same incident (``incidents.window``, default
+    15 minutes) and ``incident_one_run`` whether the cases of one incident opened by one intake are
+    answered by one run, one approval request and one plan (``incidents.one_run``, default on);
+    ``slack_channel`` a channel ID; ``approvers`` Slack user IDs.
     """
 
     directory: Path
@@ -52,6 +57,8 @@ class Config:
     protected_principals: list[str] = field(default_factory=list)
     infrastructure_principals: list[str] = field(default_factory=list)
     actor_access: bool = False
+    incident_window_seconds: int = 900
+    incident_one_run: bool = True
     slack_channel: str = ""
     approvers: list[str] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict)
@@ -115,6 +122,13 @@ class ApprovalSection(_Strict):
     identities: dict[str, list[str]] | None = None
 
 
+class IncidentsSection(_Strict):
+    """``incidents:`` keys: ``window`` (a duration, ``"15m"``, or seconds) and ``one_run``."""
+
+    window: str | int | None = None
+    one_run: bool | None = None
+
+
 class CordonYaml(_Strict):
     """The shape of ``cordon.yaml``: every key Cordon reads, nothing else (a misspelt key such as
     ``protected_principal:`` or ``chanel:`` is refused, not ignored). A provider's own section
@@ -126,6 +140,7 @@ class CordonYaml(_Strict):
     protected_principals: list[str] = []
     infrastructure_principals: list[str] = []
     actor_access: bool = False
+    incidents: IncidentsSection | None = None
     slack: SlackSection | None = None
     approval: ApprovalSection | None = None
 
@@ -250,6 +265,13 @@ def load_config(directory: str | Path | None = None) -> Config:
     for key in ("rules", "playbooks"):  # a misspelt path would otherwise load nothing, silently
         if data.get(key) and not (d / data[key]).is_dir():
             raise ConfigError(f"{path}: field '{key}': {(d / data[key]).resolve()} is not a directory")
+    incidents = data.get("incidents") or {}
+    window = incidents.get("window", 900)
+    if not isinstance(window, int) or isinstance(window, bool):
+        try:
+            window = parse_duration(str(window))
+        except ValueError as exc:
+            raise ConfigError(f"{path}: field 'incidents.window': {exc}") from None
     return Config(
         directory=d,
         # without ``rules:`` / ``playbooks:`` a configuration folder uses the shipped ones
@@ -258,6 +280,8 @@ def load_config(directory: str | Path | None = None) -> Config:
         protected_principals=protected,
         infrastructure_principals=[str(p) for p in data.get("infrastructure_principals") or []],
         actor_access=bool(data.get("actor_access", False)),
+        incident_window_seconds=int(window),
+        incident_one_run=bool(incidents.get("one_run", True)),
         slack_channel=os.environ.get("CORDON_SLACK_CHANNEL") or str(slack.get("channel", "")),
         approvers=[str(a) for a in approvers],
         raw=data,

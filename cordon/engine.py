@@ -29,7 +29,16 @@ from cordon.detections.model import Detection
 from cordon.detections.pipeline import DetectStats, detect
 from cordon.playbooks.schema import Playbook, load_playbooks, route, routed_because
 from cordon.providers import get_provider
-from cordon.recovery import DEPLOYMENT, IN_PROCESS, RunCheck, check_case, claim_attempt, idempotency_key, process_ref
+from cordon.recovery import (
+    DEPLOYMENT,
+    IN_PROCESS,
+    RunCheck,
+    check_case,
+    claim_attempt,
+    idempotency_key,
+    open_members,
+    process_ref,
+)
 from cordon.respond import CaseSummary
 from cordon.sigma import RuleSet
 from cordon.standins import as_stand_ins
@@ -71,6 +80,23 @@ class CaseTicket:
     reason: str = "opened"
     check: RunCheck | None = None
     status: str | None = None
+    #: the incident the case belongs to (:meth:`Responder.correlate`), if any
+    incident_id: str | None = None
+    #: the other cases of its incident this case's run answers too (it is their lead):
+    #: ``[{"case_id", "playbook", "cloud"}]`` (:meth:`Responder.incident_runs`)
+    members: list[dict[str, Any]] = field(default_factory=list)
+
+
+def strictness(ticket: CaseTicket) -> tuple[bool, int, bool, int]:
+    """How strict the approval policy of ``ticket``'s playbook is, for choosing an incident's lead
+    (whose policy its one approval request follows): required first, then the quorum (a
+    ``critical`` detection needs 2 unless the playbook says), then ``on_expiry: deny``, then the
+    shorter expiry."""
+    a = ticket.playbook.approval if ticket.playbook is not None else None
+    if a is None:
+        return (False, 0, False, 0)
+    quorum = a.quorum or (2 if ticket.detection.severity == "critical" else 1)
+    return (a.required, quorum, a.on_expiry == "deny", -a.expire_seconds)
 
 
 def redact_detection(detection: Detection) -> Detection:
@@ -142,10 +168,12 @@ class Responder:
             report.detections += 1
             item = redact_detection(item)  # before anything leaves the process: stdout, Prefect, Slack, ledger
             ticket = self.accept(item)
+            self.correlate(ticket)
             self._file(report, to_run, ticket, item)
             if ticket is not None and ticket.opened and self.config.actor_access:
                 actor = self.accept_actor_access(ticket)
                 if actor is not None:
+                    self.correlate(actor, like=ticket)
                     self._file(report, to_run, actor, actor.detection)
         report.records_read = stats.records_read
         return report
@@ -162,6 +190,81 @@ class Responder:
             report.cases.append(ticket)
         else:
             report.joined.append(ticket)
+
+    def correlate(self, ticket: CaseTicket | None, like: CaseTicket | None = None) -> None:
+        """Put a case this intake opened in its actor's incident (:meth:`cordon.audit.ledger.Ledger.
+        assign_incident`, keyed by :meth:`cordon.providers.Provider.actor_key` of ``like``'s
+        detection, else the ticket's own: the actor-access case joins the incident of the case that
+        revealed it) and set ``ticket.incident_id``. Cases joined, suppressed, without a playbook
+        or without an actor are left out."""
+        if ticket is None or not ticket.opened or ticket.playbook is None:
+            return
+        source = (like or ticket).detection
+        key = get_provider(source.provider).actor_key(source)
+        if key is None:
+            return
+        actor = source.actor.model_dump(mode="json", include={"user", "session_uid", "session_issuer", "src_ip"})
+        ticket.incident_id = self.ledger.assign_incident(
+            ticket.case_id, key, window_seconds=self.config.incident_window_seconds, actor=actor,
+            provider=source.provider).incident_id
+
+    def incident_runs(self, tickets: Iterable[CaseTicket], skipped: Iterable[str] = ()) -> dict[str, list[CaseTicket]]:
+        """Which tickets one run answers together (``incidents.one_run``): the new cases (first
+        attempt, opened by this intake, to be run) of one incident, two or more, led by the one
+        whose playbook's approval policy is strictest (:func:`strictness`; the first on a tie). A
+        case whose containment rewrites an object another case of the group already plans
+        (:meth:`cordon.providers.Provider.plan_conflict_key`) is left to run alone. Returns
+        ``{lead case_id: [member tickets]}``."""
+        if not self.config.incident_one_run:
+            return {}
+        skip = set(skipped)
+        groups: dict[str, list[CaseTicket]] = {}
+        for t in tickets:
+            if (t.run and t.opened and t.attempt == 1 and t.incident_id and t.playbook is not None
+                    and t.case_id not in skip):
+                groups.setdefault(t.incident_id, []).append(t)
+        out: dict[str, list[CaseTicket]] = {}
+        for group in groups.values():
+            # cases whose containment rewrites the same object are never planned together: the
+            # first of them stays in the group, the others run alone (after it, in one process)
+            taken: set[str] = set()
+            together = []
+            for t in group:
+                key = get_provider(t.detection.provider).plan_conflict_key(t.detection)
+                if key is None or key not in taken:
+                    together.append(t)
+                    taken.update([key] if key else [])
+            if len(together) < 2:
+                continue
+            lead = max(together, key=strictness)
+            out[lead.case_id] = [t for t in together if t is not lead]
+        return out
+
+    def group_incidents(self, tickets: Iterable[CaseTicket], skipped: Iterable[str] = (),
+                        params_of: Any = None) -> dict[str, list[CaseTicket]]:
+        """:meth:`incident_runs`, made durable before any run is asked for: each lead's ``members``
+        (``{case_id, playbook, cloud}``, ``cloud`` from ``params_of(ticket)`` through
+        :meth:`cloud_for`) and each member's ``run.delegated`` (:meth:`delegate`). The caller
+        claims and starts only the leads' runs."""
+        tickets = list(tickets)
+        incidents = self.incident_runs(tickets, skipped)
+        by_id = {t.case_id: t for t in tickets}
+        for lead_id, members in incidents.items():
+            lead = by_id[lead_id]
+            lead.members = [{"case_id": m.case_id, "playbook": m.playbook.name,
+                             "cloud": self.cloud_for(m, params_of(m) if params_of else None)} for m in members]
+            for m in members:
+                self.delegate(lead, m)
+        return incidents
+
+    @staticmethod
+    def member_summary(lead: dict[str, Any], member: CaseTicket) -> dict[str, Any]:
+        """The summary of an incident member whose lead's run was just submitted (``lead``: its
+        summary): the same run and status, with the incident named."""
+        return CaseSummary.opened(member.case_id, member.playbook.name if member.playbook else None, member.detection,
+                                  flow_run_id=lead.get("flow_run_id"), incident_id=member.incident_id,
+                                  approval={"decision": "pending", "approver": None},
+                                  status=lead.get("status"), lead_case_id=lead.get("case_id")).out()
 
     def accept_actor_access(self, ticket: CaseTicket) -> CaseTicket | None:
         """Open (or join) the case of the access ``ticket``'s actor signed with
@@ -233,6 +336,7 @@ class Responder:
         if check.live is False and pb is not None:
             ticket.run, ticket.attempt, ticket.mode = True, check.attempt + 1, check.mode
             ticket.reason = f"recovery: {check.reason}"
+            ticket.members = open_members(self.ledger, check)  # an incident's lead answers them again
         return ticket
 
     def playbook_named(self, name: str | None) -> Playbook | None:
@@ -254,7 +358,15 @@ class Responder:
         """Record the run asked for (``run.requested``, :func:`cordon.recovery.claim_attempt`);
         ``False`` when another process claimed this attempt of the case first."""
         return claim_attempt(self.ledger, ticket.case_id, ticket.attempt, mode=approval, where=where,
-                             cloud=self.cloud_for(ticket, cloud), slack=slack, reason=ticket.reason)
+                             cloud=self.cloud_for(ticket, cloud), slack=slack, reason=ticket.reason,
+                             members=ticket.members or None)
+
+    def delegate(self, lead: CaseTicket, member: CaseTicket) -> None:
+        """Record that ``member``'s case is answered by ``lead``'s run (``run.delegated``
+        ``{attempt, incident_id, lead_case_id}``): :func:`cordon.recovery.check_case` then judges it
+        by the lead's run, and the lead's run requests name it in ``members``."""
+        self.ledger.append("run.delegated", {"attempt": member.attempt, "incident_id": member.incident_id,
+                                             "lead_case_id": lead.case_id}, case_id=member.case_id, actor="cordon")
 
     def run(self, ticket: CaseTicket, approval: str = "console", cloud: dict[str, Any] | None = None,
             slack: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -273,7 +385,8 @@ class Responder:
         try:
             with tags(*run_tags(ticket)):
                 return respond(case_id=ticket.case_id, playbook=ticket.playbook.name, approval=approval,
-                               cloud=self.cloud_for(ticket, cloud), slack=slack, attempt=ticket.attempt)
+                               cloud=self.cloud_for(ticket, cloud), slack=slack, attempt=ticket.attempt,
+                               **({"members": ticket.members} if ticket.members else {}))
         except Exception as exc:  # noqa: BLE001 - recorded and reported; the other cases still run
             error = f"{type(exc).__name__}: {exc}"
             self.ledger.append("run.error", {"error": error, "attempt": ticket.attempt}, case_id=ticket.case_id,
@@ -306,21 +419,35 @@ class Responder:
             for ticket in tickets:
                 if ticket.run and ticket.case_id not in skipped:
                     stand_in(ticket).seed_from_detection(ticket.detection)
+        def params_of(ticket: CaseTicket) -> dict[str, Any] | None:
+            return stand_in(ticket).cloud_params() if stand_ins is not None and ticket.run else cloud
+
+        # one run for the new cases of one incident: the lead's, naming the others (members)
+        incidents = self.group_incidents(tickets, skipped, params_of)
+        led = {m.case_id for members in incidents.values() for m in members}
         # every run is asked for before any starts, so a crash part-way leaves each case's
         # approval mode in the ledger for recovery (cordon/recovery.py)
         for ticket in tickets:
-            if ticket.run and ticket.playbook is not None and ticket.case_id not in skipped:
-                params = stand_in(ticket).cloud_params() if stand_ins is not None else cloud
-                self.claim(ticket, approval, where, params, slack)
+            if ticket.run and ticket.playbook is not None and ticket.case_id not in {*skipped, *led}:
+                self.claim(ticket, approval, where, params_of(ticket), slack)
         for ticket in tickets:
             if ticket.case_id in skipped:
                 yield {**self.summary_without_run(ticket), "status": "stranded", "error": skipped[ticket.case_id]}
                 continue
-            run_cloud = stand_in(ticket).cloud_params() if stand_ins is not None and ticket.run else cloud
+            if ticket.case_id in led:
+                continue  # its summary comes with its lead's
             if approval == "slack":
-                yield self.submit(ticket, cloud=run_cloud, slack=slack)
+                summary = self.submit(ticket, cloud=params_of(ticket), slack=slack)
+                yield summary
+                for m in incidents.get(ticket.case_id, []):
+                    yield self.member_summary(summary, m)
             else:
-                yield self.run(ticket, approval=approval, cloud=run_cloud)
+                summary = self.run(ticket, approval=approval, cloud=params_of(ticket))
+                answered = {m["case_id"]: m for m in summary.pop("members", None) or []}
+                yield summary
+                for m in incidents.get(ticket.case_id, []):
+                    yield answered.get(m.case_id) or {**self.summary_without_run(m), "status": summary.get("status"),
+                                                      **({"error": summary["error"]} if summary.get("error") else {})}
 
     def manual(self, playbook: str, params: dict[str, Any], requested_by: dict[str, Any], approval: str = "console",
                stand_ins: Any = None, cloud: dict[str, Any] | None = None,
@@ -356,7 +483,8 @@ class Responder:
         try:
             fr = run_deployment(deployment, parameters={
                 "case_id": ticket.case_id, "playbook": ticket.playbook.name, "approval": approval,
-                "cloud": params_cloud, "slack": slack, "attempt": ticket.attempt},
+                "cloud": params_cloud, "slack": slack, "attempt": ticket.attempt,
+                **({"members": ticket.members} if ticket.members else {})},
                 idempotency_key=key, timeout=0, as_subflow=False, tags=run_tags(ticket))
         except Exception as exc:  # noqa: BLE001 - recorded; recovery submits it again
             error = f"{type(exc).__name__}: {exc}"

@@ -265,12 +265,17 @@ class RunCheck:
     cloud: dict[str, Any] | None = None
     slack: dict[str, Any] | None = None
     gave_up: bool = False
+    #: the incident members the newest run request of this (lead) case also answers
+    members: list[dict[str, Any]] | None = None
+    #: the lead case whose run answers this one (an incident member), if any
+    lead_case_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready (``cordon audit list --stranded --output json``); ``cloud``/``slack`` left out."""
+        """JSON-ready (``cordon audit list --stranded --output json``); ``cloud``/``slack``/``members`` left out."""
         d = asdict(self)
         d.pop("cloud")
         d.pop("slack")
+        d.pop("members")
         d["recovered_by"] = recovered_by(self)
         return d
 
@@ -347,6 +352,9 @@ def check_case(ledger: Ledger, case: dict[str, Any], *, records: list[LedgerReco
     if case["status"] in CLOSED_STATUSES or any(r.kind in CLOSING_KINDS for r in records):
         return RunCheck(live=True, reason="closed", **base)
     requests = [r for r in records if r.kind == "run.requested"]
+    delegated = [r for r in records if r.kind == "run.delegated"]
+    if delegated and (not requests or delegated[-1].seq > requests[-1].seq):
+        return _check_member(ledger, case, delegated[-1], base, records, state_of, now)
     attempt = max((int(r.payload.get("attempt") or 1) for r in requests), default=0)
     started_attempts = {int(r.payload.get("attempt") or 1) for r in records
                         if r.kind in ("run.submitted", "run.submit_failed", "run.process")}
@@ -367,7 +375,8 @@ def check_case(ledger: Ledger, case: dict[str, Any], *, records: list[LedgerReco
     owner = min((r for r in requests if int(r.payload.get("attempt") or 1) == attempt), key=lambda r: r.seq)
     req = owner.payload
     common = {**base, "attempt": attempt, "started": len(started_attempts), "mode": req.get("mode"),
-              "where": req.get("where"), "cloud": req.get("cloud"), "slack": req.get("slack"), "gave_up": gave_up}
+              "where": req.get("where"), "cloud": req.get("cloud"), "slack": req.get("slack"), "gave_up": gave_up,
+              "members": req.get("members")}
     of_attempt = [r for r in records if int(r.payload.get("attempt") or 0) == attempt]
     failed = [r for r in of_attempt if r.kind == "run.submit_failed"]
     if failed:
@@ -429,6 +438,45 @@ def check_case(ledger: Ledger, case: dict[str, Any], *, records: list[LedgerReco
                                        f"itself (its runner died before starting it)", **common)
 
 
+def _check_member(ledger: Ledger, case: dict[str, Any], delegated: LedgerRecord, base: dict[str, Any],
+                  records: list[LedgerRecord], state_of: Callable[[str], RunState], now: datetime) -> RunCheck:
+    """An incident member (``run.delegated`` is its newest run record): live while its lead's run
+    is, or while its lead waits to be run again (recovery runs the lead with its members: the
+    member is never run twice); stranded once the lead is closed without closing it (then it is
+    run on its own, the next attempt)."""
+    lead_id = str(delegated.payload.get("lead_case_id"))
+    attempt = int(delegated.payload.get("attempt") or 1)
+    lead = ledger.case(lead_id)
+    gave_up = any(r.kind == "recovery.gave_up" for r in records)
+    own = {**base, "attempt": attempt, "started": attempt, "gave_up": gave_up, "lead_case_id": lead_id}
+    if lead is None:
+        return RunCheck(live=False, reason=f"its incident's lead case {lead_id} is not in the ledger", **own)
+    check = check_case(ledger, lead, state_of=state_of, now=now)
+    mode_etc = {"mode": check.mode, "where": check.where, "cloud": _member_cloud(check, case["case_id"]),
+                "slack": check.slack, "flow_run_id": check.flow_run_id, "state": check.state}
+    if check.reason == "closed":
+        return RunCheck(live=False, reason=f"its incident's lead case {lead_id} closed without closing it",
+                        **own, **mode_etc)
+    return RunCheck(live=True, reason=f"answered by the run of its incident's lead case {lead_id}: {check.reason}",
+                    **own, **mode_etc)
+
+
+def _member_cloud(lead: RunCheck, case_id: str) -> dict[str, Any] | None:
+    for m in lead.members or []:
+        if m.get("case_id") == case_id:
+            return m.get("cloud") or lead.cloud
+    return lead.cloud
+
+
+def open_members(ledger: Ledger, check: RunCheck) -> list[dict[str, Any]]:
+    """The incident members a stranded lead's next run answers too: those its newest run request
+    named (``members``) that are still open (``[{"case_id", "playbook", "cloud"}]``)."""
+    if not check.members:
+        return []
+    still = {c["case_id"] for c in open_cases(ledger, [m["case_id"] for m in check.members])}
+    return [m for m in check.members if m["case_id"] in still]
+
+
 def open_cases(ledger: Ledger, case_ids: Iterable[str] | None = None) -> list[dict[str, Any]]:
     """Rows of the cases not in :data:`CLOSED_STATUSES` (oldest first; only ``case_ids`` if given)."""
     q = (sa.select(cases_table.c.case_id, cases_table.c.case_key, cases_table.c.opened_at, cases_table.c.playbook,
@@ -469,10 +517,13 @@ def idempotency_key(case_id: str, attempt: int) -> str:
 
 
 def claim_attempt(ledger: Ledger, case_id: str, attempt: int, *, mode: str, where: str,
-                  cloud: dict[str, Any] | None, slack: dict[str, Any] | None, reason: str) -> bool:
+                  cloud: dict[str, Any] | None, slack: dict[str, Any] | None, reason: str,
+                  members: list[dict[str, Any]] | None = None) -> bool:
     """Append ``run.requested`` for ``attempt`` of ``case_id`` unless this process already did,
     then read the case back: ``True`` when this process owns the attempt (its record is the
-    first for that attempt), ``False`` when another process claimed it first."""
+    first for that attempt), ``False`` when another process claimed it first. ``members``: the
+    other cases of its incident the run answers (``[{"case_id", "playbook", "cloud"}]``), kept in
+    the record so a run of the lead started again answers them too."""
     me = process_ref()
 
     def mine(r: LedgerRecord) -> bool:
@@ -488,7 +539,8 @@ def claim_attempt(ledger: Ledger, case_id: str, attempt: int, *, mode: str, wher
     if owner is None:
         ledger.append("run.requested", {"attempt": attempt, "mode": mode, "where": where,
                                         "idempotency_key": idempotency_key(case_id, attempt), "by": me,
-                                        "cloud": cloud or {}, "slack": slack, "reason": reason},
+                                        "cloud": cloud or {}, "slack": slack, "reason": reason,
+                                        **({"members": members} if members else {})},
                       case_id=case_id, actor="cordon")
         owner = first()
     return owner is not None and mine(owner)
@@ -571,6 +623,7 @@ def rerun(responder: Responder, check: RunCheck, *, where: str, modes: Iterable[
         mark_crashed(check.flow_run_id, f"presumed dead by Cordon's recovery: {check.reason}")
     mode = check.mode or next(m for m in ("slack", "console") if m in set(modes))
     ticket = ticket or responder.ticket_for(check.case_id)
+    ticket.members = open_members(ledger, check)
     ticket.run = True
     ticket.attempt = check.attempt + 1
     ticket.reason = f"recovery: {check.reason}"

@@ -38,15 +38,23 @@ class PlanStep(BaseModel):
     calls: list[dict[str, Any]] = Field(default_factory=list)
     describe: list[str] = Field(default_factory=list)
     rollback_supported: bool = False
+    #: the member case the step answers, in an incident's plan (``None``: the plan's own case)
+    case_id: str | None = None
 
 
 class Plan(BaseModel):
-    """The containment plan for one case; ``hash`` binds approvals to exactly these steps."""
+    """The containment plan for one case; ``hash`` binds approvals to exactly these steps.
+
+    An incident's plan (one actor's burst, answered by one run and one approval) is its lead case's:
+    every member's steps, each with its ``case_id``, and ``incident`` ``{incident_id, actor_key,
+    cases: [{case_id, playbook, event_name, credential}]}`` for the approval message (what the
+    steps name is hashed; ``incident`` is what is shown)."""
 
     case_id: str
     playbook: str
     steps: list[PlanStep]
     hash: str
+    incident: dict[str, Any] | None = None
 
 
 class CaseSummary(BaseModel):
@@ -121,7 +129,7 @@ class Prepared(BaseModel):
     where: dict[str, Any] | None = None
 
     @classmethod
-    def from_ledger(cls, records: Iterable[Any], run_id: str) -> Prepared | None:
+    def from_ledger(cls, records: Iterable[Any], run_id: str, *, asked: bool = True) -> Prepared | None:
         """The pre-approval half of run ``run_id`` as its ledger records say it happened, once that
         run's Slack request is out, else ``None``.
 
@@ -131,10 +139,12 @@ class Prepared(BaseModel):
         plan's hash, all of run ``run_id`` (a record of another run or attempt never counts). ``None``
         when one of them is missing (the run has not asked yet: it computes and asks as usual) or
         when the plan read back does not hash to the hash it was approved under (:func:`plan_hash`:
-        the ledger's redaction changed a parameter), so what runs is always the plan that was asked."""
+        the ledger's redaction changed a parameter), so what runs is always the plan that was asked.
+        ``asked=False`` reads an incident member's half (the lead case holds the ask): no
+        ``approval.asked`` is needed."""
         facts: dict[str, Any] = {}
         guard_outcome = plan = None
-        asked: dict[str, Any] | None = None
+        request: dict[str, Any] | None = None
         for r in records:
             if r.run_id != run_id:
                 continue
@@ -145,10 +155,14 @@ class Prepared(BaseModel):
             elif r.kind == "plan.created":
                 plan = Plan.model_validate(r.payload)
             elif r.kind == "approval.asked" and r.payload.get("mode") == "slack" and plan is not None:
-                asked = r.payload if r.payload.get("plan_hash") == plan.hash else asked
-        if not (asked and guard_outcome and plan) or plan_hash(plan.case_id, plan.playbook, plan.steps) != plan.hash:
+                request = r.payload if r.payload.get("plan_hash") == plan.hash else request
+        if not asked and plan is not None:
+            request = {}
+        if request is None or not (guard_outcome and plan):
             return None
-        return cls(run_id=run_id, enrichment=facts, guard=guard_outcome, plan=plan, where=asked.get("where"))
+        if plan_hash(plan.case_id, plan.playbook, plan.steps) != plan.hash:
+            return None
+        return cls(run_id=run_id, enrichment=facts, guard=guard_outcome, plan=plan, where=request.get("where"))
 
 
 def _context(detection: Detection, params: dict[str, Any], clients: Callable[..., Any],
@@ -301,11 +315,11 @@ def guard(playbook: Playbook, detection: Detection, config: Config, clients: Cal
 
 
 def plan_hash(case_id: str, playbook: str, steps: list[PlanStep]) -> str:
-    """SHA-256 over the case, playbook and each step's action, parameters, target and calls
-    (not the state read before, which may change without the plan changing)."""
+    """SHA-256 over the case, playbook and each step's action, parameters, target, calls and (in
+    an incident's plan) member case (not the state read before, which may change without the plan changing)."""
     body = {"case_id": case_id, "playbook": playbook,
-            "steps": [{"action": s.action, "params": s.params, "target": s.target, "calls": s.calls}
-                      for s in steps]}
+            "steps": [{"action": s.action, "params": s.params, "target": s.target, "calls": s.calls,
+                       **({"case_id": s.case_id} if s.case_id else {})} for s in steps]}
     return hashlib.sha256(canonical_json(body).encode()).hexdigest()
 
 

@@ -102,8 +102,10 @@ def flow_state(server: PrefectServer, run_id: str) -> str | None:
     return fr.state.type.value if fr.state else None
 
 
-def _detection_bodies(n: int) -> list[bytes]:
-    """``n`` CreateAccessKey events that differ in the key created (so ``n`` distinct cases)."""
+def _detection_bodies(n: int, actors: bool = False) -> list[bytes]:
+    """``n`` CreateAccessKey events that differ in the key created (so ``n`` distinct cases); with
+    ``actors``, each signed by an actor of its own (another key of another user: ``n`` incidents),
+    else all by the example's actor (one incident)."""
     base = json.loads(EXAMPLE.read_text())
     event = base["Records"][0] if isinstance(base, dict) and "Records" in base else base
     bodies = []
@@ -112,6 +114,11 @@ def _detection_bodies(n: int) -> list[bytes]:
         ev = json.loads(json.dumps(event))
         ev["eventID"] = str(uuid.uuid4())
         ev["responseElements"]["accessKey"]["accessKeyId"] = f"AKIA{run}{i:04d}"
+        if actors:
+            ident = ev["userIdentity"]
+            ident["accessKeyId"] = f"AKIAACTOR{run[:7]}{i:04d}"
+            ident["userName"] = f"actor-{i}"
+            ident["arn"] = ident["arn"].rsplit("/", 1)[0] + f"/actor-{i}"
         bodies.append(json.dumps(ev).encode())
     return bodies
 
@@ -198,8 +205,10 @@ def test_two_replicas_never_double_open_a_case(prefect_on_postgres, tmp_path, db
 
 
 def test_a_batch_of_detections_is_submitted_at_once_each_case_once_in_order(prefect_on_postgres, tmp_path):
-    """One webhook body of 12 detections (JSON lines): each case is submitted once, side by side
-    (``CORDON_SUBMIT_THREADS``), and the answer lists the cases in the body's order."""
+    """One webhook body of 12 detections by 12 actors (JSON lines): each case is submitted once, side
+    by side (``CORDON_SUBMIT_THREADS``), and the answer lists the cases in the body's order. Then a
+    body of 3 detections by one actor: one incident, one run (its lead's) answering the three,
+    the answer still in the body's order."""
     server = prefect_on_postgres
     db_url = f"sqlite:///{tmp_path}/ledger.db"
     Ledger(db_url)
@@ -207,13 +216,18 @@ def test_a_batch_of_detections_is_submitted_at_once_each_case_once_in_order(pref
            "CORDON_SLACK_SIGNING_SECRET": "s3cr3t-signing", "CORDON_SLACK_CHANNEL": "C0PROD",
            "CORDON_CONFIG": str(config_with_approvers(tmp_path)), "CORDON_SUBMIT_THREADS": "6"}
     replica = Replica(env, tmp_path / "replica.log")
-    bodies = _detection_bodies(12)
+    bodies = _detection_bodies(12, actors=True)
+    burst = _detection_bodies(3)
     try:
         wait_for(replica.healthy, 60, f"cordon serve on {replica.url}")
         resp = httpx.post(f"{replica.url}/webhook/detections", content=b"\n".join(bodies), timeout=300,
                           headers={"Authorization": f"Bearer {WEBHOOK_TOKEN}"})
         assert resp.status_code == 202, resp.text
         cases = resp.json()["cases"]
+        resp = httpx.post(f"{replica.url}/webhook/detections", content=b"\n".join(burst), timeout=300,
+                          headers={"Authorization": f"Bearer {WEBHOOK_TOKEN}"})
+        assert resp.status_code == 202, resp.text
+        burst_cases = resp.json()["cases"]
     finally:
         replica.stop()
     ledger = Ledger(db_url)
@@ -221,9 +235,17 @@ def test_a_batch_of_detections_is_submitted_at_once_each_case_once_in_order(pref
     by_case = {c["case_id"]: json.loads(c["detection"])["credential"]["uid"] for c in ledger.cases()}
     assert [by_case[c["case_id"]] for c in cases] == keys  # the body's order
     assert all(c["flow_run_id"] and c["status"] == "awaiting_approval" for c in cases), cases
-    runs = [fr for fr in flow_runs_of(server) if fr.parameters.get("case_id") in by_case]
-    assert sorted(fr.parameters["case_id"] for fr in runs) == sorted(by_case)  # one run each
+    mine = {c["case_id"] for c in cases}
+    runs = [fr for fr in flow_runs_of(server) if fr.parameters.get("case_id") in mine]
+    assert sorted(fr.parameters["case_id"] for fr in runs) == sorted(mine)  # one run each
     assert {str(fr.id) for fr in runs} == {c["flow_run_id"] for c in cases}
+    # one actor's three: one run, named by every case, the answer in the body's order
+    burst_keys = [json.loads(b)["responseElements"]["accessKey"]["accessKeyId"] for b in burst]
+    assert [by_case[c["case_id"]] for c in burst_cases] == burst_keys
+    (run_id,) = {c["flow_run_id"] for c in burst_cases}
+    (run,) = [fr for fr in flow_runs_of(server) if str(fr.id) == run_id]
+    assert sorted([run.parameters["case_id"], *(m["case_id"] for m in run.parameters["members"])]) == \
+        sorted(c["case_id"] for c in burst_cases)
     assert ledger.verify().ok
 
 

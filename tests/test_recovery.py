@@ -237,9 +237,13 @@ def test_kill_9_during_containment_then_rerun_contains_each_key_once(tmp_path):
             ledger = Ledger(f"sqlite:///{db}")
             stranded = find_stranded(ledger)
             FIGURES["stranded_after_kill"] += len(stranded)
-            # every case the kill left unfinished is found stranded (a late kill may leave none)
+            # every case the kill left unfinished is found stranded (a late kill may leave none), or,
+            # for the cases of one actor's incident, their lead is: its next run answers them too
             unfinished = {c["case_id"] for c in ledger.cases() if c["status"] != "contained"}
-            assert {c.case_id for c in stranded} == unfinished
+            leads = {c.case_id for c in stranded}
+            waiting = {cid for cid in unfinished - leads
+                       if check_case(ledger, ledger.case(cid)).lead_case_id in leads}
+            assert leads <= unfinished and unfinished == leads | waiting
             if trial % 2 == 1:  # kill the rerun too
                 run = respond_cli(env, events, work / "run1.out")
                 kills.append(kill_during_containment(run, db, rng, max(1, len(find_stranded(ledger)))))

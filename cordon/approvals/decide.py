@@ -409,7 +409,8 @@ def waiting_blocks(records: list[LedgerRecord], case: Mapping[str, Any], st: Req
     return approval_blocks(str(case["case_id"]), str(case.get("playbook") or "-"), _detection_summary(case),
                            enrichment, steps, st.plan_hash, str(st.run_id or "-"),
                            st.asked.payload.get("expires_at"), asked_at=asked_at, quorum=st.quorum,
-                           approvals=st.votes, notes=all_notes)
+                           approvals=st.votes, notes=all_notes,
+                           incident=plans[-1].get("incident") if plans else None)
 
 
 def summary_from_ledger(records: list[LedgerRecord], case: Mapping[str, Any]) -> dict[str, Any]:
@@ -490,7 +491,8 @@ def post_request(ledger: Ledger, client: Any, *, config: Config, playbook: Any, 
     blocks = approval_blocks(
         case_id=case_id, playbook=playbook.name, detection=detection.summary(), enrichment=dict(enrichment),
         plan=[{"action": s["action"], "target": s["target"], "calls": s["describe"]} for s in plan["steps"]],
-        plan_hash=plan["hash"], run_id=run_id, expires_at=expires_at, asked_at=asked_at, quorum=policy.quorum)
+        plan_hash=plan["hash"], run_id=run_id, expires_at=expires_at, asked_at=asked_at, quorum=policy.quorum,
+        incident=plan.get("incident"))
     text = fallback_text(playbook.name, detection.summary(), case_id=case_id)
     record = {"mode": "slack", "plan_hash": plan["hash"], "asked_at": asked_at, "expires_at": expires_at,
               "quorum": policy.quorum, "approvers": {"users": sorted(policy.users), "groups": sorted(policy.groups)},

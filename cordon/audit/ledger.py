@@ -28,6 +28,11 @@ and upgraded by the Alembic revisions in :mod:`cordon.audit.migrations`):
   the response, so case timelines (:mod:`cordon.audit.query`) stay the story of the steps.
 * ``case_detections`` (insert-only by grant): which detections joined which case
   (``detection_uid`` unique).
+* ``incidents`` (mutable index) and ``incident_cases`` (insert-only by grant): cases correlated
+  by their actor (:meth:`cordon.providers.Provider.actor_key`: the principal and the access key or
+  session it signed with) within a window, one incident per actor burst
+  (:meth:`Ledger.assign_incident`). The chain is the truth: each row is written in the same
+  transaction as its ``incident.opened`` / ``incident.case_added`` record.
 * ``refusal_windows`` (mutable counters): unsigned or forged requests (bad Slack signature,
   wrong webhook token, failed audit-page sign-ins) counted per (source, reason, minute) with a
   few samples, and summarised as one chained ``<source>.refusals`` record per source and window
@@ -159,6 +164,26 @@ refusal_windows_table = sa.Table(
     sa.Column("summary_seq", sa.Integer, nullable=True),
     sa.UniqueConstraint("source", "reason", "window_start", name="uq_refusal_windows_key"),
     sa.Index("ix_refusal_windows_open", "summary_seq", "window_start"),
+)
+
+incidents_table = sa.Table(
+    "incidents",
+    metadata,
+    sa.Column("incident_id", sa.String(64), primary_key=True),
+    sa.Column("actor_key", sa.String(512), nullable=False, index=True),
+    sa.Column("provider", sa.String(32), nullable=True),
+    sa.Column("opened_at", sa.String(40), nullable=False),
+    sa.Column("last_at", sa.String(40), nullable=False),
+    sa.Column("lead_case_id", sa.String(64), nullable=False),
+    sa.Column("actor", sa.Text, nullable=False),
+)
+
+incident_cases_table = sa.Table(
+    "incident_cases",
+    metadata,
+    sa.Column("case_id", sa.String(64), primary_key=True),
+    sa.Column("incident_id", sa.String(64), nullable=False, index=True),
+    sa.Column("added_at", sa.String(40), nullable=False),
 )
 
 #: Tables whose rows are never updated or deleted (triggers refuse it; grants never allow it).
@@ -355,6 +380,15 @@ class VerifyResult:
     problem: str | None = None
     cases: int = 0
     dead_letters: int = 0
+
+
+@dataclass(frozen=True)
+class IncidentAssign:
+    """Result of :meth:`Ledger.assign_incident`: the case's incident, and whether this call opened
+    it (``True``: the case is its first) or added the case to an open one."""
+
+    incident_id: str
+    opened: bool
 
 
 @dataclass(frozen=True)
@@ -596,6 +630,76 @@ class Ledger:
                 row = w.conn.execute(sa.select(cases_table).where(cases_table.c.case_id == case_id)).one()
                 self._case_status(w, row, ["status"], ts)
             return w.append("case.closed", payload, case_id=case_id, run_id=run_id, actor=actor, ts=ts)
+
+    def assign_incident(self, case_id: str, actor_key: str, *, window_seconds: float,
+                        actor: dict[str, Any] | None = None, provider: str | None = None) -> IncidentAssign:
+        """Put ``case_id`` in the incident of ``actor_key`` (one actor's burst: the principal and
+        the access key or session it signed with, :meth:`cordon.providers.Provider.actor_key`):
+        the newest incident of that key that took a case in the last ``window_seconds`` seconds,
+        else a new one with this case as its lead. Appends ``incident.opened`` ``{incident_id,
+        actor_key, actor}`` (a new incident) and ``incident.case_added`` ``{incident_id,
+        actor_key, lead_case_id}`` on the case, in the same transaction as the rows, under the
+        head's lock (two intakes never open two incidents for one burst). Idempotent: a case
+        already in an incident gets that one back (``opened`` false), with no record."""
+        actor_text = canonical_json(redact(actor or {}))
+        with self.chained() as w:
+            found = w.conn.execute(sa.select(incident_cases_table.c.incident_id)
+                                   .where(incident_cases_table.c.case_id == case_id)).scalar_one_or_none()
+            if found is not None:
+                return IncidentAssign(found, False)
+            ts = now_iso()
+            since = datetime.fromtimestamp(datetime.fromisoformat(ts).timestamp() - window_seconds, UTC).isoformat()
+            row = w.conn.execute(
+                sa.select(incidents_table.c.incident_id, incidents_table.c.lead_case_id)
+                .where(incidents_table.c.actor_key == actor_key, incidents_table.c.last_at >= since)
+                .order_by(incidents_table.c.last_at.desc()).limit(1)).first()
+            opened = row is None
+            if opened:
+                incident_id, lead = "incident-" + uuid.uuid4().hex[:12], case_id
+                w.conn.execute(incidents_table.insert().values(
+                    incident_id=incident_id, actor_key=actor_key, provider=provider, opened_at=ts, last_at=ts,
+                    lead_case_id=case_id, actor=actor_text))
+                w.append("incident.opened", {"incident_id": incident_id, "actor_key": actor_key,
+                                             "actor": json.loads(actor_text)}, case_id=case_id, ts=ts)
+            else:
+                incident_id, lead = row.incident_id, row.lead_case_id
+                w.conn.execute(incidents_table.update().where(incidents_table.c.incident_id == incident_id)
+                               .values(last_at=ts))
+            w.conn.execute(incident_cases_table.insert().values(case_id=case_id, incident_id=incident_id,
+                                                                added_at=ts))
+            w.append("incident.case_added", {"incident_id": incident_id, "actor_key": actor_key,
+                                             "lead_case_id": lead}, case_id=case_id, ts=ts)
+        return IncidentAssign(incident_id, opened)
+
+    def incident_of(self, case_id: str) -> str | None:
+        """The incident ``case_id`` belongs to, or ``None``."""
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(incident_cases_table.c.incident_id)
+                                .where(incident_cases_table.c.case_id == case_id)).scalar_one_or_none()
+
+    def incident(self, incident_id: str) -> dict[str, Any] | None:
+        """The incident as a dict: ``incident_id``, ``actor_key``, ``provider``, ``opened_at``,
+        ``last_at``, ``lead_case_id``, ``actor`` (dict) and ``cases`` (its case IDs, in the order
+        they were added); ``None`` for an unknown incident."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(incidents_table)
+                               .where(incidents_table.c.incident_id == incident_id)).first()
+            if row is None:
+                return None
+            cases = conn.execute(sa.select(incident_cases_table.c.case_id)
+                                 .where(incident_cases_table.c.incident_id == incident_id)
+                                 .order_by(incident_cases_table.c.added_at, incident_cases_table.c.case_id)).scalars()
+            out = dict(row._mapping)
+            out["cases"] = list(cases)
+        out["actor"] = json.loads(out["actor"] or "{}")
+        return out
+
+    def incidents(self) -> list[dict[str, Any]]:
+        """Every incident (as :meth:`incident` gives it), newest first."""
+        with self.engine.connect() as conn:
+            ids = conn.execute(sa.select(incidents_table.c.incident_id)
+                               .order_by(incidents_table.c.opened_at.desc())).scalars().all()
+        return [i for i in (self.incident(x) for x in ids) if i is not None]
 
     # -- reading ---------------------------------------------------------------------------
     def records(self, case_id: str | None = None, kind_prefix: str | None = None) -> Iterator[LedgerRecord]:

@@ -33,6 +33,7 @@ from prefect import flow, task
 from prefect.flow_runs import suspend_flow_run
 from prefect.input import RunInput
 from prefect.runtime import flow_run
+from pydantic import BaseModel
 
 from cordon.action import GuardError
 from cordon.approvals.gate import proceeds
@@ -51,6 +52,7 @@ from cordon.respond import (
     enrich,
     guard,
     outcome_status,
+    plan_hash,
     run_step,
     verify_step,
 )
@@ -76,6 +78,24 @@ class ApprovalInput(RunInput):
     quorum: int | None = None
     #: with ``expired``: what the playbook says happens at expiry (the run re-checks the playbook)
     on_expiry: Literal["deny", "contain"] | None = None
+
+
+class Member(BaseModel):
+    """One case an incident's run answers: its ID, playbook and cloud parameters
+    (:meth:`cordon.engine.Responder.cloud_for` of the case)."""
+
+    case_id: str
+    playbook: str
+    cloud: dict[str, Any] = {}
+
+
+class IncidentPrepared(BaseModel):
+    """The pre-approval half of an incident's run: each case's :class:`cordon.respond.Prepared`
+    (the lead's first) and the incident's plan (every case's steps with their ``case_id``, under the
+    lead; ``None`` when no case has a step left to take)."""
+
+    cases: dict[str, Prepared]
+    plan: Plan | None = None
 
 
 @functools.lru_cache(maxsize=4)
@@ -150,7 +170,12 @@ def _note_process(case_id: str, attempt: int) -> None:
 
 @task(name="prepare", task_run_name="enrich, guard and plan {case_id}", persist_result=True)
 def prepare_task(case_id: str, playbook: str, approval: str, cloud: dict[str, Any]) -> Prepared:
-    """The pre-approval half in one task (one task run, one cached result to replay): record that
+    """The pre-approval half in one task: :func:`_prepare`."""
+    return _prepare(case_id, playbook, approval, cloud)
+
+
+def _prepare(case_id: str, playbook: str, approval: str, cloud: dict[str, Any]) -> Prepared:
+    """The pre-approval half of one case (one task run, one cached result to replay): record that
     this run answers the case (``run.started``, the case ``running``); run the playbook's
     enrichment and record what it found (``enrichment.completed`` / ``.failed``, redacted: the
     result is persisted by Prefect, and the ledger, Slack and the summary show the same facts);
@@ -295,13 +320,23 @@ def _interrupted(case_id: str, action: str, target: str) -> dict[str, Any] | Non
 
 
 @task(name="contain", task_run_name="contain {step.action} {step.target}", persist_result=True)
-def contain_task(case_id: str, step: PlanStep, cloud: dict[str, Any], attempt: int = 1) -> dict[str, Any]:
+def contain_task(case_id: str, step: PlanStep, cloud: dict[str, Any], attempt: int = 1,
+                 approved: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run one containment step (idempotent) and record before and after. ``step.started`` is
     written first (write-ahead): a run killed during the call leaves it without a result, and the
     re-run's ``action.already_contained`` (or ``action.contained``) then carries
-    ``interrupted: {seq, run_id, attempt}`` naming the attempt that may have made the call."""
+    ``interrupted: {seq, run_id, attempt}`` naming the attempt that may have made the call.
+
+    ``approved`` (an incident member's step: ``{lead_case_id, incident_id, plan_hash, decision,
+    approver, approvers}``): the decision that covers it, recorded on this case as
+    ``approval.incident`` before its first step of this run, so the member's own timeline says
+    who approved what it contains."""
     plan_step = step
     detection = _detection(case_id)
+    if approved and not any(r.run_id == _run_id() for r in ledger().records(case_id=case_id,
+                                                                            kind_prefix="approval.incident")):
+        ledger().append("approval.incident", approved, case_id=case_id, run_id=_run_id(),
+                        actor=approved.get("approver"))
     earlier = _interrupted(case_id, plan_step.action, plan_step.target)
     ledger().append("step.started", {"name": plan_step.action, "target": plan_step.target, "attempt": attempt,
                                      "calls": plan_step.describe}, case_id=case_id, run_id=_run_id(), actor="cordon")
@@ -366,17 +401,23 @@ def finish(case_id: str, summary: CaseSummary) -> dict[str, Any]:
 
 @task(name="plan again", task_run_name="plan again {case_id}", persist_result=True)
 def replan_task(case_id: str, summary: CaseSummary, cloud: dict[str, Any], slack: dict[str, Any],
-                attempt: int) -> dict[str, Any]:
+                attempt: int, members: list[Member] | None = None,
+                done: list[CaseSummary] | None = None) -> dict[str, Any]:
     """The state changed since the plan was approved (a step is ``plan_changed``; nothing was
     done): ``case.replan`` in the ledger, the case ``replanning``, its Slack request retired (the
     next ask posts a new message), and the next attempt submitted to the ``respond`` deployment
     (:func:`cordon.recovery.rerun`), which plans from the state as it is and asks again. Not a
     ``case.closed``: the next attempt closes the case. After :func:`cordon.recovery.max_attempts`
-    attempts recovery gives up and the case waits for a person (``recovery.gave_up``)."""
+    attempts recovery gives up and the case waits for a person (``recovery.gave_up``).
+
+    An incident's lead: the members whose own steps ended (``done``) are closed first; the next
+    attempt answers the lead and ``members`` (the rest) together again."""
     from cordon.approvals.outbox import default_outbox
     from cordon.engine import Responder
     from cordon.recovery import DEPLOYMENT, RunCheck, rerun
 
+    for m in done or []:
+        _close(m)
     changed = [a for a in summary.actions if a.get("status") == "plan_changed"]
     ledger().append("case.replan", {"attempt": attempt, "steps": changed}, case_id=case_id, run_id=_run_id(),
                     actor="cordon")
@@ -384,10 +425,218 @@ def replan_task(case_id: str, summary: CaseSummary, cloud: dict[str, Any], slack
     default_outbox().retire(case_id)
     check = RunCheck(case_id=case_id, live=False, reason="the state changed since the plan was approved",
                      status="replanning", playbook=summary.playbook, attempt=attempt, started=attempt, mode="slack",
-                     where=DEPLOYMENT, flow_run_id=_run_id(), cloud=cloud, slack=slack)
+                     where=DEPLOYMENT, flow_run_id=_run_id(), cloud=cloud, slack=slack,
+                     members=[m.model_dump() for m in members or []] or None)
     again = rerun(Responder(ledger=ledger()), check, where=DEPLOYMENT, modes=("slack",), cloud=cloud, slack=slack)
     _log("the state changed since approval: nothing done; attempt %s %s", again.attempt, again.action)
     return {**summary.out(), "status": "replanning", "next_attempt": again.attempt, "recovery": again.action}
+
+
+# -- an incident: one run, one approval, one plan for the cases of one actor's burst ------------------
+def _incident_view(case_id: str, members: list[Member], prepared: dict[str, Prepared]) -> dict[str, Any]:
+    """What the approval message shows of the incident: its ID, actor key and each case."""
+    incident_id = ledger().incident_of(case_id)
+    info = ledger().incident(incident_id) if incident_id else None
+    cases = []
+    for cid, pb in [(case_id, None), *((m.case_id, m.playbook) for m in members)]:
+        det = _detection(cid)
+        cred = det.credential
+        prep = prepared.get(cid)
+        cases.append({"case_id": cid, "playbook": pb or (ledger().case(cid) or {}).get("playbook"),
+                      "event_name": det.event_name or det.finding_type,
+                      "credential": {"kind": cred.kind, "uid": cred.uid, "owner": cred.owner.name or cred.owner.uid}
+                      if cred else None,
+                      "target": det.target.name or det.target.uid,
+                      "steps": len(prep.plan.steps) if prep and prep.plan else 0,
+                      **({"refused": prep.guard.get("reason")} if prep and not prep.guard.get("ok") else {})})
+    return {"incident_id": incident_id, "actor_key": (info or {}).get("actor_key"), "cases": cases}
+
+
+def _summary_of(case_id: str, playbook: str, prep: Prepared, incident_id: str | None) -> CaseSummary:
+    summary = CaseSummary.opened(case_id, playbook, _detection(case_id), flow_run_id=prep.run_id,
+                                 enrichment=prep.enrichment, plan=None, incident_id=incident_id)
+    if not prep.guard["ok"]:
+        summary.status, summary.guard = "refused", prep.guard
+    elif prep.plan is not None:
+        summary.with_plan(prep.plan)
+        if not prep.plan.steps:
+            summary.status = "no_containment"
+    return summary
+
+
+def _close(summary: CaseSummary) -> None:
+    """Close an incident member with its own outcome (once: a case already closed is left alone)."""
+    from cordon.recovery import CLOSED_STATUSES
+
+    if (ledger().case(summary.case_id) or {}).get("status") in CLOSED_STATUSES:
+        return
+    ledger().close_case(summary.case_id, summary.status, {"status": summary.status, "verified": summary.verified,
+                                                          "approval": summary.approval,
+                                                          **({"incident_id": summary.incident_id}
+                                                             if getattr(summary, "incident_id", None) else {})},
+                        run_id=_run_id(), actor="cordon")
+
+
+@task(name="prepare incident", task_run_name="enrich, guard and plan the incident of {case_id}", persist_result=True)
+def prepare_incident_task(case_id: str, playbook: str, approval: str, cloud: dict[str, Any],
+                          members: list[Member]) -> IncidentPrepared:
+    """The pre-approval half of every case of an incident in one task (:func:`_prepare` each: its
+    own enrichment, guard and plan records), then the incident's plan on the lead: every case's
+    steps (``case_id`` set), hashed together, recorded as the lead's ``plan.created`` (with
+    ``incident``: what the message lists) and its ``plan_hash``. A member that ends here (refused,
+    nothing to contain) is closed at once; the lead, which carries the incident's approval, is
+    closed with the run's end."""
+    cases = {case_id: _prepare(case_id, playbook, approval, cloud)}
+    for m in members:
+        cases[m.case_id] = _prepare(m.case_id, m.playbook, approval, m.cloud or cloud)
+    incident_id = ledger().incident_of(case_id)
+    for m in members:
+        summary = _summary_of(m.case_id, m.playbook, cases[m.case_id], incident_id)
+        if summary.status:
+            _close(summary)
+    steps = [step.model_copy(update={"case_id": cid}) for cid, prep in cases.items()
+             if prep.guard["ok"] and prep.plan is not None for step in prep.plan.steps]
+    if not steps:
+        return IncidentPrepared(cases=cases)
+    plan = Plan(case_id=case_id, playbook=playbook, steps=steps, hash=plan_hash(case_id, playbook, steps),
+                incident=_incident_view(case_id, members, cases))
+    ledger().set_case(case_id, plan_hash=plan.hash)
+    ledger().append("plan.created", plan.model_dump(), case_id=case_id, run_id=_run_id(), actor="cordon")
+    _log("incident plan %s: %d step(s) for %d case(s)", plan.hash[:12], len(steps), len(cases))
+    return IncidentPrepared(cases=cases, plan=plan)
+
+
+def _incident_from_ledger(case_id: str, approval: str, members: list[Member]) -> IncidentPrepared | None:
+    """A resumed incident run's pre-approval half from the ledger (see :func:`_asked_before`): the
+    lead's (its ``plan.created`` is the incident's plan) and each member's."""
+    lead = _asked_before(case_id, approval)
+    if lead is None or lead.plan is None:
+        return None
+    run_id = _run_id()
+    cases = {case_id: lead}
+    for m in members:
+        prep = Prepared.from_ledger(ledger().records(case_id=m.case_id), run_id, asked=False)
+        if prep is not None:
+            cases[m.case_id] = prep
+    own = Prepared.from_ledger(
+        [r for r in ledger().records(case_id=case_id) if not (r.kind == "plan.created" and r.payload.get("incident"))],
+        run_id, asked=False)
+    cases[case_id] = own or lead.model_copy(update={"plan": None})
+    return IncidentPrepared(cases=cases, plan=lead.plan.model_copy(update={"incident": lead.plan.incident}))
+
+
+@task(name="finish incident", task_run_name="finish the incident of {case_id}", persist_result=True)
+def finish_incident(case_id: str, lead: CaseSummary, members: list[CaseSummary]) -> dict[str, Any]:
+    """Close each member still open (its own status, ``case.closed`` with the ``incident_id``),
+    then the lead (:func:`finish`'s record and timeline artifact). Returns the lead's summary with
+    ``members``: each member's, as :meth:`cordon.respond.CaseSummary.out`."""
+    for m in members:
+        _close(m)
+    out = finish.fn(case_id, lead)
+    return {**out, "members": [m.out() for m in members]}
+
+
+def _respond_incident(case_id: str, playbook: str, approval: str, cloud: dict[str, Any],
+                      slack: dict[str, Any] | None, attempt: int, members: list[Member]) -> dict[str, Any]:
+    """The incident path of :func:`respond` (``members`` given): one prepare, one ask, one decision,
+    each step contained and verified on its own case, each case closed with its own outcome."""
+    from cordon.slack import progress
+
+    _note_process(case_id, attempt)
+    books = {case_id: playbook, **{m.case_id: m.playbook for m in members}}
+    clouds = {case_id: cloud, **{m.case_id: (m.cloud or cloud) for m in members}}
+    resumed = _incident_from_ledger(case_id, approval, members)
+    prepared = resumed or prepare_incident_task(case_id, playbook, approval, cloud, members)
+    incident_id = ledger().incident_of(case_id)
+    summaries = {cid: _summary_of(cid, books[cid], prep, incident_id) for cid, prep in prepared.cases.items()}
+    lead = summaries[case_id]
+    others = [summaries[m.case_id] for m in members if m.case_id in summaries]
+    plan = prepared.plan
+    if plan is None:
+        lead.status = lead.status or "no_containment"
+        return finish_incident(case_id, lead, others)
+    waiting = [s for s in summaries.values() if s.status is None or s.case_id == case_id]
+    asked = {"decision": None, "where": _asked_before(case_id, approval).where} if resumed else \
+        ask_task(case_id, playbook, prepared.cases[case_id].enrichment, plan, approval, slack or {})
+    decision, gate, where = _decision(case_id, _playbook(playbook)[1], plan, asked)
+    approval_view = _approval_view(decision)
+    for s in waiting:
+        s.approval = approval_view
+    combined = CaseSummary.opened(case_id, playbook, _detection(case_id), flow_run_id=_run_id(),
+                                  incident_id=incident_id).with_plan(plan)
+    combined.approval = approval_view
+    if not proceeds(decision) or (gate and gate["outcome"] == "denied"):
+        status = "denied" if (gate and gate["outcome"] == "denied") or decision["decision"] == "deny" else "expired"
+        for s in waiting:
+            s.status = s.status if s.case_id == case_id and s.status == "refused" else status
+        combined.status = status
+        if where:
+            text = progress.cancelled(gate["denied_by"], None) if gate and gate["outcome"] == "denied" \
+                else progress.not_proceeding(decision)
+            update_slack(slack or {}, where, combined.out(), text)
+        return finish_incident(case_id, lead, others)
+    covered = {"lead_case_id": case_id, "incident_id": incident_id, "plan_hash": plan.hash,
+               **{k: v for k, v in approval_view.items() if k != "reason"}}
+    results = [contain_task(step.case_id or case_id, step, clouds.get(step.case_id or case_id, cloud), attempt,
+                            covered if (step.case_id or case_id) != case_id else None)
+               for step in plan.steps]
+    checks = [verify_task(step.case_id or case_id, step, clouds.get(step.case_id or case_id, cloud))
+              for step in plan.steps]
+    for cid, s in summaries.items():
+        mine = [i for i, step in enumerate(plan.steps) if (step.case_id or case_id) == cid]
+        if not mine:
+            continue
+        s.actions = [{k: results[i].get(k) for k in ("name", "target", "status", "before", "after", "error", "calls")}
+                     for i in mine]
+        s.verification = [checks[i] for i in mine]
+        s.verified = all(checks[i]["held"] for i in mine)
+        s.status = outcome_status([results[i] for i in mine], [checks[i] for i in mine])
+    combined.actions = [{k: r.get(k) for k in ("name", "target", "status", "before", "after", "error", "calls")}
+                        for r in results]
+    combined.verification, combined.verified = checks, all(c["held"] for c in checks)
+    combined.status = outcome_status(results, checks)
+    if where:
+        story = [progress.proceeding(decision), *(progress.step_line(r) for r in results),
+                 progress.replanning() if combined.status == "plan_changed"
+                 else progress.outcome(combined.status, results, checks)]
+        update_slack(slack or {}, where, {**combined.out(), "rollback": _rollbackable(results)}, "\n".join(story))
+        if combined.status == "plan_changed":  # never what was not approved: plan and ask the whole incident again
+            again = [m for m in members if summaries.get(m.case_id) and summaries[m.case_id].status in
+                     (None, "plan_changed")]
+            done = [s for s in others if s.case_id not in {m.case_id for m in again}]
+            lead.actions = combined.actions
+            return replan_task(case_id, lead, cloud, slack or {}, attempt, again, done)
+    lead.status = lead.status or "no_containment"
+    return finish_incident(case_id, lead, others)
+
+
+
+def _decision(case_id: str, pb: Any, plan: Plan, asked: dict[str, Any]) -> tuple[dict[str, Any],
+                                                                               dict[str, Any] | None,
+                                                                               dict[str, Any] | None]:
+    """The decision on ``plan``: the one the channel gave at once, or (the request is out) the one
+    a click resumes the suspended run with, recorded and gated (:func:`decide_task`). Returns
+    ``(decision, gate, where)``: ``gate`` ``None`` unless decided by a click; ``where`` the
+    request's message (``{"case_id", "queued": True}`` while the outbox holds it, and in a resumed
+    run: updates then name the case and the outbox's row says where its message is)."""
+    if asked["decision"] is not None:
+        return asked["decision"], None, None
+    from cordon.approvals.policy import load_settings
+
+    where = asked["where"] or {"case_id": case_id, "queued": True}
+    # Longer than expire_after: the sweeper (cordon/flows/sweeper.py) expires the request first and
+    # resumes the run with "expired"; Prefect's own timeout would only fail the run.
+    grace = load_settings(load_config()).grace_seconds
+    given = suspend_flow_run(wait_for_input=ApprovalInput, key=f"approval-{plan.hash[:16]}",
+                             timeout=pb.approval.expire_seconds + grace)
+    decided = decide_task(case_id, plan, given.model_dump(mode="json", exclude={"metadata"}), pb.approval.on_expiry)
+    return decided["decision"], decided["gate"], where
+
+
+def _approval_view(decision: dict[str, Any]) -> dict[str, Any]:
+    """What a summary shows of a decision: who and what, and the quorum, time and reason when set."""
+    return {k: decision.get(k) for k in ("decision", "approver", "approvers", "quorum", "decided_at", "reason")
+            if k in ("decision", "approver") or decision.get(k)}
 
 
 def record_failure(flow, flow_run, state) -> None:
@@ -407,19 +656,27 @@ def record_failure(flow, flow_run, state) -> None:
 @flow(name="respond", flow_run_name=run_name, persist_result=True, log_prints=True, on_failure=[record_failure],
       on_crashed=[record_failure])
 def respond(case_id: str, playbook: str, approval: ApprovalMode = "console", cloud: dict[str, Any] | None = None,
-            slack: dict[str, Any] | None = None, attempt: int = 1) -> dict[str, Any]:
-    """Answer one case with one playbook.
+            slack: dict[str, Any] | None = None, attempt: int = 1,
+            members: list[Member] | None = None) -> dict[str, Any]:
+    """Answer one case with one playbook, or (``members``) the cases of one incident together.
 
     ``case_id`` names a case already in the ledger (its detection is read from there, redacted);
     ``cloud`` the client parameters of :func:`cordon.clouds.clients_for`; ``slack``
     ``{"channel", "base_url"}`` for ``approval="slack"`` (the token is read from
     ``CORDON_SLACK_BOT_TOKEN``); ``attempt`` which run of the case this is (1, or more when
-    :mod:`cordon.recovery` runs a stranded case again). Returns the case summary printed by
-    ``cordon respond --output json``. Raises ``KeyError`` for a case not in the ledger.
+    :mod:`cordon.recovery` runs a stranded case again). ``members`` (an incident's other new cases,
+    :meth:`cordon.engine.Responder.incident_runs`): one prepare, one approval request listing every
+    credential, one plan of every case's steps under this (lead) case, each step contained on its
+    own case and each case closed with its own outcome; the summary then has ``members``. Returns
+    the case summary printed by ``cordon respond --output json``. Raises ``KeyError`` for a case not
+    in the ledger.
     """
     from cordon.slack import progress
 
     cloud = cloud or {}
+    if members:
+        return _respond_incident(case_id, playbook, approval, cloud, slack, attempt,
+                                 [Member.model_validate(m) for m in members])
     _, pb = _playbook(playbook)
     detection = _detection(case_id)
     _note_process(case_id, attempt)
@@ -436,28 +693,10 @@ def respond(case_id: str, playbook: str, approval: ApprovalMode = "console", clo
         summary.status = "no_containment"
         return finish(case_id, summary)
 
-    where = gate = None
     asked = {"decision": None, "where": resumed.where} if resumed else \
         ask_task(case_id, playbook, prepared.enrichment, plan, approval, slack or {})
-    if asked["decision"] is None:  # the request is out: wait for the decision (a click resumes the run)
-        from cordon.approvals.policy import load_settings
-
-        # None while the outbox holds the request (the channel's rate slot was taken) and in a resumed
-        # run: updates then name the case and the outbox's row says where its message is
-        where = asked["where"] or {"case_id": case_id, "queued": True}
-        # Longer than expire_after: the sweeper (cordon/flows/sweeper.py) expires the request first and
-        # resumes the run with "expired"; Prefect's own timeout would only fail the run.
-        grace = load_settings(load_config()).grace_seconds
-        given = suspend_flow_run(wait_for_input=ApprovalInput, key=f"approval-{plan.hash[:16]}",
-                                 timeout=pb.approval.expire_seconds + grace)
-        decided = decide_task(case_id, plan, given.model_dump(mode="json", exclude={"metadata"}),
-                              pb.approval.on_expiry)
-        decision, gate = decided["decision"], decided["gate"]
-    else:
-        decision = asked["decision"]
-    summary.approval = {k: decision.get(k) for k in ("decision", "approver", "approvers", "quorum", "decided_at",
-                                                     "reason")
-                        if k in ("decision", "approver") or decision.get(k)}
+    decision, gate, where = _decision(case_id, pb, plan, asked)
+    summary.approval = _approval_view(decision)
     if not proceeds(decision):
         summary.status = "denied" if decision["decision"] == "deny" else "expired"
         if where:
@@ -490,10 +729,12 @@ def respond(case_id: str, playbook: str, approval: ApprovalMode = "console", clo
             return replan_task(case_id, summary, cloud, slack or {}, attempt)
     return finish(case_id, summary)
 
-def serve(name: str = "respond", sweeper_interval: int | None = None) -> None:  # pragma: no cover - durability test
+def serve(name: str = "respond", sweeper_interval: int | None = None,
+          watch_interval: int | None = None) -> None:  # pragma: no cover - durability test
     """Serve the respond flow as the ``respond/<name>`` deployment (``cordon worker``); with
     ``sweeper_interval`` (seconds), also the approval sweeper as ``approval-sweeper/sweeper`` on
-    that schedule, in the same process. Blocks.
+    that schedule, and with ``watch_interval`` the watch after containment as
+    ``watch-contained/watch`` (:mod:`cordon.flows.watch`), in the same process. Blocks.
 
     Runs execute warm, in threads of this process (:class:`cordon.runner.WarmRunner`); with
     ``CORDON_RUNNER=process``, in a new process each as Prefect's own runner does (``flow.serve``)."""
@@ -505,6 +746,10 @@ def serve(name: str = "respond", sweeper_interval: int | None = None) -> None:  
         from cordon.flows.sweeper import sweep_approvals
 
         deployments.append((sweep_approvals, sweep_approvals.to_deployment(name="sweeper", interval=sweeper_interval)))
+    if watch_interval:
+        from cordon.flows.watch import watch_contained
+
+        deployments.append((watch_contained, watch_contained.to_deployment(name="watch", interval=watch_interval)))
     if os.environ.get("CORDON_RUNNER", "warm") == "process":
         from prefect import serve as serve_all
 

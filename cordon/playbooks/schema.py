@@ -55,6 +55,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from cordon.action import Action, get_action
 from cordon.config import first_pattern
 from cordon.detections.model import SEVERITY_IDS, Detection, Provider
+from cordon.durations import parse_duration
 
 
 class PlaybookError(ValueError):
@@ -65,17 +66,6 @@ class PlaybookError(ValueError):
         self.path, self.line, self.field, self.reason = path, line, field, reason
         where = f"{path}:{line}" if line else path
         super().__init__(f"{where}: field '{field}': {reason}")
-
-
-_DURATION = re.compile(r"^(\d+)([smhd])$")
-
-
-def parse_duration(text: str) -> int:
-    """``"90s" | "15m" | "4h" | "2d"`` -> seconds. ``ValueError`` on anything else."""
-    m = _DURATION.match(text.strip())
-    if not m:
-        raise ValueError(f"expected a duration like 30m, 4h or 2d, got {text!r}")
-    return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
 
 
 class When(BaseModel):
@@ -291,6 +281,10 @@ class Playbook(BaseModel):
     approval: Approval = Field(default_factory=Approval)
     contain: list[Step] = Field(default_factory=list)
     verify: bool = True
+    #: How long after containment the credential is watched (:mod:`cordon.watch`: the state read
+    #: again and the audit log searched for its use, every pass of the ``watch`` flow), as
+    #: :func:`parse_duration`; ``None``: not watched.
+    watch: str | None = None
     #: Manual runs (``cordon run``, ``/cordon run``): parameter name -> :class:`Parameter`.
     #: Only playbooks that declare parameters can be run by hand.
     parameters: dict[str, Parameter] = Field(default_factory=dict)
@@ -306,6 +300,18 @@ class Playbook(BaseModel):
             raise ValueError("parameters: a manual run needs its credential kind: list exactly one in "
                              "when.credential_kinds, or add a parameter that sets credential.kind")
         return self
+
+    @field_validator("watch")
+    @classmethod
+    def _watch(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_duration(v)
+        return v
+
+    @property
+    def watch_seconds(self) -> int | None:
+        """``watch`` in seconds, or ``None``."""
+        return parse_duration(self.watch) if self.watch else None
 
     def parameters_schema(self) -> dict[str, Any]:
         """The manual-run parameters as one JSON Schema object (``additionalProperties: false``)."""

@@ -184,6 +184,36 @@ class Provider:
         cannot name it, or must not (a root user, a cloud service)."""
         return None
 
+    def actor_key(self, detection: Any) -> str | None:
+        """The key that correlates ``detection`` (a :class:`cordon.detections.model.Detection`)
+        with the others of the same actor into one incident (issue 14): ``<provider>|<account>|
+        <actor principal uid>|<session or signing key>`` (for AWS ``userIdentity.arn`` and
+        ``userIdentity.accessKeyId``: one key, or one role session, that did several things).
+        ``None`` when there is no actor to correlate by: a suppressed detection, a run by hand
+        (``rule.type: manual``) or a record that names no actor. A provider may override it."""
+        user = detection.actor.user
+        if detection.suppressed or detection.rule.type == "manual" or not user.uid:
+            return None
+        account = user.account_uid or detection.account_uid or ""
+        return "|".join((detection.provider, account, user.uid, detection.actor.session_uid or ""))
+
+    def plan_conflict_key(self, detection: Any) -> str | None:
+        """The object ``detection``'s containment rewrites as a whole, when two cases' plans of it
+        cannot be made together (each dry-run reads the object as it is, so the second plan would
+        undo the first: a read-modify-write such as GCP's ``setIamPolicy``). Two cases of one
+        incident with the same key are never in one plan: the later one is run alone
+        (:meth:`cordon.engine.Responder.incident_runs`). ``None`` (the default): independent objects.
+        """
+        return None
+
+    def credential_usage(self, detection: Any, since: Any, clients: Any) -> list[dict[str, Any]] | None:
+        """Uses of ``detection``'s credential after ``since`` (an aware datetime: when it was
+        contained), from the cloud's audit log, for the watch after containment
+        (:mod:`cordon.watch`): ``[{event_id, event_name, event_time, source_ip, ...}]``, newest
+        first; ``None`` (the default) when this provider does not search for this kind (the watch
+        then only reads the state again). Raises what the cloud's client raises."""
+        return None
+
     def check_config(self, config: Any) -> str | None:
         """Check this provider's section of ``cordon.yaml`` (``config``: a
         :class:`cordon.config.Config`), raising its ``ConfigError`` naming the field; return a short

@@ -49,9 +49,13 @@ def build_app(*, signing_secret: str | None = None, webhook_token: str | None = 
         from cordon.recovery import DEPLOYMENT, servable
 
         report = responder.intake_bytes(body, origin)
+        # the new cases of one actor's incident are answered by one run: its lead's
+        incidents = responder.group_incidents(report.cases, params_of=lambda t: cloud)
+        members = {m.case_id for group in incidents.values() for m in group}
+        leads = [t for t in report.cases if t.case_id not in members]
         # one batch's cases are submitted side by side (each a few round trips to Prefect and the
         # ledger; a burst of 25 in series held the sender's request for seconds), in their order
-        if len(report.cases) > 1:
+        if len(leads) > 1:
             import contextvars
             from concurrent.futures import ThreadPoolExecutor
 
@@ -59,11 +63,15 @@ def build_app(*, signing_secret: str | None = None, webhook_token: str | None = 
                 return responder.submit(ticket, cloud=cloud, slack=slack)
 
             # each submission in a copy of this context (Prefect's settings, e.g. a temporary API URL)
-            runs = [(contextvars.copy_context(), t) for t in report.cases]
+            runs = [(contextvars.copy_context(), t) for t in leads]
             with ThreadPoolExecutor(min(submit_threads, len(runs)), thread_name_prefix="cordon-submit") as pool:
                 cases = list(pool.map(lambda run: run[0].run(submit, run[1]), runs))
         else:
-            cases = [responder.submit(t, cloud=cloud, slack=slack) for t in report.cases]
+            cases = [responder.submit(t, cloud=cloud, slack=slack) for t in leads]
+        answered = {c["case_id"]: c for c in cases}
+        for c in list(answered.values()):
+            answered.update({m.case_id: responder.member_summary(c, m) for m in incidents.get(c["case_id"], [])})
+        cases = [answered[t.case_id] for t in report.cases]  # the body's order
         for t in report.joined:
             if t.run and t.check is not None and not servable(t.check, modes=("slack", "auto"), where=DEPLOYMENT):
                 cases.append(responder.submit(t, cloud=cloud if cloud is not None else t.check.cloud,

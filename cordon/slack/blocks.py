@@ -410,8 +410,14 @@ def approval_blocks(
     quorum: int = 1,
     approvals: Sequence[str] = (),
     notes: Sequence[str] = (),
+    incident: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """The approval message's blocks.
+
+    ``incident`` (:attr:`cordon.respond.Plan.incident`: ``{incident_id, actor_key, cases: [{case_id,
+    event_name, credential: {kind, uid, owner}, target, steps, refused?}]}``) makes it the request
+    of one actor's incident: a section under the header lists every case, and the one decision
+    answers them all (:func:`incident_section`).
 
     The waiting state goes in the context line: ``asked_at`` (ISO 8601), the ``approvals`` given
     so far (Slack user IDs) out of ``quorum``, and ``notes`` (mrkdwn, e.g. "escalated to
@@ -450,6 +456,8 @@ def approval_blocks(
             f"Case {code(case_id)} · playbook {code(playbook)} · run {code(run_id)}"
         ),
     ]
+    if incident and incident.get("cases"):
+        blocks.append(_section(incident_section(incident)))
     rule = det.get("rule") if isinstance(det.get("rule"), Mapping) else {}
     rule_text = None
     if rule:
@@ -629,6 +637,23 @@ _ACTION_ICONS = {
     "verified": ":lock:",
     "ok": ":white_check_mark:",
 }
+
+
+def incident_section(incident: Mapping[str, Any]) -> str:
+    """The incident's section of an approval message (mrkdwn, at most Slack's section limit): its
+    ID, then one line per case: case ID, event, the credential (kind, ID, owner) and how many steps
+    the plan takes for it, or why it was refused."""
+    cases = list(incident.get("cases") or [])
+    lines = [f":link: *Incident* {code(incident.get('incident_id') or '?')}: "
+             f"{len(cases)} case(s) by the actor below, answered together. One decision covers the whole plan."]
+    for c in cases:
+        cred = c.get("credential") if isinstance(c.get("credential"), Mapping) else None
+        what = (f"{escape(credential_words(cred.get('kind')))} {code(cred.get('uid') or '(no id)')}"
+                + (f" of {escape(str(cred['owner']))}" if cred.get("owner") else "")) if cred else \
+            escape(str(c.get("target") or "?"))
+        tail = f"refused: {escape(str(c['refused']))}" if c.get("refused") else f"{c.get('steps', 0)} step(s)"
+        lines.append(f"• {code(c.get('case_id') or '?')} {code(c.get('event_name') or '?')}: {what} · {tail}")
+    return clip("\n".join(lines), MAX_SECTION_TEXT)
 
 
 def _who(user: str | None) -> str:

@@ -5,7 +5,7 @@ an application role that may:
 
 * ``ledger``, ``dead_letters``, ``ledger_checkpoints``: SELECT, INSERT only (never UPDATE, DELETE,
   TRUNCATE; the triggers of revision 0002 refuse those even to the owner);
-* ``case_detections``: SELECT, INSERT;
+* ``case_detections``, ``incident_cases``: SELECT, INSERT;
 * ``ledger_head``: SELECT, UPDATE (the one row every append moves; ``SELECT ... FOR UPDATE``
   needs UPDATE);
 * ``cases``: SELECT, INSERT, UPDATE (mutable case state);
@@ -34,6 +34,7 @@ FIXED_PRIVILEGES: dict[str, tuple[str, ...]] = {
     "dead_letters": ("SELECT", "INSERT"),
     "ledger_checkpoints": ("SELECT", "INSERT"),
     "case_detections": ("SELECT", "INSERT"),
+    "incident_cases": ("SELECT", "INSERT"),
     "ledger_head": ("SELECT", "UPDATE"),
     "cases": ("SELECT", "INSERT", "UPDATE"),
     "alembic_version": ("SELECT",),

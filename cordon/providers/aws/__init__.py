@@ -97,6 +97,13 @@ class AwsProvider(Provider):
 
         return actor_access(detection)
 
+    def credential_usage(self, detection: Any, since: Any, clients: Any) -> Any:
+        """CloudTrail ``LookupEvents`` for the credential since it was contained
+        (:func:`cordon.providers.aws.watch.credential_usage`)."""
+        from cordon.providers.aws.watch import credential_usage
+
+        return credential_usage(detection, since, clients)
+
     def same_principal(self, a: str, b: str) -> bool:
         """An assumed-role session ARN (``arn:aws:sts::1:assumed-role/R/session``) names its role
         (``arn:aws:iam::1:role/R``)."""

@@ -39,6 +39,15 @@ class GcpProvider(Provider):
         "gcp_hmac_key": "uid = projects/P/hmacKeys/ACCESS_ID",
     }
 
+    def plan_conflict_key(self, detection: Any) -> str | None:
+        """An IAM binding's resource: its containment rewrites the resource's whole policy
+        (``getIamPolicy`` then ``setIamPolicy`` with the etag), so two bindings on one resource are
+        planned one after the other, never in one plan."""
+        cred = detection.credential
+        if cred is not None and cred.kind == "gcp_iam_binding" and cred.uid:
+            return f"gcp-iam-policy|{cred.uid.split('#', 1)[0]}"
+        return None
+
     #: what a new credential of each kind is called in Slack, and the word joining it to its owner
     credential_phrases = {
     "gcp_sa_key": ("New service-account key", "on"),
