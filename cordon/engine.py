@@ -30,6 +30,7 @@ from cordon.detections.pipeline import DetectStats, detect
 from cordon.playbooks.schema import Playbook, load_playbooks, route, routed_because
 from cordon.providers import get_provider
 from cordon.recovery import (
+    CLOSED_STATUSES,
     DEPLOYMENT,
     IN_PROCESS,
     RunCheck,
@@ -42,6 +43,12 @@ from cordon.recovery import (
 from cordon.respond import CaseSummary
 from cordon.sigma import RuleSet
 from cordon.standins import as_stand_ins
+
+#: Statuses of a closed case that a new detection of its credential opens a linked case after: the
+#: credential was answered (contained, or a person said no, or it was rolled back) and may be live
+#: again. Not ``refused`` / ``no_containment`` / ``no_playbook``: nothing would be done again.
+REOPENED_FROM = frozenset({"contained", "already_contained", "rolled_back", "not_verified", "failed", "denied",
+                           "expired", "plan_changed"})
 
 #: Entry point group of the flows the core runs by name (the ``respond`` flow): the core finds them
 #: there rather than importing the layer above it (``cordon/flows``).
@@ -321,7 +328,72 @@ class Responder:
             return CaseTicket(result.case_id, detection, pb, True, run=pb is not None)
         self.ledger.append("case.joined", {"case_key": detection.case_key(), "detection_uid": detection.uid,
                                            "duplicate": result.duplicate_detection}, case_id=result.case_id)
+        if not result.duplicate_detection:
+            linked = self._reopen(result.case_id, detection, pb)
+            if linked is not None:
+                return linked
         return self._joined(result.case_id, detection)
+
+    def _reopen(self, case_id: str, detection: Detection, routed: Playbook | None) -> CaseTicket | None:
+        """A new detection of a closed case's credential (issue 14: a contained credential is looked
+        at again): the case's newest linked case when that one is still open (the detection joins
+        it), else a new case linked to it (key ``<case key>#<n>``, ``case.linked`` on it and
+        ``case.reopened`` on the first case), answered like any case: its run reads the credential
+        again, closes ``already_contained`` without asking anyone when nothing is live, and plans,
+        asks and contains when it is live again. ``None`` (an ordinary join) when the case is open,
+        was never answered (:data:`REOPENED_FROM`), or the detection is of Cordon's own call (the
+        identity its guard recorded: a rollback re-enabling the key, a containment)."""
+        case = self.ledger.case(case_id) or {}
+        if case.get("status") not in REOPENED_FROM:
+            return None
+        records = list(self.ledger.records(case_id=case_id))
+        if self._own_call(detection, records):
+            self.ledger.append("case.not_reopened", {"detection_uid": detection.uid,
+                                                     "reason": "the detection is of Cordon's own call"},
+                               case_id=case_id)
+            return None
+        links = [str(r.payload["linked_case"]) for r in records if r.kind == "case.reopened"]
+        if links:
+            newest = self.ledger.case(links[-1]) or {}
+            if newest and newest.get("status") not in CLOSED_STATUSES:
+                self.ledger.append("detection.received", {"detection": detection.summary(),
+                                                          "raw_ref": detection.raw_ref.model_dump()},
+                                   case_id=links[-1], actor=detection.actor.user.uid)
+                self.ledger.append("case.joined", {"case_key": newest.get("case_key"), "detection_uid": detection.uid,
+                                                   "duplicate": False, "via": case_id}, case_id=links[-1])
+                return self._joined(links[-1], detection)
+        pb = routed or self.playbook_named(case.get("playbook"))
+        n = len(links) + 2
+        key = f"{case['case_key']}#{n}"
+        opened = self.ledger.open_case(key, f"{detection.uid}#{n}", detection.model_dump(mode="json"),
+                                       pb.name if pb else None)
+        self.ledger.append("detection.received", {"detection": detection.summary(),
+                                                  "raw_ref": detection.raw_ref.model_dump()},
+                           case_id=opened.case_id, actor=detection.actor.user.uid)
+        self.ledger.append("case.reopened", {"linked_case": opened.case_id, "detection_uid": detection.uid,
+                                             "status": case.get("status")}, case_id=case_id)
+        self.ledger.append("case.opened", {"case_key": key, "detection_uid": detection.uid,
+                                           "playbook": pb.name if pb else None, "by": process_ref(),
+                                           "linked_to": case_id}, case_id=opened.case_id)
+        self.ledger.append("case.linked", {"previous_case": case_id, "previous_status": case.get("status")},
+                           case_id=opened.case_id)
+        if pb is None:
+            self.ledger.set_case(opened.case_id, status="no_playbook")
+            self.ledger.append("playbook.none", {"reason": "no playbook for the linked case"}, case_id=opened.case_id)
+        return CaseTicket(opened.case_id, detection, pb, True, run=pb is not None, reason="reopened")
+
+    @staticmethod
+    def _own_call(detection: Detection, records: list[Any]) -> bool:
+        """Whether ``detection``'s actor is the identity Cordon acted as on this case (the
+        ``cordon_identity`` its guard recorded)."""
+        mine = {r.payload.get("cordon_identity") for r in records if r.kind == "guard.passed"} - {None}
+        if not mine:
+            return False
+        provider = get_provider(detection.provider)
+        actor = detection.actor.user.uid
+        issuer = detection.actor.session_issuer
+        return any(str(who).lower() == x.lower() or provider.same_principal(str(who), x)
+                   for who in mine for x in (actor, issuer) if x)
 
     def _joined(self, case_id: str, detection: Detection) -> CaseTicket:
         """The ticket of a joined case: its run is checked first (:func:`cordon.recovery.check_case`);

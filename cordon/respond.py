@@ -61,7 +61,8 @@ class CaseSummary(BaseModel):
     """What Cordon says about a case once a run (or the lack of one) is over: the line
     ``cordon respond --output json`` prints, the flow run's result, the Slack message's source.
 
-    ``status``: ``contained`` | ``not_verified`` | ``failed`` | ``denied`` | ``expired`` | ``refused``
+    ``status``: ``contained`` | ``already_contained`` | ``not_verified`` | ``failed`` | ``denied`` | ``expired`` |
+    ``refused``
     | ``no_containment`` | ``plan_changed`` | ``replanning`` | ``awaiting_approval`` | ``submitted`` |
     ``submit_failed`` | ``error`` | ``stranded`` | ``claimed_elsewhere`` | ``no_playbook`` |
     ``joined_open_case``; ``detection`` is

@@ -169,7 +169,11 @@ def test_manual_run_contains_exactly_that_key_through_the_same_path(responder, a
 
     again = responder.manual("aws-access-key-created", AWS_PARAMS, {"cli_user": "oncall"}, approval="auto",
                              stand_ins=aws)
-    assert again["status"] == "joined_open_case" and again["case_id"] == summary["case_id"]
+    # the same key by hand again, once contained: a case linked to the first reads it again and
+    # closes without asking (issue 14: a contained credential is looked at again)
+    assert again["status"] == "already_contained" and again["case_id"] != summary["case_id"], again
+    (linked,) = responder.ledger.records(case_id=again["case_id"], kind_prefix="case.linked")
+    assert linked.payload["previous_case"] == summary["case_id"]
     assert responder.ledger.verify().ok
 
 

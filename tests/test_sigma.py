@@ -621,6 +621,7 @@ def test_shipped_rules_ignore_failed_calls(shipped):
                 "eventName": name,
                 "errorCode": "AccessDenied",
                 "requestParameters": {
+                    "status": "Active",  # UpdateAccessKey: a key made Active (iam_access_key_reactivated)
                     "policyArn": "arn:aws:iam::aws:policy/AdministratorAccess",
                     "policyDocument": '{"Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}',
                 },

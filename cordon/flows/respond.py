@@ -461,6 +461,8 @@ def _summary_of(case_id: str, playbook: str, prep: Prepared, incident_id: str | 
         summary.with_plan(prep.plan)
         if not prep.plan.steps:
             summary.status = "no_containment"
+        elif not any(s.calls for s in prep.plan.steps):
+            summary.status = "already_contained"  # the state read for the plan: nothing is live
     return summary
 
 
@@ -490,12 +492,13 @@ def prepare_incident_task(case_id: str, playbook: str, approval: str, cloud: dic
     for m in members:
         cases[m.case_id] = _prepare(m.case_id, m.playbook, approval, m.cloud or cloud)
     incident_id = ledger().incident_of(case_id)
+    books = {case_id: playbook, **{m.case_id: m.playbook for m in members}}
+    ended = {cid for cid, prep in cases.items() if _summary_of(cid, books[cid], prep, incident_id).status}
     for m in members:
-        summary = _summary_of(m.case_id, m.playbook, cases[m.case_id], incident_id)
-        if summary.status:
-            _close(summary)
+        if m.case_id in ended:
+            _close(_summary_of(m.case_id, m.playbook, cases[m.case_id], incident_id))
     steps = [step.model_copy(update={"case_id": cid}) for cid, prep in cases.items()
-             if prep.guard["ok"] and prep.plan is not None for step in prep.plan.steps]
+             if cid not in ended and prep.plan is not None for step in prep.plan.steps]
     if not steps:
         return IncidentPrepared(cases=cases)
     plan = Plan(case_id=case_id, playbook=playbook, steps=steps, hash=plan_hash(case_id, playbook, steps),
@@ -691,6 +694,11 @@ def respond(case_id: str, playbook: str, approval: ApprovalMode = "console", clo
     summary.with_plan(plan)
     if not plan.steps:
         summary.status = "no_containment"
+        return finish(case_id, summary)
+    if not any(step.calls for step in plan.steps):  # nothing is live (a linked case re-reading it): no one to ask
+        checks = [verify_task(case_id, step, cloud) for step in plan.steps]
+        summary.verification, summary.verified = checks, all(c["held"] for c in checks)
+        summary.status = "already_contained" if summary.verified else "not_verified"
         return finish(case_id, summary)
 
     asked = {"decision": None, "where": resumed.where} if resumed else \

@@ -32,6 +32,8 @@ from cordon.detections.model import (
 #: eventName -> credential kind (what the call creates or grants).
 CREDENTIAL_EVENTS: dict[str, str] = {
     "CreateAccessKey": "aws_access_key",
+    # re-enabled (requestParameters.status Active): the same key live again, after containment
+    "UpdateAccessKey": "aws_access_key",
     "CreateLoginProfile": "aws_login_profile",
     "UpdateLoginProfile": "aws_login_profile",
     "CreateUser": "aws_iam_user",
@@ -160,6 +162,13 @@ def _credential(
         owner = actor.user if kind in ("aws_federation_token", "aws_key_pair") else target
         return Credential(kind=kind, uid=None, owner=owner, attributes=attrs)
 
+    if kind == "aws_access_key" and event_name == "UpdateAccessKey":
+        # https://docs.aws.amazon.com/IAM/latest/APIReference/API_UpdateAccessKey.html: only a key
+        # made Active is a credential coming (back) to life; made Inactive it is a containment
+        if f.get(f"{req}.status", str) != "Active":
+            return None
+        uid = f.get(f"{req}.accessKeyId", str, required=True)
+        return Credential(kind=kind, uid=uid, owner=target, attributes={"status": "Active", "reactivated": True})
     if kind == "aws_access_key":
         uid = f.get(f"{resp}.accessKey.accessKeyId", str, required=True)
         attrs = _pick(f, f"{resp}.accessKey", {"status": "status", "createDate": "createDate"})
