@@ -10,8 +10,19 @@
     FAILED/CRASHED/CANCELLED), oldest first, each with why and who will run it again; runs Prefect
     could not report are listed as ``unknown``.
 ``cordon audit show CASE``
-    The case's figures, approvals and timeline: every record in order with a one-line
-    description. ``--output json`` (one record per line, with ``text``) or ``markdown``.
+    The case's figures, its incident (ID, lead case, the other cases with their status), why its
+    playbook was routed, the cases of its actor's own access, approvals and timeline: every record
+    in order with a one-line description. ``--output json``: when the case is in an incident, first
+    one line ``{"incident": {incident_id, actor_key, provider, opened_at, last_at, lead_case_id,
+    actor, cases: [{case_id, status, playbook, event, credential, target, severity, opened_at}],
+    statuses}}``, then one record per line (with ``text``); ``markdown``: the Prefect artifact's text.
+``cordon audit incidents``
+    Incidents (one actor's burst of cases), newest first: ID, opened, number of cases, their
+    statuses, lead case and actor key. ``--limit``; ``--output json``: one incident per line (the
+    shape above).
+``cordon audit incident INCIDENT``
+    One incident: its actor, actor key, lead case and every case with status, playbook, event,
+    credential and target. ``--output json``: the incident as one object. Exit 1 when unknown.
 ``cordon audit export --format jsonl|csv|ocsf``
     Stream records with ``ts`` in ``[--since, --until)`` (optionally only of ``--case`` IDs or
     of cases matching the list filters) to ``-o FILE`` (written to ``FILE.part`` and renamed when
@@ -170,6 +181,8 @@ def audit_show(case_id: str, output: Annotated[ShowOutput, typer.Option()] = Sho
         err.print(f"no case {escape(case_id)} in {escape(ledger.url)}")
         raise typer.Exit(1)
     if output is ShowOutput.json:
+        if tl.incident is not None:
+            print(json.dumps({"incident": tl.incident.to_dict()}, default=str))
         for e in tl.entries:
             print(json.dumps({"seq": e.seq, "ts": e.ts, "kind": e.kind, "actor": e.actor, "run_id": e.run_id,
                               "text": e.text, "payload": e.payload, "hash": e.hash}, default=str))
@@ -179,8 +192,14 @@ def audit_show(case_id: str, output: Annotated[ShowOutput, typer.Option()] = Sho
               f"{escape(s.status)}[/bold] opened={escape(s.opened_at)}")
     out.print(f"  {escape(s.event or '-')} on {escape(s.provider or '-')} {escape(s.account or '-')} by "
               f"{escape(s.actor or '-')}; target {escape(s.target or '-')}; credential {escape(s.credential or '-')}")
-    out.print(f"  decision {escape(s.decision)} by {escape(s.approver or '-')}; time to approve "
+    decided = f"decision {escape(s.decision)} by {escape(s.approver or '-')}"
+    if tl.covered_by and s.decision == "none":
+        c = tl.covered_by
+        decided = (f"decision {escape(str(c.get('decision') or '-'))} by {escape(str(c.get('approver') or '-'))} "
+                   f"on lead case {escape(str(c.get('lead_case_id')))}")
+    out.print(f"  {decided}; time to approve "
               f"{format_seconds(s.time_to_approve)}; time to contain {format_seconds(s.time_to_contain)}")
+    _print_links(tl)
     for a in s.approvals:
         out.print(f"  approval #{a.seq}: {escape(a.decision)} by {escape(a.approver or '-')}"
                   f"{' (' + escape(a.approver_name) + ')' if a.approver_name else ''}"
@@ -191,6 +210,72 @@ def audit_show(case_id: str, output: Annotated[ShowOutput, typer.Option()] = Sho
     for e in tl.entries:
         out.print(f"  #{e.seq} {escape(e.ts)} [{colour[e.level]}]{escape(e.kind)}[/{colour[e.level]}] "
                   f"by {escape(e.actor or '-')}  {escape(e.text)}")
+
+
+def _print_links(tl) -> None:
+    """The case's incident, why its playbook was routed and its actor-access cases (``audit show``)."""
+    me = tl.case["case_id"]
+    inc = tl.incident
+    if inc is not None:
+        lead = "this case" if inc.lead_case_id == me else escape(inc.lead_case_id)
+        out.print(f"  incident [bold]{escape(inc.incident_id)}[/bold]: lead case {lead}; {len(inc.cases)} case(s): "
+                  f"{escape(inc.status_text())}; actor {escape(inc.actor_name)}")
+        for c in inc.others(me):
+            role = " (lead)" if c.case_id == inc.lead_case_id else ""
+            out.print(f"    {escape(c.case_id)}{role} {escape(c.status or 'unknown')} {escape(c.playbook or '-')} "
+                      f"{escape(c.event or '-')} {escape(c.credential or '-')}")
+    if tl.because:
+        out.print(f"  routed because: {escape(tl.because)}")
+    for link in tl.actor_access:
+        cred = link.credential or {}
+        what = f"{cred.get('kind') or '-'} {cred.get('uid') or '-'}"
+        text = "the actor's own access is case" if link.relation == "actor_access" else "opened for the actor of case"
+        out.print(f"  {text} {escape(link.case_id)} ({escape(what)})")
+
+
+@audit_app.command("incidents")
+def audit_incidents(limit: Annotated[int, typer.Option(min=0, help="At most this many incidents (0: all).")] = 50,
+                    output: Annotated[ListOutput, typer.Option()] = ListOutput.text) -> None:
+    """Incidents (the cases of one actor's burst), newest first, with their cases' statuses."""
+    from cordon.audit.query import list_incidents
+
+    found = list_incidents(_ledger(), limit=limit + 1 if limit else None)
+    more = bool(limit) and len(found) > limit
+    shown = found[:limit] if limit else found
+    for inc in shown:
+        if output is ListOutput.json:
+            print(json.dumps(inc.to_dict(), default=str))
+            continue
+        out.print(f"[bold]{escape(inc.incident_id)}[/bold]  {escape(inc.opened_at[:19])}  {len(inc.cases)} case(s): "
+                  f"{escape(inc.status_text())}  lead={escape(inc.lead_case_id)}  actor={escape(inc.actor_key)}")
+    if more:
+        err.print("[dim](more incidents: raise --limit, 0 for all)[/dim]")
+    if output is ListOutput.text:
+        err.print(f"{len(shown)} incident(s)")
+
+
+@audit_app.command("incident")
+def audit_incident(incident_id: str, output: Annotated[ListOutput, typer.Option()] = ListOutput.text) -> None:
+    """One incident: its actor, lead case and every case with its status."""
+    from cordon.audit.query import incident
+
+    ledger = _ledger()
+    inc = incident(ledger, incident_id)
+    if inc is None:
+        err.print(f"no incident {escape(incident_id)} in {escape(ledger.url)}")
+        raise typer.Exit(1)
+    if output is ListOutput.json:
+        print(json.dumps(inc.to_dict(), default=str))
+        return
+    out.print(f"[bold]{escape(inc.incident_id)}[/bold] opened={escape(inc.opened_at)} last={escape(inc.last_at)} "
+              f"provider={escape(inc.provider or '-')}")
+    out.print(f"  actor {escape(inc.actor_name)}; key {escape(inc.actor_key)}")
+    out.print(f"  {len(inc.cases)} case(s): {escape(inc.status_text())}; lead case {escape(inc.lead_case_id)}")
+    for c in inc.cases:
+        role = "lead  " if c.case_id == inc.lead_case_id else "member"
+        out.print(f"  {role} [bold]{escape(c.case_id)}[/bold]  {escape(c.status or 'unknown'):<14} "
+                  f"{escape(c.playbook or '-'):<30} {escape(c.event or '-')}  credential {escape(c.credential or '-')}"
+                  f"  target {escape(c.target or '-')}")
 
 
 @audit_app.command("export")

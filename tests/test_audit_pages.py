@@ -125,13 +125,20 @@ def site(tmp_path_factory, aws_sandbox):
             seed_case(ledger, account="444455556666", actor="mallory", target="ci", key_id="AKIAEXAMPLE0000004",
                       tta=10.0),
         ]
+        # an incident of two seeded cases (the Ledger's own API, as Responder.correlate calls it)
+        incident_key = "aws|444455556666|arn:aws:iam::444455556666:user/mallory|AKIAEXAMPLEMALLORY01"
+        incident_id = ledger.assign_incident(seeded[3].case_id, incident_key, window_seconds=900,
+                                             actor={"user": {"uid": "arn:aws:iam::444455556666:user/mallory"}},
+                                             provider="aws").incident_id
+        ledger.assign_incident(seeded[1].case_id, incident_key, window_seconds=900)
         app = build_app(signing_secret="test-signing-secret", ledger=ledger)
         with Server(app) as server:
-            yield {"url": server.url, "ledger": ledger, "real": real, "seeded": seeded, "app": app}
+            yield {"url": server.url, "ledger": ledger, "real": real, "seeded": seeded, "app": app,
+                   "incident": incident_id}
 
 
-def _page_paths(app: FastAPI, case_id: str) -> list[str]:
-    """Every GET route the audit router added, with the case ID filled in."""
+def _page_paths(app: FastAPI, case_id: str, incident_id: str) -> list[str]:
+    """Every GET route the audit router added, with the case and incident IDs filled in."""
     def walk(routes):
         for r in routes:
             # FastAPI >= 0.15x keeps an included router as one entry holding the original router
@@ -140,13 +147,13 @@ def _page_paths(app: FastAPI, case_id: str) -> list[str]:
 
     paths = sorted({p for p in walk(app.routes) if p.startswith("/audit")})
     assert {"/audit", "/audit/cases", "/audit/cases/{case_id}", "/audit/approvals", "/audit/metrics",
-            "/audit/static/cordon.css"} <= set(paths)
-    return [p.replace("{case_id}", case_id) for p in paths]
+            "/audit/incidents", "/audit/incidents/{incident_id}", "/audit/static/cordon.css"} <= set(paths)
+    return [p.replace("{case_id}", case_id).replace("{incident_id}", incident_id) for p in paths]
 
 
 def test_every_page_refuses_unauthenticated_requests(site):
     case_id = site["real"]["case_id"]
-    paths = _page_paths(site["app"], case_id) + [f"/audit/cases/{case_id}?format=print"]
+    paths = _page_paths(site["app"], case_id, site["incident"]) + [f"/audit/cases/{case_id}?format=print"]
     with httpx.Client(base_url=site["url"]) as http:
         for i, path in enumerate(paths):
             r = http.get(path)
@@ -379,6 +386,45 @@ def test_managers_read_the_pages_in_a_real_browser(site):
             browser.close()
     assert dialogs == []  # no script ran from the ledger's content
     assert list_cases(ledger, CaseFilter.parse(provider="gcp"))[0].case_id == site["seeded"][2].case_id
+
+
+@needs_chromium
+def test_managers_follow_an_incident_in_a_real_browser(site):
+    """From the incidents list to the incident, to one of its cases, and from that case to the
+    other case of its incident: links only, no script."""
+    from playwright.sync_api import sync_playwright
+
+    ledger, incident_id = site["ledger"], site["incident"]
+    a, b = site["seeded"][3].case_id, site["seeded"][1].case_id
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            ctx = browser.new_context(http_credentials={"username": USER, "password": PASSWORD})
+            page = ctx.new_page()
+            page.goto(f"{site['url']}/audit/cases")
+            page.click("header.top nav >> text=Incidents")
+            page.wait_for_url("**/audit/incidents")
+            listed = [r.get_attribute("data-incident") for r in page.locator("#incidents tbody tr.incident").all()]
+            assert incident_id in listed and len(listed) == len(ledger.incidents())
+            page.locator(f'#incidents tr[data-incident="{incident_id}"] td').first.locator("a").click()
+            page.wait_for_url(f"**/audit/incidents/{incident_id}")
+            rows = page.locator("#incident-cases tbody tr.incident-case")
+            assert [r.get_attribute("data-case") for r in rows.all()] == [a, b]
+            assert rows.nth(0).locator("td").nth(1).inner_text() == "lead"
+            assert rows.nth(1).locator("td").nth(3).inner_text() == "denied"
+            shoot(page, "incident")
+            page.click(f"#incident-cases >> text={b}")
+            page.wait_for_url(f"**/audit/cases/{b}")
+            assert page.locator("#incident-link").inner_text() == incident_id
+            shoot(page, "case-in-incident")
+            assert page.locator("#incident-cases tr.incident-case").get_attribute("data-case") == a
+            page.click("#lead-link")
+            page.wait_for_url(f"**/audit/cases/{a}")
+            assert "this case leads it" in page.locator("#incident").inner_text()
+            assert page.locator("main script").count() == 0
+            ctx.close()
+        finally:
+            browser.close()
 
 
 def test_the_respond_run_carries_its_timeline_as_a_prefect_artifact(site):

@@ -52,14 +52,33 @@ Formats
       provider (from the detection, else the action name's provider prefix). An
       action that made no call (``already_contained``) has no API Activity.
 
+    **A case's links** (on each of its Detection Findings: Create, Update, Close): the other cases
+    of its incident (one actor's burst, :meth:`cordon.audit.ledger.Ledger.assign_incident`) and
+    the cases of its actor's own access (``case.actor_access``) are ``finding_info.related_events``
+    (with ``related_events_count``): each names the other case's Create finding (``uid`` = its
+    ``metadata.uid``, the hash of its ``case.opened`` record; ``type_uid`` 200401), ``created_time``
+    (the other finding's ``finding_info.created_time``), its severity, ``title`` ``Cordon case
+    <id>``, ``desc`` and ``tags`` ``case_id`` and ``relation`` (``incident_lead``,
+    ``incident_case``, ``actor_access``: the case of the access this case's actor signed with,
+    ``revealed_by``: the case whose actor signed with this case's credential; a case linked both
+    ways has a tag per relation). A linked case without a ``case.opened`` record (so without an
+    OCSF finding) is named by its case ID with ``type`` ``Cordon case``. ``unmapped.cordon``
+    carries ``incident_id`` and ``lead_case_id``, ``because`` (why the playbook was routed,
+    ``case.opened``) and ``actor_access`` (``[{case_id, relation, credential}]``). These are read
+    from the ledger once per case (one query; the incident's cases once per incident), so they
+    are the case's links as the ledger holds them when the case is first met, not only those
+    inside the exported range; without a ledger they are learned from the records streamed. The
+    links of the cases met in each batch of 200 records are read in one query (the batch is all
+    the exporter holds besides its LRU of cases).
+
     A principal's provider type (CloudTrail ``userIdentity.type`` such as ``IAMUser``,
     ``ServicePrincipal``, ``ServiceAccount``) is ``user.type`` with ``type_id`` 99 Other, unless
     it is one of OCSF's captions (User, Admin, System, Service). What OCSF has no attribute for is
-    in ``unmapped.cordon``: the case key, playbook and detection uid (Create), the approval and
-    Cordon's status (Close), the raw record's reference (suppressed), an action's name, status,
-    state before and after, ledger record kind and ``ledger_actor`` (who asked, e.g. the Slack
-    user of a rollback) (API Activity), and a location OCSF cannot hold (no address, or no
-    city/region/country). Every event carries ``metadata.version`` ``1.8.0``,
+    in ``unmapped.cordon``: the case key, playbook and detection uid (Create), a case's links
+    (above), the approval and Cordon's status (Close), the raw record's reference (suppressed), an
+    action's name, status, state before and after, ledger record kind and ``ledger_actor`` (who
+    asked, e.g. the Slack user of a rollback) (API Activity), and a location OCSF cannot hold (no
+    address, or no city/region/country). Every event carries ``metadata.version`` ``1.8.0``,
     ``metadata.profiles``, ``metadata.product`` (Cordon), ``metadata.uid`` (the ledger record's
     hash, ``-<n>`` per call), ``metadata.sequence`` (the record's ``seq``),
     ``metadata.correlation_uid`` (the case ID), ``time`` (epoch ms) and ``time_dt`` (RFC 3339).
@@ -74,6 +93,7 @@ import csv
 import functools
 import io
 import ipaddress
+import itertools
 import json
 import re
 from collections import OrderedDict
@@ -82,7 +102,20 @@ from datetime import datetime
 from typing import Any
 
 from cordon.audit.ledger import Ledger, LedgerRecord
-from cordon.audit.query import CaseFilter, QueryError, describe, iter_cases, iter_records
+from cordon.audit.query import (
+    ActorAccessLink,
+    CaseBrief,
+    CaseFilter,
+    QueryError,
+    actor_access_links,
+    case_briefs,
+    case_records,
+    describe,
+    incident,
+    iter_cases,
+    iter_records,
+    opened_hashes,
+)
 
 FORMATS = ("jsonl", "csv", "ocsf")
 OCSF_VERSION = "1.8.0"
@@ -447,15 +480,155 @@ def _api_activities(r: LedgerRecord, det: dict[str, Any], cordon_identity: str |
         yield event
 
 
+#: the records a case's links are read from (:meth:`_CaseCache.links`)
+_LINK_KINDS = ("case.opened", "incident.case_added", "case.actor_access")
+#: the records that make a case's Detection Findings (whose links :func:`to_ocsf` prefetches)
+_FINDING_KINDS = ("case.opened", "case.joined", "case.closed")
+#: records :func:`to_ocsf` holds at once: links of the cases they name are read in one query
+_BATCH = 200
+_RELATIONS = {"incident_lead": "the lead case of incident {incident} (the case that opened it)",
+              "incident_case": "another case of incident {incident}",
+              "actor_access": "the case of the access this case's actor signed with ({credential})",
+              "revealed_by": "the case whose actor signed with this case's credential ({credential})"}
+
+
+def _empty_links() -> dict[str, Any]:
+    return {"because": None, "incident_id": None, "lead_case_id": None, "actor_access": [], "related": None}
+
+
+def _learn_link(links: dict[str, Any], r: LedgerRecord) -> None:
+    """Update ``links`` (:meth:`_CaseCache.links`) with one ``case.opened``, ``incident.case_added``
+    or ``case.actor_access`` record of the case."""
+    p = r.payload
+    if r.kind == "case.opened" and p.get("because") and not links["because"]:
+        links["because"] = str(p["because"])
+    elif r.kind == "incident.case_added" and p.get("incident_id"):
+        links["incident_id"], links["lead_case_id"] = str(p["incident_id"]), p.get("lead_case_id")
+    elif r.kind == "case.actor_access":
+        links["actor_access"].extend(actor_access_links([r]))
+    links["related"] = None  # built again from what is known now
+
+
+def _related_event(case_id: str, relations: list[str], descs: list[str], brief: CaseBrief | None,
+                   opened_hash: str | None) -> dict[str, Any]:
+    """OCSF ``related_event`` naming another case's Create finding (see the module docstring)."""
+    event: dict[str, Any] = {"uid": opened_hash or case_id, "title": f"Cordon case {case_id}",
+                             "desc": "; ".join(descs),
+                             "tags": [{"name": "case_id", "value": case_id},
+                                      *({"name": "relation", "value": rel} for rel in relations)]}
+    if opened_hash:
+        event["type_uid"], event["type_name"] = DETECTION_FINDING * 100 + 1, "Detection Finding: Create"
+    else:
+        event["type"] = "Cordon case"
+    if brief is not None:
+        _set_time(event, "created_time", brief.opened_at)
+        severity = str(brief.severity or "").lower()
+        if severity in _SEVERITY_IDS:
+            event["severity_id"] = _SEVERITY_IDS[severity]
+            event["severity"] = severity.capitalize() if event["severity_id"] else "Unknown"
+    return event
+
+
+def _credential_text(link: ActorAccessLink) -> str:
+    cred = link.credential or {}
+    return f"{cred.get('kind') or '-'} {cred.get('uid') or '-'}"
+
+
 class _CaseCache:
     """The few facts the OCSF mapper needs per case, bounded (LRU of ``size`` cases): the case's
     first detection and opening time (``cases.detection``, ``cases.opened_at``, one query per
-    case), Cordon's identity from ``guard.passed``, the detections that joined it."""
+    case), Cordon's identity from ``guard.passed``, the detections that joined it, and its links
+    (:meth:`links`: read for many cases in one query by :meth:`prefetch`, else one query per case
+    with a finding; each incident's cases once, in an LRU of its own)."""
 
     def __init__(self, ledger: Ledger | None, size: int = 256):
         self.ledger = ledger
         self.size = size
         self.data: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.incidents: OrderedDict[str, tuple[list[str], dict[str, CaseBrief], dict[str, str]]] = OrderedDict()
+        self.prefetched: dict[str, list[LedgerRecord]] = {}
+
+    def prefetch(self, case_ids: Iterable[str]) -> None:
+        """Read the link records (kinds ``_LINK_KINDS``) of the cases among ``case_ids`` whose
+        links are not known yet in one query, for :meth:`links` to use (replacing what an earlier
+        call read)."""
+        if self.ledger is None:
+            return
+        todo = [c for c in set(case_ids) if c and (c not in self.data or self.data[c].get("links") is None)]
+        found = case_records(self.ledger, todo, _LINK_KINDS) if todo else {}
+        self.prefetched = {c: found.get(c, []) for c in todo}
+
+    def links(self, case_id: str | None) -> dict[str, Any]:
+        """The case's links: ``{because, incident_id, lead_case_id, actor_access: [ActorAccessLink],
+        related: [OCSF related_event]}`` (see the module docstring), read from the ledger the first
+        time (records of kinds ``_LINK_KINDS``, then the incident's cases, the linked cases'
+        ``cases`` rows and ``case.opened`` hashes); without a ledger, what the stream taught."""
+        if not case_id:
+            return _empty_links()
+        item = self.get(case_id)
+        links = item.get("links")
+        if links is None:
+            links = item["links"] = _empty_links()
+            if self.ledger is not None:
+                if case_id in self.prefetched:
+                    records = self.prefetched.pop(case_id)
+                else:
+                    records = case_records(self.ledger, [case_id], _LINK_KINDS).get(case_id, [])
+                for r in records:
+                    _learn_link(links, r)
+        if links["related"] is None:
+            links["related"] = self._related(case_id, links)
+        return links
+
+    def learn(self, r: LedgerRecord) -> None:
+        """Without a ledger to read, take a case's links from its records as they stream by."""
+        if self.ledger is None and r.case_id and r.kind in _LINK_KINDS:
+            item = self.get(r.case_id)
+            if item.get("links") is None:
+                item["links"] = _empty_links()
+            _learn_link(item["links"], r)
+
+    def _incident(self, incident_id: str) -> tuple[list[str], dict[str, CaseBrief], dict[str, str]]:
+        """``(case IDs, briefs, case.opened hashes)`` of an incident's cases, cached."""
+        if incident_id in self.incidents:
+            self.incidents.move_to_end(incident_id)
+            return self.incidents[incident_id]
+        found = incident(self.ledger, incident_id) if self.ledger is not None else None
+        ids = [c.case_id for c in found.cases] if found else []
+        value = (ids, {c.case_id: c for c in found.cases if c.status is not None} if found else {},
+                 opened_hashes(self.ledger, ids) if self.ledger is not None and ids else {})
+        self.incidents[incident_id] = value
+        if len(self.incidents) > 64:
+            self.incidents.popitem(last=False)
+        return value
+
+    def _related(self, case_id: str, links: dict[str, Any]) -> list[dict[str, Any]]:
+        related: OrderedDict[str, tuple[list[str], list[str]]] = OrderedDict()
+        briefs: dict[str, CaseBrief] = {}
+        hashes: dict[str, str] = {}
+        incident_id, lead = links["incident_id"], links["lead_case_id"]
+        if incident_id:
+            ids, briefs, hashes = self._incident(incident_id)
+            briefs, hashes = dict(briefs), dict(hashes)
+            for cid in [*([lead] if lead else []), *ids]:
+                if cid and cid != case_id and cid not in related:
+                    rel = "incident_lead" if cid == lead else "incident_case"
+                    related[cid] = ([rel], [_RELATIONS[rel].format(incident=incident_id)])
+        access: list[str] = []
+        for link in links["actor_access"]:
+            if link.case_id == case_id:
+                continue
+            rels, descs = related.setdefault(link.case_id, ([], []))
+            if link.relation not in rels:
+                rels.append(link.relation)
+                descs.append(_RELATIONS[link.relation].format(credential=_credential_text(link)))
+            if link.case_id not in hashes:
+                access.append(link.case_id)
+        if access and self.ledger is not None:
+            briefs.update(case_briefs(self.ledger, access))
+            hashes.update(opened_hashes(self.ledger, access))
+        return [_related_event(cid, rels, descs, briefs.get(cid), hashes.get(cid))
+                for cid, (rels, descs) in related.items()]
 
     def get(self, case_id: str | None) -> dict[str, Any]:
         if not case_id:
@@ -471,7 +644,7 @@ class _CaseCache:
                 opened = row.get("opened_at")
                 if row.get("detection"):
                     det = json.loads(row["detection"])
-        item = {"detection": det, "identity": None, "joined": {}, "opened": opened}
+        item = {"detection": det, "identity": None, "joined": {}, "opened": opened, "links": None}
         self.data[case_id] = item
         if len(self.data) > self.size:
             self.data.popitem(last=False)
@@ -482,14 +655,45 @@ def to_ocsf(records: Iterable[LedgerRecord], ledger: Ledger | None = None) -> It
     """OCSF 1.8.0 events as JSON lines (mapping in the module docstring). ``ledger`` is read for
     each case's first detection and opening time (``cases`` row), a bounded LRU of cases at a time."""
     cache = _CaseCache(ledger)
-    for r in records:
-        for event in ocsf_events(r, cache):
-            yield json.dumps(event, ensure_ascii=False, sort_keys=True, default=str) + "\n"
+    batch: list[LedgerRecord] = []
+    for r in itertools.chain(records, [None]):
+        if r is not None:
+            batch.append(r)
+            if len(batch) < _BATCH:
+                continue
+        cache.prefetch(b.case_id for b in batch if b.case_id and b.kind in _FINDING_KINDS)
+        for b in batch:
+            for event in ocsf_events(b, cache):
+                yield json.dumps(event, ensure_ascii=False, sort_keys=True, default=str) + "\n"
+        batch.clear()
 
 
 def ocsf_events(r: LedgerRecord, cache: _CaseCache | None = None) -> list[dict[str, Any]]:
     """The OCSF events (possibly none) for one ledger record (see the module docstring)."""
     cache = cache or _CaseCache(None)
+    cache.learn(r)
+    events = _ocsf_events(r, cache)
+    if r.case_id:
+        for event in events:
+            if event["class_uid"] == DETECTION_FINDING:
+                _with_links(event, cache.links(r.case_id))
+    return events
+
+
+def _with_links(event: dict[str, Any], links: dict[str, Any]) -> None:
+    """Put a case's links (:meth:`_CaseCache.links`) on one of its Detection Findings."""
+    if links["related"]:
+        event["finding_info"]["related_events"] = links["related"]
+        event["finding_info"]["related_events_count"] = len(links["related"])
+    mine = {k: links[k] for k in ("incident_id", "lead_case_id", "because") if links[k]}
+    if links["actor_access"]:
+        mine["actor_access"] = [{"case_id": a.case_id, "relation": a.relation, "credential": a.credential}
+                                for a in links["actor_access"]]
+    if mine:
+        event.setdefault("unmapped", {}).setdefault("cordon", {}).update(mine)
+
+
+def _ocsf_events(r: LedgerRecord, cache: _CaseCache) -> list[dict[str, Any]]:
     p = r.payload
     case = cache.get(r.case_id)
     if r.kind == "detection.received":

@@ -1,7 +1,7 @@
 """Read the audit ledger the way managers and auditors ask: cases, timelines, figures, streams.
 
 Read-only: everything here SELECTs from the tables of :mod:`cordon.audit.ledger` (``ledger``,
-``cases``) and never writes.
+``cases``, ``incidents``, ``incident_cases``) and never writes.
 
 * :func:`list_cases` — cases with filters (:class:`CaseFilter`: time range, provider, account,
   principal, playbook, decision, outcome), each as a :class:`CaseSummary` with its approvals,
@@ -10,6 +10,11 @@ Read-only: everything here SELECTs from the tables of :mod:`cordon.audit.ledger`
   description (:func:`describe`).
 * :func:`metrics` — time to approve and time to contain per month and per playbook: count,
   median and p95 (nearest-rank).
+* :func:`incident`, :func:`case_incident`, :func:`list_incidents` — the incidents (one actor's
+  burst of cases, :meth:`cordon.audit.ledger.Ledger.assign_incident`) as :class:`Incident`, each
+  with its cases' status (:class:`CaseBrief`); :func:`actor_access_links` — the cases a case is
+  linked to by ``case.actor_access`` records; :func:`case_records`, :func:`case_briefs` and
+  :func:`opened_hashes` — the few facts the OCSF exporter reads of a case's links.
 * :func:`iter_records` — a constant-memory stream of ledger records over a time range, read in
   keyset pages (``WHERE seq > :last ORDER BY seq LIMIT :page``), which the exporters in
   :mod:`cordon.audit.export` consume.
@@ -42,7 +47,14 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from cordon.audit.ledger import Ledger, LedgerRecord, cases_table, ledger_table
+from cordon.audit.ledger import (
+    Ledger,
+    LedgerRecord,
+    cases_table,
+    incident_cases_table,
+    incidents_table,
+    ledger_table,
+)
 
 #: Decisions a case can carry (``none``: no decision recorded yet).
 DECISIONS = ("approve", "deny", "expired", "not_required", "none")
@@ -398,12 +410,33 @@ class TimelineEntry:
 
 @dataclass
 class Timeline:
-    """A case (``case``: the ``cases`` row, ``summary``: its :class:`CaseSummary`) and every
-    record of it in ``seq`` order (``entries``)."""
+    """A case (``case``: the ``cases`` row, ``summary``: its :class:`CaseSummary`), every record
+    of it in ``seq`` order (``entries``) and its incident (``incident``: :class:`Incident`, ``None``
+    when the case is in none)."""
 
     case: dict[str, Any]
     summary: CaseSummary
     entries: list[TimelineEntry]
+    incident: Incident | None = None
+
+    @property
+    def because(self) -> str | None:
+        """Why the case's playbook was routed to it (``case.opened``'s ``because``), if said."""
+        return next((str(e.payload["because"]) for e in self.entries
+                     if e.kind == "case.opened" and e.payload.get("because")), None)
+
+    @property
+    def covered_by(self) -> dict[str, Any] | None:
+        """For an incident member answered by its lead's run: the newest ``approval.incident``
+        payload (``{lead_case_id, incident_id, plan_hash, decision, approver, ...}``), the decision
+        on the lead case that covered this case's steps (not counted in ``summary``: the metrics
+        count each decision once, on the lead). ``None`` otherwise."""
+        return next((e.payload for e in reversed(self.entries) if e.kind == "approval.incident"), None)
+
+    @property
+    def actor_access(self) -> list[ActorAccessLink]:
+        """The cases this one is linked to by its ``case.actor_access`` records."""
+        return actor_access_links(self.entries)
 
 
 def _short(value: Any, n: int = 12) -> str:
@@ -478,7 +511,9 @@ def describe(record: LedgerRecord) -> str:
     if k == "plan.created":
         steps = p.get("steps") or []
         calls = "; ".join(", ".join(s.get("describe") or []) or f"{s.get('action')} (nothing to do)" for s in steps)
-        return f"Plan {_short(p.get('hash'))} created: {len(steps)} step(s): {calls or 'nothing to change'}"
+        inc = p.get("incident") or {}
+        of = f" for incident {inc.get('incident_id')} ({len(inc.get('cases') or [])} case(s))" if inc else ""
+        return f"Plan {_short(p.get('hash'))} created{of}: {len(steps)} step(s): {calls or 'nothing to change'}"
     if k == "approval.asked":
         where = f" in Slack channel {p['channel']}" if p.get("channel") else ""
         exp = f", expires {p['expires_at']}" if p.get("expires_at") else ""
@@ -520,8 +555,39 @@ def describe(record: LedgerRecord) -> str:
         return f"Rollback not supported: {p.get('name')} on {p.get('target')}"
     if k == "case.closed":
         appr = p.get("approval") or {}
+        inc = f"; incident {p['incident_id']}" if p.get("incident_id") else ""
         return (f"Case closed: {p.get('status')}; verified {p.get('verified')}; decision "
-                f"{appr.get('decision') or '-'} by {appr.get('approver') or '-'}")
+                f"{appr.get('decision') or '-'} by {appr.get('approver') or '-'}{inc}")
+    if k == "incident.opened":
+        user = (p.get("actor") or {}).get("user") or {}
+        who = user.get("uid") or user.get("name") or p.get("actor_key") or "-"
+        return f"Incident {p.get('incident_id')} opened, this case its lead (actor {who})"
+    if k == "incident.case_added":
+        lead = p.get("lead_case_id")
+        role = "this case leads it" if lead == record.case_id else f"lead case {lead}"
+        return f"Case added to incident {p.get('incident_id')} ({role}; actor key {p.get('actor_key')})"
+    if k == "run.delegated":
+        return (f"Answered by the run of lead case {p.get('lead_case_id')} of incident {p.get('incident_id')} "
+                f"(attempt {p.get('attempt') or 1})")
+    if k == "approval.incident":
+        who = p.get("approver") or record.actor or "-"
+        return (f"Covered by the decision on lead case {p.get('lead_case_id')} of incident {p.get('incident_id')}: "
+                f"{p.get('decision') or '-'} by {who}; plan {_short(p.get('plan_hash'))}")
+    if k == "case.actor_access":
+        cred = p.get("credential") or {}
+        what = f"{cred.get('kind') or '-'} {cred.get('uid') or '-'}" if cred else "-"
+        if p.get("actor_case"):
+            how = "opened" if p.get("opened") else "joined"
+            return f"The access this case's actor signed with ({what}) is case {p['actor_case']} ({how} for it)"
+        return f"Case of the access the actor of case {p.get('revealed_by_case')} signed with ({what})"
+    if k == "actor_access.no_playbook":
+        return f"The actor's own access is not answered: playbook {p.get('playbook')} is not loaded"
+    if k == "run.requested":
+        members = [str(m.get("case_id")) for m in p.get("members") or [] if isinstance(m, dict)]
+        also = f"; also answers incident case(s) {', '.join(members)}" if members else ""
+        why = f" ({p['reason']})" if p.get("reason") else ""
+        return (f"Run requested: attempt {p.get('attempt') or 1}, approval {p.get('mode') or '-'}, "
+                f"{p.get('where') or '-'}{why}{also}")
     if k == "run.error":
         return f"Error: {p.get('message') or p.get('error')}" + (f" (state {p['state']})" if p.get("state") else "")
     if k.startswith("slack."):
@@ -537,7 +603,7 @@ def _level(kind: str) -> str:
         return "error"
     if kind in ("guard.refused", "approval.refused", "approval.expired", "approval.click_refused",
                 "action.already_contained", "approval.escalated", "detection.suppressed", "playbook.none",
-                "rollback.not_supported", "manual.refused") or kind.endswith("_refused"):
+                "rollback.not_supported", "manual.refused", "actor_access.no_playbook") or kind.endswith("_refused"):
         return "warning"
     return "info"
 
@@ -549,14 +615,212 @@ def entry(record: LedgerRecord) -> TimelineEntry:
 
 
 def timeline(ledger: Ledger, case_id: str) -> Timeline | None:
-    """Every record of ``case_id`` in ``seq`` order with its one-liner, or ``None`` for an
-    unknown case."""
+    """Every record of ``case_id`` in ``seq`` order with its one-liner, and the case's incident
+    (:func:`case_incident`), or ``None`` for an unknown case."""
     row = ledger.case(case_id)
     if row is None:
         return None
     records = list(ledger.records(case_id=case_id))
     summary = _apply_facts(_summary_from_row(row), [r for r in records if r.kind in _FACT_KINDS])
-    return Timeline(row, summary, [entry(r) for r in records])
+    return Timeline(row, summary, [entry(r) for r in records], case_incident(ledger, case_id))
+
+
+# -- incidents and the links between cases ---------------------------------------------------------
+
+@dataclass
+class CaseBrief:
+    """A case as a list of linked cases shows it: ``status`` (``None`` when the ``cases`` table has
+    no such case), ``playbook``, ``event``, ``credential`` (``"<kind> <uid>"``), ``target``,
+    ``severity`` and ``opened_at`` (the ``cases`` row's)."""
+
+    case_id: str
+    status: str | None = None
+    playbook: str | None = None
+    event: str | None = None
+    credential: str | None = None
+    target: str | None = None
+    severity: str | None = None
+    opened_at: str | None = None
+
+
+@dataclass
+class Incident:
+    """One incident: the cases of one actor's burst (:meth:`cordon.audit.ledger.Ledger.assign_incident`).
+
+    ``actor_key`` is what correlated them (``<provider>|<account>|<principal>|<key or session>``),
+    ``actor`` the actor as the first case saw it (``{user: {uid, name, ...}, session_uid, src_ip,
+    ...}``), ``lead_case_id`` its lead: the case that opened it, ``cases`` every case in the order
+    it was added (the lead first). The run that answers the cases of one intake together is led by
+    the case whose playbook asks the strictest approval, which may be another:
+    ``run.delegated`` and ``approval.incident`` name that one (:attr:`Timeline.covered_by`)."""
+
+    incident_id: str
+    actor_key: str
+    provider: str | None
+    opened_at: str
+    last_at: str
+    lead_case_id: str
+    actor: dict[str, Any]
+    cases: list[CaseBrief]
+
+    @property
+    def actor_name(self) -> str:
+        """The actor's principal (``actor.user.uid``, else its name), else the actor key."""
+        user = (self.actor or {}).get("user") or {}
+        return str(user.get("uid") or user.get("name") or self.actor_key)
+
+    def statuses(self) -> dict[str, int]:
+        """How many of its cases are in each status (``unknown``: a case the ``cases`` table lacks),
+        most frequent first, then by name: ``{"contained": 2, "refused": 1}``."""
+        counts: dict[str, int] = defaultdict(int)
+        for c in self.cases:
+            counts[c.status or "unknown"] += 1
+        return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    def status_text(self) -> str:
+        """:meth:`statuses` as ``"contained 2, refused 1"`` (``"-"`` for none)."""
+        return ", ".join(f"{k} {n}" for k, n in self.statuses().items()) or "-"
+
+    def others(self, case_id: str) -> list[CaseBrief]:
+        """Its cases other than ``case_id``, in order."""
+        return [c for c in self.cases if c.case_id != case_id]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict: the fields above (``cases`` as dicts) and ``statuses``."""
+        return {**asdict(self), "statuses": self.statuses()}
+
+
+def _brief(row: dict[str, Any]) -> CaseBrief:
+    s = _summary_from_row(row)
+    return CaseBrief(s.case_id, s.status, s.playbook, s.event, s.credential, s.target, s.severity, s.opened_at)
+
+
+def case_briefs(ledger: Ledger, case_ids: Iterable[str]) -> dict[str, CaseBrief]:
+    """``{case_id: CaseBrief}`` of the cases among ``case_ids`` that the ``cases`` table holds
+    (read in batches of 500 IDs)."""
+    ids = sorted(set(case_ids))
+    out: dict[str, CaseBrief] = {}
+    for i in range(0, len(ids), 500):
+        with ledger.engine.connect() as conn:
+            rows = conn.execute(sa.select(cases_table).where(cases_table.c.case_id.in_(ids[i:i + 500])))
+            for row in rows:
+                out[row.case_id] = _brief(dict(row._mapping))
+    return out
+
+
+def _incidents(ledger: Ledger, rows: list[dict[str, Any]]) -> list[Incident]:
+    """:class:`Incident` of ``incidents`` rows: their cases in two queries (``incident_cases``
+    ordered as :meth:`cordon.audit.ledger.Ledger.incident` orders them, then the ``cases`` rows)."""
+    if not rows:
+        return []
+    members: dict[str, list[str]] = defaultdict(list)
+    ids = [r["incident_id"] for r in rows]
+    with ledger.engine.connect() as conn:
+        for i in range(0, len(ids), 500):
+            q = (sa.select(incident_cases_table.c.incident_id, incident_cases_table.c.case_id)
+                 .where(incident_cases_table.c.incident_id.in_(ids[i:i + 500]))
+                 .order_by(incident_cases_table.c.added_at, incident_cases_table.c.case_id))
+            for row in conn.execute(q):
+                members[row.incident_id].append(row.case_id)
+    briefs = case_briefs(ledger, [c for cs in members.values() for c in cs])
+    return [Incident(incident_id=r["incident_id"], actor_key=r["actor_key"], provider=r.get("provider"),
+                     opened_at=r["opened_at"], last_at=r["last_at"], lead_case_id=r["lead_case_id"],
+                     actor=json.loads(r["actor"]) if isinstance(r.get("actor"), str) else (r.get("actor") or {}),
+                     cases=[briefs.get(c) or CaseBrief(c) for c in members[r["incident_id"]]])
+            for r in rows]
+
+
+def incident(ledger: Ledger, incident_id: str) -> Incident | None:
+    """The :class:`Incident` ``incident_id`` with each case's status, or ``None`` if there is none."""
+    with ledger.engine.connect() as conn:
+        row = conn.execute(sa.select(incidents_table).where(incidents_table.c.incident_id == incident_id)).first()
+    return _incidents(ledger, [dict(row._mapping)])[0] if row is not None else None
+
+
+def case_incident(ledger: Ledger, case_id: str) -> Incident | None:
+    """The :class:`Incident` ``case_id`` belongs to, or ``None``."""
+    incident_id = ledger.incident_of(case_id)
+    return incident(ledger, incident_id) if incident_id else None
+
+
+def list_incidents(ledger: Ledger, *, limit: int | None = None, offset: int = 0) -> list[Incident]:
+    """Incidents, newest first (by ``opened_at``), ``offset``/``limit`` applied in SQL. Raises
+    :class:`QueryError` for a negative ``limit`` or ``offset``."""
+    if limit is not None and limit < 0:
+        raise QueryError("limit", "must be >= 0")
+    if offset < 0:
+        raise QueryError("offset", "must be >= 0")
+    q = (sa.select(incidents_table)
+         .order_by(incidents_table.c.opened_at.desc(), incidents_table.c.incident_id).offset(offset))
+    if limit is not None:
+        q = q.limit(limit)
+    with ledger.engine.connect() as conn:
+        rows = [dict(r._mapping) for r in conn.execute(q)]
+    return _incidents(ledger, rows)
+
+
+@dataclass
+class ActorAccessLink:
+    """A link between two cases made by the actor's own access (``case.actor_access``, written on
+    both cases). ``relation``: ``actor_access`` (``case_id`` is the case of the access this case's
+    actor signed with; ``opened``: whether that intake opened it, not joined it) or ``revealed_by``
+    (``case_id`` is the case whose actor signed with this case's credential). ``credential``:
+    ``{kind, uid, owner}`` of that access. ``seq``: the record's."""
+
+    seq: int
+    case_id: str
+    relation: str
+    credential: dict[str, Any] | None
+    opened: bool | None = None
+
+
+def actor_access_links(records: Iterable[LedgerRecord | TimelineEntry]) -> list[ActorAccessLink]:
+    """The :class:`ActorAccessLink` of each ``case.actor_access`` record among ``records`` (others
+    are skipped), in order."""
+    links = []
+    for r in records:
+        if r.kind != "case.actor_access":
+            continue
+        p = r.payload
+        if p.get("actor_case"):
+            links.append(ActorAccessLink(r.seq, str(p["actor_case"]), "actor_access", p.get("credential"),
+                                         p.get("opened")))
+        elif p.get("revealed_by_case"):
+            links.append(ActorAccessLink(r.seq, str(p["revealed_by_case"]), "revealed_by", p.get("credential")))
+    return links
+
+
+def case_records(ledger: Ledger, case_ids: Iterable[str], kinds: Iterable[str]) -> dict[str, list[LedgerRecord]]:
+    """``{case_id: [records]}``: the records of the cases ``case_ids`` whose kind is one of
+    ``kinds``, in ``seq`` order (one query per 500 cases; a case without such records is absent)."""
+    ids, wanted = sorted(set(case_ids)), list(kinds)
+    out: dict[str, list[LedgerRecord]] = defaultdict(list)
+    # ``kind || ''``: found through the case_id index (a case has tens of records), never the kind
+    # index, which SQLite prefers with bound parameters and which holds a row per case per kind
+    kind = ledger_table.c.kind + ""
+    for i in range(0, len(ids), 500):
+        q = (sa.select(ledger_table)
+             .where(ledger_table.c.case_id.in_(ids[i:i + 500]), kind.in_(wanted))
+             .order_by(ledger_table.c.seq))
+        with ledger.engine.connect() as conn:
+            for row in conn.execute(q):
+                out[row.case_id].append(_record(row))
+    return dict(out)
+
+
+def opened_hashes(ledger: Ledger, case_ids: Iterable[str]) -> dict[str, str]:
+    """``{case_id: hash}`` of each case's first ``case.opened`` record (the ``metadata.uid`` of
+    the case's OCSF Create finding, :mod:`cordon.audit.export`); cases without one are absent."""
+    ids = sorted(set(case_ids))
+    out: dict[str, str] = {}
+    for i in range(0, len(ids), 500):
+        q = (sa.select(ledger_table.c.case_id, ledger_table.c.hash)
+             .where(ledger_table.c.kind == "case.opened", ledger_table.c.case_id.in_(ids[i:i + 500]))
+             .order_by(ledger_table.c.seq))
+        with ledger.engine.connect() as conn:
+            for row in conn.execute(q):
+                out.setdefault(row.case_id, row.hash)
+    return out
 
 
 # -- figures --------------------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 ``markdown_timeline(ledger, case_id)`` reads the case with :func:`cordon.audit.query.timeline`
 and renders a heading, the key figures (outcome, decision and approver, time to approve, time
-to contain) and a table of every ledger record (seq, time, step, actor, what happened).
+to contain), the case's incident (its ID, lead case and the other cases with their status), why
+its playbook was routed and the cases of its actor's access, when there are, and a table of every
+ledger record (seq, time, step, actor, what happened).
 
 Everything taken from the ledger is escaped for Markdown and HTML (Prefect renders artifacts as
 Markdown that may contain HTML): ``& < >`` become entities, Markdown punctuation is
@@ -16,7 +18,7 @@ import html
 import re
 
 from cordon.audit.ledger import Ledger
-from cordon.audit.query import format_seconds, timeline
+from cordon.audit.query import Timeline, format_seconds, timeline
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#!|~])")
 
@@ -53,9 +55,10 @@ def markdown_timeline(ledger: Ledger, case_id: str) -> str:
         f"- **Detection:** {md_escape(s.event or '-')} on {md_escape(s.provider or '-')} account "
         f"{md_escape(s.account or '-')}, by {md_escape(s.actor or '-')}, target {md_escape(s.target or '-')}",
         f"- **Credential:** {md_escape(s.credential or '-')}",
-        f"- **Decision:** {md_escape(s.decision)} by {md_escape(s.approver or '-')}",
+        _decision_line(tl),
         f"- **Time to approve:** {format_seconds(s.time_to_approve)}",
         f"- **Time to contain:** {format_seconds(s.time_to_contain)}",
+        *_links(tl),
         "",
         "| # | time (UTC) | step | actor | what happened |",
         "|---|---|---|---|---|",
@@ -65,3 +68,38 @@ def markdown_timeline(ledger: Ledger, case_id: str) -> str:
                      f"{md_escape(e.text)} |")
     lines += ["", f"Ledger: {len(tl.entries)} record(s); last hash `{tl.entries[-1].hash if tl.entries else '-'}`."]
     return "\n".join(lines) + "\n"
+
+
+def _decision_line(tl: Timeline) -> str:
+    s, covered = tl.summary, tl.covered_by
+    if covered and s.decision == "none":  # an incident member: its lead's decision covered it
+        return (f"- **Decision:** {md_escape(covered.get('decision') or '-')} by "
+                f"{md_escape(covered.get('approver') or '-')} on lead case {md_escape(covered.get('lead_case_id'))}")
+    return f"- **Decision:** {md_escape(s.decision)} by {md_escape(s.approver or '-')}"
+
+
+def incident_line(tl: Timeline) -> str | None:
+    """The Markdown line naming ``tl``'s incident: its ID, the lead case (or that this case leads
+    it) and each other case with its status; ``None`` when the case is in no incident."""
+    inc = tl.incident
+    if inc is None:
+        return None
+    me = tl.case["case_id"]
+    lead = "this case leads it" if inc.lead_case_id == me else f"lead case {md_escape(inc.lead_case_id)}"
+    others = ", ".join(f"{md_escape(c.case_id)} ({md_escape(c.status or 'unknown')})" for c in inc.others(me))
+    return (f"- **Incident:** {md_escape(inc.incident_id)} ({lead}; actor {md_escape(inc.actor_name)}); "
+            f"other cases: {others or 'none'}")
+
+
+def _links(tl: Timeline) -> list[str]:
+    lines = [line] if (line := incident_line(tl)) else []
+    if tl.because:
+        lines.append(f"- **Routed because:** {md_escape(tl.because)}")
+    for link in tl.actor_access:
+        cred = link.credential or {}
+        what = md_escape(f"{cred.get('kind') or '-'} {cred.get('uid') or '-'}")
+        if link.relation == "actor_access":
+            lines.append(f"- **The actor's own access:** case {md_escape(link.case_id)} ({what})")
+        else:
+            lines.append(f"- **Opened for the actor of:** case {md_escape(link.case_id)} ({what})")
+    return lines

@@ -13,6 +13,13 @@ is no write route and no JavaScript):
     its timeline: every ledger record in order, with the record's payload and hash.
     ``?format=print`` is the per-case report to attach to a ticket: the same content as a
     self-contained page with print CSS (use the browser's *Print* / *Save as PDF*).
+``/audit/incidents``
+    Incidents (the cases of one actor's burst), newest first (``page``), each with its actor key,
+    opening time, lead case and how many of its cases are in each status.
+``/audit/incidents/{incident_id}``
+    One incident: its actor, actor key, lead case and every case (linked to its page) with its
+    status, playbook, event, credential and target. A case's page names its incident and links
+    to the incident and to its other cases.
 ``/audit/approvals``
     Every decision (approved, refused, expired, not required) with the approver and the time to
     decide; the same filters as the cases list.
@@ -84,8 +91,10 @@ from cordon.audit.query import (
     CaseFilter,
     QueryError,
     format_seconds,
+    incident,
     iter_cases,
     list_cases,
+    list_incidents,
     metrics,
     timeline,
 )
@@ -338,6 +347,23 @@ def audit_pages(ledger: Ledger, auth: PageAuth | None = None) -> APIRouter:
         return render(request, "report.html" if format == "print" else "case.html", user,
                       title=f"Case {case_id}", tl=tl, s=tl.summary, detection=detection,
                       generated=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+    @router.get("/incidents")
+    def incidents_page(request: Request, page: int = 1, user: str = Depends(viewer)) -> Response:
+        if page < 1:
+            return bad_request(request, user, QueryError("page", "must be >= 1"))
+        rows = list_incidents(ledger, limit=PAGE_SIZE + 1, offset=(page - 1) * PAGE_SIZE)
+        return render(request, "incidents.html", user, title="Incidents", incidents=rows[:PAGE_SIZE], page=page,
+                      more=len(rows) > PAGE_SIZE, next_query=urlencode({"page": page + 1}),
+                      prev_query=urlencode({"page": page - 1}))
+
+    @router.get("/incidents/{incident_id}")
+    def incident_page(request: Request, incident_id: str, user: str = Depends(viewer)) -> Response:
+        inc = incident(ledger, incident_id)
+        if inc is None:
+            return render(request, "error.html", user, status=404, title="Not found",
+                          message=f"no incident {incident_id} in the ledger")
+        return render(request, "incident.html", user, title=f"Incident {incident_id}", inc=inc)
 
     @router.get("/approvals")
     def approvals_page(request: Request, user: str = Depends(viewer)) -> Response:
