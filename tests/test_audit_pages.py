@@ -267,7 +267,6 @@ def settled_content(page, attempts: int = 20) -> str:
     return page.content()
 
 
-@needs_chromium
 def shoot(page, name: str) -> None:
     """With ``CORDON_SCREENSHOTS=<dir>``, save a full-page PNG of what the browser shows, to look at."""
     where = os.environ.get("CORDON_SCREENSHOTS")
@@ -276,6 +275,7 @@ def shoot(page, name: str) -> None:
         page.screenshot(path=str(Path(where) / f"{name}.png"), full_page=True)
 
 
+@needs_chromium
 def test_managers_read_the_pages_in_a_real_browser(site):
     from playwright.sync_api import sync_playwright
 
