@@ -461,9 +461,16 @@ def _summary_of(case_id: str, playbook: str, prep: Prepared, incident_id: str | 
         summary.with_plan(prep.plan)
         if not prep.plan.steps:
             summary.status = "no_containment"
-        elif not any(s.calls for s in prep.plan.steps):
+        elif not any(s.calls for s in prep.plan.steps) and not _containment_started(case_id):
             summary.status = "already_contained"  # the state read for the plan: nothing is live
     return summary
+
+
+def _containment_started(case_id: str) -> bool:
+    """Whether any run of the case began containing it (a ``step.started``): a run again after
+    one died while containing goes through its steps, so each says what the dead run did
+    (``action.already_contained`` with ``interrupted``), and is not closed ``already_contained``."""
+    return any(True for _ in ledger().records(case_id=case_id, kind_prefix="step.started"))
 
 
 def _close(summary: CaseSummary) -> None:
@@ -695,7 +702,8 @@ def respond(case_id: str, playbook: str, approval: ApprovalMode = "console", clo
     if not plan.steps:
         summary.status = "no_containment"
         return finish(case_id, summary)
-    if not any(step.calls for step in plan.steps):  # nothing is live (a linked case re-reading it): no one to ask
+    if not any(step.calls for step in plan.steps) and not _containment_started(case_id):
+        # nothing is live (a linked case re-reading it, a key someone else deactivated): no one to ask
         checks = [verify_task(case_id, step, cloud) for step in plan.steps]
         summary.verification, summary.verified = checks, all(c["held"] for c in checks)
         summary.status = "already_contained" if summary.verified else "not_verified"
