@@ -91,6 +91,14 @@ def stack(tmp_path, monkeypatch):
                 w.stop()
             uv.should_exit = True
             t.join(10)
+            # flows run in this process (the sweeper's, say) left Prefect's event and log workers
+            # sending to this server: drain them while it still answers, or the next module's test
+            # harness waits for them forever at its own teardown (EventsWorker.drain_all)
+            from prefect.events.worker import EventsWorker
+            from prefect.logging.handlers import APILogWorker
+
+            APILogWorker.drain_all(timeout=10)
+            EventsWorker.drain_all(timeout=10)
             aws.stop()
             slack.stop()
             server.stop()
