@@ -91,17 +91,6 @@ CORPUS_CONTAINED = {
 }
 
 
-#: Corpus entries whose service account (email under project number 1234) the GCP stand-in does not
-#: hold where the action reads the policy (under ``my-project``): the plan reads no binding, so there
-#: is nothing to contain. Before the no-call short-circuit these passed as ``contained`` with no call
-#: made (the step's own ``already_contained``); now the run says so. Known gap of the stand-in's
-#: seeding, left open (session 4 note).
-NOTHING_IN_THE_SANDBOX = {
-    "gcp-security-analytics/test/fixtures/google.iam.admin.v1.SetIamPolicy-keyAdmin.json",
-    "gcp-security-analytics/test/fixtures/google.iam.admin.v1.SetIamPolicy-tokenCreator.json",
-}
-
-
 @needs_corpus
 @pytest.mark.parametrize("rel", sorted(CORPUS_CONTAINED))
 def test_corpus_entries_are_contained_in_the_sandbox(responder, gcp, rel):
@@ -109,11 +98,7 @@ def test_corpus_entries_are_contained_in_the_sandbox(responder, gcp, rel):
     assert not report.rejected
     assert {s["playbook"] for s in summaries} == CORPUS_CONTAINED[rel]
     for s in summaries:
-        if rel in NOTHING_IN_THE_SANDBOX:
-            # see NOTHING_IN_THE_SANDBOX: read again, nothing live, nobody asked
-            assert s["status"] == "already_contained" and s["actions"] == [], s
-        else:
-            assert s["status"] == "contained", (s.get("guard"), s["actions"])
+        assert s["status"] == "contained", (s.get("guard"), s["actions"])
         assert s["verified"] is True
     assert responder.ledger.verify().ok
 

@@ -461,16 +461,19 @@ def _summary_of(case_id: str, playbook: str, prep: Prepared, incident_id: str | 
         summary.with_plan(prep.plan)
         if not prep.plan.steps:
             summary.status = "no_containment"
-        elif not any(s.calls for s in prep.plan.steps) and not _containment_started(case_id):
+        elif not any(s.calls for s in prep.plan.steps) and _rereading(case_id):
             summary.status = "already_contained"  # the state read for the plan: nothing is live
     return summary
 
 
-def _containment_started(case_id: str) -> bool:
-    """Whether any run of the case began containing it (a ``step.started``): a run again after
-    one died while containing goes through its steps, so each says what the dead run did
-    (``action.already_contained`` with ``interrupted``), and is not closed ``already_contained``."""
-    return any(True for _ in ledger().records(case_id=case_id, kind_prefix="step.started"))
+def _rereading(case_id: str) -> bool:
+    """Whether a plan with no call closes the case ``already_contained`` without asking: only for a
+    case linked to an earlier one (``case.linked``: the credential read again after its case
+    closed) that no run began containing (a ``step.started``: a run again after one died while
+    containing goes through its steps, so each says what the dead run did). Any other case with
+    nothing to call still asks and records each step's ``already_contained``, as before."""
+    kinds = {r.kind for r in ledger().records(case_id=case_id) if r.kind in ("case.linked", "step.started")}
+    return kinds == {"case.linked"}
 
 
 def _close(summary: CaseSummary) -> None:
@@ -702,7 +705,7 @@ def respond(case_id: str, playbook: str, approval: ApprovalMode = "console", clo
     if not plan.steps:
         summary.status = "no_containment"
         return finish(case_id, summary)
-    if not any(step.calls for step in plan.steps) and not _containment_started(case_id):
+    if not any(step.calls for step in plan.steps) and _rereading(case_id):
         # nothing is live (a linked case re-reading it, a key someone else deactivated): no one to ask
         checks = [verify_task(case_id, step, cloud) for step in plan.steps]
         summary.verification, summary.verified = checks, all(c["held"] for c in checks)
