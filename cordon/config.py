@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cordon.durations import parse_duration
 
@@ -59,6 +59,11 @@ class Config:
     actor_access: bool = False
     incident_window_seconds: int = 900
     incident_one_run: bool = True
+    #: a new case of an incident joins its queued run (requested, not yet planning) instead of
+    #: getting its own (``incidents.join_queued``, default on), up to ``incident_max_cases`` cases
+    #: a run (``incidents.max_cases``, default 25)
+    incident_join_queued: bool = True
+    incident_max_cases: int = 25
     slack_channel: str = ""
     approvers: list[str] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict)
@@ -123,10 +128,13 @@ class ApprovalSection(_Strict):
 
 
 class IncidentsSection(_Strict):
-    """``incidents:`` keys: ``window`` (a duration, ``"15m"``, or seconds) and ``one_run``."""
+    """``incidents:`` keys: ``window`` (a duration, ``"15m"``, or seconds), ``one_run``,
+    ``join_queued`` and ``max_cases`` (at least 2)."""
 
     window: str | int | None = None
     one_run: bool | None = None
+    join_queued: bool | None = None
+    max_cases: int | None = Field(default=None, ge=2)
 
 
 class CordonYaml(_Strict):
@@ -282,6 +290,8 @@ def load_config(directory: str | Path | None = None) -> Config:
         actor_access=bool(data.get("actor_access", False)),
         incident_window_seconds=int(window),
         incident_one_run=bool(incidents.get("one_run", True)),
+        incident_join_queued=bool(incidents.get("join_queued", True)),
+        incident_max_cases=int(incidents.get("max_cases") or 25),
         slack_channel=os.environ.get("CORDON_SLACK_CHANNEL") or str(slack.get("channel", "")),
         approvers=[str(a) for a in approvers],
         raw=data,

@@ -92,6 +92,9 @@ class CaseTicket:
     #: the other cases of its incident this case's run answers too (it is their lead):
     #: ``[{"case_id", "playbook", "cloud"}]`` (:meth:`Responder.incident_runs`)
     members: list[dict[str, Any]] = field(default_factory=list)
+    #: the objects its run's containment rewrites (its own and its members',
+    #: :meth:`cordon.providers.Provider.plan_conflict_key`), set with ``members``
+    conflict_keys: list[str] = field(default_factory=list)
 
 
 def strictness(ticket: CaseTicket) -> tuple[bool, int, bool, int]:
@@ -104,6 +107,10 @@ def strictness(ticket: CaseTicket) -> tuple[bool, int, bool, int]:
         return (False, 0, False, 0)
     quorum = a.quorum or (2 if ticket.detection.severity == "critical" else 1)
     return (a.required, quorum, a.on_expiry == "deny", -a.expire_seconds)
+
+
+def _conflict_key(ticket: CaseTicket) -> str | None:
+    return get_provider(ticket.detection.provider).plan_conflict_key(ticket.detection)
 
 
 def redact_detection(detection: Detection) -> Detection:
@@ -260,9 +267,41 @@ class Responder:
             lead = by_id[lead_id]
             lead.members = [{"case_id": m.case_id, "playbook": m.playbook.name,
                              "cloud": self.cloud_for(m, params_of(m) if params_of else None)} for m in members]
+            lead.conflict_keys = [k for k in (_conflict_key(t) for t in [lead, *members]) if k]
             for m in members:
                 self.delegate(lead, m)
         return incidents
+
+    def join_queued(self, tickets: Iterable[CaseTicket], approval: str, skipped: Iterable[str] = (),
+                    params_of: Any = None) -> dict[str, str]:
+        """Put each new case (first attempt, to be run, in an incident) in its incident's queued
+        run when there is one (``incidents.join_queued``: a run requested on the deployment and not
+        yet planning; :meth:`cordon.audit.ledger.Ledger.join_incident_run` says which may take it).
+        In a storm the worker's queue makes the batches: an actor's keys that arrive in many
+        webhook posts are answered by few runs, each one message and one decision. Returns
+        ``{case_id: lead case_id}`` for the cases that joined; the others get runs as before."""
+        if not (self.config.incident_one_run and self.config.incident_join_queued):
+            return {}
+        skip = set(skipped)
+        out: dict[str, str] = {}
+        for t in tickets:
+            if not (t.run and t.opened and t.attempt == 1 and t.incident_id and t.playbook is not None
+                    and t.case_id not in skip):
+                continue
+            member = {"case_id": t.case_id, "playbook": t.playbook.name,
+                      "cloud": self.cloud_for(t, params_of(t) if params_of else None)}
+            lead = self.ledger.join_incident_run(t.case_id, t.incident_id, mode=approval, where=DEPLOYMENT,
+                                                 strictness=list(strictness(t)), conflict_key=_conflict_key(t),
+                                                 member=member, max_cases=self.config.incident_max_cases)
+            if lead is not None:
+                out[t.case_id] = lead
+        return out
+
+    def joined_summary(self, lead_case_id: str, member: CaseTicket) -> dict[str, Any]:
+        """:meth:`member_summary` of a case that joined ``lead_case_id``'s queued run."""
+        lead = self.ledger.case(lead_case_id) or {}
+        return self.member_summary({"case_id": lead_case_id, "flow_run_id": lead.get("flow_run_id"),
+                                    "status": "awaiting_approval"}, member)
 
     @staticmethod
     def member_summary(lead: dict[str, Any], member: CaseTicket) -> dict[str, Any]:
@@ -494,9 +533,12 @@ class Responder:
         def params_of(ticket: CaseTicket) -> dict[str, Any] | None:
             return stand_in(ticket).cloud_params() if stand_ins is not None and ticket.run else cloud
 
-        # one run for the new cases of one incident: the lead's, naming the others (members)
-        incidents = self.group_incidents(tickets, skipped, params_of)
-        led = {m.case_id for members in incidents.values() for m in members}
+        # a new case of an incident whose run is still queued joins it (Slack approval: runs on
+        # the deployment); then one run for the new cases of one incident: the lead's, naming the
+        # others (members)
+        queued = self.join_queued(tickets, approval, skipped, params_of) if approval == "slack" else {}
+        incidents = self.group_incidents([t for t in tickets if t.case_id not in queued], skipped, params_of)
+        led = {m.case_id for members in incidents.values() for m in members} | set(queued)
         # every run is asked for before any starts, so a crash part-way leaves each case's
         # approval mode in the ledger for recovery (cordon/recovery.py)
         for ticket in tickets:
@@ -505,6 +547,9 @@ class Responder:
         for ticket in tickets:
             if ticket.case_id in skipped:
                 yield {**self.summary_without_run(ticket), "status": "stranded", "error": skipped[ticket.case_id]}
+                continue
+            if ticket.case_id in queued:
+                yield self.joined_summary(queued[ticket.case_id], ticket)
                 continue
             if ticket.case_id in led:
                 continue  # its summary comes with its lead's
@@ -549,6 +594,13 @@ class Responder:
         params_cloud = self.cloud_for(ticket, cloud)
         if not self.claim(ticket, approval, DEPLOYMENT, cloud, slack):
             return {**self.summary_without_run(ticket), "status": "claimed_elsewhere"}
+        if ticket.incident_id and ticket.attempt == 1 and self.config.incident_one_run \
+                and self.config.incident_join_queued:
+            # open before the run exists: its flow seals the row as it starts planning
+            self.ledger.open_incident_run(ticket.case_id, 1, ticket.incident_id, mode=approval, where=DEPLOYMENT,
+                                          strictness=list(strictness(ticket)),
+                                          conflict_keys=ticket.conflict_keys or [k for k in [_conflict_key(ticket)]
+                                                                                 if k])
         from prefect.deployments import run_deployment
 
         key = idempotency_key(ticket.case_id, ticket.attempt)

@@ -376,7 +376,7 @@ def check_case(ledger: Ledger, case: dict[str, Any], *, records: list[LedgerReco
     req = owner.payload
     common = {**base, "attempt": attempt, "started": len(started_attempts), "mode": req.get("mode"),
               "where": req.get("where"), "cloud": req.get("cloud"), "slack": req.get("slack"), "gave_up": gave_up,
-              "members": req.get("members")}
+              "members": _members_of(req, records)}
     of_attempt = [r for r in records if int(r.payload.get("attempt") or 0) == attempt]
     failed = [r for r in of_attempt if r.kind == "run.submit_failed"]
     if failed:
@@ -459,6 +459,20 @@ def _check_member(ledger: Ledger, case: dict[str, Any], delegated: LedgerRecord,
                         **own, **mode_etc)
     return RunCheck(live=True, reason=f"answered by the run of its incident's lead case {lead_id}: {check.reason}",
                     **own, **mode_etc)
+
+
+def _members_of(request: dict[str, Any], records: list[LedgerRecord]) -> list[dict[str, Any]] | None:
+    """The members a lead's runs answer: those its run request named, then those that joined its
+    queued runs (``run.sealed``, :meth:`cordon.audit.ledger.Ledger.seal_incident_run`)."""
+    out = list(request.get("members") or [])
+    seen = {m.get("case_id") for m in out}
+    for r in records:
+        if r.kind == "run.sealed":
+            for m in r.payload.get("members") or []:
+                if m.get("case_id") not in seen:
+                    seen.add(m.get("case_id"))
+                    out.append(m)
+    return out or None
 
 
 def _member_cloud(lead: RunCheck, case_id: str) -> dict[str, Any] | None:

@@ -186,6 +186,22 @@ incident_cases_table = sa.Table(
     sa.Column("added_at", sa.String(40), nullable=False),
 )
 
+incident_runs_table = sa.Table(
+    "incident_runs",
+    metadata,
+    sa.Column("lead_case_id", sa.String(64), primary_key=True),
+    sa.Column("attempt", sa.Integer, primary_key=True),
+    sa.Column("incident_id", sa.String(64), nullable=False),
+    sa.Column("mode", sa.String(16), nullable=False),
+    sa.Column("where", sa.String(32), nullable=False),
+    sa.Column("strictness", sa.Text, nullable=False),
+    sa.Column("conflict_keys", sa.Text, nullable=False),
+    sa.Column("joined", sa.Text, nullable=False),
+    sa.Column("opened_at", sa.String(40), nullable=False),
+    sa.Column("sealed_at", sa.String(40), nullable=True),
+    sa.Index("ix_incident_runs_open", "incident_id", "sealed_at"),
+)
+
 #: Tables whose rows are never updated or deleted (triggers refuse it; grants never allow it).
 APPEND_ONLY_TABLES = ("ledger", "dead_letters", "ledger_checkpoints")
 
@@ -670,6 +686,95 @@ class Ledger:
             w.append("incident.case_added", {"incident_id": incident_id, "actor_key": actor_key,
                                              "lead_case_id": lead}, case_id=case_id, ts=ts)
         return IncidentAssign(incident_id, opened)
+
+    def open_incident_run(self, lead_case_id: str, attempt: int, incident_id: str, *, mode: str, where: str,
+                          strictness: list[Any], conflict_keys: list[str]) -> None:
+        """Open the queued run of ``lead_case_id`` (``attempt``) to late cases of ``incident_id``
+        (:meth:`join_incident_run`) until it seals (:meth:`seal_incident_run`). ``strictness``: the
+        lead's approval policy as :func:`cordon.engine.strictness` orders it; ``conflict_keys``: the
+        objects its cases' containment rewrites (:meth:`cordon.providers.Provider.plan_conflict_key`).
+        Idempotent (a row already there is left as it is)."""
+        with self.writer.begin() as conn:
+            there = conn.execute(sa.select(incident_runs_table.c.lead_case_id).where(
+                incident_runs_table.c.lead_case_id == lead_case_id,
+                incident_runs_table.c.attempt == attempt)).first()
+            if there is None:
+                conn.execute(incident_runs_table.insert().values(
+                    lead_case_id=lead_case_id, attempt=attempt, incident_id=incident_id, mode=mode, where=where,
+                    strictness=json.dumps(list(strictness)), conflict_keys=json.dumps(sorted(set(conflict_keys))),
+                    joined="[]", opened_at=now_iso()))
+
+    def join_incident_run(self, case_id: str, incident_id: str, *, mode: str, where: str, strictness: list[Any],
+                          conflict_key: str | None, member: dict[str, Any], max_cases: int) -> str | None:
+        """Put ``case_id`` (a new case of ``incident_id``) in a run of that incident that is
+        requested and not yet planning (:meth:`open_incident_run`): the oldest with the same
+        ``mode`` and ``where``, a lead's ``strictness`` at least the case's (its one approval
+        request follows the lead's policy), no ``conflict_key`` already taken and fewer than
+        ``max_cases`` cases. Appends ``run.delegated`` ``{attempt: 1, incident_id, lead_case_id,
+        joined_queued: true}`` on the case in the same transaction (under the head's lock, as
+        :meth:`seal_incident_run`: a case joins a run before it seals or not at all). ``member``:
+        ``{case_id, playbook, cloud}``, what the run's flow answers it with. Returns the lead's
+        case ID, or ``None`` (no such run: the case gets a run of its own)."""
+        mine = list(strictness)
+        with self.chained() as w:
+            rows = w.conn.execute(sa.select(incident_runs_table).where(
+                incident_runs_table.c.incident_id == incident_id, incident_runs_table.c.sealed_at.is_(None),
+                incident_runs_table.c.mode == mode, incident_runs_table.c.where == where)
+                .order_by(incident_runs_table.c.opened_at, incident_runs_table.c.lead_case_id)).all()
+            for row in rows:
+                joined, keys = json.loads(row.joined), json.loads(row.conflict_keys)
+                if row.lead_case_id == case_id or any(j["case_id"] == case_id for j in joined):
+                    return row.lead_case_id
+                if json.loads(row.strictness) < mine or (conflict_key and conflict_key in keys) \
+                        or len(joined) + 1 >= max_cases:
+                    continue
+                w.conn.execute(incident_runs_table.update().where(
+                    incident_runs_table.c.lead_case_id == row.lead_case_id,
+                    incident_runs_table.c.attempt == row.attempt).values(
+                    joined=json.dumps([*joined, member]),
+                    conflict_keys=json.dumps(sorted({*keys, *([conflict_key] if conflict_key else [])}))))
+                w.append("run.delegated", {"attempt": 1, "incident_id": incident_id, "lead_case_id": row.lead_case_id,
+                                           "joined_queued": True}, case_id=case_id, actor="cordon")
+                return row.lead_case_id
+        return None
+
+    def seal_incident_run(self, lead_case_id: str, attempt: int) -> list[dict[str, Any]]:
+        """Close ``lead_case_id``'s queued runs to late cases as its run ``attempt`` starts planning
+        and return the cases that joined them (``[{case_id, playbook, cloud}]``), recorded once as
+        the lead's ``run.sealed`` ``{attempt, members}``. Idempotent per attempt: a resumed run
+        gets the same list back. ``[]`` (and nothing written) when no run of the lead was open."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(incident_runs_table)
+                                .where(incident_runs_table.c.lead_case_id == lead_case_id)).all()
+        if not rows:
+            return []
+        done = next((r for r in rows if r.attempt == attempt and r.sealed_at is not None), None)
+        if done is not None:
+            return json.loads(done.joined)
+        with self.chained() as w:
+            rows = w.conn.execute(sa.select(incident_runs_table)
+                                  .where(incident_runs_table.c.lead_case_id == lead_case_id)).all()
+            done = next((r for r in rows if r.attempt == attempt and r.sealed_at is not None), None)
+            if done is not None:
+                return json.loads(done.joined)
+            ts = now_iso()
+            joined: list[dict[str, Any]] = []
+            for r in rows:
+                if r.sealed_at is None:
+                    joined.extend(json.loads(r.joined))
+            w.conn.execute(incident_runs_table.update().where(
+                incident_runs_table.c.lead_case_id == lead_case_id,
+                incident_runs_table.c.sealed_at.is_(None)).values(sealed_at=ts))
+            if not any(r.attempt == attempt for r in rows):
+                w.conn.execute(incident_runs_table.insert().values(
+                    lead_case_id=lead_case_id, attempt=attempt, incident_id=rows[0].incident_id, mode=rows[0].mode,
+                    where=rows[0].where, strictness=rows[0].strictness, conflict_keys="[]", joined="[]",
+                    opened_at=ts, sealed_at=ts))
+            w.conn.execute(incident_runs_table.update().where(
+                incident_runs_table.c.lead_case_id == lead_case_id,
+                incident_runs_table.c.attempt == attempt).values(joined=json.dumps(joined)))
+            w.append("run.sealed", {"attempt": attempt, "members": joined}, case_id=lead_case_id, actor="cordon")
+        return joined
 
     def incident_of(self, case_id: str) -> str | None:
         """The incident ``case_id`` belongs to, or ``None``."""

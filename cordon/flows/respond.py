@@ -652,6 +652,16 @@ def _approval_view(decision: dict[str, Any]) -> dict[str, Any]:
             if k in ("decision", "approver") or decision.get(k)}
 
 
+def _with_late(case_id: str, attempt: int, members: list[Any] | None) -> list[Any]:
+    """``members`` and the cases that joined this lead's run while it was queued (sealed now, as
+    it starts planning: :meth:`cordon.audit.ledger.Ledger.seal_incident_run`; the same list again
+    in a resumed run)."""
+    given = [m if isinstance(m, dict) else m.model_dump() for m in members or []]
+    late = ledger().seal_incident_run(case_id, attempt)
+    have = {m["case_id"] for m in given}
+    return [*given, *(m for m in late if m["case_id"] not in have)]
+
+
 def record_failure(flow, flow_run, state) -> None:
     """Prefect ``on_failure`` / ``on_crashed`` hook: the ledger says the run failed and why."""
     case_id = (flow_run.parameters or {}).get("case_id")
@@ -687,6 +697,7 @@ def respond(case_id: str, playbook: str, approval: ApprovalMode = "console", clo
     from cordon.slack import progress
 
     cloud = cloud or {}
+    members = _with_late(case_id, attempt, members)
     if members:
         return _respond_incident(case_id, playbook, approval, cloud, slack, attempt,
                                  [Member.model_validate(m) for m in members])

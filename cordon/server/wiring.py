@@ -49,10 +49,13 @@ def build_app(*, signing_secret: str | None = None, webhook_token: str | None = 
         from cordon.recovery import DEPLOYMENT, servable
 
         report = responder.intake_bytes(body, origin)
-        # the new cases of one actor's incident are answered by one run: its lead's
-        incidents = responder.group_incidents(report.cases, params_of=lambda t: cloud)
+        # a new case of an incident whose run still waits in the queue joins that run; the new
+        # cases of one actor's incident left are answered by one run: its lead's
+        queued = responder.join_queued(report.cases, "slack", params_of=lambda t: cloud)
+        fresh = [t for t in report.cases if t.case_id not in queued]
+        incidents = responder.group_incidents(fresh, params_of=lambda t: cloud)
         members = {m.case_id for group in incidents.values() for m in group}
-        leads = [t for t in report.cases if t.case_id not in members]
+        leads = [t for t in fresh if t.case_id not in members]
         # one batch's cases are submitted side by side (each a few round trips to Prefect and the
         # ledger; a burst of 25 in series held the sender's request for seconds), in their order
         if len(leads) > 1:
@@ -71,6 +74,8 @@ def build_app(*, signing_secret: str | None = None, webhook_token: str | None = 
         answered = {c["case_id"]: c for c in cases}
         for c in list(answered.values()):
             answered.update({m.case_id: responder.member_summary(c, m) for m in incidents.get(c["case_id"], [])})
+        answered.update({t.case_id: responder.joined_summary(queued[t.case_id], t)
+                         for t in report.cases if t.case_id in queued})
         cases = [answered[t.case_id] for t in report.cases]  # the body's order
         for t in report.joined:
             if t.run and t.check is not None and not servable(t.check, modes=("slack", "auto"), where=DEPLOYMENT):
