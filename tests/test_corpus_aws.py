@@ -66,6 +66,12 @@ def expected_credential_uid(ev: dict):
         return req["policyArn"]
     if name == "PutUserPolicy":
         return req["policyName"]
+    if name == "UpdateAssumeRolePolicy":
+        return req["roleName"]
+    if name == "CreateTrustAnchor":
+        return resp["trustAnchor"]["trustAnchorId"]
+    if name == "CreateProfile":
+        return resp["profile"]["profileId"]
     raise AssertionError(name)
 
 
@@ -124,7 +130,8 @@ def test_every_stratus_credential_event_names_its_credential():
         else:
             assert d.credential is None
     assert seen == {"CreateAccessKey", "CreateUser", "AttachUserPolicy", "CreateLoginProfile",
-                    "UpdateLoginProfile", "GetFederationToken"}
+                    "UpdateLoginProfile", "GetFederationToken", "CreateTrustAnchor", "CreateProfile",
+                    "UpdateAssumeRolePolicy"}
 
 
 def test_stratus_known_credentials():
@@ -178,7 +185,8 @@ def test_panther_case_reads_and_parses(path, name, expected, log):
         assert info.value.field == "requestParameters.policyName"
         return
     d = detection_from_cloudtrail(rec.record, DUMMY, rec.origin, rec.position)
-    assert d.credential.kind == CREDENTIAL_EVENTS[name_]
+    own_root_key = name_ == "CreateAccessKey" and d.target.type == "Root"  # the root user's own key
+    assert d.credential.kind == ("aws_root_access_key" if own_root_key else CREDENTIAL_EVENTS[name_])
     assert d.credential.uid == expected_credential_uid(log)
     if log.get("errorCode"):
         assert d.suppressed and log["errorCode"] in d.suppressed

@@ -251,7 +251,7 @@ def test_failed_call_names_no_credential_and_is_suppressed():
 
 
 def test_non_credential_event_has_no_credential():
-    d = ct(event("UpdateAssumeRolePolicy", request={"roleName": "r1", "policyDocument": "{}"}), BARE)
+    d = ct(event("GetRole", request={"roleName": "r1"}), BARE)
     assert d.credential is None and d.technique_ids == []
     assert d.target.model_dump() == {"uid": "arn:aws:iam::111122223333:role/r1", "name": "r1", "type": "Role",
                                      "account_uid": "111122223333"}

@@ -626,10 +626,14 @@ def test_shipped_rules_ignore_failed_calls(shipped):
                     "policyDocument": '{"Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}',
                 },
             }
-            for source in ("iam.amazonaws.com", "ec2.amazonaws.com", "sts.amazonaws.com"):
-                assert not r.matches({**ev, "eventSource": source}), (r.path, name)
+            # the sources of the shipped rules, and who called (the root-key rule is about Root)
+            variants = [(source, who) for source in ("iam.amazonaws.com", "ec2.amazonaws.com", "sts.amazonaws.com",
+                                                     "rolesanywhere.amazonaws.com")
+                        for who in ({}, {"userIdentity": {"type": "Root"}})]
+            for source, who in variants:
+                assert not r.matches({**ev, **who, "eventSource": source}), (r.path, name)
                 ok = {k: v for k, v in ev.items() if k != "errorCode"}
-                if r.matches({**ok, "eventSource": source}):
+                if r.matches({**ok, **who, "eventSource": source}):
                     break
             else:
                 pytest.fail(f"{r.path}: no successful variant of {name} matched")
@@ -657,6 +661,10 @@ EXPECTED_STRATUS = {
     "CreateUser": {"AWS IAM User Created Outside CloudFormation"},
     "GetFederationToken": {"AWS STS Federation Token Issued"},
     "AttachUserPolicy": {"AWS IAM Administrative Managed Policy Attached To User"},
+    # issue 14, item 6: Roles Anywhere and the backdoor role
+    "CreateTrustAnchor": {"IAM Roles Anywhere Trust Anchor Created"},
+    "CreateProfile": {"IAM Roles Anywhere Profile Created"},
+    "UpdateAssumeRolePolicy": {"AWS IAM Role Trust Policy Updated"},
 }
 
 

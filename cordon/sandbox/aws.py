@@ -12,7 +12,18 @@
     query protocol, XML answers),
     https://docs.aws.amazon.com/IAM/latest/APIReference/API_ListServiceSpecificCredentials.html .
     Sandbox IAM clients send exactly these four operations to the stand-in (a botocore
-    ``before-send`` hook rewrites the URL); every other IAM operation goes to moto.
+    ``before-send`` hook rewrites the URL); every other IAM operation goes to moto;
+  - IAM Roles Anywhere trust anchors and profiles (``Create/Get/List/Enable/Disable`` of each,
+    REST-JSON: ``POST /trustanchors``, ``GET /trustanchor/{id}``, ``POST /trustanchor/{id}/disable``,
+    ...), https://docs.aws.amazon.com/rolesanywhere/latest/APIReference/Welcome.html . Sandbox
+    ``rolesanywhere`` clients talk only to the stand-in;
+  - STS ``AssumeRoot`` (centralized root access; query protocol) and the root user's own access
+    keys as a root session sees them (IAM ``ListAccessKeys`` / ``DeleteAccessKey`` / ``CreateAccessKey``
+    with no ``UserName``, signed with the credentials ``AssumeRoot`` issued, allowed only what the
+    task policy allows), https://docs.aws.amazon.com/STS/latest/APIReference/API_AssumeRoot.html ,
+    https://docs.aws.amazon.com/IAM/latest/UserGuide/security-iam-awsmanpol.html (the root task
+    policies). Sandbox STS clients send ``AssumeRoot`` to the stand-in; a client made with the
+    credentials it issued (``clients("iam", credentials=...)``) talks only to the stand-in.
 
 Sandbox-only approximations (never used against real AWS):
 
@@ -41,6 +52,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import secrets
 import string
 import threading
@@ -72,6 +84,21 @@ LOOKUP_ATTRIBUTE_KEYS = (
     "EventId", "EventName", "ReadOnly", "Username", "ResourceType", "ResourceName", "EventSource",
     "AccessKeyId",
 )
+ROOT_TASK_POLICY_PREFIX = "arn:aws:iam::aws:policy/root-task/"
+#: What each root task policy lets a root session do (AWS managed policies under ``root-task/``;
+#: the stand-in serves the access-key operations of these).
+ROOT_TASK_POLICIES: dict[str, tuple[str, ...]] = {
+    "IAMDeleteRootUserCredentials": ("GetUser", "ListAccessKeys", "DeleteAccessKey", "GetLoginProfile",
+                                     "DeleteLoginProfile", "ListMFADevices", "DeactivateMFADevice",
+                                     "ListSigningCertificates", "DeleteSigningCertificate",
+                                     "GetAccessKeyLastUsed"),
+    "IAMCreateRootUserPassword": ("GetUser", "GetLoginProfile", "CreateLoginProfile"),
+    "IAMAuditRootUserCredentials": ("GetUser", "ListAccessKeys", "GetLoginProfile", "ListMFADevices",
+                                    "ListSigningCertificates", "GetAccessKeyLastUsed"),
+}
+ROOT_KEY_OPERATIONS = ("ListAccessKeys", "DeleteAccessKey", "CreateAccessKey", "UpdateAccessKey")
+ROLESANYWHERE_KINDS = {"trustanchor": ("trustAnchor", "trust-anchor", "trustAnchorId", "trustAnchorArn"),
+                       "profile": ("profile", "profile", "profileId", "profileArn")}
 ADMIN_POLICY_DOCUMENT = {
     "Version": "2012-10-17",
     "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}],
@@ -158,6 +185,11 @@ class AwsStandIn:
         self._lock = threading.Lock()
         self.events: dict[str, dict[str, Any]] = {}
         self.ssc: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        #: Roles Anywhere objects keyed by (account, "trustanchor" | "profile", id)
+        self.rolesanywhere: dict[tuple[str, str, str], dict[str, Any]] = {}
+        #: the root user's access keys by account; the root sessions AssumeRoot issued by key ID
+        self.root_keys: dict[str, list[dict[str, Any]]] = {}
+        self.root_sessions: dict[str, dict[str, str]] = {}
         self.requests: list[dict[str, Any]] = []
         self._failures: list[tuple[int, str | None, str | None]] = []
         self._server = ThreadingHTTPServer((host, port), self._handler_class())
@@ -192,6 +224,9 @@ class AwsStandIn:
         with self._lock:
             self.events.clear()
             self.ssc.clear()
+            self.rolesanywhere.clear()
+            self.root_keys.clear()
+            self.root_sessions.clear()
             self.requests.clear()
             self._failures.clear()
 
@@ -226,6 +261,35 @@ class AwsStandIn:
             creds.append(cred)
             return dict(cred)
 
+    def add_rolesanywhere(self, account: str, kind: str, object_id: str, arn: str | None = None,
+                          region: str = DEFAULT_REGION, **fields: Any) -> dict[str, Any]:
+        """Create (or return the existing one with that ID) a Roles Anywhere trust anchor
+        (``kind="trustanchor"``) or profile (``"profile"``) with exactly ``object_id`` and ``arn``
+        (default ``arn:aws:rolesanywhere:<region>:<account>:trust-anchor/<id>`` / ``profile/<id>``);
+        ``fields`` (``name``, ``enabled``, ``source``, ``roleArns``, ...) as the API's detail shape."""
+        member, noun, id_key, arn_key = ROLESANYWHERE_KINDS[kind]
+        with self._lock:
+            key = (account, kind, object_id)
+            if key not in self.rolesanywhere:
+                now = _iso(datetime.now(UTC))
+                self.rolesanywhere[key] = {
+                    id_key: object_id, arn_key: arn or f"arn:aws:rolesanywhere:{region}:{account}:{noun}/{object_id}",
+                    "name": fields.pop("name", object_id), "enabled": bool(fields.pop("enabled", True)),
+                    "createdAt": now, "updatedAt": now, **fields}
+            return dict(self.rolesanywhere[key])
+
+    def add_root_access_key(self, account: str, access_key_id: str, status: str = "Active",
+                            create_date: datetime | None = None) -> dict[str, Any]:
+        """Give the root user of ``account`` an access key with exactly ``access_key_id`` (idempotent)."""
+        with self._lock:
+            keys = self.root_keys.setdefault(account, [])
+            for key in keys:
+                if key["AccessKeyId"] == access_key_id:
+                    return dict(key)
+            key = {"AccessKeyId": access_key_id, "Status": status, "CreateDate": _iso(create_date or datetime.now(UTC))}
+            keys.append(key)
+            return dict(key)
+
     def fail_next(self, status: int, times: int = 1, code: str | None = None,
                   retry_after: str | None = "0") -> None:
         """Answer the next ``times`` requests with HTTP ``status`` and error ``code`` (default
@@ -251,12 +315,20 @@ class AwsStandIn:
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
                 return
 
+            def do_GET(self) -> None:  # noqa: N802 - http.server API
+                self.do_POST()
+
             def do_POST(self) -> None:  # noqa: N802 - http.server API
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 target = self.headers.get("X-Amz-Target", "")
                 account = self.headers.get("x-moto-account-id", DEFAULT_ACCOUNT_ID)
-                if target:
+                path = urlsplit(self.path).path
+                rest = _rolesanywhere_route(self.command, path)
+                if rest is not None:
+                    operation, proto = rest[0], "json"
+                    form: dict[str, list[str]] = {}
+                elif target:
                     operation, proto = target.rsplit(".", 1)[-1], "json"
                     form: dict[str, list[str]] = {}
                 else:
@@ -272,8 +344,16 @@ class AwsStandIn:
                     self._error(proto, status, code or "InternalFailure", "injected failure", headers)
                     return
                 try:
-                    if proto == "json" and operation == "LookupEvents":
+                    signer = _signing_key(self.headers.get("Authorization", ""))
+                    if rest is not None:
+                        status, payload = standin._rolesanywhere(rest, account, json.loads(body or b"{}"))
+                        self._json(status, payload)
+                    elif proto == "json" and operation == "LookupEvents":
                         self._json(200, standin._lookup_events(json.loads(body or b"{}")))
+                    elif proto == "query" and operation == "AssumeRoot":
+                        self._xml(operation, standin._assume_root(form, account))
+                    elif proto == "query" and signer in standin.root_sessions:
+                        self._xml(operation, standin._root_operation(operation, form, signer))
                     elif proto == "query" and operation in SSC_OPERATIONS:
                         self._xml(operation, standin._ssc_operation(operation, form, account))
                     else:
@@ -392,6 +472,85 @@ class AwsStandIn:
                 "<IsTruncated>false</IsTruncated>")
 
 
+    def _rolesanywhere(self, route: tuple[str, str, str | None], account: str,
+                       body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        operation, kind, object_id = route
+        member, _, id_key, _ = ROLESANYWHERE_KINDS[kind]
+        if operation.startswith("Create"):
+            fields = {k: v for k, v in body.items() if k not in ("tags", "notificationSettings")}
+            created = self.add_rolesanywhere(account, kind, str(uuid.uuid4()), **fields)
+            return 201, {member: created}
+        if operation.startswith("List"):
+            with self._lock:
+                items = [dict(v) for (acct, k, _), v in self.rolesanywhere.items() if acct == account and k == kind]
+            return 200, {f"{member}s": items}
+        with self._lock:
+            found = self.rolesanywhere.get((account, kind, str(object_id)))
+            if found is None:
+                raise _ApiError(404, "ResourceNotFoundException", f"{member} {object_id} not found")
+            if operation.startswith(("Enable", "Disable")):
+                found["enabled"] = operation.startswith("Enable")
+                found["updatedAt"] = _iso(datetime.now(UTC))
+            return 200, {member: dict(found)}
+
+    def _assume_root(self, form: dict[str, list[str]], account: str) -> str:
+        target = (form.get("TargetPrincipal") or [""])[0]
+        policy = (form.get("TaskPolicyArn.arn") or [""])[0]
+        name = policy[len(ROOT_TASK_POLICY_PREFIX):] if policy.startswith(ROOT_TASK_POLICY_PREFIX) else ""
+        if not re.fullmatch(r"\d{12}", target):
+            raise _ApiError(400, "ValidationError", f"TargetPrincipal {target!r} is not an account ID")
+        if name not in ROOT_TASK_POLICIES:
+            raise _ApiError(400, "ValidationError", f"TaskPolicyArn {policy!r} is not a root task policy")
+        if target == account:
+            raise _ApiError(403, "AccessDenied", "AssumeRoot cannot target the calling (management) account")
+        key_id = "ASIA" + "".join(secrets.choice(string.ascii_uppercase + string.digits) for _ in range(16))
+        with self._lock:
+            self.root_sessions[key_id] = {"account": target, "task_policy": name, "caller": account}
+        expires = _iso(datetime.now(UTC) + timedelta(minutes=15))
+        return (f"<Credentials><AccessKeyId>{key_id}</AccessKeyId><SecretAccessKey>{secrets.token_hex(20)}"
+                f"</SecretAccessKey><SessionToken>{secrets.token_hex(32)}</SessionToken>"
+                f"<Expiration>{expires}</Expiration></Credentials><SourceIdentity></SourceIdentity>")
+
+    def _root_operation(self, operation: str, form: dict[str, list[str]], signer: str) -> str:
+        session = self.root_sessions[signer]
+        if operation not in ROOT_TASK_POLICIES[session["task_policy"]] or operation not in ROOT_KEY_OPERATIONS:
+            raise _ApiError(403, "AccessDenied", f"root session ({session['task_policy']}) is not allowed "
+                                                 f"iam:{operation}")
+        if form.get("UserName"):
+            raise _ApiError(403, "AccessDenied", "a root session acts on the root user only")
+        with self._lock:
+            keys = self.root_keys.setdefault(session["account"], [])
+            if operation == "ListAccessKeys":
+                members = "".join(f"<member>{_xml_fields(k)}</member>" for k in keys)
+                return f"<AccessKeyMetadata>{members}</AccessKeyMetadata><IsTruncated>false</IsTruncated>"
+            key_id = (form.get("AccessKeyId") or [""])[0]
+            match = [k for k in keys if k["AccessKeyId"] == key_id]
+            if not match:
+                raise _ApiError(404, "NoSuchEntity", f"The Access Key with id {key_id} cannot be found.")
+            keys.remove(match[0])
+            return ""
+
+
+def _rolesanywhere_route(method: str, path: str) -> tuple[str, str, str | None] | None:
+    """``(operation, kind, id)`` of a Roles Anywhere REST path, else ``None``."""
+    m = re.fullmatch(r"/(trustanchor|profile)s", path)
+    if m:
+        noun = "TrustAnchor" if m.group(1) == "trustanchor" else "Profile"
+        return ("Create" if method == "POST" else "List") + noun + ("" if method == "POST" else "s"), m.group(1), None
+    m = re.fullmatch(r"/(trustanchor|profile)/([^/]+)(?:/(enable|disable))?", path)
+    if m:
+        noun = "TrustAnchor" if m.group(1) == "trustanchor" else "Profile"
+        verb = (m.group(3) or "get").capitalize()
+        return verb + noun, m.group(1), m.group(2)
+    return None
+
+
+def _signing_key(authorization: str) -> str | None:
+    """The access key ID of a SigV4 ``Authorization`` header (``Credential=AKIA.../...``)."""
+    m = re.search(r"Credential=([A-Z0-9]+)/", authorization)
+    return m.group(1) if m else None
+
+
 class _ApiError(Exception):
     def __init__(self, status: int, code: str, message: str):
         super().__init__(message)
@@ -406,6 +565,11 @@ def _matches(rec: dict[str, Any], key: str, value: Any) -> bool:
 
 def _xml_fields(fields: dict[str, Any]) -> str:
     return "".join(f"<{k}>{saxutils.escape(str(v))}</{k}>" for k, v in fields.items() if v is not None)
+
+
+#: Credential kinds owned by no IAM user (seeded by :meth:`AwsSandbox._seed_without_user`).
+_NO_USER_KINDS = ("aws_rolesanywhere_trust_anchor", "aws_rolesanywhere_profile", "aws_role_trust",
+                  "aws_root_access_key")
 
 
 def _honour_key_pair_id() -> None:
@@ -488,17 +652,25 @@ def sandbox_region(service: str, region: str | None, default: str = DEFAULT_REGI
 
 
 def make_sandbox_client(service: str, region: str, *, moto_url: str, standin_url: str,
-                        account_id: str) -> Any:
+                        account_id: str, credentials: dict[str, Any] | None = None) -> Any:
     """One boto3 client for the sandbox.
 
-    ``cloudtrail`` goes to the stand-in, every other service to moto. Every request carries
-    ``x-moto-account-id: <account_id>``. On IAM clients, the four service-specific credential
-    operations are sent to the stand-in (a ``before-send`` hook rewrites the URL). Dummy
-    credentials (:data:`SANDBOX_ACCESS_KEY`); botocore *standard* retries, 4 attempts in all.
+    ``cloudtrail`` and ``rolesanywhere`` go to the stand-in, every other service to moto. Every
+    request carries ``x-moto-account-id: <account_id>``. On IAM clients, the four service-specific
+    credential operations are sent to the stand-in, and on STS clients ``AssumeRoot`` (a
+    ``before-send`` hook rewrites the URL). Dummy credentials (:data:`SANDBOX_ACCESS_KEY`), or
+    ``credentials`` (``{AccessKeyId, SecretAccessKey, SessionToken}``, what the stand-in's
+    ``AssumeRoot`` issued: such a client talks only to the stand-in, which knows the root session by
+    its key); botocore *standard* retries, 4 attempts in all.
     """
-    session = boto3.Session(aws_access_key_id=SANDBOX_ACCESS_KEY, aws_secret_access_key="testing",
-                            region_name=region)
-    url = standin_url if service == "cloudtrail" else moto_url
+    if credentials is not None:
+        session = boto3.Session(aws_access_key_id=credentials["AccessKeyId"],
+                                aws_secret_access_key=credentials["SecretAccessKey"],
+                                aws_session_token=credentials.get("SessionToken"), region_name=region)
+    else:
+        session = boto3.Session(aws_access_key_id=SANDBOX_ACCESS_KEY, aws_secret_access_key="testing",
+                                region_name=region)
+    url = standin_url if service in ("cloudtrail", "rolesanywhere") or credentials is not None else moto_url
     client = session.client(service, endpoint_url=url,
                             config=Config(retries={"mode": "standard", "total_max_attempts": 4}))
 
@@ -515,6 +687,13 @@ def make_sandbox_client(service: str, region: str, *, moto_url: str, standin_url
 
         for op in SSC_OPERATIONS:
             client.meta.events.register(f"before-send.iam.{op}", to_standin)
+    if service == "sts":
+        standin_netloc = urlsplit(standin_url).netloc
+
+        def root_to_standin(request: Any, **_: Any) -> None:
+            request.url = urlsplit(request.url)._replace(netloc=standin_netloc).geturl()
+
+        client.meta.events.register("before-send.sts.AssumeRoot", root_to_standin)
     return client
 
 
@@ -531,11 +710,17 @@ def sandbox_clients(cloud: dict[str, Any]) -> Any:
     shared by every factory of the process with the same endpoints, account and region."""
     default = cloud.get("region") or DEFAULT_REGION
 
-    def clients(service: str, region: str | None = None) -> Any:
+    def clients(service: str, region: str | None = None, account_id: str | None = None,
+                credentials: dict[str, Any] | None = None) -> Any:
         mapped = (cloud.get("region_map") or {}).get(region, region) if region else None
         mapped = sandbox_region(service, mapped, default)
-        key = (service, mapped, cloud["aws_endpoint_url"], cloud.get("standin_url") or cloud["cloudtrail_endpoint_url"],
-               cloud.get("account_id") or DEFAULT_ACCOUNT_ID)
+        standin = cloud.get("standin_url") or cloud["cloudtrail_endpoint_url"]
+        if credentials is not None:  # a root session's (AssumeRoot): not cached
+            return make_sandbox_client(service, mapped, moto_url=cloud["aws_endpoint_url"], standin_url=standin,
+                                       account_id=account_id or cloud.get("account_id") or DEFAULT_ACCOUNT_ID,
+                                       credentials=credentials)
+        key = (service, mapped, cloud["aws_endpoint_url"], standin,
+               account_id or cloud.get("account_id") or DEFAULT_ACCOUNT_ID)
         with _CLIENTS_LOCK:  # one client per process for each key: boto3 clients are thread-safe
             if key not in _CLIENTS:
                 _CLIENTS[key] = make_sandbox_client(service, mapped, moto_url=key[2], standin_url=key[3],
@@ -660,12 +845,16 @@ class AwsSandbox:
                            if sandbox_region("ec2", r, self.region) != r},
         }
 
-    def clients(self, service: str, region: str | None = None, account_id: str | None = None) -> Any:
+    def clients(self, service: str, region: str | None = None, account_id: str | None = None,
+                credentials: dict[str, Any] | None = None) -> Any:
         """A boto3 client for ``service`` in ``region`` acting in ``account_id`` (default
         :attr:`account_id`); see :func:`make_sandbox_client`. Cached per (service, region,
-        account)."""
+        account); a client signing with ``credentials`` (a root session's) is not."""
         account = account_id or self.account_id
         region = self.sandbox_region(service, region)
+        if credentials is not None:
+            return make_sandbox_client(service, region, moto_url=self.endpoint_url, standin_url=self.cloudtrail_url,
+                                       account_id=account, credentials=credentials)
         key = (service, region, account)
         with self._lock:
             client = self._clients.get(key)
@@ -711,6 +900,8 @@ class AwsSandbox:
             if cred.owner.name:
                 self.ensure_role(cred.owner.name)
                 report.setdefault("roles", []).append(cred.owner.name)
+        elif cred is not None and cred.kind in _NO_USER_KINDS:
+            self._seed_without_user(cred, detection, report)
         else:
             if cred is not None:
                 by_uid = cred.kind in ("aws_iam_user", "aws_login_profile")
@@ -765,6 +956,32 @@ class AwsSandbox:
         if raw.get("eventName") and raw.get("eventTime"):
             report["cloudtrail_events"] = self.standin.add_events(self.related_events(raw))
         return report
+
+    def _seed_without_user(self, cred: Any, detection: Any, report: dict[str, Any]) -> None:
+        """Seed what a credential that belongs to no IAM user names: a Roles Anywhere trust anchor or
+        profile (on the stand-in, with the record's ID and ARN, enabled), a role with the trust policy the
+        ``UpdateAssumeRolePolicy`` record set (its permissions are not in the record: none are given), the
+        root user's access key (on the stand-in)."""
+        attrs = cred.attributes or {}
+        if cred.kind in ("aws_rolesanywhere_trust_anchor", "aws_rolesanywhere_profile") and cred.uid:
+            kind = "trustanchor" if cred.kind == "aws_rolesanywhere_trust_anchor" else "profile"
+            fields: dict[str, Any] = {"name": attrs.get("name") or cred.uid, "enabled": True}
+            if attrs.get("sourceType"):
+                fields["source"] = {"sourceType": attrs["sourceType"]}
+            if attrs.get("roleArns"):
+                fields["roleArns"] = list(attrs["roleArns"])
+            self.standin.add_rolesanywhere(self.account_id, kind, cred.uid, arn=attrs.get("arn"),
+                                           region=attrs.get("region") or detection.region or self.region, **fields)
+            report.setdefault("rolesanywhere", []).append(cred.uid)
+        elif cred.kind == "aws_role_trust" and cred.uid:
+            self.ensure_role(cred.uid)
+            if attrs.get("policy_document"):
+                self.clients("iam").update_assume_role_policy(RoleName=cred.uid,
+                                                              PolicyDocument=attrs["policy_document"])
+            report.setdefault("roles", []).append(cred.uid)
+        elif cred.kind == "aws_root_access_key" and cred.uid:
+            self.standin.add_root_access_key(self.account_id, cred.uid, create_date=detection.time)
+            report["access_keys"].append(cred.uid)
 
     # individual seeders (idempotent) ------------------------------------------------------
     def use_account(self, account_id: str) -> None:

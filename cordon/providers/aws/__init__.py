@@ -50,6 +50,10 @@ class AwsProvider(Provider):
         "aws_policy_grant": "an admin policy attached / put on a user, uid = policy ARN or inline name",
         "aws_ssh_public_key": "an IAM user's SSH public key (CodeCommit), uid = SSHPublicKeyId (APKA...)",
         "aws_role_sessions": "the sessions of an assumed role an actor signed with, uid = role ARN",
+        "aws_rolesanywhere_trust_anchor": "IAM Roles Anywhere trust anchor (an X.509 CA), uid = trustAnchorId",
+        "aws_rolesanywhere_profile": "IAM Roles Anywhere profile (roles a certificate may assume), uid = profileId",
+        "aws_role_trust": "a role's trust policy rewritten (UpdateAssumeRolePolicy), uid = role name",
+        "aws_root_access_key": "the root user's own access key, uid = AccessKeyId (AKIA...)",
     }
 
     #: what a new credential of each kind is called in Slack, and the word joining it to its owner
@@ -63,6 +67,10 @@ class AwsProvider(Provider):
     "aws_policy_grant": ("Admin policy granted", "to"),
     "aws_ssh_public_key": ("New SSH public key", "for"),
     "aws_role_sessions": ("Sessions of the role that did it", "of"),
+    "aws_rolesanywhere_trust_anchor": ("New Roles Anywhere trust anchor", "by"),
+    "aws_rolesanywhere_profile": ("New Roles Anywhere profile", "by"),
+    "aws_role_trust": ("Role trust policy changed", "on"),
+    "aws_root_access_key": ("New root user access key", "of"),
     }
 
     @property
@@ -79,7 +87,16 @@ class AwsProvider(Provider):
               enrichment: dict[str, Any] | None = None) -> str | None:
         """Refuse when Cordon's clients act in another account than the detection's (an account
         without a configured role, :mod:`cordon.providers.aws.accounts`), or when the credential is the
-        access key Cordon itself signs with. ``enrichment`` is not used."""
+        access key Cordon itself signs with. A role's rewritten trust policy (``aws_role_trust``) is
+        contained only when ``enrichment["aws.role-trust"]`` says ``contain`` (a principal outside the
+        Organization on a role with administrator permissions); otherwise the refusal is its
+        ``reason``: triage only."""
+        if detection.credential and detection.credential.kind == "aws_role_trust":
+            facts = (enrichment or {}).get("aws.role-trust")
+            if not isinstance(facts, dict) or "error" in facts:
+                return "triage only: the role's trust and permissions could not be read (aws.role-trust)"
+            if not facts.get("contain"):
+                return f"triage only: {facts.get('reason')}"
         acting = arn_account(me)
         if acting and detection.account_uid and acting != detection.account_uid:
             return (f"Cordon's clients act in account {acting}, the detection is in account "

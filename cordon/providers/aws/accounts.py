@@ -97,6 +97,17 @@ class AwsAccounts:
     duration_seconds: int = DEFAULT_DURATION
     partition: str = "aws"
     accounts: dict[str, MemberRole] = field(default_factory=dict)
+    #: Further accounts of the Organization (no role of Cordon's there): trusted, not "outside".
+    organization_accounts: tuple[str, ...] = ()
+    #: Centralized root access: the Organization's management account (or the delegated
+    #: administrator for root access) from which ``sts:AssumeRoot`` is called; ``None``: not set up.
+    root_access_account: str | None = None
+
+    def known_accounts(self) -> set[str]:
+        """The accounts of the Organization Cordon knows: the hub, every ``aws.accounts`` entry,
+        ``aws.organization_accounts`` and the root-access account."""
+        return ({a for a in (self.hub_account, self.root_access_account) if a} | set(self.accounts)
+                | set(self.organization_accounts))
 
     def role_for(self, account_id: str | None, hub_account: str | None = None) -> MemberRole | None:
         """The role to assume for clients acting in ``account_id``; ``None`` for the hub account
@@ -154,6 +165,10 @@ def aws_accounts_from_raw(raw: Mapping[str, Any] | None) -> AwsAccounts | None:
             "444455556666": {role_arn: "arn:aws:iam::444455556666:role/ir/Responder",
                              external_id_env: CORDON_AWS_EXTERNAL_ID_444455556666}
             "777788889999": {}             # role_name, with the section's external_id_env
+          organization_accounts: ["222233334444"]   # more accounts of the Organization (trusted)
+          root_access:                     # centralized root access is enabled in the Organization
+            management_account: "111122223333"  # where sts:AssumeRoot is called (management or
+                                                # delegated administrator account)
 
     A ``role_arn`` must name a role in its own account. Raises :class:`AwsAccountsError` naming
     the field (``aws.accounts.<id>.role_arn``, ...) for any other shape.
@@ -166,7 +181,7 @@ def aws_accounts_from_raw(raw: Mapping[str, Any] | None) -> AwsAccounts | None:
     if not isinstance(section, Mapping):
         raise AwsAccountsError("field 'aws': expected a mapping")
     known = {"hub_account", "hub_principal", "role_name", "external_id_env", "duration_seconds", "partition",
-             "accounts"}
+             "accounts", "organization_accounts", "root_access"}
     unknown = sorted(set(section) - known)
     if unknown:
         raise AwsAccountsError(f"field 'aws.{unknown[0]}': unknown key (expected one of {', '.join(sorted(known))})")
@@ -211,8 +226,20 @@ def aws_accounts_from_raw(raw: Mapping[str, Any] | None) -> AwsAccounts | None:
             raise AwsAccountsError(f"field '{where}.role_arn': names account {m.group(2)}, not {acct}")
         env = _env_name(entry["external_id_env"], f"{where}.external_id_env") if "external_id_env" in entry else ext_env
         accounts[acct] = MemberRole(acct, arn, env)
+    org = section.get("organization_accounts") or []
+    if not isinstance(org, list):
+        raise AwsAccountsError("field 'aws.organization_accounts': expected a list of 12-digit account IDs")
+    organization = tuple(_account(a, f"aws.organization_accounts.{i}") for i, a in enumerate(org))
+    root = section.get("root_access")
+    root_account = None
+    if root is not None:
+        if not isinstance(root, Mapping) or set(root) != {"management_account"}:
+            raise AwsAccountsError("field 'aws.root_access': expected a mapping with management_account "
+                                   "(the account sts:AssumeRoot is called from)")
+        root_account = _account(root["management_account"], "aws.root_access.management_account")
     return AwsAccounts(hub_account=hub, hub_principal=principal, role_name=role_name, external_id_env=ext_env,
-                       duration_seconds=duration, partition=partition, accounts=accounts)
+                       duration_seconds=duration, partition=partition, accounts=accounts,
+                       organization_accounts=organization, root_access_account=root_account)
 
 
 def aws_accounts(config: Config) -> AwsAccounts | None:

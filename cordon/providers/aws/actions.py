@@ -822,7 +822,7 @@ class RevokeRoleSessions(_RevokeOlderSessions):
     State = RoleSessionsState
 
     permissions = ("iam:GetRole", "iam:GetRolePolicy", "iam:PutRolePolicy", "iam:DeleteRolePolicy")
-    credential_kinds = ("aws_role_sessions",)
+    credential_kinds = ("aws_role_sessions", "aws_role_trust")
     rollback_supported = True
 
     def target(self, ctx: ActionContext) -> str:
@@ -1045,7 +1045,7 @@ class DeleteUserPolicy(_InlinePolicyAction):
 
 # -- enrichment ---------------------------------------------------------------------------------
 def _is_admin_document(doc: Any) -> bool:
-    """Whether a policy document allows ``*`` (every action)."""
+    """Whether a policy document allows ``*`` (or ``*:*``: every action)."""
     doc = _policy_doc(doc)
     stmts = doc.get("Statement", []) if isinstance(doc, dict) else []
     if isinstance(stmts, dict):
@@ -1055,7 +1055,7 @@ def _is_admin_document(doc: Any) -> bool:
             continue
         actions = stmt.get("Action", [])
         actions = [actions] if isinstance(actions, str) else actions
-        if "*" in actions:
+        if "*" in actions or "*:*" in actions:
             return True
     return False
 
@@ -1171,7 +1171,9 @@ class ActorFacts(EnrichmentAction):
     Params = NoParams  # explicit, so ``schema`` is generated (the inherited default differs: no description)
     permissions = ()
     credential_kinds = ("aws_access_key", "aws_login_profile", "aws_iam_user", "aws_policy_grant",
-                        "aws_service_specific_credential", "aws_federation_token", "aws_key_pair")
+                        "aws_service_specific_credential", "aws_federation_token", "aws_key_pair",
+                        "aws_rolesanywhere_trust_anchor", "aws_rolesanywhere_profile", "aws_role_trust",
+                        "aws_root_access_key")
 
     def run(self, ctx: ActionContext) -> dict[str, Any]:
         det = ctx.detection
@@ -1285,7 +1287,9 @@ class CloudTrailSession(EnrichmentAction):
 
     permissions = ("cloudtrail:LookupEvents",)
     credential_kinds = ("aws_access_key", "aws_login_profile", "aws_iam_user", "aws_policy_grant",
-                        "aws_service_specific_credential", "aws_federation_token", "aws_key_pair")
+                        "aws_service_specific_credential", "aws_federation_token", "aws_key_pair",
+                        "aws_rolesanywhere_trust_anchor", "aws_rolesanywhere_profile", "aws_role_trust",
+                        "aws_root_access_key")
 
     def run(self, ctx: ActionContext) -> dict[str, Any]:
         det = ctx.detection
@@ -1324,3 +1328,611 @@ class CloudTrailSession(EnrichmentAction):
             names[e["event_name"]] = names.get(e["event_name"], 0) + 1
         return {"access_key_id": key, "region": det.region, "start": _iso(start), "end": _iso(end),
                 "events": events, "count": len(events), "event_names": names, "truncated": truncated}
+
+
+# -- IAM Roles Anywhere ------------------------------------------------------------------------
+RolesAnywhereId = Annotated[str, Field(pattern=r"^[a-f0-9]{8}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{12}$",
+                                       description="Roles Anywhere ID (a UUID)")]
+
+
+class RolesAnywhereState(State):
+    """A Roles Anywhere trust anchor or profile as :class:`_RolesAnywhereSwitch` reads it."""
+
+    id: str
+    arn: str
+    name: str | None
+    enabled: bool
+    region: str | None
+    event_arn: str | None
+    same_object: bool
+    mismatch: str | None
+
+
+class _RolesAnywhereSwitch(AwsContainmentAction):
+    """Disable one IAM Roles Anywhere object (trust anchor or profile) by its ID, exactly the one the
+    ``CreateTrustAnchor`` / ``CreateProfile`` record names; rollback enables it again.
+
+    Reads ``Get<Noun>`` in the object's region (``region`` param, else the credential's ``region``
+    attribute, else the detection's); ``ResourceNotFoundException`` is ``None`` (nothing to contain). The
+    live object's ID and ARN are compared with the record's (``responseElements.<noun>.<noun>Arn``):
+    another object (another account or region answering for that ID) is *refused* (``GuardError``),
+    never disabled. Contained when ``enabled`` is false. Subclasses name the noun."""
+
+    service = "rolesanywhere"
+    rollback_supported = True
+    credential_kind: ClassVar[str]
+    member: ClassVar[str]  # the response member: trustAnchor / profile
+    noun: ClassVar[str]  # the API noun: TrustAnchor / Profile
+    arn_noun: ClassVar[str]  # in ARNs: trust-anchor / profile
+    param: ClassVar[str]  # the parameter naming the ID
+
+    State = RolesAnywhereState
+
+    def region(self, ctx: ActionContext) -> str | None:
+        cred = ctx.detection.credential
+        return (ctx.params.get("region") or (cred.attributes.get("region") if cred else None)
+                or ctx.detection.region)
+
+    def _event_arn(self, ctx: ActionContext) -> str | None:
+        cred = ctx.detection.credential
+        if cred is None or cred.kind != self.credential_kind or cred.uid != ctx.params[self.param]:
+            return None
+        return str(cred.attributes["arn"]) if cred.attributes.get("arn") else None
+
+    def target(self, ctx: ActionContext) -> str:
+        account = ctx.detection.account_uid or "-"
+        return self._event_arn(ctx) or (
+            f"arn:aws:rolesanywhere:{self.region(ctx)}:{account}:{self.arn_noun}/{ctx.params[self.param]}")
+
+    def read_state(self, ctx: ActionContext) -> dict[str, Any] | None:
+        object_id, region = ctx.params[self.param], self.region(ctx)
+        client = self.client(ctx, region=region)
+        try:
+            got = getattr(client, xform_name(f"Get{self.noun}"))(**{f"{self.member}Id": object_id})[self.member]
+        except ClientError as err:
+            if _error_code(err) == "ResourceNotFoundException":
+                return None
+            raise
+        live_id, live_arn = got.get(f"{self.member}Id"), got.get(f"{self.member}Arn")
+        event_arn = self._event_arn(ctx)
+        mismatch = None
+        if live_id != object_id:
+            mismatch = f"{self.arn_noun} {object_id} answered as {live_id}: not the one named"
+        elif event_arn and live_arn != event_arn:
+            mismatch = (f"{self.arn_noun} {object_id} is {live_arn}, not {event_arn} (the record's): another "
+                        "account or region; it is not the one named, so it is not disabled")
+        return {"id": object_id, "arn": live_arn, "name": got.get("name"), "enabled": bool(got.get("enabled")),
+                "region": region, "event_arn": event_arn, "same_object": mismatch is None, "mismatch": mismatch,
+                **self.extra(got)}
+
+    def extra(self, got: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    def is_contained(self, state: dict[str, Any] | None) -> bool:
+        return state is None or (state["same_object"] and not state["enabled"])
+
+    def _switch(self, verb: str, object_id: str, region: str | None) -> ApiCall:
+        return ApiCall(service="rolesanywhere", operation=f"{verb}{self.noun}",
+                       params={f"{self.member}Id": object_id}, region=region)
+
+    def plan_calls(self, ctx: ActionContext, state: dict[str, Any] | None) -> list[ApiCall]:
+        if state is not None and not state["same_object"]:
+            raise GuardError(state["mismatch"])
+        return [self._switch("Disable", ctx.params[self.param], self.region(ctx))]
+
+    def undo_calls(self, ctx: ActionContext, before: dict[str, Any] | None) -> list[ApiCall]:
+        if not before or not before.get("enabled"):
+            return []
+        return [self._switch("Enable", before["id"], before.get("region"))]
+
+
+@register
+class DisableTrustAnchor(_RolesAnywhereSwitch):
+    """Disable an IAM Roles Anywhere trust anchor (``rolesanywhere:DisableTrustAnchor``): the X.509
+    CA it holds no longer signs certificates that ``CreateSession`` turns into role credentials
+    (T1098.001). Never deleted: the CA bundle stays for investigation, and rollback is
+    ``EnableTrustAnchor``.
+
+    Params: ``trust_anchor_id`` (the record's ``responseElements.trustAnchor.trustAnchorId``);
+    ``region`` (default: the record's ``awsRegion``).
+    State: ``{id, arn, name, enabled, region, source_type, event_arn, same_object, mismatch}``
+    (``None``: no such trust anchor). Contained when ``enabled`` is false. A trust anchor whose ARN
+    is not the record's is refused. Errors: ``ClientError`` other than ``ResourceNotFoundException``
+    propagates (run ``failed``).
+    API: https://docs.aws.amazon.com/rolesanywhere/latest/APIReference/API_DisableTrustAnchor.html ,
+    https://docs.aws.amazon.com/rolesanywhere/latest/APIReference/API_GetTrustAnchor.html ,
+    https://docs.aws.amazon.com/rolesanywhere/latest/APIReference/API_EnableTrustAnchor.html
+
+    .. code-block:: yaml
+
+        contain:
+          - action: aws.disable-trust-anchor
+            with:
+              trust_anchor_id: "{{ credential.uid }}"
+              region: "{{ detection.region }}"
+    """
+
+    name = "aws.disable-trust-anchor"
+    credential_kind = "aws_rolesanywhere_trust_anchor"
+    member, noun, arn_noun, param = "trustAnchor", "TrustAnchor", "trust-anchor", "trust_anchor_id"
+
+    class Params(Params):
+        trust_anchor_id: Annotated[RolesAnywhereId, Identifies("credential.uid")]
+        region: Region | SkipJsonSchema[None] = None
+
+    permissions = ("rolesanywhere:GetTrustAnchor", "rolesanywhere:DisableTrustAnchor",
+                   "rolesanywhere:EnableTrustAnchor")
+    credential_kinds = ("aws_rolesanywhere_trust_anchor",)
+
+    def extra(self, got: dict[str, Any]) -> dict[str, Any]:
+        return {"source_type": (got.get("source") or {}).get("sourceType")}
+
+
+@register
+class DisableRolesAnywhereProfile(_RolesAnywhereSwitch):
+    """Disable an IAM Roles Anywhere profile (``rolesanywhere:DisableProfile``): no certificate from
+    any trust anchor gets sessions of the profile's roles through it any more. Rollback:
+    ``EnableProfile``.
+
+    Params: ``profile_id`` (the record's ``responseElements.profile.profileId``); ``region``.
+    State: ``{id, arn, name, enabled, region, role_arns, event_arn, same_object, mismatch}``
+    (``None``: no such profile). Contained when ``enabled`` is false; a profile whose ARN is not the
+    record's is refused.
+    API: https://docs.aws.amazon.com/rolesanywhere/latest/APIReference/API_DisableProfile.html ,
+    https://docs.aws.amazon.com/rolesanywhere/latest/APIReference/API_GetProfile.html ,
+    https://docs.aws.amazon.com/rolesanywhere/latest/APIReference/API_EnableProfile.html
+
+    .. code-block:: yaml
+
+        contain:
+          - action: aws.disable-rolesanywhere-profile
+            with:
+              profile_id: "{{ credential.uid }}"
+              region: "{{ detection.region }}"
+    """
+
+    name = "aws.disable-rolesanywhere-profile"
+    credential_kind = "aws_rolesanywhere_profile"
+    member, noun, arn_noun, param = "profile", "Profile", "profile", "profile_id"
+
+    class Params(Params):
+        profile_id: Annotated[RolesAnywhereId, Identifies("credential.uid")]
+        region: Region | SkipJsonSchema[None] = None
+
+    permissions = ("rolesanywhere:GetProfile", "rolesanywhere:DisableProfile", "rolesanywhere:EnableProfile")
+    credential_kinds = ("aws_rolesanywhere_profile",)
+
+    def extra(self, got: dict[str, Any]) -> dict[str, Any]:
+        return {"role_arns": list(got.get("roleArns") or [])}
+
+
+# -- a role trusted from outside the Organization -----------------------------------------------
+def principal_account(principal: str) -> str | None:
+    """The account a trust-policy ``AWS`` principal belongs to: an ARN's account field, a bare
+    12-digit account ID, ``None`` for ``*`` (anyone) or an unreadable value."""
+    if re.fullmatch(r"\d{12}", principal):
+        return principal
+    parts = principal.split(":")
+    return parts[4] if len(parts) > 5 and parts[0] == "arn" and re.fullmatch(r"\d{12}", parts[4]) else None
+
+
+def _principal_key(principal: str) -> str:
+    """A principal as IAM stores it: an account ID is its root ARN (``arn:aws:iam::<id>:root``)."""
+    return f"arn:aws:iam::{principal}:root" if re.fullmatch(r"\d{12}", principal) else principal
+
+
+def outside_principals(principals: list[str], known: set[str]) -> list[str]:
+    """The principals of ``principals`` whose account is not in ``known`` (``*`` is always outside)."""
+    return [p for p in principals if principal_account(p) not in known]
+
+
+def without_principals(doc: dict[str, Any], remove: list[str]) -> dict[str, Any]:
+    """Trust policy ``doc`` with the ``AWS`` principals in ``remove`` taken out of its ``Allow``
+    statements (compared as IAM stores them, :func:`_principal_key`); a statement left with no
+    principal is dropped, everything else is kept as it is."""
+    gone = {_principal_key(p) for p in remove}
+    stmts = doc.get("Statement", [])
+    stmts = [stmts] if isinstance(stmts, dict) else list(stmts)
+    kept: list[Any] = []
+    for stmt in stmts:
+        if not isinstance(stmt, dict) or stmt.get("Effect") != "Allow":
+            kept.append(stmt)
+            continue
+        principal = stmt.get("Principal")
+        if principal == "*":
+            if "*" not in gone:
+                kept.append(stmt)
+            continue
+        if not isinstance(principal, dict) or "AWS" not in principal:
+            kept.append(stmt)
+            continue
+        values = [principal["AWS"]] if isinstance(principal["AWS"], str) else list(principal["AWS"])
+        left = [v for v in values if _principal_key(v) not in gone]
+        rest = {k: v for k, v in principal.items() if k != "AWS"}
+        if left:
+            rest["AWS"] = left[0] if len(left) == 1 else left
+        if rest:
+            kept.append({**stmt, "Principal": rest})
+    return {**doc, "Statement": kept}
+
+
+def _role_trust_doc(role: dict[str, Any]) -> dict[str, Any]:
+    from cordon.providers.aws.cloudtrail import trust_document
+
+    doc = role.get("AssumeRolePolicyDocument")
+    if isinstance(doc, str):
+        doc = trust_document(doc)
+    return doc if isinstance(doc, dict) else {}
+
+
+class RoleTrustState(State):
+    """The role's live trust policy and which of the named principals it still trusts."""
+
+    role_name: str
+    role_arn: str
+    document: dict[str, Any]
+    present: list[str]
+
+
+@register
+class RemoveOutsideTrust(AwsContainmentAction):
+    """Take exactly the named principals (accounts outside the Organization) out of a role's trust
+    policy (``iam:UpdateAssumeRolePolicy``); every other statement and principal is kept.
+
+    Guard: each of ``principals`` must be one the ``UpdateAssumeRolePolicy`` record trusted
+    (``credential.attributes.trusted_aws_principals``), so only what the event added can be removed.
+    State: ``{role_name, role_arn, document (the live trust policy), present (those of principals it
+    still trusts)}``; ``None`` when the role does not exist. Contained when none is present: run again,
+    or on a policy already changed back, it is ``already_contained``. A policy that would be left with
+    no statement is refused (``GuardError``: a person decides). Rollback puts the exact document read
+    before back (``UpdateAssumeRolePolicy``).
+    API: https://docs.aws.amazon.com/IAM/latest/APIReference/API_UpdateAssumeRolePolicy.html ,
+    https://docs.aws.amazon.com/IAM/latest/APIReference/API_GetRole.html
+
+    .. code-block:: yaml
+
+        contain:
+          - action: aws.remove-outside-trust
+            with:
+              role_name: "{{ credential.uid }}"
+              principals: "{{ enrichment['aws.role-trust'].outside_principals }}"
+    """
+
+    name = "aws.remove-outside-trust"
+
+    class Params(Params):
+        role_name: Annotated[RoleName, Identifies("credential.uid", "target.name")]
+        principals: Annotated[list[Annotated[str, Field(min_length=1, max_length=2048)]], Field(min_length=1)]
+
+    State = RoleTrustState
+
+    permissions = ("iam:GetRole", "iam:UpdateAssumeRolePolicy")
+    credential_kinds = ("aws_role_trust",)
+    rollback_supported = True
+
+    @classmethod
+    def check_identifies(cls, params: dict[str, Any], detection: Detection) -> str | None:
+        """The generic check for ``role_name``; then every principal must be one the record trusted."""
+        reason = super().check_identifies(params, detection)
+        if reason:
+            return reason
+        cred = detection.credential
+        trusted = {_principal_key(p) for p in ((cred.attributes if cred else {}).get("trusted_aws_principals") or [])}
+        stray = [p for p in params.get("principals") or [] if _principal_key(p) not in trusted]
+        if stray:
+            return f"{cls.name}: principals {stray} are not ones the record's trust policy named"
+        return None
+
+    def target(self, ctx: ActionContext) -> str:
+        account = ctx.detection.account_uid or "-"
+        return f"arn:aws:iam::{account}:role/{ctx.params['role_name']} trust of {', '.join(ctx.params['principals'])}"
+
+    def read_state(self, ctx: ActionContext) -> dict[str, Any] | None:
+        from cordon.providers.aws.cloudtrail import aws_principals
+
+        try:
+            role = self.client(ctx).get_role(RoleName=ctx.params["role_name"])["Role"]
+        except ClientError as err:
+            if _error_code(err) == "NoSuchEntity":
+                return None
+            raise
+        doc = _role_trust_doc(role)
+        live = {_principal_key(p) for p in aws_principals(doc)}
+        return {"role_name": role["RoleName"], "role_arn": role["Arn"], "document": doc,
+                "present": [p for p in ctx.params["principals"] if _principal_key(p) in live]}
+
+    def is_contained(self, state: dict[str, Any] | None) -> bool:
+        return state is None or not state["present"]
+
+    def plan_calls(self, ctx: ActionContext, state: dict[str, Any] | None) -> list[ApiCall]:
+        new = without_principals((state or {}).get("document") or {}, ctx.params["principals"])
+        if not new["Statement"]:
+            raise GuardError(f"removing {ctx.params['principals']} would leave role {ctx.params['role_name']} "
+                             "with no trust statement: decide by hand")
+        return [ApiCall(service="iam", operation="UpdateAssumeRolePolicy",
+                        params={"RoleName": ctx.params["role_name"],
+                                "PolicyDocument": json.dumps(new, sort_keys=True)})]
+
+    def undo_calls(self, ctx: ActionContext, before: dict[str, Any] | None) -> list[ApiCall]:
+        if not before:
+            return []
+        return [ApiCall(service="iam", operation="UpdateAssumeRolePolicy",
+                        params={"RoleName": before["role_name"], "PolicyDocument": json.dumps(before["document"],
+                                                                                            sort_keys=True)})]
+
+
+# -- the root user's own access key (centralized root access) -----------------------------------
+IAM_DELETE_ROOT_CREDENTIALS = "arn:aws:iam::aws:policy/root-task/IAMDeleteRootUserCredentials"
+AccountId = Annotated[str, Field(pattern=r"^[0-9]{12}$", description="12-digit AWS account ID")]
+ROOT_DOCS = ("https://docs.aws.amazon.com/IAM/latest/UserGuide/id_root-user.html",
+             "https://docs.aws.amazon.com/IAM/latest/UserGuide/id_root-user-privileged-task.html",
+             "https://docs.aws.amazon.com/STS/latest/APIReference/API_AssumeRoot.html")
+
+
+def root_manual_steps(account: str, access_key_id: str, since: str, management_account: str | None) -> list[str]:
+    """The steps a person takes to remove the root user's access key ``access_key_id`` of ``account``
+    (what Cordon cannot do: centralized root access not configured, or ``account`` is the management
+    account itself), each a sentence with the AWS documentation it follows."""
+    console = ("sign in to the AWS console as the root user of account {a} (the root e-mail, password and "
+               "MFA), open Security credentials" if not management_account or management_account == account else
+               "from the management account {m}, open IAM > Root access management, select account {a} and "
+               "Take privileged action > Delete root user credentials")
+    return [
+        "1. " + console.format(a=account, m=management_account) + f" ({ROOT_DOCS[0]}, {ROOT_DOCS[1]}).",
+        f"2. Under Access keys, deactivate then delete access key {access_key_id}; the root user should have "
+        "no access key at all.",
+        f"3. Look up what the key did since {since}: CloudTrail LookupEvents with AccessKeyId={access_key_id} "
+        "(https://docs.aws.amazon.com/awscloudtrail/latest/APIReference/API_LookupEvents.html).",
+        "4. Whoever created the key signed in as root: change the root password, check its MFA devices and "
+        "the account's alternate contacts.",
+        "5. So Cordon can do this next time: enable centralized root access in AWS Organizations and set "
+        "aws.root_access.management_account in cordon.yaml (" + ROOT_DOCS[1] + ").",
+    ]
+
+
+def root_access_of(account: str | None) -> tuple[str | None, str | None]:
+    """``(management_account, why_not)`` for containing a root access key in ``account``: the
+    ``aws.root_access.management_account`` of ``cordon.yaml`` (:mod:`cordon.providers.aws.accounts`;
+    ``None`` when not set) and ``None`` when Cordon can act, else the reason a person must (not
+    configured; ``account`` is the management account itself, which ``AssumeRoot`` cannot target).
+    Raises ``AwsAccountsError`` for an unusable ``aws:`` section."""
+    from cordon.config import load_config
+    from cordon.providers.aws.accounts import aws_accounts
+
+    accounts = aws_accounts(load_config())
+    management = accounts.root_access_account if accounts else None
+    if not management:
+        return None, "centralized root access is not configured (aws.root_access in cordon.yaml)"
+    if account == management:
+        return management, (f"account {account} is the management account: sts:AssumeRoot acts only on "
+                            "member accounts")
+    return management, None
+
+
+@register
+class RootAccessKeyFacts(EnrichmentAction):
+    """Whether Cordon can remove the root user's new access key, and the exact steps when a person must.
+
+    Reads ``cordon.yaml`` only (no API call). Returns ``{account, access_key_id, centralized (bool),
+    management_account, task_policy_arn, why_not, manual_steps: [sentences], docs: [urls]}``:
+    ``centralized`` when ``aws.root_access.management_account`` is set and is not the detection's
+    account; otherwise ``why_not`` says why and ``manual_steps`` is what to do (also given when
+    centralized, should the containment fail). Raises ``AwsAccountsError`` for an unusable ``aws:``
+    section (recorded as the enrichment's ``error``).
+    API: https://docs.aws.amazon.com/STS/latest/APIReference/API_AssumeRoot.html
+
+    .. code-block:: yaml
+
+        enrich:
+          - action: aws.root-access-key
+            with:
+              access_key_id: "{{ credential.uid }}"
+    """
+
+    name = "aws.root-access-key"
+    provider = "aws"
+
+    class Params(Params):
+        access_key_id: AccessKeyId
+
+    permissions = ()
+    credential_kinds = ("aws_root_access_key",)
+
+    def run(self, ctx: ActionContext) -> dict[str, Any]:
+        det = ctx.detection
+        account = det.account_uid or "-"
+        management, why_not = root_access_of(det.account_uid)
+        return {"account": account, "access_key_id": ctx.params["access_key_id"], "centralized": why_not is None,
+                "management_account": management if why_not is None else None,
+                "task_policy_arn": IAM_DELETE_ROOT_CREDENTIALS, "why_not": why_not, "docs": list(ROOT_DOCS),
+                "manual_steps": root_manual_steps(account, ctx.params["access_key_id"], _iso(det.time), management)}
+
+
+class RootKeyState(State):
+    """The root user's access key as a root session lists it."""
+
+    account_id: str
+    access_key_id: str
+    status: Literal["Active", "Inactive"]
+    create_date: IsoTime | None
+    root_access_key_ids: list[str]
+
+
+@register
+class DeleteRootAccessKey(AwsContainmentAction):
+    """Delete the root user's access key through centralized root access: ``sts:AssumeRoot``
+    (``TargetPrincipal`` = the member account, ``TaskPolicyArn`` =
+    ``arn:aws:iam::aws:policy/root-task/IAMDeleteRootUserCredentials``) called in the management
+    account (``management_account``: ``clients("sts", account_id=...)``), then, signing with the root
+    session it returns, ``iam:DeleteAccessKey`` of exactly ``access_key_id`` (no ``UserName``: the root
+    user's own key). The task policy is what limits the session to deleting root credentials; Cordon's
+    own principal needs only ``sts:AssumeRoot``.
+
+    Not reversible: a deleted key's secret is gone, and the task policy allows no ``CreateAccessKey``
+    (a new key would be a new credential anyway). Without ``management_account`` (centralized root
+    access not configured) or when the account is the management account itself, nothing is called:
+    ``GuardError`` with the reason, and ``aws.root-access-key``'s ``manual_steps`` say what a person does.
+
+    Params: ``account_id`` (the detection's account), ``access_key_id`` (the record's
+    ``responseElements.accessKey.accessKeyId``), ``management_account`` (``null``: not configured).
+    State: ``{account_id, access_key_id, status, create_date, root_access_key_ids}`` from the root
+    session's ``ListAccessKeys``; ``None`` when the root user has no such key (contained).
+    Errors: STS / IAM ``ClientError`` propagate (run ``failed``; e.g. ``AccessDenied`` when root access
+    is not centralized in the Organization).
+    API: https://docs.aws.amazon.com/STS/latest/APIReference/API_AssumeRoot.html ,
+    https://docs.aws.amazon.com/IAM/latest/APIReference/API_DeleteAccessKey.html ,
+    https://docs.aws.amazon.com/IAM/latest/UserGuide/id_root-user-privileged-task.html
+
+    .. code-block:: yaml
+
+        contain:
+          - action: aws.delete-root-access-key
+            with:
+              account_id: "{{ detection.account_uid }}"
+              access_key_id: "{{ credential.uid }}"
+              management_account: "{{ enrichment['aws.root-access-key'].management_account }}"
+    """
+
+    name = "aws.delete-root-access-key"
+    service = "sts"
+
+    class Params(Params):
+        account_id: Annotated[AccountId, Identifies("account_uid")]
+        access_key_id: Annotated[AccessKeyId, Identifies("credential.uid")]
+        management_account: AccountId | None = None
+
+    State = RootKeyState
+
+    permissions = ("sts:AssumeRoot",)
+    credential_kinds = ("aws_root_access_key",)
+    rollback_supported = False
+    #: The protected principal this action is built to act on (through AWS's own root task policy).
+    acts_on_protected = ("arn:aws:iam::*:root",)
+
+    def __init__(self) -> None:
+        self._session: dict[str, Any] | None = None
+
+    def target(self, ctx: ActionContext) -> str:
+        return f"arn:aws:iam::{ctx.params['account_id']}:root access-key {ctx.params['access_key_id']}"
+
+    def _assume_root_params(self, ctx: ActionContext) -> dict[str, Any]:
+        management, account = ctx.params.get("management_account"), ctx.params["account_id"]
+        if not management:
+            raise GuardError("centralized root access is not configured (aws.root_access in cordon.yaml): "
+                             "a person deletes the key; see aws.root-access-key's manual_steps")
+        if management == account:
+            raise GuardError(f"account {account} is the management account: sts:AssumeRoot acts only on member "
+                             "accounts; a person deletes the key (aws.root-access-key's manual_steps)")
+        return {"TargetPrincipal": account, "TaskPolicyArn": {"arn": IAM_DELETE_ROOT_CREDENTIALS}}
+
+    def _assume_root(self, ctx: ActionContext, params: dict[str, Any]) -> dict[str, Any]:
+        sts = ctx.clients("sts", account_id=ctx.params["management_account"])
+        self._session = sts.assume_root(**params, DurationSeconds=900)["Credentials"]
+        return self._session
+
+    def read_state(self, ctx: ActionContext) -> dict[str, Any] | None:
+        creds = self._assume_root(ctx, self._assume_root_params(ctx))
+        iam = ctx.clients("iam", credentials=creds)
+        keys = [k for page in iam.get_paginator("list_access_keys").paginate() for k in page["AccessKeyMetadata"]]
+        key_id = ctx.params["access_key_id"]
+        for key in keys:
+            if key["AccessKeyId"] == key_id:
+                return {"account_id": ctx.params["account_id"], "access_key_id": key_id, "status": key["Status"],
+                        "create_date": _iso(key["CreateDate"]) if key.get("CreateDate") else None,
+                        "root_access_key_ids": sorted(k["AccessKeyId"] for k in keys)}
+        return None
+
+    def is_contained(self, state: dict[str, Any] | None) -> bool:
+        return state is None
+
+    def plan_calls(self, ctx: ActionContext, state: dict[str, Any] | None) -> list[ApiCall]:
+        return [ApiCall(service="sts", operation="AssumeRoot", params=self._assume_root_params(ctx)),
+                ApiCall(service="iam", operation="DeleteAccessKey",
+                        params={"AccessKeyId": ctx.params["access_key_id"]})]
+
+    def call(self, ctx: ActionContext, api: ApiCall) -> Any:
+        """``AssumeRoot`` in the management account; the root session's calls signed with what it returned."""
+        if api.operation == "AssumeRoot":
+            return self._assume_root(ctx, api.params)
+        if self._session is None:
+            raise GuardError("no root session: AssumeRoot must come first")
+        client = ctx.clients(api.service, credentials=self._session)
+        return getattr(client, xform_name(api.operation))(**api.params)
+
+
+@register
+class RoleTrust(EnrichmentAction):
+    """Whom a role's new trust policy lets in from outside the Organization, and whether the role is
+    worth taking over (administrator permissions): what decides if ``aws-role-trust-outside`` contains.
+
+    The Organization's accounts are those ``cordon.yaml`` knows (``aws.hub_account``, ``aws.accounts``,
+    ``aws.organization_accounts``, ``aws.root_access.management_account``;
+    :meth:`cordon.providers.aws.accounts.AwsAccounts.known_accounts`) and the role's own account.
+    ``outside_principals``: the ``AWS`` principals of the ``UpdateAssumeRolePolicy`` record's document in
+    none of them (``*`` always); ``live_outside_principals`` the same of the live trust policy (``GetRole``).
+    ``is_admin``: ``AdministratorAccess`` attached (``ListAttachedRolePolicies``) or an inline policy
+    allowing ``*`` / ``*:*`` (``ListRolePolicies``, ``GetRolePolicy``); ``admin_because`` names it.
+    ``contain`` is true only with outside principals *and* admin permissions; ``reason`` says why not.
+
+    Returns ``{exists, role_name, role_arn, known_accounts: [ids], outside_principals, live_outside_principals,
+    is_admin, admin_because, contain, reason}`` (``exists: false`` and no role facts for a missing role).
+    Errors: ``ClientError`` other than ``NoSuchEntity`` and ``AwsAccountsError`` propagate (the
+    enrichment's ``error``; the provider's guard then refuses: triage only).
+    API: https://docs.aws.amazon.com/IAM/latest/APIReference/API_GetRole.html ,
+    https://docs.aws.amazon.com/IAM/latest/APIReference/API_ListAttachedRolePolicies.html ,
+    https://docs.aws.amazon.com/IAM/latest/APIReference/API_GetRolePolicy.html
+
+    .. code-block:: yaml
+
+        enrich:
+          - action: aws.role-trust
+            with:
+              role_name: "{{ credential.uid }}"
+    """
+
+    name = "aws.role-trust"
+    provider = "aws"
+
+    class Params(Params):
+        role_name: RoleName
+
+    permissions = ("iam:GetRole", "iam:ListAttachedRolePolicies", "iam:ListRolePolicies", "iam:GetRolePolicy")
+    credential_kinds = ("aws_role_trust",)
+
+    def run(self, ctx: ActionContext) -> dict[str, Any]:
+        from cordon.config import load_config
+        from cordon.providers.aws.accounts import aws_accounts
+        from cordon.providers.aws.cloudtrail import aws_principals
+
+        det, role_name = ctx.detection, ctx.params["role_name"]
+        accounts = aws_accounts(load_config())
+        known = (accounts.known_accounts() if accounts else set()) | ({det.account_uid} if det.account_uid else set())
+        cred = det.credential
+        named = list((cred.attributes if cred and cred.kind == "aws_role_trust" else {}).get(
+            "trusted_aws_principals") or [])
+        outside = outside_principals(named, known)
+        out: dict[str, Any] = {"role_name": role_name, "known_accounts": sorted(known), "outside_principals": outside}
+        iam = ctx.clients("iam", region=None)
+        try:
+            role = iam.get_role(RoleName=role_name)["Role"]
+        except ClientError as err:
+            if _error_code(err) != "NoSuchEntity":
+                raise
+            return {**out, "exists": False, "contain": False, "reason": f"role {role_name} does not exist"}
+        attached = [p["PolicyArn"] for page in iam.get_paginator("list_attached_role_policies").paginate(
+            RoleName=role_name) for p in page["AttachedPolicies"]]
+        because = [a for a in attached if a.endswith(ADMIN_POLICY_SUFFIX)]
+        for page in iam.get_paginator("list_role_policies").paginate(RoleName=role_name):
+            for pname in page["PolicyNames"]:
+                if _is_admin_document(iam.get_role_policy(RoleName=role_name, PolicyName=pname)["PolicyDocument"]):
+                    because.append(f"inline policy {pname} allows *")
+        live_outside = outside_principals(aws_principals(_role_trust_doc(role)), known)
+        if not outside:
+            reason = f"no principal outside the Organization's accounts ({', '.join(sorted(known))})"
+        elif not because:
+            reason = (f"role {role_name} has no administrator permissions: triage only, nothing contained "
+                      f"(trusted from outside: {', '.join(outside)})")
+        else:
+            reason = None
+        return {**out, "exists": True, "role_arn": role["Arn"], "live_outside_principals": live_outside,
+                "is_admin": bool(because), "admin_because": because, "contain": reason is None, "reason": reason}

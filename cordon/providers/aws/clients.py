@@ -48,6 +48,12 @@ class AwsClients(ClientFactory):
 def aws_clients(cloud: dict[str, Any] | None = None) -> AwsClients:
     """A factory ``clients(service, region=None) -> boto3 client`` for ``cloud`` (see module doc).
 
+    ``clients(service, account_id=...)`` is a client acting in another account than the case's (the
+    hub's own credentials for the hub account, else the role ``aws:`` gives that account: centralized
+    root access calls ``sts:AssumeRoot`` from the management account); ``clients(service,
+    credentials={AccessKeyId, SecretAccessKey, SessionToken})`` a client signing with temporary
+    credentials (what ``AssumeRoot`` answered). Neither is cached.
+
     Clients are cached per (service, region), thread-safe; with the process's own credentials (no
     role assumed) the boto3 Session and its clients are shared by every factory of the process
     (keyed by the ``AWS_*`` environment, region and endpoint), so a task does not pay for a new
@@ -90,7 +96,10 @@ def aws_clients(cloud: dict[str, Any] | None = None) -> AwsClients:
                 factory.session_name = session_name(cloud.get("case_id")) if chosen["role"] else None
             return chosen["session"]
 
-    def clients(service: str, region: str | None = None) -> Any:
+    def clients(service: str, region: str | None = None, account_id: str | None = None,
+                credentials: dict[str, Any] | None = None) -> Any:
+        if credentials is not None or (account_id and account_id != account):
+            return _other_client(service, region, account_id, credentials)
         sess = session()
         if service in ("iam", "sts"):
             region = None
@@ -107,6 +116,22 @@ def aws_clients(cloud: dict[str, Any] | None = None) -> AwsClients:
             if (service, region) not in cache:
                 cache[(service, region)] = sess.client(service, region_name=region, **kwargs)
             return cache[(service, region)]
+
+    def _other_client(service: str, region: str | None, account_id: str | None,
+                      credentials: dict[str, Any] | None) -> Any:
+        """A client in another account than the case's (the hub's credentials there, or the role
+        ``aws:`` gives that account), or signing with ``credentials`` (a root session's): not cached."""
+        endpoint = cloud.get(f"{service}_endpoint_url") or cloud.get("aws_endpoint_url")
+        kwargs: dict[str, Any] = {"config": RETRIES, **({"endpoint_url": endpoint} if endpoint else {})}
+        region = None if service in ("iam", "sts") else region
+        if credentials is not None:
+            sess = boto3.session.Session(aws_access_key_id=credentials["AccessKeyId"],
+                                         aws_secret_access_key=credentials["SecretAccessKey"],
+                                         aws_session_token=credentials.get("SessionToken"))
+        else:
+            with _SHARED_LOCK:
+                sess, _ = _session_for(base, accounts, account_id, cloud, sts_endpoint)
+        return sess.client(service, region_name=region or sess.region_name or "us-east-1", **kwargs)
 
     def own_access_key() -> str | None:
         creds = session().get_credentials()

@@ -8,15 +8,18 @@ What each credential-creating call puts in ``requestParameters`` / ``responseEle
 IAM, STS and EC2 API references for that action (``CreateAccessKey``, ``CreateLoginProfile``,
 ``UpdateLoginProfile``, ``CreateUser``, ``ImportKeyPair``, ``CreateKeyPair``,
 ``CreateServiceSpecificCredential``, ``GetFederationToken``, ``AttachUserPolicy``,
-``PutUserPolicy``, ``UploadSSHPublicKey``) and the shapes seen in Stratus Red Team detonation logs.
+``PutUserPolicy``, ``UploadSSHPublicKey``, ``UpdateAssumeRolePolicy``; IAM Roles Anywhere's
+``CreateTrustAnchor`` and ``CreateProfile``) and the shapes seen in Stratus Red Team detonation logs.
 
 The helpers every parser shares live in :mod:`cordon.detections.fields`.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
+from urllib.parse import unquote
 
 from cordon.detections.fields import RecordFields, SigmaMatchLike, detection_uid, parse_time, severity_label
 from cordon.detections.model import (
@@ -44,7 +47,21 @@ CREDENTIAL_EVENTS: dict[str, str] = {
     "AttachUserPolicy": "aws_policy_grant",
     "PutUserPolicy": "aws_policy_grant",
     "UploadSSHPublicKey": "aws_ssh_public_key",
+    # IAM Roles Anywhere: an X.509 CA trusted to sign certificates that become role sessions
+    "CreateTrustAnchor": "aws_rolesanywhere_trust_anchor",
+    "CreateProfile": "aws_rolesanywhere_profile",
+    # a role's trust policy rewritten: whom it names may now assume the role
+    "UpdateAssumeRolePolicy": "aws_role_trust",
 }
+
+#: Roles Anywhere kinds: the response member naming the object, and facts kept beyond its ID and ARN.
+_ROLESANYWHERE: dict[str, tuple[str, dict[str, tuple[str, type]]]] = {
+    "aws_rolesanywhere_trust_anchor": ("trustAnchor", {"source.sourceType": ("sourceType", str)}),
+    "aws_rolesanywhere_profile": ("profile", {"roleArns": ("roleArns", list)}),
+}
+
+#: The root user's own access key (``CreateAccessKey`` signed by the root user, naming no user).
+ROOT_ACCESS_KEY = "aws_root_access_key"
 
 #: ATT&CK techniques used when the matching rule carries none: T1136.003 Create Account: Cloud
 #: Account for CreateUser; T1098.003 Account Manipulation: Additional Cloud Roles for policy
@@ -53,6 +70,7 @@ FALLBACK_TECHNIQUES: dict[str, list[str]] = {
     "CreateUser": ["T1136.003"],
     "AttachUserPolicy": ["T1098.003"],
     "PutUserPolicy": ["T1098.003"],
+    "UpdateAssumeRolePolicy": ["T1098.003"],
 }
 
 _CONSOLE_HOSTS = {"console.amazonaws.com", "signin.amazonaws.com"}
@@ -172,6 +190,31 @@ def _credential(
     if kind == "aws_access_key":
         uid = f.get(f"{resp}.accessKey.accessKeyId", str, required=True)
         attrs = _pick(f, f"{resp}.accessKey", {"status": "status", "createDate": "createDate"})
+        if target.type == "Root":  # the root user's own key: no user named, signed by root
+            kind = ROOT_ACCESS_KEY
+        return Credential(kind=kind, uid=uid, owner=target, attributes=attrs)
+    if kind in _ROLESANYWHERE:
+        # https://docs.aws.amazon.com/rolesanywhere/latest/APIReference/API_CreateTrustAnchor.html ,
+        # API_CreateProfile.html: the object created, by ID and ARN (never the CA bundle)
+        member, extras = _ROLESANYWHERE[kind]
+        base = f"{resp}.{member}"
+        uid = f.get(f"{base}.{member}Id", str, required=True)
+        attrs = _pick(f, base, {f"{member}Arn": "arn", "name": "name", "createdAt": "createdAt"})
+        for path, (attr, typ) in extras.items():
+            attrs.update(_pick(f, base, {path: attr}, typ))
+        attrs.update(_pick(f, base, {"enabled": "enabled"}, bool))
+        if region:
+            attrs["region"] = region
+        return Credential(kind=kind, uid=uid, owner=actor.user, attributes=attrs)
+    if kind == "aws_role_trust":
+        # https://docs.aws.amazon.com/IAM/latest/APIReference/API_UpdateAssumeRolePolicy.html
+        uid = f.get(f"{req}.roleName", str, required=True)
+        raw_doc = f.get(f"{req}.policyDocument", str, required=True)
+        doc = trust_document(raw_doc)
+        if doc is None:
+            raise f.error(f"{req}.policyDocument", "not a JSON policy document (nor URL-encoded JSON)")
+        attrs = {"policy_document": json.dumps(doc, sort_keys=True),
+                 "trusted_aws_principals": aws_principals(doc)}
         return Credential(kind=kind, uid=uid, owner=target, attributes=attrs)
     if kind == "aws_login_profile":
         attrs: dict[str, Any] = {}
@@ -241,6 +284,38 @@ def _credential(
     if doc is not None:
         attrs["policy_document"] = doc
     return Credential(kind=kind, uid=uid, owner=target, attributes=attrs)
+
+
+def trust_document(text: str) -> dict[str, Any] | None:
+    """A policy document as CloudTrail writes it in ``requestParameters.policyDocument``: a JSON
+    string, sometimes URL-encoded (``%7B%22Version%22...``, as IAM stores and returns documents).
+    Returns the parsed object, or ``None`` when neither form is a JSON object."""
+    for candidate in (text, unquote(text)):
+        try:
+            doc = json.loads(candidate)
+        except ValueError:
+            continue
+        if isinstance(doc, dict):
+            return doc
+    return None
+
+
+def aws_principals(doc: dict[str, Any]) -> list[str]:
+    """Every ``Principal.AWS`` value (an ARN, an account ID or ``*``; and ``Principal: "*"``) of the
+    ``Allow`` statements of trust policy ``doc``, in order of appearance, each once.
+    https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_elements_principal.html"""
+    stmts = doc.get("Statement", [])
+    stmts = [stmts] if isinstance(stmts, dict) else stmts if isinstance(stmts, list) else []
+    out: list[str] = []
+    for stmt in stmts:
+        if not isinstance(stmt, dict) or stmt.get("Effect") != "Allow":
+            continue
+        principal = stmt.get("Principal")
+        values: Any = "*" if principal == "*" else principal.get("AWS", []) if isinstance(principal, dict) else []
+        for value in [values] if isinstance(values, str) else values if isinstance(values, list) else []:
+            if isinstance(value, str) and value not in out:
+                out.append(value)
+    return out
 
 
 def detection_from_cloudtrail(
@@ -315,8 +390,11 @@ def detection_from_cloudtrail(
 __all__ = [
     "CREDENTIAL_EVENTS",
     "FALLBACK_TECHNIQUES",
+    "ROOT_ACCESS_KEY",
+    "aws_principals",
     "detection_from_cloudtrail",
     "parse_aws_time",
+    "trust_document",
 ]
 
 #: CloudTrail, GuardDuty and ASFF timestamps are ISO 8601 (:func:`cordon.detections.fields.parse_time`).

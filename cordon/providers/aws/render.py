@@ -67,3 +67,27 @@ def _key_pair(output: Mapping[str, Any], *, credential_uid: str | None = None) -
     if output.get("same_key_pair"):
         return [f"*Key pair now*: {what}: the one the event created"]
     return [f"*Key pair now*: {what}: *not the one the event named*: {escape(output.get('mismatch') or '')}"]
+
+
+@renderer("aws.role-trust")
+def _role_trust(output: Mapping[str, Any], *, credential_uid: str | None = None) -> list[str]:
+    """Who the new trust lets in from outside the Organization, whether the role is admin, and why
+    nothing is contained when it is not (``reason``)."""
+    outside = as_list(output.get("outside_principals")) or []
+    lines = [f"*Trusted from outside the Organization*: {', '.join(code(p) for p in outside) or 'nobody'}"]
+    if output.get("exists"):
+        because = as_list(output.get("admin_because")) or []
+        lines.append(f"*Administrator permissions*: {escape('; '.join(map(str, because))) if because else 'none'}")
+    if output.get("reason"):
+        lines.append(f"*Triage only*: {escape(str(output['reason']))}")
+    return lines
+
+
+@renderer("aws.root-access-key")
+def _root_access_key(output: Mapping[str, Any], *, credential_uid: str | None = None) -> list[str]:
+    """Whether Cordon deletes the root key through centralized root access, else the steps a person takes."""
+    if output.get("centralized"):
+        return [f"*Root access key*: deleted through sts:AssumeRoot from management account "
+                f"{code(output.get('management_account'))} (IAMDeleteRootUserCredentials); not reversible"]
+    steps = [escape(str(s)) for s in as_list(output.get("manual_steps")) or []]
+    return [f"*Page a human*: {escape(str(output.get('why_not') or ''))}", *steps]
