@@ -272,12 +272,23 @@ def _same_principal(provider: str, a: str | None, b: str | None) -> bool:
     return a.lower() == b.lower() or get_provider(provider).same_principal(a, b)
 
 
+def _acts_on(playbook: Playbook, pattern: str) -> bool:
+    """Whether every containment step of ``playbook`` is an action declared to act on principals
+    protected by ``pattern`` (``Action.acts_on_protected``: the root user's own access key, deleted
+    through centralized root access, :mod:`cordon.providers.aws.actions`); the pattern must be the
+    one ``protected_principals`` matched, so a narrower or other entry still refuses."""
+
+    return bool(playbook.contain) and all(
+        pattern in (getattr(get_action(step.action), "acts_on_protected", None) or ()) for step in playbook.contain)
+
+
 def guard(playbook: Playbook, detection: Detection, config: Config, clients: Callable[..., Any],
           enrichment: dict[str, Any] | None = None) -> GuardOutcome:
     """Refuse containment that would touch what it must not.
 
     Refuses when: the detection is suppressed; the target principal or the credential's owner
-    matches ``protected_principals``; the target or owner is Cordon's own identity *in the
+    matches ``protected_principals`` (unless every containment step's action declares it acts on
+    that entry, ``acts_on_protected``: the root user's own key); the target or owner is Cordon's own identity *in the
     detection's account* (what ``sts:GetCallerIdentity`` answers through ``clients``: with several
     AWS accounts, the member role assumed there, an assumed-role session matching its role; and
     the role ARN the factory was configured to assume, :func:`own_identities`, even when STS
@@ -291,7 +302,7 @@ def guard(playbook: Playbook, detection: Detection, config: Config, clients: Cal
         return GuardOutcome(ok=False, reason=f"suppressed detection: {detection.suppressed}")
     owner = detection.credential.owner if detection.credential else None
     hit = config.is_protected(detection.target.uid, owner.uid if owner else None)
-    if hit:
+    if hit and not _acts_on(playbook, hit):
         return GuardOutcome(ok=False, reason=f"protected principal (matches '{hit}')")
     me = caller_identity(clients) if playbook.contain else None
     mine = ([me] if me else []) + (own_identities(clients) if playbook.contain else [])

@@ -188,14 +188,15 @@ def test_the_slack_lines_carry_the_steps():
 
 
 def test_flow_without_centralized_root_access_pages_a_human(responder, aws, tmp_path, monkeypatch):
-    """The shipped configuration (no ``aws.root_access``): the case is refused (the root user is a
-    protected principal), nothing reaches AWS, and the ledger's enrichment carries the exact steps."""
+    """The shipped configuration (no ``aws.root_access``): the guard lets the playbook through (its
+    only step declares it acts on ``arn:aws:iam::*:root``) and planning refuses it, naming the manual
+    steps; nothing reaches AWS, and the ledger's enrichment carries the exact steps."""
     config(tmp_path, monkeypatch, None)
     path = tmp_path / "root-key.json"
     path.write_text(json.dumps({"Records": [root_record()]}))
     (s,) = list(responder.run_all(responder.intake([path]), approval="auto", stand_ins=aws))
     assert s["playbook"] == "aws-root-access-key" and s["status"] == "refused", s
-    assert "protected principal" in s["guard"]["reason"]
+    assert "centralized root access is not configured" in s["guard"]["reason"]
     assert s["actions"] == [] and root_keys(aws) == [KEY]
     assert not {"AssumeRoot", "DeleteAccessKey"} & set(aws.standin.operations())
     enrich = [r.payload for r in responder.ledger.records(case_id=s["case_id"]) if r.kind == "enrichment.completed"
@@ -203,3 +204,18 @@ def test_flow_without_centralized_root_access_pages_a_human(responder, aws, tmp_
     (facts,) = [e["result"] for e in enrich]
     assert facts["centralized"] is False and any(KEY in step for step in facts["manual_steps"])
     assert responder.ledger.verify().ok
+
+
+def test_flow_with_centralized_root_access_deletes_exactly_the_key(responder, aws, tmp_path, monkeypatch):
+    """With ``aws.root_access.management_account``: through the respond flow, the protected root user's
+    own key is deleted (the guard's exception is the action's declaration, ``acts_on_protected``),
+    ``AssumeRoot`` called in the management account, the root user's other key left alone."""
+    config(tmp_path, monkeypatch, {"management_account": MANAGEMENT})
+    path = tmp_path / "root-key.json"
+    path.write_text(json.dumps({"Records": [root_record()]}))
+    report = responder.intake([path])
+    aws.standin.root_keys.setdefault(MEMBER, []).append({"AccessKeyId": "AKIAIOSFODNN7OTHERKEY", "Status": "Active"})
+    (s,) = list(responder.run_all(report, approval="auto", stand_ins=aws))
+    assert s["playbook"] == "aws-root-access-key" and s["status"] == "contained", s
+    assert root_keys(aws) == ["AKIAIOSFODNN7OTHERKEY"]
+    assert "AssumeRoot" in aws.standin.operations()
