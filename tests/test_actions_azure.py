@@ -109,7 +109,8 @@ def test_every_azure_action_is_registered_and_self_describes():
                                 perm), perm
         assert set(d["credential_kinds"]) <= {"azure_sp_password", "azure_sp_key", "azure_federated_credential",
                                               "azure_role_assignment", "azure_user", "azure_service_principal",
-                                              "azure_directory_role", "azure_app_role_assignment"}
+                                              "azure_directory_role", "azure_app_role_assignment",
+                                              "azure_user_sessions", "azure_sp_sign_in"}
     assert actions["azure.remove-sp-password"].rollback_supported is False
     assert actions["azure.disable-service-principal"].rollback_supported is True
     assert actions["azure.remove-role-assignment"].rollback_supported is True

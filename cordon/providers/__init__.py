@@ -115,6 +115,21 @@ class ActorAccess:
     playbook: str
 
 
+#: ATT&CK for an actor's use of a credential it holds: Valid Accounts: Cloud Accounts
+VALID_CLOUD_ACCOUNTS = "T1078.004"
+
+
+def actor_detection(detection: Any, credential: Any, playbook: str) -> ActorAccess:
+    """The :class:`ActorAccess` of ``credential`` (the actor's own access, whose ``owner`` becomes the
+    target) derived from ``detection``: a copy keeping the record (``raw``, ``raw_ref``, ``rule``,
+    ``time``, ``event_name``) with ``uid`` ``<uid>#actor`` and technique ``T1078.004`` added; its
+    case key is the credential's, so every detection of the same actor joins one case."""
+    derived = detection.model_copy(deep=True, update={
+        "uid": f"{detection.uid}#actor", "credential": credential, "target": credential.owner.model_copy(),
+        "technique_ids": sorted({*detection.technique_ids, VALID_CLOUD_ACCOUNTS})})
+    return ActorAccess(detection=derived, playbook=playbook)
+
+
 class Provider:
     """Base class of a cloud provider package (see the module docstring for what it declares)."""
 
@@ -407,4 +422,5 @@ def load_all_actions(names: Iterable[str] | None = None) -> None:
 
 __all__ = ["BUILTIN", "ENTRY_POINT_GROUP", "Provider", "Source", "all_sources", "credential_kind_names",
            "credential_kinds", "detection_sources", "get_provider", "load_all_actions", "provider_names", "providers",
-           "register", "rule_types", "classify_record", "shapes", "source_for"]
+           "register", "rule_types", "classify_record", "shapes", "source_for", "VALID_CLOUD_ACCOUNTS",
+           "actor_detection"]

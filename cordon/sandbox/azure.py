@@ -29,7 +29,14 @@ assignments and the Microsoft identity platform token endpoint.
   - ``GET/POST /v1.0/roleManagement/directory/roleAssignments`` (``$filter`` on ``principalId``,
     ``roleDefinitionId``, ``directoryScopeId`` with ``eq`` / ``and``; any other filter is 400) and
     ``GET/DELETE .../roleAssignments/{id}`` (``unifiedRoleAssignment``);
-  - ``GET /v1.0/auditLogs/signIns`` (``$filter`` ``servicePrincipalId`` / ``appId`` ``eq``, ``$top``).
+  - ``GET /v1.0/auditLogs/signIns`` (``$filter`` ``servicePrincipalId`` / ``appId`` ``eq``, ``$top``);
+  - ``GET /beta/auditLogs/signIns`` (List signIns, beta: https://learn.microsoft.com/graph/api/signin-list?
+    view=graph-rest-beta): the beta signIn shape (``signInEventTypes``, ``servicePrincipalCredentialKeyId``);
+    ``$filter`` of clauses joined by ``and``: ``appId`` / ``servicePrincipalId`` / ``userId`` /
+    ``ipAddress`` ``eq '...'``, ``createdDateTime ge|gt|le|lt <time>`` and
+    ``signInEventTypes/any(t: t eq 'a' or t eq 'b')`` (without it, interactive user sign-ins only, as
+    Graph answers); any other clause is 400. Newest first, ``$top`` (at most :attr:`AzureStandIn.page_size`)
+    a page, ``@odata.nextLink`` with a ``$skiptoken`` for the next.
 
 * ``arm_url`` (``https`` with a certificate for 127.0.0.1 issued by a ``trustme`` CA whose PEM is
   :attr:`AzureStandIn.ca_pem`; so azure-core's https rule stays on):
@@ -70,10 +77,11 @@ import ssl
 import tempfile
 import threading
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import trustme
 
@@ -121,6 +129,64 @@ def _parse_graph_time(value: Any) -> datetime | None:
     except ValueError:
         raise ApiError(400, "Request_BadRequest", f"Invalid DateTimeOffset value '{value}'.") from None
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+#: signIn properties the beta endpoint has and v1.0 does not (signIn resource, both versions).
+BETA_ONLY_SIGN_IN = frozenset({"signInEventTypes", "servicePrincipalCredentialKeyId"})
+
+_SIGN_IN_EQ = ("appId", "servicePrincipalId", "userId", "ipAddress")
+
+
+def _split_and(text: str) -> list[str]:
+    """``text`` split on the ``and`` outside parentheses."""
+    parts, depth, start = [], 0, 0
+    for m in re.finditer(r"[()]|\s+and\s+", text):
+        tok = m.group(0)
+        if tok == "(":
+            depth += 1
+        elif tok == ")":
+            depth -= 1
+        elif depth == 0:
+            parts.append(text[start:m.start()])
+            start = m.end()
+    parts.append(text[start:])
+    return [p.strip() for p in parts if p.strip()]
+
+
+def _sign_in_filter(text: str | None) -> Callable[[dict[str, Any]], bool]:
+    """A predicate on a stored signIn for a beta ``$filter`` (module docstring); 400 for a clause
+    the stand-in does not serve, as Graph answers a filter it cannot serve."""
+    tests: list[Callable[[dict[str, Any]], bool]] = []
+    types: set[str] | None = None
+    for clause in _split_and(text or ""):
+        bare = clause[1:-1].strip() if clause.startswith("(") and clause.endswith(")") else clause
+        m = re.fullmatch(r"(\w+)\s+eq\s+'([^']*)'", bare)
+        if m and m.group(1) in _SIGN_IN_EQ:
+            key, value = m.groups()
+            tests.append(lambda e, key=key, value=value: str(e.get(key) or "").lower() == value.lower())
+            continue
+        m = re.fullmatch(r"createdDateTime\s+(ge|gt|le|lt)\s+(\S+)", bare)
+        if m:
+            op, bound = m.group(1), _parse_graph_time(m.group(2))
+            if bound is None:
+                raise ApiError(400, "Request_UnsupportedQuery", f"invalid DateTimeOffset in '{clause}'")
+            cmp = {"ge": lambda a, b: a >= b, "gt": lambda a, b: a > b, "le": lambda a, b: a <= b,
+                   "lt": lambda a, b: a < b}[op]
+            tests.append(lambda e, cmp=cmp, bound=bound: cmp(_parse_graph_time(e["createdDateTime"]), bound))
+            continue
+        m = re.fullmatch(r"signInEventTypes/any\((\w+):\s*(.+)\)", bare)
+        if m:
+            var, body = m.groups()
+            alts = re.split(r"\s+or\s+", body.strip())
+            got = [re.fullmatch(rf"{var}\s+eq\s+'(\w+)'", a.strip()) for a in alts]
+            if all(got):
+                types = (types or set()) | {g.group(1) for g in got if g}
+                continue
+        raise ApiError(400, "Request_UnsupportedQuery",
+                       f"Unsupported or invalid query filter clause specified for property '{clause}'.")
+    wanted = types if types is not None else {"interactiveUser"}
+    tests.append(lambda e: bool(wanted & set(e.get("signInEventTypes") or [])))
+    return lambda e: all(t(e) for t in tests)
 
 
 class ApiError(Exception):
@@ -520,20 +586,29 @@ class AzureStandIn:
             return assignment
 
     def add_sign_in(self, app_id: str, *, ip: str = "203.0.113.9", when: datetime | None = None,
-                    user: str | None = None, status: int = 0) -> dict[str, Any]:
+                    user: str | None = None, status: int = 0, user_id: str | None = None,
+                    event_type: str | None = None, credential_key_id: str | None = None) -> dict[str, Any]:
         """Record one ``signIn`` of application ``app_id`` (its service principal's id is
-        ``servicePrincipalId``; errorCode ``status``, 0 = success)."""
+        ``servicePrincipalId``; errorCode ``status``, 0 = success). ``user`` / ``user_id``: the user
+        who signed in to the app (UPN, object id); ``event_type``: the beta ``signInEventTypes`` entry
+        (default ``interactiveUser`` with a user, else ``servicePrincipal``); ``credential_key_id``: the
+        beta ``servicePrincipalCredentialKeyId`` (the secret or certificate a service principal signed
+        in with). The v1.0 list leaves the beta-only properties out."""
         with self._lock:
             app_name = next((o["displayName"] for o in (*self.service_principals.values(),
                                                          *self.applications.values()) if o["appId"] == app_id), None)
             sp_id = next((o["id"] for o in self.service_principals.values() if o["appId"] == app_id), None)
+            kind = event_type or ("interactiveUser" if user or user_id else "servicePrincipal")
             entry = {"id": str(uuid.uuid4()), "createdDateTime": _iso(when or _now()), "appId": app_id,
                      "servicePrincipalId": sp_id, "servicePrincipalName": app_name if user is None else None,
                      "appDisplayName": app_name, "ipAddress": ip, "clientAppUsed": "Mobile Apps and Desktop clients",
-                     "userPrincipalName": user, "userId": None, "resourceDisplayName": "Microsoft Graph",
-                     "isInteractive": user is not None, "location": {"city": "Redmond", "countryOrRegion": "US"},
+                     "userPrincipalName": user, "userId": user_id, "resourceDisplayName": "Microsoft Graph",
+                     "isInteractive": kind == "interactiveUser",
+                     "location": {"city": "Redmond", "countryOrRegion": "US"},
                      "status": {"errorCode": status, "failureReason": None if status == 0 else "Other.",
-                                "additionalDetails": None}}
+                                "additionalDetails": None},
+                     "signInEventTypes": [kind],
+                     "servicePrincipalCredentialKeyId": credential_key_id}
             self.sign_ins.append(entry)
             return entry
 
@@ -661,6 +736,8 @@ class AzureStandIn:
             return self._graph_role_assignments(method, path, query, body)
         if path == "/v1.0/auditLogs/signIns":
             return self._graph_sign_ins(method, query)
+        if path == "/beta/auditLogs/signIns":
+            return self._graph_beta_sign_ins(method, query)
         m = re.fullmatch(r"/v1\.0/(servicePrincipals|applications|users)/([^/]+)(?:/(.+))?", path)
         if not m:
             raise ApiError(400, "BadRequest", f"Resource not found for the segment '{path}'.")
@@ -872,11 +949,30 @@ class AzureStandIn:
         if method != "GET":
             raise ApiError(405, "Request_BadRequest", f"{method} auditLogs/signIns")
         want = self._eq_filter(query.get("$filter"), ("appId", "servicePrincipalId", "userId", "ipAddress"))
-        found = [copy.deepcopy(e) for e in self.sign_ins if all(str(e.get(k)) == v for k, v in want.items())]
+        found = [{k: v for k, v in copy.deepcopy(e).items() if k not in BETA_ONLY_SIGN_IN} for e in self.sign_ins
+                 if all(str(e.get(k)) == v for k, v in want.items())]
         found.sort(key=lambda e: e["createdDateTime"], reverse=True)
         top = int(query.get("$top") or 1000)
         return 200, {"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#auditLogs/signIns",
                      "value": found[:top]}
+
+    def _graph_beta_sign_ins(self, method: str, query: dict[str, str]) -> tuple[int, Any]:
+        """``GET /beta/auditLogs/signIns`` (see the module docstring for the filters it serves)."""
+        if method != "GET":
+            raise ApiError(405, "Request_BadRequest", f"{method} auditLogs/signIns")
+        keep = _sign_in_filter(query.get("$filter"))
+        found = [copy.deepcopy(e) for e in self.sign_ins if keep(e)]
+        found.sort(key=lambda e: e["createdDateTime"], reverse=True)
+        top = max(1, min(int(query.get("$top") or 1000), 1000, self.page_size))
+        start = int(query.get("$skiptoken") or 0)
+        page = found[start:start + top]
+        out: dict[str, Any] = {"@odata.context": "https://graph.microsoft.com/beta/$metadata#auditLogs/signIns",
+                               "value": page}
+        if start + top < len(found):
+            params = {"$filter": query.get("$filter") or "", "$top": str(top), "$skiptoken": str(start + top)}
+            out["@odata.nextLink"] = f"{self.graph_url}/beta/auditLogs/signIns?" + "&".join(
+                f"{k}={quote(v, safe='')}" for k, v in params.items() if v)
+        return 200, out
 
     def _graph_user(self, method: str, oid: str, sub: str | None) -> tuple[int, Any]:
         # Graph addresses a user by object id or by userPrincipalName
@@ -1068,7 +1164,8 @@ class AzureSandbox:
         the federated credential (``azure_federated_credential``), the role assignment with
         ``attributes["principalId"]`` (default: the target's uid) and
         ``attributes["roleDefinitionId"]`` (default Owner) (``azure_role_assignment``), the user
-        (``azure_user``), the service principal (``azure_service_principal``), the member of the
+        (``azure_user``, and ``azure_user_sessions``: the user an actor signed in as), the service
+        principal (``azure_service_principal``, ``azure_sp_sign_in``), the member of the
         directory role (``azure_directory_role``), and for ``azure_app_role_assignment`` (uid
         ``<assignee>#<resource>#<appRoleId>``) the assignee (``appId`` from the attributes), the
         resource (Microsoft Graph's service principal under the uid's id when
@@ -1142,7 +1239,10 @@ class AzureSandbox:
         elif cred.kind == "azure_user":
             self.standin.ensure_user(uid, attrs.get("userPrincipalName") or detection.target.name)
             report["users"].append(uid)
-        elif cred.kind == "azure_service_principal":
+        elif cred.kind == "azure_user_sessions":
+            self.standin.ensure_user(uid, attrs.get("userPrincipalName") or detection.target.name)
+            report["users"].append(uid)
+        elif cred.kind in ("azure_service_principal", "azure_sp_sign_in"):
             self.standin.ensure_service_principal(uid, owner.name or "" if owner else "", attrs.get("appId"))
             report["service_principals"].append(uid)
         elif cred.kind == "azure_app_role_assignment":

@@ -13,6 +13,14 @@
   ``users.sshPublicKeys.get/delete`` and ``users.getLoginProfile``;
 * Cloud Storage JSON API v1 HMAC keys (https://cloud.google.com/storage/docs/json_api/v1/projects/hmacKeys):
   ``get`` / ``update``;
+* Cloud Logging v2 ``entries.list`` (https://cloud.google.com/logging/docs/reference/v2/rest/v2/entries/list)
+  over the entries a test adds (:meth:`GcpStandIn.add_log_entries`): ``resourceNames``
+  (``projects/P``: entries whose ``logName`` is under it), ``orderBy`` ``timestamp asc|desc``,
+  ``pageSize`` (at most :attr:`GcpStandIn.log_page_size`) / ``pageToken``, and a ``filter`` of
+  comparisons joined by ``AND`` in the Logging query language
+  (https://cloud.google.com/logging/docs/view/logging-query-language): ``FIELD:"v"`` (has: the value
+  inside the field's text), ``FIELD="v"``, and ``timestamp`` with ``>=``, ``>``, ``<=``, ``<``; any
+  other expression is 400 ``INVALID_ARGUMENT``;
 * an OAuth 2.0 token endpoint, ``POST /token``, for the JWT-bearer grant
   (``urn:ietf:params:oauth:grant-type:jwt-bearer``, RFC 7523) that
   ``google.oauth2.service_account.Credentials`` sends: the assertion's ``iss`` must be a
@@ -68,7 +76,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 DEFAULT_PROJECT = "cordon-sandbox"
 CORDON_SA_NAME = "cordon-responder"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
-APIS = ("iam", "cloudresourcemanager", "apikeys", "oslogin", "storage")
+APIS = ("iam", "cloudresourcemanager", "apikeys", "oslogin", "storage", "logging")
 #: ``servicePath`` of each API's discovery document (only Storage has one).
 SERVICE_PATHS = {"storage": "storage/v1/"}
 EMPTY_ETAG = "ACAB"  # what the real APIs answer for an empty policy
@@ -171,6 +179,10 @@ class GcpStandIn:
         self.api_keys: dict[str, dict[str, Any]] = {}
         self.ssh_keys: dict[str, dict[str, dict[str, Any]]] = {}
         self.hmac_keys: dict[tuple[str, str], dict[str, Any]] = {}
+        #: Cloud Audit Log entries (``LogEntry`` JSON) served by Logging's ``entries.list``
+        self.log_entries: list[dict[str, Any]] = []
+        #: the most entries one ``entries.list`` page holds (the API's own cap is 1000)
+        self.log_page_size = 1000
         self.requests: list[dict[str, Any]] = []
         self._failures: list[dict[str, Any]] = []
         self._hooks: list[tuple[str, Callable[[GcpStandIn], None]]] = []
@@ -206,6 +218,8 @@ class GcpStandIn:
             for store in (self.identities, self.tokens, self.projects, self.service_accounts, self.sa_policies,
                           self.sa_keys, self.api_keys, self.ssh_keys, self.hmac_keys, self.hierarchy_policies):
                 store.clear()
+            self.log_entries.clear()
+            self.log_page_size = 1000
             self.requests.clear()
             self._failures.clear()
             self._hooks.clear()
@@ -465,7 +479,7 @@ class GcpStandIn:
                 hook(self)
             sub = path.strip("/").split("/", 1)[1] if "/" in path.strip("/") else ""
             handler = {"iam": self._iam, "cloudresourcemanager": self._crm, "apikeys": self._apikeys,
-                       "oslogin": self._oslogin, "storage": self._storage}.get(api)
+                       "oslogin": self._oslogin, "storage": self._storage, "logging": self._logging}.get(api)
             if handler is None:
                 raise ApiError(404, "NOT_FOUND", f"no API at /{api}")
             with self._lock:
@@ -662,6 +676,34 @@ class GcpStandIn:
         raise ApiError(405, "METHOD_NOT_ALLOWED", sub)
 
     # -- Cloud Storage JSON API v1: HMAC keys ---------------------------------------------------
+    def add_log_entries(self, *entries: dict[str, Any]) -> None:
+        """Add Cloud Audit Log entries (``LogEntry`` JSON, with ``logName``, ``timestamp``,
+        ``insertId``) for Logging's ``entries.list`` to serve."""
+        with self._lock:
+            self.log_entries.extend(copy.deepcopy(e) for e in entries)
+
+    def _logging(self, method: str, sub: str, query: dict[str, Any], body: dict[str, Any]) -> tuple[int, Any]:
+        """Logging v2 ``POST v2/entries:list`` (module docstring)."""
+        if sub != "v2/entries:list" or method != "POST":
+            raise ApiError(404, "NOT_FOUND", f"unknown Logging path {method} {sub}")
+        names = body.get("resourceNames") or []
+        if not names or not all(re.fullmatch(r"(projects|folders|organizations|billingAccounts)/[^/]+", n)
+                                for n in names):
+            raise ApiError(400, "INVALID_ARGUMENT", "resourceNames: one or more parent resources are required")
+        order = (body.get("orderBy") or "timestamp asc").strip()
+        if order not in ("timestamp asc", "timestamp desc"):
+            raise ApiError(400, "INVALID_ARGUMENT", f"orderBy: {order!r} is not supported")
+        keep = _log_filter(str(body.get("filter") or ""))
+        found = [copy.deepcopy(e) for e in self.log_entries
+                 if any(str(e.get("logName", "")).startswith(f"{n}/logs/") for n in names) and keep(e)]
+        found.sort(key=lambda e: _parse_time(e["timestamp"]), reverse=order.endswith("desc"))
+        size = max(1, min(int(body.get("pageSize") or 50), self.log_page_size))
+        start = int(body.get("pageToken") or 0)
+        out: dict[str, Any] = {"entries": found[start:start + size]} if found[start:start + size] else {}
+        if start + size < len(found):
+            out["nextPageToken"] = str(start + size)
+        return 200, out
+
     def _storage(self, method: str, sub: str, query: dict[str, Any], body: dict[str, Any]) -> tuple[int, Any]:
         m = re.fullmatch(r"storage/v1/projects/([^/]+)/hmacKeys/([^/]+)", sub)
         if not m:
@@ -692,6 +734,46 @@ _STATUS_CODES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSI
                  502: "UNAVAILABLE", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
 
 
+def _field(entry: dict[str, Any], path: str) -> Any:
+    obj: Any = entry
+    for part in path.split("."):
+        obj = obj.get(part) if isinstance(obj, dict) else None
+    return obj
+
+
+def _log_filter(text: str) -> Callable[[dict[str, Any]], bool]:
+    """A predicate on a ``LogEntry`` for the subset of the Logging query language the stand-in serves
+    (module docstring); 400 ``INVALID_ARGUMENT`` for anything else."""
+    tests: list[Callable[[dict[str, Any]], bool]] = []
+    for clause in [c.strip() for c in re.split(r"\s+AND\s+", text.strip())] if text.strip() else []:
+        m = re.fullmatch(r'timestamp\s*(>=|>|<=|<)\s*"([^"]+)"', clause)
+        if m:
+            op, bound = m.group(1), _parse_time(m.group(2))
+            cmp = {">=": lambda a, b: a >= b, ">": lambda a, b: a > b, "<=": lambda a, b: a <= b,
+                   "<": lambda a, b: a < b}[op]
+            tests.append(lambda e, cmp=cmp, bound=bound: bool(e.get("timestamp"))
+                         and cmp(_parse_time(e["timestamp"]), bound))
+            continue
+        m = re.fullmatch(r'([A-Za-z_][\w.]*)\s*(:|=)\s*"([^"]*)"', clause)
+        if m:
+            path, op, value = m.groups()
+            if op == ":":
+                tests.append(lambda e, p=path, v=value: v.lower() in str(_field(e, p) or "").lower())
+            else:
+                tests.append(lambda e, p=path, v=value: str(_field(e, p)) == v)
+            continue
+        raise ApiError(400, "INVALID_ARGUMENT", f"Unparseable filter: {clause}")
+    return lambda e: all(t(e) for t in tests)
+
+
+def _parse_time(value: str) -> datetime:
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(400, "INVALID_ARGUMENT", f"Invalid timestamp: {value}") from None
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
 def _status_code(status: int) -> str:
     return _STATUS_CODES.get(status, "UNKNOWN")
 
@@ -710,7 +792,7 @@ def _error_body(err: ApiError, api: str) -> dict[str, Any]:
 def _is_mutating(rec: dict[str, Any]) -> bool:
     if rec["method"] == "GET":
         return False
-    return not rec["path"].endswith((":getIamPolicy", ":getAncestry"))
+    return not rec["path"].endswith((":getIamPolicy", ":getAncestry", "entries:list"))
 
 
 def _policy_view(policy: dict[str, Any]) -> dict[str, Any]:

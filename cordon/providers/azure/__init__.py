@@ -40,6 +40,8 @@ class AzureProvider(Provider):
         "azure_app_role_assignment": "uid = '<assignee SP object id>#<resource SP object id>#<appRoleId>'",
         "azure_user": "uid = user object id (a created account, T1136.003)",
         "azure_service_principal": "uid = service principal object id (a created service principal)",
+        "azure_user_sessions": "the sign-in sessions of the user an actor signed in as, uid = user object id",
+        "azure_sp_sign_in": "the sign-in of the service principal an actor signed in as, uid = its object id",
     }
 
     #: what a new credential of each kind is called in Slack, and the word joining it to its owner
@@ -52,6 +54,8 @@ class AzureProvider(Provider):
     "azure_app_role_assignment": ("App permission granted", "to"),
     "azure_user": ("New Entra user", ""),
     "azure_service_principal": ("New service principal", ""),
+    "azure_user_sessions": ("Sessions of the user who did it", "of"),
+    "azure_sp_sign_in": ("Service principal that did it", ""),
     }
 
     @property
@@ -76,10 +80,27 @@ class AzureProvider(Provider):
         """Refuse to remove a password or certificate from a managed identity (Azure rotates their
         certificates itself): the owner's ``servicePrincipalType`` from ``enrichment``'s
         ``azure.service-principal`` facts, else read from Graph
-        (:func:`cordon.providers.azure.guard.managed_identity_refusal`)."""
-        from cordon.providers.azure.guard import managed_identity_refusal
+        (:func:`cordon.providers.azure.guard.managed_identity_refusal`); refuse to disable, as the
+        actor's own access, a managed identity or a Microsoft first-party app
+        (:func:`cordon.providers.azure.guard.actor_service_principal_refusal`)."""
+        from cordon.providers.azure.guard import actor_service_principal_refusal, managed_identity_refusal
 
-        return managed_identity_refusal(detection, clients, enrichment)
+        return managed_identity_refusal(detection, clients, enrichment) or actor_service_principal_refusal(
+            detection, clients)
+
+    def actor_access(self, detection: Any) -> Any:
+        """The user's sessions or the service principal the actor signed in as
+        (:func:`cordon.providers.azure.actor.actor_access`)."""
+        from cordon.providers.azure.actor import actor_access
+
+        return actor_access(detection)
+
+    def credential_usage(self, detection: Any, since: Any, clients: Any) -> Any:
+        """Entra sign-ins (Graph beta ``auditLogs/signIns``) with the credential since it was
+        contained (:func:`cordon.providers.azure.watch.credential_usage`)."""
+        from cordon.providers.azure.watch import credential_usage
+
+        return credential_usage(detection, since, clients)
 
     def clients(self, cloud: dict[str, Any]) -> Callable[..., Any]:
         from cordon.providers.azure.clients import azure_clients

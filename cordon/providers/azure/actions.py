@@ -80,7 +80,8 @@ ManagementGroup = Annotated[str, Field(pattern=r"^[\w.()-]{1,90}$")]
 
 OWNER_PATHS = ("credential.owner.uid", "target.uid")
 AZURE_KINDS = ("azure_sp_password", "azure_sp_key", "azure_federated_credential", "azure_role_assignment",
-               "azure_user", "azure_service_principal", "azure_directory_role", "azure_app_role_assignment")
+               "azure_user", "azure_service_principal", "azure_directory_role", "azure_app_role_assignment",
+               "azure_user_sessions", "azure_sp_sign_in")
 
 
 def odata_status(err: BaseException) -> int | None:
@@ -524,7 +525,8 @@ class DisableServicePrincipal(AzureContainmentAction):
     federated credential is presented; existing tokens live until they expire.
 
     Guard: ``object_id`` must be the detection's credential owner, target, or (for
-    ``azure_service_principal``) the credential itself; Cordon's own service principal is refused.
+    ``azure_service_principal`` and ``azure_sp_sign_in``, the service principal an actor signed in as)
+    the credential itself; Cordon's own service principal is refused.
     State: ``{object_id, app_id, display_name, account_enabled, service_principal_type}``;
     ``None`` when it does not exist (``already_contained``, ``data={"missing": True}``).
     Contained when ``account_enabled`` is false. Rollback: ``accountEnabled: true`` when it was
@@ -552,7 +554,7 @@ class DisableServicePrincipal(AzureContainmentAction):
         service_principal_type: str | None
 
     permissions = ("Application.ReadWrite.All",)
-    credential_kinds = ("azure_sp_password", "azure_sp_key", "azure_service_principal")
+    credential_kinds = ("azure_sp_password", "azure_sp_key", "azure_service_principal", "azure_sp_sign_in")
     rollback_supported = True
 
     def target(self, ctx: ActionContext) -> str:
@@ -1010,7 +1012,8 @@ class RevokeUserSessions(AzureContainmentAction):
     """Invalidate a user's refresh tokens and session cookies (Graph ``POST
     /users/{id}/revokeSignInSessions``), which resets ``signInSessionsValidFromDateTime`` to now.
 
-    Guard: ``user_id`` must be the detection's credential uid (``azure_user``) or target.
+    Guard: ``user_id`` must be the detection's credential uid (``azure_user``; ``azure_user_sessions``,
+    the user an actor signed in as) or target.
     State: ``{user_id, user_principal_name, account_enabled, sessions_valid_from}``; ``None`` when
     the user does not exist. Contained when ``sessions_valid_from`` is later than the detection's
     time (every session issued before the detection is already revoked), so a second run makes no
@@ -1038,7 +1041,7 @@ class RevokeUserSessions(AzureContainmentAction):
         revoked_since_detection: bool
 
     permissions = ("User.RevokeSessions.All", "User.Read.All")
-    credential_kinds = ("azure_user",)
+    credential_kinds = ("azure_user", "azure_user_sessions")
     rollback_supported = False
 
     def target(self, ctx: ActionContext) -> str:

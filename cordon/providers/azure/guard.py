@@ -93,5 +93,46 @@ def managed_identity_refusal(detection: Any, clients: Callable[..., Any],
             f"from {where}): Azure rotates its certificates itself; its credentials are never removed")
 
 
-__all__ = ["FACTS_ACTION", "MANAGED_IDENTITY", "SP_CREDENTIAL_KINDS", "enriched_service_principal_type",
-           "managed_identity_refusal", "read_service_principal_type"]
+#: Tenants that publish Microsoft's first-party applications (a service principal's
+#: ``appOwnerOrganizationId``): Microsoft Services and Microsoft Corp, as Microsoft's "Verify
+#: first-party Microsoft applications in sign-in reports" lists them.
+MICROSOFT_TENANTS = frozenset({"f8cdef31-a31e-4b4a-93e4-5f571e91255a", "72f988bf-86f1-41af-91ab-2d7cd011db47"})
+
+
+def actor_service_principal_refusal(detection: Any, clients: Callable[..., Any]) -> str | None:
+    """The reason to refuse disabling the service principal an actor signed in as (credential kind
+    ``azure_sp_sign_in``, :mod:`cordon.providers.azure.actor`), or ``None``: it is a managed identity
+    (``servicePrincipalType`` ``ManagedIdentity``: Azure's own, disabling it breaks its resource) or a
+    Microsoft first-party app (``appOwnerOrganizationId`` in :data:`MICROSOFT_TENANTS` and not the
+    detection's own tenant). One Graph read, ``GET /servicePrincipals/{id}?$select=id,
+    servicePrincipalType,appOwnerOrganizationId`` (servicePrincipal resource,
+    https://learn.microsoft.com/graph/api/resources/serviceprincipal?view=graph-rest-1.0); a read that
+    fails refuses nothing (the containment action reads the same object and fails on its own)."""
+    cred = detection.credential
+    if cred is None or cred.kind != "azure_sp_sign_in" or not cred.uid:
+        return None
+    run = getattr(clients, "run", None)
+    if not callable(run):
+        return None
+    try:
+        from kiota_abstractions.base_request_configuration import RequestConfiguration
+
+        builder = clients("graph").service_principals.by_service_principal_id(cred.uid)
+        query = builder.ServicePrincipalItemRequestBuilderGetQueryParameters(
+            select=["id", "servicePrincipalType", "appOwnerOrganizationId"])
+        sp = run(builder.get(request_configuration=RequestConfiguration(query_parameters=query)))
+    except Exception:  # noqa: BLE001 - unreadable: the action's own read decides
+        return None
+    who = cred.owner.name if cred.owner and cred.owner.name else cred.uid
+    if getattr(sp, "service_principal_type", None) == MANAGED_IDENTITY:
+        return f"{who} is a managed identity (servicePrincipalType ManagedIdentity, from Graph): never disabled"
+    owner_org = str(getattr(sp, "app_owner_organization_id", None) or "").lower()
+    if owner_org in MICROSOFT_TENANTS and owner_org != str(detection.account_uid or "").lower():
+        return (f"{who} is a Microsoft first-party application (appOwnerOrganizationId {owner_org}, from Graph): "
+                f"never disabled")
+    return None
+
+
+__all__ = ["FACTS_ACTION", "MANAGED_IDENTITY", "MICROSOFT_TENANTS", "SP_CREDENTIAL_KINDS",
+           "actor_service_principal_refusal", "enriched_service_principal_type", "managed_identity_refusal",
+           "read_service_principal_type"]

@@ -81,6 +81,20 @@ class GcpProvider(Provider):
         if m:
             fields.setdefault("account_uid", m.group(1))
 
+    def actor_access(self, detection: Any) -> Any:
+        """The user-managed service-account key the actor signed the call with
+        (:func:`cordon.providers.gcp.actor.actor_access`)."""
+        from cordon.providers.gcp.actor import actor_access
+
+        return actor_access(detection)
+
+    def credential_usage(self, detection: Any, since: Any, clients: Any) -> Any:
+        """Cloud Logging ``entries.list`` for calls signed with the key since it was contained
+        (:func:`cordon.providers.gcp.watch.credential_usage`)."""
+        from cordon.providers.gcp.watch import credential_usage
+
+        return credential_usage(detection, since, clients)
+
     def clients(self, cloud: dict[str, Any]) -> Callable[..., Any]:
         from cordon.providers.gcp.clients import gcp_clients
 
