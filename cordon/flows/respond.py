@@ -96,6 +96,8 @@ class IncidentPrepared(BaseModel):
 
     cases: dict[str, Prepared]
     plan: Plan | None = None
+    #: where the Slack request is (``{channel, ts}``), for a run rebuilt from the ledger
+    where: dict[str, Any] | None = None
 
 
 @functools.lru_cache(maxsize=4)
@@ -498,9 +500,8 @@ def prepare_incident_task(case_id: str, playbook: str, approval: str, cloud: dic
     ``incident``: what the message lists) and its ``plan_hash``. A member that ends here (refused,
     nothing to contain) is closed at once; the lead, which carries the incident's approval, is
     closed with the run's end."""
-    cases = {case_id: _prepare(case_id, playbook, approval, cloud)}
-    for m in members:
-        cases[m.case_id] = _prepare(m.case_id, m.playbook, approval, m.cloud or cloud)
+    cases = _prepare_all([(case_id, playbook, cloud), *((m.case_id, m.playbook, m.cloud or cloud) for m in members)],
+                         approval)
     incident_id = ledger().incident_of(case_id)
     books = {case_id: playbook, **{m.case_id: m.playbook for m in members}}
     ended = {cid for cid, prep in cases.items() if _summary_of(cid, books[cid], prep, incident_id).status}
@@ -519,6 +520,26 @@ def prepare_incident_task(case_id: str, playbook: str, approval: str, cloud: dic
     return IncidentPrepared(cases=cases, plan=plan)
 
 
+#: how many of an incident's cases are prepared at once (each mostly waits on its cloud's API)
+PREPARE_THREADS = 4
+
+
+def _prepare_all(cases: list[tuple[str, str, dict[str, Any]]], approval: str) -> dict[str, Prepared]:
+    """:func:`_prepare` for each ``(case_id, playbook, cloud)``, up to :data:`PREPARE_THREADS` at
+    once, each thread in a copy of this task's context (its run ID, its logger); returned in the
+    given order (the lead first). Raises what the first failing :func:`_prepare` raised."""
+    if len(cases) == 1:
+        (cid, pb, cl), = cases
+        return {cid: _prepare(cid, pb, approval, cl)}
+    import contextvars
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(PREPARE_THREADS, len(cases)), thread_name_prefix="cordon-prepare") as pool:
+        futures = [(cid, pool.submit(contextvars.copy_context().run, _prepare, cid, pb, approval, cl))
+                   for cid, pb, cl in cases]
+        return {cid: f.result() for cid, f in futures}
+
+
 def _incident_from_ledger(case_id: str, approval: str, members: list[Member]) -> IncidentPrepared | None:
     """A resumed incident run's pre-approval half from the ledger (see :func:`_asked_before`): the
     lead's (its ``plan.created`` is the incident's plan) and each member's."""
@@ -535,7 +556,8 @@ def _incident_from_ledger(case_id: str, approval: str, members: list[Member]) ->
         [r for r in ledger().records(case_id=case_id) if not (r.kind == "plan.created" and r.payload.get("incident"))],
         run_id, asked=False)
     cases[case_id] = own or lead.model_copy(update={"plan": None})
-    return IncidentPrepared(cases=cases, plan=lead.plan.model_copy(update={"incident": lead.plan.incident}))
+    return IncidentPrepared(cases=cases, plan=lead.plan.model_copy(update={"incident": lead.plan.incident}),
+                            where=lead.where)
 
 
 @task(name="finish incident", task_run_name="finish the incident of {case_id}", persist_result=True)
@@ -569,7 +591,7 @@ def _respond_incident(case_id: str, playbook: str, approval: str, cloud: dict[st
         lead.status = lead.status or "no_containment"
         return finish_incident(case_id, lead, others)
     waiting = [s for s in summaries.values() if s.status is None or s.case_id == case_id]
-    asked = {"decision": None, "where": _asked_before(case_id, approval).where} if resumed else \
+    asked = {"decision": None, "where": resumed.where} if resumed else \
         ask_task(case_id, playbook, prepared.cases[case_id].enrichment, plan, approval, slack or {})
     decision, gate, where = _decision(case_id, _playbook(playbook)[1], plan, asked)
     approval_view = _approval_view(decision)
