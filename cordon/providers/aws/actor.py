@@ -20,10 +20,9 @@ from __future__ import annotations
 from typing import Any
 
 from cordon.detections.model import Credential, Detection, Principal
-from cordon.providers import ActorAccess
+from cordon.providers import VALID_CLOUD_ACCOUNTS, ActorAccess, actor_detection
 
-#: ATT&CK for the actor's use of a credential it holds: Valid Accounts: Cloud Accounts
-VALID_CLOUD_ACCOUNTS = "T1078.004"
+__all__ = ["VALID_CLOUD_ACCOUNTS", "actor_access"]
 
 
 def actor_access(detection: Detection) -> ActorAccess | None:
@@ -55,7 +54,4 @@ def actor_access(detection: Detection) -> ActorAccess | None:
         playbook = "aws-actor-role-sessions"
     else:
         return None
-    derived = detection.model_copy(deep=True, update={
-        "uid": f"{detection.uid}#actor", "credential": credential, "target": owner.model_copy(),
-        "technique_ids": sorted({*detection.technique_ids, VALID_CLOUD_ACCOUNTS})})
-    return ActorAccess(detection=derived, playbook=playbook)
+    return actor_detection(detection, credential, playbook)
