@@ -23,6 +23,8 @@ pytestmark = [pytest.mark.filterwarnings("ignore:This class is deprecated:Deprec
 SP = "5b1f6a8e-4c1d-4d8e-9a8b-0c1d2e3f4a5b"
 APP = "7e2d9c1b-3a4f-4b6e-8d7c-1a2b3c4d5e6f"
 APP_ID = "aaaa0000-1111-4222-8333-444455556666"
+#: the service principal's own sign-ins, as Graph's beta sign-in log filters them
+SP_SIGN_INS = f"servicePrincipalId eq '{SP}' and signInEventTypes/any(t: t eq 'servicePrincipal')"
 KEY = "0f8e7d6c-5b4a-4938-8271-6a5b4c3d2e1f"
 APP_KEY = "1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d"
 CERT = "6b5a4c3d-2e1f-4a0b-9c8d-7e6f5a4b3c2d"
@@ -81,6 +83,8 @@ def app_pair(azure):
                              f"roleDefinitions/{OWNER}", principal_type="User")
     s.add_sign_in(APP_ID, ip="198.51.100.7", when=datetime(2024, 7, 30, 21, 50, tzinfo=UTC))
     s.add_sign_in(APP_ID, ip="198.51.100.8", status=7000215, when=datetime(2024, 7, 30, 21, 55, tzinfo=UTC))
+    # a person signing in to the app: not the service principal's own use of its credentials
+    s.add_sign_in(APP_ID, ip="198.51.100.9", user="bob@contoso.com", when=datetime(2024, 7, 30, 21, 57, tzinfo=UTC))
     s.requests.clear()
     det = azure_detection("azure_sp_password", KEY, owner=SP, owner_name="payments-api",
                           owner_type="ServicePrincipal", attributes={"appId": APP_ID})
@@ -138,8 +142,8 @@ def test_service_principal_and_its_application_in_full(azure, app_pair):
         "/providers/Microsoft.Management/managementGroups/contoso-root/providers/Microsoft.Authorization/"
         "roleAssignments"}
     assert all(r["query"]["$filter"] == f"principalId eq '{SP}'" for r in arm)
-    (signin,) = [r for r in reqs if r["path"] == "/v1.0/auditLogs/signIns"]
-    assert signin["query"]["$filter"] == f"servicePrincipalId eq '{SP}'" and signin["query"]["$top"] == "10"
+    (signin,) = [r for r in reqs if r["path"] == "/beta/auditLogs/signIns"]  # v1.0 lists user sign-ins only
+    assert signin["query"]["$filter"] == SP_SIGN_INS and signin["query"]["$top"] == "10"
     assert any(r["path"] == f"/v1.0/applications(appId='{APP_ID}')" for r in reqs)
     assert "secretText" not in json.dumps(f) and '"key"' not in json.dumps(f)
 
@@ -167,13 +171,13 @@ def test_multi_tenant_app_has_no_application_here(azure):
     assert f["publisher"]["verified"] is True and f["publisher"]["verified_publisher"]["display_name"] == "Vendor Ltd"
     assert f["credential_in_detection_present"] is False and f["credential_in_detection"] is None
     assert f["risky_permissions"] == [] and f["directory_roles"] == [] and f["rbac_role_assignments"] == []
-    assert f["sign_ins"] == {"available": True, "scope": f"servicePrincipalId eq '{SP}', newest 10", "events": []}
+    assert f["sign_ins"] == {"available": True, "scope": f"{SP_SIGN_INS}, newest 10", "events": []}
     assert f["unavailable"] == {}
 
 
 def test_sign_in_log_unavailable_is_said_not_failed(azure, app_pair):
     """A tenant without Entra ID P1/P2 answers 403 to the sign-in log: the result says so."""
-    azure.fail_next("GET /v1.0/auditLogs/signIns", 403)
+    azure.fail_next("GET /beta/auditLogs/signIns", 403)
     f = enrich(azure, "azure.service-principal", app_pair, object_id=SP)
     assert f["sign_ins"]["available"] is False and f["sign_ins"]["reason"].startswith("HTTP 403")
     assert f["risky_permissions"] and f["directory_roles"]

@@ -1447,8 +1447,10 @@ class ServicePrincipalFacts(EnrichmentAction):
       ``[{id, scope, scope_level ("management_group"|"subscription"|"resource_group"|"resource"),
       role_definition_id, role_name, principal_type}]``;
     * ``sign_ins``: ``{available: True, scope, events: [{time, ip, app_display_name, status,
-      resource, interactive}]}`` (the ``$top`` most recent, filtered by ``servicePrincipalId``) or
-      ``{available: False, reason}`` (Graph's v1.0 sign-in log needs ``AuditLog.Read.All`` and an
+      resource, interactive}]}`` (the ``$top`` most recent of the service principal's own sign-ins:
+      beta ``servicePrincipalId eq`` and ``signInEventTypes`` ``servicePrincipal``; v1.0 lists
+      interactive user sign-ins only) or
+      ``{available: False, reason}`` (Graph's sign-in log needs ``AuditLog.Read.All`` and an
       Entra ID P1/P2 tenant; otherwise 403 ``Authentication_RequestFromNonPremiumTenantOrB2CTenant``);
     * ``unavailable``: ``{section: reason}`` for every part that could not be read (403, 5xx after
       retries...): the rest is still returned.
@@ -1649,9 +1651,13 @@ class ServicePrincipalFacts(EnrichmentAction):
         limit = int(ctx.params.get("sign_in_limit", 10))
         if limit == 0:
             return {"available": False, "reason": "not asked for (sign_in_limit 0)"}
+        from cordon.providers.azure.watch import beta_sign_ins_url
+
+        # the service principal's own sign-ins: v1.0 lists interactive user sign-ins only; the
+        # event-type filter is beta's (https://learn.microsoft.com/graph/api/signin-list?view=graph-rest-beta)
+        flt = f"servicePrincipalId eq '{sp_id}' and signInEventTypes/any(t: t eq 'servicePrincipal')"
         try:
-            page = graph_run(ctx, lambda g: g.audit_logs.sign_ins.get(request_configuration=_query(
-                g.audit_logs.sign_ins, filter=f"servicePrincipalId eq '{sp_id}'", top=limit)))
+            page = graph_run(ctx, lambda g: g.audit_logs.sign_ins.with_url(beta_sign_ins_url(g, flt, limit)).get())
         except Exception as err:  # noqa: BLE001 - the sign-in log is optional; said so
             return {"available": False, "reason": _err_text(err)}
         events = []
@@ -1660,7 +1666,7 @@ class ServicePrincipalFacts(EnrichmentAction):
             events.append({"time": _iso(e.created_date_time), "ip": e.ip_address, "app_display_name":
                            e.app_display_name, "status": "success" if status == 0 else f"error {status}",
                            "resource": e.resource_display_name, "interactive": e.is_interactive})
-        return {"available": True, "scope": f"servicePrincipalId eq '{sp_id}', newest {limit}", "events": events}
+        return {"available": True, "scope": f"{flt}, newest {limit}", "events": events}
 
 
 _GUID_RE = re.compile(GUID_PATTERN)

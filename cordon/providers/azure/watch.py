@@ -93,7 +93,9 @@ def _application_app_id(clients: Any, object_id: str) -> str | None:
     return getattr(app, "app_id", None)
 
 
-def _beta_url(graph: Any, flt: str, top: int) -> str:
+def beta_sign_ins_url(graph: Any, flt: str, top: int) -> str:
+    """Graph's beta ``auditLogs/signIns`` URL on ``graph``'s host (its request adapter's base URL,
+    ``/v1.0`` replaced by ``/beta``) with ``$filter`` ``flt`` and ``$top`` ``top``."""
     base = str(graph.request_adapter.base_url).rstrip("/")
     root = base[: -len("/v1.0")] if base.endswith("/v1.0") else base
     return f"{root}/beta/auditLogs/signIns?$filter={quote(flt, safe='')}&$top={top}"
@@ -145,7 +147,7 @@ def credential_usage(detection: Any, since: datetime, clients: Any, *, limit: in
         return None
     flt, key_id = found
     graph = clients("graph")
-    url: str | None = _beta_url(graph, flt, min(limit, 1000))
+    url: str | None = beta_sign_ins_url(graph, flt, min(limit, 1000))
     out: list[dict[str, Any]] = []
     while url and len(out) < limit:
         page = clients.run(graph.audit_logs.sign_ins.with_url(url).get())
@@ -159,4 +161,4 @@ def credential_usage(detection: Any, since: datetime, clients: Any, *, limit: in
     return out[:limit]
 
 
-__all__ = ["SERVICE_PRINCIPAL_EVENTS", "USER_EVENTS", "credential_usage", "sign_in_filter"]
+__all__ = ["SERVICE_PRINCIPAL_EVENTS", "USER_EVENTS", "beta_sign_ins_url", "credential_usage", "sign_in_filter"]
