@@ -100,6 +100,9 @@ def test_corpus_entries_are_contained_in_the_sandbox(responder, gcp, rel):
     for s in summaries:
         assert s["status"] == "contained", (s.get("guard"), s["actions"])
         assert s["verified"] is True
+        # each step changed what the record added (not "contained" because nothing was found)
+        assert s["actions"] and all(a["status"] == "contained" and a["before"] != a["after"] for a in s["actions"]), \
+            s["actions"]
     assert responder.ledger.verify().ok
 
 

@@ -951,6 +951,13 @@ class GcpSandbox:
                 self.standin.ensure_service_account(email, project_of_email(email) or project)
                 report["service_accounts"].append(email)
 
+        if cred is not None and cred.kind == "gcp_iam_binding" and uid.count("#") == 2:
+            # a binding on a service account the record names under a project: the account lives
+            # there (the project in its email may differ, as in gcp-security-analytics' fixtures)
+            m = re.fullmatch(r"projects/([^/]+)/serviceAccounts/([^/]+)", uid.split("#")[0])
+            if m and m.group(1) != "-" and m.group(2).endswith("gserviceaccount.com"):
+                self.standin.ensure_service_account(m.group(2), m.group(1))
+                report["service_accounts"].append(m.group(2))
         owner = (cred.owner.uid or cred.owner.name) if cred else None
         sa(owner)
         sa(detection.target.uid or detection.target.name)
