@@ -38,6 +38,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 from azure.core.exceptions import ResourceNotFoundError
 from pydantic import Field
@@ -262,6 +263,14 @@ def graph_run(ctx: ActionContext, make: Callable[[Any], Any]) -> Any:
     if not callable(run):
         raise TypeError("ctx.clients is not an Azure client factory (no run())")
     return run(make(ctx.clients("graph")))
+
+
+def beta_sign_ins_url(graph: Any, flt: str, top: int) -> str:
+    """Graph's beta ``auditLogs/signIns`` URL on ``graph``'s host (its request adapter's base URL,
+    ``/v1.0`` replaced by ``/beta``) with ``$filter`` ``flt`` and ``$top`` ``top``."""
+    base = str(graph.request_adapter.base_url).rstrip("/")
+    root = base[: -len("/v1.0")] if base.endswith("/v1.0") else base
+    return f"{root}/beta/auditLogs/signIns?$filter={quote(flt, safe='')}&$top={top}"
 
 
 def graph_read(ctx: ActionContext, make: Callable[[Any], Any]) -> Any:
@@ -1651,8 +1660,6 @@ class ServicePrincipalFacts(EnrichmentAction):
         limit = int(ctx.params.get("sign_in_limit", 10))
         if limit == 0:
             return {"available": False, "reason": "not asked for (sign_in_limit 0)"}
-        from cordon.providers.azure.watch import beta_sign_ins_url
-
         # the service principal's own sign-ins: v1.0 lists interactive user sign-ins only; the
         # event-type filter is beta's (https://learn.microsoft.com/graph/api/signin-list?view=graph-rest-beta)
         flt = f"servicePrincipalId eq '{sp_id}' and signInEventTypes/any(t: t eq 'servicePrincipal')"

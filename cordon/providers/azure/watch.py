@@ -34,7 +34,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote
 
 #: kinds searched -> which sign-ins
 SP_KINDS = frozenset({"azure_sp_password", "azure_sp_key"})
@@ -93,14 +92,6 @@ def _application_app_id(clients: Any, object_id: str) -> str | None:
     return getattr(app, "app_id", None)
 
 
-def beta_sign_ins_url(graph: Any, flt: str, top: int) -> str:
-    """Graph's beta ``auditLogs/signIns`` URL on ``graph``'s host (its request adapter's base URL,
-    ``/v1.0`` replaced by ``/beta``) with ``$filter`` ``flt`` and ``$top`` ``top``."""
-    base = str(graph.request_adapter.base_url).rstrip("/")
-    root = base[: -len("/v1.0")] if base.endswith("/v1.0") else base
-    return f"{root}/beta/auditLogs/signIns?$filter={quote(flt, safe='')}&$top={top}"
-
-
 def _plain(value: Any) -> Any:
     """A value kiota parsed from an untyped property (``additional_data``: GUID text becomes a
     ``UUID``, a time a ``datetime``) as JSON text again; lists item by item."""
@@ -146,6 +137,8 @@ def credential_usage(detection: Any, since: datetime, clients: Any, *, limit: in
     if found is None:
         return None
     flt, key_id = found
+    from cordon.providers.azure.actions import beta_sign_ins_url
+
     graph = clients("graph")
     url: str | None = beta_sign_ins_url(graph, flt, min(limit, 1000))
     out: list[dict[str, Any]] = []
@@ -161,4 +154,4 @@ def credential_usage(detection: Any, since: datetime, clients: Any, *, limit: in
     return out[:limit]
 
 
-__all__ = ["SERVICE_PRINCIPAL_EVENTS", "USER_EVENTS", "beta_sign_ins_url", "credential_usage", "sign_in_filter"]
+__all__ = ["SERVICE_PRINCIPAL_EVENTS", "USER_EVENTS", "credential_usage", "sign_in_filter"]
