@@ -601,15 +601,15 @@ class Responder:
                                           strictness=list(strictness(ticket)),
                                           conflict_keys=ticket.conflict_keys or [k for k in [_conflict_key(ticket)]
                                                                                  if k])
-        from prefect.deployments import run_deployment
+        from cordon.deployments import create_deployment_run
 
         key = idempotency_key(ticket.case_id, ticket.attempt)
         try:
-            fr = run_deployment(deployment, parameters={
+            fr = create_deployment_run(deployment, parameters={
                 "case_id": ticket.case_id, "playbook": ticket.playbook.name, "approval": approval,
                 "cloud": params_cloud, "slack": slack, "attempt": ticket.attempt,
                 **({"members": ticket.members} if ticket.members else {})},
-                idempotency_key=key, timeout=0, as_subflow=False, tags=run_tags(ticket))
+                idempotency_key=key, tags=run_tags(ticket))
         except Exception as exc:  # noqa: BLE001 - recorded; recovery submits it again
             error = f"{type(exc).__name__}: {exc}"
             self.ledger.append("run.submit_failed", {"attempt": ticket.attempt, "idempotency_key": key,
