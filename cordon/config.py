@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -137,6 +137,26 @@ class IncidentsSection(_Strict):
     max_cases: int | None = Field(default=None, ge=2)
 
 
+class PushSourceSection(_Strict):
+    """One ``webhook.sources.<name>`` entry: who may push to ``/webhook/detections/<name>``
+    (:mod:`cordon.server.push_auth`; the secret is named by ``secret_env``, never written here)."""
+
+    kind: Literal["bearer", "api_key", "basic", "pubsub_oidc"]
+    secret_env: str | None = None
+    header: str | None = None
+    username: str | None = None
+    audience: str | None = None
+    service_account: str | None = None
+    certs_url: str | None = None
+    revoked: bool = False
+
+
+class WebhookSection(_Strict):
+    """``webhook:`` keys: ``sources``, the senders with their own credential."""
+
+    sources: dict[str, PushSourceSection] = {}
+
+
 class CordonYaml(_Strict):
     """The shape of ``cordon.yaml``: every key Cordon reads, nothing else (a misspelt key such as
     ``protected_principal:`` or ``chanel:`` is refused, not ignored). A provider's own section
@@ -151,6 +171,7 @@ class CordonYaml(_Strict):
     incidents: IncidentsSection | None = None
     slack: SlackSection | None = None
     approval: ApprovalSection | None = None
+    webhook: WebhookSection | None = None
 
 
 def shipped_rule_dirs() -> tuple[Path, ...]:

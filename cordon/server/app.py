@@ -55,6 +55,15 @@ Endpoints
     **202** (**503** with ``Retry-After`` when the dict has ``retry_after``: the detections are
     recorded but a run could not be submitted); if it raises, **500** and a ``webhook.failed`` record.
 
+``POST /webhook/detections/{source}``
+    The same for a sender declared in ``webhook.sources`` with its own credential (an EventBridge
+    API destination's API key or Basic pair, a Pub/Sub push subscription's Google-signed OIDC token,
+    a bearer token: :mod:`cordon.server.push_auth`): **404** for an undeclared source, **401**
+    (a ``webhook`` refusal with the source and the reason: ``revoked``, ``missing_credential``,
+    ``wrong_credential``, ``invalid_token``, ``wrong_audience``, ``wrong_issuer``, ``wrong_sender``,
+    ``keys_unavailable``) for a credential that does not verify; the origin is
+    ``webhook:<source>:<remote address>``.
+
 ``GET /healthz``
     ``{"ok": true}``.
 
@@ -71,7 +80,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import BackgroundTasks, FastAPI, Request
@@ -86,6 +95,8 @@ from starlette.concurrency import run_in_threadpool
 
 from cordon.audit.ledger import Ledger
 from cordon.audit.refusals import RefusalCounter
+from cordon.server.push_auth import PushSource
+from cordon.server.push_auth import verify as verify_push
 from cordon.slack.blocks import REASON_BLOCK_ID
 from cordon.slack.verify import (
     DecisionOutcome,
@@ -157,6 +168,7 @@ def create_app(
     refusals: RefusalCounter | None = None,
     open_view: Callable[[str, dict[str, Any]], Any] | None = None,
     wants_reason: Callable[[Interaction], bool] | None = None,
+    push_sources: Mapping[str, PushSource] | None = None,
 ) -> FastAPI:
     """Build the server (endpoints and their behaviour in the module docstring).
 
@@ -175,7 +187,8 @@ def create_app(
     the reason dialog (:func:`cordon.slack.blocks.deny_view`) instead of being decided, and the
     dialog's submission is decided as the Deny, with its reason. Without it, with no ``trigger_id``,
     or when ``views.open`` fails (``slack.views_open_failed``), the Deny is decided at once with the
-    reason ``no reason given``.
+    reason ``no reason given``. ``push_sources`` (:func:`cordon.server.push_auth.load_push_sources`)
+    enables ``/webhook/detections/{source}``, each source with its own credential.
     """
     if not isinstance(signing_secret, str) or not signing_secret.strip():
         raise ValueError("signing_secret must be a non-empty string")
@@ -437,11 +450,30 @@ def create_app(
                 status_code=401,
                 headers={"WWW-Authenticate": 'Bearer realm="cordon"'},
             )
+        return await accept_detections(request, f"webhook:{remote or 'unknown'}")
+
+    @app.post("/webhook/detections/{source}")
+    async def webhook_detections_from(source: str, request: Request) -> Response:
+        remote = _remote(request)
+        sender = (push_sources or {}).get(source)
+        if sender is None or on_detections is None:
+            what = f"no source {source!r}" if sender is None else "no detection handler"
+            return JSONResponse({"error": f"detection webhook disabled: {what} configured"},
+                                status_code=404 if sender is None else 503)
+        verdict = await run_in_threadpool(verify_push, sender, request.headers)
+        if not verdict.ok:
+            await refused("webhook", verdict.reason or "refused", remote, request, sender=source,
+                          detail=verdict.detail)
+            return JSONResponse({"error": "unauthorized"}, status_code=401,
+                                headers={"WWW-Authenticate": 'Bearer realm="cordon"'})
+        return await accept_detections(request, f"webhook:{source}:{remote or 'unknown'}")
+
+    async def accept_detections(request: Request, origin: str) -> Response:
+        """The verified request's body to ``on_detections``, answered as the module docstring says."""
         try:
             body = await _read_body(request, max_webhook_body)
         except _TooLarge:
             return JSONResponse({"error": f"request body over {max_webhook_body} bytes"}, status_code=413)
-        origin = f"webhook:{remote or 'unknown'}"
         try:
             result: Any = await run_in_threadpool(on_detections, body, origin)
         except Exception as exc:  # noqa: BLE001 - recorded, answered 500

@@ -21,6 +21,7 @@ from cordon.approvals.policy import require_approvers
 from cordon.audit.ledger import Ledger
 from cordon.server.app import create_app
 from cordon.server.pages import audit_pages
+from cordon.server.push_auth import load_push_sources
 
 
 def build_app(*, signing_secret: str | None = None, webhook_token: str | None = None,
@@ -29,9 +30,11 @@ def build_app(*, signing_secret: str | None = None, webhook_token: str | None = 
 
     Detections posted to the webhook are read like a file (any supported format), recorded, and
     each new case is submitted to the ``respond`` deployment with the case ID as idempotency key.
+    Senders declared under ``webhook.sources`` in ``cordon.yaml`` push to
+    ``/webhook/detections/<source>`` with their own credential (:mod:`cordon.server.push_auth`).
     Raises ``RuntimeError`` if no Slack signing secret is configured, and
     :class:`cordon.config.ConfigError` when no Slack approvers are configured
-    (:func:`cordon.approvals.policy.require_approvers`).
+    (:func:`cordon.approvals.policy.require_approvers`) or a push source's secret is not set.
     """
     from cordon.engine import Responder
 
@@ -113,7 +116,9 @@ def build_app(*, signing_secret: str | None = None, webhook_token: str | None = 
                      decide=make_decider(responder.ledger, responder.config, slack_client=slack_client,
                                          rollback=rollback),
                      webhook_token=webhook_token or os.environ.get("CORDON_WEBHOOK_TOKEN"),
-                     on_detections=on_detections, commands=_commands(responder, slack_client, cloud, slack))
+                     on_detections=on_detections, commands=_commands(responder, slack_client, cloud, slack),
+                     push_sources=load_push_sources((responder.config.raw.get("webhook") or {}).get("sources"),
+                                                    os.environ))
     app.include_router(audit_pages(responder.ledger))  # read-only audit pages: cordon/server/pages.py
     _recover_at_start(app, responder, cloud, slack)
     return app
