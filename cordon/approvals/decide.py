@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ from cordon.approvals.gate import (
     RESUMED_KIND,
     DenyEffect,
     deny_effect,
+    hold_until,
     proceeds,
     settling_claim,
 )
@@ -142,21 +144,26 @@ def prefect_resume(run_id: str, run_input: dict[str, Any]) -> None:
 class Settlement:
     """What :func:`settle` did with one decision. ``outcome``: ``resumed`` (this claim settled
     the request and Prefect accepted the resume), ``resume_failed`` (it settled it, but the resume
-    was not accepted: ``status``, ``error``), or ``lost`` (``settled_by``, an earlier claim or
-    decision record, settled it; with a Deny that lost to a proceeding decision, ``effect``).
+    was not accepted: ``status``, ``error``), ``lost`` (``settled_by``, an earlier claim or
+    decision record, settled it; with a Deny that lost to a proceeding decision, ``effect``), or
+    ``pending`` (it settles it; the resume waits for ``deliver()``, ``record`` is ``None``).
     ``claim`` is this decision's ``approval.decision`` record, ``record`` the outcome record."""
 
-    outcome: Literal["resumed", "resume_failed", "lost"]
+    outcome: Literal["resumed", "resume_failed", "lost", "pending"]
     claim: LedgerRecord
-    record: LedgerRecord
+    record: LedgerRecord | None
     settled_by: LedgerRecord | None = None
     status: str | None = None
     error: str | None = None
     effect: DenyEffect | None = None
+    #: ``pending`` (``settle(..., hold_s > 0)``): this claim settles the request; calling
+    #: ``deliver()`` waits out the hold, resumes the run and returns the ``resumed`` or
+    #: ``resume_failed`` Settlement
+    deliver: Callable[[], Settlement] | None = field(default=None, compare=False, repr=False)
 
 
 def settle(ledger: Ledger, *, case_id: str, run_id: str, plan_hash: str, run_input: dict[str, Any], actor: str,
-           resume: Resume, extra: Mapping[str, Any] | None = None) -> Settlement:
+           resume: Resume, extra: Mapping[str, Any] | None = None, hold_s: float = 0.0) -> Settlement:
     """Settle an approval request with ``run_input`` (the :class:`cordon.flows.respond.ApprovalInput`
     fields: ``decision``, ``approver``, ``plan_hash``, ``decided_at``, ...), by ledger order.
 
@@ -170,6 +177,12 @@ def settle(ledger: Ledger, *, case_id: str, run_id: str, plan_hash: str, run_inp
     3. Otherwise record ``approval.decision_lost`` (``decision_seq``, ``settled_by: {seq, decision,
        approver}``, ``resumed: false``; for a Deny that lost to a proceeding decision, ``effect``
        ``stops_containment`` or ``too_late`` with ``containment_started_seq``/``_at``).
+
+    With ``hold_s`` > 0 (an approval, ``approval.deny_window``), step 2's resume is not made here:
+    a ``pending`` Settlement is returned at once and its ``deliver()`` waits until the claim's
+    ledger time plus ``hold_s`` (:func:`cordon.approvals.gate.hold_until`), then resumes and records.
+    The caller releases its per-case lock first, so a Deny clicked inside the window is recorded
+    before the run resumes, and the resumed run does not sleep out the window in a worker slot.
 
     Safe with several processes settling at once: the chain gives every claim its own ``seq`` and
     all readers agree which is first. Raises only what :meth:`Ledger.append` raises.
@@ -185,17 +198,24 @@ def settle(ledger: Ledger, *, case_id: str, run_id: str, plan_hash: str, run_inp
     if extra and extra.get("reason") is not None:
         base["reason"] = extra["reason"]
     if first is not None and first.seq == claim.seq:
-        try:
-            resume(run_id, run_input)
-        except Exception as exc:  # noqa: BLE001 - ResumeRefused, NotPausedError, transport: recorded, told
-            status = exc.status if isinstance(exc, ResumeRefused) else "error"
-            reason = exc.reason if isinstance(exc, ResumeRefused) else f"{type(exc).__name__}: {exc}"
-            rec = ledger.append(RESUME_FAILED_KIND, {**base, "resumed": False, "status": status, "reason": reason},
+        def deliver() -> Settlement:
+            at = hold_until([claim], {"ledger_seq": claim.seq}, hold_s)
+            if at is not None and at > time.time():
+                time.sleep(at - time.time())
+            try:
+                resume(run_id, run_input)
+            except Exception as exc:  # noqa: BLE001 - ResumeRefused, NotPausedError, transport: recorded, told
+                status = exc.status if isinstance(exc, ResumeRefused) else "error"
+                reason = exc.reason if isinstance(exc, ResumeRefused) else f"{type(exc).__name__}: {exc}"
+                rec = ledger.append(RESUME_FAILED_KIND, {**base, "resumed": False, "status": status,
+                                                         "reason": reason}, case_id=case_id, run_id=run_id,
+                                    actor=actor)
+                return Settlement("resume_failed", claim, rec, status=status, error=reason)
+            rec = ledger.append(RESUMED_KIND, {**run_input, **base, "resumed": True, "status": "ACCEPT"},
                                 case_id=case_id, run_id=run_id, actor=actor)
-            return Settlement("resume_failed", claim, rec, status=status, error=reason)
-        rec = ledger.append(RESUMED_KIND, {**run_input, **base, "resumed": True, "status": "ACCEPT"},
-                            case_id=case_id, run_id=run_id, actor=actor)
-        return Settlement("resumed", claim, rec, status="ACCEPT")
+            return Settlement("resumed", claim, rec, status="ACCEPT")
+
+        return Settlement("pending", claim, None, deliver=deliver) if hold_s > 0 else deliver()
     assert first is not None  # our own claim is not void, so something settles the request
     p = first.payload
     lost: dict[str, Any] = {**base, "resumed": False,
@@ -636,7 +656,7 @@ def make_decider(ledger: Ledger, config: Config, resume: Resume | None = None, *
             return "late", upto, len(upto)
         return ("reached" if len(upto) >= quorum else "waiting"), upto, len(upto)
 
-    def settle_click(ix: Interaction, decision: str, approvers: list[str], quorum: int) -> DecisionOutcome:
+    def settle_click(ix: Interaction, decision: str, approvers: list[str], quorum: int) -> DecisionOutcome | _Deferred:
         """Settle the request with ``ix``'s decision by ledger order (:func:`settle`) and tell
         the clicker what became of it."""
         run_input = {"decision": decision, "approver": f"slack:{ix.user_id}", "approver_name": ix.user_name,
@@ -645,8 +665,17 @@ def make_decider(ledger: Ledger, config: Config, resume: Resume | None = None, *
         extra: dict[str, Any] = {"user_id": ix.user_id}
         if decision == "deny":  # the reason typed in the Deny dialog (cordon.slack.blocks.deny_view)
             extra["reason"] = ix.reason if ix.reason else NO_REASON
+        # an approval's resume waits out the deny window after the case lock is released (decide)
+        hold = settings.deny_window_seconds if decision == "approve" else 0.0
         s = settle(ledger, case_id=ix.case_id, run_id=ix.run_id, plan_hash=ix.plan_hash, run_input=run_input,
-                   actor=f"slack:{ix.user_id}", resume=resume, extra=extra)
+                   actor=f"slack:{ix.user_id}", resume=resume, extra=extra, hold_s=hold)
+        if s.outcome == "pending" and s.deliver is not None:
+            deliver = s.deliver
+            return _Deferred(lambda: told(ix, deliver(), decision, approvers))
+        return told(ix, s, decision, approvers)
+
+    def told(ix: Interaction, s: Settlement, decision: str, approvers: list[str]) -> DecisionOutcome:
+        """What the clicker is told of the settlement ``s`` of their click."""
         if s.outcome == "resumed":
             people = ", ".join(mention(u) for u in approvers)
             return DecisionOutcome(accepted=True, message=f"{decision} recorded for {ix.case_id} ({people})")
@@ -669,7 +698,7 @@ def make_decider(ledger: Ledger, config: Config, resume: Resume | None = None, *
             return f"your Deny stops the approved containment (already decided: {decided}, not yet contained)"
         return f"already decided: {decided}"
 
-    def decide_vote(ix: Interaction, case: dict[str, Any]) -> DecisionOutcome:
+    def decide_vote(ix: Interaction, case: dict[str, Any]) -> DecisionOutcome | _Deferred:
         """Approve / Deny on a waiting request (the caller holds the case lock)."""
         records = list(ledger.records(case_id=ix.case_id))
         st = request_state(records, ix.run_id, ix.plan_hash)
@@ -778,6 +807,17 @@ def make_decider(ledger: Ledger, config: Config, resume: Resume | None = None, *
         with case_lock(ix.case_id):
             if ix.decision == "rollback":
                 return decide_rollback(ix, case)
-            return decide_vote(ix, case)
+            outcome = decide_vote(ix, case)
+        # an approval that settled the request: recorded under the lock, resumed after the deny
+        # window outside it (a Deny on this replica is not held up behind the wait)
+        return outcome.finish() if isinstance(outcome, _Deferred) else outcome
 
     return decide
+
+
+@dataclass(frozen=True)
+class _Deferred:
+    """A decision whose resume is still to be delivered: ``finish()`` delivers it and returns what
+    the clicker is told."""
+
+    finish: Callable[[], DecisionOutcome]
