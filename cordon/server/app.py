@@ -64,6 +64,11 @@ Endpoints
     ``keys_unavailable``) for a credential that does not verify; the origin is
     ``webhook:<source>:<remote address>``.
 
+``GET /metrics``
+    Prometheus metrics (:mod:`cordon.server.metrics`), read from the ledger at scrape time.
+    Requires ``Authorization: Bearer <metrics_token>``: **503** with no token configured, **401**
+    (a ``metrics`` refusal) otherwise.
+
 ``GET /healthz``
     ``{"ok": true}``.
 
@@ -80,7 +85,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from fastapi import BackgroundTasks, FastAPI, Request
@@ -169,6 +174,8 @@ def create_app(
     open_view: Callable[[str, dict[str, Any]], Any] | None = None,
     wants_reason: Callable[[Interaction], bool] | None = None,
     push_sources: Mapping[str, PushSource] | None = None,
+    metrics_token: str | None = None,
+    metrics_extra: Iterable[Any] = (),
 ) -> FastAPI:
     """Build the server (endpoints and their behaviour in the module docstring).
 
@@ -188,7 +195,9 @@ def create_app(
     dialog's submission is decided as the Deny, with its reason. Without it, with no ``trigger_id``,
     or when ``views.open`` fails (``slack.views_open_failed``), the Deny is decided at once with the
     reason ``no reason given``. ``push_sources`` (:func:`cordon.server.push_auth.load_push_sources`)
-    enables ``/webhook/detections/{source}``, each source with its own credential.
+    enables ``/webhook/detections/{source}``, each source with its own credential;
+    ``metrics_token`` enables ``/metrics`` (:mod:`cordon.server.metrics`, plus the families of the
+    ``metrics_extra`` collectors).
     """
     if not isinstance(signing_secret, str) or not signing_secret.strip():
         raise ValueError("signing_secret must be a non-empty string")
@@ -485,6 +494,21 @@ def create_app(
             # recorded, but a run could not be submitted (Prefect unreachable): 503, resend later
             return JSONResponse(result, status_code=503, headers={"Retry-After": str(result["retry_after"])})
         return JSONResponse(result, status_code=202)
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        if metrics_token is None:
+            return JSONResponse({"error": "metrics disabled: no metrics token configured"}, status_code=503)
+        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+        if not (scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode("utf-8"),
+                                                                   metrics_token.encode("utf-8"))):
+            await refused("metrics", "wrong_token" if presented else "missing_token", _remote(request), request)
+            return JSONResponse({"error": "unauthorized"}, status_code=401,
+                                headers={"WWW-Authenticate": 'Bearer realm="cordon"'})
+        from cordon.server.metrics import metrics_text
+
+        body, content_type = await run_in_threadpool(metrics_text, ledger, metrics_extra)
+        return Response(body, media_type=content_type)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, bool]:

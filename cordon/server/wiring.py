@@ -2,7 +2,8 @@
 
 Environment: ``CORDON_SLACK_SIGNING_SECRET`` (required for the Slack endpoint),
 ``CORDON_WEBHOOK_TOKEN`` (the detection webhook's bearer token; without it the webhook answers
-401/503), ``CORDON_SUBMIT_THREADS`` (a posted batch's cases submitted at once; default 8),
+401/503), ``CORDON_METRICS_TOKEN`` (the bearer token Prometheus presents at ``/metrics``; without
+it ``/metrics`` answers 503), ``CORDON_SUBMIT_THREADS`` (a posted batch's cases submitted at once; default 8),
 ``CORDON_DATABASE_URL``, ``CORDON_CONFIG``, ``PREFECT_API_URL`` (the Prefect server the
 ``respond`` deployment and its workers use), ``CORDON_SLACK_API_URL`` (a Slack stand-in, for
 rehearsals), ``CORDON_AUDIT_USERS`` / ``CORDON_AUDIT_PROXY_SECRET`` (who may read the audit
@@ -118,7 +119,8 @@ def build_app(*, signing_secret: str | None = None, webhook_token: str | None = 
                      webhook_token=webhook_token or os.environ.get("CORDON_WEBHOOK_TOKEN"),
                      on_detections=on_detections, commands=_commands(responder, slack_client, cloud, slack),
                      push_sources=load_push_sources((responder.config.raw.get("webhook") or {}).get("sources"),
-                                                    os.environ))
+                                                    os.environ),
+                     metrics_token=os.environ.get("CORDON_METRICS_TOKEN") or None)
     app.include_router(audit_pages(responder.ledger))  # read-only audit pages: cordon/server/pages.py
     _recover_at_start(app, responder, cloud, slack)
     return app
