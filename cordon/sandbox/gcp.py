@@ -21,6 +21,14 @@
   (https://cloud.google.com/logging/docs/view/logging-query-language): ``FIELD:"v"`` (has: the value
   inside the field's text), ``FIELD="v"``, and ``timestamp`` with ``>=``, ``>``, ``<=``, ``<``; any
   other expression is 400 ``INVALID_ARGUMENT``;
+* Pub/Sub v1 (https://cloud.google.com/pubsub/docs/reference/rest): ``projects.topics``
+  ``create`` (PUT) / ``publish``, ``projects.subscriptions`` ``create`` (PUT, ``topic``,
+  ``ackDeadlineSeconds`` 10-600, default 10) / ``pull`` (``maxMessages``; each message gets an
+  ``ackId`` and ``deliveryAttempt``, and is delivered again once its ack deadline passes
+  unacknowledged) / ``acknowledge`` / ``modifyAckDeadline`` (``ackDeadlineSeconds`` 0 hands it
+  back at once). A publish fans out to every subscription of the topic; messages get
+  ``messageId`` and ``publishTime``. ``pull`` answers at once (``{}`` when nothing is due), as
+  with ``returnImmediately``;
 * an OAuth 2.0 token endpoint, ``POST /token``, for the JWT-bearer grant
   (``urn:ietf:params:oauth:grant-type:jwt-bearer``, RFC 7523) that
   ``google.oauth2.service_account.Credentials`` sends: the assertion's ``iss`` must be a
@@ -59,6 +67,7 @@ from __future__ import annotations
 import base64
 import copy
 import hashlib
+import itertools
 import json
 import re
 import secrets
@@ -76,7 +85,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 DEFAULT_PROJECT = "cordon-sandbox"
 CORDON_SA_NAME = "cordon-responder"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
-APIS = ("iam", "cloudresourcemanager", "apikeys", "oslogin", "storage", "logging")
+APIS = ("iam", "cloudresourcemanager", "apikeys", "oslogin", "storage", "logging", "pubsub")
 #: ``servicePath`` of each API's discovery document (only Storage has one).
 SERVICE_PATHS = {"storage": "storage/v1/"}
 EMPTY_ETAG = "ACAB"  # what the real APIs answer for an empty policy
@@ -183,6 +192,12 @@ class GcpStandIn:
         self.log_entries: list[dict[str, Any]] = []
         #: the most entries one ``entries.list`` page holds (the API's own cap is 1000)
         self.log_page_size = 1000
+        #: Pub/Sub: topic name -> its subscriptions' names; subscription name -> its state
+        #: (``topic``, ``ackDeadlineSeconds``, ``queue`` of messages due, ``outstanding`` by ackId:
+        #: ``(message, deadline epoch s, deliveryAttempt)``)
+        self.topics: dict[str, list[str]] = {}
+        self.subscriptions: dict[str, dict[str, Any]] = {}
+        self._message_ids = itertools.count(1_000_001)
         self.requests: list[dict[str, Any]] = []
         self._failures: list[dict[str, Any]] = []
         self._hooks: list[tuple[str, Callable[[GcpStandIn], None]]] = []
@@ -220,6 +235,8 @@ class GcpStandIn:
                 store.clear()
             self.log_entries.clear()
             self.log_page_size = 1000
+            self.topics.clear()
+            self.subscriptions.clear()
             self.requests.clear()
             self._failures.clear()
             self._hooks.clear()
@@ -479,7 +496,8 @@ class GcpStandIn:
                 hook(self)
             sub = path.strip("/").split("/", 1)[1] if "/" in path.strip("/") else ""
             handler = {"iam": self._iam, "cloudresourcemanager": self._crm, "apikeys": self._apikeys,
-                       "oslogin": self._oslogin, "storage": self._storage, "logging": self._logging}.get(api)
+                       "oslogin": self._oslogin, "storage": self._storage, "logging": self._logging,
+                       "pubsub": self._pubsub}.get(api)
             if handler is None:
                 raise ApiError(404, "NOT_FOUND", f"no API at /{api}")
             with self._lock:
@@ -703,6 +721,84 @@ class GcpStandIn:
         if start + size < len(found):
             out["nextPageToken"] = str(start + size)
         return 200, out
+
+    def _pubsub(self, method: str, sub: str, query: dict[str, Any], body: dict[str, Any]) -> tuple[int, Any]:
+        """Pub/Sub v1 topics and subscriptions (module docstring)."""
+        m = re.fullmatch(r"v1/(projects/[^/]+/(topics|subscriptions)/[^/:]+)(?::(\w+))?", sub)
+        if not m:
+            raise ApiError(404, "NOT_FOUND", f"unknown Pub/Sub path {sub}")
+        name, kind, verb = m.groups()
+        if kind == "topics":
+            if method == "PUT" and verb is None:
+                if name in self.topics:
+                    raise ApiError(409, "ALREADY_EXISTS", "Resource already exists in the project")
+                self.topics[name] = []
+                return 200, {"name": name}
+            if method == "POST" and verb == "publish":
+                if name not in self.topics:
+                    raise ApiError(404, "NOT_FOUND", f"Resource not found (resource={name}).")
+                ids = []
+                for msg in body.get("messages") or []:
+                    mid = str(next(self._message_ids))
+                    stored = {"data": msg.get("data", ""), "attributes": dict(msg.get("attributes") or {}),
+                              "messageId": mid, "publishTime": _rfc3339(_now())}
+                    for sname in self.topics[name]:
+                        self.subscriptions[sname]["queue"].append(copy.deepcopy(stored))
+                    ids.append(mid)
+                return 200, {"messageIds": ids}
+            raise ApiError(404, "NOT_FOUND", f"unknown Pub/Sub topic call {method} {sub}")
+        if method == "PUT" and verb is None:
+            topic = body.get("topic")
+            if topic not in self.topics:
+                raise ApiError(404, "NOT_FOUND", f"Resource not found (resource={topic}).")
+            if name in self.subscriptions:
+                raise ApiError(409, "ALREADY_EXISTS", "Resource already exists in the project")
+            deadline = int(body.get("ackDeadlineSeconds") or 10)
+            if not 10 <= deadline <= 600:
+                raise ApiError(400, "INVALID_ARGUMENT", "ackDeadlineSeconds must be between 10 and 600")
+            self.subscriptions[name] = {"topic": topic, "ackDeadlineSeconds": deadline, "queue": [],
+                                        "outstanding": {}, "attempts": {}}
+            self.topics[topic].append(name)
+            return 200, {"name": name, "topic": topic, "ackDeadlineSeconds": deadline}
+        state = self.subscriptions.get(name)
+        if state is None:
+            raise ApiError(404, "NOT_FOUND", f"Resource not found (resource={name}).")
+        now = time.time()
+        if verb == "pull" and method == "POST":
+            for ack_id, (msg, due, _n) in list(state["outstanding"].items()):
+                if due <= now:  # the ack deadline passed: delivered again
+                    del state["outstanding"][ack_id]
+                    state["queue"].insert(0, msg)
+            most = max(1, int(body.get("maxMessages") or 1))
+            out = []
+            while state["queue"] and len(out) < most:
+                msg = state["queue"].pop(0)
+                attempt = state["attempts"].get(msg["messageId"], 0) + 1
+                state["attempts"][msg["messageId"]] = attempt
+                ack_id = f"{msg['messageId']}-{attempt}-{secrets.token_hex(4)}"
+                state["outstanding"][ack_id] = (msg, now + state["ackDeadlineSeconds"], attempt)
+                out.append({"ackId": ack_id, "message": copy.deepcopy(msg), "deliveryAttempt": attempt})
+            return 200, ({"receivedMessages": out} if out else {})
+        if verb == "acknowledge" and method == "POST":
+            for ack_id in body.get("ackIds") or []:
+                state["outstanding"].pop(ack_id, None)  # an expired or unknown ackId is ignored, as the API does
+            return 200, {}
+        if verb == "modifyAckDeadline" and method == "POST":
+            seconds = int(body.get("ackDeadlineSeconds") or 0)
+            if not 0 <= seconds <= 600:
+                raise ApiError(400, "INVALID_ARGUMENT", "ackDeadlineSeconds must be between 0 and 600")
+            for ack_id in body.get("ackIds") or []:
+                if ack_id in state["outstanding"]:
+                    msg, _due, n = state["outstanding"][ack_id]
+                    state["outstanding"][ack_id] = (msg, now + seconds, n)
+            return 200, {}
+        raise ApiError(404, "NOT_FOUND", f"unknown Pub/Sub subscription call {method} {sub}")
+
+    def pubsub_backlog(self, subscription: str) -> int:
+        """Messages of ``subscription`` not yet acknowledged (due and outstanding)."""
+        with self._lock:
+            state = self.subscriptions.get(subscription) or {"queue": [], "outstanding": {}}
+            return len(state["queue"]) + len(state["outstanding"])
 
     def _storage(self, method: str, sub: str, query: dict[str, Any], body: dict[str, Any]) -> tuple[int, Any]:
         m = re.fullmatch(r"storage/v1/projects/([^/]+)/hmacKeys/([^/]+)", sub)
