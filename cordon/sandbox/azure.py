@@ -30,6 +30,12 @@ assignments and the Microsoft identity platform token endpoint.
     ``roleDefinitionId``, ``directoryScopeId`` with ``eq`` / ``and``; any other filter is 400) and
     ``GET/DELETE .../roleAssignments/{id}`` (``unifiedRoleAssignment``);
   - ``GET /v1.0/auditLogs/signIns`` (``$filter`` ``servicePrincipalId`` / ``appId`` ``eq``, ``$top``);
+  - ``GET /v1.0/auditLogs/directoryAudits`` (List directoryAudits,
+    https://learn.microsoft.com/graph/api/directoryaudit-list?view=graph-rest-1.0) over the records a
+    test adds (:meth:`AzureStandIn.add_directory_audits`, the Graph JSON as given): ``$filter`` of
+    ``activityDateTime ge|gt|le|lt <time>`` clauses joined by ``and`` (any other clause is 400),
+    newest first, ``$top`` (at most :attr:`AzureStandIn.page_size`) a page, ``@odata.nextLink`` with a
+    ``$skiptoken``;
   - ``GET /beta/auditLogs/signIns`` (List signIns, beta: https://learn.microsoft.com/graph/api/signin-list?
     view=graph-rest-beta): the beta signIn shape (``signInEventTypes``, ``servicePrincipalCredentialKeyId``);
     ``$filter`` of clauses joined by ``and``: ``appId`` / ``servicePrincipalId`` / ``userId`` /
@@ -258,6 +264,8 @@ class AzureStandIn:
         self.oauth2_grants: dict[str, dict[str, Any]] = {}
         self.directory_role_assignments: dict[str, dict[str, Any]] = {}
         self.sign_ins: list[dict[str, Any]] = []
+        #: Entra audit log records (Graph ``directoryAudit`` JSON) served by ``auditLogs/directoryAudits``
+        self.directory_audits: list[dict[str, Any]] = []
         self.requests: list[dict[str, Any]] = []
         #: page size of ``GET .../appRoleAssignments`` without ``$top`` (Graph's default: 100).
         self.page_size = 100
@@ -316,7 +324,8 @@ class AzureStandIn:
         with self._lock:
             for store in (self.clients, self.tokens, self.applications, self.service_principals, self.owners,
                           self.users, self.federated, self.role_assignments, self.app_role_assignments,
-                          self.oauth2_grants, self.directory_role_assignments, self.sign_ins):
+                          self.oauth2_grants, self.directory_role_assignments, self.sign_ins,
+                          self.directory_audits):
                 store.clear()
             self.requests.clear()
             self._failures.clear()
@@ -738,6 +747,8 @@ class AzureStandIn:
             return self._graph_sign_ins(method, query)
         if path == "/beta/auditLogs/signIns":
             return self._graph_beta_sign_ins(method, query)
+        if path == "/v1.0/auditLogs/directoryAudits":
+            return self._graph_directory_audits(method, query)
         m = re.fullmatch(r"/v1\.0/(servicePrincipals|applications|users)/([^/]+)(?:/(.+))?", path)
         if not m:
             raise ApiError(400, "BadRequest", f"Resource not found for the segment '{path}'.")
@@ -973,6 +984,39 @@ class AzureStandIn:
             out["@odata.nextLink"] = f"{self.graph_url}/beta/auditLogs/signIns?" + "&".join(
                 f"{k}={quote(v, safe='')}" for k, v in params.items() if v)
         return 200, out
+
+    def _graph_directory_audits(self, method: str, query: dict[str, str]) -> tuple[int, Any]:
+        """``GET /v1.0/auditLogs/directoryAudits`` (module docstring)."""
+        if method != "GET":
+            raise ApiError(405, "Request_BadRequest", f"{method} auditLogs/directoryAudits")
+        tests = []
+        for clause in _split_and(query.get("$filter") or ""):
+            bare = clause[1:-1].strip() if clause.startswith("(") and clause.endswith(")") else clause
+            m = re.fullmatch(r"activityDateTime\s+(ge|gt|le|lt)\s+(\S+)", bare)
+            bound = _parse_graph_time(m.group(2)) if m else None
+            if m is None or bound is None:
+                raise ApiError(400, "Request_UnsupportedQuery",
+                               f"Unsupported or invalid query filter clause specified for property '{clause}'.")
+            cmp = {"ge": lambda a, b: a >= b, "gt": lambda a, b: a > b, "le": lambda a, b: a <= b,
+                   "lt": lambda a, b: a < b}[m.group(1)]
+            tests.append(lambda e, cmp=cmp, bound=bound: cmp(_parse_graph_time(e["activityDateTime"]), bound))
+        found = [copy.deepcopy(e) for e in self.directory_audits if all(t(e) for t in tests)]
+        found.sort(key=lambda e: _parse_graph_time(e["activityDateTime"]), reverse=True)
+        top = max(1, min(int(query.get("$top") or 1000), 1000, self.page_size))
+        start = int(query.get("$skiptoken") or 0)
+        out: dict[str, Any] = {"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#auditLogs/directoryAudits",
+                               "value": found[start:start + top]}
+        if start + top < len(found):
+            params = {"$filter": query.get("$filter") or "", "$top": str(top), "$skiptoken": str(start + top)}
+            out["@odata.nextLink"] = f"{self.graph_url}/v1.0/auditLogs/directoryAudits?" + "&".join(
+                f"{k}={quote(v, safe='')}" for k, v in params.items() if v)
+        return 200, out
+
+    def add_directory_audits(self, *records: dict[str, Any]) -> None:
+        """Add Entra audit log records (Graph ``directoryAudit`` JSON, each with ``id`` and
+        ``activityDateTime``) for ``auditLogs/directoryAudits`` to serve."""
+        with self._lock:
+            self.directory_audits.extend(copy.deepcopy(list(records)))
 
     def _graph_user(self, method: str, oid: str, sub: str | None) -> tuple[int, Any]:
         # Graph addresses a user by object id or by userPrincipalName
