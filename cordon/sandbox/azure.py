@@ -53,6 +53,12 @@ assignments and the Microsoft identity platform token endpoint.
     and ``GET /{scope}/providers/Microsoft.Authorization/roleAssignments`` (list: assignments at,
     above and below the scope, as ARM's list without ``$filter=atScope()`` does; ``$filter=principalId
     eq '<guid>'`` is honoured, any other filter is 400);
+  - the Activity Log, ``GET /subscriptions/{id}/providers/Microsoft.Insights/eventtypes/management/values``
+    (Activity Logs - List, api-version 2015-04-01,
+    https://learn.microsoft.com/rest/api/monitor/activity-logs/list) over the events a test adds
+    (:meth:`AzureStandIn.add_activity_events`): ``$filter`` of ``eventTimestamp ge|le '<time>'``
+    joined by ``and`` (at least one; anything else is 400), the subscription's events newest first,
+    :attr:`AzureStandIn.page_size` a page, ``nextLink`` with a ``$skipToken``;
   - the token endpoint ``POST /{tenant}/oauth2/v2.0/token`` (client-credentials grant,
     https://learn.microsoft.com/entra/identity-platform/v2-oauth2-client-creds-grant-flow) and the
     OpenID configuration MSAL reads first, ``GET /{tenant}/v2.0/.well-known/openid-configuration``.
@@ -98,6 +104,9 @@ DEFAULT_SUBSCRIPTION = "00000000-0000-4000-8000-00000000ab12"
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 ARM_SCOPE = "https://management.azure.com/.default"
 RA_API_VERSION = "2022-04-01"
+#: the Activity Log list (Activity Logs - List, api-version 2015-04-01)
+ACTIVITY_PATH = "/providers/Microsoft.Insights/eventtypes/management/values"
+ACTIVITY_API_VERSION = "2015-04-01"
 RA_SEGMENT = "/providers/microsoft.authorization/roleassignments/"
 #: Microsoft Graph's well-known appId, and the object id the stand-in gives its service principal.
 GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
@@ -266,6 +275,8 @@ class AzureStandIn:
         self.sign_ins: list[dict[str, Any]] = []
         #: Entra audit log records (Graph ``directoryAudit`` JSON) served by ``auditLogs/directoryAudits``
         self.directory_audits: list[dict[str, Any]] = []
+        #: Azure Activity Log events (REST ``EventData`` JSON) served by the Activity Log list
+        self.activity_events: list[dict[str, Any]] = []
         self.requests: list[dict[str, Any]] = []
         #: page size of ``GET .../appRoleAssignments`` without ``$top`` (Graph's default: 100).
         self.page_size = 100
@@ -325,7 +336,7 @@ class AzureStandIn:
             for store in (self.clients, self.tokens, self.applications, self.service_principals, self.owners,
                           self.users, self.federated, self.role_assignments, self.app_role_assignments,
                           self.oauth2_grants, self.directory_role_assignments, self.sign_ins,
-                          self.directory_audits):
+                          self.directory_audits, self.activity_events):
                 store.clear()
             self.requests.clear()
             self._failures.clear()
@@ -1012,6 +1023,40 @@ class AzureStandIn:
                 f"{k}={quote(v, safe='')}" for k, v in params.items() if v)
         return 200, out
 
+    def _activity_log(self, method: str, path: str, query: dict[str, str]) -> tuple[int, Any]:
+        """``GET /subscriptions/{id}/providers/Microsoft.Insights/eventtypes/management/values``
+        (module docstring)."""
+        if method != "GET" or query.get("api-version") != ACTIVITY_API_VERSION:
+            raise ApiError(400, "InvalidApiVersionParameter", f"api-version {query.get('api-version')} not served")
+        sub = path.split("/")[2].lower() if path.lower().startswith("/subscriptions/") else ""
+        tests = []
+        for clause in _split_and(query.get("$filter") or ""):
+            m = re.fullmatch(r"eventTimestamp\s+(ge|le)\s+'([^']+)'", clause.strip())
+            bound = _parse_graph_time(m.group(2)) if m else None
+            if m is None or bound is None:
+                raise ApiError(400, "BadRequest", f"The filter clause '{clause}' is not supported by the stand-in.")
+            cmp = (lambda a, b: a >= b) if m.group(1) == "ge" else (lambda a, b: a <= b)
+            tests.append(lambda e, cmp=cmp, bound=bound: cmp(_parse_graph_time(e["eventTimestamp"]), bound))
+        if not tests:
+            raise ApiError(400, "BadRequest", "The $filter must name an eventTimestamp range.")
+        found = [copy.deepcopy(e) for e in self.activity_events
+                 if str(e.get("subscriptionId", "")).lower() == sub and all(t(e) for t in tests)]
+        found.sort(key=lambda e: _parse_graph_time(e["eventTimestamp"]), reverse=True)
+        start = int(query.get("$skipToken") or 0)
+        out: dict[str, Any] = {"value": found[start:start + self.page_size]}
+        if start + self.page_size < len(found):
+            params = {"api-version": ACTIVITY_API_VERSION, "$filter": query.get("$filter") or "",
+                      "$skipToken": str(start + self.page_size)}
+            out["nextLink"] = f"{self.arm_url}{path}?" + "&".join(f"{k}={quote(v, safe='')}"
+                                                                  for k, v in params.items())
+        return 200, out
+
+    def add_activity_events(self, *events: dict[str, Any]) -> None:
+        """Add Activity Log events (the REST ``EventData`` JSON, each with ``eventTimestamp`` and
+        ``subscriptionId``) for the Activity Log list to serve."""
+        with self._lock:
+            self.activity_events.extend(copy.deepcopy(list(events)))
+
     def add_directory_audits(self, *records: dict[str, Any]) -> None:
         """Add Entra audit log records (Graph ``directoryAudit`` JSON, each with ``id`` and
         ``activityDateTime``) for ``auditLogs/directoryAudits`` to serve."""
@@ -1033,6 +1078,8 @@ class AzureStandIn:
 
     # -- ARM role assignments ----------------------------------------------------------------------
     def _arm_api(self, method: str, path: str, query: dict[str, str], body: Any) -> tuple[int, Any]:
+        if path.lower().endswith(ACTIVITY_PATH.lower()):
+            return self._activity_log(method, path, query)
         if query.get("api-version") != RA_API_VERSION:
             raise ApiError(400, "InvalidApiVersionParameter", f"api-version {query.get('api-version')} not served")
         lower = path.lower()

@@ -143,8 +143,9 @@ class AzureClients(ClientFactory):
 def azure_clients(cloud: dict[str, Any] | None = None) -> AzureClients:
     """A factory ``clients(service) -> SDK client`` for ``cloud`` (see module doc).
 
-    ``service`` is ``"graph"`` (``msgraph.GraphServiceClient``) or ``"authorization"``
-    (``AuthorizationManagementClient``); anything else raises ``ValueError``. Clients are built
+    ``service`` is ``"graph"`` (``msgraph.GraphServiceClient``), ``"authorization"``
+    (``AuthorizationManagementClient``) or ``"monitor"`` (``MonitorManagementClient``: the Activity
+    Log); anything else raises ``ValueError``. Clients are built
     once per factory (the Graph client is bound to the factory's private loop; the ARM client's
     requests session is used from one thread at a time by the actions).
 
@@ -156,7 +157,7 @@ def azure_clients(cloud: dict[str, Any] | None = None) -> AzureClients:
     run when the factory is garbage-collected or at interpreter exit, via ``weakref.finalize``).
     Raises ``ValueError`` for client-secret params without a client id, a secret in the parameters or not in the
     environment (:func:`client_secret_from_env`), and for
-    ``"authorization"`` with no subscription id.
+    ``"authorization"`` / ``"monitor"`` with no subscription id.
     """
     from azure.identity import ClientSecretCredential, DefaultAzureCredential
     from azure.identity.aio import ClientSecretCredential as AioClientSecretCredential
@@ -208,15 +209,17 @@ def azure_clients(cloud: dict[str, Any] | None = None) -> AzureClients:
             if service not in cache:
                 if service == "graph":
                     cache[service] = build_graph()
-                elif service == "authorization":
-                    from azure.mgmt.authorization import AuthorizationManagementClient
-
+                elif service in ("authorization", "monitor"):
                     if not subscription:
                         raise ValueError("no subscription id (cloud['subscription_id'] or AZURE_SUBSCRIPTION_ID)")
-                    cache[service] = AuthorizationManagementClient(
-                        sync_cred, subscription, base_url=arm_url, credential_scopes=[ARM_SCOPE], **tls)
+                    if service == "authorization":
+                        from azure.mgmt.authorization import AuthorizationManagementClient as Arm
+                    else:
+                        from azure.mgmt.monitor import MonitorManagementClient as Arm
+                    cache[service] = Arm(sync_cred, subscription, base_url=arm_url, credential_scopes=[ARM_SCOPE],
+                                         **tls)
                 else:
-                    raise ValueError(f"unknown Azure service {service!r} (known: graph, authorization)")
+                    raise ValueError(f"unknown Azure service {service!r} (known: graph, authorization, monitor)")
             return cache[service]
 
     state = {"closed": False}
@@ -238,7 +241,7 @@ def azure_clients(cloud: dict[str, Any] | None = None) -> AzureClients:
             loop.run(aclose(), timeout=10)
         except Exception:  # noqa: BLE001, S110 - closing on the way out
             pass
-        for obj in (cache.get("authorization"), sync_cred):
+        for obj in (cache.get("authorization"), cache.get("monitor"), sync_cred):
             try:
                 if obj is not None:
                     obj.close()
