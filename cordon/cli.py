@@ -29,6 +29,9 @@ config_app = typer.Typer(help="Check cordon.yaml and what it names.", no_args_is
 app.add_typer(config_app, name="config")
 db_app = typer.Typer(help="The ledger database's schema (Alembic) and grants.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+from cordon.cli_sensor import sensor_app  # noqa: E402 - list / run / status live there
+
+app.add_typer(sensor_app, name="sensor")
 
 out = Console(soft_wrap=True, highlight=False)
 err = Console(stderr=True, soft_wrap=True, highlight=False)

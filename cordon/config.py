@@ -172,6 +172,8 @@ class CordonYaml(_Strict):
     slack: SlackSection | None = None
     approval: ApprovalSection | None = None
     webhook: WebhookSection | None = None
+    #: ``sensors.<name>``: each sensor's settings, checked by its own model (cordon.sensors)
+    sensors: dict[str, dict[str, Any]] = {}
 
 
 def shipped_rule_dirs() -> tuple[Path, ...]:

@@ -170,6 +170,13 @@ class Responder:
         """The same for one input held in memory (the detection webhook's body)."""
         return self._intake(read_bytes(origin, body))
 
+    def intake_records(self, items: Iterable[tuple[str, bytes]]) -> IntakeReport:
+        """The same for several inputs held in memory, ``(origin, body)`` each (what a sensor read
+        in one pass), in one intake: one actor's burst across them is grouped as in one file."""
+        from itertools import chain
+
+        return self._intake(chain.from_iterable(read_bytes(origin, body) for origin, body in items))
+
     def _intake(self, records: Iterable[Any]) -> IntakeReport:
         report = IntakeReport()
         stats = DetectStats()
@@ -565,6 +572,49 @@ class Responder:
                 for m in incidents.get(ticket.case_id, []):
                     yield answered.get(m.case_id) or {**self.summary_without_run(m), "status": summary.get("status"),
                                                       **({"error": summary["error"]} if summary.get("error") else {})}
+
+    def submit_report(self, report: IntakeReport, *, cloud: dict[str, Any] | None = None,
+                      slack: dict[str, Any] | None = None, threads: int = 8) -> list[dict[str, Any]]:
+        """Answer an intake's new cases on the ``respond`` deployment, with Slack approval: what
+        the detection webhook and the sensors do with what they received.
+
+        A new case of an incident whose run still waits in the queue joins that run
+        (:meth:`join_queued`); the new cases of one actor's incident left are answered by one run,
+        its lead's (:meth:`group_incidents`); each lead is submitted (:meth:`submit`), up to
+        ``threads`` at once (each a few round trips to Prefect and the ledger), each in a copy of
+        this context (Prefect's settings). A joined case whose run is gone (a resent detection after
+        a failed submit) is submitted again. Returns one summary per new case in the report's
+        order, then the resubmitted joined cases'."""
+        from cordon.recovery import DEPLOYMENT, servable
+
+        queued = self.join_queued(report.cases, "slack", params_of=lambda t: cloud)
+        fresh = [t for t in report.cases if t.case_id not in queued]
+        incidents = self.group_incidents(fresh, params_of=lambda t: cloud)
+        members = {m.case_id for group in incidents.values() for m in group}
+        leads = [t for t in fresh if t.case_id not in members]
+        if len(leads) > 1:
+            import contextvars
+            from concurrent.futures import ThreadPoolExecutor
+
+            def one(ticket: CaseTicket) -> dict[str, Any]:
+                return self.submit(ticket, cloud=cloud, slack=slack)
+
+            runs = [(contextvars.copy_context(), t) for t in leads]
+            with ThreadPoolExecutor(min(max(1, threads), len(runs)), thread_name_prefix="cordon-submit") as pool:
+                cases = list(pool.map(lambda run: run[0].run(one, run[1]), runs))
+        else:
+            cases = [self.submit(t, cloud=cloud, slack=slack) for t in leads]
+        answered = {c["case_id"]: c for c in cases}
+        for c in list(answered.values()):
+            answered.update({m.case_id: self.member_summary(c, m) for m in incidents.get(c["case_id"], [])})
+        answered.update({t.case_id: self.joined_summary(queued[t.case_id], t)
+                         for t in report.cases if t.case_id in queued})
+        out = [answered[t.case_id] for t in report.cases]  # the report's order
+        for t in report.joined:
+            if t.run and t.check is not None and not servable(t.check, modes=("slack", "auto"), where=DEPLOYMENT):
+                out.append(self.submit(t, cloud=cloud if cloud is not None else t.check.cloud,
+                                       slack=slack, approval=t.mode or "slack"))
+        return out
 
     def manual(self, playbook: str, params: dict[str, Any], requested_by: dict[str, Any], approval: str = "console",
                stand_ins: Any = None, cloud: dict[str, Any] | None = None,

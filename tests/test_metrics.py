@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cordon.audit.ledger import Ledger
 from cordon.audit.refusals import RefusalCounter
+from cordon.sensors.store import SensorStore
 from cordon.server import create_app
 from tests.test_server import SECRET, Decider, serve
 
@@ -32,6 +33,10 @@ def test_metrics_count_cases_dead_letters_refusals_and_the_oldest_wait(ledger_ur
     ledger.set_case(opened[1], status="awaiting_approval")
     ledger.set_case(opened[2], status="contained")
     ledger.dead_letter("s3://trail/file.json.gz", 7, "Records[7].eventTime", "not a timestamp", "{}")
+    SensorStore(ledger.engine).record_pass("gcp-pubsub", seen=["m-1", "m-2"], records=2, seconds=0.4,
+                                           lag_seconds=12.5)
+    SensorStore(ledger.engine).record_pass("entra-audit", seen=(), records=0, seconds=0.1, lag_seconds=0,
+                                           error="APIError: 403")
     counter = RefusalCounter(ledger)
     app = create_app(signing_secret=SECRET, ledger=ledger, decide=Decider(), metrics_token=TOKEN, refusals=counter)
     with serve(app) as url:
@@ -50,6 +55,12 @@ def test_metrics_count_cases_dead_letters_refusals_and_the_oldest_wait(ledger_ur
     # the two refused scrapes, counted as the metrics endpoint's refusals
     assert got[("cordon_refusals_total", (("reason", "missing_token"), ("source", "metrics")))] == 1
     assert got[("cordon_refusals_total", (("reason", "wrong_token"), ("source", "metrics")))] == 1
+    # the sensors' checkpoints: lag, records, last pass, failing
+    assert got[("cordon_sensor_lag_seconds", (("sensor", "gcp-pubsub"),))] == 12.5
+    assert got[("cordon_sensor_records_total", (("sensor", "gcp-pubsub"),))] == 2
+    assert got[("cordon_sensor_errors", (("sensor", "entra-audit"),))] == 1
+    assert got[("cordon_sensor_errors", (("sensor", "gcp-pubsub"),))] == 0
+    assert abs(got[("cordon_sensor_last_pass_timestamp_seconds", (("sensor", "gcp-pubsub"),))] - time.time()) < 120
 
 
 def test_metrics_are_closed_without_a_token(tmp_path):

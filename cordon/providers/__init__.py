@@ -164,6 +164,8 @@ class Provider:
     #: the label under which ``detection.account_uid`` is shown among a case's identifiers (Entra:
     #: ``tenant``); ``None``: it is an account or project, shown beside the region
     account_label: ClassVar[str | None] = None
+    #: module whose import registers the provider's sensors (:func:`cordon.sensors.register_sensor`)
+    sensors_module: ClassVar[str | None] = None
     #: whether ``cordon.yaml`` may hold a top-level section named after the provider (``aws:``),
     #: checked by :meth:`check_config`, not by the core schema
     config_section: ClassVar[bool] = False

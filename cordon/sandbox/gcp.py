@@ -794,6 +794,14 @@ class GcpStandIn:
             return 200, {}
         raise ApiError(404, "NOT_FOUND", f"unknown Pub/Sub subscription call {method} {sub}")
 
+    def expire_ack_deadlines(self, subscription: str) -> None:
+        """Let every outstanding message of ``subscription`` reach its ack deadline now (delivered
+        again by the next ``pull``), as time passing would."""
+        with self._lock:
+            state = self.subscriptions.get(subscription)
+            for ack_id, (msg, _due, n) in list((state or {}).get("outstanding", {}).items()):
+                state["outstanding"][ack_id] = (msg, 0.0, n)
+
     def pubsub_backlog(self, subscription: str) -> int:
         """Messages of ``subscription`` not yet acknowledged (due and outstanding)."""
         with self._lock:

@@ -15,8 +15,14 @@ Exposition format: Prometheus text format 0.0.4, written by ``prometheus_client`
 - ``cordon_refusals_total{source,reason}`` (counter): refused unsigned requests (Slack signatures,
   webhook credentials), summed over the refusal windows.
 
-More families come from the collectors given to :func:`metrics_text` (the sensors' lag and
-throughput).
+- ``cordon_sensor_lag_seconds{sensor}`` (gauge): age of the oldest record a sensor had not yet
+  put in the ledger at its last pass (:mod:`cordon.sensors`);
+  ``cordon_sensor_records_total{sensor}`` (counter): records it put in the ledger (throughput is
+  its rate); ``cordon_sensor_last_pass_timestamp_seconds{sensor}`` (gauge): when it last ran, so
+  an alert sees a sensor that stopped; ``cordon_sensor_errors{sensor}`` (gauge): 1 when its last
+  pass failed.
+
+More families come from the collectors given to :func:`metrics_text`.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from cordon.audit.ledger import (
     incidents_table,
     refusal_windows_table,
 )
+from cordon.sensors.store import state_table
 
 #: Statuses of a case waiting for a human decision.
 AWAITING = ("awaiting_approval",)
@@ -66,6 +73,7 @@ class LedgerCollector:
             dead = c.execute(sa.select(sa.func.count()).select_from(dead_letters_table)).scalar() or 0
             head = c.execute(sa.select(sa.func.max(head_table.c.seq))).scalar() or 0
             incidents = c.execute(sa.select(sa.func.count()).select_from(incidents_table)).scalar() or 0
+            sensors = c.execute(sa.select(state_table)).mappings().all()
             refusals = c.execute(sa.select(refusal_windows_table.c.source, refusal_windows_table.c.reason,
                                            sa.func.sum(refusal_windows_table.c.count))
                                  .group_by(refusal_windows_table.c.source, refusal_windows_table.c.reason)).all()
@@ -86,6 +94,19 @@ class LedgerCollector:
         for source, reason, n in sorted(refusals):
             refused.add_metric([source, reason], n or 0)
         yield refused
+        lag = GaugeMetricFamily("cordon_sensor_lag_seconds", "Age of the oldest record not yet in the ledger",
+                                labels=["sensor"])
+        done = CounterMetricFamily("cordon_sensor_records", "Records a sensor put in the ledger", labels=["sensor"])
+        last = GaugeMetricFamily("cordon_sensor_last_pass_timestamp_seconds", "When the sensor last ran (Unix time)",
+                                 labels=["sensor"])
+        failing = GaugeMetricFamily("cordon_sensor_errors", "1 when the sensor's last pass failed", labels=["sensor"])
+        for row in sorted(sensors, key=lambda r: r["name"]):
+            lag.add_metric([row["name"]], row["lag_seconds"])
+            done.add_metric([row["name"]], row["records_total"])
+            if row["last_pass_at"]:
+                last.add_metric([row["name"]], datetime.fromisoformat(row["last_pass_at"]).timestamp())
+            failing.add_metric([row["name"]], 1.0 if row["last_error"] else 0.0)
+        yield from (lag, done, last, failing)
         for more in self.extra:
             yield from more()
 

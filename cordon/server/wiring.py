@@ -49,42 +49,8 @@ def build_app(*, signing_secret: str | None = None, webhook_token: str | None = 
     submit_threads = max(1, int(os.environ.get("CORDON_SUBMIT_THREADS", "8") or 8))
 
     def on_detections(body: bytes, origin: str) -> dict[str, Any]:
-        # new cases, and joined cases whose run is gone (a resent detection after a failed submit)
-        from cordon.recovery import DEPLOYMENT, servable
-
         report = responder.intake_bytes(body, origin)
-        # a new case of an incident whose run still waits in the queue joins that run; the new
-        # cases of one actor's incident left are answered by one run: its lead's
-        queued = responder.join_queued(report.cases, "slack", params_of=lambda t: cloud)
-        fresh = [t for t in report.cases if t.case_id not in queued]
-        incidents = responder.group_incidents(fresh, params_of=lambda t: cloud)
-        members = {m.case_id for group in incidents.values() for m in group}
-        leads = [t for t in fresh if t.case_id not in members]
-        # one batch's cases are submitted side by side (each a few round trips to Prefect and the
-        # ledger; a burst of 25 in series held the sender's request for seconds), in their order
-        if len(leads) > 1:
-            import contextvars
-            from concurrent.futures import ThreadPoolExecutor
-
-            def submit(ticket: Any) -> dict[str, Any]:
-                return responder.submit(ticket, cloud=cloud, slack=slack)
-
-            # each submission in a copy of this context (Prefect's settings, e.g. a temporary API URL)
-            runs = [(contextvars.copy_context(), t) for t in leads]
-            with ThreadPoolExecutor(min(submit_threads, len(runs)), thread_name_prefix="cordon-submit") as pool:
-                cases = list(pool.map(lambda run: run[0].run(submit, run[1]), runs))
-        else:
-            cases = [responder.submit(t, cloud=cloud, slack=slack) for t in leads]
-        answered = {c["case_id"]: c for c in cases}
-        for c in list(answered.values()):
-            answered.update({m.case_id: responder.member_summary(c, m) for m in incidents.get(c["case_id"], [])})
-        answered.update({t.case_id: responder.joined_summary(queued[t.case_id], t)
-                         for t in report.cases if t.case_id in queued})
-        cases = [answered[t.case_id] for t in report.cases]  # the body's order
-        for t in report.joined:
-            if t.run and t.check is not None and not servable(t.check, modes=("slack", "auto"), where=DEPLOYMENT):
-                cases.append(responder.submit(t, cloud=cloud if cloud is not None else t.check.cloud,
-                                              slack=slack, approval=t.mode or "slack"))
+        cases = responder.submit_report(report, cloud=cloud, slack=slack, threads=submit_threads)
         answer = {"cases": [{"case_id": c["case_id"], "playbook": c["playbook"], "status": c["status"],
                              "flow_run_id": c.get("flow_run_id"), **({"error": c["error"]} if c.get("error") else {})}
                             for c in cases],

@@ -42,7 +42,8 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent
 
 #: ``module:attribute`` of every MetaData whose tables these migrations own (for autogenerate
 #: and :func:`cordon.audit.migrations.grants.grants_sql`).
-METADATA_SOURCES: tuple[str, ...] = ("cordon.audit.ledger:metadata", "cordon.approvals.outbox:metadata")
+METADATA_SOURCES: tuple[str, ...] = ("cordon.audit.ledger:metadata", "cordon.approvals.outbox:metadata",
+                                     "cordon.sensors.store:metadata")
 
 #: The revision that matches the schema ``metadata.create_all`` made before migrations existed.
 BASELINE_REVISION = "0001"

@@ -21,6 +21,7 @@ class AwsProvider(Provider):
     name = "aws"
     title = "AWS"
     actions_module = "cordon.providers.aws.actions"
+    sensors_module = "cordon.providers.aws.sensors"
     grants_module = "cordon.providers.aws.grants"
     shapes_module = "cordon.providers.aws.shapes"
     renderers_module = "cordon.providers.aws.render"

@@ -22,6 +22,7 @@ class AzureProvider(Provider):
     name = "azure"
     title = "Azure"
     actions_module = "cordon.providers.azure.actions"
+    sensors_module = "cordon.providers.azure.sensors"
     grants_module = "cordon.providers.azure.grants"
     shapes_module = "cordon.providers.azure.shapes"
     renderers_module = "cordon.providers.azure.render"

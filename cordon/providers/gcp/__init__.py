@@ -21,6 +21,7 @@ class GcpProvider(Provider):
     name = "gcp"
     title = "GCP"
     actions_module = "cordon.providers.gcp.actions"
+    sensors_module = "cordon.providers.gcp.sensors"
     grants_module = "cordon.providers.gcp.grants"
     shapes_module = "cordon.providers.gcp.shapes"
     renderers_module = "cordon.providers.gcp.render"

@@ -1,0 +1,230 @@
+"""AWS's sensors (:mod:`cordon.sensors`), both reading an SQS queue with boto3:
+
+* ``aws-s3-sqs``: the organisation trail's delivery files, announced by S3 event notifications
+  (https://docs.aws.amazon.com/AmazonS3/latest/userguide/notification-content-structure.html) sent
+  to the queue directly, through SNS (the notification is the SNS envelope's ``Message``), or
+  through EventBridge (``detail-type`` ``Object Created``, ``detail.bucket.name`` /
+  ``detail.object.key``). Each named object is read (gunzipped as a stream when it is gzip) and
+  handed to the intake as one file, ``s3://bucket/key``: its records are dead-lettered one by one
+  with that name and their position. The message's visibility timeout is extended before the
+  objects are read (``ChangeMessageVisibility``), so a large file is not delivered to another
+  reader meanwhile. S3's ``s3:TestEvent`` is acknowledged and ignored. A message that names
+  nothing readable (not a notification, an object that is gone) is dead-lettered with the reason
+  and deleted: never retried forever.
+* ``aws-eventbridge-sqs``: GuardDuty findings and Security Hub ``Findings - Imported`` events put
+  on the queue by an EventBridge rule; each message body is the EventBridge event, which the
+  intake reads as it is.
+
+A message is deleted (``DeleteMessage``) only after its records are in the ledger. Dedup keys: the
+object (``bucket/key`` and its ``ETag``) for trail files (each record in it is deduplicated by the
+intake on its own ``eventID``-derived detection ID), GuardDuty's finding ``id`` + ``updatedAt``,
+Security Hub's findings' ``Id`` + ``UpdatedAt``, else the SQS ``MessageId``. SQS API reference:
+``ReceiveMessage``, ``ChangeMessageVisibility``, ``DeleteMessage``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import unquote_plus
+
+from cordon.sensors import Delivery, Fetched, Sensor, SensorSettings, register_sensor
+from cordon.sensors.store import SensorState
+
+#: SQS's largest batch of one ReceiveMessage
+SQS_BATCH = 10
+
+
+class SqsSettings(SensorSettings):
+    """``sensors.aws-s3-sqs`` / ``sensors.aws-eventbridge-sqs``: ``queue_url`` (required),
+    ``region`` (default the queue URL's), ``wait_seconds`` (SQS long polling, 0-20, default 10),
+    ``visibility_seconds`` (the visibility timeout set while a message's objects are read,
+    default 300)."""
+
+    queue_url: str
+    region: str | None = None
+    wait_seconds: int = 10
+    visibility_seconds: int = 300
+
+
+def _region(settings: SqsSettings) -> str | None:
+    if settings.region:
+        return settings.region
+    host = settings.queue_url.split("/")[2] if "://" in settings.queue_url else ""
+    parts = host.split(".")
+    return parts[1] if len(parts) > 3 and parts[0] == "sqs" else None
+
+
+class _SqsSensor(Sensor):
+    kind = "queue"
+    settings_model = SqsSettings
+    settings: SqsSettings
+
+    def sqs(self) -> Any:
+        return self.clients("sqs", _region(self.settings))
+
+    def receive(self) -> list[dict[str, Any]]:
+        """Up to ``max_records`` messages (several ``ReceiveMessage`` calls of at most 10; only the
+        first one waits)."""
+        out: list[dict[str, Any]] = []
+        wait = self.settings.wait_seconds
+        while len(out) < self.settings.max_records:
+            most = min(SQS_BATCH, self.settings.max_records - len(out))
+            answer = self.sqs().receive_message(
+                QueueUrl=self.settings.queue_url, MaxNumberOfMessages=most, WaitTimeSeconds=wait,
+                MessageSystemAttributeNames=["SentTimestamp", "ApproximateReceiveCount"])
+            got = answer.get("Messages") or []
+            out.extend(got)
+            wait = 0
+            if len(got) < SQS_BATCH:
+                break
+        return out
+
+    def settle(self, deliveries: list[Delivery]) -> None:
+        for handle in dict.fromkeys(d.handle for d in deliveries if d.handle):
+            self.sqs().delete_message(QueueUrl=self.settings.queue_url, ReceiptHandle=handle)
+
+    @staticmethod
+    def sent_at(message: dict[str, Any]) -> datetime | None:
+        ms = (message.get("Attributes") or {}).get("SentTimestamp")
+        return datetime.fromtimestamp(int(ms) / 1000, UTC) if ms else None
+
+
+def s3_objects(body: str) -> list[tuple[str, str, str | None]] | None:
+    """``(bucket, key, etag)`` of each object an S3 event notification names, through SNS or
+    EventBridge; ``[]`` for S3's test event; ``None`` when ``body`` is none of those."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    if isinstance(doc, dict) and doc.get("Type") == "Notification" and isinstance(doc.get("Message"), str):
+        return s3_objects(doc["Message"])  # SNS
+    if not isinstance(doc, dict):
+        return None
+    if doc.get("Event") == "s3:TestEvent":
+        return []
+    if doc.get("source") == "aws.s3" and isinstance(doc.get("detail"), dict):  # EventBridge
+        d = doc["detail"]
+        bucket, obj = (d.get("bucket") or {}).get("name"), d.get("object") or {}
+        return [(bucket, obj["key"], obj.get("etag"))] if bucket and obj.get("key") else None
+    records = doc.get("Records")
+    if not isinstance(records, list) or not records:
+        return None
+    out = []
+    for r in records:
+        s3 = r.get("s3") if isinstance(r, dict) else None
+        if not isinstance(s3, dict) or not str(r.get("eventName", "")).startswith("ObjectCreated"):
+            continue
+        bucket, obj = (s3.get("bucket") or {}).get("name"), s3.get("object") or {}
+        if bucket and obj.get("key"):
+            # keys in S3 notifications are URL-encoded (spaces as '+')
+            out.append((bucket, unquote_plus(obj["key"]), obj.get("eTag")))
+    return out if out or any(isinstance(r, dict) and "s3" in r for r in records) else None
+
+
+@register_sensor
+class S3SqsSensor(_SqsSensor):
+    """Trail delivery files announced on an SQS queue (module docstring). Needs ``sqs:ReceiveMessage``,
+    ``sqs:ChangeMessageVisibility``, ``sqs:DeleteMessage`` on the queue and ``s3:GetObject`` on the
+    trail bucket (and ``kms:Decrypt`` when the trail is SSE-KMS encrypted)."""
+
+    name = "aws-s3-sqs"
+    title = "CloudTrail delivery files announced by S3 event notifications on an SQS queue"
+    provider = "aws"
+    permissions = ("sqs:ReceiveMessage", "sqs:ChangeMessageVisibility", "sqs:DeleteMessage", "s3:GetObject")
+
+    def read_object(self, bucket: str, key: str) -> bytes:
+        """The object's bytes, gunzipped (streamed through ``gzip``) when it starts with the gzip
+        magic. Raises botocore's ``ClientError`` (``NoSuchKey``, ``AccessDenied``) or
+        ``OSError`` / ``EOFError`` for a broken gzip stream."""
+        body = self.clients("s3", _region(self.settings)).get_object(Bucket=bucket, Key=key)["Body"]
+        head = body.read(2)
+        rest = io.BufferedReader(_Chain(head, body))
+        if head == b"\x1f\x8b":
+            with gzip.GzipFile(fileobj=rest) as gz:
+                return gz.read()
+        return rest.read()
+
+    def fetch(self, state: SensorState, now: datetime) -> Fetched:
+        fetched = Fetched()
+        for m in self.receive():
+            handle, origin = m["ReceiptHandle"], f"sqs:{self.settings.queue_url}#{m['MessageId']}"
+            objects = s3_objects(m.get("Body") or "")
+            if objects is None:
+                fetched.rejected.append((Delivery(record_id=f"message:{m['MessageId']}", origin=origin,
+                                                  body=(m.get("Body") or "").encode(), handle=handle),
+                                         "not an S3 event notification (direct, through SNS or EventBridge)",
+                                         "Body"))
+                continue
+            if not objects:  # s3:TestEvent
+                fetched.deliveries.append(Delivery(record_id=f"message:{m['MessageId']}", origin=origin, body=b"",
+                                                   handle=handle))
+                continue
+            self.sqs().change_message_visibility(QueueUrl=self.settings.queue_url, ReceiptHandle=handle,
+                                                 VisibilityTimeout=self.settings.visibility_seconds)
+            for bucket, key, etag in objects:
+                where = f"s3://{bucket}/{key}"
+                rid = f"s3:{bucket}/{key}@{etag or m['MessageId']}"
+                try:
+                    data = self.read_object(bucket, key)
+                except Exception as exc:  # noqa: BLE001 - the object cannot be read: dead letter, delete
+                    fetched.rejected.append((Delivery(record_id=rid, origin=where, body=b"", handle=handle),
+                                             f"cannot read the object: {type(exc).__name__}: {exc}", "s3.object.key"))
+                    continue
+                fetched.deliveries.append(Delivery(record_id=rid, origin=where, body=data, at=self.sent_at(m),
+                                                   handle=handle))
+        return fetched
+
+
+class _Chain(io.RawIOBase):
+    """``head`` (bytes already read) then the rest of ``stream``, as one readable raw stream."""
+
+    def __init__(self, head: bytes, stream: Any):
+        self.head, self.stream = head, stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        if self.head:
+            n = min(len(b), len(self.head))
+            b[:n], self.head = self.head[:n], self.head[n:]
+            return n
+        chunk = self.stream.read(len(b))
+        b[:len(chunk)] = chunk
+        return len(chunk)
+
+
+def finding_key(body: str, message_id: str) -> str:
+    """The dedup key of an EventBridge finding event (module docstring)."""
+    try:
+        doc = json.loads(body)
+        detail = doc.get("detail") or {}
+    except (ValueError, AttributeError):
+        return f"message:{message_id}"
+    if doc.get("source") == "aws.guardduty" and detail.get("id"):
+        return f"guardduty:{detail['id']}@{detail.get('updatedAt', '')}"
+    findings = detail.get("findings") if isinstance(detail, dict) else None
+    if isinstance(findings, list) and findings and all(isinstance(f, dict) and f.get("Id") for f in findings):
+        return "securityhub:" + ",".join(f"{f['Id']}@{f.get('UpdatedAt', '')}" for f in findings)
+    return f"message:{doc.get('id') or message_id}"
+
+
+@register_sensor
+class EventBridgeSqsSensor(_SqsSensor):
+    """GuardDuty and Security Hub findings routed by EventBridge to an SQS queue (module docstring).
+    Needs ``sqs:ReceiveMessage`` and ``sqs:DeleteMessage`` on the queue."""
+
+    name = "aws-eventbridge-sqs"
+    title = "GuardDuty and Security Hub findings routed by EventBridge to an SQS queue"
+    provider = "aws"
+    permissions = ("sqs:ReceiveMessage", "sqs:DeleteMessage")
+
+    def fetch(self, state: SensorState, now: datetime) -> Fetched:
+        return Fetched(deliveries=[
+            Delivery(record_id=finding_key(m.get("Body") or "", m["MessageId"]),
+                     origin=f"sqs:{self.settings.queue_url}#{m['MessageId']}", body=(m.get("Body") or "").encode(),
+                     at=self.sent_at(m), handle=m["ReceiptHandle"]) for m in self.receive()])
