@@ -100,6 +100,14 @@ class Sensor:
     def settle(self, deliveries: list[Delivery]) -> None:
         """Acknowledge ``deliveries`` (their records are in the ledger). Nothing for log sensors."""
 
+    @classmethod
+    def rehearse(cls, stand_in: Any, inputs: list[tuple[str, bytes]]) -> dict[str, Any]:
+        """For ``cordon sensor rehearse``: make the source in the provider's started ``stand_in``
+        (a queue, a topic and subscription, a log) and put ``inputs`` (``(path, bytes)``, files as
+        given) through its real transport; returns the sensor's settings that read it. Raises
+        ``NotImplementedError`` for a sensor that cannot be rehearsed."""
+        raise NotImplementedError(f"sensor {cls.name} has no rehearsal")
+
     def lag_seconds(self, state: SensorState, fetched: Fetched, now: datetime) -> float:
         """How old the oldest record not yet in the ledger is, after this pass: for a queue, the
         oldest delivery of a full batch (more wait behind it), else 0; for a log, the time since
@@ -114,6 +122,33 @@ class Sensor:
 
 #: A factory of client factories: ``(provider name, cloud params) -> clients``.
 ClientsFor = Callable[[str, dict[str, Any] | None], Any]
+
+def records_of(data: bytes) -> list[Any]:
+    """The JSON values of a file for a rehearsal's transport: a JSON array's items, a
+    ``{"Records": [...]}`` / ``{"value": [...]}`` document's, one JSON value, or JSON lines. Raises
+    ``ValueError`` naming the line of JSON lines that does not parse."""
+    import json
+
+    text = data.decode("utf-8-sig")
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        out = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except ValueError as exc:
+                    raise ValueError(f"line {n}: {exc}") from None
+        return out
+    if isinstance(doc, list):
+        return doc
+    if isinstance(doc, dict):
+        for key in ("Records", "value", "entries"):
+            if isinstance(doc.get(key), list):
+                return doc[key]
+    return [doc]
+
 
 _REGISTRY: dict[str, type[Sensor]] = {}
 

@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote_plus
 
-from cordon.sensors import Delivery, Fetched, Sensor, SensorSettings, register_sensor
+from cordon.sensors import Delivery, Fetched, Sensor, SensorSettings, records_of, register_sensor
 from cordon.sensors.store import SensorState
 
 #: SQS's largest batch of one ReceiveMessage
@@ -136,6 +136,23 @@ class S3SqsSensor(_SqsSensor):
     provider = "aws"
     permissions = ("sqs:ReceiveMessage", "sqs:ChangeMessageVisibility", "sqs:DeleteMessage", "s3:GetObject")
 
+    @classmethod
+    def rehearse(cls, stand_in: Any, inputs: list[tuple[str, bytes]]) -> dict[str, Any]:
+        """A bucket whose ``s3:ObjectCreated:*`` notifications go to a queue (moto sends them);
+        each input uploaded as a delivery file (gzipped when it is not)."""
+        clients = _stand_in_clients(stand_in)
+        sqs, s3 = clients("sqs"), clients("s3")
+        queue_url = sqs.create_queue(QueueName="cordon-rehearsal-trail")["QueueUrl"]
+        arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        s3.create_bucket(Bucket="cordon-rehearsal-trail")
+        s3.put_bucket_notification_configuration(Bucket="cordon-rehearsal-trail", NotificationConfiguration={
+            "QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*"]}]})
+        for n, (path, data) in enumerate(inputs):
+            body = data if data[:2] == b"\x1f\x8b" else gzip.compress(data)
+            name = path.replace("\\", "/").rsplit("/", 1)[-1]
+            s3.put_object(Bucket="cordon-rehearsal-trail", Key=f"AWSLogs/rehearsal/{n:04d}_{name}", Body=body)
+        return {"queue_url": queue_url, "wait_seconds": 0, "max_records": 1000}
+
     def read_object(self, bucket: str, key: str) -> bytes:
         """The object's bytes, gunzipped (streamed through ``gzip``) when it starts with the gzip
         magic. Raises botocore's ``ClientError`` (``NoSuchKey``, ``AccessDenied``) or
@@ -177,6 +194,12 @@ class S3SqsSensor(_SqsSensor):
                 fetched.deliveries.append(Delivery(record_id=rid, origin=where, body=data, at=self.sent_at(m),
                                                    handle=handle))
         return fetched
+
+
+def _stand_in_clients(stand_in: Any) -> Any:
+    from cordon.clouds import clients_for
+
+    return clients_for("aws", stand_in.cloud_params())
 
 
 class _Chain(io.RawIOBase):
@@ -222,6 +245,16 @@ class EventBridgeSqsSensor(_SqsSensor):
     title = "GuardDuty and Security Hub findings routed by EventBridge to an SQS queue"
     provider = "aws"
     permissions = ("sqs:ReceiveMessage", "sqs:DeleteMessage")
+
+    @classmethod
+    def rehearse(cls, stand_in: Any, inputs: list[tuple[str, bytes]]) -> dict[str, Any]:
+        """A queue; each EventBridge event of the inputs sent as one message, as a rule's target."""
+        sqs = _stand_in_clients(stand_in)("sqs")
+        queue_url = sqs.create_queue(QueueName="cordon-rehearsal-findings")["QueueUrl"]
+        for _path, data in inputs:
+            for event in records_of(data):
+                sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps(event))
+        return {"queue_url": queue_url, "wait_seconds": 0, "max_records": 1000}
 
     def fetch(self, state: SensorState, now: datetime) -> Fetched:
         return Fetched(deliveries=[

@@ -15,12 +15,12 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 from cordon.providers.azure.activity import activity_events
 from cordon.providers.azure.audit import directory_audits
-from cordon.sensors import Delivery, Fetched, Sensor, SensorSettings, register_sensor
+from cordon.sensors import Delivery, Fetched, Sensor, SensorSettings, records_of, register_sensor
 from cordon.sensors.store import SensorState
 
 
@@ -58,6 +58,20 @@ class _LogSensor(Sensor):
         end = min(now, (state.watermark or start) + timedelta(seconds=s.max_window_seconds))
         return start, max(end, start)
 
+    @classmethod
+    def rehearse(cls, stand_in: Any, inputs: list[tuple[str, bytes]]) -> dict[str, Any]:
+        """The inputs' records put in the stand-in's log (the audit and activity logs have no write
+        API: this is how they get there); the settings look back far enough to read the oldest."""
+        records = [r for _path, data in inputs for r in records_of(data) if isinstance(r, dict)]
+        cls.add_to_log(stand_in, records)
+        times = [t for t in (_time(r.get(cls.time_field)) for r in records) if t is not None]
+        back = (datetime.now(UTC) - min(times)).total_seconds() + 60 if times else 3600.0
+        return {"start_lookback_seconds": back, "max_window_seconds": back + 60}
+
+    @classmethod
+    def add_to_log(cls, stand_in: Any, records: list[dict[str, Any]]) -> None:
+        raise NotImplementedError
+
     def fetch(self, state: SensorState, now: datetime) -> Fetched:
         since, until = self.window(state, now)
         out = []
@@ -85,6 +99,14 @@ class EntraAuditSensor(_LogSensor):
     time_field = "activityDateTime"
     read = staticmethod(directory_audits)
 
+    @classmethod
+    def add_to_log(cls, stand_in: Any, records: list[dict[str, Any]]) -> None:
+        # Azure Monitor's diagnostic form wraps the Graph record in ``properties``: Graph serves the record
+        graph = [dict(r["properties"], id=r.get("id") or r["properties"].get("id") or r.get("correlationId"))
+                 if isinstance(r.get("properties"), dict) and "activityDisplayName" in r["properties"] else r
+                 for r in records]
+        stand_in.standin.add_directory_audits(*[r for r in graph if r.get("activityDateTime")])
+
 
 @register_sensor
 class ActivityLogSensor(_LogSensor):
@@ -99,3 +121,8 @@ class ActivityLogSensor(_LogSensor):
     id_field = "eventDataId"
     time_field = "eventTimestamp"
     read = staticmethod(activity_events)
+
+    @classmethod
+    def add_to_log(cls, stand_in: Any, records: list[dict[str, Any]]) -> None:
+        stand_in.standin.add_activity_events(*[{**r, "subscriptionId": stand_in.subscription_id}
+                                               for r in records if r.get("eventTimestamp")])

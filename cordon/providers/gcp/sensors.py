@@ -12,9 +12,10 @@ from __future__ import annotations
 import base64
 import json
 from datetime import datetime
+from typing import Any
 
 from cordon.providers.gcp.pubsub import acknowledge, pull
-from cordon.sensors import Delivery, Fetched, Sensor, SensorSettings, register_sensor
+from cordon.sensors import Delivery, Fetched, Sensor, SensorSettings, records_of, register_sensor
 from cordon.sensors.store import SensorState
 
 
@@ -57,6 +58,23 @@ class PubSubSensor(Sensor):
     settings_model = PubSubSettings
     permissions = ("pubsub.subscriptions.consume",)
     settings: PubSubSettings
+
+    @classmethod
+    def rehearse(cls, stand_in: Any, inputs: list[tuple[str, bytes]]) -> dict[str, Any]:
+        """A topic (as a log sink's) and a pull subscription; each log entry or SCC notification of
+        the inputs published as one message."""
+        from cordon.clouds import clients_for
+
+        pubsub = clients_for("gcp", stand_in.cloud_params())("pubsub")
+        project = getattr(stand_in, "project", "cordon-sandbox")
+        topic, sub = f"projects/{project}/topics/cordon-rehearsal", f"projects/{project}/subscriptions/cordon-rehearsal"
+        pubsub.projects().topics().create(name=topic, body={}).execute()
+        pubsub.projects().subscriptions().create(name=sub, body={"topic": topic}).execute()
+        for _path, data in inputs:
+            msgs = [{"data": base64.b64encode(json.dumps(r).encode()).decode()} for r in records_of(data)]
+            for i in range(0, len(msgs), 100):
+                pubsub.projects().topics().publish(topic=topic, body={"messages": msgs[i:i + 100]}).execute()
+        return {"subscription": sub, "max_records": 1000}
 
     def fetch(self, state: SensorState, now: datetime) -> Fetched:
         got = pull(self.clients("pubsub"), self.settings.subscription, max_messages=self.settings.max_records)
