@@ -162,3 +162,22 @@ def test_cli_lists_the_sensors_with_their_permissions():
     rows = {json.loads(line)["name"]: json.loads(line) for line in res.output.splitlines() if line.strip()}
     assert {"gcp-pubsub", "entra-audit", "azure-activity"} <= set(rows)
     assert rows["entra-audit"]["permissions"] == ["AuditLog.Read.All"] and rows["gcp-pubsub"]["kind"] == "queue"
+
+
+def test_grants_are_generated_from_the_sensors_declarations(tmp_path):
+    from cordon.providers.aws.grants import sensors_policy
+    from cordon.providers.azure.grants import sensors_grants
+    from cordon.providers.gcp.grants import sensors_role
+
+    url = "https://sqs.eu-west-1.amazonaws.com/111122223333/cordon-trail"
+    cfg = load_config(config_dir(tmp_path, {"aws-s3-sqs": {"queue_url": url}}))
+    by_sid = {st["Sid"]: st for st in sensors_policy(cfg)["Statement"]}
+    assert by_sid["AwsS3SqsQueue"]["Resource"] == "arn:aws:sqs:eu-west-1:111122223333:cordon-trail"
+    assert by_sid["AwsS3SqsQueue"]["Action"] == ["sqs:ChangeMessageVisibility", "sqs:DeleteMessage",
+                                                 "sqs:ReceiveMessage"]
+    assert by_sid["AwsS3SqsObjects"]["Action"] == ["s3:GetObject"]
+    assert by_sid["AwsEventbridgeSqsQueue"]["Resource"] == "arn:aws:sqs:*:*:*"  # no queue configured
+    assert sensors_role()["includedPermissions"] == ["pubsub.subscriptions.consume"]
+    azure = sensors_grants()
+    assert azure["graph_application_permissions"] == ["AuditLog.Read.All"]
+    assert azure["role_definition"]["Actions"] == ["Microsoft.Insights/eventtypes/values/read"]

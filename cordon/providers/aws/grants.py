@@ -144,10 +144,46 @@ def _member_role_for_docs(config: Config) -> dict[str, Any]:
     return doc
 
 
+def _queue_arn(queue_url: str | None) -> str:
+    """``https://sqs.REGION.amazonaws.com/ACCOUNT/NAME`` -> ``arn:aws:sqs:REGION:ACCOUNT:NAME``
+    (any other URL, or none: every queue, ``arn:aws:sqs:*:*:*``)."""
+    parts = (queue_url or "").split("/")
+    host = parts[2].split(".") if len(parts) > 4 else []
+    if len(host) > 3 and host[0] == "sqs" and parts[3] and parts[4]:
+        return f"arn:aws:sqs:{host[1]}:{parts[3]}:{parts[4]}"
+    return "arn:aws:sqs:*:*:*"
+
+
+def sensors_policy(config: Config, *, placeholders: bool = False) -> dict[str, Any]:
+    """The IAM policy of the identity the AWS sensors run as, from what each declares
+    (:attr:`cordon.sensors.Sensor.permissions`): the SQS actions on its queue (the ARN of
+    ``sensors.<name>.queue_url``; every queue when none is configured), ``s3:GetObject`` on
+    ``AWSLogs/`` objects of any bucket (the trail bucket is named by the notifications)."""
+    from cordon.sensors import sensors
+
+    raw = (config.raw or {}).get("sensors") or {}
+    statements = []
+    for name, cls in sensors().items():
+        if cls.provider != "aws":
+            continue
+        url = (raw.get(name) or {}).get("queue_url")
+        queue = "arn:aws:sqs:REGION:ACCOUNT:QUEUE" if placeholders else _queue_arn(url)
+        sqs_actions = sorted(p for p in cls.permissions if p.startswith("sqs:"))
+        sid = "".join(w.capitalize() for w in name.split("-"))
+        statements.append({"Sid": f"{sid}Queue", "Effect": "Allow", "Action": sqs_actions, "Resource": queue})
+        s3_actions = sorted(p for p in cls.permissions if p.startswith("s3:"))
+        if s3_actions:
+            statements.append({"Sid": f"{sid}Objects", "Effect": "Allow", "Action": s3_actions,
+                               "Resource": "arn:aws:s3:::*/AWSLogs/*"})
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
 #: The AWS grant documents: Cordon's own policy (``aws``) and the member-account role (``aws-member``;
 #: the documentation shows it with the external ID as a placeholder and without the permissions
 #: policy, which is the ``aws`` block's document).
 DOCUMENTS = (
     GrantDocument("aws", lambda config, actions, every: _own_policy(config, actions)),
     GrantDocument("aws-member", _member_role, for_docs=_member_role_for_docs),
+    GrantDocument("aws-sensors", lambda config, actions, every: sensors_policy(config),
+                  for_docs=lambda config: sensors_policy(config, placeholders=True)),
 )
