@@ -181,3 +181,28 @@ def test_grants_are_generated_from_the_sensors_declarations(tmp_path):
     azure = sensors_grants()
     assert azure["graph_application_permissions"] == ["AuditLog.Read.All"]
     assert azure["role_definition"]["Actions"] == ["Microsoft.Insights/eventtypes/values/read"]
+
+
+def test_a_running_sensor_picks_up_what_arrives_later_and_stops_on_sigterm(gcp, tmp_path):  # noqa: F811
+    """Unattended: ``cordon sensor run`` as a process on a fresh ledger; records published after it
+    started become cases without anyone asking; SIGTERM ends it cleanly (exit 0)."""
+    from tests.helpers import wait_for
+
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    pubsub, responder, _sensor, store = pubsub_world(gcp, tmp_path, url, interval_seconds=0.5)
+    env = {**os.environ, "CORDON_DATABASE_URL": url, "CORDON_CONFIG": str(tmp_path / "config"),
+           "PREFECT_LOGGING_LEVEL": "WARNING"}
+    proc = subprocess.Popen([sys.executable, "-m", "cordon.cli", "sensor", "run", "gcp-pubsub", "--record-only",
+                             "--output", "json", "--cloud-params", json.dumps(gcp.cloud_params())],
+                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: store.state("gcp-pubsub").last_pass_at is not None, 120, "the sensor's first pass")
+        assert responder.ledger.cases() == []
+        publish(pubsub, json.dumps(real_audit_entry("google.iam.admin.v1.SetIamPolicy-tokenCreator")).encode())
+        wait_for(lambda: len(responder.ledger.cases()) == 1, 60, "the published entry to become a case")
+        wait_for(lambda: gcp.standin.pubsub_backlog(SUB) == 0, 60, "the message to be acknowledged")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    assert proc.returncode == 0, proc.stderr.read().decode()[-2000:]
+    assert store.state("gcp-pubsub").records_total == 1
