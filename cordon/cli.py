@@ -723,5 +723,70 @@ def main() -> None:
         sys.exit(1)
 
 
+@sensor_app.command("rehearse")
+def sensor_rehearse(name: Annotated[str, typer.Argument(help="The sensor (cordon sensor list).")],
+             paths: Annotated[list[str], typer.Argument(help="Files of records to send through the source.")],
+             approve: Annotated[str, typer.Option(help="console or auto")] = "auto",
+             output: Annotated[str, typer.Option(help="text or json")] = "text") -> None:
+    """Rehearse sensor NAME in the sandbox: start its cloud's stand-in, make the source there (a
+    queue and bucket notification, a topic and subscription, a log), send PATH's records through
+    its real transport, run one pass of the sensor, and answer its cases as `cordon respond
+    --sandbox` does (same output)."""
+    from cordon.clouds import clients_for
+    from cordon.prefect_temp import start_early
+    from cordon.sensors import get_sensor
+    from cordon.sensors.runner import run_pass
+    from cordon.sensors.store import SensorStore
+
+    fmt = OutputFormat(output)
+    _prefect_defaults()
+    temp_server = start_early()  # the cases run in process: Prefect's temporary server boots meanwhile
+    try:
+        cls = get_sensor(name)
+    except KeyError as exc:
+        err.print(f"[red]configuration error:[/red] {escape(str(exc).strip(chr(39)))}", highlight=False)
+        raise typer.Exit(1) from None
+    inputs = []
+    for p in paths:
+        try:
+            inputs.append((p, Path(p).read_bytes()))
+        except OSError as exc:
+            err.print(f"[red]cannot read {escape(p)}:[/red] {escape(exc.strerror or str(exc))}", highlight=False)
+            raise typer.Exit(1) from None
+    sb = _sandboxes()
+    stand_in = sb.for_provider(cls.provider)
+    try:
+        settings = cls.settings_model.model_validate(cls.rehearse(stand_in, inputs))
+    except (ValueError, NotImplementedError) as exc:
+        err.print(f"[red]cannot rehearse {escape(name)}:[/red] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(1) from None
+    responder = _responder()
+    sensor = cls(settings, clients_for(cls.provider, stand_in.cloud_params()))
+    errors = 0
+
+    def answer(report: Any) -> list[dict[str, Any]]:
+        nonlocal errors
+        _print_intake(report, fmt)
+        if temp_server is not None and report.cases:
+            temp_server.wait_ready(float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
+        done = []
+        for summary in responder.run_all(report, approval=approve, stand_ins=sb):
+            errors += _print_run(summary, fmt)
+            done.append(summary)
+        return done
+
+    try:
+        result = run_pass(sensor, SensorStore(responder.ledger.engine), responder, answer)
+    finally:
+        sb.stop()
+    if fmt is OutputFormat.text:
+        err.print(escape(f"sensor {name}: read {result.read} ({result.duplicates} seen before, {result.rejected} "
+                         f"rejected), {len(result.cases)} case(s), {result.dead_letters} record(s) dead-lettered. "
+                         f"Ledger: {responder.ledger.url}"), highlight=False)
+    if result.error:
+        err.print(f"[red]the pass failed:[/red] {escape(result.error)}", highlight=False)
+    raise typer.Exit(1 if result.error or errors else 0)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
