@@ -206,3 +206,19 @@ def test_a_running_sensor_picks_up_what_arrives_later_and_stops_on_sigterm(gcp, 
         proc.wait(30)
     assert proc.returncode == 0, proc.stderr.read().decode()[-2000:]
     assert store.state("gcp-pubsub").records_total == 1
+
+
+def test_the_configured_sensors_run_side_by_side_for_a_while(gcp, tmp_path, ledger_url):  # noqa: F811
+    """What the ``sensors`` deployment's flow runs (cordon.flows.sensors): every configured sensor in
+    its thread for the given time; an unconfigured one is not started."""
+    from cordon.sensors.runner import run_configured
+
+    pubsub, responder, _sensor, _store = pubsub_world(gcp, tmp_path, ledger_url, interval_seconds=0.2)
+    publish(pubsub, json.dumps(real_audit_entry("google.iam.admin.v1.SetIamPolicy-tokenCreator")).encode())
+    tally = run_configured(responder, clients_for, 2.0, None, clouds={"gcp": gcp.cloud_params()})
+    assert set(tally) == {"gcp-pubsub"} and tally["gcp-pubsub"]["records"] == 1
+    assert tally["gcp-pubsub"]["passes"] >= 2 and tally["gcp-pubsub"]["errors"] == 0
+    assert len(responder.ledger.cases()) == 1 and gcp.standin.pubsub_backlog(SUB) == 0
+    (tmp_path / "none").mkdir()
+    empty = Responder(config=load_config(config_dir(tmp_path / "none", {})), ledger=responder.ledger)
+    assert run_configured(empty, clients_for, 30.0, None) == {}  # nothing configured: at once
