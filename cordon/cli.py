@@ -276,6 +276,10 @@ def _print_case(summary: dict[str, Any], output: OutputFormat) -> None:
               f"{summary.get('status')}[/bold]")
     out.print(f"  {_what_and_who(det)}")
     out.print(f"  target {det.get('target', {}).get('uid')}  credential {cred.get('kind')} {cred.get('uid')}")
+    revealed = (cred.get("attributes") or {}).get("revealed_by")
+    if isinstance(revealed, dict):  # a case Cordon opened for the actor's own access (actor_access in cordon.yaml)
+        out.print(f"  the actor's own access: what the {revealed.get('event_name')} that added "
+                  f"{revealed.get('credential_uid')} was signed with")
     appr = summary.get("approval") or {}
     if appr.get("decision"):
         out.print(f"  approval: {appr['decision']} by {appr.get('approver')}")

@@ -44,7 +44,8 @@ class Config:
     and the role behind its session (infrastructure as code: a playbook's ``when:
     actor_is_infrastructure`` asks them); ``actor_access`` whether a detection that named an added
     credential also opens a case for the access its actor signed with
-    (:meth:`cordon.providers.Provider.actor_access`); ``incident_window_seconds`` how long after an
+    (:meth:`cordon.providers.Provider.actor_access`; on unless ``cordon.yaml`` says ``actor_access:
+    false``); ``incident_window_seconds`` how long after an
     actor's last case another of its cases joins the same incident (``incidents.window``, default
     15 minutes) and ``incident_one_run`` whether the cases of one incident opened by one intake are
     answered by one run, one approval request and one plan (``incidents.one_run``, default on);
@@ -56,7 +57,7 @@ class Config:
     playbooks_dir: Path
     protected_principals: list[str] = field(default_factory=list)
     infrastructure_principals: list[str] = field(default_factory=list)
-    actor_access: bool = False
+    actor_access: bool = True
     incident_window_seconds: int = 900
     incident_one_run: bool = True
     #: a new case of an incident joins its queued run (requested, not yet planning) instead of
@@ -167,7 +168,7 @@ class CordonYaml(_Strict):
     playbooks: str | None = None  # absent: the shipped playbooks (cordon/defaults/playbooks)
     protected_principals: list[str] = []
     infrastructure_principals: list[str] = []
-    actor_access: bool = False
+    actor_access: bool = True
     incidents: IncidentsSection | None = None
     slack: SlackSection | None = None
     approval: ApprovalSection | None = None
@@ -310,7 +311,7 @@ def load_config(directory: str | Path | None = None) -> Config:
         playbooks_dir=(d / data["playbooks"]).resolve() if data.get("playbooks") else DEFAULTS / "playbooks",
         protected_principals=protected,
         infrastructure_principals=[str(p) for p in data.get("infrastructure_principals") or []],
-        actor_access=bool(data.get("actor_access", False)),
+        actor_access=bool(data.get("actor_access", True)),
         incident_window_seconds=int(window),
         incident_one_run=bool(incidents.get("one_run", True)),
         incident_join_queued=bool(incidents.get("join_queued", True)),

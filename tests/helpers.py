@@ -25,12 +25,42 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
 TEST_APPROVERS = ("U0ALICE01", "U0BOB0002", "U0CAROL03")
 
 
-def config_with_approvers(dest: Any, users: Any = TEST_APPROVERS, copy_playbooks: bool = False) -> Any:
+def one_credential(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` (a ``cordon.yaml`` mapping) with ``actor_access: false``: the world of a test about
+    something else than the actor (approval policy, recovery, durability, pages, one kind of
+    credential...) stays one case per added credential. ``actor_access`` is on by default (the key
+    that did it is answered too: tests/test_actor_access*.py and the end-to-end tests of the default
+    cover it); with it on, every such test would also get a case for the key or session its record's
+    actor signed with, changing its case counts, its Slack messages and its plans."""
+    data["actor_access"] = False
+    return data
+
+
+def one_credential_config(dest: Any, **keys: Any) -> Path:
+    """A configuration folder ``dest``: the shipped ``cordon.yaml`` (shipped rules and playbooks)
+    with :func:`one_credential` and ``keys`` set. Returns the folder."""
+    import yaml
+
+    from cordon.config import DEFAULTS
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    data = one_credential(yaml.safe_load((DEFAULTS / "cordon.yaml").read_text()))
+    data["playbooks"] = str(DEFAULTS / "playbooks")
+    data.update(keys)
+    (dest / "cordon.yaml").write_text(yaml.safe_dump(data))
+    return dest
+
+
+def config_with_approvers(dest: Any, users: Any = TEST_APPROVERS, copy_playbooks: bool = False,
+                          actor_access: bool = False) -> Any:
     """A configuration folder ``dest/config`` for the Slack path, which needs approvers (closed by
     default): the shipped ``cordon/defaults/cordon.yaml`` with ``approval.approvers.users`` set to
     ``users``, the shipped rules linked, and the shipped playbooks linked as ``dest/playbooks``
-    (copied with ``copy_playbooks``, so a test may edit them). Returns the folder; point
-    ``CORDON_CONFIG`` at it (workers started afterwards inherit it)."""
+    (copied with ``copy_playbooks``, so a test may edit them). ``actor_access`` is off unless asked
+    for (:func:`one_credential`: the tests and benchmarks on the Slack path are about approval,
+    durability and recovery of one credential's case). Returns the folder; point ``CORDON_CONFIG``
+    at it (workers started afterwards inherit it)."""
     import shutil
     from pathlib import Path
 
@@ -42,6 +72,7 @@ def config_with_approvers(dest: Any, users: Any = TEST_APPROVERS, copy_playbooks
     cfg.mkdir(parents=True)
     data = yaml.safe_load((repo / "cordon" / "defaults" / "cordon.yaml").read_text())
     data["playbooks"] = "../playbooks"
+    data["actor_access"] = actor_access
     data.setdefault("approval", {}).setdefault("approvers", {})["users"] = list(users)
     (cfg / "cordon.yaml").write_text(yaml.safe_dump(data))
     link_shipped_rules(cfg / "rules")

@@ -178,14 +178,28 @@ def test_the_key_that_made_a_backdoor_admin_is_contained_with_what_it_made(tmp_p
     assert len([r for r in links if r.case_id == actor_cases[0].case_id]) == 3  # revealed by each case
 
 
+def test_on_by_default_in_the_shipped_file_the_loader_and_the_dataclass(tmp_path):
+    assert load_config(DEFAULTS).actor_access is True  # the shipped cordon.yaml says so
+    (tmp_path / "cordon.yaml").write_text("protected_principals: []\n")
+    assert load_config(tmp_path).actor_access is True  # a cordon.yaml that does not name it
+    (tmp_path / "cordon.yaml").write_text("actor_access: false\n")
+    assert load_config(tmp_path).actor_access is False
+
+
 @needs_corpus
-def test_off_by_default_no_case_for_the_actor(tmp_path, monkeypatch):
-    responder = responder_with(tmp_path, monkeypatch)
+def test_on_by_default_a_case_for_the_actor_and_none_with_actor_access_false(tmp_path, monkeypatch):
     log = tmp_path / "admin-user.json"
     log.write_text(json.dumps(stratus_events(ADMIN_USER_LOG)))
+    responder = responder_with(tmp_path / "default", monkeypatch)  # the shipped cordon.yaml as it is
     report = responder.intake([log])
+    # the three credentials and the key that made them (joined by the 2nd and 3rd credential's detection)
+    assert len(report.cases) == 4 and len(report.joined) == 3, report
+    assert len(list(responder.ledger.records(kind_prefix="case.actor_access"))) == 6  # 3 links, both ways
+
+    off = responder_with(tmp_path / "off", monkeypatch, actor_access=False)
+    report = off.intake([log])
     assert len(report.cases) == 3 and len(report.joined) == 1  # two rules match one record: one case
-    assert not list(responder.ledger.records(kind_prefix="case.actor_access"))
+    assert not list(off.ledger.records(kind_prefix="case.actor_access"))
 
 
 @needs_corpus

@@ -203,9 +203,10 @@ def test_azure_user_actor_sessions_are_revoked_with_what_she_made(tmp_path, monk
     assert {r.case_id for r in links} == {actor["case_id"], by_playbook["azure-sp-credential-added"]["case_id"]}
 
 
-def test_azure_off_by_default_no_case_for_the_actor(tmp_path, monkeypatch):
-    responder = responder_with(tmp_path, monkeypatch)
-    report = responder.intake([ENTRA_EXAMPLE])
+def test_azure_on_by_default_and_off_with_actor_access_false(tmp_path, monkeypatch):
+    report = responder_with(tmp_path / "default", monkeypatch).intake([ENTRA_EXAMPLE])
+    assert sorted(t.playbook.name for t in report.cases) == ["azure-actor-user-sessions", "azure-sp-credential-added"]
+    report = responder_with(tmp_path / "off", monkeypatch, actor_access=False).intake([ENTRA_EXAMPLE])
     assert [t.playbook.name for t in report.cases] == ["azure-sp-credential-added"]
 
 

@@ -21,6 +21,7 @@ import yaml
 
 from cordon.action import ActionContext, get_action
 from tests.conftest import STRATUS_LOGS, detection_from_event, stratus_event
+from tests.helpers import one_credential
 from tests.responder_fixtures import *  # noqa: F401,F403 - the responder fixture
 
 LOG = "aws.persistence.iam-backdoor-role"
@@ -38,7 +39,8 @@ def record() -> dict:
 
 def config(tmp_path: Path, monkeypatch, **aws_section) -> Path:
     """The shipped ``cordon.yaml`` with an ``aws:`` section, pointed at by ``CORDON_CONFIG``."""
-    data = yaml.safe_load((REPO / "cordon" / "defaults" / "cordon.yaml").read_text())
+    # one case per record: the Stratus actor's own key is not this module's subject (tests.helpers.one_credential)
+    data = one_credential(yaml.safe_load((REPO / "cordon" / "defaults" / "cordon.yaml").read_text()))
     data["playbooks"] = str(REPO / "cordon" / "defaults" / "playbooks")
     data["aws"] = {"hub_account": "111122223333", **aws_section}
     folder = tmp_path / "config"

@@ -32,10 +32,11 @@ def test_quick_start_contains_and_prints_the_json_contract(env, tmp_path):
                  "--output", "json", env=env)
     assert res.returncode == 0, res.stderr
     *cases, last = [json.loads(ln) for ln in res.stdout.splitlines() if ln.strip()]
-    # one record, matched by two Sigma rules: the second detection joins the first one's case
-    assert last == {"summary": {"read": 1, "detections": 2, "cases": 1, "joined": 1, "suppressed": 0, "rejected": 0,
+    # one record, matched by two Sigma rules: the second detection joins the first one's case; and
+    # (actor_access, on by default) a case for the key the actor, mallory, signed the call with
+    assert last == {"summary": {"read": 1, "detections": 2, "cases": 2, "joined": 1, "suppressed": 0, "rejected": 0,
                                 "failed": 0}}
-    joined, case = cases
+    joined, case, actor = cases
     assert joined["joined"]["case_id"] == case["case_id"] and joined["joined"]["rerun"] is False
     for key in ("case_id", "playbook", "detection", "approval", "actions", "verified"):
         assert key in case
@@ -50,9 +51,17 @@ def test_quick_start_contains_and_prints_the_json_contract(env, tmp_path):
     assert {k: action[k] for k in ("name", "status")} == {"name": "aws.deactivate-access-key", "status": "contained"}
     assert action["before"]["status"] == "Active" and action["after"]["status"] == "Inactive"
     assert case["verified"] is True
+    # the actor's own key: deactivated in the sandbox (seeded from userIdentity.accessKeyId), not Cordon's own
+    adet = actor["detection"]
+    assert adet["uid"] == f"{det['uid']}#actor" and adet["technique_ids"] == ["T1078.004", "T1098.001"]
+    assert adet["credential"]["uid"] == "AKIAEXAMPLEMALLORY01" and adet["target"]["name"] == "mallory"
+    assert actor["playbook"] == "aws-access-key-created" and actor["status"] == "contained"
+    (deactivated,) = actor["actions"]
+    assert deactivated["name"] == "aws.deactivate-access-key" and deactivated["after"]["status"] == "Inactive"
 
     show = cordon("audit", "show", case["case_id"], env=env)
     assert show.returncode == 0 and "action.contained" in show.stdout and "approval.given" in show.stdout
+    assert f"the actor's own access is case {actor['case_id']}" in show.stdout
     assert cordon("audit", "verify", env=env).returncode == 0
 
     # the sandbox's stand-ins are gone with the run: rollback says so in one line, touches no real AWS
@@ -89,13 +98,15 @@ def test_rejected_records_exit_2_and_are_named(env):
     assert "<stdin>: record 2" in res.stderr and "not JSON" in res.stderr
     assert "<stdin>: record 3" in res.stderr and "unrecognised record shape" in res.stderr
     docs = [json.loads(ln) for ln in res.stdout.splitlines() if ln.strip()]
-    assert [d["status"] for d in docs if "case_id" in d] == ["contained"]
+    # the login profile, and the sessions of the role whose session set it (actor_access, on by default)
+    assert sorted((d["playbook"], d["status"]) for d in docs if "case_id" in d) == [
+        ("aws-actor-role-sessions", "contained"), ("aws-login-profile", "contained")]
     # rejected records are objects on stdout too, then one summary object closes the output
     rejected = [d["rejected"] for d in docs if "rejected" in d]
     assert [(r["origin"], r["position"]) for r in rejected] == [("<stdin>", 2), ("<stdin>", 3)]
     assert "not JSON" in rejected[0]["reason"] and "unrecognised record shape" in rejected[1]["reason"]
     summary = docs[-1]["summary"]
-    assert summary["rejected"] == 2 and summary["cases"] == 1 and summary["read"] >= 3, summary
+    assert summary["rejected"] == 2 and summary["cases"] == 2 and summary["read"] >= 3, summary
     dead = cordon("audit", "dead-letters", env=env)
     assert dead.stdout.count("<stdin>") == 2
 

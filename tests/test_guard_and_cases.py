@@ -15,13 +15,16 @@ from cordon.engine import Responder
 from cordon.playbooks.schema import load_playbook_text, load_playbooks
 from cordon.respond import guard
 from tests.conftest import SHARED_DATA
+from tests.helpers import one_credential_config
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 @pytest.fixture
 def responder(tmp_path):
-    return Responder(ledger=Ledger(f"sqlite:///{tmp_path}/ledger.db"))
+    # cases of the credential alone: the actor's own key is tests/test_actor_access.py's (tests.helpers.one_credential)
+    return Responder(config=load_config(one_credential_config(tmp_path / "config")),
+                     ledger=Ledger(f"sqlite:///{tmp_path}/ledger.db"))
 
 
 def playbook(name: str):

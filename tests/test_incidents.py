@@ -72,15 +72,18 @@ def test_cases_of_one_actor_share_an_incident_within_the_window(ledger_url):
 # -- one run for the burst --------------------------------------------------------------------------------
 @needs_corpus
 def test_one_run_one_plan_one_decision_for_an_actors_burst(tmp_path, monkeypatch, prefect_server, aws):
-    """The three cases of the key's burst: one incident, one run (the lead's ``run.requested``; the
-    others ``run.delegated``), one plan holding every case's steps under the lead (hashed with
-    their case IDs), one decision; each case contained on its own, with its own records and close,
-    and its timeline saying which decision covered it."""
+    """The three cases of the key's burst and (``actor_access``, on by default) the case of the key
+    itself: one incident, one run (the lead's ``run.requested``; the others ``run.delegated``), one
+    plan holding every case's steps under the lead (hashed with their case IDs), one decision; each
+    case contained on its own, with its own records and close, and its timeline saying which
+    decision covered it."""
     responder = responder_with(tmp_path, monkeypatch)
     log = tmp_path / "admin-user.json"
     log.write_text(json.dumps(stratus_events(ADMIN_USER_LOG)))
     report = responder.intake([log])
-    assert len(report.cases) == 3
+    assert len(report.cases) == 4
+    actor_key = stratus_event(ADMIN_USER_LOG, "CreateUser")["userIdentity"]["accessKeyId"]
+    (actor_case,) = [t.case_id for t in report.cases if t.detection.credential.uid == actor_key]
     (incident_id,) = {t.incident_id for t in report.cases}
     assert incident_id and responder.ledger.incident(incident_id)["cases"] == [t.case_id for t in report.cases]
 
@@ -91,11 +94,12 @@ def test_one_run_one_plan_one_decision_for_an_actors_burst(tmp_path, monkeypatch
     ledger = responder.ledger
     requested = list(ledger.records(kind_prefix="run.requested"))
     delegated = list(ledger.records(kind_prefix="run.delegated"))
-    assert len(requested) == 1 and len(delegated) == 2
+    assert len(requested) == 1 and len(delegated) == 3
     lead = requested[0].case_id
     assert {r.payload["lead_case_id"] for r in delegated} == {lead}
     assert sorted(m["case_id"] for m in requested[0].payload["members"]) == sorted(r.case_id for r in delegated)
-    # one flow run answered all three
+    assert actor_case in {r.case_id for r in delegated}  # the actor's key is answered with what it made
+    # one flow run answered all four
     assert len({r.run_id for r in ledger.records(kind_prefix="run.started")}) == 1
     plans = [r.payload for r in ledger.records(case_id=lead, kind_prefix="plan.created")]
     incident_plan = plans[-1]
@@ -118,6 +122,10 @@ def test_one_run_one_plan_one_decision_for_an_actors_burst(tmp_path, monkeypatch
     keys = {k["AccessKeyId"]: k["Status"] for k in iam.list_access_keys(UserName=made["userName"])["AccessKeyMetadata"]}
     assert keys[made["accessKeyId"]] == "Inactive"
     assert iam.list_attached_user_policies(UserName=made["userName"])["AttachedPolicies"] == []
+    # and the key that made them deactivated
+    actor_user = stratus_event(ADMIN_USER_LOG, "CreateUser")["userIdentity"]["userName"]
+    actor_keys = {k["AccessKeyId"]: k["Status"] for k in iam.list_access_keys(UserName=actor_user)["AccessKeyMetadata"]}
+    assert actor_keys[actor_key] == "Inactive"
     assert ledger.verify().ok
 
 
@@ -130,22 +138,28 @@ def test_one_run_off_answers_each_case_alone(tmp_path, monkeypatch, prefect_serv
     assert len({t.incident_id for t in report.cases}) == 1  # still one incident in the ledger
     summaries = list(responder.run_all(report, approval="auto", stand_ins=aws))
     assert {s["status"] for s in summaries} == {"contained"}
-    assert len(list(responder.ledger.records(kind_prefix="run.requested"))) == 3
+    assert len(list(responder.ledger.records(kind_prefix="run.requested"))) == 4  # 3 credentials, the actor's key
     assert not list(responder.ledger.records(kind_prefix="run.delegated"))
 
 
 @needs_corpus
 def test_a_refused_member_closes_at_once_and_the_rest_is_contained(tmp_path, monkeypatch, prefect_server, aws):
     """The new user is protected: its cases are refused (closed before the decision, nothing
-    touched), and the plan holds only what may be contained."""
+    touched), and the plan holds only what may be contained: the key that made them (the actor's
+    own access, on by default; not protected)."""
     made = stratus_event(ADMIN_USER_LOG, "CreateUser")["requestParameters"]["userName"]
     responder = responder_with(tmp_path, monkeypatch, protected_principals=[f"arn:aws:iam::*:user/{made}"])
     log = tmp_path / "admin-user.json"
     log.write_text(json.dumps(stratus_events(ADMIN_USER_LOG)))
     report = responder.intake([log])
     summaries = list(responder.run_all(report, approval="auto", stand_ins=aws))
-    assert {s["status"] for s in summaries} == {"refused"}, summaries
+    actor_key = stratus_event(ADMIN_USER_LOG, "CreateUser")["userIdentity"]["accessKeyId"]
+    (actor_case,) = [t.case_id for t in report.cases if t.detection.credential.uid == actor_key]
+    assert {s["case_id"]: s["status"] for s in summaries} == {
+        t.case_id: "contained" if t.case_id == actor_case else "refused" for t in report.cases}, summaries
     for t in report.cases:
+        if t.case_id == actor_case:
+            continue
         kinds = [r.kind for r in responder.ledger.records(case_id=t.case_id)]
         assert kinds.count("case.closed") == 1 and "action.contained" not in kinds and "step.started" not in kinds
 

@@ -12,6 +12,7 @@ import urllib.parse
 
 import httpx
 import pytest
+import yaml
 
 from cordon.engine import Responder
 from cordon.sandbox.slack_standin import block_actions_payload
@@ -35,11 +36,15 @@ needs_corpus = pytest.mark.skipif(not SHARED_DATA.exists(),
 # -- the production shape: one Slack message, a worker killed while it waits, one click -------------------
 @needs_corpus
 def test_an_incident_is_one_slack_request_and_survives_its_worker(stack):  # noqa: F811
-    """The burst through the Slack path: one run, one message listing the three cases, the worker
-    SIGKILLed while the run waits, the approvers' clicks (as many as the lead's quorum), a new worker
-    finishes it: each credential contained once, each case closed with its own record, the message
-    updated in place with the outcome."""
+    """The burst through the Slack path: one run, one message listing the three cases and the case
+    of the key that made them (``actor_access``, on by default), the worker SIGKILLed while the run
+    waits, the approvers' clicks (as many as the lead's quorum), a new worker finishes it: each
+    credential contained once, each case closed with its own record, the message updated in place
+    with the outcome."""
     tmp, env = stack["tmp"], stack["env"]
+    # the shipped default (the stack's configuration, tests.helpers.config_with_approvers, pins it off)
+    cfg = tmp / "config" / "cordon.yaml"
+    cfg.write_text(yaml.safe_dump({**yaml.safe_load(cfg.read_text()), "actor_access": True}))
     w1 = Worker(env, tmp / "worker1.log", cwd=REPO).start()
     stack["workers"].append(w1)
     wait_for(deployment_ready, 90, "the respond deployment to be served")
@@ -49,13 +54,16 @@ def test_an_incident_is_one_slack_request_and_survives_its_worker(stack):  # noq
     report = responder.intake([log])
     slack_settings = {"channel": CHANNEL, "base_url": stack["slack_url"]}
     submitted = list(responder.run_all(report, approval="slack", stand_ins=stack["aws"], slack=slack_settings))
-    assert len(submitted) == 3 and {s["status"] for s in submitted} == {"awaiting_approval"}
+    assert len(submitted) == 4 and {s["status"] for s in submitted} == {"awaiting_approval"}
+    identity = stratus_events(ADMIN_USER_LOG)[0]["userIdentity"]
+    (actor_case,) = [t.case_id for t in report.cases if t.detection.credential.uid == identity["accessKeyId"]]
     (run_id,) = {s["flow_run_id"] for s in submitted}
     wait_for(lambda: flow_state(run_id) == "PAUSED", 120, "the incident's run to suspend for approval")
-    (message,) = stack["slack"].messages(CHANNEL)  # one request for the three cases
+    (message,) = stack["slack"].messages(CHANNEL)  # one request for the four cases
     text = json.dumps(message["blocks"])
     for t in report.cases:
         assert t.case_id in text
+    assert identity["accessKeyId"] in text  # the actor's key is listed with what it made
     assert "iam:UpdateAccessKey" in text and "iam:DetachUserPolicy" in text
     (asked,) = list(stack["ledger"].records(kind_prefix="approval.asked"))
     lead = asked.case_id
@@ -81,6 +89,10 @@ def test_an_incident_is_one_slack_request_and_survives_its_worker(stack):  # noq
         if t.case_id != lead:
             assert "approval.incident" in kinds and "approval.asked" not in kinds
     assert len(list(ledger.records(kind_prefix="approval.given"))) == 1
+    assert "case.actor_access" in [r.kind for r in ledger.records(case_id=actor_case)]
+    keys = stack["aws"].clients("iam", account_id=identity["accountId"]).list_access_keys(
+        UserName=identity["userName"])["AccessKeyMetadata"]
+    assert {k["AccessKeyId"]: k["Status"] for k in keys}[identity["accessKeyId"]] == "Inactive"
     final = stack["slack"].message(CHANNEL, message["ts"])
     assert final["history"] and "contained" in json.dumps(final["blocks"]).lower()
     assert ledger.verify().ok

@@ -27,6 +27,7 @@ from cordon.config import DEFAULTS, ConfigError, check_config_text, load_config
 from cordon.engine import Responder
 from cordon.playbooks.schema import load_playbooks, route, routed_because
 from tests.conftest import SHARED_DATA, detection_from_event, stratus_event
+from tests.helpers import one_credential
 
 needs_corpus = pytest.mark.skipif(not SHARED_DATA.exists(),
                                   reason=f"{SHARED_DATA} is absent (../shared not beside the repo)")
@@ -81,7 +82,9 @@ def by_terraform(event: dict[str, Any]) -> dict[str, Any]:
 def config_folder(dest: Path, patterns: list[str]) -> Path:
     """The shipped ``cordon.yaml`` with ``infrastructure_principals: patterns``, in ``dest``."""
     dest.mkdir(parents=True)
-    data = yaml.safe_load((DEFAULTS / "cordon.yaml").read_text())
+    # one case per record (tests.helpers.one_credential): this module is about how the record's own
+    # credential is routed (triage or containment), not about the actor's access
+    data = one_credential(yaml.safe_load((DEFAULTS / "cordon.yaml").read_text()))
     data["playbooks"] = str(DEFAULTS / "playbooks")
     data["infrastructure_principals"] = patterns
     (dest / "cordon.yaml").write_text(yaml.safe_dump(data))

@@ -377,10 +377,17 @@ def test_real_respond_runs_export_valid_ocsf(tmp_path, monkeypatch, prefect_serv
                                EXAMPLES / "mixed-with-bad-records.jsonl", EXAMPLES / "gcp-create-sa-key.json",
                                EXAMPLES / "entra-add-sp-credentials.json", _write(tmp_path, "bg.json", ct)])
     summaries = {s["case_id"]: s for s in responder.run_all(report, approval="auto", stand_ins=sandboxes)}
-    statuses = sorted(s["status"] for s in summaries.values())
+    statuses = sorted(s["status"] for s in summaries.values() if not s["detection"]["uid"].endswith("#actor"))
     assert statuses == ["contained", "contained", "contained", "contained", "refused"], summaries
+    # actor_access (on by default): the access each record's actor signed with has a case too: mallory's
+    # key (both CloudTrail records: one case), eve's role sessions, the Entra user's sign-in sessions; none
+    # for the GCP example, whose actor is a person (no service-account key signed the call)
+    actors = sorted((s["playbook"], s["status"]) for s in summaries.values()
+                    if s["detection"]["uid"].endswith("#actor"))
+    assert actors == [("aws-access-key-created", "contained"), ("aws-actor-role-sessions", "contained"),
+                      ("azure-actor-user-sessions", "contained")], actors
     key_case = next(cid for cid, s in summaries.items() if s["playbook"] == "aws-access-key-created"
-                    and s["status"] == "contained")
+                    and s["status"] == "contained" and not s["detection"]["uid"].endswith("#actor"))
     aws = sandboxes.for_provider("aws")
     outcomes = responder.rollback(key_case, clients_for("aws", {**aws.cloud_params(), "account_id": "111122223333"}),
                                   who="test:oncall")

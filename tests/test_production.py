@@ -23,11 +23,12 @@ import pytest
 import sqlalchemy as sa
 
 from cordon.audit.ledger import Ledger
+from cordon.config import load_config
 from cordon.engine import Responder
 from cordon.sandbox.aws import AwsSandbox
 from cordon.sandbox.prefect_server import PrefectServer, free_port
 from tests.dbs import POSTGRES_URL, fresh_postgres_schema, postgres_unavailable
-from tests.helpers import config_with_approvers, wait_for
+from tests.helpers import config_with_approvers, one_credential_config, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "cloudtrail-create-access-key.json"
@@ -261,7 +262,9 @@ def test_process_worker_runs_the_prefect_yaml_deployment_to_containment(prefect_
     aws = AwsSandbox().start()
     aws.reset()  # moto's backends live in this process: forget what earlier tests contained
     db_url = f"sqlite:///{tmp_path}/ledger.db"
-    env = {**os.environ, **server.env, "CORDON_DATABASE_URL": db_url,
+    # the example's key alone (tests.helpers.one_credential): this test is about the deployment path
+    one_case = one_credential_config(tmp_path / "config")
+    env = {**os.environ, **server.env, "CORDON_DATABASE_URL": db_url, "CORDON_CONFIG": str(one_case),
            "PREFECT_LOCAL_STORAGE_PATH": str(tmp_path / "results"), "PREFECT_WORKER_QUERY_SECONDS": "1",
            "PREFECT_WORKER_PREFETCH_SECONDS": "1"}
     log = tmp_path / "worker.log"
@@ -270,7 +273,7 @@ def test_process_worker_runs_the_prefect_yaml_deployment_to_containment(prefect_
                               start_new_session=True)
     try:
         ledger = Ledger(db_url)
-        responder = Responder(ledger=ledger)
+        responder = Responder(config=load_config(one_case), ledger=ledger)
         report = responder.intake([EXAMPLE])
         (ticket,) = report.cases
         aws.seed_from_detection(ticket.detection)

@@ -38,6 +38,7 @@ import boto3
 import pytest
 
 from cordon.audit.ledger import Ledger
+from cordon.config import load_config
 from cordon.recovery import (
     DEPLOYMENT,
     check_case,
@@ -48,7 +49,7 @@ from cordon.recovery import (
     process_ref,
 )
 from cordon.sandbox.prefect_server import PrefectServer, free_port
-from tests.helpers import config_with_approvers, wait_for
+from tests.helpers import config_with_approvers, one_credential_config, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -148,7 +149,9 @@ class SandboxProcess:
 
 def cli_env(sandbox: SandboxProcess, db: Path, prefect_home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "AWS_"))}
+    # each key's case alone (tests.helpers.one_credential): the kill and recovery count steps per key
     return {**env, **sandbox.env, "CORDON_DATABASE_URL": f"sqlite:///{db}", "PREFECT_HOME": str(prefect_home),
+            "CORDON_CONFIG": str(one_credential_config(db.parent / "one-credential-config")),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING"}
 
 
@@ -575,7 +578,8 @@ def test_recovery_gives_up_after_max_attempts_once_and_says_so(tmp_path, monkeyp
 
     monkeypatch.setenv("CORDON_RECOVERY_MAX_ATTEMPTS", "2")
     ledger = Ledger(f"sqlite:///{tmp_path}/ledger.db")
-    responder = Responder(ledger=ledger)
+    # the example's key alone: one stranded case (tests.helpers.one_credential)
+    responder = Responder(config=load_config(one_credential_config(tmp_path / "config")), ledger=ledger)
     (ticket,) = responder.intake([EXAMPLE]).cases
     for attempt in (1, 2):  # two runs started and died with their process
         dead = _dead_process()

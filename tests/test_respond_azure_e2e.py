@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from cordon.audit.ledger import Ledger
+from cordon.config import load_config
 from cordon.engine import Responder
 from cordon.sandbox.azure import AzureSandbox
+from tests.helpers import one_credential_config
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "entra-add-sp-credentials.json"
 SP = "0b9e4a52-7c31-4d8e-a6f2-93c15d7e2b40"
@@ -35,14 +37,23 @@ def test_added_sp_password_is_removed_and_the_existing_one_kept(tmp_path, monkey
     azure.standin.ensure_service_principal(SP, display_name="payments-api")
     azure.standin.add_password(SP, key_id=OLD_KEY, display_name="ci-deploy")
     report = responder.intake([EXAMPLE])
-    (s,) = list(responder.run_all(report, approval="auto", stand_ins=azure))
-    assert s["playbook"] == "azure-sp-credential-added" and s["status"] == "contained", s
+    # the shipped configuration: the secret's case, and (actor_access, on by default) the case of the
+    # user who added it, whose sign-in sessions are revoked
+    by_playbook = {x["playbook"]: x for x in responder.run_all(report, approval="auto", stand_ins=azure)}
+    assert sorted(by_playbook) == ["azure-actor-user-sessions", "azure-sp-credential-added"], by_playbook
+    s = by_playbook["azure-sp-credential-added"]
+    assert s["status"] == "contained", s
     assert s["detection"]["credential"]["uid"] == NEW_KEY and s["verified"] is True
     remaining = [c["keyId"] for c in azure.standin.service_principals[SP]["passwordCredentials"]]
     assert remaining == [OLD_KEY]
+    actor = by_playbook["azure-actor-user-sessions"]
+    assert actor["status"] == "contained" and actor["verified"] is True, actor
+    user = actor["detection"]["credential"]["owner"]["uid"]
     removes = [r for r in azure.standin.api_requests("graph", mutating=True)]
-    assert [(r["method"], r["path"].rsplit("/", 1)[-1], r["body"]) for r in removes] == [
-        ("POST", "removePassword", {"keyId": NEW_KEY})]
+    assert sorted((r["method"], r["path"].rsplit("/", 1)[-1], r["body"]) for r in removes) == [
+        ("POST", "removePassword", {"keyId": NEW_KEY}), ("POST", "revokeSignInSessions", {})], removes
+    assert [r["path"] for r in removes if r["path"].endswith("revokeSignInSessions")] == [
+        f"/v1.0/users/{user}/revokeSignInSessions"]
     assert responder.ledger.verify().ok
     # the flow run's parameters (kept in Prefect's database) name the environment variable, not the secret
     from prefect.client.orchestration import get_client
@@ -97,6 +108,17 @@ def _responder(tmp_path, monkeypatch):
     return Responder(ledger=Ledger(url))
 
 
+def _one_credential_responder(tmp_path, monkeypatch):
+    """A responder on the shipped configuration with ``actor_access: false`` (tests.helpers.one_credential):
+    for the tests of Graph faults on one credential's containment, which count every mutating request;
+    the example's actor (her sign-in sessions revoked) is test_added_sp_password_is_removed_... 's."""
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    monkeypatch.setenv("CORDON_DATABASE_URL", url)
+    folder = one_credential_config(tmp_path / "config")
+    monkeypatch.setenv("CORDON_CONFIG", str(folder))
+    return Responder(config=load_config(folder), ledger=Ledger(url))
+
+
 def _seed_example(azure):
     azure.standin.ensure_service_principal(SP, display_name="payments-api")
     azure.standin.add_password(SP, key_id=OLD_KEY, display_name="ci-deploy")
@@ -109,7 +131,7 @@ def _kinds(responder, case_id):
 def test_throttled_graph_is_retried_and_the_run_contains(tmp_path, monkeypatch, prefect_server, azure):
     """429 with Retry-After: 1 on the removePassword: kiota waits and retries; one ledger record of
     the action, contained, verified."""
-    responder = _responder(tmp_path, monkeypatch)
+    responder = _one_credential_responder(tmp_path, monkeypatch)
     _seed_example(azure)
     azure.fail_next(f"POST /v1.0/servicePrincipals/{SP}/removePassword", 429, headers={"Retry-After": "1"})
     (s,) = list(responder.run_all(responder.intake([EXAMPLE]), approval="auto", stand_ins=azure))
@@ -124,7 +146,7 @@ def test_graph_5xx_that_persists_is_recorded_failed_and_nothing_is_half_done(tmp
                                                                              prefect_server, azure):
     """503 on every attempt (kiota's three retries exhausted): the case fails, the ledger holds the
     failed action with the HTTP status, nothing changed in the directory; a later run contains."""
-    responder = _responder(tmp_path, monkeypatch)
+    responder = _one_credential_responder(tmp_path, monkeypatch)
     _seed_example(azure)
     azure.fail_next(f"POST /v1.0/servicePrincipals/{SP}/removePassword", 503, times=4,
                     headers={"Retry-After": "1"})
@@ -145,7 +167,7 @@ def test_graph_5xx_that_persists_is_recorded_failed_and_nothing_is_half_done(tmp
 
 def test_graph_404_for_the_owner_is_already_contained_and_said(tmp_path, monkeypatch, prefect_server, azure):
     """The service principal was deleted before Cordon got to it: nothing to remove, said explicitly."""
-    responder = _responder(tmp_path, monkeypatch)
+    responder = _one_credential_responder(tmp_path, monkeypatch)
     report = responder.intake([EXAMPLE])
     (ticket,) = report.cases
     cloud = azure.cloud_params()  # not seeded: the object does not exist
@@ -293,7 +315,7 @@ def test_dangerous_graph_app_role_grant_is_removed_exactly_and_rolled_back(tmp_p
     from tests.azure_fixtures import ASSIGNEE, GRAPH_SP, app_role_grant_record
 
     rmrwd, user_read = GRAPH_APP_ROLES["RoleManagement.ReadWrite.Directory"], GRAPH_APP_ROLES["User.Read.All"]
-    responder = _responder(tmp_path, monkeypatch)
+    responder = _one_credential_responder(tmp_path, monkeypatch)
     # the assignee already held User.Read.All legitimately
     azure.standin.ensure_graph_resource(GRAPH_SP)
     azure.standin.ensure_service_principal(ASSIGNEE, "sync-bot")

@@ -28,6 +28,8 @@ needs_corpus = pytest.mark.skipif(not SHARED_DATA.exists(),
 
 @pytest.fixture
 def responder(tmp_path, monkeypatch, prefect_server):
+    """The shipped configuration as a user gets it: ``actor_access`` on, so a record that added a
+    credential also opens a case for the key or role session its actor signed the call with."""
     url = f"sqlite:///{tmp_path}/ledger.db"
     monkeypatch.setenv("CORDON_DATABASE_URL", url)
     return Responder(ledger=Ledger(url))
@@ -38,10 +40,24 @@ def run_file(responder: Responder, aws, path: Path) -> tuple[list[dict], object]
     return list(responder.run_all(report, approval="auto", stand_ins=aws)), report
 
 
+def is_actor_case(summary: dict) -> bool:
+    """Whether ``summary`` is of a case opened for the actor's own access (the derived detection's
+    uid is ``<uid>#actor``, :func:`cordon.providers.actor_detection`)."""
+    return str(summary["detection"]["uid"]).endswith("#actor")
+
+
+def split_actor(summaries: list[dict]) -> tuple[dict, list[dict]]:
+    """The one case of the credential the record added, and the cases of its actor's own access."""
+    (own,) = [s for s in summaries if not is_actor_case(s)]
+    return own, [s for s in summaries if is_actor_case(s)]
+
+
 def test_example_access_key_is_contained_exactly(responder, aws):
     summaries, report = run_file(responder, aws, EXAMPLES / "cloudtrail-create-access-key.json")
-    assert len(summaries) == 1 and len(report.joined) == 1  # both seed rules match: one case
-    s = summaries[0]
+    # both seed rules match: one case for build-bot's new key; and, actor_access being on by default,
+    # one for the key mallory signed the call with
+    assert len(summaries) == 2 and len(report.joined) == 1
+    s, (actor,) = split_actor(summaries)
     assert s["playbook"] == "aws-access-key-created" and s["status"] == "contained" and s["verified"] is True
     (action,) = s["actions"]
     assert action["name"] == "aws.deactivate-access-key"
@@ -49,9 +65,15 @@ def test_example_access_key_is_contained_exactly(responder, aws):
     iam = aws.clients("iam", account_id="111122223333")
     keys = {k["AccessKeyId"]: k["Status"] for k in iam.list_access_keys(UserName="build-bot")["AccessKeyMetadata"]}
     assert keys == {"AKIAEXAMPLEBUILDBOT9": "Inactive"}
-    # the actor's own key (seeded from userIdentity.accessKeyId) is untouched: exactly the named credential
+    # the actor's own key (seeded from userIdentity.accessKeyId) is its own case, deactivated exactly
+    assert actor["playbook"] == "aws-access-key-created" and actor["status"] == "contained", actor
+    assert actor["detection"]["credential"]["uid"] == "AKIAEXAMPLEMALLORY01" and actor["verified"] is True
+    (deactivated,) = actor["actions"]
+    assert deactivated["name"] == "aws.deactivate-access-key" and deactivated["after"]["status"] == "Inactive"
     actor_keys = iam.list_access_keys(UserName="mallory")["AccessKeyMetadata"]
-    assert [k["Status"] for k in actor_keys] == ["Active"]
+    assert {k["AccessKeyId"]: k["Status"] for k in actor_keys} == {"AKIAEXAMPLEMALLORY01": "Inactive"}
+    links = [r.payload for r in responder.ledger.records(case_id=s["case_id"], kind_prefix="case.actor_access")]
+    assert [p["actor_case"] for p in links] == [actor["case_id"]]
     kinds = [r.kind for r in responder.ledger.records(case_id=s["case_id"])]
     for expected in ("detection.received", "case.opened", "case.joined", "run.started", "enrichment.completed",
                      "guard.passed", "plan.created", "approval.asked", "approval.given", "action.contained",
@@ -72,7 +94,11 @@ def test_bad_records_are_dead_lettered_and_the_rest_handled(responder, aws):
     assert [r.position for r in report.rejected] == [2, 3]
     assert "not JSON" in report.rejected[0].reason and "unrecognised record shape" in report.rejected[1].reason
     assert [d.suppressed for d in report.suppressed] == ["GuardDuty sample finding (service.additionalInfo.sample)"]
-    assert [s["status"] for s in summaries] == ["contained"]
+    # the login profile, and the sessions of the role (ops-admin) whose session set it
+    own, (actor,) = split_actor(summaries)
+    assert own["playbook"] == "aws-login-profile" and own["status"] == "contained"
+    assert actor["playbook"] == "aws-actor-role-sessions" and actor["status"] == "contained", actor
+    assert actor["detection"]["credential"]["uid"] == "arn:aws:iam::111122223333:role/ops-admin"
     dead = responder.ledger.dead_letters()
     assert [d["position"] for d in dead] == [2, 3] and "this is not JSON" in dead[0]["raw_text"]
 
@@ -84,12 +110,15 @@ def test_protected_principal_is_never_touched(responder, aws, tmp_path):
     path = tmp_path / "bg.json"
     path.write_text(json.dumps(event))
     summaries, _ = run_file(responder, aws, path)
-    (s,) = summaries
+    s, (actor,) = split_actor(summaries)
     assert s["status"] == "refused" and "protected principal" in s["guard"]["reason"]
     iam = aws.clients("iam", account_id="111122223333")
     assert [k["Status"] for k in iam.list_access_keys(UserName="break-glass-admin")["AccessKeyMetadata"]] == ["Active"]
+    # mallory, who added a key to the protected user, is no protected principal: her own key is contained
+    assert actor["status"] == "contained" and actor["detection"]["credential"]["uid"] == "AKIAEXAMPLEMALLORY01"
 
 
+#: Playbooks of the credentials each capture adds (the actor's own access is checked apart).
 STRATUS_CONTAINED = {
     "aws.persistence.iam-backdoor-user": {"aws-access-key-created"},
     "aws.persistence.iam-create-user-login-profile": {"aws-login-profile"},
@@ -105,7 +134,12 @@ STRATUS_CONTAINED = {
 def test_stratus_captures_are_contained_in_the_sandbox(responder, aws, capture):
     summaries, report = run_file(responder, aws, STRATUS_LOGS / f"{capture}.json")
     assert not report.rejected
-    assert {s["playbook"] for s in summaries} == STRATUS_CONTAINED[capture]
+    assert {s["playbook"] for s in summaries if not is_actor_case(s)} == STRATUS_CONTAINED[capture]
+    # every capture is detonated by one IAM user signing with its access key: one case for that key
+    # (however many credentials it added), answered like any added key
+    (actor,) = [s for s in summaries if is_actor_case(s)]
+    assert actor["playbook"] == "aws-access-key-created", actor
+    assert actor["detection"]["credential"]["uid"].startswith("AKIA")
     for s in summaries:
         assert s["status"] == "contained", (s["playbook"], s.get("guard"), s["actions"])
         assert s["verified"] is True
@@ -187,8 +221,10 @@ def test_placeholder_key_id_is_refused_by_the_schema(responder, aws, tmp_path):
     event["responseElements"]["accessKey"]["accessKeyId"] = "ABCDEFG"
     path = tmp_path / "placeholder.json"
     path.write_text(json.dumps(event))
-    (s,), _ = run_file(responder, aws, path)
+    summaries, _ = run_file(responder, aws, path)
+    s, (actor,) = split_actor(summaries)
     assert s["status"] == "refused" and "access_key_id" in s["guard"]["reason"]
+    assert actor["status"] == "contained"  # mallory's own key is well formed
 
 
 @needs_corpus
@@ -210,13 +246,17 @@ def test_panther_negatives_we_judge_differently_are_contained(responder, aws, tm
 def test_rollback_restores_the_key_and_is_recorded(responder, aws):
     from cordon.clouds import clients_for
 
-    (s,), _ = run_file(responder, aws, EXAMPLES / "cloudtrail-create-access-key.json")
+    summaries, _ = run_file(responder, aws, EXAMPLES / "cloudtrail-create-access-key.json")
+    s, (actor,) = split_actor(summaries)
     assert s["status"] == "contained"
     clients = clients_for("aws", {**aws.cloud_params(), "account_id": "111122223333"})
     outcomes = responder.rollback(s["case_id"], clients, who="test:responder")
     assert [(o["name"], o["status"]) for o in outcomes] == [("aws.deactivate-access-key", "rolled_back")]
     iam = aws.clients("iam", account_id="111122223333")
     assert [k["Status"] for k in iam.list_access_keys(UserName="build-bot")["AccessKeyMetadata"]] == ["Active"]
+    # the rollback of one case leaves the actor's case alone
+    assert [k["Status"] for k in iam.list_access_keys(UserName="mallory")["AccessKeyMetadata"]] == ["Inactive"]
+    assert responder.ledger.case(actor["case_id"])["status"] == "contained"
     again = responder.rollback(s["case_id"], clients, who="test:responder")
     assert [o["status"] for o in again] == ["already_rolled_back"]
     kinds = [r.kind for r in responder.ledger.records(case_id=s["case_id"])]
@@ -228,7 +268,7 @@ def test_login_profile_rollback_is_refused_as_not_supported(responder, aws, tmp_
     from cordon.clouds import clients_for
 
     summaries, _ = run_file(responder, aws, EXAMPLES / "mixed-with-bad-records.jsonl")
-    (s,) = summaries
+    s, _ = split_actor(summaries)
     clients = clients_for("aws", {**aws.cloud_params(), "account_id": "111122223333"})
     outcomes = responder.rollback(s["case_id"], clients, who="test")
     assert [o["status"] for o in outcomes] == ["not_supported"]
@@ -236,13 +276,14 @@ def test_login_profile_rollback_is_refused_as_not_supported(responder, aws, tmp_
 
 def test_the_prefect_run_is_named_tagged_and_logged_as_an_operator_expects(responder, aws):
     """Prefect's UI lists cases, not generated names: the run is named ``<case> <playbook>
-    <credential>``, tagged by provider, playbook and severity, its task runs read (``contain
-    aws.deactivate-access-key ...``), and the run logger says what each step did."""
+    <credential>`` (the incident's lead case), tagged by provider, playbook and severity, its task
+    runs read (``contain aws.deactivate-access-key ...``), and the run logger says what each step did."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
     from prefect.logging.handlers import APILogWorker
 
-    (s,), _ = run_file(responder, aws, EXAMPLES / "cloudtrail-create-access-key.json")
+    summaries, _ = run_file(responder, aws, EXAMPLES / "cloudtrail-create-access-key.json")
+    s, _ = split_actor(summaries)  # build-bot's key leads the incident: the run is named after its case
     # Run logs reach the server in batches from a background worker: flush it, then read until the
     # last step's line is there (CI once read the batch before the last ones had been sent).
     APILogWorker.drain_all(timeout=5)
@@ -260,7 +301,9 @@ def test_the_prefect_run_is_named_tagged_and_logged_as_an_operator_expects(respo
         <= set(fr.tags), fr.tags
     names = {t.name for t in tasks}
     assert any(n.startswith("contain aws.deactivate-access-key ") for n in names), names
-    assert {f"enrich, guard and plan {s['case_id']}", f"finish {s['case_id']}"} <= names, names
+    # one run answers the incident (build-bot's key and mallory's): its tasks say so
+    assert {f"enrich, guard and plan the incident of {s['case_id']}", f"finish the incident of {s['case_id']}"} \
+        <= names, names
     text = "\n".join(log.message for log in logs)
     assert "aws.deactivate-access-key on" in text and ": contained" in text, text
     assert "held" in text and f"case {s['case_id']} closed: contained" in text, text

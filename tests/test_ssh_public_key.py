@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 
 from cordon.audit.ledger import Ledger
+from cordon.config import load_config
 from cordon.engine import Responder
 from cordon.providers import shipped_rule_dirs
+from tests.helpers import one_credential_config
 
 EVENT = Path(__file__).resolve().parents[1] / "examples" / "cloudtrail-upload-ssh-public-key.json"
 KEY = "APKAEXAMPLEBUILDBOT9"
@@ -27,7 +29,10 @@ OTHER = "APKAEXAMPLEOTHERKEY1"
 def responder(tmp_path, monkeypatch, prefect_server):
     url = f"sqlite:///{tmp_path}/ledger.db"
     monkeypatch.setenv("CORDON_DATABASE_URL", url)
-    return Responder(ledger=Ledger(url))
+    # the SSH key's case alone: the actor's own key is tests/test_actor_access.py's (tests.helpers.one_credential)
+    folder = one_credential_config(tmp_path / "config")
+    monkeypatch.setenv("CORDON_CONFIG", str(folder))
+    return Responder(config=load_config(folder), ledger=Ledger(url))
 
 
 def test_the_upload_is_a_detection_naming_the_key_and_its_user():
