@@ -10,9 +10,9 @@ Cordon's server under uvicorn, signed clicks; Prefect's side of the resume is it
 
 from __future__ import annotations
 
-import time
 from datetime import datetime
 
+from cordon.approvals.decide import RESUME_LEAD_S
 from cordon.approvals.gate import claim_containment, hold_until, ledger_decision
 from tests.test_approval_policy import GLOBAL, world  # noqa: F401 - world is a fixture
 from tests.test_server import wait_for
@@ -42,16 +42,16 @@ def test_an_approval_resumes_after_the_window_and_a_deny_inside_it_is_recorded_f
     assert claims["approve"].seq < claims["deny"].seq < received.seq
     assert lost.payload["decision_seq"] == claims["deny"].seq and lost.payload["effect"] == "stops_containment"
     # the resume (``decision_received`` is written once Prefect accepted it) came no sooner than
-    # the window after the approving claim
+    # the window after the approving claim, less the lead the run's pick-up takes
     assert len(paused.inputs) == 1
-    assert _ts(received) >= _ts(claims["approve"]) + WINDOW - 0.05
+    assert _ts(received) >= _ts(claims["approve"]) + WINDOW - RESUME_LEAD_S - 0.05
     assert wait_for(lambda: w.slack.responses(deny_url))
     assert "stops the approved containment" in w.slack.responses(deny_url)[0]["text"]
-    # the resumed run's gate: the window is past (nothing to wait) and the Deny wins
+    # the resumed run's gate: at most the lead is left of the window, and the Deny wins
     given = paused.inputs[0][1]
     decision = ledger_decision(records, received.run_id, claims["approve"].payload["plan_hash"], given)
     not_before = hold_until(records, decision, WINDOW)
-    assert not_before is not None and not_before <= time.time()
+    assert not_before is not None and not_before - _ts(received) <= RESUME_LEAD_S + 0.05
     gate = claim_containment(w.ledger, w.case_id, received.run_id, decision["plan_hash"], not_before=not_before)
     assert gate.outcome == "denied" and gate.denied_by == "slack:U0BOB0002"
 

@@ -66,6 +66,9 @@ ROLLBACKABLE = frozenset({"contained", "not_verified", "failed"})
 DECIDED_KIND = RESUMED_KIND
 #: A claim with no outcome after this long is delivered by the sweeper (its owner died mid-way).
 DELIVER_AFTER = timedelta(seconds=60)
+#: How much before the end of the deny window an approval's resume is delivered (s): about the time
+#: a resumed run takes to be picked up and reach its gate, which waits out what is left
+RESUME_LEAD_S = 0.25
 
 #: ``resume(flow_run_id, run_input)``: returns when the run was resumed, raises otherwise
 #: (:class:`ResumeRefused` for an orchestration answer other than ACCEPT).
@@ -180,7 +183,9 @@ def settle(ledger: Ledger, *, case_id: str, run_id: str, plan_hash: str, run_inp
 
     With ``hold_s`` > 0 (an approval, ``approval.deny_window``), step 2's resume is not made here:
     a ``pending`` Settlement is returned at once and its ``deliver()`` waits until the claim's
-    ledger time plus ``hold_s`` (:func:`cordon.approvals.gate.hold_until`), then resumes and records.
+    ledger time plus ``hold_s`` (:func:`cordon.approvals.gate.hold_until`) less
+    :data:`RESUME_LEAD_S` (the resumed run takes about that long to be picked up; its gate still
+    waits out the rest of the window), then resumes and records.
     The caller releases its per-case lock first, so a Deny clicked inside the window is recorded
     before the run resumes, and the resumed run does not sleep out the window in a worker slot.
 
@@ -200,6 +205,8 @@ def settle(ledger: Ledger, *, case_id: str, run_id: str, plan_hash: str, run_inp
     if first is not None and first.seq == claim.seq:
         def deliver() -> Settlement:
             at = hold_until([claim], {"ledger_seq": claim.seq}, hold_s)
+            if at is not None:  # RESUME_LEAD_S early: the run's pick-up overlaps the window's end
+                at -= min(hold_s, RESUME_LEAD_S)
             if at is not None and at > time.time():
                 time.sleep(at - time.time())
             try:
