@@ -97,6 +97,24 @@ def test_a_contained_key_used_or_reenabled_is_raised_once_each(responder, aws):
     assert ledger.verify().ok
 
 
+def test_a_use_in_the_second_containment_happened_in_is_found(responder, aws):
+    """CloudTrail's ``eventTime`` has whole seconds: a use stamped with the second the case was
+    contained in (before its fraction) is searched for too, not lost to the rounding."""
+    from cordon.detections.model import Detection
+    from cordon.providers.aws.watch import credential_usage
+
+    report = responder.intake([EXAMPLE])
+    (summary,) = list(responder.run_all(report, approval="auto", stand_ins=aws))
+    ledger = responder.ledger
+    (item,) = due(ledger, {"aws-access-key-created": 1800}, datetime.now(UTC))
+    detection = Detection.model_validate_json(ledger.case(summary["case_id"])["detection"])
+    since = item.contained_at.replace(microsecond=999_000)  # late in its second: the event's stamp is before it
+    key, user = detection.credential.uid, detection.credential.owner.name
+    aws.standin.add_events([used_by(key, user, since)])  # eventTime: the whole second
+    used = credential_usage(detection, since, sandbox_clients(aws.cloud_params()))
+    assert [e["access_key_id"] for e in used] == [key]
+
+
 def test_the_flow_skips_what_an_in_process_sandbox_run_contained(responder, aws, monkeypatch):
     from cordon.flows.watch import watch_contained
 

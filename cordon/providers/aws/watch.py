@@ -12,6 +12,10 @@ event is typically searchable about 5 minutes after the call) is asked, for the 
 * ``aws_iam_user``: ``Username`` = the user: anything the quarantined backdoor user did.
 
 Other kinds are not searched (``None``): their verification is the state read again.
+
+CloudTrail's ``eventTime`` has whole seconds, so the search starts at the second containment happened
+in (``since`` rounded down): a call in that same second cannot be ordered against the containment,
+and the watch errs toward raising it rather than missing it.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ def credential_usage(detection: Any, since: datetime, clients: Any, *, limit: in
         return None
     client = clients("cloudtrail", region=detection.region)
     pages = client.get_paginator("lookup_events").paginate(
-        LookupAttributes=[{"AttributeKey": key, "AttributeValue": value}], StartTime=since)
+        LookupAttributes=[{"AttributeKey": key, "AttributeValue": value}], StartTime=since.replace(microsecond=0))
     out: list[dict[str, Any]] = []
     for page in pages:
         for ev in page.get("Events", []):
