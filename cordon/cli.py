@@ -32,6 +32,9 @@ app.add_typer(db_app, name="db")
 from cordon.cli_sensor import sensor_app  # noqa: E402 - list / run / status live there
 
 app.add_typer(sensor_app, name="sensor")
+from cordon.cli_case import case_app  # noqa: E402 - pending / done live there
+
+app.add_typer(case_app, name="case")
 
 out = Console(soft_wrap=True, highlight=False)
 err = Console(stderr=True, soft_wrap=True, highlight=False)
@@ -290,6 +293,9 @@ def _print_case(summary: dict[str, Any], output: OutputFormat) -> None:
                   f"after={_brief(a.get('after'))}")
     if summary.get("verified") is not None:
         out.print(f"  verified: {summary['verified']}")
+    for m in summary.get("manual") or []:
+        out.print(f"  left to a person ({escape(m['id'])}): {escape(m['text'])}")
+        out.print(f"    when done: cordon case done {escape(summary['case_id'])} --step {escape(m['id'])}")
 
 
 def _what_and_who(det: dict[str, Any]) -> str:

@@ -80,7 +80,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: Case statuses after which a case needs no run (``case.closed`` was written, or none is due).
 CLOSED_STATUSES = frozenset({"contained", "denied", "expired", "refused", "no_containment", "failed",
-                             "not_verified", "no_playbook", "rolled_back", "plan_changed", "already_contained"})
+                             "not_verified", "no_playbook", "rolled_back", "plan_changed", "already_contained",
+                             "awaiting_manual"})
 #: Record kinds that close a case.
 CLOSING_KINDS = frozenset({"case.closed", "playbook.none"})
 #: Prefect state types of a run that is, or will be, running.

@@ -92,7 +92,8 @@ def role_assignment(azure):
 EXPECTED = {"azure.remove-sp-password", "azure.remove-sp-key", "azure.disable-service-principal",
             "azure.remove-role-assignment", "azure.remove-federated-credential", "azure.revoke-user-sessions",
             "azure.service-principal", "azure.actor", "azure.remove-directory-role-member",
-            "azure.remove-app-role-assignment", "azure.unnamed-credential", "azure.remove-unnamed-credential"}
+            "azure.remove-app-role-assignment", "azure.unnamed-credential", "azure.remove-unnamed-credential",
+            "azure.block-app-passwords"}
 
 
 def test_every_azure_action_is_registered_and_self_describes():
@@ -110,7 +111,7 @@ def test_every_azure_action_is_registered_and_self_describes():
         assert set(d["credential_kinds"]) <= {"azure_sp_password", "azure_sp_key", "azure_federated_credential",
                                               "azure_role_assignment", "azure_user", "azure_service_principal",
                                               "azure_directory_role", "azure_app_role_assignment",
-                                              "azure_user_sessions", "azure_sp_sign_in"}
+                                              "azure_user_sessions", "azure_sp_sign_in", "azure_user_app_password"}
     assert actions["azure.remove-sp-password"].rollback_supported is False
     assert actions["azure.disable-service-principal"].rollback_supported is True
     assert actions["azure.remove-role-assignment"].rollback_supported is True

@@ -485,6 +485,34 @@ def test_roll_back_button_under_the_same_policy(world, aws):
     assert "already rolled back" in w.click("U0ALICE01", "cordon_rollback", message=with_button)
 
 
+# -- the Mark done button of a manual step (cordon/manual_steps.py) ----------------------------
+def test_mark_done_button_under_the_same_policy(world):
+    w = world({"required": True, "quorum": 1})
+    assert w.click("U0ALICE01") is None  # approved; the run ends with the case awaiting a person's step
+    steps = [{"id": "delete-app-passwords", "text": "Delete the app passwords on the per-user MFA page."}]
+    approval = {"decision": "approve", "approver": "slack:U0ALICE01"}
+    w.ledger.close_case(w.case_id, "awaiting_manual", {"status": "awaiting_manual", "verified": True,
+                                                       "approval": approval, "manual": steps}, run_id=RUN_ID)
+    summary = {"case_id": w.case_id, "playbook": w.playbook.name, "flow_run_id": RUN_ID, "status": "awaiting_manual",
+               "verified": True, "plan": {"hash": w.plan.hash}, "detection": w.detection.summary(),
+               "approval": approval, "manual": steps}
+    outbox.update_case(w.client, {"channel": CHANNEL, "ts": w.ts}, case_id=w.case_id,
+                       blocks=summary_blocks(summary), text="awaiting", outbox=w.outbox)
+    # the suspect cannot say the step is done; nor can someone who may not approve
+    assert "no self-approval" in w.click("U0MALLORY", "cordon_manual_done")
+    assert "not an approver" in w.click("U0EVE0006", "cordon_manual_done")
+    assert w.ledger.case(w.case_id)["status"] == "awaiting_manual" and "manual.done" not in w.kinds()
+    with_button = w.message()
+    assert w.click("U0BOB0002", "cordon_manual_done") is None
+    assert w.ledger.case(w.case_id)["status"] == "contained"
+    (done,) = [r for r in w.ledger.records(case_id=w.case_id) if r.kind == "manual.done"]
+    assert done.payload == {"step": "delete-app-passwords", "by": "slack:U0BOB0002"}
+    msg = w.message()
+    assert "cordon_manual_done" not in text_of(msg["blocks"]) and "Contained" in text_of(msg["blocks"])
+    assert w.slack.replies(CHANNEL, w.ts)[-1]["text"] == "Manual step delete-app-passwords marked done by <@U0BOB0002>"
+    assert "not awaiting" in w.click("U0ALICE01", "cordon_manual_done", message=with_button)
+
+
 # -- pure parts and configuration -------------------------------------------------------------
 def test_identity_matching_rules():
     det = {"actor": {"user": {"uid": "arn:aws:iam::1:user/ops/Mallory", "name": "mallory"}},

@@ -703,7 +703,7 @@ def test_pipeline_rejects_bad_record_with_field(shipped):
 
 def test_shipped_azure_rules_load():
     rules = RuleSet.load(REPO / "cordon" / "providers" / "azure" / "rules")
-    assert len(rules) == 10
+    assert len(rules) == 11
     seed = next(r for r in rules if r.id == "13fdbcb8-5d98-4d7a-b36b-025eed673f4b")
     assert seed.match.author == "CloudSigma" and seed.match.level == "high"
     assert all(r.product == "azure" and r.service in ("auditlogs", "activitylogs") for r in rules)

@@ -86,6 +86,7 @@ ENTRA = {
     "Add service principal": [_sp([_mp("AppId", ["a1b2c3d4-0000-4111-8222-333344445555"], [])])],
     "Add application": [{"id": APP_OBJ, "displayName": "payments", "type": "Application"}],
     "Add user": [{"id": USER_ID, "type": "User", "userPrincipalName": "b@contoso.com"}],
+    "Create application password for user": [{"id": USER_ID, "type": "User", "userPrincipalName": "b@contoso.com"}],
 }
 
 _ASSIGNMENT = (f"/subscriptions/{SUB}/providers/Microsoft.Authorization/roleAssignments/"

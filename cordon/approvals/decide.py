@@ -803,6 +803,34 @@ def make_decider(ledger: Ledger, config: Config, resume: Resume | None = None, *
                       outbox=outbox)
         return DecisionOutcome(True, f"rollback of {ix.case_id}: {'done' if ok else 'incomplete'}")
 
+    def decide_manual(ix: Interaction, case: dict[str, Any]) -> DecisionOutcome:
+        """*Mark done* on a case awaiting a person's step (:mod:`cordon.manual_steps`): whoever may
+        approve the case may say it is done (the same clicker policy, quorum of one)."""
+        from cordon.manual_steps import ManualStepError, mark_done
+        from cordon.slack.blocks import summary_blocks
+
+        reason, _ = policy_check(ix, case, escalated=False)
+        if reason:
+            return refuse(ix, reason)
+        try:
+            done = mark_done(ledger, ix.case_id, f"slack:{ix.user_id}")
+        except ManualStepError as exc:
+            return refuse(ix, str(exc))
+        records = list(ledger.records(case_id=ix.case_id))
+        st = request_state(records, ix.run_id, ix.plan_hash)
+        summary = summary_from_ledger(records, ledger.case(ix.case_id) or case)
+        if done["remaining"]:
+            from cordon.manual_steps import pending
+
+            summary.update(status="awaiting_manual", manual=pending(ledger, ix.case_id))
+        update_safely(ledger, slack_client, st.where if st else None, case_id=ix.case_id,
+                      blocks=summary_blocks(summary), text=f"Cordon: {ix.case_id} {done['status']}",
+                      thread_text=f"Manual step {done['step']} marked done by {mention(ix.user_id)}",
+                      run_id=ix.run_id, outbox=outbox)
+        return DecisionOutcome(True, f"step {done['step']} of {ix.case_id} marked done"
+                               + (f"; left: {', '.join(done['remaining'])}" if done["remaining"] else
+                                  "; the case is closed contained"))
+
     def decide(ix: Interaction) -> DecisionOutcome:
         case = ledger.case(ix.case_id) if ix.case_id else None
         if case is None:
@@ -814,6 +842,8 @@ def make_decider(ledger: Ledger, config: Config, resume: Resume | None = None, *
         with case_lock(ix.case_id):
             if ix.decision == "rollback":
                 return decide_rollback(ix, case)
+            if ix.decision == "manual_done":
+                return decide_manual(ix, case)
             outcome = decide_vote(ix, case)
         # an approval that settled the request: recorded under the lock, resumed after the deny
         # window outside it (a Deny on this replica is not held up behind the wait)

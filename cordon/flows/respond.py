@@ -41,6 +41,7 @@ from cordon.audit.ledger import Ledger, default_database_url, redact
 from cordon.clouds import clients_for
 from cordon.config import load_config
 from cordon.detections.model import Detection
+from cordon.manual_steps import AWAITING, await_manual
 from cordon.playbooks.schema import load_playbooks
 from cordon.respond import (
     CaseSummary,
@@ -377,6 +378,12 @@ def _rollbackable(results: list[dict[str, Any]]) -> bool:
     return any(r.get("status") == "contained" and get_action(r["name"]).rollback_supported for r in results)
 
 
+def _manual_of(summary: CaseSummary) -> dict[str, Any]:
+    """``{"manual": [{id, text}]}`` for a case left awaiting a person's steps, else ``{}``."""
+    manual = getattr(summary, "manual", None)
+    return {"manual": manual} if summary.status == AWAITING and manual else {}
+
+
 @task(name="finish", task_run_name="finish {case_id}", persist_result=True)
 def finish(case_id: str, summary: CaseSummary) -> dict[str, Any]:
     """Close the run: case status, a ``case.closed`` record with the outcome, and the case's
@@ -385,7 +392,8 @@ def finish(case_id: str, summary: CaseSummary) -> dict[str, Any]:
     # status and case.closed in one transaction: a kill between them left a "contained" case that
     # no record closed, which recovery (reading the status) never looked at again
     ledger().close_case(case_id, summary.status, {"status": summary.status, "verified": summary.verified,
-                                                  "approval": summary.approval}, run_id=_run_id(), actor="cordon")
+                                                  "approval": summary.approval, **_manual_of(summary)},
+                        run_id=_run_id(), actor="cordon")
     _log("case %s closed: %s", case_id, summary.status)
     from prefect.artifacts import create_markdown_artifact
 
@@ -485,7 +493,7 @@ def _close(summary: CaseSummary) -> None:
     if (ledger().case(summary.case_id) or {}).get("status") in CLOSED_STATUSES:
         return
     ledger().close_case(summary.case_id, summary.status, {"status": summary.status, "verified": summary.verified,
-                                                          "approval": summary.approval,
+                                                          "approval": summary.approval, **_manual_of(summary),
                                                           **({"incident_id": summary.incident_id}
                                                              if getattr(summary, "incident_id", None) else {})},
                         run_id=_run_id(), actor="cordon")
@@ -626,6 +634,9 @@ def _respond_incident(case_id: str, playbook: str, approval: str, cloud: dict[st
         s.verification = [checks[i] for i in mine]
         s.verified = all(checks[i]["held"] for i in mine)
         s.status = outcome_status([results[i] for i in mine], [checks[i] for i in mine])
+        s.status, manual = await_manual(s.status, _playbook(s.playbook)[1] if s.playbook else None)
+        if manual:
+            s.manual = manual
     combined.actions = [{k: r.get(k) for k in ("name", "target", "status", "before", "after", "error", "calls")}
                         for r in results]
     combined.verification, combined.verified = checks, all(c["held"] for c in checks)
@@ -772,6 +783,9 @@ def respond(case_id: str, playbook: str, approval: ApprovalMode = "console", clo
     summary.verification = checks
     summary.verified = all(c["held"] for c in checks)
     summary.status = outcome_status(results, checks)
+    summary.status, manual = await_manual(summary.status, pb)
+    if manual:  # contained, and the playbook leaves steps to a person: the case waits for them
+        summary.manual = manual
     if where:
         story = [progress.proceeding(decision), *(progress.step_line(r) for r in results),
                  progress.replanning() if summary.status == "plan_changed"

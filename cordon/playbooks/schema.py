@@ -125,6 +125,18 @@ class Step(BaseModel):
     with_: dict[str, Any] = Field(default_factory=dict, alias="with")
 
 
+class ManualStep(BaseModel):
+    """A step no API can take, left to a person after containment (``manual:`` in a playbook):
+    ``id`` (lower case, digits, ``-``; what ``cordon case done CASE --step ID`` names) and ``text``
+    (what to do, shown in Slack and recorded). A case whose containment held and whose playbook has
+    manual steps ends its run ``awaiting_manual`` (:mod:`cordon.manual_steps`) until each is marked done."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    text: str = Field(min_length=1)
+
+
 #: Detection fields a manual-run parameter may fill (``sets``); ``credential.attributes.<name>`` too.
 MANUAL_FIELDS = ("account_uid", "region", "credential.kind", "credential.uid", "credential.owner.uid",
                  "credential.owner.name", "target.uid", "target.name")
@@ -288,7 +300,18 @@ class Playbook(BaseModel):
     #: Manual runs (``cordon run``, ``/cordon run``): parameter name -> :class:`Parameter`.
     #: Only playbooks that declare parameters can be run by hand.
     parameters: dict[str, Parameter] = Field(default_factory=dict)
+    #: Steps left to a person once containment held (:class:`ManualStep`); ids unique.
+    manual: list[ManualStep] = Field(default_factory=list)
     path: str | None = None
+
+    @model_validator(mode="after")
+    def _manual_steps(self) -> Playbook:
+        ids = [m.id for m in self.manual]
+        if len(ids) != len(set(ids)):
+            raise ValueError(f"manual: step ids must be unique ({', '.join(ids)})")
+        if self.manual and not self.contain:
+            raise ValueError("manual: steps follow containment; this playbook contains nothing")
+        return self
 
     @model_validator(mode="after")
     def _manual_parameters(self) -> Playbook:

@@ -16,7 +16,8 @@ assignments and the Microsoft identity platform token endpoint.
     (a certificate PATCHed without them starts now: the stand-in does not read its ``notBefore``);
   - ``GET /v1.0/applications/{id}/federatedIdentityCredentials`` and
     ``GET/DELETE .../federatedIdentityCredentials/{fid}``;
-  - ``GET /v1.0/users/{id or userPrincipalName}``, ``POST /v1.0/users/{id}/revokeSignInSessions``
+  - ``GET /v1.0/users/{id or userPrincipalName}``, ``PATCH`` (``accountEnabled`` only),
+    ``POST /v1.0/users/{id}/revokeSignInSessions``
     (``{"value": true}``; records ``signInSessionsValidFromDateTime``);
   - the alternate keys ``/v1.0/applications(appId='...')`` and ``/v1.0/servicePrincipals(appId='...')``;
   - ``GET/POST /v1.0/servicePrincipals/{id}/appRoleAssignments`` (the list paged as Graph pages it:
@@ -26,6 +27,11 @@ assignments and the Microsoft identity platform token endpoint.
     Microsoft Graph's own service principal, :meth:`AzureStandIn.ensure_graph_resource`, carries
     the real ids of :data:`GRAPH_APP_ROLES`), ``GET .../oauth2PermissionGrants``;
   - ``GET /v1.0/{servicePrincipals|users}/{id}/memberOf`` (``directoryRole`` objects);
+  - groups (:meth:`AzureStandIn.ensure_group`): ``GET /v1.0/groups/{id}``, ``GET .../members``,
+    ``POST .../members/$ref`` (body ``{"@odata.id": ".../directoryObjects/{id}"}``; a member already
+    there is 400 "One or more added object references already exist", an unknown object 404) and
+    ``DELETE .../members/{id}/$ref`` (204; not a member: 404), and ``POST /v1.0/users/{id}/
+    checkMemberGroups`` (``{"groupIds": [...]}`` -> the ones the user is a direct member of);
   - ``GET/POST /v1.0/roleManagement/directory/roleAssignments`` (``$filter`` on ``principalId``,
     ``roleDefinitionId``, ``directoryScopeId`` with ``eq`` / ``and``; any other filter is 400) and
     ``GET/DELETE .../roleAssignments/{id}`` (``unifiedRoleAssignment``);
@@ -267,6 +273,7 @@ class AzureStandIn:
         self.service_principals: dict[str, dict[str, Any]] = {}
         self.owners: dict[str, list[str]] = {}
         self.users: dict[str, dict[str, Any]] = {}
+        self.groups: dict[str, dict[str, Any]] = {}  # id -> {id, displayName, members: [object ids]}
         self.federated: dict[str, dict[str, dict[str, Any]]] = {}
         self.role_assignments: dict[str, dict[str, Any]] = {}
         self.app_role_assignments: dict[str, dict[str, Any]] = {}
@@ -430,6 +437,43 @@ class AzureStandIn:
                                          "displayName": display_name or upn.split("@")[0], "accountEnabled": True,
                                          "signInSessionsValidFromDateTime": "2024-01-01T00:00:00Z"}
             return self.users[object_id]
+
+    def ensure_group(self, group_id: str, display_name: str = "") -> dict[str, Any]:
+        """Create security group ``group_id`` (no members) if absent; returns it."""
+        with self._lock:
+            return self.groups.setdefault(group_id, {"id": group_id, "members": [],
+                                                     "displayName": display_name or f"group-{group_id[:8]}"})
+
+    def _graph_group(self, method: str, gid: str, sub: str | None, body: Any) -> tuple[int, Any]:
+        group = self.groups.get(gid)
+        if group is None:
+            raise _graph_404(gid)
+        if sub is None and method == "GET":
+            return 200, {"@odata.type": "#microsoft.graph.group", "id": gid, "displayName": group["displayName"],
+                         "securityEnabled": True, "mailEnabled": False}
+        if sub == "members" and method == "GET":
+            return 200, {"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#directoryObjects",
+                         "value": [{"@odata.type": "#microsoft.graph.user", "id": m} for m in group["members"]]}
+        if sub == "members/$ref" and method == "POST":
+            ref = str((body or {}).get("@odata.id") or "")
+            oid = ref.rstrip("/").rsplit("/", 1)[-1]
+            if not oid or oid not in {**self.users, **self.service_principals}:
+                raise _graph_404(oid or ref)
+            with self._lock:
+                if oid in group["members"]:
+                    raise ApiError(400, "Request_BadRequest",
+                                   "One or more added object references already exist for the following modified "
+                                   "properties: 'members'.")
+                group["members"].append(oid)
+            return 204, None
+        m = re.fullmatch(r"members/([^/]+)/\$ref", sub or "")
+        if m and method == "DELETE":
+            with self._lock:
+                if m.group(1) not in group["members"]:
+                    raise _graph_404(m.group(1))
+                group["members"].remove(m.group(1))
+            return 204, None
+        raise ApiError(405, "Request_BadRequest", f"{method} groups/{gid}/{sub} is not supported by the stand-in.")
 
     def _object(self, object_id: str) -> dict[str, Any]:
         obj = self.applications.get(object_id) or self.service_principals.get(object_id)
@@ -760,6 +804,9 @@ class AzureStandIn:
             return self._graph_beta_sign_ins(method, query)
         if path == "/v1.0/auditLogs/directoryAudits":
             return self._graph_directory_audits(method, query)
+        g = re.fullmatch(r"/v1\.0/groups/([^/]+)(?:/(.+))?", path)
+        if g:
+            return self._graph_group(method, g.group(1), g.group(2), body)
         m = re.fullmatch(r"/v1\.0/(servicePrincipals|applications|users)/([^/]+)(?:/(.+))?", path)
         if not m:
             raise ApiError(400, "BadRequest", f"Resource not found for the segment '{path}'.")
@@ -770,7 +817,7 @@ class AzureStandIn:
             return 200, {"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#directoryObjects",
                          "value": self._member_of(oid)}
         if collection == "users":
-            return self._graph_user(method, oid, sub)
+            return self._graph_user(method, oid, sub, body)
         if collection == "servicePrincipals" and sub and sub.split("/")[0] in ("appRoleAssignments",
                                                                                "oauth2PermissionGrants"):
             if oid not in self.service_principals:
@@ -1063,7 +1110,7 @@ class AzureStandIn:
         with self._lock:
             self.directory_audits.extend(copy.deepcopy(list(records)))
 
-    def _graph_user(self, method: str, oid: str, sub: str | None) -> tuple[int, Any]:
+    def _graph_user(self, method: str, oid: str, sub: str | None, body: Any = None) -> tuple[int, Any]:
         # Graph addresses a user by object id or by userPrincipalName
         user = self.users.get(oid) or next((u for u in self.users.values()
                                             if u["userPrincipalName"].lower() == oid.lower()), None)
@@ -1074,6 +1121,18 @@ class AzureStandIn:
         if sub == "revokeSignInSessions" and method == "POST":
             user["signInSessionsValidFromDateTime"] = _iso(_now())
             return 200, {"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#Edm.Boolean", "value": True}
+        if sub is None and method == "PATCH":
+            for k, v in (body or {}).items():
+                if k.startswith("@odata") or v is None:
+                    continue
+                if k != "accountEnabled":
+                    raise ApiError(400, "Request_BadRequest", f"Property '{k}' cannot be updated here.")
+                user["accountEnabled"] = bool(v)
+            return 204, None
+        if sub == "checkMemberGroups" and method == "POST":
+            wanted = [str(g) for g in (body or {}).get("groupIds") or []]
+            return 200, {"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#Collection(Edm.String)",
+                         "value": [g for g in wanted if user["id"] in (self.groups.get(g) or {}).get("members", [])]}
         raise ApiError(405, "Request_BadRequest", f"{method} users/{oid}/{sub} is not supported by the stand-in.")
 
     # -- ARM role assignments ----------------------------------------------------------------------
@@ -1330,6 +1389,15 @@ class AzureSandbox:
         elif cred.kind == "azure_user":
             self.standin.ensure_user(uid, attrs.get("userPrincipalName") or detection.target.name)
             report["users"].append(uid)
+        elif cred.kind == "azure_user_app_password":
+            self.standin.ensure_user(uid, attrs.get("userPrincipalName") or detection.target.name)
+            report["users"].append(uid)
+            from cordon.providers.azure.settings import legacy_auth_group
+
+            group = legacy_auth_group()
+            if group:  # the group the configured Conditional Access policy blocks legacy sign-in for
+                self.standin.ensure_group(group, "Block legacy authentication")
+                report["groups"] = [group]
         elif cred.kind == "azure_user_sessions":
             self.standin.ensure_user(uid, attrs.get("userPrincipalName") or detection.target.name)
             report["users"].append(uid)

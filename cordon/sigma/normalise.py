@@ -24,7 +24,9 @@ runs of whitespace become one space, and a hyphen-minus, hyphen, non-breaking hy
 dash, en dash, em dash, horizontal bar or minus sign, with the whitespace around it, becomes one
 ``-`` (so "Update application – Certificates and secrets management " and "Update application -
 Certificates and secrets management" are both "Update application-Certificates and secrets
-management"). A hyphen inside a word (``host-name``) is unchanged.
+management"), and a trailing period goes (the unified audit log writes "Create application password
+for user." where Entra's audit log writes no period). A hyphen inside a word (``host-name``) is
+unchanged.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ _DASH_CHARS = "\u002d\u2010\u2011\u2012\u2013\u2014\u2015\u2212"
 NAME_SPELLING: tuple[tuple[str, str], ...] = (
     (r"\s+", " "),
     (rf" ?[{_DASH_CHARS}] ?", "-"),
+    (r" ?\.+ ?$", ""),
 )
 
 

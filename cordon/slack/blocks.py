@@ -37,6 +37,9 @@ DENY_ACTION_ID = "cordon_deny"
 ROLLBACK_ACTION_ID = "cordon_rollback"
 ACTIONS_BLOCK_ID = "cordon_decision"
 ROLLBACK_BLOCK_ID = "cordon_rollback"
+#: The *Mark done* button of a case awaiting a person's manual step (:mod:`cordon.manual_steps`).
+MANUAL_DONE_ACTION_ID = "cordon_manual_done"
+MANUAL_DONE_BLOCK_ID = "cordon_manual_done"
 #: The Deny reason dialog (:func:`deny_view`): its ``callback_id`` and the reason input's block.
 DENY_CALLBACK_ID = "cordon_deny_reason"
 REASON_BLOCK_ID = "reason"
@@ -57,7 +60,7 @@ MAX_PLAN_SECTIONS = 4
 #: Fallback ``text`` kept well under chat.postMessage's 40,000 (Slack truncates beyond 4,000).
 MAX_FALLBACK_TEXT = 3000
 
-Decision = Literal["approve", "deny", "rollback"]
+Decision = Literal["approve", "deny", "rollback", "manual_done"]
 
 
 # -- Block Kit helpers ------------------------------------------------------------------------
@@ -620,6 +623,7 @@ _STATE_TITLES = {
     "rolled_back": (":leftwards_arrow_with_hook:", "Rolled back"),
     "refused": (":no_entry:", "Refused by the guard"),
     "not_verified": (":warning:", "Contained, but verification failed"),
+    "awaiting_manual": (":hand:", "Contained; a step is left to a person"),
     "no_containment": (":information_source:", "Nothing to contain"),
     "plan_changed": (":warning:", "Not contained: the state changed since approval"),
     "replanning": (":repeat:", "Planning again: the state changed since approval"),
@@ -679,11 +683,14 @@ def status_blocks(
     note: str | None = None,
     quorum: int | None = None,
     rollback: bool = False,
+    manual: Sequence[Mapping[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Blocks that replace the approval message as the run goes (no buttons, except with
     ``rollback=True`` a *Roll back* button, ``action_id`` ``cordon_rollback``, whose value is the
     JSON ``{"case_id", "decision": "rollback", "plan_hash", "run_id"}``; ``decided_by`` may be a
-    list of approvers, shown with the count out of ``quorum``).
+    list of approvers, shown with the count out of ``quorum``). ``manual``: the steps left to a person
+    (``[{id, text}]``), listed, with a *Mark done* button (``action_id`` ``cordon_manual_done``,
+    decision ``manual_done``) for the first.
 
     ``state`` is one of ``approved``, ``denied``, ``expired``, ``containing``, ``contained``,
     ``verified``, ``failed``, ``rolled_back``, ``refused`` (others are shown as given);
@@ -746,6 +753,20 @@ def status_blocks(
             "elements": [{"type": "mrkdwn", "text": f"Plan hash {code(plan_hash)} · case {code(case_id)}"}],
         }
     )
+    if manual:
+        steps = "\n".join(f"• {code(str(m.get('id')))}: {escape(clip(str(m.get('text') or ''), 600, '…'))}"
+                          for m in list(manual)[:10])
+        blocks.append(_section(clip("*Left to a person* (Cordon cannot do this through an API)\n" + steps,
+                                    MAX_SECTION_TEXT, "…")))
+        blocks.append({"type": "actions", "block_id": MANUAL_DONE_BLOCK_ID, "elements": [{
+            "type": "button", "action_id": MANUAL_DONE_ACTION_ID, "style": "primary",
+            "text": _plain(f"Mark {manual[0].get('id')} done", 75),
+            "value": _button_value(run_id, case_id, plan_hash, "manual_done"),
+            "confirm": {"title": _plain("Mark the step done?", 100),
+                        "text": {"type": "plain_text", "text": clip(
+                            f"You say step {manual[0].get('id')} of case {case_id} is done. It is recorded "
+                            "under your name in the audit ledger.", MAX_CONFIRM_TEXT, "…")},
+                        "confirm": _plain("Mark done", 30), "deny": _plain("Cancel", 30)}}]})
     if rollback:
         blocks.append({"type": "actions", "block_id": ROLLBACK_BLOCK_ID, "elements": [{
             "type": "button", "action_id": ROLLBACK_ACTION_ID, "text": _plain("Roll back", 75),
@@ -798,7 +819,9 @@ def summary_blocks(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
         str(plan.get("hash") or "-"), str(summary.get("flow_run_id") or "-"), state=state,
         decided_by=decided_by, decided_at=approval.get("decided_at"),
         actions=summary.get("actions") if isinstance(summary.get("actions"), list) else None, note=note,
-        quorum=approval.get("quorum"), rollback=bool(summary.get("rollback")))
+        quorum=approval.get("quorum"), rollback=bool(summary.get("rollback")),
+        manual=summary.get("manual") if status == "awaiting_manual" and isinstance(summary.get("manual"), list)
+        else None)
 
 
 # -- the Deny reason dialog -------------------------------------------------------------------

@@ -68,6 +68,8 @@ def outcome(status: str, results: Sequence[Mapping[str, Any]], checks: Sequence[
     held = sum(1 for c in checks if c["held"])
     errors = "; ".join(step_line(r, brief=True) for r in results if r.get("error"))
     return {"contained": f"Verified: {held} of {len(checks)} step(s) hold.",
+            "awaiting_manual": f"Verified: {held} of {len(checks)} step(s) hold. Left to a person: the manual "
+                               "step(s) in the message; the case stays open until they are marked done.",
             "not_verified": f"Verification failed: {held} of {len(checks)} step(s) hold.",
             "failed": f"Containment failed: {errors or 'see the actions'}",
             "plan_changed": f"Nothing done: {errors or 'the state changed since the plan was approved'}. Run the "

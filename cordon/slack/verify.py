@@ -28,6 +28,7 @@ from cordon.slack.blocks import (
     APPROVE_ACTION_ID,
     DENY_ACTION_ID,
     DENY_CALLBACK_ID,
+    MANUAL_DONE_ACTION_ID,
     MAX_REASON,
     REASON_ACTION_ID,
     REASON_BLOCK_ID,
@@ -38,7 +39,8 @@ from cordon.slack.mrkdwn import dig
 
 #: The reason recorded when the dialog could not be shown (no ``trigger_id``, ``views.open`` failed).
 NO_REASON = "no reason given"
-_DECISIONS = {APPROVE_ACTION_ID: "approve", DENY_ACTION_ID: "deny", ROLLBACK_ACTION_ID: "rollback"}
+_DECISIONS = {APPROVE_ACTION_ID: "approve", DENY_ACTION_ID: "deny", ROLLBACK_ACTION_ID: "rollback",
+              MANUAL_DONE_ACTION_ID: "manual_done"}
 #: Slack rejects requests whose timestamp is more than five minutes from now.
 MAX_SKEW_SECONDS = 60 * 5
 

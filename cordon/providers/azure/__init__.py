@@ -27,6 +27,7 @@ class AzureProvider(Provider):
     shapes_module = "cordon.providers.azure.shapes"
     renderers_module = "cordon.providers.azure.render"
     classify_order = 30
+    config_section = True  # azure: legacy_auth_block_group, app_password_disable_account (settings.py)
     account_label = "tenant"  # detection.account_uid is the Entra tenant id
 
     detection_sources = ("entra", "azure_activity")
@@ -40,6 +41,7 @@ class AzureProvider(Provider):
         "azure_directory_role": "uid = '<directory role template id>#<principal object id>'",
         "azure_app_role_assignment": "uid = '<assignee SP object id>#<resource SP object id>#<appRoleId>'",
         "azure_user": "uid = user object id (a created account, T1136.003)",
+        "azure_user_app_password": "uid = object id of the user an app password was created for (T1098.001)",
         "azure_service_principal": "uid = service principal object id (a created service principal)",
         "azure_user_sessions": "the sign-in sessions of the user an actor signed in as, uid = user object id",
         "azure_sp_sign_in": "the sign-in of the service principal an actor signed in as, uid = its object id",
@@ -54,6 +56,7 @@ class AzureProvider(Provider):
     "azure_directory_role": ("Directory role granted", "to"),
     "azure_app_role_assignment": ("App permission granted", "to"),
     "azure_user": ("New Entra user", ""),
+    "azure_user_app_password": ("New app password", "for"),
     "azure_service_principal": ("New service principal", ""),
     "azure_user_sessions": ("Sessions of the user who did it", "of"),
     "azure_sp_sign_in": ("Service principal that did it", ""),
@@ -102,6 +105,19 @@ class AzureProvider(Provider):
         from cordon.providers.azure.watch import credential_usage
 
         return credential_usage(detection, since, clients)
+
+    def check_config(self, config: Any) -> str | None:
+        """The ``azure:`` section (:mod:`cordon.providers.azure.settings`); raises its
+        ``AzureSettingsError`` naming ``azure.<field>`` and ``cordon.yaml``'s path."""
+        from cordon.providers.azure.settings import AzureSettingsError, azure_settings_from_raw
+
+        try:
+            settings = azure_settings_from_raw(config.raw)
+        except AzureSettingsError as exc:
+            raise AzureSettingsError(f"{config.directory / 'cordon.yaml'}: {exc}") from None
+        group = settings.legacy_auth_block_group
+        return (f"app passwords: users go to group {group}" if group else
+                "app passwords: no azure.legacy_auth_block_group (playbook azure-app-password refuses)")
 
     def clients(self, cloud: dict[str, Any]) -> Callable[..., Any]:
         from cordon.providers.azure.clients import azure_clients

@@ -236,6 +236,20 @@ def _create_app_role_assignment(graph: Any, p: dict[str, Any]) -> Any:
     return graph.service_principals.by_service_principal_id(p["id"]).app_role_assignments.post(body)
 
 
+def _update_user(graph: Any, p: dict[str, Any]) -> Any:
+    from msgraph.generated.models.user import User
+
+    return graph.users.by_user_id(p["id"]).patch(User(account_enabled=bool(p["accountEnabled"])))
+
+
+def _add_group_member(graph: Any, p: dict[str, Any]) -> Any:
+    from msgraph.generated.models.reference_create import ReferenceCreate
+
+    base = graph.request_adapter.base_url.rstrip("/")
+    return graph.groups.by_group_id(p["id"]).members.ref.post(
+        ReferenceCreate(odata_id=f"{base}/directoryObjects/{p['memberId']}"))
+
+
 #: Graph operations an :class:`~cordon.action.ApiCall` may name: ``operation -> fn(graph, params)``
 #: returning the SDK coroutine. Params use Graph's names (path ids ``id``, body ``keyId``...).
 GRAPH_OPS: dict[str, Callable[[Any, dict[str, Any]], Any]] = {
@@ -246,6 +260,10 @@ GRAPH_OPS: dict[str, Callable[[Any, dict[str, Any]], Any]] = {
     "applications.removeKeyCredential": lambda g, p: _remove_key_credential(g, "Application", p),
     "applications.federatedIdentityCredentials.delete": _delete_federated,
     "users.revokeSignInSessions": lambda g, p: g.users.by_user_id(p["id"]).revoke_sign_in_sessions.post(),
+    "users.update": lambda g, p: _update_user(g, p),
+    "groups.members.add": lambda g, p: _add_group_member(g, p),
+    "groups.members.remove":
+        lambda g, p: g.groups.by_group_id(p["id"]).members.by_directory_object_id(p["memberId"]).ref.delete(),
     "roleManagement.directory.roleAssignments.delete":
         lambda g, p: g.role_management.directory.role_assignments.by_unified_role_assignment_id(p["id"]).delete(),
     "roleManagement.directory.roleAssignments.create": lambda g, p: _create_directory_role_assignment(g, p),
@@ -1050,7 +1068,7 @@ class RevokeUserSessions(AzureContainmentAction):
         revoked_since_detection: bool
 
     permissions = ("User.RevokeSessions.All", "User.Read.All")
-    credential_kinds = ("azure_user", "azure_user_sessions")
+    credential_kinds = ("azure_user", "azure_user_sessions", "azure_user_app_password")
     rollback_supported = False
 
     def target(self, ctx: ActionContext) -> str:
@@ -1074,6 +1092,114 @@ class RevokeUserSessions(AzureContainmentAction):
 
     def plan_calls(self, ctx: ActionContext, state: dict[str, Any] | None) -> list[ApiCall]:
         return [ApiCall(service="graph", operation="users.revokeSignInSessions", params={"id": ctx.params["user_id"]})]
+
+
+@register
+class BlockAppPasswords(AzureContainmentAction):
+    """Stop a user's app passwords: add the user to the security group a Conditional Access policy
+    blocks legacy authentication for (``azure.legacy_auth_block_group`` in ``cordon.yaml``; Graph
+    ``POST /groups/{id}/members/$ref``), since app passwords only sign in through legacy protocols;
+    with ``azure.app_password_disable_account: true`` also disable the account (``PATCH /users/{id}``
+    ``accountEnabled: false``). Graph has no call that lists or deletes a user's app passwords: that
+    stays a manual step (the per-user MFA page), which the playbook declares and the case waits for.
+
+    Guard: ``user_id`` must be the detection's credential uid (``azure_user_app_password``); Cordon's
+    own identity is refused; without a configured group the step refuses, naming the key.
+    State: ``{user_id, user_principal_name, account_enabled, group_id, group_name, member,
+    disable_account}``; ``None`` when the user does not exist. Membership is read with ``POST
+    /users/{id}/checkMemberGroups``. Contained when the user is a member (and disabled, when asked).
+    Rollback: remove the membership (``DELETE /groups/{id}/members/{user}/$ref``) and re-enable an
+    account this step disabled.
+    API: https://learn.microsoft.com/graph/api/group-post-members?view=graph-rest-1.0 ,
+    https://learn.microsoft.com/graph/api/group-delete-members?view=graph-rest-1.0 ,
+    https://learn.microsoft.com/graph/api/directoryobject-checkmembergroups?view=graph-rest-1.0 ,
+    https://learn.microsoft.com/graph/api/user-update?view=graph-rest-1.0
+
+    .. code-block:: yaml
+
+        contain:
+          - action: azure.block-app-passwords
+            with:
+              user_id: "{{ credential.uid }}"
+    """
+
+    name = "azure.block-app-passwords"
+
+    class Params(Params):
+        user_id: Annotated[Guid, Identifies("credential.uid")]
+
+    class State(State):
+        user_id: str
+        user_principal_name: str | None
+        account_enabled: bool | None
+        group_id: str
+        group_name: str | None
+        member: bool
+        disable_account: bool
+
+    permissions = ("GroupMember.ReadWrite.All", "User.EnableDisableAccount.All", "User.Read.All")
+    credential_kinds = ("azure_user_app_password",)
+    rollback_supported = True
+
+    def target(self, ctx: ActionContext) -> str:
+        return f"user {ctx.params['user_id']}"
+
+    def read(self, ctx: ActionContext) -> dict[str, Any] | None:
+        from msgraph.generated.users.item.check_member_groups.check_member_groups_post_request_body import (
+            CheckMemberGroupsPostRequestBody,
+        )
+
+        from cordon.providers.azure.settings import azure_settings
+
+        settings = azure_settings()
+        gid = settings.legacy_auth_block_group
+        if not gid:
+            raise GuardError("no azure.legacy_auth_block_group in cordon.yaml: the group a Conditional Access "
+                             "policy blocks legacy authentication for is not configured, so app passwords "
+                             "cannot be stopped")
+        uid = ctx.params["user_id"]
+        _refuse_self(ctx, uid, what=f"user {uid}")
+        user = graph_read(ctx, lambda g: g.users.by_user_id(uid).get())
+        if user is None:
+            return None
+        group = graph_read(ctx, lambda g: g.groups.by_group_id(gid).get())
+        if group is None:
+            raise GuardError(f"azure.legacy_auth_block_group {gid}: no such group in the tenant")
+        found = graph_run(ctx, lambda g: g.users.by_user_id(uid).check_member_groups.post(
+            CheckMemberGroupsPostRequestBody(group_ids=[gid])))
+        member = gid.lower() in {str(v).lower() for v in (getattr(found, "value", None) or [])}
+        return {"user_id": uid, "user_principal_name": user.user_principal_name,
+                "account_enabled": user.account_enabled, "group_id": gid, "group_name": group.display_name,
+                "member": member, "disable_account": settings.app_password_disable_account}
+
+    def is_contained(self, state: dict[str, Any] | None) -> bool:
+        if state is None:
+            return True
+        return state["member"] and not (state["disable_account"] and state["account_enabled"])
+
+    def plan_calls(self, ctx: ActionContext, state: dict[str, Any] | None) -> list[ApiCall]:
+        if state is None:
+            return []
+        calls = []
+        if not state["member"]:
+            calls.append(ApiCall(service="graph", operation="groups.members.add",
+                                 params={"id": state["group_id"], "memberId": state["user_id"]}))
+        if state["disable_account"] and state["account_enabled"]:
+            calls.append(ApiCall(service="graph", operation="users.update",
+                                 params={"id": state["user_id"], "accountEnabled": False}))
+        return calls
+
+    def undo_calls(self, ctx: ActionContext, before: dict[str, Any] | None) -> list[ApiCall]:
+        if before is None:
+            return []
+        calls = []
+        if not before["member"]:
+            calls.append(ApiCall(service="graph", operation="groups.members.remove",
+                                 params={"id": before["group_id"], "memberId": before["user_id"]}))
+        if before["disable_account"] and before["account_enabled"]:
+            calls.append(ApiCall(service="graph", operation="users.update",
+                                 params={"id": before["user_id"], "accountEnabled": True}))
+        return calls
 
 
 class DirectoryRoleAssignmentView(State):

@@ -63,6 +63,7 @@ FALLBACK_TECHNIQUES: dict[str, list[str]] = {
     "service_principal": ["T1136.003"],
     "application": ["T1136.003"],
     "user": ["T1136.003"],
+    "app_password": ["T1098.001"],
     "directory_role": ["T1098.003"],
     "app_role_assignment": ["T1098.003"],
     "owner": ["T1098"],
@@ -218,6 +219,7 @@ ENTRA_ACTIVITIES: dict[str, str] = {
     "add service principal": "service_principal",
     "add application": "application",
     "add user": "user",
+    "create application password for user": "app_password",
     "add member to role": "directory_role",
     "add eligible member to role": "directory_role",
     "add scoped member to role": "directory_role",
@@ -788,6 +790,9 @@ def detections_from_entra_audit(
       without that property the update is suppressed as not a credential change;
     * "Add service principal": ``azure_service_principal`` (uid = target object id);
     * "Add user": ``azure_user`` (uid = target object id);
+    * "Create application password for user" (Core Directory, category ``UserManagement``; the unified
+      audit log's "Create application password for user."): ``azure_user_app_password``, uid = the
+      user's object id (Graph gives an app password no id, and no call lists or deletes one);
     * "Add member to role" (also eligible, scoped, PIM completed): ``azure_directory_role``, uid
       ``<role template id or display name>#<principal object id>`` when the role is privileged
       (:func:`is_privileged_directory_role`); any other role gives the credential with uid ``None``
@@ -954,6 +959,23 @@ def detections_from_entra_audit(
             )
             out.append(make(owner, cred, None, salt=f"#{ident}"))
         return out
+
+    if label == "app_password":
+        # an app password (MFA's legacy-protocol password) created for a user: Graph names no id for it
+        # and has no call that lists or deletes it; the credential is the user's app passwords
+        found = first_target("User") or (targets[0] if targets else None)
+        if found is None:
+            raise f.error(f"{p}targetResources", "required field missing: the user the app password is for")
+        base, target = found
+        owner = _principal(target, tenant)
+        if suppressed:
+            return [make(owner, Credential(kind="azure_user_app_password", uid=None, owner=owner), suppressed)]
+        if not target.get("id"):
+            raise f.error(f"{base}.id", "required field missing: the user's object id")
+        attrs = {k: v for k, v in (("userPrincipalName", target.get("userPrincipalName")),
+                                   ("displayName", target.get("displayName"))) if v}
+        return [make(owner, Credential(kind="azure_user_app_password", uid=target["id"], owner=owner,
+                                       attributes=attrs), None)]
 
     if label in ("service_principal", "user"):
         kind = "azure_service_principal" if label == "service_principal" else "azure_user"
