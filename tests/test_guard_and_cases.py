@@ -94,13 +94,16 @@ def test_guardduty_finding_alone_routes_to_key_containment(responder):
 
 
 @pytest.mark.skipif(not SHARED_DATA.exists(), reason=f"{SHARED_DATA} is absent")
-def test_security_hub_posture_findings_are_triaged_not_contained(responder):
+def test_security_hub_posture_findings_open_the_hygiene_case_under_approval(responder):
+    """IAM.3 / IAM.8 (and CIS 1.3 / 1.4, PCI.IAM.7) name a user, not a key: issue 17 answers them with
+    the account's credential hygiene (tests/test_config_hygiene.py), always asking a person first."""
     files = sorted((SHARED_DATA / "aws-automated-security-response").rglob("*.json"))
     assert len(files) == 7
     report = responder.intake(files)
     assert not report.rejected
     playbooks = {t.playbook.name if t.playbook else None for t in report.cases}
-    assert playbooks == {"aws-finding-triage"}, playbooks
+    assert playbooks == {"aws-credential-hygiene"}, playbooks
     for t in report.cases:
-        assert not t.playbook.contain
+        assert t.detection.credential.kind == "aws_stale_credentials"
+        assert t.playbook.approval.required and t.playbook.approval.escalate_after is None
     json.dumps([t.detection.summary() for t in report.cases])  # serialisable for the ledger and CLI

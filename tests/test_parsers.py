@@ -449,7 +449,9 @@ def test_asff_control_finding_fields():
     assert (d.account_uid, d.region) == ("111122223333", "us-east-1")
     assert d.target.model_dump() == {"uid": "arn:aws:iam::111122223333:user/test-admin2", "name": "test-admin2",
                                      "type": "IAMUser", "account_uid": "111122223333"}
-    assert d.credential is None and d.suppressed is None
+    assert d.suppressed is None  # IAM.3 names a user: the account's rotation hygiene (config_rules.py)
+    assert (d.credential.kind, d.credential.uid) == ("aws_stale_credentials", "111122223333:rotation")
+    assert d.credential.attributes["users"] == ["test-admin2"] and d.credential.attributes["max_age_days"] == 90
 
 
 def test_asff_security_control_id_preferred():

@@ -17,6 +17,13 @@
     REST-JSON: ``POST /trustanchors``, ``GET /trustanchor/{id}``, ``POST /trustanchor/{id}/disable``,
     ...), https://docs.aws.amazon.com/rolesanywhere/latest/APIReference/Welcome.html . Sandbox
     ``rolesanywhere`` clients talk only to the stand-in;
+  - AWS Config rules and their evaluations (JSON 1.1, ``X-Amz-Target: StarlingDoveService.<Op>``):
+    ``DescribeConfigRules``, ``GetComplianceDetailsByConfigRule`` (``ComplianceTypes``, ``Limit``,
+    ``NextToken``) and ``StartConfigRulesEvaluation`` (recorded in :attr:`AwsStandIn.evaluations`),
+    over the rules and results a test adds (:meth:`AwsStandIn.add_config_rule`,
+    :meth:`AwsStandIn.set_compliance`), https://docs.aws.amazon.com/config/latest/APIReference/ .
+    moto 5.2 keeps Config rules but has no compliance or re-evaluation calls, so sandbox ``config``
+    clients talk only to the stand-in;
   - STS ``AssumeRoot`` (centralized root access; query protocol) and the root user's own access
     keys as a root session sees them (IAM ``ListAccessKeys`` / ``DeleteAccessKey`` / ``CreateAccessKey``
     with no ``UserName``, signed with the credentials ``AssumeRoot`` issued, allowed only what the
@@ -190,6 +197,11 @@ class AwsStandIn:
         #: the root user's access keys by account; the root sessions AssumeRoot issued by key ID
         self.root_keys: dict[str, list[dict[str, Any]]] = {}
         self.root_sessions: dict[str, dict[str, str]] = {}
+        #: AWS Config: rules by (account, name); evaluation results by (account, rule name); the
+        #: StartConfigRulesEvaluation calls received, as (account, [rule names])
+        self.config_rules: dict[tuple[str, str], dict[str, Any]] = {}
+        self.compliance: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self.evaluations: list[tuple[str, list[str]]] = []
         self.requests: list[dict[str, Any]] = []
         self._failures: list[tuple[int, str | None, str | None]] = []
         self._server = ThreadingHTTPServer((host, port), self._handler_class())
@@ -225,6 +237,9 @@ class AwsStandIn:
             self.events.clear()
             self.ssc.clear()
             self.rolesanywhere.clear()
+            self.config_rules.clear()
+            self.compliance.clear()
+            self.evaluations.clear()
             self.root_keys.clear()
             self.root_sessions.clear()
             self.requests.clear()
@@ -260,6 +275,69 @@ class AwsStandIn:
             }
             creds.append(cred)
             return dict(cred)
+
+    def add_config_rule(self, account: str, name: str, identifier: str,
+                        parameters: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Add an AWS managed Config rule ``name`` (``Source.SourceIdentifier`` ``identifier``, e.g.
+        ``ACCESS_KEYS_ROTATED``; ``InputParameters`` the JSON of ``parameters``) to ``account``."""
+        rule = {"ConfigRuleName": name, "ConfigRuleId": f"config-rule-{uuid.uuid4().hex[:6]}",
+                "ConfigRuleArn": f"arn:aws:config:{DEFAULT_REGION}:{account}:config-rule/config-rule-{name}",
+                "Source": {"Owner": "AWS", "SourceIdentifier": identifier},
+                "InputParameters": json.dumps(parameters or {}), "ConfigRuleState": "ACTIVE",
+                "Scope": {"ComplianceResourceTypes": ["AWS::IAM::User"]}}
+        with self._lock:
+            self.config_rules[(account, name)] = rule
+        return dict(rule)
+
+    def set_compliance(self, account: str, rule: str, resource_id: str, compliance: str = "NON_COMPLIANT",
+                       annotation: str | None = None) -> None:
+        """Record rule ``rule``'s evaluation of IAM user ``resource_id`` (its ``UserId``) in
+        ``account``, replacing an earlier one."""
+        now = datetime.now(UTC).timestamp()
+        result = {"EvaluationResultIdentifier": {"EvaluationResultQualifier": {
+            "ConfigRuleName": rule, "ResourceType": "AWS::IAM::User", "ResourceId": resource_id,
+            "EvaluationMode": "DETECTIVE"}, "OrderingTimestamp": now},
+            "ComplianceType": compliance, "ResultRecordedTime": now, "ConfigRuleInvokedTime": now,
+            **({"Annotation": annotation} if annotation else {})}
+        with self._lock:
+            results = self.compliance.setdefault((account, rule), [])
+            results[:] = [r for r in results if r["EvaluationResultIdentifier"]["EvaluationResultQualifier"]
+                          ["ResourceId"] != resource_id] + [result]
+
+    def _config(self, operation: str, account: str, req: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            if operation == "DescribeConfigRules":
+                names = req.get("ConfigRuleNames")
+                rules = [dict(r) for (acct, name), r in self.config_rules.items()
+                         if acct == account and (not names or name in names)]
+                missing = set(names or []) - {r["ConfigRuleName"] for r in rules}
+                if missing:
+                    raise _ApiError(400, "NoSuchConfigRuleException",
+                                    f"The ConfigRule '{sorted(missing)[0]}' provided in the request is invalid.")
+                return {"ConfigRules": rules}
+            name = str(req.get("ConfigRuleName") or "")
+            if operation == "GetComplianceDetailsByConfigRule":
+                if (account, name) not in self.config_rules:
+                    raise _ApiError(400, "NoSuchConfigRuleException",
+                                    f"The ConfigRule '{name}' provided in the request is invalid.")
+                wanted = set(req.get("ComplianceTypes") or ["COMPLIANT", "NON_COMPLIANT"])
+                results = [r for r in self.compliance.get((account, name), []) if r["ComplianceType"] in wanted]
+                limit = int(req.get("Limit") or 100)
+                start = int(req.get("NextToken") or 0)
+                page = results[start:start + limit]
+                out: dict[str, Any] = {"EvaluationResults": page}
+                if start + limit < len(results):
+                    out["NextToken"] = str(start + limit)
+                return out
+            if operation == "StartConfigRulesEvaluation":
+                names = list(req.get("ConfigRuleNames") or [])
+                missing = [n for n in names if (account, n) not in self.config_rules]
+                if missing or not names:
+                    raise _ApiError(400, "NoSuchConfigRuleException",
+                                    f"The ConfigRule '{(missing or ['-'])[0]}' provided in the request is invalid.")
+                self.evaluations.append((account, names))
+                return {}
+        raise _ApiError(400, "InvalidAction", f"operation {operation} is not served here")
 
     def add_rolesanywhere(self, account: str, kind: str, object_id: str, arn: str | None = None,
                           region: str = DEFAULT_REGION, **fields: Any) -> dict[str, Any]:
@@ -350,6 +428,8 @@ class AwsStandIn:
                         self._json(status, payload)
                     elif proto == "json" and operation == "LookupEvents":
                         self._json(200, standin._lookup_events(json.loads(body or b"{}")))
+                    elif proto == "json" and target.startswith("StarlingDoveService."):
+                        self._json(200, standin._config(operation, account, json.loads(body or b"{}")))
                     elif proto == "query" and operation == "AssumeRoot":
                         self._xml(operation, standin._assume_root(form, account))
                     elif proto == "query" and signer in standin.root_sessions:
@@ -569,7 +649,7 @@ def _xml_fields(fields: dict[str, Any]) -> str:
 
 #: Credential kinds owned by no IAM user (seeded by :meth:`AwsSandbox._seed_without_user`).
 _NO_USER_KINDS = ("aws_rolesanywhere_trust_anchor", "aws_rolesanywhere_profile", "aws_role_trust",
-                  "aws_root_access_key")
+                  "aws_root_access_key", "aws_stale_credentials")
 
 
 def _honour_key_pair_id() -> None:
@@ -655,7 +735,7 @@ def make_sandbox_client(service: str, region: str, *, moto_url: str, standin_url
                         account_id: str, credentials: dict[str, Any] | None = None) -> Any:
     """One boto3 client for the sandbox.
 
-    ``cloudtrail`` and ``rolesanywhere`` go to the stand-in, every other service to moto. Every
+    ``cloudtrail``, ``rolesanywhere`` and ``config`` go to the stand-in, every other service to moto. Every
     request carries ``x-moto-account-id: <account_id>``. On IAM clients, the four service-specific
     credential operations are sent to the stand-in, and on STS clients ``AssumeRoot`` (a
     ``before-send`` hook rewrites the URL). Dummy credentials (:data:`SANDBOX_ACCESS_KEY`), or
@@ -670,7 +750,8 @@ def make_sandbox_client(service: str, region: str, *, moto_url: str, standin_url
     else:
         session = boto3.Session(aws_access_key_id=SANDBOX_ACCESS_KEY, aws_secret_access_key="testing",
                                 region_name=region)
-    url = standin_url if service in ("cloudtrail", "rolesanywhere") or credentials is not None else moto_url
+    url = standin_url if service in ("cloudtrail", "rolesanywhere", "config") or credentials is not None \
+        else moto_url
     client = session.client(service, endpoint_url=url,
                             config=Config(retries={"mode": "standard", "total_max_attempts": 4}))
 
@@ -979,9 +1060,55 @@ class AwsSandbox:
                 self.clients("iam").update_assume_role_policy(RoleName=cred.uid,
                                                               PolicyDocument=attrs["policy_document"])
             report.setdefault("roles", []).append(cred.uid)
+        elif cred.kind == "aws_stale_credentials" and cred.uid:
+            self._seed_stale(detection, report)
         elif cred.kind == "aws_root_access_key" and cred.uid:
             self.standin.add_root_access_key(self.account_id, cred.uid, create_date=detection.time)
             report["access_keys"].append(cred.uid)
+
+    def _seed_stale(self, detection: Any, report: dict[str, Any]) -> None:
+        """An ``aws_stale_credentials`` detection: each user it names (by name, or by ``UserId``: a
+        user ``legacy-<last 6>`` given that id in moto's backend) with one access key created 30 days
+        past the limit and one created today (a user who has keys is left as it is); with a Config
+        rule not in the stand-in yet, the rule (identifier from the criterion, its parameter set to
+        the limit) and the users' NON_COMPLIANT evaluations."""
+        from cordon.providers.aws.config_rules import CRITERIA, RULES
+
+        attrs = detection.credential.attributes or {}
+        criterion = CRITERIA[str(attrs.get("criterion"))]
+        days = int(attrs.get("max_age_days") or criterion.default_days)
+        backend = _moto_iam_backend(self.account_id)
+        names = [str(n) for n in attrs.get("users") or []]
+        for user_id in attrs.get("user_ids") or []:
+            found = next((u.name for u in backend.users.values() if u.id == user_id), None)
+            if found is None:
+                found = f"legacy-{str(user_id)[-6:].lower()}"
+                self.ensure_user(found)
+                backend.users[found].id = str(user_id)
+            names.append(found)
+        old = datetime.now(UTC) - timedelta(days=days + 30)
+        for name in names:
+            self.ensure_user(name)
+            report["users"].append(name)
+            user = backend.users[name]
+            if not user.access_keys:
+                for i, created in enumerate((old, None)):
+                    key_id = f"AKIA{uuid.uuid5(uuid.NAMESPACE_URL, f'{name}/{i}').hex[:16].upper()}"
+                    self.ensure_access_key(name, key_id, create_date=created)
+                    report["access_keys"].append(key_id)
+        rule = attrs.get("config_rule")
+        if rule and (self.account_id, str(rule)) not in self.standin.config_rules:
+            identifier = next(k for k, c in RULES.items() if c is criterion)
+            self.standin.add_config_rule(self.account_id, str(rule), identifier, {criterion.parameter: str(days)})
+            for user_id in attrs.get("user_ids") or []:
+                self.standin.set_compliance(self.account_id, str(rule), str(user_id))
+
+    def mark_key_used(self, access_key_id: str, when: datetime, service: str = "s3") -> None:
+        """Set the key's last use (``GetAccessKeyLastUsed``) in moto's backend."""
+        from moto.iam.models import AccessKeyLastUsed
+
+        key = _moto_iam_backend(self.account_id).access_keys[access_key_id]
+        key.last_used = AccessKeyLastUsed(when, service, DEFAULT_REGION)
 
     # individual seeders (idempotent) ------------------------------------------------------
     def use_account(self, account_id: str) -> None:

@@ -31,6 +31,7 @@ class AwsProvider(Provider):
     event_envelopes = (EventEnvelope("Security Hub Findings - Imported", "securityhub", records="findings"),
                        EventEnvelope("Security Hub Findings - Custom Action", "securityhub", records="findings"),
                        EventEnvelope("GuardDuty Finding", "guardduty"),
+                       EventEnvelope("Config Rules Compliance Change", "aws_config"),
                        EventEnvelope("*via CloudTrail", "cloudtrail"))
     config_section = True  # aws: accounts and member roles (cordon.providers.aws.accounts)
     classify_order = 10
@@ -38,8 +39,8 @@ class AwsProvider(Provider):
     thread_safe_clients = True  # boto3 clients are thread-safe (one shared Session, built under a lock)
     ocsf_account = (10, "AWS Account")
 
-    detection_sources = ("cloudtrail", "guardduty", "securityhub")
-    rule_types = ("guardduty", "securityhub")
+    detection_sources = ("cloudtrail", "guardduty", "securityhub", "aws_config")
+    rule_types = ("guardduty", "securityhub", "aws_config")
     #: credential kind -> what its ``uid`` holds
     credential_kinds = {
         "aws_access_key": "IAM access key, uid = AccessKeyId (AKIA...)",
@@ -55,6 +56,8 @@ class AwsProvider(Provider):
         "aws_rolesanywhere_profile": "IAM Roles Anywhere profile (roles a certificate may assume), uid = profileId",
         "aws_role_trust": "a role's trust policy rewritten (UpdateAssumeRolePolicy), uid = role name",
         "aws_root_access_key": "the root user's own access key, uid = AccessKeyId (AKIA...)",
+        "aws_stale_credentials": "an account's keys past a Config rule's or Security Hub control's age limit, "
+                                 "uid = '<account>:rotation' or '<account>:unused'",
     }
 
     #: what a new credential of each kind is called in Slack, and the word joining it to its owner
@@ -72,17 +75,20 @@ class AwsProvider(Provider):
     "aws_rolesanywhere_profile": ("New Roles Anywhere profile", "by"),
     "aws_role_trust": ("Role trust policy changed", "on"),
     "aws_root_access_key": ("New root user access key", "of"),
+    "aws_stale_credentials": ("Stale access keys", "in"),
     }
 
     @property
     def sources(self) -> tuple[Source, ...]:
         from cordon.providers.aws.cloudtrail import detection_from_cloudtrail
+        from cordon.providers.aws.config_rules import detection_from_config
         from cordon.providers.aws.guardduty import detection_from_guardduty
         from cordon.providers.aws.securityhub import detection_from_asff
 
         return (Source("cloudtrail", detection_from_cloudtrail, sigma=("aws", "cloudtrail")),
                 Source("guardduty", detection_from_guardduty),
-                Source("securityhub", detection_from_asff))
+                Source("securityhub", detection_from_asff),
+                Source("aws_config", detection_from_config))
 
     def guard(self, detection: Any, clients: Callable[..., Any], me: str | None,
               enrichment: dict[str, Any] | None = None) -> str | None:

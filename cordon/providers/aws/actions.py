@@ -1936,3 +1936,152 @@ class RoleTrust(EnrichmentAction):
             reason = None
         return {**out, "exists": True, "role_arn": role["Arn"], "live_outside_principals": live_outside,
                 "is_admin": bool(because), "admin_because": because, "contain": reason is None, "reason": reason}
+
+
+class StaleKeyView(State):
+    """One active access key past the limit, as :class:`DeactivateStaleKeys`' state lists it."""
+
+    user_name: str
+    access_key_id: str
+    created: IsoTime
+    last_used: IsoTime | None
+    age_days: int
+
+
+@register
+class DeactivateStaleKeys(AwsContainmentAction):
+    """Credential hygiene for one account (AWS Config ``access-keys-rotated`` /
+    ``iam-user-unused-credentials-check``, Security Hub IAM.3 / IAM.8 / IAM.22): deactivate every
+    active access key past the limit, in one plan under one approval, as AWS's Automated Security
+    Response does for IAM.3 / IAM.8; never deletes a key.
+
+    ``scope`` is the detection's credential uid, ``<account>:rotation`` (keys created more than the
+    limit ago) or ``<account>:unused`` (keys not used, or never used and created, more than the limit
+    ago; :func:`cordon.providers.aws.config_rules.is_stale`). The limit is the named Config rule's own
+    parameter (``DescribeConfigRules``: ``maxAccessKeyAge`` / ``maxCredentialUsageAge``, else the
+    managed rule's default; a rule whose ``Source.SourceIdentifier`` is not the criterion's is refused),
+    or without a rule ``max_age_days`` (the Security Hub control's). Keys are read with ``ListUsers``,
+    ``ListAccessKeys`` and ``GetAccessKeyLastUsed``. Users matching ``protected_principals`` and the key
+    Cordon signs with are never touched (listed in the state as skipped). Console passwords past the
+    limit are listed (``stale_passwords``) and left alone: IAM can only delete a login profile, and this
+    playbook never deletes.
+
+    State: ``{account, criterion, max_age_days, limit_from, config_rule, stale: [{user_name,
+    access_key_id, created, last_used, age_days}], skipped: [reasons], stale_passwords: [user names]}``.
+    Contained when nothing is stale. The plan: ``UpdateAccessKey Status=Inactive`` for each stale key,
+    then, with a Config rule, ``StartConfigRulesEvaluation`` (Config re-evaluates the rule: the
+    verification AWS sees); the verification reads every key back. Rollback: each key ``Active`` again.
+    API: https://docs.aws.amazon.com/IAM/latest/APIReference/API_UpdateAccessKey.html ,
+    https://docs.aws.amazon.com/config/latest/APIReference/API_DescribeConfigRules.html ,
+    https://docs.aws.amazon.com/config/latest/APIReference/API_StartConfigRulesEvaluation.html
+
+    .. code-block:: yaml
+
+        contain:
+          - action: aws.deactivate-stale-keys
+            with:
+              scope: "{{ credential.uid }}"
+              max_age_days: "{{ credential.attributes.max_age_days }}"
+              config_rule: "{{ credential.attributes.config_rule }}"
+    """
+
+    name = "aws.deactivate-stale-keys"
+
+    class Params(Params):
+        scope: Annotated[str, Field(pattern=r"^\d{12}:(rotation|unused)$",
+                                    description="<account>:rotation or <account>:unused"),
+                         Identifies("credential.uid")]
+        max_age_days: Annotated[int, Field(ge=1, le=3650, description="the limit without a Config rule")] = 90
+        config_rule: Annotated[str | None, Field(description="the Config rule whose parameter is the limit")] = None
+
+    class State(State):
+        account: str
+        criterion: Literal["rotation", "unused"]
+        max_age_days: int
+        limit_from: str
+        config_rule: str | None
+        stale: list[StaleKeyView]
+        skipped: list[str]
+        stale_passwords: list[str]
+
+    permissions = ("iam:ListUsers", "iam:ListAccessKeys", "iam:GetAccessKeyLastUsed", "iam:UpdateAccessKey",
+                   "config:DescribeConfigRules", "config:StartConfigRulesEvaluation")
+    credential_kinds = ("aws_stale_credentials",)
+    rollback_supported = True
+
+    def target(self, ctx: ActionContext) -> str:
+        account, _, criterion = ctx.params["scope"].partition(":")
+        return f"account {account}: access keys past the {criterion} limit"
+
+    def _limit(self, ctx: ActionContext, criterion: str) -> tuple[int, str]:
+        from cordon.providers.aws.config_rules import CRITERIA, RULES, rule_limit
+
+        name = ctx.params.get("config_rule")
+        if not name:
+            return int(ctx.params.get("max_age_days") or 90), "the detection's control"
+        rules = self.client(ctx, "config", ctx.detection.region).describe_config_rules(
+            ConfigRuleNames=[name]).get("ConfigRules") or []
+        rule = rules[0] if rules else None
+        identifier = ((rule or {}).get("Source") or {}).get("SourceIdentifier")
+        if RULES.get(str(identifier)) is not CRITERIA[criterion]:
+            raise GuardError(f"Config rule {name} is {identifier or 'unknown'}, not a {criterion} rule")
+        return rule_limit(rule, CRITERIA[criterion])
+
+    def read_state(self, ctx: ActionContext) -> dict[str, Any] | None:
+        from cordon.config import load_config
+        from cordon.providers.aws.config_rules import is_stale
+
+        account, _, criterion = ctx.params["scope"].partition(":")
+        if ctx.detection.account_uid and ctx.detection.account_uid != account:
+            raise GuardError(f"scope {ctx.params['scope']} is not the detection's account {ctx.detection.account_uid}")
+        days, limit_from = self._limit(ctx, criterion)
+        config = load_config()
+        own_key = getattr(ctx.clients, "own_access_key", lambda: None)()
+        iam = self.client(ctx)
+        now = datetime.now(UTC)
+        stale: list[dict[str, Any]] = []
+        skipped: list[str] = []
+        passwords: list[str] = []
+        for page in iam.get_paginator("list_users").paginate():
+            for user in page["Users"]:
+                name, arn = user["UserName"], user["Arn"]
+                keys = [k for p in iam.get_paginator("list_access_keys").paginate(UserName=name)
+                        for k in p["AccessKeyMetadata"] if k["Status"] == "Active"]
+                pattern = config.is_protected(arn)
+                if pattern and keys:
+                    skipped.append(f"{arn}: protected ({pattern})")
+                    continue
+                used = user.get("PasswordLastUsed")
+                if criterion == "unused" and used and is_stale("unused", days, now, used, used):
+                    passwords.append(name)
+                for key in keys:
+                    if key["AccessKeyId"] == own_key:
+                        skipped.append(f"{key['AccessKeyId']}: the key Cordon signs with")
+                        continue
+                    last = (iam.get_access_key_last_used(AccessKeyId=key["AccessKeyId"]).get("AccessKeyLastUsed")
+                            or {}).get("LastUsedDate")
+                    if is_stale(criterion, days, now, key["CreateDate"], last):
+                        since = key["CreateDate"] if criterion == "rotation" else (last or key["CreateDate"])
+                        stale.append({"user_name": name, "access_key_id": key["AccessKeyId"],
+                                      "created": _iso(key["CreateDate"]), "last_used": _iso(last) if last else None,
+                                      "age_days": int((now - since).total_seconds() // 86400)})
+        return {"account": account, "criterion": criterion, "max_age_days": days, "limit_from": limit_from,
+                "config_rule": ctx.params.get("config_rule"), "stale": stale, "skipped": skipped,
+                "stale_passwords": passwords}
+
+    def is_contained(self, state: dict[str, Any] | None) -> bool:
+        return state is None or not state["stale"]
+
+    def plan_calls(self, ctx: ActionContext, state: dict[str, Any] | None) -> list[ApiCall]:
+        calls = [ApiCall(service="iam", operation="UpdateAccessKey",
+                         params={"UserName": k["user_name"], "AccessKeyId": k["access_key_id"], "Status": "Inactive"})
+                 for k in (state or {}).get("stale") or []]
+        if calls and (state or {}).get("config_rule"):
+            calls.append(ApiCall(service="config", operation="StartConfigRulesEvaluation",
+                                 params={"ConfigRuleNames": [state["config_rule"]]}, region=ctx.detection.region))
+        return calls
+
+    def undo_calls(self, ctx: ActionContext, before: dict[str, Any] | None) -> list[ApiCall]:
+        return [ApiCall(service="iam", operation="UpdateAccessKey",
+                        params={"UserName": k["user_name"], "AccessKeyId": k["access_key_id"], "Status": "Active"})
+                for k in (before or {}).get("stale") or []]

@@ -16,6 +16,7 @@ from typing import Any
 
 from cordon.detections.fields import RecordFields, detection_uid
 from cordon.detections.model import Credential, Detection, Principal, RawRef, RuleRef, record_sha256
+from cordon.providers.aws.config_rules import CONTROLS, hygiene_credential
 from cordon.providers.aws.guardduty import techniques_for_type
 
 #: ATT&CK techniques by consolidated Security Hub control ID (Cordon's mapping of what each
@@ -101,8 +102,11 @@ def detection_from_asff(finding: dict[str, Any], origin: str, position: int) -> 
     ``Id``; owner ``PrincipalName`` / ``PrincipalId`` / ``PrincipalType``); otherwise ``target``
     is the first ``AwsIamUser`` resource (``Id`` is its ARN; the name is
     ``Details.AwsIamUser.UserName`` or the ARN's last segment, kept as is even when it is a user
-    ID such as ``AIDA...``). ``suppressed`` when ``Workflow.Status`` is RESOLVED / SUPPRESSED,
-    ``RecordState`` is ARCHIVED, ``Compliance.Status`` is PASSED, or a GuardDuty sample.
+    ID such as ``AIDA...``); for IAM.3 / IAM.8 / IAM.22 (and their CIS / PCI twins) with no key
+    resource, the account's ``aws_stale_credentials`` under the control's limit
+    (:func:`cordon.providers.aws.config_rules.hygiene_credential`). ``suppressed`` when
+    ``Workflow.Status`` is RESOLVED / SUPPRESSED, ``RecordState`` is ARCHIVED, ``Compliance.Status`` is
+    PASSED, or a GuardDuty sample.
     ``time`` = ``UpdatedAt`` (else ``CreatedAt``).
 
     Raises :class:`RecordError` naming the dotted field for a missing ``Id`` / timestamps, an
@@ -129,6 +133,7 @@ def detection_from_asff(finding: dict[str, Any], origin: str, position: int) -> 
 
     product_fields = finding.get("ProductFields") or {}
     is_guardduty = product_arn.rstrip("/").endswith("/guardduty")
+    control = None
     if is_guardduty and types:
         finding_type = _guardduty_type(types[0])
         techniques = techniques_for_type(finding_type)
@@ -192,6 +197,13 @@ def detection_from_asff(finding: dict[str, Any], origin: str, position: int) -> 
                 name = rid.rsplit("/", 1)[-1]
             target = Principal(uid=rid, name=name, type="IAMUser", account_uid=account)
 
+    hygiene = CONTROLS.get(control or "") if not is_guardduty else None
+    if hygiene and credential is None and account:
+        # IAM.3 / IAM.8 / IAM.22 name a user, not a key: the account's stale keys under that control's
+        # limit, one case per account (cordon.providers.aws.config_rules)
+        criterion, days = hygiene
+        credential = hygiene_credential(account, criterion, days, source_rule=str(control), config_rule=None,
+                                        users=[target.name] if target.name else [])
     suppressed = None
     workflow = f.get("Workflow.Status", str)
     if workflow and workflow.upper() in _SUPPRESSING_WORKFLOW:

@@ -19,11 +19,13 @@ from typing import Any
 #: How the dead-letter reason describes the shapes recognised here.
 SHAPES = ("a CloudTrail event (eventName, eventSource, eventTime), a GuardDuty finding "
           "(schemaVersion, type, service.serviceName 'guardduty' or service.detectorId), a Security Hub "
-          "ASFF finding (SchemaVersion, ProductArn, Types or AwsAccountId)")
+          "ASFF finding (SchemaVersion, ProductArn, Types or AwsAccountId), an AWS Config evaluation "
+          "(configRuleName with newEvaluationResult, or EvaluationResultIdentifier with ComplianceType)")
 
 
 def classify(record: dict[str, Any]) -> str | None:
-    """``cloudtrail``, ``guardduty``, ``securityhub`` or ``None`` (see the module docstring)."""
+    """``cloudtrail``, ``guardduty``, ``securityhub``, ``aws_config`` or ``None`` (see the module
+    docstring)."""
     if "eventName" in record and "eventSource" in record and "eventTime" in record:
         return "cloudtrail"
     service = record.get("service")
@@ -36,4 +38,7 @@ def classify(record: dict[str, Any]) -> str | None:
         return "guardduty"
     if "SchemaVersion" in record and "ProductArn" in record and ("Types" in record or "AwsAccountId" in record):
         return "securityhub"
+    if ("configRuleName" in record and "newEvaluationResult" in record) or (
+            "EvaluationResultIdentifier" in record and "ComplianceType" in record):
+        return "aws_config"
     return None
