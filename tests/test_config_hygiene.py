@@ -196,3 +196,27 @@ def test_unused_keys_by_last_use_from_a_security_hub_iam8_finding(responder, aws
     iam = aws.clients("iam", account_id="111111111111")
     assert {k["AccessKeyId"]: k["Status"] for k in iam.list_access_keys(UserName="sharrtest")["AccessKeyMetadata"]} \
         == {"AKIASHARRUSEDLONGAGO": "Inactive", "AKIASHARRUSEDTODAY0": "Active"}
+
+
+def test_the_config_sweep_sensor_answers_each_evaluation_once(responder, aws, tmp_path):
+    from cordon.sensors import build_sensor
+    from cordon.sensors.runner import run_pass
+    from cordon.sensors.store import SensorStore
+
+    account(aws)
+    aws.standin.add_config_rule(ACCOUNT, "s3-bucket-versioning-enabled", "S3_BUCKET_VERSIONING_ENABLED")
+    aws.standin.set_compliance(ACCOUNT, "s3-bucket-versioning-enabled", "AIDAEXAMPLEANALYST1")  # not swept
+    aws.standin.set_compliance(ACCOUNT, "access-keys-rotated", "AIDAEXAMPLELEGACY01")
+    aws.standin.set_compliance(ACCOUNT, "access-keys-rotated", "AIDAEXAMPLEANALYST1")
+    aws.standin.set_compliance(ACCOUNT, "access-keys-rotated", "AIDAEXAMPLEBUILDBOT", "COMPLIANT")
+    sensor = build_sensor("aws-config", responder.config, clients_for, aws.cloud_params())
+    store = SensorStore(responder.ledger.engine)
+    first = run_pass(sensor, store, responder, None)
+    assert first.error is None and first.read == 2, first
+    (case,) = responder.ledger.cases()
+    assert case["playbook"] == "aws-credential-hygiene"
+    assert json.loads(case["detection"])["credential"]["uid"] == f"{ACCOUNT}:rotation"
+    again = run_pass(sensor, store, responder, None)
+    assert again.error is None and again.cases == [] and len(responder.ledger.cases()) == 1
+    dead = responder.ledger.dead_letters()
+    assert dead == []

@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
     ("aws-eventbridge-sqs", "guardduty-same-key.json", "aws.deactivate-access-key", 1),
     ("gcp-pubsub", "gcp-create-sa-key.json", "gcp.disable-sa-key", 1),
     ("entra-audit", "entra-add-sp-credentials.json", None, 2),
+    ("aws-config", "config-access-keys-rotated.json", "aws.deactivate-stale-keys", 1),
 ])
 def test_rehearse_sends_the_example_through_the_source_and_contains_it(tmp_path, sensor, example, action, n_cases):
     env = {**os.environ, "CORDON_DATABASE_URL": f"sqlite:///{tmp_path}/ledger.db", "HOME": str(tmp_path)}

@@ -1,4 +1,4 @@
-"""AWS's sensors (:mod:`cordon.sensors`), both reading an SQS queue with boto3:
+"""AWS's sensors (:mod:`cordon.sensors`): two read an SQS queue with boto3, one sweeps AWS Config:
 
 * ``aws-s3-sqs``: the organisation trail's delivery files, announced by S3 event notifications
   (https://docs.aws.amazon.com/AmazonS3/latest/userguide/notification-content-structure.html) sent
@@ -13,7 +13,14 @@
   and deleted: never retried forever.
 * ``aws-eventbridge-sqs``: GuardDuty findings and Security Hub ``Findings - Imported`` events put
   on the queue by an EventBridge rule; each message body is the EventBridge event, which the
-  intake reads as it is.
+  intake reads as it is (AWS Config's "Config Rules Compliance Change" events too, when the rule
+  routes them there);
+* ``aws-config``: a sweep of AWS Config's credential rules (``DescribeConfigRules``: every rule whose
+  managed identifier is one :mod:`cordon.providers.aws.config_rules` answers, or the ``rules`` named),
+  each rule's ``NON_COMPLIANT`` evaluations (``GetComplianceDetailsByConfigRule``, paged) delivered as
+  one record each, the ``EvaluationResult`` with ``awsAccountId`` / ``awsRegion`` added (Config's
+  answer names neither). Dedup key: account, rule, resource and ``ResultRecordedTime``, so an
+  evaluation is answered once and a new one (the user broke the rule again) is answered again.
 
 A message is deleted (``DeleteMessage``) only after its records are in the ledger. Dedup keys: the
 object (``bucket/key`` and its ``ETag``) for trail files (each record in it is deduplicated by the
@@ -261,3 +268,100 @@ class EventBridgeSqsSensor(_SqsSensor):
             Delivery(record_id=finding_key(m.get("Body") or "", m["MessageId"]),
                      origin=f"sqs:{self.settings.queue_url}#{m['MessageId']}", body=(m.get("Body") or "").encode(),
                      at=self.sent_at(m), handle=m["ReceiptHandle"]) for m in self.receive()])
+
+
+class ConfigSweepSettings(SensorSettings):
+    """``sensors.aws-config``: ``region`` (default the client's), ``rules`` (Config rule names; empty:
+    every credential rule ``DescribeConfigRules`` lists), ``interval_seconds`` between sweeps (default
+    900: Config evaluates periodic rules every 1 to 24 hours)."""
+
+    region: str | None = None
+    rules: list[str] = []
+    interval_seconds: float = 900.0
+
+
+@register_sensor
+class ConfigSweepSensor(Sensor):
+    """AWS Config's credential rules, swept (module docstring). Needs ``config:DescribeConfigRules``,
+    ``config:GetComplianceDetailsByConfigRule`` and ``sts:GetCallerIdentity``."""
+
+    name = "aws-config"
+    title = "AWS Config credential rules (access-keys-rotated, unused credentials), swept for NON_COMPLIANT users"
+    provider = "aws"
+    kind = "poll"
+    permissions = ("config:DescribeConfigRules", "config:GetComplianceDetailsByConfigRule", "sts:GetCallerIdentity")
+    settings_model = ConfigSweepSettings
+    settings: ConfigSweepSettings
+
+    def rules(self, config: Any) -> list[str]:
+        """The rule names to sweep: the settings' ``rules``, else each credential rule Config lists."""
+        from cordon.providers.aws.config_rules import RULES
+
+        if self.settings.rules:
+            return list(self.settings.rules)
+        out, token = [], None
+        while True:
+            page = config.describe_config_rules(**({"NextToken": token} if token else {}))
+            out += [r["ConfigRuleName"] for r in page.get("ConfigRules") or []
+                    if (r.get("Source") or {}).get("SourceIdentifier") in RULES]
+            token = page.get("NextToken")
+            if not token:
+                return out
+
+    def fetch(self, state: SensorState, now: datetime) -> Fetched:
+        config = self.clients("config", self.settings.region)
+        account = self.clients("sts", self.settings.region).get_caller_identity()["Account"]
+        region = self.settings.region or config.meta.region_name
+        out: list[Delivery] = []
+        for rule in self.rules(config):
+            token = None
+            while len(out) < self.settings.max_records:
+                page = config.get_compliance_details_by_config_rule(
+                    ConfigRuleName=rule, ComplianceTypes=["NON_COMPLIANT"], Limit=100,
+                    **({"NextToken": token} if token else {}))
+                for result in page.get("EvaluationResults") or []:
+                    record = json.loads(json.dumps(result, default=_iso_time))
+                    record.update(awsAccountId=account, awsRegion=region)
+                    qual = record["EvaluationResultIdentifier"]["EvaluationResultQualifier"]
+                    when = record.get("ResultRecordedTime")
+                    out.append(Delivery(record_id=f"config:{account}:{rule}:{qual.get('ResourceId')}:{when}",
+                                        origin=f"config:{account}/{region}/{rule}",
+                                        body=json.dumps(record).encode(), at=_parse_time(when)))
+                token = page.get("NextToken")
+                if not token:
+                    break
+        return Fetched(deliveries=out[: self.settings.max_records])
+
+    @classmethod
+    def rehearse(cls, stand_in: Any, inputs: list[tuple[str, bytes]]) -> dict[str, Any]:
+        """Each Config evaluation of the inputs (an EventBridge event, its ``detail``) recorded in the
+        sandbox's Config stand-in: the rule (its managed identifier from its name) and the user's
+        ``NON_COMPLIANT`` evaluation, in the sandbox's current account."""
+        from cordon.providers.aws.config_rules import RULE_NAMES, criterion_for_rule
+
+        for _path, data in inputs:
+            for rec in records_of(data):
+                detail = rec.get("detail") if isinstance(rec.get("detail"), dict) else rec
+                rule, user = detail.get("configRuleName"), detail.get("resourceId")
+                criterion = criterion_for_rule(str(rule or ""))
+                if not rule or not user or criterion is None:
+                    continue
+                stand_in.use_account(str(detail.get("awsAccountId") or stand_in.account_id))
+                if (stand_in.account_id, rule) not in stand_in.standin.config_rules:
+                    identifier = next(i for n, i in RULE_NAMES.items() if criterion_for_rule(n) is criterion)
+                    stand_in.standin.add_config_rule(stand_in.account_id, rule, identifier)
+                stand_in.standin.set_compliance(stand_in.account_id, rule, user)
+        return {"region": "us-east-1", "interval_seconds": 0}
+
+
+def _iso_time(value: Any) -> str:
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
+    return str(value)
+
+
+def _parse_time(text: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(text).replace("Z", "+00:00")) if text else None
+    except ValueError:
+        return None
