@@ -394,6 +394,16 @@ class _Input:
         if isinstance(message, dict) and "data" in message and ("subscription" in value or "messageId" in message):
             yield self._pubsub(value, message, text, line)
             return
+        from cordon.providers import Unreadable, unpack_record
+
+        unpacked = unpack_record(value)
+        if unpacked is not None:  # a provider's container of records (a log subscription, an event list)
+            for item in unpacked:
+                if isinstance(item, Unreadable):
+                    yield self.reject(item.field, f"{item.reason}{where}", text)
+                else:
+                    yield self.leaf(item, None, line, None)
+            return
         for key in _LIST_KEYS:
             if key in value and classify(value) is None:
                 items = value[key]

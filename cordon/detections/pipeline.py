@@ -153,12 +153,15 @@ def _detections(item: RawRecord, rules: RuleMatcher, stats: DetectStats) -> Iter
         yield from _as_detections(source.parse(item.record, item.origin, item.position))
         return
     stats.events += 1
-    product, service = source.sigma
-    event = source.view(item.record) if source.view else item.record
+    product, service, *category = source.sigma
+    try:
+        event = source.view(item.record) if source.view else item.record
+    except RecordError as exc:  # a view names the field; the record's place is known here
+        raise RecordError(item.origin, item.position, exc.field, exc.reason) from None
+    extra: dict[str, Any] = {"category": category[0]} if category else {}
     if source.normalise is not None:
-        matches = rules.match(event, product=product, service=service, normalise=source.normalise)
-    else:
-        matches = rules.match(event, product=product, service=service)
+        extra["normalise"] = source.normalise
+    matches = rules.match(event, product=product, service=service, **extra)
     if not matches:
         stats.events_unmatched += 1
         return

@@ -42,6 +42,7 @@ BUILTIN: tuple[tuple[str, str], ...] = (
     ("aws", "cordon.providers.aws:AwsProvider"),
     ("azure", "cordon.providers.azure:AzureProvider"),
     ("gcp", "cordon.providers.gcp:GcpProvider"),
+    ("kubernetes", "cordon.providers.kubernetes:KubernetesProvider"),
 )
 
 #: Entry point group through which another distribution registers a provider class.
@@ -53,9 +54,11 @@ class Source:
     """One kind of input record a provider reads (``RawRecord.kind``, decided by
     :func:`cordon.detections.intake.classify`).
 
-    ``sigma``: ``(product, service)`` the records are matched as (Sigma logsource), or ``None`` for
+    ``sigma``: ``(product, service)`` or ``(product, service, category)`` the records are matched as
+    (Sigma logsource; rules naming that category fit too), or ``None`` for
     findings, which map directly. ``view``: the record as Sigma rules see it (``None``: the record
-    itself). ``parse``: ``parse(record, match, origin, position)`` for Sigma events,
+    itself); it may raise :class:`cordon.detections.errors.RecordError` naming the field (its origin
+    and position are filled in by the pipeline). ``parse``: ``parse(record, match, origin, position)`` for Sigma events,
     ``parse(record, origin, position)`` for findings; returns a Detection or an iterable of them;
     raises :class:`cordon.detections.errors.RecordError` naming the field for a malformed record.
     ``evaluated``: ``False`` for records counted as events on which no rule is evaluated (Entra
@@ -67,7 +70,7 @@ class Source:
 
     kind: str
     parse: Callable[..., Any] | None
-    sigma: tuple[str, str] | None = None
+    sigma: tuple[str, ...] | None = None
     view: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     evaluated: bool = True
     normalise: Any = None
@@ -365,6 +368,35 @@ def classify_record(record: dict[str, Any]) -> str | None:
             return kind
         if claims is not None and claims(record):
             return None
+    return None
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """An item of a container record (:func:`unpack_record`) that could not be decoded: ``field``
+    (dotted, within the container) and ``reason``, for the dead letter."""
+
+    field: str
+    reason: str
+
+
+_UNPACKERS: list[Callable[[dict[str, Any]], list[Any] | None]] = []
+
+
+def unpack_record(record: dict[str, Any]) -> list[Any] | None:
+    """The records inside a container record a provider's shapes module knows (its optional
+    ``unpack(record) -> list | None``: a list of records, each a decoded object or an
+    :class:`Unreadable`), asked in ``classify_order``; ``None`` when no provider unpacks it."""
+    if not _UNPACKERS:
+        found = [u for p in sorted(providers().values(), key=lambda p: (p.classify_order, p.name))
+                 if p.shapes_module and (u := getattr(importlib.import_module(p.shapes_module), "unpack", None))]
+        with _LOCK:
+            if not _UNPACKERS:
+                _UNPACKERS.extend(found)
+    for unpack in _UNPACKERS:
+        items = unpack(record)
+        if items is not None:
+            return items
     return None
 
 

@@ -1,0 +1,51 @@
+"""Kubernetes: API server audit Events (Sigma logsource ``product: kubernetes, service: audit``) in
+the layouts collectors deliver them (plain, EKS CloudWatch Logs subscription, GKE Cloud Audit Log,
+AKS diagnostic records).
+
+Modules: :mod:`.events` (the one normaliser of layouts), :mod:`.shapes` (classification),
+:mod:`.detections` (the parser).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cordon.providers import Provider, Source
+
+
+class KubernetesProvider(Provider):
+    """The Kubernetes provider (see the package docstring)."""
+
+    name = "kubernetes"
+    title = "Kubernetes"
+    actions_module = "cordon.providers.kubernetes.actions"
+    shapes_module = "cordon.providers.kubernetes.shapes"
+    #: before Google Cloud (20): a GKE entry is a Cloud Audit Log entry too
+    classify_order = 15
+    detection_sources = ("k8s_audit",)
+    credential_kinds = {
+        "k8s_role_binding": "uid = clusterrolebindings/NAME or namespaces/NS/rolebindings/NAME",
+        "k8s_sa_token": "uid = namespaces/NS/serviceaccounts/NAME/token",
+        "k8s_csr": "uid = certificatesigningrequests/NAME[/approval]",
+        "k8s_aws_auth": "uid = namespaces/kube-system/configmaps/aws-auth",
+        "k8s_service_account": "uid = namespaces/NS/serviceaccounts/NAME",
+        "k8s_secret": "uid = namespaces/NS/secrets/NAME",
+    }
+    credential_phrases = {
+        "k8s_role_binding": ("Role binding created", "for"),
+        "k8s_sa_token": ("Service-account token requested", "for"),
+        "k8s_csr": ("Certificate signing request", "for"),
+        "k8s_aws_auth": ("aws-auth ConfigMap edited", "by"),
+        "k8s_service_account": ("New service account", ""),
+        "k8s_secret": ("Secret created", "by"),
+    }
+
+    @property
+    def sources(self) -> tuple[Source, ...]:
+        from cordon.providers.kubernetes.detections import detections_from_k8s_audit, view
+
+        return (Source("k8s_audit", detections_from_k8s_audit, sigma=("kubernetes", "audit", "application"),
+                       view=view),)
+
+    def clients(self, cloud: dict[str, Any]) -> Any:
+        raise NotImplementedError("Kubernetes containment clients are not built yet")
