@@ -52,7 +52,7 @@ def _naming_a_cloud() -> dict[str, list[tuple[int, str]]]:
 
 
 def test_the_registry_holds_the_three_clouds_each_complete():
-    assert provider_names() == ("aws", "azure", "gcp")
+    assert provider_names() == ("aws", "azure", "gcp", "kubernetes")
     actions = all_actions()
     for name, provider in providers().items():
         assert isinstance(provider, Provider) and provider.name == name and provider.title
@@ -66,7 +66,7 @@ def test_the_registry_holds_the_three_clouds_each_complete():
 
 
 def test_an_unknown_provider_is_refused_naming_the_registered_ones():
-    with pytest.raises(ValueError, match=r"no provider 'okta' \(registered: aws, azure, gcp\)"):
+    with pytest.raises(ValueError, match=r"no provider 'okta' \(registered: aws, azure, gcp, kubernetes\)"):
         get_provider("okta")
 
 

@@ -48,4 +48,32 @@ class KubernetesProvider(Provider):
                        view=view),)
 
     def clients(self, cloud: dict[str, Any]) -> Any:
-        raise NotImplementedError("Kubernetes containment clients are not built yet")
+        """:func:`cordon.providers.kubernetes.clients.kubernetes_clients`."""
+        from cordon.providers.kubernetes.clients import kubernetes_clients
+
+        return kubernetes_clients(cloud)
+
+    def guard(self, detection: Any, clients: Any, me: str | None,
+              enrichment: dict[str, Any] | None = None) -> str | None:
+        """Refuse a ``system:``-prefixed binding, a binding whose subjects include a ``system:``
+        principal or group, a ``kube-system`` ServiceAccount or Cordon's own ServiceAccount (``me``),
+        and any object in ``kube-system`` (a configuration switch allowing it is not built yet)."""
+        cred = detection.credential
+        if cred is None or not cred.uid:
+            return None
+        name = cred.uid.rsplit("/", 1)[-1]
+        if name.startswith("system:"):
+            return f"{cred.uid} is a system: binding (Kubernetes' own); Cordon never touches it"
+        if cred.uid.startswith("namespaces/kube-system/"):
+            return f"{cred.uid} is in kube-system; Cordon does not act there"
+        for subject in cred.attributes.get("subjects") or []:
+            if not isinstance(subject, dict):
+                continue
+            sname = str(subject.get("name") or "")
+            principal = (f"system:serviceaccount:{subject.get('namespace')}:{sname}"
+                         if subject.get("kind") == "ServiceAccount" else sname)
+            if sname.startswith("system:") or subject.get("namespace") == "kube-system":
+                return f"{cred.uid} binds the system principal {principal}; Cordon never touches system: principals"
+            if me and principal == me:
+                return f"{cred.uid} binds Cordon's own ServiceAccount {me}"
+        return None

@@ -1,1 +1,181 @@
-"""Kubernetes actions (none registered yet: containment of a binding is unfinished, see issue 17)."""
+"""Kubernetes actions over the official ``kubernetes`` client (RBAC API,
+https://kubernetes.io/docs/reference/kubernetes-api/authorization-resources/cluster-role-binding-v1/
+and ``role-binding-v1/``).
+
+A binding is named as in ``credential.uid``: ``clusterrolebindings/NAME`` or
+``namespaces/NS/rolebindings/NAME``.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Annotated, Any
+
+from pydantic import Field
+
+from cordon.action import (
+    ActionContext,
+    ActionResult,
+    ApiCall,
+    ContainmentAction,
+    GuardError,
+    Identifies,
+    Params,
+    State,
+    register,
+)
+
+BINDING = re.compile(r"^(?:clusterrolebindings/(?P<cname>[^/\s]+)|namespaces/(?P<ns>[^/\s]+)/rolebindings/"
+                     r"(?P<name>[^/\s]+))$")
+#: Server-managed metadata dropped from a stored object before it is created again
+_SERVER_FIELDS = ("uid", "resourceVersion", "creationTimestamp", "managedFields", "generation", "selfLink")
+
+
+def parse_binding(uid: str) -> tuple[str | None, str]:
+    """``(namespace or None, name)`` of a binding named ``clusterrolebindings/NAME`` or
+    ``namespaces/NS/rolebindings/NAME``. Raises ``ValueError`` for anything else."""
+    m = BINDING.match(uid or "")
+    if not m:
+        raise ValueError(f"not a binding name (clusterrolebindings/NAME or namespaces/NS/rolebindings/NAME): {uid!r}")
+    return (m.group("ns"), m.group("name")) if m.group("ns") else (None, m.group("cname"))
+
+
+def http_status(err: Exception) -> int | None:
+    """The HTTP status of a ``kubernetes.client.ApiException`` (``None`` for other errors)."""
+    return getattr(err, "status", None)
+
+
+class KubernetesContainmentAction(ContainmentAction):
+    """Base of Kubernetes containment actions: :meth:`call` makes one client call.
+
+    ``ApiCall(service="rbac", operation="delete_cluster_role_binding", params={"name": N,
+    "precondition_uid": U})`` becomes ``ctx.clients("rbac").delete_cluster_role_binding(name=N,
+    body=V1DeleteOptions(preconditions=V1Preconditions(uid=U)))``; ``dry_run="All"`` is added for a
+    server dry run. ``kubernetes.client.ApiException`` propagates (409 when the precondition fails).
+    """
+
+    provider = "kubernetes"
+
+    @staticmethod
+    def execute(ctx: ActionContext, api: ApiCall, *, dry_run: bool = False) -> Any:
+        """Make ``api`` (see the class doc); ``dry_run`` asks the API server not to persist it."""
+        from kubernetes import client
+
+        params = copy.deepcopy(api.params)
+        uid = params.pop("precondition_uid", None)
+        if uid is not None:
+            params["body"] = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid))
+        if dry_run:
+            params["dry_run"] = "All"
+        return getattr(ctx.clients(api.service), api.operation)(**params)
+
+    def call(self, ctx: ActionContext, api: ApiCall) -> Any:
+        return self.execute(ctx, api)
+
+
+@register
+class DeleteRoleBinding(KubernetesContainmentAction):
+    """Delete exactly one ClusterRoleBinding or RoleBinding (``binding``: ``clusterrolebindings/NAME``
+    or ``namespaces/NS/rolebindings/NAME``, the detection's ``credential.uid``).
+
+    The object is read first and stored whole (state before, the rollback's source). The plan is
+    checked by a server dry run of the delete (``dryRun=All``); the delete carries
+    ``DeleteOptions.preconditions.uid`` of the object read, so a binding deleted and re-created
+    under the same name since is never touched (the API server answers 409). Removing a binding
+    does not revoke a credential: tokens, certificates and keys its subjects hold stay valid; it
+    removes only the permissions the binding granted.
+
+    Guard (:meth:`cordon.providers.kubernetes.KubernetesProvider.guard` and here): ``system:``-prefixed
+    bindings are refused; the binding read must be the kind and name asked for.
+
+    State: ``{binding, uid, role_ref, subjects, object}`` (``object``: the binding as the API
+    returned it), ``None`` when absent. Contained when absent (a read answering 404).
+    Rollback: create the stored object again (server-managed metadata dropped).
+    API: https://kubernetes.io/docs/reference/kubernetes-api/authorization-resources/cluster-role-binding-v1/
+
+    .. code-block:: yaml
+
+        contain:
+          - action: kubernetes.delete-role-binding
+            with:
+              binding: "{{ credential.uid }}"
+    """
+
+    name = "kubernetes.delete-role-binding"
+    #: RBAC verbs on rbac.authorization.k8s.io (rendered as a ClusterRole)
+    permissions = ("rbac.authorization.k8s.io/clusterrolebindings:get", "rbac.authorization.k8s.io/"
+                   "clusterrolebindings:delete", "rbac.authorization.k8s.io/clusterrolebindings:create",
+                   "rbac.authorization.k8s.io/rolebindings:get", "rbac.authorization.k8s.io/rolebindings:delete",
+                   "rbac.authorization.k8s.io/rolebindings:create")
+    credential_kinds = ("k8s_role_binding",)
+    rollback_supported = True
+
+    class Params(Params):
+        binding: Annotated[str, Identifies("credential.uid"), Field(pattern=BINDING.pattern)]
+
+    class State(State):
+        binding: str
+        uid: str
+        role_ref: dict[str, Any]
+        subjects: list[dict[str, Any]]
+        object: dict[str, Any]
+
+    def target(self, ctx: ActionContext) -> str:
+        return ctx.params["binding"]
+
+    def _op(self, verb: str, namespace: str | None) -> str:
+        return f"{verb}_namespaced_role_binding" if namespace else f"{verb}_cluster_role_binding"
+
+    def read_state(self, ctx: ActionContext) -> dict[str, Any] | None:
+        namespace, name = parse_binding(ctx.params["binding"])
+        if name.startswith("system:"):
+            raise GuardError(f"binding {name} is a system: binding; Cordon never deletes one")
+        args = {"name": name, **({"namespace": namespace} if namespace else {})}
+        try:
+            obj = getattr(ctx.clients("rbac"), self._op("read", namespace))(**args)
+        except Exception as err:
+            if http_status(err) == 404:
+                return None
+            raise
+        data = ctx.clients("api").sanitize_for_serialization(obj)
+        meta = data.get("metadata") or {}
+        if meta.get("name") != name or (namespace and meta.get("namespace") != namespace):
+            raise GuardError(f"the API answered {meta.get('namespace')}/{meta.get('name')} for {ctx.params['binding']}")
+        return {"binding": ctx.params["binding"], "uid": meta.get("uid"), "role_ref": data.get("roleRef") or {},
+                "subjects": data.get("subjects") or [], "object": data}
+
+    def is_contained(self, state: dict[str, Any] | None) -> bool:
+        return state is None
+
+    def plan_calls(self, ctx: ActionContext, state: dict[str, Any] | None) -> list[ApiCall]:
+        namespace, name = parse_binding(ctx.params["binding"])
+        params: dict[str, Any] = {"name": name, "precondition_uid": state["uid"] if state else None}
+        if namespace:
+            params["namespace"] = namespace
+        return [ApiCall(service="rbac", operation=self._op("delete", namespace), params=params)]
+
+    def plan(self, ctx: ActionContext) -> ActionResult:
+        """The plan, checked by the API server: each delete is sent with ``dryRun=All`` (nothing is
+        deleted); a refusal (403, 409) makes the plan ``failed`` naming it."""
+        result = super().plan(ctx)
+        try:
+            for api in result.calls:
+                self.execute(ctx, api, dry_run=True)
+        except Exception as err:  # noqa: BLE001 - reported in the plan
+            return result.model_copy(update={"status": "failed", "error": f"server dry run refused: "
+                                             f"{type(err).__name__}: {http_status(err) or ''} {err}"[:2000]})
+        return result.model_copy(update={"data": {"server_dry_run": "accepted"}})
+
+    def rollback_calls(self, ctx: ActionContext, result: ActionResult) -> list[ApiCall]:
+        """Create the stored object again when ``result`` deleted it."""
+        before = (result.rollback or {}).get("before") if result.status == "contained" else None
+        if not before:
+            return []
+        namespace, _ = parse_binding(before["binding"])
+        body = copy.deepcopy(before["object"])
+        meta = body.setdefault("metadata", {})
+        for key in _SERVER_FIELDS:
+            meta.pop(key, None)
+        params: dict[str, Any] = {"body": body, **({"namespace": namespace} if namespace else {})}
+        return [ApiCall(service="rbac", operation=self._op("create", namespace), params=params)]

@@ -1,0 +1,145 @@
+"""The Kubernetes path end to end: a real audit Event of a user binding cluster-admin (Panther's
+test event, ../shared/data/real) -> Sigma -> case -> the respond flow (real Prefect) -> the official
+``kubernetes`` client over real HTTP to the stand-in (cordon/sandbox/kubernetes.py) -> the binding
+deleted with a uid precondition, verified gone (404) -> a ledger that verifies. Also: the uid
+precondition refuses a re-created binding; rollback re-creates the stored one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes.client import ApiException
+
+from cordon.action import ActionContext, get_action
+from cordon.audit.ledger import Ledger
+from cordon.engine import Responder
+from cordon.sandbox.kubernetes import KubernetesSandbox
+from tests.conftest import SHARED_DATA
+
+PANTHER = SHARED_DATA / "panther-analysis" / "rules" / "kubernetes_rules" / "k8s_clusterrolebinding_privileged.yml"
+pytestmark = pytest.mark.skipif(not PANTHER.exists(), reason=f"{PANTHER} is absent")
+
+
+def panther_event(name: str) -> dict:
+    test = next(t for t in yaml.safe_load(PANTHER.read_text())["Tests"] if t["Name"] == name)
+    event = {k: v for k, v in test["Log"].items() if not k.startswith("p_")}
+    event.setdefault("requestReceivedTimestamp", "2026-12-05T10:00:00Z")  # Panther keeps it in p_event_time
+    return event
+
+
+@pytest.fixture(scope="module")
+def k8s_sandbox():
+    sb = KubernetesSandbox().start()
+    yield sb
+    sb.stop()
+
+
+@pytest.fixture
+def k8s(k8s_sandbox):
+    k8s_sandbox.reset()
+    return k8s_sandbox
+
+
+@pytest.fixture
+def responder(tmp_path, monkeypatch, prefect_server):
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    monkeypatch.setenv("CORDON_DATABASE_URL", url)
+    return Responder(ledger=Ledger(url))
+
+
+def write(tmp_path: Path, *events: dict) -> Path:
+    path = tmp_path / "audit.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in events))
+    return path
+
+
+def test_cluster_admin_binding_is_deleted_exactly_and_verified(responder, k8s, tmp_path):
+    event = panther_event("EKS ClusterRoleBinding to cluster-admin")
+    harmless = json.loads(json.dumps(event))
+    harmless["objectRef"]["name"] = harmless["requestObject"]["metadata"]["name"] = "read-only"
+    harmless["requestObject"]["roleRef"]["name"] = "view"
+    report = responder.intake([write(tmp_path, event, harmless)])
+    assert len(report.cases) == 1
+    (s,) = list(responder.run_all(report, approval="auto", stand_ins=k8s))
+    assert s["playbook"] == "kubernetes-cluster-admin-binding", s
+    assert s["status"] == "contained" and s["verified"] is True, s
+    (action,) = s["actions"]
+    assert action["name"] == "kubernetes.delete-role-binding"
+    assert action["before"]["role_ref"]["name"] == "cluster-admin"
+    assert action["before"]["subjects"][0]["name"] == "attacker@example.com"
+    assert action["after"] is None
+    (call,) = action["calls"]
+    assert call["operation"] == "delete_cluster_role_binding"
+    assert call["params"]["precondition_uid"] == action["before"]["uid"]
+    rbac = k8s.clients("rbac")
+    with pytest.raises(ApiException) as err:
+        rbac.read_cluster_role_binding("backdoor-admin")
+    assert err.value.status == 404
+    assert rbac.read_cluster_role_binding("cordon-sandbox-neighbour").role_ref.name == "view"
+    assert ("DELETE", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/backdoor-admin?dryRun=All") \
+        in k8s.standin.requests
+    kinds = [r.kind for r in responder.ledger.records(case_id=s["case_id"])]
+    assert "action.contained" in kinds and "verify.held" in kinds
+    assert responder.ledger.verify().ok
+
+
+def test_system_principal_binding_is_not_contained(responder, k8s, tmp_path):
+    event = panther_event("System principal creating binding (excluded)")
+    event["objectRef"]["apiGroup"] = "rbac.authorization.k8s.io"
+    report = responder.intake([write(tmp_path, event)])
+    summaries = list(responder.run_all(report, approval="auto", stand_ins=k8s))
+    assert all(s["status"] != "contained" for s in summaries), summaries
+    assert k8s.standin.get("clusterrolebindings", "", "system-binding") is None
+    assert not [r for r in k8s.standin.requests if r[0] == "DELETE"]
+
+
+def _ctx(k8s, binding: str):
+    from cordon.providers.kubernetes.clients import kubernetes_clients
+
+    return ActionContext(detection=None, params={"binding": binding}, clients=kubernetes_clients(k8s.cloud_params()))
+
+
+def test_uid_precondition_refuses_a_recreated_binding_and_rollback_recreates(k8s):
+    k8s.standin.put("clusterrolebindings", "", {"metadata": {"name": "evil"}, "roleRef": {
+        "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"kind": "User", "name": "mallory"}]})
+    action = get_action("kubernetes.delete-role-binding")()
+    ctx = _ctx(k8s, "clusterrolebindings/evil")
+    plan = action.plan(ctx)
+    assert plan.status == "planned" and plan.data == {"server_dry_run": "accepted"}
+    assert k8s.standin.get("clusterrolebindings", "", "evil") is not None  # the dry run deleted nothing
+    # deleted and re-created under the same name by someone else: a new uid
+    old_uid = plan.before["uid"]
+    k8s.standin.objects.pop(("clusterrolebindings", "", "evil"))
+    k8s.standin.put("clusterrolebindings", "", {"metadata": {"name": "evil"}, "roleRef": {
+        "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"}, "subjects": []})
+    with pytest.raises(ApiException) as err:
+        action.call(ctx, plan.calls[0])
+    assert err.value.status == 409 and "Precondition failed" in err.value.body
+    assert k8s.standin.get("clusterrolebindings", "", "evil")["metadata"]["uid"] != old_uid
+    # the run plans afresh: the approved plan's calls no longer match
+    approved = [c.model_dump(exclude_none=True) for c in plan.calls]
+    assert action.run(ctx, approved=approved).status == "plan_changed"
+    assert k8s.standin.get("clusterrolebindings", "", "evil") is not None
+    done = action.run(ctx)
+    assert done.status == "contained" and k8s.standin.get("clusterrolebindings", "", "evil") is None
+    assert action.verify(ctx) == (True, None)
+    back = action.rollback(ctx, done)
+    assert back.status == "rolled_back", back.error
+    again = k8s.standin.get("clusterrolebindings", "", "evil")
+    assert again["roleRef"]["name"] == "cluster-admin" and again["metadata"]["uid"] != done.before["uid"]
+
+
+def test_namespaced_rolebinding_and_guard_refuses_system_bindings(k8s):
+    k8s.standin.put("rolebindings", "team-a", {"metadata": {"name": "ns-admin"}, "roleRef": {
+        "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"kind": "User", "name": "bob"}]})
+    action = get_action("kubernetes.delete-role-binding")()
+    done = action.run(_ctx(k8s, "namespaces/team-a/rolebindings/ns-admin"))
+    assert done.status == "contained" and done.calls[0].operation == "delete_namespaced_role_binding"
+    assert k8s.standin.get("rolebindings", "team-a", "ns-admin") is None
+    refused = action.run(_ctx(k8s, "clusterrolebindings/system:node"))
+    assert refused.status == "refused" and "system:" in refused.error
