@@ -191,6 +191,12 @@ class Provider:
         results (``{action name: facts}``) when the caller has them, else ``None``."""
         return None
 
+    def rule_problem(self, sigma_rule: Any) -> str | None:
+        """Why a Sigma rule (a pySigma ``SigmaRule``) whose logsource ``product`` is one of this
+        provider's sources can never match its records, or ``None`` (the default). Such a rule is
+        reported when rules load (:attr:`cordon.sigma.RuleSet.problems`) instead of being kept."""
+        return None
+
     def same_principal(self, a: str, b: str) -> bool:
         """Whether two different uids name one principal by this provider's rules (called only
         when they differ ignoring case); default ``False``."""
@@ -397,6 +403,17 @@ def unpack_record(record: dict[str, Any]) -> list[Any] | None:
         items = unpack(record)
         if items is not None:
             return items
+    return None
+
+
+def sigma_rule_problem(product: str | None, sigma_rule: Any) -> str | None:
+    """The reason a provider reading ``product`` gives why ``sigma_rule`` can never match
+    (:meth:`Provider.rule_problem`), or ``None``."""
+    for provider in providers().values():
+        if product and any(s.sigma and s.sigma[0] == product for s in provider.sources):
+            problem = provider.rule_problem(sigma_rule)
+            if problem:
+                return problem
     return None
 
 

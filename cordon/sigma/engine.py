@@ -1021,7 +1021,18 @@ class RuleSet:
     """
 
     def __init__(self, rules: Iterable[CompiledRule]) -> None:
-        self.rules: list[CompiledRule] = list(rules)
+        from cordon.providers import sigma_rule_problem
+
+        #: ``(path, rule title, reason)`` of each rule left out because the provider reading its
+        #: logsource says it can never match (:meth:`cordon.providers.Provider.rule_problem`)
+        self.problems: list[tuple[str | None, str, str]] = []
+        self.rules: list[CompiledRule] = []
+        for rule in rules:
+            problem = sigma_rule_problem(rule.product, rule.sigma_rule)
+            if problem:
+                self.problems.append((rule.match.path, rule.title, problem))
+            else:
+                self.rules.append(rule)
         self._partitions: dict[tuple[Any, ...], _Partition] = {}
         #: ``(rule position, normalisation) -> the rule rewritten by it`` (see :meth:`match`)
         self._rewritten: dict[tuple[int, FieldNormalisation], CompiledRule] = {}

@@ -47,6 +47,12 @@ class KubernetesProvider(Provider):
         return (Source("k8s_audit", detections_from_k8s_audit, sigma=("kubernetes", "audit", "application"),
                        view=view),)
 
+    def rule_problem(self, sigma_rule: Any) -> str | None:
+        """:func:`cordon.providers.kubernetes.rules_check.rule_problem`."""
+        from cordon.providers.kubernetes.rules_check import rule_problem
+
+        return rule_problem(sigma_rule)
+
     def clients(self, cloud: dict[str, Any]) -> Any:
         """:func:`cordon.providers.kubernetes.clients.kubernetes_clients`."""
         from cordon.providers.kubernetes.clients import kubernetes_clients
