@@ -185,6 +185,11 @@ class KubernetesSandbox:
     def __init__(self, host: str = "127.0.0.1", port: int = 0):
         self.standin = KubernetesStandIn(host, port)
 
+    @property
+    def url(self) -> str:
+        """The stand-in's base URL (``http://127.0.0.1:PORT``)."""
+        return self.standin.url
+
     def start(self) -> KubernetesSandbox:
         self.standin.start()
         return self

@@ -46,6 +46,7 @@ OR-linked. Correlation rules, Sigma filters and the deprecated pipe (aggregation
 from __future__ import annotations
 
 import ipaddress
+import logging
 import operator
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -1031,6 +1032,8 @@ class RuleSet:
             problem = sigma_rule_problem(rule.product, rule.sigma_rule)
             if problem:
                 self.problems.append((rule.match.path, rule.title, problem))
+                logging.getLogger(__name__).warning("Sigma rule %s (%s) left out: it can never match: %s",
+                                                    rule.match.path, rule.title, problem)
             else:
                 self.rules.append(rule)
         self._partitions: dict[tuple[Any, ...], _Partition] = {}
