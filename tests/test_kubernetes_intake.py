@@ -203,3 +203,36 @@ def test_sigmahq_rules_run_natively_on_every_layout(tmp_path):
     assert [(d.credential.kind, d.credential.uid, d.account_uid) for d in out] == [
         ("k8s_service_account", "namespaces/default/serviceaccounts/backdoor", None),
         ("k8s_service_account", "namespaces/default/serviceaccounts/backdoor", "gke-1")], out
+
+
+def test_shipped_kubernetes_rules_all_load_and_cite_a_basis(shipped):
+    """Every Kubernetes rule Cordon ships loads (none reported as unable to match) and cites the
+    rule it is based on (Panther, Elastic, SigmaHQ or Falco) in its references or description."""
+    rules_dir = Path(__file__).resolve().parents[1] / "cordon" / "providers" / "kubernetes" / "rules"
+    assert not [p for p in shipped.problems if str(rules_dir) in str(p[0])]
+    files = sorted(rules_dir.glob("*.yml"))
+    assert len(files) == 6
+    for path in files:
+        spec = yaml.safe_load(path.read_text())
+        text = " ".join(spec["references"]) + spec["description"]
+        assert any(b in text for b in ("panther", "Panther", "Elastic", "SigmaHQ", "Falco")), path.name
+        assert any(r.match.path == str(path) for r in shipped), path.name
+
+
+#: Panther cases Cordon answers otherwise, on purpose: Cordon never contains a system: principal
+#: (its detection is suppressed), where Panther alerts on one outside a system namespace.
+TOKEN_DIFFERS = {"System principal in user namespace (alert)": False}
+
+
+@pytest.mark.parametrize("rule_file,kind,differs", [
+    ("k8s_serviceaccount_token_created.yml", "k8s_sa_token", TOKEN_DIFFERS),
+    ("k8s_client_certificate_created.yml", "k8s_csr", {}),
+])
+def test_panther_token_and_csr_cases(tmp_path, shipped, rule_file, kind, differs):
+    """Panther's token-request and client-certificate test events in every layout they come in:
+    a detection of the expected kind, not suppressed, exactly where Panther expects an alert."""
+    for name, expected, log in panther_tests(rule_file):
+        out = run(tmp_path, shipped, [json.dumps(stamped(log))])
+        assert not [o for o in out if isinstance(o, Rejected)], (name, out)
+        live = [d for d in out if not d.suppressed and d.credential and d.credential.kind == kind]
+        assert bool(live) == differs.get(name, expected), (name, out)

@@ -68,10 +68,19 @@ def credential_kind(ref: dict[str, Any], verb: str) -> str | None:
     return None
 
 
+#: Namespaces whose ServiceAccounts are the control plane's own
+CONTROL_PLANE_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
+
+
 def is_system(username: str | None) -> bool:
-    """A Kubernetes system principal (``system:`` prefix: controllers, nodes,
-    ``system:serviceaccount:kube-system:*``)."""
-    return bool(username) and username.startswith("system:")
+    """A Kubernetes system principal: ``system:`` prefix (controllers, nodes, ``system:anonymous``),
+    except a workload's ServiceAccount (``system:serviceaccount:<ns>:<name>`` outside
+    :data:`CONTROL_PLANE_NAMESPACES`), which can be stolen and is treated as a person would be."""
+    if not username or not username.startswith("system:"):
+        return False
+    if username.startswith("system:serviceaccount:"):
+        return username.split(":")[2] in CONTROL_PLANE_NAMESPACES
+    return True
 
 
 def detections_from_k8s_audit(record: dict[str, Any], match: SigmaMatchLike, origin: str,

@@ -10,8 +10,11 @@ for the rule to match are judged (an identifier used under ``not`` is not).
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from typing import Any
+
+from sigma.types import SigmaString
 
 EVENT_FIELDS = frozenset({
     "kind", "apiVersion", "level", "auditID", "stage", "requestURI", "verb", "user", "impersonatedUser",
@@ -32,8 +35,9 @@ def _items(detection: Any) -> list[Any]:
 def rule_problem(sigma_rule: Any) -> str | None:
     """Why ``sigma_rule`` (a pySigma ``SigmaRule``) can never match an audit Event, or ``None``."""
     conditions = " ".join(str(c) for c in sigma_rule.detection.condition)
+    negated = re.findall(r"\bnot\s+(?:1 of\s+|all of\s+|any of\s+)?([\w*]+)", conditions)
     for name, detection in sigma_rule.detection.detections.items():
-        if re.search(rf"\bnot\s+(1 of\s+|all of\s+)?{re.escape(name)}\b", conditions):
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in negated):
             continue
         for item in _items(detection):
             field = item.field
@@ -44,7 +48,8 @@ def rule_problem(sigma_rule: Any) -> str | None:
                 hint = f" (an Event has it as {_HINTS[top]})" if top in _HINTS else ""
                 return f"selection '{name}' names field '{field}', which no audit Event has{hint}"
             if field == "responseStatus.code":
-                words = [str(v) for v in item.value if not str(v).strip().lstrip("-").isdigit()]
+                words = [str(v) for v in item.value
+                         if isinstance(v, SigmaString) and not str(v).strip().lstrip("-").isdigit()]
                 if words:
                     return (f"selection '{name}' compares responseStatus.code (an HTTP status number) with "
                             f"{', '.join(map(repr, words))}")
