@@ -143,3 +143,18 @@ def test_namespaced_rolebinding_and_guard_refuses_system_bindings(k8s):
     assert k8s.standin.get("rolebindings", "team-a", "ns-admin") is None
     refused = action.run(_ctx(k8s, "clusterrolebindings/system:node"))
     assert refused.status == "refused" and "system:" in refused.error
+
+
+def test_permissions_kubernetes_prints_the_cluster_role_from_declared_verbs():
+    from typer.testing import CliRunner
+
+    from cordon.cli import app
+
+    out = CliRunner().invoke(app, ["permissions", "kubernetes"])
+    assert out.exit_code == 0, out.output
+    role = yaml.safe_load(out.stdout)
+    assert role["kind"] == "ClusterRole" and role["metadata"]["name"] == "cordon-responder"
+    rules = {(r["apiGroups"][0], r["resources"][0]): r["verbs"] for r in role["rules"]}
+    assert rules == {("rbac.authorization.k8s.io", "clusterrolebindings"): ["create", "delete", "get"],
+                     ("rbac.authorization.k8s.io", "rolebindings"): ["create", "delete", "get"],
+                     ("rbac.authorization.k8s.io", "clusterroles"): ["bind"]}

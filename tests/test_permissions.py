@@ -120,7 +120,7 @@ def test_deploy_doc_shows_the_current_generated_grants(tmp_path):
     from cordon.permissions import render, update_doc
 
     text = (REPO / "docs" / "deploy.md").read_text()
-    for provider in ("aws", "azure", "gcp", "aws-sensors", "azure-sensors", "gcp-sensors"):
+    for provider in ("aws", "azure", "gcp", "kubernetes", "aws-sensors", "azure-sensors", "gcp-sensors"):
         m = re.search(rf"<!-- generated:{provider} -->\n```\w+\n(.*?)```\n<!-- /generated:{provider} -->", text,
                       re.S)
         assert m, f"docs/deploy.md has no generated block for {provider}"

@@ -20,6 +20,7 @@ class KubernetesProvider(Provider):
     title = "Kubernetes"
     actions_module = "cordon.providers.kubernetes.actions"
     shapes_module = "cordon.providers.kubernetes.shapes"
+    grants_module = "cordon.providers.kubernetes.grants"
     #: before Google Cloud (20): a GKE entry is a Cloud Audit Log entry too
     classify_order = 15
     detection_sources = ("k8s_audit",)

@@ -107,7 +107,10 @@ class DeleteRoleBinding(KubernetesContainmentAction):
     permissions = ("rbac.authorization.k8s.io/clusterrolebindings:get", "rbac.authorization.k8s.io/"
                    "clusterrolebindings:delete", "rbac.authorization.k8s.io/clusterrolebindings:create",
                    "rbac.authorization.k8s.io/rolebindings:get", "rbac.authorization.k8s.io/rolebindings:delete",
-                   "rbac.authorization.k8s.io/rolebindings:create")
+                   "rbac.authorization.k8s.io/rolebindings:create",
+                   # re-creating a binding to a role Cordon does not hold itself (rollback) needs `bind`
+                   # (RBAC privilege-escalation prevention, kubernetes.io/docs/reference/access-authn-authz/rbac/)
+                   "rbac.authorization.k8s.io/clusterroles:bind")
     credential_kinds = ("k8s_role_binding",)
     rollback_supported = True
 
