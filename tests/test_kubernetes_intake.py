@@ -142,8 +142,26 @@ def test_harmless_role_and_controller_token_secret_contain_nothing(tmp_path, shi
               "objectRef": {"resource": "secrets", "namespace": "kube-system", "name": "tok", "apiVersion": "v1"},
               "responseStatus": {"code": 201}, "requestReceivedTimestamp": "2026-12-05T10:00:00Z",
               "requestObject": {"type": "kubernetes.io/service-account-token"}}
-    out = run(tmp_path, shipped, [json.dumps(harmless), json.dumps(secret)])
+    by_sa = {**secret, "user": {"username": "system:serviceaccount:kube-system:token-controller"}}
+    out = run(tmp_path, shipped, [json.dumps(harmless), json.dumps(secret), json.dumps(by_sa)])
+    assert not [o for o in out if isinstance(o, Rejected)]
     assert [d for d in out if not getattr(d, "suppressed", None)] == []
+    person = {**secret, "user": {"username": "eve@example.com"}}
+    (det,) = run(tmp_path, shipped, [json.dumps(person)])  # the same Secret made by a person is seen
+    assert det.credential.kind == "k8s_secret" and det.suppressed is None
+
+
+def test_gke_entry_binding_cluster_admin_is_detected(tmp_path, shipped):
+    """Panther's GKE binding entry with its roleRef changed to cluster-admin: read through the GKE
+    layout (methodName, resourceName, request), it names the binding and the cluster's project."""
+    _, _, entry = next(t for t in panther_tests("k8s_clusterrolebinding_privileged.yml")
+                       if t[0] == "GKE ClusterRoleBinding to admin role")
+    entry = stamped(entry)
+    entry["protoPayload"]["request"]["roleRef"]["name"] = "cluster-admin"
+    (det,) = run(tmp_path, shipped, [json.dumps(entry)])
+    assert det.rule.uid == BINDING_RULE and det.suppressed is None
+    assert det.credential.uid == "clusterrolebindings/admin-binding"
+    assert det.actor.user.uid == "user@company.com" and det.actor.src_ip == "8.8.8.8"
 
 
 def test_malformed_records_are_named_dead_letters_and_the_rest_goes_on(tmp_path, shipped):
