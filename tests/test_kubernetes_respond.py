@@ -61,11 +61,20 @@ def test_cluster_admin_binding_is_deleted_exactly_and_verified(responder, k8s, t
     harmless = json.loads(json.dumps(event))
     harmless["objectRef"]["name"] = harmless["requestObject"]["metadata"]["name"] = "read-only"
     harmless["requestObject"]["roleRef"]["name"] = "view"
+    k8s.standin.put("clusterrolebindings", "", {"metadata": {"name": "attacker-reads"}, "roleRef": {
+        "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+        "subjects": event["requestObject"]["subjects"]})
     report = responder.intake([write(tmp_path, event, harmless)])
     assert len(report.cases) == 1
     (s,) = list(responder.run_all(report, approval="auto", stand_ins=k8s))
     assert s["playbook"] == "kubernetes-cluster-admin-binding", s
     assert s["status"] == "contained" and s["verified"] is True, s
+    facts = s["enrichment"]["kubernetes.describe-binding"]
+    assert facts["actor"] == {"username": "attacker@example.com", "groups": [], "source_ips": ["203.0.113.42"],
+                              "user_agent": "kubectl/v1.28.0", "kind": "person"}
+    assert facts["binding_now"]["roleRef"]["name"] == "cluster-admin"
+    assert facts["subject_other_bindings"] == [{"binding": "clusterrolebindings/attacker-reads", "role": "view"}]
+    assert k8s.standin.get("clusterrolebindings", "", "attacker-reads") is not None  # left alone
     (action,) = s["actions"]
     assert action["name"] == "kubernetes.delete-role-binding"
     assert action["before"]["role_ref"]["name"] == "cluster-admin"
@@ -155,6 +164,6 @@ def test_permissions_kubernetes_prints_the_cluster_role_from_declared_verbs():
     role = yaml.safe_load(out.stdout)
     assert role["kind"] == "ClusterRole" and role["metadata"]["name"] == "cordon-responder"
     rules = {(r["apiGroups"][0], r["resources"][0]): r["verbs"] for r in role["rules"]}
-    assert rules == {("rbac.authorization.k8s.io", "clusterrolebindings"): ["create", "delete", "get"],
+    assert rules == {("rbac.authorization.k8s.io", "clusterrolebindings"): ["create", "delete", "get", "list"],
                      ("rbac.authorization.k8s.io", "rolebindings"): ["create", "delete", "get"],
                      ("rbac.authorization.k8s.io", "clusterroles"): ["bind"]}

@@ -19,6 +19,7 @@ from cordon.action import (
     ActionResult,
     ApiCall,
     ContainmentAction,
+    EnrichmentAction,
     GuardError,
     Identifies,
     Params,
@@ -182,3 +183,71 @@ class DeleteRoleBinding(KubernetesContainmentAction):
             meta.pop(key, None)
         params: dict[str, Any] = {"body": body, **({"namespace": namespace} if namespace else {})}
         return [ApiCall(service="rbac", operation=self._op("create", namespace), params=params)]
+
+
+def principal_kind(username: str | None) -> str:
+    """``node`` (``system:node:*``), ``controller`` (other ``system:`` principals and kube-system
+    ServiceAccounts), ``serviceaccount`` (a workload's ``system:serviceaccount:*``), ``person``
+    (anything else), ``unknown`` without a username."""
+    from cordon.providers.kubernetes.detections import is_system
+
+    if not username:
+        return "unknown"
+    if username.startswith("system:node:"):
+        return "node"
+    if is_system(username):
+        return "controller"
+    return "serviceaccount" if username.startswith("system:serviceaccount:") else "person"
+
+
+@register
+class DescribeBinding(EnrichmentAction):
+    """Who made the binding and what it grants now: the actor (``user.username``, ``user.groups``,
+    ``sourceIPs``, ``userAgent`` from the audit Event; ``kind`` node / controller / serviceaccount /
+    person), the binding as the API returns it now (``None`` when gone), and every other
+    ClusterRoleBinding naming one of its subjects (the subject's other grants, which deleting this
+    binding leaves in place). Reads only.
+    API: https://kubernetes.io/docs/reference/kubernetes-api/authorization-resources/cluster-role-binding-v1/
+
+    .. code-block:: yaml
+
+        enrich:
+          - action: kubernetes.describe-binding
+            with:
+              binding: "{{ credential.uid }}"
+    """
+
+    name = "kubernetes.describe-binding"
+    provider = "kubernetes"
+    permissions = ("rbac.authorization.k8s.io/clusterrolebindings:get",
+                   "rbac.authorization.k8s.io/clusterrolebindings:list",
+                   "rbac.authorization.k8s.io/rolebindings:get")
+    credential_kinds = ("k8s_role_binding",)
+
+    class Params(Params):
+        binding: Annotated[str, Identifies("credential.uid"), Field(pattern=BINDING.pattern)]
+
+    def run(self, ctx: ActionContext) -> dict[str, Any]:
+        from cordon.providers.kubernetes.events import EventError, event_of
+
+        try:
+            event = event_of(ctx.detection.raw)
+        except EventError:
+            event = {}
+        user = event.get("user") if isinstance(event.get("user"), dict) else {}
+        actor = {"username": user.get("username"), "groups": user.get("groups") or [],
+                 "source_ips": event.get("sourceIPs") or [], "user_agent": event.get("userAgent"),
+                 "kind": principal_kind(user.get("username"))}
+        state = DeleteRoleBinding().read_state(ctx)
+        subjects = {(s.get("kind"), s.get("name"), s.get("namespace")) for s in (state or {}).get("subjects", [])}
+        api = ctx.clients("api")
+        others = []
+        for item in ctx.clients("rbac").list_cluster_role_binding().items:
+            data = api.sanitize_for_serialization(item)
+            name = data["metadata"]["name"]
+            if f"clusterrolebindings/{name}" == ctx.params["binding"]:
+                continue
+            if any((s.get("kind"), s.get("name"), s.get("namespace")) in subjects for s in data.get("subjects") or []):
+                role = (data.get("roleRef") or {}).get("name")
+                others.append({"binding": f"clusterrolebindings/{name}", "role": role})
+        return {"actor": actor, "binding_now": state and state["object"], "subject_other_bindings": others}
