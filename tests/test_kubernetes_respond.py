@@ -167,3 +167,33 @@ def test_permissions_kubernetes_prints_the_cluster_role_from_declared_verbs():
     assert rules == {("rbac.authorization.k8s.io", "clusterrolebindings"): ["create", "delete", "get", "list"],
                      ("rbac.authorization.k8s.io", "rolebindings"): ["create", "delete", "get"],
                      ("rbac.authorization.k8s.io", "clusterroles"): ["bind"]}
+
+
+def test_config_section_reaches_a_cluster_through_a_kubeconfig(k8s, tmp_path):
+    """``cordon.yaml``'s ``kubernetes:`` section (kubeconfig + context) is checked, and the
+    provider's clients load that kubeconfig and read from the cluster it names (the stand-in)."""
+    from cordon.config import load_config
+    from cordon.providers import get_provider
+    from cordon.providers.kubernetes.config import KubernetesConfigError, kubernetes_section
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "other",
+        "clusters": [{"name": "sb", "cluster": {"server": k8s.url}}],
+        "users": [{"name": "cordon", "user": {"token": k8s.standin.token}}],
+        "contexts": [{"name": "sandbox", "context": {"cluster": "sb", "user": "cordon"}},
+                     {"name": "other", "context": {"cluster": "sb", "user": "nobody"}}]}))
+    (tmp_path / "cordon.yaml").write_text(yaml.safe_dump({"kubernetes": {
+        "kubeconfig": str(kubeconfig), "context": "sandbox", "service_account": "system:serviceaccount:ir:cordon"}}))
+    config = load_config(tmp_path)
+    provider = get_provider("kubernetes")
+    assert provider.check_config(config) == "Kubernetes context sandbox"
+    k8s.standin.put("clusterrolebindings", "", {"metadata": {"name": "seen"}, "roleRef": {
+        "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"}})
+    clients = provider.clients(kubernetes_section(config.raw))
+    assert clients("rbac").read_cluster_role_binding("seen").role_ref.name == "view"
+    assert clients.own_identity() == "system:serviceaccount:ir:cordon"
+    with pytest.raises(KubernetesConfigError, match=r"kubernetes\.contxt: unknown field"):
+        kubernetes_section({"kubernetes": {"contxt": "x"}})
+    with pytest.raises(KubernetesConfigError, match=r"kubernetes\.in_cluster"):
+        kubernetes_section({"kubernetes": {"in_cluster": True, "context": "x"}})

@@ -23,6 +23,7 @@ class KubernetesProvider(Provider):
     grants_module = "cordon.providers.kubernetes.grants"
     #: before Google Cloud (20): a GKE entry is a Cloud Audit Log entry too
     classify_order = 15
+    config_section = True  # kubernetes: kubeconfig, context, in_cluster, service_account
     detection_sources = ("k8s_audit",)
     credential_kinds = {
         "k8s_role_binding": "uid = clusterrolebindings/NAME or namespaces/NS/rolebindings/NAME",
@@ -55,10 +56,28 @@ class KubernetesProvider(Provider):
         return rule_problem(sigma_rule)
 
     def clients(self, cloud: dict[str, Any]) -> Any:
-        """:func:`cordon.providers.kubernetes.clients.kubernetes_clients`."""
+        """:func:`cordon.providers.kubernetes.clients.kubernetes_clients` with ``cloud``; when it
+        names no cluster (``host``, ``kubeconfig``, ``in_cluster``), ``cordon.yaml``'s ``kubernetes:``
+        section does (:mod:`cordon.providers.kubernetes.config`)."""
         from cordon.providers.kubernetes.clients import kubernetes_clients
 
+        if not any(k in cloud for k in ("host", "kubeconfig", "in_cluster")):
+            from cordon.config import load_config
+            from cordon.providers.kubernetes.config import kubernetes_section
+
+            cloud = {**kubernetes_section(load_config().raw), **cloud}
         return kubernetes_clients(cloud)
+
+    def check_config(self, config: Any) -> str | None:
+        """The ``kubernetes:`` section (:func:`cordon.providers.kubernetes.config.kubernetes_section`);
+        raises its ``KubernetesConfigError`` naming ``kubernetes.<field>``."""
+        from cordon.providers.kubernetes.config import kubernetes_section
+
+        section = kubernetes_section(config.raw)
+        if not section:
+            return None
+        return "Kubernetes in-cluster" if section.get("in_cluster") else \
+            f"Kubernetes context {section.get('context') or '(current)'}"
 
     def guard(self, detection: Any, clients: Any, me: str | None,
               enrichment: dict[str, Any] | None = None) -> str | None:
