@@ -52,9 +52,8 @@ def layout(record: dict[str, Any]) -> str | None:
     """``plain``, ``aks``, ``gke`` or ``None``: which layout holds one Event."""
     if record.get("kind") == "Event" and str(record.get("apiVersion", "")).startswith("audit.k8s.io/"):
         return "plain"
-    if "auditID" in record and "verb" in record and "kind" not in record or record.get("kind") == "Event" \
-            and "verb" in record:
-        return "plain"
+    if "verb" in record and (record.get("kind") == "Event" or ("auditID" in record and "kind" not in record)):
+        return "plain"  # hand-written or re-shaped Events (no apiVersion, or no kind)
     if record.get("category") in AKS_CATEGORIES and isinstance(record.get("properties"), dict):
         return "aks"
     payload = record.get("protoPayload")
