@@ -197,3 +197,35 @@ def test_config_section_reaches_a_cluster_through_a_kubeconfig(k8s, tmp_path):
         kubernetes_section({"kubernetes": {"contxt": "x"}})
     with pytest.raises(KubernetesConfigError, match=r"kubernetes\.in_cluster"):
         kubernetes_section({"kubernetes": {"in_cluster": True, "context": "x"}})
+
+
+def test_provider_guard_refuses_system_kube_system_and_cordons_own_service_account():
+    """The provider's guard, on detections read from real Events: a binding whose subject is a
+    system: group, one in kube-system and one naming Cordon's own ServiceAccount are refused; the
+    attacker's binding is allowed."""
+    from cordon.providers import get_provider
+
+    guard_of = get_provider("kubernetes").guard
+    me = "system:serviceaccount:cordon:cordon-responder"
+    base = panther_event("EKS ClusterRoleBinding to cluster-admin")
+
+    from types import SimpleNamespace
+
+    from cordon.providers.kubernetes.detections import detections_from_k8s_audit
+
+    match = SimpleNamespace(id="r", title="t", path=None, level="high", technique_ids=[])
+
+    def detection(subjects, namespace=None):
+        event = json.loads(json.dumps(base))
+        event["requestObject"]["subjects"] = subjects
+        if namespace:
+            event["objectRef"].update(resource="rolebindings", namespace=namespace)
+        (det,) = detections_from_k8s_audit(event, match, "audit.jsonl", 0)
+        return det
+
+    attacker = base["requestObject"]["subjects"]
+    assert guard_of(detection(attacker), None, me) is None
+    assert "system:" in guard_of(detection([{"kind": "Group", "name": "system:masters"}]), None, me)
+    assert "kube-system" in guard_of(detection(attacker, namespace="kube-system"), None, me)
+    assert "Cordon's own" in guard_of(detection([{"kind": "ServiceAccount", "name": "cordon-responder",
+                                                  "namespace": "cordon"}]), None, me)
