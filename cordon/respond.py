@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cordon.action import ActionContext, ActionResult, ContainmentAction, EnrichmentAction, get_action
+from cordon.action import ActionContext, ActionResult, ContainmentAction, EnrichmentAction, GuardError, get_action
 from cordon.config import Config
 from cordon.detections.model import Detection, canonical_json
 from cordon.playbooks.schema import Playbook, render_params, template_context
@@ -337,7 +337,9 @@ def plan_hash(case_id: str, playbook: str, steps: list[PlanStep]) -> str:
 
 def build_plan(case_id: str, playbook: Playbook, detection: Detection, clients: Callable[..., Any],
                enrichment: dict[str, Any] | None = None) -> Plan:
-    """Render the ``contain`` steps and dry-run each (reads only) into a :class:`Plan`."""
+    """Render the ``contain`` steps and dry-run each (reads only) into a :class:`Plan`. Raises
+    :class:`cordon.action.GuardError` when an action refuses to plan, or its plan comes back
+    ``failed`` (the cloud refused a server-side dry run of a call, e.g. a Kubernetes 409 or 403)."""
     steps: list[PlanStep] = []
     for step in playbook.contain:
         cls = get_action(step.action)
@@ -345,6 +347,8 @@ def build_plan(case_id: str, playbook: Playbook, detection: Detection, clients: 
         action = cls()
         assert isinstance(action, ContainmentAction)
         dry = action.plan(_context(detection, params, clients, enrichment))
+        if dry.status == "failed":  # the cloud itself refused the plan (a server dry run)
+            raise GuardError(f"{step.action} on {dry.target}: {dry.error}")
         steps.append(PlanStep(action=step.action, params=params, target=dry.target, before=dry.before,
                               calls=[c.model_dump(exclude_none=True) for c in dry.calls],
                               describe=[c.describe() for c in dry.calls],

@@ -42,6 +42,39 @@ def aws(aws_sandbox: AwsSandbox) -> AwsSandbox:
     return aws_sandbox
 
 
+@pytest.fixture(scope="session")
+def k8s_sandbox() -> Iterator[Any]:
+    """The local Kubernetes API stand-in (:class:`cordon.sandbox.kubernetes.KubernetesSandbox`),
+    started once for the session."""
+    from cordon.sandbox.kubernetes import KubernetesSandbox
+
+    sandbox = KubernetesSandbox().start()
+    try:
+        yield sandbox
+    finally:
+        sandbox.stop()
+
+
+@pytest.fixture
+def k8s(k8s_sandbox: Any) -> Any:
+    """The session's Kubernetes stand-in, emptied."""
+    k8s_sandbox.reset()
+    return k8s_sandbox
+
+
+def panther_k8s_event(rule_file: str, name: str) -> dict[str, Any]:
+    """The audit Event of the Panther test called ``name`` in ``kubernetes_rules/<rule_file>``
+    (../shared/data/real), without Panther's ``p_`` fields and stamped with a time (Panther keeps
+    it in ``p_event_time``)."""
+    import yaml
+
+    spec = yaml.safe_load((SHARED_DATA / "panther-analysis" / "rules" / "kubernetes_rules" / rule_file).read_text())
+    test = next(t for t in spec["Tests"] if t["Name"] == name)
+    event = {k: v for k, v in test["Log"].items() if not k.startswith("p_")}
+    event.setdefault("requestReceivedTimestamp", "2026-12-05T10:00:00Z")
+    return event
+
+
 def stratus_events(name: str) -> list[dict[str, Any]]:
     """The CloudTrail events of one Stratus Red Team detonation log (a JSON array)."""
     return json.loads((STRATUS_LOGS / f"{name}.json").read_text())

@@ -16,31 +16,14 @@ from kubernetes.client import ApiException
 from cordon.action import ActionContext, get_action
 from cordon.audit.ledger import Ledger
 from cordon.engine import Responder
-from cordon.sandbox.kubernetes import KubernetesSandbox
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, panther_k8s_event
 
 PANTHER = SHARED_DATA / "panther-analysis" / "rules" / "kubernetes_rules" / "k8s_clusterrolebinding_privileged.yml"
 pytestmark = pytest.mark.skipif(not PANTHER.exists(), reason=f"{PANTHER} is absent")
 
 
 def panther_event(name: str) -> dict:
-    test = next(t for t in yaml.safe_load(PANTHER.read_text())["Tests"] if t["Name"] == name)
-    event = {k: v for k, v in test["Log"].items() if not k.startswith("p_")}
-    event.setdefault("requestReceivedTimestamp", "2026-12-05T10:00:00Z")  # Panther keeps it in p_event_time
-    return event
-
-
-@pytest.fixture(scope="module")
-def k8s_sandbox():
-    sb = KubernetesSandbox().start()
-    yield sb
-    sb.stop()
-
-
-@pytest.fixture
-def k8s(k8s_sandbox):
-    k8s_sandbox.reset()
-    return k8s_sandbox
+    return panther_k8s_event("k8s_clusterrolebinding_privileged.yml", name)
 
 
 @pytest.fixture
@@ -165,8 +148,15 @@ def test_permissions_kubernetes_prints_the_cluster_role_from_declared_verbs():
     assert role["kind"] == "ClusterRole" and role["metadata"]["name"] == "cordon-responder"
     rules = {(r["apiGroups"][0], r["resources"][0]): r["verbs"] for r in role["rules"]}
     assert rules == {("rbac.authorization.k8s.io", "clusterrolebindings"): ["create", "delete", "get", "list"],
-                     ("rbac.authorization.k8s.io", "rolebindings"): ["create", "delete", "get"],
-                     ("rbac.authorization.k8s.io", "clusterroles"): ["bind"]}
+                     ("rbac.authorization.k8s.io", "rolebindings"): ["create", "delete", "get", "list"],
+                     ("rbac.authorization.k8s.io", "clusterroles"): ["bind"],
+                     ("rbac.authorization.k8s.io", "roles"): ["bind"],
+                     ("", "secrets"): ["delete", "get"],
+                     ("", "serviceaccounts"): ["create", "delete", "get"],
+                     ("certificates.k8s.io", "certificatesigningrequests"): ["get"],
+                     # a subresource keeps its slash: the API group is split off at the first one
+                     ("certificates.k8s.io", "certificatesigningrequests/approval"): ["update"],
+                     ("certificates.k8s.io", "signers"): ["approve"]}
 
 
 def test_config_section_reaches_a_cluster_through_a_kubeconfig(k8s, tmp_path):

@@ -8,12 +8,15 @@ not script: server dry runs that persist nothing, ``DeleteOptions.preconditions.
 bearer-token authentication, and seeding from a detection, in one small threaded ``http.server``
 with no cluster, container runtime or extra dependency.
 
-Endpoints (https://kubernetes.io/docs/reference/kubernetes-api/authorization-resources/):
-``GET`` / ``DELETE`` ``/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/{name}`` and
-``/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings/{name}``; ``POST`` to the
-collections; ``GET`` of a collection lists it. ``?dryRun=All`` validates without persisting. Errors
-are ``Status`` objects (``reason`` ``NotFound`` 404, ``AlreadyExists`` 409, ``Conflict`` 409 for a
-failed uid precondition, ``Unauthorized`` 401 without the bearer token).
+Endpoints (https://kubernetes.io/docs/reference/kubernetes-api/): ``GET`` / ``DELETE`` of one object
+and ``POST`` / ``GET`` (list) of a collection for ``clusterrolebindings`` and
+``namespaces/{ns}/rolebindings`` (``/apis/rbac.authorization.k8s.io/v1``; ``GET`` of ``rolebindings``
+without a namespace lists every namespace), ``namespaces/{ns}/serviceaccounts`` and
+``namespaces/{ns}/secrets`` (``/api/v1``), ``certificatesigningrequests`` (``/apis/certificates.k8s.io/v1``)
+and ``PUT`` of its ``/approval`` subresource (conditions ``Approved`` / ``Denied``, mutually exclusive:
+422). ``?dryRun=All`` validates without persisting. Errors are ``Status`` objects (``reason``
+``NotFound`` 404, ``AlreadyExists`` 409, ``Conflict`` 409 for a failed uid precondition, ``Invalid``
+422, ``Unauthorized`` 401 without the bearer token).
 """
 
 from __future__ import annotations
@@ -28,6 +31,16 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 RBAC = "/apis/rbac.authorization.k8s.io/v1"
+CORE = "/api/v1"
+CERTIFICATES = "/apis/certificates.k8s.io/v1"
+#: kind -> (API prefix, namespaced, object kind, apiVersion)
+KINDS: dict[str, tuple[str, bool, str, str]] = {
+    "clusterrolebindings": (RBAC, False, "ClusterRoleBinding", "rbac.authorization.k8s.io/v1"),
+    "rolebindings": (RBAC, True, "RoleBinding", "rbac.authorization.k8s.io/v1"),
+    "serviceaccounts": (CORE, True, "ServiceAccount", "v1"),
+    "secrets": (CORE, True, "Secret", "v1"),
+    "certificatesigningrequests": (CERTIFICATES, False, "CertificateSigningRequest", "certificates.k8s.io/v1"),
+}
 #: Cordon's own ServiceAccount in the sandbox (the guard never contains it)
 CORDON_SA = "system:serviceaccount:cordon:cordon-responder"
 
@@ -39,9 +52,7 @@ def _status(code: int, reason: str, message: str) -> dict[str, Any]:
 
 class KubernetesStandIn:
     """The HTTP server and its objects: ``objects[(kind, namespace or "", name)] -> object`` with
-    ``kind`` ``clusterrolebindings`` / ``rolebindings``. Thread-safe; ``start()`` / ``stop()``."""
-
-    KINDS = {"clusterrolebindings": "ClusterRoleBinding", "rolebindings": "RoleBinding"}
+    ``kind`` a key of :data:`KINDS`. Thread-safe; ``start()`` / ``stop()``."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0):
         self.token = secrets.token_urlsafe(24)
@@ -89,6 +100,9 @@ class KubernetesStandIn:
             def do_DELETE(self) -> None:  # noqa: N802
                 self._handle("DELETE")
 
+            def do_PUT(self) -> None:  # noqa: N802
+                self._handle("PUT")
+
         self.server = ThreadingHTTPServer((host, port), Handler)
         self._thread: threading.Thread | None = None
 
@@ -106,15 +120,20 @@ class KubernetesStandIn:
         self.server.shutdown()
         self.server.server_close()
 
-    def _route(self, path: str) -> tuple[str, str, str | None] | None:
-        """``(kind, namespace, name or None)`` of an RBAC path, else ``None``."""
-        if not path.startswith(RBAC + "/"):
-            return None
-        parts = path[len(RBAC) + 1:].split("/")
-        if parts[0] == "clusterrolebindings" and len(parts) <= 2:
-            return "clusterrolebindings", "", parts[1] if len(parts) == 2 else None
-        if len(parts) in (3, 4) and parts[0] == "namespaces" and parts[2] == "rolebindings":
-            return "rolebindings", parts[1], parts[3] if len(parts) == 4 else None
+    def _route(self, path: str) -> tuple[str, str, str | None, str | None] | None:
+        """``(kind, namespace, name or None, subresource or None)`` of an API path, else ``None``."""
+        for kind, (prefix, namespaced, _, _) in KINDS.items():
+            if not path.startswith(prefix + "/"):
+                continue
+            parts = path[len(prefix) + 1:].split("/")
+            namespace = ""
+            if namespaced and len(parts) >= 3 and parts[0] == "namespaces":
+                namespace, parts = parts[1], parts[2:]
+            if parts[0] != kind or len(parts) > 3:
+                continue
+            if namespaced and not namespace and len(parts) > 1:
+                continue
+            return kind, namespace, parts[1] if len(parts) > 1 else None, parts[2] if len(parts) > 2 else None
         return None
 
     def put(self, kind: str, namespace: str, obj: dict[str, Any]) -> dict[str, Any]:
@@ -127,8 +146,7 @@ class KubernetesStandIn:
                         creationTimestamp=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
             if namespace:
                 meta["namespace"] = namespace
-            obj.setdefault("apiVersion", "rbac.authorization.k8s.io/v1")
-            obj["kind"] = self.KINDS[kind]
+            _, _, obj["kind"], obj["apiVersion"] = KINDS[kind]
             self.objects[(kind, namespace, meta["name"])] = obj
             return obj
 
@@ -141,28 +159,33 @@ class KubernetesStandIn:
         route = self._route(path)
         if route is None:
             return 404, _status(404, "NotFound", f"the server could not find the requested resource ({path})")
-        kind, namespace, name = route
+        kind, namespace, name, sub = route
+        group = KINDS[kind][3].rpartition("/")[0] or ""
+        what = f"{kind}.{group}" if group else kind
         if name is None:
             if method == "GET":
                 with self._lock:
                     items = [o for (k, ns, _), o in self.objects.items()
                              if k == kind and (not namespace or ns == namespace)]
-                return 200, {"kind": self.KINDS[kind] + "List", "apiVersion": "rbac.authorization.k8s.io/v1",
+                return 200, {"kind": KINDS[kind][2] + "List", "apiVersion": KINDS[kind][3],
                              "metadata": {}, "items": items}
             if method == "POST":
                 new = (body.get("metadata") or {}).get("name")
-                if not new or not isinstance(body.get("roleRef"), dict):
-                    return 422, _status(422, "Invalid", "metadata.name and roleRef are required")
+                if not new or (kind.endswith("rolebindings") and not isinstance(body.get("roleRef"), dict)):
+                    return 422, _status(422, "Invalid", "metadata.name (and a binding's roleRef) are required")
                 if self.get(kind, namespace, new) is not None:
-                    return 409, _status(409, "AlreadyExists",
-                                        f'{kind}.rbac.authorization.k8s.io "{new}" already exists')
+                    return 409, _status(409, "AlreadyExists", f'{what} "{new}" already exists')
                 if dry:
                     return 201, body
                 return 201, self.put(kind, namespace, body)
             return 405, _status(405, "MethodNotAllowed", method)
         obj = self.get(kind, namespace, name)
         if obj is None:
-            return 404, _status(404, "NotFound", f'{kind}.rbac.authorization.k8s.io "{name}" not found')
+            return 404, _status(404, "NotFound", f'{what} "{name}" not found')
+        if sub is not None:
+            if kind == "certificatesigningrequests" and sub == "approval" and method == "PUT":
+                return self._approve(obj, body, dry)
+            return 404, _status(404, "NotFound", f"the server could not find the requested resource ({path})")
         if method == "GET":
             return 200, obj
         if method == "DELETE":
@@ -176,6 +199,29 @@ class KubernetesStandIn:
                     self.objects.pop((kind, namespace, name), None)
             return 200, _status(200, "", "") | {"status": "Success"}
         return 405, _status(405, "MethodNotAllowed", method)
+
+    def _approve(self, obj: dict[str, Any], body: dict[str, Any], dry: bool) -> tuple[int, dict[str, Any]]:
+        """``PUT .../certificatesigningrequests/{name}/approval``: the body's ``status.conditions``
+        replace the object's; ``metadata.uid`` in the body must match (409); ``Approved`` and
+        ``Denied`` together, or a decided request changed, is ``Invalid`` (422)."""
+        want = (body.get("metadata") or {}).get("uid")
+        if want is not None and want != obj["metadata"]["uid"]:
+            return 409, _status(409, "Conflict", f"Precondition failed: UID in precondition: {want}, "
+                                                 f"UID in object meta: {obj['metadata']['uid']}")
+        conditions = list((body.get("status") or {}).get("conditions") or [])
+        types = {c.get("type") for c in conditions}
+        had = {c.get("type") for c in (obj.get("status") or {}).get("conditions") or []}
+        if {"Approved", "Denied"} <= (types | had):
+            return 422, _status(422, "Invalid", "status.conditions: Approved and Denied are mutually exclusive")
+        if dry:
+            return 200, obj
+        with self._lock:
+            stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            obj.setdefault("status", {})["conditions"] = [{**c, "lastUpdateTime": c.get("lastUpdateTime") or stamp}
+                                                          for c in conditions]
+            self._version += 1
+            obj["metadata"]["resourceVersion"] = str(self._version)
+        return 200, obj
 
 
 class KubernetesSandbox:
@@ -216,28 +262,58 @@ class KubernetesSandbox:
         return kubernetes_clients(self.cloud_params())(service)
 
     def seed_from_detection(self, detection: Any) -> dict[str, Any]:
-        """Create the binding a ``k8s_role_binding`` detection names (its ``requestObject``'s
-        ``roleRef`` and ``subjects``, from ``credential.attributes``) when absent, plus an
-        unrelated binding beside it (``cordon-sandbox-neighbour``) that containment must leave
-        alone. Returns ``{"bindings": [uids created]}``."""
+        """Create what a detection names when absent, plus an unrelated neighbour containment must
+        leave alone (``cordon-sandbox-neighbour``):
+
+        * ``k8s_role_binding``: the binding (``roleRef`` / ``subjects`` from ``credential.attributes``);
+        * ``k8s_secret``: a ``kubernetes.io/service-account-token`` Secret (or the type the Event
+          named) with a token value, as the token controller fills it;
+        * ``k8s_service_account``: the ServiceAccount and a RoleBinding to ``edit`` naming it;
+        * ``k8s_csr``: a pending CertificateSigningRequest with the Event's signer and usages.
+
+        Returns ``{"bindings": [...], "objects": [credential uids created]}``."""
+        import base64
+
         cred = detection.credential
         made: list[str] = []
-        if cred is None or cred.kind != "k8s_role_binding" or not cred.uid:
-            return {"bindings": made}
-        from cordon.providers.kubernetes.actions import parse_binding
-
-        namespace, name = parse_binding(cred.uid)
-        kind = "rolebindings" if namespace else "clusterrolebindings"
-        ns = namespace or ""
+        objects: list[str] = []
+        if cred is None or not cred.uid:
+            return {"bindings": made, "objects": objects}
         attrs = cred.attributes or {}
-        if self.standin.get(kind, ns, name) is None:
-            self.standin.put(kind, ns, {"metadata": {"name": name}, "roleRef": attrs.get("roleRef") or {
-                "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
-                "subjects": attrs.get("subjects") or []})
-            made.append(cred.uid)
+        parts = cred.uid.split("/")
+        if cred.kind == "k8s_role_binding":
+            from cordon.providers.kubernetes.actions import parse_binding
+
+            namespace, name = parse_binding(cred.uid)
+            kind = "rolebindings" if namespace else "clusterrolebindings"
+            if self.standin.get(kind, namespace or "", name) is None:
+                role = attrs.get("roleRef") or {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                                 "name": "cluster-admin"}
+                self.standin.put(kind, namespace or "", {"metadata": {"name": name}, "roleRef": role,
+                                                         "subjects": attrs.get("subjects") or []})
+                made.append(cred.uid)
+        elif cred.kind == "k8s_secret" and len(parts) == 4 and self.standin.get("secrets", parts[1], parts[3]) is None:
+            token = base64.b64encode(secrets.token_urlsafe(32).encode()).decode()
+            self.standin.put("secrets", parts[1], {"metadata": {"name": parts[3], "annotations": {
+                "kubernetes.io/service-account.name": "default"}}, "type": attrs.get("type") or
+                "kubernetes.io/service-account-token", "data": {"token": token}})
+            objects.append(cred.uid)
+        elif cred.kind == "k8s_service_account" and len(parts) == 4 \
+                and self.standin.get("serviceaccounts", parts[1], parts[3]) is None:
+            self.standin.put("serviceaccounts", parts[1], {"metadata": {"name": parts[3]}})
+            self.standin.put("rolebindings", parts[1], {"metadata": {"name": f"{parts[3]}-edit"}, "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+                "subjects": [{"kind": "ServiceAccount", "name": parts[3], "namespace": parts[1]}]})
+            objects.append(cred.uid)
+        elif cred.kind == "k8s_csr" and self.standin.get("certificatesigningrequests", "", parts[1]) is None:
+            self.standin.put("certificatesigningrequests", "", {"metadata": {"name": parts[1]}, "spec": {
+                "signerName": attrs.get("signerName") or "kubernetes.io/kube-apiserver-client",
+                "usages": attrs.get("usages") or ["client auth"], "username": cred.owner.name if cred.owner else None,
+                "request": ""}, "status": {}})
+            objects.append(cred.uid)
         if self.standin.get("clusterrolebindings", "", "cordon-sandbox-neighbour") is None:
             self.standin.put("clusterrolebindings", "", {"metadata": {"name": "cordon-sandbox-neighbour"},
                              "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
                                          "name": "view"},
                              "subjects": [{"kind": "User", "name": "auditor@example.com"}]})
-        return {"bindings": made}
+        return {"bindings": made, "objects": objects}

@@ -82,7 +82,8 @@ class KubernetesProvider(Provider):
     def guard(self, detection: Any, clients: Any, me: str | None,
               enrichment: dict[str, Any] | None = None) -> str | None:
         """Refuse a ``system:``-prefixed binding, a binding whose subjects include a ``system:``
-        principal or group, a ``kube-system`` ServiceAccount or Cordon's own ServiceAccount (``me``),
+        principal or group, a ``kube-system`` ServiceAccount or Cordon's own ServiceAccount (``me``, as a
+        binding's subject or as the ServiceAccount itself),
         and any object in ``kube-system`` (a configuration switch allowing it is not built yet)."""
         cred = detection.credential
         if cred is None or not cred.uid:
@@ -92,6 +93,11 @@ class KubernetesProvider(Provider):
             return f"{cred.uid} is a system: binding (Kubernetes' own); Cordon never touches it"
         if cred.uid.startswith("namespaces/kube-system/"):
             return f"{cred.uid} is in kube-system; Cordon does not act there"
+        if cred.kind in ("k8s_service_account", "k8s_sa_token") and me:
+            parts = cred.uid.split("/")
+            if len(parts) >= 4 and parts[0] == "namespaces" and parts[2] == "serviceaccounts" \
+                    and f"system:serviceaccount:{parts[1]}:{parts[3]}" == me:
+                return f"{cred.uid} is Cordon's own ServiceAccount {me}"
         for subject in cred.attributes.get("subjects") or []:
             if not isinstance(subject, dict):
                 continue

@@ -74,6 +74,30 @@ class KubernetesContainmentAction(ContainmentAction):
     def call(self, ctx: ActionContext, api: ApiCall) -> Any:
         return self.execute(ctx, api)
 
+    def plan(self, ctx: ActionContext) -> ActionResult:
+        """The plan, checked by the API server: each call is sent with ``dryRun=All`` (nothing is
+        changed); a refusal (403, 409, 422) makes the plan ``failed`` naming it."""
+        result = super().plan(ctx)
+        try:
+            for api in result.calls:
+                self.execute(ctx, api, dry_run=True)
+        except Exception as err:  # noqa: BLE001 - reported in the plan
+            return result.model_copy(update={"status": "failed", "error": f"server dry run refused: "
+                                             f"{type(err).__name__}: {http_status(err) or ''} {err}"[:2000]})
+        return result.model_copy(update={"data": {"server_dry_run": "accepted"}})
+
+    @staticmethod
+    def read(ctx: ActionContext, service: str, operation: str, **args: Any) -> dict[str, Any] | None:
+        """``ctx.clients(service).<operation>(**args)`` as a plain dict (``ApiClient.sanitize_for_serialization``),
+        ``None`` when the API answers 404; other ``ApiException``s propagate."""
+        try:
+            obj = getattr(ctx.clients(service), operation)(**args)
+        except Exception as err:
+            if http_status(err) == 404:
+                return None
+            raise
+        return ctx.clients("api").sanitize_for_serialization(obj)
+
 
 @register
 class DeleteRoleBinding(KubernetesContainmentAction):
@@ -159,18 +183,6 @@ class DeleteRoleBinding(KubernetesContainmentAction):
             params["namespace"] = namespace
         return [ApiCall(service="rbac", operation=self._op("delete", namespace), params=params)]
 
-    def plan(self, ctx: ActionContext) -> ActionResult:
-        """The plan, checked by the API server: each delete is sent with ``dryRun=All`` (nothing is
-        deleted); a refusal (403, 409) makes the plan ``failed`` naming it."""
-        result = super().plan(ctx)
-        try:
-            for api in result.calls:
-                self.execute(ctx, api, dry_run=True)
-        except Exception as err:  # noqa: BLE001 - reported in the plan
-            return result.model_copy(update={"status": "failed", "error": f"server dry run refused: "
-                                             f"{type(err).__name__}: {http_status(err) or ''} {err}"[:2000]})
-        return result.model_copy(update={"data": {"server_dry_run": "accepted"}})
-
     def rollback_calls(self, ctx: ActionContext, result: ActionResult) -> list[ApiCall]:
         """Create the stored object again when ``result`` deleted it."""
         before = (result.rollback or {}).get("before") if result.status == "contained" else None
@@ -228,16 +240,7 @@ class DescribeBinding(EnrichmentAction):
         binding: Annotated[str, Identifies("credential.uid"), Field(pattern=BINDING.pattern)]
 
     def run(self, ctx: ActionContext) -> dict[str, Any]:
-        from cordon.providers.kubernetes.events import EventError, event_of
-
-        try:
-            event = event_of(ctx.detection.raw)
-        except EventError:
-            event = {}
-        user = event.get("user") if isinstance(event.get("user"), dict) else {}
-        actor = {"username": user.get("username"), "groups": user.get("groups") or [],
-                 "source_ips": event.get("sourceIPs") or [], "user_agent": event.get("userAgent"),
-                 "kind": principal_kind(user.get("username"))}
+        actor = actor_facts(ctx.detection.raw)
         state = DeleteRoleBinding().read_state(ctx)
         subjects = {(s.get("kind"), s.get("name"), s.get("namespace")) for s in (state or {}).get("subjects", [])}
         api = ctx.clients("api")
@@ -251,3 +254,379 @@ class DescribeBinding(EnrichmentAction):
                 role = (data.get("roleRef") or {}).get("name")
                 others.append({"binding": f"clusterrolebindings/{name}", "role": role})
         return {"actor": actor, "binding_now": state and state["object"], "subject_other_bindings": others}
+
+
+def strip_server_fields(obj: dict[str, Any], *extra: str) -> dict[str, Any]:
+    """A copy of ``obj`` for ``create``: server-managed metadata and ``status`` dropped, plus the
+    top-level keys ``extra``."""
+    body = copy.deepcopy(obj)
+    meta = body.setdefault("metadata", {})
+    for key in _SERVER_FIELDS:
+        meta.pop(key, None)
+    for key in ("status", *extra):
+        body.pop(key, None)
+    return body
+
+
+SECRET = re.compile(r"^namespaces/(?P<ns>[^/\s]+)/secrets/(?P<name>[^/\s]+)$")
+#: The Secret type whose ``data.token`` the token controller fills with a non-expiring token
+#: (https://kubernetes.io/docs/concepts/configuration/secret/#serviceaccount-token-secrets)
+TOKEN_SECRET_TYPE = "kubernetes.io/service-account-token"
+#: Annotations that can carry a Secret's values (kubectl apply's copy of the object): never stored
+_VALUE_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
+
+
+@register
+class DeleteTokenSecret(KubernetesContainmentAction):
+    """Delete exactly one long-lived ServiceAccount token Secret (``secret``:
+    ``namespaces/NS/secrets/NAME``, the detection's ``credential.uid``): the API server stops
+    accepting its token once the Secret is gone.
+
+    Secrets are audited at ``Metadata`` level, so the Event does not say what the Secret holds: the
+    Secret is read (GET) and acted on only when its ``type`` is ``kubernetes.io/service-account-token``;
+    any other type is refused with the reason (it holds no ServiceAccount token; Cordon leaves it).
+    Its values (``data``, ``stringData``, kubectl's last-applied annotation) are never read into the
+    state, the plan or the ledger. The delete is checked by a server dry run when planned and
+    carries the uid precondition of the Secret read.
+
+    State: ``{secret, uid, type, service_account, object}`` (``object``: metadata and type, no
+    values), ``None`` when absent. Contained when absent (404). No rollback: a token Secret made
+    again gets a new token from the token controller; the deleted token cannot come back, and
+    nothing needs it to.
+    API: https://kubernetes.io/docs/reference/kubernetes-api/config-and-storage-resources/secret-v1/
+
+    .. code-block:: yaml
+
+        contain:
+          - action: kubernetes.delete-token-secret
+            with:
+              secret: "{{ credential.uid }}"
+    """
+
+    name = "kubernetes.delete-token-secret"
+    permissions = ("/secrets:get", "/secrets:delete")
+    credential_kinds = ("k8s_secret",)
+
+    class Params(Params):
+        secret: Annotated[str, Identifies("credential.uid"), Field(pattern=SECRET.pattern)]
+
+    class State(State):
+        secret: str
+        uid: str
+        type: str
+        service_account: str | None
+        object: dict[str, Any]
+
+    def target(self, ctx: ActionContext) -> str:
+        return ctx.params["secret"]
+
+    def read_state(self, ctx: ActionContext) -> dict[str, Any] | None:
+        m = SECRET.match(ctx.params["secret"])
+        data = self.read(ctx, "core", "read_namespaced_secret", name=m["name"], namespace=m["ns"])
+        if data is None:
+            return None
+        meta = dict(data.get("metadata") or {})
+        if meta.get("name") != m["name"] or meta.get("namespace") != m["ns"]:
+            raise GuardError(f"the API answered {meta.get('namespace')}/{meta.get('name')} for {ctx.params['secret']}")
+        annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k not in _VALUE_ANNOTATIONS}
+        meta["annotations"] = annotations
+        kind = data.get("type") or "Opaque"
+        if kind != TOKEN_SECRET_TYPE:
+            raise GuardError(f"{ctx.params['secret']} is of type {kind}, not {TOKEN_SECRET_TYPE}: it holds no "
+                             "ServiceAccount token, so there is nothing to contain; Cordon leaves it")
+        return {"secret": ctx.params["secret"], "uid": meta.get("uid"), "type": kind,
+                "service_account": annotations.get("kubernetes.io/service-account.name"),
+                "object": {"apiVersion": "v1", "kind": "Secret", "metadata": meta, "type": kind}}
+
+    def is_contained(self, state: dict[str, Any] | None) -> bool:
+        return state is None
+
+    def plan_calls(self, ctx: ActionContext, state: dict[str, Any] | None) -> list[ApiCall]:
+        m = SECRET.match(ctx.params["secret"])
+        return [ApiCall(service="core", operation="delete_namespaced_secret",
+                        params={"name": m["name"], "namespace": m["ns"],
+                                "precondition_uid": state["uid"] if state else None})]
+
+
+CSR = re.compile(r"^certificatesigningrequests/(?P<name>[^/\s]+)(?:/approval)?$")
+#: How each cloud's managed Kubernetes replaces the cluster CA (the only way to make a client
+#: certificate in ``system:masters`` stop working)
+CA_ROTATION = {
+    "GKE": "gcloud container clusters update CLUSTER --start-credential-rotation (then --complete-credential-rotation)",
+    "AKS": "az aks rotate-certs --resource-group GROUP --name CLUSTER",
+    "EKS": "EKS cannot rotate a cluster's CA: create a new cluster and move the workloads",
+    "self-managed": "kubeadm certs renew all does not replace the CA: replace the CA by hand "
+                    "(kubernetes.io/docs/tasks/tls/manual-rotation-of-ca-certificates/)",
+}
+
+
+def csr_subject(request_b64: str | None) -> tuple[str | None, list[str]]:
+    """``(CN, [O, ...])`` of a CSR's PKCS#10 request (``spec.request``: base64 of the PEM), the user
+    and groups a certificate issued for it authenticates as; ``(None, [])`` when it does not parse."""
+    import base64
+
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    try:
+        req = x509.load_pem_x509_csr(base64.b64decode(request_b64 or ""))
+    except Exception:  # noqa: BLE001 - an unreadable request names no subject
+        return None, []
+    cn = [a.value for a in req.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    orgs = [str(a.value) for a in req.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)]
+    return (str(cn[0]) if cn else None), orgs
+
+
+@register
+class DenyCertificateSigningRequest(KubernetesContainmentAction):
+    """Deny exactly one pending CertificateSigningRequest (``csr``: ``certificatesigningrequests/NAME``,
+    the detection's ``credential.uid``; an ``/approval`` suffix is accepted): the ``Denied``
+    condition is added through the ``approval`` subresource with the uid read, so the request can
+    never be approved and no certificate is issued for it.
+
+    A request already ``Approved`` is refused with what a person must do: a certificate cannot be
+    revoked in Kubernetes; it authenticates as the request's subject (CN = user, O = groups) until
+    it expires, so the bindings naming that user and those groups must be removed, and a
+    certificate in ``system:masters`` (which no binding grants) needs the cluster CA replaced
+    (:data:`CA_ROTATION`).
+
+    State: ``{csr, uid, signer, usages, requested_by, subject_user, subject_groups, decision, issued,
+    spec}`` (``spec``: the request's own, sent back unchanged with the decision as the API requires),
+    ``None`` when absent. Contained when absent or ``decision`` is ``Denied``. No rollback: a denied
+    request is final (it cannot be approved afterwards; the requester can ask again).
+    API: https://kubernetes.io/docs/reference/kubernetes-api/authentication-resources/certificate-signing-request-v1/
+
+    .. code-block:: yaml
+
+        contain:
+          - action: kubernetes.deny-csr
+            with:
+              csr: "{{ credential.uid }}"
+    """
+
+    name = "kubernetes.deny-csr"
+    permissions = ("certificates.k8s.io/certificatesigningrequests:get",
+                   "certificates.k8s.io/certificatesigningrequests/approval:update",
+                   # the CSR approval admission plugin checks `approve` on the signer for any decision
+                   "certificates.k8s.io/signers:approve")
+    credential_kinds = ("k8s_csr",)
+
+    class Params(Params):
+        csr: Annotated[str, Identifies("credential.uid"), Field(pattern=CSR.pattern)]
+
+    class State(State):
+        csr: str
+        uid: str
+        signer: str | None
+        usages: list[str]
+        requested_by: str | None
+        subject_user: str | None
+        subject_groups: list[str]
+        decision: str | None
+        issued: bool
+        spec: dict[str, Any]
+
+    def target(self, ctx: ActionContext) -> str:
+        return f"certificatesigningrequests/{CSR.match(ctx.params['csr'])['name']}"
+
+    def read_state(self, ctx: ActionContext) -> dict[str, Any] | None:
+        name = CSR.match(ctx.params["csr"])["name"]
+        data = self.read(ctx, "certificates", "read_certificate_signing_request", name=name)
+        if data is None:
+            return None
+        spec, status = data.get("spec") or {}, data.get("status") or {}
+        decisions = [c.get("type") for c in status.get("conditions") or [] if c.get("type") in ("Approved", "Denied")]
+        user, groups = csr_subject(spec.get("request"))
+        state = {"csr": f"certificatesigningrequests/{name}", "uid": (data.get("metadata") or {}).get("uid"),
+                 "signer": spec.get("signerName"), "usages": spec.get("usages") or [],
+                 "requested_by": spec.get("username"), "subject_user": user, "subject_groups": groups,
+                 "decision": decisions[-1] if decisions else None, "issued": bool(status.get("certificate")),
+                 "spec": spec}
+        if state["decision"] == "Approved":
+            who = f"user {user!r} and groups {groups}" if user else "the request's subject (CN, O; unreadable here)"
+            rotate = ""
+            if "system:masters" in groups:
+                rotate = ("; it is in system:masters, which no binding grants: the cluster CA must be replaced ("
+                          + "; ".join(f"{k}: {v}" for k, v in CA_ROTATION.items()) + ")")
+            raise GuardError(f"{state['csr']} was already approved{' and issued' if state['issued'] else ''}: a "
+                             f"Kubernetes certificate cannot be revoked and stays valid until it expires; remove "
+                             f"every binding for {who}{rotate}. Left to a person.")
+        return state
+
+    def is_contained(self, state: dict[str, Any] | None) -> bool:
+        return state is None or state["decision"] == "Denied"
+
+    def plan_calls(self, ctx: ActionContext, state: dict[str, Any] | None) -> list[ApiCall]:
+        name = CSR.match(ctx.params["csr"])["name"]
+        body = {"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+                "metadata": {"name": name, "uid": state["uid"] if state else None},
+                "spec": (state or {}).get("spec") or {},
+                "status": {"conditions": [{"type": "Denied", "status": "True", "reason": "CordonContained",
+                                           "message": "Denied by Cordon: a client certificate requested "
+                                                      "outside the expected path (T1098.001)"}]}}
+        return [ApiCall(service="certificates", operation="replace_certificate_signing_request_approval",
+                        params={"name": name, "body": body})]
+
+
+SERVICE_ACCOUNT = re.compile(r"^namespaces/(?P<ns>[^/\s]+)/serviceaccounts/(?P<name>[^/\s]+)$")
+
+
+def names_service_account(binding: dict[str, Any], namespace: str, name: str) -> bool:
+    """Whether ``binding`` (a plain ClusterRoleBinding / RoleBinding) has the ServiceAccount
+    ``namespace/name`` among its subjects (a RoleBinding's subject without a namespace is in the
+    binding's own)."""
+    own = (binding.get("metadata") or {}).get("namespace")
+    return any(s.get("kind") == "ServiceAccount" and s.get("name") == name
+               and (s.get("namespace") or own) == namespace for s in binding.get("subjects") or [])
+
+
+@register
+class DeleteServiceAccount(KubernetesContainmentAction):
+    """Remove a new ServiceAccount's bindings, then the ServiceAccount (``service_account``:
+    ``namespaces/NS/serviceaccounts/NAME``, the detection's ``credential.uid``). Deleting the
+    ServiceAccount invalidates every token issued for it (bound tokens carry its uid; its token
+    Secrets are garbage-collected).
+
+    Every ClusterRoleBinding and RoleBinding naming it is read and stored; each delete (bindings
+    first, then the ServiceAccount) carries the uid read and is checked by a server dry run when
+    planned. A binding that also grants another subject is refused (deleting it would take that
+    subject's access too; edit it by hand), and so is a ``system:`` binding.
+
+    State: ``{service_account, uid, object, bindings: [{binding, uid, role, object}]}``, ``None``
+    when the ServiceAccount is gone and no binding names it. Contained when ``None``.
+    Rollback: create the stored ServiceAccount (a new uid; its old tokens stay invalid) and its
+    bindings again.
+    API: https://kubernetes.io/docs/reference/kubernetes-api/authentication-resources/service-account-v1/
+
+    .. code-block:: yaml
+
+        contain:
+          - action: kubernetes.delete-service-account
+            with:
+              service_account: "{{ credential.uid }}"
+    """
+
+    name = "kubernetes.delete-service-account"
+    permissions = ("/serviceaccounts:get", "/serviceaccounts:delete", "/serviceaccounts:create",
+                   "rbac.authorization.k8s.io/clusterrolebindings:list",
+                   "rbac.authorization.k8s.io/clusterrolebindings:delete",
+                   "rbac.authorization.k8s.io/clusterrolebindings:create",
+                   "rbac.authorization.k8s.io/rolebindings:list", "rbac.authorization.k8s.io/rolebindings:delete",
+                   "rbac.authorization.k8s.io/rolebindings:create",
+                   "rbac.authorization.k8s.io/clusterroles:bind", "rbac.authorization.k8s.io/roles:bind")
+    credential_kinds = ("k8s_service_account",)
+    rollback_supported = True
+
+    class Params(Params):
+        service_account: Annotated[str, Identifies("credential.uid"), Field(pattern=SERVICE_ACCOUNT.pattern)]
+
+    class State(State):
+        service_account: str
+        uid: str | None
+        object: dict[str, Any] | None
+        bindings: list[dict[str, Any]]
+
+    def target(self, ctx: ActionContext) -> str:
+        return ctx.params["service_account"]
+
+    def read_state(self, ctx: ActionContext) -> dict[str, Any] | None:
+        m = SERVICE_ACCOUNT.match(ctx.params["service_account"])
+        ns, name = m["ns"], m["name"]
+        sa = self.read(ctx, "core", "read_namespaced_service_account", name=name, namespace=ns)
+        api = ctx.clients("api")
+        rbac = ctx.clients("rbac")
+        bindings = []
+        for kind, items in (("clusterrolebindings", rbac.list_cluster_role_binding().items),
+                            ("rolebindings", rbac.list_role_binding_for_all_namespaces().items)):
+            for item in items:
+                data = api.sanitize_for_serialization(item)
+                if not names_service_account(data, ns, name):
+                    continue
+                meta = data["metadata"]
+                path = (f"clusterrolebindings/{meta['name']}" if kind == "clusterrolebindings"
+                        else f"namespaces/{meta['namespace']}/rolebindings/{meta['name']}")
+                if meta["name"].startswith("system:"):
+                    raise GuardError(f"{path} is a system: binding naming {ctx.params['service_account']}; "
+                                     "Cordon never deletes one")
+                others = [s for s in data.get("subjects") or [] if not names_service_account(
+                    {"metadata": meta, "subjects": [s]}, ns, name)]
+                if others:
+                    raise GuardError(f"{path} also grants {len(others)} other subject(s) "
+                                     f"({', '.join(str(s.get('name')) for s in others)}): deleting it would take "
+                                     "their access too; remove the ServiceAccount from it by hand")
+                bindings.append({"binding": path, "uid": meta.get("uid"),
+                                 "role": (data.get("roleRef") or {}).get("name"), "object": data})
+        if sa is None and not bindings:
+            return None
+        sa_meta = (sa or {}).get("metadata") or {}
+        return {"service_account": ctx.params["service_account"], "uid": sa_meta.get("uid"), "object": sa,
+                "bindings": sorted(bindings, key=lambda b: b["binding"])}
+
+    def is_contained(self, state: dict[str, Any] | None) -> bool:
+        return state is None
+
+    def plan_calls(self, ctx: ActionContext, state: dict[str, Any] | None) -> list[ApiCall]:
+        calls = []
+        for b in (state or {}).get("bindings", []):
+            namespace, name = parse_binding(b["binding"])
+            op = "delete_namespaced_role_binding" if namespace else "delete_cluster_role_binding"
+            calls.append(ApiCall(service="rbac", operation=op, params={
+                "name": name, **({"namespace": namespace} if namespace else {}), "precondition_uid": b["uid"]}))
+        if state and state.get("uid"):
+            m = SERVICE_ACCOUNT.match(ctx.params["service_account"])
+            calls.append(ApiCall(service="core", operation="delete_namespaced_service_account",
+                                 params={"name": m["name"], "namespace": m["ns"], "precondition_uid": state["uid"]}))
+        return calls
+
+    def rollback_calls(self, ctx: ActionContext, result: ActionResult) -> list[ApiCall]:
+        """Create the stored ServiceAccount (without its token ``secrets`` list) and bindings again."""
+        before = (result.rollback or {}).get("before") if result.status == "contained" else None
+        if not before:
+            return []
+        calls = []
+        if before.get("object"):
+            m = SERVICE_ACCOUNT.match(before["service_account"])
+            calls.append(ApiCall(service="core", operation="create_namespaced_service_account", params={
+                "namespace": m["ns"], "body": strip_server_fields(before["object"], "secrets")}))
+        for b in before.get("bindings", []):
+            namespace, _ = parse_binding(b["binding"])
+            op = "create_namespaced_role_binding" if namespace else "create_cluster_role_binding"
+            calls.append(ApiCall(service="rbac", operation=op, params={
+                "body": strip_server_fields(b["object"]), **({"namespace": namespace} if namespace else {})}))
+        return calls
+
+
+@register
+class DescribeActor(EnrichmentAction):
+    """Who made the Kubernetes change: ``{"actor": {username, groups, source_ips, user_agent, kind}}``
+    from the audit Event (``kind``: node / controller / serviceaccount / person, see
+    :func:`principal_kind`). Reads the detection only; no API call.
+    Source: https://kubernetes.io/docs/reference/config-api/apiserver-audit.v1/#audit-k8s-io-v1-Event
+
+    .. code-block:: yaml
+
+        enrich:
+          - action: kubernetes.describe-actor
+    """
+
+    name = "kubernetes.describe-actor"
+    provider = "kubernetes"
+    credential_kinds = ("k8s_secret", "k8s_csr", "k8s_service_account", "k8s_sa_token", "k8s_aws_auth")
+
+    def run(self, ctx: ActionContext) -> dict[str, Any]:
+        return {"actor": actor_facts(ctx.detection.raw)}
+
+
+def actor_facts(record: dict[str, Any]) -> dict[str, Any]:
+    """The actor of the audit Event in ``record`` (any layout): ``{username, groups, source_ips,
+    user_agent, kind}``; empty values when the record holds no readable Event."""
+    from cordon.providers.kubernetes.events import EventError, event_of
+
+    try:
+        event = event_of(record)
+    except EventError:
+        event = {}
+    user = event.get("user") if isinstance(event.get("user"), dict) else {}
+    return {"username": user.get("username"), "groups": user.get("groups") or [],
+            "source_ips": event.get("sourceIPs") or [], "user_agent": event.get("userAgent"),
+            "kind": principal_kind(user.get("username"))}

@@ -147,6 +147,11 @@ def detections_from_k8s_audit(record: dict[str, Any], match: SigmaMatchLike, ori
             if subject.get("name"):
                 target = Principal(uid=subject["name"], name=subject["name"], type=subject.get("kind"),
                                    account_uid=cluster)
+        if kind == "k8s_csr":
+            attrs["signerName"] = e.get("requestObject.spec.signerName", str)
+            attrs["usages"] = e.get("requestObject.spec.usages", list) or []
+        if kind == "k8s_secret" and e.get("requestObject.type", str):  # only at Request level or above
+            attrs["type"] = e.get("requestObject.type", str)
         name = ref.get("name") or e.get("requestObject.metadata.name", str) if obj else ref.get("name")
         ref_named = {**ref, "name": name}
         credential = Credential(kind=kind, uid=object_path(ref_named), owner=target, attributes=attrs)

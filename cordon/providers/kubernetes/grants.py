@@ -23,7 +23,7 @@ def cluster_role(actions: Iterable[type[Action]]) -> dict[str, Any]:
             continue
         for perm in cls.permissions:
             target, sep, verb = perm.rpartition(":")
-            group, slash, resource = target.rpartition("/")
+            group, slash, resource = target.partition("/")  # an API group never holds "/"; a subresource may
             if not sep or not slash or not resource or not verb:
                 raise ValueError(f"{cls.name}: permission {perm!r} is not <apiGroup>/<resource>:<verb>")
             verbs.setdefault((group, resource), set()).add(verb)
