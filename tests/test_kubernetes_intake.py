@@ -254,3 +254,12 @@ def test_panther_token_and_csr_cases(tmp_path, shipped, rule_file, kind, differs
         assert not [o for o in out if isinstance(o, Rejected)], (name, out)
         live = [d for d in out if not d.suppressed and d.credential and d.credential.kind == kind]
         assert bool(live) == differs.get(name, expected), (name, out)
+
+
+def test_the_readme_example_is_one_cluster_admin_binding(shipped):
+    """examples/k8s-cluster-admin-binding.json (the README's Kubernetes line) is read and matched."""
+    path = Path(__file__).resolve().parents[1] / "examples" / "k8s-cluster-admin-binding.json"
+    (det,) = list(detect(read_inputs([path]), shipped))
+    assert det.rule.uid == BINDING_RULE and det.suppressed is None
+    assert (det.credential.kind, det.credential.uid) == ("k8s_role_binding", "clusterrolebindings/ops-break-glass")
+    assert det.credential.attributes["roleRef"]["name"] == "cluster-admin"
