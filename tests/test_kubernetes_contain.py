@@ -108,11 +108,14 @@ def test_an_approved_system_masters_certificate_is_left_to_a_person_with_what_to
 
 def test_token_secret_is_deleted_and_its_value_never_reaches_the_ledger(responder, k8s, tmp_path):
     base = panther_k8s_event("k8s_serviceaccount_token_created.yml", "EKS long-lived token created")
+    value = base64.b64encode(b"eyJhbGciOiJSUzI1NiJ9.not-a-real-token-but-a-secret").decode()
+    # logged at Request level (audit policies should not, some do): the values reach intake
     event = {**base, "objectRef": {"resource": "secrets", "namespace": "production", "name": "persist-token",
-                                   "apiVersion": "v1"}}
+                                   "apiVersion": "v1"},
+             "requestObject": {"kind": "Secret", "apiVersion": "v1", "metadata": {"name": "persist-token"},
+                               "type": "kubernetes.io/service-account-token", "data": {"ca.crt": value}}}
     opaque = {**base, "objectRef": {"resource": "secrets", "namespace": "production", "name": "app-config",
                                     "apiVersion": "v1"}}
-    value = base64.b64encode(b"eyJhbGciOiJSUzI1NiJ9.not-a-real-token-but-a-secret").decode()
     k8s.standin.put("secrets", "production", {"metadata": {"name": "persist-token", "annotations": {
         "kubernetes.io/service-account.name": "persistence-sa",
         "kubectl.kubernetes.io/last-applied-configuration": json.dumps({"data": {"token": value}})}},
@@ -130,6 +133,7 @@ def test_token_secret_is_deleted_and_its_value_never_reaches_the_ledger(responde
     assert k8s.standin.get("secrets", "production", "persist-token") is None
     assert left["status"] == "refused" and "holds no ServiceAccount token" in json.dumps(left)
     assert k8s.standin.get("secrets", "production", "app-config") is not None
+    assert value not in json.dumps([c.detection.model_dump(mode="json") for c in report.cases])
     dump = json.dumps([r.payload for r in responder.ledger.records()])
     assert "persist-token" in dump
     assert value not in dump and "not-a-real-token" not in dump
@@ -192,3 +196,62 @@ def test_guard_refuses_cordons_own_service_account():
     other = Detection.model_construct(credential=Credential(kind="k8s_service_account",
                                                             uid="namespaces/cordon/serviceaccounts/intruder"))
     assert get_provider("kubernetes").guard(other, None, "system:serviceaccount:cordon:cordon-responder") is None
+
+
+def token_request(bound: dict | None) -> dict:
+    """Panther's token-request Event as the RequestResponse audit level records it: the
+    TokenRequest's spec (bound to ``bound``) and the issued token in the response."""
+    event = panther_k8s_event("k8s_serviceaccount_token_created.yml", "EKS long-lived token created")
+    spec = {"audiences": ["https://kubernetes.default.svc"], "expirationSeconds": 3600}
+    if bound:
+        spec["boundObjectRef"] = bound
+    event["requestObject"] = {"kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1", "spec": spec}
+    event["responseObject"] = {"kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1", "spec": spec,
+                               "status": {"token": "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJwZXJzaXN0ZW5jZSJ9.c2lnbmF0dXJl",
+                                          "expirationTimestamp": "2026-12-05T11:00:00Z"}}
+    return event
+
+
+def test_a_token_bound_to_a_pod_dies_with_exactly_that_pod(responder, k8s, tmp_path):
+    pod = k8s.standin.put("pods", "production", {"metadata": {"name": "debug-shell"}, "spec": {
+        "serviceAccountName": "persistence-sa", "containers": [{"name": "sh", "image": "busybox"}]}})
+    k8s.standin.put("pods", "production", {"metadata": {"name": "web-1"}, "spec": {
+        "containers": [{"name": "web", "image": "nginx"}]}})
+    event = token_request({"kind": "Pod", "apiVersion": "v1", "name": "debug-shell", "uid": pod["metadata"]["uid"]})
+    report = responder.intake([write(tmp_path, event)])
+    (s,) = list(responder.run_all(report, approval="auto", stand_ins=k8s))
+    assert s["playbook"] == "kubernetes-token-request" and s["status"] == "contained", s
+    assert s["verified"] is True
+    (call,) = s["actions"][0]["calls"]
+    assert (call["service"], call["operation"]) == ("core", "delete_namespaced_pod")
+    assert call["params"] == {"name": "debug-shell", "namespace": "production",
+                              "precondition_uid": pod["metadata"]["uid"]}
+    assert k8s.standin.get("pods", "production", "debug-shell") is None
+    assert k8s.standin.get("pods", "production", "web-1") is not None
+    dump = json.dumps([r.payload for r in responder.ledger.records()])
+    assert "c2lnbmF0dXJl" not in dump and "expirationSeconds" in dump
+
+
+def test_a_pod_recreated_under_the_bound_name_is_never_touched(k8s):
+    k8s.standin.put("pods", "production", {"metadata": {"name": "debug-shell"}, "spec": {
+        "containers": [{"name": "sh", "image": "busybox"}]}})
+    from cordon.detections.model import Credential, Detection
+
+    det = Detection.model_construct(credential=Credential(
+        kind="k8s_sa_token", uid="namespaces/production/serviceaccounts/persistence-sa/token",
+        attributes={"boundObjectRef": {"kind": "Pod", "name": "debug-shell", "uid": "the-old-pods-uid"}}))
+    action = get_action("kubernetes.delete-token-bound-object")()
+    c = ActionContext(detection=det, params={"token_request": det.credential.uid},
+                      clients=kubernetes_clients(k8s.cloud_params()))
+    result = action.run(c)
+    assert result.status == "already_contained", result
+    assert k8s.standin.get("pods", "production", "debug-shell") is not None
+    assert not [r for r in k8s.standin.requests if r[0] == "DELETE"]
+
+
+def test_an_unbound_token_is_left_to_a_person_with_the_reason(responder, k8s, tmp_path):
+    report = responder.intake([write(tmp_path, token_request(None))])
+    (s,) = list(responder.run_all(report, approval="auto", stand_ins=k8s))
+    assert s["status"] == "refused", s
+    assert "bound to no object" in s["guard"]["reason"] and "3600 s" in s["guard"]["reason"]
+    assert not [r for r in k8s.standin.requests if r[0] == "DELETE"]

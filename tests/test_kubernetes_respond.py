@@ -152,6 +152,7 @@ def test_permissions_kubernetes_prints_the_cluster_role_from_declared_verbs():
                      ("rbac.authorization.k8s.io", "clusterroles"): ["bind"],
                      ("rbac.authorization.k8s.io", "roles"): ["bind"],
                      ("", "secrets"): ["delete", "get"],
+                     ("", "pods"): ["delete", "get"],
                      ("", "serviceaccounts"): ["create", "delete", "get"],
                      ("certificates.k8s.io", "certificatesigningrequests"): ["get"],
                      # a subresource keeps its slash: the API group is split off at the first one

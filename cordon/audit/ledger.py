@@ -315,7 +315,8 @@ def redact(obj: Any) -> Any:
     (:func:`is_secret_key`, at any depth, in lists too) is ``"***redacted***"`` (empty, ``None``
     and boolean values are kept: they reveal nothing; under a key that is secret only by its
     suffix, such as ``addPassword``, a dict or list is searched rather than hidden), the ``value``
-    of a ``{"name": "DB_PASSWORD", "value": ...}`` pair is hidden, and every string is passed
+    of a ``{"name": "DB_PASSWORD", "value": ...}`` pair is hidden, every value of a ``kind: Secret``
+    object's ``data`` / ``stringData`` is hidden whatever its key, and every string is passed
     through
     :func:`redact_text`. Tuples come back as lists."""
     if isinstance(obj, dict):
@@ -328,6 +329,12 @@ def redact(obj: Any) -> Any:
                 out[k] = REDACTED
             else:
                 out[k] = redact(v)
+        # an object of kind Secret (an audit Event's requestObject / responseObject, a GKE entry's
+        # request with "@type": "core.k8s.io/v1.Secret"): every value of its data and stringData
+        if obj.get("kind") == "Secret" or str(obj.get("@type", "")).endswith(".Secret"):
+            for field in ("data", "stringData"):
+                if isinstance(out.get(field), dict):
+                    out[field] = {k: REDACTED if v not in (None, "") else v for k, v in out[field].items()}
         # name/value pairs: ECS/Lambda environment variables, HTTP header lists, tags
         label = next((obj[n] for n in ("name", "Name", "key", "Key") if isinstance(obj.get(n), str)), None)
         for vk in ("value", "Value"):

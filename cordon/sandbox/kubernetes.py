@@ -11,8 +11,9 @@ with no cluster, container runtime or extra dependency.
 Endpoints (https://kubernetes.io/docs/reference/kubernetes-api/): ``GET`` / ``DELETE`` of one object
 and ``POST`` / ``GET`` (list) of a collection for ``clusterrolebindings`` and
 ``namespaces/{ns}/rolebindings`` (``/apis/rbac.authorization.k8s.io/v1``; ``GET`` of ``rolebindings``
-without a namespace lists every namespace), ``namespaces/{ns}/serviceaccounts`` and
-``namespaces/{ns}/secrets`` (``/api/v1``), ``certificatesigningrequests`` (``/apis/certificates.k8s.io/v1``)
+without a namespace lists every namespace), ``namespaces/{ns}/serviceaccounts``,
+``namespaces/{ns}/secrets`` and ``namespaces/{ns}/pods`` (``/api/v1``),
+``certificatesigningrequests`` (``/apis/certificates.k8s.io/v1``)
 and ``PUT`` of its ``/approval`` subresource (conditions ``Approved`` / ``Denied``, mutually exclusive:
 422). ``?dryRun=All`` validates without persisting. Errors are ``Status`` objects (``reason``
 ``NotFound`` 404, ``AlreadyExists`` 409, ``Conflict`` 409 for a failed uid precondition, ``Invalid``
@@ -39,6 +40,7 @@ KINDS: dict[str, tuple[str, bool, str, str]] = {
     "rolebindings": (RBAC, True, "RoleBinding", "rbac.authorization.k8s.io/v1"),
     "serviceaccounts": (CORE, True, "ServiceAccount", "v1"),
     "secrets": (CORE, True, "Secret", "v1"),
+    "pods": (CORE, True, "Pod", "v1"),
     "certificatesigningrequests": (CERTIFICATES, False, "CertificateSigningRequest", "certificates.k8s.io/v1"),
 }
 #: Cordon's own ServiceAccount in the sandbox (the guard never contains it)
@@ -197,6 +199,8 @@ class KubernetesStandIn:
             if not dry:
                 with self._lock:
                     self.objects.pop((kind, namespace, name), None)
+            if kind == "pods":  # a Pod's registry returns the deleted object (ReturnDeletedObject); others a Status
+                return 200, obj
             return 200, _status(200, "", "") | {"status": "Success"}
         return 405, _status(405, "MethodNotAllowed", method)
 

@@ -630,3 +630,89 @@ def actor_facts(record: dict[str, Any]) -> dict[str, Any]:
     return {"username": user.get("username"), "groups": user.get("groups") or [],
             "source_ips": event.get("sourceIPs") or [], "user_agent": event.get("userAgent"),
             "kind": principal_kind(user.get("username"))}
+
+
+TOKEN_REQUEST = re.compile(r"^namespaces/(?P<ns>[^/\s]+)/serviceaccounts/(?P<sa>[^/\s]+)/token$")
+#: What a bound token can be bound to and Cordon may delete (a Node never: that is an outage)
+_BOUND_KINDS = {"Pod": ("read_namespaced_pod", "delete_namespaced_pod"),
+                "Secret": ("read_namespaced_secret", "delete_namespaced_secret")}
+
+
+@register
+class DeleteTokenBoundObject(KubernetesContainmentAction):
+    """Invalidate one requested ServiceAccount token by deleting the object it is bound to
+    (``token_request``: ``namespaces/NS/serviceaccounts/NAME/token``, the detection's
+    ``credential.uid``; the object from the TokenRequest's ``spec.boundObjectRef`` as the audit
+    Event recorded it at RequestResponse level, in ``credential.attributes.boundObjectRef``). The API
+    server rejects a bound token once the object with that uid is gone; a Pod a controller makes
+    again has a new uid, so the token stays dead.
+
+    Only a Pod or a Secret, and only the object with the uid the token names: an object re-created
+    under the same name is another object, and the token is already dead (contained, nothing
+    deleted). Refused, with the reason, when the token is bound to nothing (it stays valid until it
+    expires: ``expirationSeconds``; deleting the ServiceAccount would end it with every other token
+    of that account, which is a person's call) or to a Node.
+
+    State: ``{object, kind, name, uid}``, ``None`` when the bound object is gone. No rollback: the
+    token cannot come back.
+    API: https://kubernetes.io/docs/reference/kubernetes-api/authentication-resources/token-request-v1/
+
+    .. code-block:: yaml
+
+        contain:
+          - action: kubernetes.delete-token-bound-object
+            with:
+              token_request: "{{ credential.uid }}"
+    """
+
+    name = "kubernetes.delete-token-bound-object"
+    permissions = ("/pods:get", "/pods:delete", "/secrets:get", "/secrets:delete")
+    credential_kinds = ("k8s_sa_token",)
+
+    class Params(Params):
+        token_request: Annotated[str, Identifies("credential.uid"), Field(pattern=TOKEN_REQUEST.pattern)]
+
+    class State(State):
+        object: str
+        kind: str
+        name: str
+        uid: str
+
+    def target(self, ctx: ActionContext) -> str:
+        return ctx.params["token_request"]
+
+    def _bound(self, ctx: ActionContext) -> dict[str, Any]:
+        cred = getattr(ctx.detection, "credential", None)
+        ref = (cred.attributes if cred else {}).get("boundObjectRef") or {}
+        if not ref.get("name"):
+            secs = (cred.attributes if cred else {}).get("expirationSeconds")
+            raise GuardError(f"{ctx.params['token_request']}: the token is bound to no object (or the audit level did "
+                             "not record the request), so it stays valid until it expires"
+                             f"{f' ({secs} s after issue)' if secs else ''}; deleting the ServiceAccount would end "
+                             "it together with every other token of that account: left to a person")
+        if ref.get("kind") not in _BOUND_KINDS:
+            raise GuardError(f"{ctx.params['token_request']}: the token is bound to a {ref.get('kind')}; "
+                             "Cordon deletes only a bound Pod or Secret")
+        if not ref.get("uid"):
+            raise GuardError(f"{ctx.params['token_request']}: boundObjectRef names no uid; "
+                             "Cordon will not guess the object")
+        return ref
+
+    def read_state(self, ctx: ActionContext) -> dict[str, Any] | None:
+        ref = self._bound(ctx)
+        ns = TOKEN_REQUEST.match(ctx.params["token_request"])["ns"]
+        data = self.read(ctx, "core", _BOUND_KINDS[ref["kind"]][0], name=ref["name"], namespace=ns)
+        uid = ((data or {}).get("metadata") or {}).get("uid")
+        if data is None or uid != ref["uid"]:
+            return None  # the object the token is bound to is gone: the token is dead
+        plural = "pods" if ref["kind"] == "Pod" else "secrets"
+        return {"object": f"namespaces/{ns}/{plural}/{ref['name']}", "kind": ref["kind"], "name": ref["name"],
+                "uid": uid}
+
+    def is_contained(self, state: dict[str, Any] | None) -> bool:
+        return state is None
+
+    def plan_calls(self, ctx: ActionContext, state: dict[str, Any] | None) -> list[ApiCall]:
+        ns = TOKEN_REQUEST.match(ctx.params["token_request"])["ns"]
+        return [ApiCall(service="core", operation=_BOUND_KINDS[state["kind"]][1],
+                        params={"name": state["name"], "namespace": ns, "precondition_uid": state["uid"]})]

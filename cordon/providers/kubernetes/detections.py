@@ -150,6 +150,9 @@ def detections_from_k8s_audit(record: dict[str, Any], match: SigmaMatchLike, ori
         if kind == "k8s_csr":
             attrs["signerName"] = e.get("requestObject.spec.signerName", str)
             attrs["usages"] = e.get("requestObject.spec.usages", list) or []
+        if kind == "k8s_sa_token":  # a TokenRequest (RequestResponse level names what it is bound to)
+            attrs["boundObjectRef"] = e.get("requestObject.spec.boundObjectRef", dict)
+            attrs["expirationSeconds"] = e.get("requestObject.spec.expirationSeconds", int)
         if kind == "k8s_secret" and e.get("requestObject.type", str):  # only at Request level or above
             attrs["type"] = e.get("requestObject.type", str)
         name = ref.get("name") or e.get("requestObject.metadata.name", str) if obj else ref.get("name")
