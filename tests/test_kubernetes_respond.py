@@ -190,7 +190,7 @@ def test_config_section_reaches_a_cluster_through_a_kubeconfig(k8s, tmp_path):
         kubernetes_section({"kubernetes": {"in_cluster": True, "context": "x"}})
 
 
-def test_provider_guard_refuses_system_kube_system_and_cordons_own_service_account():
+def test_provider_guard_refuses_system_kube_system_and_cordons_own_service_account(tmp_path, monkeypatch):
     """The provider's guard, on detections read from real Events: a binding whose subject is a
     system: group, one in kube-system and one naming Cordon's own ServiceAccount are refused; the
     attacker's binding is allowed."""
@@ -217,6 +217,14 @@ def test_provider_guard_refuses_system_kube_system_and_cordons_own_service_accou
     attacker = base["requestObject"]["subjects"]
     assert guard_of(detection(attacker), None, me) is None
     assert "system:" in guard_of(detection([{"kind": "Group", "name": "system:masters"}]), None, me)
-    assert "kube-system" in guard_of(detection(attacker, namespace="kube-system"), None, me)
+    assert "act_in_kube_system" in guard_of(detection(attacker, namespace="kube-system"), None, me)
+    # the configuration switch lets Cordon act on an attacker's object in kube-system, never on a
+    # system: subject there
+    (tmp_path / "cordon.yaml").write_text("kubernetes:\n  act_in_kube_system: true\n")
+    monkeypatch.setenv("CORDON_CONFIG", str(tmp_path))
+    assert guard_of(detection(attacker, namespace="kube-system"), None, me) is None
+    assert "system:" in guard_of(detection([{"kind": "ServiceAccount", "name": "replicaset-controller",
+                                             "namespace": "kube-system"}], namespace="kube-system"), None, me)
+    monkeypatch.delenv("CORDON_CONFIG")
     assert "Cordon's own" in guard_of(detection([{"kind": "ServiceAccount", "name": "cordon-responder",
                                                   "namespace": "cordon"}]), None, me)

@@ -79,20 +79,30 @@ class KubernetesProvider(Provider):
         return "Kubernetes in-cluster" if section.get("in_cluster") else \
             f"Kubernetes context {section.get('context') or '(current)'}"
 
+    @staticmethod
+    def acts_in_kube_system() -> bool:
+        """``kubernetes.act_in_kube_system`` of the ``cordon.yaml`` in force (default false)."""
+        from cordon.config import load_config
+        from cordon.providers.kubernetes.config import kubernetes_section
+
+        return bool(kubernetes_section(load_config().raw).get("act_in_kube_system"))
+
     def guard(self, detection: Any, clients: Any, me: str | None,
               enrichment: dict[str, Any] | None = None) -> str | None:
         """Refuse a ``system:``-prefixed binding, a binding whose subjects include a ``system:``
         principal or group, a ``kube-system`` ServiceAccount or Cordon's own ServiceAccount (``me``, as a
         binding's subject or as the ServiceAccount itself),
-        and any object in ``kube-system`` (a configuration switch allowing it is not built yet)."""
+        and any object in ``kube-system`` unless ``kubernetes.act_in_kube_system`` is true in
+        ``cordon.yaml`` (:meth:`acts_in_kube_system`)."""
         cred = detection.credential
         if cred is None or not cred.uid:
             return None
         name = cred.uid.rsplit("/", 1)[-1]
         if name.startswith("system:"):
             return f"{cred.uid} is a system: binding (Kubernetes' own); Cordon never touches it"
-        if cred.uid.startswith("namespaces/kube-system/"):
-            return f"{cred.uid} is in kube-system; Cordon does not act there"
+        if cred.uid.startswith("namespaces/kube-system/") and not self.acts_in_kube_system():
+            return (f"{cred.uid} is in kube-system; Cordon does not act there unless cordon.yaml says "
+                    "kubernetes.act_in_kube_system: true")
         if cred.kind in ("k8s_service_account", "k8s_sa_token") and me:
             parts = cred.uid.split("/")
             if len(parts) >= 4 and parts[0] == "namespaces" and parts[2] == "serviceaccounts" \

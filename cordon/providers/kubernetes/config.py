@@ -8,6 +8,8 @@ real cluster when the run's ``cloud`` parameters do not say (the sandbox's do).
       context: prod-admin            # optional kubeconfig context
       in_cluster: false              # true: the Pod's ServiceAccount (load_incluster_config)
       service_account: system:serviceaccount:cordon:cordon-responder   # Cordon's own principal
+      act_in_kube_system: false      # true: objects in kube-system may be contained (never system:
+                                     # principals or kube-system ServiceAccounts as subjects)
 
 Raises :class:`KubernetesConfigError` naming ``kubernetes.<field>`` for an unknown key or a value of
 the wrong type, and for ``in_cluster`` together with ``kubeconfig`` / ``context``.
@@ -19,7 +21,8 @@ from typing import Any
 
 from cordon.config import ConfigError
 
-FIELDS: dict[str, type] = {"kubeconfig": str, "context": str, "in_cluster": bool, "service_account": str}
+FIELDS: dict[str, type] = {"kubeconfig": str, "context": str, "in_cluster": bool, "service_account": str,
+                           "act_in_kube_system": bool}
 
 
 class KubernetesConfigError(ConfigError):
