@@ -17,6 +17,11 @@
     REST-JSON: ``POST /trustanchors``, ``GET /trustanchor/{id}``, ``POST /trustanchor/{id}/disable``,
     ...), https://docs.aws.amazon.com/rolesanywhere/latest/APIReference/Welcome.html . Sandbox
     ``rolesanywhere`` clients talk only to the stand-in;
+  - EKS access entries and access policies (REST JSON: ``CreateAccessEntry``, ``DescribeAccessEntry``,
+    ``DeleteAccessEntry``, ``AssociateAccessPolicy``, ``ListAssociatedAccessPolicies``,
+    ``DisassociateAccessPolicy``; :meth:`AwsStandIn.add_eks_access_entry`),
+    https://docs.aws.amazon.com/eks/latest/APIReference/ . moto 5.2 serves EKS clusters but no access
+    entries, so sandbox ``eks`` clients talk only to the stand-in.
   - AWS Config rules and their evaluations (JSON 1.1, ``X-Amz-Target: StarlingDoveService.<Op>``):
     ``DescribeConfigRules``, ``GetComplianceDetailsByConfigRule`` (``ComplianceTypes``, ``Limit``,
     ``NextToken``) and ``StartConfigRulesEvaluation`` (recorded in :attr:`AwsStandIn.evaluations`),
@@ -68,7 +73,7 @@ import xml.sax.saxutils as saxutils
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import boto3
 import botocore.session
@@ -194,6 +199,8 @@ class AwsStandIn:
         self.ssc: dict[tuple[str, str], list[dict[str, Any]]] = {}
         #: Roles Anywhere objects keyed by (account, "trustanchor" | "profile", id)
         self.rolesanywhere: dict[tuple[str, str, str], dict[str, Any]] = {}
+        #: EKS access entries by (account, cluster, principal ARN); each holds its ``policies``
+        self.eks_entries: dict[tuple[str, str, str], dict[str, Any]] = {}
         #: the root user's access keys by account; the root sessions AssumeRoot issued by key ID
         self.root_keys: dict[str, list[dict[str, Any]]] = {}
         self.root_sessions: dict[str, dict[str, str]] = {}
@@ -237,6 +244,7 @@ class AwsStandIn:
             self.events.clear()
             self.ssc.clear()
             self.rolesanywhere.clear()
+            self.eks_entries.clear()
             self.config_rules.clear()
             self.compliance.clear()
             self.evaluations.clear()
@@ -339,6 +347,67 @@ class AwsStandIn:
                 return {}
         raise _ApiError(400, "InvalidAction", f"operation {operation} is not served here")
 
+    def add_eks_access_entry(self, account: str, cluster: str, principal_arn: str, *, arn: str | None = None,
+                             region: str = DEFAULT_REGION, kubernetes_groups: list[str] | None = None,
+                             entry_type: str = "STANDARD", username: str | None = None,
+                             policies: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Add (or replace) the EKS access entry of ``principal_arn`` on ``cluster``; ``arn`` defaults
+        to ``arn:aws:eks:<region>:<account>:access-entry/<cluster>/<role|user>/<account>/<name>/<uuid>``;
+        ``policies``: ``[{"policyArn", "accessScope"}]``. Returns a copy of the entry."""
+        noun, _, name = principal_arn.split(":", 5)[-1].partition("/")
+        arn = arn or (f"arn:aws:eks:{region}:{account}:access-entry/{cluster}/{noun}/{account}/"
+                      f"{name.rsplit('/', 1)[-1]}/{uuid.uuid4().hex[:12]}")
+        now = datetime.now(UTC).timestamp()
+        entry = {"clusterName": cluster, "principalArn": principal_arn, "accessEntryArn": arn,
+                 "kubernetesGroups": list(kubernetes_groups or []), "type": entry_type,
+                 "username": username or principal_arn, "createdAt": now, "modifiedAt": now, "tags": {},
+                 "policies": [{"policyArn": p["policyArn"], "accessScope": p.get("accessScope") or {"type": "cluster"},
+                               "associatedAt": now, "modifiedAt": now} for p in policies or []]}
+        with self._lock:
+            self.eks_entries[(account, cluster, principal_arn)] = entry
+        return {k: v for k, v in entry.items() if k != "policies"}
+
+    def _eks(self, route: tuple[str, str, str | None, str | None], account: str,
+             body: dict[str, Any]) -> dict[str, Any]:
+        operation, cluster, principal, policy = route
+        key = (account, cluster, principal or str(body.get("principalArn") or ""))
+        if operation == "CreateAccessEntry":
+            if key in self.eks_entries:
+                raise _ApiError(409, "ResourceInUseException", f"The specified access entry resource is already in use "
+                                                               f"on this cluster: {key[2]}")
+            created = self.add_eks_access_entry(
+                account, cluster, key[2], kubernetes_groups=body.get("kubernetesGroups"),
+                entry_type=body.get("type") or "STANDARD", username=body.get("username"))
+            return {"accessEntry": created}
+        with self._lock:
+            entry = self.eks_entries.get(key)
+            if entry is None:
+                raise _ApiError(404, "ResourceNotFoundException", f"The specified principalArn could not be found. "
+                                                                  f"You can view your available access entries with "
+                                                                  f"'aws eks list-access-entries': {key[2]}")
+            if operation == "DescribeAccessEntry":
+                return {"accessEntry": {k: v for k, v in entry.items() if k != "policies"}}
+            if operation == "DeleteAccessEntry":
+                del self.eks_entries[key]
+                return {}
+            if operation == "ListAssociatedAccessPolicies":
+                return {"clusterName": cluster, "principalArn": key[2],
+                        "associatedAccessPolicies": [dict(p) for p in entry["policies"]]}
+            if operation == "AssociateAccessPolicy":
+                now = datetime.now(UTC).timestamp()
+                entry["policies"] = [p for p in entry["policies"] if p["policyArn"] != body.get("policyArn")]
+                assoc = {"policyArn": body.get("policyArn"),
+                         "accessScope": body.get("accessScope") or {"type": "cluster"},
+                         "associatedAt": now, "modifiedAt": now}
+                entry["policies"].append(assoc)
+                return {"clusterName": cluster, "principalArn": key[2], "associatedAccessPolicy": dict(assoc)}
+            # DisassociateAccessPolicy
+            kept = [p for p in entry["policies"] if p["policyArn"] != policy]
+            if len(kept) == len(entry["policies"]):
+                raise _ApiError(404, "ResourceNotFoundException", f"The specified policy {policy} is not associated")
+            entry["policies"] = kept
+            return {}
+
     def add_rolesanywhere(self, account: str, kind: str, object_id: str, arn: str | None = None,
                           region: str = DEFAULT_REGION, **fields: Any) -> dict[str, Any]:
         """Create (or return the existing one with that ID) a Roles Anywhere trust anchor
@@ -396,6 +465,9 @@ class AwsStandIn:
             def do_GET(self) -> None:  # noqa: N802 - http.server API
                 self.do_POST()
 
+            def do_DELETE(self) -> None:  # noqa: N802 - http.server API
+                self.do_POST()
+
             def do_POST(self) -> None:  # noqa: N802 - http.server API
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
@@ -403,7 +475,11 @@ class AwsStandIn:
                 account = self.headers.get("x-moto-account-id", DEFAULT_ACCOUNT_ID)
                 path = urlsplit(self.path).path
                 rest = _rolesanywhere_route(self.command, path)
-                if rest is not None:
+                eks = _eks_route(self.command, path)
+                if eks is not None:
+                    operation, proto = eks[0], "json"
+                    form: dict[str, list[str]] = {}
+                elif rest is not None:
                     operation, proto = rest[0], "json"
                     form: dict[str, list[str]] = {}
                 elif target:
@@ -423,7 +499,9 @@ class AwsStandIn:
                     return
                 try:
                     signer = _signing_key(self.headers.get("Authorization", ""))
-                    if rest is not None:
+                    if eks is not None:
+                        self._json(200, standin._eks(eks, account, json.loads(body or b"{}")))
+                    elif rest is not None:
                         status, payload = standin._rolesanywhere(rest, account, json.loads(body or b"{}"))
                         self._json(status, payload)
                     elif proto == "json" and operation == "LookupEvents":
@@ -625,6 +703,24 @@ def _rolesanywhere_route(method: str, path: str) -> tuple[str, str, str | None] 
     return None
 
 
+def _eks_route(method: str, path: str) -> tuple[str, str, str | None, str | None] | None:
+    """``(operation, cluster, principal ARN, policy ARN)`` of an EKS access-entry REST path, else
+    ``None`` (botocore percent-encodes the ARNs in the path)."""
+    m = re.fullmatch(r"/clusters/([^/]+)/access-entries(?:/([^/]+)(?:/access-policies(?:/([^/]+))?)?)?", path)
+    if not m:
+        return None
+    cluster, principal, policy = (unquote(g) if g else None for g in m.groups())
+    if principal is None:
+        return ("CreateAccessEntry", cluster, None, None) if method == "POST" else None
+    if "/access-policies" not in path:
+        op = {"GET": "DescribeAccessEntry", "DELETE": "DeleteAccessEntry"}.get(method)
+    elif policy is None:
+        op = {"GET": "ListAssociatedAccessPolicies", "POST": "AssociateAccessPolicy"}.get(method)
+    else:
+        op = "DisassociateAccessPolicy" if method == "DELETE" else None
+    return (op, cluster, principal, policy) if op else None
+
+
 def _signing_key(authorization: str) -> str | None:
     """The access key ID of a SigV4 ``Authorization`` header (``Credential=AKIA.../...``)."""
     m = re.search(r"Credential=([A-Z0-9]+)/", authorization)
@@ -649,7 +745,7 @@ def _xml_fields(fields: dict[str, Any]) -> str:
 
 #: Credential kinds owned by no IAM user (seeded by :meth:`AwsSandbox._seed_without_user`).
 _NO_USER_KINDS = ("aws_rolesanywhere_trust_anchor", "aws_rolesanywhere_profile", "aws_role_trust",
-                  "aws_root_access_key", "aws_stale_credentials")
+                  "aws_root_access_key", "aws_stale_credentials", "aws_eks_access_entry", "aws_eks_access_policy")
 
 
 def _honour_key_pair_id() -> None:
@@ -735,7 +831,7 @@ def make_sandbox_client(service: str, region: str, *, moto_url: str, standin_url
                         account_id: str, credentials: dict[str, Any] | None = None) -> Any:
     """One boto3 client for the sandbox.
 
-    ``cloudtrail``, ``rolesanywhere`` and ``config`` go to the stand-in, every other service to moto. Every
+    ``cloudtrail``, ``rolesanywhere``, ``config`` and ``eks`` go to the stand-in, every other service to moto. Every
     request carries ``x-moto-account-id: <account_id>``. On IAM clients, the four service-specific
     credential operations are sent to the stand-in, and on STS clients ``AssumeRoot`` (a
     ``before-send`` hook rewrites the URL). Dummy credentials (:data:`SANDBOX_ACCESS_KEY`), or
@@ -750,7 +846,7 @@ def make_sandbox_client(service: str, region: str, *, moto_url: str, standin_url
     else:
         session = boto3.Session(aws_access_key_id=SANDBOX_ACCESS_KEY, aws_secret_access_key="testing",
                                 region_name=region)
-    url = standin_url if service in ("cloudtrail", "rolesanywhere", "config") or credentials is not None \
+    url = standin_url if service in ("cloudtrail", "rolesanywhere", "config", "eks") or credentials is not None \
         else moto_url
     client = session.client(service, endpoint_url=url,
                             config=Config(retries={"mode": "standard", "total_max_attempts": 4}))
@@ -1065,6 +1161,30 @@ class AwsSandbox:
         elif cred.kind == "aws_root_access_key" and cred.uid:
             self.standin.add_root_access_key(self.account_id, cred.uid, create_date=detection.time)
             report["access_keys"].append(cred.uid)
+        elif cred.kind in ("aws_eks_access_entry", "aws_eks_access_policy") and attrs.get("principalArn"):
+            # the entry the record names (its ARN, or with the policy associated next to a view
+            # policy that must stay) and a neighbour entry that containment must leave alone
+            region = attrs.get("region") or detection.region or self.region
+            policies = [{"policyArn": "arn:aws:eks::aws:cluster-access-policy/AmazonEKSViewPolicy"}]
+            if cred.kind == "aws_eks_access_policy":
+                policies.append({"policyArn": attrs["policyArn"], "accessScope": attrs.get("accessScope")})
+            existing = self.standin.eks_entries.get((self.account_id, attrs["cluster"], attrs["principalArn"]))
+            if existing is None:  # an entry seeded by another detection of the same intake stays as it is
+                self.standin.add_eks_access_entry(self.account_id, attrs["cluster"], attrs["principalArn"],
+                                                  arn=attrs.get("accessEntryArn"), region=region, policies=policies,
+                                                  kubernetes_groups=attrs.get("kubernetesGroups"))
+            elif cred.kind == "aws_eks_access_policy":
+                with self.standin._lock:
+                    if attrs["policyArn"] not in {p["policyArn"] for p in existing["policies"]}:
+                        existing["policies"].append({"policyArn": attrs["policyArn"], "accessScope": attrs.get(
+                            "accessScope") or {"type": "cluster"}, "associatedAt": existing["createdAt"],
+                            "modifiedAt": existing["createdAt"]})
+            elif attrs.get("accessEntryArn"):  # the entry's own record: the ARN it names
+                existing["accessEntryArn"] = attrs["accessEntryArn"]
+            self.standin.add_eks_access_entry(self.account_id, attrs["cluster"],
+                                              f"arn:aws:iam::{self.account_id}:role/cordon-sandbox-neighbour",
+                                              region=region, policies=policies[:1])
+            report.setdefault("eks_access_entries", []).append(cred.uid)
 
     def _seed_stale(self, detection: Any, report: dict[str, Any]) -> None:
         """An ``aws_stale_credentials`` detection: each user it names (by name, or by ``UserId``: a

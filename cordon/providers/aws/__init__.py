@@ -56,6 +56,10 @@ class AwsProvider(Provider):
         "aws_rolesanywhere_profile": "IAM Roles Anywhere profile (roles a certificate may assume), uid = profileId",
         "aws_role_trust": "a role's trust policy rewritten (UpdateAssumeRolePolicy), uid = role name",
         "aws_root_access_key": "the root user's own access key, uid = AccessKeyId (AKIA...)",
+        "aws_eks_access_entry": "an IAM principal let into an EKS cluster (CreateAccessEntry), "
+                                "uid = '<cluster>/<principalArn>'",
+        "aws_eks_access_policy": "an EKS access policy associated with a principal (AssociateAccessPolicy), "
+                                 "uid = '<cluster>/<principalArn>/<policy name>'",
         "aws_stale_credentials": "an account's keys past a Config rule's or Security Hub control's age limit, "
                                  "uid = '<account>:rotation' or '<account>:unused'",
     }
@@ -76,6 +80,8 @@ class AwsProvider(Provider):
     "aws_role_trust": ("Role trust policy changed", "on"),
     "aws_root_access_key": ("New root user access key", "of"),
     "aws_stale_credentials": ("Stale access keys", "in"),
+    "aws_eks_access_entry": ("New EKS access entry", "for"),
+    "aws_eks_access_policy": ("EKS access policy associated", "with"),
     }
 
     @property

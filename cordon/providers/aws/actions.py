@@ -1173,7 +1173,7 @@ class ActorFacts(EnrichmentAction):
     credential_kinds = ("aws_access_key", "aws_login_profile", "aws_iam_user", "aws_policy_grant",
                         "aws_service_specific_credential", "aws_federation_token", "aws_key_pair",
                         "aws_rolesanywhere_trust_anchor", "aws_rolesanywhere_profile", "aws_role_trust",
-                        "aws_root_access_key")
+                        "aws_root_access_key", "aws_eks_access_entry", "aws_eks_access_policy")
 
     def run(self, ctx: ActionContext) -> dict[str, Any]:
         det = ctx.detection
@@ -1289,7 +1289,7 @@ class CloudTrailSession(EnrichmentAction):
     credential_kinds = ("aws_access_key", "aws_login_profile", "aws_iam_user", "aws_policy_grant",
                         "aws_service_specific_credential", "aws_federation_token", "aws_key_pair",
                         "aws_rolesanywhere_trust_anchor", "aws_rolesanywhere_profile", "aws_role_trust",
-                        "aws_root_access_key")
+                        "aws_root_access_key", "aws_eks_access_entry", "aws_eks_access_policy")
 
     def run(self, ctx: ActionContext) -> dict[str, Any]:
         det = ctx.detection
@@ -2085,3 +2085,206 @@ class DeactivateStaleKeys(AwsContainmentAction):
         return [ApiCall(service="iam", operation="UpdateAccessKey",
                         params={"UserName": k["user_name"], "AccessKeyId": k["access_key_id"], "Status": "Active"})
                 for k in (before or {}).get("stale") or []]
+
+
+#: An EKS cluster name (https://docs.aws.amazon.com/eks/latest/APIReference/API_CreateCluster.html)
+ClusterName = Annotated[str, Field(pattern=r"^[0-9A-Za-z][A-Za-z0-9\-_]{0,99}$", description="EKS cluster name")]
+PrincipalArn = Annotated[str, Field(pattern=r"^arn:aws[a-z-]*:(iam|sts)::\d{12}:[A-Za-z0-9+=,.@_/-]+$",
+                                    description="IAM principal ARN of the access entry")]
+AccessPolicyArn = Annotated[str, Field(pattern=r"^arn:aws[a-z-]*:eks::aws:cluster-access-policy/[A-Za-z0-9]+$",
+                                       description="EKS access policy ARN")]
+
+
+class _EksAccessAction(AwsContainmentAction):
+    """Base of the EKS access-entry actions: ``eks`` clients in the cluster's region (``region``
+    param, else the credential's ``region`` attribute, else the detection's)."""
+
+    service = "eks"
+    rollback_supported = True
+
+    def region(self, ctx: ActionContext) -> str | None:
+        cred = ctx.detection.credential
+        return (ctx.params.get("region") or (cred.attributes.get("region") if cred else None)
+                or ctx.detection.region)
+
+    def _key(self, ctx: ActionContext) -> dict[str, str]:
+        return {"clusterName": ctx.params["cluster_name"], "principalArn": ctx.params["principal_arn"]}
+
+    def _policies(self, ctx: ActionContext) -> list[dict[str, Any]]:
+        client = self.client(ctx, region=self.region(ctx))
+        out: list[dict[str, Any]] = []
+        kwargs = self._key(ctx)
+        while True:
+            page = client.list_associated_access_policies(**kwargs)
+            out.extend({"policyArn": p["policyArn"], "accessScope": p.get("accessScope") or {"type": "cluster"}}
+                       for p in page.get("associatedAccessPolicies") or [])
+            if not page.get("nextToken"):
+                return sorted(out, key=lambda p: p["policyArn"])
+            kwargs["nextToken"] = page["nextToken"]
+
+
+@register
+class DeleteEksAccessEntry(_EksAccessAction):
+    """Delete one EKS access entry (``eks:DeleteAccessEntry``): the IAM principal it names can no
+    longer authenticate to the cluster's Kubernetes API through it (T1098.006).
+
+    Exactly the entry the ``CreateAccessEntry`` record made: ``DescribeAccessEntry`` is compared with
+    the record's ``accessEntryArn`` (an entry deleted and created again has another ARN) and a
+    different one is refused. The entry and its associated access policies are stored first.
+    Removing the entry does not revoke the principal's IAM credentials, and an ``aws-auth`` ConfigMap
+    mapping of the same principal is not touched.
+
+    Params: ``cluster_name``, ``principal_arn`` (the record's ``requestParameters``), ``region``.
+    State: ``{cluster, principal_arn, access_entry_arn, type, username, kubernetes_groups, policies,
+    same_entry, mismatch}`` (``None``: no such entry). Contained when ``None``. Rollback:
+    ``CreateAccessEntry`` with the stored groups, username and type, then ``AssociateAccessPolicy``
+    for each stored policy (a new ARN). Errors: ``ClientError`` other than
+    ``ResourceNotFoundException`` propagates.
+    API: https://docs.aws.amazon.com/eks/latest/APIReference/API_DeleteAccessEntry.html ,
+    https://docs.aws.amazon.com/eks/latest/APIReference/API_DescribeAccessEntry.html
+
+    .. code-block:: yaml
+
+        contain:
+          - action: aws.delete-eks-access-entry
+            with:
+              cluster_name: "{{ credential.attributes.cluster }}"
+              principal_arn: "{{ credential.attributes.principalArn }}"
+              region: "{{ detection.region }}"
+    """
+
+    name = "aws.delete-eks-access-entry"
+
+    class Params(Params):
+        cluster_name: Annotated[ClusterName, Identifies("credential.attributes.cluster")]
+        principal_arn: Annotated[PrincipalArn, Identifies("credential.attributes.principalArn")]
+        region: Region | SkipJsonSchema[None] = None
+
+    class State(State):
+        cluster: str
+        principal_arn: str
+        access_entry_arn: str | None
+        type: str | None
+        username: str | None
+        kubernetes_groups: list[str]
+        policies: list[dict[str, Any]]
+        same_entry: bool
+        mismatch: str | None
+
+    permissions = ("eks:DescribeAccessEntry", "eks:ListAssociatedAccessPolicies", "eks:DeleteAccessEntry",
+                   "eks:CreateAccessEntry", "eks:AssociateAccessPolicy")
+    credential_kinds = ("aws_eks_access_entry",)
+
+    def target(self, ctx: ActionContext) -> str:
+        return f"{ctx.params['cluster_name']}/{ctx.params['principal_arn']}"
+
+    def read_state(self, ctx: ActionContext) -> dict[str, Any] | None:
+        client = self.client(ctx, region=self.region(ctx))
+        try:
+            entry = client.describe_access_entry(**self._key(ctx))["accessEntry"]
+        except ClientError as err:
+            if _error_code(err) == "ResourceNotFoundException":
+                return None
+            raise
+        cred = ctx.detection.credential
+        recorded = (cred.attributes.get("accessEntryArn") if cred and cred.kind == "aws_eks_access_entry" else None)
+        live = entry.get("accessEntryArn")
+        mismatch = None if not recorded or recorded == live else (
+            f"the access entry of {ctx.params['principal_arn']} on {ctx.params['cluster_name']} is now {live}, not "
+            f"{recorded} (the record's): it was deleted and made again, so it is not the one named")
+        return {"cluster": ctx.params["cluster_name"], "principal_arn": ctx.params["principal_arn"],
+                "access_entry_arn": live, "type": entry.get("type"), "username": entry.get("username"),
+                "kubernetes_groups": list(entry.get("kubernetesGroups") or []), "policies": self._policies(ctx),
+                "same_entry": mismatch is None, "mismatch": mismatch}
+
+    def is_contained(self, state: dict[str, Any] | None) -> bool:
+        return state is None
+
+    def plan_calls(self, ctx: ActionContext, state: dict[str, Any] | None) -> list[ApiCall]:
+        if state is not None and not state["same_entry"]:
+            raise GuardError(state["mismatch"])
+        return [ApiCall(service="eks", operation="DeleteAccessEntry", params=self._key(ctx), region=self.region(ctx))]
+
+    def undo_calls(self, ctx: ActionContext, before: dict[str, Any] | None) -> list[ApiCall]:
+        if not before:
+            return []
+        key = {"clusterName": before["cluster"], "principalArn": before["principal_arn"]}
+        create = {**key, **({"type": before["type"]} if before.get("type") else {}),
+                  **({"username": before["username"]} if before.get("username") else {}),
+                  **({"kubernetesGroups": before["kubernetes_groups"]} if before.get("kubernetes_groups") else {})}
+        region = self.region(ctx)
+        return [ApiCall(service="eks", operation="CreateAccessEntry", params=create, region=region)] + [
+            ApiCall(service="eks", operation="AssociateAccessPolicy", params={**key, **p}, region=region)
+            for p in before.get("policies") or []]
+
+
+@register
+class DisassociateEksAccessPolicy(_EksAccessAction):
+    """Disassociate one EKS access policy from one principal's access entry
+    (``eks:DisassociateAccessPolicy``): exactly the policy the ``AssociateAccessPolicy`` record
+    named (``AmazonEKSClusterAdminPolicy`` ...); the entry and its other policies stay.
+
+    Params: ``cluster_name``, ``principal_arn``, ``policy_arn`` (the record's
+    ``requestParameters``), ``region``. State: ``{cluster, principal_arn, policy_arn, access_scope}``
+    (``None``: not associated, or no entry). Contained when ``None``. Rollback:
+    ``AssociateAccessPolicy`` with the stored access scope.
+    API: https://docs.aws.amazon.com/eks/latest/APIReference/API_DisassociateAccessPolicy.html ,
+    https://docs.aws.amazon.com/eks/latest/APIReference/API_ListAssociatedAccessPolicies.html
+
+    .. code-block:: yaml
+
+        contain:
+          - action: aws.disassociate-eks-access-policy
+            with:
+              cluster_name: "{{ credential.attributes.cluster }}"
+              principal_arn: "{{ credential.attributes.principalArn }}"
+              policy_arn: "{{ credential.attributes.policyArn }}"
+              region: "{{ detection.region }}"
+    """
+
+    name = "aws.disassociate-eks-access-policy"
+
+    class Params(Params):
+        cluster_name: Annotated[ClusterName, Identifies("credential.attributes.cluster")]
+        principal_arn: Annotated[PrincipalArn, Identifies("credential.attributes.principalArn")]
+        policy_arn: Annotated[AccessPolicyArn, Identifies("credential.attributes.policyArn")]
+        region: Region | SkipJsonSchema[None] = None
+
+    class State(State):
+        cluster: str
+        principal_arn: str
+        policy_arn: str
+        access_scope: dict[str, Any]
+
+    permissions = ("eks:ListAssociatedAccessPolicies", "eks:DisassociateAccessPolicy", "eks:AssociateAccessPolicy")
+    credential_kinds = ("aws_eks_access_policy",)
+
+    def target(self, ctx: ActionContext) -> str:
+        return f"{ctx.params['cluster_name']}/{ctx.params['principal_arn']}/{ctx.params['policy_arn']}"
+
+    def read_state(self, ctx: ActionContext) -> dict[str, Any] | None:
+        try:
+            policies = self._policies(ctx)
+        except ClientError as err:
+            if _error_code(err) == "ResourceNotFoundException":
+                return None
+            raise
+        found = next((p for p in policies if p["policyArn"] == ctx.params["policy_arn"]), None)
+        if found is None:
+            return None
+        return {"cluster": ctx.params["cluster_name"], "principal_arn": ctx.params["principal_arn"],
+                "policy_arn": found["policyArn"], "access_scope": found["accessScope"]}
+
+    def is_contained(self, state: dict[str, Any] | None) -> bool:
+        return state is None
+
+    def plan_calls(self, ctx: ActionContext, state: dict[str, Any] | None) -> list[ApiCall]:
+        return [ApiCall(service="eks", operation="DisassociateAccessPolicy",
+                        params={**self._key(ctx), "policyArn": ctx.params["policy_arn"]}, region=self.region(ctx))]
+
+    def undo_calls(self, ctx: ActionContext, before: dict[str, Any] | None) -> list[ApiCall]:
+        if not before:
+            return []
+        return [ApiCall(service="eks", operation="AssociateAccessPolicy", region=self.region(ctx), params={
+            "clusterName": before["cluster"], "principalArn": before["principal_arn"],
+            "policyArn": before["policy_arn"], "accessScope": before["access_scope"]})]

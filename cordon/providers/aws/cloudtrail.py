@@ -52,6 +52,10 @@ CREDENTIAL_EVENTS: dict[str, str] = {
     "CreateProfile": "aws_rolesanywhere_profile",
     # a role's trust policy rewritten: whom it names may now assume the role
     "UpdateAssumeRolePolicy": "aws_role_trust",
+    # EKS access entries: an IAM principal let into a cluster's Kubernetes API, and an access policy
+    # (AmazonEKSClusterAdminPolicy ...) associated with one
+    "CreateAccessEntry": "aws_eks_access_entry",
+    "AssociateAccessPolicy": "aws_eks_access_policy",
 }
 
 #: Roles Anywhere kinds: the response member naming the object, and facts kept beyond its ID and ARN.
@@ -71,6 +75,8 @@ FALLBACK_TECHNIQUES: dict[str, list[str]] = {
     "AttachUserPolicy": ["T1098.003"],
     "PutUserPolicy": ["T1098.003"],
     "UpdateAssumeRolePolicy": ["T1098.003"],
+    "CreateAccessEntry": ["T1098.006"],
+    "AssociateAccessPolicy": ["T1098.006"],
 }
 
 _CONSOLE_HOSTS = {"console.amazonaws.com", "signin.amazonaws.com"}
@@ -145,6 +151,12 @@ def _target(f: RecordFields, actor: Actor, account: str | None) -> Principal:
             type="IAMUser",
             account_uid=account,
         )
+    principal_arn = f.get("requestParameters.principalArn", str)  # EKS access entries
+    parts = principal_arn.split(":", 5) if principal_arn else []
+    if len(parts) == 6 and parts[0] == "arn":
+        noun, _, rest = parts[5].partition("/")
+        return Principal(uid=principal_arn, name=rest.rsplit("/", 1)[-1] or principal_arn,
+                         type={"role": "Role", "user": "IAMUser"}.get(noun, noun), account_uid=parts[4] or account)
     role_name = f.get("requestParameters.roleName", str)
     if role_name:
         uid = f"arn:{partition}:iam::{account}:role/{role_name}" if account else None
@@ -206,6 +218,25 @@ def _credential(
         if region:
             attrs["region"] = region
         return Credential(kind=kind, uid=uid, owner=actor.user, attributes=attrs)
+    if kind in ("aws_eks_access_entry", "aws_eks_access_policy"):
+        # https://docs.aws.amazon.com/eks/latest/APIReference/API_CreateAccessEntry.html ,
+        # API_AssociateAccessPolicy.html: the cluster is the path's {name}
+        cluster = f.get(f"{req}.clusterName", str) or f.get(f"{req}.name", str, required=True)
+        principal = f.get(f"{req}.principalArn", str, required=True)
+        attrs = {"cluster": cluster, "principalArn": principal, **({"region": region} if region else {})}
+        if kind == "aws_eks_access_entry":
+            attrs.update(_pick(f, f"{resp}.accessEntry", {"accessEntryArn": "accessEntryArn", "type": "type",
+                                                           "username": "username"}))
+            groups = f.get(f"{req}.kubernetesGroups", list)
+            if groups:
+                attrs["kubernetesGroups"] = groups
+            return Credential(kind=kind, uid=f"{cluster}/{principal}", owner=target, attributes=attrs)
+        attrs["policyArn"] = f.get(f"{req}.policyArn", str, required=True)
+        scope = f.get(f"{req}.accessScope", dict)
+        if scope:
+            attrs["accessScope"] = scope
+        return Credential(kind=kind, uid=f"{cluster}/{principal}/{attrs['policyArn'].rsplit('/', 1)[-1]}",
+                          owner=target, attributes=attrs)
     if kind == "aws_role_trust":
         # https://docs.aws.amazon.com/IAM/latest/APIReference/API_UpdateAssumeRolePolicy.html
         uid = f.get(f"{req}.roleName", str, required=True)
