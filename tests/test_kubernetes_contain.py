@@ -19,20 +19,12 @@ from pathlib import Path
 import pytest
 
 from cordon.action import ActionContext, get_action
-from cordon.audit.ledger import Ledger
-from cordon.engine import Responder
 from cordon.providers.kubernetes.clients import kubernetes_clients
 from tests.conftest import SHARED_DATA, panther_k8s_event
+from tests.responder_fixtures import *  # noqa: F401,F403 - the responder fixture
 
 PANTHER = SHARED_DATA / "panther-analysis" / "rules" / "kubernetes_rules"
 pytestmark = pytest.mark.skipif(not PANTHER.is_dir(), reason=f"{PANTHER} is absent")
-
-
-@pytest.fixture
-def responder(tmp_path, monkeypatch, prefect_server):
-    url = f"sqlite:///{tmp_path}/ledger.db"
-    monkeypatch.setenv("CORDON_DATABASE_URL", url)
-    return Responder(ledger=Ledger(url))
 
 
 def write(tmp_path: Path, *events: dict) -> Path:

@@ -14,9 +14,8 @@ import yaml
 from kubernetes.client import ApiException
 
 from cordon.action import ActionContext, get_action
-from cordon.audit.ledger import Ledger
-from cordon.engine import Responder
 from tests.conftest import SHARED_DATA, panther_k8s_event
+from tests.responder_fixtures import *  # noqa: F401,F403 - the responder fixture
 
 PANTHER = SHARED_DATA / "panther-analysis" / "rules" / "kubernetes_rules" / "k8s_clusterrolebinding_privileged.yml"
 pytestmark = pytest.mark.skipif(not PANTHER.exists(), reason=f"{PANTHER} is absent")
@@ -24,13 +23,6 @@ pytestmark = pytest.mark.skipif(not PANTHER.exists(), reason=f"{PANTHER} is abse
 
 def panther_event(name: str) -> dict:
     return panther_k8s_event("k8s_clusterrolebinding_privileged.yml", name)
-
-
-@pytest.fixture
-def responder(tmp_path, monkeypatch, prefect_server):
-    url = f"sqlite:///{tmp_path}/ledger.db"
-    monkeypatch.setenv("CORDON_DATABASE_URL", url)
-    return Responder(ledger=Ledger(url))
 
 
 def write(tmp_path: Path, *events: dict) -> Path:
