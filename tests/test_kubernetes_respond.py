@@ -220,3 +220,64 @@ def test_provider_guard_refuses_system_kube_system_and_cordons_own_service_accou
     monkeypatch.delenv("CORDON_CONFIG")
     assert "Cordon's own" in guard_of(detection([{"kind": "ServiceAccount", "name": "cordon-responder",
                                                   "namespace": "cordon"}]), None, me)
+
+
+def test_an_eks_token_is_a_presigned_get_caller_identity_naming_the_cluster():
+    """The EKS bearer token Cordon mints (what ``aws eks get-token`` prints): ``k8s-aws-v1.`` and the
+    unpadded base64url of an STS GetCallerIdentity URL presigned for 60 s with ``x-k8s-aws-id``
+    signed in (the header aws-iam-authenticator reads the cluster from). Nothing is sent to AWS."""
+    import base64
+    from urllib.parse import parse_qs, urlsplit
+
+    import boto3
+
+    from cordon.providers.kubernetes.tokens import eks_token
+
+    session = boto3.Session(aws_access_key_id="AKIAEXAMPLECORDON001", aws_secret_access_key="x" * 40,
+                            region_name="eu-west-1")
+    token = eks_token("prod-1", "eu-west-1", session=session)
+    assert token.startswith("k8s-aws-v1.") and "=" not in token
+    body = token[len("k8s-aws-v1."):]
+    url = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode()
+    query = parse_qs(urlsplit(url).query)
+    assert query["Action"] == ["GetCallerIdentity"] and query["X-Amz-Expires"] == ["60"]
+    assert "x-k8s-aws-id" in query["X-Amz-SignedHeaders"][0].split(";")
+    assert query["X-Amz-Credential"][0].startswith("AKIAEXAMPLECORDON001/")
+    assert urlsplit(url).netloc == "sts.eu-west-1.amazonaws.com"
+    assert query["X-Amz-Signature"][0] and len(query["X-Amz-Signature"][0]) == 64
+
+
+def test_one_entry_per_cluster_and_a_cluster_not_listed_is_refused(k8s, tmp_path, monkeypatch):
+    """``kubernetes.clusters``: a detection's cluster is reached through its own entry (here the
+    stand-in by host and token through a kubeconfig), the refresh hook mints EKS tokens for an
+    ``eks_cluster`` entry, and a cluster not listed is refused by name, never answered through
+    another cluster's credentials."""
+    from cordon.providers import get_provider
+    from cordon.providers.kubernetes.config import KubernetesConfigError, cluster_entry, kubernetes_section
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "sandbox",
+        "clusters": [{"name": "sb", "cluster": {"server": k8s.url}}],
+        "users": [{"name": "cordon", "user": {"token": k8s.standin.token}}],
+        "contexts": [{"name": "sandbox", "context": {"cluster": "sb", "user": "cordon"}}]}))
+    (tmp_path / "cordon.yaml").write_text(yaml.safe_dump({"kubernetes": {
+        "service_account": "system:serviceaccount:ir:cordon", "clusters": {
+            "gke-1": {"kubeconfig": str(kubeconfig)},
+            "prod-1": {"host": "https://eks.invalid", "eks_cluster": "prod-1", "region": "eu-west-1"}}}}))
+    monkeypatch.setenv("CORDON_CONFIG", str(tmp_path))
+    provider = get_provider("kubernetes")
+    k8s.standin.put("clusterrolebindings", "", {"metadata": {"name": "seen"}, "roleRef": {
+        "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"}})
+    clients = provider.clients({"account_id": "gke-1"})
+    assert clients("rbac").read_cluster_role_binding("seen").role_ref.name == "view"
+    assert clients.own_identity() == "system:serviceaccount:ir:cordon"
+    eks = provider.clients({"account_id": "prod-1"})
+    hook = eks("api").configuration.refresh_api_key_hook
+    assert hook is not None
+    with pytest.raises(KubernetesConfigError, match=r"kubernetes\.clusters\.aks-9: not configured"):
+        provider.clients({"account_id": "aks-9"})
+    section = {"clusters": {"a": {"gke": True}}}
+    with pytest.raises(KubernetesConfigError, match=r"kubernetes\.clusters\.a\.host: required"):
+        kubernetes_section({"kubernetes": section})
+    assert cluster_entry({"context": "x", "clusters": {"a": {"context": "y"}}}, None) == {"context": "x"}

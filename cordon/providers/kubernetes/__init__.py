@@ -23,7 +23,9 @@ class KubernetesProvider(Provider):
     grants_module = "cordon.providers.kubernetes.grants"
     #: before Google Cloud (20): a GKE entry is a Cloud Audit Log entry too
     classify_order = 15
-    config_section = True  # kubernetes: kubeconfig, context, in_cluster, service_account
+    config_section = True  # kubernetes: kubeconfig, context, in_cluster, service_account, clusters
+    #: the detection's cluster (its ``account_uid``) reaches :meth:`clients` as ``account_id``
+    clients_per_account = True
     detection_sources = ("k8s_audit",)
     credential_kinds = {
         "k8s_role_binding": "uid = clusterrolebindings/NAME or namespaces/NS/rolebindings/NAME",
@@ -58,14 +60,15 @@ class KubernetesProvider(Provider):
     def clients(self, cloud: dict[str, Any]) -> Any:
         """:func:`cordon.providers.kubernetes.clients.kubernetes_clients` with ``cloud``; when it
         names no cluster (``host``, ``kubeconfig``, ``in_cluster``), ``cordon.yaml``'s ``kubernetes:``
-        section does (:mod:`cordon.providers.kubernetes.config`)."""
+        section does: the entry of ``clusters`` for ``cloud["account_id"]`` (the detection's cluster),
+        else the section itself (:func:`cordon.providers.kubernetes.config.cluster_entry`)."""
         from cordon.providers.kubernetes.clients import kubernetes_clients
 
         if not any(k in cloud for k in ("host", "kubeconfig", "in_cluster")):
             from cordon.config import load_config
-            from cordon.providers.kubernetes.config import kubernetes_section
+            from cordon.providers.kubernetes.config import cluster_entry, kubernetes_section
 
-            cloud = {**kubernetes_section(load_config().raw), **cloud}
+            cloud = {**cluster_entry(kubernetes_section(load_config().raw), cloud.get("account_id")), **cloud}
         return kubernetes_clients(cloud)
 
     def check_config(self, config: Any) -> str | None:
