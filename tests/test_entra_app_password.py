@@ -193,3 +193,37 @@ def test_the_azure_section_is_checked_naming_the_field(tmp_path):
     typo = load_config(one_credential_config(tmp_path / "typo", azure={"legacy_auth_group": GROUP}))
     with pytest.raises(AzureSettingsError, match=r"azure.legacy_auth_group"):
         get_provider("azure").check_config(typo)
+
+
+def test_two_people_marking_the_same_step_at_once_record_it_once(ledger_url):
+    """Eight concurrent ``mark_done`` of the one step left (two replicas, two clicks): one records
+    ``manual.done`` and closes the case, the others are refused; the chain verifies. On SQLite and
+    PostgreSQL (``ledger_url``)."""
+    import threading
+
+    ledger = Ledger(ledger_url)
+    opened = ledger.open_case("k8s-or-entra:race", "det-race", {"uid": "det-race"}, "azure-app-password")
+    ledger.close_case(opened.case_id, AWAITING, {"status": AWAITING, "verified": True, "manual": [
+        {"id": "delete-app-passwords", "text": "delete them"}]})
+    results: list[object] = []
+    start = threading.Barrier(8)
+
+    def click(i: int) -> None:
+        start.wait()
+        try:
+            results.append(mark_done(ledger, opened.case_id, f"slack:U{i}"))
+        except ManualStepError as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=click, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    done = [r for r in results if isinstance(r, dict)]
+    assert len(results) == 8 and len(done) == 1, results
+    assert done[0]["status"] == "contained"
+    kinds = [r.kind for r in ledger.records(case_id=opened.case_id)]
+    assert kinds.count("manual.done") == 1 and kinds.count("case.closed") == 2, kinds
+    assert ledger.case(opened.case_id)["status"] == "contained"
+    assert ledger.verify().ok

@@ -466,6 +466,18 @@ class ChainWriter:
         return self.append_text(kind, canonical_json(redact(payload)), case_id=case_id, run_id=run_id, actor=actor,
                                 ts=ts)
 
+    def case_row(self, case_id: str) -> dict[str, Any] | None:
+        """The case row as a dict (``None`` when absent), read inside this transaction."""
+        row = self.conn.execute(sa.select(cases_table).where(cases_table.c.case_id == case_id)).first()
+        return dict(row._mapping) if row else None
+
+    def case_records(self, case_id: str) -> list[LedgerRecord]:
+        """The case's records in ``seq`` order, read inside this transaction (under the head's
+        lock: no other writer appends to the chain until it ends)."""
+        q = sa.select(ledger_table).where(ledger_table.c.case_id == case_id).order_by(ledger_table.c.seq)
+        return [LedgerRecord(r.seq, r.ts, r.case_id, r.run_id, r.kind, r.actor, json.loads(r.payload), r.prev_hash,
+                             r.hash) for r in self.conn.execute(q)]
+
     def append_text(self, kind: str, text: str, *, case_id: str | None = None, run_id: str | None = None,
                     actor: str | None = None, ts: str | None = None) -> LedgerRecord:
         """:meth:`append` for a payload already redacted and in :func:`canonical_json` form."""
@@ -646,13 +658,18 @@ class Ledger:
         case whose status says it ended without the record that closes it. Returns the
         ``case.closed`` record."""
         with self.chained() as w:
-            ts = now_iso()
-            res = w.conn.execute(cases_table.update().where(cases_table.c.case_id == case_id)
-                                 .values(updated_at=ts, status=status))
-            if res.rowcount:
-                row = w.conn.execute(sa.select(cases_table).where(cases_table.c.case_id == case_id)).one()
-                self._case_status(w, row, ["status"], ts)
-            return w.append("case.closed", payload, case_id=case_id, run_id=run_id, actor=actor, ts=ts)
+            return self.close_case_in(w, case_id, status, payload, run_id=run_id, actor=actor)
+
+    def close_case_in(self, w: ChainWriter, case_id: str, status: str, payload: dict[str, Any], *,
+                      run_id: str | None = None, actor: str | None = None) -> LedgerRecord:
+        """:meth:`close_case` inside the caller's transaction ``w`` (:meth:`chained`)."""
+        ts = now_iso()
+        res = w.conn.execute(cases_table.update().where(cases_table.c.case_id == case_id)
+                             .values(updated_at=ts, status=status))
+        if res.rowcount:
+            row = w.conn.execute(sa.select(cases_table).where(cases_table.c.case_id == case_id)).one()
+            self._case_status(w, row, ["status"], ts)
+        return w.append("case.closed", payload, case_id=case_id, run_id=run_id, actor=actor, ts=ts)
 
     def assign_incident(self, case_id: str, actor_key: str, *, window_seconds: float,
                         actor: dict[str, Any] | None = None, provider: str | None = None) -> IncidentAssign:
