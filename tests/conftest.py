@@ -62,6 +62,26 @@ def k8s(k8s_sandbox: Any) -> Any:
     return k8s_sandbox
 
 
+@pytest.fixture(scope="session")
+def gcp_sandbox() -> Iterator[Any]:
+    """The GCP stand-in (:class:`cordon.sandbox.gcp.GcpSandbox`), started once for the session
+    (modules that define their own keep theirs)."""
+    from cordon.sandbox.gcp import GcpSandbox
+
+    sandbox = GcpSandbox().start()
+    try:
+        yield sandbox
+    finally:
+        sandbox.stop()
+
+
+@pytest.fixture
+def gcp(gcp_sandbox: Any) -> Any:
+    """The session's GCP stand-in, emptied."""
+    gcp_sandbox.reset()
+    return gcp_sandbox
+
+
 def panther_k8s_event(rule_file: str, name: str) -> dict[str, Any]:
     """The audit Event of the Panther test called ``name`` in ``kubernetes_rules/<rule_file>``
     (../shared/data/real), without Panther's ``p_`` fields and stamped with a time (Panther keeps

@@ -28,8 +28,8 @@ class GcpProvider(Provider):
     classify_order = 20
     ocsf_account = (11, "GCP Project")
 
-    detection_sources = ("gcp_audit", "gcp_scc")
-    rule_types = ("gcp_scc",)
+    detection_sources = ("gcp_audit", "gcp_scc", "chronicle")
+    rule_types = ("gcp_scc", "chronicle")
     #: credential kind -> what its ``uid`` holds
     credential_kinds = {
         "gcp_sa_key": "uid = key resource name projects/P/serviceAccounts/SA_EMAIL/keys/KEY_ID",
@@ -61,10 +61,12 @@ class GcpProvider(Provider):
 
     @property
     def sources(self) -> tuple[Source, ...]:
+        from cordon.providers.gcp.chronicle import detections_from_chronicle
         from cordon.providers.gcp.detections import detections_from_gcp_audit, detections_from_scc
 
         return (Source("gcp_audit", detections_from_gcp_audit, sigma=("gcp", "gcp.audit")),
-                Source("gcp_scc", detections_from_scc))
+                Source("gcp_scc", detections_from_scc),
+                Source("chronicle", detections_from_chronicle))
 
     def manual_fields(self, kind: str, fields: dict[str, Any]) -> None:
         """A key's resource name gives its service account and project; a service account's email

@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Callable
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from googleapiclient.errors import HttpError
@@ -976,3 +977,123 @@ class GcpActorFacts(EnrichmentAction):
             "target_email": target,
             "actor_is_target": (email.lower() == target.lower()) if email and target else None,
         }
+
+
+#: How far from the record's time a key's ``validAfterTime`` may be and still be the key it created
+#: (IAM stamps a new key with the time of the call; 120 s also covers clock skew and log delay)
+UNNAMED_KEY_WINDOW_SECONDS = 120
+
+
+def sa_keys_created_at(ctx: ActionContext, service_account: str, at: datetime, tolerance_s: int,
+                       caller_key: str | None = None) -> dict[str, Any]:
+    """The user-managed keys of ``service_account`` and which were created within ``tolerance_s``
+    seconds of ``at`` (``validAfterTime``; ``projects.serviceAccounts.keys.list`` with
+    ``keyTypes=USER_MANAGED``), never counting ``caller_key`` (the key that signed the call).
+    Returns ``{service_account, at, tolerance_seconds, keys: [{name, valid_after}], in_window:
+    [names], key_name (the one key in the window, else None), reason}``. Raises ``HttpError``.
+    API: https://cloud.google.com/iam/docs/reference/rest/v1/projects.serviceAccounts.keys/list"""
+    listed = GcpContainmentAction.execute(ctx, "iam.v1", "projects.serviceAccounts.keys.list",
+                                          name=f"projects/-/serviceAccounts/{service_account}",
+                                          keyTypes=["USER_MANAGED"])
+    keys = [{"name": k["name"], "valid_after": k.get("validAfterTime")} for k in (listed or {}).get("keys") or []]
+    caller_id = (caller_key or "").rsplit("/", 1)[-1]
+    in_window = []
+    for k in keys:
+        if caller_id and k["name"].rsplit("/", 1)[-1] == caller_id:
+            continue
+        try:
+            started = datetime.fromisoformat(str(k["valid_after"]).replace("Z", "+00:00"))
+        except ValueError:
+            continue
+        if abs((started - at).total_seconds()) <= tolerance_s:
+            in_window.append(k["name"])
+    one = in_window[0] if len(in_window) == 1 else None
+    reason = (f"the one key of {service_account} created within {tolerance_s} s of {at.isoformat()}" if one else
+              f"{len(in_window)} keys of {service_account} were created within {tolerance_s} s of {at.isoformat()}"
+              f"{': ' + ', '.join(in_window) if in_window else ''}; the one the record added cannot be told apart, "
+              "and Cordon never disables every key")
+    return {"service_account": service_account, "at": at.isoformat(), "tolerance_seconds": tolerance_s, "keys": keys,
+            "in_window": in_window, "key_name": one, "reason": reason}
+
+
+def _unnamed_at(ctx: ActionContext) -> tuple[datetime, str | None]:
+    cred = ctx.detection.credential
+    attrs = cred.attributes if cred else {}
+    at = attrs.get("eventTime")
+    when = datetime.fromisoformat(str(at).replace("Z", "+00:00")) if at else ctx.detection.time
+    return when, attrs.get("callerKey")
+
+
+@register
+class UnnamedSaKey(EnrichmentAction):
+    """Find the service-account key a record says was created but does not name (a Google SecOps
+    detection whose UDM event holds no key name): :func:`sa_keys_created_at` around the record's
+    time (``credential.attributes.eventTime``), never the key that signed the call
+    (``credential.attributes.callerKey``). Reads only.
+
+    .. code-block:: yaml
+
+        enrich:
+          - action: gcp.unnamed-sa-key
+            with:
+              service_account: "{{ credential.owner.uid }}"
+    """
+
+    name = "gcp.unnamed-sa-key"
+    provider = "gcp"
+    permissions = ("iam.serviceAccountKeys.list",)
+    credential_kinds = ("gcp_sa_key",)
+
+    class Params(Params):
+        service_account: Annotated[SaEmail, Identifies(*SA_OWNER_PATHS)]
+        tolerance_seconds: Annotated[int, Field(ge=1, le=900)] = UNNAMED_KEY_WINDOW_SECONDS
+
+    def run(self, ctx: ActionContext) -> dict[str, Any]:
+        at, caller = _unnamed_at(ctx)
+        return sa_keys_created_at(ctx, ctx.params["service_account"], at,
+                                  ctx.params.get("tolerance_seconds", UNNAMED_KEY_WINDOW_SECONDS), caller)
+
+
+@register
+class DisableUnnamedSaKey(DisableSaKey):
+    """Disable the one key of ``service_account`` created at the record's time, which the record
+    does not name (``key_name``: what ``gcp.unnamed-sa-key`` found; ``null`` when no single key was
+    created in the window). The key is checked again when read: it must still be the only key of
+    that account created within ``tolerance_seconds`` of the record's time and not the key that
+    signed the call, else ``GuardError`` (run ``refused``); without a key the case is refused with
+    the reason (none, or several: Cordon never disables every key). Then as ``gcp.disable-sa-key``
+    (state, rollback ``keys.enable``).
+    API: https://cloud.google.com/iam/docs/reference/rest/v1/projects.serviceAccounts.keys/disable
+
+    .. code-block:: yaml
+
+        contain:
+          - action: gcp.disable-unnamed-sa-key
+            with:
+              service_account: "{{ credential.owner.uid }}"
+              key_name: "{{ enrichment['gcp.unnamed-sa-key'].key_name }}"
+    """
+
+    name = "gcp.disable-unnamed-sa-key"
+    permissions = ("iam.serviceAccountKeys.list", "iam.serviceAccountKeys.get", "iam.serviceAccountKeys.disable",
+                   "iam.serviceAccountKeys.enable")
+
+    class Params(Params):
+        service_account: Annotated[SaEmail, Identifies(*SA_OWNER_PATHS)]
+        key_name: Annotated[SaKeyName | None, Field(
+            description="the one key created at the record's time (from gcp.unnamed-sa-key); null: none or several")]
+        tolerance_seconds: Annotated[int, Field(ge=1, le=900)] = UNNAMED_KEY_WINDOW_SECONDS
+
+    def target(self, ctx: ActionContext) -> str:
+        return ctx.params.get("key_name") or f"the key of {ctx.params['service_account']} created at the record's time"
+
+    def read_state(self, ctx: ActionContext) -> dict[str, Any] | None:
+        at, caller = _unnamed_at(ctx)
+        found = sa_keys_created_at(ctx, ctx.params["service_account"], at,
+                                  ctx.params.get("tolerance_seconds", UNNAMED_KEY_WINDOW_SECONDS), caller)
+        name = ctx.params.get("key_name")
+        if not name:
+            raise GuardError(found["reason"])
+        if found["key_name"] != name:
+            raise GuardError(f"{name} is no longer the one key created at the record's time: {found['reason']}")
+        return super().read_state(ctx)

@@ -16,6 +16,10 @@ an object with a ``finding`` object (a notification ``{"notificationConfigName",
 or a bare finding: ``name`` of the form ``organizations/O/sources/S/findings/F`` (also
 ``folders/`` / ``projects/`` parents and ``/locations/L/``) and a ``category``.
 
+Google SecOps (Chronicle) detection object (``chronicle``; :mod:`cordon.providers.gcp.chronicle`):
+``type`` ``RULE_DETECTION`` / ``GCTI_FINDING`` with ``id`` and ``detection``; a
+``legacySearchDetections`` page ``{"detections": [...]}`` is unpacked (:func:`unpack`).
+
 Only presence is checked here; field types are validated by the parsers.
 """
 
@@ -26,7 +30,8 @@ from typing import Any
 
 #: How the dead-letter reason describes the shapes recognised here.
 SHAPES = ("a Google Cloud Audit Log entry (protoPayload with @type google.cloud.audit.AuditLog), a Security "
-          "Command Center finding (finding, or name .../sources/S/findings/F with category)")
+          "Command Center finding (finding, or name .../sources/S/findings/F with category), a Google SecOps "
+          "detection (type RULE_DETECTION / GCTI_FINDING with id and detection)")
 
 #: ``@type`` of a Cloud Audit Log ``protoPayload`` (Panther writes it as ``at_sign_type``).
 _AUDIT_LOG_TYPE = "type.googleapis.com/google.cloud.audit.AuditLog"
@@ -37,9 +42,23 @@ _SCC_FINDING_NAME = re.compile(
 )
 
 
+def unpack(record: dict[str, Any]) -> list[Any] | None:
+    """The detection objects of a Chronicle ``{"detections": [...]}`` page, else ``None``."""
+    from cordon.providers.gcp.chronicle import chronicle_records, is_detection
+
+    items = record.get("detections")
+    if isinstance(items, list) and items and any(is_detection(i) for i in items):
+        return chronicle_records(record)
+    return None
+
+
 def classify(record: dict[str, Any]) -> str | None:
-    """``gcp_audit``, ``gcp_scc`` or ``None`` (see the module docstring). A ``protoPayload`` of
-    another ``@type`` is claimed as unrecognised: ``False`` stops the search there."""
+    """``gcp_audit``, ``gcp_scc``, ``chronicle`` or ``None`` (see the module docstring). A
+    ``protoPayload`` of another ``@type`` is claimed as unrecognised: ``False`` stops the search there."""
+    from cordon.providers.gcp.chronicle import is_detection
+
+    if is_detection(record):
+        return "chronicle"
     payload = record.get("protoPayload")
     if isinstance(payload, dict):
         ptype = payload.get("@type", payload.get("at_sign_type"))

@@ -1,0 +1,174 @@
+"""Google SecOps (Chronicle) detections (issue 17): a detection object whose UDM event is a GCP
+service-account key creation, an Entra credential addition or an AWS access-key creation becomes the
+same detection the raw record would (same kind, uid and case), runs the same playbook, and in the
+sandbox disables exactly that key; a key the event does not name is found by its creation time or
+refused; anything else is suppressed with the rule name; malformed objects are dead letters naming
+the field. ``examples/chronicle-gcp-sa-key.json`` follows the detection shape Google's sample
+(../shared/data/real/chronicle-api-samples-python) documents and the UDM fields the community rule
+(../shared/data/real/chronicle-detection-rules, GCP service-account key) reads."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cordon.detections.errors import Rejected
+from cordon.detections.intake import read_inputs
+from cordon.detections.pipeline import detect
+from cordon.providers import shipped_rule_dirs
+from cordon.providers.gcp.chronicle import detection_key
+from cordon.sigma import RuleSet
+from tests.responder_fixtures import *  # noqa: F401,F403 - the responder fixture
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "chronicle-gcp-sa-key.json"
+RAW = ROOT / "examples" / "gcp-create-sa-key.json"
+SA = "deploy-bot@acme-prod-4821.iam.gserviceaccount.com"
+KEY = f"projects/acme-prod-4821/serviceAccounts/{SA}/keys/3f1c9a7e5b2d4c6e8f0a1b2c3d4e5f6071829304"
+DECOY = "9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a291807"  # the key_id detection field: never taken as the key
+
+
+def example() -> dict:
+    return json.loads(EXAMPLE.read_text())["detections"][0]
+
+
+def run(tmp_path: Path, *records: dict) -> list:
+    path = tmp_path / "detections.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return list(detect(read_inputs([path]), RuleSet.load(shipped_rule_dirs())))
+
+
+def with_event(det: dict, **event_parts: dict) -> dict:
+    det = json.loads(json.dumps(det))
+    event = det["collectionElements"][0]["references"][0]["event"]
+    for key, value in event_parts.items():
+        event[key] = value
+    return det
+
+
+def test_a_chronicle_detection_is_the_same_detection_and_case_as_the_raw_entry():
+    dets = list(detect(read_inputs([EXAMPLE, RAW]), RuleSet.load(shipped_rule_dirs())))
+    chronicle, raw = dets
+    assert (chronicle.credential.kind, chronicle.credential.uid) == ("gcp_sa_key", KEY)
+    assert chronicle.case_key() == raw.case_key()
+    assert chronicle.source == raw.source == "gcp_audit" and chronicle.actor.user.uid == "mallory@example.com"
+    assert chronicle.rule.type == "chronicle" and chronicle.rule.name.startswith("google_cloud_service_account_key")
+    assert chronicle.technique_ids == ["T1098.001"] and chronicle.raw["id"] == example()["id"]
+    assert DECOY not in chronicle.credential.uid
+    assert detection_key(example()) == f"{example()['id']}@{example()['detection'][0]['ruleVersion']}"
+
+
+def test_both_arriving_are_one_case_and_the_key_is_disabled_exactly(responder, gcp):
+    gcp.standin.ensure_sa_key(SA, DECOY)  # the other key the event mentions stays enabled
+    report = responder.intake([EXAMPLE, RAW])
+    assert report.detections == 2 and len(report.cases) == 1, report  # the second joined the first's case
+    summaries = list(responder.run_all(report, approval="auto", stand_ins=gcp))
+    ran = [s for s in summaries if s.get("actions")]
+    assert len(ran) == 1, summaries
+    (s,) = ran
+    assert s["playbook"] == "gcp-sa-key-created" and s["status"] == "contained" and s["verified"] is True
+    iam = gcp.clients("iam", "v1").projects().serviceAccounts().keys()
+    assert iam.get(name=KEY).execute()["disabled"] is True
+    assert iam.get(name=f"projects/acme-prod-4821/serviceAccounts/{SA}/keys/{DECOY}").execute()["disabled"] is False
+
+
+def unnamed(now: datetime) -> dict:
+    return with_event(example(), target={"user": {"userid": SA},
+                                         "resource": {"name": f"projects/-/serviceAccounts/{SA}"},
+                                         "cloud": {"project": {"name": "acme-prod-4821"}}},
+                      metadata={**example()["collectionElements"][0]["references"][0]["event"]["metadata"],
+                                "eventTimestamp": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")})
+
+
+def test_an_unnamed_key_is_the_one_made_at_the_records_time_or_the_case_is_refused(responder, gcp, tmp_path):
+    now = datetime.now(UTC)
+    path = tmp_path / "unnamed.json"
+    path.write_text(json.dumps(unnamed(now)))
+    gcp.standin.ensure_sa_key(SA, "aaaa1111", valid_after=datetime(2026, 1, 1, tzinfo=UTC))  # an old key
+    gcp.standin.ensure_sa_key(SA, "bbbb2222", valid_after=now)  # made by the call
+    report = responder.intake([path])
+    (case,) = report.cases
+    assert case.detection.credential.uid is None and case.detection.credential.attributes["keyId"] == "not logged"
+    (s,) = list(responder.run_all(report, approval="auto", stand_ins=gcp))
+    assert s["playbook"] == "gcp-sa-key-unnamed" and s["status"] == "contained", s["enrichment"]
+    keys = {k["name"].rsplit("/", 1)[-1]: k["disabled"]
+            for k in gcp.clients("iam", "v1").projects().serviceAccounts().keys().list(
+                name=f"projects/-/serviceAccounts/{SA}").execute()["keys"] if k["keyType"] == "USER_MANAGED"}
+    assert keys["bbbb2222"] is True and keys["aaaa1111"] is False, keys
+
+
+def test_two_keys_made_at_that_time_refuse_the_case(responder, gcp, tmp_path):
+    now = datetime.now(UTC)
+    path = tmp_path / "unnamed.json"
+    path.write_text(json.dumps(unnamed(now)))
+    gcp.standin.ensure_sa_key(SA, "cccc3333", valid_after=now)
+    gcp.standin.ensure_sa_key(SA, "dddd4444", valid_after=now)
+    (s,) = list(responder.run_all(responder.intake([path]), approval="auto", stand_ins=gcp))
+    assert s["status"] == "refused" and "never disables every key" in json.dumps(s), s
+    listed = gcp.clients("iam", "v1").projects().serviceAccounts().keys().list(
+        name=f"projects/-/serviceAccounts/{SA}").execute()["keys"]
+    assert not any(k["disabled"] for k in listed)
+
+
+def test_entra_and_aws_events_become_their_own_detections_and_others_are_suppressed(tmp_path):
+    entra = with_event(example(), metadata={"eventTimestamp": "2026-11-20T03:52:18.441Z",
+                                            "productEventType": "Add service principal credentials",
+                                            "productName": "Azure AD Directory Audit", "vendorName": "Microsoft"},
+                       principal={"user": {"userid": "mallory@contoso.example",
+                                           "productObjectId": "5d7b0c1e-2f3a-4b5c-8d9e-0f1a2b3c4d5e"},
+                                  "ip": ["203.0.113.77"]},
+                       target={"resource": {"name": "payments-api",
+                                            "productObjectId": "0b9e4a52-7c31-4d8e-a6f2-93c15d7e2b40"}})
+    aws = with_event(example(), metadata={"eventTimestamp": "2026-11-20T03:14:07Z",
+                                          "productEventType": "CreateAccessKey",
+                                          "vendorName": "AMAZON", "productName": "AWS CloudTrail"},
+                     principal={"user": {"userid": "mallory",
+                                         "productObjectId": "arn:aws:iam::111122223333:user/mallory"},
+                                "ip": ["203.0.113.77"]},
+                     target={"user": {"userid": "build-bot"}, "resource": {"productObjectId": "AKIAEXAMPLEBUILDBOT9"},
+                             "cloud": {"project": {"id": "111122223333"}}})
+    other = with_event(example(), metadata={"eventTimestamp": "2026-11-20T03:14:07Z",
+                                            "productEventType": "storage.objects.get"})
+    other["detection"][0]["ruleName"] = "gcs_bucket_enumeration"
+    bad = {**example(), "detection": [{"ruleId": "ru_x"}]}
+    out = run(tmp_path, entra, bad, aws, other)
+    rejected = [o for o in out if isinstance(o, Rejected)]
+    assert [(r.position, r.field) for r in rejected] == [(1, "detection[0].ruleName")], rejected
+    dets = [o for o in out if not isinstance(o, Rejected)]
+    by = {d.provider: d for d in dets if not d.suppressed}
+    assert by["azure"].credential.kind == "azure_sp_password" and by["azure"].credential.uid is None
+    assert by["azure"].credential.owner.uid == "0b9e4a52-7c31-4d8e-a6f2-93c15d7e2b40"
+    assert (by["aws"].credential.kind, by["aws"].credential.uid) == ("aws_access_key", "AKIAEXAMPLEBUILDBOT9")
+    assert by["aws"].target.name == "build-bot"
+    (sup,) = [d for d in dets if d.suppressed]
+    assert sup.source == "chronicle" and "gcs_bucket_enumeration" in sup.suppressed
+
+
+def test_a_chronicle_page_posted_to_the_webhook_opens_the_case(tmp_path):
+    """A SOAR forwarder posting a ``legacySearchDetections`` page to ``/webhook/detections/chronicle``
+    (a bearer push source): the same intake, one case for the named key."""
+    import httpx
+
+    from cordon.audit.ledger import Ledger
+    from cordon.engine import Responder
+    from cordon.server import create_app
+    from cordon.server.push_auth import PushSource
+    from tests.test_server import SECRET, Decider, serve
+
+    ledger = Ledger(f"sqlite:///{tmp_path}/l.db")
+    responder = Responder(ledger=ledger)
+
+    def on_detections(body: bytes, origin: str) -> dict:
+        report = responder.intake_bytes(body, origin)
+        return {"cases": [t.case_id for t in report.cases], "rejected": [r.message() for r in report.rejected]}
+
+    app = create_app(signing_secret=SECRET, ledger=ledger, decide=Decider(), on_detections=on_detections,
+                     push_sources={"chronicle": PushSource(name="chronicle", kind="bearer", secret="s3cret-token")})
+    with serve(app) as url:
+        r = httpx.post(f"{url}/webhook/detections/chronicle", content=EXAMPLE.read_bytes(),
+                       headers={"Authorization": "Bearer s3cret-token"})
+    assert r.status_code == 202, r.text
+    assert len(r.json()["cases"]) == 1 and r.json()["rejected"] == []
+    case = ledger.case(r.json()["cases"][0])
+    assert json.loads(case["detection"])["credential"]["uid"] == KEY
