@@ -172,3 +172,9 @@ def test_a_chronicle_page_posted_to_the_webhook_opens_the_case(tmp_path):
     assert len(r.json()["cases"]) == 1 and r.json()["rejected"] == []
     case = ledger.case(r.json()["cases"][0])
     assert json.loads(case["detection"])["credential"]["uid"] == KEY
+
+
+def test_an_empty_page_is_read_as_nothing(tmp_path):
+    path = tmp_path / "page.json"
+    path.write_text(json.dumps({"detections": [], "nextPageToken": ""}))
+    assert list(detect(read_inputs([path]), RuleSet.load(shipped_rule_dirs()))) == []

@@ -49,7 +49,13 @@ def unpack(record: dict[str, Any]) -> list[Any] | None:
     items = record.get("detections")
     if isinstance(items, list) and items and any(is_detection(i) for i in items):
         return chronicle_records(record)
+    if items == [] and set(record) <= _PAGE_KEYS:  # an empty page: nothing to read, nothing to reject
+        return []
     return None
+
+
+#: The keys of a detections page (``legacySearchDetections``; the stream's batches)
+_PAGE_KEYS = {"detections", "nextPageToken", "moreDataAvailable", "continuationTime", "respTooLargeDetections"}
 
 
 def classify(record: dict[str, Any]) -> str | None:
