@@ -211,6 +211,10 @@ class Action:
     permissions: ClassVar[tuple[str, ...]] = ()
     credential_kinds: ClassVar[tuple[str, ...]] = ()
     rollback_supported: ClassVar[bool] = False
+    #: What the action leaves undone, in one sentence completing "Does not ..." (``""``: nothing
+    #: worth saying); the approval message shows it under the step, so an approver knows the limits
+    #: of what they approve (removing a binding revokes no credential).
+    does_not: ClassVar[str] = ""
     #: Which parameters name the detection's credential or principal, as ``param -> path`` with
     #: paths ``credential.uid``, ``credential.owner.name``, ``target.name``. The guard refuses a
     #: step whose rendered parameter differs from that value: containment acts on the exact

@@ -281,3 +281,22 @@ def test_one_entry_per_cluster_and_a_cluster_not_listed_is_refused(k8s, tmp_path
     with pytest.raises(KubernetesConfigError, match=r"kubernetes\.clusters\.a\.host: required"):
         kubernetes_section({"kubernetes": section})
     assert cluster_entry({"context": "x", "clusters": {"a": {"context": "y"}}}, None) == {"context": "x"}
+
+
+def test_the_approval_message_says_what_each_step_does_not_do():
+    """The Slack request lists, under each step, what its action leaves undone (``Action.does_not``):
+    removing a binding revokes no credential; an issued certificate cannot be revoked."""
+    from types import SimpleNamespace
+
+    from cordon.providers.kubernetes.detections import detections_from_k8s_audit
+    from cordon.slack.blocks import approval_blocks
+
+    match = SimpleNamespace(id="r", title="t", path=None, level="high", technique_ids=[])
+    (det,) = detections_from_k8s_audit(panther_event("EKS ClusterRoleBinding to cluster-admin"), match, "a", 0)
+    plan = [{"action": "kubernetes.delete-role-binding", "target": det.credential.uid,
+             "calls": ["rbac.delete_cluster_role_binding(name=backdoor-admin)"]},
+            {"action": "kubernetes.deny-csr", "target": "certificatesigningrequests/x", "calls": ["..."]}]
+    text = json.dumps(approval_blocks("case-1", "kubernetes-cluster-admin-binding", det.summary(), {}, plan,
+                                      "h" * 64, "run-1", None))
+    assert "Does not revoke a credential: tokens, client certificates" in text
+    assert "Does not revoke a certificate already issued (Kubernetes cannot)" in text

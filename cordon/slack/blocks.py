@@ -169,6 +169,9 @@ def _plan_action_text(index: int, step: Mapping[str, Any], budget: int = MAX_SEC
     target = step.get("target")
     calls = [str(c) for c in step.get("calls") or []]
     head = clip(f"*{index}. {escape(action)}*" + (f" on {code(target)}" if target else ""), 400, "…")
+    limits = _does_not(action)
+    if limits:
+        head += "\n" + clip(f"_Does not {escape(limits)}_", 600, "…_")
     if not calls:
         return head + "\n_no API call: already contained_"
     room = budget - len(head) - 50  # code fences and the "more calls" line
@@ -186,6 +189,14 @@ def _plan_action_text(index: int, step: Mapping[str, Any], budget: int = MAX_SEC
         body_lines.append(line)
         used += len(line) + 1
     return head + "\n```" + "\n".join(body_lines) + "```"
+
+
+def _does_not(action: str) -> str:
+    """The registered action's :attr:`cordon.action.Action.does_not` (``""`` for an unknown name)."""
+    from cordon.action import all_actions
+
+    cls = all_actions().get(action)
+    return getattr(cls, "does_not", "") if cls else ""
 
 
 def _plan_sections(steps: Sequence[Mapping[str, Any]], room: int, case_id: str) -> list[str]:

@@ -156,6 +156,8 @@ class DeactivateAccessKey(AwsContainmentAction):
     """
 
     name = "aws.deactivate-access-key"
+    does_not = ("end STS sessions already issued with the key (GetSessionToken, AssumeRole): they stay valid "
+                "until they expire")
 
     class Params(Params):
         user_name: Annotated[UserName, Identifies("credential.owner.name")]
@@ -2154,6 +2156,7 @@ class DeleteEksAccessEntry(_EksAccessAction):
     """
 
     name = "aws.delete-eks-access-entry"
+    does_not = "revoke the principal's IAM credentials; an aws-auth ConfigMap mapping of it stays"
 
     class Params(Params):
         cluster_name: Annotated[ClusterName, Identifies("credential.attributes.cluster")]
@@ -2243,6 +2246,7 @@ class DisassociateEksAccessPolicy(_EksAccessAction):
     """
 
     name = "aws.disassociate-eks-access-policy"
+    does_not = "remove the access entry or its other policies, nor revoke the principal's IAM credentials"
 
     class Params(Params):
         cluster_name: Annotated[ClusterName, Identifies("credential.attributes.cluster")]

@@ -484,6 +484,7 @@ class RemoveSpPassword(_SpCredentialAction):
     """
 
     name = "azure.remove-sp-password"
+    does_not = "revoke access tokens already issued with the secret: they stay valid until they expire"
 
     class State(_SpCredentialAction.State):
         password_credentials: list[PasswordView]

@@ -293,6 +293,7 @@ class DisableSaKey(_SaKeyAction):
     """
 
     name = "gcp.disable-sa-key"
+    does_not = "revoke access tokens already minted with the key: they stay valid until they expire (up to 1 h)"
     permissions = ("iam.serviceAccountKeys.get", "iam.serviceAccountKeys.disable", "iam.serviceAccountKeys.enable")
     rollback_supported = True
 

@@ -128,6 +128,8 @@ class DeleteRoleBinding(KubernetesContainmentAction):
     """
 
     name = "kubernetes.delete-role-binding"
+    does_not = ("revoke a credential: tokens, client certificates and keys its subjects hold stay valid, and "
+                "other bindings granting them the same rights stay")
     #: RBAC verbs on rbac.authorization.k8s.io (rendered as a ClusterRole)
     permissions = ("rbac.authorization.k8s.io/clusterrolebindings:get", "rbac.authorization.k8s.io/"
                    "clusterrolebindings:delete", "rbac.authorization.k8s.io/clusterrolebindings:create",
@@ -304,6 +306,7 @@ class DeleteTokenSecret(KubernetesContainmentAction):
     """
 
     name = "kubernetes.delete-token-secret"
+    does_not = "change what the ServiceAccount may do; its other tokens stay valid until they expire"
     permissions = ("/secrets:get", "/secrets:delete")
     credential_kinds = ("k8s_secret",)
 
@@ -405,6 +408,8 @@ class DenyCertificateSigningRequest(KubernetesContainmentAction):
     """
 
     name = "kubernetes.deny-csr"
+    does_not = ("revoke a certificate already issued (Kubernetes cannot); a certificate in system:masters "
+                "needs the cluster CA replaced by a person")
     permissions = ("certificates.k8s.io/certificatesigningrequests:get",
                    "certificates.k8s.io/certificatesigningrequests/approval:update",
                    # the CSR approval admission plugin checks `approve` on the signer for any decision
@@ -507,6 +512,7 @@ class DeleteServiceAccount(KubernetesContainmentAction):
     """
 
     name = "kubernetes.delete-service-account"
+    does_not = "touch a binding that also grants someone else, nor a person who used the account's tokens"
     permissions = ("/serviceaccounts:get", "/serviceaccounts:delete", "/serviceaccounts:create",
                    "rbac.authorization.k8s.io/clusterrolebindings:list",
                    "rbac.authorization.k8s.io/clusterrolebindings:delete",
@@ -666,6 +672,7 @@ class DeleteTokenBoundObject(KubernetesContainmentAction):
     """
 
     name = "kubernetes.delete-token-bound-object"
+    does_not = "end a token bound to nothing: it stays valid until it expires"
     permissions = ("/pods:get", "/pods:delete", "/secrets:get", "/secrets:delete")
     credential_kinds = ("k8s_sa_token",)
 
