@@ -951,6 +951,7 @@ class GcpSandbox:
         self._info, self._public_key = generate_service_account_info(self.own_email, project, self.token_uri)
         self._clients: Any = None
         self._lock = threading.Lock()
+        self._chronicle: Any = None  # the SecOps stand-in, started by chronicle()
         self._register_self()
 
     @property
@@ -969,8 +970,29 @@ class GcpSandbox:
         return self
 
     def stop(self) -> None:
-        """Stop the stand-in."""
+        """Stop the stand-in (and the SecOps one, when started)."""
+        chronicle, self._chronicle = self._chronicle, None
+        if chronicle is not None:
+            chronicle.stop()
         self.standin.stop()
+
+    def chronicle(self) -> Any:
+        """The Google SecOps stand-in beside this sandbox
+        (:class:`cordon.sandbox.chronicle.ChronicleStandIn`, its own port): started on first use,
+        taking the bearer tokens this sandbox's ``/token`` issues, emptied by :meth:`reset`,
+        stopped by :meth:`stop`."""
+        from cordon.sandbox.chronicle import ChronicleStandIn
+
+        with self._lock:
+            if self._chronicle is None:
+                self._chronicle = ChronicleStandIn(authenticate=self.token_valid).start()
+            return self._chronicle
+
+    def token_valid(self, token: str) -> bool:
+        """Whether ``token`` is an access token this sandbox's ``/token`` endpoint issued (for
+        companion stand-ins that take the sandbox's bearer tokens)."""
+        with self.standin._lock:
+            return token in self.standin.tokens
 
     def __enter__(self) -> GcpSandbox:
         return self.start()
@@ -988,6 +1010,8 @@ class GcpSandbox:
         with self.standin._lock:
             self.standin.tokens.update(mine)
         self.project = self.default_account_id
+        if self._chronicle is not None:
+            self._chronicle.reset()
         self._register_self()
 
     def _register_self(self) -> None:
