@@ -177,7 +177,8 @@ def test_grants_are_generated_from_the_sensors_declarations(tmp_path):
                                                  "sqs:ReceiveMessage"]
     assert by_sid["AwsS3SqsObjects"]["Action"] == ["s3:GetObject"]
     assert by_sid["AwsEventbridgeSqsQueue"]["Resource"] == "arn:aws:sqs:*:*:*"  # no queue configured
-    assert sensors_role()["includedPermissions"] == ["pubsub.subscriptions.consume"]
+    assert sensors_role()["includedPermissions"] == ["chronicle.legacies.legacySearchDetections",
+                                                    "pubsub.subscriptions.consume"]
     azure = sensors_grants()
     assert azure["graph_application_permissions"] == ["AuditLog.Read.All"]
     assert azure["role_definition"]["Actions"] == ["Microsoft.Insights/eventtypes/values/read"]

@@ -85,3 +85,7 @@ class PubSubSensor(Sensor):
     def settle(self, deliveries: list[Delivery]) -> None:
         acknowledge(self.clients("pubsub"), self.settings.subscription,
                     [str(d.handle) for d in deliveries if d.handle])
+
+
+# the ``chronicle`` sensor (Google SecOps detections) registers itself on import
+from cordon.providers.gcp import chronicle_sensor  # noqa: E402,F401
