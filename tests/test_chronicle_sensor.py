@@ -10,6 +10,9 @@ these tests count what the sensor hands to the intake: the pass's fresh deliveri
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -107,6 +110,17 @@ def test_pages_deliver_each_detection_once_and_a_second_pass_nothing(gcp, chroni
     assert store.state("chronicle").records_total == 6
 
 
+def test_a_detection_without_its_rule_is_handed_over_once_for_the_intake_to_refuse(gcp, chronicle, tmp_path):  # noqa: F811
+    broken = {**detection(1, NOW - timedelta(minutes=20)), "detection": []}
+    chronicle.add_detections(broken, detection(2, NOW - timedelta(minutes=10)))
+    responder, sensor, store = world(gcp, chronicle, tmp_path)
+    first = run_pass(sensor, store, responder, None, now=lambda: NOW)
+    assert first.error is None and (first.read, first.duplicates, first.rejected) == (2, 0, 0)
+    again = run_pass(sensor, store, responder, None, now=lambda: NOW + timedelta(minutes=1))
+    assert again.error is None and again.read == again.duplicates == 2  # not handed over a second time
+    assert store.state("chronicle").records_total == 2
+
+
 def _window(request: dict) -> tuple[datetime, datetime]:
     q = request["query"]
     return (datetime.fromisoformat(q["startTime"].replace("Z", "+00:00")),
@@ -175,6 +189,20 @@ def test_settings_errors_name_the_field(tmp_path, section, field):
     (tmp_path / "cordon.yaml").write_text(yaml.safe_dump({"sensors": {"chronicle": section}}))
     with pytest.raises(ConfigError, match=rf"field '{field}'"):
         settings_for("chronicle", load_config(tmp_path))
+
+
+def test_cordon_sensor_rehearse_chronicle_reads_the_file_through_the_stand_in(tmp_path):
+    """``cordon sensor rehearse chronicle PATH`` as a user runs it (what the intake then makes of
+    the detections is the lead's: this checks the sensor's half, the records read)."""
+    page = tmp_path / "page.json"
+    page.write_text(json.dumps({"detections": [detection(1, NOW - timedelta(minutes=30)),
+                                               detection(2, NOW - timedelta(minutes=10))]}))
+    env = {**os.environ, "CORDON_DATABASE_URL": f"sqlite:///{tmp_path}/ledger.db", "HOME": str(tmp_path)}
+    env.pop("PREFECT_API_URL", None)
+    res = subprocess.run([sys.executable, "-m", "cordon.cli", "sensor", "rehearse", "chronicle", str(page)],
+                         env=env, cwd=tmp_path, capture_output=True, timeout=120)
+    assert "sensor chronicle: read 2 (0 seen before, 0 rejected)" in res.stderr.decode(), res.stderr.decode()[-2000:]
+    assert res.returncode == 0 and "the pass failed" not in res.stderr.decode()
 
 
 def test_rehearse_loads_the_files_into_a_stand_in_the_sensor_reads(gcp, tmp_path):  # noqa: F811

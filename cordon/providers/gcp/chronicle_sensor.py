@@ -35,6 +35,7 @@ no timeout), and it would add a dependency tree beside our pins for that one cal
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -225,22 +226,21 @@ class ChronicleSensor(Sensor):
         """Every detection of this pass's window (:meth:`window`, :meth:`search`), oldest first,
         each one :class:`Delivery` (``record_id`` ``{id}@{ruleVersion}``, ``body`` the detection
         object as JSON, ``at`` its ``detectionTime``); the watermark is the window's end. A
-        detection without ``id`` or ``detection[0]`` is rejected (dead-lettered) by name."""
+        detection without ``id`` or ``detection[0]`` is delivered too, keyed by the SHA-256 of its
+        body, for the intake to dead-letter naming the field (once: the key is then seen; a
+        sensor-side rejection would be dead-lettered again by every overlapping pass)."""
         since, until = self.window(state, now)
         origin = f"chronicle:{self.settings.instance_name}"
-        fetched = Fetched(watermark=until)
+        out = []
         for det in self.search(since, until):
             body = json.dumps(det, separators=(",", ":")).encode()
             try:
                 rid = _key(det)
             except (KeyError, IndexError, TypeError, AttributeError):
-                fetched.rejected.append((Delivery(record_id=f"invalid:{det.get('id', '')}", origin=origin, body=body),
-                                         "detection without id or detection[0]", "id"))
-                continue
-            fetched.deliveries.append(Delivery(record_id=rid, origin=origin, body=body,
-                                               at=_time(det.get("detectionTime"))))
-        fetched.deliveries.sort(key=lambda d: d.at.timestamp() if d.at else 0.0)
-        return fetched
+                rid = f"sha256:{hashlib.sha256(body).hexdigest()}"
+            out.append(Delivery(record_id=rid, origin=origin, body=body, at=_time(det.get("detectionTime"))))
+        out.sort(key=lambda d: d.at.timestamp() if d.at else 0.0)  # oldest first, as they happened
+        return Fetched(deliveries=out, watermark=until)
 
     @classmethod
     def rehearse(cls, stand_in: Any, inputs: list[tuple[str, bytes]]) -> dict[str, Any]:
