@@ -1,6 +1,7 @@
 """``cordon sensor rehearse NAME PATH`` (issue 15), as a user runs it: a subprocess, the sandbox's
 stand-ins, the record sent through the sensor's real transport (S3 upload and moto's bucket
-notification to SQS; an SQS message; a Pub/Sub publish; the Graph audit log), one pass, the case
+notification to SQS; an SQS message; a Pub/Sub publish; the Graph audit log; the SecOps stand-in's
+legacySearchDetections), one pass, the case
 answered in process: the same JSON lines as ``cordon respond --output json``."""
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
     ("gcp-pubsub", "gcp-create-sa-key.json", "gcp.disable-sa-key", 1),
     ("entra-audit", "entra-add-sp-credentials.json", None, 2),
     ("aws-config", "config-access-keys-rotated.json", "aws.deactivate-stale-keys", 1),
+    ("chronicle", "chronicle-gcp-sa-key.json", "gcp.disable-sa-key", 1),
 ])
 def test_rehearse_sends_the_example_through_the_source_and_contains_it(tmp_path, sensor, example, action, n_cases):
     env = {**os.environ, "CORDON_DATABASE_URL": f"sqlite:///{tmp_path}/ledger.db", "HOME": str(tmp_path)}

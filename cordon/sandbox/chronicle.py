@@ -18,7 +18,8 @@ them:
 * ``alertState`` (``ALERTING`` / ``NOT_ALERTING``: ``detection[0].alertState``);
 * ``pageSize`` (default 100, at most 1000) and ``pageToken``: the answer is
   ``{"detections": [...], "nextPageToken": T}`` with ``nextPageToken`` only when more follow; a
-  token is opaque and bound to the other parameters (another query with it is 400).
+  token is opaque and bound to the other parameters (another query with it is 400); no
+  ``detections`` key when there are none (proto3 JSON leaves empty lists out).
 
 Every request must carry ``Authorization: Bearer <token>``: a token ``authenticate(token)``
 accepts (the GCP sandbox's :meth:`~cordon.sandbox.gcp.GcpSandbox.token_valid`: tokens its ``/token``
@@ -177,7 +178,7 @@ class ChronicleStandIn:
                 and (start is None or when(d) >= start) and (end is None or when(d) < end)]
         hits.sort(key=lambda d: (when(d), d["id"]))
         page = hits[offset:offset + size]
-        out: dict[str, Any] = {"detections": page}
+        out: dict[str, Any] = {"detections": page} if page else {}  # proto3 JSON omits an empty list
         if offset + size < len(hits):
             out["nextPageToken"] = base64.urlsafe_b64encode(
                 json.dumps({"o": offset + size, "q": bound}).encode()).decode()

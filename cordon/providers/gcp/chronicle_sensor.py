@@ -45,29 +45,13 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from cordon.providers.gcp.chronicle import chronicle_records, detection_key
 from cordon.sensors import Delivery, Fetched, Sensor, SensorSettings, records_of, register_sensor
 from cordon.sensors.store import SensorState
 
 log = logging.getLogger("cordon.sensors.chronicle")
 
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
-
-
-# -- local stand-ins of cordon.providers.gcp.chronicle.chronicle_records / detection_key ------------
-# (the lead's module provides them; swap these two at merge)
-def _records(batch: dict | list) -> list[dict]:
-    """A page ``{"detections": [...], "nextPageToken"?}``, a list of detections or one detection ->
-    the detection dicts as they are."""
-    if isinstance(batch, list):
-        return [d for d in batch if isinstance(d, dict)]
-    if isinstance(batch, dict) and ("detections" in batch or "nextPageToken" in batch):
-        return [d for d in batch.get("detections") or [] if isinstance(d, dict)]
-    return [batch] if isinstance(batch, dict) else []
-
-
-def _key(detection: dict) -> str:
-    """Dedup id: ``{id}@{detection[0].ruleVersion}``."""
-    return f"{detection['id']}@{detection['detection'][0].get('ruleVersion', '')}"
 
 
 class ChronicleError(RuntimeError):
@@ -217,7 +201,8 @@ class ChronicleSensor(Sensor):
             if body.get("respTooLargeDetectionsTruncated"):
                 log.warning("chronicle: page %d truncated by the server (respTooLargeDetectionsTruncated); "
                             "lower page_size", page)
-            out.extend(_records(body))
+            # proto3 JSON leaves out an empty list: a page without detections has no "detections"
+            out.extend(d for d in chronicle_records(body.get("detections") or []) if isinstance(d, dict))
             token = body.get("nextPageToken")
             if not token:
                 return out
@@ -234,10 +219,11 @@ class ChronicleSensor(Sensor):
         out = []
         for det in self.search(since, until):
             body = json.dumps(det, separators=(",", ":")).encode()
-            try:
-                rid = _key(det)
-            except (KeyError, IndexError, TypeError, AttributeError):
-                rid = f"sha256:{hashlib.sha256(body).hexdigest()}"
+            rules = det.get("detection")
+            whole = isinstance(det.get("id"), str) and det["id"] and isinstance(rules, list) and rules \
+                and isinstance(rules[0], dict)
+            # a malformed one by its body: detection_key would give every id-less one the same key
+            rid = detection_key(det) if whole else f"sha256:{hashlib.sha256(body).hexdigest()}"
             out.append(Delivery(record_id=rid, origin=origin, body=body, at=_time(det.get("detectionTime"))))
         out.sort(key=lambda d: d.at.timestamp() if d.at else 0.0)  # oldest first, as they happened
         return Fetched(deliveries=out, watermark=until)
@@ -251,7 +237,8 @@ class ChronicleSensor(Sensor):
         ``NotImplementedError`` for a stand-in without one."""
         if not hasattr(stand_in, "chronicle"):
             raise NotImplementedError("the GCP stand-in has no SecOps (Chronicle) stand-in")
-        dets = [d for _path, data in inputs for r in records_of(data) for d in _records(r)]
+        dets = [d for _path, data in inputs for r in records_of(data) for d in chronicle_records(r)
+                if isinstance(d, dict)]
         chronicle = stand_in.chronicle()
         chronicle.add_detections(*dets)
         times = [t for t in (_time(d.get("createdTime") or d.get("detectionTime")) for d in dets) if t is not None]
