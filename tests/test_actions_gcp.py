@@ -58,7 +58,7 @@ def sa_key(gcp):
 # -- registry, clients, stand-in -----------------------------------------------------------------
 EXPECTED = {"gcp.disable-sa-key", "gcp.delete-sa-key", "gcp.disable-service-account", "gcp.remove-iam-binding",
             "gcp.delete-api-key", "gcp.delete-oslogin-ssh-key", "gcp.deactivate-hmac-key", "gcp.service-account",
-            "gcp.actor"}
+            "gcp.actor", "gcp.unnamed-sa-key", "gcp.disable-unnamed-sa-key"}
 
 
 def test_every_gcp_action_is_registered_and_self_describes():

@@ -1031,6 +1031,7 @@ class UnnamedSaKey(EnrichmentAction):
     detection whose UDM event holds no key name): :func:`sa_keys_created_at` around the record's
     time (``credential.attributes.eventTime``), never the key that signed the call
     (``credential.attributes.callerKey``). Reads only.
+    API: https://cloud.google.com/iam/docs/reference/rest/v1/projects.serviceAccounts.keys/list
 
     .. code-block:: yaml
 
