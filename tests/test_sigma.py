@@ -628,11 +628,15 @@ def test_shipped_rules_ignore_failed_calls(shipped):
             }
             # the sources of the shipped rules, and who called (the root-key rule is about Root)
             variants = [(source, who) for source in ("iam.amazonaws.com", "ec2.amazonaws.com", "sts.amazonaws.com",
-                                                     "rolesanywhere.amazonaws.com")
+                                                     "rolesanywhere.amazonaws.com", "eks.amazonaws.com")
                         for who in ({}, {"userIdentity": {"type": "Root"}})]
             for source, who in variants:
-                assert not r.matches({**ev, **who, "eventSource": source}), (r.path, name)
-                ok = {k: v for k, v in ev.items() if k != "errorCode"}
+                req = ev["requestParameters"] if source != "eks.amazonaws.com" else {
+                    **ev["requestParameters"],  # an EKS access policy, not an IAM one
+                    "policyArn": "arn:aws:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy"}
+                failed = {**ev, "requestParameters": req}
+                assert not r.matches({**failed, **who, "eventSource": source}), (r.path, name)
+                ok = {k: v for k, v in failed.items() if k != "errorCode"}
                 if r.matches({**ok, **who, "eventSource": source}):
                     break
             else:
