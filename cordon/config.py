@@ -128,6 +128,20 @@ class ApprovalSection(_Strict):
     identities: dict[str, list[str]] | None = None
 
 
+class TeamsSection(_Strict):
+    """``teams:``: the Microsoft Teams bot (issue 18); values read by
+    :func:`cordon.teams.verify.load_teams_settings`. The bot's secret is named by
+    ``app_password_env``, never written here."""
+
+    app_id: str | None = None
+    tenant_id: str | None = None
+    openid_metadata_url: str | None = None
+    issuer: str | None = None
+    app_password_env: str | None = None
+    service_url: str | None = None
+    conversation_id: str | None = None
+
+
 class IncidentsSection(_Strict):
     """``incidents:`` keys: ``window`` (a duration, ``"15m"``, or seconds), ``one_run``,
     ``join_queued`` and ``max_cases`` (at least 2)."""
@@ -172,6 +186,7 @@ class CordonYaml(_Strict):
     incidents: IncidentsSection | None = None
     slack: SlackSection | None = None
     approval: ApprovalSection | None = None
+    teams: TeamsSection | None = None
     webhook: WebhookSection | None = None
     #: ``sensors.<name>``: each sensor's settings, checked by its own model (cordon.sensors)
     sensors: dict[str, dict[str, Any]] = {}

@@ -92,10 +92,22 @@ def parse_time(text: str | None) -> datetime | None:
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
+def principal(user_id: str) -> str:
+    """How a clicker is recorded: a Slack user ID as ``slack:<id>``; a Microsoft Teams clicker
+    arrives already qualified as ``teams:<Entra object id>`` (:mod:`cordon.teams.verify`) and is
+    kept as is, so votes from both channels count in one quorum without colliding."""
+    return user_id if user_id.startswith("teams:") else f"slack:{user_id}"
+
+
 def mention(slack_id: str | None) -> str:
-    """mrkdwn mention of a Slack user (``<@U...>``) or user group (``<!subteam^S...>``)."""
+    """mrkdwn mention of a Slack user (``<@U...>``) or user group (``<!subteam^S...>``); a Teams
+    clicker (``teams:<object id>``) as escaped text."""
     if not slack_id:
         return "someone"
+    if slack_id.startswith("teams:"):
+        from cordon.slack.mrkdwn import escape
+
+        return escape(slack_id)
     if slack_id.startswith("S"):
         return f"<!subteam^{slack_id}>"
     return f"<@{slack_id.removeprefix('slack:')}>"
@@ -631,15 +643,17 @@ def make_decider(ledger: Ledger, config: Config, resume: Resume | None = None, *
         ledger.append("approval.click_refused", {"reason": reason, "decision": ix.decision, "user_id": ix.user_id,
                                                  "user_name": ix.user_name, "team_id": ix.team_id,
                                                  "plan_hash": ix.plan_hash, "run_id": ix.run_id},
-                      case_id=ix.case_id or None, run_id=ix.run_id or None, actor=f"slack:{ix.user_id}")
+                      case_id=ix.case_id or None, run_id=ix.run_id or None, actor=principal(ix.user_id))
         return DecisionOutcome(accepted=False, message=reason)
 
     def policy_check(ix: Interaction, case: Mapping[str, Any], escalated: bool, recorded_quorum: int = 1):
         detection = json.loads(case["detection"])
         pb = playbooks.get(str(case.get("playbook")))
         policy = policy_for(settings, pb.approval if pb else None, detection.get("severity"))
+        # a Teams clicker is not in the Slack directory: only approval.identities resolves them
+        slack_dir = None if ix.user_id.startswith("teams:") else directory
         reason = check_clicker(ix.user_id, ix.user_name, policy=policy, settings=settings, detection=detection,
-                               directory=directory, escalated=escalated)
+                               directory=slack_dir, escalated=escalated)
         return reason, max(policy.quorum, recorded_quorum)
 
     def vote(ix: Interaction, kind: str, quorum: int) -> tuple[str, list[str], int]:
@@ -651,9 +665,9 @@ def make_decider(ledger: Ledger, config: Config, resume: Resume | None = None, *
         if ix.user_id in before:
             return "duplicate", before, len(before)
         rec = ledger.append(kind, {"plan_hash": ix.plan_hash, "user_id": ix.user_id,
-                                   "approver": f"slack:{ix.user_id}", "user_name": ix.user_name,
+                                   "approver": principal(ix.user_id), "user_name": ix.user_name,
                                    "count": len(before) + 1, "quorum": quorum},
-                            case_id=ix.case_id, run_id=ix.run_id, actor=f"slack:{ix.user_id}")
+                            case_id=ix.case_id, run_id=ix.run_id, actor=principal(ix.user_id))
         records = list(ledger.records(case_id=ix.case_id))
         upto = distinct_voters(records, kind, ix.run_id, ix.plan_hash, upto_seq=rec.seq)
         prior = distinct_voters(records, kind, ix.run_id, ix.plan_hash, upto_seq=rec.seq - 1)
@@ -666,16 +680,16 @@ def make_decider(ledger: Ledger, config: Config, resume: Resume | None = None, *
     def settle_click(ix: Interaction, decision: str, approvers: list[str], quorum: int) -> DecisionOutcome | _Deferred:
         """Settle the request with ``ix``'s decision by ledger order (:func:`settle`) and tell
         the clicker what became of it."""
-        run_input = {"decision": decision, "approver": f"slack:{ix.user_id}", "approver_name": ix.user_name,
+        run_input = {"decision": decision, "approver": principal(ix.user_id), "approver_name": ix.user_name,
                      "team_id": ix.team_id, "plan_hash": ix.plan_hash, "decided_at": now().isoformat(),
-                     "approvers": [f"slack:{u}" for u in approvers], "quorum": quorum}
+                     "approvers": [principal(u) for u in approvers], "quorum": quorum}
         extra: dict[str, Any] = {"user_id": ix.user_id}
         if decision == "deny":  # the reason typed in the Deny dialog (cordon.slack.blocks.deny_view)
             extra["reason"] = ix.reason if ix.reason else NO_REASON
         # an approval's resume waits out the deny window after the case lock is released (decide)
         hold = settings.deny_window_seconds if decision == "approve" else 0.0
         s = settle(ledger, case_id=ix.case_id, run_id=ix.run_id, plan_hash=ix.plan_hash, run_input=run_input,
-                   actor=f"slack:{ix.user_id}", resume=resume, extra=extra, hold_s=hold)
+                   actor=principal(ix.user_id), resume=resume, extra=extra, hold_s=hold)
         if s.outcome == "pending" and s.deliver is not None:
             deliver = s.deliver
             return _Deferred(lambda: told(ix, deliver(), decision, approvers))
@@ -778,8 +792,8 @@ def make_decider(ledger: Ledger, config: Config, resume: Resume | None = None, *
                           thread_text=f"Rollback approval {count} of {quorum} by {mention(ix.user_id)}",
                           run_id=ix.run_id, outbox=outbox)
             return DecisionOutcome(True, f"rollback approval {count} of {quorum} recorded")
-        who = ",".join(f"slack:{u}" for u in voters)
-        ledger.append("rollback.approved", {"plan_hash": ix.plan_hash, "approvers": [f"slack:{u}" for u in voters],
+        who = ",".join(principal(u) for u in voters)
+        ledger.append("rollback.approved", {"plan_hash": ix.plan_hash, "approvers": [principal(u) for u in voters],
                                             "quorum": quorum}, case_id=ix.case_id, run_id=ix.run_id, actor=who)
         try:
             outcomes = rollback(ix.case_id, who)
@@ -813,7 +827,7 @@ def make_decider(ledger: Ledger, config: Config, resume: Resume | None = None, *
         if reason:
             return refuse(ix, reason)
         try:
-            done = mark_done(ledger, ix.case_id, f"slack:{ix.user_id}")
+            done = mark_done(ledger, ix.case_id, principal(ix.user_id))
         except ManualStepError as exc:
             return refuse(ix, str(exc))
         records = list(ledger.records(case_id=ix.case_id))

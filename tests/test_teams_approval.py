@@ -1,0 +1,216 @@
+"""Approval clicks from Microsoft Teams over real HTTP, through the Teams SDK's token validator.
+
+Real parts: the Teams stand-in (:class:`cordon.sandbox.teams_standin.TeamsStandIn`: OpenID metadata,
+the key set that signs its invokes, the connector), Cordon's ``/teams/messages`` endpoint
+(:func:`cordon.teams.server.teams_router`) on uvicorn, the verifier
+(:class:`cordon.teams.verify.InvokeVerifier`, ``microsoft_teams.apps`` ``TokenValidator`` pointed at
+the stand-in's metadata URL), the same decider as Slack's
+(:func:`cordon.approvals.decide.make_decider`) on a SQLite ledger, and a case waiting for approval
+built by ``tests.test_approval_policy.World`` (the Slack message posted to the Slack stand-in, so a
+Slack click and a Teams click meet in one quorum). The one stand-in is Prefect's resume
+(``PausedRun``). One waiting case per module for the refusals (each leaves the request open).
+"""
+
+from __future__ import annotations
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from fastapi import FastAPI
+
+from cordon.config import ConfigError
+from cordon.sandbox.teams_standin import TeamsStandIn
+from cordon.teams.server import teams_router
+from cordon.teams.verify import InvokeVerifier, TeamsSettings, load_teams_settings
+from tests.test_approval_policy import GLOBAL, RUN_ID, World
+from tests.test_server import serve
+
+ALICE, BOB, EVE, MALLORY = "oid-alice-0001", "oid-bob-0002", "oid-eve-0006", "oid-mallory-09"
+#: Slack approvers of test_approval_policy plus Teams clickers (Entra object ids); Teams clickers
+#: are resolved only through approval.identities (no Slack directory for them).
+GLOBAL_T = {"approvers": {"users": [*GLOBAL["approvers"]["users"], f"teams:{ALICE}", f"teams:{BOB}",
+                                   f"teams:{MALLORY}"], "groups": GLOBAL["approvers"]["groups"]},
+            "identities": {**GLOBAL["identities"], f"teams:{ALICE}": ["alice@example.com"],
+                           f"teams:{BOB}": ["bob@example.com"], f"teams:{EVE}": ["eve@example.com"],
+                           f"teams:{MALLORY}": ["arn:aws:iam::111122223333:user/mallory"]}}
+
+
+@pytest.fixture(scope="module")
+def teams():
+    with TeamsStandIn() as standin:
+        yield standin
+
+
+@pytest.fixture(scope="module")
+def verifier(teams):
+    return InvokeVerifier(TeamsSettings(app_id=teams.app_id, tenant_id=teams.tenant_id,
+                                        openid_metadata_url=teams.openid_metadata_url))
+
+
+class TeamsWorld:
+    """A :class:`World` (case waiting in Slack) plus Cordon's Teams endpoint on its ledger."""
+
+    def __init__(self, tmp, aws, teams: TeamsStandIn, verifier: InvokeVerifier, **kw):
+        self.w = World(tmp, aws, kw.pop("approval", {"required": True, "expire_after": "4h"}),
+                       global_approval=GLOBAL_T, **kw)
+        self.teams = teams
+        app = FastAPI()
+        app.include_router(teams_router(ledger=self.w.ledger, verifier=verifier, decide=self.w.make_decider()))
+        self._server = serve(app)
+        self.url = self._server.__enter__()
+
+    def close(self) -> None:
+        self._server.__exit__(None, None, None)
+        self.w.close()
+
+    def activity(self, oid: str, verb: str = "cordon_approve", **kw) -> dict:
+        data = {"case_id": self.w.case_id, "plan_hash": self.w.plan.hash, "run_id": RUN_ID}
+        data.update(kw.pop("data", {}))
+        return self.teams.invoke(verb=verb, data=data, aad_object_id=oid, reply_to_id="1:1", **kw)
+
+    def send(self, activity: dict, **token_kw) -> httpx.Response:
+        token = token_kw.pop("raw", None) or self.teams.token(**token_kw)
+        return httpx.post(f"{self.url}/teams/messages", json=activity, headers={"Authorization": f"Bearer {token}"})
+
+    def click(self, oid: str, verb: str = "cordon_approve", **kw) -> httpx.Response:
+        return self.send(self.activity(oid, verb, **kw))
+
+    def kinds(self, prefix: str) -> list:
+        return [r for r in self.w.ledger.records(case_id=None) if r.kind.startswith(prefix)]
+
+
+@pytest.fixture(scope="module")
+def waiting(tmp_path_factory, aws_sandbox, teams, verifier):
+    """One critical case (quorum 2) waiting for approval, shared by the module's refusals."""
+    aws_sandbox.reset()
+    tw = TeamsWorld(tmp_path_factory.mktemp("teams"), aws_sandbox, teams, verifier, severity="critical")
+    yield tw
+    tw.close()
+
+
+def refused_records(tw: TeamsWorld) -> list:
+    return tw.kinds("teams.invoke_refused")
+
+
+# -- the token: refused with 401 before anything reads the activity ------------------------------
+OTHER_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.mark.parametrize("token_kw, detail", [
+    ({"key": OTHER_KEY}, "Signature verification failed"),
+    ({"audience": "00000000-0000-0000-0000-0000000bad00"}, "Audience"),
+    ({"issuer": "https://evil.example.com"}, "issuer"),
+    ({"expires_in": -3600}, "expired"),
+    ({"service_url": "https://smba.evil.example.com/"}, "Service URL mismatch"),
+    ({"kid": "unknown-kid"}, "signing key"),
+], ids=["forged-signature", "wrong-audience", "wrong-issuer", "expired", "wrong-serviceUrl", "unknown-key"])
+def test_bad_token_is_refused_and_recorded(waiting, token_kw, detail):
+    before = len(refused_records(waiting))
+    r = waiting.send(waiting.activity(ALICE), **token_kw)
+    assert r.status_code == 401 and r.json()["reason"] == "bad_token"
+    new = refused_records(waiting)[before:]
+    assert [x.payload["reason"] for x in new] == ["bad_token"] and detail.lower() in new[0].payload["detail"].lower()
+    assert "Bearer" not in str(new[0].payload) and "eyJ" not in str(new[0].payload)  # never the token
+    assert waiting.w.run.inputs == [] and not waiting.kinds("teams.invoke_received")
+    assert not [v for v in waiting.kinds("approval.vote")]
+
+
+def test_missing_token_is_refused(waiting):
+    r = httpx.post(f"{waiting.url}/teams/messages", json=waiting.activity(ALICE))
+    assert r.status_code == 401 and r.json()["reason"] == "missing_token"
+    assert refused_records(waiting)[-1].payload["reason"] == "missing_token"
+
+
+def test_token_not_signed_at_all_is_refused(waiting):
+    unsigned = jwt.encode({"iss": "https://api.botframework.com", "aud": waiting.teams.app_id}, key=None,
+                          algorithm="none")
+    r = waiting.send(waiting.activity(ALICE), raw=unsigned)
+    assert r.status_code == 401
+
+
+# -- what the SDK does not check -------------------------------------------------------------------
+@pytest.mark.parametrize("invoke_kw, reason", [
+    ({"tenant_id": "tenant-elsewhere"}, "wrong_tenant"),
+    ({"user_role": "guest"}, "guest"),
+    ({"user_role": "anonymous"}, "guest"),
+], ids=["other-tenant", "guest", "anonymous"])
+def test_activity_checks_refuse_and_record(waiting, invoke_kw, reason):
+    r = waiting.click(ALICE, **invoke_kw)
+    assert r.status_code == 200 and "refused" in r.json()["value"]
+    assert refused_records(waiting)[-1].payload["reason"] == reason
+    assert waiting.w.run.inputs == [] and not waiting.kinds("approval.vote")
+
+
+def test_wrong_channel_refused(waiting):
+    act = waiting.activity(ALICE)
+    act["channelId"] = "webchat"
+    assert waiting.send(act).status_code == 200
+    assert refused_records(waiting)[-1].payload["reason"] == "wrong_channel"
+
+
+# -- the approval policy, the same decider as Slack's ---------------------------------------------
+@pytest.mark.parametrize("oid, data, said", [
+    (EVE, {}, "is not an approver"),
+    (MALLORY, {}, "no self-approval"),
+    (ALICE, {"plan_hash": "0" * 64}, "plan changed"),
+], ids=["non-approver", "suspect-approves-own-case", "stale-plan-hash"])
+def test_policy_refusals_are_recorded_and_contain_nothing(waiting, oid, data, said):
+    r = waiting.click(oid, data=data)
+    assert r.status_code == 200 and said in r.json()["value"]
+    refusal = [x for x in waiting.kinds("approval.click_refused")][-1]
+    assert refusal.actor == f"teams:{oid}" and said in refusal.payload["reason"]
+    assert waiting.w.run.inputs == [] and not waiting.kinds("approval.vote")
+
+
+def test_teams_and_slack_approvals_meet_in_one_quorum_and_replay_is_refused(waiting):
+    act = waiting.activity(ALICE)
+    r = waiting.send(act)
+    assert r.status_code == 200 and "approval 1 of 2" in r.json()["value"]
+    (vote,) = waiting.kinds("approval.vote")
+    assert vote.payload["approver"] == f"teams:{ALICE}" and vote.actor == f"teams:{ALICE}"
+    assert waiting.w.run.inputs == []
+
+    # the same activity again (a replay, freshly signed): refused from the ledger, not counted
+    r = waiting.send(act)
+    assert r.status_code == 401 and r.json()["reason"] == "replayed"
+    assert refused_records(waiting)[-1].payload["reason"] == "replayed"
+    assert len(waiting.kinds("approval.vote")) == 1
+
+    # Bob approves in Slack: the second distinct approver reaches the quorum across channels
+    assert waiting.w.click("U0BOB0002") is None
+    ((run_id, run_input),) = waiting.w.run.inputs
+    assert run_input["decision"] == "approve"
+    assert run_input["approvers"] == [f"teams:{ALICE}", "slack:U0BOB0002"]
+
+
+def test_first_deny_in_teams_wins_over_a_slack_approval(tmp_path, aws, teams, verifier):
+    tw = TeamsWorld(tmp_path, aws, teams, verifier)
+    try:
+        r = tw.click(BOB, "cordon_deny")
+        assert r.status_code == 200 and "deny recorded" in r.json()["value"]
+        ((_, run_input),) = tw.w.run.inputs
+        assert run_input["decision"] == "deny" and run_input["approver"] == f"teams:{BOB}"
+        said = tw.w.click("U0ALICE01")
+        assert said and "already decided: deny" in said
+        assert len(tw.w.run.inputs) == 1
+    finally:
+        tw.close()
+
+
+def test_teams_settings_from_config(tmp_path):
+    from cordon.config import load_config
+    from tests.test_approval_policy import write_config
+
+    cfg_dir = write_config(tmp_path / "c", {"required": True}, GLOBAL)
+    import yaml
+
+    raw = yaml.safe_load((cfg_dir / "cordon.yaml").read_text())
+    raw["teams"] = {"app_id": "app-1", "tenant_id": "t-1", "openid_metadata_url": "http://127.0.0.1:1/x"}
+    (cfg_dir / "cordon.yaml").write_text(yaml.safe_dump(raw))
+    s = load_teams_settings(load_config(cfg_dir))
+    assert (s.app_id, s.tenant_id, s.app_password_env) == ("app-1", "t-1", "CORDON_TEAMS_APP_PASSWORD")
+    raw["teams"] = {"app_id": "app-1", "tenant_id": "t-1", "app_password": "s3cret"}
+    (cfg_dir / "cordon.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="teams.app_password"):
+        load_teams_settings(load_config(cfg_dir))
