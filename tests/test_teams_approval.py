@@ -13,6 +13,8 @@ Slack click and a Teams click meet in one quorum). The one stand-in is Prefect's
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import jwt
 import pytest
@@ -21,11 +23,13 @@ from fastapi import FastAPI
 
 from cordon.config import ConfigError
 from cordon.sandbox.teams_standin import TeamsStandIn
+from cordon.teams.client import Connector, TeamsCards
 from cordon.teams.server import teams_router
 from cordon.teams.verify import InvokeVerifier, TeamsSettings, load_teams_settings
 from tests.test_approval_policy import GLOBAL, RUN_ID, World
-from tests.test_server import serve
+from tests.test_server import serve, wait_for
 
+CONVERSATION = "19:security-approvals@thread.tacv2"
 ALICE, BOB, EVE, MALLORY = "oid-alice-0001", "oid-bob-0002", "oid-eve-0006", "oid-mallory-09"
 #: Slack approvers of test_approval_policy plus Teams clickers (Entra object ids); Teams clickers
 #: are resolved only through approval.identities (no Slack directory for them).
@@ -51,14 +55,32 @@ def verifier(teams):
 class TeamsWorld:
     """A :class:`World` (case waiting in Slack) plus Cordon's Teams endpoint on its ledger."""
 
-    def __init__(self, tmp, aws, teams: TeamsStandIn, verifier: InvokeVerifier, **kw):
+    def __init__(self, tmp, aws, teams: TeamsStandIn, verifier: InvokeVerifier, card: bool = False, **kw):
         self.w = World(tmp, aws, kw.pop("approval", {"required": True, "expire_after": "4h"}),
                        global_approval=GLOBAL_T, **kw)
         self.teams = teams
+        self.ref = None
+        after = None
+        if card:  # the request card posted to the Teams stand-in, its reference in the ledger
+            self.ref = TeamsCards(self.w.ledger, self.connector).post_request(
+                service_url=teams.service_url, conversation_id=CONVERSATION, case_id=self.w.case_id, run_id=RUN_ID,
+                playbook=self.w.playbook.name, detection=self.w.detection.summary(), plan=self.w.plan.model_dump(),
+                expires_at=self.w.asked["expires_at"], quorum=self.w.asked["quorum"])
+            # a second TeamsCards, sharing nothing in memory with the one that posted: the card is
+            # found again from the ledger, as by a restarted Cordon
+            after = TeamsCards(self.w.ledger, self.connector).after_decision
         app = FastAPI()
-        app.include_router(teams_router(ledger=self.w.ledger, verifier=verifier, decide=self.w.make_decider()))
+        app.include_router(teams_router(ledger=self.w.ledger, verifier=verifier, decide=self.w.make_decider(),
+                                        after=after))
         self._server = serve(app)
         self.url = self._server.__enter__()
+
+    @staticmethod
+    def connector(service_url: str) -> Connector:
+        return Connector(service_url, lambda: "bot-token-from-entra", sleep=lambda s: None)
+
+    def card(self) -> dict:
+        return self.teams.activity(CONVERSATION, self.ref["activity_id"])
 
     def close(self) -> None:
         self._server.__exit__(None, None, None)
@@ -67,7 +89,8 @@ class TeamsWorld:
     def activity(self, oid: str, verb: str = "cordon_approve", **kw) -> dict:
         data = {"case_id": self.w.case_id, "plan_hash": self.w.plan.hash, "run_id": RUN_ID}
         data.update(kw.pop("data", {}))
-        return self.teams.invoke(verb=verb, data=data, aad_object_id=oid, reply_to_id="1:1", **kw)
+        return self.teams.invoke(verb=verb, data=data, aad_object_id=oid, conversation_id=CONVERSATION,
+                                 reply_to_id=self.ref["activity_id"] if self.ref else "1:1", **kw)
 
     def send(self, activity: dict, **token_kw) -> httpx.Response:
         token = token_kw.pop("raw", None) or self.teams.token(**token_kw)
@@ -214,3 +237,41 @@ def test_teams_settings_from_config(tmp_path):
     (cfg_dir / "cordon.yaml").write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match="teams.app_password"):
         load_teams_settings(load_config(cfg_dir))
+
+
+# -- the card: posted, bound to the plan, updated in place after the decision ----------------------
+def test_card_posted_then_updated_in_place_after_a_teams_approval(tmp_path, aws, teams, verifier):
+    tw = TeamsWorld(tmp_path, aws, teams, verifier, card=True)
+    try:
+        posted = tw.card()
+        (att,) = posted["attachments"]
+        card = att["content"]
+        assert att["contentType"] == "application/vnd.microsoft.card.adaptive"
+        assert card["type"] == "AdaptiveCard" and card["version"] == "1.5"
+        data = {"case_id": tw.w.case_id, "plan_hash": tw.w.plan.hash, "run_id": RUN_ID}
+        assert [(a["type"], a["verb"], a["data"]) for a in card["actions"]] == [
+            ("Action.Execute", "cordon_approve", data), ("Action.Execute", "cordon_deny", data)]
+        text = json.dumps(card)
+        for step in tw.w.plan.model_dump()["steps"]:  # the exact plan: every call
+            assert all(json.dumps(str(c))[1:-1] in text for c in step["describe"])
+        assert tw.w.plan.hash in text and "Does not " in text and "Approvals 0 of 1" in text
+        (ref,) = [r.payload for r in tw.w.ledger.records(case_id=tw.w.case_id, kind_prefix="teams.card_posted")]
+        assert ref["service_url"] == teams.service_url and ref["conversation_id"] == CONVERSATION
+
+        r = tw.click(ALICE)
+        assert r.status_code == 200 and "approve recorded" in r.json()["value"]
+        assert wait_for(lambda: len(tw.card()["history"]) == 1)
+        updated = tw.card()["attachments"][0]["content"]
+        assert "actions" not in updated  # decided: no buttons for anyone
+        assert f"Approved by teams:{ALICE}" in json.dumps(updated)
+        assert [r.kind for r in tw.w.ledger.records(case_id=tw.w.case_id, kind_prefix="teams.card_updated")]
+    finally:
+        tw.close()
+
+
+def test_connector_honours_429_retry_after(teams):
+    slept: list[float] = []
+    conn = Connector(teams.service_url, lambda: "t", sleep=slept.append)
+    teams.fail_next(429, retry_after=2)
+    aid = conn.send(CONVERSATION, {"type": "message", "text": "hi"})
+    assert slept == [2.0] and teams.activity(CONVERSATION, aid)["text"] == "hi"

@@ -32,6 +32,7 @@ import uuid
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import unquote
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -157,7 +158,7 @@ class TeamsStandIn:
                 return status, {"error": {"code": "Throttled"}}, {"Retry-After": str(retry)} if status == 429 else {}
             if not headers.get("authorization", "").startswith("Bearer "):
                 return 401, {"error": {"code": "Unauthorized"}}, {}
-            parts = path.strip("/").split("/")
+            parts = [unquote(p) for p in path.strip("/").split("/")]
             if len(parts) >= 4 and parts[:2] == ["v3", "conversations"] and parts[3] == "activities":
                 cid = parts[2]
                 if method == "POST" and len(parts) == 4:

@@ -1,0 +1,176 @@
+"""Posting the approval card into Teams and updating it in place (Bot Framework connector).
+
+:class:`Connector` calls the connector REST API at an activity's ``serviceUrl``:
+``POST /v3/conversations/{conversationId}/activities`` (send, answers ``{"id"}``) and
+``PUT /v3/conversations/{conversationId}/activities/{activityId}`` (update), with the bot's
+token; a 429 is retried after its ``Retry-After`` (seconds; Teams throttles at about 7 messages
+a second per conversation), at most ``attempts`` times in all.
+
+:class:`TeamsCards` keeps the card's reference (conversation id, activity id, ``serviceUrl``) in
+the ledger (a ``teams.card_posted`` record: the database every replica and a restarted Cordon
+read; no table of its own, as the Slack message's ``where`` lives in ``approval.asked``), and
+updates the card after each decision from the ledger's state.
+
+Sources: Bot Framework REST API reference, "Send to conversation" and "Update activity",
+https://learn.microsoft.com/azure/bot-service/rest-api/bot-framework-rest-connector-api-reference;
+Teams rate limits, https://learn.microsoft.com/microsoftteams/platform/bots/how-to/rate-limit.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from cordon.approvals.gate import settling_claim
+from cordon.audit.ledger import Ledger
+from cordon.detections.model import Detection
+from cordon.slack.verify import DecisionOutcome, Interaction
+from cordon.teams.card import approval_card, decided_card
+from cordon.teams.verify import TeamsSettings
+
+POSTED_KIND = "teams.card_posted"
+UPDATED_KIND = "teams.card_updated"
+UPDATE_FAILED_KIND = "teams.update_failed"
+CARD_TYPE = "application/vnd.microsoft.card.adaptive"
+
+
+class ConnectorError(RuntimeError):
+    """The connector refused a call: ``status`` (HTTP) and its body (clipped)."""
+
+    def __init__(self, status: int, body: str):
+        self.status = status
+        super().__init__(f"connector answered {status}: {body[:200]}")
+
+
+def bot_token_provider(settings: TeamsSettings) -> Callable[[], str]:
+    """``token()`` for the connector: the bot's access token from Entra by client credentials
+    (MSAL ``ConfidentialClientApplication``, authority ``https://login.microsoftonline.com/<tenant>``
+    for a single-tenant bot, scope ``https://api.botframework.com/.default``), the secret read from
+    the environment variable ``settings.app_password_env`` (``KeyError`` when unset). Not exercised
+    by the tests (the stand-in accepts any Bearer token)."""
+    import msal
+
+    secret = os.environ[settings.app_password_env]
+    app = msal.ConfidentialClientApplication(settings.app_id, client_credential=secret,
+                                             authority=f"https://login.microsoftonline.com/{settings.tenant_id}")
+
+    def token() -> str:
+        got = app.acquire_token_for_client(scopes=["https://api.botframework.com/.default"])
+        if "access_token" not in got:
+            raise RuntimeError(f"no bot token: {got.get('error')}: {got.get('error_description')}")
+        return got["access_token"]
+
+    return token
+
+
+class Connector:
+    """The connector at ``service_url``; ``token()`` returns a bearer token; ``sleep`` waits
+    (seconds) before a retry; ``attempts`` caps the calls per operation."""
+
+    def __init__(self, service_url: str, token: Callable[[], str], *, attempts: int = 4,
+                 sleep: Callable[[float], None] = time.sleep, timeout: float = 10.0):
+        self.service_url = service_url.rstrip("/") + "/"
+        self.token = token
+        self.attempts = attempts
+        self.sleep = sleep
+        self.timeout = timeout
+
+    def _call(self, method: str, path: str, activity: Mapping[str, Any]) -> dict[str, Any]:
+        for attempt in range(1, self.attempts + 1):
+            r = httpx.request(method, self.service_url + path, json=dict(activity), timeout=self.timeout,
+                              headers={"Authorization": f"Bearer {self.token()}"})
+            if r.status_code == 429 and attempt < self.attempts:
+                retry = r.headers.get("retry-after", "1")
+                self.sleep(min(float(retry) if retry.replace(".", "", 1).isdigit() else 1.0, 60.0))
+                continue
+            if r.status_code >= 300:
+                raise ConnectorError(r.status_code, r.text)
+            return r.json() if r.content else {}
+        raise AssertionError("unreachable")
+
+    def send(self, conversation_id: str, activity: Mapping[str, Any]) -> str:
+        """Send ``activity`` to the conversation; returns the new activity id. Raises
+        :class:`ConnectorError` or ``httpx.HTTPError``."""
+        return str(self._call("POST", f"v3/conversations/{quote(conversation_id, safe='')}/activities",
+                              activity)["id"])
+
+    def update(self, conversation_id: str, activity_id: str, activity: Mapping[str, Any]) -> None:
+        """Replace the activity ``activity_id`` with ``activity``; raises as :meth:`send`."""
+        self._call("PUT", f"v3/conversations/{quote(conversation_id, safe='')}/activities/"
+                          f"{quote(activity_id, safe='')}", {**activity, "id": activity_id})
+
+
+def card_activity(card: Mapping[str, Any]) -> dict[str, Any]:
+    """A message activity carrying the Adaptive Card ``card``."""
+    return {"type": "message", "attachments": [{"contentType": CARD_TYPE, "content": dict(card)}]}
+
+
+class TeamsCards:
+    """The approval cards of one ledger. ``connector_for(service_url) -> Connector``."""
+
+    def __init__(self, ledger: Ledger, connector_for: Callable[[str], Connector]):
+        self.ledger = ledger
+        self.connector_for = connector_for
+
+    def post_request(self, *, service_url: str, conversation_id: str, case_id: str, run_id: str, playbook: str,
+                     detection: Mapping[str, Any], plan: Mapping[str, Any], expires_at: str | None,
+                     quorum: int) -> dict[str, Any]:
+        """Post the request card (:func:`cordon.teams.card.approval_card`) and record its reference
+        as ``teams.card_posted`` (``service_url``, ``conversation_id``, ``activity_id``,
+        ``plan_hash``, plus what rebuilding the card needs); returns that payload."""
+        card = approval_card(case_id=case_id, playbook=playbook, detection=detection, plan=plan, run_id=run_id,
+                             expires_at=expires_at, quorum=quorum)
+        activity_id = self.connector_for(service_url).send(conversation_id, card_activity(card))
+        ref = {"service_url": service_url, "conversation_id": conversation_id, "activity_id": activity_id,
+               "plan_hash": plan.get("hash"), "playbook": playbook, "expires_at": expires_at, "quorum": quorum}
+        self.ledger.append(POSTED_KIND, ref, case_id=case_id, run_id=run_id, actor="cordon")
+        return ref
+
+    def reference(self, case_id: str, run_id: str | None = None) -> dict[str, Any] | None:
+        """The last posted card of ``case_id`` (and ``run_id`` when given), from the ledger."""
+        found = None
+        for r in self.ledger.records(case_id=case_id, kind_prefix=POSTED_KIND):
+            if run_id is None or r.run_id == run_id:
+                found = r.payload
+        return found
+
+    def after_decision(self, ix: Interaction, outcome: DecisionOutcome) -> None:
+        """Update the card of ``ix``'s case for everyone, from the ledger: the decision (who,
+        when, outcome) once the run is settled, else the approvals so far out of the quorum. A
+        failed update is recorded (``teams.update_failed``), never raised: the decision stands."""
+        ref = self.reference(ix.case_id, ix.run_id)
+        case = self.ledger.case(ix.case_id)
+        if ref is None or case is None:
+            return
+        from cordon.approvals.decide import distinct_voters, principal
+
+        records = list(self.ledger.records(case_id=ix.case_id))
+        plan = next((r.payload for r in reversed(records) if r.kind == "plan.created"
+                     and r.payload.get("hash") == ref["plan_hash"]), {"hash": ref["plan_hash"], "steps": []})
+        summary = Detection.model_validate_json(case["detection"]).summary() if case.get("detection") else {}
+        claim = settling_claim(records, ix.run_id, ref["plan_hash"])
+        if claim is not None:
+            p = claim.payload
+            verb = {"approve": "approved", "deny": "denied"}.get(str(p.get("decision")), str(p.get("decision")))
+            by = p.get("approvers") or [p.get("approver")]
+            card = decided_card(case_id=ix.case_id, playbook=ref["playbook"], detection=summary, plan=plan,
+                                run_id=ix.run_id, outcome=verb, by=[str(b) for b in by if b], at=claim.ts)
+        else:
+            voters = [principal(u) for u in distinct_voters(records, "approval.vote", ix.run_id, ref["plan_hash"])]
+            card = approval_card(case_id=ix.case_id, playbook=ref["playbook"], detection=summary, plan=plan,
+                                 run_id=ix.run_id, expires_at=ref.get("expires_at"), quorum=ref["quorum"],
+                                 approvals=voters)
+        try:
+            self.connector_for(ref["service_url"]).update(ref["conversation_id"], ref["activity_id"],
+                                                          card_activity(card))
+        except Exception as exc:  # noqa: BLE001 - recorded; the decision stands
+            self.ledger.append(UPDATE_FAILED_KIND, {"error": f"{type(exc).__name__}: {exc}"[:300], **ref},
+                               case_id=ix.case_id, run_id=ix.run_id, actor="cordon")
+            return
+        self.ledger.append(UPDATED_KIND, {"activity_id": ref["activity_id"], "accepted": outcome.accepted},
+                           case_id=ix.case_id, run_id=ix.run_id, actor="cordon")
