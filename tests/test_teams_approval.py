@@ -14,6 +14,7 @@ Slack click and a Teams click meet in one quorum). The one stand-in is Prefect's
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import jwt
@@ -21,6 +22,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import FastAPI
 
+from cordon.audit.refusals import RefusalCounter
 from cordon.config import ConfigError
 from cordon.sandbox.teams_standin import TeamsStandIn
 from cordon.teams.client import Connector, TeamsCards
@@ -69,9 +71,11 @@ class TeamsWorld:
             # a second TeamsCards, sharing nothing in memory with the one that posted: the card is
             # found again from the ledger, as by a restarted Cordon
             after = TeamsCards(self.w.ledger, self.connector).after_decision
+        # unverified requests are counted per window (cordon.audit.refusals), every sample kept here
+        self.refusals = RefusalCounter(self.w.ledger, max_samples=100)
         app = FastAPI()
         app.include_router(teams_router(ledger=self.w.ledger, verifier=verifier, decide=self.w.make_decider(),
-                                        after=after))
+                                        after=after, refusals=self.refusals))
         self._server = serve(app)
         self.url = self._server.__enter__()
 
@@ -113,7 +117,14 @@ def waiting(tmp_path_factory, aws_sandbox, teams, verifier):
 
 
 def refused_records(tw: TeamsWorld) -> list:
+    """The chained refusals of requests Teams signed."""
     return tw.kinds("teams.invoke_refused")
+
+
+def counted(tw: TeamsWorld) -> list[dict]:
+    """The counted refusals of unverified requests (samples, oldest first)."""
+    return sorted((dict(x, reason=x["reason"]) for w in tw.refusals.windows("teams") for x in w.samples),
+                  key=lambda x: x["ts"])
 
 
 # -- the token: refused with 401 before anything reads the activity ------------------------------
@@ -129,27 +140,39 @@ OTHER_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     ({"kid": "unknown-kid"}, "signing key"),
 ], ids=["forged-signature", "wrong-audience", "wrong-issuer", "expired", "wrong-serviceUrl", "unknown-key"])
 def test_bad_token_is_refused_and_recorded(waiting, token_kw, detail):
-    before = len(refused_records(waiting))
+    before = len(counted(waiting))
     r = waiting.send(waiting.activity(ALICE), **token_kw)
-    assert r.status_code == 401 and r.json()["reason"] == "bad_token"
-    new = refused_records(waiting)[before:]
-    assert [x.payload["reason"] for x in new] == ["bad_token"] and detail.lower() in new[0].payload["detail"].lower()
-    assert "Bearer" not in str(new[0].payload) and "eyJ" not in str(new[0].payload)  # never the token
+    assert r.status_code == 401 and r.json()["reason"] == "bad_jwt"
+    new = counted(waiting)[before:]
+    assert [x["reason"] for x in new] == ["bad_jwt"] and detail.lower() in new[0]["detail"].lower()
+    assert "Bearer" not in str(new[0]) and "eyJ" not in str(new[0])  # never the token
     assert waiting.w.run.inputs == [] and not waiting.kinds("teams.invoke_received")
     assert not [v for v in waiting.kinds("approval.vote")]
 
 
 def test_missing_token_is_refused(waiting):
     r = httpx.post(f"{waiting.url}/teams/messages", json=waiting.activity(ALICE))
-    assert r.status_code == 401 and r.json()["reason"] == "missing_token"
-    assert refused_records(waiting)[-1].payload["reason"] == "missing_token"
+    assert r.status_code == 401 and r.json()["reason"] == "no_bearer"
+    assert counted(waiting)[-1]["reason"] == "no_bearer"
+
+
+def test_body_not_json_is_refused_and_counted(waiting):
+    r = httpx.post(f"{waiting.url}/teams/messages", content=b"{not json",
+                   headers={"Authorization": f"Bearer {waiting.teams.token()}"})
+    assert r.status_code == 400 and counted(waiting)[-1]["reason"] == "malformed_body"
+
+
+def test_unverified_refusals_are_summarised_in_the_chain(waiting):
+    closed = waiting.refusals.close_due(now=time.time() + 3600)
+    summaries = [r for r in closed if r.kind == "teams.refusals"]
+    assert summaries and sum(r.payload["by_reason"].get("bad_jwt", 0) for r in summaries) >= 6
 
 
 def test_token_not_signed_at_all_is_refused(waiting):
     unsigned = jwt.encode({"iss": "https://api.botframework.com", "aud": waiting.teams.app_id}, key=None,
                           algorithm="none")
     r = waiting.send(waiting.activity(ALICE), raw=unsigned)
-    assert r.status_code == 401
+    assert r.status_code == 401 and counted(waiting)[-1]["reason"] == "bad_jwt"
 
 
 # -- what the SDK does not check -------------------------------------------------------------------

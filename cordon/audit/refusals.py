@@ -46,7 +46,7 @@ from sqlalchemy.exc import IntegrityError
 from cordon.audit.ledger import Ledger, LedgerRecord, redact, refusal_windows_table
 
 #: Where refusals come from (the record kind is ``<source>.refusals``).
-SOURCES = ("slack", "webhook", "audit", "metrics")
+SOURCES = ("slack", "webhook", "audit", "metrics", "teams")
 #: Longest string kept in a sample (headers and details are attacker-chosen).
 SAMPLE_TEXT_LIMIT = 200
 

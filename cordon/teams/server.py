@@ -6,8 +6,12 @@
 2. Verify it (:meth:`cordon.teams.verify.InvokeVerifier.verify`: the Bot Framework token through
    the Teams SDK's validator, then channel, tenant, guest, the Cordon card data). A token refusal
    answers **401**; an activity Cordon does not act on answers **200** with an invoke response
-   whose message says why (Teams shows it to the clicker). Each is recorded as
-   ``teams.invoke_refused`` (``reason``, ``detail``, ``remote``; never the token).
+   whose message says why (Teams shows it to the clicker). As with Slack's unsigned requests
+   (:mod:`cordon.audit.refusals`: anyone can send them, so they are counted per window, not
+   chained one by one), a body that is too large, not JSON or whose token is refused is counted
+   under source ``teams`` (sample: ``reason``, ``detail``, ``remote``; never the token) and
+   summarised as a ``teams.refusals`` record when its window ends; a request Teams signed but Cordon
+   refuses (other tenant, guest, not a card action, a replay) is chained as ``teams.invoke_refused``.
 3. Record ``teams.invoke_received`` (``activity_id``, the clicker ``teams:<object id>``, case,
    run, plan) and refuse a replay (:func:`cordon.teams.verify.find_replay`: the same activity id
    earlier in the ledger's chain): **401**, ``teams.invoke_refused`` reason ``replayed``; the
@@ -34,11 +38,14 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from cordon.audit.ledger import Ledger
+from cordon.audit.refusals import RefusalCounter
 from cordon.slack.verify import DecisionOutcome, Interaction
 from cordon.teams.verify import RECEIVED_KIND, REFUSED_KIND, InvokeRefused, InvokeVerifier, find_replay
 
 DEFAULT_MAX_BODY = 64 * 1024
-_AUTH_REASONS = frozenset({"missing_token", "bad_token"})
+_AUTH_REASONS = frozenset({"no_bearer", "bad_jwt"})
+#: refused before the token was verified: counted (cordon.audit.refusals), not chained
+_UNVERIFIED = _AUTH_REASONS | {"too_large", "malformed_body"}
 
 
 def invoke_message(text: str) -> dict[str, Any]:
@@ -48,17 +55,23 @@ def invoke_message(text: str) -> dict[str, Any]:
 
 def teams_router(*, ledger: Ledger, verifier: InvokeVerifier, decide: Callable[[Interaction], DecisionOutcome],
                  after: Callable[[Interaction, DecisionOutcome], None] | None = None,
-                 max_body: int = DEFAULT_MAX_BODY) -> APIRouter:
+                 refusals: RefusalCounter | None = None, max_body: int = DEFAULT_MAX_BODY) -> APIRouter:
     """The ``/teams/messages`` endpoint (behaviour in the module docstring) as a FastAPI router,
     to include in :func:`cordon.server.app.create_app`'s app: ``app.include_router(teams_router(...))``.
-    ``decide(interaction) -> DecisionOutcome`` is called once per verified, non-replayed click."""
+    ``decide(interaction) -> DecisionOutcome`` is called once per verified, non-replayed click;
+    ``refusals`` counts the unverified requests (default: a counter on ``ledger``; pass the app's
+    so one closer summarises both)."""
     router = APIRouter()
+    counter = refusals if refusals is not None else RefusalCounter(ledger)
 
     def refused(reason: str, detail: str, remote: str | None, activity: Any, **extra: Any) -> None:
         aid = activity.get("id") if isinstance(activity, dict) else None
-        ledger.append(REFUSED_KIND, {"reason": reason, "detail": detail[:300], "remote": remote,
-                                     "activity_id": aid if isinstance(aid, str) else None, **extra},
-                      case_id=extra.get("case_id"), run_id=extra.get("run_id"), actor="teams")
+        payload = {"reason": reason, "detail": detail[:300], "remote": remote,
+                   "activity_id": aid if isinstance(aid, str) else None, **extra}
+        if reason in _UNVERIFIED:
+            counter.record("teams", reason, {k: v for k, v in payload.items() if k != "reason"})
+            return
+        ledger.append(REFUSED_KIND, payload, case_id=extra.get("case_id"), run_id=extra.get("run_id"), actor="teams")
 
     @router.post("/teams/messages")
     async def teams_messages(request: Request, background: BackgroundTasks) -> Response:
@@ -68,13 +81,13 @@ def teams_router(*, ledger: Ledger, verifier: InvokeVerifier, decide: Callable[[
         if not (declared and declared.isdigit() and int(declared) > max_body):
             body = await request.body()
         if not body or len(body) > max_body:
-            await run_in_threadpool(refused, "too_large" if body or declared else "malformed",
+            await run_in_threadpool(refused, "too_large" if body or declared else "malformed_body",
                                     f"body over {max_body} bytes or empty", remote, None)
             return JSONResponse({"error": "body too large or empty"}, status_code=413 if body or declared else 400)
         try:
             activity = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError):
-            await run_in_threadpool(refused, "malformed", "not JSON", remote, None)
+            await run_in_threadpool(refused, "malformed_body", "not JSON", remote, None)
             return JSONResponse({"error": "not JSON"}, status_code=400)
         try:
             ix = await verifier.verify(request.headers.get("authorization"), activity)
@@ -82,6 +95,8 @@ def teams_router(*, ledger: Ledger, verifier: InvokeVerifier, decide: Callable[[
             await run_in_threadpool(refused, exc.reason, exc.detail, remote, activity)
             if exc.reason in _AUTH_REASONS:
                 return JSONResponse({"error": "unauthorized", "reason": exc.reason}, status_code=401)
+            if exc.reason == "malformed_body":
+                return JSONResponse({"error": exc.detail, "reason": exc.reason}, status_code=400)
             return JSONResponse(invoke_message(f"Cordon refused this action: {exc.detail}"))
         where = {"case_id": ix.case_id, "run_id": ix.run_id}
         received = await run_in_threadpool(

@@ -10,8 +10,10 @@ short ``reason``:
    exactly Cordon's bot app id, expiry and not-before (the SDK's 300 s clock tolerance), and the
    ``serviceurl`` claim equal to the activity's ``serviceUrl``. The metadata URL is configuration
    (``teams.openid_metadata_url``; the sandbox's stand-in in tests): there is no switch that
-   disables authentication. Reasons: ``missing_token``, ``bad_token`` (signature, audience,
-   issuer, expiry, service URL; ``detail`` says which).
+   disables authentication. Reasons (none ending in "token": the ledger redacts such keys in the
+   refusal summaries' ``by_reason``): ``no_bearer``, ``bad_jwt`` (signature, audience,
+   issuer, expiry, service URL; ``detail`` says which), ``malformed_body`` (not a JSON object, no
+   ``serviceUrl`` to check the token against).
 2. What the SDK does not check (Teams API reference, "Bot activity" and "Universal Actions"):
    ``type`` ``invoke`` with ``name`` ``adaptiveCard/action`` (``not_card_action``); ``channelId``
    ``msteams`` (``wrong_channel``); the tenant (``conversation.tenantId`` and
@@ -56,7 +58,7 @@ REFUSED_KIND = "teams.invoke_refused"
 
 class InvokeRefused(Exception):
     """An invoke Cordon does not act on. ``reason``: one of the short codes in the module
-    docstring (``bad_token``, ``wrong_tenant``, ``guest``, ``replayed``...), ``detail`` one line."""
+    docstring (``bad_jwt``, ``wrong_tenant``, ``guest``, ``replayed``...), ``detail`` one line."""
 
     def __init__(self, reason: str, detail: str):
         self.reason = reason
@@ -139,18 +141,18 @@ class InvokeVerifier:
         the tenant, ``channel`` the conversation id, ``message_ts`` the card's activity id
         (``replyToId``), ``trigger_id`` the invoke's activity id). Raises :class:`InvokeRefused`."""
         if not authorization or not authorization.startswith("Bearer ") or not authorization[7:].strip():
-            raise InvokeRefused("missing_token", "no Authorization: Bearer token")
+            raise InvokeRefused("no_bearer", "no Authorization: Bearer token")
         if not isinstance(activity, Mapping):
-            raise InvokeRefused("malformed", "the body is not a JSON object")
+            raise InvokeRefused("malformed_body", "the body is not a JSON object")
         service_url = _str(activity, "serviceUrl")
         if service_url is None:
-            raise InvokeRefused("malformed", "no serviceUrl on the activity")
+            raise InvokeRefused("malformed_body", "no serviceUrl on the activity")
         try:
             await self._validator.validate_token(authorization[7:].strip(), service_url=service_url)
         except jwt.PyJWKClientError as exc:
-            raise InvokeRefused("bad_token", f"signing key: {exc}") from None
+            raise InvokeRefused("bad_jwt", f"signing key: {exc}") from None
         except jwt.InvalidTokenError as exc:
-            raise InvokeRefused("bad_token", f"{type(exc).__name__}: {exc}") from None
+            raise InvokeRefused("bad_jwt", f"{type(exc).__name__}: {exc}") from None
         return self._check_activity(activity)
 
     def _check_activity(self, activity: Mapping[str, Any]) -> Interaction:
