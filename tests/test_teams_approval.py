@@ -298,3 +298,32 @@ def test_connector_honours_429_retry_after(teams):
     teams.fail_next(429, retry_after=2)
     aid = conn.send(CONVERSATION, {"type": "message", "text": "hi"})
     assert slept == [2.0] and teams.activity(CONVERSATION, aid)["text"] == "hi"
+
+
+def test_cordon_serve_takes_teams_clicks_when_configured(tmp_path, monkeypatch, teams):
+    """``build_app`` (what ``cordon serve`` runs) mounts ``/teams/messages`` with a ``teams`` section."""
+    import yaml
+
+    from cordon.audit.ledger import Ledger
+    from cordon.server.wiring import build_app
+    from tests.test_approval_policy import write_config
+
+    cfg = write_config(tmp_path / "c", {"required": True}, GLOBAL_T)
+    raw = yaml.safe_load((cfg / "cordon.yaml").read_text())
+    raw["teams"] = {"app_id": teams.app_id, "tenant_id": teams.tenant_id,
+                    "openid_metadata_url": teams.openid_metadata_url}
+    (cfg / "cordon.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("CORDON_CONFIG", str(cfg))
+    monkeypatch.setenv("CORDON_TEAMS_APP_PASSWORD", "not-used-by-the-stand-in")
+    ledger = Ledger(f"sqlite:///{tmp_path}/ledger.db")
+    with serve(build_app(signing_secret="s" * 32, ledger=ledger)) as url:
+        act = teams.invoke(verb="cordon_approve", data={"case_id": "c-nope", "plan_hash": "h", "run_id": RUN_ID},
+                           aad_object_id=ALICE)
+        forged = httpx.post(f"{url}/teams/messages", json=act,
+                            headers={"Authorization": f"Bearer {teams.token(key=OTHER_KEY)}"})
+        assert forged.status_code == 401
+        ok = httpx.post(f"{url}/teams/messages", json=act, headers={"Authorization": f"Bearer {teams.token()}"})
+        assert ok.status_code == 200 and "unknown case" in ok.json()["value"]
+    monkeypatch.delenv("CORDON_TEAMS_APP_PASSWORD")
+    with pytest.raises(KeyError, match="CORDON_TEAMS_APP_PASSWORD"):
+        build_app(signing_secret="s" * 32, ledger=ledger)

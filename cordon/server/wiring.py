@@ -7,7 +7,9 @@ it ``/metrics`` answers 503), ``CORDON_SUBMIT_THREADS`` (a posted batch's cases 
 ``CORDON_DATABASE_URL``, ``CORDON_CONFIG``, ``PREFECT_API_URL`` (the Prefect server the
 ``respond`` deployment and its workers use), ``CORDON_SLACK_API_URL`` (a Slack stand-in, for
 rehearsals), ``CORDON_AUDIT_USERS`` / ``CORDON_AUDIT_PROXY_SECRET`` (who may read the audit
-pages under ``/audit``: :mod:`cordon.server.pages`).
+pages under ``/audit``: :mod:`cordon.server.pages`). With a ``teams`` section in ``cordon.yaml``,
+``/teams/messages`` takes Microsoft Teams clicks (:mod:`cordon.teams.server`), the bot's client
+secret read from the variable its ``app_password_env`` names (default ``CORDON_TEAMS_APP_PASSWORD``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from fastapi import FastAPI
 from cordon.approvals.decide import make_decider, wants_deny_reason
 from cordon.approvals.policy import require_approvers
 from cordon.audit.ledger import Ledger
+from cordon.audit.refusals import RefusalCounter
 from cordon.server.app import create_app
 from cordon.server.pages import audit_pages
 from cordon.server.push_auth import load_push_sources
@@ -78,16 +81,28 @@ def build_app(*, signing_secret: str | None = None, webhook_token: str | None = 
         def open_view(trigger_id: str, view: dict[str, Any]) -> None:
             slack_client.views_open(trigger_id=trigger_id, view=view)  # raises SlackApiError when refused
 
+    # one decider for both channels: a Slack and a Teams click on one case meet in one quorum
+    decide = make_decider(responder.ledger, responder.config, slack_client=slack_client, rollback=rollback)
+    refusals = RefusalCounter(responder.ledger)
     app = create_app(signing_secret=secret, ledger=responder.ledger, open_view=open_view,
-                     wants_reason=lambda ix: wants_deny_reason(responder.ledger, ix),
-                     decide=make_decider(responder.ledger, responder.config, slack_client=slack_client,
-                                         rollback=rollback),
+                     wants_reason=lambda ix: wants_deny_reason(responder.ledger, ix), refusals=refusals,
+                     decide=decide,
                      webhook_token=webhook_token or os.environ.get("CORDON_WEBHOOK_TOKEN"),
                      on_detections=on_detections, commands=_commands(responder, slack_client, cloud, slack),
                      push_sources=load_push_sources((responder.config.raw.get("webhook") or {}).get("sources"),
                                                     os.environ),
                      metrics_token=os.environ.get("CORDON_METRICS_TOKEN") or None)
     app.include_router(audit_pages(responder.ledger))  # read-only audit pages: cordon/server/pages.py
+    if responder.config.raw.get("teams"):  # Microsoft Teams clicks (issue 18): cordon/teams/server.py
+        from cordon.teams.client import Connector, TeamsCards, bot_token_provider
+        from cordon.teams.server import teams_router
+        from cordon.teams.verify import InvokeVerifier, load_teams_settings
+
+        teams = load_teams_settings(responder.config)
+        token = bot_token_provider(teams)
+        cards = TeamsCards(responder.ledger, lambda url: Connector(url, token))
+        app.include_router(teams_router(ledger=responder.ledger, verifier=InvokeVerifier(teams), decide=decide,
+                                        after=cards.after_decision, refusals=refusals))
     _recover_at_start(app, responder, cloud, slack)
     return app
 

@@ -51,16 +51,20 @@ def bot_token_provider(settings: TeamsSettings) -> Callable[[], str]:
     """``token()`` for the connector: the bot's access token from Entra by client credentials
     (MSAL ``ConfidentialClientApplication``, authority ``https://login.microsoftonline.com/<tenant>``
     for a single-tenant bot, scope ``https://api.botframework.com/.default``), the secret read from
-    the environment variable ``settings.app_password_env`` (``KeyError`` when unset). Not exercised
-    by the tests (the stand-in accepts any Bearer token)."""
-    import msal
-
+    the environment variable ``settings.app_password_env`` at once (``KeyError`` when unset); the
+    MSAL client is built at the first call. Acquiring a token is not exercised by the tests (the
+    stand-in accepts any Bearer token)."""
     secret = os.environ[settings.app_password_env]
-    app = msal.ConfidentialClientApplication(settings.app_id, client_credential=secret,
-                                             authority=f"https://login.microsoftonline.com/{settings.tenant_id}")
+    apps: list[Any] = []  # MSAL discovers the authority over the network: built at the first call
 
     def token() -> str:
-        got = app.acquire_token_for_client(scopes=["https://api.botframework.com/.default"])
+        import msal
+
+        if not apps:
+            apps.append(msal.ConfidentialClientApplication(
+                settings.app_id, client_credential=secret,
+                authority=f"https://login.microsoftonline.com/{settings.tenant_id}"))
+        got = apps[0].acquire_token_for_client(scopes=["https://api.botframework.com/.default"])
         if "access_token" not in got:
             raise RuntimeError(f"no bot token: {got.get('error')}: {got.get('error_description')}")
         return got["access_token"]

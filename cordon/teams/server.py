@@ -20,7 +20,8 @@
    records ``approval.click_refused`` for a policy refusal) in a worker thread and answer the
    invoke with its message (``application/vnd.microsoft.activity.message``), within Teams'
    invoke time limit (the decider waits the deny window, 0.5 s by default, before resuming).
-5. ``after(interaction, outcome)``, when given, runs after the answer (updates the card in place:
+5. ``after(interaction, outcome)``, when given, runs after the answer to an accepted click (a
+   counted vote or the decision; it updates the card in place:
    :meth:`cordon.teams.client.TeamsCards.after_decision`).
 
 Sources: Universal Actions invoke response,
@@ -111,7 +112,7 @@ def teams_router(*, ledger: Ledger, verifier: InvokeVerifier, decide: Callable[[
                                     remote, activity, user_id=ix.user_id, **where)
             return JSONResponse({"error": "replayed request", "reason": "replayed"}, status_code=401)
         outcome = await run_in_threadpool(decide, ix)
-        if after is not None:
+        if after is not None and outcome.accepted:  # a refused click changes nothing to show
             background.add_task(run_in_threadpool, after, ix, outcome)
         return JSONResponse(invoke_message(outcome.message))
 
