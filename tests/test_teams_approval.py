@@ -327,3 +327,20 @@ def test_cordon_serve_takes_teams_clicks_when_configured(tmp_path, monkeypatch, 
     monkeypatch.delenv("CORDON_TEAMS_APP_PASSWORD")
     with pytest.raises(KeyError, match="CORDON_TEAMS_APP_PASSWORD"):
         build_app(signing_secret="s" * 32, ledger=ledger)
+
+
+def test_card_shows_the_approvals_still_needed_after_a_teams_vote(tmp_path, aws, teams, verifier):
+    tw = TeamsWorld(tmp_path, aws, teams, verifier, card=True, severity="critical")
+    try:
+        r = tw.click(BOB)
+        assert r.status_code == 200 and "approval 1 of 2" in r.json()["value"]
+        assert wait_for(lambda: len(tw.card()["history"]) == 1)
+        updated = tw.card()["attachments"][0]["content"]
+        assert f"Approvals 1 of 2 (teams:{BOB})" in json.dumps(updated)
+        assert [a["verb"] for a in updated["actions"]] == ["cordon_approve", "cordon_deny"]  # still waiting
+        # a refused click (the suspect) does not touch the card
+        assert "no self-approval" in tw.click(MALLORY).json()["value"]
+        time.sleep(0.3)
+        assert len(tw.card()["history"]) == 1
+    finally:
+        tw.close()
