@@ -10,7 +10,7 @@ the field. ``examples/chronicle-gcp-sa-key.json`` follows the detection shape Go
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cordon.detections.errors import Rejected
@@ -178,3 +178,75 @@ def test_an_empty_page_is_read_as_nothing(tmp_path):
     path = tmp_path / "page.json"
     path.write_text(json.dumps({"detections": [], "nextPageToken": ""}))
     assert list(detect(read_inputs([path]), RuleSet.load(shipped_rule_dirs()))) == []
+
+
+# -- the key an event does not name: never the caller's ----------------------------------------------------------
+def _unnamed_case(responder, gcp, tmp_path: Path, det: dict, keys: dict[str, tuple[datetime, str]]) -> tuple:
+    """Seed ``keys`` (key ID -> (validAfterTime, keyOrigin)) on SA, run ``det`` through intake and the
+    respond flow (approval auto); returns ``(summary, {key ID: disabled})``."""
+    for key_id, (after, origin) in keys.items():
+        gcp.standin.ensure_sa_key(SA, key_id, valid_after=after, key_origin=origin)
+    path = tmp_path / "unnamed.json"
+    path.write_text(json.dumps(det))
+    (s,) = list(responder.run_all(responder.intake([path]), approval="auto", stand_ins=gcp))
+    listed = gcp.clients("iam", "v1").projects().serviceAccounts().keys().list(
+        name=f"projects/-/serviceAccounts/{SA}").execute()["keys"]
+    return s, {k["name"].rsplit("/", 1)[-1]: k["disabled"] for k in listed if k["keyType"] == "USER_MANAGED"}
+
+
+def _signed_by(det: dict, key: str) -> dict:
+    """``det`` whose event says the call was signed by ``key`` (Google's parser:
+    authenticationInfo.serviceAccountKeyName -> principal.user.attribute.labels key_id)."""
+    event = det["collectionElements"][0]["references"][0]["event"]
+    event["principal"]["user"]["attribute"] = {"labels": [{"key": "key_id", "value": key}]}
+    return det
+
+
+def test_the_key_that_signed_the_call_is_never_the_unnamed_key(responder, gcp, tmp_path):
+    """The key the call made is gone already (deleted by the attacker); the only user-managed key made
+    near the record's time is the one that signed the call, 5 s before it: the case is refused naming
+    it, and it stays enabled (before, the principal's key_id label was not read and the ±120 s window
+    took it)."""
+    now = datetime.now(UTC)
+    caller = f"//iam.googleapis.com/projects/acme-prod-4821/serviceAccounts/{SA}/keys/caller0001"
+    det = _signed_by(unnamed(now), caller)
+    s, keys = _unnamed_case(responder, gcp, tmp_path, det, {"caller0001": (now - timedelta(seconds=5),
+                                                                           "GOOGLE_PROVIDED")})
+    assert s["status"] == "refused" and "signed the call" in json.dumps(s), s
+    assert keys == {"caller0001": False}
+
+
+def test_a_key_made_a_minute_before_the_call_is_not_the_one_it_made(responder, gcp, tmp_path):
+    """A key valid from 60 s before the record cannot be the one the call made (IAM stamps a new key
+    with the time of the call): with no other key the case is refused, nothing disabled."""
+    now = datetime.now(UTC)
+    s, keys = _unnamed_case(responder, gcp, tmp_path, unnamed(now),
+                            {"early0001": (now - timedelta(seconds=60), "GOOGLE_PROVIDED")})
+    assert s["status"] == "refused" and "0 keys" in json.dumps(s), s
+    assert keys == {"early0001": False}
+
+
+def test_the_key_id_detection_field_is_set_aside_and_the_new_key_disabled(responder, gcp, tmp_path):
+    """The rule's key_id detection field names a key made 3 s before the record (inside the clock-skew
+    margin): it may be the caller's, so it is set aside; the one other key made then is disabled."""
+    now = datetime.now(UTC)
+    det = unnamed(now)  # its detectionFields key_id is DECOY
+    s, keys = _unnamed_case(responder, gcp, tmp_path, det, {DECOY: (now - timedelta(seconds=3), "GOOGLE_PROVIDED"),
+                                                            "fresh0001": (now, "GOOGLE_PROVIDED")})
+    assert s["status"] == "contained", s
+    assert keys == {DECOY: False, "fresh0001": True}
+    found = s["enrichment"]["gcp.unnamed-sa-key"]
+    assert found["set_aside"] == [f"projects/acme-prod-4821/serviceAccounts/{SA}/keys/{DECOY}"], found
+
+
+def test_an_unnamed_uploaded_key_is_the_user_provided_one(responder, gcp, tmp_path):
+    """UploadServiceAccountKey: the key's validAfterTime is the certificate's notBefore, made before
+    the upload; a Google-provided key made at the same moment (another caller's create) is not it."""
+    now = datetime.now(UTC)
+    det = unnamed(now)
+    det["collectionElements"][0]["references"][0]["event"]["metadata"]["productEventType"] = \
+        "google.iam.admin.v1.UploadServiceAccountKey"
+    seeded = {"upload0001": (now - timedelta(seconds=90), "USER_PROVIDED"), "other0001": (now, "GOOGLE_PROVIDED")}
+    s, keys = _unnamed_case(responder, gcp, tmp_path, det, seeded)
+    assert s["status"] == "contained", s
+    assert keys == {"upload0001": True, "other0001": False}

@@ -327,8 +327,10 @@ class GcpStandIn:
             return self.service_accounts[email]
 
     def ensure_sa_key(self, email: str, key_id: str, key_type: str = "USER_MANAGED", disabled: bool = False,
-                      valid_after: datetime | None = None) -> dict[str, Any]:
-        """Create key ``key_id`` of service account ``email`` (created if absent) if absent."""
+                      valid_after: datetime | None = None, key_origin: str = "GOOGLE_PROVIDED") -> dict[str, Any]:
+        """Create key ``key_id`` of service account ``email`` (created if absent) if absent;
+        ``key_origin`` ``USER_PROVIDED`` for an uploaded key (its ``valid_after`` is then the
+        certificate's ``notBefore``)."""
         sa = self.ensure_service_account(email)
         with self._lock:
             keys = self.sa_keys[email]
@@ -338,7 +340,7 @@ class GcpStandIn:
                 keys[key_id] = {
                     "name": f"projects/{sa['projectId']}/serviceAccounts/{email}/keys/{key_id}",
                     "validAfterTime": _rfc3339(after), "validBeforeTime": _rfc3339(before),
-                    "keyAlgorithm": "KEY_ALG_RSA_2048", "keyOrigin": "GOOGLE_PROVIDED", "keyType": key_type,
+                    "keyAlgorithm": "KEY_ALG_RSA_2048", "keyOrigin": key_origin, "keyType": key_type,
                     "disabled": disabled,
                 }
             return keys[key_id]

@@ -980,57 +980,110 @@ class GcpActorFacts(EnrichmentAction):
         }
 
 
-#: How far from the record's time a key's ``validAfterTime`` may be and still be the key it created
-#: (IAM stamps a new key with the time of the call; 120 s also covers clock skew and log delay)
+#: How far after the record's time a created key's ``validAfterTime`` may be and still be the key it
+#: created (IAM stamps a new key with the time of the call; 120 s also covers log delay). For an
+#: uploaded key (its ``validAfterTime`` is the certificate's ``notBefore``, made before the upload),
+#: how far before the record's time.
 UNNAMED_KEY_WINDOW_SECONDS = 120
+#: How far on the other side of the record's time: clock skew between IAM and Cloud Logging. A key
+#: that signed the call existed before it, so this side is kept short: it is where that key would be.
+UNNAMED_KEY_SKEW_SECONDS = 10
+_UPLOAD = "google.iam.admin.v1.UploadServiceAccountKey"
+
+
+def _key_id(name: str | None) -> str:
+    """The key ID of a key resource name (``[//iam.googleapis.com/]projects/P/serviceAccounts/SA/keys/K``) or of a
+    bare key ID."""
+    return str(name or "").rstrip("/").rsplit("/", 1)[-1]
 
 
 def sa_keys_created_at(ctx: ActionContext, service_account: str, at: datetime, tolerance_s: int,
-                       caller_key: str | None = None) -> dict[str, Any]:
-    """The user-managed keys of ``service_account`` and which were created within ``tolerance_s``
-    seconds of ``at`` (``validAfterTime``; ``projects.serviceAccounts.keys.list`` with
-    ``keyTypes=USER_MANAGED``), never counting ``caller_key`` (the key that signed the call).
-    Returns ``{service_account, at, tolerance_seconds, keys: [{name, valid_after}], in_window:
-    [names], key_name (the one key in the window, else None), reason}``. Raises ``HttpError``.
+                       caller_key: str | None = None, *, not_keys: tuple[str, ...] = (), method: str | None = None,
+                       skew_s: int = UNNAMED_KEY_SKEW_SECONDS) -> dict[str, Any]:
+    """The user-managed keys of ``service_account`` and which of them the call at ``at`` made
+    (``projects.serviceAccounts.keys.list`` with ``keyTypes=USER_MANAGED``; ``validAfterTime``,
+    ``keyOrigin``).
+
+    ``CreateServiceAccountKey`` (and an unknown ``method``): a ``GOOGLE_PROVIDED`` (or unspecified)
+    key valid from ``[at - skew_s, at + tolerance_s]``: IAM stamps a new key with the time of the
+    call, and a key that signed the call existed before it. ``UploadServiceAccountKey``: a
+    ``USER_PROVIDED`` key valid from ``[at - tolerance_s, at + skew_s]`` (the certificate's
+    ``notBefore``, set when it was made, before the upload). ``caller_key`` and ``not_keys`` (key
+    names or IDs: the key that signed the call, and keys the record names that may be it, such as
+    Chronicle's ``key_id`` detection field) are never the answer: when one of them is the only key
+    in the window, ``key_name`` is ``None`` and ``reason`` says so.
+
+    Returns ``{service_account, at, tolerance_seconds, skew_seconds, method, keys: [{name,
+    valid_after, origin}], in_window: [names], set_aside: [names in the window that may be the
+    caller's], key_name (the one key in the window, else None), reason}``. Raises ``HttpError``.
     API: https://cloud.google.com/iam/docs/reference/rest/v1/projects.serviceAccounts.keys/list"""
     listed = GcpContainmentAction.execute(ctx, "iam.v1", "projects.serviceAccounts.keys.list",
                                           name=f"projects/-/serviceAccounts/{service_account}",
                                           keyTypes=["USER_MANAGED"])
-    keys = [{"name": k["name"], "valid_after": k.get("validAfterTime")} for k in (listed or {}).get("keys") or []]
-    caller_id = (caller_key or "").rsplit("/", 1)[-1]
-    in_window = []
+    keys = [{"name": k["name"], "valid_after": k.get("validAfterTime"), "origin": k.get("keyOrigin")}
+            for k in (listed or {}).get("keys") or []]
+    upload = method == _UPLOAD
+    lo, hi = (-tolerance_s, skew_s) if upload else (-skew_s, tolerance_s)
+    avoid = {_key_id(k) for k in (caller_key, *not_keys) if k}
+    in_window, set_aside = [], []
     for k in keys:
-        if caller_id and k["name"].rsplit("/", 1)[-1] == caller_id:
+        if (k["origin"] == "USER_PROVIDED") != upload:  # created keys are Google's, uploaded ones the user's
             continue
         try:
             started = datetime.fromisoformat(str(k["valid_after"]).replace("Z", "+00:00"))
         except ValueError:
             continue
-        if abs((started - at).total_seconds()) <= tolerance_s:
-            in_window.append(k["name"])
+        if lo <= (started - at).total_seconds() <= hi:
+            (set_aside if _key_id(k["name"]) in avoid else in_window).append(k["name"])
     one = in_window[0] if len(in_window) == 1 else None
-    reason = (f"the one key of {service_account} created within {tolerance_s} s of {at.isoformat()}" if one else
-              f"{len(in_window)} keys of {service_account} were created within {tolerance_s} s of {at.isoformat()}"
-              f"{': ' + ', '.join(in_window) if in_window else ''}; the one the record added cannot be told apart, "
-              "and Cordon never disables every key")
-    return {"service_account": service_account, "at": at.isoformat(), "tolerance_seconds": tolerance_s, "keys": keys,
-            "in_window": in_window, "key_name": one, "reason": reason}
+    what = "uploaded" if upload else "created"
+    span = f"from {-lo} s before to {hi} s after {at.isoformat()}"
+    aside = (f"; set aside as possibly the key that signed the call: {', '.join(set_aside)}" if set_aside else "")
+    if one:
+        reason = f"the one key of {service_account} {what} {span}{aside}"
+    elif not in_window and set_aside:
+        reason = (f"the only key of {service_account} {what} {span} is {', '.join(set_aside)}, which the record "
+                  "names as the key that signed the call (or as its key_id, which can be that key): Cordon does "
+                  "not disable the caller's key by mistake; a person must tell which key the record added")
+    else:
+        reason = (f"{len(in_window)} keys of {service_account} were {what} {span}"
+                  f"{': ' + ', '.join(in_window) if in_window else ''}{aside}; the one the record added cannot be "
+                  "told apart, and Cordon never disables every key")
+    return {"service_account": service_account, "at": at.isoformat(), "tolerance_seconds": tolerance_s,
+            "skew_seconds": skew_s, "method": method, "keys": keys, "in_window": in_window, "set_aside": set_aside,
+            "key_name": one, "reason": reason}
 
 
-def _unnamed_at(ctx: ActionContext) -> tuple[datetime, str | None]:
-    cred = ctx.detection.credential
+def _unnamed_at(ctx: ActionContext) -> dict[str, Any]:
+    """What :func:`sa_keys_created_at` takes from the detection: ``at`` (``eventTime``, else the
+    detection's time), ``caller_key`` (``callerKey``, else the actor's ``session_uid``: the key
+    that signed the call), ``not_keys`` (``notKeys``) and ``method`` (the detection's event name)."""
+    det = ctx.detection
+    cred = det.credential
     attrs = cred.attributes if cred else {}
     at = attrs.get("eventTime")
-    when = datetime.fromisoformat(str(at).replace("Z", "+00:00")) if at else ctx.detection.time
-    return when, attrs.get("callerKey")
+    when = datetime.fromisoformat(str(at).replace("Z", "+00:00")) if at else det.time
+    not_keys = attrs.get("notKeys") or []
+    return {"at": when, "caller_key": attrs.get("callerKey") or det.actor.session_uid,
+            "not_keys": tuple(str(k) for k in (not_keys if isinstance(not_keys, list) else [not_keys])),
+            "method": det.event_name}
+
+
+def _find_unnamed(ctx: ActionContext) -> dict[str, Any]:
+    found = _unnamed_at(ctx)
+    return sa_keys_created_at(ctx, ctx.params["service_account"], found.pop("at"),
+                              ctx.params.get("tolerance_seconds", UNNAMED_KEY_WINDOW_SECONDS),
+                              found.pop("caller_key"), **found)
 
 
 @register
 class UnnamedSaKey(EnrichmentAction):
     """Find the service-account key a record says was created but does not name (a Google SecOps
     detection whose UDM event holds no key name): :func:`sa_keys_created_at` around the record's
-    time (``credential.attributes.eventTime``), never the key that signed the call
-    (``credential.attributes.callerKey``). Reads only.
+    time (``credential.attributes.eventTime``), by how the record made it (the detection's
+    ``event_name``: created or uploaded), never the key that signed the call
+    (``credential.attributes.callerKey``, else ``actor.session_uid``) nor a key the record names
+    that may be it (``credential.attributes.notKeys``). Reads only.
     API: https://cloud.google.com/iam/docs/reference/rest/v1/projects.serviceAccounts.keys/list
 
     .. code-block:: yaml
@@ -1051,9 +1104,7 @@ class UnnamedSaKey(EnrichmentAction):
         tolerance_seconds: Annotated[int, Field(ge=1, le=900)] = UNNAMED_KEY_WINDOW_SECONDS
 
     def run(self, ctx: ActionContext) -> dict[str, Any]:
-        at, caller = _unnamed_at(ctx)
-        return sa_keys_created_at(ctx, ctx.params["service_account"], at,
-                                  ctx.params.get("tolerance_seconds", UNNAMED_KEY_WINDOW_SECONDS), caller)
+        return _find_unnamed(ctx)
 
 
 @register
@@ -1061,8 +1112,8 @@ class DisableUnnamedSaKey(DisableSaKey):
     """Disable the one key of ``service_account`` created at the record's time, which the record
     does not name (``key_name``: what ``gcp.unnamed-sa-key`` found; ``null`` when no single key was
     created in the window). The key is checked again when read: it must still be the only key of
-    that account created within ``tolerance_seconds`` of the record's time and not the key that
-    signed the call, else ``GuardError`` (run ``refused``); without a key the case is refused with
+    that account made in the window around the record's time (:func:`sa_keys_created_at`) and not
+    the key that signed the call, else ``GuardError`` (run ``refused``); without a key the case is refused with
     the reason (none, or several: Cordon never disables every key). Then as ``gcp.disable-sa-key``
     (state, rollback ``keys.enable``).
     API: https://cloud.google.com/iam/docs/reference/rest/v1/projects.serviceAccounts.keys/disable
@@ -1090,9 +1141,7 @@ class DisableUnnamedSaKey(DisableSaKey):
         return ctx.params.get("key_name") or f"the key of {ctx.params['service_account']} created at the record's time"
 
     def read_state(self, ctx: ActionContext) -> dict[str, Any] | None:
-        at, caller = _unnamed_at(ctx)
-        found = sa_keys_created_at(ctx, ctx.params["service_account"], at,
-                                  ctx.params.get("tolerance_seconds", UNNAMED_KEY_WINDOW_SECONDS), caller)
+        found = _find_unnamed(ctx)
         name = ctx.params.get("key_name")
         if not name:
             raise GuardError(found["reason"])

@@ -76,6 +76,11 @@ UDM_TO_NATIVE: dict[str, NativeMapping] = {
         "protoPayload.requestMetadata.callerIp": _IP,
         "protoPayload.requestMetadata.callerSuppliedUserAgent": _UA,
         "protoPayload.resourceName": ("target.resource.name",),
+        # the key that signed the call (Google's parser: authenticationInfo.serviceAccountKeyName ->
+        # principal.user.attribute key_id); the actor's session, never the key the call made
+        "protoPayload.authenticationInfo.serviceAccountKeyName": (
+            "principal.user.attribute.labels.key_id", "principal.user.attribute.labels.service_account_key_name",
+            "principal.user.attribute.labels.serviceAccountKeyName"),
         "resource.labels.project_id": ("target.cloud.project.name", "target.resource.attribute.cloud.project.name",
                                        "principal.cloud.project.name"),
         "resource.labels.email_id": ("target.user.userid", "target.user.emailAddresses[0]"),
@@ -172,6 +177,20 @@ def _labels(event: dict[str, Any], path: str) -> dict[str, Any]:
     """UDM ``labels`` lists (``[{"key", "value"}]``) under ``path`` as a dict."""
     items = _dig(event, path)
     return {i.get("key"): i.get("value") for i in items if isinstance(i, dict)} if isinstance(items, list) else {}
+
+
+def detection_field_values(event: dict[str, Any], key: str) -> list[str]:
+    """The string values of ``key`` in every ``securityResult[].detectionFields`` (UDM
+    ``SecurityResult.detection_fields``: ``[{"key", "value"}]``) of ``event``, in order, once each."""
+    out: list[str] = []
+    results = event.get("securityResult")
+    for result in results if isinstance(results, list) else [results]:
+        items = result.get("detectionFields") if isinstance(result, dict) else None
+        for item in items if isinstance(items, list) else []:
+            if isinstance(item, dict) and item.get("key") == key and isinstance(item.get("value"), str) \
+                    and item["value"] and item["value"] not in out:
+                out.append(item["value"])
+    return out
 
 
 def native_record(mapping: NativeMapping, event: dict[str, Any]) -> dict[str, Any]:
@@ -283,7 +302,10 @@ def _sa_key_detections(native: dict[str, Any], event: dict[str, Any], match: Any
     ``projects/P/serviceAccounts/SA/keys/K`` the event holds (``target.resource.name``,
     ``target.resource.productObjectId``, ``about.resource.name``); without one, the detection keeps
     ``gcp_sa_key`` with ``uid`` ``None`` and ``attributes`` ``keyId: not logged``, ``eventTime``,
-    ``callerKey`` (the key that signed the call, when UDM has it), for ``gcp-sa-key-unnamed``."""
+    ``callerKey`` (the key that signed the call: ``principal.user.attribute.labels`` ``key_id``,
+    read as ``authenticationInfo.serviceAccountKeyName``, or a key name in ``principal.resource.name``)
+    and ``notKeys`` (the ``securityResult[].detectionFields`` ``key_id`` values: the key a rule
+    matched on, which can be the caller's), for ``gcp-sa-key-unnamed``, which never takes either."""
     from cordon.providers import source_for
 
     named = next((v for v in (_dig(event, p) for p in ("target.resource.name", "target.resource.productObjectId",
@@ -300,15 +322,17 @@ def _sa_key_detections(native: dict[str, Any], event: dict[str, Any], match: Any
     found = found if isinstance(found, list) else [found]
     if named:
         return found
-    caller = next((v for v in (_dig(event, p) for p in ("principal.resource.name", "principal.user.attribute.labels"))
-                   if isinstance(v, str) and _KEY_NAME.match(v)), None)
+    resource = _dig(event, "principal.resource.name")
     out = []
     for det in found:
         cred = det.credential
+        caller = det.actor.session_uid or (resource if isinstance(resource, str) and _KEY_NAME.match(
+            resource.removeprefix("//iam.googleapis.com/")) else None)
+        not_keys = [k for k in detection_field_values(event, "key_id") if k != caller]
         attrs = {k: v for k, v in (cred.attributes if cred else {}).items() if k != "nameAsLogged"}
         attrs.update({"keyId": "not logged", "eventTime": det.time.isoformat(),
                       "reason": "the Chronicle event names no key (target.resource.name)",
-                      **({"callerKey": caller} if caller else {})})
+                      **({"callerKey": caller} if caller else {}), **({"notKeys": not_keys} if not_keys else {})})
         out.append(det.model_copy(update={"credential": cred.model_copy(update={"uid": None, "attributes": attrs})}
                                   if cred else {}))
     return out
