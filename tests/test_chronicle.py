@@ -250,3 +250,39 @@ def test_an_unnamed_uploaded_key_is_the_user_provided_one(responder, gcp, tmp_pa
     s, keys = _unnamed_case(responder, gcp, tmp_path, det, seeded)
     assert s["status"] == "contained", s
     assert keys == {"upload0001": True, "other0001": False}
+
+
+def test_an_event_naming_only_the_key_that_signed_the_call_names_no_key(tmp_path):
+    """target.resource.name is the key the principal's key_id label says signed the call: that is not
+    the key the call made, so the detection names none (and gcp-sa-key-unnamed never takes it)."""
+    det = _signed_by(example(), KEY)
+    (d,) = run(tmp_path, det)
+    assert d.credential.uid is None and d.credential.attributes["callerKey"] == KEY, d.credential
+    assert d.actor.session_uid == KEY
+
+
+ENTRA_APP = "8d2f0e3b-6a4c-4f9b-8d7e-3a2b1c0d9e8f"
+
+
+def test_an_entra_application_credential_is_the_applications_as_the_entra_record_says(tmp_path):
+    """"Update application – Certificates and secrets management" (the activity the SecOps rule
+    entra_id_secret_added_to_app matches) is about the application object: the detection's owner is
+    the Application, as the Entra record's target is, and both are one case."""
+    from cordon.providers.azure.detections import detections_from_entra_audit
+    from tests.test_entra_unnamed_credential import DUMMY, record
+
+    when = datetime(2026, 11, 20, 3, 52, 18, tzinfo=UTC)
+    activity = "Update application \u2013 Certificates and secrets management "  # as Entra writes it
+    raw = record(when, target=ENTRA_APP, target_type="Application")
+    raw["activityDisplayName"] = activity
+    (native,) = detections_from_entra_audit(raw, DUMMY, "raw", 0)
+    chron = with_event(example(), metadata={"eventTimestamp": when.isoformat().replace("+00:00", "Z"),
+                                            "productEventType": activity, "productName": "Azure AD Directory Audit",
+                                            "vendorName": "Microsoft"},
+                       principal={"user": {"userid": "mallory@contoso.example"}, "ip": ["203.0.113.7"]},
+                       target={"resource": {"name": "payments-api", "productObjectId": ENTRA_APP}})
+    (d,) = run(tmp_path, chron)
+    assert native.credential.owner.type == "Application"
+    assert (d.credential.kind, d.credential.uid, d.credential.owner.uid, d.credential.owner.type) == (
+        native.credential.kind, None, ENTRA_APP, "Application")
+    assert d.credential.attributes["objectType"] == "Application" and d.case_key() == native.case_key()

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
@@ -56,11 +56,14 @@ _ENTRA_CREDENTIAL_EVENTS = ("add service principal credentials",
 class NativeMapping:
     """How one kind of UDM event is rebuilt as its native record: ``source`` (the record kind of
     :func:`cordon.providers.source_for`), ``fields`` (native dotted path -> UDM dotted paths, the
-    first present wins; ``[n]`` indexes a list), ``constants`` (native path -> value)."""
+    first present wins; ``[n]`` indexes a list), ``constants`` (native path -> value) and
+    ``by_event`` (``metadata.productEventType`` as :func:`event_key` spells it -> constants that
+    differ by event, over ``constants``)."""
 
     source: str
     fields: dict[str, tuple[str, ...]]
     constants: dict[str, Any]
+    by_event: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 _WHO = ("principal.user.userid", "principal.user.emailAddresses[0]", "principal.user.userDisplayName")
@@ -97,7 +100,9 @@ UDM_TO_NATIVE: dict[str, NativeMapping] = {
         "targetResources[0].displayName": ("target.resource.name", "target.application"),
         "tenantId": ("metadata.productDeploymentId", "target.resource.attribute.labels.tenantId"),
     }, {"category": "ApplicationManagement", "result": "success", "loggedByService": "Core Directory",
-        "targetResources[0].type": "ServicePrincipal", "targetResources[0].modifiedProperties": []}),
+        "targetResources[0].type": "ServicePrincipal", "targetResources[0].modifiedProperties": []},
+        # the application object, as the Entra record's target is (its credentials are the app's)
+        {"update application - certificates and secrets management": {"targetResources[0].type": "Application"}}),
     "aws_access_key": NativeMapping("cloudtrail", {
         "eventName": ("metadata.productEventType",),
         "eventTime": _WHEN,
@@ -201,7 +206,8 @@ def native_record(mapping: NativeMapping, event: dict[str, Any]) -> dict[str, An
         if labels:  # a.b.labels.key reads the UDM label list by key
             _put(flat, base, labels)
     out: dict[str, Any] = {}
-    for path, value in mapping.constants.items():
+    for path, value in {**mapping.constants,
+                        **mapping.by_event.get(event_key(_dig(event, "metadata.productEventType")), {})}.items():
         _put(out, path, value)
     for path, candidates in mapping.fields.items():
         value = next((v for v in (_dig(flat, c) for c in candidates) if v not in (None, "", [])), None)
@@ -210,12 +216,19 @@ def native_record(mapping: NativeMapping, event: dict[str, Any]) -> dict[str, An
     return out
 
 
+def event_key(product_event_type: Any) -> str:
+    """``metadata.productEventType`` as the mappings spell it: dashes as ``-``, one space between
+    words, no trailing period, lower case (Entra writes "Update application – Certificates and secrets
+    management " with an en dash and a trailing space)."""
+    text = str(product_event_type or "").replace("\u2013", "-").replace("\u2014", "-")
+    return re.sub(r"\s+", " ", text).strip().rstrip(".").lower()
+
+
 def _kind(event: dict[str, Any]) -> str | None:
     pet = str(_dig(event, "metadata.productEventType") or "")
     if pet in _SA_KEY_EVENTS:
         return "gcp_sa_key"
-    spelled = re.sub(r"\s+", " ", pet.replace("\u2013", "-").replace("\u2014", "-")).strip().rstrip(".").lower()
-    if spelled in _ENTRA_CREDENTIAL_EVENTS:
+    if event_key(pet) in _ENTRA_CREDENTIAL_EVENTS:
         return "entra_credential"
     if pet == "CreateAccessKey" and str(_dig(event, "metadata.vendorName") or "AMAZON").upper().startswith("AMAZON"):
         return "aws_access_key"
@@ -300,7 +313,8 @@ def _sa_key_detections(native: dict[str, Any], event: dict[str, Any], match: Any
                        position: int) -> list[Detection]:
     """The GCP parser's detections of a rebuilt Cloud Audit Log entry. The key is the first
     ``projects/P/serviceAccounts/SA/keys/K`` the event holds (``target.resource.name``,
-    ``target.resource.productObjectId``, ``about.resource.name``); without one, the detection keeps
+    ``target.resource.productObjectId``, ``about.resource.name``), unless it is the key that signed
+    the call (then it is not named); without one, the detection keeps
     ``gcp_sa_key`` with ``uid`` ``None`` and ``attributes`` ``keyId: not logged``, ``eventTime``,
     ``callerKey`` (the key that signed the call: ``principal.user.attribute.labels`` ``key_id``,
     read as ``authenticationInfo.serviceAccountKeyName``, or a key name in ``principal.resource.name``)
@@ -311,6 +325,9 @@ def _sa_key_detections(native: dict[str, Any], event: dict[str, Any], match: Any
     named = next((v for v in (_dig(event, p) for p in ("target.resource.name", "target.resource.productObjectId",
                                                         "about.resource.name"))
                   if isinstance(v, str) and _KEY_NAME.match(v)), None)
+    signer = _dig(native, "protoPayload.authenticationInfo.serviceAccountKeyName")
+    if named and isinstance(signer, str) and signer.rsplit("/", 1)[-1] == named.rsplit("/", 1)[-1]:
+        named = None  # the key the event names is the one that signed the call: not the key it made
     sa = _dig(native, "resource.labels.email_id")
     if not named and not sa:
         raise RecordError(origin, position, "target.user.userid", "names neither the key nor its service account")
