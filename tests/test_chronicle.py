@@ -286,3 +286,38 @@ def test_an_entra_application_credential_is_the_applications_as_the_entra_record
     assert (d.credential.kind, d.credential.uid, d.credential.owner.uid, d.credential.owner.type) == (
         native.credential.kind, None, ENTRA_APP, "Application")
     assert d.credential.attributes["objectType"] == "Application" and d.case_key() == native.case_key()
+
+
+SECRET_A = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY"
+SECRET_B = "Zq8~vJ3.Lm2_example-client-secret-value"
+
+
+def test_secrets_in_udm_labels_and_additional_fields_are_redacted_at_intake(tmp_path):
+    """UDM carries a log's extra fields as key/value lists (labels ``{"key", "value"}``,
+    ``additional.fields`` with protobuf Values ``{"stringValue": ...}``): a secret there is redacted
+    before the detection (or the dead letter of a bad object) reaches the ledger."""
+    from cordon.audit.ledger import Ledger
+    from cordon.engine import Responder
+
+    event_extra = {"additional": {"fields": [{"key": "secretAccessKey", "value": {"stringValue": SECRET_A}},
+                                             {"key": "client_secret", "value": {"stringValue": SECRET_B}}]}}
+    det = with_event(example(), **event_extra)
+    det["collectionElements"][0]["references"][0]["event"]["target"]["resource"]["attribute"] = {
+        "labels": [{"key": "password", "value": SECRET_B}]}
+    other = with_event(example(), **event_extra, metadata={"eventTimestamp": "2026-11-20T03:14:07Z",
+                                                           "productEventType": "storage.objects.get"})
+    other["detection"][0]["ruleName"] = "gcs_bucket_enumeration"
+    bad = {**with_event(example(), **event_extra), "detection": [{"ruleId": "ru_x"}]}
+    path = tmp_path / "detections.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in (det, other, bad)))
+    ledger = Ledger(f"sqlite:///{tmp_path}/l.db")
+    report = Responder(ledger=ledger).intake([path])
+    assert len(report.cases) == 1 and len(report.rejected) == 1, report
+    with ledger.engine.connect() as conn:
+        from sqlalchemy import text
+
+        tables = [r[0] for r in conn.execute(text("SELECT name FROM sqlite_master WHERE type='table'"))]
+        dump = json.dumps([[list(r) for r in conn.execute(text(f'SELECT * FROM "{t}"'))] for t in tables],
+                          default=str)
+    assert "ru_x" in dump and "gcs_bucket_enumeration" in dump  # the dead letter and the suppressed one are there
+    assert SECRET_A not in dump and SECRET_B not in dump

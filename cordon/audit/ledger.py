@@ -310,12 +310,27 @@ def redact_text(text: str) -> str:
     return _KEY_VALUE.sub(_kv, text)
 
 
+#: Keys of a protobuf ``Value`` holding text (``{"stringValue": "..."}``): the value of a Struct
+#: field as UDM's ``additional.fields`` and label lists carry it (Google SecOps detections).
+_VALUE_WRAPPERS = frozenset({"stringValue", "bytesValue", "string_value", "bytes_value"})
+
+
+def _wrapped_text(value: Any) -> str | None:
+    """The wrapper key of a protobuf ``Value`` holding non-empty text (``{"stringValue": "s"}``), else ``None``."""
+    if isinstance(value, dict) and len(value) == 1:
+        (k, v), = value.items()
+        if k in _VALUE_WRAPPERS and isinstance(v, str) and v:
+            return k
+    return None
+
+
 def redact(obj: Any) -> Any:
     """A copy of ``obj`` (JSON-like: dicts, lists, scalars) in which the value of every secret key
     (:func:`is_secret_key`, at any depth, in lists too) is ``"***redacted***"`` (empty, ``None``
     and boolean values are kept: they reveal nothing; under a key that is secret only by its
     suffix, such as ``addPassword``, a dict or list is searched rather than hidden), the ``value``
-    of a ``{"name": "DB_PASSWORD", "value": ...}`` pair is hidden, every value of a ``kind: Secret``
+    of a ``{"name": "DB_PASSWORD", "value": ...}`` pair is hidden (also when it is a protobuf Value,
+    ``{"stringValue": ...}``, as in UDM's ``additional.fields``), every value of a ``kind: Secret``
     object's ``data`` / ``stringData`` is hidden whatever its key, and every string is passed
     through
     :func:`redact_text`. Tuples come back as lists."""
@@ -324,7 +339,7 @@ def redact(obj: Any) -> Any:
         for k, v in obj.items():
             # an exact secret name hides any value; a suffix match (``addPassword``) only a scalar
             secret = isinstance(k, str) and is_secret_key(k) and (
-                _norm(k) in SECRET_KEYS or not isinstance(v, dict | list | tuple))
+                _norm(k) in SECRET_KEYS or not isinstance(v, dict | list | tuple) or _wrapped_text(v) is not None)
             if secret and v not in (None, "") and not isinstance(v, bool):
                 out[k] = REDACTED
             else:
@@ -340,12 +355,34 @@ def redact(obj: Any) -> Any:
         for vk in ("value", "Value"):
             if label and is_secret_key(label) and isinstance(out.get(vk), str) and out[vk]:
                 out[vk] = REDACTED
+            elif label and is_secret_key(label) and (wrapper := _wrapped_text(out.get(vk))):
+                out[vk] = {wrapper: REDACTED}  # a protobuf Value: {"key": "secretAccessKey", "value": {"stringValue"}}
         return out
     if isinstance(obj, list | tuple):
         return [redact(v) for v in obj]
     if isinstance(obj, str):
         return redact_text(obj)
     return obj
+
+
+def redact_record_text(text: str) -> str:
+    """A record's text as a dead letter keeps it: when it is JSON (an object or a list) in which
+    :func:`redact` finds a secret by its structure (a secret key's value, a ``{"key", "value"}``
+    pair, a protobuf Value), the redacted JSON (re-serialised, compact); otherwise the text through
+    :func:`redact_text` (which sees only ``key: value`` text)."""
+    if text[:1] in ("{", "[") and len(text) <= 4 * 1024 * 1024:
+        try:
+            obj = json.loads(text)
+        except (ValueError, RecursionError):
+            obj = None
+        if isinstance(obj, dict | list):
+            try:
+                cleaned = redact(obj)
+            except RecursionError:
+                cleaned = obj
+            if cleaned != obj:
+                return redact_text(json.dumps(cleaned, ensure_ascii=False, separators=(",", ":")))
+    return redact_text(text)
 
 
 def default_database_url() -> str:
@@ -575,7 +612,7 @@ class Ledger:
         after redaction) and ``row_sha256`` (:func:`dead_letter_sha256` of the stored row), so
         :meth:`verify` finds an edited row. Returns the dead letter's id."""
         sha = hashlib.sha256(raw_text.encode("utf-8", "replace")).hexdigest()
-        stored_reason, stored_text = redact_text(reason), redact_text(raw_text)
+        stored_reason, stored_text = redact_text(reason), redact_record_text(raw_text)
         with self.chained() as w:
             ts = now_iso()
             values = {"ts": ts, "origin": origin, "position": position, "field": field, "reason": stored_reason,
