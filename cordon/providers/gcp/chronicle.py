@@ -237,14 +237,16 @@ def _kind(event: dict[str, Any]) -> str | None:
 
 def _match(rule: dict[str, Any], detection: dict[str, Any]) -> SimpleNamespace:
     """What the native parsers take from a Sigma match, from the Chronicle rule: id, name, level
-    (``ruleLabels`` severity), ATT&CK ids (``tags`` / the ``mitre_attack_technique_id`` outcome)."""
+    (``ruleLabels`` severity, else a GCTI finding's ``detection[0].severity``), ATT&CK ids (``tags``
+    / the ``mitre_attack_technique_id`` outcome)."""
     labels = {str(i.get("key")).lower(): i.get("value") for i in rule.get("ruleLabels") or [] if isinstance(i, dict)}
     outcomes = {str(i.get("key")).lower(): i.get("value") for i in rule.get("outcomes") or [] if isinstance(i, dict)}
     techniques = []
     for text in [*(str(t) for t in detection.get("tags") or []), str(outcomes.get("mitre_attack_technique_id") or "")]:
         techniques += [t for t in re.findall(r"T\d{4}(?:\.\d{3})?", text) if t not in techniques]
     return SimpleNamespace(id=rule.get("ruleId"), title=rule.get("ruleName"), path=None,
-                           level=str(labels.get("severity") or "medium").lower(), technique_ids=techniques)
+                           level=str(labels.get("severity") or rule.get("severity") or "medium").lower(),
+                           technique_ids=techniques)
 
 
 def detections_from_chronicle(record: dict[str, Any], origin: str, position: int) -> list[Detection]:
@@ -286,7 +288,7 @@ def detections_from_chronicle(record: dict[str, Any], origin: str, position: int
         native = native_record(UDM_TO_NATIVE[kind], event)
         try:
             if kind == "gcp_sa_key":
-                found = _sa_key_detections(native, event, match, origin, position)
+                found = _sa_key_detections(native, event, match, origin, position, _rule_key_ids(rule))
             else:
                 found = source_for(UDM_TO_NATIVE[kind].source).parse(native, match, origin, position)
         except RecordError as exc:
@@ -309,8 +311,16 @@ def detections_from_chronicle(record: dict[str, Any], origin: str, position: int
                       raw_ref=ref, raw=record)]
 
 
+def _rule_key_ids(rule: dict[str, Any]) -> list[str]:
+    """The values of the rule's match variables (``detection[0].detectionFields``) whose name ends in
+    ``key_id`` (the community rule matches ``$sa_key_id``: the UDM ``key_id`` detection field)."""
+    items = rule.get("detectionFields")
+    return [str(i["value"]) for i in items if isinstance(i, dict) and str(i.get("key", "")).lower().endswith("key_id")
+            and isinstance(i.get("value"), str) and i["value"]] if isinstance(items, list) else []
+
+
 def _sa_key_detections(native: dict[str, Any], event: dict[str, Any], match: Any, origin: str,
-                       position: int) -> list[Detection]:
+                       position: int, rule_key_ids: list[str] | None = None) -> list[Detection]:
     """The GCP parser's detections of a rebuilt Cloud Audit Log entry. The key is the first
     ``projects/P/serviceAccounts/SA/keys/K`` the event holds (``target.resource.name``,
     ``target.resource.productObjectId``, ``about.resource.name``), unless it is the key that signed
@@ -318,8 +328,9 @@ def _sa_key_detections(native: dict[str, Any], event: dict[str, Any], match: Any
     ``gcp_sa_key`` with ``uid`` ``None`` and ``attributes`` ``keyId: not logged``, ``eventTime``,
     ``callerKey`` (the key that signed the call: ``principal.user.attribute.labels`` ``key_id``,
     read as ``authenticationInfo.serviceAccountKeyName``, or a key name in ``principal.resource.name``)
-    and ``notKeys`` (the ``securityResult[].detectionFields`` ``key_id`` values: the key a rule
-    matched on, which can be the caller's), for ``gcp-sa-key-unnamed``, which never takes either."""
+    and ``notKeys`` (the ``securityResult[].detectionFields`` ``key_id`` values and the rule's
+    ``*key_id`` match variables in ``detection[0].detectionFields``: the key a rule matched on, which
+    can be the caller's), for ``gcp-sa-key-unnamed``, which never takes either."""
     from cordon.providers import source_for
 
     named = next((v for v in (_dig(event, p) for p in ("target.resource.name", "target.resource.productObjectId",
@@ -345,7 +356,8 @@ def _sa_key_detections(native: dict[str, Any], event: dict[str, Any], match: Any
         cred = det.credential
         caller = det.actor.session_uid or (resource if isinstance(resource, str) and _KEY_NAME.match(
             resource.removeprefix("//iam.googleapis.com/")) else None)
-        not_keys = [k for k in detection_field_values(event, "key_id") if k != caller]
+        not_keys = list(dict.fromkeys(k for k in [*detection_field_values(event, "key_id"), *(rule_key_ids or [])]
+                                      if k != caller))
         attrs = {k: v for k, v in (cred.attributes if cred else {}).items() if k != "nameAsLogged"}
         attrs.update({"keyId": "not logged", "eventTime": det.time.isoformat(),
                       "reason": "the Chronicle event names no key (target.resource.name)",
