@@ -19,10 +19,13 @@ detection object) say where it came from:
   a ``projects/P/serviceAccounts/SA/keys/K`` in the event (``target.resource.name`` ...). An event
   that names no key gives ``gcp_sa_key`` with ``uid`` ``None`` and the window to find it in
   (playbook ``gcp-sa-key-unnamed``: the one key of the account created then, never all of them).
-  The UDM ``securityResult.detectionFields`` ``key_id`` is never taken as the key: for these calls
-  it can be the caller's own key;
+  The UDM ``securityResult.detectionFields`` ``key_id`` (and the rule's ``*key_id`` match
+  variable) is never taken as the key: for these calls it can be the caller's own key; the key that
+  signed the call (``principal.user.attribute.labels`` ``key_id``, Google's mapping of
+  ``authenticationInfo.serviceAccountKeyName``) is the actor's session and never the key made;
 * an Entra credential added (``Add service principal credentials``, ``Update application –
-  Certificates and secrets management``): the Entra directory audit record;
+  Certificates and secrets management``): the Entra directory audit record, its target the
+  ServicePrincipal or, for ``Update application``, the Application;
 * an AWS access key created (``CreateAccessKey``): the CloudTrail record.
 
 Anything else is a suppressed detection naming the rule (``provider`` ``gcp``, ``source``
