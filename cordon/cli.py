@@ -61,7 +61,16 @@ def _main(version: Annotated[bool, typer.Option("--version", callback=_version, 
 class ApproveMode(StrEnum):
     console = "console"
     slack = "slack"
+    teams = "teams"
+    both = "both"
     auto = "auto"
+
+    @property
+    def waits(self) -> bool:
+        """Whether the run waits for a click (Slack, Teams or both): it runs on the deployment."""
+        from cordon.approvals.modes import waits
+
+        return waits(self.value)
 
 
 class OutputFormat(StrEnum):
@@ -104,15 +113,23 @@ def _sandboxes():
         raise typer.Exit(1) from None
 
 
-def _require_approvers(config=None, playbooks=None) -> None:
-    """The Slack path starts only with approvers configured
-    (:func:`cordon.approvals.policy.require_approvers`); otherwise one line and exit 1."""
+def _require_approvers(config=None, playbooks=None, mode: str = "slack") -> None:
+    """The Slack and Teams paths start only with approvers configured
+    (:func:`cordon.approvals.policy.require_approvers`), and Teams (``mode`` ``teams`` / ``both``)
+    only with a ``teams`` section saying where to post
+    (:func:`cordon.teams.channel.require_destination`); otherwise one line each and exit 1."""
+    from cordon.approvals.modes import TEAMS_MODES
     from cordon.approvals.policy import require_approvers
     from cordon.config import ConfigError, load_config
     from cordon.playbooks.schema import PlaybookError
 
     try:
-        require_approvers(config or load_config(), playbooks)
+        config = config or load_config()
+        require_approvers(config, playbooks)
+        if mode in TEAMS_MODES:
+            from cordon.teams.channel import require_destination
+
+            require_destination(config)
     except (ConfigError, PlaybookError) as exc:
         for line in str(exc).splitlines():
             err.print(f"[red]configuration error:[/red] {escape(line)}", highlight=False)
@@ -129,7 +146,9 @@ def respond(
     """Read detections, open cases, and answer each with its playbook."""
     _prefect_defaults()
     temp_server = None
-    if approve is not ApproveMode.slack:  # in-process runs: boot Prefect's temporary server meanwhile
+    # a Teams rehearsal (--sandbox --approve teams) runs its own worker: it needs a server as well
+    rehearse_teams = sandbox and approve is ApproveMode.teams
+    if not approve.waits or rehearse_teams:  # boot Prefect's temporary server meanwhile
         from cordon.prefect_temp import start_early
 
         temp_server = start_early()
@@ -141,25 +160,39 @@ def respond(
         err.print("[yellow]no terminal to ask at: approving automatically, as --approve auto would (this is the "
                   "sandbox: nothing real is touched)[/yellow]")
         approve = ApproveMode.auto
+    rehearsal = None
+    if rehearse_teams:  # the stand-in, a worker, Cordon's endpoint and a scripted responder
+        _sandboxes()  # a missing sandbox extra: one line, before anything starts
+        from cordon.config import config_dir
+        from cordon.sandbox.teams_rehearsal import TeamsRehearsal
+
+        rehearsal = TeamsRehearsal()
+        rehearsal.configure(config_dir())
     responder = _responder()
-    if approve is ApproveMode.slack:
-        _require_approvers(responder.config, responder.playbooks)
+    if approve.waits:
+        _require_approvers(responder.config, responder.playbooks, approve.value)
     sb = _sandboxes() if sandbox else None  # before intake: a missing sandbox opens no case
     stdin = sys.stdin.buffer if "-" in paths else None
     report = responder.intake(paths, stdin=stdin)
     _print_intake(report, output)
 
-    slack = _slack_settings(responder) if approve is ApproveMode.slack else None
+    slack = _slack_settings(responder) if approve.waits else None
     errors = 0
     try:
         handled = {t.case_id for t in [*report.cases, *report.joined]}
         if temp_server is not None:
             temp_server.wait_ready(float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
-        for summary in responder.run_all(report, approval=approve.value, stand_ins=sb, slack=slack):
-            errors += _print_run(summary, output)
-        # then the ledger's other stranded cases this invocation may run (cordon/recovery.py)
-        errors += _recover_stranded(responder, approve.value, sb, slack, handled, output)
+        if rehearsal is not None:
+            errors += _rehearse_teams(rehearsal, responder, report, sb, output)
+        else:
+            for summary in responder.run_all(report, approval=approve.value, stand_ins=sb, slack=slack):
+                errors += _print_run(summary, output)
+            # then the ledger's other stranded cases this invocation may run (cordon/recovery.py)
+            errors += _recover_stranded(responder, approve.value, sb, slack, handled, output)
     finally:
+        if rehearsal is not None:
+            err.print(f"[cyan]sandbox:[/cyan] {escape(rehearsal.describe())}", highlight=False)
+            rehearsal.stop()
         if sb is not None:
             err.print(f"[cyan]sandbox:[/cyan] local stand-ins ({sb.describe()}), seeded from the detections")
             sb.stop()
@@ -177,6 +210,44 @@ def respond(
         raise typer.Exit(1)
     if report.rejected:
         raise typer.Exit(2)
+
+
+def _rehearse_teams(rehearsal, responder, report, sandbox, output: OutputFormat) -> int:
+    """The Teams rehearsal (:mod:`cordon.sandbox.teams_rehearsal`): start its worker and endpoint,
+    submit each case with ``approval="teams"``, click *Approve* on each card as the scripted
+    responder, and print each case as the ledger closed it. Returns how many failed."""
+    from cordon.approvals.decide import summary_from_ledger
+    from cordon.sandbox.teams_rehearsal import RehearsalError
+
+    try:
+        rehearsal.start(responder.ledger, responder.config)
+    except RehearsalError as exc:
+        err.print(f"[red]the Teams rehearsal could not start:[/red] {escape(str(exc))}", highlight=False)
+        return 1
+    errors = 0
+    clicked: set[str] = set()  # an incident's cases share their lead's run, card and click
+    for submitted in responder.run_all(report, approval="teams", stand_ins=sandbox):
+        if submitted.get("status") != "awaiting_approval" or not submitted.get("flow_run_id"):
+            errors += _print_run(submitted, output)
+            continue
+        case_id, run_id = submitted["case_id"], submitted["flow_run_id"]
+        try:
+            if run_id in clicked:
+                rehearsal.wait_closed(responder.ledger, case_id, run_id)
+            else:
+                done = rehearsal.approve(responder.ledger, case_id, run_id)
+                clicked.add(run_id)
+                if output is OutputFormat.text:
+                    err.print(f"[cyan]sandbox:[/cyan] the scripted responder clicked Approve on the Teams card of "
+                              f"{case_id}: {escape(done['said'])}", highlight=False)
+        except RehearsalError as exc:
+            err.print(f"[red]{case_id}:[/red] {escape(str(exc))}", highlight=False)
+            errors += 1
+            continue
+        summary = summary_from_ledger(list(responder.ledger.records(case_id=case_id)),
+                                      responder.ledger.case(case_id) or {"case_id": case_id, "detection": "{}"})
+        errors += _print_run(summary, output)
+    return errors
 
 
 def _print_intake(report, output: OutputFormat) -> None:
@@ -241,9 +312,10 @@ def _print_run(summary: dict[str, Any], output: OutputFormat) -> int:
 def _recover_stranded(responder, approval: str, sandbox, slack, handled: set[str], output: OutputFormat) -> int:
     """Run again the stranded cases of the ledger recorded with this ``approval`` mode (after this
     intake's own cases); returns how many failed. Others are counted, not run."""
+    from cordon.approvals.modes import waits
     from cordon.recovery import DEPLOYMENT, IN_PROCESS, recover
 
-    where = DEPLOYMENT if approval == "slack" else IN_PROCESS
+    where = DEPLOYMENT if waits(approval) else IN_PROCESS
     errors = skipped = 0
     for rec in recover(responder, modes={approval}, where=where, stand_ins=sandbox, slack=slack, exclude=handled):
         if rec.action == "skipped":
@@ -487,12 +559,12 @@ def run_playbook(
     sb = None
     if sandbox:
         sb = _sandboxes()
-    slack = _slack_settings(responder) if approve is ApproveMode.slack else None
+    slack = _slack_settings(responder) if approve.waits else None
     try:
         params = parse_pairs(param or [], playbook)
-        if approve is ApproveMode.slack:  # a wrong playbook name first (exit 2), then no approvers (exit 1)
+        if approve.waits:  # a wrong playbook name first (exit 2), then no approvers (exit 1)
             find_playbook(responder.playbooks, playbook)
-            _require_approvers(responder.config, responder.playbooks)
+            _require_approvers(responder.config, responder.playbooks, approve.value)
         summary = responder.manual(playbook, params, cli_requester(), approval=approve.value, stand_ins=sb,
                                    slack=slack)
     except ManualRunError as exc:

@@ -120,6 +120,8 @@ class QuorumSection(_Strict):
 class ApprovalSection(_Strict):
     """``approval:`` keys; their values are checked by :func:`cordon.approvals.policy.load_settings`."""
 
+    #: where the server's own runs ask (``slack`` | ``teams`` | ``both``: cordon.approvals.modes)
+    channel: Literal["slack", "teams", "both"] | None = None
     approvers: ApproversSection | None = None
     quorum: int | QuorumSection | None = None
     group_cache: str | int | None = None

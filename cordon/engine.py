@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cordon.approvals.modes import WAITING_MODES, waits
 from cordon.audit.ledger import Ledger, redact
 from cordon.config import Config, load_config
 from cordon.detections.errors import Rejected
@@ -491,7 +492,8 @@ class Responder:
         """Run the respond flow for a case in this process and return its summary (``status``
         ``claimed_elsewhere`` when another process owns this attempt of the case).
 
-        For ``approval="slack"`` use :meth:`submit` instead (a suspended run needs a deployment).
+        For a mode that waits for a click (``slack``, ``teams``, ``both``) use :meth:`submit`
+        instead (a suspended run needs a deployment).
         """
         if not ticket.run or ticket.playbook is None:
             return self.summary_without_run(ticket)
@@ -514,10 +516,11 @@ class Responder:
 
     def run_all(self, report: IntakeReport, approval: str = "console", stand_ins: Any = None,
                 cloud: dict[str, Any] | None = None, slack: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
-        """Run (or, for ``approval="slack"``, submit) every opened case of ``report``; yields each
-        case's summary. With ``stand_ins`` (a :class:`cordon.standins.StandIns`, or one started
-        :class:`~cordon.standins.StandIn`), each case's detection is seeded in its provider's
-        stand-in first and its run uses that stand-in's ``cloud_params()``."""
+        """Run (or, for a mode that waits for a click, ``slack`` / ``teams`` / ``both``, submit)
+        every opened case of ``report``; yields each case's summary. With ``stand_ins`` (a
+        :class:`cordon.standins.StandIns`, or one started :class:`~cordon.standins.StandIn`), each
+        case's detection is seeded in its provider's stand-in first and its run uses that
+        stand-in's ``cloud_params()``."""
         stand_ins = as_stand_ins(stand_ins)
 
         def stand_in(ticket: CaseTicket) -> Any:
@@ -525,7 +528,7 @@ class Responder:
 
         from cordon.recovery import servable
 
-        where = DEPLOYMENT if approval == "slack" else IN_PROCESS
+        where = DEPLOYMENT if waits(approval) else IN_PROCESS
         tickets = [*report.cases, *(t for t in report.joined if t.run)]
         skipped: dict[str, str] = {}
         for ticket in tickets:
@@ -543,7 +546,7 @@ class Responder:
         # a new case of an incident whose run is still queued joins it (Slack approval: runs on
         # the deployment); then one run for the new cases of one incident: the lead's, naming the
         # others (members)
-        queued = self.join_queued(tickets, approval, skipped, params_of) if approval == "slack" else {}
+        queued = self.join_queued(tickets, approval, skipped, params_of) if waits(approval) else {}
         incidents = self.group_incidents([t for t in tickets if t.case_id not in queued], skipped, params_of)
         led = {m.case_id for members in incidents.values() for m in members} | set(queued)
         # every run is asked for before any starts, so a crash part-way leaves each case's
@@ -560,8 +563,8 @@ class Responder:
                 continue
             if ticket.case_id in led:
                 continue  # its summary comes with its lead's
-            if approval == "slack":
-                summary = self.submit(ticket, cloud=params_of(ticket), slack=slack)
+            if waits(approval):
+                summary = self.submit(ticket, cloud=params_of(ticket), slack=slack, approval=approval)
                 yield summary
                 for m in incidents.get(ticket.case_id, []):
                     yield self.member_summary(summary, m)
@@ -574,9 +577,11 @@ class Responder:
                                                       **({"error": summary["error"]} if summary.get("error") else {})}
 
     def submit_report(self, report: IntakeReport, *, cloud: dict[str, Any] | None = None,
-                      slack: dict[str, Any] | None = None, threads: int = 8) -> list[dict[str, Any]]:
-        """Answer an intake's new cases on the ``respond`` deployment, with Slack approval: what
-        the detection webhook and the sensors do with what they received.
+                      slack: dict[str, Any] | None = None, threads: int = 8,
+                      approval: str | None = None) -> list[dict[str, Any]]:
+        """Answer an intake's new cases on the ``respond`` deployment, asking where ``approval``
+        says (default: ``approval.channel`` of ``cordon.yaml``, :func:`cordon.approvals.modes.configured_channel`):
+        what the detection webhook and the sensors do with what they received.
 
         A new case of an incident whose run still waits in the queue joins that run
         (:meth:`join_queued`); the new cases of one actor's incident left are answered by one run,
@@ -585,9 +590,11 @@ class Responder:
         this context (Prefect's settings). A joined case whose run is gone (a resent detection after
         a failed submit) is submitted again. Returns one summary per new case in the report's
         order, then the resubmitted joined cases'."""
+        from cordon.approvals.modes import configured_channel
         from cordon.recovery import DEPLOYMENT, servable
 
-        queued = self.join_queued(report.cases, "slack", params_of=lambda t: cloud)
+        approval = approval or configured_channel(self.config)
+        queued = self.join_queued(report.cases, approval, params_of=lambda t: cloud)
         fresh = [t for t in report.cases if t.case_id not in queued]
         incidents = self.group_incidents(fresh, params_of=lambda t: cloud)
         members = {m.case_id for group in incidents.values() for m in group}
@@ -597,13 +604,13 @@ class Responder:
             from concurrent.futures import ThreadPoolExecutor
 
             def one(ticket: CaseTicket) -> dict[str, Any]:
-                return self.submit(ticket, cloud=cloud, slack=slack)
+                return self.submit(ticket, cloud=cloud, slack=slack, approval=approval)
 
             runs = [(contextvars.copy_context(), t) for t in leads]
             with ThreadPoolExecutor(min(max(1, threads), len(runs)), thread_name_prefix="cordon-submit") as pool:
                 cases = list(pool.map(lambda run: run[0].run(one, run[1]), runs))
         else:
-            cases = [self.submit(t, cloud=cloud, slack=slack) for t in leads]
+            cases = [self.submit(t, cloud=cloud, slack=slack, approval=approval) for t in leads]
         answered = {c["case_id"]: c for c in cases}
         for c in list(answered.values()):
             answered.update({m.case_id: self.member_summary(c, m) for m in incidents.get(c["case_id"], [])})
@@ -611,9 +618,10 @@ class Responder:
                          for t in report.cases if t.case_id in queued})
         out = [answered[t.case_id] for t in report.cases]  # the report's order
         for t in report.joined:
-            if t.run and t.check is not None and not servable(t.check, modes=("slack", "auto"), where=DEPLOYMENT):
+            if t.run and t.check is not None and not servable(t.check, modes=(*WAITING_MODES, "auto"),
+                                                              where=DEPLOYMENT):
                 out.append(self.submit(t, cloud=cloud if cloud is not None else t.check.cloud,
-                                       slack=slack, approval=t.mode or "slack"))
+                                       slack=slack, approval=t.mode or approval))
         return out
 
     def manual(self, playbook: str, params: dict[str, Any], requested_by: dict[str, Any], approval: str = "console",
@@ -674,9 +682,9 @@ class Responder:
             self.ledger.set_case(ticket.case_id, flow_run_id=str(fr.id), status="submitted")
         return CaseSummary.opened(ticket.case_id, ticket.playbook.name, ticket.detection, flow_run_id=str(fr.id),
                                   approval={"decision": "pending", "approver": None}, attempt=ticket.attempt,
-                                  status="awaiting_approval" if approval == "slack" else "submitted").out()
+                                  status="awaiting_approval" if waits(approval) else "submitted").out()
 
-    def recover_stranded(self, *, where: str = DEPLOYMENT, modes: Iterable[str] = ("slack", "auto"),
+    def recover_stranded(self, *, where: str = DEPLOYMENT, modes: Iterable[str] = (*WAITING_MODES, "auto"),
                          stand_ins: Any = None, cloud: dict[str, Any] | None = None,
                          slack: dict[str, Any] | None = None, exclude: Iterable[str] = ()) -> list[Any]:
         """Run again every stranded case of the ledger this caller may serve: by default submit

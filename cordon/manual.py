@@ -296,7 +296,7 @@ def run_manual(responder: Responder, playbook: str, raw_params: Mapping[str, Any
                requested_by: Mapping[str, Any], *, approval: str = "console", stand_ins: Any = None,
                cloud: dict[str, Any] | None = None, slack: dict[str, Any] | None = None) -> dict[str, Any]:
     """Open the manual case and run it: in this process (``approval`` ``console`` / ``auto``) or
-    on the ``respond`` deployment (``slack``, see :meth:`Responder.submit`). ``console`` is always
+    on the ``respond`` deployment (``slack``, ``teams``, ``both``, see :meth:`Responder.submit`). ``console`` is always
     refused (the person at the terminal asked for the run) and ``auto`` outside the sandbox too:
     :class:`ManualRunError` with the key ``approve``, recorded as ``manual.refused``. With ``stand_ins`` (a
     :class:`cordon.standins.StandIns`), the credential is seeded in the provider's stand-in first
@@ -315,6 +315,8 @@ def run_manual(responder: Responder, playbook: str, raw_params: Mapping[str, Any
         stand_in = as_stand_ins(stand_ins).for_provider(ticket.detection.provider)
         stand_in.seed_from_detection(ticket.detection)
         cloud = stand_in.cloud_params()
-    if approval == "slack":
-        return responder.submit(ticket, cloud=cloud, slack=slack)
+    from cordon.approvals.modes import waits
+
+    if waits(approval):
+        return responder.submit(ticket, cloud=cloud, slack=slack, approval=approval)
     return responder.run(ticket, approval=approval, cloud=cloud)

@@ -91,7 +91,7 @@ PROCESS_STATES = frozenset({"PENDING", "RUNNING"})
 #: Final Prefect state types.
 FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
 #: Approval modes in which a person approves (they may take a case whose mode is unknown).
-HUMAN_MODES = frozenset({"slack", "console"})
+HUMAN_MODES = frozenset({"slack", "teams", "both", "console"})
 
 IN_PROCESS = "in_process"
 DEPLOYMENT = "deployment"
@@ -636,7 +636,7 @@ def rerun(responder: Responder, check: RunCheck, *, where: str, modes: Iterable[
                                             "state": check.state, "reason": check.reason},
                       case_id=check.case_id, run_id=check.flow_run_id, actor="cordon")
         mark_crashed(check.flow_run_id, f"presumed dead by Cordon's recovery: {check.reason}")
-    mode = check.mode or next(m for m in ("slack", "console") if m in set(modes))
+    mode = check.mode or next(m for m in ("slack", "teams", "both", "console") if m in set(modes))
     ticket = ticket or responder.ticket_for(check.case_id)
     ticket.members = open_members(ledger, check)
     ticket.run = True

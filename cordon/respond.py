@@ -155,7 +155,7 @@ class Prepared(BaseModel):
                 guard_outcome = r.payload
             elif r.kind == "plan.created":
                 plan = Plan.model_validate(r.payload)
-            elif r.kind == "approval.asked" and r.payload.get("mode") == "slack" and plan is not None:
+            elif r.kind == "approval.asked" and r.payload.get("mode") in ("slack", "teams") and plan is not None:
                 request = r.payload if r.payload.get("plan_hash") == plan.hash else request
         if not asked and plan is not None:
             request = {}

@@ -92,3 +92,29 @@ def link_shipped_rules(folder: Path) -> Path:
     for shipped in shipped_rule_dirs():
         (folder / shipped.parent.name).symlink_to(shipped)
     return folder
+
+
+def with_teams(cfg: Any, standin: Any, *, conversation_id: str = "19:security-approvals@thread.tacv2",
+               channel: str | None = None, approvers: Any = (), identities: Any = None) -> Any:
+    """Add a ``teams`` section to the configuration folder ``cfg`` (:func:`config_with_approvers`)
+    pointing at ``standin`` (a started :class:`cordon.sandbox.teams_standin.TeamsStandIn`: its app
+    and tenant ids, OpenID metadata and connector), ``approval.channel`` when given, Teams clickers
+    (``teams:<object id>``) added to the approvers, and ``identities`` entries. Returns ``cfg``."""
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(cfg) / "cordon.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["teams"] = {"app_id": standin.app_id, "tenant_id": standin.tenant_id,
+                     "openid_metadata_url": standin.openid_metadata_url, "service_url": standin.service_url,
+                     "conversation_id": conversation_id}
+    approval = data.setdefault("approval", {})
+    if channel:
+        approval["channel"] = channel
+    users = approval.setdefault("approvers", {}).setdefault("users", [])
+    users.extend(a for a in approvers if a not in users)
+    if identities:
+        approval.setdefault("identities", {}).update({k: list(v) for k, v in identities.items()})
+    path.write_text(yaml.safe_dump(data))
+    return cfg

@@ -9,7 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from cordon.approvals.channels import CHANNELS, AskContext, Asked, Auto, Console, NotRequired, Slack, channel_for
+from cordon.approvals.channels import (
+    CHANNELS,
+    AskContext,
+    Asked,
+    Auto,
+    Both,
+    Console,
+    NotRequired,
+    Slack,
+    Teams,
+    channel_for,
+)
 from cordon.approvals.console import NoTerminalError
 from cordon.audit.ledger import Ledger
 from cordon.config import load_config
@@ -38,11 +49,13 @@ def test_the_channel_follows_the_mode_and_the_policy():
     assert isinstance(channel_for("auto", True), Auto)
     assert isinstance(channel_for("console", True), Console)
     assert isinstance(channel_for("slack", True), Slack)
-    for mode in ("auto", "console", "slack"):
+    assert isinstance(channel_for("teams", True), Teams)
+    assert isinstance(channel_for("both", True), Both)
+    for mode in ("auto", "console", "slack", "teams", "both"):
         assert isinstance(channel_for(mode, False), NotRequired)
-    assert set(CHANNELS) == {"auto", "console", "slack"}
-    with pytest.raises(KeyError, match=r"no approval channel 'teams' \(known: auto, console, slack\)"):
-        channel_for("teams", True)
+    assert set(CHANNELS) == {"auto", "console", "slack", "teams", "both"}
+    with pytest.raises(KeyError, match=r"no approval channel 'pager' \(known: auto, both, console, slack, teams\)"):
+        channel_for("pager", True)
 
 
 def test_auto_and_not_required_decide_now_and_say_so_in_the_ledger(tmp_path):
@@ -74,3 +87,44 @@ def test_slack_needs_a_flow_run_to_wait_on(tmp_path):
     with pytest.raises(RuntimeError, match="needs a flow run ID"):
         channel_for("slack", True).request(ctx)
     assert list(ctx.ledger.records(case_id="case-1")) == []
+
+
+def test_teams_posts_the_card_then_records_the_request_a_click_decides(tmp_path, monkeypatch):
+    """``teams``: the Adaptive Card is posted to the connector (the Teams stand-in over HTTP), its
+    reference kept (``teams.card_posted``), then ``approval.asked`` with ``mode: teams`` and the
+    same policy fields as Slack's; the case waits and the decider's request state finds it."""
+    from cordon.approvals.decide import request_state
+    from cordon.sandbox.teams_standin import TeamsStandIn
+    from tests.helpers import config_with_approvers, with_teams
+
+    monkeypatch.setenv("CORDON_TEAMS_CONNECTOR_TOKEN", "standin-token")
+    with TeamsStandIn() as teams:
+        cfg = with_teams(config_with_approvers(tmp_path), teams)
+        ctx = _ctx(tmp_path)
+        ctx.config = load_config(cfg)
+        asked = channel_for("teams", True).request(ctx)
+        assert asked.waiting and asked.where is None and asked.quorum == 1 and asked.expires_at
+        records = list(ctx.ledger.records(case_id="case-1"))
+        assert [r.kind for r in records] == ["teams.card_posted", "approval.asked"]
+        ref, req = records[0].payload, records[1].payload
+        assert req["mode"] == "teams" and req["plan_hash"] == "h" * 64 and req["teams"]["activity_id"] == \
+            ref["activity_id"]
+        card = teams.activity("19:security-approvals@thread.tacv2", ref["activity_id"])
+        content = card["attachments"][0]["content"]
+        verbs = {a["verb"]: a["data"] for a in content["actions"]}
+        assert verbs == {"cordon_approve": {"case_id": "case-1", "plan_hash": "h" * 64, "run_id": "run-1"},
+                         "cordon_deny": {"case_id": "case-1", "plan_hash": "h" * 64, "run_id": "run-1"}}
+        assert teams.requests[-1]["headers"]["authorization"] == "Bearer standin-token"
+        st = request_state(records, "run-1", "h" * 64)
+        assert st is not None and st.asked.seq == records[1].seq and st.where is None
+
+
+def test_teams_without_a_destination_refuses_before_posting(tmp_path, monkeypatch):
+    from cordon.config import ConfigError
+    from tests.helpers import config_with_approvers
+
+    ctx = _ctx(tmp_path)
+    ctx.config = load_config(config_with_approvers(tmp_path))
+    with pytest.raises(ConfigError, match="field 'teams': required to approve in Microsoft Teams"):
+        channel_for("teams", True).request(ctx)
+    assert [r.kind for r in ctx.ledger.records(case_id="case-1")] == []

@@ -25,7 +25,7 @@ import uvicorn
 from cordon.audit.ledger import Ledger
 from cordon.engine import Responder
 from cordon.sandbox.aws import AwsSandbox
-from cordon.sandbox.prefect_server import PrefectServer, Worker, free_port
+from cordon.sandbox.prefect_server import PrefectServer, Worker, deployment_served, free_port
 from cordon.sandbox.slack_standin import SlackStandIn, block_actions_payload
 from cordon.server.wiring import build_app
 from tests.helpers import config_with_approvers, wait_for
@@ -125,14 +125,7 @@ def task_run_names(flow_run_id: str) -> list[str]:
 
 
 def deployment_ready() -> bool:
-    from prefect.client.orchestration import get_client
-
-    try:
-        with get_client(sync_client=True) as client:
-            client.read_deployment_by_name("respond/respond")
-        return True
-    except Exception:  # noqa: BLE001 - not registered yet
-        return False
+    return deployment_served("respond/respond")
 
 
 def start_paused_case(stack) -> tuple[str, str]:

@@ -114,7 +114,7 @@ def test_the_sweep_leaves_the_runs_it_resumed_out_of_its_recovery_pass(tmp_path,
 
     monkeypatch.setenv("CORDON_DATABASE_URL", f"sqlite:///{tmp_path}/ledger.db")
     monkeypatch.delenv("CORDON_SLACK_BOT_TOKEN", raising=False)
-    monkeypatch.setattr(cordon.approvals.expiry, "sweep", lambda ledger, client, now: list(swept))
+    monkeypatch.setattr(cordon.approvals.expiry, "sweep", lambda ledger, client, now, teams=None: list(swept))
     monkeypatch.setattr(Responder, "recover_stranded", recover_stranded)
     events = sweep_approvals.fn(now="2026-01-01T00:00:00+00:00")
     assert set(seen["exclude"]) == {"case-expired", "case-delivered", "case-lost"}

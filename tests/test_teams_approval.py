@@ -233,10 +233,13 @@ def test_teams_and_slack_approvals_meet_in_one_quorum_and_replay_is_refused(wait
 def test_first_deny_in_teams_wins_over_a_slack_approval(tmp_path, aws, teams, verifier):
     tw = TeamsWorld(tmp_path, aws, teams, verifier)
     try:
-        r = tw.click(BOB, "cordon_deny")
+        # the card's reason input arrives merged into the action's data (Action.Execute)
+        r = tw.click(BOB, "cordon_deny", data={"reason": "  ticket CHG-4411: planned key rotation  "})
         assert r.status_code == 200 and "deny recorded" in r.json()["value"]
         ((_, run_input),) = tw.w.run.inputs
         assert run_input["decision"] == "deny" and run_input["approver"] == f"teams:{BOB}"
+        (claim,) = [x.payload for x in tw.w.ledger.records(case_id=tw.w.case_id) if x.kind == "approval.decision"]
+        assert claim["reason"] == "ticket CHG-4411: planned key rotation"
         said = tw.w.click("U0ALICE01")
         assert said and "already decided: deny" in said
         assert len(tw.w.run.inputs) == 1
@@ -287,7 +290,8 @@ def test_card_posted_then_updated_in_place_after_a_teams_approval(tmp_path, aws,
         updated = tw.card()["attachments"][0]["content"]
         assert "actions" not in updated  # decided: no buttons for anyone
         assert f"Approved by teams:{ALICE}" in json.dumps(updated)
-        assert [r.kind for r in tw.w.ledger.records(case_id=tw.w.case_id, kind_prefix="teams.card_updated")]
+        # recorded right after the update answered (the card may be seen first)
+        assert wait_for(lambda: list(tw.w.ledger.records(case_id=tw.w.case_id, kind_prefix="teams.card_updated")))
     finally:
         tw.close()
 

@@ -8,8 +8,9 @@ flow suspends until a responder's click resumes it; the ledger's settling claim 
 ``approval.given`` / ``approval.refused`` / ``approval.not_required``), so the flow only orders the
 steps: ``channel_for(mode, required).request(ctx)``, then wait when :attr:`Asked.waiting`.
 
-A new channel (Microsoft Teams, issue 18) is a class here with ``name`` and ``request``, registered
-in :data:`CHANNELS`.
+A new channel is a class here with ``name`` and ``request``, registered in :data:`CHANNELS`:
+``teams`` posts an Adaptive Card in Microsoft Teams (:mod:`cordon.teams`), ``both`` asks in Slack
+and Teams at once; which modes wait for a click is :mod:`cordon.approvals.modes`.
 """
 
 from __future__ import annotations
@@ -144,13 +145,81 @@ class Slack:
                           f"{record.get('expires_at')}")
 
 
+def _post_card(ctx: AskContext, record: dict[str, Any]) -> dict[str, Any]:
+    """Post the Teams card of ``ctx``'s request (``record``: :func:`cordon.approvals.decide.request_record`);
+    returns its reference (``teams.card_posted``). Raises :class:`cordon.config.ConfigError` when
+    ``cordon.yaml`` does not say where to post, ``KeyError`` without a way to get the bot's token,
+    and what the connector raises."""
+    from cordon.teams.channel import connector_factory, require_destination
+    from cordon.teams.client import TeamsCards
+
+    settings = require_destination(ctx.config)
+    cards = TeamsCards(ctx.ledger, connector_factory(settings))
+    return cards.post_request(service_url=str(settings.service_url), conversation_id=str(settings.conversation_id),
+                              case_id=ctx.case_id, run_id=str(ctx.run_id), playbook=ctx.playbook.name,
+                              detection=ctx.detection.summary(), plan=ctx.plan.model_dump(),
+                              expires_at=record["expires_at"], quorum=record["quorum"])
+
+
+class Teams:
+    """``--approve teams``: the approval request as an Adaptive Card posted in Microsoft Teams
+    (:mod:`cordon.teams`), then ``approval.asked`` (``mode: teams``, the same policy fields as
+    Slack's); the decision arrives later as run input, from a verified ``adaptiveCard/action``
+    click (:mod:`cordon.teams.server`) through the shared decider. Raises ``RuntimeError`` without
+    a flow run ID, and what :func:`_post_card` raises (the run fails, recorded: nothing waits on a
+    card nobody can see)."""
+
+    name: ClassVar[str] = "teams"
+
+    def request(self, ctx: AskContext) -> Asked:
+        from cordon.approvals.decide import request_record
+
+        if not ctx.run_id:
+            raise RuntimeError("Teams approval needs a flow run ID (run the flow as a deployment: cordon worker)")
+        record = request_record(ctx.config, ctx.playbook, ctx.detection, ctx.plan.model_dump(), mode="teams")
+        ref = _post_card(ctx, record)
+        ctx.ledger.set_case(ctx.case_id, status="awaiting_approval")
+        ctx.ledger.append("approval.asked", {**record, "teams": {k: ref[k] for k in
+                                                                  ("conversation_id", "activity_id", "service_url")}},
+                          case_id=ctx.case_id, run_id=ctx.run_id, actor="cordon")
+        return Asked(where=None, asked_at=record["asked_at"], expires_at=record["expires_at"], quorum=record["quorum"],
+                     said=f"approval requested in Microsoft Teams conversation {ref['conversation_id']}; waiting "
+                          f"until {record['expires_at']}")
+
+
+class Both:
+    """``--approve both``: the request in Slack (:class:`Slack`, whose ``approval.asked`` is the
+    request's record) and as a card in Teams. A click in either counts toward one quorum; the
+    first Deny in either wins. A card Teams refuses is recorded (``teams.post_failed``) and the
+    run waits on Slack alone."""
+
+    name: ClassVar[str] = "both"
+
+    def request(self, ctx: AskContext) -> Asked:
+        from cordon.approvals.decide import request_record
+
+        asked = Slack().request(ctx)
+        record = {"expires_at": asked.expires_at, "quorum": asked.quorum}
+        if asked.expires_at is None:  # queued in the outbox: the same policy, computed the same way
+            record = request_record(ctx.config, ctx.playbook, ctx.detection, ctx.plan.model_dump(), mode="slack")
+        try:
+            ref = _post_card(ctx, record)
+        except Exception as exc:  # noqa: BLE001 - recorded; Slack still asks
+            ctx.ledger.append("teams.post_failed", {"error": f"{type(exc).__name__}: {exc}"[:300]},
+                              case_id=ctx.case_id, run_id=ctx.run_id, actor="cordon")
+            return Asked(where=asked.where, asked_at=asked.asked_at, expires_at=asked.expires_at, quorum=asked.quorum,
+                         said=f"{asked.said}; the Teams card could not be posted ({type(exc).__name__})")
+        return Asked(where=asked.where, asked_at=asked.asked_at, expires_at=asked.expires_at, quorum=asked.quorum,
+                     said=f"{asked.said}; and in Microsoft Teams conversation {ref['conversation_id']}")
+
+
 #: The channels by ``--approve`` value.
-CHANNELS: dict[str, ApprovalChannel] = {c.name: c for c in (Auto(), Console(), Slack())}
+CHANNELS: dict[str, ApprovalChannel] = {c.name: c for c in (Auto(), Console(), Slack(), Teams(), Both())}
 
 
 def channel_for(mode: str, required: bool) -> ApprovalChannel:
     """The channel that decides a run with approval mode ``mode`` (``auto`` | ``console`` |
-    ``slack``) when the playbook's policy ``required`` a decision; :class:`NotRequired` when not.
+    ``slack`` | ``teams`` | ``both``) when the playbook's policy ``required`` a decision; :class:`NotRequired` when not.
     Raises ``KeyError`` naming the known modes for another."""
     if not required:
         return NotRequired()

@@ -69,6 +69,8 @@ DELIVER_AFTER = timedelta(seconds=60)
 #: How much before the end of the deny window an approval's resume is delivered (s): about the time
 #: a resumed run takes to be picked up and reach its gate, which waits out what is left
 RESUME_LEAD_S = 0.25
+#: ``approval.asked`` modes of a request a click decides (``both`` records Slack's ``slack`` one)
+ASKED_MODES = frozenset({"slack", "teams"})
 
 #: ``resume(flow_run_id, run_input)``: returns when the run was resumed, raises otherwise
 #: (:class:`ResumeRefused` for an orchestration answer other than ACCEPT).
@@ -329,9 +331,9 @@ def distinct_voters(records: Iterable[LedgerRecord], kind: str, run_id: str | No
 
 
 def request_state(records: list[LedgerRecord], run_id: str | None, plan_hash: str) -> RequestState | None:
-    """The latest Slack approval request of ``records`` (one case's) for ``run_id`` and
-    ``plan_hash``, or ``None`` when the run never asked in Slack for that plan."""
-    asked = [r for r in records if r.kind == "approval.asked" and r.payload.get("mode") == "slack"
+    """The latest approval request (Slack's or Teams': :data:`ASKED_MODES`) of ``records`` (one
+    case's) for ``run_id`` and ``plan_hash``, or ``None`` when the run never asked for that plan."""
+    asked = [r for r in records if r.kind == "approval.asked" and r.payload.get("mode") in ASKED_MODES
              and r.payload.get("plan_hash") == plan_hash and (run_id is None or r.run_id == run_id)]
     if not asked:
         return None
@@ -499,6 +501,28 @@ def update_safely(ledger: Ledger, client: Any, where: Mapping[str, Any] | None, 
 
 
 # -- asking -----------------------------------------------------------------------------------
+def request_record(config: Config, playbook: Any, detection: Any, plan: Mapping[str, Any], *, mode: str,
+                   now: datetime | None = None) -> dict[str, Any]:
+    """The ``approval.asked`` payload of a request for ``plan`` in ``mode`` (``slack`` | ``teams``),
+    the same for every channel: ``mode``, ``plan_hash``, ``asked_at`` / ``expires_at`` (ISO 8601,
+    from ``now``, default the clock, and the playbook's ``expire_after``), ``quorum`` and
+    ``approvers`` (:func:`cordon.approvals.policy.policy_for` for ``playbook.approval`` and the
+    detection's severity), ``remind_every`` / ``escalate_after`` (seconds), ``escalate_to``,
+    ``on_expiry``. Raises :class:`cordon.config.ConfigError` for a bad ``approval`` section."""
+    from datetime import timedelta
+
+    from cordon.approvals.policy import load_settings, policy_for
+
+    a = playbook.approval
+    policy = policy_for(load_settings(config), a, detection.severity)
+    asked = now or utcnow()
+    return {"mode": mode, "plan_hash": plan["hash"], "asked_at": asked.isoformat(timespec="seconds"),
+            "expires_at": (asked + timedelta(seconds=a.expire_seconds)).isoformat(timespec="seconds"),
+            "quorum": policy.quorum, "approvers": {"users": sorted(policy.users), "groups": sorted(policy.groups)},
+            "remind_every": a.remind_seconds, "escalate_after": a.escalate_seconds, "escalate_to": a.escalate_to,
+            "on_expiry": a.on_expiry}
+
+
 def post_request(ledger: Ledger, client: Any, *, config: Config, playbook: Any, case_id: str, run_id: str,
                  detection: Any, enrichment: Mapping[str, Any], plan: Mapping[str, Any], channel: str,
                  now: datetime | None = None, outbox: Any = None) -> dict[str, Any]:
@@ -516,27 +540,17 @@ def post_request(ledger: Ledger, client: Any, *, config: Config, playbook: Any, 
     :class:`cordon.approvals.outbox.Outbox` (default: the process's). Returns that record's payload. Raises
     ``slack_sdk.errors.SlackApiError`` when Slack refuses the post.
     """
-    from datetime import timedelta
-
     from cordon.approvals import outbox as outbox_mod
-    from cordon.approvals.policy import load_settings, policy_for
     from cordon.slack.blocks import approval_blocks, fallback_text
 
-    a = playbook.approval
-    policy = policy_for(load_settings(config), a, detection.severity)
-    asked = now or utcnow()
-    asked_at = asked.isoformat(timespec="seconds")
-    expires_at = (asked + timedelta(seconds=a.expire_seconds)).isoformat(timespec="seconds")
+    record = request_record(config, playbook, detection, plan, mode="slack", now=now)
+    asked_at, expires_at = record["asked_at"], record["expires_at"]
     blocks = approval_blocks(
         case_id=case_id, playbook=playbook.name, detection=detection.summary(), enrichment=dict(enrichment),
         plan=[{"action": s["action"], "target": s["target"], "calls": s["describe"]} for s in plan["steps"]],
-        plan_hash=plan["hash"], run_id=run_id, expires_at=expires_at, asked_at=asked_at, quorum=policy.quorum,
+        plan_hash=plan["hash"], run_id=run_id, expires_at=expires_at, asked_at=asked_at, quorum=record["quorum"],
         incident=plan.get("incident"))
     text = fallback_text(playbook.name, detection.summary(), case_id=case_id)
-    record = {"mode": "slack", "plan_hash": plan["hash"], "asked_at": asked_at, "expires_at": expires_at,
-              "quorum": policy.quorum, "approvers": {"users": sorted(policy.users), "groups": sorted(policy.groups)},
-              "remind_every": a.remind_seconds, "escalate_after": a.escalate_seconds, "escalate_to": a.escalate_to,
-              "on_expiry": a.on_expiry}
     ledger.set_case(case_id, status="awaiting_approval")
     # the outbox appends approval.asked (with where) once the buttons are in Slack: now, or from its
     # sender when the channel's rate slot is taken (the run does not wait for it)

@@ -1,4 +1,4 @@
-"""Expiry, reminders and escalation of Slack approval requests: what the sweeper does.
+"""Expiry, reminders and escalation of approval requests (Slack and Teams): what the sweeper does.
 
 Prefect's own pause timeout only fails a run, with no code of ours running, so Cordon keeps time
 itself: ``cordon/flows/sweeper.py`` runs :func:`sweep` on a schedule. For every case whose Slack approval
@@ -61,14 +61,16 @@ def _date(dt: datetime | None) -> str:
 
 
 def sweep(ledger: Ledger, client: Any, *, now: datetime, resume: Resume | None = None,
-          outbox: Any = None) -> list[dict[str, Any]]:
+          outbox: Any = None, teams: Any = None) -> list[dict[str, Any]]:
     """One pass over the open approval requests at time ``now`` (an aware datetime).
 
     ``client`` is a ``slack_sdk.WebClient`` (``None``: no Slack posts, the ledger records and
     resumes still happen); ``resume(flow_run_id, run_input)`` defaults to Prefect's
     ``resume_flow_run`` through :func:`cordon.approvals.decide.prefect_resume` (only ``ACCEPT``
-    counts); ``outbox`` the :class:`cordon.approvals.outbox.Outbox` (default: the process's).
-    Returns one event per thing done: ``{"case_id", "event": "expired" | "expiry_failed" |
+    counts); ``outbox`` the :class:`cordon.approvals.outbox.Outbox` (default: the process's);
+    ``teams`` a :class:`cordon.teams.client.TeamsCards` (``None``: no Teams): a request's card is
+    refreshed in place when it is escalated or reminded (the run updates it when an expiry
+    resumes it). Returns one event per thing done: ``{"case_id", "event": "expired" | "expiry_failed" |
     "expiry_lost" | "delivered" | "delivery_failed" | "escalated" | "reminded", ...}``. A run that
     cannot be resumed (not paused any more) is recorded as ``approval.resume_failed`` and the case
     is set to ``error``.
@@ -127,6 +129,8 @@ def sweep(ledger: Ledger, client: Any, *, now: datetime, resume: Resume | None =
                 events.append({"case_id": case_id, "event": "reminded", "n": len(st.reminders)})
         if thread:
             _show(ledger, client, case, st, " ".join(thread), outbox)
+            if teams is not None:
+                teams.refresh(case_id, st.run_id)
     return events
 
 

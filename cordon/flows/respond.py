@@ -58,7 +58,7 @@ from cordon.respond import (
     verify_step,
 )
 
-ApprovalMode = Literal["console", "auto", "slack"]
+ApprovalMode = Literal["console", "auto", "slack", "teams", "both"]
 
 
 class ApprovalInput(RunInput):
@@ -226,8 +226,10 @@ def _asked_before(case_id: str, approval: str) -> Prepared | None:
     prepare nor the ask task runs again, not even from the result cache (two task runs a case
     fewer for the Prefect server to record). ``None`` otherwise (:meth:`cordon.respond.Prepared.
     from_ledger`), and always outside Slack mode."""
+    from cordon.approvals.modes import waits
+
     run_id = _run_id()
-    if approval != "slack" or not run_id:
+    if not waits(approval) or not run_id:
         return None
     case = ledger().case(case_id)
     if not case or case.get("flow_run_id") != run_id or not case.get("plan_hash"):
@@ -372,6 +374,32 @@ def update_slack(slack: dict[str, Any], where: dict[str, Any], summary: dict[str
     return progress.update(ledger(), slack, where, summary, thread_text, _run_id())
 
 
+@task(name="update Teams", task_run_name="update Teams {summary[case_id]}", persist_result=True)
+def update_teams(summary: dict[str, Any], story: str | None = None) -> bool:
+    """Update the case's Teams card with its state and the run's ``story`` (one line each:
+    :meth:`cordon.teams.client.TeamsCards.show_status`); a Teams failure is recorded
+    (``teams.update_failed``) and does not fail the run. ``False`` when there is no card."""
+    from cordon.teams.channel import cards_for
+
+    cards = cards_for(ledger(), load_config())
+    if cards is None:
+        return False
+    return cards.show_status(summary["case_id"], _run_id(), str(summary.get("status")),
+                             (story or "").split("\n") if story else [])
+
+
+def _tell(approval: str, slack: dict[str, Any], where: dict[str, Any] | None, summary: dict[str, Any],
+          text: str | None) -> None:
+    """Show the case's state where the run asked: the Slack message (``slack`` / ``both``) and
+    the Teams card (``teams`` / ``both``: :mod:`cordon.approvals.modes`)."""
+    from cordon.approvals.modes import SLACK_MODES, TEAMS_MODES
+
+    if where and approval in SLACK_MODES:
+        update_slack(slack, where, summary, text)
+    if approval in TEAMS_MODES:
+        update_teams(summary, text)
+
+
 def _rollbackable(results: list[dict[str, Any]]) -> bool:
     from cordon.action import get_action
 
@@ -412,7 +440,7 @@ def finish(case_id: str, summary: CaseSummary) -> dict[str, Any]:
 @task(name="plan again", task_run_name="plan again {case_id}", persist_result=True)
 def replan_task(case_id: str, summary: CaseSummary, cloud: dict[str, Any], slack: dict[str, Any],
                 attempt: int, members: list[Member] | None = None,
-                done: list[CaseSummary] | None = None) -> dict[str, Any]:
+                done: list[CaseSummary] | None = None, approval: str = "slack") -> dict[str, Any]:
     """The state changed since the plan was approved (a step is ``plan_changed``; nothing was
     done): ``case.replan`` in the ledger, the case ``replanning``, its Slack request retired (the
     next ask posts a new message), and the next attempt submitted to the ``respond`` deployment
@@ -434,10 +462,10 @@ def replan_task(case_id: str, summary: CaseSummary, cloud: dict[str, Any], slack
     ledger().set_case(case_id, status="replanning")
     default_outbox().retire(case_id)
     check = RunCheck(case_id=case_id, live=False, reason="the state changed since the plan was approved",
-                     status="replanning", playbook=summary.playbook, attempt=attempt, started=attempt, mode="slack",
+                     status="replanning", playbook=summary.playbook, attempt=attempt, started=attempt, mode=approval,
                      where=DEPLOYMENT, flow_run_id=_run_id(), cloud=cloud, slack=slack,
                      members=[m.model_dump() for m in members or []] or None)
-    again = rerun(Responder(ledger=ledger()), check, where=DEPLOYMENT, modes=("slack",), cloud=cloud, slack=slack)
+    again = rerun(Responder(ledger=ledger()), check, where=DEPLOYMENT, modes=(approval,), cloud=cloud, slack=slack)
     _log("the state changed since approval: nothing done; attempt %s %s", again.attempt, again.action)
     return {**summary.out(), "status": "replanning", "next_attempt": again.attempt, "recovery": again.action}
 
@@ -616,7 +644,7 @@ def _respond_incident(case_id: str, playbook: str, approval: str, cloud: dict[st
         if where:
             text = progress.cancelled(gate["denied_by"], None) if gate and gate["outcome"] == "denied" \
                 else progress.not_proceeding(decision)
-            update_slack(slack or {}, where, combined.out(), text)
+            _tell(approval, slack or {}, where, combined.out(), text)
         return finish_incident(case_id, lead, others)
     covered = {"lead_case_id": case_id, "incident_id": incident_id, "plan_hash": plan.hash,
                **{k: v for k, v in approval_view.items() if k != "reason"}}
@@ -645,13 +673,13 @@ def _respond_incident(case_id: str, playbook: str, approval: str, cloud: dict[st
         story = [progress.proceeding(decision), *(progress.step_line(r) for r in results),
                  progress.replanning() if combined.status == "plan_changed"
                  else progress.outcome(combined.status, results, checks)]
-        update_slack(slack or {}, where, {**combined.out(), "rollback": _rollbackable(results)}, "\n".join(story))
+        _tell(approval, slack or {}, where, {**combined.out(), "rollback": _rollbackable(results)}, "\n".join(story))
         if combined.status == "plan_changed":  # never what was not approved: plan and ask the whole incident again
             again = [m for m in members if summaries.get(m.case_id) and summaries[m.case_id].status in
                      (None, "plan_changed")]
             done = [s for s in others if s.case_id not in {m.case_id for m in again}]
             lead.actions = combined.actions
-            return replan_task(case_id, lead, cloud, slack or {}, attempt, again, done)
+            return replan_task(case_id, lead, cloud, slack or {}, attempt, again, done, approval=approval)
     lead.status = lead.status or "no_containment"
     return finish_incident(case_id, lead, others)
 
@@ -763,7 +791,7 @@ def respond(case_id: str, playbook: str, approval: ApprovalMode = "console", clo
     if not proceeds(decision):
         summary.status = "denied" if decision["decision"] == "deny" else "expired"
         if where:
-            update_slack(slack or {}, where, summary.out(), progress.not_proceeding(decision))
+            _tell(approval, slack or {}, where, summary.out(), progress.not_proceeding(decision))
         return finish(case_id, summary)
 
     if gate and gate["outcome"] == "denied":
@@ -772,7 +800,7 @@ def respond(case_id: str, playbook: str, approval: ApprovalMode = "console", clo
         summary.approval = {"decision": "deny", "approver": gate["denied_by"], "decided_at": gate["decided_at"],
                             "cancelled": summary.approval, **({"reason": reason} if reason else {})}
         summary.status = "denied"
-        update_slack(slack or {}, where, summary.out(), progress.cancelled(gate["denied_by"], reason))
+        _tell(approval, slack or {}, where, summary.out(), progress.cancelled(gate["denied_by"], reason))
         return finish(case_id, summary)
     # Slack stays off the path to "verified": no update while containing; one final update, and the
     # step-by-step story as one thread reply behind it (the outbox's reply lane never delays an ask)
@@ -790,9 +818,9 @@ def respond(case_id: str, playbook: str, approval: ApprovalMode = "console", clo
         story = [progress.proceeding(decision), *(progress.step_line(r) for r in results),
                  progress.replanning() if summary.status == "plan_changed"
                  else progress.outcome(summary.status, results, checks)]
-        update_slack(slack or {}, where, {**summary.out(), "rollback": _rollbackable(results)}, "\n".join(story))
+        _tell(approval, slack or {}, where, {**summary.out(), "rollback": _rollbackable(results)}, "\n".join(story))
         if summary.status == "plan_changed":  # never what was not approved: plan and ask again
-            return replan_task(case_id, summary, cloud, slack or {}, attempt)
+            return replan_task(case_id, summary, cloud, slack or {}, attempt, approval=approval)
     return finish(case_id, summary)
 
 def serve(name: str = "respond", sweeper_interval: int | None = None,

@@ -22,7 +22,7 @@ from prefect import flow
 @flow(name="approval-sweeper", log_prints=True)
 def sweep_approvals(now: str | None = None, slack: dict[str, Any] | None = None,
                     recover: bool = True) -> list[dict[str, Any]]:
-    """One sweep over open Slack approval requests; returns what was done (see
+    """One sweep over open approval requests (Slack's and Teams'); returns what was done (see
     :func:`cordon.approvals.expiry.sweep`). ``slack``: ``{"base_url"?, "token"?}`` as the respond
     flow's; without a bot token nothing is posted, but expiries still resume their runs. With
     ``recover``, stranded cases are then run again (``{"case_id", "event": "recovery", "action":
@@ -41,7 +41,7 @@ def sweep_approvals(now: str | None = None, slack: dict[str, Any] | None = None,
     except RuntimeError:
         client = None
     ledger = Ledger(default_database_url())
-    events = sweep(ledger, client, now=at)
+    events = sweep(ledger, client, now=at, teams=_teams_cards(ledger))
     if recover:
         from cordon.engine import Responder
 
@@ -55,6 +55,18 @@ def sweep_approvals(now: str | None = None, slack: dict[str, Any] | None = None,
     for e in events:
         print(e)
     return events
+
+
+def _teams_cards(ledger: Any) -> Any:
+    """The Teams cards to refresh (:func:`cordon.teams.channel.cards_for`), or ``None`` without a
+    usable ``teams`` section: the sweep still expires and escalates, the ledger records it."""
+    from cordon.config import ConfigError, load_config
+    from cordon.teams.channel import cards_for
+
+    try:
+        return cards_for(ledger, load_config())
+    except ConfigError:
+        return None
 
 
 #: Sweep events after which the case's run was resumed in this pass (or is being resumed by

@@ -132,3 +132,16 @@ class Worker:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+def deployment_served(name: str = "respond/respond") -> bool:
+    """Whether the Prefect server at ``PREFECT_API_URL`` knows the deployment ``name`` (a worker
+    has registered it); ``False`` while it does not, or the server does not answer."""
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            client.read_deployment_by_name(name)
+        return True
+    except Exception:  # noqa: BLE001 - not registered yet
+        return False

@@ -84,27 +84,49 @@ def build_app(*, signing_secret: str | None = None, webhook_token: str | None = 
     # one decider for both channels: a Slack and a Teams click on one case meet in one quorum
     decide = make_decider(responder.ledger, responder.config, slack_client=slack_client, rollback=rollback)
     refusals = RefusalCounter(responder.ledger)
+    cards = None
+    if responder.config.raw.get("teams"):  # the bot's secret (or a stand-in's token) is required to start
+        from cordon.teams.channel import connector_factory, teams_settings
+        from cordon.teams.client import TeamsCards
+
+        cards = TeamsCards(responder.ledger, connector_factory(teams_settings(responder.config)))
     app = create_app(signing_secret=secret, ledger=responder.ledger, open_view=open_view,
                      wants_reason=lambda ix: wants_deny_reason(responder.ledger, ix), refusals=refusals,
-                     decide=decide,
+                     decide=_and_refresh(decide, cards),
                      webhook_token=webhook_token or os.environ.get("CORDON_WEBHOOK_TOKEN"),
                      on_detections=on_detections, commands=_commands(responder, slack_client, cloud, slack),
                      push_sources=load_push_sources((responder.config.raw.get("webhook") or {}).get("sources"),
                                                     os.environ),
                      metrics_token=os.environ.get("CORDON_METRICS_TOKEN") or None)
     app.include_router(audit_pages(responder.ledger))  # read-only audit pages: cordon/server/pages.py
-    if responder.config.raw.get("teams"):  # Microsoft Teams clicks (issue 18): cordon/teams/server.py
-        from cordon.teams.client import Connector, TeamsCards, bot_token_provider
+    if responder.config.raw.get("teams"):  # Microsoft Teams clicks: cordon/teams/server.py
+        from cordon.teams.channel import teams_settings
         from cordon.teams.server import teams_router
-        from cordon.teams.verify import InvokeVerifier, load_teams_settings
+        from cordon.teams.verify import InvokeVerifier
 
-        teams = load_teams_settings(responder.config)
-        token = bot_token_provider(teams)
-        cards = TeamsCards(responder.ledger, lambda url: Connector(url, token))
-        app.include_router(teams_router(ledger=responder.ledger, verifier=InvokeVerifier(teams), decide=decide,
-                                        after=cards.after_decision, refusals=refusals))
+        app.include_router(teams_router(ledger=responder.ledger, verifier=InvokeVerifier(teams_settings(
+            responder.config)), decide=decide, after=cards.after_decision if cards else None, refusals=refusals))
     _recover_at_start(app, responder, cloud, slack)
     return app
+
+
+def _and_refresh(decide: Any, cards: Any) -> Any:
+    """The Slack side's ``decide``: ``decide`` itself, and, when the case also has a Teams card
+    (``approval.channel: both``), that card refreshed after an accepted click (votes so far, or who
+    decided), in a background thread so Slack gets its answer in time. ``cards``: a
+    :class:`cordon.teams.client.TeamsCards` or ``None`` (``decide`` is returned as it is)."""
+    if cards is None:
+        return decide
+    import threading
+
+    def decide_and_refresh(ix: Any) -> Any:
+        outcome = decide(ix)
+        if outcome.accepted and ix.decision in ("approve", "deny"):
+            threading.Thread(target=cards.after_decision, args=(ix, outcome), name="cordon-teams-refresh",
+                             daemon=True).start()
+        return outcome
+
+    return decide_and_refresh
 
 
 def _recover_at_start(app: FastAPI, responder: Any, cloud: dict[str, Any] | None, slack: dict[str, Any]) -> None:
@@ -140,10 +162,14 @@ def _recover_at_start(app: FastAPI, responder: Any, cloud: dict[str, Any] | None
 
 
 def _commands(responder: Any, client: Any, cloud: dict[str, Any] | None, slack: dict[str, Any]) -> Any:
-    """``/cordon`` and its modal: manual runs go to the ``respond`` deployment with Slack approval."""
+    """``/cordon`` and its modal: manual runs go to the ``respond`` deployment, asking where
+    ``approval.channel`` says (Slack by default)."""
     from cordon.slack.commands import CommandHandler
 
     def start_run(playbook: str, params: dict[str, Any], requested_by: dict[str, str]) -> dict[str, Any]:
-        return responder.manual(playbook, params, requested_by, approval="slack", cloud=cloud, slack=slack)
+        from cordon.approvals.modes import configured_channel
+
+        return responder.manual(playbook, params, requested_by, approval=configured_channel(responder.config),
+                                cloud=cloud, slack=slack)
 
     return CommandHandler(ledger=responder.ledger, playbooks=responder.playbooks, start_run=start_run, client=client)

@@ -6,3 +6,8 @@ A verified click becomes a :class:`cordon.slack.verify.Interaction` whose user i
 ``teams:<Entra object id>`` and goes to the same decider as a Slack click
 (:func:`cordon.approvals.decide.make_decider`), so both channels share one policy and one quorum.
 """
+
+import warnings
+
+# the SDK's import announces an HTML widget policy Cordon does not use; keep it off responders' terminals
+warnings.filterwarnings("ignore", message=r".*HtmlWidgetSecurityPolicy.*")

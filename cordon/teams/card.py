@@ -17,12 +17,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from microsoft_teams.cards import AdaptiveCard, ExecuteAction, Fact, FactSet, TextBlock
+from microsoft_teams.cards import AdaptiveCard, ExecuteAction, Fact, FactSet, TextBlock, TextInput
 
 from cordon.slack.blocks import place_of, principal_name, what_happened
 from cordon.teams.verify import APPROVE_VERB, DENY_VERB
 
 MAX_CALLS_SHOWN = 12
+#: The id of the card's text input for a Deny's reason; Teams merges inputs into ``value.action.data``.
+REASON_INPUT = "reason"
+#: The longest reason kept (characters).
+MAX_REASON = 500
 
 
 def _does_not(action: str) -> str:
@@ -75,15 +79,20 @@ def _body(case_id: str, playbook: str, detection: Mapping[str, Any], plan: Mappi
 
 def approval_card(*, case_id: str, playbook: str, detection: Mapping[str, Any], plan: Mapping[str, Any],
                   run_id: str, expires_at: str | None, quorum: int = 1,
-                  approvals: Sequence[str] = ()) -> dict[str, Any]:
+                  approvals: Sequence[str] = (), notes: Sequence[str] = ()) -> dict[str, Any]:
     """The request card as JSON (``application/vnd.microsoft.card.adaptive`` content).
 
     ``detection`` is :meth:`cordon.detections.model.Detection.summary`; ``plan`` is
     ``Plan.model_dump()`` (``hash``, ``steps`` with ``action``, ``target``, ``describe``: the calls);
-    ``expires_at`` ISO 8601; ``approvals`` the approvers so far (``teams:<oid>`` / ``slack:<id>``)."""
+    ``expires_at`` ISO 8601; ``approvals`` the approvers so far (``teams:<oid>`` / ``slack:<id>``);
+    ``notes`` lines the sweeper adds (escalated to whom, reminders)."""
     body = _body(case_id, playbook, detection, plan, run_id, "approval needed")
     waiting = f"Approvals {len(approvals)} of {quorum}" + (f" ({', '.join(approvals)})" if approvals else "")
     body.append(TextBlock(text=f"{waiting} · expires {expires_at or 'never'}", wrap=True, isSubtle=True))
+    for note in notes:
+        body.append(TextBlock(text=note, wrap=True, weight="Bolder", color="Warning"))
+    body.append(TextInput(id=REASON_INPUT, label="Reason (recorded with a Deny)", is_multiline=True,
+                          max_length=MAX_REASON, placeholder="why containment must not go ahead"))
     data = {"case_id": case_id, "plan_hash": str(plan.get("hash")), "run_id": run_id}
     card = AdaptiveCard(version="1.5", body=body, fallbackText=f"Cordon: approval needed for case {case_id}",
                         actions=[ExecuteAction(title="Approve", verb=APPROVE_VERB, data=data, style="positive"),
@@ -99,4 +108,17 @@ def decided_card(*, case_id: str, playbook: str, detection: Mapping[str, Any], p
     body.append(TextBlock(text=f"{outcome.capitalize()} by {', '.join(by) or 'nobody'} at {at}", weight="Bolder",
                           wrap=True, color="Good" if outcome == "approved" else "Attention"))
     card = AdaptiveCard(version="1.5", body=body, fallbackText=f"Cordon: case {case_id} {outcome}")
+    return card.model_dump(by_alias=True, exclude_none=True)
+
+
+def status_card(*, case_id: str, playbook: str, detection: Mapping[str, Any], plan: Mapping[str, Any], run_id: str,
+                status: str, story: Sequence[str] = ()) -> dict[str, Any]:
+    """The card as the run goes on, for everyone: no buttons, the case's ``status`` (``denied``,
+    ``expired``, ``contained``, ``not_verified``, ``failed``...) and the run's ``story`` (who
+    decided, each containment step and its result, the verification), one line each."""
+    body = _body(case_id, playbook, detection, plan, run_id, status)
+    good = status in ("contained", "already_contained", "awaiting_manual")
+    for line in story:
+        body.append(TextBlock(text=str(line), wrap=True, color="Good" if good else "Default"))
+    card = AdaptiveCard(version="1.5", body=body, fallbackText=f"Cordon: case {case_id} {status}")
     return card.model_dump(by_alias=True, exclude_none=True)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -30,7 +30,7 @@ from cordon.approvals.gate import settling_claim
 from cordon.audit.ledger import Ledger
 from cordon.detections.model import Detection
 from cordon.slack.verify import DecisionOutcome, Interaction
-from cordon.teams.card import approval_card, decided_card
+from cordon.teams.card import approval_card, decided_card, status_card
 from cordon.teams.verify import TeamsSettings
 
 POSTED_KIND = "teams.card_posted"
@@ -144,37 +144,80 @@ class TeamsCards:
         return found
 
     def after_decision(self, ix: Interaction, outcome: DecisionOutcome) -> None:
-        """Update the card of ``ix``'s case for everyone, from the ledger: the decision (who,
-        when, outcome) once the run is settled, else the approvals so far out of the quorum. A
-        failed update is recorded (``teams.update_failed``), never raised: the decision stands."""
-        ref = self.reference(ix.case_id, ix.run_id)
-        case = self.ledger.case(ix.case_id)
-        if ref is None or case is None:
-            return
-        from cordon.approvals.decide import distinct_voters, principal
+        """Update the card of ``ix``'s case after a click (Teams' or, for ``approval: both``,
+        Slack's) for everyone, from the ledger (:meth:`refresh`). Never raises."""
+        self.refresh(ix.case_id, ix.run_id, accepted=outcome.accepted)
 
-        records = list(self.ledger.records(case_id=ix.case_id))
+    def _context(self, case_id: str, run_id: str | None) -> tuple[dict[str, Any], list[Any], dict[str, Any],
+                                                                   dict[str, Any]] | None:
+        ref = self.reference(case_id, run_id)
+        case = self.ledger.case(case_id)
+        if ref is None or case is None:
+            return None
+        records = list(self.ledger.records(case_id=case_id))
         plan = next((r.payload for r in reversed(records) if r.kind == "plan.created"
                      and r.payload.get("hash") == ref["plan_hash"]), {"hash": ref["plan_hash"], "steps": []})
-        summary = Detection.model_validate_json(case["detection"]).summary() if case.get("detection") else {}
-        claim = settling_claim(records, ix.run_id, ref["plan_hash"])
+        try:
+            summary = Detection.model_validate_json(case["detection"]).summary() if case.get("detection") else {}
+        except ValueError:  # a redacted or older record: show what there is
+            summary = {}
+        return ref, records, plan, summary
+
+    def refresh(self, case_id: str, run_id: str | None, *, accepted: bool | None = None) -> bool:
+        """Rebuild the card of ``case_id``'s run ``run_id`` from the ledger and update it in place
+        for everyone: the decision (who, when, outcome) once the request is settled, else the
+        approvals so far out of the quorum with the sweeper's notes (escalation, reminders).
+        Returns whether the card was updated; a case without a card is ``False``. A failed update
+        is recorded (``teams.update_failed``), never raised: the decision stands."""
+        found = self._context(case_id, run_id)
+        if found is None:
+            return False
+        ref, records, plan, summary = found
+        run = run_id or ""
+        from cordon.approvals.decide import principal, request_state
+
+        st = request_state(records, run_id, ref["plan_hash"])
+        claim = settling_claim(records, run_id, ref["plan_hash"])
         if claim is not None:
             p = claim.payload
             verb = {"approve": "approved", "deny": "denied"}.get(str(p.get("decision")), str(p.get("decision")))
             by = p.get("approvers") or [p.get("approver")]
-            card = decided_card(case_id=ix.case_id, playbook=ref["playbook"], detection=summary, plan=plan,
-                                run_id=ix.run_id, outcome=verb, by=[str(b) for b in by if b], at=claim.ts)
+            card = decided_card(case_id=case_id, playbook=ref["playbook"], detection=summary, plan=plan,
+                                run_id=run, outcome=verb, by=[str(b) for b in by if b], at=claim.ts)
         else:
-            voters = [principal(u) for u in distinct_voters(records, "approval.vote", ix.run_id, ref["plan_hash"])]
-            card = approval_card(case_id=ix.case_id, playbook=ref["playbook"], detection=summary, plan=plan,
-                                 run_id=ix.run_id, expires_at=ref.get("expires_at"), quorum=ref["quorum"],
-                                 approvals=voters)
+            voters = [principal(u) for u in (st.votes if st is not None else [])]
+            notes = []
+            if st is not None and st.escalated is not None:
+                notes.append(f"Escalated to {st.escalated.payload.get('escalate_to')} at "
+                             f"{st.escalated.payload.get('at')}: they may approve or deny now")
+            if st is not None and st.reminders:
+                notes.append(f"{len(st.reminders)} reminder(s) sent")
+            card = approval_card(case_id=case_id, playbook=ref["playbook"], detection=summary, plan=plan,
+                                 run_id=run, expires_at=ref.get("expires_at"), quorum=ref["quorum"],
+                                 approvals=voters, notes=notes)
+        return self._update(case_id, run_id, ref, card, accepted)
+
+    def show_status(self, case_id: str, run_id: str | None, status: str, story: Sequence[str]) -> bool:
+        """Update the card with the run's outcome (:func:`cordon.teams.card.status_card`: the
+        case's ``status`` and the ``story`` lines); what the flow calls where it updates the Slack
+        message. Returns whether it was updated (``False`` without a card); never raises."""
+        found = self._context(case_id, run_id)
+        if found is None:
+            return False
+        ref, _, plan, summary = found
+        card = status_card(case_id=case_id, playbook=ref["playbook"], detection=summary, plan=plan,
+                           run_id=run_id or "", status=status, story=story)
+        return self._update(case_id, run_id, ref, card, None)
+
+    def _update(self, case_id: str, run_id: str | None, ref: Mapping[str, Any], card: Mapping[str, Any],
+                accepted: bool | None) -> bool:
         try:
             self.connector_for(ref["service_url"]).update(ref["conversation_id"], ref["activity_id"],
                                                           card_activity(card))
         except Exception as exc:  # noqa: BLE001 - recorded; the decision stands
             self.ledger.append(UPDATE_FAILED_KIND, {"error": f"{type(exc).__name__}: {exc}"[:300], **ref},
-                               case_id=ix.case_id, run_id=ix.run_id, actor="cordon")
-            return
-        self.ledger.append(UPDATED_KIND, {"activity_id": ref["activity_id"], "accepted": outcome.accepted},
-                           case_id=ix.case_id, run_id=ix.run_id, actor="cordon")
+                               case_id=case_id, run_id=run_id, actor="cordon")
+            return False
+        self.ledger.append(UPDATED_KIND, {"activity_id": ref["activity_id"], "accepted": accepted},
+                           case_id=case_id, run_id=run_id, actor="cordon")
+        return True

@@ -21,7 +21,8 @@ short ``reason``:
    (``wrong_tenant``); the clicker has an Entra object id (``from.aadObjectId``) and is not a guest
    or anonymous (``from.userRole``; ``guest``); an ``id`` on the activity (``missing_activity_id``).
 3. The Cordon data on the card action (``value.action.verb`` ``cordon_approve`` / ``cordon_deny``,
-   ``value.action.data`` ``{case_id, plan_hash, run_id}``): ``malformed``.
+   ``value.action.data`` ``{case_id, plan_hash, run_id}``): ``malformed``. A Deny's ``reason`` is
+   the card's text input, which Teams merges into ``data`` (at most 500 characters kept).
 
 Replay (the activity id seen before) needs the ledger and is checked by the server
 (:func:`find_replay`), after the token: only verified activities are recorded.
@@ -182,11 +183,15 @@ class InvokeVerifier:
         missing = [k for k, v in fields.items() if v is None]
         if missing:
             raise InvokeRefused("malformed", f"value.action.data.{missing[0]} missing")
+        reason = None
+        if decision == "deny":  # the card's text input, merged into data by Teams (Action.Execute)
+            typed = _str(data, "reason")
+            reason = typed.strip()[:500] if typed and typed.strip() else None
         return Interaction(decision=decision, user_id=f"teams:{oid}", user_name=_str(sender, "name") or oid,
                            team_id=self.settings.tenant_id, run_id=fields["run_id"], case_id=fields["case_id"],
                            plan_hash=fields["plan_hash"], channel=_str(activity, "conversation", "id") or "",
                            message_ts=_str(activity, "replyToId") or "", response_url=None,
-                           action_ts=_str(activity, "timestamp"), trigger_id=activity_id)
+                           action_ts=_str(activity, "timestamp"), trigger_id=activity_id, reason=reason)
 
 
 def find_replay(ledger: Ledger, activity_id: str, seq: int) -> LedgerRecord | None:
