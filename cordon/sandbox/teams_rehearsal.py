@@ -144,10 +144,20 @@ class TeamsRehearsal:
 
     # -- the scripted responder -------------------------------------------------------------------
     def approve(self, ledger: Any, case_id: str, run_id: str) -> dict[str, Any]:
-        """Wait for ``case_id``'s card (its ``teams.card_posted`` record for run ``run_id``), click
-        *Approve* on it as :data:`RESPONDER` (a signed invoke POSTed to the endpoint), then wait
-        for the run to close the case. Returns ``{"said": what the invoke answered, "closed":
-        the case.closed payload}``. Raises :class:`RehearsalError` on a timeout or a refused invoke."""
+        """:meth:`click` *Approve* on ``case_id``'s card, then wait for the run to close the case.
+        Returns ``{"said": what the invoke answered, "closed": the case.closed payload}``
+        (``closed`` ``None`` when the click was refused: the case waits, as it would in Teams).
+        Raises :class:`RehearsalError` on a timeout or a refused invoke."""
+        said, _ = self.click(ledger, case_id, run_id)
+        if "recorded" not in said:
+            return {"said": said, "closed": None}
+        return {"said": said, "closed": self.wait_closed(ledger, case_id, run_id)}
+
+    def click(self, ledger: Any, case_id: str, run_id: str, verb: str = "cordon_approve") -> tuple[str, float]:
+        """Wait for ``case_id``'s card (its ``teams.card_posted`` record for run ``run_id``), then
+        click ``verb`` on it as :data:`RESPONDER`: an invoke signed by the stand-in, POSTed to
+        Cordon's endpoint. Returns (what the invoke answered, when it was sent: ``time.time()``).
+        Raises :class:`RehearsalError` on a timeout or a non-200 answer."""
 
         def card() -> dict[str, Any] | None:
             found = [r.payload for r in ledger.records(case_id=case_id, kind_prefix="teams.card_posted")
@@ -156,18 +166,14 @@ class TeamsRehearsal:
 
         ref = self._wait(card, f"the Teams card of {case_id}")
         data = {"case_id": case_id, "plan_hash": ref["plan_hash"], "run_id": run_id}
-        activity = self.teams.invoke(verb="cordon_approve", data=data, aad_object_id=RESPONDER,
-                                     name="Sandbox Responder", conversation_id=ref["conversation_id"],
-                                     reply_to_id=ref["activity_id"])
-        r = httpx.post(f"{self.url}/teams/messages", json=activity, timeout=30,
-                       headers={"Authorization": f"Bearer {self.teams.token()}"})
+        activity = self.teams.invoke(verb=verb, data=data, aad_object_id=RESPONDER, name="Sandbox Responder",
+                                     conversation_id=ref["conversation_id"], reply_to_id=ref["activity_id"])
+        headers = {"Authorization": f"Bearer {self.teams.token()}"}
+        sent = time.time()
+        r = httpx.post(f"{self.url}/teams/messages", json=activity, timeout=30, headers=headers)
         if r.status_code != 200:
             raise RehearsalError(f"the endpoint refused the scripted click: {r.status_code} {r.text[:200]}")
-        said = str((r.json() or {}).get("value"))
-
-        if "recorded" not in said:  # refused by policy: the case waits, as it would in Teams
-            return {"said": said, "closed": None}
-        return {"said": said, "closed": self.wait_closed(ledger, case_id, run_id)}
+        return str((r.json() or {}).get("value")), sent
 
     def wait_closed(self, ledger: Any, case_id: str, run_id: str) -> dict[str, Any]:
         """Wait for run ``run_id`` to close ``case_id`` (its ``case.closed`` payload; an incident's
