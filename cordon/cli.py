@@ -164,9 +164,14 @@ def respond(
     if rehearse_teams:  # the stand-in, a worker, Cordon's endpoint and a scripted responder
         _sandboxes()  # a missing sandbox extra: one line, before anything starts
         from cordon.config import config_dir
-        from cordon.sandbox.teams_rehearsal import TeamsRehearsal
+        from cordon.standins import StandInsMissing
+        from cordon.standins import rehearsal as rehearsal_class
 
-        rehearsal = TeamsRehearsal()
+        try:
+            rehearsal = rehearsal_class("teams")()
+        except StandInsMissing as exc:
+            err.print(f"[red]the sandbox is not installed:[/red] {escape(str(exc))}", highlight=False)
+            raise typer.Exit(1) from None
         rehearsal.configure(config_dir())
     responder = _responder()
     if approve.waits:
@@ -213,15 +218,15 @@ def respond(
 
 
 def _rehearse_teams(rehearsal, responder, report, sandbox, output: OutputFormat) -> int:
-    """The Teams rehearsal (:mod:`cordon.sandbox.teams_rehearsal`): start its worker and endpoint,
-    submit each case with ``approval="teams"``, click *Approve* on each card as the scripted
-    responder, and print each case as the ledger closed it. Returns how many failed."""
+    """The Teams rehearsal (the sandbox's ``teams`` rehearsal, :func:`cordon.standins.rehearsal`):
+    start its worker and endpoint, submit each case with ``approval="teams"``, click *Approve* on
+    each card as the scripted responder, and print each case as the ledger closed it. Returns how
+    many failed."""
     from cordon.approvals.decide import summary_from_ledger
-    from cordon.sandbox.teams_rehearsal import RehearsalError
 
     try:
         rehearsal.start(responder.ledger, responder.config)
-    except RehearsalError as exc:
+    except RuntimeError as exc:  # the rehearsal's RehearsalError: a part did not come up
         err.print(f"[red]the Teams rehearsal could not start:[/red] {escape(str(exc))}", highlight=False)
         return 1
     errors = 0
@@ -240,7 +245,7 @@ def _rehearse_teams(rehearsal, responder, report, sandbox, output: OutputFormat)
                 if output is OutputFormat.text:
                     err.print(f"[cyan]sandbox:[/cyan] the scripted responder clicked Approve on the Teams card of "
                               f"{case_id}: {escape(done['said'])}", highlight=False)
-        except RehearsalError as exc:
+        except RuntimeError as exc:  # RehearsalError: a timeout or a refused click
             err.print(f"[red]{case_id}:[/red] {escape(str(exc))}", highlight=False)
             errors += 1
             continue

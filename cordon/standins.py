@@ -25,6 +25,9 @@ from typing import Any, Protocol, runtime_checkable
 STANDINS_GROUP = "cordon.standins"
 #: Entry point group of client factories named by ``cloud["clients"]``.
 CLIENTS_GROUP = "cordon.clients"
+#: Rehearsals of an approval channel with a scripted responder (``teams``:
+#: :class:`cordon.sandbox.teams_rehearsal.TeamsRehearsal`), registered by the sandbox extra.
+REHEARSALS_GROUP = "cordon.rehearsals"
 
 
 class StandInsMissing(RuntimeError):
@@ -128,6 +131,16 @@ def plugin_clients(cloud: Mapping[str, Any]) -> Any | None:
     if not found:
         raise StandInsMissing(f"no client factory '{name}' is installed (entry point group '{CLIENTS_GROUP}')")
     return _load(found[0])(dict(cloud))
+
+
+def rehearsal(name: str) -> Any:
+    """The rehearsal class registered as ``name`` (:data:`REHEARSALS_GROUP`; ``teams``: the Teams
+    approval rehearsal of ``cordon respond --sandbox --approve teams``). Raises
+    :class:`StandInsMissing` when it is not installed or cannot be imported."""
+    found = [ep for ep in entry_points(group=REHEARSALS_GROUP) if ep.name == name]
+    if not found:
+        raise StandInsMissing(f"no '{name}' rehearsal is installed (entry point group '{REHEARSALS_GROUP}')")
+    return _load(found[0])
 
 
 class _loader:

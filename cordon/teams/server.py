@@ -106,7 +106,7 @@ def teams_router(*, ledger: Ledger, verifier: InvokeVerifier, decide: Callable[[
              "decision": ix.decision, "plan_hash": ix.plan_hash, "conversation_id": ix.channel,
              "reply_to_id": ix.message_ts, "remote": remote},
             case_id=ix.case_id, run_id=ix.run_id, actor=ix.user_id)
-        original = await run_in_threadpool(find_replay, ledger, ix.trigger_id or "", received.seq)
+        original = await run_in_threadpool(find_replay, ledger, ix.trigger_id or "", received.seq, ix.case_id)
         if original is not None:
             await run_in_threadpool(refused, "replayed", f"repeats the invoke recorded at seq {original.seq}",
                                     remote, activity, user_id=ix.user_id, **where)

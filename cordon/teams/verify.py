@@ -194,11 +194,13 @@ class InvokeVerifier:
                            action_ts=_str(activity, "timestamp"), trigger_id=activity_id, reason=reason)
 
 
-def find_replay(ledger: Ledger, activity_id: str, seq: int) -> LedgerRecord | None:
+def find_replay(ledger: Ledger, activity_id: str, seq: int, case_id: str | None = None) -> LedgerRecord | None:
     """The earlier ``teams.invoke_received`` record (before ``seq``, in the ledger's single chain,
     so replicas agree) with the same ``activity_id``, or ``None``. Teams gives each invoke its own
-    id; only a replayed request carries one twice."""
-    for r in ledger.records(kind_prefix=RECEIVED_KIND):
+    id; only a replayed request carries one twice. A replay is the same body, so it names the same
+    case: with ``case_id`` only that case's records are read (the ledger's case index), not every
+    invoke ever received."""
+    for r in ledger.records(case_id=case_id, kind_prefix=RECEIVED_KIND):
         if r.seq >= seq:
             break
         if r.payload.get("activity_id") == activity_id:
