@@ -348,3 +348,35 @@ def test_card_shows_the_approvals_still_needed_after_a_teams_vote(tmp_path, aws,
         assert len(tw.card()["history"]) == 1
     finally:
         tw.close()
+
+
+def test_the_sweeper_edits_the_teams_card_on_escalation_and_expiry(tmp_path, aws, teams, verifier):
+    """Escalation and expiry are the sweeper's (:func:`cordon.approvals.expiry.sweep`); with Teams
+    cards it edits the card in place: the escalation note while the request waits, then the
+    expired outcome with no buttons. The card is found again from the ledger (a fresh
+    :class:`TeamsCards`, as a sweeper in another process would build)."""
+    from datetime import timedelta
+
+    from cordon.approvals.expiry import sweep
+    from tests.test_approval_policy import T0
+
+    approval = {"required": True, "expire_after": "4h", "escalate_after": "1h", "escalate_to": "U0CAROL03"}
+    tw = TeamsWorld(tmp_path, aws, teams, verifier, card=True, approval=approval)
+    try:
+        cards = TeamsCards(tw.w.ledger, tw.connector)
+        events = sweep(tw.w.ledger, None, now=T0 + timedelta(hours=2), resume=tw.w.run, teams=cards)
+        assert [e["event"] for e in events] == ["escalated"]
+        waiting = tw.card()
+        assert len(waiting["history"]) == 1 and "Escalated to U0CAROL03" in json.dumps(waiting)
+        assert [a["verb"] for a in waiting["attachments"][0]["content"]["actions"]] == ["cordon_approve",
+                                                                                       "cordon_deny"]
+        events = sweep(tw.w.ledger, None, now=T0 + timedelta(hours=5), resume=tw.w.run, teams=cards)
+        assert [e["event"] for e in events] == ["expired"]
+        expired = tw.card()
+        content = expired["attachments"][0]["content"]
+        assert len(expired["history"]) == 2 and "actions" not in content
+        assert "Expired by cordon:sweeper" in json.dumps(content)
+        ((_, run_input),) = tw.w.run.inputs
+        assert run_input["decision"] == "expired"
+    finally:
+        tw.close()

@@ -69,8 +69,8 @@ def sweep(ledger: Ledger, client: Any, *, now: datetime, resume: Resume | None =
     ``resume_flow_run`` through :func:`cordon.approvals.decide.prefect_resume` (only ``ACCEPT``
     counts); ``outbox`` the :class:`cordon.approvals.outbox.Outbox` (default: the process's);
     ``teams`` a :class:`cordon.teams.client.TeamsCards` (``None``: no Teams): a request's card is
-    refreshed in place when it is escalated or reminded (the run updates it when an expiry
-    resumes it). Returns one event per thing done: ``{"case_id", "event": "expired" | "expiry_failed" |
+    refreshed in place when it is escalated, reminded or expired (and the resumed run shows its
+    outcome on it). Returns one event per thing done: ``{"case_id", "event": "expired" | "expiry_failed" |
     "expiry_lost" | "delivered" | "delivery_failed" | "escalated" | "reminded", ...}``. A run that
     cannot be resumed (not paused any more) is recorded as ``approval.resume_failed`` and the case
     is set to ``error``.
@@ -101,6 +101,8 @@ def sweep(ledger: Ledger, client: Any, *, now: datetime, resume: Resume | None =
                                "decision": s.settled_by.payload.get("decision") if s.settled_by else None})
             else:
                 events.append({"case_id": case_id, "event": "expired", "on_expiry": run_input["on_expiry"]})
+            if teams is not None:  # the card says so now, whatever becomes of the run
+                teams.refresh(case_id, st.run_id)
             continue
         thread: list[str] = []
         escalate_after = settings.get("escalate_after")
