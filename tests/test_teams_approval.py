@@ -380,3 +380,31 @@ def test_the_sweeper_edits_the_teams_card_on_escalation_and_expiry(tmp_path, aws
         assert run_input["decision"] == "expired"
     finally:
         tw.close()
+
+
+def test_the_bots_connector_token_comes_from_entra_through_msal(tmp_path, monkeypatch, teams):
+    """The bot's own token: MSAL's client-credentials grant against Entra's login (the Azure
+    sandbox's TLS stand-in: OpenID configuration, then the token endpoint), scope
+    ``https://api.botframework.com/.default``; it reaches the connector as the Bearer token, and
+    MSAL's cache keeps it (one token request for two sends). A wrong secret is Entra's refusal."""
+    from cordon.sandbox.azure import AzureSandbox
+    from cordon.teams.client import bot_token_provider
+
+    settings = TeamsSettings(app_id="00000000-0000-0000-0000-0000000b0700", tenant_id="tenant-cordon",
+                             app_password_env="CORDON_TEST_BOT_SECRET")
+    azure = AzureSandbox().start()
+    try:
+        azure.standin.add_client(settings.app_id, "bot-secret-1", settings.tenant_id)
+        monkeypatch.setenv("CORDON_TEST_BOT_SECRET", "bot-secret-1")
+        token = bot_token_provider(settings, login=azure.arm_url, verify=azure.standin.ca_path)
+        connector = Connector(teams.service_url, token, sleep=lambda s: None)
+        for _ in range(2):
+            connector.send(CONVERSATION, {"type": "message", "text": "hello"})
+        sent = [r["headers"]["authorization"] for r in teams.requests[-2:]]
+        issued = [t for t, grant in azure.standin.tokens.items() if grant["scope"] == "https://api.botframework.com/.default"]
+        assert len(issued) == 1 and sent == [f"Bearer {issued[0]}"] * 2
+        monkeypatch.setenv("CORDON_TEST_BOT_SECRET", "wrong")
+        with pytest.raises(RuntimeError, match="no bot token: invalid_client"):
+            bot_token_provider(settings, login=azure.arm_url, verify=azure.standin.ca_path)()
+    finally:
+        azure.stop()

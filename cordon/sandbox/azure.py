@@ -109,6 +109,8 @@ DEFAULT_TENANT = "72f988bf-0000-4000-8000-00000000c0d0"
 DEFAULT_SUBSCRIPTION = "00000000-0000-4000-8000-00000000ab12"
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 ARM_SCOPE = "https://management.azure.com/.default"
+#: a Teams bot's token for the Bot Framework connector (cordon.teams.client.bot_token_provider)
+BOT_SCOPE = "https://api.botframework.com/.default"
 RA_API_VERSION = "2022-04-01"
 #: the Activity Log list (Activity Logs - List, api-version 2015-04-01)
 ACTIVITY_PATH = "/providers/Microsoft.Insights/eventtypes/management/values"
@@ -771,7 +773,7 @@ class AzureStandIn:
             if tenant not in (client["tenant"], "organizations"):
                 raise ApiError(400, "invalid_request", f"AADSTS90002: Tenant '{tenant}' not found.")
             scope = str(body.get("scope", ""))
-            if scope not in (GRAPH_SCOPE, ARM_SCOPE):
+            if scope not in (GRAPH_SCOPE, ARM_SCOPE, BOT_SCOPE):
                 raise ApiError(400, "invalid_scope", f"AADSTS70011: scope {scope} is not valid.")
             token = "eyJ0eXAi.standin-" + secrets.token_urlsafe(24)
             self.tokens[token] = {"client_id": body["client_id"], "scope": scope}

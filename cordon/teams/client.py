@@ -47,24 +47,38 @@ class ConnectorError(RuntimeError):
         super().__init__(f"connector answered {status}: {body[:200]}")
 
 
-def bot_token_provider(settings: TeamsSettings) -> Callable[[], str]:
+#: The scope of the bot's token for the Bot Framework connector.
+BOT_SCOPE = "https://api.botframework.com/.default"
+LOGIN = "https://login.microsoftonline.com"
+
+
+def bot_token_provider(settings: TeamsSettings, *, login: str = LOGIN,
+                       verify: str | bool = True) -> Callable[[], str]:
     """``token()`` for the connector: the bot's access token from Entra by client credentials
-    (MSAL ``ConfidentialClientApplication``, authority ``https://login.microsoftonline.com/<tenant>``
-    for a single-tenant bot, scope ``https://api.botframework.com/.default``), the secret read from
+    (MSAL ``ConfidentialClientApplication``, authority ``<login>/<tenant>`` for a single-tenant bot,
+    scope :data:`BOT_SCOPE`; MSAL caches it until shortly before it expires), the secret read from
     the environment variable ``settings.app_password_env`` at once (``KeyError`` when unset); the
-    MSAL client is built at the first call. Acquiring a token is not exercised by the tests (the
-    stand-in accepts any Bearer token)."""
+    MSAL client is built at the first call. ``login`` is Entra's login host (another cloud's, or the
+    Azure sandbox's TLS stand-in, with ``verify`` its CA bundle: then instance discovery is off).
+    ``token()`` raises ``RuntimeError`` naming Entra's error when no token is issued.
+    Source: https://learn.microsoft.com/azure/bot-service/rest-api/bot-framework-rest-connector-authentication
+    ("Bot to connector")."""
     secret = os.environ[settings.app_password_env]
     apps: list[Any] = []  # MSAL discovers the authority over the network: built at the first call
 
     def token() -> str:
         import msal
+        import requests
 
         if not apps:
+            session = requests.Session()
+            if verify is not True:  # a CA bundle of its own: REQUESTS_CA_BUNDLE must not replace it
+                session.verify = verify
+                session.trust_env = False
             apps.append(msal.ConfidentialClientApplication(
-                settings.app_id, client_credential=secret,
-                authority=f"https://login.microsoftonline.com/{settings.tenant_id}"))
-        got = apps[0].acquire_token_for_client(scopes=["https://api.botframework.com/.default"])
+                settings.app_id, client_credential=secret, authority=f"{login.rstrip('/')}/{settings.tenant_id}",
+                http_client=session, instance_discovery=login == LOGIN))
+        got = apps[0].acquire_token_for_client(scopes=[BOT_SCOPE])
         if "access_token" not in got:
             raise RuntimeError(f"no bot token: {got.get('error')}: {got.get('error_description')}")
         return got["access_token"]
