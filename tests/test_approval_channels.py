@@ -128,3 +128,24 @@ def test_teams_without_a_destination_refuses_before_posting(tmp_path, monkeypatc
     with pytest.raises(ConfigError, match="field 'teams': required to approve in Microsoft Teams"):
         channel_for("teams", True).request(ctx)
     assert [r.kind for r in ctx.ledger.records(case_id="case-1")] == []
+
+
+def test_approval_channel_is_read_from_cordon_yaml_and_a_wrong_value_is_refused_by_name(tmp_path):
+    import yaml
+
+    from cordon.approvals.modes import configured_channel, waits
+    from cordon.config import ConfigError
+    from tests.helpers import config_with_approvers
+
+    cfg = config_with_approvers(tmp_path)
+    assert configured_channel(load_config(cfg)) == "slack"  # the default
+    data = yaml.safe_load((cfg / "cordon.yaml").read_text())
+    for value in ("teams", "both", "slack"):
+        data["approval"]["channel"] = value
+        (cfg / "cordon.yaml").write_text(yaml.safe_dump(data))
+        assert configured_channel(load_config(cfg)) == value and waits(value)
+    data["approval"]["channel"] = "pager"
+    (cfg / "cordon.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"approval\.channel"):
+        load_config(cfg)
+    assert not waits("auto") and not waits("console")
