@@ -184,3 +184,62 @@ def test_cordon_respond_sandbox_approve_teams_runs_end_to_end_with_a_scripted_cl
     assert not [k for k in kinds if k.startswith("slack.")]
     asked = [json.loads(p) for (p,) in db.execute("SELECT payload FROM ledger WHERE kind = 'approval.asked'")]
     assert asked and {a["mode"] for a in asked} == {"teams"}
+
+
+def test_a_teams_approve_and_a_slack_deny_at_the_same_moment_end_in_the_deny(teams_stack):
+    """``both``: Alice approves on the Teams card while Bob submits a Deny in Slack, released at the
+    same moment; three cases. Whichever the ledger orders first, the Deny wins (containment starts
+    no sooner than the deny window after an approval): nothing is contained, every case ends
+    ``denied``, and the Teams card shows it."""
+    import threading
+
+    from tests.test_decision_race import key_status, message_of, write_events
+
+    sk = teams_stack
+    sk["workers"].append(Worker(sk["env"], sk["tmp"] / "worker.log", cwd=REPO).start())
+    wait_for(deployment_ready, 90, "the respond deployment to be served")
+    events = sk["tmp"] / "events.jsonl"
+    keys = write_events(events, 3)
+    responder = Responder(ledger=sk["ledger"])
+    report = responder.intake([events])
+    slack = {"channel": CHANNEL, "base_url": sk["slack_url"]}
+    submitted = list(responder.run_all(report, approval="both", stand_ins=sk["aws"], slack=slack))
+    by_key = {sk["ledger"].case(s["case_id"])["case_key"].rsplit("|", 1)[-1]: s for s in submitted}
+    trials = [(by_key[key], user) for key, user in keys]
+    for s, _ in trials:
+        wait_for(lambda s=s: flow_state(s["flow_run_id"]) == "PAUSED", 300, f"run of {s['case_id']} to suspend")
+        wait_for(lambda s=s: list(sk["ledger"].records(case_id=s["case_id"], kind_prefix="approval.asked")), 120,
+                 f"the request of {s['case_id']} to be in Slack")
+    for s, _ in trials:
+        case_id, run_id = s["case_id"], s["flow_run_id"]
+        ref = posted_card(sk, case_id)
+        deny, _ = deny_body(sk, message_of(sk, case_id), "U0BOB0002", sk["cordon_url"])
+        barrier = threading.Barrier(2)
+        answers: dict[str, int] = {}
+
+        def teams_approve(case_id=case_id, run_id=run_id, ref=ref, barrier=barrier, answers=answers) -> None:
+            barrier.wait()
+            answers["teams"] = click(sk, ref, case_id, run_id, ALICE).status_code
+
+        def slack_deny(body=deny, barrier=barrier, answers=answers) -> None:
+            barrier.wait()
+            answers["slack"] = httpx.post(f"{sk['cordon_url']}/slack/interactions", content=body,
+                                          headers=slack_signed(body), timeout=30).status_code
+
+        threads = [threading.Thread(target=teams_approve), threading.Thread(target=slack_deny)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert answers == {"teams": 200, "slack": 200}
+    for s, user in trials:
+        case_id = s["case_id"]
+        wait_for(lambda s=s: flow_state(s["flow_run_id"]) == "COMPLETED", 300, f"run of {case_id} to end")
+        kinds = [r.kind for r in sk["ledger"].records(case_id=case_id)]
+        assert not any(k.startswith(("action.", "step.")) for k in kinds), (case_id, kinds)
+        closed = [r.payload for r in sk["ledger"].records(case_id=case_id, kind_prefix="case.closed")]
+        assert closed[-1]["status"] == "denied", (case_id, closed)
+        assert key_status(sk, user) == "Active", case_id
+        ref = posted_card(sk, case_id)
+        wait_for(lambda ref=ref: "denied" in json.dumps(sk["teams"].activity(CONVERSATION, ref["activity_id"])),
+                 30, f"the Teams card of {case_id} to show the Deny")
