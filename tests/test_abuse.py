@@ -213,7 +213,7 @@ def test_two_hundred_forged_posts_are_one_chained_record(ledger_url):
     assert ledger.verify().checked == before  # nothing chained yet: counted
     counter = RefusalCounter(ledger)
     assert counter.counts("slack") == {"bad_signature": 150, "stale_timestamp": 50}
-    assert counter.counts("webhook") == {"wrong_token": 50}
+    assert counter.counts("webhook") == {"wrong_bearer": 50}
     assert all(len(w.samples) <= 5 for w in counter.windows())
     # two replicas close the ended windows at the same moment: each window is summarised once
     later = time.time() + 120
@@ -227,6 +227,13 @@ def test_two_hundred_forged_posts_are_one_chained_record(ledger_url):
     assert len(closed) <= 4  # one per source and minute (the posts may straddle a minute)
     chained = [r for r in ledger.records() if r.kind.endswith(".refusals")]
     assert sorted(r.seq for r in chained) == sorted(r.seq for r in closed)
+    # the summaries say why, as counted (a reason ending in "token" was redacted by the ledger)
+    webhook_reasons: dict[str, int] = {}
+    for r in chained:
+        if r.kind == "webhook.refusals":
+            for reason, n in r.payload["by_reason"].items():
+                webhook_reasons[reason] = webhook_reasons.get(reason, 0) + n
+    assert webhook_reasons == {"wrong_bearer": 50}, webhook_reasons
     assert all(w.summary_seq is not None for w in counter.windows())
     assert counter.close_due(now=later) == []
     res = ledger.verify()
@@ -260,10 +267,10 @@ def test_cli_lists_and_closes_refusal_windows(tmp_path):
     url = f"sqlite:///{tmp_path}/cli.db"
     counter = RefusalCounter(Ledger(url), clock=lambda: 1_700_000_000.0)
     for _ in range(3):
-        counter.record("webhook", "wrong_token", {"remote": "203.0.113.9"})
+        counter.record("webhook", "wrong_bearer", {"remote": "203.0.113.9"})
     runner = CliRunner()
     res = runner.invoke(app, ["audit", "refusals"], env={"CORDON_DATABASE_URL": url})
-    assert res.exit_code == 0 and "wrong_token" in res.output and "203.0.113.9" in res.output, res.output
+    assert res.exit_code == 0 and "wrong_bearer" in res.output and "203.0.113.9" in res.output, res.output
     assert "open" in res.output and "3 refusal(s) in 1 window row(s)" in res.output
     res = runner.invoke(app, ["audit", "refusals", "--close", "--output", "json"], env={"CORDON_DATABASE_URL": url})
     assert res.exit_code == 0 and "chained #1 webhook.refusals: 3 refusal(s)" in res.output, res.output

@@ -53,8 +53,8 @@ def test_metrics_count_cases_dead_letters_refusals_and_the_oldest_wait(ledger_ur
     # the oldest waiting case waited at least the 1.1 s between the two
     assert 1.0 <= got[("cordon_oldest_awaiting_approval_seconds", ())] < 120
     # the two refused scrapes, counted as the metrics endpoint's refusals
-    assert got[("cordon_refusals_total", (("reason", "missing_token"), ("source", "metrics")))] == 1
-    assert got[("cordon_refusals_total", (("reason", "wrong_token"), ("source", "metrics")))] == 1
+    assert got[("cordon_refusals_total", (("reason", "no_bearer"), ("source", "metrics")))] == 1
+    assert got[("cordon_refusals_total", (("reason", "wrong_bearer"), ("source", "metrics")))] == 1
     # the sensors' checkpoints: lag, records, last pass, failing
     assert got[("cordon_sensor_lag_seconds", (("sensor", "gcp-pubsub"),))] == 12.5
     assert got[("cordon_sensor_records_total", (("sensor", "gcp-pubsub"),))] == 2

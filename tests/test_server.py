@@ -338,7 +338,7 @@ def test_webhook_requires_the_token(run_server, ledger):
     assert intake.calls == []
     assert records(ledger, "webhook.request_refused") == []
     counter = RefusalCounter(ledger)
-    assert counter.counts("webhook") == {"missing_token": 1, "wrong_token": 3}
+    assert counter.counts("webhook") == {"no_bearer": 1, "wrong_bearer": 3}
     samples = [s for w in counter.windows("webhook") for s in w.samples]
     assert sorted(s["detail"] for s in samples) == ["missing Authorization header"] + ["wrong bearer token"] * 3
     [summary] = counter.close_due(now=time.time() + 120)

@@ -48,8 +48,8 @@ Endpoints
 ``POST /webhook/detections``
     Requires ``Authorization: Bearer <webhook_token>`` (compared with :func:`hmac.compare_digest`):
     **503** if no token is configured (or no ``on_detections`` handler), **401** (with
-    ``WWW-Authenticate: Bearer``; counted as a ``webhook`` refusal, reason ``missing_token`` or
-    ``wrong_token``, summarised as ``webhook.refusals`` per window) otherwise; a body over
+    ``WWW-Authenticate: Bearer``; counted as a ``webhook`` refusal, reason ``no_bearer`` or
+    ``wrong_bearer``, summarised as ``webhook.refusals`` per window) otherwise; a body over
     ``max_webhook_body`` bytes answers **413**. The raw body and an origin name
     ``webhook:<remote address>`` go to ``on_detections``, whose dict is answered as JSON with
     **202** (**503** with ``Retry-After`` when the dict has ``retry_after``: the detections are
@@ -451,8 +451,8 @@ def create_app(
             presented.strip().encode("utf-8"), webhook_token.encode("utf-8")
         )
         if not ok:
-            reason, detail = ("missing_token", "missing Authorization header") if not auth else \
-                ("wrong_token", "wrong bearer token")
+            reason, detail = ("no_bearer", "missing Authorization header") if not auth else \
+                ("wrong_bearer", "wrong bearer token")
             await refused("webhook", reason, remote, request, detail=detail)
             return JSONResponse(
                 {"error": "unauthorized"},
@@ -502,7 +502,7 @@ def create_app(
         scheme, _, presented = request.headers.get("authorization", "").partition(" ")
         if not (scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode("utf-8"),
                                                                    metrics_token.encode("utf-8"))):
-            await refused("metrics", "wrong_token" if presented else "missing_token", _remote(request), request)
+            await refused("metrics", "wrong_bearer" if presented else "no_bearer", _remote(request), request)
             return JSONResponse({"error": "unauthorized"}, status_code=401,
                                 headers={"WWW-Authenticate": 'Bearer realm="cordon"'})
         from cordon.server.metrics import metrics_text
