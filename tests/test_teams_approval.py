@@ -408,3 +408,39 @@ def test_the_bots_connector_token_comes_from_entra_through_msal(tmp_path, monkey
             bot_token_provider(settings, login=azure.arm_url, verify=azure.standin.ca_path)()
     finally:
         azure.stop()
+
+
+def test_roll_back_from_the_teams_card_under_the_same_policy(tmp_path, aws, teams, verifier):
+    """A contained case's card carries *Roll back* (``cordon_rollback``); the click goes to the same
+    decider as Slack's button: the suspect and a non-approver are refused, an approver's click undoes
+    the containment, and the card says so, without the button."""
+    from cordon.respond import run_step
+
+    tw = TeamsWorld(tmp_path, aws, teams, verifier, card=True)
+    try:
+        assert "approve recorded" in tw.click(ALICE).json()["value"]
+        result = run_step(tw.w.plan.steps[0], tw.w.detection, tw.w.clients)  # as the run's task does
+        assert result.status == "contained"
+        tw.w.ledger.append("action.contained", result.model_dump(), case_id=tw.w.case_id, run_id=RUN_ID)
+        tw.w.ledger.set_case(tw.w.case_id, status="contained")
+        cards = TeamsCards(tw.w.ledger, tw.connector)
+        assert cards.show_status(tw.w.case_id, RUN_ID, "contained", ["Verified: 1 of 1 step(s) hold."], rollback=True)
+        content = tw.card()["attachments"][0]["content"]
+        assert [a["verb"] for a in content["actions"]] == ["cordon_rollback"]
+        iam = aws.clients("iam", account_id="111122223333")
+
+        def status() -> str:
+            return iam.list_access_keys(UserName="build-bot")["AccessKeyMetadata"][0]["Status"]
+
+        assert status() == "Inactive"
+        assert "no self-approval" in tw.click(MALLORY, "cordon_rollback").json()["value"]
+        assert "not an approver" in tw.click(EVE, "cordon_rollback").json()["value"]
+        assert status() == "Inactive"
+        said = tw.click(BOB, "cordon_rollback").json()["value"]
+        assert "rollback of" in said and "done" in said, said
+        assert status() == "Active" and tw.w.ledger.case(tw.w.case_id)["status"] == "rolled_back"
+        wait_for(lambda: "Rolled back" in json.dumps(tw.card()))
+        final = tw.card()["attachments"][0]["content"]
+        assert "actions" not in final and "rolled_back" in json.dumps(final)
+    finally:
+        tw.close()

@@ -123,7 +123,9 @@ def test_teams_approval_survives_a_worker_killed_while_waiting_and_contains_once
         sk["teams"].activity(CONVERSATION, ref["activity_id"])), 30, "the card's final update")
     content = final["attachments"][0]["content"]
     text = json.dumps(content)
-    assert "actions" not in content and "contained" in text and "Verified: 1 of 1 step(s) hold." in text
+    assert "contained" in text and "Verified: 1 of 1 step(s) hold." in text
+    # decided: no Approve / Deny for anyone; the key can be rolled back, so that button is offered
+    assert [a["verb"] for a in content["actions"]] == ["cordon_rollback"]
     assert any(f"Approved by teams:{ALICE}" in json.dumps(h) for h in final["history"])
 
 

@@ -121,7 +121,7 @@ def _and_refresh(decide: Any, cards: Any) -> Any:
 
     def decide_and_refresh(ix: Any) -> Any:
         outcome = decide(ix)
-        if outcome.accepted and ix.decision in ("approve", "deny"):
+        if outcome.accepted and ix.decision in ("approve", "deny", "rollback"):
             threading.Thread(target=cards.after_decision, args=(ix, outcome), name="cordon-teams-refresh",
                              daemon=True).start()
         return outcome

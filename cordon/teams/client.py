@@ -159,8 +159,34 @@ class TeamsCards:
 
     def after_decision(self, ix: Interaction, outcome: DecisionOutcome) -> None:
         """Update the card of ``ix``'s case after a click (Teams' or, for ``approval: both``,
-        Slack's) for everyone, from the ledger (:meth:`refresh`). Never raises."""
+        Slack's) for everyone, from the ledger: a decision's (:meth:`refresh`) or a rollback's
+        (:meth:`after_rollback`). Never raises."""
+        if ix.decision == "rollback":
+            self.after_rollback(ix.case_id, ix.run_id)
+            return
         self.refresh(ix.case_id, ix.run_id, accepted=outcome.accepted)
+
+    def after_rollback(self, case_id: str, run_id: str | None) -> bool:
+        """The card after a *Roll back* click, from the ledger: the rollback's outcome, one line
+        per action (``rollback.completed``), or the rollback approvals so far (``rollback.vote``)
+        with the button still there. Returns whether the card was updated."""
+        from cordon.approvals.decide import ROLLBACKABLE, distinct_voters, principal
+
+        found = self._context(case_id, run_id)
+        case = self.ledger.case(case_id) or {}
+        if found is None:
+            return False
+        ref, records, _, _ = found
+        done = [r.payload for r in records if r.kind == "rollback.completed" and r.run_id == run_id]
+        status = str(case.get("status"))
+        if done:
+            story = [f"{o.get('name')} on {o.get('target')}: {o.get('status')}"
+                     + (f" ({o['error']})" if o.get("error") else "") for o in done[-1].get("outcomes") or []]
+            story = ["Rolled back" if done[-1].get("ok") else "Rollback incomplete: see each action", *story]
+        else:
+            voters = [principal(u) for u in distinct_voters(records, "rollback.vote", run_id, ref["plan_hash"])]
+            story = [f"Rollback requested by {', '.join(voters)} ({len(voters)} of {ref['quorum']} approvals)"]
+        return self.show_status(case_id, run_id, status, story, rollback=status in ROLLBACKABLE)
 
     def _context(self, case_id: str, run_id: str | None) -> tuple[dict[str, Any], list[Any], dict[str, Any],
                                                                    dict[str, Any]] | None:
@@ -211,16 +237,18 @@ class TeamsCards:
                                  approvals=voters, notes=notes)
         return self._update(case_id, run_id, ref, card, accepted)
 
-    def show_status(self, case_id: str, run_id: str | None, status: str, story: Sequence[str]) -> bool:
+    def show_status(self, case_id: str, run_id: str | None, status: str, story: Sequence[str],
+                    rollback: bool = False) -> bool:
         """Update the card with the run's outcome (:func:`cordon.teams.card.status_card`: the
-        case's ``status`` and the ``story`` lines); what the flow calls where it updates the Slack
-        message. Returns whether it was updated (``False`` without a card); never raises."""
+        case's ``status``, the ``story`` lines, a *Roll back* button with ``rollback``); what the
+        flow calls where it updates the Slack message. Returns whether it was updated (``False``
+        without a card); never raises."""
         found = self._context(case_id, run_id)
         if found is None:
             return False
         ref, _, plan, summary = found
         card = status_card(case_id=case_id, playbook=ref["playbook"], detection=summary, plan=plan,
-                           run_id=run_id or "", status=status, story=story)
+                           run_id=run_id or "", status=status, story=story, rollback=rollback)
         return self._update(case_id, run_id, ref, card, None)
 
     def _update(self, case_id: str, run_id: str | None, ref: Mapping[str, Any], card: Mapping[str, Any],

@@ -20,7 +20,8 @@ short ``reason``:
    ``channelData.tenant.id``, each when present, at least one present) equal to the configured one
    (``wrong_tenant``); the clicker has an Entra object id (``from.aadObjectId``) and is not a guest
    or anonymous (``from.userRole``; ``guest``); an ``id`` on the activity (``missing_activity_id``).
-3. The Cordon data on the card action (``value.action.verb`` ``cordon_approve`` / ``cordon_deny``,
+3. The Cordon data on the card action (``value.action.verb`` ``cordon_approve`` / ``cordon_deny`` /
+   ``cordon_rollback``,
    ``value.action.data`` ``{case_id, plan_hash, run_id}``): ``malformed``. A Deny's ``reason`` is
    the card's text input, which Teams merges into ``data`` (at most 500 characters kept).
 
@@ -51,7 +52,9 @@ PUBLIC_OPENID_METADATA_URL = "https://login.botframework.com/v1/.well-known/open
 PUBLIC_ISSUER = "https://api.botframework.com"
 APPROVE_VERB = "cordon_approve"
 DENY_VERB = "cordon_deny"
-_VERBS = {APPROVE_VERB: "approve", DENY_VERB: "deny"}
+#: *Roll back* on the card of a contained case (the decider's ``rollback``, under the same policy)
+ROLLBACK_VERB = "cordon_rollback"
+_VERBS = {APPROVE_VERB: "approve", DENY_VERB: "deny", ROLLBACK_VERB: "rollback"}
 #: Ledger kind of a verified invoke (its activity id is the replay fingerprint).
 RECEIVED_KIND = "teams.invoke_received"
 REFUSED_KIND = "teams.invoke_refused"
