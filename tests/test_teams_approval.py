@@ -444,3 +444,31 @@ def test_roll_back_from_the_teams_card_under_the_same_policy(tmp_path, aws, team
         assert "actions" not in final and "rolled_back" in json.dumps(final)
     finally:
         tw.close()
+
+
+def test_mark_done_from_the_teams_card_under_the_same_policy(tmp_path, aws, teams, verifier):
+    """A case awaiting a person's step shows the step and *Mark done* (``cordon_manual_done``) on
+    the card; the click goes to the same decider: the suspect is refused, an approver's click
+    records ``manual.done``, closes the case contained, and the card says who did it."""
+    tw = TeamsWorld(tmp_path, aws, teams, verifier, card=True)
+    try:
+        assert "approve recorded" in tw.click(ALICE).json()["value"]
+        steps = [{"id": "delete-app-passwords", "text": "Delete the app passwords on the per-user MFA page."}]
+        approval = {"decision": "approve", "approver": f"teams:{ALICE}"}
+        tw.w.ledger.close_case(tw.w.case_id, "awaiting_manual", {"status": "awaiting_manual", "verified": True,
+                                                                 "approval": approval, "manual": steps}, run_id=RUN_ID)
+        cards = TeamsCards(tw.w.ledger, tw.connector)
+        assert cards.show_status(tw.w.case_id, RUN_ID, "awaiting_manual", ["Verified"], manual=steps)
+        content = tw.card()["attachments"][0]["content"]
+        assert [a["verb"] for a in content["actions"]] == ["cordon_manual_done"]
+        assert "Delete the app passwords" in json.dumps(content)
+        assert "no self-approval" in tw.click(MALLORY, "cordon_manual_done").json()["value"]
+        assert tw.w.ledger.case(tw.w.case_id)["status"] == "awaiting_manual"
+        said = tw.click(BOB, "cordon_manual_done").json()["value"]
+        assert "marked done" in said and tw.w.ledger.case(tw.w.case_id)["status"] == "contained", said
+        (done,) = [r.payload for r in tw.w.ledger.records(case_id=tw.w.case_id, kind_prefix="manual.done")]
+        assert done == {"step": "delete-app-passwords", "by": f"teams:{BOB}"}
+        wait_for(lambda: f"marked done by teams:{BOB}" in json.dumps(tw.card()))
+        assert "actions" not in tw.card()["attachments"][0]["content"]
+    finally:
+        tw.close()

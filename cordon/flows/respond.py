@@ -385,7 +385,8 @@ def update_teams(summary: dict[str, Any], story: str | None = None) -> bool:
     if cards is None:
         return False
     return cards.show_status(summary["case_id"], _run_id(), str(summary.get("status")),
-                             (story or "").split("\n") if story else [], rollback=bool(summary.get("rollback")))
+                             (story or "").split("\n") if story else [], rollback=bool(summary.get("rollback")),
+                             manual=summary.get("manual") or [] if summary.get("status") == "awaiting_manual" else [])
 
 
 def _tell(approval: str, slack: dict[str, Any], where: dict[str, Any] | None, summary: dict[str, Any],

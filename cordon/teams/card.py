@@ -20,7 +20,7 @@ from typing import Any
 from microsoft_teams.cards import AdaptiveCard, ExecuteAction, Fact, FactSet, TextBlock, TextInput
 
 from cordon.slack.blocks import place_of, principal_name, what_happened
-from cordon.teams.verify import APPROVE_VERB, DENY_VERB, ROLLBACK_VERB
+from cordon.teams.verify import APPROVE_VERB, DENY_VERB, MANUAL_DONE_VERB, ROLLBACK_VERB
 
 MAX_CALLS_SHOWN = 12
 #: The id of the card's text input for a Deny's reason; Teams merges inputs into ``value.action.data``.
@@ -112,19 +112,27 @@ def decided_card(*, case_id: str, playbook: str, detection: Mapping[str, Any], p
 
 
 def status_card(*, case_id: str, playbook: str, detection: Mapping[str, Any], plan: Mapping[str, Any], run_id: str,
-                status: str, story: Sequence[str] = (), rollback: bool = False) -> dict[str, Any]:
+                status: str, story: Sequence[str] = (), rollback: bool = False,
+                manual: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
     """The card as the run goes on, for everyone: the case's ``status`` (``denied``, ``expired``,
     ``contained``, ``not_verified``, ``failed``, ``rolled_back``...) and the run's ``story`` (who
     decided, each containment step and its result, the verification), one line each; with
     ``rollback`` a *Roll back* button (``Action.Execute``, verb ``cordon_rollback``, the same
-    ``data`` as the decision buttons), else no buttons."""
+    ``data`` as the decision buttons); with ``manual`` (the steps left to a person, ``[{id, text}]``,
+    :func:`cordon.manual_steps.pending`) each listed and a *Mark done* button (``cordon_manual_done``)
+    for the first; else no buttons."""
     body = _body(case_id, playbook, detection, plan, run_id, status)
     good = status in ("contained", "already_contained", "awaiting_manual")
     for line in story:
         body.append(TextBlock(text=str(line), wrap=True, color="Good" if good else "Default"))
     actions = []
+    data = {"case_id": case_id, "plan_hash": str(plan.get("hash")), "run_id": run_id}
+    for step in manual:
+        body.append(TextBlock(text=f"Left to a person ({step.get('id')}): {step.get('text')}", wrap=True,
+                              weight="Bolder", color="Warning"))
+    if manual:
+        actions.append(ExecuteAction(title=f"Mark done: {manual[0].get('id')}", verb=MANUAL_DONE_VERB, data=data))
     if rollback:
-        data = {"case_id": case_id, "plan_hash": str(plan.get("hash")), "run_id": run_id}
         actions.append(ExecuteAction(title="Roll back", verb=ROLLBACK_VERB, data=data, style="destructive"))
     card = AdaptiveCard(version="1.5", body=body, fallbackText=f"Cordon: case {case_id} {status}",
                         actions=actions or None)

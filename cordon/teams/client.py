@@ -164,6 +164,9 @@ class TeamsCards:
         if ix.decision == "rollback":
             self.after_rollback(ix.case_id, ix.run_id)
             return
+        if ix.decision == "manual_done":
+            self.after_manual(ix.case_id, ix.run_id)
+            return
         self.refresh(ix.case_id, ix.run_id, accepted=outcome.accepted)
 
     def after_rollback(self, case_id: str, run_id: str | None) -> bool:
@@ -237,8 +240,19 @@ class TeamsCards:
                                  approvals=voters, notes=notes)
         return self._update(case_id, run_id, ref, card, accepted)
 
+    def after_manual(self, case_id: str, run_id: str | None) -> bool:
+        """The card after *Mark done*: the steps still left to a person (with the button for the
+        next), or the case closed contained. Returns whether the card was updated."""
+        from cordon.manual_steps import pending
+
+        case = self.ledger.case(case_id) or {}
+        left = pending(self.ledger, case_id) if case.get("status") == "awaiting_manual" else []
+        done = [r.payload for r in self.ledger.records(case_id=case_id, kind_prefix="manual.done")]
+        story = [f"Step {d.get('step')} marked done by {d.get('by')}" for d in done]
+        return self.show_status(case_id, run_id, str(case.get("status")), story, manual=left)
+
     def show_status(self, case_id: str, run_id: str | None, status: str, story: Sequence[str],
-                    rollback: bool = False) -> bool:
+                    rollback: bool = False, manual: Sequence[Mapping[str, Any]] = ()) -> bool:
         """Update the card with the run's outcome (:func:`cordon.teams.card.status_card`: the
         case's ``status``, the ``story`` lines, a *Roll back* button with ``rollback``); what the
         flow calls where it updates the Slack message. Returns whether it was updated (``False``
@@ -248,7 +262,7 @@ class TeamsCards:
             return False
         ref, _, plan, summary = found
         card = status_card(case_id=case_id, playbook=ref["playbook"], detection=summary, plan=plan,
-                           run_id=run_id or "", status=status, story=story, rollback=rollback)
+                           run_id=run_id or "", status=status, story=story, rollback=rollback, manual=manual)
         return self._update(case_id, run_id, ref, card, None)
 
     def _update(self, case_id: str, run_id: str | None, ref: Mapping[str, Any], card: Mapping[str, Any],

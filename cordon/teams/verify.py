@@ -21,7 +21,7 @@ short ``reason``:
    (``wrong_tenant``); the clicker has an Entra object id (``from.aadObjectId``) and is not a guest
    or anonymous (``from.userRole``; ``guest``); an ``id`` on the activity (``missing_activity_id``).
 3. The Cordon data on the card action (``value.action.verb`` ``cordon_approve`` / ``cordon_deny`` /
-   ``cordon_rollback``,
+   ``cordon_rollback`` / ``cordon_manual_done``,
    ``value.action.data`` ``{case_id, plan_hash, run_id}``): ``malformed``. A Deny's ``reason`` is
    the card's text input, which Teams merges into ``data`` (at most 500 characters kept).
 
@@ -54,7 +54,9 @@ APPROVE_VERB = "cordon_approve"
 DENY_VERB = "cordon_deny"
 #: *Roll back* on the card of a contained case (the decider's ``rollback``, under the same policy)
 ROLLBACK_VERB = "cordon_rollback"
-_VERBS = {APPROVE_VERB: "approve", DENY_VERB: "deny", ROLLBACK_VERB: "rollback"}
+#: *Mark done* on the card of a case awaiting a person's step (:mod:`cordon.manual_steps`)
+MANUAL_DONE_VERB = "cordon_manual_done"
+_VERBS = {APPROVE_VERB: "approve", DENY_VERB: "deny", ROLLBACK_VERB: "rollback", MANUAL_DONE_VERB: "manual_done"}
 #: Ledger kind of a verified invoke (its activity id is the replay fingerprint).
 RECEIVED_KIND = "teams.invoke_received"
 REFUSED_KIND = "teams.invoke_refused"
