@@ -300,18 +300,16 @@ def self_approval_reason(user_id: str, user_name: str | None, identities: set[st
 
 
 # -- Slack look-ups ---------------------------------------------------------------------------
-class SlackDirectory:
-    """Slack users and user groups, looked up through ``client`` and kept for ``ttl`` seconds.
+#: The prefix of an approver group kept in Entra ID (``entra:<group object id>``), resolved by
+#: :class:`cordon.teams.directory.EntraDirectory` for Teams clickers; Slack user groups are ``S...``.
+ENTRA_GROUP_PREFIX = "entra:"
 
-    ``clock()`` returns seconds (default :func:`time.monotonic`; a test passes its own).
-    ``group_members`` calls ``usergroups.users.list`` and ``email`` calls ``users.info``; both raise
-    ``slack_sdk.errors.SlackApiError`` when Slack refuses (``no_such_subteam``, ``user_not_found``,
-    ``ratelimited`` once the client's retries are spent). Thread-safe.
-    """
 
-    def __init__(self, client: WebClient, *, ttl: float = DEFAULT_GROUP_CACHE_SECONDS,
-                 clock: Callable[[], float] = time.monotonic):
-        self.client = client
+class CachedDirectory:
+    """A thread-safe cache of look-ups, each kept for ``ttl`` seconds by ``clock()`` (seconds,
+    default :func:`time.monotonic`; a test passes its own). A failed look-up is not cached."""
+
+    def __init__(self, *, ttl: float = DEFAULT_GROUP_CACHE_SECONDS, clock: Callable[[], float] = time.monotonic):
         self.ttl = ttl
         self.clock = clock
         self._cache: dict[tuple[str, str], tuple[float, Any]] = {}
@@ -327,6 +325,21 @@ class SlackDirectory:
         with self._lock:
             self._cache[key] = (now, value)
         return value
+
+
+class SlackDirectory(CachedDirectory):
+    """Slack users and user groups, looked up through ``client`` and kept for ``ttl`` seconds.
+
+    ``clock()`` returns seconds (default :func:`time.monotonic`; a test passes its own).
+    ``group_members`` calls ``usergroups.users.list`` and ``email`` calls ``users.info``; both raise
+    ``slack_sdk.errors.SlackApiError`` when Slack refuses (``no_such_subteam``, ``user_not_found``,
+    ``ratelimited`` once the client's retries are spent). Thread-safe.
+    """
+
+    def __init__(self, client: WebClient, *, ttl: float = DEFAULT_GROUP_CACHE_SECONDS,
+                 clock: Callable[[], float] = time.monotonic):
+        super().__init__(ttl=ttl, clock=clock)
+        self.client = client
 
     def group_members(self, group_id: str) -> frozenset[str]:
         """User IDs in the user group ``group_id`` (``S...``)."""
@@ -345,19 +358,28 @@ class SlackDirectory:
         return self._cached(("email", user_id), fetch)
 
     def is_member(self, user_id: str, groups: Iterable[str]) -> str | None:
-        """The first of ``groups`` that ``user_id`` belongs to, or ``None``."""
-        for g in sorted(groups):
+        """The first of ``groups`` that ``user_id`` belongs to, or ``None``. Entra groups
+        (``entra:...``) are not Slack's and are skipped."""
+        for g in sorted(g for g in groups if not g.startswith(ENTRA_GROUP_PREFIX)):
             if user_id in self.group_members(g):
                 return g
         return None
 
 
+def _is_teams(user_id: str) -> bool:
+    """A Microsoft Teams clicker (``teams:<Entra object id>``), resolved in Entra ID, not Slack."""
+    return user_id.startswith("teams:")
+
+
 def allowed_reason(user_id: str, policy: Policy, directory: SlackDirectory | None, *,
                    escalated: bool = False) -> str | None:
     """Why ``user_id`` is not an allowed approver under ``policy``, or ``None`` when allowed
-    (after escalation ``policy.escalate_to``, a user or a user group, is allowed too). A policy
-    naming no approver allows nobody. Group membership needs ``directory``; without one, a policy
-    that names groups only allows its listed users."""
+    (after escalation ``policy.escalate_to``, a user, a Slack user group ``S...`` or an Entra group
+    ``entra:<object id>``, is allowed too). A policy naming no approver allows nobody. Group
+    membership needs ``directory`` (a :class:`SlackDirectory`, or for a Teams clicker ``teams:<oid>``
+    a :class:`cordon.teams.directory.EntraDirectory`); without one, a policy that names groups only
+    allows its listed users. A directory that fails is a refusal naming Slack, or Entra ID (Microsoft
+    Graph) for a Teams clicker."""
     if not policy.configured:
         return ("no approvers are configured for this playbook, so nobody may approve: set "
                 "approval.approvers.users / groups in cordon.yaml or in the playbook's approval block")
@@ -367,13 +389,16 @@ def allowed_reason(user_id: str, policy: Policy, directory: SlackDirectory | Non
     if escalated and policy.escalate_to:
         if policy.escalate_to == user_id:
             return None
-        if policy.escalate_to.startswith("S"):
+        if policy.escalate_to.startswith(("S", ENTRA_GROUP_PREFIX)):
             groups.add(policy.escalate_to)
     if groups and directory is not None:
         try:
             if directory.is_member(user_id, groups):
                 return None
-        except Exception as exc:  # noqa: BLE001 - SlackApiError or transport: refuse, say why
+        except Exception as exc:  # noqa: BLE001 - SlackApiError, ODataError or transport: refuse, say why
+            if _is_teams(user_id):
+                return ("cannot resolve the approver groups with Entra ID (Microsoft Graph) "
+                        f"({type(exc).__name__}: {exc})")
             return f"cannot resolve the approver user groups with Slack ({type(exc).__name__}: {exc})"
     return f"<@{user_id}> is not an approver for this playbook"
 
@@ -397,11 +422,18 @@ def check_clicker(user_id: str, user_name: str | None, *, policy: Policy, settin
     if directory is not None:
         try:
             email = directory.email(user_id)
-        except Exception as exc:  # noqa: BLE001 - SlackApiError or transport: refuse, say why
+        except Exception as exc:  # noqa: BLE001 - SlackApiError, ODataError or transport: refuse, say why
+            if _is_teams(user_id):
+                return ("cannot look up your Entra ID user in Microsoft Graph to rule out self-approval "
+                        f"({type(exc).__name__})")
             return f"cannot look up your Slack profile to rule out self-approval ({type(exc).__name__})"
     if not email and not explicit:
-        why = ("Cordon has no Slack bot token to read your profile (users.info)" if directory is None
-               else "your Slack profile shows Cordon no e-mail (users:read.email)")
+        if _is_teams(user_id):
+            why = ("Cordon has no Entra ID directory (teams section) to read your user in Microsoft Graph"
+                   if directory is None else "your Entra ID user has neither mail nor userPrincipalName")
+        else:
+            why = ("Cordon has no Slack bot token to read your profile (users.info)" if directory is None
+                   else "your Slack profile shows Cordon no e-mail (users:read.email)")
         return (f"cannot resolve your identity to rule out self-approval: {why}, and approval.identities in "
                 f"cordon.yaml has no entry for {user_id}; ask an administrator to add one")
     identities = identity_forms(email, explicit)

@@ -199,9 +199,14 @@ class Parameter(BaseModel):
         return schema
 
 
+#: A Slack user group ``S...`` or an Entra ID group ``entra:<object id>`` (a GUID)
+_GROUP_ID = r"S[A-Z0-9]{2,}|entra:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+
+
 class Approvers(BaseModel):
     """Who may approve: Slack user IDs (``U...``/``W...``) and Slack user group IDs (``S...``),
-    resolved with ``usergroups.users.list``. Empty lists mean "the global policy in
+    resolved with ``usergroups.users.list``, or Entra ID groups ``entra:<group object id>`` for
+    Microsoft Teams clickers (:mod:`cordon.teams.directory`). Empty lists mean "the global policy in
     ``cordon/defaults/cordon.yaml`` decides"."""
 
     model_config = ConfigDict(extra="forbid")
@@ -221,8 +226,8 @@ class Approvers(BaseModel):
     @classmethod
     def _groups(cls, v: list[str]) -> list[str]:
         for g in v:
-            if not re.fullmatch(r"S[A-Z0-9]{2,}", g):
-                raise ValueError(f"{g!r} is not a Slack user group ID (S...)")
+            if not re.fullmatch(_GROUP_ID, g):
+                raise ValueError(f"{g!r} is not a Slack user group ID (S...) nor an Entra group (entra:<object id>)")
         return v
 
 
@@ -234,7 +239,8 @@ class Approval(BaseModel):
     what ``approval.quorum`` in ``cordon/defaults/cordon.yaml`` says); ``approvers``: allowed Slack users
     and user groups (added to the global ones); ``expire_after``: how long the request stands;
     ``remind_every``: a reminder in the message's thread at this interval; ``escalate_after`` +
-    ``escalate_to`` (a Slack user group ``S...`` or user ``U...``): mention them after this delay,
+    ``escalate_to`` (a Slack user group ``S...`` or user ``U...``, or an Entra group
+    ``entra:<object id>`` for Teams clickers): mention them after this delay,
     and let them approve from then on; ``on_expiry`` says what an unanswered request becomes
     (``deny``, or ``contain`` for high-confidence playbooks that allow it). Durations as
     :func:`parse_duration`. Expiry, reminders and escalation are done by ``cordon/flows/sweeper.py``.
@@ -248,7 +254,7 @@ class Approval(BaseModel):
     expire_after: str = "4h"
     remind_every: str | None = None
     escalate_after: str | None = None
-    escalate_to: str | None = Field(default=None, pattern=r"^[SUW][A-Z0-9]{2,}$")
+    escalate_to: str | None = Field(default=None, pattern=rf"^(?:[SUW][A-Z0-9]{{2,}}|{_GROUP_ID})$")
     on_expiry: Literal["deny", "contain"] = "deny"
 
     @field_validator("expire_after", "remind_every", "escalate_after")
