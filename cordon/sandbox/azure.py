@@ -16,7 +16,8 @@ assignments and the Microsoft identity platform token endpoint.
     (a certificate PATCHed without them starts now: the stand-in does not read its ``notBefore``);
   - ``GET /v1.0/applications/{id}/federatedIdentityCredentials`` and
     ``GET/DELETE .../federatedIdentityCredentials/{fid}``;
-  - ``GET /v1.0/users/{id or userPrincipalName}``, ``PATCH`` (``accountEnabled`` only),
+  - ``GET /v1.0/users/{id or userPrincipalName}`` (``$select`` honoured: only the named properties
+    and ``id``, as Graph answers), ``PATCH`` (``accountEnabled`` only),
     ``POST /v1.0/users/{id}/revokeSignInSessions``
     (``{"value": true}``; records ``signInSessionsValidFromDateTime``);
   - the alternate keys ``/v1.0/applications(appId='...')`` and ``/v1.0/servicePrincipals(appId='...')``;
@@ -31,7 +32,9 @@ assignments and the Microsoft identity platform token endpoint.
     ``POST .../members/$ref`` (body ``{"@odata.id": ".../directoryObjects/{id}"}``; a member already
     there is 400 "One or more added object references already exist", an unknown object 404) and
     ``DELETE .../members/{id}/$ref`` (204; not a member: 404), and ``POST /v1.0/users/{id}/
-    checkMemberGroups`` (``{"groupIds": [...]}`` -> the ones the user is a direct member of);
+    checkMemberGroups`` (``{"groupIds": [...]}`` -> ``{"value": [...]}``, the ones the user is a
+    member of, directly or through nested groups (:meth:`AzureStandIn.add_group_member`), as Graph's
+    transitive check: https://learn.microsoft.com/graph/api/directoryobject-checkmembergroups);
   - ``GET/POST /v1.0/roleManagement/directory/roleAssignments`` (``$filter`` on ``principalId``,
     ``roleDefinitionId``, ``directoryScopeId`` with ``eq`` / ``and``; any other filter is 400) and
     ``GET/DELETE .../roleAssignments/{id}`` (``unifiedRoleAssignment``);
@@ -430,12 +433,14 @@ class AzureStandIn:
                 self.owners.setdefault(object_id, [])
             return self.service_principals[object_id]
 
-    def ensure_user(self, object_id: str, upn: str | None = None, display_name: str = "") -> dict[str, Any]:
-        """Create user ``object_id`` if absent; returns it."""
+    def ensure_user(self, object_id: str, upn: str | None = None, display_name: str = "",
+                    mail: str | None = None) -> dict[str, Any]:
+        """Create user ``object_id`` if absent (no ``mail`` unless given, as for a user without
+        a mailbox); returns it."""
         with self._lock:
             if object_id not in self.users:
                 upn = upn or f"user-{object_id[:8]}@contoso.example"
-                self.users[object_id] = {"id": object_id, "userPrincipalName": upn,
+                self.users[object_id] = {"id": object_id, "userPrincipalName": upn, **({"mail": mail} if mail else {}),
                                          "displayName": display_name or upn.split("@")[0], "accountEnabled": True,
                                          "signInSessionsValidFromDateTime": "2024-01-01T00:00:00Z"}
             return self.users[object_id]
@@ -445,6 +450,26 @@ class AzureStandIn:
         with self._lock:
             return self.groups.setdefault(group_id, {"id": group_id, "members": [],
                                                      "displayName": display_name or f"group-{group_id[:8]}"})
+
+    def add_group_member(self, group_id: str, member_id: str) -> None:
+        """Seed: put user or group ``member_id`` in group ``group_id`` (created if absent); a group
+        member nests (its members count for ``checkMemberGroups``)."""
+        self.ensure_group(group_id)
+        with self._lock:
+            if member_id not in self.groups[group_id]["members"]:
+                self.groups[group_id]["members"].append(member_id)
+
+    def _transitive_groups(self, object_id: str) -> set[str]:
+        """The groups ``object_id`` is in, directly or through nested groups."""
+        found: set[str] = set()
+        todo = [object_id]
+        while todo:
+            member = todo.pop()
+            for gid, group in self.groups.items():
+                if member in group["members"] and gid not in found:
+                    found.add(gid)
+                    todo.append(gid)
+        return found
 
     def _graph_group(self, method: str, gid: str, sub: str | None, body: Any) -> tuple[int, Any]:
         group = self.groups.get(gid)
@@ -819,7 +844,7 @@ class AzureStandIn:
             return 200, {"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#directoryObjects",
                          "value": self._member_of(oid)}
         if collection == "users":
-            return self._graph_user(method, oid, sub, body)
+            return self._graph_user(method, oid, sub, body, query)
         if collection == "servicePrincipals" and sub and sub.split("/")[0] in ("appRoleAssignments",
                                                                                "oauth2PermissionGrants"):
             if oid not in self.service_principals:
@@ -1112,14 +1137,19 @@ class AzureStandIn:
         with self._lock:
             self.directory_audits.extend(copy.deepcopy(list(records)))
 
-    def _graph_user(self, method: str, oid: str, sub: str | None, body: Any = None) -> tuple[int, Any]:
+    def _graph_user(self, method: str, oid: str, sub: str | None, body: Any = None,
+                    query: dict[str, str] | None = None) -> tuple[int, Any]:
         # Graph addresses a user by object id or by userPrincipalName
         user = self.users.get(oid) or next((u for u in self.users.values()
                                             if u["userPrincipalName"].lower() == oid.lower()), None)
         if user is None:
             raise _graph_404(oid)
         if sub is None and method == "GET":
-            return 200, {"@odata.type": "#microsoft.graph.user", **copy.deepcopy(user)}
+            view = copy.deepcopy(user)
+            if query and query.get("$select"):
+                keep = {k.strip() for k in query["$select"].split(",")} | {"id"}
+                view = {k: v for k, v in view.items() if k in keep}
+            return 200, {"@odata.type": "#microsoft.graph.user", **view}
         if sub == "revokeSignInSessions" and method == "POST":
             user["signInSessionsValidFromDateTime"] = _iso(_now())
             return 200, {"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#Edm.Boolean", "value": True}
@@ -1134,7 +1164,7 @@ class AzureStandIn:
         if sub == "checkMemberGroups" and method == "POST":
             wanted = [str(g) for g in (body or {}).get("groupIds") or []]
             return 200, {"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#Collection(Edm.String)",
-                         "value": [g for g in wanted if user["id"] in (self.groups.get(g) or {}).get("members", [])]}
+                         "value": [g for g in wanted if g in self._transitive_groups(user["id"])]}
         raise ApiError(405, "Request_BadRequest", f"{method} users/{oid}/{sub} is not supported by the stand-in.")
 
     # -- ARM role assignments ----------------------------------------------------------------------
