@@ -79,7 +79,8 @@ class TeamsSettings:
     ``openid_metadata_url`` and ``issuer`` (Bot Framework's, public cloud by default),
     ``app_password_env`` (the name of the environment variable holding the bot's client secret;
     the secret is never in the file), ``service_url`` and ``conversation_id`` (where the card is
-    posted)."""
+    posted), ``graph_url`` (Microsoft Graph's base URL, without ``/v1.0``, where Teams clickers
+    are looked up in Entra ID: :mod:`cordon.teams.directory`; ``None`` is the public Graph)."""
 
     app_id: str
     tenant_id: str
@@ -88,6 +89,7 @@ class TeamsSettings:
     app_password_env: str = "CORDON_TEAMS_APP_PASSWORD"
     service_url: str | None = None
     conversation_id: str | None = None
+    graph_url: str | None = None
 
 
 def load_teams_settings(config: Config) -> TeamsSettings:

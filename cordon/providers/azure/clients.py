@@ -82,10 +82,18 @@ class LoopThread:
             raise RuntimeError("LoopThread is closed")
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
-    def close(self) -> None:
-        """Stop the loop and join the thread (idempotent)."""
+    def close(self, last: Coroutine[Any, Any, Any] | None = None) -> None:
+        """Stop the loop and join the thread (idempotent); first run ``last`` on it (what closes the
+        clients living on the loop; its errors are ignored, up to 10 s)."""
         if self.loop.is_closed():
+            if last is not None:
+                last.close()
             return
+        if last is not None:
+            try:
+                self.run(last, timeout=10)
+            except Exception:  # noqa: BLE001, S110 - closing on the way out
+                pass
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=5)
         self.loop.close()
@@ -237,17 +245,13 @@ def azure_clients(cloud: dict[str, Any] | None = None) -> AzureClients:
         if state["closed"]:
             return
         state["closed"] = True
-        try:
-            loop.run(aclose(), timeout=10)
-        except Exception:  # noqa: BLE001, S110 - closing on the way out
-            pass
+        loop.close(aclose())
         for obj in (cache.get("authorization"), cache.get("monitor"), sync_cred):
             try:
                 if obj is not None:
                     obj.close()
             except Exception:  # noqa: BLE001, S110
                 pass
-        loop.close()
         if ca_path and os.path.exists(ca_path):
             os.unlink(ca_path)
     factory = AzureClients(clients, run=loop.run, own_identity=lambda: client_id,
