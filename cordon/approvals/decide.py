@@ -612,7 +612,7 @@ _LOCK_STRIPES = 64
 
 def make_decider(ledger: Ledger, config: Config, resume: Resume | None = None, *, slack_client: Any = None,
                  directory: Any = None, rollback: Rollback | None = None, now: Callable[[], datetime] = utcnow,
-                 outbox: Any = None) -> Callable[[Interaction], DecisionOutcome]:
+                 outbox: Any = None, entra_directory: Any = None) -> Callable[[Interaction], DecisionOutcome]:
     """A ``decide(interaction) -> DecisionOutcome`` for :func:`cordon.server.app.create_app`.
 
     ``resume(flow_run_id, run_input)`` defaults to :func:`prefect_resume` (Prefect's client; only
@@ -624,7 +624,10 @@ def make_decider(ledger: Ledger, config: Config, resume: Resume | None = None, *
     ``rollback(case_id, who) -> outcomes`` undoes a case (:meth:`cordon.engine.Responder.rollback`
     with the case's clients); without it the *Roll back* button is refused. ``now()`` is the clock
     (aware UTC datetimes); ``outbox`` the :class:`cordon.approvals.outbox.Outbox` messages go
-    through (default: the process's).
+    through (default: the process's). ``entra_directory`` (a
+    :class:`cordon.teams.directory.EntraDirectory`) resolves Teams clickers (``teams:<oid>``): their
+    ``entra:<group id>`` approver groups and their e-mail; without it only ``approval.approvers.users``
+    and ``approval.identities`` resolve them.
 
     ``accepted=True`` means the click was counted (a vote short of the quorum) or resumed the run;
     otherwise the ``message`` is shown to the clicker (ephemeral). Refused, with an
@@ -664,8 +667,8 @@ def make_decider(ledger: Ledger, config: Config, resume: Resume | None = None, *
         detection = json.loads(case["detection"])
         pb = playbooks.get(str(case.get("playbook")))
         policy = policy_for(settings, pb.approval if pb else None, detection.get("severity"))
-        # a Teams clicker is not in the Slack directory: only approval.identities resolves them
-        slack_dir = None if ix.user_id.startswith("teams:") else directory
+        # a Teams clicker is not in the Slack directory: Entra ID's (when configured) resolves them
+        slack_dir = entra_directory if ix.user_id.startswith("teams:") else directory
         reason = check_clicker(ix.user_id, ix.user_name, policy=policy, settings=settings, detection=detection,
                                directory=slack_dir, escalated=escalated)
         return reason, max(policy.quorum, recorded_quorum)
