@@ -174,12 +174,13 @@ class World:
         self.server = serve(create_app(signing_secret=SECRET, ledger=self.ledger, decide=counted))
         self.url = self.server.__enter__()
 
-    def make_decider(self, resume=None):
-        """A decider on this world's ledger (another replica of Cordon's server when called again)."""
+    def make_decider(self, resume=None, **kw):
+        """A decider on this world's ledger (another replica of Cordon's server when called again);
+        ``kw`` goes to :func:`make_decider` (``entra_directory``)."""
         return make_decider(self.ledger, self.config, resume=resume or self.run,
                             slack_client=self.client if self.directory is not None else None,
                             directory=self.directory, now=self.clock.now, rollback=self.rollback,
-                            outbox=self.outbox)
+                            outbox=self.outbox, **kw)
 
     def rollback(self, case_id: str, who: str) -> list[dict]:
         return self.responder.rollback(case_id, self.clients, who)

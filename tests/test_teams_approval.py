@@ -57,7 +57,8 @@ def verifier(teams):
 class TeamsWorld:
     """A :class:`World` (case waiting in Slack) plus Cordon's Teams endpoint on its ledger."""
 
-    def __init__(self, tmp, aws, teams: TeamsStandIn, verifier: InvokeVerifier, card: bool = False, **kw):
+    def __init__(self, tmp, aws, teams: TeamsStandIn, verifier: InvokeVerifier, card: bool = False,
+                 entra_directory=None, **kw):
         self.w = World(tmp, aws, kw.pop("approval", {"required": True, "expire_after": "4h"}),
                        global_approval=GLOBAL_T, **kw)
         self.teams = teams
@@ -74,8 +75,9 @@ class TeamsWorld:
         # unverified requests are counted per window (cordon.audit.refusals), every sample kept here
         self.refusals = RefusalCounter(self.w.ledger, max_samples=100)
         app = FastAPI()
-        app.include_router(teams_router(ledger=self.w.ledger, verifier=verifier, decide=self.w.make_decider(),
-                                        after=after, refusals=self.refusals))
+        decide = self.w.make_decider(entra_directory=entra_directory)  # Teams clickers' Entra ID, when given
+        app.include_router(teams_router(ledger=self.w.ledger, verifier=verifier, decide=decide, after=after,
+                                        refusals=self.refusals))
         self._server = serve(app)
         self.url = self._server.__enter__()
 
