@@ -421,6 +421,8 @@ def test_roll_back_from_the_teams_card_under_the_same_policy(tmp_path, aws, team
     tw = TeamsWorld(tmp_path, aws, teams, verifier, card=True)
     try:
         assert "approve recorded" in tw.click(ALICE).json()["value"]
+        # the card's own refresh after the click runs in the background: let it land first
+        assert wait_for(lambda: list(tw.w.ledger.records(case_id=tw.w.case_id, kind_prefix="teams.card_updated")))
         result = run_step(tw.w.plan.steps[0], tw.w.detection, tw.w.clients)  # as the run's task does
         assert result.status == "contained"
         tw.w.ledger.append("action.contained", result.model_dump(), case_id=tw.w.case_id, run_id=RUN_ID)
@@ -455,6 +457,8 @@ def test_mark_done_from_the_teams_card_under_the_same_policy(tmp_path, aws, team
     tw = TeamsWorld(tmp_path, aws, teams, verifier, card=True)
     try:
         assert "approve recorded" in tw.click(ALICE).json()["value"]
+        # the card's own refresh after the click runs in the background: let it land first
+        assert wait_for(lambda: list(tw.w.ledger.records(case_id=tw.w.case_id, kind_prefix="teams.card_updated")))
         steps = [{"id": "delete-app-passwords", "text": "Delete the app passwords on the per-user MFA page."}]
         approval = {"decision": "approve", "approver": f"teams:{ALICE}"}
         tw.w.ledger.close_case(tw.w.case_id, "awaiting_manual", {"status": "awaiting_manual", "verified": True,

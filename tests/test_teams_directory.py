@@ -207,3 +207,21 @@ def test_a_teams_click_by_an_entra_group_member_is_counted(tmp_path, aws, azure,
     finally:
         tw.close()
         d.close()
+
+
+def test_a_playbooks_own_approvers_may_name_teams_clickers_and_entra_groups():
+    """A playbook's ``approval.approvers`` takes ``teams:<object id>`` users and ``entra:<object id>``
+    groups beside Slack's; anything else is refused by name; an ``entra:`` escalation shows as text
+    in Slack's escalation reply, not as a broken mention."""
+    from pydantic import ValidationError
+
+    from cordon.approvals.decide import mention
+    from cordon.playbooks.schema import Approvers
+
+    ok = Approvers(users=["U0ALICE01", "teams:oid-alice-0001"], groups=[f"entra:{SECOPS}", "S0IR00001"])
+    assert ok.users[1] == "teams:oid-alice-0001" and ok.groups[0] == f"entra:{SECOPS}"
+    with pytest.raises(ValidationError, match="'alice' is not a Slack user ID"):
+        Approvers(users=["alice"])
+    with pytest.raises(ValidationError, match="nor an Entra group"):
+        Approvers(groups=["entra:not-a-guid"])
+    assert mention(f"entra:{SECOPS}") == f"entra:{SECOPS}" and mention("S0IR00001") == "<!subteam^S0IR00001>"

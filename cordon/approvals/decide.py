@@ -103,10 +103,10 @@ def principal(user_id: str) -> str:
 
 def mention(slack_id: str | None) -> str:
     """mrkdwn mention of a Slack user (``<@U...>``) or user group (``<!subteam^S...>``); a Teams
-    clicker (``teams:<object id>``) as escaped text."""
+    clicker (``teams:<object id>``) or an Entra group (``entra:<object id>``) as escaped text."""
     if not slack_id:
         return "someone"
-    if slack_id.startswith("teams:"):
+    if slack_id.startswith(("teams:", "entra:")):
         from cordon.slack.mrkdwn import escape
 
         return escape(slack_id)

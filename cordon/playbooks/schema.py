@@ -204,7 +204,8 @@ _GROUP_ID = r"S[A-Z0-9]{2,}|entra:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[
 
 
 class Approvers(BaseModel):
-    """Who may approve: Slack user IDs (``U...``/``W...``) and Slack user group IDs (``S...``),
+    """Who may approve: Slack user IDs (``U...``/``W...``) or Teams clickers (``teams:<Entra object
+    id>``), and Slack user group IDs (``S...``),
     resolved with ``usergroups.users.list``, or Entra ID groups ``entra:<group object id>`` for
     Microsoft Teams clickers (:mod:`cordon.teams.directory`). Empty lists mean "the global policy in
     ``cordon/defaults/cordon.yaml`` decides"."""
@@ -218,8 +219,9 @@ class Approvers(BaseModel):
     @classmethod
     def _users(cls, v: list[str]) -> list[str]:
         for u in v:
-            if not re.fullmatch(r"[UW][A-Z0-9]{2,}", u):
-                raise ValueError(f"{u!r} is not a Slack user ID (U... or W...)")
+            if not re.fullmatch(r"[UW][A-Z0-9]{2,}|teams:[0-9A-Za-z-]{2,}", u):
+                raise ValueError(f"{u!r} is not a Slack user ID (U... or W...) nor a Teams clicker "
+                                 "(teams:<Entra object id>)")
         return v
 
     @field_validator("groups")
