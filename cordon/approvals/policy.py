@@ -21,13 +21,16 @@ The policy comes from two places:
 Closed by default: with no approver configured for a request (neither in ``cordon.yaml`` nor in
 the playbook) every click is refused, and the Slack path does not start at all while some
 playbook that requires approval has none (:func:`require_approvers`, called by ``cordon serve``,
-``cordon worker`` and ``cordon respond/run --approve slack``); the sandbox, console and auto paths
-need no approvers. Whatever the list, a clicker who is a principal of the detection (actor,
-target, credential owner; matched through their Slack profile e-mail and the explicit
-``identities`` mapping) or who requested a manual run (``detection.raw["requested_by"]``:
-``slack_user_id``, ``email``, ``cli_user``) is refused: no self-approval. A clicker whose identity
-cannot be resolved (no Slack directory to ask, ``users.info`` failed, or a profile without an
-e-mail, and no explicit ``identities`` entry) is refused too, rather than checked by user name.
+``cordon worker`` and ``cordon respond/run --approve slack|teams|both``); the sandbox, console and
+auto paths need no approvers. Whatever the list, a clicker who is a principal of the detection
+(actor, target, credential owner; matched through their e-mail and the explicit ``identities``
+mapping) or who requested a manual run (``detection.raw["requested_by"]``: ``slack_user_id``,
+``email``, ``cli_user``) is refused: no self-approval. The e-mail is the Slack profile's for a
+Slack clicker (``users.info``) and the Entra user's ``mail`` or UPN for a Teams clicker
+(``teams:<object id>``, read with Microsoft Graph: :class:`cordon.teams.directory.EntraDirectory`,
+which also resolves ``entra:<group object id>`` approver groups). A clicker whose identity cannot
+be resolved (no directory to ask, the look-up failed, or no e-mail, and no explicit
+``identities`` entry) is refused too, rather than checked by user name.
 
 Pure functions (:func:`load_settings`, :func:`require_approvers`, :func:`policy_for`, :func:`quorum_for`,
 :func:`principal_names`, :func:`identity_forms`, :func:`self_approval_reason`) plus
