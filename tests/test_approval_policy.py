@@ -176,7 +176,7 @@ class World:
 
     def make_decider(self, resume=None, **kw):
         """A decider on this world's ledger (another replica of Cordon's server when called again);
-        ``kw`` goes to :func:`make_decider` (``entra_directory``)."""
+        ``kw`` goes to :func:`make_decider` (``directories``)."""
         return make_decider(self.ledger, self.config, resume=resume or self.run,
                             slack_client=self.client if self.directory is not None else None,
                             directory=self.directory, now=self.clock.now, rollback=self.rollback,

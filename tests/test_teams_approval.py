@@ -75,7 +75,8 @@ class TeamsWorld:
         # unverified requests are counted per window (cordon.audit.refusals), every sample kept here
         self.refusals = RefusalCounter(self.w.ledger, max_samples=100)
         app = FastAPI()
-        decide = self.w.make_decider(entra_directory=entra_directory)  # Teams clickers' Entra ID, when given
+        # Teams clickers' directory (Entra ID), when given
+        decide = self.w.make_decider(directories={"teams": entra_directory} if entra_directory else None)
         app.include_router(teams_router(ledger=self.w.ledger, verifier=verifier, decide=decide, after=after,
                                         refusals=self.refusals))
         self._server = serve(app)

@@ -140,7 +140,7 @@ def test_graph_failures_are_refusals_naming_graph(azure, entra, status):
     # membership read, then the user read fails: still a refusal, never an approval
     azure.fail_next(f"GET /v1.0/users/{CAROL}", status)
     reason = check(CAROL, entra)
-    assert reason == "cannot look up your Entra ID user in Microsoft Graph to rule out self-approval (ODataError)"
+    assert reason == "cannot look up your user in Entra ID (Microsoft Graph) to rule out self-approval (ODataError)"
     assert check(CAROL, entra) is None  # failures are not cached; Graph answers again
 
 
@@ -222,6 +222,6 @@ def test_a_playbooks_own_approvers_may_name_teams_clickers_and_entra_groups():
     assert ok.users[1] == "teams:oid-alice-0001" and ok.groups[0] == f"entra:{SECOPS}"
     with pytest.raises(ValidationError, match="'alice' is not a Slack user ID"):
         Approvers(users=["alice"])
-    with pytest.raises(ValidationError, match="nor an Entra group"):
+    with pytest.raises(ValidationError, match="nor a directory group"):
         Approvers(groups=["entra:not-a-guid"])
     assert mention(f"entra:{SECOPS}") == f"entra:{SECOPS}" and mention("S0IR00001") == "<!subteam^S0IR00001>"

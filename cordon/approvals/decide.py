@@ -102,11 +102,12 @@ def principal(user_id: str) -> str:
 
 
 def mention(slack_id: str | None) -> str:
-    """mrkdwn mention of a Slack user (``<@U...>``) or user group (``<!subteam^S...>``); a Teams
-    clicker (``teams:<object id>``) or an Entra group (``entra:<object id>``) as escaped text."""
+    """mrkdwn mention of a Slack user (``<@U...>``) or user group (``<!subteam^S...>``); another
+    channel's clicker or directory group (``teams:<object id>``, ``<directory>:<group id>``) as
+    escaped text."""
     if not slack_id:
         return "someone"
-    if slack_id.startswith(("teams:", "entra:")):
+    if ":" in slack_id and not slack_id.startswith("slack:"):
         from cordon.slack.mrkdwn import escape
 
         return escape(slack_id)
@@ -612,7 +613,8 @@ _LOCK_STRIPES = 64
 
 def make_decider(ledger: Ledger, config: Config, resume: Resume | None = None, *, slack_client: Any = None,
                  directory: Any = None, rollback: Rollback | None = None, now: Callable[[], datetime] = utcnow,
-                 outbox: Any = None, entra_directory: Any = None) -> Callable[[Interaction], DecisionOutcome]:
+                 outbox: Any = None,
+                 directories: Mapping[str, Any] | None = None) -> Callable[[Interaction], DecisionOutcome]:
     """A ``decide(interaction) -> DecisionOutcome`` for :func:`cordon.server.app.create_app`.
 
     ``resume(flow_run_id, run_input)`` defaults to :func:`prefect_resume` (Prefect's client; only
@@ -624,10 +626,11 @@ def make_decider(ledger: Ledger, config: Config, resume: Resume | None = None, *
     ``rollback(case_id, who) -> outcomes`` undoes a case (:meth:`cordon.engine.Responder.rollback`
     with the case's clients); without it the *Roll back* button is refused. ``now()`` is the clock
     (aware UTC datetimes); ``outbox`` the :class:`cordon.approvals.outbox.Outbox` messages go
-    through (default: the process's). ``entra_directory`` (a
-    :class:`cordon.teams.directory.EntraDirectory`) resolves Teams clickers (``teams:<oid>``): their
-    ``entra:<group id>`` approver groups and their e-mail; without it only ``approval.approvers.users``
-    and ``approval.identities`` resolve them.
+    through (default: the process's). ``directories`` maps another channel's clicker prefix to the
+    directory that resolves its clickers' approver groups and e-mail (``{"teams":
+    cordon.teams.directory.EntraDirectory}``: ``teams:<oid>`` clickers, ``entra:<group id>``
+    groups); a clicker whose channel has none is resolved only by ``approval.approvers.users`` and
+    ``approval.identities``.
 
     ``accepted=True`` means the click was counted (a vote short of the quorum) or resumed the run;
     otherwise the ``message`` is shown to the clicker (ephemeral). Refused, with an
@@ -667,8 +670,9 @@ def make_decider(ledger: Ledger, config: Config, resume: Resume | None = None, *
         detection = json.loads(case["detection"])
         pb = playbooks.get(str(case.get("playbook")))
         policy = policy_for(settings, pb.approval if pb else None, detection.get("severity"))
-        # a Teams clicker is not in the Slack directory: Entra ID's (when configured) resolves them
-        slack_dir = entra_directory if ix.user_id.startswith("teams:") else directory
+        # another channel's clicker (teams:<id>) is resolved by that channel's directory, when given
+        prefix = ix.user_id.split(":", 1)[0] if ":" in ix.user_id else "slack"
+        slack_dir = directory if prefix == "slack" else (directories or {}).get(prefix)
         reason = check_clicker(ix.user_id, ix.user_name, policy=policy, settings=settings, detection=detection,
                                directory=slack_dir, escalated=escalated)
         return reason, max(policy.quorum, recorded_quorum)

@@ -303,9 +303,23 @@ def self_approval_reason(user_id: str, user_name: str | None, identities: set[st
 
 
 # -- Slack look-ups ---------------------------------------------------------------------------
-#: The prefix of an approver group kept in Entra ID (``entra:<group object id>``), resolved by
-#: :class:`cordon.teams.directory.EntraDirectory` for Teams clickers; Slack user groups are ``S...``.
-ENTRA_GROUP_PREFIX = "entra:"
+def is_directory_group(group: str) -> bool:
+    """Whether ``group`` is kept in another channel's directory (``<directory>:<group id>``, e.g.
+    the Teams integration's ``entra:<group object id>``, :mod:`cordon.teams.directory`) rather
+    than a Slack user group (``S...``, never with a colon)."""
+    return ":" in group
+
+
+def _foreign(user_id: str) -> bool:
+    """A clicker of another channel than Slack (``<channel>:<id>``, e.g. ``teams:<object id>``),
+    resolved by that channel's directory (:func:`cordon.approvals.decide.make_decider`'s
+    ``directories``)."""
+    return ":" in user_id and not user_id.startswith("slack:")
+
+
+def _source(directory: Any) -> str:
+    """What ``directory`` asks, for a refusal's words: its ``source`` (default ``Slack``)."""
+    return str(getattr(directory, "source", "Slack"))
 
 
 class CachedDirectory:
@@ -361,17 +375,12 @@ class SlackDirectory(CachedDirectory):
         return self._cached(("email", user_id), fetch)
 
     def is_member(self, user_id: str, groups: Iterable[str]) -> str | None:
-        """The first of ``groups`` that ``user_id`` belongs to, or ``None``. Entra groups
-        (``entra:...``) are not Slack's and are skipped."""
-        for g in sorted(g for g in groups if not g.startswith(ENTRA_GROUP_PREFIX)):
+        """The first of ``groups`` that ``user_id`` belongs to, or ``None``. Another directory's
+        groups (``<directory>:<id>``, :func:`is_directory_group`) are not Slack's and are skipped."""
+        for g in sorted(g for g in groups if not is_directory_group(g)):
             if user_id in self.group_members(g):
                 return g
         return None
-
-
-def _is_teams(user_id: str) -> bool:
-    """A Microsoft Teams clicker (``teams:<Entra object id>``), resolved in Entra ID, not Slack."""
-    return user_id.startswith("teams:")
 
 
 def allowed_reason(user_id: str, policy: Policy, directory: SlackDirectory | None, *,
@@ -392,16 +401,15 @@ def allowed_reason(user_id: str, policy: Policy, directory: SlackDirectory | Non
     if escalated and policy.escalate_to:
         if policy.escalate_to == user_id:
             return None
-        if policy.escalate_to.startswith(("S", ENTRA_GROUP_PREFIX)):
+        if policy.escalate_to.startswith("S") or is_directory_group(policy.escalate_to):
             groups.add(policy.escalate_to)
     if groups and directory is not None:
         try:
             if directory.is_member(user_id, groups):
                 return None
         except Exception as exc:  # noqa: BLE001 - SlackApiError, ODataError or transport: refuse, say why
-            if _is_teams(user_id):
-                return ("cannot resolve the approver groups with Entra ID (Microsoft Graph) "
-                        f"({type(exc).__name__}: {exc})")
+            if _foreign(user_id):
+                return f"cannot resolve the approver groups with {_source(directory)} ({type(exc).__name__}: {exc})"
             return f"cannot resolve the approver user groups with Slack ({type(exc).__name__}: {exc})"
     return f"<@{user_id}> is not an approver for this playbook"
 
@@ -426,14 +434,14 @@ def check_clicker(user_id: str, user_name: str | None, *, policy: Policy, settin
         try:
             email = directory.email(user_id)
         except Exception as exc:  # noqa: BLE001 - SlackApiError, ODataError or transport: refuse, say why
-            if _is_teams(user_id):
-                return ("cannot look up your Entra ID user in Microsoft Graph to rule out self-approval "
+            if _foreign(user_id):
+                return (f"cannot look up your user in {_source(directory)} to rule out self-approval "
                         f"({type(exc).__name__})")
             return f"cannot look up your Slack profile to rule out self-approval ({type(exc).__name__})"
     if not email and not explicit:
-        if _is_teams(user_id):
-            why = ("Cordon has no Entra ID directory (teams section) to read your user in Microsoft Graph"
-                   if directory is None else "your Entra ID user has neither mail nor userPrincipalName")
+        if _foreign(user_id):
+            why = (f"Cordon has no directory for {user_id.split(':', 1)[0]} clickers to read your user in"
+                   if directory is None else f"your user in {_source(directory)} shows Cordon no e-mail")
         else:
             why = ("Cordon has no Slack bot token to read your profile (users.info)" if directory is None
                    else "your Slack profile shows Cordon no e-mail (users:read.email)")

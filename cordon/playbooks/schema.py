@@ -199,8 +199,9 @@ class Parameter(BaseModel):
         return schema
 
 
-#: A Slack user group ``S...`` or an Entra ID group ``entra:<object id>`` (a GUID)
-_GROUP_ID = r"S[A-Z0-9]{2,}|entra:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+#: A Slack user group ``S...`` or another directory's group ``<directory>:<object id>`` (a GUID; the
+#: Teams integration's ``entra:<object id>``)
+_GROUP_ID = r"S[A-Z0-9]{2,}|[a-z][a-z0-9-]*:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 
 
 class Approvers(BaseModel):
@@ -221,7 +222,7 @@ class Approvers(BaseModel):
         for u in v:
             if not re.fullmatch(r"[UW][A-Z0-9]{2,}|teams:[0-9A-Za-z-]{2,}", u):
                 raise ValueError(f"{u!r} is not a Slack user ID (U... or W...) nor a Teams clicker "
-                                 "(teams:<Entra object id>)")
+                                 "(teams:<object id>)")
         return v
 
     @field_validator("groups")
@@ -229,7 +230,8 @@ class Approvers(BaseModel):
     def _groups(cls, v: list[str]) -> list[str]:
         for g in v:
             if not re.fullmatch(_GROUP_ID, g):
-                raise ValueError(f"{g!r} is not a Slack user group ID (S...) nor an Entra group (entra:<object id>)")
+                raise ValueError(f"{g!r} is not a Slack user group ID (S...) nor a directory group "
+                                 "(<directory>:<group object id>)")
         return v
 
 

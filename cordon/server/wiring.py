@@ -82,10 +82,10 @@ def build_app(*, signing_secret: str | None = None, webhook_token: str | None = 
             slack_client.views_open(trigger_id=trigger_id, view=view)  # raises SlackApiError when refused
 
     # one decider for both channels: a Slack and a Teams click on one case meet in one quorum
-    from cordon.teams.directory import directory_for  # Teams clickers' Entra groups and e-mail
+    from cordon.teams.directory import directory_for  # Teams clickers' directory groups and e-mail
 
     decide = make_decider(responder.ledger, responder.config, slack_client=slack_client, rollback=rollback,
-                          entra_directory=directory_for(responder.config))
+                          directories={"teams": directory_for(responder.config)})
     refusals = RefusalCounter(responder.ledger)
     cards = None
     if responder.config.raw.get("teams"):  # the bot's secret (or a stand-in's token) is required to start

@@ -38,11 +38,14 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
-from cordon.approvals.policy import DEFAULT_GROUP_CACHE_SECONDS, ENTRA_GROUP_PREFIX, CachedDirectory
+from cordon.approvals.policy import DEFAULT_GROUP_CACHE_SECONDS, CachedDirectory
 from cordon.providers.azure.clients import GRAPH_SCOPE, GRAPH_URL, LoopThread
 from cordon.teams.verify import TeamsSettings
 
 TEAMS_PREFIX = "teams:"
+#: The prefix of an approver group kept in Entra ID (``entra:<group object id>``): a directory group
+#: (:func:`cordon.approvals.policy.is_directory_group`) this directory resolves.
+ENTRA_GROUP_PREFIX = "entra:"
 #: Graph's limit of group ids in one ``checkMemberGroups`` request.
 CHECK_MEMBER_GROUPS_MAX = 20
 
@@ -61,6 +64,9 @@ class EntraDirectory(CachedDirectory):
     end from sync code and returns its result (:meth:`LoopThread.run`); ``close()`` (optional)
     releases what :func:`entra_directory` opened. ``ttl`` / ``clock`` as for
     :class:`cordon.approvals.policy.SlackDirectory`. Thread-safe."""
+
+    #: what a refusal names when a look-up fails (:func:`cordon.approvals.policy.check_clicker`)
+    source = "Entra ID (Microsoft Graph)"
 
     def __init__(self, graph: Any, *, run: Callable[[Any], Any], ttl: float = DEFAULT_GROUP_CACHE_SECONDS,
                  clock: Callable[[], float] | None = None, close: Callable[[], None] | None = None):
